@@ -1,0 +1,223 @@
+"""The ``medcl`` command: parses arguments and delegates. Heavy modules load lazily,
+so ``medcl --help`` answers at once.
+
+Exit codes: 0 success; 1 a clear medcl error (one line, plus the log file); 2 usage error;
+3 internal error (a bug: the traceback is in the log file); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+MODALITIES = ("oct", "fundus", "histo", "ct", "mri", "ecg")
+EPILOG = """\
+examples:
+  medcl demo                                   # synthesise demo data, pretrain, probe, calibrate (OCT, CPU)
+  medcl demo --modality all                    # every modality
+  medcl run pipelines/oct_severity.yaml --set data.manifest=/data/oct/manifest.csv
+  medcl run pipelines/ct_lesion.yaml --dry-run # validate config + data, print the plan, train nothing
+  medcl data validate /data/oct/manifest.csv   # one line per problem, exit 1 if any
+  medcl data inspect /data/ct/series_001       # what medcl's reader sees (CT in HU)
+  medcl report RUN_ID --out report.html
+
+results: runs are tracked in MLflow (MLFLOW_TRACKING_URI, default ./mlflow.db);
+open the UI with:  mlflow ui --backend-store-uri sqlite:///mlflow.db
+"""
+
+log = logging.getLogger("medcl")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set pretrain.epochs=5 (repeatable; type-checked)")
+    p.add_argument("--force", action="store_true", help="re-run stages that already completed")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the latest unfinished run of this pipeline from its checkpoint")
+    p.add_argument("--dry-run", action="store_true",
+                   help="load and validate config and data, print the plan, train nothing")
+    p.add_argument("--smoke", action="store_true",
+                   help="every stage for a few steps on the given data (checks a pipeline in minutes)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medcl",
+        description="Contrastive pretraining, downstream tasks, calibration and reports for medical images "
+        "and signals (CT, MRI, histopathology, OCT, fundus, ECG).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug output on the console")
+    parser.add_argument("--log-dir", default=None, help="where log files go (default: ./medcl-runs/logs)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="synthesise demo data and run a complete pipeline on CPU",
+                       description="Synthesise the embedded demo data (if absent) and run pretrain → classify → "
+                       "calibrate (→ report) on it, then print a summary table and the MLflow UI command.")
+    p.add_argument("--modality", default="oct", help=f"one of {', '.join(MODALITIES)}, or 'all' (default: oct)")
+    p.add_argument("--data", default="medcl-demo-data", help="where the demo data lives / is written")
+    p.add_argument("--seed", type=int, default=0, help="seed for data and training")
+    _add_run_options(p)
+
+    p = sub.add_parser("run", help="run a pipeline YAML (pretrain → classify/segment → calibrate → report)",
+                       description="Run the stages of a pipeline in order, each a nested MLflow run. "
+                       "Completed stages are skipped on a re-run unless --force.")
+    p.add_argument("pipeline", help="pipeline YAML, e.g. pipelines/oct_severity.yaml")
+    _add_run_options(p)
+
+    p = sub.add_parser("config", help="print the resolved config of a pipeline (includes and --set applied)")
+    p.add_argument("pipeline")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    data = sub.add_parser("data", help="synthesise, validate and inspect data",
+                          description="Work with data: synth (demo set), validate (a manifest), inspect (a file).")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    p = dsub.add_parser("synth", help="write the demo data set in real formats, with manifests")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--modalities", nargs="+", default=None, metavar="NAME",
+                   help=f"subset of {', '.join(MODALITIES)} (default: all)")
+    p.add_argument("--patients", type=int, default=None, help="patients per modality (default: per-modality)")
+    p.add_argument("--seed", type=int, default=0)
+    p = dsub.add_parser("validate", help="check every row of a manifest; one line per problem; exit 1 if any",
+                        description="Checks: file exists and is readable, shape/channels sane for the modality, "
+                        "label in the class list, mask geometry, no patient in two splits, no duplicates, "
+                        "no path escaping the dataset root. Prints `row N (path): what — how to fix`.")
+    p.add_argument("manifest", help="CSV or MONAI datalist JSON")
+    p.add_argument("--classes", default=None, help="comma-separated class list (default: labels found)")
+    p.add_argument("--task", default=None, choices=["binary", "multiclass", "multilabel", "ordinal"])
+    p.add_argument("--modality", default=None, help="expected modality of every row")
+    p.add_argument("--root", default=None, help="dataset root paths may not escape (default: manifest folder)")
+    p.add_argument("--no-read", action="store_true", help="check columns and files exist, do not decode files")
+    p.add_argument("--workers", type=int, default=2, help="threads reading files")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = dsub.add_parser("inspect", help="what medcl's reader gives for a file or series folder",
+                        description="Before any modality preset: CT in HU, signals in physical units.")
+    p.add_argument("path")
+    p.add_argument("--format", default=None, help="force a reader (default: detected)")
+    p.add_argument("--series", default=None, help="series index or UID when a folder holds several")
+    p.add_argument("--sampling-rate", type=float, default=None, help="Hz, for CSV/NumPy signals")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("report", help="execute the report notebook for a run and export self-contained HTML")
+    p.add_argument("run_id", help="MLflow run id of a pipeline run")
+    p.add_argument("--out", default=None, help="HTML path (default: report-RUN_ID.html)")
+    p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or ./mlflow.db")
+
+    p = sub.add_parser("bench", help="run benchmarks/ and rewrite benchmarks/README.md")
+    p.add_argument("--only", nargs="*", default=None, help="benchmark names to run")
+    p.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
+    return parser
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "synth":
+        from medcl.data.synth import synthesize
+
+        manifest = synthesize(args.out, modalities=args.modalities, patients=args.patients, seed=args.seed)
+        print(f"wrote demo data; manifest: {manifest}")
+        return 0
+    if args.data_command == "validate":
+        from medcl.data.manifest import load_manifest
+        from medcl.data.validate import problems_to_json, validate_manifest
+
+        manifest = load_manifest(args.manifest, root=args.root)
+        classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+        problems = validate_manifest(manifest, classes=classes, task=args.task, check_files=not args.no_read,
+                                     modality=args.modality, workers=args.workers)
+        if args.json:
+            print(problems_to_json(problems))
+        else:
+            for pr in problems:
+                print(pr.line())
+            n = len(manifest.records)
+            print(f"{n} rows checked, {len(problems)} problem(s)" if problems else f"{n} rows checked, no problems")
+        return 1 if problems else 0
+    if args.data_command == "inspect":
+        from medcl.data.inspect import format_inspect, inspect_path
+
+        opts = {}
+        if args.series is not None:
+            opts["series"] = int(args.series) if args.series.isdigit() else args.series
+        if args.sampling_rate is not None:
+            opts["sampling_rate"] = args.sampling_rate
+        info = inspect_path(args.path, format=args.format, **opts)
+        print(json.dumps(info, indent=2, default=str) if args.json else format_inspect(info))
+        return 0
+    build_parser().parse_args(["data", "--help"])
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from medcl import __version__
+
+        print(f"medcl {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+
+    from medcl.errors import MedclError
+    from medcl.logs import setup_logging
+
+    log_path = setup_logging(args.log_dir or Path("medcl-runs") / "logs", verbose=args.verbose)
+    try:
+        if args.command == "data":
+            return _cmd_data(args)
+        if args.command == "config":
+            from medcl.config import dump_yaml, load_config
+
+            print(dump_yaml(load_config(args.pipeline, args.overrides)), end="")
+            return 0
+        if args.command == "run":
+            from medcl.pipeline import run_pipeline_file
+
+            return run_pipeline_file(args.pipeline, overrides=args.overrides, force=args.force, resume=args.resume,
+                                     dry_run=args.dry_run, smoke=args.smoke)
+        if args.command == "demo":
+            from medcl.demo import run_demo
+
+            return run_demo(modality=args.modality, data_dir=args.data, seed=args.seed, overrides=args.overrides,
+                            force=args.force, resume=args.resume, dry_run=args.dry_run, smoke=args.smoke)
+        if args.command == "report":
+            from medcl.report import build_report
+
+            out = build_report(args.run_id, out=args.out, tracking_uri=args.tracking_uri)
+            print(f"report: {out}")
+            return 0
+        if args.command == "bench":
+            from medcl.bench import run_benchmarks
+
+            return run_benchmarks(only=args.only, quick=args.quick)
+    except MedclError as exc:
+        from medcl import phi
+
+        print(f"error: {phi.redact(exc.line())}", file=sys.stderr)
+        if log_path:
+            print(f"(log: {log_path})", file=sys.stderr)
+        log.debug("medcl error", exc_info=True)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line on the console, the traceback in the log
+        from medcl import phi
+
+        log.debug("internal error", exc_info=True)
+        print(f"internal error: {type(exc).__name__}: {phi.redact(str(exc))[:500]}", file=sys.stderr)
+        if log_path:
+            print(f"(traceback in {log_path}; please report it)", file=sys.stderr)
+        return 3
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

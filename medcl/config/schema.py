@@ -1,0 +1,186 @@
+"""Typed schema of a pipeline YAML.
+
+Every section rejects unknown keys (``extra="forbid"``) so a typo fails before training.
+``transforms`` is the one open section: its extra keys are parameters of the modality
+preset, checked by :func:`medcl.transforms.build_transforms` against the preset.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Modality = Literal["ct", "mri", "histo", "oct", "fundus", "ecg"]
+Task = Literal["binary", "multiclass", "multilabel", "ordinal"]
+StageName = Literal["pretrain", "classify", "segment", "calibrate", "report"]
+#: the order stages always run in, whatever order the YAML lists them
+STAGE_ORDER: tuple[str, ...] = ("pretrain", "classify", "segment", "calibrate", "report")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Where the data is and how it is split and loaded."""
+
+    manifest: str | None = Field(None, description="CSV or MONAI datalist JSON (paths relative to it)")
+    root: str | None = Field(None, description="dataset root; paths may not escape it (default: manifest folder)")
+    modality: Modality | None = Field(None, description="keep only rows of this modality")
+    classes: list[str] | None = Field(None, description="class names in order; default: sorted labels found")
+    task: Task = "multiclass"
+    label_sep: str = Field(";", description="separator of multi-label labels")
+    on_error: Literal["stop", "skip"] = Field(
+        "stop", description="stop before training on bad rows, or skip them (listed and logged)"
+    )
+    validate_files: bool = Field(True, description="read every file before training")
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    stratify: bool = True
+    cache: Literal["none", "memory", "disk"] = "none"
+    cache_dir: str | None = None
+    batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0)
+    reader_options: dict[str, Any] = Field(default_factory=dict, description="passed to the reader")
+    synth_patients: int | None = Field(None, ge=2, description="demo only: patients to synthesise")
+
+
+class ModelConfig(Section):
+    """The encoder and its projection head."""
+
+    encoder: str = "resnet18"
+    in_channels: int = Field(1, ge=1)
+    spatial_dims: Literal[1, 2, 3] = 2
+    pretrained_path: str | None = Field(None, description="local weights file (never downloaded)")
+    options: dict[str, Any] = Field(default_factory=dict, description="extra encoder arguments")
+    proj_hidden_dim: int = Field(512, ge=1)
+    proj_dim: int = Field(128, ge=1)
+
+
+class TransformsConfig(BaseModel):
+    """Modality preset name plus its parameters (checked against the preset)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    preset: str = "oct"
+
+
+class PretrainConfig(Section):
+    """Contrastive pretraining (the ``pretrain`` stage)."""
+
+    method: str = "simclr"
+    method_options: dict[str, Any] = Field(default_factory=dict, description="method/loss arguments")
+    temperature: float = Field(0.1, gt=0.0)
+    epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (smoke runs)")
+    batch_size: int = Field(64, ge=2)
+    views: int = Field(2, ge=2)
+    optimizer: Literal["adamw", "lars", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    grad_accum: int = Field(1, ge=1)
+    clip_grad: float | None = Field(None, gt=0.0)
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    checkpoint_every_steps: int | None = Field(None, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class FinetuneConfig(Section):
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    layer_decay: float = Field(0.75, gt=0.0, le=1.0)
+    batch_size: int = Field(32, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+
+
+class ClassifyConfig(Section):
+    """Downstream classification on the pretrained encoder."""
+
+    protocols: list[Literal["linear", "knn", "finetune"]] = Field(default_factory=lambda: ["linear"])
+    label_fractions: list[float] = Field(default_factory=lambda: [1.0])
+    baselines: list[Literal["random", "raw", "scratch"]] = Field(
+        default_factory=lambda: ["random"],
+        description="random: probe on a random-init encoder; raw: probe on pixels; scratch: fine-tune from scratch",
+    )
+    probe: Literal["sklearn", "torch"] = "sklearn"
+    knn_k: int = Field(20, ge=1)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    operating_point: str = Field("youden", description="youden, or sens>=0.9 / spec>=0.9 (binary)")
+    n_boot: int = Field(1000, ge=0)
+
+    @field_validator("label_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        for f in v:
+            if not 0.0 < f <= 1.0:
+                raise ValueError(f"label fraction {f} is not in (0, 1]")
+        return sorted(set(v))
+
+
+class SegmentConfig(Section):
+    """Downstream segmentation."""
+
+    network: Literal["unet", "swin_unetr", "encoder_unet"] = "unet"
+    epochs: int = Field(20, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(4, ge=1)
+    num_classes: int = Field(2, ge=2, description="including background")
+    roi_size: list[int] | None = Field(None, description="sliding-window size for volumes")
+    label_fractions: list[float] = Field(default_factory=lambda: [1.0])
+    baseline: bool = Field(True, description="also train from scratch for comparison")
+
+
+class CalibrateConfig(Section):
+    method: Literal["temperature", "vector", "dirichlet"] = "temperature"
+    n_bins: int = Field(15, ge=2)
+
+
+class ReportConfig(Section):
+    out: str | None = Field(None, description="HTML path (default: run folder/report.html)")
+
+
+class TrackingConfig(Section):
+    experiment: str = "medcl"
+    uri: str | None = Field(None, description="overrides MLFLOW_TRACKING_URI")
+    retries: int = Field(3, ge=0)
+    retry_wait_s: float = Field(2.0, ge=0.0)
+    register_model: str | None = Field(None, description="registry name for the final model")
+
+
+class RuntimeConfig(Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    output_dir: str = Field("medcl-runs", description="run folders (checkpoints, split, config)")
+    deterministic: bool = False
+    progress: bool = True
+
+
+class PipelineConfig(Section):
+    """One end-to-end pipeline: what a user runs with ``medcl run``."""
+
+    name: str
+    description: str = ""
+    seed: int = 0
+    stages: list[StageName] = Field(default_factory=lambda: ["pretrain", "classify", "calibrate"])
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    transforms: TransformsConfig = Field(default_factory=TransformsConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    calibrate: CalibrateConfig = Field(default_factory=CalibrateConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _order_stages(self) -> PipelineConfig:
+        seen = [s for s in STAGE_ORDER if s in self.stages]
+        if seen != list(self.stages):
+            object.__setattr__(self, "stages", seen)
+        return self

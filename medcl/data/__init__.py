@@ -1,0 +1,1 @@
+"""Data: manifests and validation, patient-level splits, readers, datasets/loaders, demo data."""

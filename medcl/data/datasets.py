@@ -1,0 +1,348 @@
+"""Datasets and loaders: manifest records → items → (cached) MONAI datasets → seeded DataLoaders.
+
+* :func:`records_to_items` turns manifest :class:`~medcl.data.manifest.Record`s into MONAI-style
+  item dicts ``{"image": path, "mask": path?, "label": ..., "patient": int, "index": int}``.
+* :func:`build_dataset` picks ``monai.data.Dataset`` / ``CacheDataset`` (memory) /
+  ``PersistentDataset`` (disk); the cache holds the deterministic head of the transform chain,
+  random augmentations run after it on every access. Under DDP each rank caches only its share
+  (``monai.data.partition_dataset``) instead of the whole set ``world_size`` times.
+* :func:`build_loader` makes a ``DataLoader`` whose augmentations are reproducible: the
+  transform chain is re-seeded per sample from ``(seed, epoch, rank share, index)``
+  (:mod:`medcl.transforms.seeding`), so batches are identical with 0 or 2 workers; a
+  ``worker_init_fn`` seeds the global RNGs of each worker from ``(seed, epoch, worker, rank)``.
+
+This module never calls ``torch.distributed``: rank and world size are arguments
+(:mod:`medcl.distributed` is the only place that talks to the process group).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import Dataset as TorchDataset
+
+from medcl.errors import ConfigError, DataError
+from medcl.transforms.seeding import derive_seed, set_transform_seed
+
+log = logging.getLogger(__name__)
+
+CACHE_MODES: tuple[str, ...] = ("none", "memory", "disk")
+
+
+# ------------------------------------------------------------------------------------------------
+# items
+
+
+def records_to_items(
+    records: Sequence[Any],
+    labels: Sequence[Any] | np.ndarray | None = None,
+    patient_index: Mapping[str, int] | None = None,
+) -> list[dict[str, Any]]:
+    """Manifest records → MONAI item dicts.
+
+    Args:
+        records: :class:`~medcl.data.manifest.Record`s (``.path``, ``.mask``, ``.patient``, ``.row``).
+        labels: per-record labels aligned with ``records``, e.g. ``y`` from
+            :func:`medcl.data.manifest.parse_labels`: ``(N,)`` ints (``-1`` unlabelled) or ``(N, K)``
+            multi-hot floats (NaN rows unlabelled). ``None``: every item gets ``-1``.
+        patient_index: pseudonymised patient id → int; ``None`` numbers the sorted unique patients
+            of ``records`` (pass one mapping for train/val/test so indices agree across splits).
+
+    Returns:
+        ``[{"image": str, "mask": str (only if the record has one), "label": int | list[float],
+        "patient": int, "index": int (the manifest row)}]``.
+
+    Raises:
+        DataError: ``labels`` has a different length, or a patient is missing from ``patient_index``.
+    """
+    if labels is not None and len(labels) != len(records):
+        raise DataError(f"{len(labels)} labels for {len(records)} records", where="records_to_items",
+                        fix="pass the labels parsed from the same records, in the same order")
+    if patient_index is None:
+        patient_index = {p: i for i, p in enumerate(sorted({r.patient for r in records}))}
+    items: list[dict[str, Any]] = []
+    for i, r in enumerate(records):
+        if r.patient not in patient_index:
+            raise DataError(f"patient of manifest row {r.row} is not in patient_index", where=f"row {r.row}",
+                            fix="build patient_index from all records (every split) of the manifest")
+        item: dict[str, Any] = {"image": str(r.path), "patient": int(patient_index[r.patient]), "index": int(r.row)}
+        if getattr(r, "mask", None) is not None:
+            item["mask"] = str(r.mask)
+        if labels is None:
+            item["label"] = -1
+        else:
+            lab = np.asarray(labels[i])
+            item["label"] = [float(v) for v in lab.ravel()] if lab.ndim else int(lab)
+        items.append(item)
+    return items
+
+
+# ------------------------------------------------------------------------------------------------
+# datasets
+
+
+def _did_you_mean(value: str, options: Iterable[str]) -> str:
+    m = difflib.get_close_matches(str(value), list(options), n=1, cutoff=0.5)
+    return f" (did you mean {m[0]!r}?)" if m else ""
+
+
+def build_dataset(
+    items: Sequence[Mapping[str, Any]],
+    transform: Callable | None,
+    *,
+    cache: str = "none",
+    cache_dir: str | Path | None = None,
+    cache_rate: float = 1.0,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+):
+    """A MONAI dataset over ``items``, caching the deterministic head of ``transform``.
+
+    Args:
+        items: item dicts (:func:`records_to_items`).
+        transform: a ``monai.transforms.Compose`` (caching needs one: MONAI caches up to the
+            first random transform of its *top-level* list, as built by
+            :func:`medcl.transforms.build_transforms`).
+        cache: ``"none"`` (``Dataset``), ``"memory"`` (``CacheDataset``: filled now, in threads) or
+            ``"disk"`` (``PersistentDataset``: one ``.pt`` file per item in ``cache_dir``, filled on
+            first access, reused by later runs — delete the folder when the transforms change).
+        cache_dir: folder of the disk cache (required for ``"disk"``).
+        cache_rate: fraction of items held in the memory cache (the rest are computed on access).
+        num_workers: threads filling the memory cache.
+        rank, world_size: this process's rank and the number of processes. With caching and
+            ``world_size > 1`` the dataset holds only this rank's share (equal sizes, interleaved:
+            rank ``r`` gets items ``r, r + W, ...``, padded by repetition); :func:`build_loader`
+            then shuffles that share locally.
+
+    Returns:
+        ``monai.data.Dataset``, ``CacheDataset`` or ``PersistentDataset`` with attributes
+        ``medcl_rank`` and ``medcl_world_size`` (``1`` when not partitioned).
+
+    Raises:
+        ConfigError: unknown cache mode (did-you-mean), missing ``cache_dir``, bad rank/world size.
+    """
+    from monai.data import CacheDataset, Dataset, PersistentDataset, partition_dataset
+
+    if cache not in CACHE_MODES:
+        raise ConfigError(f"unknown cache mode {cache!r}{_did_you_mean(cache, CACHE_MODES)}",
+                          where="data.cache", fix=f"use one of {', '.join(CACHE_MODES)}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is not in a world of size {world_size}", where="runtime",
+                          fix="pass the rank and world size from medcl.distributed")
+    data = [dict(it) for it in items]
+    part_world = 1
+    if cache != "none" and world_size > 1:
+        if len(data) < world_size:
+            raise DataError(f"{len(data)} items cannot be shared among {world_size} ranks", where="data",
+                            fix="use fewer processes or more data")
+        data = partition_dataset(data, num_partitions=world_size, shuffle=False, even_divisible=True)[rank]
+        part_world = world_size
+    if cache == "none":
+        ds = Dataset(data, transform)
+    elif cache == "memory":
+        ds = CacheDataset(data, transform, cache_rate=cache_rate, num_workers=max(int(num_workers), 1),
+                          progress=False, copy_cache=True)
+    else:
+        if cache_dir is None:
+            raise ConfigError("cache 'disk' needs a cache_dir", where="data.cache_dir",
+                              fix="set data.cache_dir to a folder on fast local disk")
+        # track_meta: keep MetaTensors (affine) in the cached files; weights_only=False: the files hold
+        # dicts and MetaTensors, which torch.load(weights_only=True) rejects — MONAI then deletes and
+        # silently recomputes every item on every access. The cache folder is written by medcl itself.
+        ds = PersistentDataset(data, transform, cache_dir=Path(cache_dir), track_meta=True, weights_only=True)
+    ds.medcl_rank = rank if part_world > 1 else 0
+    ds.medcl_world_size = part_world
+    return ds
+
+
+# ------------------------------------------------------------------------------------------------
+# loaders
+
+
+class SeededDataset(TorchDataset):
+    """Wraps a dataset so sample ``i`` of epoch ``e`` is augmented with seed ``f(seed, e, share, i)``.
+
+    The epoch lives in a shared-memory tensor, so :meth:`set_epoch` reaches worker processes
+    too (including persistent workers).
+
+    Args:
+        dataset: a MONAI dataset (its ``.transform`` is re-seeded before each item).
+        seed: base seed.
+        epoch: starting epoch.
+        share: partition id mixed into the seed (the rank when the dataset is a rank's share, so two
+            ranks' item ``i`` — different samples — do not get the same augmentation).
+    """
+
+    def __init__(self, dataset: Any, seed: int, epoch: int = 0, share: int = 0) -> None:
+        self.dataset, self.seed, self.share = dataset, int(seed), int(share)
+        self._epoch = torch.tensor([int(epoch)], dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        set_transform_seed(getattr(self.dataset, "transform", None), derive_seed(self.seed, self.epoch, self.share, index))
+        return self.dataset[index]
+
+
+def _seed_worker(worker_id: int, *, seed: int, rank: int) -> None:
+    """Seed Python, NumPy and torch global RNGs of a worker from (seed, epoch, worker id, rank)."""
+    info = torch.utils.data.get_worker_info()
+    ds = info.dataset if info is not None else None
+    epoch = ds.epoch if isinstance(ds, SeededDataset) else 0
+    s = derive_seed(seed, epoch, worker_id, rank)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+    if isinstance(ds, SeededDataset):
+        set_transform_seed(getattr(ds.dataset, "transform", None), s)
+
+
+def _to_plain(x: Any) -> Any:
+    as_tensor = getattr(x, "as_tensor", None)  # MetaTensor → Tensor (drops per-item metadata)
+    return as_tensor() if callable(as_tensor) else x
+
+
+def collate_samples(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Collate item dicts into a batch dict.
+
+    Tensors and arrays are stacked (``"views"`` ``(V, C, *spatial)`` → ``(B, V, C, *spatial)``),
+    ints become ``int64`` and floats ``float32`` tensors, ``"label"`` lists (multi-label) a ``(B, K)``
+    float tensor; anything else (metadata dicts, paths) stays a list of length ``B``.
+
+    Raises:
+        DataError: items with different keys, or tensors of different shapes under one key.
+    """
+    if not batch:
+        return {}
+    keys = list(batch[0])
+    if any(set(b) != set(keys) for b in batch):
+        raise DataError("items in one batch have different keys", where="collate",
+                        fix="make every item carry the same keys (e.g. all or none with 'mask')")
+    out: dict[str, Any] = {}
+    for k in keys:
+        vals = [_to_plain(b[k]) for b in batch]
+        first = vals[0]
+        if isinstance(first, torch.Tensor | np.ndarray):
+            ts = [torch.as_tensor(v) for v in vals]
+            shapes = {tuple(t.shape) for t in ts}
+            if len(shapes) > 1:
+                raise DataError(f"{k!r} has different shapes in one batch: {sorted(shapes)[:4]}", where="collate",
+                                fix="crop/pad every sample to one spatial_size in the transforms")
+            out[k] = torch.stack(ts)
+        elif isinstance(first, bool):
+            out[k] = list(vals)
+        elif all(isinstance(v, int | np.integer) for v in vals):
+            out[k] = torch.as_tensor(vals, dtype=torch.int64)
+        elif all(isinstance(v, int | float | np.number) for v in vals) or all(isinstance(v, list | tuple) for v in vals) and all(
+                isinstance(x, int | float | np.number) for v in vals for x in v) and len({len(v) for v in vals}) == 1:
+            out[k] = torch.as_tensor(vals, dtype=torch.float32)
+        else:
+            out[k] = list(vals)
+    return out
+
+
+class MedclLoader(DataLoader):
+    """``DataLoader`` with :meth:`set_epoch` (sampler order and augmentation seeds both follow it)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before iterating epoch ``epoch`` (also works with persistent workers)."""
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(int(epoch))
+        if isinstance(self.dataset, SeededDataset):
+            self.dataset.set_epoch(int(epoch))
+
+
+def build_loader(
+    dataset: Any,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    seed: int,
+    epoch: int = 0,
+    distributed: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = False,
+    collate: Callable[[list], Any] | None = collate_samples,
+    pin_memory: bool | None = None,
+    persistent_workers: bool = False,
+) -> MedclLoader:
+    """A reproducible ``DataLoader`` over a dataset from :func:`build_dataset`.
+
+    Args:
+        dataset: the dataset (its ``.transform`` is re-seeded per sample).
+        batch_size: samples per batch (per process under DDP).
+        shuffle: shuffle each epoch (order from ``(seed, epoch)``).
+        num_workers: worker processes; the batches are the same for any value.
+        seed: base seed of order and augmentations.
+        epoch: epoch to start at (or call ``loader.set_epoch``).
+        distributed: split the data among ``world_size`` ranks with a ``DistributedSampler``
+            (given ``rank``/``world_size`` explicitly — no process group is queried). A dataset that
+            :func:`build_dataset` already partitioned by rank is not split again.
+        rank, world_size: this process's rank and the number of processes.
+        drop_last: drop the last incomplete batch (and, distributed, pad-free splitting).
+        collate: batch collation (default :func:`collate_samples`).
+        pin_memory: default: ``True`` when CUDA is available.
+        persistent_workers: keep workers between epochs (off by default: workers then see the
+            dataset as it is at each epoch start).
+
+    Returns:
+        :class:`MedclLoader` yielding batch dicts (see ``medcl/README.md`` for the keys).
+
+    Raises:
+        ConfigError: bad batch size, worker count or rank.
+    """
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}", where="batch_size", fix="use e.g. 32")
+    if int(num_workers) < 0:
+        raise ConfigError(f"num_workers must be >= 0, got {num_workers}", where="runtime.num_workers",
+                          fix="use 0 (main process) or the number of CPU cores per GPU")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is not in a world of size {world_size}", where="runtime",
+                          fix="pass the rank and world size from medcl.distributed")
+    part_world = int(getattr(dataset, "medcl_world_size", 1))
+    share = int(getattr(dataset, "medcl_rank", 0))
+    if distributed and part_world > 1:
+        # already this rank's share: shuffle it locally rather than split it a second time
+        replicas, replica_rank, sampler_seed = 1, 0, derive_seed(seed, share)
+    elif distributed:
+        replicas, replica_rank, sampler_seed = world_size, rank, seed
+    else:
+        replicas, replica_rank, sampler_seed = 1, 0, seed
+    # one code path: with one replica DistributedSampler is a seeded, epoch-aware shuffle
+    sampler = DistributedSampler(dataset, num_replicas=replicas, rank=replica_rank, shuffle=bool(shuffle),
+                                 seed=int(sampler_seed) % 2**31, drop_last=bool(drop_last) and replicas > 1)
+    sampler.set_epoch(int(epoch))
+    wrapped = SeededDataset(dataset, seed=seed, epoch=epoch, share=share)
+    workers = int(num_workers)
+    return MedclLoader(
+        wrapped,
+        batch_size=int(batch_size),
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else bool(pin_memory),
+        drop_last=bool(drop_last),
+        worker_init_fn=partial(_seed_worker, seed=int(seed), rank=int(rank)) if workers > 0 else None,
+        generator=torch.Generator().manual_seed(derive_seed(seed, epoch, rank)),
+        persistent_workers=bool(persistent_workers) and workers > 0,
+    )

@@ -1,0 +1,144 @@
+"""From a pipeline's ``data:`` section to checked records, labels and a patient-level split.
+
+This is the first thing every ``medcl run`` does, before any model is built: read the
+manifest, validate every row, stop (or, with ``data.on_error: skip``, exclude and list) bad
+rows, parse labels, and split by patient with a leakage check.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medcl.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DataBundle:
+    """Everything the stages need to know about the data (no clear patient identifiers).
+
+    Attributes:
+        records: kept manifest records, in manifest order.
+        excluded: problems of the rows that were excluded (``data.on_error: skip``).
+        y: labels aligned with ``records`` — int64 ``(N,)`` (-1 unlabelled) or float ``(N, K)``.
+        classes: class names in index order.
+        task: the label task.
+        assignment: pseudonymised patient → ``train``/``val``/``test``.
+        patient_index: pseudonymised patient → int (for patient-aware positives).
+    """
+
+    records: list[Any]
+    excluded: list[Any]
+    y: np.ndarray
+    classes: list[str]
+    task: str
+    assignment: dict[str, str]
+    patient_index: dict[str, int]
+    manifest_path: Path | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def indices(self, split: str | None = None, labelled: bool = False) -> np.ndarray:
+        """Positions in ``records`` of one split (all when ``None``), optionally labelled only."""
+        idx = [i for i, r in enumerate(self.records) if split is None or self.assignment.get(r.patient) == split]
+        out = np.asarray(idx, dtype=np.int64)
+        if labelled and len(out):
+            out = out[self.labelled_mask()[out]]
+        return out
+
+    def labelled_mask(self) -> np.ndarray:
+        if self.y.ndim == 2:
+            return ~np.isnan(self.y).any(axis=1)
+        return self.y >= 0
+
+    def items(self, split: str | None = None, labelled: bool = False) -> list[dict[str, Any]]:
+        """Dataset items (dicts of path strings and ints) for MONAI datasets."""
+        out = []
+        for i in self.indices(split, labelled):
+            r = self.records[i]
+            lab = self.y[i]
+            item: dict[str, Any] = {
+                "image": str(r.path),
+                "label": lab.astype(np.float32) if self.y.ndim == 2 else int(lab),
+                "patient": self.patient_index[r.patient],
+                "index": int(i),
+            }
+            if r.mask is not None:
+                item["mask"] = str(r.mask)
+            out.append(item)
+        return out
+
+    def patients_of(self, idx: np.ndarray) -> np.ndarray:
+        return np.asarray([self.patient_index[self.records[i].patient] for i in idx], dtype=np.int64)
+
+    def column(self, name: str, idx: np.ndarray) -> np.ndarray:
+        """A manifest column (``site`` or an extra column) for the given positions; '' when absent."""
+        vals = []
+        for i in idx:
+            r = self.records[i]
+            v = getattr(r, name, None) if name in ("site",) else r.extra.get(name)
+            vals.append("" if v is None else str(v))
+        return np.asarray(vals, dtype=object)
+
+
+def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
+    """Load, validate, label and split the data of a pipeline config (see module docstring)."""
+    from medcl.data.manifest import label_problems, load_manifest
+    from medcl.data.splits import check_leakage, make_splits, split_summary
+    from medcl.data.validate import filter_records, validate_manifest
+
+    d = cfg.data
+    if not d.manifest:
+        raise ConfigError("no manifest given", where="data.manifest",
+                          fix="set data.manifest in the pipeline YAML or pass --set data.manifest=PATH")
+    manifest = load_manifest(d.manifest, root=d.root)
+    if d.modality:
+        other = [r for r in manifest.records if r.modality != d.modality]
+        if other:
+            log.info("keeping the %d %s rows of %d (other modalities are not part of this pipeline)",
+                     len(manifest.records) - len(other), d.modality, len(manifest.records))
+            manifest.records = [r for r in manifest.records if r.modality == d.modality]
+    if not manifest.records:
+        raise DataError(f"no {d.modality or ''} rows in the manifest", where=str(d.manifest),
+                        fix="check data.modality and the manifest's modality column")
+    problems = validate_manifest(
+        manifest, classes=d.classes, task=d.task,
+        check_files=d.validate_files if check_files is None else check_files, modality=d.modality,
+    )
+    excluded: list[Any] = []
+    records = manifest.records
+    if problems:
+        if d.on_error == "stop":
+            shown = "\n  ".join(p.line() for p in problems[:20])
+            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise DataError(
+                f"{len(problems)} problem(s) in the data:\n  {shown}{more}\n",
+                where=str(d.manifest),
+                fix="fix these rows (`medcl data validate MANIFEST` lists them all) or set data.on_error=skip "
+                "to exclude them (they are then listed and logged)",
+            )
+        records, excluded = filter_records(manifest, problems)
+        log.warning("excluding %d row(s) with problems (data.on_error=skip); the list is logged as "
+                    "excluded_rows.json", len({p.row for p in excluded}))
+    if not records:
+        raise DataError("every row was excluded", where=str(d.manifest), fix="fix the manifest rows listed above")
+    y, classes, label_issues = label_problems(records, d.classes, d.task, d.label_sep)
+    if label_issues:
+        raise DataError(label_issues[0].line(), where=str(d.manifest), fix="fix the labels or data.classes")
+    labels = None
+    if y.ndim == 1 and (y >= 0).any():
+        labels = y
+    assignment = make_splits(records, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
+                             seed=cfg.seed, stratify=d.stratify, labels=labels)
+    check_leakage(records, assignment)
+    patient_index = {p: i for i, p in enumerate(sorted({r.patient for r in records}))}
+    bundle = DataBundle(records=list(records), excluded=list(excluded), y=y, classes=list(classes), task=d.task,
+                        assignment=assignment, patient_index=patient_index, manifest_path=Path(d.manifest))
+    bundle.summary = split_summary(records, assignment, labels)
+    return bundle

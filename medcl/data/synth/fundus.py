@@ -1,0 +1,212 @@
+"""Colour fundus photographs with diabetic-retinopathy-like lesions (8-bit RGB PNG).
+
+* A circular field of view on black; orange-red background with vignetting and choroidal texture;
+  a bright optic disc at a random position (left or right eye), a darker macula, and vessel
+  arcades leaving the disc;
+* class = retinopathy grade 0..3 (ordinal, ICDR-like): the number of small red dots
+  (microaneurysms / haemorrhages) and of yellow exudates grows with the grade;
+* nuisances: global illumination and an illumination gradient, colour cast, gamma, rotation of the
+  whole fundus, sensor noise. Sites differ slightly in colour cast and gain.
+
+All images of one patient share the grade and the retinal anatomy (disc position, vessel tree);
+each image has its own lesions and nuisances.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medcl.data.synth.common import (
+    Patient,
+    Site,
+    balanced_labels,
+    base_row,
+    gaussian_blobs,
+    make_patients,
+    rng_for,
+    save_png,
+    smooth_noise,
+)
+
+MODALITY = "fundus"
+CLASSES: tuple[str, ...] = ("no_dr", "mild", "moderate", "severe")
+TASK = "ordinal"
+DEFAULT_PATIENTS = 60
+DEFAULT_SIZE = 64
+IMAGES_PER_PATIENT = (2, 3)
+
+# grade -> ((red dots min, max), (exudates min, max))
+_LESIONS = {0: ((0, 0), (0, 0)), 1: ((1, 3), (0, 0)), 2: ((3, 6), (0, 2)), 3: ((6, 11), (2, 5))}
+
+
+def anatomy(rng: np.random.Generator) -> dict:
+    """A patient's retinal anatomy in normalised fundus coordinates (FOV radius 1).
+
+    Returns:
+        dict with ``disc`` (u, v), ``macula`` (u, v) and ``vessels``: list of ``(K, 3)`` arrays of
+        points ``(u, v, width)`` (width relative to the FOV radius).
+    """
+    side = 1.0 if rng.random() < 0.5 else -1.0  # right / left eye
+    disc = np.array([side * rng.uniform(0.35, 0.5), rng.uniform(-0.1, 0.1)])
+    macula = disc - np.array([side * rng.uniform(0.75, 0.85), rng.uniform(-0.05, 0.05)])
+    vessels = []
+    # Four arcades (superior/inferior, temporal/nasal) plus a few branches.
+    for up in (1.0, -1.0):
+        for temporal in (True, False):
+            ang = np.arctan2(up * rng.uniform(0.6, 1.0), -side if temporal else side)
+            bend = -up * (-side if temporal else side) * rng.uniform(0.025, 0.045)
+            vessels.append(_walk(disc, ang, bend, 0.045, 48 if temporal else 26, rng))
+    for _ in range(int(rng.integers(2, 5))):
+        parent = vessels[int(rng.integers(0, len(vessels)))]
+        start = parent[int(rng.integers(len(parent) // 4, max(len(parent) // 4 + 1, len(parent) * 3 // 4)))]
+        ang = rng.uniform(-np.pi, np.pi)
+        vessels.append(_walk(start[:2], ang, rng.uniform(-0.03, 0.03), 0.028, 18, rng))
+    return {"disc": disc, "macula": macula, "vessels": vessels, "side": side}
+
+
+def _walk(start, angle, bend, width, steps, rng) -> np.ndarray:
+    pts = []
+    p = np.array(start, dtype=float)
+    for k in range(steps):
+        w = width * (1.0 - 0.6 * k / steps)
+        pts.append((p[0], p[1], w))
+        angle += bend + rng.normal(0.0, 0.06)
+        p = p + 0.035 * np.array([np.cos(angle), np.sin(angle)])
+        if np.hypot(*p) > 1.05:
+            break
+    return np.array(pts)
+
+
+def render(
+    grade: int,
+    rng: np.random.Generator,
+    site: Site,
+    size: int = DEFAULT_SIZE,
+    *,
+    anat: dict | None = None,
+    nuisance: float = 1.0,
+    signal: float = 1.0,
+) -> np.ndarray:
+    """One fundus photograph in [0, 1].
+
+    Args:
+        grade: retinopathy grade 0..3.
+        rng: generator (consumed).
+        site: acquisition site.
+        size: output side ``S``.
+        anat: the patient's anatomy from :func:`anatomy` (drawn from ``rng`` when None).
+        nuisance: multiplies nuisance amplitudes.
+        signal: multiplies lesion contrast.
+
+    Returns:
+        ``(S, S, 3)`` float64 RGB image; pixels outside the field of view are 0.
+    """
+    anat = anat if anat is not None else anatomy(rng)
+    s = int(size)
+    radius = 0.47 * s
+    pix = 1.0 / radius  # one pixel in normalised units
+    yy, xx = np.mgrid[0:s, 0:s].astype(float)
+    x = (xx - (s - 1) / 2.0) / radius
+    y = (yy - (s - 1) / 2.0) / radius
+    r2 = x**2 + y**2
+    fov = 1.0 / (1.0 + np.exp((np.sqrt(r2) - 1.0) / (0.6 * pix)))
+
+    # Rotation nuisance: anatomy is drawn in a rotated frame (exact, no resampling).
+    th = rng.uniform(-25, 25) * nuisance * np.pi / 180.0
+    rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+
+    def to_pix(uv: np.ndarray) -> np.ndarray:  # (N, 2) normalised (u, v) -> (N, 2) (row, col)
+        xy = uv @ rot.T
+        return np.stack([xy[:, 1] * radius + (s - 1) / 2.0, xy[:, 0] * radius + (s - 1) / 2.0], axis=1)
+
+    # Background: orange-red, vignetting, choroidal texture.
+    tex = smooth_noise((s, s), 2.0, rng)
+    base = np.array([0.82, 0.36, 0.16])
+    img = base[None, None, :] * (1.0 - 0.35 * r2)[..., None] * (1.0 + 0.05 * tex)[..., None]
+    # Macula (darker) and optic disc (bright yellow, with a brighter cup).
+    mac = to_pix(anat["macula"][None])[0]
+    dm = ((yy - mac[0]) ** 2 + (xx - mac[1]) ** 2) / (0.16 * radius) ** 2
+    img = img * (1.0 - 0.35 * np.exp(-dm))[..., None]
+    disc = to_pix(anat["disc"][None])[0]
+    dd = np.sqrt((yy - disc[0]) ** 2 + (xx - disc[1]) ** 2) / (0.14 * radius)
+    disc_a = 1.0 / (1.0 + np.exp((dd - 1.0) / 0.15))
+    img = img * (1 - disc_a[..., None]) + disc_a[..., None] * np.array([1.0, 0.82, 0.55])
+    img = img + 0.12 * np.exp(-((dd / 0.45) ** 2))[..., None]
+    # Vessels: dark red, drawn as Gaussian splats along each walk.
+    pts = np.concatenate(anat["vessels"])
+    vmap = gaussian_blobs((s, s), to_pix(pts[:, :2]), np.maximum(pts[:, 2] * radius * 0.5, 0.35), np.full(len(pts), 0.6))
+    va = np.clip(vmap, 0.0, 1.0)[..., None]
+    img = img * (1 - 0.75 * va) + 0.75 * va * np.array([0.45, 0.08, 0.05])
+
+    # Lesions: red dots (microaneurysms / haemorrhages) and yellow exudates near the macula.
+    (r0, r1), (e0, e1) = _LESIONS[int(grade)]
+    n_red, n_ex = int(rng.integers(r0, r1 + 1)), int(rng.integers(e0, e1 + 1))
+    red_uv = _points_in_fov(n_red, rng, centre=None)
+    ex_uv = _points_in_fov(n_ex, rng, centre=anat["macula"])
+    red_sig = rng.uniform(0.6, 1.1, n_red) * (1.0 + 0.4 * (grade >= 3)) * s / 64.0
+    red = np.clip(gaussian_blobs((s, s), to_pix(red_uv), red_sig, np.full(n_red, 0.9 * signal)), 0, 1)[..., None]
+    img = img * (1 - red) + red * np.array([0.35, 0.03, 0.03])
+    ex_sig = rng.uniform(0.6, 1.0, n_ex) * s / 64.0
+    ex = np.clip(gaussian_blobs((s, s), to_pix(ex_uv), ex_sig, np.full(n_ex, 0.85 * signal)), 0, 1)[..., None]
+    img = img * (1 - ex) + ex * np.array([0.98, 0.90, 0.45])
+
+    # Acquisition nuisances: gain, gradient, colour cast, gamma, noise.
+    gain = site.gain * float(np.exp(rng.normal(0.0, 0.22 * nuisance)))
+    g_ang = rng.uniform(0, 2 * np.pi)
+    grad = 1.0 + rng.uniform(0.0, 0.45) * nuisance * (np.cos(g_ang) * x + np.sin(g_ang) * y)
+    cast = np.exp(rng.normal(0.0, 0.08 * nuisance, 3)) * (1.0 + site.shift * np.array([1.0, 0.0, -1.5]))
+    gamma = float(np.exp(rng.normal(0.0, 0.15 * nuisance)))
+    img = np.clip(img * gain * grad[..., None] * cast[None, None, :], 0.0, 1.0) ** gamma
+    img = img + rng.normal(0.0, 0.012 * site.noise, size=img.shape)
+    return np.clip(img * fov[..., None], 0.0, 1.0)
+
+
+def _points_in_fov(n: int, rng: np.random.Generator, centre) -> np.ndarray:
+    """``n`` points inside radius 0.9 (around ``centre`` with spread 0.35 when given)."""
+    out = []
+    while len(out) < n:
+        if centre is None:
+            p = rng.uniform(-0.9, 0.9, 2)
+        else:
+            p = np.asarray(centre) + rng.normal(0.0, 0.3, 2)
+        if np.hypot(*p) < 0.9:
+            out.append(p)
+    return np.array(out).reshape(n, 2)
+
+
+def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0, size: int | None = None) -> list[dict]:
+    """Write fundus PNGs under ``out_dir`` and return manifest rows (paths relative to ``out_dir``).
+
+    Args:
+        out_dir: the modality folder (``<out>/fundus``).
+        patients: number of patients (every grade present when >= 4).
+        seed: user seed.
+        size: image side in pixels (default 64).
+
+    Returns:
+        One dict per image: base columns plus ``grade``, ``class_name``, ``eye``.
+    """
+    size = int(size or DEFAULT_SIZE)
+    grades = balanced_labels(patients, len(CLASSES), rng_for(seed, MODALITY, 2))
+    rows: list[dict] = []
+    for p in make_patients(MODALITY, patients, seed, grades):
+        rows.extend(_patient(p, Path(out_dir), size))
+    return rows
+
+
+def _patient(p: Patient, out_dir: Path, size: int) -> list[dict]:
+    rng = p.rng
+    grade = int(p.label)
+    anat = anatomy(rng)
+    n = int(rng.integers(IMAGES_PER_PATIENT[0], IMAGES_PER_PATIENT[1] + 1))
+    rows = []
+    for k in range(n):
+        img = render(grade, rng, p.site, size, anat=anat)
+        rel = f"images/{p.stem}_img{k + 1}.png"
+        save_png(img, out_dir / rel)
+        row = base_row(p, MODALITY, rel, str(grade), study=k)
+        row.update(grade=str(grade), class_name=CLASSES[grade], eye="OD" if anat["side"] > 0 else "OS")
+        rows.append(row)
+    return rows

@@ -1,0 +1,89 @@
+"""Patient-aware positives: MICLe (Azizi et al. 2021) and CLOCS (Kiyasseh, Zhu, Clifton 2021)."""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+
+from medcl.errors import ConfigError, DataError
+from medcl.losses.supcon import SupConLoss, label_positives
+
+
+class PatientContrastLoss(SupConLoss):
+    """Multi-instance contrast: views of *different images of the same patient* are positives.
+
+    MICLe — Azizi et al., "Big Self-Supervised Models Advance Medical Image Classification", ICCV 2021
+    (arXiv:2101.05224). Implemented as SupCon ("out") with patient indices as labels, so every image
+    of a patient in the batch (and on other ranks when gathered) is a positive for each of its views.
+
+    Shapes:
+        ``forward(features (N, V, D), patient (N,) int64) -> ()``; ``patient < 0`` = unknown (SimCLR).
+    """
+
+    def forward(self, features: torch.Tensor, patient: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if patient is None:
+            raise DataError("patient ids are required", where="PatientContrastLoss",
+                            fix="pass batch['patient'] (N,) int64, or use SupConLoss without labels")
+        vb = self._views(features, patient, names=("patient",))
+        return self._finish(vb, label_positives(vb))
+
+
+CLOCS_POSITIVES = ("patient", "record", "sample")
+
+
+class CLOCSLoss(SupConLoss):
+    """CLOCS for ECG: segments/lead groups of the same record — optionally the same patient — are positives.
+
+    Kiyasseh, Zhu, Clifton, "CLOCS: Contrastive Learning of Cardiac Signals Across Space, Time, and
+    Patients", ICML 2021 (arXiv:2005.13249). The V views of a row are different time segments (CMSC),
+    lead groups (CMLC) or both (CMSMLC) of one record. As in the paper, each view is contrasted only
+    against the *other* views (``cross_view_only``); positives are:
+
+    * ``"sample"``: the other views of the same row;
+    * ``"record"``: also every view of other rows cut from the same record (needs ``record`` ids);
+    * ``"patient"`` (the paper's patient-specific setting): every view of the same patient.
+
+    The per-anchor average over positives follows the SupCon "out" form (each anchor weighs equally),
+    where the CLOCS code averages over positive pairs.
+
+    Args:
+        temperature: softmax temperature (the paper uses 0.1).
+        positives: ``"patient"``, ``"record"`` or ``"sample"``.
+        cross_view_only: contrast a view only with other views (True, as in CLOCS) or with all keys.
+        gather_distributed: keys and ids from all ranks; no-op on one process.
+
+    Shapes:
+        ``forward(features (N, V, D), patient (N,) int64, record (N,) int64 | None) -> ()``.
+    """
+
+    def __init__(self, temperature: float = 0.1, positives: str = "patient", cross_view_only: bool = True,
+                 gather_distributed: bool = False) -> None:
+        super().__init__(temperature=temperature, gather_distributed=gather_distributed)
+        if positives not in CLOCS_POSITIVES:
+            close = difflib.get_close_matches(str(positives), CLOCS_POSITIVES, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"positives={positives!r} is unknown", where="CLOCSLoss",
+                              fix=f"{hint}use one of {', '.join(CLOCS_POSITIVES)}")
+        self.positives = positives
+        self.cross_view_only = bool(cross_view_only)
+
+    def forward(self, features: torch.Tensor, patient: torch.Tensor | None = None,  # type: ignore[override]
+                record: torch.Tensor | None = None) -> torch.Tensor:
+        if self.positives == "patient" and patient is None:
+            raise DataError("positives='patient' needs patient ids", where="CLOCSLoss",
+                            fix="pass batch['patient'], or set positives='sample'")
+        if self.positives == "record" and record is None:
+            raise DataError("positives='record' needs record ids", where="CLOCSLoss",
+                            fix="pass record ids (N,) int64, or set positives='sample'")
+        ids = {"patient": patient, "record": record, "sample": None}[self.positives]
+        vb = self._views(features, ids, names=(self.positives,))
+        exclude = vb.self_mask
+        if self.cross_view_only:
+            exclude = vb.anchor_view[:, None] == vb.key_view[None, :]
+        pos = label_positives(vb) & ~exclude
+        return self._finish(vb, pos, exclude=exclude)
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature}, positives={self.positives!r}, "
+                f"cross_view_only={self.cross_view_only}, gather_distributed={self.gather_distributed}")

@@ -1,0 +1,124 @@
+"""Pretraining methods: encoder + head(s) + loss.
+
+``METHODS`` maps the config name (``pretrain.method``, also the preset file name under
+``configs/method/``) to its class; :func:`build_method` checks the options against the class
+signature so a typo in the YAML fails before training with the list of accepted options.
+
+| name | paper | needs in the batch |
+|---|---|---|
+| simclr | Chen et al. 2020 | views |
+| moco | MoCo v3, Chen, Xie & He 2021 | views |
+| micle | Azizi et al. 2021 | views, patient |
+| clocs | Kiyasseh et al. 2021 (ECG) | views, patient (or record) |
+| supcon | Khosla et al. 2020 | views, label |
+| supcon-hardneg | SupCon + expert hard negatives | views, label |
+| supcon-graph | ontology-weighted multi-label SupCon | views, label (B, K) |
+| supcon-balanced | Cui et al. 2019 / Zhu et al. 2022 | views, label |
+| prototypes | Targeted SupCon, Li et al. 2022 | views, label |
+| oct-severity | Kokilepersaud et al. 2022 | views, index; label + setup(loader) |
+| dense | Chaitanya et al. 2020 | aligned views |
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any
+
+from medcl.errors import ConfigError
+from medcl.methods.base import ContrastiveMethod, Method
+from medcl.methods.dense import DenseContrast
+from medcl.methods.moco import MoCoV3
+from medcl.methods.patient import CLOCS, MICLe
+from medcl.methods.severity import (
+    OCTSeverity,
+    assign_severity,
+    fit_severity_model,
+    severity_bin_edges,
+    severity_scores,
+)
+from medcl.methods.simclr import SimCLR
+from medcl.methods.supcon import Prototypes, SupCon, SupConBalanced, SupConGraph, SupConHardNegative
+from medcl.networks.base import Encoder
+
+METHODS: dict[str, type[Method]] = {
+    "simclr": SimCLR,
+    "moco": MoCoV3,
+    "micle": MICLe,
+    "clocs": CLOCS,
+    "supcon": SupCon,
+    "supcon-hardneg": SupConHardNegative,
+    "supcon-graph": SupConGraph,
+    "supcon-balanced": SupConBalanced,
+    "prototypes": Prototypes,
+    "oct-severity": OCTSeverity,
+    "dense": DenseContrast,
+}
+
+
+def method_options(name: str) -> dict[str, Any]:
+    """Keyword options of method ``name`` with their defaults (``inspect.Parameter.empty`` if required)."""
+    cls = _lookup(name)
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # self, encoder
+    return {p.name: p.default for p in params}
+
+
+def _lookup(name: str) -> type[Method]:
+    if name in METHODS:
+        return METHODS[name]
+    close = difflib.get_close_matches(name, list(METHODS), n=3)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    raise ConfigError(f"unknown method {name!r}", where="pretrain.method",
+                      fix=f"{hint}choose one of {', '.join(METHODS)}")
+
+
+def build_method(name: str, encoder: Encoder, **kwargs: Any) -> Method:
+    """Build pretraining method ``name`` around ``encoder``.
+
+    Args:
+        name: key of :data:`METHODS`.
+        encoder: a :class:`~medcl.networks.base.Encoder` (from ``build_encoder``).
+        **kwargs: method options (temperature, head sizes, loss options, ...).
+
+    Returns:
+        The :class:`Method` (an ``nn.Module``; move it to the device yourself).
+
+    Raises:
+        ConfigError: unknown method or option.
+    """
+    cls = _lookup(name)
+    allowed = method_options(name)
+    unknown = [k for k in kwargs if k not in allowed]
+    if unknown:
+        close = {k: difflib.get_close_matches(k, list(allowed), n=1) for k in unknown}
+        hints = "; ".join(f"{k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
+        raise ConfigError(
+            f"method {name!r} got unknown option(s) {unknown}",
+            where="pretrain.method_kwargs",
+            fix=(hints + ". " if hints else "") + "accepted: " + ", ".join(allowed),
+        )
+    return cls(encoder, **kwargs)
+
+
+__all__ = [
+    "METHODS",
+    "CLOCS",
+    "ContrastiveMethod",
+    "DenseContrast",
+    "MICLe",
+    "Method",
+    "MoCoV3",
+    "OCTSeverity",
+    "Prototypes",
+    "SimCLR",
+    "SupCon",
+    "SupConBalanced",
+    "SupConGraph",
+    "SupConHardNegative",
+    "assign_severity",
+    "build_method",
+    "fit_severity_model",
+    "method_options",
+    "severity_bin_edges",
+    "severity_scores",
+]

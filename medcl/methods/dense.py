@@ -1,0 +1,117 @@
+"""Global + local (dense) contrast for segmentation-oriented pretraining.
+
+Chaitanya, Erdil, Karani, Konukoglu, "Contrastive learning of global and local features for
+medical image segmentation with limited annotations", NeurIPS 2020 (arXiv:2006.10511), with a
+DenseCL-style 1×1-conv projection head (Wang et al., CVPR 2021).
+
+Alignment choice: the two views arrive spatially aligned — the ``dense`` transform preset uses
+intensity-only augmentations (gain, gamma, noise, blur, speckle) on the same crop — so location
+``m`` of one view's feature map shows the same anatomy as location ``m`` of the other. To still
+learn invariance to orientation, the method flips each view independently along random spatial
+axes before the encoder and flips the feature maps back afterwards; flips are exactly invertible
+on the grid, so alignment is kept (up to the sub-cell offset of strided convolutions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from medcl.errors import ConfigError
+from medcl.losses import DenseContrastLoss
+from medcl.methods.base import Method, view_stats
+from medcl.networks.base import Encoder, global_avg_pool
+from medcl.networks.heads import DenseProjectionHead
+
+
+def random_flip_masks(batch: int, spatial_dims: int, p: float, generator: torch.Generator | None = None,
+                      device: torch.device | None = None) -> torch.Tensor:
+    """``(batch, spatial_dims)`` bool: whether sample ``i`` is flipped along spatial axis ``d``."""
+    return (torch.rand(batch, spatial_dims, generator=generator) < p).to(device)
+
+
+def apply_flips(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Flip each sample of ``x`` ``(B, C, *S)`` along the spatial axes set in ``masks`` ``(B, len(S))``.
+
+    Self-inverse: ``apply_flips(apply_flips(x, m), m) == x``.
+    """
+    for d in range(masks.shape[1]):
+        m = masks[:, d].view(-1, *([1] * (x.dim() - 1)))
+        x = torch.where(m, x.flip(2 + d), x)
+    return x
+
+
+class DenseContrast(Method):
+    """Global + local contrast on ``encoder.forward_dense`` (or a pyramid level).
+
+    Args:
+        encoder: a 2D or 3D backbone.
+        temperature: softmax temperature.
+        hidden_dim, out_dim: dense head widths (1×1 convs).
+        global_weight: weight of the global (pooled) term; ``1 - global_weight`` goes to the local term.
+        num_samples: locations sampled per step for the local term.
+        local_negatives: ``"image"`` (other locations of the same image) or ``"batch"``.
+        level: which ``forward_pyramid`` map to contrast (-1: the last, as ``forward_dense``;
+            -2 gives a finer grid for small inputs).
+        flip_p: probability of flipping each view along each spatial axis (0 disables).
+        gather_distributed: global negatives from all GPUs.
+
+    Batch:
+        ``views`` ``(B, V>=2, C, *S)`` with views 0 and 1 spatially aligned.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        temperature: float = 0.1,
+        hidden_dim: int = 512,
+        out_dim: int = 128,
+        global_weight: float = 0.5,
+        num_samples: int | None = 256,
+        local_negatives: str = "image",
+        level: int = -1,
+        flip_p: float = 0.5,
+        gather_distributed: bool = False,
+    ) -> None:
+        super().__init__(encoder)
+        sd = encoder.spatial_dims
+        if sd not in (2, 3):
+            raise ConfigError(f"dense contrast needs 2D or 3D inputs, the encoder is {sd}D", where="method",
+                              fix="use simclr or clocs for signals")
+        channels = encoder.pyramid_channels
+        if not -len(channels) <= level < len(channels):
+            raise ConfigError(f"level={level} but the encoder has {len(channels)} pyramid levels",
+                              where="method.level", fix=f"use -1 .. -{len(channels)}")
+        self.level = level
+        in_dim = encoder.dense_dim if level in (-1, len(channels) - 1) else channels[level]
+        self.dense_head = DenseProjectionHead(in_dim, hidden_dim, out_dim, spatial_dims=sd)
+        self.criterion = DenseContrastLoss(temperature, spatial_dims=sd, global_weight=global_weight,
+                                           num_samples=num_samples, local_negatives=local_negatives,
+                                           gather_distributed=gather_distributed)
+        self.flip_p = float(flip_p)
+
+    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, *S) -> (N, out_dim, *S')`` projected feature map."""
+        if self.level in (-1, len(self.encoder.pyramid_channels) - 1):
+            f = self.encoder.forward_dense(x)
+        else:
+            f = self.encoder.forward_pyramid(x)[self.level]
+        return self.dense_head(f)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        v = self.views(batch)[:, :2]
+        b, sd = v.shape[0], v.dim() - 3
+        x = v.transpose(0, 1).flatten(0, 1)  # (2B, C, *S), view-major
+        masks = None
+        if self.training and self.flip_p > 0:
+            masks = random_flip_masks(2 * b, sd, self.flip_p, device=x.device)
+            x = apply_flips(x, masks)
+        f = self.dense_features(x)
+        if masks is not None:
+            f = apply_flips(f, masks)  # back onto the common grid
+        fa, fb = f[:b], f[b:]
+        loss = self.criterion(fa, fb)
+        pooled = torch.stack([global_avg_pool(fa), global_avg_pool(fb)], dim=1)
+        return {"loss": loss, **view_stats(pooled)}

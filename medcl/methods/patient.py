@@ -1,0 +1,97 @@
+"""Patient-aware methods: MICLe (Azizi et al. 2021) and CLOCS (Kiyasseh, Zhu, Clifton 2021)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from medcl.losses import CLOCSLoss, PatientContrastLoss
+from medcl.methods.base import ContrastiveMethod, view_stats
+from medcl.networks.base import Encoder
+
+
+class MICLe(ContrastiveMethod):
+    """Multi-Instance Contrastive Learning (Azizi et al., "Big Self-Supervised Models Advance
+    Medical Image Classification", ICCV 2021).
+
+    Views of *different images of the same patient* in the batch are positives (besides the
+    views of the same image); patients are given by ``batch["patient"]`` (``-1`` = unknown,
+    then only the image's own views are positives, i.e. SimCLR). Use a patient-grouped sampler
+    so that batches contain several images per patient.
+
+    Args:
+        encoder: the backbone.
+        temperature: softmax temperature.
+        hidden_dim, out_dim, num_layers: projector.
+        gather_distributed: negatives (and patient ids) from all GPUs.
+
+    Batch:
+        ``views`` ``(B, V>=2, C, *S)``, ``patient`` ``(B,)`` int64.
+    """
+
+    needs = ("patient",)
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        temperature: float = 0.1,
+        hidden_dim: int = 2048,
+        out_dim: int = 128,
+        num_layers: int = 2,
+        gather_distributed: bool = False,
+    ) -> None:
+        super().__init__(encoder, hidden_dim=hidden_dim, out_dim=out_dim, num_layers=num_layers)
+        self.criterion = PatientContrastLoss(temperature, gather_distributed=gather_distributed)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        z = self.embed_views(self.views(batch))
+        patient = self.require(batch, "patient").long()
+        return {"loss": self.criterion(z, patient), **view_stats(z)}
+
+
+class CLOCS(ContrastiveMethod):
+    """CLOCS for ECG (Kiyasseh et al., "Contrastive Learning of Cardiac Signals Across Space,
+    Time, and Patients", ICML 2021).
+
+    The V views of a row are temporal segments (CMSC), lead groups (CMLC) or both (CMSMLC) of
+    one recording, cut by the ECG view transform; each view is contrasted with the other views,
+    positives being the same row, the same record (``batch["record"]``) or the same patient.
+
+    Args:
+        encoder: a 1D backbone (``xresnet1d``, ``resnet1d``).
+        temperature: softmax temperature (0.1 in the paper).
+        positives: ``"patient"`` (default), ``"record"`` or ``"sample"``.
+        cross_view_only: contrast only across views, as in the paper.
+        hidden_dim, out_dim, num_layers: projector.
+        gather_distributed: negatives from all GPUs.
+
+    Batch:
+        ``views`` ``(B, V>=2, leads, T)``, ``patient`` ``(B,)`` (for ``positives="patient"``),
+        ``record`` ``(B,)`` (for ``positives="record"``).
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        temperature: float = 0.1,
+        positives: str = "patient",
+        cross_view_only: bool = True,
+        hidden_dim: int = 512,
+        out_dim: int = 128,
+        num_layers: int = 2,
+        gather_distributed: bool = False,
+    ) -> None:
+        super().__init__(encoder, hidden_dim=hidden_dim, out_dim=out_dim, num_layers=num_layers)
+        self.criterion = CLOCSLoss(temperature, positives=positives, cross_view_only=cross_view_only,
+                                   gather_distributed=gather_distributed)
+        self.positives = positives
+        self.needs = {"patient": ("patient",), "record": ("record",)}.get(positives, ())
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        z = self.embed_views(self.views(batch))
+        patient = self.require(batch, "patient").long() if self.positives == "patient" else None
+        record = self.require(batch, "record").long() if self.positives == "record" else None
+        return {"loss": self.criterion(z, patient, record), **view_stats(z)}

@@ -1,0 +1,175 @@
+"""Encoders and heads.
+
+``ENCODERS`` maps a config name to the factory per number of spatial axes, so the same name
+(``resnet18``) gives timm's 2D ResNet for images, MONAI's 3D ResNet for volumes and MONAI's 1D
+ResNet for ECG. Factories are imported lazily: ``import medcl.networks`` imports neither timm
+nor MONAI.
+
+>>> enc = build_encoder("resnet18", in_channels=1, spatial_dims=2)
+>>> enc(torch.zeros(2, 1, 64, 64)).shape          # (B, feature_dim)
+torch.Size([2, 512])
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medcl.errors import ConfigError
+from medcl.networks.base import Encoder
+from medcl.networks.heads import DenseProjectionHead, PredictorHead, ProjectionHead
+
+
+@dataclass(frozen=True)
+class Factory:
+    """Where a factory lives (``module:function``) and the fixed keyword arguments it gets."""
+
+    target: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def load(self):
+        module, func = self.target.split(":")
+        return getattr(importlib.import_module(module), func)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """One registry entry: a factory per supported ``spatial_dims`` and a one-line description."""
+
+    by_dims: dict[int, Factory]
+    description: str
+
+
+_TIMM = "medcl.networks.encoders2d:build_timm"
+_RES3D = "medcl.networks.encoders3d:MonaiResNetEncoder"
+_RES1D = "medcl.networks.encoders1d:build_resnet1d"
+_SWIN = "medcl.networks.encoders3d:SwinUNETREncoder"
+_UNET = "medcl.networks.encoders3d:BasicUNetEncoder"
+_XRES = "medcl.networks.encoders1d:build_xresnet1d"
+_TINY = "medcl.networks.tiny:build_tiny_cnn"
+
+
+def _timm(name: str, **kw: Any) -> Factory:
+    return Factory(_TIMM, {"model_name": name, **kw})
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    "resnet18": EncoderSpec(
+        {2: _timm("resnet18"), 3: Factory(_RES3D, {"depth": "resnet18"}), 1: Factory(_RES1D, {"depth": "resnet18"})},
+        "ResNet-18: timm (2D), MONAI (3D, 1D)",
+    ),
+    "resnet10": EncoderSpec(
+        {3: Factory(_RES3D, {"depth": "resnet10"}), 1: Factory(_RES1D, {"depth": "resnet10"})},
+        "ResNet-10 from MONAI (3D/1D; Med3D weights load)",
+    ),
+    "resnet34": EncoderSpec({2: _timm("resnet34"), 3: Factory(_RES3D, {"depth": "resnet34"})}, "ResNet-34"),
+    "resnet50": EncoderSpec({2: _timm("resnet50"), 3: Factory(_RES3D, {"depth": "resnet50"})}, "ResNet-50"),
+    "convnext_tiny": EncoderSpec({2: _timm("convnext_tiny")}, "ConvNeXt-T (timm)"),
+    "vit_small": EncoderSpec({2: _timm("vit_small_patch16_224")}, "ViT-S/16 (timm), any size divisible by 16"),
+    "vit_tiny": EncoderSpec({2: _timm("vit_tiny_patch16_224")}, "ViT-Ti/16 (timm), any size divisible by 16"),
+    "efficientnet_b0": EncoderSpec({2: _timm("efficientnet_b0")}, "EfficientNet-B0 (timm)"),
+    "densenet121": EncoderSpec({2: _timm("densenet121")}, "DenseNet-121 (timm)"),
+    "swin_unetr_encoder": EncoderSpec(
+        {3: Factory(_SWIN), 2: Factory(_SWIN)}, "SwinUNETR's Swin transformer (MONAI); sides divisible by 32"
+    ),
+    "unet_encoder": EncoderSpec({2: Factory(_UNET), 3: Factory(_UNET)}, "BasicUNet contracting path (MONAI)"),
+    "unet_encoder2d": EncoderSpec({2: Factory(_UNET)}, "BasicUNet contracting path (MONAI), 2D"),
+    "unet_encoder3d": EncoderSpec({3: Factory(_UNET)}, "BasicUNet contracting path (MONAI), 3D"),
+    "resnet1d": EncoderSpec({1: Factory(_RES1D, {"depth": "resnet18"})}, "MONAI ResNet-18 1D for ECG"),
+    "xresnet1d": EncoderSpec({1: Factory(_XRES)}, "xresnet1d50 for ECG (Strodthoff et al. 2021)"),
+    "xresnet1d101": EncoderSpec({1: Factory(_XRES, {"layers": (3, 4, 23, 3)})}, "xresnet1d101 for ECG"),
+    "tiny_cnn": EncoderSpec({1: Factory(_TINY), 2: Factory(_TINY), 3: Factory(_TINY)}, "tiny CNN for tests"),
+}
+
+
+def _lookup(name: str) -> EncoderSpec:
+    if name in ENCODERS:
+        return ENCODERS[name]
+    close = difflib.get_close_matches(name, list(ENCODERS), n=3)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    raise ConfigError(
+        f"unknown encoder {name!r}",
+        where="model.encoder",
+        fix=f"{hint}choose one of {', '.join(sorted(ENCODERS))}",
+    )
+
+
+def build_encoder(
+    name: str,
+    *,
+    in_channels: int,
+    spatial_dims: int = 2,
+    pretrained_path: str | Path | None = None,
+    pretrained_strict: bool = True,
+    **kwargs: Any,
+) -> Encoder:
+    """Build an encoder by registry name; optionally load local weights.
+
+    Args:
+        name: key of :data:`ENCODERS`.
+        in_channels: input channels (image channels or ECG leads).
+        spatial_dims: 1 (signals), 2 (images) or 3 (volumes).
+        pretrained_path: local weights file (timm/torchvision/MONAI state dict,
+            ``.safetensors`` or a medcl checkpoint); never downloaded.
+        pretrained_strict: reject files with missing/unexpected keys (default).
+        **kwargs: architecture options passed to the factory (e.g. ``img_size`` for ViTs,
+            ``feature_size`` for SwinUNETR, ``widths`` for ``tiny_cnn``).
+
+    Returns:
+        An :class:`Encoder` (``feature_dim``, ``forward``, ``forward_dense``, ``forward_pyramid``).
+
+    Raises:
+        ConfigError: unknown name, unsupported ``spatial_dims`` or unknown keyword argument.
+        CheckpointError: the weights file is unreadable or does not fit.
+    """
+    spec = _lookup(name)
+    if spatial_dims not in spec.by_dims:
+        raise ConfigError(
+            f"encoder {name!r} does not support spatial_dims={spatial_dims}",
+            where="model.encoder",
+            fix=f"{name!r} supports spatial_dims {sorted(spec.by_dims)}; encoders for {spatial_dims}D: "
+            + ", ".join(sorted(n for n, s in ENCODERS.items() if spatial_dims in s.by_dims)),
+        )
+    if in_channels < 1:
+        raise ConfigError(f"in_channels={in_channels}", where="model.in_channels", fix="use a positive channel count")
+    factory = spec.by_dims[spatial_dims]
+    fn = factory.load()
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    # timm's create_model accepts **kwargs, so unknown keys surface from the model itself.
+    unknown = [] if takes_any else [k for k in kwargs if k not in params]
+    if unknown:
+        raise ConfigError(
+            f"encoder {name!r} got unknown option(s) {unknown}",
+            where="model.encoder_kwargs",
+            fix="accepted options: " + ", ".join(k for k in params if k not in ("in_channels", "spatial_dims")),
+        )
+    try:
+        encoder = fn(in_channels=in_channels, spatial_dims=spatial_dims, **factory.kwargs, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(
+            f"encoder {name!r} got an unknown option or value ({exc})",
+            where="model.encoder_kwargs",
+            fix="remove or rename the offending option (see the encoder's docstring for its options)",
+        ) from exc
+    encoder.name = name
+    if pretrained_path is not None:
+        from medcl.networks.weights import load_pretrained
+
+        load_pretrained(encoder, pretrained_path, strict=pretrained_strict, name=name)
+    return encoder
+
+
+__all__ = [
+    "ENCODERS",
+    "DenseProjectionHead",
+    "Encoder",
+    "EncoderSpec",
+    "PredictorHead",
+    "ProjectionHead",
+    "build_encoder",
+]

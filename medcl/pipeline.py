@@ -1,0 +1,276 @@
+"""Run a pipeline: its stages in order, each a nested MLflow run under the pipeline's run.
+
+``pretrain → classify and/or segment → calibrate → report``. Stages hand artifacts on through
+``ctx.outputs[stage]`` (paths in the run folder and MLflow run ids). A failed stage stops the
+pipeline with a :class:`StageError` naming it; a re-run of the same resolved config re-opens
+the same MLflow run and skips stages that completed, unless ``--force``. ``--resume`` also
+re-opens an unfinished stage's run and continues from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medcl.config import PipelineConfig, apply_overrides, flatten, load_raw, pipeline_key, resolved_dict, validate
+from medcl.errors import MedclError, StageError
+
+log = logging.getLogger(__name__)
+
+#: what --smoke changes: every stage for a few steps
+SMOKE_OVERRIDES = [
+    "pretrain.epochs=1", "pretrain.max_steps=2", "pretrain.warmup_epochs=0",
+    "classify.finetune.epochs=1", "classify.finetune.max_steps=2", "classify.n_boot=20",
+    "segment.epochs=1", "segment.max_steps=2",
+]
+
+
+@dataclass
+class RunContext:
+    """What a stage gets: the config, the data, where to write, and what earlier stages made."""
+
+    cfg: PipelineConfig
+    key: str
+    run_dir: Path
+    data: Any
+    device: Any
+    rank: int = 0
+    world_size: int = 1
+    resume: bool = False
+    smoke: bool = False
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    parent_run_id: str | None = None
+    tracking_uri: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def stage_dir(self, stage: str) -> Path:
+        d = self.run_dir / stage
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return d
+
+
+def _stage_fn(name: str) -> Callable[[RunContext, Any], dict[str, Any]]:
+    from medcl.stages import STAGES
+
+    return STAGES[name]
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | None = None, smoke: bool = False) -> PipelineConfig:
+    """Load a pipeline YAML with --smoke overrides applied before the user's --set ones."""
+    from medcl.config import load_config
+
+    if smoke:
+        raw = apply_overrides(load_raw(path), SMOKE_OVERRIDES)
+        validate(raw, source=str(path))
+        return load_config(path, [*SMOKE_OVERRIDES, *(overrides or [])])
+    return load_config(path, overrides)
+
+
+def run_pipeline_file(path: str | Path, *, overrides: list[str] | None = None, force: bool = False,
+                      resume: bool = False, dry_run: bool = False, smoke: bool = False) -> int:
+    cfg = load_pipeline(path, overrides, smoke=smoke)
+    run_pipeline(cfg, force=force, resume=resume, dry_run=dry_run, smoke=smoke)
+    return 0
+
+
+def _device(cfg: PipelineConfig, local_rank: int) -> Any:
+    import torch
+
+    want = cfg.runtime.device
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise StageError("runtime.device is cuda but no GPU is visible", where="runtime.device",
+                             fix="use runtime.device=auto or cpu, or check CUDA_VISIBLE_DEVICES / the driver")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def print_plan(cfg: PipelineConfig, data: Any, key: str, run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title=f"plan: {cfg.name} (key {key})")
+    t.add_column("stage")
+    t.add_column("what")
+    desc = {
+        "pretrain": f"{cfg.pretrain.method} on {cfg.model.encoder}, {cfg.pretrain.epochs} epochs, "
+        f"batch {cfg.pretrain.batch_size}, {cfg.pretrain.optimizer} lr {cfg.pretrain.lr}",
+        "classify": f"{', '.join(cfg.classify.protocols)} at label fractions {cfg.classify.label_fractions}, "
+        f"baselines {', '.join(cfg.classify.baselines) or 'none'}",
+        "segment": f"{cfg.segment.network}, {cfg.segment.epochs} epochs, {cfg.segment.num_classes} classes",
+        "calibrate": f"{cfg.calibrate.method} scaling, ECE with {cfg.calibrate.n_bins} bins",
+        "report": "HTML report from the MLflow run",
+    }
+    for s in cfg.stages:
+        t.add_row(s, desc[s])
+    console.print(t)
+    s = data.summary
+    console.print(f"data: {len(data.records)} samples from {len(data.patient_index)} patients, "
+                  f"{len(data.excluded)} excluded; classes: {', '.join(data.classes) or '(none)'}; task {data.task}")
+    for split, n in (s.get("patients") or {}).items():
+        console.print(f"  {split}: {n} patients, {s.get('samples', {}).get(split, '?')} samples")
+    console.print(f"run folder: {run_dir}")
+
+
+def _previous_run(uri: str | None, cfg: PipelineConfig, key: str) -> Any | None:
+    from medcl.tracking import find_runs
+
+    runs = find_runs(uri, cfg.tracking.experiment,
+                     f"tags.`medcl.pipeline_key` = '{key}' and tags.`medcl.kind` = 'pipeline'", max_results=1)
+    return runs[0] if runs else None
+
+
+def _stage_runs(uri: str | None, cfg: PipelineConfig, parent_id: str) -> dict[str, Any]:
+    from medcl.tracking import find_runs
+
+    out: dict[str, Any] = {}
+    for run in find_runs(uri, cfg.tracking.experiment, f"tags.`mlflow.parentRunId` = '{parent_id}'", 100):
+        stage = run.data.tags.get("medcl.stage")
+        if stage and stage not in out:  # newest first
+            out[stage] = run
+    return out
+
+
+def run_pipeline(cfg: PipelineConfig, *, force: bool = False, resume: bool = False, dry_run: bool = False,
+                 smoke: bool = False) -> RunContext:
+    """Run every stage of ``cfg`` (see module docstring); returns the context with all outputs."""
+    from medcl import distributed
+    from medcl.data.prepare import prepare_data
+    from medcl.tracking import MLflowTracker, NullTracker, default_tracking_uri
+
+    key = pipeline_key(cfg)
+    run_dir = Path(cfg.runtime.output_dir).resolve() / f"{cfg.name}-{key}"
+    data = prepare_data(cfg)
+    if dry_run:
+        print_plan(cfg, data, key, run_dir)
+        print("dry run: nothing was trained")
+        return RunContext(cfg, key, run_dir, data, device=None, smoke=smoke)
+
+    distributed.init_distributed()
+    rank, world = distributed.rank(), distributed.world_size()
+    ctx = RunContext(cfg, key, run_dir, data, device=_device(cfg, distributed.local_rank()), rank=rank,
+                     world_size=world, resume=resume, smoke=smoke)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    distributed.barrier()
+
+    uri = cfg.tracking.uri or default_tracking_uri()
+    ctx.tracking_uri = uri
+    previous = stage_runs = None
+    parent: Any = NullTracker(cfg.name)
+    if ctx.is_main:
+        # Fail before training if the store/server is unreachable (retries configurable).
+        MLflowTracker.connect(uri, cfg.tracking.experiment, cfg.tracking.retries, cfg.tracking.retry_wait_s)
+        previous = None if force else _previous_run(uri, cfg, key)
+        parent = MLflowTracker.start(
+            cfg.name, uri=uri, experiment=cfg.tracking.experiment, retries=cfg.tracking.retries,
+            retry_wait_s=cfg.tracking.retry_wait_s, run_id=previous.info.run_id if previous else None,
+            tags={"medcl.kind": "pipeline", "medcl.pipeline_key": key, "medcl.smoke": str(smoke).lower()},
+        )
+        stage_runs = _stage_runs(uri, cfg, parent.run_id) if previous else {}
+        if not previous:
+            _log_pipeline_inputs(parent, cfg, data, run_dir)
+    ctx.parent_run_id = distributed.broadcast_object(parent.run_id if ctx.is_main else None)
+    stage_runs = distributed.broadcast_object(
+        {k: (r.info.run_id, r.info.status, r.data.tags.get("medcl.outputs", "{}")) for k, r in (stage_runs or {}).items()}
+    )
+
+    status = "FINISHED"
+    try:
+        for stage in cfg.stages:
+            prev = stage_runs.get(stage)
+            if prev and prev[1] == "FINISHED" and not force:
+                ctx.outputs[stage] = json.loads(prev[2])
+                if ctx.is_main:
+                    log.info("stage %s already completed in run %s: skipping (use --force to re-run)", stage, prev[0])
+                continue
+            reopen = prev[0] if (prev and resume and ctx.is_main) else None
+            child = parent.child(stage, tags={"medcl.stage": stage, "medcl.kind": "stage"}, run_id=reopen)
+            t0 = time.time()
+            if ctx.is_main:
+                log.info("stage %s: starting (MLflow run %s)", stage, child.run_id)
+            try:
+                out = _stage_fn(stage)(ctx, child)
+            except MedclError as exc:
+                child.end("FAILED")
+                raise StageError(exc.line(), where=f"stage {stage}",
+                                 fix="fix the cause above and re-run; completed stages are skipped") from exc
+            except Exception as exc:
+                child.end("FAILED")
+                raise StageError(f"{type(exc).__name__}: {exc}", where=f"stage {stage}",
+                                 fix="see the log file for the traceback; completed stages are skipped on a re-run"
+                                 ) from exc
+            out = {**(out or {}), "run_id": child.run_id, "seconds": round(time.time() - t0, 1)}
+            ctx.outputs[stage] = out
+            if ctx.is_main:
+                (ctx.stage_dir(stage) / "outputs.json").write_text(json.dumps(out, indent=2, default=str))
+                child.set_tags({"medcl.outputs": json.dumps(out, default=str)[:5000]})
+            child.end("FINISHED")
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        parent.end(status)
+        if ctx.is_main and status == "FINISHED":
+            print_summary(ctx)
+    return ctx
+
+
+def _log_pipeline_inputs(parent: Any, cfg: PipelineConfig, data: Any, run_dir: Path) -> None:
+    """Resolved config, params, split and exclusions: logged once per pipeline run."""
+    import yaml
+
+    from medcl.data.splits import save_split
+
+    resolved = resolved_dict(cfg)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    parent.log_artifact(run_dir / "config.yaml")
+    params = {k: v for k, v in flatten(resolved).items() if not k.startswith(("data.manifest", "data.root",
+                                                                                 "data.cache_dir", "runtime.output_dir",
+                                                                                 "model.pretrained_path"))}
+    parent.log_params(params)
+    split_path = run_dir / "split.csv"
+    save_split(split_path, data.records, data.assignment)
+    parent.log_artifact(split_path)
+    parent.log_dict(data.summary, "data_summary.json")
+    parent.log_params({"data.n_samples": len(data.records), "data.n_patients": len(data.patient_index),
+                       "data.n_excluded": len(data.excluded), "data.classes": json.dumps(data.classes)})
+    if data.excluded:
+        rows = [{"row": p.row, "code": p.code, "what": p.what} for p in data.excluded]
+        parent.log_dict(rows, "excluded_rows.json")
+    os.chmod(run_dir / "config.yaml", 0o600)
+
+
+def print_summary(ctx: RunContext) -> None:
+    """A table of the headline results of every stage, and where to look next."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title=f"{ctx.cfg.name}: results (95% CI, patient-level bootstrap)")
+    for col in ("stage", "model", "metric", "value"):
+        t.add_column(col)
+    for stage, out in ctx.outputs.items():
+        for row in out.get("summary", []):
+            t.add_row(stage, str(row.get("model", "")), str(row.get("metric", "")), str(row.get("value", "")))
+    console.print(t)
+    uri = ctx.tracking_uri or ""
+    console.print(f"MLflow run: {ctx.parent_run_id}")
+    if uri.startswith("sqlite:///"):
+        console.print(f"open the MLflow UI:  mlflow ui --backend-store-uri {uri} "
+                      f"--default-artifact-root {Path(uri[10:]).parent / 'mlartifacts'}")
+    else:
+        console.print(f"MLflow UI: {uri}")
+    if "report" in ctx.outputs and ctx.outputs["report"].get("html"):
+        console.print(f"report: {ctx.outputs['report']['html']}")

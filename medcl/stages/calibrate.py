@@ -1,0 +1,138 @@
+"""The ``calibrate`` stage: make the primary model's probabilities trustworthy.
+
+Fits the configured calibrator (temperature, vector or Dirichlet scaling) on the *validation*
+logits of the primary model from ``classify``, and reports on the *test* split ECE (equal-width
+and adaptive bins, bin count stated), MCE, Brier and NLL before and after, with reliability-
+diagram data. Then logs the deployable model — encoder → head → calibration → probabilities —
+with the pytorch flavour, an input signature, the class names, the temperature and the
+preprocessing config, and registers it when ``tracking.register_model`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medcl.errors import StageError
+
+log = logging.getLogger(__name__)
+
+
+def _load_primary(ctx: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    out = ctx.outputs.get("classify") or {}
+    if not out.get("primary"):
+        raise StageError("no classifier to calibrate", where="stage calibrate",
+                         fix="run the classify stage first (add it to stages)")
+    npz = dict(np.load(out["primary"]))
+    meta = json.loads(Path(out["primary_meta"]).read_text())
+    return npz, meta
+
+
+def build_export_model(ctx: Any, meta: dict[str, Any], calibration: dict[str, Any]) -> Any:
+    """The :class:`~medcl.tasks.export.CalibratedClassifier` of the primary model (on CPU, eval mode)."""
+    from medcl.engine.checkpoint import load_checkpoint
+    from medcl.stages.common import make_encoder
+    from medcl.tasks.classification import ClassifierModel, num_outputs_for_task
+    from medcl.tasks.export import CalibratedClassifier, linear_head_from_probe
+
+    cfg, data = ctx.cfg, ctx.data
+    base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})
+    if meta["kind"] == "linear":
+        weights = (ctx.outputs.get("classify") or {}).get("pretrained_encoder") if meta["encoder"] == "ssl" else None
+        encoder = make_encoder(base, weights=weights)
+        w, b = linear_head_from_probe(meta["head"])
+    else:
+        model = ClassifierModel(make_encoder(base), num_outputs_for_task(data.task, len(data.classes)), data.task)
+        model.load_state_dict(load_checkpoint(meta["weights"])["model"])
+        encoder, w, b = model.encoder, model.head.weight.detach(), model.head.bias.detach()
+    return CalibratedClassifier(encoder, w, b, data.task, calibration).eval()
+
+
+def _example_input(ctx: Any) -> np.ndarray:
+    from medcl.stages.common import make_loader, make_transforms
+
+    items = ctx.data.items("test", labelled=True)[:2] or ctx.data.items(None)[:2]
+    loader = make_loader(ctx, items, make_transforms(ctx.cfg, train=False), batch_size=2, shuffle=False,
+                         train=False, distributed=False)
+    return next(iter(loader))["image"].float().numpy()
+
+
+def run(ctx: Any, tracker: Any) -> dict[str, Any]:
+    import torch
+
+    from medcl import distributed
+    from medcl.tasks.calibration import calibration_report
+    from medcl.tasks.export import calibration_for_export
+
+    if not ctx.is_main:
+        distributed.barrier()
+        return {}
+    cfg, c, data = ctx.cfg, ctx.cfg.calibrate, ctx.data
+    npz, meta = _load_primary(ctx)
+    if npz["val_logits"].size == 0:
+        raise StageError("the validation split is empty: nothing to fit the calibration on", where="stage calibrate",
+                         fix="set data.val_fraction > 0 (e.g. 0.15)")
+    task = data.task
+    rep = calibration_report(npz["val_logits"], npz["val_y"], npz["test_logits"], npz["test_y"], c.method, c.n_bins,
+                             task=task)
+    metrics = {}
+    for when in ("before", "after"):
+        for k, v in rep[when].items():
+            if isinstance(v, (int, float)) and np.isfinite(v):
+                metrics[f"test/{k}_{when}"] = float(v)
+    tracker.log_metrics(metrics)
+    params = {"calibrate.method": c.method, "calibrate.n_bins": c.n_bins,
+              "calibrate.estimator": str(rep.get("estimator", ""))}
+    if "temperature" in rep:
+        params["calibrate.temperature"] = json.dumps(rep["temperature"])
+    tracker.log_params(params)
+    saved = {k: v for k, v in rep.items() if k != "probs_after"}
+    out_dir = ctx.stage_dir("calibrate")
+    (out_dir / "calibration.json").write_text(json.dumps(saved, indent=2, default=_jsonable))
+    tracker.log_artifact(out_dir / "calibration.json")
+
+    # -- the deployable model ---------------------------------------------------------------------------
+    calibration = calibration_for_export(rep["state"])
+    model = build_export_model(ctx, meta, calibration)
+    example = _example_input(ctx)
+    with torch.no_grad():
+        probs = model(torch.as_tensor(example)).numpy()
+    model_uri = None
+    if tracker.active:
+        from mlflow.models import infer_signature
+
+        signature = infer_signature(example, probs)
+        preprocessing = {"preset": cfg.transforms.preset, **(cfg.transforms.model_extra or {}),
+                         "input": "float32 (N, C, *spatial) after the preset's eval transforms"}
+        tracker.log_dict({"classes": data.classes, "task": task, "calibration": c.method,
+                          "temperature": rep.get("temperature"), "preprocessing": preprocessing,
+                          "encoder": cfg.model.encoder, "output": "calibrated probabilities"},
+                         "model_card.json")
+        model_uri = tracker.log_model(model, "model", signature=signature, input_example=example[:1],
+                                      registered_model_name=cfg.tracking.register_model,
+                                      metadata={"classes": data.classes, "task": task,
+                                                "calibration": json.loads(json.dumps(calibration, default=_jsonable)),
+                                                "preprocessing": preprocessing})
+    b, a = rep["before"], rep["after"]
+    ece_key = next((k for k in ("ece_equal_width", "ece", "ece_adaptive") if k in b), None)
+    summary = []
+    if ece_key:
+        summary.append({"model": f"{meta['encoder']} {meta['kind']}", "metric": f"ECE ({c.n_bins} equal-width bins)",
+                        "value": f"{b[ece_key]:.3f} → {a[ece_key]:.3f}"})
+    summary.append({"model": f"{meta['encoder']} {meta['kind']}", "metric": "NLL",
+                    "value": f"{b['nll']:.3f} → {a['nll']:.3f}"})
+    distributed.barrier()
+    return {"calibration": str(out_dir / "calibration.json"), "model_uri": model_uri,
+            "temperature": rep.get("temperature"), "summary": summary}
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)

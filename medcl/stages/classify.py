@@ -1,0 +1,301 @@
+"""The ``classify`` stage: how good is the encoder downstream, and compared with what?
+
+For every label fraction (of training *patients*, nested 1 % ⊂ 10 % ⊂ 100 %) and protocol
+(linear probe, kNN, fine-tuning), the pretrained encoder is compared side by side with the
+baselines named in ``classify.baselines`` (random-init encoder, raw pixels, fine-tuning from
+scratch). Test metrics get patient-level bootstrap CIs; per-site/subgroup tables are logged
+when the manifest has such columns. The primary model (pretrained encoder at the largest
+fraction; fine-tuned if fine-tuning was asked for, else its linear probe) hands its validation
+and test logits to ``calibrate``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+HEADLINE = ("auroc", "auprc", "balanced_accuracy", "f1", "qwk")
+MAX_SUBGROUP_LEVELS = 8
+
+
+def _fraction_tag(f: float) -> str:
+    return f"f{round(f * 100):g}"
+
+
+def _raw_features(ctx: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels (downsampled to ≤ 1024 values per channel) as a "no learning" baseline."""
+    import torch.nn.functional as F
+
+    feats, idx = [], []
+    for batch in loader:
+        x = batch["image"].float()
+        spatial = x.shape[2:]
+        if len(spatial) >= 2:
+            target = [min(s, 32 if len(spatial) == 2 else 10) for s in spatial]
+            x = F.adaptive_avg_pool2d(x, target) if len(spatial) == 2 else F.adaptive_avg_pool3d(x, target)
+        else:
+            x = F.adaptive_avg_pool1d(x, min(spatial[0], 256))
+        feats.append(x.flatten(1).numpy())
+        idx.append(batch["index"].numpy())
+    return np.concatenate(feats), np.concatenate(idx)
+
+
+def _extract(ctx: Any, encoder: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
+    from medcl.engine.loop import extract_features
+
+    feats, _, _, idx = extract_features(encoder.to(ctx.device), loader, device=ctx.device)
+    return feats, idx
+
+
+def _align(feats: np.ndarray, idx: np.ndarray, want: np.ndarray) -> np.ndarray:
+    pos = {int(i): k for k, i in enumerate(idx)}
+    return feats[[pos[int(i)] for i in want]]
+
+
+def _subgroups(ctx: Any, test_idx: np.ndarray) -> dict[str, np.ndarray]:
+    out = {}
+    names = ["site"] + sorted({k for r in ctx.data.records for k in r.extra})
+    for name in names:
+        col = ctx.data.column(name, test_idx)
+        levels = {v for v in col if v != ""}
+        if 2 <= len(levels) <= MAX_SUBGROUP_LEVELS:
+            out[name] = col
+    return out
+
+
+def predict_logits(model: Any, loader: Any, device: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of a ClassifierModel over a loader: ``((N, K) or (N,), indices (N,))``."""
+    import torch
+
+    model.eval()
+    outs, idx = [], []
+    with torch.no_grad():
+        for batch in loader:
+            z = model(batch["image"].to(device)).float().cpu()
+            outs.append(z.reshape(z.shape[0], -1))
+            idx.append(batch["index"])
+    z = torch.cat(outs).numpy()
+    return (z[:, 0] if z.shape[1] == 1 else z), torch.cat(idx).numpy()
+
+
+def _finetune(ctx: Any, encoder: Any, train_items: list[dict], seed_offset: int) -> Any:
+    """Fine-tune encoder + linear head with layer-wise LR decay; returns the ClassifierModel."""
+    from medcl.engine.loop import fit
+    from medcl.engine.optim import build_optimizer
+    from medcl.engine.schedule import build_scheduler
+    from medcl.stages.common import make_loader, make_transforms
+    from medcl.tasks.classification import (
+        ClassifierModel,
+        SupervisedWrapper,
+        layerwise_lr_groups,
+        num_outputs_for_task,
+    )
+
+    cfg, ft, data = ctx.cfg, ctx.cfg.classify.finetune, ctx.data
+    model = ClassifierModel(encoder, num_outputs_for_task(data.task, len(data.classes)), data.task).to(ctx.device)
+    wrapper = SupervisedWrapper(model).to(ctx.device)
+    bs = max(1, min(ft.batch_size, len(train_items)))
+    loader = make_loader(ctx, train_items, make_transforms(cfg, train=True, views=1), batch_size=bs, shuffle=True,
+                         train=True, distributed=False, drop_last=len(train_items) > bs)
+    groups = layerwise_lr_groups(model, ft.lr, decay=ft.layer_decay, weight_decay=ft.weight_decay)
+    opt = build_optimizer(groups, "adamw", lr=ft.lr, weight_decay=ft.weight_decay)
+    steps = max(1, len(loader)) * ft.epochs
+    if ft.max_steps:
+        steps = min(steps, ft.max_steps)
+    sched = build_scheduler(opt, total_steps=steps, warmup_steps=min(steps - 1, max(0, len(loader) // 2)))
+
+    def factory(epoch: int):
+        loader.set_epoch(epoch + 1000 * seed_offset)
+        return loader
+
+    fit(wrapper, factory, opt, sched, epochs=ft.epochs, device=ctx.device, max_steps=ft.max_steps, total_steps=steps,
+        progress=False, resume=False)
+    return model
+
+
+def run(ctx: Any, tracker: Any) -> dict[str, Any]:
+    from medcl import distributed
+    from medcl.metrics import choose_threshold, metrics_with_ci, subgroup_metrics
+    from medcl.stages.common import make_encoder, make_loader, make_transforms, seed_everything
+    from medcl.tasks.classification import knn_predict, label_fraction_patients, linear_probe
+
+    if not ctx.is_main:  # downstream evaluation is cheap: rank 0 does it, the others wait
+        distributed.barrier()
+        return {}
+    cfg, c, data = ctx.cfg, ctx.cfg.classify, ctx.data
+    seed_everything(cfg.seed)
+    task, classes = data.task, data.classes
+    if not classes:
+        from medcl.errors import DataError
+
+        raise DataError("no labels in the data", where="classify", fix="add a label column, or drop the classify stage")
+
+    # -- data: labelled samples of each split, eval transforms (no augmentation) -----------------------
+    split_idx = {s: data.indices(s, labelled=True) for s in ("train", "val", "test")}
+    for s in ("train", "test"):
+        if len(split_idx[s]) == 0:
+            from medcl.errors import SplitError
+
+            raise SplitError(f"the {s} split has no labelled samples", where="classify",
+                             fix="label more patients or change data.val_fraction/test_fraction")
+    eval_tf = make_transforms(cfg, train=False)
+    all_items = {s: data.items(s, labelled=True) for s in split_idx}
+    loaders = {s: make_loader(ctx, all_items[s], eval_tf, batch_size=cfg.data.batch_size, shuffle=False,
+                              train=False, distributed=False) for s in split_idx if all_items[s]}
+
+    # -- features of each encoder ----------------------------------------------------------------------
+    pretrained = (ctx.outputs.get("pretrain") or {}).get("encoder") or cfg.model.pretrained_path
+    encoders: dict[str, Any] = {}
+    if pretrained:
+        encoders["ssl"] = make_encoder(cfg, weights=pretrained)
+    else:
+        log.warning("no pretrained encoder (no pretrain stage and no model.pretrained_path): "
+                    "evaluating the random-init encoder only")
+    if "random" in c.baselines or not pretrained:
+        seed_everything(cfg.seed + 1)
+        encoders["random"] = make_encoder(cfg.model_copy(update={"model": cfg.model.model_copy(
+            update={"pretrained_path": None})}))
+    features: dict[str, dict[str, np.ndarray]] = {}
+    for name, enc in encoders.items():
+        features[name] = {s: _align(*_extract(ctx, enc, ld), split_idx[s]) for s, ld in loaders.items()}
+    if "raw" in c.baselines:
+        features["raw"] = {s: _align(*_raw_features(ctx, ld), split_idx[s]) for s, ld in loaders.items()}
+
+    y = {s: data.y[split_idx[s]] for s in split_idx}
+    patients = {s: data.patients_of(split_idx[s]) for s in split_idx}
+    fractions = label_fraction_patients(patients["train"], y["train"], c.label_fractions, seed=cfg.seed,
+                                        ensure_all_classes=task != "multilabel")
+    subgroups = _subgroups(ctx, split_idx["test"])
+
+    results: list[dict[str, Any]] = []
+    primary: dict[str, Any] | None = None
+    largest = max(c.label_fractions)
+
+    def evaluate(model_name: str, protocol: str, frac: float, probs_test: np.ndarray, extra: dict | None = None,
+                 val_probs: np.ndarray | None = None) -> dict[str, Any]:
+        thr = None
+        if task == "binary" and val_probs is not None and len(y["val"]):
+            thr = choose_threshold(y["val"], val_probs, c.operating_point)
+        m = metrics_with_ci(y["test"], probs_test, task, patients["test"], threshold=thr, class_names=classes,
+                            n_boot=c.n_boot, seed=cfg.seed)
+        tag = f"{model_name}/{protocol}/{_fraction_tag(frac)}"
+        flat = {}
+        for k, v in m.items():
+            if isinstance(v, dict) and "value" in v and np.isscalar(v["value"]):
+                flat[f"test/{tag}/{k}"] = v["value"]
+                if v.get("ci_low") is not None:
+                    flat[f"test/{tag}/{k}_ci_low"] = v["ci_low"]
+                    flat[f"test/{tag}/{k}_ci_high"] = v["ci_high"]
+        tracker.log_metrics({k: float(v) for k, v in flat.items() if v is not None and np.isfinite(v)})
+        row = {"model": model_name, "protocol": protocol, "fraction": frac, "metrics": m,
+               "n_train_patients": int(len(np.unique(patients["train"][fractions[frac]]))), **(extra or {})}
+        if subgroups:
+            row["subgroups"] = subgroup_metrics(y["test"], probs_test, task, patients["test"], groups_by=subgroups,
+                                                threshold=thr, class_names=classes)
+        results.append(row)
+        return row
+
+    # -- frozen-feature protocols ------------------------------------------------------------------------
+    for frac in c.label_fractions:
+        sel = fractions[frac]
+        for name, feats in features.items():
+            if "linear" in c.protocols or name == "raw":
+                pr = linear_probe(feats["train"][sel], y["train"][sel], feats["test"], task=task,
+                                  groups_train=patients["train"][sel], backend=c.probe, num_classes=len(classes),
+                                  seed=cfg.seed)
+                val_logits = pr.model.predict_logits(feats["val"]) if len(split_idx["val"]) else None
+                val_probs = pr.model.predict_proba(feats["val"]) if val_logits is not None else None
+                evaluate(name, "linear", frac, pr.probs, {"C": pr.C, "notes": pr.notes}, val_probs)
+                if name == "ssl" and frac == largest and "finetune" not in c.protocols or (
+                        not pretrained and name == "random" and frac == largest and primary is None):
+                    primary = {"kind": "linear", "encoder": name, "head": pr.model.to_dict(),
+                               "val_logits": val_logits, "test_logits": pr.logits}
+            if "knn" in c.protocols and name != "raw":
+                probs = knn_predict(feats["train"][sel], y["train"][sel], feats["test"], k=c.knn_k, task=task,
+                                    num_classes=len(classes))
+                evaluate(name, "knn", frac, probs)
+
+    # -- fine-tuning: pretrained vs from scratch ----------------------------------------------------------
+    ft_dir = ctx.stage_dir("classify")
+    if "finetune" in c.protocols:
+        from medcl.engine.checkpoint import save_checkpoint
+        from medcl.tasks.calibration import logits_to_probs
+
+        starts = {"ssl": pretrained} if pretrained else {}
+        if "scratch" in c.baselines or not pretrained:
+            starts["scratch"] = None
+        train_items = all_items["train"]
+        for frac in c.label_fractions:
+            sel = fractions[frac]
+            items = [it for it, keep in zip(train_items, sel) if keep]
+            for k, (name, weights) in enumerate(starts.items()):
+                seed_everything(cfg.seed + 7 * k)
+                base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})
+                model = _finetune(ctx, make_encoder(base, weights=weights), items, seed_offset=k)
+                zt, it = predict_logits(model, loaders["test"], ctx.device)
+                zt = _align(zt.reshape(len(zt), -1), it, split_idx["test"]).squeeze(-1) if zt.ndim == 1 else _align(
+                    zt, it, split_idx["test"])
+                zv = None
+                if "val" in loaders:
+                    zv, iv = predict_logits(model, loaders["val"], ctx.device)
+                    zv = _align(zv.reshape(len(zv), -1), iv, split_idx["val"])
+                    zv = zv[:, 0] if task == "binary" else zv
+                zt = zt.reshape(len(zt), -1)
+                zt = zt[:, 0] if task == "binary" else zt
+                evaluate(name, "finetune", frac, logits_to_probs(zt, task), None,
+                         logits_to_probs(zv, task) if zv is not None else None)
+                if frac == largest and (name == "ssl" or not pretrained):
+                    path = ft_dir / f"finetuned-{name}.pt"
+                    save_checkpoint(path, {"model": model.state_dict()})
+                    primary = {"kind": "finetune", "encoder": name, "weights": str(path),
+                               "val_logits": zv, "test_logits": zt}
+
+    # -- hand on: results, and the primary model's logits for calibration ---------------------------------
+    results_path = ft_dir / "results.json"
+    results_path.write_text(json.dumps(results, indent=2, default=_jsonable))
+    tracker.log_artifact(results_path)
+    tracker.log_dict({"classes": classes, "task": task,
+                      "fractions": {str(f): int(m.sum()) for f, m in fractions.items()}}, "classify_setup.json")
+    out: dict[str, Any] = {"results": str(results_path), "summary": _summary(results, largest)}
+    if primary is not None:
+        prim_path = ft_dir / "primary.npz"
+        np.savez(prim_path, val_logits=_arr(primary["val_logits"]), test_logits=_arr(primary["test_logits"]),
+                 val_y=y["val"], test_y=y["test"], val_index=split_idx["val"], test_index=split_idx["test"],
+                 test_patients=patients["test"])
+        meta = {k: v for k, v in primary.items() if k not in ("val_logits", "test_logits")}
+        (ft_dir / "primary.json").write_text(json.dumps(meta, default=_jsonable))
+        out.update({"primary": str(prim_path), "primary_meta": str(ft_dir / "primary.json"),
+                    "pretrained_encoder": pretrained})
+    distributed.barrier()
+    return out
+
+
+def _arr(x: Any) -> np.ndarray:
+    return np.zeros((0,), np.float32) if x is None else np.asarray(x, np.float32)
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+def _summary(results: list[dict[str, Any]], largest: float) -> list[dict[str, str]]:
+    rows = []
+    for r in results:
+        if r["fraction"] != largest:
+            continue
+        for name in ("auroc", "qwk"):
+            m = r["metrics"].get(name)
+            if isinstance(m, dict) and m.get("value") is not None and np.isfinite(m["value"]):
+                ci = f" [{m['ci_low']:.3f}, {m['ci_high']:.3f}]" if m.get("ci_low") is not None and np.isfinite(
+                    m["ci_low"]) else ""
+                rows.append({"model": f"{r['model']} {r['protocol']}", "metric": name,
+                             "value": f"{m['value']:.3f}{ci}"})
+    return rows

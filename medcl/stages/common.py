@@ -1,0 +1,57 @@
+"""Pieces every stage uses: seeding, transforms from the config, encoders, loaders."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch (MONAI random transforms are seeded by the loaders)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def transform_params(cfg: Any) -> dict[str, Any]:
+    return dict(cfg.transforms.model_extra or {})
+
+
+def make_transforms(cfg: Any, *, train: bool, views: int = 1, with_mask: bool = False):
+    from medcl.transforms import build_transforms
+
+    params = transform_params(cfg)
+    if with_mask:
+        params.setdefault("mask_key", "mask")
+    return build_transforms(cfg.transforms.preset, train=train, views=views, **params)
+
+
+def make_encoder(cfg: Any, weights: str | Path | None = None):
+    """The configured encoder; ``weights`` (an ``encoder.pt`` from pretraining) overrides the config's."""
+    from medcl.networks import build_encoder
+
+    m = cfg.model
+    return build_encoder(m.encoder, in_channels=m.in_channels, spatial_dims=m.spatial_dims,
+                         pretrained_path=str(weights) if weights else m.pretrained_path, **m.options)
+
+
+def make_loader(ctx: Any, items: list[dict], transform: Any, *, batch_size: int, shuffle: bool, train: bool,
+                epoch: int = 0, distributed: bool | None = None, drop_last: bool = False):
+    """A dataset (cached as configured) and its reproducible loader."""
+    from medcl.data.datasets import build_dataset, build_loader
+
+    d = ctx.cfg.data
+    dist = ctx.world_size > 1 if distributed is None else distributed
+    cache_dir = d.cache_dir or str(ctx.run_dir / "cache" / ("train" if train else "eval"))
+    ds = build_dataset(items, transform, cache=d.cache, cache_dir=cache_dir, num_workers=d.num_workers,
+                       rank=ctx.rank if dist else 0, world_size=ctx.world_size if dist else 1)
+    return build_loader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=d.num_workers, seed=ctx.cfg.seed,
+                        epoch=epoch, distributed=dist, rank=ctx.rank, world_size=ctx.world_size, drop_last=drop_last)

@@ -1,0 +1,400 @@
+"""Post-hoc calibration of classifier logits: temperature, vector and Dirichlet scaling.
+
+All calibrators share one API::
+
+    cal = CALIBRATORS["temperature"](task="multiclass").fit(logits_val, y_val)
+    probs = cal.transform(logits_test)          # calibrated probabilities
+    state = cal.to_dict()                       # JSON-ready; saved with the model
+    cal = calibrator_from_dict(state)
+
+Shapes (numpy or torch): ``"multiclass"`` / ``"ordinal"`` logits ``(N, K)``, labels ``(N,)`` int;
+``"binary"`` logits ``(N,)`` or ``(N, 1)`` (``(N, 2)`` is turned into ``z1 - z0``), labels ``(N,)``
+0/1, probabilities ``(N,)``; ``"multilabel"`` logits ``(N, K)``, labels ``(N, K)`` with NaN / -1
+for unlabelled (skipped). Binary and multi-label use sigmoids with one set of parameters per label.
+
+Fitting minimises the mean negative log-likelihood on a held-out (validation) set with full-batch
+L-BFGS in float64; it never touches the network. Calibration must be fitted on data the model was
+not trained on, and evaluated on yet other data (:func:`calibration_report`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medcl.errors import ConfigError, DataError
+from medcl.metrics.calibration import calibration_metrics, reliability_diagram_data
+from medcl.metrics.classification import check_task
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _tensor(x, name: str) -> torch.Tensor:
+    if torch.is_tensor(x):
+        t = x.detach().cpu().to(torch.float64)
+    else:
+        t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    if t.ndim == 0:
+        raise DataError(f"{name} is a scalar", where=name, fix="pass one row per sample")
+    return t
+
+
+def _prepare_logits(logits, task: str) -> torch.Tensor:
+    """Logits as float64 ``(N, K)`` (multiclass) or ``(N, L)`` (binary L=1, multilabel)."""
+    z = _tensor(logits, "logits")
+    if not torch.isfinite(z).all():
+        raise DataError("logits contain NaN or infinite values", where="logits",
+                        fix="check the model outputs; a diverged model cannot be calibrated")
+    if task == "binary":
+        if z.ndim == 2 and z.shape[1] == 2:
+            z = z[:, 1] - z[:, 0]
+        z = z.reshape(z.shape[0], -1)
+        if z.shape[1] != 1:
+            raise DataError(f"binary logits must be (N,), (N, 1) or (N, 2), got {tuple(_tensor(logits, 'logits').shape)}",
+                            where="logits", fix="pass one logit per sample")
+        return z
+    if z.ndim != 2:
+        raise DataError(f"{task} logits must be (N, K), got {tuple(z.shape)}", where="logits",
+                        fix="pass one logit column per class/label")
+    return z
+
+
+def _prepare_labels(y, task: str, z: torch.Tensor) -> torch.Tensor:
+    t = _tensor(y, "y")
+    if t.shape[0] != z.shape[0]:
+        raise DataError(f"{t.shape[0]} labels for {z.shape[0]} logits", where="y",
+                        fix="pass labels and logits of the same samples")
+    if task in ("multiclass", "ordinal"):
+        t = t.reshape(-1)
+        if not torch.isfinite(t).all() or (t < 0).any() or (t >= z.shape[1]).any():
+            raise DataError(f"{task} labels must be integers in [0, {z.shape[1]})", where="y",
+                            fix="drop unlabelled samples before calibrating")
+        return t.long()
+    t = t.reshape(z.shape[0], -1).clone()
+    if t.shape[1] != z.shape[1]:
+        raise DataError(f"labels have {t.shape[1]} columns, logits {z.shape[1]}", where="y",
+                        fix="pass one label column per logit column")
+    t[t < 0] = float("nan")
+    return t
+
+
+def logits_to_probs(logits, task: str) -> np.ndarray:
+    """Softmax (multiclass/ordinal) or sigmoid (binary → ``(N,)``, multilabel → ``(N, K)``)."""
+    check_task(task)
+    z = _prepare_logits(logits, task)
+    return _probs_from_logits(z, task)
+
+
+def _probs_from_logits(z: torch.Tensor, task: str) -> np.ndarray:
+    if task in ("multiclass", "ordinal"):
+        return torch.softmax(z, dim=1).numpy()
+    p = torch.sigmoid(z).numpy()
+    return p[:, 0] if task == "binary" else p
+
+
+def _nll(z: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    if task in ("multiclass", "ordinal"):
+        return F.cross_entropy(z, y)
+    mask = torch.isfinite(y)
+    per = F.binary_cross_entropy_with_logits(z, torch.nan_to_num(y), reduction="none") * mask
+    # mean per label, summed over labels: labels have independent parameters, so this is the
+    # same optimum as fitting each label on its own.
+    return (per.sum(0) / mask.sum(0).clamp_min(1)).sum()
+
+
+def _lbfgs(params: list[torch.Tensor], loss_fn, max_iter: int = 200) -> float:
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
+                            tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float(loss_fn())
+
+
+# ----------------------------------------------------------------------------- calibrators
+
+
+class Calibrator:
+    """Base class: subclasses define ``_init_params``, ``_apply`` and optionally ``_penalty``."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, task: str = "multiclass") -> None:
+        self.task = check_task(task)
+        self.params: dict[str, torch.Tensor] = {}
+        self.fitted = False
+        self.fit_nll: dict[str, float] = {}
+
+    # -- to override
+    def _init_params(self, n_out: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _apply(self, z: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _penalty(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.zeros((), dtype=torch.float64)
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    # -- public API
+    def fit(self, logits, y) -> Calibrator:
+        """Fit on held-out logits ``(N, K)`` and labels by minimising the NLL (plus any penalty)."""
+        z = _prepare_logits(logits, self.task)
+        yt = _prepare_labels(y, self.task, z)
+        if z.shape[0] < 2:
+            raise DataError("need at least 2 samples to fit a calibrator", where="calibration",
+                            fix="use a larger validation set")
+        params = {k: v.clone().requires_grad_(True) for k, v in self._init_params(z.shape[1]).items()}
+        with torch.no_grad():
+            before = float(_nll(z, yt, self.task))
+
+        def loss_fn():
+            return _nll(self._apply(z, params), yt, self.task) + self._penalty(params)
+
+        _lbfgs(list(params.values()), loss_fn)
+        self.params = {k: v.detach() for k, v in params.items()}
+        if not all(torch.isfinite(v).all() for v in self.params.values()):
+            raise DataError("calibration diverged (non-finite parameters)", where=f"calibration ({self.name})",
+                            fix="check the validation logits/labels, or use method 'temperature'")
+        with torch.no_grad():
+            after = float(_nll(self._apply(z, self.params), yt, self.task))
+        self.fit_nll = {"before": before, "after": after}
+        self.fitted = True
+        return self
+
+    def transform_logits(self, logits) -> np.ndarray:
+        """Calibrated logits, same shape convention as :func:`_prepare_logits` (``(N, K)``/``(N, 1)``)."""
+        self._check_fitted()
+        z = _prepare_logits(logits, self.task)
+        with torch.no_grad():
+            return self._apply(z, self.params).numpy()
+
+    def transform(self, logits) -> np.ndarray:
+        """Calibrated probabilities: ``(N, K)`` softmax, ``(N,)`` binary, ``(N, K)`` multilabel."""
+        self._check_fitted()
+        z = _prepare_logits(logits, self.task)
+        with torch.no_grad():
+            return _probs_from_logits(self._apply(z, self.params), self.task)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state: ``{"method", "task", "params": {name: nested lists}, "config"}``."""
+        self._check_fitted()
+        return {
+            "method": self.name,
+            "task": self.task,
+            "params": {k: v.tolist() for k, v in self.params.items()},
+            "config": self.config(),
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> Calibrator:
+        """Rebuild a fitted calibrator from :meth:`to_dict` output."""
+        obj = cls(task=state["task"], **state.get("config", {}))
+        obj.params = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in state["params"].items()}
+        obj.fitted = True
+        return obj
+
+    def _check_fitted(self) -> None:
+        if not self.fitted:
+            raise ConfigError(f"{self.name} calibrator used before fit()", where=f"calibration ({self.name})",
+                              fix="call fit(logits_val, y_val) first or load a saved state with from_dict()")
+
+    def _multiclass(self) -> bool:
+        return self.task in ("multiclass", "ordinal")
+
+
+class IdentityCalibrator(Calibrator):
+    """No calibration (``method: none``): softmax/sigmoid of the raw logits."""
+
+    name = "none"
+
+    def _init_params(self, n_out: int) -> dict[str, torch.Tensor]:
+        return {}
+
+    def _apply(self, z, params):
+        return z
+
+    def fit(self, logits, y) -> IdentityCalibrator:
+        z = _prepare_logits(logits, self.task)
+        yt = _prepare_labels(y, self.task, z)
+        nll = float(_nll(z, yt, self.task))
+        self.fit_nll = {"before": nll, "after": nll}
+        self.fitted = True
+        return self
+
+
+class TemperatureScaler(Calibrator):
+    """Temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural Networks").
+
+    ``p = softmax(z / T)`` with a single ``T > 0`` (multiclass/ordinal), or ``sigmoid(z / T_l)``
+    with one temperature per label (binary, multilabel). Fitted as ``log T`` by L-BFGS on the NLL,
+    so ``T`` stays positive; accuracy (the argmax) is unchanged.
+    """
+
+    name = "temperature"
+
+    def _init_params(self, n_out: int) -> dict[str, torch.Tensor]:
+        n = 1 if self._multiclass() else n_out
+        return {"log_t": torch.zeros(n, dtype=torch.float64)}
+
+    def _apply(self, z, params):
+        return z / torch.exp(params["log_t"])
+
+    @property
+    def temperature(self) -> float | list[float]:
+        """The fitted temperature (a float for one temperature, else a list per label)."""
+        self._check_fitted()
+        t = torch.exp(self.params["log_t"]).tolist()
+        return t[0] if len(t) == 1 else t
+
+
+class VectorScaler(Calibrator):
+    """Vector scaling (Guo et al. 2017): ``softmax(w * z + b)`` with per-class ``w, b``.
+
+    For binary/multi-label it is Platt scaling per label (Platt 1999): ``sigmoid(a_l z_l + b_l)``.
+    """
+
+    name = "vector"
+
+    def _init_params(self, n_out: int) -> dict[str, torch.Tensor]:
+        return {"w": torch.ones(n_out, dtype=torch.float64), "b": torch.zeros(n_out, dtype=torch.float64)}
+
+    def _apply(self, z, params):
+        return z * params["w"] + params["b"]
+
+
+class DirichletCalibrator(Calibrator):
+    """Dirichlet calibration with ODIR (Kull et al. 2019, "Beyond temperature scaling").
+
+    Multiclass: ``softmax(W log softmax(z) + b)`` with a full ``K x K`` matrix ``W`` (initialised
+    at the identity) and intercept ``b``; the loss adds Off-Diagonal and Intercept Regularisation
+    ``reg_lambda / (K (K-1)) * sum_{i != j} W_ij^2 + reg_mu / K * sum_j b_j^2``.
+    Binary/multi-label (the two-class case, equivalent to beta calibration, Kull et al. 2017):
+    ``sigmoid(a log p - c log(1 - p) + b)`` per label with ``p = sigmoid(z)``, ``a = c = 1, b = 0`` at
+    the start, and ``reg_mu * b^2``.
+
+    Args:
+        reg_lambda: off-diagonal penalty (tune on held-out data; larger → closer to vector scaling).
+        reg_mu: intercept penalty.
+    """
+
+    name = "dirichlet"
+
+    def __init__(self, task: str = "multiclass", reg_lambda: float = 1e-3, reg_mu: float = 1e-3) -> None:
+        super().__init__(task)
+        self.reg_lambda = float(reg_lambda)
+        self.reg_mu = float(reg_mu)
+
+    def config(self) -> dict[str, Any]:
+        return {"reg_lambda": self.reg_lambda, "reg_mu": self.reg_mu}
+
+    def _init_params(self, n_out: int) -> dict[str, torch.Tensor]:
+        if self._multiclass():
+            return {"W": torch.eye(n_out, dtype=torch.float64), "b": torch.zeros(n_out, dtype=torch.float64)}
+        return {
+            "a": torch.ones(n_out, dtype=torch.float64),
+            "c": torch.ones(n_out, dtype=torch.float64),
+            "b": torch.zeros(n_out, dtype=torch.float64),
+        }
+
+    def _apply(self, z, params):
+        if self._multiclass():
+            return F.log_softmax(z, dim=1) @ params["W"].T + params["b"]
+        return params["a"] * F.logsigmoid(z) - params["c"] * F.logsigmoid(-z) + params["b"]
+
+    def _penalty(self, params):
+        b = params["b"]
+        pen = self.reg_mu * (b**2).mean()
+        if self._multiclass():
+            w = params["W"]
+            k = w.shape[0]
+            if k > 1:
+                off = w - torch.diag(torch.diagonal(w))
+                pen = pen + self.reg_lambda * (off**2).sum() / (k * (k - 1))
+        return pen
+
+
+#: explicit registry of calibration methods (config ``calibrate.method``).
+CALIBRATORS: dict[str, type[Calibrator]] = {
+    "none": IdentityCalibrator,
+    "temperature": TemperatureScaler,
+    "vector": VectorScaler,
+    "dirichlet": DirichletCalibrator,
+}
+
+
+def get_calibrator(method: str, task: str = "multiclass", **kwargs) -> Calibrator:
+    """Instantiate ``CALIBRATORS[method]`` with a "did you mean" error for unknown names."""
+    if method not in CALIBRATORS:
+        close = difflib.get_close_matches(str(method), list(CALIBRATORS), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown calibration method {method!r}", where="calibrate.method",
+                          fix=f"{hint}use one of {', '.join(CALIBRATORS)}")
+    return CALIBRATORS[method](task=task, **kwargs)
+
+
+def calibrator_from_dict(state: dict[str, Any]) -> Calibrator:
+    """Rebuild any calibrator saved with ``to_dict()``."""
+    method = state.get("method", "")
+    if method not in CALIBRATORS:
+        get_calibrator(method)  # raises the did-you-mean error
+    return CALIBRATORS[method].from_dict(state)
+
+
+def calibration_report(
+    logits_val,
+    y_val,
+    logits_test,
+    y_test,
+    method: str = "temperature",
+    n_bins: int = 15,
+    *,
+    task: str = "multiclass",
+    **kwargs,
+) -> dict[str, Any]:
+    """Fit a calibrator on validation logits and compare test calibration before and after.
+
+    Returns:
+        ``{"method", "task", "n_bins", "estimator", "state" (calibrator.to_dict()),
+        "temperature" (temperature scaling only), "before": calibration_metrics,
+        "after": calibration_metrics, "reliability_before": {"equal-width": ..., "adaptive": ...},
+        "reliability_after": {...}, "probs_after" (N, K) numpy}`` where the metrics are
+        :func:`medcl.metrics.calibration.calibration_metrics` (ECE both schemes, MCE, Brier, NLL).
+    """
+    cal = get_calibrator(method, task=task, **kwargs).fit(logits_val, y_val)
+    y_t = _tensor(y_test, "y_test").numpy()
+    p_before = logits_to_probs(logits_test, task)
+    p_after = cal.transform(logits_test)
+    report: dict[str, Any] = {
+        "method": method,
+        "task": task,
+        "n_bins": int(n_bins),
+        "state": cal.to_dict(),
+        "before": calibration_metrics(y_t, p_before, task, n_bins=n_bins),
+        "after": calibration_metrics(y_t, p_after, task, n_bins=n_bins),
+        "reliability_before": {s: reliability_diagram_data(y_t, p_before, n_bins, s, task)
+                               for s in ("equal-width", "adaptive")},
+        "reliability_after": {s: reliability_diagram_data(y_t, p_after, n_bins, s, task)
+                              for s in ("equal-width", "adaptive")},
+        "probs_after": p_after,
+    }
+    report["estimator"] = report["before"]["estimator"]
+    if isinstance(cal, TemperatureScaler):
+        report["temperature"] = cal.temperature
+    if not math.isfinite(report["after"]["nll"]):
+        raise DataError("calibrated NLL is not finite", where=f"calibration ({method})",
+                        fix="check the test logits and labels")
+    return report

@@ -1,0 +1,41 @@
+"""``Compose`` that lets medcl's own errors through.
+
+MONAI's ``Compose`` wraps every exception raised inside a transform in
+``RuntimeError("applying transform ...")`` (once per nesting level). A ``DataError`` or
+``ReaderError`` saying which file is wrong and how to fix it would then reach the user as a
+MONAI traceback; :class:`MedclCompose` re-raises the first :class:`~medcl.errors.MedclError`
+found in the exception chain instead. Everything else is MONAI's ``Compose`` unchanged (the
+datasets' caching relies on its ``start``/``end`` arguments).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monai.transforms import Compose
+
+from medcl.errors import MedclError
+
+
+def _medcl_cause(exc: BaseException) -> MedclError | None:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, MedclError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+class MedclCompose(Compose):
+    """MONAI ``Compose`` that re-raises a wrapped :class:`~medcl.errors.MedclError` as itself."""
+
+    def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(input_, *args, **kwargs)
+        except RuntimeError as e:
+            err = _medcl_cause(e)
+            if err is None:
+                raise
+            raise err.with_traceback(err.__traceback__) from None

@@ -1,0 +1,359 @@
+"""Intensity transforms MONAI lacks: HED stain jitter, colour jitter, speckle, circular FOV mask.
+
+Array math lives once in a pure function (``torch`` in, ``torch`` out, channel-first
+``(C, H, W)``); the dict transforms only draw the random parameters and call it, MONAI style
+(``d`` suffix for dict transforms, ``Rand`` prefix for random ones). Random dict transforms draw
+their parameters once per call and apply them to every key, so an image and its companion
+channels stay consistent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, RandomizableTransform, Transform
+
+from medcl.errors import ConfigError
+
+# ------------------------------------------------------------------------------------------------
+# HED stain jitter
+
+#: Ruifrok & Johnston (2001) H&E-DAB stain vectors, as in ``skimage.color.rgb_from_hed``.
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+_LOG_ADJUST = float(np.log(1e-6))
+
+
+def rgb_to_hed(rgb: torch.Tensor) -> torch.Tensor:
+    """Colour deconvolution RGB → HED (``skimage.color.rgb2hed`` math, channel-first).
+
+    Args:
+        rgb: ``(3, H, W)`` in ``[0, 1]``.
+
+    Returns:
+        ``(3, H, W)`` stain concentrations (haematoxylin, eosin, DAB), ``>= 0``.
+    """
+    m = torch.as_tensor(HED_FROM_RGB, dtype=rgb.dtype, device=rgb.device)
+    od = torch.log(rgb.clamp_min(1e-6)) / _LOG_ADJUST
+    return torch.einsum("chw,cd->dhw", od, m).clamp_min(0.0)
+
+
+def hed_to_rgb(hed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_hed` (``skimage.color.hed2rgb`` math), clipped to ``[0, 1]``."""
+    m = torch.as_tensor(RGB_FROM_HED, dtype=hed.dtype, device=hed.device)
+    log_rgb = torch.einsum("chw,cd->dhw", hed * _LOG_ADJUST, m)
+    return torch.exp(log_rgb).clamp(0.0, 1.0)
+
+
+def hed_jitter(rgb: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Stain augmentation in HED space: ``hed' = hed * alpha + beta`` per stain channel.
+
+    Tellez et al., "Whole-slide mitosis detection in H&E breast histology using PHH3 as a reference
+    to train distilled stain-invariant convolutional networks", IEEE TMI 2018; Tellez et al.,
+    "Quantifying the effects of data augmentation and stain color normalization", MedIA 2019.
+
+    Args:
+        rgb: ``(3, H, W)`` RGB in ``[0, 1]``.
+        alpha: ``(3,)`` multiplicative factors (around 1).
+        beta: ``(3,)`` additive shifts (around 0).
+
+    Returns:
+        ``(3, H, W)`` RGB in ``[0, 1]``.
+    """
+    hed = rgb_to_hed(rgb)
+    a = torch.as_tensor(alpha, dtype=rgb.dtype, device=rgb.device).reshape(3, 1, 1)
+    b = torch.as_tensor(beta, dtype=rgb.dtype, device=rgb.device).reshape(3, 1, 1)
+    return hed_to_rgb(hed * a + b)
+
+
+def _check_rgb(img: torch.Tensor, name: str) -> None:
+    if img.ndim != 3 or img.shape[0] != 3:
+        raise ConfigError(
+            f"{name} needs an RGB image (3, H, W), got shape {tuple(img.shape)}",
+            where=name,
+            fix="use it only in the histopathology/fundus presets on 3-channel images",
+        )
+
+
+class _RandDictTransform(RandomizableTransform, MapTransform):
+    """Base for medcl's random dict transforms: draw ``prob`` then parameters, apply to every key."""
+
+    def __init__(self, keys: KeysCollection, prob: float, allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+
+    def draw(self, first: torch.Tensor) -> None:  # pragma: no cover - overridden
+        """Draw the random parameters for this call (``first`` is the first key's array)."""
+
+    def apply(self, img: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
+        """Apply the drawn parameters to one array."""
+        return img
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(None)
+        keys = list(self.key_iterator(d))
+        if not self._do_transform or not keys:
+            return d
+        self.draw(d[keys[0]])
+        for key in keys:
+            d[key] = self.apply(torch.as_tensor(d[key]))
+        return d
+
+
+class RandHEDJitterd(_RandDictTransform):
+    """Random HED stain jitter (:func:`hed_jitter`); ``alpha ~ U(1-a, 1+a)``, ``beta ~ U(-b, b)``.
+
+    Args:
+        keys: RGB image keys, ``(3, H, W)`` in ``[0, 1]``.
+        alpha: half-width of the multiplicative range (Tellez "HED-light": 0.05).
+        beta: half-width of the additive range.
+        prob: probability of applying.
+    """
+
+    def __init__(self, keys: KeysCollection, alpha: float = 0.05, beta: float = 0.02, prob: float = 1.0,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, prob, allow_missing_keys)
+        self.alpha, self.beta = float(alpha), float(beta)
+        self._a = np.ones(3)
+        self._b = np.zeros(3)
+
+    def draw(self, first: torch.Tensor) -> None:
+        self._a = self.R.uniform(1 - self.alpha, 1 + self.alpha, size=3)
+        self._b = self.R.uniform(-self.beta, self.beta, size=3)
+
+    def apply(self, img: torch.Tensor) -> torch.Tensor:
+        _check_rgb(img, "RandHEDJitterd")
+        return hed_jitter(img, torch.as_tensor(self._a), torch.as_tensor(self._b))
+
+
+# ------------------------------------------------------------------------------------------------
+# colour jitter
+
+_LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision rounds it
+
+
+def color_jitter(img: torch.Tensor, brightness: float = 1.0, contrast: float = 1.0,
+                 saturation: float = 1.0) -> torch.Tensor:
+    """Brightness, contrast and saturation jitter (torchvision ``ColorJitter`` formulas, no hue).
+
+    Args:
+        img: ``(C, H, W)`` in ``[0, 1]``; saturation needs ``C == 3`` and is skipped otherwise.
+        brightness: multiplicative factor.
+        contrast: factor blending with the image's mean grey level.
+        saturation: factor blending with the per-pixel grey level.
+
+    Returns:
+        ``(C, H, W)`` in ``[0, 1]`` (clipped after each step, as torchvision does).
+    """
+    out = (img * brightness).clamp(0.0, 1.0)
+    rgb = out.shape[0] == 3
+    if contrast != 1.0:
+        grey = (sum(w * out[i] for i, w in enumerate(_LUMA)) if rgb else out.mean(0)).mean()
+        out = ((out - grey) * contrast + grey).clamp(0.0, 1.0)
+    if saturation != 1.0 and rgb:
+        grey = sum(w * out[i] for i, w in enumerate(_LUMA))[None]
+        out = ((out - grey) * saturation + grey).clamp(0.0, 1.0)
+    return out
+
+
+class RandColorJitterd(_RandDictTransform):
+    """Random :func:`color_jitter`; each factor ``~ U(1-x, 1+x)``.
+
+    Args:
+        keys: image keys ``(C, H, W)`` in ``[0, 1]``.
+        brightness, contrast, saturation: half-widths of the factor ranges.
+        prob: probability of applying.
+    """
+
+    def __init__(self, keys: KeysCollection, brightness: float = 0.1, contrast: float = 0.1,
+                 saturation: float = 0.1, prob: float = 1.0, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, prob, allow_missing_keys)
+        self.ranges = (float(brightness), float(contrast), float(saturation))
+        self._f = (1.0, 1.0, 1.0)
+
+    def draw(self, first: torch.Tensor) -> None:
+        self._f = tuple(float(self.R.uniform(1 - r, 1 + r)) for r in self.ranges)
+
+    def apply(self, img: torch.Tensor) -> torch.Tensor:
+        return color_jitter(img, *self._f)
+
+
+# ------------------------------------------------------------------------------------------------
+# speckle
+
+
+def speckle(img: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Multiplicative speckle: ``img * noise`` (``noise`` has mean 1, e.g. gamma-distributed).
+
+    Speckle in coherent imaging (OCT, ultrasound) is multiplicative: bright tissue gets stronger
+    noise, background stays dark. Goodman, "Speckle Phenomena in Optics", 2007.
+    """
+    return img * noise
+
+
+class RandSpeckleNoised(_RandDictTransform):
+    """Random multiplicative speckle with gamma noise of mean 1 and standard deviation ``std``.
+
+    Gamma noise is never negative, so a non-negative image stays non-negative (additive Gaussian
+    noise would make the dark background negative).
+
+    Args:
+        keys: image keys.
+        std: standard deviation of the multiplicative noise (shape ``1/std**2``).
+        prob: probability of applying.
+    """
+
+    def __init__(self, keys: KeysCollection, std: float = 0.1, prob: float = 1.0,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, prob, allow_missing_keys)
+        if std <= 0:
+            raise ConfigError(f"speckle std must be > 0, got {std}", where="RandSpeckleNoised.std",
+                              fix="use a small positive value such as 0.1, or prob 0 to switch it off")
+        self.std = float(std)
+        self._noise: np.ndarray | None = None
+
+    def draw(self, first: torch.Tensor) -> None:
+        k = 1.0 / self.std**2
+        self._noise = self.R.gamma(k, 1.0 / k, size=tuple(first.shape)).astype(np.float32)
+
+    def apply(self, img: torch.Tensor) -> torch.Tensor:
+        return speckle(img, torch.as_tensor(self._noise, device=img.device).to(img.dtype))
+
+
+# ------------------------------------------------------------------------------------------------
+# circular field of view (fundus)
+
+
+def fov_circle(img: torch.Tensor, threshold: float) -> tuple[float, float, float]:
+    """Fit the circular field of view of a fundus photograph.
+
+    The FOV is the set of pixels whose channel mean exceeds ``threshold`` (holes filled); its
+    outline, minus the parts lying on the image border or on the FOV's bounding-box rows and
+    columns (FOVs are often cut flat at top and bottom), is fitted with an algebraic least-squares circle (Kasa, IEEE TIM 1976). Falls back to the
+    inscribed circle when too few outline points remain.
+
+    Args:
+        img: ``(C, H, W)``.
+        threshold: intensity separating FOV from the dark surround, in image units.
+
+    Returns:
+        ``(cy, cx, r)`` in pixels (row, column, radius).
+    """
+    from scipy import ndimage
+
+    h, w = img.shape[-2:]
+    inscribed = ((h - 1) / 2, (w - 1) / 2, min(h, w) / 2)
+    mask = (torch.as_tensor(img).float().mean(0) > threshold).cpu().numpy()
+    if mask.sum() < 10:
+        return inscribed
+    mask = ndimage.binary_fill_holes(mask)
+    edge = mask & ~ndimage.binary_erosion(mask, border_value=0)
+    # drop the image border and straight chords where the FOV is cut (its bounding-box rows/columns)
+    rows, cols = np.nonzero(mask)
+    edge[[0, -1, rows.min(), rows.max()], :] = False
+    edge[:, [0, -1, cols.min(), cols.max()]] = False
+    ys, xs = np.nonzero(edge)
+    if len(ys) < 8:
+        return inscribed
+    a = np.stack([2 * xs, 2 * ys, np.ones_like(xs)], axis=1).astype(np.float64)
+    b = (xs.astype(np.float64) ** 2 + ys.astype(np.float64) ** 2)
+    (cx, cy, c), *_ = np.linalg.lstsq(a, b, rcond=None)
+    r2 = c + cx**2 + cy**2
+    if r2 <= 0:
+        return inscribed
+    return float(cy), float(cx), float(np.sqrt(r2))
+
+
+def circle_mask(h: int, w: int, cy: float, cx: float, r: float) -> torch.Tensor:
+    """Boolean ``(H, W)`` mask, ``True`` inside the circle of centre ``(cy, cx)`` and radius ``r``."""
+    yy = torch.arange(h, dtype=torch.float64)[:, None]
+    xx = torch.arange(w, dtype=torch.float64)[None, :]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+
+
+def crop_to_circle(img: torch.Tensor, cy: float, cx: float, r: float) -> torch.Tensor:
+    """Square crop ``(C, 2r, 2r)`` centred on the circle, zero-padded where it leaves the image."""
+    side = max(int(round(2 * r)), 1)
+    y0 = int(round(cy - (side - 1) / 2))
+    x0 = int(round(cx - (side - 1) / 2))
+    h, w = img.shape[-2:]
+    out = img.new_zeros((*img.shape[:-2], side, side))
+    sy0, sx0 = max(y0, 0), max(x0, 0)
+    sy1, sx1 = min(y0 + side, h), min(x0 + side, w)
+    if sy1 > sy0 and sx1 > sx0:
+        out[..., sy0 - y0: sy1 - y0, sx0 - x0: sx1 - x0] = img[..., sy0:sy1, sx0:sx1]
+    return out
+
+
+FOV_MODES = ("fit", "inscribed")
+
+
+def find_fov(img: torch.Tensor, mode: str = "fit", threshold: float = 0.04,
+             margin: float = 0.0) -> tuple[float, float, float]:
+    """The FOV circle ``(cy, cx, r)``: fitted (:func:`fov_circle`) or inscribed, shrunk by ``margin``."""
+    if mode not in FOV_MODES:
+        raise ConfigError(f"unknown FOV mode {mode!r}", where="FOVMask.mode", fix=f"use one of {FOV_MODES}")
+    h, w = img.shape[-2:]
+    if mode == "fit":
+        cy, cx, r = fov_circle(img, threshold)
+    else:
+        cy, cx, r = (h - 1) / 2, (w - 1) / 2, min(h, w) / 2
+    return cy, cx, max(r - margin, 1.0)
+
+
+def apply_fov(img: torch.Tensor, circle: tuple[float, float, float], crop: bool = False) -> torch.Tensor:
+    """Zero ``img`` ``(C, H, W)`` outside ``circle``; optionally :func:`crop_to_circle`."""
+    h, w = img.shape[-2:]
+    out = img * circle_mask(h, w, *circle).to(dtype=img.dtype, device=img.device)
+    return crop_to_circle(out, *circle) if crop else out
+
+
+class FOVMask(Transform):
+    """Zero every pixel outside the circular field of view of a ``(C, H, W)`` image.
+
+    Args:
+        mode: ``"fit"`` (fit the circle with :func:`fov_circle`) or ``"inscribed"`` (the circle
+            inscribed in the image — after ``crop`` and resizing the FOV is exactly that).
+        threshold: FOV / background intensity threshold in image units (after scaling to [0, 1]).
+        margin: pixels to shrink the radius by (drops the blurry rim).
+        crop: also crop to the square around the circle (FOV centred, rotations stay inside it).
+    """
+
+    def __init__(self, mode: str = "fit", threshold: float = 0.04, margin: float = 0.0, crop: bool = False) -> None:
+        if mode not in FOV_MODES:
+            raise ConfigError(f"unknown FOV mode {mode!r}", where="FOVMask.mode", fix=f"use one of {FOV_MODES}")
+        self.mode, self.threshold, self.margin, self.crop = mode, float(threshold), float(margin), bool(crop)
+
+    def circle(self, img: torch.Tensor) -> tuple[float, float, float]:
+        return find_fov(img, self.mode, self.threshold, self.margin)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        img = torch.as_tensor(img)
+        return apply_fov(img, self.circle(img), self.crop)
+
+
+class FOVMaskd(MapTransform):
+    """Dict version of :class:`FOVMask` (deterministic; usable as preprocessing).
+
+    The circle is found on the first key and applied to every key (image and mask alike).
+    """
+
+    def __init__(self, keys: KeysCollection, mode: str = "fit", threshold: float = 0.04, margin: float = 0.0,
+                 crop: bool = False, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.fov = FOVMask(mode=mode, threshold=threshold, margin=margin, crop=crop)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        if not keys:
+            return d
+        circle = self.fov.circle(torch.as_tensor(d[keys[0]]))
+        for key in keys:
+            d[key] = apply_fov(torch.as_tensor(d[key]), circle, self.fov.crop)
+        return d

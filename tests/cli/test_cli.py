@@ -1,0 +1,40 @@
+import subprocess
+import sys
+
+import pytest
+
+from medcl.cli import build_parser, main
+
+COMMANDS = [[], ["demo"], ["run"], ["config"], ["data"], ["data", "synth"], ["data", "validate"], ["data", "inspect"],
+            ["report"], ["bench"]]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "medcl")
+def test_help_on_every_command(cmd, capsys):
+    with pytest.raises(SystemExit) as ei:
+        build_parser().parse_args([*cmd, "--help"])
+    assert ei.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: medcl" in out
+
+
+def test_help_is_instant_no_heavy_imports():
+    code = "import sys; from medcl.cli import build_parser; build_parser(); " \
+           "print(sorted(m for m in ('torch','monai','mlflow','timm') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_medcl_error_is_one_line_exit_1(tmp_path, capsys):
+    rc = main(["--log-dir", str(tmp_path), "config", str(tmp_path / "missing.yaml")])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.startswith("error: ") and "does not exist" in err
+    assert "Traceback" not in err
+
+
+def test_config_prints_resolved(tmp_path, capsys):
+    p = tmp_path / "p.yaml"
+    p.write_text("name: p\n")
+    assert main(["--log-dir", str(tmp_path), "config", str(p), "--set", "pretrain.epochs=3"]) == 0
+    assert "epochs: 3" in capsys.readouterr().out

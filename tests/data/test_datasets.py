@@ -1,0 +1,253 @@
+"""Datasets, caching and loaders: real files read by the real readers, tiny sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medcl.data.datasets import build_dataset, build_loader, collate_samples, records_to_items
+from medcl.errors import ConfigError, DataError
+from medcl.transforms import build_transforms
+
+
+class CountingReader:
+    """Wraps the real ``medcl.data.readers.read`` and records every path it reads."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    def __call__(self, path, **kwargs):
+        from medcl.data.readers import read
+
+        self.paths.append(str(path))
+        return read(path, **kwargs)
+
+
+def _with_reader(transform, reader):
+    transform.transforms[0].reader = reader  # the LoadSampled at the head of every preset chain
+    return transform
+
+
+def _png_items(folder: Path, n: int) -> list[dict]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(n):
+        p = folder / f"scan{i}.png"
+        Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(p)
+        items.append({"image": str(p), "label": i % 3, "patient": i // 2, "index": i})
+    return items
+
+
+def _nifti_items(folder: Path, n: int) -> list[dict]:
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(n):
+        p = folder / f"vol{i}.nii.gz"
+        nib.save(nib.Nifti1Image(rng.uniform(-500, 500, (10, 10, 10)).astype(np.float32),
+                                 np.diag([-1.0, -1.0, 1.0, 1.0])), str(p))
+        items.append({"image": str(p), "label": i % 2, "patient": i, "index": i})
+    return items
+
+
+def _array_items(n: int) -> list[dict]:
+    rng = np.random.default_rng(1)
+    return [{"image": rng.uniform(0, 255, (1, 20, 20)).astype(np.float32), "label": i % 2, "patient": i // 2,
+             "index": i} for i in range(n)]
+
+
+def _batches(loader) -> list[dict]:
+    return list(loader)
+
+
+# ------------------------------------------------------------------------------------------------
+# items from a manifest
+
+
+def test_records_to_items_from_a_real_manifest(tmp_path):
+    from PIL import Image
+
+    from medcl.data.manifest import load_manifest, parse_labels
+
+    for name in ("a", "b", "c", "m"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / f"{name}.png")
+    (tmp_path / "manifest.csv").write_text(
+        "patient_id,path,modality,label,mask\n"
+        "MRN1,a.png,oct,early,m.png\n"
+        "MRN2,b.png,oct,normal,\n"
+        "MRN1,c.png,oct,,\n"
+    )
+    man = load_manifest(tmp_path / "manifest.csv")
+    y, classes = parse_labels(man.records, classes=["normal", "early"])
+    items = records_to_items(man.records, y)
+    assert [it["label"] for it in items] == [1, 0, -1]
+    assert [it["index"] for it in items] == [1, 2, 3]
+    assert items[0]["patient"] == items[2]["patient"] != items[1]["patient"]
+    assert items[0]["mask"] == str(tmp_path / "m.png") and "mask" not in items[1]
+    assert all("MRN" not in str(v) for it in items for v in it.values())  # no clear patient ids
+    multi = records_to_items(man.records, np.array([[1, 0], [0, 1], [np.nan, np.nan]], np.float32))
+    assert multi[0]["label"] == [1.0, 0.0]
+    with pytest.raises(DataError, match="labels for"):
+        records_to_items(man.records, y[:2])
+
+
+# ------------------------------------------------------------------------------------------------
+# caching
+
+
+def test_memory_cache_reads_each_file_once(tmp_path):
+    items = _png_items(tmp_path, 4)
+    reader = CountingReader()
+    tr = _with_reader(build_transforms("oct", train=True, views=2, spatial_size=[16, 16]), reader)
+    ds = build_dataset(items, tr, cache="memory")
+    assert len(reader.paths) == 4  # filled at construction
+    loader = build_loader(ds, batch_size=2, shuffle=True, num_workers=0, seed=0)
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            assert tuple(batch["views"].shape) == (2, 2, 1, 16, 16)
+    assert sorted(reader.paths) == sorted(it["image"] for it in items)
+
+
+def test_disk_cache_hits_on_second_epoch_and_next_run(tmp_path):
+    items = _nifti_items(tmp_path, 3)
+    cache = tmp_path / "cache"
+    reader = CountingReader()
+    tr = _with_reader(build_transforms("ct", train=True, views=2, spatial_size=[8, 8, 8],
+                                       spacing=[1.0, 1.0, 1.0]), reader)
+    ds = build_dataset(items, tr, cache="disk", cache_dir=cache)
+    loader = build_loader(ds, batch_size=3, shuffle=False, num_workers=0, seed=0)
+    first = next(iter(loader))
+    assert len(reader.paths) == 3 and len(list(cache.glob("*.pt"))) == 3
+    loader.set_epoch(1)
+    second = next(iter(loader))
+    assert len(reader.paths) == 3  # cache hit: the MetaTensor files load (weights_only=False)
+    assert not torch.equal(first["views"], second["views"])  # augmentation still runs per epoch
+    # a new run over the same cache folder reads nothing either
+    reader2 = CountingReader()
+    tr2 = _with_reader(build_transforms("ct", train=True, views=2, spatial_size=[8, 8, 8],
+                                        spacing=[1.0, 1.0, 1.0]), reader2)
+    ds2 = build_dataset(items, tr2, cache="disk", cache_dir=cache)
+    again = next(iter(build_loader(ds2, batch_size=3, shuffle=False, num_workers=0, seed=0)))
+    assert reader2.paths == []
+    torch.testing.assert_close(again["views"], first["views"])
+
+
+def test_eval_chain_is_cached_whole_and_matches_uncached(tmp_path):
+    items = _nifti_items(tmp_path, 2)
+    ev = build_transforms("ct", train=False, spatial_size=[8, 8, 8], spacing=[1.0, 1.0, 1.0])
+    plain = next(iter(build_loader(build_dataset(items, ev), batch_size=2, shuffle=False, num_workers=0, seed=0)))
+    cached = next(iter(build_loader(build_dataset(items, ev, cache="disk", cache_dir=tmp_path / "c"),
+                                    batch_size=2, shuffle=False, num_workers=0, seed=0)))
+    torch.testing.assert_close(plain["image"], cached["image"])
+    assert tuple(plain["image"].shape) == (2, 1, 8, 8, 8)
+
+
+def test_ranks_cache_disjoint_shares(tmp_path):
+    items = _png_items(tmp_path, 6)
+    seen = []
+    for rank in range(2):
+        reader = CountingReader()
+        tr = _with_reader(build_transforms("oct", train=False, spatial_size=[16, 16]), reader)
+        ds = build_dataset(items, tr, cache="memory", rank=rank, world_size=2)
+        assert len(ds) == 3 and ds.medcl_world_size == 2
+        seen.append(set(reader.paths))
+        assert len(reader.paths) == 3
+        # the loader does not split a rank's share a second time
+        loader = build_loader(ds, batch_size=3, shuffle=True, num_workers=0, seed=0, distributed=True,
+                              rank=rank, world_size=2)
+        assert sum(len(b["index"]) for b in loader) == 3
+    assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == {it["image"] for it in items}
+
+
+# ------------------------------------------------------------------------------------------------
+# seeding
+
+
+def _oct_loader(seed, workers, epoch=0, n=6):
+    tr = build_transforms("oct", train=True, views=2, spatial_size=[16, 16])
+    ds = build_dataset(_array_items(n), tr)
+    return build_loader(ds, batch_size=2, shuffle=True, num_workers=workers, seed=seed, epoch=epoch)
+
+
+def test_same_seed_same_batches_other_seed_other_batches():
+    a, b, c = (_batches(_oct_loader(s, 0)) for s in (3, 3, 4))
+    for x, y in zip(a, b):
+        assert torch.equal(x["views"], y["views"]) and torch.equal(x["index"], y["index"])
+    assert not all(torch.equal(x["views"], z["views"]) for x, z in zip(a, c))
+
+
+def test_zero_and_two_workers_give_the_same_batches():
+    zero = _batches(_oct_loader(7, 0))
+    two = _batches(_oct_loader(7, 2))
+    assert len(zero) == len(two) == 3
+    for x, y in zip(zero, two):
+        assert torch.equal(x["index"], y["index"])
+        assert torch.equal(x["views"], y["views"])
+
+
+def test_epoch_changes_order_and_augmentation_reproducibly():
+    loader = _oct_loader(1, 0)
+    e0 = _batches(loader)
+    loader.set_epoch(1)
+    e1 = _batches(loader)
+    fresh1 = _batches(_oct_loader(1, 0, epoch=1))
+    assert not all(torch.equal(x["views"], y["views"]) for x, y in zip(e0, e1))
+    for x, y in zip(e1, fresh1):
+        assert torch.equal(x["views"], y["views"])
+
+
+def test_distributed_sampler_splits_by_rank_without_process_group():
+    tr = build_transforms("oct", train=False, spatial_size=[16, 16])
+    ds = build_dataset(_array_items(8), tr)
+    idx = []
+    for rank in range(2):
+        loader = build_loader(ds, batch_size=2, shuffle=True, num_workers=0, seed=0, distributed=True,
+                              rank=rank, world_size=2)
+        idx.append({int(i) for b in loader for i in b["index"]})
+    assert idx[0].isdisjoint(idx[1]) and idx[0] | idx[1] == set(range(8))
+
+
+# ------------------------------------------------------------------------------------------------
+# collate and errors
+
+
+def test_collate_stacks_views_and_types_labels():
+    batch = collate_samples([
+        {"views": torch.zeros(2, 1, 4, 4), "label": [1.0, 0.0], "patient": 3, "index": 0, "image_meta_dict": {"a": 1}},
+        {"views": torch.ones(2, 1, 4, 4), "label": [0.0, 1.0], "patient": 4, "index": 1, "image_meta_dict": {"a": 2}},
+    ])
+    assert tuple(batch["views"].shape) == (2, 2, 1, 4, 4)
+    assert batch["label"].dtype == torch.float32 and tuple(batch["label"].shape) == (2, 2)
+    assert batch["patient"].dtype == torch.int64 and batch["patient"].tolist() == [3, 4]
+    assert batch["image_meta_dict"] == [{"a": 1}, {"a": 2}]
+    with pytest.raises(DataError, match="different shapes"):
+        collate_samples([{"image": torch.zeros(1, 4, 4)}, {"image": torch.zeros(1, 5, 4)}])
+
+
+def test_dataset_and_loader_errors():
+    tr = build_transforms("oct", train=False, spatial_size=[16, 16])
+    with pytest.raises(ConfigError, match="did you mean 'memory'"):
+        build_dataset([], tr, cache="memroy")
+    with pytest.raises(ConfigError, match="cache_dir"):
+        build_dataset(_array_items(2), tr, cache="disk")
+    with pytest.raises(ConfigError, match="rank 2"):
+        build_dataset(_array_items(2), tr, rank=2, world_size=2)
+    with pytest.raises(ConfigError, match="batch_size"):
+        build_loader(build_dataset(_array_items(2), tr), batch_size=0, shuffle=False, num_workers=0, seed=0)
+
+
+def test_missing_file_surfaces_as_reader_error(tmp_path):
+    from medcl.errors import ReaderError
+
+    tr = build_transforms("oct", train=False, spatial_size=[16, 16])
+    loader = build_loader(build_dataset([{"image": str(tmp_path / "nope.png"), "label": 0, "patient": 0,
+                                          "index": 1}], tr), batch_size=1, shuffle=False, num_workers=0, seed=0)
+    with pytest.raises(ReaderError, match="nope.png"):
+        next(iter(loader))

@@ -1,0 +1,666 @@
+"""Readers round-trip real files written by the reference libraries and agree with their decoding."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from readers_testfiles import FAKE_MRN, FAKE_PATIENT, write_ct_slice, write_series, write_xray
+
+from medcl import phi
+from medcl.data.readers import READERS, detect_format, list_series, read, read_region, tile_slide, tissue_mask
+from medcl.data.readers.wsi import otsu_threshold, slide_info
+from medcl.errors import ReaderError
+
+LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _no_phi(meta):
+    text = json.dumps(meta)
+    assert FAKE_PATIENT.split("^")[0] not in text and FAKE_MRN not in text
+    for key in meta.get("dicom", {}):
+        assert key in phi.DICOM_ALLOWED_TAGS
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_registry_has_every_format():
+    assert set(READERS) == {"dicom_series", "dicom", "dicom_ecg", "nifti", "nrrd", "wsi", "image", "wfdb", "signal"}
+
+
+def test_detect_format(ct_series, ecg_dicom, nifti_files, nrrd_files, wfdb_record, pyramid_tiff, images, tmp_path):
+    xr = write_xray(tmp_path / "x.dcm", np.zeros((8, 8), np.uint16))
+    noext = tmp_path / "IM0001"
+    noext.write_bytes(xr.read_bytes())
+    csvp = tmp_path / "s.csv"
+    csvp.write_text("I\n1\n2\n")
+    cases = {
+        ct_series.folder: "dicom_series", ecg_dicom.path: "dicom_ecg", xr: "dicom", noext: "dicom",
+        nifti_files.vol3: "nifti", nifti_files.vol4: "nifti", nrrd_files.vol: "nrrd",
+        wfdb_record.with_suffix(".hea"): "wfdb", wfdb_record: "wfdb", pyramid_tiff.path: "wsi",
+        images.tif: "image", images.rgb_png: "image", images.jpg: "image", csvp: "signal",
+    }
+    for path, fmt in cases.items():
+        assert detect_format(path) == fmt, path
+
+
+def test_unknown_format_and_option_suggest_fixes(nifti_files, tmp_path):
+    with pytest.raises(ReaderError, match="did you mean 'nifti'"):
+        read(nifti_files.vol3, format="nifty")
+    with pytest.raises(ReaderError, match="unknown option 'levle'.*did you mean 'level'"):
+        read(nifti_files.vol3, format="wsi", levle=1)
+    with pytest.raises(ReaderError, match="unknown file type '.xyz'"):
+        (tmp_path / "a.xyz").write_text("x")
+        read(tmp_path / "a.xyz")
+    with pytest.raises(ReaderError, match="does not exist"):
+        read(tmp_path / "missing.nii.gz")
+
+
+# --------------------------------------------------------------------------- DICOM series
+
+
+def test_series_sorted_by_position_not_name_or_instance(ct_series):
+    import pydicom
+
+    files = sorted(ct_series.folder.glob("*.dcm"))
+    headers = [pydicom.dcmread(f) for f in files]
+    position = [float(np.dot([float(v) for v in h.ImagePositionPatient], ct_series.normal)) for h in headers]
+    by_pos = list(np.argsort(position))
+    by_instance = list(np.argsort([int(h.InstanceNumber) for h in headers]))
+    assert by_pos != list(range(len(files))) and by_pos != by_instance  # the fixture really is shuffled
+
+    s = read(ct_series.folder)
+    assert s.array.dtype == np.float32
+    assert s.array.shape == (1, ct_series.cols, ct_series.rows, ct_series.n)  # (1, X=cols, Y=rows, Z)
+    for k in range(ct_series.n):  # CT: HU = raw * 1 - 1024; slice k is the k-th along the normal
+        np.testing.assert_array_equal(s.array[0, :, :, k], ct_series.truth[k].T.astype(np.float32) - 1024)
+    assert s.meta["format"] == "dicom_series" and s.meta["modality"] == "ct"
+    assert s.meta["dtype"] == "uint16" and s.meta["n_slices"] == 8
+    _no_phi(s.meta)
+    assert phi.REGISTRY.find(f"x {FAKE_MRN} y") is not None  # registered with the guard
+
+
+def test_series_agrees_with_pydicom_modality_lut_per_slice(tmp_path):
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    slopes = [1.0, 0.5, 2.0, 1.5, 1.0, 0.25]
+    ser = write_series(tmp_path / "s", n_slices=6, slopes=slopes)
+    s = read(ser.folder)
+    ref = {}
+    for f in ser.folder.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        k = int(round(np.dot([float(v) for v in ds.ImagePositionPatient], ser.normal) / ser.gap
+                      - np.dot(ser.origin, ser.normal) / ser.gap))
+        ref[k] = apply_modality_lut(ds.pixel_array, ds)
+    for k in range(6):
+        np.testing.assert_allclose(s.array[0, :, :, k], ref[k].T, rtol=1e-6)
+
+
+def test_series_affine_and_spacing_match_nibabel_dicom_wrapper(ct_series):
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nibabel calls its DICOM wrappers experimental
+        from nibabel.nicom.dicomwrappers import wrapper_from_data
+
+    s = read(ct_series.folder)
+    aff = np.asarray(s.meta["affine"])
+    lps = LPS_RAS @ aff
+    # first slice along the normal
+    headers = [pydicom.dcmread(f) for f in ct_series.folder.glob("*.dcm")]
+    first = min(headers, key=lambda h: np.dot([float(v) for v in h.ImagePositionPatient], ct_series.normal))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = wrapper_from_data(first).affine  # nibabel: axis 0 = row index, axis 1 = column index
+    np.testing.assert_allclose(lps[:3, 0], ref[:3, 1], atol=1e-5)  # our axis 0 = column index
+    np.testing.assert_allclose(lps[:3, 1], ref[:3, 0], atol=1e-5)
+    np.testing.assert_allclose(lps[:3, 3], ref[:3, 3], atol=1e-5)
+    np.testing.assert_allclose(lps[:3, 2], ct_series.normal * ct_series.gap, atol=1e-4)
+    # non-square pixels: PixelSpacing [row 0.5, col 0.8] -> X (columns) 0.8, Y (rows) 0.5
+    np.testing.assert_allclose(s.meta["spacing"], [0.8, 0.5, 2.5], atol=1e-5)
+    # voxel (i=col, j=row, k) lands where DICOM says: IPP_k + col*dc*row_cos + row*dr*col_cos
+    i, j, k = 5, 3, 4
+    world = lps @ [i, j, k, 1]
+    expect = ct_series.origin + k * ct_series.gap * ct_series.normal + i * 0.8 * ct_series.row_cos \
+        + j * 0.5 * ct_series.col_cos
+    np.testing.assert_allclose(world[:3], expect, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_series_agrees_with_monai_pydicom_reader(tmp_path, ct_series):
+    """MONAI's PydicomReader orders slices by InstanceNumber: it agrees with us only when the
+    numbering follows the position, and gets the shuffled series wrong (why we use pydicom directly)."""
+    from monai.data import PydicomReader
+
+    reader = PydicomReader()
+    ordered = write_series(tmp_path / "ordered", instances_in_order=True)
+    s = read(ordered.folder)
+    arr, meta = reader.get_data(reader.read(str(ordered.folder)))
+    np.testing.assert_allclose(np.asarray(arr), s.array[0], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(meta["affine"]), s.meta["affine"], atol=1e-4)
+    arr, _ = reader.get_data(reader.read(str(ct_series.folder)))
+    assert not np.allclose(np.asarray(arr), read(ct_series.folder).array[0])
+
+
+def test_two_series_need_a_choice(two_series):
+    with pytest.raises(ReaderError, match=r"2 DICOM series.*8 slices.*5 slices") as e:
+        read(two_series.folder)
+    assert "series=" in e.value.fix
+    info = list_series(two_series.folder)
+    assert [x["n_slices"] for x in info] == [8, 5]
+    assert [x["description"] for x in info] == ["AXIAL 2.5", "SAG MPR"]
+    assert all(x["series"].startswith("s-") and two_series.a.uid not in x["series"] for x in info)
+    assert read(two_series.folder, series=1).array.shape[-1] == 5
+    assert read(two_series.folder, series=two_series.a.uid).array.shape[-1] == 8
+    assert read(two_series.folder, series=info[1]["series"]).array.shape[-1] == 5
+    with pytest.raises(ReaderError, match="out of range"):
+        read(two_series.folder, series=2)
+    with pytest.raises(ReaderError, match="no series with that"):
+        read(two_series.folder, series="1.2.3.4.5.6.7")
+
+
+def test_series_with_missing_slice_is_rejected(tmp_path):
+    ser = write_series(tmp_path / "gap", n_slices=8, skip=(4,))
+    with pytest.raises(ReaderError, match="inconsistent slice spacing.*median gap 2.5"):
+        read(ser.folder)
+
+
+def test_series_mixed_shapes_and_duplicates_rejected(tmp_path):
+    ser = write_series(tmp_path / "mixed", n_slices=4)
+    write_ct_slice(ser.folder / "zz.dcm", np.zeros((8, 8), np.uint16), ipp=ser.origin + 10 * ser.normal,
+                   iop=[*ser.row_cos, *ser.col_cos], pixel_spacing=ser.pixel_spacing, series_uid=ser.uid,
+                   instance=99)
+    with pytest.raises(ReaderError, match="different sizes"):
+        read(ser.folder)
+    ser2 = write_series(tmp_path / "dup", n_slices=4)
+    write_ct_slice(ser2.folder / "dup.dcm", ser2.truth[1], ipp=ser2.origin + ser2.gap * ser2.normal,
+                   iop=[*ser2.row_cos, *ser2.col_cos], pixel_spacing=ser2.pixel_spacing, series_uid=ser2.uid,
+                   instance=50)
+    with pytest.raises(ReaderError, match="same position"):
+        read(ser2.folder)
+
+
+def test_series_empty_folder_and_non_dicom_files(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not dicom")
+    with pytest.raises(ReaderError, match="no DICOM image files"):
+        read(empty, format="dicom_series")
+    ser = write_series(tmp_path / "s", n_slices=3)
+    (ser.folder / "broken.dcm").write_bytes(b"\x00garbage" * 20)
+    with pytest.raises(ReaderError, match="broken.dcm.*not a DICOM file"):
+        read(ser.folder)
+
+
+# --------------------------------------------------------------------------- single / multi-frame DICOM
+
+
+def test_dicom_monochrome2_applies_modality_lut(tmp_path, grey_pixels):
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    p = write_xray(tmp_path / "cr.dcm", grey_pixels, slope=0.5, intercept=-10.0, bits_stored=12)
+    s = read(p)
+    ds = pydicom.dcmread(p)
+    np.testing.assert_allclose(s.array[0], apply_modality_lut(ds.pixel_array, ds))
+    assert s.array.shape == (1, 20, 24)
+    assert s.meta["spacing"] == [0.15, 0.2] and s.meta["modality"] is None  # CR is not a medcl modality
+    assert s.meta["dicom"]["Modality"] == "CR"
+    _no_phi(s.meta)
+
+
+def test_dicom_monochrome1_is_inverted_within_stored_range(tmp_path, grey_pixels):
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    p = write_xray(tmp_path / "m1.dcm", grey_pixels, photometric="MONOCHROME1", slope=2.0, intercept=5.0,
+                   bits_stored=12)
+    s = read(p)
+    ds = pydicom.dcmread(p)
+    lo, hi = apply_modality_lut(np.array([0, 4095]), ds)  # stored range 0..2^12-1 through the LUT
+    np.testing.assert_allclose(s.array[0], lo + hi - apply_modality_lut(ds.pixel_array, ds))
+    # stored 0 (white in MONOCHROME1) is now the brightest possible value
+    r, c = np.unravel_index(np.argmin(grey_pixels), grey_pixels.shape)
+    assert s.array[0, r, c] == s.array.max()
+    assert np.corrcoef(s.array[0].ravel(), grey_pixels.ravel())[0, 1] < -0.99
+
+
+def test_dicom_rgb_and_multiframe(tmp_path):
+    import pydicom
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, size=(10, 12, 3), dtype=np.uint8)
+    s = read(write_xray(tmp_path / "rgb.dcm", rgb, photometric="RGB", modality="OP"))
+    assert s.array.shape == (3, 10, 12) and s.meta["modality"] == "fundus"
+    np.testing.assert_array_equal(s.array, np.moveaxis(rgb, -1, 0))
+    frames = rng.integers(0, 1000, size=(4, 10, 12), dtype=np.uint16)
+    p = write_xray(tmp_path / "mf.dcm", frames, modality="OPT")
+    s = read(p)
+    assert s.array.shape == (1, 4, 10, 12) and s.meta["modality"] == "oct" and s.meta["frames"] == 4
+    np.testing.assert_array_equal(s.array[0], pydicom.dcmread(p).pixel_array)
+
+
+@pytest.mark.parametrize("syntax", ["RLELossless", "JPEG2000Lossless"])
+def test_dicom_compressed_with_pydicom_encoders(tmp_path, syntax):
+    import pydicom
+    import pydicom.uid
+    from pydicom.pixels import get_encoder
+
+    uid = getattr(pydicom.uid, syntax)
+    if not get_encoder(uid).is_available:
+        pytest.skip(f"no encoder for {syntax}")
+    # 64x64: OpenJPEG's default 6 wavelet levels need at least 32 pixels a side
+    grey_pixels = np.random.default_rng(8).integers(0, 4096, size=(64, 64), dtype=np.uint16)
+    p = write_xray(tmp_path / "raw.dcm", grey_pixels, bits_stored=12)
+    ds = pydicom.dcmread(p)
+    ds.compress(uid)
+    out = tmp_path / f"{syntax}.dcm"
+    ds.save_as(out)
+    assert pydicom.dcmread(out).file_meta.TransferSyntaxUID == uid
+    s = read(out)
+    np.testing.assert_array_equal(s.array[0], grey_pixels)
+    assert syntax[:3].upper() in s.meta["source_format"].upper().replace(" ", "")
+
+
+def _encapsulated(tmp_path, name, frame: bytes, syntax, rows, cols, bits=8):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import SecondaryCaptureImageStorage
+    from readers_testfiles import _base_dataset
+
+    ds = _base_dataset(SecondaryCaptureImageStorage, "OT", transfer_syntax=syntax)
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (8 if bits == 8 else 16), bits, bits - 1, 0
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    p = tmp_path / name
+    ds.save_as(str(p), enforce_file_format=True)
+    return p
+
+
+def test_dicom_jpeg_baseline_and_lossless_via_pylibjpeg(tmp_path):
+    import imagecodecs
+    import pydicom
+    from pydicom.uid import JPEGBaseline8Bit, JPEGLosslessSV1
+
+    rng = np.random.default_rng(2)
+    img8 = (np.add.outer(np.arange(16), np.arange(20)) * 6 + rng.integers(0, 5, (16, 20))).astype(np.uint8)
+    p = _encapsulated(tmp_path, "jpeg.dcm", imagecodecs.jpeg8_encode(img8, level=95), JPEGBaseline8Bit, 16, 20)
+    s = read(p)
+    np.testing.assert_array_equal(s.array[0], pydicom.dcmread(p).pixel_array)  # reference decoding
+    assert np.abs(s.array[0] - img8).mean() < 3  # and it is the image (lossy)
+    img12 = rng.integers(0, 4096, (16, 20)).astype(np.uint16)
+    p = _encapsulated(tmp_path, "ljpeg.dcm", imagecodecs.ljpeg_encode(img12, bitspersample=12), JPEGLosslessSV1,
+                      16, 20, bits=12)
+    np.testing.assert_array_equal(read(p).array[0], img12)
+
+
+def test_dicom_undecodable_compression_names_syntax(tmp_path):
+    from pydicom.uid import MPEG2MPML
+
+    p = _encapsulated(tmp_path, "mpeg.dcm", b"\x00\x00\x01\xb3" + b"\x00" * 60, MPEG2MPML, 16, 20)
+    with pytest.raises(ReaderError, match="MPEG2") as e:
+        read(p)
+    assert "gdcmconv --raw" in e.value.fix and "plugin" in e.value.fix
+
+
+def test_dicom_truncated_and_garbage(tmp_path, grey_pixels):
+    p = write_xray(tmp_path / "full.dcm", grey_pixels)
+    data = p.read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: len(data) - 200])
+    with pytest.raises(ReaderError, match="cut.dcm") as e:
+        read(cut)
+    assert "truncated" in e.value.what
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(np.random.default_rng(0).bytes(600))
+    with pytest.raises(ReaderError, match="not a DICOM file"):
+        read(junk)
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    with pytest.raises(ReaderError, match="empty"):
+        read(empty)
+
+
+def test_dicom_float_pixel_data_with_nan_is_rejected(tmp_path):
+    from pydicom.uid import SecondaryCaptureImageStorage
+    from readers_testfiles import _base_dataset
+
+    ds = _base_dataset(SecondaryCaptureImageStorage, "OT")
+    arr = np.ones((6, 7), np.float32)
+    arr[2, :3] = np.nan
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 6, 7, 1, "MONOCHROME2"
+    ds.BitsAllocated = 32
+    ds.FloatPixelData = arr.tobytes()
+    p = tmp_path / "float.dcm"
+    ds.save_as(str(p), enforce_file_format=True)
+    with pytest.raises(ReaderError, match="3 NaN"):
+        read(p)
+
+
+# --------------------------------------------------------------------------- DICOM waveform ECG
+
+
+def test_dicom_ecg_to_millivolts(ecg_dicom):
+    import pydicom
+
+    s = read(ecg_dicom.path)
+    assert s.meta["format"] == "dicom_ecg" and s.meta["modality"] == "ecg"
+    assert s.array.shape == (12, 500)
+    assert s.meta["leads"] == ecg_dicom.names
+    assert s.meta["sampling_rate"] == 500.0 and s.meta["duration_s"] == 1.0 and s.meta["units"] == "mV"
+    # hand formula: raw * sensitivity * correction + baseline (µV) -> mV
+    expect = (ecg_dicom.raw * ecg_dicom.sens * ecg_dicom.corr + ecg_dicom.base).T / 1000.0
+    np.testing.assert_allclose(s.array, expect, rtol=1e-5, atol=1e-6)
+    # pydicom's own decoding (µV) agrees
+    ref = pydicom.dcmread(ecg_dicom.path).waveform_array(0).T / 1000.0
+    np.testing.assert_allclose(s.array, ref, rtol=1e-5, atol=1e-6)
+    _no_phi(s.meta)
+
+
+def test_dicom_ecg_truncated_waveform(ecg_dicom, tmp_path):
+    import pydicom
+
+    ds = pydicom.dcmread(ecg_dicom.path)
+    ds.WaveformSequence[0].WaveformData = ds.WaveformSequence[0].WaveformData[:1000]
+    p = tmp_path / "short.dcm"
+    ds.save_as(p)
+    with pytest.raises(ReaderError, match="truncated"):
+        read(p)
+    with pytest.raises(ReaderError, match="no pixel data.*dicom_ecg"):
+        read(ecg_dicom.path, format="dicom")
+
+
+# --------------------------------------------------------------------------- NIfTI / NRRD
+
+
+def test_nifti_matches_nibabel(nifti_files):
+    import nibabel as nib
+
+    img = nib.load(nifti_files.vol3)
+    s = read(nifti_files.vol3)
+    assert s.array.shape == (1, 16, 16, 8)
+    np.testing.assert_allclose(s.array[0], img.get_fdata())
+    np.testing.assert_allclose(s.meta["affine"], img.affine)
+    np.testing.assert_allclose(s.meta["affine"], nifti_files.affine, atol=1e-5)
+    np.testing.assert_allclose(s.meta["spacing"], img.header.get_zooms()[:3])
+    assert s.meta["dtype"] == "int16"
+    s4 = read(nifti_files.vol4)
+    assert s4.array.shape == (2, 16, 16, 8)
+    np.testing.assert_allclose(s4.array, np.moveaxis(nib.load(nifti_files.vol4).get_fdata(), -1, 0))
+
+
+def test_nifti_bad_inputs(nifti_files, tmp_path):
+    with pytest.raises(ReaderError, match="3 NaN and 1 infinite values"):
+        read(nifti_files.nan)
+    with pytest.raises(ReaderError, match="2 dimensions"):
+        read(nifti_files.flat)
+    data = nifti_files.vol4.read_bytes()
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ReaderError, match="cut.nii.*NIfTI"):
+        read(cut)
+
+
+def test_nrrd_lps_to_ras_matches_pynrrd(nrrd_files):
+    import nrrd
+
+    data, _ = nrrd.read(str(nrrd_files.vol))
+    s = read(nrrd_files.vol)
+    np.testing.assert_array_equal(s.array[0], data)
+    expect = np.eye(4)
+    expect[:3, :3] = nrrd_files.dirs
+    expect[:3, 3] = nrrd_files.origin
+    expect = LPS_RAS @ expect
+    np.testing.assert_allclose(s.meta["affine"], expect, atol=1e-6)
+    np.testing.assert_allclose(s.meta["spacing"], [0.7, 0.8, 1.5], atol=1e-6)
+    v = read(nrrd_files.vec)
+    assert v.array.shape == (2, 16, 16, 8)
+    np.testing.assert_allclose(v.array, nrrd_files.vec_data)
+    np.testing.assert_allclose(v.meta["affine"], np.diag([1.0, 1.0, 2.0, 1.0]))
+
+
+@pytest.mark.slow
+def test_nrrd_agrees_with_monai_nrrd_reader(nrrd_files):
+    from monai.data import NrrdReader
+
+    reader = NrrdReader(affine_lps_to_ras=True)
+    arr, meta = reader.get_data(reader.read(str(nrrd_files.vol)))
+    s = read(nrrd_files.vol)
+    np.testing.assert_allclose(np.asarray(arr), s.array[0])
+    np.testing.assert_allclose(np.asarray(meta["affine"]), s.meta["affine"], atol=1e-5)
+
+
+def test_nrrd_truncated(nrrd_files, tmp_path):
+    data = nrrd_files.vol.read_bytes()
+    cut = tmp_path / "cut.nrrd"
+    cut.write_bytes(data[: len(data) - 300])
+    with pytest.raises(ReaderError, match="cut.nrrd"):
+        read(cut)
+
+
+# --------------------------------------------------------------------------- WFDB / CSV / NumPy
+
+
+def test_wfdb_matches_rdrecord(wfdb_record):
+    import wfdb
+
+    rec = wfdb.rdrecord(str(wfdb_record))
+    for path in (wfdb_record, wfdb_record.with_suffix(".hea"), wfdb_record.with_suffix(".dat")):
+        s = read(path, format="wfdb")
+        assert s.array.shape == (3, 500)
+        expect = rec.p_signal.T.copy()
+        expect[2] /= 1000.0  # lead V1 stored in µV
+        np.testing.assert_allclose(s.array, expect, rtol=1e-5, atol=1e-6)
+        assert s.meta["leads"] == ["I", "II", "V1"] and s.meta["units"] == "mV"
+        assert s.meta["sampling_rate"] == 500.0 and s.meta["duration_s"] == 1.0
+
+
+def test_wfdb_missing_dat(wfdb_record):
+    wfdb_record.with_suffix(".dat").unlink()
+    with pytest.raises(ReaderError, match="rec1.hea.*WFDB"):
+        read(wfdb_record.with_suffix(".hea"))
+
+
+def test_csv_and_numpy_signals(tmp_path):
+    rng = np.random.default_rng(4)
+    sig = rng.normal(size=(3, 50))
+    csvp = tmp_path / "ecg.csv"
+    csvp.write_text("I,II,V1\n" + "\n".join(",".join(f"{v:.6f}" for v in row) for row in sig.T) + "\n")
+    s = read(csvp, sampling_rate=250)
+    np.testing.assert_allclose(s.array, sig, atol=1e-6)
+    assert s.meta["leads"] == ["I", "II", "V1"] and s.meta["duration_s"] == 0.2
+    with pytest.raises(ReaderError, match="sampling_rate is required") as e:
+        read(csvp)
+    assert "sampling_rate=" in e.value.fix
+    bad = tmp_path / "bad.csv"
+    bad.write_text("I,II\n1,2\n3,abc\n")
+    with pytest.raises(ReaderError, match="row 2.*non-numeric"):
+        read(bad, sampling_rate=100)
+    npy = tmp_path / "ecg.npy"
+    np.save(npy, sig.T)  # (T, leads): transposed on read
+    s = read(npy, sampling_rate=250, units="uV")
+    np.testing.assert_allclose(s.array, sig / 1000.0, rtol=1e-6)
+    assert s.meta["transposed"] is True
+    npz = tmp_path / "ecg.npz"
+    np.savez(npz, signal=sig, other=np.zeros(3))
+    np.testing.assert_allclose(read(npz, sampling_rate=250).array, sig, rtol=1e-6)
+    nan = tmp_path / "nan.npy"
+    sig2 = sig.copy()
+    sig2[0, :5] = np.nan
+    np.save(nan, sig2)
+    with pytest.raises(ReaderError, match="5 NaN"):
+        read(nan, sampling_rate=250)
+
+
+# --------------------------------------------------------------------------- 2D images
+
+
+def test_png_jpeg_tiff_match_reference_decoders(images):
+    import imagecodecs
+    import tifffile
+    from PIL import Image
+
+    g = read(images.grey_png)
+    assert g.array.shape == (1, 24, 32)
+    np.testing.assert_array_equal(g.array[0], images.grey)
+    np.testing.assert_allclose(g.meta["spacing"], [0.1, 0.1], rtol=1e-3)  # 254 dpi
+    np.testing.assert_array_equal(read(images.rgb_png).array, np.moveaxis(images.rgb, -1, 0))
+    rgba = read(images.rgba_png)
+    assert rgba.array.shape == (3, 24, 32)
+    np.testing.assert_array_equal(rgba.array, np.moveaxis(images.rgba[..., :3], -1, 0))
+    g16 = read(images.g16_png)
+    np.testing.assert_array_equal(g16.array[0], images.g16)
+    assert g16.array.max() > 255 and g16.meta["dtype"] == "uint16"
+    c16 = read(images.rgb16_png)  # Pillow would truncate this to 8 bits
+    np.testing.assert_array_equal(c16.array, np.moveaxis(imagecodecs.imread(images.rgb16_png), -1, 0))
+    assert c16.array.max() > 255
+    pal = read(images.pal_png)
+    np.testing.assert_array_equal(pal.array, np.moveaxis(np.asarray(Image.open(images.pal_png).convert("RGB")), -1, 0))
+    jpg = read(images.jpg)
+    np.testing.assert_array_equal(jpg.array, np.moveaxis(np.asarray(Image.open(images.jpg)), -1, 0))
+    tif = read(images.tif)
+    np.testing.assert_array_equal(tif.array, np.moveaxis(tifffile.imread(images.tif), -1, 0))
+    np.testing.assert_allclose(tif.meta["spacing"], [0.00025, 0.00025], rtol=1e-6)
+    stack = read(images.stack)
+    assert stack.array.shape == (1, 3, 24, 32)
+    np.testing.assert_array_equal(stack.array[0], tifffile.imread(images.stack))
+
+
+def test_truncated_png(images):
+    with pytest.raises(ReaderError, match="truncated.png.*(truncated|corrupt)"):
+        read(images.truncated)
+
+
+# --------------------------------------------------------------------------- whole-slide images
+
+
+def test_wsi_overview_and_metadata(pyramid_tiff):
+    s = read(pyramid_tiff.path)
+    assert s.meta["format"] == "wsi" and s.meta["modality"] == "histo"
+    assert s.array.shape == (3, 128, 128)
+    np.testing.assert_array_equal(s.array, np.moveaxis(pyramid_tiff.levels[2], -1, 0))
+    assert s.meta["levels"] == 3
+    assert s.meta["dimensions"] == [[512, 512], [256, 256], [128, 128]]
+    assert s.meta["downsamples"] == [1.0, 2.0, 4.0]
+    assert s.meta["mpp"] == pytest.approx(0.5)
+    np.testing.assert_allclose(s.meta["spacing"], [0.002, 0.002])  # 0.5 µm x 4 at level 2, in mm
+    s1 = read(pyramid_tiff.path, level=1)
+    np.testing.assert_array_equal(s1.array, np.moveaxis(pyramid_tiff.levels[1], -1, 0))
+    with pytest.raises(ReaderError, match="max_pixels"):
+        read(pyramid_tiff.path, level=0, max_pixels=100_000)
+
+
+def test_read_region_matches_tifffile_and_openslide(pyramid_tiff, ifd_pyramid_tiff):
+    import openslide
+    import tifffile
+
+    lvl0 = tifffile.imread(pyramid_tiff.path)
+    r = read_region(pyramid_tiff.path, x=100, y=37, level=0, size=(90, 70))
+    assert r.array.shape == (3, 70, 90)
+    np.testing.assert_array_equal(r.array, np.moveaxis(lvl0[37:107, 100:190], -1, 0))
+    r1 = read_region(pyramid_tiff.path, x=200, y=64, level=1, size=50)
+    np.testing.assert_array_equal(r1.array, np.moveaxis(pyramid_tiff.levels[1][32:82, 100:150], -1, 0))
+    # an independent implementation: OpenSlide on the successive-IFD pyramid
+    with openslide.OpenSlide(str(ifd_pyramid_tiff.path)) as osl:
+        assert osl.level_count == 3
+        ref = np.asarray(osl.read_region((96, 160), 1, (60, 40)))[..., :3]
+    ours = read_region(ifd_pyramid_tiff.path, x=96, y=160, level=1, size=(60, 40))
+    np.testing.assert_array_equal(ours.array, np.moveaxis(ref, -1, 0))
+    ours_os = read_region(ifd_pyramid_tiff.path, x=96, y=160, level=1, size=(60, 40), backend="openslide")
+    np.testing.assert_array_equal(ours_os.array, ours.array)
+    edge = read_region(pyramid_tiff.path, x=480, y=480, level=0, size=64)  # half outside: white padding
+    assert (edge.array[:, 40:, :] == 255).all()
+    with pytest.raises(ReaderError, match="outside the slide"):
+        read_region(pyramid_tiff.path, x=5000, y=0, level=0, size=64)
+
+
+def test_read_region_decodes_only_the_tiles_it_touches(pyramid_tiff):
+    """Corrupt the bottom-right level-0 tile: a region elsewhere still reads, the whole level fails."""
+    import tifffile
+
+    with tifffile.TiffFile(pyramid_tiff.path) as tif:
+        page = tif.series[0].levels[0].keyframe
+        offset, count = page.dataoffsets[-1], page.databytecounts[-1]
+    with open(pyramid_tiff.path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * count)
+    r = read_region(pyramid_tiff.path, x=0, y=0, level=0, size=128)
+    np.testing.assert_array_equal(r.array, np.moveaxis(pyramid_tiff.levels[0][:128, :128], -1, 0))
+    with pytest.raises(ReaderError, match="cannot decode level 0"):
+        read(pyramid_tiff.path, level=0)
+
+
+def test_otsu_matches_skimage():
+    from skimage.filters import threshold_otsu
+
+    rng = np.random.default_rng(0)
+    v = np.concatenate([rng.normal(0.1, 0.03, 3000), rng.normal(0.6, 0.1, 1000)])
+    assert abs(otsu_threshold(v) - threshold_otsu(v)) < (v.max() - v.min()) / 128
+
+
+def test_tissue_mask_finds_tissue(pyramid_tiff):
+    mask = tissue_mask(pyramid_tiff.path)
+    assert mask.shape == (128, 128) and mask.dtype == bool
+    truth = np.zeros((128, 128), bool)
+    truth[32:96, 16:80] = True  # the rectangle at level 2 (downsample 4)
+    iou = (mask & truth).sum() / (mask | truth).sum()
+    assert iou > 0.95
+
+
+def test_tile_slide_keeps_tissue_tiles(pyramid_tiff):
+    tiles = tile_slide(pyramid_tiff.path, tile_size=64, level=0, min_tissue=0.5)
+    # the 256x256 tissue rectangle (rows 128:384, cols 64:320) is covered by exactly 4x4 tiles
+    assert sorted((t["x"], t["y"]) for t in tiles) == sorted(
+        (x, y) for x in range(64, 320, 64) for y in range(128, 384, 64))
+    assert all(t["level"] == 0 and t["size"] == 64 and t["tissue"] >= 0.5 for t in tiles)
+    half = tile_slide(pyramid_tiff.path, tile_size=64, level=0, min_tissue=0.5, stride=32)
+    assert len(half) > len(tiles)
+    # magnification: 0.5 µm/pixel = 20x; 10x is level 1 exactly, 5x level 2, 8x reads level 1 and resizes
+    t10 = tile_slide(pyramid_tiff.path, tile_size=32, magnification=10)
+    assert {t["level"] for t in t10} == {1} and {t["size"] for t in t10} == {32}
+    assert all(t["x"] % 64 == 0 for t in t10)  # 32 px at downsample 2 = 64 level-0 pixels
+    t5 = tile_slide(pyramid_tiff.path, tile_size=16, magnification=5)
+    assert {t["level"] for t in t5} == {2}
+    t8 = tile_slide(pyramid_tiff.path, tile_size=32, magnification=8)
+    assert {t["level"] for t in t8} == {1} and {t["size"] for t in t8} == {40}
+    region = read_region(pyramid_tiff.path, t10[0]["x"], t10[0]["y"], t10[0]["level"], t10[0]["size"])
+    assert region.array.shape == (3, 32, 32)
+    with pytest.raises(ReaderError, match="40x is not available.*20x"):
+        tile_slide(pyramid_tiff.path, magnification=40)
+
+
+def test_svs_objective_power_and_openslide_agreement(svs_slide):
+    import openslide
+
+    info = slide_info(svs_slide.path)
+    assert info.vendor == "aperio" and info.objective_power == 40 and info.mpp == pytest.approx(0.25)
+    assert info.dimensions == [(512, 512), (256, 256), (128, 128)]
+    tiles = tile_slide(svs_slide.path, tile_size=64, magnification=20)
+    assert tiles and {t["level"] for t in tiles} == {1}
+    with openslide.OpenSlide(str(svs_slide.path)) as osl:
+        assert osl.properties.get("openslide.vendor") == "aperio"
+        ref = np.asarray(osl.read_region((64, 128), 1, (32, 48)))[..., :3]
+    ours = read_region(svs_slide.path, 64, 128, 1, (32, 48))
+    np.testing.assert_array_equal(ours.array, np.moveaxis(ref, -1, 0))
+
+
+def test_wsi_without_resolution_and_corrupt(tmp_path):
+    import tifffile
+
+    img = np.full((128, 128, 3), 230, np.uint8)
+    p = tmp_path / "nores.tif"
+    with tifffile.TiffWriter(str(p)) as tif:
+        tif.write(img, tile=(64, 64), photometric="rgb", subifds=1)
+        tif.write(img[::2, ::2], tile=(64, 64), photometric="rgb", subfiletype=1)
+    with pytest.raises(ReaderError, match="neither objective power nor microns per pixel"):
+        tile_slide(p, magnification=10)
+    assert tile_slide(p, tile_size=32, level=0) == []  # blank glass: no tissue
+    junk = tmp_path / "junk.svs"
+    junk.write_bytes(b"II*\x00" + b"\xff" * 100)
+    with pytest.raises(ReaderError, match="junk.svs"):
+        read(junk)

@@ -1,0 +1,225 @@
+"""Calibration metrics (vs torchmetrics, scikit-learn, naive loops) and post-hoc calibrators."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import brier_score_loss, log_loss
+from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
+
+from medcl.errors import ConfigError
+from medcl.metrics import (
+    brier_score,
+    calibration_metrics,
+    expected_calibration_error,
+    negative_log_likelihood,
+    reliability_diagram_data,
+)
+from medcl.tasks.calibration import (
+    CALIBRATORS,
+    TemperatureScaler,
+    calibration_report,
+    calibrator_from_dict,
+    get_calibrator,
+    logits_to_probs,
+)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _calibrated_logits(n, k, seed, scale=1.0):
+    """Logits of a perfectly calibrated model (labels drawn from its softmax), times ``scale``."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, size=(n, k))
+    p = _softmax(z)
+    y = np.array([rng.choice(k, p=row) for row in p])
+    return z * scale, y
+
+
+@pytest.fixture
+def mc():
+    rng = np.random.default_rng(0)
+    n, k = 400, 5
+    y = rng.integers(0, k, n)
+    z = rng.normal(size=(n, k)) * 2
+    z[np.arange(n), y] += 1.0
+    return y, _softmax(z)
+
+
+@pytest.mark.parametrize("n_bins", [5, 15])
+def test_equal_width_ece_and_mce_match_torchmetrics(mc, n_bins):
+    y, p = mc
+    r = expected_calibration_error(y, p, "multiclass", n_bins=n_bins, scheme="equal-width")
+    ref_ece = MulticlassCalibrationError(num_classes=p.shape[1], n_bins=n_bins, norm="l1")
+    ref_mce = MulticlassCalibrationError(num_classes=p.shape[1], n_bins=n_bins, norm="max")
+    pt, yt = torch.tensor(p), torch.tensor(y)
+    assert r["ece"] == pytest.approx(float(ref_ece(pt, yt)), abs=1e-6)
+    assert r["mce"] == pytest.approx(float(ref_mce(pt, yt)), abs=1e-6)
+    assert r["n_bins"] == n_bins and r["scheme"] == "equal-width" and r["estimator"] == "top-label"
+
+
+def test_binary_and_multilabel_ece_match_torchmetrics():
+    rng = np.random.default_rng(3)
+    n = 300
+    p = rng.random((n, 2)) * 0.98 + 0.01
+    y = (rng.random((n, 2)) < p**1.5).astype(float)
+    r = expected_calibration_error(y[:, 0], p[:, 0], "binary", n_bins=10)
+    ref = BinaryCalibrationError(n_bins=10, norm="l1")(torch.tensor(p[:, 0]), torch.tensor(y[:, 0]).long())
+    assert r["ece"] == pytest.approx(float(ref), abs=1e-6)
+    assert r["estimator"] == "binary"
+    rml = expected_calibration_error(y, p, "multilabel", n_bins=10, class_names=["x", "z"])
+    per = [float(BinaryCalibrationError(n_bins=10)(torch.tensor(p[:, j]), torch.tensor(y[:, j]).long()))
+           for j in range(2)]
+    assert rml["ece/x"] == pytest.approx(per[0], abs=1e-6)
+    assert rml["ece/z"] == pytest.approx(per[1], abs=1e-6)
+    assert rml["ece"] == pytest.approx(np.mean(per), abs=1e-6)
+
+
+def _naive_adaptive_ece(conf, correct, n_bins):
+    order = np.argsort(conf, kind="mergesort")
+    total = 0.0
+    worst = 0.0
+    for chunk in np.array_split(order, n_bins):
+        if len(chunk) == 0:
+            continue
+        gap = abs(np.mean(correct[chunk]) - np.mean(conf[chunk]))
+        total += gap * len(chunk) / len(conf)
+        worst = max(worst, gap)
+    return total, worst
+
+
+@pytest.mark.parametrize("n_bins", [4, 10, 15])
+def test_adaptive_ece_matches_naive_reference(mc, n_bins):
+    y, p = mc
+    r = expected_calibration_error(y, p, "multiclass", n_bins=n_bins, scheme="adaptive")
+    e, m = _naive_adaptive_ece(p.max(1), (p.argmax(1) == y).astype(float), n_bins)
+    assert r["ece"] == pytest.approx(e, abs=1e-12)
+    assert r["mce"] == pytest.approx(m, abs=1e-12)
+    assert r["scheme"] == "adaptive" and r["n_bins"] == n_bins
+    counts = reliability_diagram_data(y, p, n_bins, "adaptive")["bin_count"]
+    assert max(counts) - min(counts) <= 1 and sum(counts) == len(y)
+
+
+def test_brier_and_nll_match_sklearn(mc):
+    y, p = mc
+    onehot = np.eye(p.shape[1])[y]
+    assert brier_score(y, p) == pytest.approx(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+    assert negative_log_likelihood(y, p) == pytest.approx(log_loss(y, p, labels=range(p.shape[1])))
+    yb, pb = (y == 0).astype(int), p[:, 0]
+    assert brier_score(yb, pb, "binary") == pytest.approx(brier_score_loss(yb, pb))
+    assert negative_log_likelihood(yb, pb, "binary") == pytest.approx(log_loss(yb, pb))
+
+
+def test_reliability_diagram_known_case():
+    # 4 samples at confidence 0.25 (1 positive), 4 at 0.75 (3 positives): perfectly calibrated
+    p = np.array([0.25] * 4 + [0.75] * 4)
+    y = np.array([1, 0, 0, 0, 1, 1, 1, 0])
+    d = reliability_diagram_data(y, p, n_bins=4, scheme="equal-width", task="binary")
+    assert d["bin_edges"] == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
+    assert d["bin_count"] == [0, 4, 0, 4]
+    assert d["bin_accuracy"][1] == pytest.approx(0.25) and d["bin_accuracy"][3] == pytest.approx(0.75)
+    assert d["bin_confidence"][0] is None
+    assert expected_calibration_error(y, p, "binary", n_bins=4)["ece"] == pytest.approx(0.0)
+    json.dumps(d)  # JSON-ready
+
+
+def test_unknown_scheme_is_config_error(mc):
+    y, p = mc
+    with pytest.raises(ConfigError, match="did you mean 'adaptive'"):
+        expected_calibration_error(y, p, scheme="adaptiv")
+
+
+# ----------------------------------------------------------------------------- calibrators
+
+
+def test_temperature_scaling_recovers_t_and_lowers_nll():
+    z_val, y_val = _calibrated_logits(3000, 4, seed=0, scale=5.0)
+    z_test, y_test = _calibrated_logits(2000, 4, seed=1, scale=5.0)
+    cal = TemperatureScaler("multiclass").fit(z_val, y_val)
+    assert cal.temperature == pytest.approx(5.0, rel=0.15)
+    before = negative_log_likelihood(y_test, logits_to_probs(z_test, "multiclass"))
+    after = negative_log_likelihood(y_test, cal.transform(z_test))
+    assert after < before - 0.1
+    assert np.array_equal(cal.transform(z_test).argmax(1), z_test.argmax(1))  # accuracy unchanged
+    # torch tensors in, same answer
+    cal_t = TemperatureScaler("multiclass").fit(torch.tensor(z_val), torch.tensor(y_val))
+    assert cal_t.temperature == pytest.approx(cal.temperature, rel=1e-6)
+
+
+def test_per_label_temperature_for_multilabel_and_binary():
+    rng = np.random.default_rng(5)
+    n = 4000
+    z = rng.normal(0, 2, size=(n, 2))
+    y = (rng.random((n, 2)) < 1 / (1 + np.exp(-z))).astype(float)
+    scaled = z * np.array([4.0, 0.5])  # over-confident label 0, under-confident label 1
+    cal = TemperatureScaler("multilabel").fit(scaled, y)
+    assert cal.temperature == pytest.approx([4.0, 0.5], rel=0.15)
+    calb = TemperatureScaler("binary").fit(scaled[:, 0], y[:, 0])
+    assert calb.temperature == pytest.approx(4.0, rel=0.15)
+    assert calb.transform(scaled[:, 0]).shape == (n,)
+
+
+@pytest.mark.parametrize("method", ["temperature", "vector", "dirichlet"])
+def test_every_calibrator_lowers_nll_on_overconfident_model(method):
+    z_val, y_val = _calibrated_logits(1500, 3, seed=2, scale=4.0)
+    z_test, y_test = _calibrated_logits(1500, 3, seed=3, scale=4.0)
+    # add a class bias that temperature cannot fix but vector/Dirichlet can
+    z_val = z_val + np.array([1.5, 0.0, 0.0])
+    z_test = z_test + np.array([1.5, 0.0, 0.0])
+    cal = get_calibrator(method, task="multiclass").fit(z_val, y_val)
+    before = negative_log_likelihood(y_test, logits_to_probs(z_test, "multiclass"))
+    after = negative_log_likelihood(y_test, cal.transform(z_test))
+    assert after < before - 0.1
+    assert cal.fit_nll["after"] < cal.fit_nll["before"]
+    if method != "temperature":
+        temp_after = negative_log_likelihood(y_test, TemperatureScaler().fit(z_val, y_val).transform(z_test))
+        assert after < temp_after
+
+
+@pytest.mark.parametrize("method", list(CALIBRATORS))
+@pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel"])
+def test_state_round_trip_through_json(method, task):
+    rng = np.random.default_rng(7)
+    if task == "multiclass":
+        z, y = _calibrated_logits(300, 3, seed=7, scale=3.0)
+    elif task == "binary":
+        z = rng.normal(0, 3, 300)
+        y = (rng.random(300) < 1 / (1 + np.exp(-z / 3))).astype(int)
+    else:
+        z = rng.normal(0, 3, (300, 2))
+        y = (rng.random((300, 2)) < 1 / (1 + np.exp(-z / 3))).astype(float)
+    cal = get_calibrator(method, task=task).fit(z, y)
+    state = json.loads(json.dumps(cal.to_dict()))
+    back = calibrator_from_dict(state)
+    assert type(back) is type(cal)
+    np.testing.assert_allclose(back.transform(z), cal.transform(z), rtol=1e-10)
+
+
+def test_unknown_calibrator_and_unfitted_use_are_config_errors():
+    with pytest.raises(ConfigError, match="did you mean 'temperature'"):
+        get_calibrator("temprature")
+    with pytest.raises(ConfigError, match="before fit"):
+        TemperatureScaler().transform(np.zeros((2, 3)))
+
+
+def test_calibration_report_before_after():
+    z_val, y_val = _calibrated_logits(1500, 3, seed=10, scale=4.0)
+    z_test, y_test = _calibrated_logits(1500, 3, seed=11, scale=4.0)
+    rep = calibration_report(z_val, y_val, z_test, y_test, method="temperature", n_bins=10)
+    assert rep["n_bins"] == 10 and rep["estimator"] == "top-label"
+    for key in ("ece", "ece_adaptive", "mce", "brier", "nll"):
+        assert key in rep["before"] and key in rep["after"]
+    assert rep["after"]["ece"] < rep["before"]["ece"]
+    assert rep["after"]["nll"] < rep["before"]["nll"]
+    assert rep["after"]["brier"] < rep["before"]["brier"]
+    assert rep["temperature"] == pytest.approx(4.0, rel=0.2)
+    assert set(rep["reliability_after"]) == {"equal-width", "adaptive"}
+    assert sum(rep["reliability_before"]["equal-width"]["bin_count"]) == len(y_test)
+    direct = calibration_metrics(y_test, rep["probs_after"], n_bins=10)
+    assert direct["ece"] == pytest.approx(rep["after"]["ece"])
