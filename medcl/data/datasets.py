@@ -159,7 +159,7 @@ def build_dataset(
         # track_meta: keep MetaTensors (affine) in the cached files; weights_only=False: the files hold
         # dicts and MetaTensors, which torch.load(weights_only=True) rejects — MONAI then deletes and
         # silently recomputes every item on every access. The cache folder is written by medcl itself.
-        ds = PersistentDataset(data, transform, cache_dir=Path(cache_dir), track_meta=True, weights_only=True)
+        ds = PersistentDataset(data, transform, cache_dir=Path(cache_dir), track_meta=True, weights_only=False)
     ds.medcl_rank = rank if part_world > 1 else 0
     ds.medcl_world_size = part_world
     return ds

@@ -30,7 +30,7 @@ def make_transforms(cfg: Any, *, train: bool, views: int = 1, with_mask: bool = 
 
     params = transform_params(cfg)
     if with_mask:
-        params.setdefault("mask_key", "mask")
+        params.setdefault("mask_keys", ["mask"])
     return build_transforms(cfg.transforms.preset, train=train, views=views, **params)
 
 

@@ -657,7 +657,7 @@ _STEM_PATTERN = re.compile(
     r"(?:^|\.)(patch_embed|patch_embedding|cls_token|pos_embed|reg_token|dist_token|mask_token|stem|"
     r"conv_stem|bn_stem|conv1|bn1|conv0|norm0|embed|embeddings)(?:\.|$)"
 )
-_FINAL_NORM = re.compile(r"(?:^|\.)(norm|fc_norm|norm_pre|head_norm)\.(weight|bias)$")
+_FINAL_NORM = re.compile(r"(?:^|\.)(norm|fc_norm|norm_pre|head_norm|conv_head|bn2)\.(weight|bias)$")
 _NO_DECAY_NAMES = re.compile(r"(?:^|\.)(cls_token|pos_embed|reg_token|dist_token|mask_token)$")
 
 
