@@ -245,11 +245,36 @@ def _log_pipeline_inputs(parent: Any, cfg: PipelineConfig, data: Any, run_dir: P
     parent.log_artifact(split_path)
     parent.log_dict(data.summary, "data_summary.json")
     parent.log_params({"data.n_samples": len(data.records), "data.n_patients": len(data.patient_index),
-                       "data.n_excluded": len(data.excluded), "data.classes": json.dumps(data.classes)})
+                       "data.n_excluded": len(data.excluded), "data.classes": json.dumps(data.classes),
+                       "data.manifest_name": Path(cfg.data.manifest or "").name, **_software_versions()})
+    sites: dict[str, dict[str, dict[str, int]]] = {}
+    for r in data.records:  # counts per split and site, for the report's cohort table
+        if r.site:
+            cell = sites.setdefault(data.assignment.get(r.patient, "none"), {}).setdefault(
+                str(r.site), {"patients": set(), "samples": 0})
+            cell["patients"].add(r.patient)
+            cell["samples"] += 1
+    if sites:
+        parent.log_dict({s: {k: {"patients": len(v["patients"]), "samples": v["samples"]} for k, v in per.items()}
+                         for s, per in sites.items()}, "site_summary.json")
     if data.excluded:
         rows = [{"row": p.row, "code": p.code, "what": p.what} for p in data.excluded]
         parent.log_dict(rows, "excluded_rows.json")
     os.chmod(run_dir / "config.yaml", 0o600)
+
+
+def _software_versions() -> dict[str, str]:
+    """``software.<package>`` params: the versions a run was made with (for the report)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"software.python": platform.python_version()}
+    for pkg in ("medcl", "torch", "monai", "mlflow", "timm"):
+        try:
+            out[f"software.{pkg}"] = version(pkg)
+        except PackageNotFoundError:
+            out[f"software.{pkg}"] = "not installed"
+    return out
 
 
 def print_summary(ctx: RunContext) -> None:

@@ -123,17 +123,46 @@ class ClassifyConfig(Section):
 
 
 class SegmentConfig(Section):
-    """Downstream segmentation."""
+    """Downstream segmentation (the ``segment`` stage, :mod:`medcl.stages.segment`)."""
 
-    network: Literal["unet", "swin_unetr", "encoder_unet"] = "unet"
+    network: Literal["unet", "basic_unet", "swin_unetr", "encoder_unet"] = Field(
+        "encoder_unet",
+        description="encoder_unet: U-Net decoder on the pretrained encoder; basic_unet/swin_unetr take a pretrained "
+        "unet_encoder/swin_unetr_encoder; unet: MONAI UNet from scratch only",
+    )
+    network_options: dict[str, Any] = Field(default_factory=dict, description="extra network arguments")
     epochs: int = Field(20, ge=1)
     max_steps: int | None = Field(None, ge=1)
     lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-5, ge=0.0)
     batch_size: int = Field(4, ge=1)
     num_classes: int = Field(2, ge=2, description="including background")
-    roi_size: list[int] | None = Field(None, description="sliding-window size for volumes")
+    class_names: list[str] | None = Field(None, description="mask class names incl. background (default 0, 1, ...)")
+    roi_size: list[int] | None = Field(None, description="sliding-window size (default: transforms.spatial_size)")
+    eval_spatial_size: list[int] | None = Field(
+        None, description="crop/pad size of evaluation images (default: transforms.spatial_size); make it larger "
+        "than roi_size to cover whole volumes with sliding windows")
+    overlap: float = Field(0.25, ge=0.0, lt=1.0, description="sliding-window overlap")
+    sw_batch_size: int = Field(4, ge=1)
     label_fractions: list[float] = Field(default_factory=lambda: [1.0])
     baseline: bool = Field(True, description="also train from scratch for comparison")
+    n_boot: int = Field(1000, ge=0, description="patient-level bootstrap resamples for the mean-Dice CI")
+    overlays: int = Field(4, ge=0, description="overlay PNGs of test cases to save")
+
+    @field_validator("label_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        for f in v:
+            if not 0.0 < f <= 1.0:
+                raise ValueError(f"label fraction {f} is not in (0, 1]")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _names(self) -> SegmentConfig:
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names for num_classes={self.num_classes} "
+                             "(background included)")
+        return self
 
 
 class CalibrateConfig(Section):

@@ -94,7 +94,7 @@ def build_method(name: str, encoder: Encoder, **kwargs: Any) -> Method:
         hints = "; ".join(f"{k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
         raise ConfigError(
             f"method {name!r} got unknown option(s) {unknown}",
-            where="pretrain.method_kwargs",
+            where="pretrain.method_options",
             fix=(hints + ". " if hints else "") + "accepted: " + ", ".join(allowed),
         )
     return cls(encoder, **kwargs)

@@ -160,33 +160,3 @@ def view_stats(z: torch.Tensor) -> dict[str, torch.Tensor]:
         pos = (zn[:, 0] * zn[:, 1]).sum(-1).mean() if z.shape[1] > 1 else zn.new_tensor(float("nan"))
         std = zn.flatten(0, 1).std(dim=0).mean() if zn.shape[0] * zn.shape[1] > 1 else zn.new_tensor(0.0)
     return {"pos_cos": pos, "z_std": std}
-
-
-_UNLABELLED_BASE = 2**40
-
-
-def labels_with_unique_unlabelled(labels: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-    """Replace unlabelled entries (``-1``) by ids no other sample has.
-
-    An unlabelled sample then has only its own other views as positives (SimCLR-like),
-    instead of all unlabelled samples becoming one class. With ``index`` (the dataset row,
-    unique across ranks) the ids stay unique when losses gather batches from all GPUs.
-
-    Args:
-        labels: ``(N,)`` integer labels, ``< 0`` = unlabelled.
-        index: ``(N,)`` dataset row indices, or None (ids unique within this batch only).
-
-    Returns:
-        ``(N,)`` int64 labels.
-    """
-    labels = labels.long()
-    missing = labels < 0
-    if not bool(missing.any()):
-        return labels
-    rows = index.long().to(labels.device) if index is not None else torch.arange(labels.numel(), device=labels.device)
-    return torch.where(missing, _UNLABELLED_BASE + rows, labels)
-
-
-def detach_logs(**values: torch.Tensor | float) -> dict[str, torch.Tensor]:
-    """Detached scalar tensors for logging."""
-    return {k: (v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))) for k, v in values.items()}

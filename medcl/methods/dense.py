@@ -78,12 +78,12 @@ class DenseContrast(Method):
         super().__init__(encoder)
         sd = encoder.spatial_dims
         if sd not in (2, 3):
-            raise ConfigError(f"dense contrast needs 2D or 3D inputs, the encoder is {sd}D", where="method",
+            raise ConfigError(f"dense contrast needs 2D or 3D inputs, the encoder is {sd}D", where="pretrain.method",
                               fix="use simclr or clocs for signals")
         channels = encoder.pyramid_channels
         if not -len(channels) <= level < len(channels):
             raise ConfigError(f"level={level} but the encoder has {len(channels)} pyramid levels",
-                              where="method.level", fix=f"use -1 .. -{len(channels)}")
+                              where="pretrain.method_options.level", fix=f"use -1 .. -{len(channels)}")
         self.level = level
         in_dim = encoder.dense_dim if level in (-1, len(channels) - 1) else channels[level]
         self.dense_head = DenseProjectionHead(in_dim, hidden_dim, out_dim, spatial_dims=sd)

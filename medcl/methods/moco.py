@@ -78,7 +78,7 @@ class MoCoV3(Method):
             self.queue.enqueue(torch.cat([k1, k2]))
         return {
             "loss": loss,
-            "momentum": torch.tensor(self.momentum),
+            "momentum": torch.tensor(self.momentum, device=loss.device),
             **view_stats(torch.stack([q1, q2], dim=1)),
         }
 

@@ -1,6 +1,5 @@
 """Gradient-based severity labelling for OCT (Kokilepersaud, Prabhushankar, AlRegib, Trejo Corona,
-Wykoff, "Gradient-Based Severity Labeling for Biomarker Classification in OCT", ICIP 2022,
-arXiv:2208.06001).
+Wykoff, "Gradient-Based Severity Labeling for Biomarker Classification in OCT", IEEE ICIP 2022).
 
 1. An anomaly model — a small convolutional autoencoder — is fitted on NORMAL scans only
    (:func:`fit_severity_model`).
@@ -53,7 +52,7 @@ class SeverityAutoencoder(nn.Module):
     def __init__(self, in_channels: int, spatial_dims: int = 2, widths: Sequence[int] = (16, 32, 64)) -> None:
         super().__init__()
         if spatial_dims not in _CONV:
-            raise ConfigError(f"spatial_dims={spatial_dims}", where="method.severity", fix="use 1, 2 or 3")
+            raise ConfigError(f"spatial_dims={spatial_dims}", where="pretrain.method_options", fix="use 1, 2 or 3")
         conv, tconv = _CONV[spatial_dims], _TCONV[spatial_dims]
         enc: list[nn.Module] = []
         c = in_channels
@@ -171,7 +170,7 @@ def fit_severity_model(
             seen += int(keep.sum())
     if seen == 0:
         raise DataError(f"no normal scan (label == {normal_label}) found to fit the anomaly model",
-                        where="oct-severity", fix="set method.normal_label to the normal class index, "
+                        where="oct-severity", fix="set pretrain.method_options.normal_label to the normal class index, "
                         "and make sure labelled normal scans are in the training split")
     model.eval()
     for p in model.parameters():
@@ -195,7 +194,7 @@ def severity_scores(model: SeverityAutoencoder, images: torch.Tensor, *, wrt: st
         ``(N,)`` float32 scores on ``images``' device; larger = further from normal.
     """
     if wrt not in GRADIENT_TARGETS:
-        raise ConfigError(f"wrt={wrt!r} is unknown", where="method.gradient_wrt",
+        raise ConfigError(f"wrt={wrt!r} is unknown", where="pretrain.method_options.gradient_wrt",
                           fix=f"use one of {', '.join(GRADIENT_TARGETS)}")
     from torch.func import functional_call, grad, vmap
 
@@ -233,7 +232,7 @@ def severity_scores(model: SeverityAutoencoder, images: torch.Tensor, *, wrt: st
 def severity_bin_edges(scores: torch.Tensor, num_bins: int) -> torch.Tensor:
     """Inner quantile edges ``(num_bins - 1,)`` splitting ``scores`` ``(N,)`` into equal-count bins."""
     if num_bins < 2:
-        raise ConfigError(f"num_bins={num_bins} < 2", where="method.num_bins", fix="use 2 or more bins (e.g. 5)")
+        raise ConfigError(f"num_bins={num_bins} < 2", where="pretrain.method_options.num_bins", fix="use 2 or more bins (e.g. 5)")
     if scores.numel() < num_bins:
         raise DataError(f"{scores.numel()} scores cannot fill {num_bins} severity bins", where="oct-severity",
                         fix="use more training images or fewer bins")
@@ -294,9 +293,9 @@ class OCTSeverity(ContrastiveMethod):
     ) -> None:
         super().__init__(encoder, hidden_dim=hidden_dim, out_dim=out_dim, num_layers=num_layers)
         if num_bins < 2:
-            raise ConfigError(f"num_bins={num_bins} < 2", where="method.num_bins", fix="use 2 or more bins")
+            raise ConfigError(f"num_bins={num_bins} < 2", where="pretrain.method_options.num_bins", fix="use 2 or more bins")
         if gradient_wrt not in GRADIENT_TARGETS:
-            raise ConfigError(f"gradient_wrt={gradient_wrt!r} is unknown", where="method.gradient_wrt",
+            raise ConfigError(f"gradient_wrt={gradient_wrt!r} is unknown", where="pretrain.method_options.gradient_wrt",
                               fix=f"use one of {', '.join(GRADIENT_TARGETS)}")
         self.num_bins, self.normal_label, self.gradient_wrt = int(num_bins), int(normal_label), gradient_wrt
         self.ae_epochs, self.ae_lr, self.ae_batch_size, self.seed = ae_epochs, ae_lr, ae_batch_size, seed

@@ -11,7 +11,7 @@ One entry point, :func:`classification_metrics`, for the four task kinds medcl k
 The returned dict is flat so it can be logged as metrics directly: summary keys (``auroc``,
 ``auprc``, ``balanced_accuracy``, ``sensitivity``, ``specificity``, ``f1_macro``, ``accuracy``,
 ``qwk`` for ordinal), per-class keys ``"<metric>/<class name>"``, the operating point
-``threshold`` (binary) and ``notes`` — the only non-float value, a list of strings explaining
+``threshold`` (binary: a float; multilabel: a list per label) and ``notes`` — the only non-float value, a list of strings explaining
 every NaN (a class absent from ``y_true`` gives NaN and a note, never an exception).
 
 The ranking metrics are computed here with numpy (rank-sum AUROC, step-wise average precision)
@@ -393,7 +393,18 @@ def _multiclass_metrics(y, p, names, task, notes) -> dict:
 
 def _multilabel_metrics(y, p, names, threshold, notes) -> dict:
     n, k = p.shape
-    thr = np.broadcast_to(np.asarray(0.5 if threshold is None else threshold, dtype=np.float64), (k,))
+    if isinstance(threshold, str):
+        thr = np.full(k, 0.5)
+        for j in range(k):
+            lab = np.isfinite(y[:, j])
+            if np.unique(y[lab, j]).size == 2:
+                thr[j] = choose_threshold(y[lab, j], p[lab, j], threshold)
+        notes.append(
+            f"per-label thresholds chosen by {threshold!r} on the evaluated data itself (optimistic); "
+            "choose them on validation data and pass the numbers"
+        )
+    else:
+        thr = np.broadcast_to(np.asarray(0.5 if threshold is None else threshold, dtype=np.float64), (k,))
     out: dict = {}
     per = {m: [] for m in ("auroc", "auprc", "sensitivity", "specificity", "f1", "accuracy")}
     for j in range(k):
@@ -430,6 +441,7 @@ def _multilabel_metrics(y, p, names, threshold, notes) -> dict:
     for m, vals in per.items():
         for j in range(k):
             out[f"{m}/{names[j]}"] = vals[j]
+    out["threshold"] = [float(t) for t in thr]
     return out
 
 
@@ -449,7 +461,8 @@ def classification_metrics(
         task: ``"binary"``, ``"multiclass"``, ``"multilabel"`` or ``"ordinal"``.
         threshold: operating point. Binary: a number (default 0.5) or a rule for
             :func:`choose_threshold` applied to these same data (optimistic — prefer choosing on
-            validation and passing the number). Multilabel: a number or ``(K,)`` numbers per label.
+            validation and passing the number). Multilabel: a number, ``(K,)`` numbers per label, or
+            a rule applied per label (returned as the list ``threshold``).
             Multiclass/ordinal: ignored (argmax).
         class_names: ``K`` names for per-class keys (default ``"0"``, ``"1"``, ...). Binary: unused.
 
@@ -458,10 +471,11 @@ def classification_metrics(
         labels for multilabel), ``auprc`` (average precision, same averaging),
         ``balanced_accuracy``, ``sensitivity``, ``specificity`` (macro one-vs-rest at the
         operating point), ``f1_macro``, ``accuracy``, ``n_samples`` and ``notes`` (list of str).
-        Binary adds ``f1`` (positive class), ``ppv``, ``npv``, ``threshold``; ordinal adds ``qwk``
-        (quadratic-weighted kappa of the argmax); multilabel adds ``subset_accuracy``
-        (``accuracy`` is label-wise there). Per-class values are under ``"<metric>/<name>"``.
-        Undefined values are NaN with an explaining note.
+        Binary adds ``f1`` (positive class), ``ppv``, ``npv``, ``threshold``; multilabel adds
+        ``threshold`` (list per label) and ``subset_accuracy``; ordinal adds ``qwk``
+        (quadratic-weighted kappa of the argmax). Multilabel ``accuracy`` is label-wise.
+        Per-class values are under ``"<metric>/<name>"``. Undefined values are NaN with an
+        explaining note.
     """
     y, p = prepare_inputs(y_true, probs, task)
     notes: list[str] = []

@@ -145,7 +145,7 @@ def build_encoder(
     if unknown:
         raise ConfigError(
             f"encoder {name!r} got unknown option(s) {unknown}",
-            where="model.encoder_kwargs",
+            where="model.options",
             fix="accepted options: " + ", ".join(k for k in params if k not in ("in_channels", "spatial_dims")),
         )
     try:
@@ -153,7 +153,7 @@ def build_encoder(
     except TypeError as exc:
         raise ConfigError(
             f"encoder {name!r} got an unknown option or value ({exc})",
-            where="model.encoder_kwargs",
+            where="model.options",
             fix="remove or rename the offending option (see the encoder's docstring for its options)",
         ) from exc
     encoder.name = name

@@ -100,7 +100,7 @@ class XResNet1d(Encoder):
         if expansion not in (1, 4) or len(layers) != len(widths):
             raise ConfigError(
                 f"bad xresnet1d shape (layers={list(layers)}, widths={list(widths)}, expansion={expansion})",
-                where="model.encoder_kwargs",
+                where="model.options",
                 fix="use expansion 1 or 4 and as many widths as layers",
             )
         ks = kernel_size

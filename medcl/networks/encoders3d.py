@@ -148,7 +148,7 @@ class SwinUNETREncoder(Encoder):
         if feature_size % 12 != 0:
             raise ConfigError(
                 f"feature_size={feature_size} is not divisible by 12",
-                where="model.encoder_kwargs.feature_size",
+                where="model.options.feature_size",
                 fix="use 12, 24, 36 or 48 (SwinUNETR's attention heads need it)",
             )
         self.swinViT = SwinTransformer(
@@ -217,7 +217,7 @@ class BasicUNetEncoder(Encoder):
         if len(f) != 5:
             raise ConfigError(
                 f"features must have 5 widths, got {f}",
-                where="model.encoder_kwargs.features",
+                where="model.options.features",
                 fix="give five integers, e.g. [32, 32, 64, 128, 256]",
             )
         self.conv_0 = TwoConv(spatial_dims, in_channels, f[0], act, norm, bias, dropout)

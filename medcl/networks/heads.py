@@ -80,7 +80,7 @@ class ProjectionHead(nn.Module):
         super().__init__()
         self.in_dim, self.out_dim = in_dim, out_dim
         self.net = _mlp(in_dim, hidden_dim, out_dim, num_layers, bn, last_bn, nn.Linear, nn.BatchNorm1d,
-                        "method.head")
+                        "pretrain.method_options")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -130,10 +130,10 @@ class DenseProjectionHead(nn.Module):
     ) -> None:
         super().__init__()
         if spatial_dims not in _CONV:
-            raise ConfigError(f"spatial_dims={spatial_dims}", where="method.dense_head", fix="use 1, 2 or 3")
+            raise ConfigError(f"spatial_dims={spatial_dims}", where="pretrain.method_options", fix="use 1, 2 or 3")
         self.in_dim, self.out_dim, self.spatial_dims = in_dim, out_dim, spatial_dims
         self.net = _mlp(in_dim, hidden_dim, out_dim, num_layers, bn, False, _CONV[spatial_dims],
-                        _BN[spatial_dims], "method.dense_head")
+                        _BN[spatial_dims], "pretrain.method_options")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

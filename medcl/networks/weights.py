@@ -275,7 +275,7 @@ def load_pretrained(
             f"weights do not fit encoder '{label}': " + "; ".join(parts),
             where=where,
             fix="use weights of the same architecture and size as model.encoder (same depth/width), "
-            "or set model.pretrained_strict=false to load only the matching tensors",
+            "or set model.options.pretrained_strict=false to load only the matching tensors",
         )
     if missing or unexpected or mismatched:
         log.warning(

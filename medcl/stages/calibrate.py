@@ -113,6 +113,7 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
                           "encoder": cfg.model.encoder, "output": "calibrated probabilities"},
                          "model_card.json")
         model_uri = tracker.log_model(model, "model", signature=signature, input_example=example[:1],
+                                      pip_requirements=_requirements(),
                                       registered_model_name=cfg.tracking.register_model,
                                       metadata={"classes": data.classes, "task": task,
                                                 "calibration": json.loads(json.dumps(calibration, default=_jsonable)),
@@ -128,6 +129,19 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
     distributed.barrier()
     return {"calibration": str(out_dir / "calibration.json"), "model_uri": model_uri,
             "temperature": rep.get("temperature"), "summary": summary}
+
+
+def _requirements() -> list[str]:
+    """Pinned requirements of the logged model (saves MLflow's slow requirement inference)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for pkg in ("torch", "numpy", "monai", "timm", "medcl"):
+        try:
+            out.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            continue
+    return out
 
 
 def _jsonable(o: Any) -> Any:

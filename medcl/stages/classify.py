@@ -173,6 +173,7 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
 
     results: list[dict[str, Any]] = []
     primary: dict[str, Any] | None = None
+    primary_model: Any = None  # the fine-tuned primary ClassifierModel (linear primaries are rebuilt)
     largest = max(c.label_fractions)
 
     def evaluate(model_name: str, protocol: str, frac: float, probs_test: np.ndarray, extra: dict | None = None,
@@ -253,6 +254,7 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
                     save_checkpoint(path, {"model": model.state_dict()})
                     primary = {"kind": "finetune", "encoder": name, "weights": str(path),
                                "val_logits": zv, "test_logits": zt}
+                    primary_model = model
 
     # -- hand on: results, and the primary model's logits for calibration ---------------------------------
     results_path = ft_dir / "results.json"
@@ -270,8 +272,131 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
         (ft_dir / "primary.json").write_text(json.dumps(meta, default=_jsonable))
         out.update({"primary": str(prim_path), "primary_meta": str(ft_dir / "primary.json"),
                     "pretrained_encoder": pretrained})
+        # what the report shows beyond metrics (predictions, feature map, saliency): never patient ids
+        _log_report_material(ctx, tracker, primary, primary_model, encoders, features, results, split_idx, y,
+                             subgroups, largest)
     distributed.barrier()
     return out
+
+
+def _log_report_material(ctx: Any, tracker: Any, primary: dict[str, Any], primary_model: Any,
+                         encoders: dict[str, Any], features: dict[str, dict[str, np.ndarray]],
+                         results: list[dict[str, Any]], split_idx: dict[str, np.ndarray], y: dict[str, np.ndarray],
+                         subgroups: dict[str, np.ndarray], largest: float, max_examples: int = 4) -> None:
+    """Log ``predictions_test.csv``, ``embedding_map.npz`` and ``saliency/`` for the report.
+
+    Predictions are the primary model's test probabilities at its operating point, keyed by the
+    dataset row position (never a patient id); the feature map is a t-SNE of the primary encoder's
+    features of every labelled sample; saliency is Grad-CAM (images) or input × gradient (ECG) on
+    up to ``max_examples`` correctly and incorrectly classified test samples.
+    """
+    import csv
+
+    import torch
+
+    from medcl.reporting.embedding import reduce_2d
+    from medcl.reporting.saliency import (
+        LinearOnEncoder,
+        grad_cam,
+        input_x_gradient,
+        render_image_saliency,
+        render_signal_saliency,
+        select_examples,
+    )
+    from medcl.stages.common import make_loader, make_transforms
+    from medcl.tasks.calibration import logits_to_probs
+    from medcl.tasks.export import linear_head_from_probe
+
+    cfg, data, task, classes = ctx.cfg, ctx.data, ctx.data.task, ctx.data.classes
+    out_dir = ctx.stage_dir("classify")
+    tag = f"{primary['encoder']}/{primary['kind']}/{_fraction_tag(largest)}"
+    tracker.log_params({"classify.primary_model": tag})
+
+    # -- test predictions at the operating point -------------------------------------------------------
+    probs = logits_to_probs(primary["test_logits"], task)
+    row = next((r for r in results if r["model"] == primary["encoder"] and r["protocol"] == primary["kind"]
+                and r["fraction"] == largest), None)
+    thr = (row or {}).get("metrics", {}).get("_info", {}).get("threshold")
+    thr = 0.5 if thr is None else float(thr)
+    yt = y["test"]
+    if task == "binary":
+        probs = np.stack([1 - probs, probs], 1)
+        pred = (probs[:, 1] >= thr).astype(np.int64)
+        correct = pred == yt
+    elif task == "multilabel":
+        pred_sets = probs >= thr
+        lab = np.isfinite(yt)
+        correct = np.all(~lab | (pred_sets == (np.nan_to_num(yt) > 0.5)), axis=1)
+        pred = probs.argmax(1)
+    else:
+        pred = probs.argmax(1)
+        correct = pred == yt
+    confidence = probs[np.arange(len(pred)), pred]
+    cols = {"site": ctx.data.column("site", split_idx["test"]), **subgroups}
+    path = out_dir / "predictions_test.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        ytrue_cols = [f"y_{c}" for c in classes] if task == "multilabel" else ["y_true"]
+        w.writerow(["index", *ytrue_cols, "y_pred", *[f"p_{c}" for c in classes], *cols])
+        for i in range(len(yt)):
+            ytrue = ["" if not np.isfinite(v) else int(v) for v in yt[i]] if task == "multilabel" else [int(yt[i])]
+            w.writerow([int(split_idx["test"][i]), *ytrue, int(pred[i]), *[f"{v:.6g}" for v in probs[i]],
+                        *[str(c[i]) for c in cols.values()]])
+    tracker.log_artifact(path)
+
+    # -- feature map of every labelled sample --------------------------------------------------------------
+    feats = features.get(primary["encoder"]) or features.get("ssl") or features.get("random")
+    if feats:
+        splits = [s for s in ("train", "val", "test") if s in feats and len(feats[s])]
+        x = np.concatenate([feats[s] for s in splits])
+        labels = np.concatenate([y[s] for s in splits])
+        split_names = np.concatenate([np.full(len(feats[s]), s) for s in splits])
+        keep = np.random.default_rng(cfg.seed).permutation(len(x))[:2000]
+        xy, method = reduce_2d(x[keep], seed=cfg.seed)
+        np.savez(out_dir / "embedding_map.npz", xy=xy, label=labels[keep], split=split_names[keep].astype(str),
+                 method=np.array(method), classes=np.array(classes, dtype=str))
+        tracker.log_artifact(out_dir / "embedding_map.npz")
+
+    # -- saliency on a few correct and incorrect test examples ----------------------------------------------
+    if primary["kind"] == "linear":
+        encoder = encoders[primary["encoder"]]
+        weight, bias = linear_head_from_probe(primary["head"])
+    else:
+        encoder, weight, bias = primary_model.encoder, primary_model.head.weight.detach(), \
+            primary_model.head.bias.detach()
+    encoder = encoder.to(ctx.device)
+    weight, bias = weight.to(ctx.device), bias.to(ctx.device)
+    ok, wrong = select_examples(correct, confidence, max_examples)
+    chosen = [(int(i), True) for i in ok] + [(int(i), False) for i in wrong]
+    if not chosen:
+        return
+    by_index = {it["index"]: it for it in data.items("test", labelled=True)}
+    items = [by_index[int(split_idx["test"][i])] for i, _ in chosen]
+    loader = make_loader(ctx, items, make_transforms(cfg, train=False), batch_size=len(items), shuffle=False,
+                         train=False, distributed=False)
+    batch = next(iter(loader))
+    xb = batch["image"].float().to(ctx.device)
+    target = torch.as_tensor(pred[[i for i, _ in chosen]], device=ctx.device)
+    sal_dir = out_dir / "saliency"
+    sal_dir.mkdir(exist_ok=True)
+    method = "input × gradient" if xb.ndim == 3 else "Grad-CAM"
+    if xb.ndim == 3:
+        maps, _ = input_x_gradient(LinearOnEncoder(encoder, weight, bias), xb, target)
+    else:
+        maps, _ = grad_cam(encoder, weight, bias, xb, target)
+    index = []
+    for k, (i, is_ok) in enumerate(chosen):
+        truth = ", ".join(c for c, v in zip(classes, yt[i]) if v > 0.5) if task == "multilabel" else classes[int(yt[i])]
+        title = f"true: {truth} · predicted: {classes[int(pred[i])]} ({confidence[i]:.0%})"
+        image = batch["image"][k].float().numpy()
+        png = render_signal_saliency(image, maps[k], title, sampling_rate=(cfg.transforms.model_extra or {}).get(
+            "sampling_rate")) if xb.ndim == 3 else render_image_saliency(image, maps[k], title)
+        name = f"{'correct' if is_ok else 'incorrect'}_{k:02d}.png"
+        (sal_dir / name).write_bytes(png)
+        index.append({"file": name, "correct": is_ok, "true": truth, "predicted": classes[int(pred[i])],
+                      "confidence": round(float(confidence[i]), 4), "method": method})
+    (sal_dir / "index.json").write_text(json.dumps({"method": method, "examples": index}, indent=2))
+    tracker.log_artifact(sal_dir, "saliency")
 
 
 def _arr(x: Any) -> np.ndarray:

@@ -638,26 +638,31 @@ def label_fraction_patients(
 
 # ----------------------------------------------------------------------------- fine-tuning
 
-# Depth heuristic for layer-wise LR decay, applied to dotted parameter names (first match wins):
-#   stages.<i>  (ConvNeXt, timm)                 -> i + 1
-#   layers.<i>  (Swin, timm)                     -> i + 1
-#   layer<i>    (ResNet: timm, torchvision, MONAI)-> i      (layer1 .. layer4)
-#   denseblock<i> (MONAI DenseNet)               -> i
-#   blocks.<i>  (ViT: timm, MONAI)               -> i + 1
-#   stem-like names (patch_embed, cls_token, pos_embed, stem, conv1, bn1, ...) -> 0
-#   anything else (head, final norm, unknown)    -> L + 1 (the head: full learning rate)
+# Depth heuristic for layer-wise LR decay, applied to dotted parameter names (first match wins,
+# so a stage index is found before the block index inside that stage):
+#   stages.<i>      (ConvNeXt, timm)                      -> i + 1
+#   layers.<i>      (Swin, timm)                          -> i + 1
+#   layers<i>       (SwinUNETR swinViT, MONAI)            -> i      (layers1 .. layers4)
+#   layer<i>        (ResNet: timm, torchvision, MONAI)    -> i      (layer1 .. layer4)
+#   denseblock<i> / transition<i> (DenseNet)              -> i
+#   down_<i>        (BasicUNet contracting path, MONAI)   -> i
+#   blocks.<i>      (ViT: timm, MONAI)                    -> i + 1
+#   stem-like names (patch_embed, cls_token, pos_embed, stem, conv1, bn1, conv_0, ...) -> 0
+#   anything else (head, final norm, unknown)             -> L + 1 (the head: full learning rate)
 _DEPTH_PATTERNS: tuple[tuple[re.Pattern[str], int], ...] = (
     (re.compile(r"(?:^|\.)stages\.(\d+)(?:\.|$)"), 1),
     (re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)"), 1),
+    (re.compile(r"(?:^|\.)layers(\d+)(?:\.|$)"), 0),
     (re.compile(r"(?:^|\.)layer(\d+)(?:\.|$)"), 0),
-    (re.compile(r"(?:^|\.)denseblock(\d+)(?:\.|$)"), 0),
+    (re.compile(r"(?:^|\.)(?:denseblock|transition)(\d+)(?:\.|$)"), 0),
+    (re.compile(r"(?:^|\.)down_(\d+)(?:\.|$)"), 0),
     (re.compile(r"(?:^|\.)blocks\.(\d+)(?:\.|$)"), 1),
 )
 _STEM_PATTERN = re.compile(
     r"(?:^|\.)(patch_embed|patch_embedding|cls_token|pos_embed|reg_token|dist_token|mask_token|stem|"
-    r"conv_stem|bn_stem|conv1|bn1|conv0|norm0|embed|embeddings)(?:\.|$)"
+    r"conv_stem|bn_stem|conv1|bn1|conv0|norm0|conv_0|embed|embeddings)(?:\.|$)"
 )
-_FINAL_NORM = re.compile(r"(?:^|\.)(norm|fc_norm|norm_pre|head_norm|conv_head|bn2)\.(weight|bias)$")
+_FINAL_NORM = re.compile(r"(?:^|\.)(norm|fc_norm|norm_pre|head_norm|conv_head|bn2|norm5)\.(weight|bias)$")
 _NO_DECAY_NAMES = re.compile(r"(?:^|\.)(cls_token|pos_embed|reg_token|dist_token|mask_token)$")
 
 

@@ -189,7 +189,7 @@ class MLflowTracker:
     def log_model(self, model: Any, name: str, *, signature: Any = None, input_example: Any = None,
                   code_paths: list[str] | None = None, pyfunc_model: Any = None, artifacts: dict[str, str] | None = None,
                   registered_model_name: str | None = None, extra_pip_requirements: list[str] | None = None,
-                  metadata: dict[str, Any] | None = None) -> str:
+                  metadata: dict[str, Any] | None = None, pip_requirements: list[str] | None = None) -> str:
         """Log a model to this run; a pyfunc wrapper when ``pyfunc_model`` is given, else the pytorch flavour.
 
         Returns the model URI (``models:/...`` in MLflow 3).
@@ -204,13 +204,13 @@ class MLflowTracker:
                         name=name, python_model=pyfunc_model, artifacts=artifacts, signature=signature,
                         input_example=input_example, code_paths=code_paths,
                         registered_model_name=registered_model_name, extra_pip_requirements=extra_pip_requirements,
-                        metadata=metadata,
+                        metadata=metadata, pip_requirements=pip_requirements,
                     )
                 else:
                     info = mlflow.pytorch.log_model(
                         model, name=name, signature=signature, input_example=input_example,
                         registered_model_name=registered_model_name, extra_pip_requirements=extra_pip_requirements,
-                        metadata=metadata,
+                        metadata=metadata, pip_requirements=pip_requirements,
                     )
             return info.model_uri
 

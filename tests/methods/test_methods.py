@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import socket
@@ -23,6 +24,15 @@ from medcl.methods.dense import apply_flips, random_flip_masks
 from medcl.networks import build_encoder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny CPU ops: one intra-op thread avoids OpenMP spin-wait storms on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
@@ -267,7 +277,7 @@ def severity_model():
     abnormal = _oct_like(8, seed=2, drusen=True)
     images = torch.cat([normal, abnormal])
     labels = torch.tensor([0] * 64 + [1] * 8)
-    return fit_severity_model(images, labels, normal_label=0, epochs=30, batch_size=16, widths=(8, 16), seed=0)
+    return fit_severity_model(images, labels, normal_label=0, epochs=12, batch_size=16, widths=(8, 16), seed=0)
 
 
 @pytest.mark.parametrize("wrt", ["decoder", "input", "error"])
@@ -283,19 +293,16 @@ def test_severity_decoder_gradient_matches_autograd(severity_model):
     """Per-sample vmap gradients equal a plain per-image autograd loop (independent reference)."""
     images = _oct_like(3, seed=5)
     scores = severity_scores(severity_model, images, wrt="decoder")
-    dec = list(severity_model.decoder.parameters())
     for i in range(3):
+        model = copy.deepcopy(severity_model)
+        params = list(model.decoder.parameters())
+        for p in params:
+            p.requires_grad_(True)
         x = images[i : i + 1]
-        with torch.enable_grad():
-            params = [p.detach().requires_grad_(True) for p in dec]
-            for p, q in zip(severity_model.decoder.parameters(), params):
-                p.data = q  # same storage, gradient-tracking leaf
-            loss = (severity_model(x) - x).pow(2).mean()
-            grads = torch.autograd.grad(loss, params)
+        loss = (model(x) - x).pow(2).mean()
+        grads = torch.autograd.grad(loss, params)
         ref = torch.sqrt(sum(g.pow(2).sum() for g in grads))
         assert scores[i] == pytest.approx(float(ref), rel=1e-4)
-    for p in severity_model.decoder.parameters():
-        p.requires_grad_(False)
 
 
 def test_severity_bins_match_numpy_quantiles():

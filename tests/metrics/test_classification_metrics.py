@@ -132,6 +132,22 @@ def test_multilabel_matches_sklearn_and_masks_unlabelled():
     assert m2["auroc/2"] == pytest.approx(m["auroc/2"])
 
 
+def test_multilabel_threshold_rule_per_label_and_bootstrap():
+    from medcl.metrics import metrics_with_ci
+
+    rng = np.random.default_rng(6)
+    n = 120
+    y = (rng.random((n, 2)) < 0.4).astype(float)
+    p = np.clip(0.3 * y + rng.random((n, 2)) * 0.7, 0, 1)
+    m = classification_metrics(y, p, "multilabel", threshold="youden")
+    assert m["threshold"] == pytest.approx([choose_threshold(y[:, j], p[:, j]) for j in range(2)])
+    fixed = classification_metrics(y, p, "multilabel", threshold=m["threshold"])
+    assert fixed["sensitivity/1"] == pytest.approx(m["sensitivity/1"])
+    out = metrics_with_ci(y, p, "multilabel", np.repeat(np.arange(60), 2), threshold="youden", n_boot=50)
+    assert out["_info"]["threshold"] == m["threshold"]
+    assert out["sensitivity"]["value"] == pytest.approx(m["sensitivity"])
+
+
 def test_absent_class_gives_nan_with_note_not_crash(multiclass_data):
     y, p = multiclass_data
     keep = y != 2

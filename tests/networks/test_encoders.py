@@ -15,6 +15,15 @@ from medcl.networks.weights import adapt_input_channels
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny CPU ops: one intra-op thread avoids OpenMP spin-wait storms on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
     """Any attempt to open a connection (e.g. a hub download) fails the test."""
@@ -62,15 +71,7 @@ def test_cases_cover_the_registry():
     assert registered == set(CASES)
 
 
-#: Big random inits (tens of millions of parameters) that take seconds on a shared CPU.
-SLOW = {("resnet50", 3), ("xresnet1d101", 1), ("resnet34", 3)}
-
-
-@pytest.mark.parametrize(
-    "name,dims",
-    [pytest.param(n, d, marks=pytest.mark.slow) if (n, d) in SLOW else (n, d) for n, d in sorted(CASES)],
-    ids=[f"{n}-{d}d" for n, d in sorted(CASES)],
-)
+@pytest.mark.parametrize("name,dims", sorted(CASES), ids=[f"{n}-{d}d" for n, d in sorted(CASES)])
 def test_encoder_shapes(name, dims):
     shape, kwargs, feature_dim = CASES[(name, dims)]
     torch.manual_seed(0)

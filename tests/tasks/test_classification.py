@@ -223,6 +223,10 @@ def test_layer_depth_heuristic_on_known_names():
     assert layer_depth("encoder.model.layer1.0.conv1.weight") == 1  # block pattern before stem "conv1"
     assert layer_depth("encoder.model.conv1.weight") == 0
     assert layer_depth("encoder.model.stages.2.blocks.1.conv_dw.weight") == 3
+    assert layer_depth("encoder.swinViT.layers2.0.blocks.1.attn.qkv.weight") == 2  # stage, not block
+    assert layer_depth("encoder.model.features.transition3.conv.weight") == 3
+    assert layer_depth("encoder.down_4.convs.conv_0.conv.weight") == 4
+    assert layer_depth("encoder.conv_0.conv_0.conv.weight") == 0
     assert layer_depth("head.weight") is None
 
 

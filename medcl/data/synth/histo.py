@@ -100,35 +100,40 @@ def render_tissue(tissue: int, shape: tuple[int, int], rng: np.random.Generator,
     warp = _low_noise(shape, 12.0, rng) * 4.0
     lumen = np.zeros(shape, dtype=np.float32)
     name = CLASSES[tissue]
-    if name == "tumour":
-        # Dense, clustered, large pleomorphic nuclei; little eosin between them.
-        dens = np.clip(_low_noise(shape, 18.0, rng) + 0.6, 0.15, 1.0)
-        n = int(area / 55)
+    # Every tissue sits in stroma: wavy collagen fibres (eosin) with scattered fibroblasts and
+    # inflammatory cells, so colour statistics overlap and architecture carries the class.
+    ang = rng.uniform(0, np.pi)
+    period = rng.uniform(9.0, 14.0)
+    wave = _low_noise(shape, 40.0, rng) * 1.5 * period  # fibres undulate across the field
+    u = np.cos(ang) * xx + np.sin(ang) * yy + wave + warp
+    fibres = np.sin(u * (2 * np.pi / period))
+    infl = float(np.exp(rng.normal(0.0, 0.5)))  # inflammatory cell density, varies per slide
+    n_fib = int(area / 900 * (1.6 if name == "stroma" else 1.0))
+    n_inf = int(area / 700 * infl)
+    s_hema = 0.1 + 0.9 * _nuclei(shape, rng.uniform(0, 1, (n_fib, 2)) * [h, w], 1.2, rng, elong=2.2)
+    s_hema = s_hema + 0.8 * _nuclei(shape, rng.uniform(0, 1, (n_inf, 2)) * [h, w], 1.3, rng)
+    s_eosin = 0.55 + 0.25 * fibres
+    if name == "stroma":
+        hema, eosin = s_hema, 0.55 + 0.3 * signal * fibres
+    elif name == "tumour":
+        # Nests of crowded, large pleomorphic nuclei with pale cytoplasm, invading the stroma.
+        nest = 1.0 / (1.0 + np.exp(-(_low_noise(shape, 14.0, rng) + rng.uniform(0.0, 0.8)) / 0.25))
+        n = int(area / 60)
         pts = rng.uniform(0, 1, (n, 2)) * [h, w]
-        keep = rng.uniform(0, 1, n) < dens[pts[:, 0].astype(int), pts[:, 1].astype(int)]
-        pts = pts[keep]
+        pts = pts[rng.uniform(0, 1, n) < nest[pts[:, 0].astype(int), pts[:, 1].astype(int)]]
         big, small = pts[: len(pts) // 2], pts[len(pts) // 2 :]
-        hema = 0.9 * _nuclei(shape, big, 2.6, rng) + 0.8 * _nuclei(shape, small, 1.9, rng)
-        eosin = 0.35 + 0.1 * np.sin((xx + warp) / 5.0)
-        hema = hema + 0.12
-    elif name == "stroma":
-        # Wavy collagen fibres (eosin) with sparse, elongated fibroblast nuclei.
-        ang = rng.uniform(0, np.pi)
-        period = rng.uniform(9.0, 14.0)
-        wave = _low_noise(shape, 40.0, rng) * 1.5 * period  # fibres undulate across the field
-        u = np.cos(ang) * xx + np.sin(ang) * yy + wave + warp
-        eosin = 0.6 + 0.3 * signal * np.sin(u * (2 * np.pi / period))
-        n = int(area / 900)
-        pts = rng.uniform(0, 1, (n, 2)) * [h, w]
-        hema = 0.12 + 0.9 * _nuclei(shape, pts, 1.3, rng, elong=2.2)
+        t_hema = 0.15 + 0.75 * _nuclei(shape, big, 2.4, rng) + 0.7 * _nuclei(shape, small, 1.8, rng)
+        t_eosin = 0.4 + 0.08 * np.sin((xx + warp) / 5.0)
+        a = signal * nest
+        hema, eosin = a * t_hema + (1 - a) * s_hema, a * t_eosin + (1 - a) * s_eosin
     else:
-        # Glands: white lumen, a ring of epithelial nuclei, pink cytoplasm; loose stroma between.
+        # Glands: a lumen (partly filled with pale mucin) lined by a ring of epithelial nuclei.
         from scipy.ndimage import distance_transform_edt
 
-        step = 34.0
+        step = rng.uniform(30.0, 40.0)
         gy, gx = np.mgrid[step / 2 : h : step, step / 2 : w : step]
         centres = np.stack([gy.ravel(), gx.ravel()], 1) + rng.uniform(-7, 7, (gy.size, 2))
-        radii = rng.uniform(4.0, 11.0, len(centres)).astype(np.float32)
+        radii = rng.uniform(3.0, 8.0, len(centres)).astype(np.float32)
         seeds = np.ones(shape, dtype=bool)
         ci = np.clip(centres.astype(int), 0, [h - 1, w - 1])
         seeds[ci[:, 0], ci[:, 1]] = False
@@ -137,15 +142,15 @@ def render_tissue(tissue: int, shape: tuple[int, int], rng: np.random.Generator,
         lookup[ci[:, 0], ci[:, 1]] = radii
         rad = lookup[iy, ix]
         d = dist.astype(np.float32) - rad + 1.5 * warp / 4.0  # <0 inside the (irregular) lumen
-        lumen = 1.0 / (1.0 + np.exp(d / 0.8))
+        lumen = rng.uniform(0.35, 0.8) / (1.0 + np.exp(d / 0.8))
         ring = np.exp(-0.5 * ((d - 3.0) / 1.3) ** 2)
         theta = np.arctan2(yy - iy, xx - ix)
         beads = 0.5 + 0.5 * np.cos(theta * rng.integers(7, 11) + rng.uniform(0, 6.3))
-        hema = 0.12 + 1.0 * signal * ring * beads
-        cyto = np.exp(-0.5 * ((d - 6.0) / 2.5) ** 2)
-        eosin = 0.35 + 0.35 * cyto + 0.1 * np.sin((xx + warp) / 4.0)
-        n = int(area / 1500)
-        hema = hema + 0.7 * _nuclei(shape, rng.uniform(0, 1, (n, 2)) * [h, w], 1.3, rng, elong=2.0)
+        epi = 1.0 / (1.0 + np.exp((d - 7.0) / 1.0))  # epithelium + lumen region
+        g_hema = 0.12 + 1.0 * ring * beads
+        g_eosin = 0.35 + 0.35 * np.exp(-0.5 * ((d - 6.0) / 2.5) ** 2)
+        a = signal * epi
+        hema, eosin = a * g_hema + (1 - a) * s_hema, a * g_eosin + (1 - a) * s_eosin
     tex = _blur(rng.standard_normal(shape).astype(np.float32), 1.0)
     hema = np.clip(hema * (1 + 0.25 * tex), 0, None)
     eosin = np.clip(eosin * (1 + 0.15 * tex), 0, None)
@@ -164,10 +169,11 @@ def stain(hema: np.ndarray, eosin: np.ndarray, rng: np.random.Generator, shift: 
     Returns:
         ``(H, W, 3)`` float32 RGB in [0, 1].
     """
-    hv = _unit(_H + rng.normal(0, 0.06 * nuisance, 3) + np.array([shift, -shift, shift]))
-    ev = _unit(_E + rng.normal(0, 0.06 * nuisance, 3))
-    ch = 1.05 * float(np.exp(rng.normal(0, 0.25 * nuisance)))
-    ce = 0.75 * float(np.exp(rng.normal(0, 0.25 * nuisance)))
+    hv = _unit(_H + rng.normal(0, 0.08 * nuisance, 3) + np.array([shift, -shift, shift]))
+    ev = _unit(_E + rng.normal(0, 0.08 * nuisance, 3))
+    thick = float(np.exp(rng.normal(0, 0.2 * nuisance)))  # section thickness scales both stains
+    ch = 1.05 * thick * float(np.exp(rng.normal(0, 0.3 * nuisance)))
+    ce = 0.75 * thick * float(np.exp(rng.normal(0, 0.3 * nuisance)))
     od = ch * hema[..., None] * hv.astype(np.float32) + ce * eosin[..., None] * ev.astype(np.float32)
     return np.exp(-od).astype(np.float32)
 

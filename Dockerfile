@@ -1,0 +1,64 @@
+# medcl GPU image: contrastive pretraining, downstream tasks, calibration and reports.
+#
+#   docker build -t medcl:0.1.0 .
+#   docker build --build-arg BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.1-cudnn9-runtime -t medcl:0.1.0-cu121 .
+#   docker run --rm --gpus all -v /srv/data:/data:ro -v /srv/medcl-runs:/runs medcl:0.1.0 \
+#       run /opt/medcl/pipelines/oct_severity.yaml --set data.manifest=/data/oct/manifest.csv
+#
+# docs/deploy.md explains every volume and environment variable, torchrun and SLURM.
+# The base image brings CUDA, cuDNN, Python and PyTorch; pick the CUDA build that matches the
+# server's driver. Nothing secret is baked in: credentials come from the environment at run time.
+
+ARG BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+FROM ${BASE_IMAGE}
+
+ARG MEDCL_UID=1000
+ARG MEDCL_GID=1000
+
+# HF_HUB_OFFLINE: timm never downloads weights (pretrained weights come from local files only).
+# MLFLOW_TRACKING_URI: the default store lives on the /runs volume; compose points it at the server.
+# MEDCL_PIPELINES: the pipelines shipped with the image (`medcl demo`, `medcl run /opt/medcl/pipelines/...`).
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HUB_OFFLINE=1 \
+    MLFLOW_ENABLE_ASYNC_LOGGING=false \
+    MLFLOW_TRACKING_URI=sqlite:////runs/mlflow.db \
+    MEDCL_PIPELINES=/opt/medcl/pipelines \
+    MPLCONFIGDIR=/tmp/matplotlib
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+WORKDIR /opt/medcl
+
+# 1) Dependencies only, from pyproject.toml and an empty package, so this layer is rebuilt only
+#    when the dependencies change. Same command as the Makefile's install (tests/deploy checks it).
+#    The constraints file pins the base image's torch/torchvision so pip never swaps its CUDA build.
+COPY pyproject.toml README.md ./
+RUN mkdir -p medcl \
+    && touch medcl/__init__.py \
+    && python -c "import torch, torchvision as tv; print('torch==' + torch.__version__.split('+')[0]); print('torchvision==' + tv.__version__.split('+')[0])" > /tmp/torch-constraints.txt \
+    && python -m pip install --no-cache-dir -c /tmp/torch-constraints.txt -e '.[dev]' \
+    && rm -rf medcl /tmp/torch-constraints.txt
+
+# 2) The source: changes here reuse the dependency layer above.
+COPY medcl ./medcl
+COPY pipelines ./pipelines
+COPY configs ./configs
+COPY notebooks ./notebooks
+COPY benchmarks ./benchmarks
+COPY tests ./tests
+COPY Makefile ./
+RUN python -m pip install --no-cache-dir --no-deps -e '.[dev]' \
+    && python -c "import medcl.cli"
+
+# Non-root user; /data (read-only inputs) and /runs (run folders, default MLflow store) are volumes.
+RUN groupadd --gid "${MEDCL_GID}" medcl \
+    && useradd --uid "${MEDCL_UID}" --gid "${MEDCL_GID}" --create-home --shell /bin/bash medcl \
+    && mkdir -p /data /runs \
+    && chown medcl:medcl /runs
+USER ${MEDCL_UID}:${MEDCL_GID}
+WORKDIR /runs
+VOLUME ["/data", "/runs"]
+
+ENTRYPOINT ["medcl"]
+CMD ["--help"]

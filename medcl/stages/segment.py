@@ -1,0 +1,311 @@
+"""The ``segment`` stage: does the pretrained encoder make a better segmenter, and than what?
+
+For every label fraction (of training *patients*, nested) the configured network
+(``segment.network``) is trained twice with the same budget — once starting from the encoder
+that ``pretrain`` produced (``ctx.outputs["pretrain"]["encoder"]``, or ``model.pretrained_path``)
+and once from scratch — with Dice + cross-entropy on the samples that have a mask. Test images
+are segmented by sliding-window inference; per-case and per-class Dice and HD95 (MONAI's metrics,
+in mm after the preset's resampling) are logged with a patient-level bootstrap CI of mean Dice.
+Writes ``segment/results.json``, ``segment/per_case.csv`` and a few overlay PNGs (named by row
+index, never by patient).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medcl.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def _fraction_tag(f: float) -> str:
+    return f"f{round(f * 100):g}"
+
+
+def _transforms(cfg: Any, *, train: bool, spatial_size: list[int] | None = None):
+    """The preset's chain with ``"mask"`` carried along (spatial transforms, nearest-neighbour)."""
+    from medcl.stages.common import transform_params
+    from medcl.transforms import build_transforms
+
+    params = transform_params(cfg)
+    params["mask_keys"] = ("mask",)  # the presets' parameter for segmentation masks
+    if spatial_size is not None:
+        params["spatial_size"] = list(spatial_size)
+    return build_transforms(cfg.transforms.preset, train=train, views=1, **params)
+
+
+def _sizes(cfg: Any) -> tuple[int, list[int], list[int], list[float] | None]:
+    """``(spatial_dims, train patch size, roi size, voxel spacing)`` from the preset and config."""
+    from medcl.transforms import preset_info
+
+    info = preset_info(cfg.transforms.preset)
+    dims = int(info["spatial_dims"])
+    if dims not in (2, 3):
+        raise ConfigError(f"preset {cfg.transforms.preset!r} is {dims}D: nothing to segment",
+                          where="transforms.preset", fix="segmentation needs a 2D or 3D modality preset")
+    params = {**info["defaults"], **(cfg.transforms.model_extra or {})}
+    patch = [int(s) for s in params["spatial_size"]]
+    roi = [int(s) for s in (cfg.segment.roi_size or patch)]
+    if len(roi) != dims:
+        raise ConfigError(f"roi_size {roi} has {len(roi)} axes, the {cfg.transforms.preset} preset {dims}",
+                          where="segment.roi_size", fix=f"give {dims} sizes")
+    spacing = params.get("spacing")
+    spacing = [float(s) for s in spacing] if spacing is not None and len(spacing) == dims else None
+    return dims, patch, roi, spacing
+
+
+def _seg_items(ctx: Any, split: str) -> list[dict]:
+    return [it for it in ctx.data.items(split) if it.get("mask")]
+
+
+def _build(ctx: Any, weights: str | None, dims: int) -> tuple[Any, int]:
+    """The segmentation network; with ``weights`` the pretrained encoder goes in. Returns (net, n tensors)."""
+    from medcl.stages.common import make_encoder
+    from medcl.tasks.segmentation import build_segmentation_network, get_network, transfer_encoder_weights
+
+    cfg, s = ctx.cfg, ctx.cfg.segment
+    base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})
+    encoder = make_encoder(base, weights=weights)
+    net = build_segmentation_network(s.network, spatial_dims=dims, in_channels=cfg.model.in_channels,
+                                     num_classes=s.num_classes, encoder=encoder, **s.network_options)
+    if get_network(s.network).uses_encoder:
+        n = len(encoder.state_dict()) if weights else 0
+    else:
+        n = transfer_encoder_weights(net, encoder) if weights else 0
+    return net, n
+
+
+def _train(ctx: Any, net: Any, items: list[dict], transform: Any, seed_offset: int) -> list[dict[str, float]]:
+    from medcl.engine.loop import fit
+    from medcl.engine.optim import build_optimizer
+    from medcl.engine.schedule import build_scheduler
+    from medcl.stages.common import make_loader
+    from medcl.tasks.segmentation import SegmentationWrapper
+
+    s = ctx.cfg.segment
+    wrapper = SegmentationWrapper(net, s.num_classes).to(ctx.device)
+    bs = max(1, min(s.batch_size, len(items)))
+    loader = make_loader(ctx, items, transform, batch_size=bs, shuffle=True, train=True, distributed=False,
+                         drop_last=len(items) > bs)
+    opt = build_optimizer(wrapper, "adamw", lr=s.lr, weight_decay=s.weight_decay)
+    steps = max(1, len(loader)) * s.epochs
+    if s.max_steps:
+        steps = min(steps, s.max_steps)
+    sched = build_scheduler(opt, total_steps=steps, warmup_steps=min(steps - 1, max(0, len(loader) // 2)))
+
+    def factory(epoch: int):
+        loader.set_epoch(epoch + 1000 * seed_offset)
+        return loader
+
+    return fit(wrapper, factory, opt, sched, epochs=s.epochs, device=ctx.device, max_steps=s.max_steps,
+               total_steps=steps, progress=False, resume=False)
+
+
+def _evaluate(ctx: Any, net: Any, loader: Any, roi: list[int], spacing: list[float] | None,
+              keep_slices: bool) -> dict[str, Any]:
+    """Sliding-window predictions on ``loader``; per-case Dice/HD95 and, optionally, display slices."""
+    import torch
+
+    from medcl.metrics.segmentation import dice_per_class, hd95_per_class
+    from medcl.tasks.segmentation import logits_to_labels, mask_to_labels, pick_slice, sliding_window_predict
+
+    s = ctx.cfg.segment
+    net.eval()
+    dice, hd, index, fg_true, fg_pred, slices = [], [], [], [], [], {}
+    with torch.no_grad():
+        for batch in loader:
+            img = batch["image"].to(ctx.device).float()
+            pred = logits_to_labels(sliding_window_predict(net, img, roi, sw_batch_size=s.sw_batch_size,
+                                                           overlap=s.overlap)).cpu()
+            true = mask_to_labels(batch["mask"], s.num_classes, where="test mask")
+            dice.append(dice_per_class(pred, true, s.num_classes))
+            hd.append(hd95_per_class(pred, true, s.num_classes, spacing=spacing))
+            index.extend(int(i) for i in batch["index"])
+            fg_true.extend(int(v) for v in (true > 0).flatten(1).sum(1))
+            fg_pred.extend(int(v) for v in (pred > 0).flatten(1).sum(1))
+            if keep_slices:
+                for b, i in enumerate(batch["index"]):
+                    t, p, x = true[b, 0].numpy(), pred[b, 0].numpy(), batch["image"][b, 0].float().numpy()
+                    if t.ndim == 3:  # RAS volume: axial slice shown as (Y, X), anterior up
+                        k = pick_slice(t)
+                        t, p, x = t[..., k].T, p[..., k].T, x[..., k].T
+                    slices[int(i)] = (x.astype(np.float32), t.astype(np.uint8), p.astype(np.uint8))
+    net.train()
+    return {"dice": np.concatenate(dice), "hd95": np.concatenate(hd), "index": np.asarray(index, np.int64),
+            "fg_true": np.asarray(fg_true), "fg_pred": np.asarray(fg_pred), "slices": slices}
+
+
+def run(ctx: Any, tracker: Any) -> dict[str, Any]:
+    from medcl import distributed
+    from medcl.stages.common import make_loader, seed_everything
+    from medcl.tasks.classification import label_fraction_patients
+    from medcl.tasks.segmentation import case_mean, check_roi_size, mean_dice_ci, metric_name, summarise_per_class
+
+    if not ctx.is_main:  # downstream training here is small: rank 0 does it, the others wait
+        distributed.barrier()
+        return {}
+    cfg, s, data = ctx.cfg, ctx.cfg.segment, ctx.data
+    seed_everything(cfg.seed, cfg.runtime.deterministic)
+
+    # -- data: samples with a mask; train with random crops, test whole (eval_spatial_size) ------------
+    dims, patch, roi, spacing = _sizes(cfg)
+    check_roi_size(s.network, patch, s.network_options)
+    check_roi_size(s.network, roi, s.network_options)
+    train_items, test_items = _seg_items(ctx, "train"), _seg_items(ctx, "test")
+    for split, its in (("train", train_items), ("test", test_items)):
+        if not its:
+            raise DataError(f"no {split} samples with a mask", where="segment",
+                            fix="add a 'mask' column to the manifest (label map files, 0 = background)")
+    names = list(s.class_names or [str(k) for k in range(s.num_classes)])
+    fg_names = names[1:]
+    train_tf = _transforms(cfg, train=True)
+    eval_tf = _transforms(cfg, train=False, spatial_size=s.eval_spatial_size)
+    test_loader = make_loader(ctx, test_items, eval_tf, batch_size=max(1, min(s.batch_size, len(test_items))),
+                              shuffle=False, train=False, distributed=False)
+    train_idx = np.asarray([it["index"] for it in train_items], np.int64)
+    fractions = label_fraction_patients(data.patients_of(train_idx), None, s.label_fractions, seed=cfg.seed)
+
+    # -- starting points: the pretrained encoder vs from scratch ------------------------------------------
+    pretrained = (ctx.outputs.get("pretrain") or {}).get("encoder") or cfg.model.pretrained_path
+    starts: dict[str, str | None] = {}
+    if pretrained:
+        starts["pretrained"] = str(pretrained)
+    else:
+        log.warning("segment: no pretrained encoder (no pretrain stage and no model.pretrained_path): "
+                    "training from scratch only")
+    if s.baseline or not starts:
+        starts["scratch"] = None
+    tracker.log_params({"segment.roi_size": json.dumps(roi), "segment.patch_size": json.dumps(patch),
+                        "segment.spacing_mm": json.dumps(spacing), "segment.n_train": len(train_items),
+                        "segment.n_test": len(test_items), "segment.network": s.network})
+
+    out_dir = ctx.stage_dir("segment")
+    largest = max(s.label_fractions)
+    results: list[dict[str, Any]] = []
+    case_rows: list[dict[str, Any]] = []
+    shown: dict[str, dict[str, Any]] = {}
+    test_patients: dict[int, int] = {}
+    for frac in s.label_fractions:
+        sel = fractions[frac]
+        items = [it for it, keep in zip(train_items, sel) if keep]
+        for k, (name, weights) in enumerate(starts.items()):
+            seed_everything(cfg.seed + 7 * k, cfg.runtime.deterministic)
+            net, n_loaded = _build(ctx, weights, dims)
+            if weights and n_loaded == 0:
+                log.warning("segment: network %s shares no weights with encoder %s: the 'pretrained' model "
+                            "starts from scratch (use network encoder_unet)", s.network, cfg.model.encoder)
+            net = net.to(ctx.device)
+            history = _train(ctx, net, items, train_tf, seed_offset=k)
+            ev = _evaluate(ctx, net, test_loader, roi, spacing, keep_slices=frac == largest)
+            if not test_patients:
+                test_patients = dict(zip(ev["index"].tolist(), data.patients_of(ev["index"]).tolist()))
+            pats = np.asarray([test_patients[int(i)] for i in ev["index"]])
+            per_class = summarise_per_class(ev["dice"], ev["hd95"], fg_names)
+            cd = case_mean(ev["dice"])
+            ci = mean_dice_ci(cd, pats, n_boot=s.n_boot, seed=cfg.seed)
+            tag = f"test/{name}/{_fraction_tag(frac)}"
+            metrics = {f"{tag}/dice_mean": ci["value"], f"{tag}/dice_mean_ci_low": ci["ci_low"],
+                       f"{tag}/dice_mean_ci_high": ci["ci_high"], f"{tag}/hd95_mean": per_class["hd95"],
+                       f"{tag}/final_loss": float(history[-1]["loss"]) if history else float("nan")}
+            for c in fg_names:
+                metrics[f"{tag}/dice_{metric_name(c)}"] = per_class[f"dice/{c}"]
+                metrics[f"{tag}/hd95_{metric_name(c)}"] = per_class[f"hd95/{c}"]
+            tracker.log_metrics({m: float(v) for m, v in metrics.items() if v is not None and math.isfinite(v)})
+            results.append({
+                "model": name, "fraction": frac, "network": s.network, "n_train_samples": len(items),
+                "n_train_patients": int(len(np.unique(data.patients_of(train_idx[sel])))),
+                "pretrained_tensors_loaded": n_loaded, "steps": int(history[-1]["global_step"]) if history else 0,
+                "final_loss": metrics[f"{tag}/final_loss"],
+                "dice_mean": ci, "hd95_mean": per_class["hd95"], "hd95_unit": "mm" if spacing else "voxels",
+                "per_class": {c: {"dice": per_class[f"dice/{c}"], "hd95": per_class[f"hd95/{c}"],
+                                  "n_cases": per_class[f"n_cases/{c}"]} for c in fg_names},
+                "per_case_dice": {str(i): (None if not np.isfinite(v) else float(v)) for i, v in zip(ev["index"], cd)},
+            })
+            for j, i in enumerate(ev["index"]):
+                row = {"model": name, "fraction": frac, "index": int(i), "patient": int(pats[j]),
+                       "dice_mean": cd[j], "fg_voxels_true": int(ev["fg_true"][j]),
+                       "fg_voxels_pred": int(ev["fg_pred"][j])}
+                row.update({f"dice_{c}": ev["dice"][j, q] for q, c in enumerate(fg_names)})
+                row.update({f"hd95_{c}": ev["hd95"][j, q] for q, c in enumerate(fg_names)})
+                case_rows.append(row)
+            if frac == largest:
+                shown[name] = {"slices": ev["slices"], "dice": dict(zip(ev["index"].tolist(), cd.tolist()))}
+
+    # -- artifacts: results, per-case table, overlays -------------------------------------------------------
+    results_path = out_dir / "results.json"
+    results_path.write_text(json.dumps(results, indent=2, default=_jsonable))
+    tracker.log_artifact(results_path)
+    cases_path = _write_cases(out_dir / "per_case.csv", case_rows)
+    tracker.log_artifact(cases_path)
+    overlays = _overlays(out_dir / "overlays", shown, s.overlays, dims)
+    if overlays:
+        tracker.log_artifact(out_dir / "overlays", "overlays")
+    distributed.barrier()
+    return {"results": str(results_path), "per_case": str(cases_path), "overlays": [str(p) for p in overlays],
+            "pretrained_encoder": pretrained, "summary": _summary(results, largest)}
+
+
+def _write_cases(path: Path, rows: list[dict[str, Any]]) -> Path:
+    cols: list[str] = []
+    for r in rows:
+        cols.extend(k for k in r if k not in cols)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, restval="")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.4f}" if isinstance(v, float | np.floating) and np.isfinite(v) else
+                            ("" if isinstance(v, float | np.floating) else v)) for k, v in r.items()})
+    return path
+
+
+def _overlays(folder: Path, shown: dict[str, dict[str, Any]], n: int, dims: int) -> list[Path]:
+    """Up to ``n`` PNGs of test cases (those with foreground first), one panel per model."""
+    from medcl.tasks.segmentation import overlay_figure
+
+    if n <= 0 or not shown:
+        return []
+    first = next(iter(shown.values()))["slices"]
+    order = sorted(first, key=lambda i: (not (first[i][1] > 0).any(), i))[:n]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in order:
+        image, truth, _ = first[i]
+        preds = {m: v["slices"][i][2] for m, v in shown.items()}
+        dice = {m: v["dice"].get(i) for m, v in shown.items()}
+        fig = overlay_figure(image, truth, preds, title=f"test case (row {i})", dice=dice,
+                             origin="lower" if dims == 3 else "upper")
+        path = folder / f"case-row{i:05d}.png"
+        fig.savefig(path, dpi=80)
+        paths.append(path)
+    return paths
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+def _summary(results: list[dict[str, Any]], largest: float) -> list[dict[str, str]]:
+    rows = []
+    for r in results:
+        if r["fraction"] != largest:
+            continue
+        d = r["dice_mean"]
+        ci = (f" [{d['ci_low']:.3f}, {d['ci_high']:.3f}]" if np.isfinite(d["ci_low"]) else "")
+        val = f"{d['value']:.3f}{ci}" if np.isfinite(d["value"]) else "n/a (no foreground in test masks)"
+        rows.append({"model": f"{r['model']} {r['network']}", "metric": "Dice (mean)", "value": val})
+        if np.isfinite(r["hd95_mean"]):
+            rows.append({"model": f"{r['model']} {r['network']}", "metric": f"HD95 ({r['hd95_unit']})",
+                         "value": f"{r['hd95_mean']:.2f}"})
+    return rows

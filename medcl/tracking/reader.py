@@ -1,0 +1,171 @@
+"""Read a finished (or failed) pipeline run back from MLflow: what the report shows.
+
+:class:`RunReader` is a read-only view of one pipeline run and its stage runs (nested runs
+tagged ``medcl.stage``): params, latest metric values, tags, statuses and artifacts. The report
+notebook reads everything through it, so it never imports mlflow itself (only
+``medcl.tracking`` does) and never touches the training code. Missing things come back as
+``None`` / empty so that a partial run still gives a report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medcl.errors import TrackingError
+from medcl.tracking.base import guard_file
+from medcl.tracking.mlflow_tracker import _retry, _safe_uri, default_tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunView:
+    """One MLflow run as plain Python values (no mlflow objects leak out)."""
+
+    run_id: str
+    name: str
+    status: str
+    start_time: int | None  # ms since the epoch
+    end_time: int | None
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_run(cls, run: Any) -> RunView:
+        info, data = run.info, run.data
+        return cls(run_id=info.run_id, name=info.run_name or "", status=info.status,
+                   start_time=info.start_time, end_time=info.end_time, params=dict(data.params),
+                   metrics={k: float(v) for k, v in data.metrics.items()}, tags=dict(data.tags))
+
+
+class RunReader:
+    """Read-only access to a pipeline run and its stages.
+
+    Args:
+        run_id: the pipeline run, or one of its stage runs (then its parent is read).
+        tracking_uri: MLflow store; default ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``.
+        cache_dir: where artifacts are downloaded (default: a fresh temp folder).
+
+    Raises:
+        TrackingError: the store cannot be opened or has no run ``run_id``.
+    """
+
+    def __init__(self, run_id: str, tracking_uri: str | None = None, cache_dir: str | Path | None = None,
+                 retries: int = 2, retry_wait_s: float = 1.0) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = tracking_uri or default_tracking_uri()
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.retries, self.retry_wait_s = retries, retry_wait_s
+        self.cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix="medcl-report-"))
+        run = self._get(run_id)
+        parent_id = run.data.tags.get("mlflow.parentRunId")
+        if parent_id and run.data.tags.get("medcl.kind") == "stage":
+            run = self._get(parent_id)
+        self.run = RunView.from_run(run)
+        self.experiment_id = run.info.experiment_id
+        self.stages: dict[str, RunView] = self._stage_runs()
+
+    def _do(self, fn: Any, what: str) -> Any:
+        return _retry(fn, what, self.retries, self.retry_wait_s, self.uri)
+
+    def _get(self, run_id: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", "")) or "not found" in str(exc).lower():
+                raise TrackingError(f"no run {run_id!r} in the store", where=f"tracking store {_safe_uri(self.uri)}",
+                                    fix="check the run id (MLflow UI or the pipeline's summary) and "
+                                    "--tracking-uri / MLFLOW_TRACKING_URI") from None
+            return self._do(lambda: self.client.get_run(run_id), f"reading run {run_id}")
+
+    def _stage_runs(self) -> dict[str, RunView]:
+        runs = self._do(lambda: self.client.search_runs(
+            [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.run.run_id}'", max_results=200,
+            order_by=["attributes.start_time DESC"]), "searching stage runs")
+        out: dict[str, RunView] = {}
+        for r in runs:
+            stage = r.data.tags.get("medcl.stage")
+            if stage and stage not in out:  # newest first: a re-run stage replaces the old one
+                out[stage] = RunView.from_run(r)
+        return out
+
+    # -- convenience ----------------------------------------------------------------------------
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    def stage(self, name: str) -> RunView | None:
+        """The newest run of stage ``name``, or ``None`` when the stage never ran."""
+        return self.stages.get(name)
+
+    def _run_id_of(self, stage: str | None) -> str | None:
+        if stage is None:
+            return self.run.run_id
+        s = self.stages.get(stage)
+        return s.run_id if s else None
+
+    # -- artifacts ------------------------------------------------------------------------------
+    def list_artifacts(self, path: str = "", stage: str | None = None) -> list[str]:
+        """Every artifact file under ``path`` (recursive), relative to the run's artifact root."""
+        run_id = self._run_id_of(stage)
+        if run_id is None:
+            return []
+        out: list[str] = []
+        todo = [path or None]
+        while todo:
+            p = todo.pop()
+            try:
+                items = self._do(lambda p=p: self.client.list_artifacts(run_id, p), "listing artifacts")
+            except TrackingError as exc:
+                log.warning("report: %s", exc.line())
+                continue
+            for it in items:
+                (todo if it.is_dir else out).append(it.path)
+        return sorted(out)
+
+    def artifact_path(self, path: str, stage: str | None = None) -> Path | None:
+        """Download one artifact (file or folder); ``None`` when the run or the artifact is absent."""
+        run_id = self._run_id_of(stage)
+        if run_id is None:
+            return None
+        dst = self.cache_dir / (stage or "_pipeline")
+        local = dst / path
+        if local.exists():
+            return local
+        dst.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(self.client.download_artifacts(run_id, path, str(dst)))
+        except Exception as exc:  # noqa: BLE001 - absent artifacts raise various mlflow/OS errors
+            log.debug("report: artifact %s of %s not available (%s)", path, stage or "pipeline", type(exc).__name__)
+            return None
+
+    def artifact_json(self, path: str, stage: str | None = None) -> Any | None:
+        """A JSON artifact parsed (NaN allowed), or ``None`` when absent or unreadable."""
+        p = self.artifact_path(path, stage)
+        if p is None or not p.is_file():
+            return None
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.warning("report: %s of %s is not valid JSON (%s)", path, stage or "pipeline", exc)
+            return None
+
+    def artifact_bytes(self, path: str, stage: str | None = None) -> bytes | None:
+        p = self.artifact_path(path, stage)
+        return p.read_bytes() if p is not None and p.is_file() else None
+
+    # -- writing the report back --------------------------------------------------------------------
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        """Attach a file (the HTML report) to the pipeline run; text passes the PHI guard first."""
+        p = Path(local_path)
+        guard_file(p)
+        self._do(lambda: self.client.log_artifact(self.run.run_id, str(p), artifact_path), f"logging {p.name}")

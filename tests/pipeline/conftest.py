@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def oct_demo(tmp_path_factory) -> Path:
+    """A small OCT demo set (12 patients), synthesised once per session."""
+    from medcl.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("oct-demo")
+    synthesize(out, modalities=["oct"], patients=12, seed=0)
+    return out / "oct" / "manifest.csv"
+
+
+def _tiny_overrides(manifest: Path, tmp: Path) -> list[str]:
+    """Settings that make the OCT demo pipeline run in seconds."""
+    return [
+        f"data.manifest={manifest}", f"runtime.output_dir={tmp / 'runs'}", "runtime.progress=false",
+        "model.encoder=resnet18", "model.proj_hidden_dim=64", "model.proj_dim=32",
+        "pretrain.epochs=1", "pretrain.max_steps=2", "pretrain.batch_size=8", "pretrain.warmup_epochs=0",
+        "data.batch_size=16", "classify.protocols=[linear]", "classify.label_fractions=[1.0]",
+        "classify.baselines=[random]", "classify.n_boot=20", "stages=[pretrain, classify, calibrate]",
+    ]
+
+
+@pytest.fixture
+def tiny_overrides():
+    return _tiny_overrides

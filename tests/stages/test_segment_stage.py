@@ -1,0 +1,124 @@
+"""The ``segment`` stage end to end on tiny synthetic MRI (real NIfTI files from medcl.data.synth).
+
+pretrain (2 SimCLR steps) → segment (encoder_unet, pretrained vs scratch, 3 steps each), on
+8 patients of 16×16×24 volumes resampled and cropped to 16³, with a NullTracker.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from medcl.errors import ConfigError
+
+CONFIG = {
+    "name": "seg-test",
+    "seed": 0,
+    "stages": ["pretrain", "segment"],
+    "data": {"modality": "mri", "task": "binary", "val_fraction": 0.0, "test_fraction": 0.25, "batch_size": 4,
+             "validate_files": False},
+    "model": {"encoder": "tiny_cnn", "spatial_dims": 3, "in_channels": 1, "options": {"widths": [8, 16]},
+              "proj_hidden_dim": 16, "proj_dim": 8},
+    "transforms": {"preset": "mri", "spatial_size": [16, 16, 16], "spacing": [6.0, 6.0, 10.5]},
+    "pretrain": {"method": "simclr", "epochs": 1, "max_steps": 2, "batch_size": 4, "warmup_epochs": 0},
+    "segment": {"network": "encoder_unet", "network_options": {"decoder_channels": [8], "input_channels": 4},
+                "epochs": 1, "max_steps": 3, "batch_size": 2, "num_classes": 2,
+                "class_names": ["background", "lesion"], "roi_size": [8, 8, 8], "n_boot": 50, "overlays": 2},
+    "runtime": {"device": "cpu", "progress": False},
+}
+
+
+@pytest.fixture(scope="module")
+def demo_manifest(tmp_path_factory) -> Path:
+    from medcl.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("synth")
+    synthesize(root, modalities=["mri"], patients=8, seed=0, size=16)
+    return root / "mri" / "manifest.csv"
+
+
+def _context(tmp_path: Path, manifest: Path, overrides: list[str] | None = None):
+    import torch
+
+    from medcl.config import load_config
+    from medcl.data.prepare import prepare_data
+    from medcl.pipeline import RunContext
+
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    cfg = load_config(path, [f"data.manifest={manifest}", f"runtime.output_dir={tmp_path / 'runs'}",
+                             *(overrides or [])])
+    data = prepare_data(cfg)
+    return RunContext(cfg, "test", tmp_path / "runs" / "seg-test", data, device=torch.device("cpu"))
+
+
+def test_segment_stage_compares_pretrained_and_scratch(tmp_path, demo_manifest):
+    from medcl.stages import STAGES
+    from medcl.tracking import NullTracker
+
+    ctx = _context(tmp_path, demo_manifest)
+    ctx.outputs["pretrain"] = STAGES["pretrain"](ctx, NullTracker("pretrain"))
+    assert Path(ctx.outputs["pretrain"]["encoder"]).is_file()
+    tracker = NullTracker("segment")
+    out = STAGES["segment"](ctx, tracker)
+
+    results = json.loads(Path(out["results"]).read_text())
+    assert Path(out["results"]) == ctx.run_dir / "segment" / "results.json"
+    by_model = {r["model"]: r for r in results}
+    assert set(by_model) == {"pretrained", "scratch"}
+    # the pretrained encoder went in (every tensor of it), the baseline had the same budget from scratch
+    assert by_model["pretrained"]["pretrained_tensors_loaded"] > 0
+    assert by_model["scratch"]["pretrained_tensors_loaded"] == 0
+    assert by_model["pretrained"]["steps"] == by_model["scratch"]["steps"] == 3
+    for r in results:
+        d = r["dice_mean"]
+        assert np.isfinite(d["value"]) and 0.0 <= d["value"] <= 1.0
+        assert d["n_cases"] >= 1 and set(r["per_class"]) == {"lesion"}
+        assert r["hd95_unit"] == "mm"
+        assert r["n_train_patients"] == 6
+    # metrics under test/{model}/{fraction}/...
+    assert "test/pretrained/f100/dice_mean" in tracker.metrics
+    assert "test/scratch/f100/dice_lesion" in tracker.metrics
+    assert tracker.metrics["test/pretrained/f100/dice_mean"][-1][1] == pytest.approx(
+        by_model["pretrained"]["dice_mean"]["value"])
+
+    # per-case Dice: one row per test case and model; mean Dice is the mean of the finite ones
+    rows = list(csv.DictReader(open(out["per_case"], encoding="utf-8")))
+    test_idx = ctx.data.indices("test")
+    assert len(rows) == 2 * len(test_idx)
+    pre = [float(r["dice_lesion"]) for r in rows if r["model"] == "pretrained" and r["dice_lesion"]]
+    assert np.mean(pre) == pytest.approx(by_model["pretrained"]["dice_mean"]["value"], abs=1e-3)
+    # lesion-free cases have no Dice (empty ground truth) but are still listed
+    empty = [r for r in rows if int(r["fg_voxels_true"]) == 0]
+    assert all(r["dice_lesion"] == "" for r in empty)
+
+    # overlays: PNGs named by row index, no patient identifiers anywhere in names or tables
+    assert 1 <= len(out["overlays"]) <= 2
+    for p in out["overlays"]:
+        assert Path(p).read_bytes()[:4] == b"\x89PNG"
+    stage_dir = ctx.run_dir / "segment"
+    names = " ".join(str(p.relative_to(stage_dir)) for p in stage_dir.rglob("*"))
+    text = Path(out["results"]).read_text() + Path(out["per_case"]).read_text()
+    for r in ctx.data.records:
+        assert r.patient not in names and r.patient not in text
+    assert "DEMO-MRI" not in names + text
+    assert {"model", "metric", "value"} <= set(out["summary"][0])
+
+
+def test_segment_stage_rejects_a_roi_the_network_cannot_take(tmp_path, demo_manifest):
+    from medcl.stages.segment import run
+    from medcl.tracking import NullTracker
+
+    ctx = _context(tmp_path, demo_manifest, ["segment.network=unet", "segment.roi_size=[16,16,12]"])
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        run(ctx, NullTracker())
+
+
+def test_class_names_must_match_num_classes(tmp_path, demo_manifest):
+    with pytest.raises(ConfigError, match="class_names"):
+        _context(tmp_path, demo_manifest, ["segment.num_classes=3"])
