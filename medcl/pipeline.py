@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medcl.config import PipelineConfig, apply_overrides, flatten, load_raw, pipeline_key, resolved_dict, validate
+from medcl.config import (
+    PipelineConfig,
+    apply_overrides,
+    flatten,
+    load_raw,
+    pipeline_key,
+    resolved_dict,
+    validate,
+)
 from medcl.errors import MedclError, StageError
 
 log = logging.getLogger(__name__)
@@ -151,13 +159,17 @@ def run_pipeline(cfg: PipelineConfig, *, force: bool = False, resume: bool = Fal
 
     key = pipeline_key(cfg)
     run_dir = Path(cfg.runtime.output_dir).resolve() / f"{cfg.name}-{key}"
+    uri = cfg.tracking.uri or default_tracking_uri()
+    if not dry_run:
+        distributed.init_distributed()
+        # Fail in seconds, before validating data or training, if the store/server is unreachable.
+        _check_tracking(cfg, uri)
     data = prepare_data(cfg)
     if dry_run:
         print_plan(cfg, data, key, run_dir)
         print("dry run: nothing was trained")
         return RunContext(cfg, key, run_dir, data, device=None, smoke=smoke)
 
-    distributed.init_distributed()
     rank, world = distributed.rank(), distributed.world_size()
     ctx = RunContext(cfg, key, run_dir, data, device=_device(cfg, distributed.local_rank()), rank=rank,
                      world_size=world, resume=resume, smoke=smoke)
@@ -165,13 +177,10 @@ def run_pipeline(cfg: PipelineConfig, *, force: bool = False, resume: bool = Fal
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     distributed.barrier()
 
-    uri = cfg.tracking.uri or default_tracking_uri()
     ctx.tracking_uri = uri
     previous = stage_runs = None
     parent: Any = NullTracker(cfg.name)
     if ctx.is_main:
-        # Fail before training if the store/server is unreachable (retries configurable).
-        MLflowTracker.connect(uri, cfg.tracking.experiment, cfg.tracking.retries, cfg.tracking.retry_wait_s)
         previous = None if force else _previous_run(uri, cfg, key)
         parent = MLflowTracker.start(
             cfg.name, uri=uri, experiment=cfg.tracking.experiment, retries=cfg.tracking.retries,
@@ -197,6 +206,7 @@ def run_pipeline(cfg: PipelineConfig, *, force: bool = False, resume: bool = Fal
                 continue
             reopen = prev[0] if (prev and resume and ctx.is_main) else None
             child = parent.child(stage, tags={"medcl.stage": stage, "medcl.kind": "stage"}, run_id=reopen)
+            child.run_id = distributed.broadcast_object(child.run_id)  # every rank's outputs name the run
             t0 = time.time()
             if ctx.is_main:
                 log.info("stage %s: starting (MLflow run %s)", stage, child.run_id)
@@ -225,6 +235,27 @@ def run_pipeline(cfg: PipelineConfig, *, force: bool = False, resume: bool = Fal
         if ctx.is_main and status == "FINISHED":
             print_summary(ctx)
     return ctx
+
+
+def _check_tracking(cfg: PipelineConfig, uri: str) -> None:
+    """Rank 0 opens the experiment (with the configured retries); every rank fails alike if it cannot.
+
+    Under torchrun the other ranks would otherwise wait for rank 0 in the next collective.
+    """
+    from medcl import distributed
+    from medcl.errors import TrackingError
+    from medcl.tracking import MLflowTracker
+
+    error = None
+    if distributed.is_main_process():
+        try:
+            MLflowTracker.connect(uri, cfg.tracking.experiment, cfg.tracking.retries, cfg.tracking.retry_wait_s)
+        except TrackingError as exc:
+            error = (exc.what, exc.where, exc.fix)
+    error = distributed.broadcast_object(error)
+    if error is not None:
+        what, where, fix = error
+        raise TrackingError(what, where=where, fix=fix)
 
 
 def _log_pipeline_inputs(parent: Any, cfg: PipelineConfig, data: Any, run_dir: Path) -> None:

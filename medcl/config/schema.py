@@ -30,6 +30,7 @@ class DataConfig(Section):
     modality: Modality | None = Field(None, description="keep only rows of this modality")
     classes: list[str] | None = Field(None, description="class names in order; default: sorted labels found")
     task: Task = "multiclass"
+    label_column: str = Field("label", description="manifest column holding the label (e.g. class_name)")
     label_sep: str = Field(";", description="separator of multi-label labels")
     on_error: Literal["stop", "skip"] = Field(
         "stop", description="stop before training on bad rows, or skip them (listed and logged)"

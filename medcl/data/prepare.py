@@ -87,6 +87,20 @@ class DataBundle:
         return np.asarray(vals, dtype=object)
 
 
+def _relabel(manifest: Any, column: str) -> list[Any]:
+    """Take labels from another manifest column (``data.label_column``)."""
+    import dataclasses
+    import difflib
+
+    col = column.strip().lower()
+    found = sorted({k for r in manifest.records for k in r.extra})
+    if col not in found:
+        near = difflib.get_close_matches(col, found, n=1)
+        raise ConfigError(f"the manifest has no column {column!r}", where="data.label_column",
+                          fix=(f"did you mean {near[0]!r}? " if near else "") + f"columns: label, {', '.join(found)}")
+    return [dataclasses.replace(r, label=(r.extra.get(col) or "").strip() or None) for r in manifest.records]
+
+
 def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
     """Load, validate, label and split the data of a pipeline config (see module docstring)."""
     from medcl.data.manifest import label_problems, load_manifest
@@ -98,6 +112,8 @@ def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
         raise ConfigError("no manifest given", where="data.manifest",
                           fix="set data.manifest in the pipeline YAML or pass --set data.manifest=PATH")
     manifest = load_manifest(d.manifest, root=d.root)
+    if d.label_column.lower() != "label":
+        manifest.records = _relabel(manifest, d.label_column)
     if d.modality:
         other = [r for r in manifest.records if r.modality != d.modality]
         if other:

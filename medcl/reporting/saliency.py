@@ -127,6 +127,7 @@ def render_image_saliency(image: np.ndarray, cam: np.ndarray, title: str) -> byt
         cam: ``(H, W)`` or ``(X, Y, Z)`` in ``[0, 1]``.
         title: one line above the panels (true and predicted class).
     """
+    import matplotlib
     from matplotlib.figure import Figure
 
     if image.ndim == 4:
@@ -138,7 +139,9 @@ def render_image_saliency(image: np.ndarray, cam: np.ndarray, title: str) -> byt
     axes[0].imshow(img, cmap=cmap)
     axes[0].set_title("input", fontsize=9)
     axes[1].imshow(img, cmap=cmap)
-    axes[1].imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    overlay = matplotlib.colormaps["jet"](np.clip(cam, 0, 1))
+    overlay[..., 3] = 0.6 * np.clip(cam, 0, 1)  # transparent where the map is low
+    axes[1].imshow(overlay)
     axes[1].set_title("Grad-CAM (red = most used)", fontsize=9)
     for ax in axes:
         ax.set_axis_off()

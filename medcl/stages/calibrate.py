@@ -58,7 +58,9 @@ def _example_input(ctx: Any) -> np.ndarray:
     items = ctx.data.items("test", labelled=True)[:2] or ctx.data.items(None)[:2]
     loader = make_loader(ctx, items, make_transforms(ctx.cfg, train=False), batch_size=2, shuffle=False,
                          train=False, distributed=False)
-    return next(iter(loader))["image"].float().numpy()
+    x = next(iter(loader))["image"].float().numpy()
+    # two rows: a batch dimension of 1 would be specialised away by the model's tracing
+    return np.concatenate([x, x])[:2] if len(x) < 2 else x
 
 
 def run(ctx: Any, tracker: Any) -> dict[str, Any]:
@@ -112,7 +114,7 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
                           "temperature": rep.get("temperature"), "preprocessing": preprocessing,
                           "encoder": cfg.model.encoder, "output": "calibrated probabilities"},
                          "model_card.json")
-        model_uri = tracker.log_model(model, "model", signature=signature, input_example=example[:1],
+        model_uri = tracker.log_model(model, "model", signature=signature, input_example=example,
                                       pip_requirements=_requirements(),
                                       registered_model_name=cfg.tracking.register_model,
                                       metadata={"classes": data.classes, "task": task,

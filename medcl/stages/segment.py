@@ -63,7 +63,9 @@ def _sizes(cfg: Any) -> tuple[int, list[int], list[int], list[float] | None]:
 
 
 def _seg_items(ctx: Any, split: str) -> list[dict]:
-    return [it for it in ctx.data.items(split) if it.get("mask")]
+    # The "task" entry changes the items' hash: a disk cache (PersistentDataset keys files by item,
+    # not by transform) must not hand back another stage's cached sample, loaded without its mask.
+    return [{**it, "task": "segment"} for it in ctx.data.items(split) if it.get("mask")]
 
 
 def _build(ctx: Any, weights: str | None, dims: int) -> tuple[Any, int]:
@@ -147,7 +149,14 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
     from medcl import distributed
     from medcl.stages.common import make_loader, seed_everything
     from medcl.tasks.classification import label_fraction_patients
-    from medcl.tasks.segmentation import case_mean, check_roi_size, mean_dice_ci, metric_name, summarise_per_class
+    from medcl.tasks.segmentation import (
+        case_mean,
+        check_roi_size,
+        get_network,
+        mean_dice_ci,
+        metric_name,
+        summarise_per_class,
+    )
 
     if not ctx.is_main:  # downstream training here is small: rank 0 does it, the others wait
         distributed.barrier()
@@ -181,6 +190,11 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
     else:
         log.warning("segment: no pretrained encoder (no pretrain stage and no model.pretrained_path): "
                     "training from scratch only")
+    if pretrained and not get_network(s.network).uses_encoder and _build(ctx, pretrained, dims)[1] == 0:
+        log.warning("segment: network %s shares no weights with encoder %s, so the pretrained encoder cannot "
+                    "go in: training from scratch only (use network encoder_unet, or basic_unet with "
+                    "unet_encoder3d / swin_unetr with swin_unetr_encoder)", s.network, cfg.model.encoder)
+        starts.pop("pretrained")
     if s.baseline or not starts:
         starts["scratch"] = None
     tracker.log_params({"segment.roi_size": json.dumps(roi), "segment.patch_size": json.dumps(patch),
@@ -199,9 +213,6 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
         for k, (name, weights) in enumerate(starts.items()):
             seed_everything(cfg.seed + 7 * k, cfg.runtime.deterministic)
             net, n_loaded = _build(ctx, weights, dims)
-            if weights and n_loaded == 0:
-                log.warning("segment: network %s shares no weights with encoder %s: the 'pretrained' model "
-                            "starts from scratch (use network encoder_unet)", s.network, cfg.model.encoder)
             net = net.to(ctx.device)
             history = _train(ctx, net, items, train_tf, seed_offset=k)
             ev = _evaluate(ctx, net, test_loader, roi, spacing, keep_slices=frac == largest)
@@ -261,7 +272,7 @@ def _write_cases(path: Path, rows: list[dict[str, Any]]) -> Path:
         w = csv.DictWriter(fh, fieldnames=cols, restval="")
         w.writeheader()
         for r in rows:
-            w.writerow({k: (f"{v:.4f}" if isinstance(v, float | np.floating) and np.isfinite(v) else
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float | np.floating) and np.isfinite(v) else
                             ("" if isinstance(v, float | np.floating) else v)) for k, v in r.items()})
     return path
 

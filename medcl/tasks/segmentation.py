@@ -78,16 +78,19 @@ class EncoderUNet(nn.Module):
 
     The coarsest map of ``encoder.forward_pyramid(x)`` is upsampled (linear interpolation to the
     next map's size, so any stride pattern works — ResNets, BasicUNet, Swin, ViT grids), concatenated
-    with that skip connection and refined by a :class:`ConvBlock`, up to the finest map; a last
-    stage upsamples to the input size, concatenates a small full-resolution convolution of the input
-    (pyramids of most encoders start at stride 2 or more) and a ``1^d`` convolution gives the logits.
+    with that skip connection and refined by a :class:`ConvBlock`, up to the finest map, then
+    upsampled to the input size. Pyramids of most encoders start at stride 2 or more, so by default
+    a small full-resolution convolution of the input is concatenated and refined by one more
+    :class:`ConvBlock` (set ``input_channels=0`` for encoders with a stride-1 level, e.g.
+    ``unet_encoder``). A ``1^d`` convolution gives the logits.
 
     Args:
         encoder: a medcl :class:`~medcl.networks.base.Encoder` (2D or 3D) with ``pyramid_channels``.
         num_classes: output channels ``K`` (background included).
         decoder_channels: width of each decoder stage, coarse to fine (``len(pyramid) - 1`` values);
             default: the skip's own width, at least 16.
-        input_channels: width of the full-resolution input branch (0 disables it).
+        input_channels: width of the full-resolution input branch (0: none; the logits come from the
+            finest decoder stage, upsampled if it is coarser than the input).
 
     Shapes:
         ``(B, C, *S) -> (B, K, *S)``.
@@ -117,11 +120,12 @@ class EncoderUNet(nn.Module):
         for skip, out in zip(reversed(chans[:-1]), decoder_channels):
             self.ups.append(ConvBlock(dims, c + skip, out))
             c = out
-        self.input_branch = (nn.Sequential(_CONV[dims](encoder.in_channels, input_channels, 3, padding=1),
-                                           nn.LeakyReLU(0.01, inplace=True)) if input_channels > 0 else None)
-        last = max(16, min(c, 64))
-        self.final = ConvBlock(dims, c + max(0, input_channels), last)
-        self.head = _CONV[dims](last, self.num_classes, 1)
+        self.input_branch = self.final = None
+        if input_channels > 0:
+            self.input_branch = nn.Sequential(_CONV[dims](encoder.in_channels, input_channels, 3, padding=1),
+                                              nn.LeakyReLU(0.01, inplace=True))
+            self.final = ConvBlock(dims, c + input_channels, c)
+        self.head = _CONV[dims](c, self.num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.encoder.forward_pyramid(x)
@@ -130,8 +134,8 @@ class EncoderUNet(nn.Module):
             y = block(torch.cat([_upsample(y, skip.shape[2:]), skip], dim=1))
         y = _upsample(y, x.shape[2:])
         if self.input_branch is not None:
-            y = torch.cat([y, self.input_branch(x)], dim=1)
-        return self.head(self.final(y))
+            y = self.final(torch.cat([y, self.input_branch(x)], dim=1))
+        return self.head(y)
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -419,34 +423,40 @@ def case_mean(values: np.ndarray) -> np.ndarray:
 
 def mean_dice_ci(case_dice: np.ndarray, patients: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
                  alpha: float = 0.05) -> dict[str, float | int]:
-    """Mean per-case Dice with a patient-level percentile bootstrap CI (:func:`medcl.metrics.bootstrap_ci`).
+    """Mean per-case Dice with a patient-level percentile bootstrap CI (cluster bootstrap).
 
     Cases whose ground truth has no foreground (Dice undefined, NaN) are left out; the remaining
-    cases are resampled by patient, so several scans of one patient move together.
+    cases are resampled by patient with :class:`medcl.metrics.bootstrap.PatientResampler` (the
+    resampler behind :func:`~medcl.metrics.bootstrap_ci`), so several scans of one patient move
+    together. Unlike ``bootstrap_ci`` no resample is skipped: a resample of one patient is a valid
+    draw for a mean (``bootstrap_ci`` drops single-class resamples, right for AUROC only).
 
     Args:
         case_dice: ``(N,)`` per-case Dice (NaN = undefined).
         patients: ``(N,)`` patient index per case.
 
     Returns:
-        ``{"value", "ci_low", "ci_high", "n_cases", "n_patients"}`` (NaN bounds with < 2 patients or
-        ``n_boot == 0``).
+        ``{"value", "ci_low", "ci_high", "n_cases", "n_patients", "n_boot"}`` (NaN bounds with fewer
+        than 2 patients or ``n_boot == 0``).
     """
-    from medcl.metrics.bootstrap import bootstrap_ci
+    from medcl.metrics.bootstrap import PatientResampler
 
     d = np.asarray(case_dice, np.float64)
     g = np.asarray(patients)
+    if d.shape != g.shape:
+        raise DataError(f"{d.shape[0]} Dice values for {g.shape[0]} patients", where="mean_dice_ci",
+                        fix="pass one patient per case")
     keep = np.isfinite(d)
     d, g = d[keep], g[keep]
     n_pat = int(np.unique(g).size)
     out: dict[str, float | int] = {"value": float(d.mean()) if d.size else float("nan"),
                                    "ci_low": float("nan"), "ci_high": float("nan"),
-                                   "n_cases": int(d.size), "n_patients": n_pat}
+                                   "n_cases": int(d.size), "n_patients": n_pat, "n_boot": 0}
     if n_pat >= 2 and n_boot > 0:
-        # y is a dummy per-case id: bootstrap_ci skips resamples whose "labels" are all equal
-        ci = bootstrap_ci(lambda y, p: float(np.mean(p)), np.arange(d.size), d, groups=g, n_boot=n_boot,
-                          alpha=alpha, seed=seed)
-        out["ci_low"], out["ci_high"] = ci.lo, ci.hi
+        resampler = PatientResampler(g, d.size, seed)
+        means = np.fromiter((d[resampler.draw()].mean() for _ in range(int(n_boot))), np.float64, int(n_boot))
+        lo, hi = np.percentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+        out.update(ci_low=float(lo), ci_high=float(hi), n_boot=int(n_boot))
     return out
 
 

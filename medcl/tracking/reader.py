@@ -11,16 +11,24 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medcl import phi
 from medcl.errors import TrackingError
 from medcl.tracking.base import guard_file
 from medcl.tracking.mlflow_tracker import _retry, _safe_uri, default_tracking_uri
 
 log = logging.getLogger(__name__)
+_DATA_URI = re.compile(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=\s]+")
+
+
+def strip_data_uris(text: str) -> str:
+    """``text`` without its base64 ``data:`` URIs (embedded images)."""
+    return _DATA_URI.sub("data:", text)
 
 
 @dataclass
@@ -165,7 +173,15 @@ class RunReader:
 
     # -- writing the report back --------------------------------------------------------------------
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
-        """Attach a file (the HTML report) to the pipeline run; text passes the PHI guard first."""
+        """Attach a file (the HTML report) to the pipeline run; text passes the PHI guard first.
+
+        For HTML the embedded ``data:`` images are left out of the check: base64 is not text a
+        reader sees, and short numeric identifiers would match it by chance.
+        """
         p = Path(local_path)
-        guard_file(p)
+        if p.suffix.lower() in (".html", ".htm"):
+            phi.check_value(strip_data_uris(p.read_text(encoding="utf-8", errors="replace")),
+                            where=f"artifact {p.name}")
+        else:
+            guard_file(p)
         self._do(lambda: self.client.log_artifact(self.run.run_id, str(p), artifact_path), f"logging {p.name}")

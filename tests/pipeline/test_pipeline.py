@@ -135,7 +135,8 @@ def test_bad_data_stops_before_training_with_row_lines(tmp_path, tracking_uri):
     Image.new("L", (16, 16)).save(tmp_path / "b.png")
     m = tmp_path / "m.csv"
     m.write_text("patient_id,path,modality,label\nP1,a.png,oct,normal\nP2,b.png,oct,erly\nP3,missing.png,oct,normal\n")
-    cfg = load_pipeline(DEMO, [f"data.manifest={m}", f"runtime.output_dir={tmp_path / 'runs'}"])
+    cfg = load_pipeline(DEMO, [f"data.manifest={m}", f"runtime.output_dir={tmp_path / 'runs'}",
+                              "data.label_column=label"])
     with pytest.raises(DataError) as ei:
         run_pipeline(cfg)
     msg = str(ei.value)

@@ -88,7 +88,7 @@ def test_segment_stage_compares_pretrained_and_scratch(tmp_path, demo_manifest):
         by_model["pretrained"]["dice_mean"]["value"])
 
     # per-case Dice: one row per test case and model; mean Dice is the mean of the finite ones
-    rows = list(csv.DictReader(open(out["per_case"], encoding="utf-8")))
+    rows = list(csv.DictReader(Path(out["per_case"]).read_text(encoding="utf-8").splitlines()))
     test_idx = ctx.data.indices("test")
     assert len(rows) == 2 * len(test_idx)
     pre = [float(r["dice_lesion"]) for r in rows if r["model"] == "pretrained" and r["dice_lesion"]]
@@ -122,3 +122,23 @@ def test_segment_stage_rejects_a_roi_the_network_cannot_take(tmp_path, demo_mani
 def test_class_names_must_match_num_classes(tmp_path, demo_manifest):
     with pytest.raises(ConfigError, match="class_names"):
         _context(tmp_path, demo_manifest, ["segment.num_classes=3"])
+
+
+def test_a_network_that_cannot_take_the_encoder_trains_from_scratch_only(tmp_path, demo_manifest):
+    from medcl.engine.checkpoint import save_checkpoint
+    from medcl.stages.common import make_encoder
+    from medcl.stages.segment import run
+    from medcl.tracking import NullTracker
+
+    ctx = _context(tmp_path, demo_manifest, [
+        "segment.network=unet", 'segment.network_options={"channels": [4, 8, 16], "strides": [2, 2], '
+        '"num_res_units": 1}', "segment.max_steps=2", "segment.overlays=0"])
+    enc = make_encoder(ctx.cfg)
+    path = tmp_path / "encoder.pt"
+    save_checkpoint(path, {"encoder": enc.state_dict(), "encoder_name": "tiny_cnn"})
+    ctx.outputs["pretrain"] = {"encoder": str(path)}
+    out = run(ctx, NullTracker())
+    results = json.loads(Path(out["results"]).read_text())
+    assert [r["model"] for r in results] == ["scratch"]
+    assert results[0]["network"] == "unet" and results[0]["steps"] == 2
+    assert out["overlays"] == []

@@ -179,6 +179,11 @@ def test_mean_dice_ci_is_patient_level_and_skips_undefined_cases():
     assert clustered["ci_high"] - clustered["ci_low"] > 1.3 * (independent["ci_high"] - independent["ci_low"])
     one = mean_dice_ci(np.array([0.5, 0.7]), np.array([3, 3]))
     assert one["value"] == pytest.approx(0.6) and np.isnan(one["ci_low"])
+    # two patients: resamples {a,a}, {a,b}, {b,b} all count, so the 95 % interval spans [a, b]
+    two = mean_dice_ci(np.array([0.2, 0.8]), np.array([0, 1]), n_boot=500)
+    assert two["ci_low"] == pytest.approx(0.2) and two["ci_high"] == pytest.approx(0.8)
+    with pytest.raises(DataError):
+        mean_dice_ci(np.ones(3), np.arange(2))
 
 
 def test_pretrained_basic_unet_and_swin_encoders_transfer_into_monai_networks():
@@ -206,6 +211,9 @@ def test_encoder_unet_trains_the_encoder_it_was_given():
     x, m = _blobs(2, n=2)
     SegmentationWrapper(net, 2)({"image": x, "mask": m})["loss"].backward()
     assert all(p.grad is not None for p in enc.parameters())
+    # without the full-resolution input branch the finest decoder stage (stride 2 here) is upsampled
+    bare = EncoderUNet(_encoder(2), 3, input_channels=0)
+    assert bare.input_branch is None and bare(x).shape == (2, 3, 32, 32)
 
 
 def test_errors_name_the_key_and_the_fix():

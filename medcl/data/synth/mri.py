@@ -32,8 +32,12 @@ _VENTRICLE_SCALE = {"40-59": 1.0, "60-74": 1.25, "75+": 1.5}
 
 
 def affine_for(site: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Voxel -> RAS mm affine (centred on the head), with the site's axis flip or obliquity."""
+    """Voxel -> RAS mm affine (centred on the head), with the site's axis flip or obliquity.
+
+    In-plane spacing scales with ``DEFAULT_SIZE / size`` so the field of view always holds the head.
+    """
     sx, sy, sz = _SITE_SPACING[site]
+    sx, sy = sx * DEFAULT_SIZE / size, sy * DEFAULT_SIZE / size
     lin = np.diag([sx, sy, sz])
     if site == "site-b":
         lin = np.diag([-1.0, 1.0, 1.0]) @ lin

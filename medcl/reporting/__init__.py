@@ -1,0 +1,59 @@
+"""The clinician report: what ``notebooks/report.ipynb`` shows, read from MLflow only.
+
+* :mod:`medcl.reporting.data` — :class:`ReportData`, the run's params, metrics and artifacts;
+* :mod:`medcl.reporting.sections` — one builder per report section (``SECTIONS``);
+* :mod:`medcl.reporting.figures` — the figures (matplotlib, PNG);
+* :mod:`medcl.reporting.saliency`, :mod:`medcl.reporting.embedding` — what the classify stage
+  computes for the report (Grad-CAM / input × gradient, a 2-D feature map).
+
+The notebook calls :func:`load_report` once and :func:`show` per section; :func:`medcl.report.build_report`
+executes it with papermill and exports self-contained HTML.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def load_report(run_id: str, tracking_uri: str | None = None) -> Any:
+    """:class:`ReportData` of a run, or ``None`` (with a visible note) when the run cannot be read."""
+    from medcl.errors import MedclError
+    from medcl.reporting.data import ReportData
+
+    try:
+        return ReportData.load(run_id, tracking_uri)
+    except MedclError as exc:
+        _display_html(f"<p><b>The run could not be read:</b> {exc.what}. {exc.fix}</p>")
+        return None
+
+
+def header(report: Any) -> None:
+    """The report's style sheet and its one-line identification of the run."""
+    from medcl.reporting.sections import STYLE, esc
+
+    if report is None:
+        _display_html(STYLE)
+        return
+    r = report.run
+    status = esc(r.status)
+    if r.status == "RUNNING" and "report" in report.stages:
+        status += " (this report is the run's last stage)"
+    _display_html(STYLE + f"<p>Pipeline <b>{esc(r.name)}</b> · MLflow run <code>{esc(r.run_id)}</code> · "
+                  f"status <b>{status}</b>. Generated from the MLflow record of the run only — nothing "
+                  "was re-trained or re-computed.</p>")
+
+
+def show(report: Any, section: str) -> None:
+    """Display one section (see ``medcl.reporting.sections.SECTIONS``) in the running notebook."""
+    from medcl.reporting.sections import render
+
+    _display_html("\n".join(render(report, section)))
+
+
+def _display_html(text: str) -> None:
+    from IPython.display import HTML, display
+
+    display(HTML(text))

@@ -1,0 +1,401 @@
+"""The clinician report: saliency math, the notebook, and HTML built from real (tiny) pipeline runs.
+
+One full OCT smoke run (pretrain → classify → calibrate → report, with planted patient identifiers
+in the manifest, the file names and a folder name) and one partial run (pretrain → classify) are
+made once for the module; every HTML check reads those.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+PLANTED_ID = "DOE^JANE-MRN1234567"
+PLANTED_FOLDER = "MRN7654321_export"
+
+
+# -- saliency / embedding helpers (no pipeline) ----------------------------------------------------------
+
+def _cam_reference(dense: torch.Tensor, w_rows: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """CAM (Zhou et al. 2016) in numpy: ``relu(sum_c w[c] A_c)``, then the same upsampling and max-normalising."""
+    import torch.nn.functional as F
+
+    ref = np.maximum(np.einsum("bchw,bc->bhw", dense.numpy(), w_rows), 0)
+    ref = F.interpolate(torch.as_tensor(ref)[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return (ref / ref.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]).numpy()
+
+
+def test_grad_cam_equals_cam_for_a_linear_head_on_pooled_features():
+    """Grad-CAM of ``W · GAP(A)`` is CAM: the gradient weights are ``W[k, c] / |S'|``."""
+    from medcl.networks.tiny import TinyCNN
+    from medcl.reporting.saliency import grad_cam
+
+    torch.manual_seed(0)
+    enc = TinyCNN(in_channels=1, spatial_dims=2).eval()
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        dense = enc.forward_dense(x)
+    w, b = torch.randn(4, dense.shape[1]), torch.randn(4)
+    target = torch.tensor([0, 2, 3])
+    cams, logits = grad_cam(enc, w, b, x, target)
+    assert cams.shape == (3, 32, 32)
+    np.testing.assert_allclose(cams, _cam_reference(dense, w.numpy()[target.numpy()], (32, 32)), atol=1e-5)
+    np.testing.assert_allclose(logits, (dense.flatten(2).mean(2) @ w.T + b).numpy(), rtol=1e-5, atol=1e-5)
+    peaks = cams.max(axis=(1, 2))
+    assert (np.isclose(peaks, 1.0) | np.isclose(peaks, 0.0)).all() and np.isclose(peaks, 1.0).any()
+
+
+def test_grad_cam_single_logit_shows_evidence_for_the_predicted_side():
+    """Binary head (one logit): class 1 shows where ``W·A > 0``, class 0 where ``W·A < 0``."""
+    from medcl.networks.tiny import TinyCNN
+    from medcl.reporting.saliency import grad_cam
+
+    torch.manual_seed(1)
+    enc = TinyCNN(in_channels=1, spatial_dims=2).eval()
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        dense = enc.forward_dense(x)
+    w = torch.randn(1, dense.shape[1])
+    pos, _ = grad_cam(enc, w, torch.zeros(1), x, torch.tensor([1]))
+    neg, _ = grad_cam(enc, w, torch.zeros(1), x, torch.tensor([0]))
+    np.testing.assert_allclose(pos, _cam_reference(dense, w.numpy(), (32, 32)), atol=1e-5)
+    np.testing.assert_allclose(neg, _cam_reference(dense, -w.numpy(), (32, 32)), atol=1e-5)
+
+
+def test_input_x_gradient_is_exact_for_a_linear_model():
+    """For ``z = W x + b`` the attribution is ``x * W[target]`` and sums to ``z - b`` (completeness)."""
+    from medcl.reporting.saliency import LinearOnEncoder, input_x_gradient
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 50)  # (B, leads, T)
+    w, b = torch.randn(4, 150), torch.randn(4)
+    model = LinearOnEncoder(torch.nn.Flatten(), w, b)
+    target = torch.tensor([1, 3])
+    attr, logits = input_x_gradient(model, x, target)
+    ref = x.numpy() * w.numpy()[target.numpy()].reshape(2, 3, 50)
+    np.testing.assert_allclose(attr, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(attr.reshape(2, -1).sum(1), logits[[0, 1], [1, 3]] - b.numpy()[[1, 3]], rtol=1e-4)
+
+
+def test_select_examples_most_confident_first():
+    from medcl.reporting.saliency import select_examples
+
+    correct = np.array([True, False, True, True, False, True])
+    conf = np.array([0.6, 0.9, 0.95, 0.7, 0.55, 0.99])
+    ok, wrong = select_examples(correct, conf, k=2)
+    assert ok.tolist() == [5, 2]
+    assert wrong.tolist() == [1, 4]
+
+
+def test_rendered_saliency_pngs_decode(tmp_path):
+    import matplotlib.image as mpimg
+
+    from medcl.reporting.saliency import render_image_saliency, render_signal_saliency
+
+    rng = np.random.default_rng(0)
+    for name, png in {
+        "2d": render_image_saliency(rng.random((1, 24, 24)), rng.random((24, 24)), "true a · predicted b"),
+        "rgb": render_image_saliency(rng.random((3, 24, 24)), rng.random((24, 24)), "t"),
+        "3d": render_image_saliency(rng.random((1, 8, 8, 6)), rng.random((8, 8, 6)), "t"),
+        "ecg": render_signal_saliency(rng.standard_normal((3, 200)), rng.standard_normal((3, 200)), "t",
+                                      sampling_rate=100.0),
+    }.items():
+        assert png[:8] == b"\x89PNG\r\n\x1a\n", name
+        (tmp_path / f"{name}.png").write_bytes(png)
+        arr = mpimg.imread(tmp_path / f"{name}.png")
+        assert arr.ndim == 3 and arr.shape[0] > 50 and arr.shape[1] > 100 and arr.std() > 0.01, name
+
+
+def test_reduce_2d_separates_two_clusters():
+    from medcl.reporting.embedding import reduce_2d
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (20, 16)), rng.normal(8, 1, (20, 16))])
+    y = np.repeat([0, 1], 20)
+    xy, method = reduce_2d(x, seed=0)
+    assert method == "t-SNE" and xy.shape == (40, 2) and np.isfinite(xy).all()
+    d = ((xy[:, None] - xy[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    assert (y[d.argmin(1)] == y).mean() == 1.0  # every nearest neighbour is of the same cluster
+    xy5, m5 = reduce_2d(x[:5])
+    assert m5 == "PCA" and xy5.shape == (5, 2)
+
+
+def test_notebook_has_one_heading_per_section_and_reads_mlflow_only():
+    import nbformat
+
+    from medcl.reporting.sections import SECTIONS
+
+    nb = nbformat.read(REPO / "notebooks" / "report.ipynb", as_version=4)
+    nbformat.validate(nb)
+    headings = [line[3:].split(". ", 1)[1] for c in nb.cells if c.cell_type == "markdown"
+                for line in c.source.splitlines() if line.startswith("## ")]
+    assert headings == [title for title, _ in SECTIONS.values()]
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and "run_id" in params[0].source and "tracking_uri" in params[0].source
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    imports = re.findall(r"^\s*(?:from|import)\s+([\w.]+)", code, flags=re.M)
+    assert imports and all(m.startswith("medcl.reporting") for m in imports), imports
+
+
+# -- real runs ---------------------------------------------------------------------------------------------
+
+def _planted_manifest(root: Path) -> Path:
+    """The synthetic OCT set with one patient renamed to a planted identifier (id and file names)."""
+    from medcl.data.synth import synthesize
+
+    synthesize(root / "synth", modalities=["oct"], patients=12, seed=0)
+    src = root / "synth" / "oct"
+    dst = root / PLANTED_FOLDER / "oct"
+    shutil.copytree(src, dst)
+    with open(src / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    first = rows[0]["patient_id"]
+    for r in rows:
+        r["label"] = r["class_name"]  # class names: independent of how integer labels are read
+        if r["patient_id"] == first:
+            r["patient_id"] = PLANTED_ID
+            new = f"images/{PLANTED_ID}_{Path(r['path']).name}"
+            (dst / r["path"]).rename(dst / new)
+            r["path"] = new
+    with open(dst / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return dst / "manifest.csv"
+
+
+def _settings(manifest: Path, out: Path) -> list[str]:
+    return [f"data.manifest={manifest}", f"runtime.output_dir={out}", "runtime.progress=false", "runtime.device=cpu",
+            "model.encoder=tiny_cnn", "model.proj_hidden_dim=64", "model.proj_dim=32", "pretrain.batch_size=8", "data.batch_size=16",
+            "classify.n_boot=20"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """``{"full": (run_id, html), "partial": run_id, "uri": ..., "manifest": ...}`` from two real runs."""
+    from medcl.pipeline import load_pipeline, run_pipeline
+
+    root = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    manifest = _planted_manifest(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        full = load_pipeline(REPO / "pipelines" / "demo" / "oct.yaml", [
+            *_settings(manifest, root / "runs"), "classify.protocols=[linear, knn]",
+            "classify.label_fractions=[0.5, 1.0]", "classify.baselines=[]",
+            "stages=[pretrain, classify, calibrate, report]"], smoke=True)
+        ctx = run_pipeline(full, smoke=True)
+        partial = load_pipeline(REPO / "pipelines" / "demo" / "oct.yaml", [
+            *_settings(manifest, root / "runs"), "classify.protocols=[linear]", "classify.label_fractions=[1.0]",
+            "classify.baselines=[]", "stages=[pretrain, classify]"], smoke=True)
+        pctx = run_pipeline(partial, smoke=True)
+    return {"full": (ctx.parent_run_id, Path(ctx.outputs["report"]["html"])), "partial": pctx.parent_run_id,
+            "uri": uri, "root": root, "manifest": manifest}
+
+
+def _child_metrics(uri: str, run_id: str) -> dict[str, float]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_run(run_id).info.experiment_id
+    out: dict[str, float] = {}
+    for r in client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{run_id}'"):
+        out.update(r.data.metrics)
+    return out
+
+
+def test_report_stage_writes_html_with_every_section(runs):
+    from medcl.reporting.sections import SECTIONS
+
+    run_id, html_path = runs["full"]
+    html = html_path.read_text(encoding="utf-8")
+    for title, _ in SECTIONS.values():
+        assert title in html, title
+    # a full run has curves, matrix, reliability, map, saliency and label-efficiency figures, all inline
+    assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]{200,}', html)) >= 7
+    assert not re.search(r"<script[^>]+src=", html), "the report must not load scripts"
+    assert not re.search(r"""<link[^>]+href=["']?https?:""", html), "the report must not load stylesheets"
+    assert not re.search(r"""src=["']https?:""", html)
+    assert "Calibration is missing" not in html
+    assert "Not available:</b> this run has no segmentation stage" in html
+    for code in ("medcl.reporting", "show(report", "import "):
+        assert code not in html, f"code cell source {code!r} leaked into the report"
+    # logged to the pipeline run
+    from mlflow import MlflowClient
+
+    arts = [a.path for a in MlflowClient(tracking_uri=runs["uri"]).list_artifacts(run_id, "report")]
+    assert arts == ["report/report.html"]
+
+
+def test_report_numbers_equal_mlflow(runs):
+    run_id, html_path = runs["full"]
+    html = html_path.read_text(encoding="utf-8")
+    metrics = _child_metrics(runs["uri"], run_id)
+    cells = re.findall(r'data-metric="([^"]+)">([^<]+)<', html)
+    assert len(cells) >= 10
+    keys = {k for k, _ in cells}
+    assert any(k.endswith("/f100/auroc") for k in keys) and "test/ece_before" in keys and "test/ece_after" in keys
+    compared = 0
+    for key, shown in cells:
+        value = metrics.get(key, float("nan"))
+        if shown == "n/a":
+            assert not np.isfinite(value), key
+            continue
+        assert abs(float(shown) - value) <= 5e-4 + 1e-9, (key, shown, value)
+        compared += 1
+    assert compared >= 8
+    # the headline table is about the model handed to calibration, stated in the classify run
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=runs["uri"])
+    exp = client.get_run(run_id).info.experiment_id
+    cls = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{run_id}' and tags.`medcl.stage` = 'classify'")[0]
+    primary = cls.data.params["classify.primary_model"]
+    headline = html.split("medcl-headline", 1)[1].split("</table>", 1)[0]
+    assert f'data-metric="test/{primary}/auroc"' in headline
+    # cohort counts equal data_summary.json
+    summary = json.loads(Path(client.download_artifacts(run_id, "data_summary.json", str(runs["root"]))).read_text())
+    assert f"{summary['total']['patients']} patients and {summary['total']['samples']} samples" in html
+
+
+def test_report_contains_no_planted_identifiers(runs):
+    run_id, html_path = runs["full"]
+    html = html_path.read_text(encoding="utf-8")
+    with open(runs["manifest"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    planted = {PLANTED_ID, "MRN1234567", "DOE^JANE", "DOE&#94;JANE", PLANTED_FOLDER, "MRN7654321"}
+    planted |= {r["patient_id"] for r in rows} | {r["study_id"] for r in rows if r["study_id"]}
+    planted |= {Path(r["path"]).stem for r in rows}
+    low = html.lower()
+    leaked = sorted(p for p in planted if p.lower() in low)
+    assert not leaked, leaked
+    assert "manifest.csv" in html  # the data source is named by its file name only
+
+
+def test_partial_run_report_says_what_is_missing(runs, tmp_path):
+    from medcl.report import build_report
+    from medcl.reporting.sections import SECTIONS
+
+    out = build_report(runs["partial"], out=tmp_path / "partial.html", tracking_uri=runs["uri"], log_to_run=False)
+    html = out.read_text(encoding="utf-8")
+    for title, _ in SECTIONS.values():
+        assert title in html, title
+    assert "Calibration is missing" in html
+    assert "this run has no calibrate stage" in html
+    assert "only one label fraction" in html
+    assert "Headline metrics" in html and 'data-metric="test/ssl/linear/f100/auroc"' in html
+
+
+def test_report_for_unknown_run_fails_clearly(runs, tmp_path):
+    from medcl.errors import TrackingError
+    from medcl.report import build_report
+
+    with pytest.raises(TrackingError, match="no run"):
+        build_report("0" * 32, out=tmp_path / "x.html", tracking_uri=runs["uri"])
+
+
+def test_report_renders_in_headless_chromium(runs, tmp_path):
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/ensure-chromium.sh (make test does) to install Debian's "
+                    "chromium — this test renders the HTML report in it")
+    _, html_path = runs["full"]
+    shot = tmp_path / "report.png"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,3000",
+           "--enable-logging=stderr", "--v=0", html_path.resolve().as_uri()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Uncaught" not in res.stderr, res.stderr[-2000:]
+    assert shot.is_file() and shot.stat().st_size > 20_000
+    import matplotlib.image as mpimg
+
+    px = mpimg.imread(shot)
+    assert px.shape[:2] == (3000, 1200)
+    assert px[..., :3].std() > 0.05  # text, tables and figures, not a blank page
+
+
+# -- sections on runs logged directly (no training): segmentation, a FAILED stage, PHI guard -----------------
+
+@pytest.fixture
+def seg_run(tmp_path):
+    """A pipeline run with a finished ``segment`` stage (per-case Dice, an overlay) and a FAILED ``calibrate``."""
+    from matplotlib.figure import Figure
+
+    from medcl.tracking import MLflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = MLflowTracker.start("seg-demo", uri=uri, experiment="medcl",
+                                 tags={"medcl.kind": "pipeline", "medcl.smoke": "false"})
+    parent.log_params({"stages": json.dumps(["segment", "calibrate", "report"]), "data.task": "binary",
+                       "data.classes": json.dumps(["background", "lesion"]), "data.manifest_name": "manifest.csv",
+                       "segment.network": "unet"})
+    seg = parent.child("segment", tags={"medcl.stage": "segment", "medcl.kind": "stage"})
+    seg.log_metrics({"test/pretrained/f100/dice_mean": 0.8123, "test/pretrained/f100/dice_mean_ci_low": 0.7011,
+                     "test/pretrained/f100/dice_mean_ci_high": 0.9002, "test/scratch/f100/dice_mean": 0.6544})
+    cases = tmp_path / "per_case.csv"
+    with cases.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["model", "fraction", "index", "patient", "dice_mean", "dice_lesion"])
+        for model, base in (("pretrained", 0.8), ("scratch", 0.6)):
+            for i in (3, 7):
+                w.writerow([model, 1.0, i, i // 3, f"{base + i / 100:.4f}", f"{base + i / 100:.4f}"])
+    seg.log_artifact(cases)
+    (tmp_path / "overlays").mkdir()
+    fig = Figure(figsize=(2, 2))
+    fig.subplots().imshow(np.random.default_rng(0).random((16, 16)))
+    fig.savefig(tmp_path / "overlays" / "case-row00003.png")
+    seg.log_artifact(tmp_path / "overlays", "overlays")
+    seg.end("FINISHED")
+    parent.child("calibrate", tags={"medcl.stage": "calibrate", "medcl.kind": "stage"}).end("FAILED")
+    parent.end("FAILED")
+    return parent.run_id, uri
+
+
+def test_sections_of_a_segmentation_run_with_a_failed_stage(seg_run):
+    from medcl.reporting.data import ReportData
+    from medcl.reporting.sections import SECTIONS, render
+
+    run_id, uri = seg_run
+    d = ReportData.load(run_id, uri)
+    html = {k: "\n".join(render(d, k)) for k in SECTIONS}
+    seg = html["segmentation"]
+    assert 'data-metric="test/pretrained/f100/dice_mean">0.812<' in seg and "0.701 – 0.900" in seg
+    assert "data:image/png;base64," in seg and "case-row00003.png" in seg
+    assert "<td>3</td><td>0.830</td><td>0.630</td>" in seg  # per-case Dice, pretrained vs scratch
+    assert ">0.812<" in html["headline"]  # segmentation-only runs headline their Dice
+    assert "Calibration is missing" in html["calibration"] and "status FAILED" in html["calibration"]
+    assert "calibrate</b> (FAILED)" in html["trained"]
+    for key in ("curves", "confusion", "embedding", "saliency", "label_efficiency", "cohort"):
+        assert "Not available" in html[key], key
+    assert "could not be drawn" not in "".join(html.values())  # every absence is explained, none crashed
+    assert "Incomplete run" in html["limitations"]
+
+
+def test_stage_run_id_resolves_to_its_pipeline_and_html_phi_guard(seg_run, tmp_path):
+    from medcl import phi
+    from medcl.errors import PHIError
+    from medcl.tracking.reader import RunReader
+
+    run_id, uri = seg_run
+    reader = RunReader(run_id, uri)
+    seg_id = reader.stage("segment").run_id
+    assert RunReader(seg_id, uri).run_id == run_id
+    phi.REGISTRY.add("MRN1234567")
+    page = tmp_path / "report.html"
+    page.write_text('<p>ok</p><img src="data:image/png;base64,AAAAMRN1234567AAAA"/>')
+    reader.log_artifact(page, "report")  # base64 data are not text: no false alarm
+    page.write_text("<p>patient MRN1234567</p>")
+    with pytest.raises(PHIError):
+        reader.log_artifact(page, "report")
