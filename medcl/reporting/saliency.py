@@ -142,7 +142,8 @@ def render_image_saliency(image: np.ndarray, cam: np.ndarray, title: str) -> byt
     overlay = matplotlib.colormaps["jet"](np.clip(cam, 0, 1))
     overlay[..., 3] = 0.6 * np.clip(cam, 0, 1)  # transparent where the map is low
     axes[1].imshow(overlay)
-    axes[1].set_title("Grad-CAM (red = most used)", fontsize=9)
+    axes[1].set_title("Grad-CAM (red = most used)" if cam.max() > 0 else "Grad-CAM: no region stood out",
+                      fontsize=9)
     for ax in axes:
         ax.set_axis_off()
     fig.suptitle(title, fontsize=9)

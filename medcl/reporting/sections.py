@@ -114,7 +114,7 @@ def plain_sentence(name: str, value: float, task: str, classes: Sequence[str]) -
     if not math.isfinite(value):
         return "Could not be computed on this test set (for example, a class is absent)."
     pct = f"{value:.0%}"
-    pos = classes[1] if task == "binary" and len(classes) > 1 else "the condition"
+    pos = classes[1] if task == "binary" and len(classes) > 1 and not str(classes[1]).isdigit() else "the finding"
     avg = " (averaged over classes, each against the rest)" if task in ("multiclass", "ordinal") else ""
     avg = " (averaged over labels)" if task == "multilabel" else avg
     s = {

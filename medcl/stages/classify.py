@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from medcl.errors import PHIError
+
 log = logging.getLogger(__name__)
 HEADLINE = ("auroc", "auprc", "balanced_accuracy", "f1", "qwk")
 MAX_SUBGROUP_LEVELS = 8
@@ -272,9 +274,16 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
         (ft_dir / "primary.json").write_text(json.dumps(meta, default=_jsonable))
         out.update({"primary": str(prim_path), "primary_meta": str(ft_dir / "primary.json"),
                     "pretrained_encoder": pretrained})
-        # what the report shows beyond metrics (predictions, feature map, saliency): never patient ids
-        _log_report_material(ctx, tracker, primary, primary_model, encoders, features, results, split_idx, y,
-                             subgroups, largest)
+        # what the report shows beyond metrics (predictions, feature map, saliency): never patient ids.
+        # A failure here must not throw away the evaluation above: the report then says what is missing.
+        try:
+            _log_report_material(ctx, tracker, primary, primary_model, encoders, features, results, split_idx, y,
+                                 subgroups, largest)
+        except PHIError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.warning("classify: the report's predictions/feature map/saliency could not be made (%s: %s); "
+                        "the report will show them as missing", type(exc).__name__, exc)
     distributed.barrier()
     return out
 
@@ -317,11 +326,11 @@ def _log_report_material(ctx: Any, tracker: Any, primary: dict[str, Any], primar
     row = next((r for r in results if r["model"] == primary["encoder"] and r["protocol"] == primary["kind"]
                 and r["fraction"] == largest), None)
     thr = (row or {}).get("metrics", {}).get("_info", {}).get("threshold")
-    thr = 0.5 if thr is None else float(thr)
+    thr = np.asarray(0.5 if thr is None else thr, dtype=np.float64)  # per label for multi-label
     yt = y["test"]
     if task == "binary":
         probs = np.stack([1 - probs, probs], 1)
-        pred = (probs[:, 1] >= thr).astype(np.int64)
+        pred = (probs[:, 1] >= float(thr.reshape(-1)[0])).astype(np.int64)
         correct = pred == yt
     elif task == "multilabel":
         pred_sets = probs >= thr

@@ -171,10 +171,14 @@ def patient_cv_splits(
         return []
     x_dummy = np.zeros((g.shape[0], 1))
     if y is not None and np.ndim(y) == 1:
+        yy = np.asarray(y).astype(np.int64)
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "least populated class has only n members"
-            return [(tr, va) for tr, va in splitter.split(x_dummy, np.asarray(y).astype(np.int64), g)]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "least populated class has only n members"
+                return [(tr, va) for tr, va in splitter.split(x_dummy, yy, g)]
+        except ValueError:  # every class has fewer samples than folds: stratification is impossible
+            pass
     return [(tr, va) for tr, va in GroupKFold(n_splits=k).split(x_dummy, None, g)]
 
 

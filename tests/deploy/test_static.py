@@ -59,11 +59,17 @@ def pip_installs(commands: list[str]) -> list[list[str]]:
     """Every ``pip install`` invocation in shell command strings, as argument lists after ``install``."""
     found = []
     for cmd in commands:
-        for part in re.split(r"&&|;|\|\|", cmd):
-            words = shlex.split(part)
-            for i in range(len(words) - 1):
-                if words[i].endswith("pip") and words[i + 1] == "install":
-                    found.append(words[i + 2:])
+        lex = shlex.shlex(cmd, posix=True, punctuation_chars=True)
+        lex.whitespace_split = True
+        words: list[str] = []
+        for tok in [*lex, ";"]:
+            if tok in ("&&", "||", ";", "|"):
+                for i in range(len(words) - 1):
+                    if words[i].endswith("pip") and words[i + 1] == "install":
+                        found.append(words[i + 2:])
+                words = []
+            else:
+                words.append(tok)
     return found
 
 
@@ -203,6 +209,12 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
+def interpolate(value: str) -> str:
+    """Compose's ``${VAR:-default}`` / ``${VAR:?error}`` with no variable set (defaults; "x" for required)."""
+    return re.sub(r"\$\{[A-Z0-9_]+(?::-([^}]*)|:\?[^}]*)?\}", lambda m: m.group(1) if m.group(1) is not None else "x",
+                  value)
+
+
 def test_compose_structure():
     c = compose()
     assert set(c) <= {"name", "services", "volumes", "networks", "secrets", "configs"}
@@ -224,8 +236,8 @@ def test_compose_structure():
         for port in svc.get("ports", []):
             assert re.fullmatch(r"\$\{MLFLOW_BIND:-127\.0\.0\.1\}:\$\{[A-Z_]+:-\d+\}:\d+", port), port
         for vol in svc.get("volumes", []):
-            source = vol.split(":")[0]
-            if not source.startswith(("/", ".", "$")):
+            source = interpolate(vol).split(":")[0]
+            if not source.startswith(("/", ".")):
                 assert source in c["volumes"], f"named volume {source} is not declared"
     assert services["db"]["image"] == "postgres:16"
     assert any(v.endswith(":/var/lib/postgresql/data") for v in services["db"]["volumes"])
@@ -243,7 +255,7 @@ def test_compose_mlflow_and_trainer_wiring():
     assert trainer["depends_on"]["mlflow"]["condition"] == "service_healthy"
     devices = trainer["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
-    targets = {v.split(":")[1] for v in trainer["volumes"]}
+    targets = {interpolate(v).split(":")[1] for v in trainer["volumes"]}
     assert targets == {"/data", "/runs"}
     assert any(v.endswith(":/data:ro") for v in trainer["volumes"])  # patient data is read-only
     # the server accepts the Host header the trainer sends (mlflow's DNS-rebinding protection)
