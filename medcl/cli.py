@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="dataset root paths may not escape (default: manifest folder)")
     p.add_argument("--no-read", action="store_true", help="check columns and files exist, do not decode files")
     p.add_argument("--workers", type=int, default=2, help="threads reading files")
+    p.add_argument("--max-voxels", type=int, default=2**29,
+                   help="largest file in values (channels x voxels) medcl may load (default 2**29 = 2 GiB as "
+                   "float32, like data.max_voxels); 0 = no limit")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = dsub.add_parser("inspect", help="what medcl's reader gives for a file or series folder",
                         description="Before any modality preset: CT in HU, signals in physical units.")
@@ -128,7 +131,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
         manifest = load_manifest(args.manifest, root=args.root)
         classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
         problems = validate_manifest(manifest, classes=classes, task=args.task, check_files=not args.no_read,
-                                     modality=args.modality, workers=args.workers)
+                                     modality=args.modality, workers=args.workers,
+                                     max_voxels=args.max_voxels or None)
         if args.json:
             print(problems_to_json(problems))
         else:

@@ -44,10 +44,12 @@ def setup_logging(log_dir: str | Path | None = None, verbose: bool = False) -> P
     path = None
     if log_dir is not None:
         d = Path(log_dir)
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = d / f"medcl-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        fh = logging.FileHandler(path, encoding="utf-8")
+        # created owner-only from the first byte (log lines may name files of the data set)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         os.chmod(path, 0o600)
+        fh = logging.FileHandler(path, encoding="utf-8")
         fh.setLevel(logging.DEBUG)
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         fh.addFilter(RedactPHI())

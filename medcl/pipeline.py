@@ -152,7 +152,19 @@ def _stage_runs(uri: str | None, cfg: PipelineConfig, parent_id: str) -> dict[st
 
 def run_pipeline(cfg: PipelineConfig, *, force: bool = False, resume: bool = False, dry_run: bool = False,
                  smoke: bool = False) -> RunContext:
-    """Run every stage of ``cfg`` (see module docstring); returns the context with all outputs."""
+    """Run every stage of ``cfg`` (see module docstring); returns the context with all outputs.
+
+    Everything the run creates (run folder, checkpoints, a local MLflow store, the report) is
+    readable by its owner only: the process umask is 0o077 while the pipeline runs.
+    """
+    old_umask = os.umask(0o077)
+    try:
+        return _run_pipeline(cfg, force=force, resume=resume, dry_run=dry_run, smoke=smoke)
+    finally:
+        os.umask(old_umask)
+
+
+def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bool, smoke: bool) -> RunContext:
     from medcl import distributed
     from medcl.data.prepare import prepare_data
     from medcl.tracking import MLflowTracker, NullTracker, default_tracking_uri
@@ -289,7 +301,8 @@ def _log_pipeline_inputs(parent: Any, cfg: PipelineConfig, data: Any, run_dir: P
         parent.log_dict({s: {k: {"patients": len(v["patients"]), "samples": v["samples"]} for k, v in per.items()}
                          for s, per in sites.items()}, "site_summary.json")
     if data.excluded:
-        rows = [{"row": p.row, "code": p.code, "what": p.what} for p in data.excluded]
+        # Row numbers and problem codes only: paths and problem lines can carry identifiers.
+        rows = [{"row": e["row"], "patient": e.get("patient"), "codes": e["codes"]} for e in data.excluded]
         parent.log_dict(rows, "excluded_rows.json")
     os.chmod(run_dir / "config.yaml", 0o600)
 

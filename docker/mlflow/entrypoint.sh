@@ -45,6 +45,13 @@ case "${MLFLOW_AUTH:-none}" in
     none | "") ;;
     basic)
         [ -n "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ] || die "MLFLOW_AUTH=basic needs MLFLOW_AUTH_ADMIN_PASSWORD (set it in .env)"
+        # mlflow's auth app needs a static key for CSRF protection; without one, make a random
+        # key for this start (sessions then end when the server restarts) and say so.
+        if [ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]; then
+            MLFLOW_FLASK_SERVER_SECRET_KEY="$(python -c 'import secrets; print(secrets.token_hex(32))')"
+            echo "mlflow-entrypoint: MLFLOW_FLASK_SERVER_SECRET_KEY not set; using a random key for this start" >&2
+        fi
+        export MLFLOW_FLASK_SERVER_SECRET_KEY
         export MLFLOW_AUTH_ADMIN_USERNAME="${MLFLOW_AUTH_ADMIN_USERNAME:-admin}"
         export MLFLOW_AUTH_ADMIN_PASSWORD
         AUTH_DIR="${MLFLOW_AUTH_DIR:-/mlflow-auth}"

@@ -205,8 +205,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
 
 
 def resolved_dict(cfg: PipelineConfig) -> dict[str, Any]:
-    """The resolved config as plain JSON-able data (what is saved with every run)."""
-    return cfg.model_dump(mode="json")
+    """The resolved config as plain JSON-able data (what is saved with every run).
+
+    Secrets never reach it: a password inside a URI (``tracking.uri: http://user:pw@host``) and the
+    value of any secret environment variable (:data:`medcl.phi.SECRET_ENV_VARS`) become ``***``.
+    """
+    from medcl import phi
+
+    return phi.scrub_secrets(cfg.model_dump(mode="json"))
 
 
 def dump_yaml(cfg: PipelineConfig) -> str:

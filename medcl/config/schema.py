@@ -44,6 +44,9 @@ class DataConfig(Section):
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
     reader_options: dict[str, Any] = Field(default_factory=dict, description="passed to the reader")
+    max_voxels: int | None = Field(
+        2**29, ge=1, description="largest sample in values (channels × voxels; 2**29 = 2 GiB as float32) read into "
+        "memory; larger files are rejected before training, naming the file and its size (null: no limit)")
     synth_patients: int | None = Field(None, ge=2, description="demo only: patients to synthesise")
 
 
@@ -97,6 +100,9 @@ class FinetuneConfig(Section):
     layer_decay: float = Field(0.75, gt=0.0, le=1.0)
     batch_size: int = Field(32, ge=1)
     max_steps: int | None = Field(None, ge=1)
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="also checkpoint every this many steps (always at each epoch end); --resume continues")
+    keep_checkpoints: int = Field(2, ge=1)
 
 
 class ClassifyConfig(Section):

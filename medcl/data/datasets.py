@@ -11,7 +11,7 @@
   (:mod:`medcl.transforms.seeding`), so batches are identical with 0 or 2 workers; a
   ``worker_init_fn`` seeds the global RNGs of each worker from ``(seed, epoch, worker, rank)``.
 
-This module never calls ``torch.distributed``: rank and world size are arguments
+This module never touches the process group: rank and world size are arguments
 (:mod:`medcl.distributed` is the only place that talks to the process group).
 """
 

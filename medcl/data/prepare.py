@@ -97,7 +97,8 @@ def _relabel(manifest: Any, column: str) -> list[Any]:
     if col not in found:
         near = difflib.get_close_matches(col, found, n=1)
         raise ConfigError(f"the manifest has no column {column!r}", where="data.label_column",
-                          fix=(f"did you mean {near[0]!r}? " if near else "") + f"columns: label, {', '.join(found)}")
+                          fix=(f"did you mean {near[0]!r}? " if near else "")
+                          + f"the columns besides the standard ones are: {', '.join(found) or '(none)'}")
     return [dataclasses.replace(r, label=(r.extra.get(col) or "").strip() or None) for r in manifest.records]
 
 
@@ -126,6 +127,7 @@ def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
     problems = validate_manifest(
         manifest, classes=d.classes, task=d.task,
         check_files=d.validate_files if check_files is None else check_files, modality=d.modality,
+        max_voxels=d.max_voxels,
     )
     excluded: list[Any] = []
     records = manifest.records
@@ -140,8 +142,10 @@ def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
                 "to exclude them (they are then listed and logged)",
             )
         records, excluded = filter_records(manifest, problems)
+        for e in excluded:
+            log.warning("excluded: %s", "; ".join(e["problems"]))
         log.warning("excluding %d row(s) with problems (data.on_error=skip); the list is logged as "
-                    "excluded_rows.json", len({p.row for p in excluded}))
+                    "excluded_rows.json", len(excluded))
     if not records:
         raise DataError("every row was excluded", where=str(d.manifest), fix="fix the manifest rows listed above")
     y, classes, label_issues = label_problems(records, d.classes, d.task, d.label_sep)
@@ -151,10 +155,44 @@ def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
     if y.ndim == 1 and (y >= 0).any():
         labels = y
     assignment = make_splits(records, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                             seed=cfg.seed, stratify=d.stratify, labels=labels)
+                             seed=cfg.seed, stratify=d.stratify, labels=labels, class_names=classes)
     check_leakage(records, assignment)
     patient_index = {p: i for i, p in enumerate(sorted({r.patient for r in records}))}
     bundle = DataBundle(records=list(records), excluded=list(excluded), y=y, classes=list(classes), task=d.task,
                         assignment=assignment, patient_index=patient_index, manifest_path=Path(d.manifest))
     bundle.summary = split_summary(records, assignment, labels)
+    check_splits_for_stages(bundle, getattr(cfg, "stages", []))
     return bundle
+
+
+#: the splits each stage cannot run without, and whether they need labelled samples
+STAGE_SPLITS: dict[str, tuple[tuple[str, bool], ...]] = {
+    "pretrain": (("train", False),),
+    "classify": (("train", True), ("test", True)),
+    "segment": (("train", False), ("test", False)),
+    "calibrate": (("val", True), ("test", True)),
+}
+
+
+def check_splits_for_stages(bundle: DataBundle, stages: list[str]) -> None:
+    """Fail before any training when a stage would find its split empty (e.g. no test patients).
+
+    Raises:
+        SplitError: naming the split, the stage that needs it and the patients per split.
+    """
+    from medcl.errors import SplitError
+
+    counts = {s: len({r.patient for r in bundle.records if bundle.assignment.get(r.patient) == s}) for s in SPLITS}
+    for stage in stages:
+        for split, labelled in STAGE_SPLITS.get(stage, ()):
+            if len(bundle.indices(split, labelled=labelled)):
+                continue
+            per = ", ".join(f"{counts[s]} {s}" for s in SPLITS)
+            kind = "labelled samples" if labelled else "samples"
+            raise SplitError(
+                f"the {split} split has no {kind} ({per} patients) but stage {stage} needs it",
+                where="data",
+                fix=(f"give some patients split={split} in the manifest, or clear its split column to let medcl split "
+                     f"by patient (data.{split}_fraction)") if split != "train" else
+                    "label more patients or lower data.val_fraction/test_fraction",
+            )

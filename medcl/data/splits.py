@@ -100,6 +100,7 @@ def make_splits(
     seed: int = 0,
     stratify: bool = True,
     labels: Sequence[Any] | np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, str]:
     """Assign every patient to ``'train'``, ``'val'`` or ``'test'``.
 
@@ -114,6 +115,7 @@ def make_splits(
         stratify: keep class proportions per split (by each patient's majority label).
         labels: one label per record (strings, ints with ``-1`` unlabelled, or multi-hot rows);
             default ``record.label``.
+        class_names: names of integer labels, for messages only (the split does not depend on them).
 
     Returns:
         ``{pseudonymised patient: split}``, sorted by patient.
@@ -175,7 +177,8 @@ def make_splits(
         ties = rng.random(len(members))
         is_rare = use_strata and not k.startswith("\0") and len(members) < n_splits
         if is_rare:
-            rare.append(f"{k!r} ({len(members)} patient{'s' if len(members) > 1 else ''})")
+            name = class_names[int(k)] if class_names and k.isdigit() and int(k) < len(class_names) else k
+            rare.append(f"{name!r} ({len(members)} patient{'s' if len(members) > 1 else ''})")
         for rank, (j, t) in enumerate(zip(perm, ties)):
             pos = 2.0 if is_rare else (rank + 0.5) / len(members)  # rare classes sort last → train
             order.append((pos, float(t), members[j]))

@@ -21,6 +21,7 @@ code                         meaning
 ``label-not-in-classes``     label not in the class list (did-you-mean)
 ``duplicate-row``            same file as an earlier row (the later row is reported)
 ``patient-in-two-splits``    one patient's rows are in two splits of the split column
+``too-large``                the file decodes to more values than ``data.max_voxels`` allows
 ============================ ===================================================================
 
 Reading every file can be slow: files are read in a thread pool (``workers``) with a rich
@@ -51,7 +52,7 @@ from medcl.errors import DataError, ReaderError
 
 __all__ = [
     "Problem", "validate_manifest", "problems_to_json", "filter_records", "check_shape",
-    "IMAGE_2D", "VOLUME_3D", "MIN_ECG_SAMPLES", "MAX_ECG_LEADS",
+    "IMAGE_2D", "VOLUME_3D", "MIN_ECG_SAMPLES", "MAX_ECG_LEADS", "DEFAULT_MAX_VOXELS", "peek_voxels",
 ]
 
 #: Modalities stored as 2D images ``(C, H, W)``.
@@ -68,6 +69,57 @@ MIN_SIDE = 4
 _NONFINITE = re.compile(r"\bNaN\b|\binfinite values\b")
 #: Tolerance on the image vs mask affine (mm): ``np.allclose(a, b, rtol, atol)``.
 AFFINE_RTOL, AFFINE_ATOL = 1e-4, 1e-3
+#: Default of ``data.max_voxels``: values per sample (channels × voxels), 2 GiB as float32.
+DEFAULT_MAX_VOXELS = 2**29
+
+
+def peek_voxels(path: Path) -> int | None:
+    """How many values (channels × voxels) a file decodes to, read from its header only.
+
+    Used to refuse a file too large for the memory setting *before* decoding it. Covers NIfTI,
+    NRRD, DICOM (single files and series folders) and PNG/JPEG/TIFF images; ``None`` when the
+    size cannot be told cheaply (signals, whole-slide images — read at a small level — or a
+    header the reader will reject anyway).
+    """
+    from medcl.data.readers import detect_format
+
+    try:
+        fmt = detect_format(path)
+        if fmt == "nifti":
+            import nibabel as nib
+
+            return int(np.prod(nib.load(str(path)).shape, dtype=np.int64))
+        if fmt == "nrrd":
+            import nrrd
+
+            return int(np.prod(nrrd.read_header(str(path))["sizes"], dtype=np.int64))
+        if fmt in ("dicom", "dicom_series"):
+            import pydicom
+
+            files = [p for p in sorted(path.iterdir()) if p.is_file()] if path.is_dir() else [path]
+            if not files:
+                return None
+            ds = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+            per_file = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * int(
+                ds.get("NumberOfFrames", 1) or 1)
+            return per_file * len(files)
+        if fmt == "image":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return int(im.width) * int(im.height) * len(im.getbands()) * int(getattr(im, "n_frames", 1) or 1)
+    except Exception:  # noqa: BLE001 - an unreadable header is reported by the reader itself
+        return None
+    return None
+
+
+def _too_large(n: int, max_voxels: int) -> tuple[str, str]:
+    gib = n * 4 / 2**30
+    size = f"{gib:.2f} GiB" if gib >= 0.01 else f"{n * 4 / 2**10:.0f} KiB"
+    return (f"too large for the memory setting: {n:,} values ({size} as float32), more than "
+            f"data.max_voxels = {max_voxels:,}",
+            "raise data.max_voxels (`medcl data validate --max-voxels N`) if the machine has the memory, "
+            "or crop/downsample the file")
 
 
 def check_shape(shape: Sequence[int], modality: str) -> tuple[str, str] | None:
@@ -140,7 +192,8 @@ def _escape_problem(rec: Record, root: Path) -> Problem | None:
     return None
 
 
-def _check_row(rec: Record, modality: str, root: Path, read: Callable[..., Any], require_mask: bool) -> list[Problem]:
+def _check_row(rec: Record, modality: str, root: Path, read: Callable[..., Any], require_mask: bool,
+               max_voxels: int | None = None) -> list[Problem]:
     """File checks for one row (runs in a worker thread)."""
     out: list[Problem] = []
     where = rec.relpath
@@ -155,6 +208,11 @@ def _check_row(rec: Record, modality: str, root: Path, read: Callable[..., Any],
         add("file does not exist", "check the path (relative paths are resolved against the manifest's folder)",
             "missing-file")
         return out
+    if max_voxels:
+        n = peek_voxels(rec.path)
+        if n is not None and n > max_voxels:
+            add(*_too_large(n, max_voxels), "too-large")
+            return out  # never decode it: that is what could exhaust the memory
     image = None
     try:
         image = read(rec.path, modality=modality if modality in MODALITIES else None)
@@ -167,6 +225,8 @@ def _check_row(rec: Record, modality: str, root: Path, read: Callable[..., Any],
             "unreadable")
     if image is not None:
         arr = np.asarray(image.array)
+        if max_voxels and arr.size > max_voxels:
+            add(*_too_large(int(arr.size), max_voxels), "too-large")
         bad = check_shape(arr.shape, modality)
         if bad:
             add(*bad, "bad-shape")
@@ -237,6 +297,7 @@ def validate_manifest(
     label_sep: str = ";",
     require_mask: bool = False,
     progress: bool | None = None,
+    max_voxels: int | None = None,
 ) -> list[Problem]:
     """Check every row of a manifest and return all problems, sorted by row.
 
@@ -253,6 +314,9 @@ def validate_manifest(
         label_sep: multi-label separator.
         require_mask: every row needs a mask (segmentation).
         progress: show a progress bar (default: only on a terminal).
+        max_voxels: largest number of values (channels × voxels) a file may decode to; larger
+            ones are ``too-large`` problems, found from the header before decoding where possible
+            (``None``: no limit).
 
     Returns:
         Problems sorted by row (row 0 — whole-manifest problems — first).
@@ -277,7 +341,8 @@ def validate_manifest(
                             fix="reinstall medcl") from e
         with _progress(progress) as bar, ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
             task_id = bar.add_task("validating", total=len(todo))
-            futures = [pool.submit(_check_row, r, r.modality, root_path, read, require_mask) for r in todo]
+            futures = [pool.submit(_check_row, r, r.modality, root_path, read, require_mask, max_voxels)
+                       for r in todo]
             for fut in as_completed(futures):
                 problems.extend(fut.result())
                 bar.advance(task_id)

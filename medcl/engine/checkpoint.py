@@ -396,6 +396,10 @@ class Checkpointer:
                     p.unlink()
                 except OSError as e:
                     log.warning("could not remove old checkpoint %s: %s", p, e)
+        # half-written temporary files of a process killed while writing (only the main rank writes here)
+        for p in self.directory.glob(".ckpt-*.tmp"):
+            with contextlib.suppress(OSError):
+                p.unlink()
         return path
 
     def load_latest(self, map_location: Any = "cpu") -> dict[str, Any] | None:

@@ -205,6 +205,7 @@ def train_one_epoch(
     rng_state: dict[str, Any] | None = None,
     progress: bool = True,
     log_every: int = 50,
+    accumulator: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Train for one pass over ``loader`` (or ``max_steps`` optimiser steps).
 
@@ -228,6 +229,9 @@ def train_one_epoch(
         skip_batches: batches of this epoch already consumed (mid-epoch resume); a multiple
             of ``grad_accum``. They are drawn from the loader and discarded.
         rng_state: RNG state restored after the skipped batches are drawn (mid-epoch resume).
+        accumulator: the running epoch sums, updated in place (``{"sums": {name: float},
+            "n_micro": int, "grad_norms": [float]}``); pass the one saved with a mid-epoch
+            checkpoint so that the epoch averages of a resumed epoch cover the whole epoch.
         progress: show a progress bar (main rank only).
         log_every: without a terminal, log a line every this many steps.
 
@@ -283,11 +287,12 @@ def train_one_epoch(
     if rng_state is not None:
         restore_rng_state(rng_state)
 
-    sums: dict[str, float] = {}
-    n_micro = 0
+    acc = accumulator if accumulator is not None else {}
+    sums: dict[str, float] = acc.setdefault("sums", {})
+    acc.setdefault("n_micro", 0)
     steps = 0
     lr = float(optimizer.param_groups[0]["lr"])
-    grad_norms: list[float] = []
+    grad_norms: list[float] = acc.setdefault("grad_norms", [])
     total_time = total_wait = 0.0
     total_samples = 0
     g_sums: dict[str, float] = {}
@@ -365,7 +370,7 @@ def train_one_epoch(
             for k, v in zip(names, values):
                 g_sums[k] = g_sums.get(k, 0.0) + v
                 sums[k] = sums.get(k, 0.0) + v
-            n_micro += 1
+            acc["n_micro"] += 1
             g_count += 1
             g_samples += _batch_size(batch)
             batch_idx += 1
@@ -377,6 +382,7 @@ def train_one_epoch(
             finish_group(g_divisor / g_count)
 
     completed = exhausted or (n_batches is not None and batch_idx >= n_batches)
+    n_micro = acc["n_micro"]
     result = {k: v / n_micro for k, v in sums.items()} if n_micro else {}
     if grad_norms:
         result["grad_norm"] = sum(grad_norms) / len(grad_norms)
@@ -449,6 +455,7 @@ def fit(
         model_to_channels_last(core)
 
     epoch, skip, global_step, rng = int(start_epoch), 0, 0, None
+    carried: dict[str, Any] | None = None  # running sums of an interrupted epoch
     state = resume_state
     if state is None and resume and checkpointer is not None:
         state = checkpointer.load_latest()
@@ -457,6 +464,7 @@ def fit(
         epoch, skip, global_step = int(state["epoch"]), int(state["batches_done"]), int(state["global_step"])
         epoch_step = int(state.get("epoch_step", 0))
         rng = state.get("rng")
+        carried = state.get("epoch_accumulator") if skip else None
         run_id = run_id if run_id is not None else state.get("run_id")
         log.info("resuming at epoch %d, batch %d (global step %d)", epoch, skip, global_step)
     else:
@@ -465,16 +473,18 @@ def fit(
         restore_rng_state(rng)
         rng = None
 
-    def save(ep: int, batches_done: int, ep_step: int, n_batches: int | None) -> None:
+    def save(ep: int, batches_done: int, ep_step: int, n_batches: int | None,
+             acc: dict[str, Any] | None = None) -> None:
         if checkpointer is None:
             return
         if n_batches is not None and batches_done >= n_batches:
             ep, batches_done, ep_step = ep + 1, 0, 0
-        checkpointer.save(
-            build_training_state(core, optimizer, scheduler, scaler, epoch=ep, batches_done=batches_done,
-                                 epoch_step=ep_step, global_step=global_step, run_id=run_id, config=config),
-            global_step,
-        )
+        state = build_training_state(core, optimizer, scheduler, scaler, epoch=ep, batches_done=batches_done,
+                                     epoch_step=ep_step, global_step=global_step, run_id=run_id, config=config)
+        if batches_done and acc:
+            state["epoch_accumulator"] = {"sums": dict(acc.get("sums", {})), "n_micro": int(acc.get("n_micro", 0)),
+                                          "grad_norms": list(acc.get("grad_norms", []))}
+        checkpointer.save(state, global_step)
 
     history: list[dict[str, float]] = []
     for ep in range(epoch, epochs):
@@ -485,9 +495,14 @@ def fit(
         if total_steps is None and n_batches is not None:
             total_steps = epochs * math.ceil(n_batches / grad_accum)
         start_step, start_epoch_step = global_step, epoch_step
+        acc: dict[str, Any] = {}
+        if carried:
+            acc = {"sums": {str(k): float(v) for k, v in carried.get("sums", {}).items()},
+                   "n_micro": int(carried.get("n_micro", 0)),
+                   "grad_norms": [float(g) for g in carried.get("grad_norms", [])]}
 
         def on_step(step: int, logs: dict[str, float], _ep: int = ep, _n: int | None = n_batches,
-                    _s0: int = start_step, _es0: int = start_epoch_step) -> None:
+                    _s0: int = start_step, _es0: int = start_epoch_step, _acc: dict[str, Any] = acc) -> None:
             nonlocal global_step
             global_step = step
             if tracker is not None and step % max(1, log_every) == 0:
@@ -495,16 +510,16 @@ def fit(
                                      if k not in ("epoch", "batches_done")}, step)
             done = int(logs["batches_done"])
             if checkpoint_every and step % checkpoint_every == 0 and (_n is None or done < _n):
-                save(_ep, done, _es0 + step - _s0, _n)
+                save(_ep, done, _es0 + step - _s0, _n, _acc)
 
         result = train_one_epoch(
             model, loader, optimizer, scheduler=scheduler, scaler=scaler, amp=amp, device=device, epoch=ep,
             grad_accum=grad_accum, clip_grad=clip_grad, channels_last=channels_last, step_offset=start_step,
             total_steps=total_steps, on_step=on_step,
             max_steps=None if max_steps is None else max_steps - start_step,
-            skip_batches=skip, rng_state=rng, progress=progress,
+            skip_batches=skip, rng_state=rng, progress=progress, accumulator=acc,
         )
-        skip, rng, epoch_step = 0, None, 0
+        skip, rng, epoch_step, carried = 0, None, 0, None
         global_step = start_step + int(result["steps"])
         record = {"epoch": float(ep), "global_step": float(global_step), **result}
         if result["completed"]:
@@ -517,7 +532,7 @@ def fit(
             save(ep + 1, 0, 0, None)
         else:  # stopped by max_steps inside the epoch
             history.append(record)
-            save(ep, int(result["batches_done"]), start_epoch_step + int(result["steps"]), n_batches)
+            save(ep, int(result["batches_done"]), start_epoch_step + int(result["steps"]), n_batches, acc)
             break
     return history
 

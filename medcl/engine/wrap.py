@@ -1,6 +1,6 @@
 """Model wrappers the loop needs: ``torch.compile``, DDP, channels-last, and unwrapping.
 
-``torch.distributed`` itself is only touched by :mod:`medcl.distributed`; DDP and SyncBatchNorm
+The process group itself is only touched by :mod:`medcl.distributed`; DDP and SyncBatchNorm
 come from ``torch.nn``. Checkpoints always hold the *unwrapped* module's ``state_dict``
 (no ``module.`` / ``_orig_mod.`` prefixes), see :func:`unwrap_model`.
 """

@@ -105,16 +105,13 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
         probs = model(torch.as_tensor(example)).numpy()
     model_uri = None
     if tracker.active:
-        from mlflow.models import infer_signature
-
-        signature = infer_signature(example, probs)
         preprocessing = {"preset": cfg.transforms.preset, **(cfg.transforms.model_extra or {}),
                          "input": "float32 (N, C, *spatial) after the preset's eval transforms"}
         tracker.log_dict({"classes": data.classes, "task": task, "calibration": c.method,
                           "temperature": rep.get("temperature"), "preprocessing": preprocessing,
                           "encoder": cfg.model.encoder, "output": "calibrated probabilities"},
                          "model_card.json")
-        model_uri = tracker.log_model(model, "model", signature=signature, input_example=example,
+        model_uri = tracker.log_model(model, "model", signature=(example, probs), input_example=example,
                                       pip_requirements=_requirements(),
                                       registered_model_name=cfg.tracking.register_model,
                                       metadata={"classes": data.classes, "task": task,

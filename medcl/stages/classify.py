@@ -84,8 +84,14 @@ def predict_logits(model: Any, loader: Any, device: Any) -> tuple[np.ndarray, np
     return (z[:, 0] if z.shape[1] == 1 else z), torch.cat(idx).numpy()
 
 
-def _finetune(ctx: Any, encoder: Any, train_items: list[dict], seed_offset: int) -> Any:
-    """Fine-tune encoder + linear head with layer-wise LR decay; returns the ClassifierModel."""
+def _finetune(ctx: Any, encoder: Any, train_items: list[dict], seed_offset: int, ckpt_dir: Any = None) -> Any:
+    """Fine-tune encoder + linear head with layer-wise LR decay; returns the ClassifierModel.
+
+    With ``ckpt_dir``, training state is checkpointed there (every epoch and every
+    ``classify.finetune.checkpoint_every_steps``); with ``--resume`` an interrupted fine-tune
+    continues from its latest checkpoint, and a finished one is restored without retraining.
+    """
+    from medcl.engine.checkpoint import Checkpointer
     from medcl.engine.loop import fit
     from medcl.engine.optim import build_optimizer
     from medcl.engine.schedule import build_scheduler
@@ -114,8 +120,10 @@ def _finetune(ctx: Any, encoder: Any, train_items: list[dict], seed_offset: int)
         loader.set_epoch(epoch + 1000 * seed_offset)
         return loader
 
+    ckpt = Checkpointer(ckpt_dir, keep=ft.keep_checkpoints) if ckpt_dir is not None else None
     fit(wrapper, factory, opt, sched, epochs=ft.epochs, device=ctx.device, max_steps=ft.max_steps, total_steps=steps,
-        progress=False, resume=False)
+        progress=False, checkpointer=ckpt, checkpoint_every=ft.checkpoint_every_steps,
+        resume=bool(ctx.resume and ckpt is not None))
     return model
 
 
@@ -238,7 +246,8 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
             for k, (name, weights) in enumerate(starts.items()):
                 seed_everything(cfg.seed + 7 * k)
                 base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})
-                model = _finetune(ctx, make_encoder(base, weights=weights), items, seed_offset=k)
+                model = _finetune(ctx, make_encoder(base, weights=weights), items, seed_offset=k,
+                                  ckpt_dir=ft_dir / "checkpoints" / f"finetune-{name}-{_fraction_tag(frac)}")
                 zt, it = predict_logits(model, loaders["test"], ctx.device)
                 zt = _align(zt.reshape(len(zt), -1), it, split_idx["test"]).squeeze(-1) if zt.ndim == 1 else _align(
                     zt, it, split_idx["test"])

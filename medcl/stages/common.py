@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -10,15 +11,23 @@ import numpy as np
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed python, numpy and torch (MONAI random transforms are seeded by the loaders)."""
+    """Seed python, numpy and torch (MONAI random transforms are seeded by the loaders).
+
+    With ``deterministic`` (``runtime.deterministic: true``) GPU runs repeat bit for bit too:
+    cuBLAS gets a fixed workspace (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, unless already set),
+    cuDNN picks deterministic algorithms without autotuning, and PyTorch's deterministic
+    implementations are used (ops without one warn). See ``docs/reliability.md``.
+    """
     import torch
 
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first starts
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
 
 
 def transform_params(cfg: Any) -> dict[str, Any]:

@@ -318,22 +318,28 @@ class SegmentationWrapper(nn.Module):
     and returns ``{"loss": scalar, "logits": (B, K, *S)}``; the loss is MONAI's ``DiceCELoss``
     (soft Dice, Milletari et al. 2016, plus cross-entropy) on softmax outputs.
 
+    The defaults follow nnU-Net (Isensee et al. 2021) for small structures: the Dice term covers the
+    foreground classes only and is computed over the whole batch (``batch=True``), so lesion-free
+    cases and the huge background do not drown a lesion of a few voxels (with background Dice and
+    per-case Dice the network learns to predict background everywhere).
+
     Args:
         network: ``(B, C, *S) -> (B, K, *S)`` logits.
         num_classes: ``K`` (background included).
         include_background: include class 0 in the Dice term.
+        batch_dice: one Dice over the batch instead of a mean of per-case Dice.
         lambda_dice, lambda_ce: weights of the two terms.
     """
 
-    def __init__(self, network: nn.Module, num_classes: int, *, include_background: bool = True,
-                 lambda_dice: float = 1.0, lambda_ce: float = 1.0) -> None:
+    def __init__(self, network: nn.Module, num_classes: int, *, include_background: bool = False,
+                 batch_dice: bool = True, lambda_dice: float = 1.0, lambda_ce: float = 1.0) -> None:
         super().__init__()
         from monai.losses import DiceCELoss
 
         self.network = network
         self.num_classes = int(num_classes)
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=include_background,
-                               lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+                               batch=batch_dice, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         for key in ("image", "mask"):

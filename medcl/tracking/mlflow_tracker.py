@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,6 +28,13 @@ from medcl.tracking.base import guard_file, guard_params
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: ``scheme://user:password@`` in a URI or an error message
+_CREDENTIALS = re.compile(r"([a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+# MLflow's own HTTP client retries 7 times with backoff (minutes against a dead server); medcl
+# retries each call itself (tracking.retries), so keep MLflow's layer short unless the user set it.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
 MAX_PARAM_LEN = 6000
 
 
@@ -58,8 +66,9 @@ def _retry(fn: Callable[[], T], what: str, retries: int, wait: float, uri: str) 
             if attempt < retries:
                 log.warning("tracking: %s failed (%s), retry %d/%d", what, type(exc).__name__, attempt + 1, retries)
                 time.sleep(wait * (2**attempt))
+    detail = _CREDENTIALS.sub(r"\1***@", str(last))[:300]
     raise TrackingError(
-        f"{what} failed after {retries + 1} attempts: {type(last).__name__}: {str(last)[:300]}",
+        f"{what} failed after {retries + 1} attempts: {type(last).__name__}: {detail}",
         where=f"tracking store {_safe_uri(uri)}",
         fix="check that the MLflow server is running and reachable (MLFLOW_TRACKING_URI), or raise tracking.retries",
     )
@@ -67,10 +76,7 @@ def _retry(fn: Callable[[], T], what: str, retries: int, wait: float, uri: str) 
 
 def _safe_uri(uri: str) -> str:
     """Hide credentials embedded in a URI (``http://user:pass@host``)."""
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
+    return _CREDENTIALS.sub(r"\1***@", uri)
 
 
 class MLflowTracker:
@@ -192,9 +198,15 @@ class MLflowTracker:
                   metadata: dict[str, Any] | None = None, pip_requirements: list[str] | None = None) -> str:
         """Log a model to this run; a pyfunc wrapper when ``pyfunc_model`` is given, else the pytorch flavour.
 
+        ``signature`` may be an MLflow signature or an ``(input, output)`` pair of examples to infer it from.
         Returns the model URI (``models:/...`` in MLflow 3).
         """
         import mlflow
+
+        if isinstance(signature, tuple):  # (input example, output example): infer it here
+            from mlflow.models import infer_signature
+
+            signature = infer_signature(*signature)
 
         def _log() -> str:
             mlflow.set_tracking_uri(self.uri)

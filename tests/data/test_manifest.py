@@ -63,8 +63,10 @@ def test_csv_fields_and_pseudonymisation(tmp_path):
     assert m.problems == []
     # the clear id and the path components are now known to the PHI guard
     assert phi.REGISTRY.find("note about MRN000456") == "MRN000456"
+    # structural folder names ('masks', 'img') are not identifiers: they never block logging
+    phi.check_value("the masks folder was slow")
     with pytest.raises(PHIError, match="protected health information"):
-        phi.check_value("the masks folder was slow")  # 'masks' is a path part under the root
+        phi.check_value("patient MRN000456 was slow")
 
 
 def test_helpers(tmp_path):

@@ -61,7 +61,7 @@ def test_pyfunc_reload_returns_the_calibrated_probabilities(run_once):
     got = np.asarray(loaded.predict(x))
     import json
 
-    state = json.loads(open(ctx.outputs["calibrate"]["calibration"]).read())["state"]
+    state = json.loads(Path(ctx.outputs["calibrate"]["calibration"]).read_text())["state"]
     _, meta = _load_primary(ctx)
     ref = build_export_model(ctx, meta, calibration_for_export(state))
     with torch.no_grad():
@@ -143,3 +143,32 @@ def test_bad_data_stops_before_training_with_row_lines(tmp_path, tracking_uri):
     assert "row 1 (a.png)" in msg and "row 2 (b.png)" in msg and "row 3 (missing.png)" in msg
     assert "did you mean 'early'" in msg
     assert not (tmp_path / "runs").exists()
+
+
+def test_on_error_skip_excludes_lists_and_logs_bad_rows(oct_demo, tmp_path, caplog, tiny_overrides):
+    import csv
+    import json
+
+    from medcl.data.prepare import prepare_data
+    from medcl.pipeline import _log_pipeline_inputs
+    from medcl.tracking import NullTracker
+
+    rows = list(csv.DictReader(oct_demo.open()))
+    bad = dict(rows[0], path="images/does_not_exist.png")
+    m = oct_demo.parent / "manifest_with_bad_row.csv"
+    with m.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([*rows, bad])
+    cfg = load_pipeline(DEMO, [*tiny_overrides(oct_demo, tmp_path), f"data.manifest={m}", "data.on_error=skip"])
+    data = prepare_data(cfg)
+    assert len(data.records) == len(rows)
+    assert [e["row"] for e in data.excluded] == [len(rows) + 1]
+    assert "missing-file" in data.excluded[0]["codes"]
+    assert any("excluded: row" in r.getMessage() for r in caplog.records)
+    tracker = NullTracker()
+    (tmp_path / "run").mkdir()
+    _log_pipeline_inputs(tracker, cfg, data, tmp_path / "run")
+    assert "excluded_rows.json" in tracker.artifacts
+    assert tracker.params["data.n_excluded"] == "1"
+    assert json.loads(json.dumps(data.summary))  # JSON-able

@@ -82,7 +82,7 @@ def test_dice_ce_decreases_on_a_learnable_mask(dims):
     model = SegmentationWrapper(net, 2)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(12):
+    for _ in range(20):
         out = model({"image": x, "mask": m})
         opt.zero_grad()
         out["loss"].backward()
@@ -101,8 +101,13 @@ def test_dice_ce_is_monai_dice_plus_cross_entropy():
     wrapper = SegmentationWrapper(net, 3)
     got = wrapper({"image": logits, "mask": m * 2})["loss"]
     y = (m * 2).long()
-    want = DiceLoss(to_onehot_y=True, softmax=True)(logits, y) + torch.nn.functional.cross_entropy(logits, y[:, 0])
-    assert torch.allclose(got, want, atol=1e-5)
+    want = DiceLoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)(logits, y)
+    assert torch.allclose(got, want + torch.nn.functional.cross_entropy(logits, y[:, 0]), atol=1e-5)
+    # by hand: one soft Dice per foreground class over the whole batch
+    p = logits.softmax(1)[:, 1:]
+    t = torch.nn.functional.one_hot(y[:, 0], 3).movedim(-1, 1)[:, 1:].float()
+    inter, denom = (p * t).sum((0, 2, 3)), (p + t).sum((0, 2, 3))
+    assert torch.allclose(want, (1 - (2 * inter + 1e-5) / (denom + 1e-5)).mean(), atol=1e-5)
 
 
 @pytest.mark.parametrize("dims,side,roi", [(2, 32, (16, 16)), (3, 16, (8, 8, 8)), (3, 16, (16, 8, 12))])

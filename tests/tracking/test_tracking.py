@@ -66,7 +66,7 @@ def test_phi_guard_refuses_params_metrics_artifacts(tracking_uri, tmp_path):
 
 
 def test_unreachable_server_fails_clearly():
-    with pytest.raises(TrackingError, match=r"opening experiment .* failed after 2 attempts .* check that the MLflow server"):
+    with pytest.raises(TrackingError, match=r"opening experiment .* failed after 2 attempts: .* check that the MLflow server"):
         MLflowTracker.connect("http://127.0.0.1:9", "t", retries=1, retry_wait_s=0.01)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medcl.errors import ReaderError
+from medcl.errors import MedclError, ReaderError
 
 
 @dataclass
@@ -49,7 +49,23 @@ class Reader:
     summary: str
 
     def __call__(self, path: str | Path, *, modality: str | None = None, **options: Any) -> Sample:
-        return self.fn(Path(path), modality=modality, **options)
+        """Run the reader; anything but a :class:`~medcl.errors.MedclError` becomes a :class:`ReaderError`.
+
+        The readers turn the failures they know into precise errors; this is the safety net for
+        garbled values nobody anticipated (found by fuzzing), so that a damaged file is reported
+        as one line about that file instead of stopping a whole validation with a traceback.
+        """
+        p = Path(path)
+        try:
+            return self.fn(p, modality=modality, **options)
+        except MedclError:
+            raise
+        except MemoryError as e:
+            raise ReaderError("not enough memory to decode the file (its header may claim absurd dimensions)",
+                              where=str(p), fix="check the file (re-export it), or lower data.max_voxels") from e
+        except Exception as e:  # noqa: BLE001 - the reader contract: only ReaderError leaves a reader
+            raise wrap_error(p, f"cannot decode the file: garbled or unexpected values for the {self.name} reader",
+                             e, "re-export the file; if other software opens it, please report a medcl bug") from e
 
 
 def require_file(path: Path, what: str = "file") -> None:

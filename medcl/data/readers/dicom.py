@@ -122,7 +122,12 @@ def pixel_array(ds, path: Path) -> np.ndarray:
             fix="point the manifest at an image object (not a report, SR or presentation state)",
         )
     ts = _transfer_syntax(ds)
-    if ts is not None and ts.is_compressed:
+    try:
+        compressed = ts is not None and bool(ts.is_compressed)
+    except (ValueError, AttributeError, TypeError) as e:  # a garbled or non-transfer-syntax UID
+        raise ReaderError(f"the transfer syntax {str(ts)[:64]!r} is not a valid DICOM transfer syntax",
+                          where=str(path), fix=_FIX_GARBLED) from e
+    if compressed:
         from pydicom.pixels import get_decoder
 
         try:

@@ -60,6 +60,9 @@ def read_wfdb(path: Path, *, modality: str | None = None, **options: Any) -> Sam
         ) from e
     if rec.p_signal is None or rec.p_signal.size == 0:
         raise ReaderError("WFDB record holds no samples", where=str(header), fix="re-export the record")
+    if not (np.isfinite(float(rec.fs or 0)) and float(rec.fs or 0) > 0):
+        raise ReaderError(f"WFDB header gives a sampling frequency of {rec.fs!r} Hz", where=str(header),
+                          fix="fix the record line of the .hea file (name, number of signals, frequency in Hz)")
     sig = np.asarray(rec.p_signal, dtype=np.float64).T  # (leads, T)
     units = []
     for i, u in enumerate(rec.units or ["mV"] * sig.shape[0]):

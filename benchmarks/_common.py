@@ -1,0 +1,101 @@
+"""Helpers shared by the benchmark scripts: run metadata (machine load included), JSON results, demo data.
+
+Every script writes ``{"meta": {...}, "rows": [...], ...}`` to its ``--out`` file; ``meta`` says on
+what it ran (CPU count, torch threads, load average before and after — the figures from a shared
+machine are only comparable to each other) and whether it was a ``--quick`` (tiny) run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the scripts run as ``python benchmarks/x.py`` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+NO_GPU = "not measured: no GPU lent to this task"
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (``None`` where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def base_meta(quick: bool) -> dict[str, Any]:
+    """What every result file records about the machine, at the start of a benchmark."""
+    import torch
+
+    return {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "quick": bool(quick),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_before": load_average(),
+    }
+
+
+def write_results(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]], t0: float, **extra: Any) -> None:
+    """Finish ``meta`` (load after, wall time) and write the JSON results atomically."""
+    meta = {**meta, "load_after": load_average(), "wall_s": round(time.time() - t0, 1)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "rows": rows, **extra}, indent=2, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def _jsonable(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, (np.floating, np.integer)):
+            return o.item()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(o)
+
+
+def demo_manifest(modality: str, data_dir: Path, patients: int | None = None) -> Path:
+    """The synthetic demo set of one modality (synthesised once into ``data_dir``); its manifest."""
+    from medcl.data.synth import synthesize
+
+    manifest = Path(data_dir) / modality / "manifest.csv"
+    if not manifest.is_file():
+        synthesize(data_dir, modalities=[modality], patients=patients, seed=0)
+    return manifest
+
+
+def demo_config(modality: str, manifest: Path, work: Path, extra: list[str] | None = None):
+    """The ``pipelines/demo/<modality>.yaml`` config pointed at ``manifest``, writing under ``work``."""
+    from medcl.pipeline import load_pipeline
+
+    sets = [f"data.manifest={manifest}", f"runtime.output_dir={work / 'runs'}",
+            f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "runtime.progress=false", "runtime.device=cpu",
+            *(extra or [])]
+    return load_pipeline(ROOT / "pipelines" / "demo" / f"{modality}.yaml", sets)
+
+
+def quiet_logs() -> None:
+    """INFO lines of medcl on stderr (progress of a long benchmark), libraries at WARNING."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("medcl").setLevel(logging.INFO)
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,182 @@
+"""Pretraining throughput per modality on CPU, and the share of a step spent waiting for data.
+
+For each modality, the demo pipeline's method, encoder and batch (``pipelines/demo/<mod>.yaml``)
+are trained by ``medcl.engine.loop.train_one_epoch``:
+
+* **compute only**: batches taken from the real loader beforehand and replayed from memory — images/s
+  of model + loss + optimiser (each sample has two views; images/s counts views);
+* **end to end**: straight from the loader with 0 and 2 worker processes; ``data_wait_fraction`` is
+  the engine's own figure (time blocked in ``next(loader)`` / step time). The ``steady`` value leaves
+  out the first step, which includes starting the worker processes (the pretraining stage starts
+  them once per epoch, so on the tiny demo sets with a few steps per epoch the start-up matters too:
+  both are reported). Target (issue 8): < 10 % with 2 workers.
+
+GPU rows (bf16, channels_last, torch.compile, MFU) are written as not measured when no GPU is
+visible.
+
+Usage::
+
+    python benchmarks/bench_train.py --out benchmarks/results/train.json [--quick] [--modalities oct ecg]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import _common  # noqa: F401
+from _common import NO_GPU, ROOT, base_meta, demo_config, demo_manifest, quiet_logs, write_results
+
+MODALITIES = ("oct", "fundus", "histo", "ecg", "ct", "mri")
+
+
+def build(cfg, data):
+    """The demo's pretraining method (as the pretrain stage builds it) and its optimiser."""
+    import numpy as np
+
+    from medcl.engine.optim import build_optimizer
+    from medcl.methods import build_method, method_options
+    from medcl.stages.common import make_encoder, seed_everything
+
+    seed_everything(cfg.seed)
+    p = cfg.pretrain
+    encoder = make_encoder(cfg)
+    allowed = method_options(p.method)
+    defaults = {"temperature": p.temperature, "hidden_dim": cfg.model.proj_hidden_dim,
+                "out_dim": cfg.model.proj_dim, "gather_distributed": False, "num_classes": len(data.classes)}
+    kwargs = {k: v for k, v in defaults.items() if k in allowed}
+    if "classes" in allowed:
+        kwargs["classes"] = data.classes
+    if "class_counts" in allowed and data.y.ndim == 1:
+        y = data.y[data.indices("train")]
+        kwargs["class_counts"] = np.bincount(y[y >= 0], minlength=len(data.classes)).tolist()
+    kwargs.update(p.method_options)
+    method = build_method(p.method, encoder, **kwargs)
+    groups = method.param_groups(p.weight_decay)
+    return method, build_optimizer(groups, p.optimizer, lr=p.lr, weight_decay=p.weight_decay)
+
+
+def measure(modality: str, work: Path, quick: bool, workers: list[int], steps: int) -> list[dict]:
+    import torch
+
+    from medcl.data.datasets import build_dataset, build_loader
+    from medcl.data.prepare import prepare_data
+    from medcl.engine.loop import train_one_epoch
+    from medcl.stages.common import make_transforms
+
+    manifest = demo_manifest(modality, work / "data", patients=8 if quick else None)
+    cfg = demo_config(modality, manifest, work)
+    data = prepare_data(cfg)
+    items = data.items("train")
+    batch = max(2, min(cfg.pretrain.batch_size, len(items)))
+    tf = make_transforms(cfg, train=True, views=cfg.pretrain.views)
+    method, opt = build(cfg, data)
+    if hasattr(method, "setup") and cfg.pretrain.method == "oct-severity":
+        method.setup(build_loader(build_dataset(items, tf), batch_size=batch, shuffle=True, num_workers=0, seed=0))
+    method.train()
+    rows = []
+    base = {"modality": modality, "method": cfg.pretrain.method, "encoder": cfg.model.encoder, "batch": batch,
+            "views": cfg.pretrain.views, "device": "cpu"}
+
+    def loader_for(w: int, epoch: int):
+        ds = build_dataset(items, tf, cache="none")
+        return build_loader(ds, batch_size=batch, shuffle=True, num_workers=w, seed=0, epoch=epoch, drop_last=True)
+
+    # -- compute only: replayed batches ------------------------------------------------------------------------
+    cached = []
+    epoch = 0
+    while len(cached) < steps + 1:
+        cached += list(loader_for(0, epoch))
+        epoch += 1
+    cached = cached[: steps + 1]
+    train_one_epoch(method, cached[:1], opt, device="cpu", epoch=0, progress=False)  # warm-up
+    t0 = time.perf_counter()
+    res = train_one_epoch(method, cached[1:], opt, device="cpu", epoch=0, progress=False)
+    sec = time.perf_counter() - t0
+    n = sum(int(b["index"].shape[0]) for b in cached[1:])
+    rows.append({**base, "mode": "compute only", "workers": None, "steps": len(cached) - 1,
+                 "samples_per_s": n / sec, "images_per_s": n * cfg.pretrain.views / sec, "loss": res.get("loss")})
+    print(f"# {modality} compute: {rows[-1]['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)
+
+    # -- end to end from the loader ---------------------------------------------------------------------------
+    for w in workers:
+        per_step: list[dict] = []
+        done = 0
+        t0 = time.perf_counter()
+        epochs = 0
+        total_samples = 0
+        while done < steps:
+            out = train_one_epoch(method, loader_for(w, 100 + epochs), opt, device="cpu", epoch=epochs,
+                                  progress=False, max_steps=steps - done,
+                                  on_step=lambda s, logs, acc=per_step: acc.append(dict(logs)))
+            done += int(out["steps"])
+            total_samples += int(out["batches_done"]) * batch
+            epochs += 1
+            if out["steps"] == 0:
+                break
+        sec = time.perf_counter() - t0
+        # the engine's per-step figures: wait / step time; the first step of each epoch starts the workers
+        waits = [s["data_wait_fraction"] for s in per_step]
+        firsts = [s["data_wait_fraction"] for s in per_step if s.get("batches_done") == 1.0]
+        steady = [s["data_wait_fraction"] for s in per_step if s.get("batches_done") != 1.0]
+        sps = [s["samples_per_s"] for s in per_step]
+        rows.append({**base, "mode": "end to end", "workers": w, "steps": done, "epochs": epochs,
+                     "samples_per_s": total_samples / sec, "images_per_s": total_samples * cfg.pretrain.views / sec,
+                     "data_wait_fraction_all": _weighted_wait(per_step),
+                     "data_wait_fraction_steady": statistics.mean(steady) if steady else None,
+                     "data_wait_fraction_first_step": statistics.mean(firsts) if firsts else None,
+                     "step_samples_per_s_median": statistics.median(sps) if sps else None,
+                     "per_step_wait": waits})
+        print(f"# {modality} workers={w}: {rows[-1]['images_per_s']:.1f} images/s, wait all "
+              f"{rows[-1]['data_wait_fraction_all']:.2f}", file=sys.stderr, flush=True)
+    del torch
+    return rows
+
+
+def _weighted_wait(per_step: list[dict]) -> float | None:
+    """Total wait / total step time over all steps (steps weighted by their duration)."""
+    if not per_step:
+        return None
+    # samples_per_s = samples / step time, wait fraction = wait / step time -> recover the times
+    times = [1.0 / s["samples_per_s"] if s["samples_per_s"] > 0 else 0.0 for s in per_step]  # per sample
+    total = sum(times)
+    return sum(t * s["data_wait_fraction"] for t, s in zip(times, per_step)) / total if total > 0 else None
+
+
+def gpu_rows() -> list[dict]:
+    import torch
+
+    if torch.cuda.is_available():
+        return [{"mode": "gpu", "note": "a GPU is visible but the GPU variants are not implemented in this run"}]
+    return [{"mode": "gpu", "variant": v, "note": NO_GPU}
+            for v in ("fp32", "bf16", "bf16 + channels_last", "bf16 + channels_last + torch.compile")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help="8 patients, 2 steps, one modality")
+    parser.add_argument("--modalities", nargs="+", default=None, choices=MODALITIES)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--steps", type=int, default=5, help="timed optimiser steps per measurement")
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work" / "train")
+    args = parser.parse_args(argv)
+    quiet_logs()
+    mods = args.modalities or (["oct"] if args.quick else list(MODALITIES))
+    steps = 2 if args.quick else args.steps
+    t0 = time.time()
+    work = args.work / ("quick" if args.quick else "full")
+    work.mkdir(parents=True, exist_ok=True)
+    meta = {**base_meta(args.quick), "steps": steps, "workers": args.workers}
+    rows: list[dict] = []
+    for m in mods:
+        rows += measure(m, work, args.quick, args.workers, steps)
+    write_results(args.out, meta, rows, t0, gpu=gpu_rows())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Nested, patient-level, stratified label fractions (1 % ⊂ 10 % ⊂ 100 % of training patients).
+
+Label-fraction curves show what pretraining buys as labels grow scarce; fractions are drawn
+over *patients*, never single images, so no patient is split across a fraction boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from medcl.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def _is_unlabelled(v) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, str):
+        return v.strip() == "" or v.strip() == "-1"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return False
+    return math.isnan(f) or f < 0
+
+
+def label_fraction_patients(
+    records_or_patients,
+    y=None,
+    fractions: Sequence[float] = (0.01, 0.1, 1.0),
+    seed: int = 0,
+    *,
+    ensure_all_classes: bool = False,
+) -> dict[float, np.ndarray]:
+    """Nested, patient-level, stratified subsets of the training set for label-fraction curves.
+
+    Patients (never single samples) are ranked once: one patient of every class first (random
+    order), then all others interleaved by class so that any prefix keeps the class mix.
+    Fraction ``f`` takes the first ``max(1, round(f * P))`` patients, so the 1 % patients are
+    inside the 10 % patients, which are inside 100 %. A patient's class is the most common label
+    among its samples; multilabel or unlabelled data are sampled without stratification.
+
+    Args:
+        records_or_patients: manifest ``Record`` objects (``.patient``, ``.label``) or an
+            ``(N,)`` array of patient ids.
+        y: ``(N,)`` labels (or ``(N, K)`` multilabel); default taken from the records.
+        fractions: fractions in (0, 1].
+        seed: ranking seed.
+        ensure_all_classes: raise the patient count of small fractions to the number of
+            classes so every class has a patient (the subset is then larger than ``f``).
+
+    Returns:
+        ``{fraction: (N,) bool mask}`` selecting every sample of the chosen patients.
+    """
+    items = list(records_or_patients)
+    if items and hasattr(items[0], "patient"):
+        patients = np.asarray([r.patient for r in items], dtype=object)
+        if y is None:
+            y = [getattr(r, "label", None) for r in items]
+    else:
+        patients = np.asarray(items, dtype=object)
+    n = patients.shape[0]
+    for f in fractions:
+        if not (0.0 < float(f) <= 1.0):
+            raise ConfigError(f"label fraction {f} is not in (0, 1]", where="classify.label_fractions",
+                              fix="use fractions such as 0.01, 0.1, 1.0")
+    pat_str = np.asarray([str(p) for p in patients])
+    uniq = sorted(set(pat_str.tolist()))
+    # class of every patient (mode of its labels) when labels are single-label
+    strata: dict[str, Any] = {}
+    y_arr = None if y is None else list(y)
+    if y_arr is not None and len(y_arr) != n:
+        raise DataError(f"{len(y_arr)} labels for {n} samples", where="y", fix="pass one label per sample")
+    single = y_arr is not None and all(np.ndim(v) == 0 for v in y_arr)
+    if single:
+        labels_of: dict[str, list] = {p: [] for p in uniq}
+        for p, v in zip(pat_str.tolist(), y_arr):
+            if not _is_unlabelled(v):
+                labels_of[p].append(str(v))
+        for p in uniq:
+            strata[p] = Counter(labels_of[p]).most_common(1)[0][0] if labels_of[p] else None
+    else:
+        strata = {p: None for p in uniq}
+    rng = np.random.default_rng(seed)
+    by_class: dict[Any, list[str]] = {}
+    for p in uniq:
+        by_class.setdefault(strata[p], []).append(p)
+    keys: dict[str, float] = {}
+    firsts = []
+    for cls in sorted(by_class, key=lambda c: (c is None, str(c))):
+        members = [by_class[cls][i] for i in rng.permutation(len(by_class[cls]))]
+        u = rng.random(len(members))
+        for i, p in enumerate(members):
+            keys[p] = (i + u[i]) / len(members)
+        if cls is not None:
+            firsts.append(members[0])
+    for rank, i in enumerate(rng.permutation(len(firsts))):
+        keys[firsts[i]] = -1.0 + rank * 1e-6  # one patient per class before everyone else
+    ranking = sorted(uniq, key=lambda p: keys[p])
+    n_classes = len(firsts)
+    out: dict[float, np.ndarray] = {}
+    for f in fractions:
+        m = max(1, int(round(float(f) * len(uniq))))
+        if ensure_all_classes:
+            m = max(m, n_classes)
+        m = min(m, len(uniq))
+        chosen = set(ranking[:m])
+        out[f] = np.asarray([p in chosen for p in pat_str.tolist()], dtype=bool)
+    return out

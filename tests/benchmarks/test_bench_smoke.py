@@ -1,0 +1,95 @@
+"""``medcl bench`` machinery: quick runs of real benchmark scripts and the README built from their JSON.
+
+No wall-clock value is asserted; what is checked is that the scripts ran, wrote results of the
+documented shape, and that the README has the tables, plots and target lines those results imply.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medcl.bench import BENCHMARKS, run_benchmarks, write_readme
+from medcl.errors import ConfigError
+
+
+def test_unknown_benchmark_name_suggests_the_right_one(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'losses'"):
+        run_benchmarks(only=["loses"], quick=True, out_dir=tmp_path)
+
+
+def test_readme_without_results_says_what_to_run(tmp_path):
+    text = write_readme(tmp_path).read_text()
+    for name in BENCHMARKS:
+        assert f"medcl bench --only {name}" in text
+    assert "## Targets" in text and "no results yet" in text
+
+
+def test_quick_losses_and_train_loss_write_results_and_readme(tmp_path):
+    rc = run_benchmarks(only=["losses,train_loss"], quick=True, out_dir=tmp_path)
+    assert rc == 0, (tmp_path / "logs" / "losses.log").read_text()[-2000:]
+    losses = json.loads((tmp_path / "results" / "losses.json").read_text())
+    impls = {(r["task"], r["impl"]) for r in losses["rows"]}
+    assert {("ntxent", "medcl"), ("ntxent", "pml"), ("ntxent", "monai"), ("supcon", "medcl")} <= impls
+    # the same inputs give the same NT-Xent value in every library (independent implementations)
+    for r in losses["rows"]:
+        if not r.get("skipped"):
+            assert r["abs_diff_vs_medcl"] < 1e-4, r
+    tl = json.loads((tmp_path / "results" / "train_loss.json").read_text())
+    assert [r["impl"] for r in tl["rows"]] == ["medcl", "lightly"]
+    assert tl["summary"]["first_loss_abs_diff"] < 1e-4  # same weights, same batch: same loss
+    assert tl["meta"]["quick"] is True and tl["meta"]["load_before"] is not None
+
+    text = (tmp_path / "README.md").read_text()
+    assert "| loss | N | implementation |" in text
+    assert "medcl / lightly =" in text
+    assert "(plots/losses_ntxent.png)" in text and (tmp_path / "plots" / "losses_ntxent.png").stat().st_size > 1000
+    assert "loss values equal to pml / MONAI / lightly" in text
+    assert "SimCLR training throughput with medcl's loss" in text
+    assert "quick (tiny) run" in text
+    assert "not run yet: `medcl bench --only quality`" in text
+    status = json.loads((tmp_path / "results" / "_status.json").read_text())
+    assert status["losses"]["rc"] == 0 and status["train_loss"]["rc"] == 0
+
+
+def test_partial_rerun_keeps_the_other_results(tmp_path):
+    """A quality result written by a previous run stays in the README when only another benchmark runs."""
+    results = tmp_path / "results"
+    results.mkdir()
+    run = {"kind": "headline", "modality": "oct", "method": "simclr", "seed": 0, "key": "oct/simclr/seed0",
+           "method_run": "simclr", "wall_s": 1.0, "seconds": {"pretrain": 1.0},
+           "classify": [{"model": m, "protocol": p, "fraction": f, "auroc": a, "n_train_patients": 4}
+                        for m, p, f, a in [("ssl", "linear", 1.0, 0.9), ("random", "linear", 1.0, 0.6),
+                                           ("raw", "linear", 1.0, 0.7), ("ssl", "finetune", 0.1, 0.8),
+                                           ("scratch", "finetune", 0.1, 0.7), ("scratch", "finetune", 1.0, 0.95)]],
+           "calibration": {"model": "ssl finetune", "ece_before": 0.2, "ece_after": 0.15, "nll_before": 1.0,
+                           "nll_after": 0.9}}
+    second = {**run, "seed": 1, "key": "oct/simclr/seed1",
+              "classify": [{**c, "auroc": c["auroc"] - 0.1} for c in run["classify"]]}
+    meta = {"quick": False, "cpu_count": 2, "load_before": [3.0, 3.0, 3.0], "load_after": [3.0, 3.0, 3.0]}
+    (results / "quality.json").write_text(json.dumps({"meta": meta, "rows": [run, second]}))
+    text = write_readme(tmp_path).read_text()
+    # mean ± std over the two seeds, computed from the rows (0.9 and 0.8; gap 0.3 both times)
+    assert "0.850 ± 0.071 (2 seeds)" in text
+    assert "SSL linear probe ≥ random init + 0.10 AUROC (oct) | +0.300 (mean of 2 seed(s)) | **met**" in text
+    # fine-tuning at 10 %: 0.75 vs 0.65 → met; ECE 0.2 → 0.15 is not halved → not met, with a reason
+    assert "pretrained fine-tuning ≥ from scratch at 10 % labels (oct) | 0.750 vs 0.650 | **met**" in text
+    assert "temperature scaling at least halves ECE (oct, fine-tuned) | 0.200 → 0.150 | **not met** — " in text
+    assert "(plots/label_efficiency.png)" in text
+
+
+@pytest.mark.slow
+def test_quick_run_of_every_benchmark(tmp_path):
+    rc = run_benchmarks(quick=True, out_dir=tmp_path)
+    logs = {p.name: p.read_text()[-1500:] for p in (tmp_path / "logs").iterdir()}
+    assert rc == 0, logs
+    for name in BENCHMARKS:
+        assert (tmp_path / "results" / f"{name}.json").is_file(), name
+    text = (tmp_path / "README.md").read_text()
+    for heading in ("## 1. Contrastive losses", "## 2. Input pipeline", "## 3. Pretraining throughput",
+                    "## 4. Scaling under torchrun", "## 5. Learning quality"):
+        assert heading in text
+    assert "not run yet" not in text
+    assert "data waiting < 10 % of step time" in text
+    assert "equal up to float32 rounding" in text
