@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "reps": args.reps,
+        "cpu_count": os.cpu_count(), "load_after": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "temperature": args.temperature, "memory_method": "cuda max_memory_allocated" if device.type == "cuda"
         else "RSS high-water (VmHWM reset via /proc/self/clear_refs) minus RSS before",
     }

@@ -28,6 +28,11 @@ def oct_manifest(tmp_path_factory) -> Path:
     return root / "oct" / "manifest.csv"
 
 
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def tiny(manifest: Path, out: Path, *extra: str) -> list[str]:
     return [f"data.manifest={manifest}", f"runtime.output_dir={out}", "runtime.progress=false", "runtime.device=cpu",
             "model.encoder=tiny_cnn", "model.proj_hidden_dim=32", "model.proj_dim=16", "pretrain.epochs=1",
@@ -95,7 +100,7 @@ def test_empty_test_split_fails_before_anything_is_trained_or_tracked(oct_manife
     from medcl.errors import SplitError
     from medcl.pipeline import load_pipeline, run_pipeline
 
-    rows = list(csv.DictReader(open(oct_manifest, newline="")))
+    rows = read_rows(oct_manifest)
     for r in rows:
         r["split"] = "val" if r["patient_id"].endswith(("01", "02")) else "train"
     m = oct_manifest.parent / "all-train.csv"
@@ -182,7 +187,7 @@ def test_full_disk_during_a_checkpoint_write_in_a_stage(oct_manifest, tmp_path, 
 def test_single_patient_class_warns_and_the_run_completes(oct_manifest, tmp_path, tracking_uri, caplog):
     from medcl.pipeline import load_pipeline, run_pipeline
 
-    rows = list(csv.DictReader(open(oct_manifest, newline="")))
+    rows = read_rows(oct_manifest)
     keep = next(r["patient_id"] for r in rows if r["class_name"] == "intermediate")
     for r in rows:
         if r["class_name"] == "intermediate" and r["patient_id"] != keep:
