@@ -118,7 +118,7 @@ class ClassifyConfig(Section):
     knn_k: int = Field(20, ge=1)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     operating_point: str = Field("youden", description="youden, or sens>=0.9 / spec>=0.9 (binary)")
-    n_boot: int = Field(1000, ge=0)
+    n_boot: int = Field(1000, ge=1)
 
     @field_validator("label_fractions")
     @classmethod
