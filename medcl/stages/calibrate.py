@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from medcl.errors import StageError
+from medcl.stages.common import jsonable as _jsonable
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +144,3 @@ def _requirements() -> list[str]:
     return out
 
 
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    return str(o)

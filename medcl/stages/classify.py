@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from medcl.errors import PHIError
+from medcl.stages.common import jsonable as _jsonable
 
 log = logging.getLogger(__name__)
 HEADLINE = ("auroc", "auprc", "balanced_accuracy", "f1", "qwk")
@@ -419,14 +420,6 @@ def _log_report_material(ctx: Any, tracker: Any, primary: dict[str, Any], primar
 
 def _arr(x: Any) -> np.ndarray:
     return np.zeros((0,), np.float32) if x is None else np.asarray(x, np.float32)
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    return str(o)
 
 
 def _summary(results: list[dict[str, Any]], largest: float) -> list[dict[str, str]]:

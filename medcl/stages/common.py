@@ -64,3 +64,12 @@ def make_loader(ctx: Any, items: list[dict], transform: Any, *, batch_size: int,
                        rank=ctx.rank if dist else 0, world_size=ctx.world_size if dist else 1)
     return build_loader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=d.num_workers, seed=ctx.cfg.seed,
                         epoch=epoch, distributed=dist, rank=ctx.rank, world_size=ctx.world_size, drop_last=drop_last)
+
+
+def jsonable(o: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy values: arrays → lists, numpy scalars → Python numbers."""
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)

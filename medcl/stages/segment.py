@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from medcl.errors import ConfigError, DataError
+from medcl.stages.common import jsonable as _jsonable
 
 log = logging.getLogger(__name__)
 
@@ -297,14 +298,6 @@ def _overlays(folder: Path, shown: dict[str, dict[str, Any]], n: int, dims: int)
         fig.savefig(path, dpi=80)
         paths.append(path)
     return paths
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    return str(o)
 
 
 def _summary(results: list[dict[str, Any]], largest: float) -> list[dict[str, str]]:

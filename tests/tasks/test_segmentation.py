@@ -65,13 +65,13 @@ def test_registry_covers_the_config_literal():
 @pytest.mark.parametrize("name", list(NETWORKS))
 def test_networks_give_logits_of_the_input_size(name, dims):
     side = 64 if name == "swin_unetr" else (32 if dims == 2 or name == "basic_unet" else 16)
-    if name == "swin_unetr" and dims == 3:
-        pytest.skip("3D SwinUNETR needs 64³ inputs in training: too slow here (its encoder: tests/networks)")
     enc = _encoder(dims)
     net = build_segmentation_network(name, spatial_dims=dims, in_channels=1, num_classes=3, encoder=enc,
                                      **SMALL[name])
-    x = torch.randn((2, 1) + (side,) * dims)
-    assert net(x).shape == (2, 3) + (side,) * dims
+    n = 1 if name == "swin_unetr" and dims == 3 else 2  # 3D SwinUNETR needs 64³: one volume, no gradients
+    x = torch.randn((n, 1) + (side,) * dims)
+    with torch.no_grad():
+        assert net.eval()(x).shape == (n, 3) + (side,) * dims
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -82,7 +82,7 @@ def test_dice_ce_decreases_on_a_learnable_mask(dims):
     model = SegmentationWrapper(net, 2)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(20):
+    for _ in range(40):
         out = model({"image": x, "mask": m})
         opt.zero_grad()
         out["loss"].backward()
