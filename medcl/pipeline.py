@@ -288,7 +288,7 @@ def _log_pipeline_inputs(parent: Any, cfg: PipelineConfig, data: Any, run_dir: P
     parent.log_artifact(split_path)
     parent.log_dict(data.summary, "data_summary.json")
     parent.log_params({"data.n_samples": len(data.records), "data.n_patients": len(data.patient_index),
-                       "data.n_excluded": len(data.excluded), "data.classes": json.dumps(data.classes),
+                       "data.n_excluded": len(data.excluded), "data.class_names": json.dumps(data.classes),
                        "data.manifest_name": Path(cfg.data.manifest or "").name, **_software_versions()})
     sites: dict[str, dict[str, dict[str, int]]] = {}
     for r in data.records:  # counts per split and site, for the report's cohort table

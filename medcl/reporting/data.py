@@ -72,7 +72,7 @@ class ReportData:
     @property
     def classes(self) -> list[str]:
         setup = self.classify_setup or {}
-        return list(setup.get("classes") or self.param("data.classes", []) or [])
+        return list(setup.get("classes") or self.param("data.class_names", []) or self.param("data.classes", []) or [])
 
     @property
     def task(self) -> str:
