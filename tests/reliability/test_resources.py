@@ -64,7 +64,7 @@ def test_too_large_volume_is_refused_from_its_header_before_decoding(tmp_path, t
     nib.save(img, tmp_path / "big.nii")
     data = (tmp_path / "big.nii").read_bytes()
     (tmp_path / "big.nii").write_bytes(data[: len(data) // 10])  # header intact, data truncated
-    (tmp_path / "m.csv").write_text("patient_id,path,modality,label\nP1,big.nii,ct,0\n")
+    (tmp_path / "m.csv").write_text("patient_id,path,modality,label\nP1,big.nii,ct,lesion\n")
     m = load_manifest(tmp_path / "m.csv")
     [p] = validate_manifest(m, max_voxels=100_000)
     assert p.code == "too-large" and p.row == 1 and p.path == "big.nii"
@@ -74,7 +74,8 @@ def test_too_large_volume_is_refused_from_its_header_before_decoding(tmp_path, t
     [p] = validate_manifest(m, max_voxels=None)  # without the limit the reader reports the truncation
     assert p.code == "unreadable" and "truncated" in p.what
     cfg = load_pipeline(REPO / "pipelines" / "demo" / "ct.yaml", [
-        f"data.manifest={tmp_path / 'm.csv'}", f"runtime.output_dir={tmp_path / 'runs'}", "data.max_voxels=100000"])
+        f"data.manifest={tmp_path / 'm.csv'}", f"runtime.output_dir={tmp_path / 'runs'}", "data.max_voxels=100000",
+        "data.label_column=label"])
     with pytest.raises(DataError, match=r"row 1 \(big\.nii\): too large for the memory setting: 196,608 values"):
         run_pipeline(cfg)
     assert not (tmp_path / "runs").exists()
