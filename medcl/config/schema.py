@@ -18,6 +18,14 @@ StageName = Literal["pretrain", "classify", "segment", "calibrate", "report"]
 STAGE_ORDER: tuple[str, ...] = ("pretrain", "classify", "segment", "calibrate", "report")
 
 
+def _check_fractions(v: list[float]) -> list[float]:
+    """Label fractions of training patients: each in (0, 1], sorted, unique."""
+    for f in v:
+        if not 0.0 < f <= 1.0:
+            raise ValueError(f"label fraction {f} is not in (0, 1]")
+    return sorted(set(v))
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -120,13 +128,7 @@ class ClassifyConfig(Section):
     operating_point: str = Field("youden", description="youden, or sens>=0.9 / spec>=0.9 (binary)")
     n_boot: int = Field(1000, ge=1)
 
-    @field_validator("label_fractions")
-    @classmethod
-    def _fractions(cls, v: list[float]) -> list[float]:
-        for f in v:
-            if not 0.0 < f <= 1.0:
-                raise ValueError(f"label fraction {f} is not in (0, 1]")
-        return sorted(set(v))
+    _fractions = field_validator("label_fractions")(classmethod(lambda cls, v: _check_fractions(v)))
 
 
 class SegmentConfig(Section):
@@ -156,13 +158,7 @@ class SegmentConfig(Section):
     n_boot: int = Field(1000, ge=0, description="patient-level bootstrap resamples for the mean-Dice CI")
     overlays: int = Field(4, ge=0, description="overlay PNGs of test cases to save")
 
-    @field_validator("label_fractions")
-    @classmethod
-    def _fractions(cls, v: list[float]) -> list[float]:
-        for f in v:
-            if not 0.0 < f <= 1.0:
-                raise ValueError(f"label fraction {f} is not in (0, 1]")
-        return sorted(set(v))
+    _fractions = field_validator("label_fractions")(classmethod(lambda cls, v: _check_fractions(v)))
 
     @model_validator(mode="after")
     def _names(self) -> SegmentConfig:

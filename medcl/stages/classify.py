@@ -94,9 +94,7 @@ def _finetune(ctx: Any, encoder: Any, train_items: list[dict], seed_offset: int,
     """
     from medcl.engine.checkpoint import Checkpointer
     from medcl.engine.loop import fit
-    from medcl.engine.optim import build_optimizer
-    from medcl.engine.schedule import build_scheduler
-    from medcl.stages.common import make_loader, make_transforms
+    from medcl.stages.common import make_transforms, supervised_setup
     from medcl.tasks.classification import (
         ClassifierModel,
         SupervisedWrapper,
@@ -107,20 +105,10 @@ def _finetune(ctx: Any, encoder: Any, train_items: list[dict], seed_offset: int,
     cfg, ft, data = ctx.cfg, ctx.cfg.classify.finetune, ctx.data
     model = ClassifierModel(encoder, num_outputs_for_task(data.task, len(data.classes)), data.task).to(ctx.device)
     wrapper = SupervisedWrapper(model).to(ctx.device)
-    bs = max(1, min(ft.batch_size, len(train_items)))
-    loader = make_loader(ctx, train_items, make_transforms(cfg, train=True, views=1), batch_size=bs, shuffle=True,
-                         train=True, distributed=False, drop_last=len(train_items) > bs)
     groups = layerwise_lr_groups(model, ft.lr, decay=ft.layer_decay, weight_decay=ft.weight_decay)
-    opt = build_optimizer(groups, "adamw", lr=ft.lr, weight_decay=ft.weight_decay)
-    steps = max(1, len(loader)) * ft.epochs
-    if ft.max_steps:
-        steps = min(steps, ft.max_steps)
-    sched = build_scheduler(opt, total_steps=steps, warmup_steps=min(steps - 1, max(0, len(loader) // 2)))
-
-    def factory(epoch: int):
-        loader.set_epoch(epoch + 1000 * seed_offset)
-        return loader
-
+    factory, opt, sched, steps = supervised_setup(
+        ctx, train_items, make_transforms(cfg, train=True, views=1), groups, batch_size=ft.batch_size,
+        epochs=ft.epochs, max_steps=ft.max_steps, lr=ft.lr, weight_decay=ft.weight_decay, seed_offset=seed_offset)
     ckpt = Checkpointer(ckpt_dir, keep=ft.keep_checkpoints) if ckpt_dir is not None else None
     fit(wrapper, factory, opt, sched, epochs=ft.epochs, device=ctx.device, max_steps=ft.max_steps, total_steps=steps,
         progress=False, checkpointer=ckpt, checkpoint_every=ft.checkpoint_every_steps,

@@ -73,3 +73,32 @@ def jsonable(o: Any) -> Any:
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
     return str(o)
+
+
+def supervised_setup(ctx: Any, items: list[dict], transform: Any, params_or_groups: Any, *, batch_size: int,
+                     epochs: int, max_steps: int | None, lr: float, weight_decay: float, seed_offset: int = 0):
+    """Loader factory, AdamW, warmup + cosine schedule and step count for a supervised stage loop.
+
+    Shared by fine-tuning (``classify``) and ``segment``: half an epoch of warmup, a step cap,
+    and a loader whose shuffling differs per model (``seed_offset``) so baselines see their own order.
+
+    Returns:
+        ``(loader_factory, optimizer, scheduler, total_steps)`` for :func:`medcl.engine.loop.fit`.
+    """
+    from medcl.engine.optim import build_optimizer
+    from medcl.engine.schedule import build_scheduler
+
+    bs = max(1, min(batch_size, len(items)))
+    loader = make_loader(ctx, items, transform, batch_size=bs, shuffle=True, train=True, distributed=False,
+                         drop_last=len(items) > bs)
+    opt = build_optimizer(params_or_groups, "adamw", lr=lr, weight_decay=weight_decay)
+    steps = max(1, len(loader)) * epochs
+    if max_steps:
+        steps = min(steps, max_steps)
+    sched = build_scheduler(opt, total_steps=steps, warmup_steps=min(steps - 1, max(0, len(loader) // 2)))
+
+    def factory(epoch: int):
+        loader.set_epoch(epoch + 1000 * seed_offset)
+        return loader
+
+    return factory, opt, sched, steps

@@ -88,26 +88,14 @@ def _build(ctx: Any, weights: str | None, dims: int) -> tuple[Any, int]:
 
 def _train(ctx: Any, net: Any, items: list[dict], transform: Any, seed_offset: int) -> list[dict[str, float]]:
     from medcl.engine.loop import fit
-    from medcl.engine.optim import build_optimizer
-    from medcl.engine.schedule import build_scheduler
-    from medcl.stages.common import make_loader
+    from medcl.stages.common import supervised_setup
     from medcl.tasks.segmentation import SegmentationWrapper
 
     s = ctx.cfg.segment
     wrapper = SegmentationWrapper(net, s.num_classes).to(ctx.device)
-    bs = max(1, min(s.batch_size, len(items)))
-    loader = make_loader(ctx, items, transform, batch_size=bs, shuffle=True, train=True, distributed=False,
-                         drop_last=len(items) > bs)
-    opt = build_optimizer(wrapper, "adamw", lr=s.lr, weight_decay=s.weight_decay)
-    steps = max(1, len(loader)) * s.epochs
-    if s.max_steps:
-        steps = min(steps, s.max_steps)
-    sched = build_scheduler(opt, total_steps=steps, warmup_steps=min(steps - 1, max(0, len(loader) // 2)))
-
-    def factory(epoch: int):
-        loader.set_epoch(epoch + 1000 * seed_offset)
-        return loader
-
+    factory, opt, sched, steps = supervised_setup(
+        ctx, items, transform, wrapper, batch_size=s.batch_size, epochs=s.epochs, max_steps=s.max_steps, lr=s.lr,
+        weight_decay=s.weight_decay, seed_offset=seed_offset)
     return fit(wrapper, factory, opt, sched, epochs=s.epochs, device=ctx.device, max_steps=s.max_steps,
                total_steps=steps, progress=False, resume=False)
 
