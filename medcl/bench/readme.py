@@ -286,8 +286,11 @@ def section_train(res: dict[str, Any], plots: _Plots, targets: list[list[str]]) 
                     "images/s 0 workers", "data wait 0 w (all steps)", "data wait 0 w (steady)",
                     "images/s 2 workers", "data wait 2 w (all steps)", "data wait 2 w (steady)"], table)]
     text.append(f"\nImages = augmented views (2 per sample). {res.get('meta', {}).get('steps')} timed optimiser steps "
-                "per cell. *all steps* includes the first step of each epoch, which waits for the worker processes "
-                "to start; *steady* leaves it out.")
+                "per cell. " + ("One loader with persistent workers serves every epoch (as in the pretraining stage): "
+                "*all steps* includes the first step, which waits for the worker processes to start; *steady* "
+                "leaves it out." if any(r.get("persistent_workers") for r in rows) else
+                "*all steps* includes the first step of each epoch, which waits for the worker processes "
+                "to start; *steady* leaves it out."))
     gpu = res.get("gpu") or []
     if gpu:
         text.append("\n**GPU** (bf16, channels_last, torch.compile, MFU):\n")
@@ -301,9 +304,12 @@ def section_train(res: dict[str, Any], plots: _Plots, targets: list[list[str]]) 
         why = ""
         one_step = [m for m, a, st in waits2 if st is None and a is not None and a >= 0.10]
         if one_step:
-            why = (f"{', '.join(one_step)}: the demo epoch is a single optimiser step, so every step includes "
-                   "starting the 2 worker processes (the loader does not keep them between epochs); in steady state "
-                   "the other modalities wait < 10 %")
+            persistent = any(r.get("persistent_workers") for r in rows)
+            why = (f"{', '.join(one_step)}: the demo epoch is a single optimiser step, so every step " + (
+                "waits for its whole batch: PyTorch's loader prefetches within an epoch, not across epochs, even "
+                "with persistent workers" if persistent else
+                "includes starting the 2 worker processes (the loader does not keep them between epochs)")
+                + "; in steady state the other modalities wait < 10 %")
         elif not ok:
             why = ("on this 2-core machine the 2 worker processes and the training step share the same two cores "
                    "(with other jobs on them: see the load note), so augmentation competes with compute instead of "

@@ -51,6 +51,9 @@ class DataConfig(Section):
     cache_dir: str | None = None
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
+    persistent_workers: bool = Field(
+        True, description="keep the training loaders' worker processes between epochs (no start-up wait each "
+        "epoch; batches are the same either way)")
     reader_options: dict[str, Any] = Field(default_factory=dict, description="passed to the reader")
     max_voxels: int | None = Field(
         2**29, ge=1, description="largest sample in values (channels × voxels; 2**29 = 2 GiB as float32) read into "

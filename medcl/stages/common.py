@@ -63,7 +63,8 @@ def make_loader(ctx: Any, items: list[dict], transform: Any, *, batch_size: int,
     ds = build_dataset(items, transform, cache=d.cache, cache_dir=cache_dir, num_workers=d.num_workers,
                        rank=ctx.rank if dist else 0, world_size=ctx.world_size if dist else 1)
     return build_loader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=d.num_workers, seed=ctx.cfg.seed,
-                        epoch=epoch, distributed=dist, rank=ctx.rank, world_size=ctx.world_size, drop_last=drop_last)
+                        epoch=epoch, distributed=dist, rank=ctx.rank, world_size=ctx.world_size, drop_last=drop_last,
+                        persistent_workers=d.persistent_workers and train)
 
 
 def jsonable(o: Any) -> Any:

@@ -184,8 +184,17 @@ def _oct(p: dict, train: bool) -> tuple[list, list]:
     rand = [
         *size_rand,
         RandAxisShiftd(_all(p), max_shift=p["vertical_shift"], spatial_axis=0, prob=p["shift_prob"]),
+        # tilt: the retina's slope in the scan is a per-scan nuisance; without this the views of one
+        # scan share it and contrastive learning can tell scans apart by tilt alone
+        *([mt.RandRotated(_all(p), range_x=math.radians(p["tilt_deg"]), prob=p["tilt_prob"], keep_size=True,
+                          padding_mode="border")] if p["tilt_deg"] > 0 else []),
         mt.RandFlipd(_all(p), spatial_axis=1, prob=p["flip_prob"]),
         mt.RandScaleIntensityd(p["keys"], factors=p["gain"], prob=p["gain_prob"]),
+        # additive offset and an illumination gradient (exp of a bilinear Legendre field): scanners and
+        # acquisitions differ in both, and a contrastive method would otherwise tell scans apart by them
+        *([mt.RandShiftIntensityd(p["keys"], offsets=p["offset"], prob=p["offset_prob"])] if p["offset"] > 0 else []),
+        *([mt.RandBiasFieldd(p["keys"], degree=1, coeff_range=(-p["illumination"], p["illumination"]),
+                             prob=p["illumination_prob"])] if p["illumination"] > 0 else []),
         mt.RandAdjustContrastd(p["keys"], gamma=_pair(p["gamma"]), prob=p["gamma_prob"]),
         RandSpeckleNoised(p["keys"], std=p["speckle_std"], prob=p["speckle_prob"]),
     ]
@@ -215,6 +224,9 @@ def _fundus(p: dict, train: bool) -> tuple[list, list]:
         RandColorJitterd(p["keys"], brightness=p["brightness"], contrast=p["contrast"],
                          saturation=p["saturation"], prob=p["color_prob"]),
         mt.RandAdjustContrastd(p["keys"], gamma=_pair(p["gamma"]), prob=p["gamma_prob"]),
+        # uneven illumination across the field (exp of a bilinear Legendre field, all channels alike)
+        *([mt.RandBiasFieldd(p["keys"], degree=1, coeff_range=(-p["illumination"], p["illumination"]),
+                             prob=p["illumination_prob"])] if p["illumination"] > 0 else []),
         FOVMaskd(_all(p), mode="inscribed"),  # jitter and interpolation leak outside: zero it again
     ]
     return det, rand
@@ -276,16 +288,20 @@ PRESETS: dict[str, Preset] = {
     "oct": Preset(
         "oct", 2, 1,
         {"spatial_size": (64, 64), "intensity_range": (0.0, 255.0), "resize": None,
-         "vertical_shift": 0.15, "shift_prob": 0.8, "flip_prob": 0.5, "gain": 0.15, "gain_prob": 0.5,
-         "gamma": (0.8, 1.25), "gamma_prob": 0.3, "speckle_std": 0.1, "speckle_prob": 0.5},
-        _oct, "fixed [0, 255] → [0, 1], crop/pad; aug: vertical shift, horizontal flip, gain, gamma, speckle"),
+         "vertical_shift": 0.15, "shift_prob": 0.8, "tilt_deg": 0.0, "tilt_prob": 0.8, "flip_prob": 0.5,
+         "gain": 0.15, "gain_prob": 0.5, "offset": 0.0, "offset_prob": 0.5, "illumination": 0.0,
+         "illumination_prob": 0.5, "gamma": (0.8, 1.25), "gamma_prob": 0.3, "speckle_std": 0.1,
+         "speckle_prob": 0.5},
+        _oct, "fixed [0, 255] → [0, 1], crop/pad; aug: vertical shift, tilt (small rotation), horizontal flip, gain, "
+        "offset, illumination gradient, gamma, speckle"),
     "fundus": Preset(
         "fundus", 2, 3,
         {"spatial_size": (224, 224), "intensity_range": (0.0, 255.0), "fov_threshold": 0.04, "fov_margin": 0.0,
          "rotate_range": 1.0, "rotate_prob": 0.8, "flip_prob": 0.5,
          "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "color_prob": 0.8,
-         "gamma": (0.8, 1.25), "gamma_prob": 0.3},
-        _fundus, "[0, 255] → [0, 1], circular FOV mask + crop, resize; aug: rotation, flips, colour/gamma"),
+         "gamma": (0.8, 1.25), "gamma_prob": 0.3, "illumination": 0.0, "illumination_prob": 0.5},
+        _fundus, "[0, 255] → [0, 1], circular FOV mask + crop, resize; aug: rotation, flips, colour/gamma, "
+        "illumination gradient"),
     "ecg": Preset(
         "ecg", 1, 12,
         {"sampling_rate": 500.0, "window_s": 2.5, "eval_window_s": None, "normalize": "standardize",

@@ -192,6 +192,22 @@ def test_zero_and_two_workers_give_the_same_batches():
         assert torch.equal(x["views"], y["views"])
 
 
+def test_persistent_workers_follow_set_epoch_like_fresh_loaders():
+    """One loader whose 2 workers live across epochs gives each epoch's batches of a fresh 0-worker loader."""
+    tr = build_transforms("oct", train=True, views=2, spatial_size=[16, 16])
+    kept = build_loader(build_dataset(_array_items(6), tr), batch_size=2, shuffle=True, num_workers=2, seed=5,
+                        persistent_workers=True)
+    assert kept.persistent_workers
+    for epoch in (0, 1, 2):
+        kept.set_epoch(epoch)
+        got, ref = _batches(kept), _batches(_oct_loader(5, 0, epoch=epoch))
+        assert len(got) == len(ref) == 3
+        for x, y in zip(got, ref):
+            assert torch.equal(x["index"], y["index"]) and torch.equal(x["views"], y["views"])
+    e0, e1 = (_batches(_oct_loader(5, 0, epoch=e)) for e in (0, 1))
+    assert not all(torch.equal(x["views"], y["views"]) for x, y in zip(e0, e1))  # epochs do differ
+
+
 def test_epoch_changes_order_and_augmentation_reproducibly():
     loader = _oct_loader(1, 0)
     e0 = _batches(loader)

@@ -317,6 +317,30 @@ def test_oct_augmentation_never_flips_vertically():
     assert 0 < h_flips < 30
 
 
+def test_oct_tilt_rotates_the_band_within_the_range_and_is_off_by_default():
+    img = np.zeros((1, 64, 64), np.float32)
+    img[0, 30:33, :] = 255.0  # a level band
+
+    def slope(v):  # rows per column of the band's brightest row, fitted over the central columns
+        cols = np.arange(16, 48)
+        rows = v[0].numpy()[:, cols].argmax(axis=0)
+        return np.polyfit(cols, rows, 1)[0]
+
+    off = build_transforms("oct", train=True, views=2, spatial_size=[64, 64], shift_prob=0.0, speckle_prob=0.0)
+    tilted = build_transforms("oct", train=True, views=2, spatial_size=[64, 64], shift_prob=0.0, speckle_prob=0.0,
+                              tilt_deg=15.0, tilt_prob=1.0)
+    slopes_off, slopes_on = [], []
+    for seed in range(10):
+        set_transform_seed(off, seed)
+        set_transform_seed(tilted, seed)
+        slopes_off += [slope(v) for v in off({"image": img})["views"]]
+        slopes_on += [slope(v) for v in tilted({"image": img})["views"]]
+    assert max(abs(s) for s in slopes_off) < 1e-9
+    limit = np.tan(np.radians(15.0)) + 0.05
+    assert all(abs(s) <= limit for s in slopes_on)
+    assert max(abs(s) for s in slopes_on) > 0.05 and len({round(s, 3) for s in slopes_on}) > 10
+
+
 def test_shift_along_axis_matches_numpy_reference():
     from medcl.transforms.spatial import shift_along_axis
 
@@ -425,6 +449,36 @@ def test_fundus_preset_zero_outside_circle_in_eval_and_train():
     set_transform_seed(tr, 0)
     views = tr({"image": img})["views"]
     assert float(views[:, :, outside].abs().max()) == 0.0
+    lit = build_transforms("fundus", train=True, views=2, spatial_size=[32, 32], illumination=0.4,
+                           illumination_prob=1.0)
+    set_transform_seed(lit, 0)
+    views_lit = lit({"image": img})["views"]
+    assert float(views_lit[:, :, outside].abs().max()) == 0.0  # the gradient is applied inside the FOV only
+
+
+def test_illumination_gradient_is_a_smooth_multiplicative_field_shared_by_channels():
+    flat = np.full((3, 32, 32), 100.0, np.float32)
+    oct_tf = build_transforms("oct", train=True, views=2, spatial_size=[32, 32], illumination=0.4, illumination_prob=1.0,
+                              shift_prob=0.0, flip_prob=0.0, gain_prob=0.0, gamma_prob=0.0, speckle_prob=0.0)
+    set_transform_seed(oct_tf, 1)
+    v = oct_tf({"image": flat[:1]})["views"][0, 0].numpy()
+    ratio = v / (100.0 / 255.0)
+    assert ratio.std() > 0.01  # not flat any more ...
+    # ... and log(field) is bilinear: exp(c0 + c1 x + c2 y + c3 xy) (MONAI's degree-1 Legendre bias field)
+    yy, xx = np.mgrid[:32, :32]
+    design = np.stack([np.ones(32 * 32), xx.ravel(), yy.ravel(), (xx * yy).ravel()], 1)
+    coef, res, *_ = np.linalg.lstsq(design, np.log(ratio).ravel(), rcond=None)
+    assert np.abs(design @ coef - np.log(ratio).ravel()).max() < 1e-4
+    f_tf = build_transforms("fundus", train=True, views=2, spatial_size=[32, 32], illumination=0.4,
+                            illumination_prob=1.0, rotate_prob=0.0, flip_prob=0.0, color_prob=0.0, gamma_prob=0.0)
+    set_transform_seed(f_tf, 1)
+    img = _fundus_array(32, 32, 15.5, 15.5, 16, np.random.default_rng(0))
+    fv = f_tf({"image": img})["views"][0].numpy()
+    ev = build_transforms("fundus", train=False, spatial_size=[32, 32])({"image": img})["image"].numpy()
+    inside = ev.min(0) > 0.05
+    r = fv[:, inside] / ev[:, inside]
+    np.testing.assert_allclose(r[0], r[1], rtol=1e-5)  # one field for all colour channels
+    np.testing.assert_allclose(r[0], r[2], rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------

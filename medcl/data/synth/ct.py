@@ -4,7 +4,7 @@
   heavily downsampled CT: ~11–12 mm pixels, 10 mm slices): air (-1000 HU), a body ellipse of soft
   tissue (~40 HU) with a subcutaneous fat ring (-100 HU), the liver (~55 HU) on the patient's
   right, the aorta (~150 HU) and a vertebral body (~600 HU); Gaussian noise.
-* Class (binary): a hypodense, roughly spherical liver lesion (15–35 HU, radius 16–36 mm) is
+* Class (binary): a hypodense, roughly spherical liver lesion (0–25 HU, radius 30–50 mm) is
   present or absent. The mask (NIfTI, uint8, 1 = lesion) covers every voxel whose centre lies in
   the lesion.
 * Nuisances: body size and table position, pixel spacing (field of view), noise level and a
@@ -34,7 +34,7 @@ from medcl.data.synth.common import Patient, balanced_labels, base_row, make_pat
 MODALITY = "ct"
 CLASSES: tuple[str, ...] = ("no_lesion", "lesion")
 TASK = "binary"
-DEFAULT_PATIENTS = 24
+DEFAULT_PATIENTS = 40
 DEFAULT_SIZE = 32
 SLICES = 16
 STUDIES_PER_PATIENT = (1, 2)
@@ -147,7 +147,7 @@ def _patient(p: Patient, out_dir: Path, size: int, seed: int) -> list[dict]:
     lesion = None
     if present:
         lr = anat["liver_r"]
-        lesion = {"c": rng.uniform(-0.45, 0.45, 3) * lr, "r": rng.uniform(16, 36), "hu": rng.uniform(15, 35)}
+        lesion = {"c": rng.uniform(-0.45, 0.45, 3) * lr, "r": rng.uniform(30, 50), "hu": rng.uniform(0, 25)}
     n_studies = int(rng.integers(STUDIES_PER_PATIENT[0], STUDIES_PER_PATIENT[1] + 1))
     rows = []
     for k in range(n_studies):

@@ -26,7 +26,7 @@ from medcl.data.synth.common import Patient, base_row, make_patients, rng_for
 MODALITY = "ecg"
 CLASSES: tuple[str, ...] = ("NORM", "AF", "BBB", "TACHY")
 TASK = "multilabel"
-DEFAULT_PATIENTS = 60
+DEFAULT_PATIENTS = 150
 DEFAULT_SIZE = None  # signals have no image size
 FS = 100
 DURATION_S = 10.0

@@ -33,12 +33,12 @@ from medcl.data.synth.common import (
 MODALITY = "fundus"
 CLASSES: tuple[str, ...] = ("no_dr", "mild", "moderate", "severe")
 TASK = "ordinal"
-DEFAULT_PATIENTS = 60
+DEFAULT_PATIENTS = 150
 DEFAULT_SIZE = 64
 IMAGES_PER_PATIENT = (2, 3)
 
 # grade -> ((red dots min, max), (exudates min, max))
-_LESIONS = {0: ((0, 0), (0, 0)), 1: ((1, 3), (0, 0)), 2: ((3, 6), (0, 2)), 3: ((6, 11), (2, 5))}
+_LESIONS = {0: ((0, 1), (0, 0)), 1: ((3, 6), (0, 1)), 2: ((8, 13), (1, 3)), 3: ((15, 22), (3, 6))}
 
 
 def anatomy(rng: np.random.Generator) -> dict:
@@ -145,10 +145,10 @@ def render(
     n_red, n_ex = int(rng.integers(r0, r1 + 1)), int(rng.integers(e0, e1 + 1))
     red_uv = _points_in_fov(n_red, rng, centre=None)
     ex_uv = _points_in_fov(n_ex, rng, centre=anat["macula"])
-    red_sig = rng.uniform(0.6, 1.1, n_red) * (1.0 + 0.4 * (grade >= 3)) * s / 64.0
+    red_sig = rng.uniform(0.8, 1.3, n_red) * (1.0 + 0.3 * (grade >= 3)) * s / 64.0
     red = np.clip(gaussian_blobs((s, s), to_pix(red_uv), red_sig, np.full(n_red, 0.9 * signal)), 0, 1)[..., None]
     img = img * (1 - red) + red * np.array([0.35, 0.03, 0.03])
-    ex_sig = rng.uniform(0.6, 1.0, n_ex) * s / 64.0
+    ex_sig = rng.uniform(0.8, 1.2, n_ex) * s / 64.0
     ex = np.clip(gaussian_blobs((s, s), to_pix(ex_uv), ex_sig, np.full(n_ex, 0.85 * signal)), 0, 1)[..., None]
     img = img * (1 - ex) + ex * np.array([0.98, 0.90, 0.45])
 

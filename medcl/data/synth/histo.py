@@ -30,7 +30,7 @@ from medcl.data.synth.common import Patient, balanced_labels, base_row, make_pat
 MODALITY = "histo"
 CLASSES: tuple[str, ...] = ("tumour", "stroma", "normal")
 TASK = "multiclass"
-DEFAULT_PATIENTS = 36
+DEFAULT_PATIENTS = 90
 DEFAULT_SIZE = 64  # tile side
 SLIDE_SIZE = 768  # level-0 side of each slide
 SLIDE_LEVELS = 3

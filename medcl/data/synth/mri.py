@@ -3,7 +3,7 @@
 * Volume ``DEFAULT_SIZE``² × ``SLICES`` with non-isotropic voxels (~6 × 6 × 7 mm; the demo is a
   heavily downsampled scan): scalp, dark skull, bright CSF rim, cortex (grey matter), darker white
   matter and bright ventricles (larger in older age groups).
-* Class (binary): 1–4 T2-hyperintense white-matter lesions (ellipsoids, 5–12 mm) present or absent.
+* Class (binary): 1–4 T2-hyperintense white-matter lesions (ellipsoids, semi-axes 9–18 mm) present or absent.
   The mask (uint8, 1 = lesion) shares the image's shape and affine.
 * Nuisances: multiplicative smooth bias field (±~30 %), per-volume intensity scale (scanner
   units, stored as int16 with no scaling), Rician noise, head position, and orientation: site-a
@@ -23,7 +23,7 @@ from medcl.data.synth.common import Patient, balanced_labels, base_row, make_pat
 MODALITY = "mri"
 CLASSES: tuple[str, ...] = ("no_lesion", "lesion")
 TASK = "binary"
-DEFAULT_PATIENTS = 24
+DEFAULT_PATIENTS = 40
 DEFAULT_SIZE = 32
 SLICES = 24
 STUDIES_PER_PATIENT = (1, 2)
@@ -69,7 +69,7 @@ def draw_lesions(anat: dict, rng: np.random.Generator) -> list[tuple[np.ndarray,
     for _ in range(int(rng.integers(1, 5))):
         side = rng.choice([-1.0, 1.0])
         c = np.array([side * rng.uniform(22, 0.5 * hx), rng.uniform(-0.45, 0.35) * hy, rng.uniform(-0.1, 0.4) * hz])
-        out.append((c, rng.uniform(5.0, 12.0, 3)))
+        out.append((c, rng.uniform(9.0, 18.0, 3)))
     return out
 
 

@@ -28,7 +28,7 @@ from medcl.data.synth.common import Patient, Site, balanced_labels, base_row, ma
 MODALITY = "oct"
 CLASSES: tuple[str, ...] = ("normal", "early", "intermediate")
 TASK = "ordinal"
-DEFAULT_PATIENTS = 60
+DEFAULT_PATIENTS = 150
 DEFAULT_SIZE = 64
 #: B-scans per patient are drawn from this inclusive range.
 SCANS_PER_PATIENT = (2, 4)
@@ -36,8 +36,8 @@ SCANS_PER_PATIENT = (2, 4)
 # Drusen per grade: (min count, max count), height range and half-width (sigma) range, in pixels at 64 px.
 _DRUSEN = {
     0: ((0, 0), (0.0, 0.0), (1.0, 1.0)),
-    1: ((1, 3), (1.2, 2.2), (1.3, 2.2)),
-    2: ((2, 5), (2.0, 3.4), (2.0, 3.2)),
+    1: ((2, 4), (2.5, 4.0), (1.5, 2.5)),
+    2: ((5, 8), (4.0, 6.0), (2.5, 3.5)),
 }
 
 
