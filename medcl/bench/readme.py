@@ -311,9 +311,20 @@ def section_train(res: dict[str, Any], plots: _Plots, targets: list[list[str]]) 
                 "includes starting the 2 worker processes (the loader does not keep them between epochs)")
                 + "; in steady state the other modalities wait < 10 %")
         elif not ok:
-            why = ("on this 2-core machine the 2 worker processes and the training step share the same two cores "
-                   "(with other jobs on them: see the load note), so augmentation competes with compute instead of "
-                   "overlapping it")
+            # CPU cost of loading + augmenting relative to the training step, from the 0-worker and compute-only rows
+            costs = []
+            for m in mods:
+                comp = next((r for r in rows if r["modality"] == m and r["mode"] == "compute only"), {})
+                zero = next((r for r in rows if r["modality"] == m and r.get("workers") == 0), {})
+                if comp.get("images_per_s") and zero.get("images_per_s"):
+                    c, z = 1.0 / comp["images_per_s"], 1.0 / zero["images_per_s"]
+                    costs.append(f"{m} {max(z - c, 0.0) / c:.2f}×")
+            why = ("the machine has 2 cores and no spare one: loading and augmenting a batch costs "
+                   + (f"({', '.join(costs)} the CPU time of its training step) " if costs else "")
+                   + "and the 2 worker processes compete with the training step's threads for the same two cores "
+                   "instead of overlapping with it; where augmentation is cheap relative to the step (3D MRI) the "
+                   "wait is below 10 %. On a GPU machine the step runs on the GPU and the workers have the cores (not "
+                   "measured here: no GPU was lent to this task)")
         detail = ", ".join(f"{m}: {_pct(a)} all / {_pct(s)} steady" for m, a, s in waits2)
         targets.append(["data waiting < 10 % of step time (CPU, 2 workers)", detail,
                         _met(ok, why) + ("" if not ok or worst_all is None or worst_all < 0.10 else
@@ -585,10 +596,18 @@ def write_readme(out: str | Path) -> Path:
     if metas:
         loads = [m["load_before"][0] for m in metas if m.get("load_before")]
         cpus = {m.get("cpu_count") for m in metas if m.get("cpu_count")}
+        ncpu = max(cpus) if cpus else 1
+        busy = [n for n, v in found.items() if (v.get("meta", {}).get("load_before") or [0])[0] > 1.5 * ncpu
+                or not v.get("meta", {}).get("load_before")]
+        quiet = [n for n in found if n not in busy]
         parts.append(f"**Machine**: {', '.join(map(str, cpus))} CPU cores, no GPU"
-                     + (f"; load average during the runs {min(loads):.1f}–{max(loads):.1f}" if loads else "")
-                     + ". The machine was shared with other jobs: absolute times are pessimistic and noisy; "
-                     "comparisons inside one table (interleaved or back to back) are the meaningful part.")
+                     + (f"; load average at the start of the runs {min(loads):.1f}–{max(loads):.1f}" if loads else "")
+                     + ". "
+                     + (f"Measured on a quiet machine (load ≤ 1.5 × cores): {', '.join(quiet)}. " if quiet else "")
+                     + (f"Measured while the machine was shared with other jobs: {', '.join(busy)} — their absolute "
+                        "times are pessimistic and noisy. " if busy else "")
+                     + "Comparisons inside one table (interleaved or back to back) are the meaningful part; the load "
+                     "of each run is under its section.")
         if any(m.get("quick") for m in metas):
             parts.append("\n**Some results are from `--quick` (tiny) runs** and show only that the machinery works.")
         parts.append("")
