@@ -321,6 +321,22 @@ def _software_versions() -> dict[str, str]:
     return out
 
 
+def mlflow_command() -> str:
+    """How to call ``mlflow`` from a shell: the executable next to this Python (a venv's ``bin/``) when
+    ``mlflow`` is not on ``PATH`` — e.g. ``.venv/bin/mlflow`` after ``make demo`` without activating the venv."""
+    import shutil
+    import sys
+
+    exe = Path(sys.executable).parent / "mlflow"
+    on_path = shutil.which("mlflow")
+    if exe.is_file() and (on_path is None or Path(on_path).resolve() != exe.resolve()):
+        try:
+            return os.path.relpath(exe)
+        except ValueError:  # another drive (Windows)
+            return str(exe)
+    return "mlflow"
+
+
 def print_summary(ctx: RunContext) -> None:
     """A table of the headline results of every stage, and where to look next."""
     from rich.console import Console
@@ -337,7 +353,7 @@ def print_summary(ctx: RunContext) -> None:
     uri = ctx.tracking_uri or ""
     console.print(f"MLflow run: {ctx.parent_run_id}")
     if uri.startswith("sqlite:///"):
-        console.print(f"open the MLflow UI:  mlflow ui --backend-store-uri {uri} "
+        console.print(f"open the MLflow UI:  {mlflow_command()} ui --backend-store-uri {uri} "
                       f"--default-artifact-root {Path(uri[10:]).parent / 'mlartifacts'}")
     else:
         console.print(f"MLflow UI: {uri}")

@@ -45,7 +45,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "input": Benchmark("bench_input.py", "Input pipeline", [], ["--quick", "--modalities", "oct", "ct"]),
     "train": Benchmark("bench_train.py", "Pretraining throughput and data waiting per modality"),
     "scaling": Benchmark("bench_scaling.py", "Scaling: 1 vs 2 processes under torchrun (CPU)"),
-    "quality": Benchmark("bench_quality.py", "Learning quality on the demo data"),
+    "quality": Benchmark("bench_quality.py", "Learning quality on the demo data",
+                         ["--method-epochs", "15", "--budget-min", "150"]),
 }
 
 
