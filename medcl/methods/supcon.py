@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from medcl.errors import DataError
+from medcl.errors import ConfigError, DataError
 from medcl.losses import (
     BalancedSupConLoss,
     GraphSupConLoss,
@@ -124,7 +124,9 @@ class SupConGraph(SupCon):
         (others as :class:`SupCon`)
 
     Batch:
-        ``label`` ``(B, K)`` multi-hot float; an all-NaN row = unlabelled.
+        ``label`` ``(B, K)`` multi-hot float (an all-NaN row = unlabelled), or ``(B,)`` class indices of a
+        single-label task (multiclass/ordinal; -1 = unlabelled), turned into one-hot rows so that two
+        samples' weight is the graph similarity of their classes (e.g. neighbouring grades).
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class SupConGraph(SupCon):
         similarity: object = None,
         graph_mode: str = "shortest_path",
         min_similarity: float = 0.0,
+        classes: list[str] | None = None,
         temperature: float = 0.1,
         hidden_dim: int = 2048,
         out_dim: int = 128,
@@ -144,15 +147,43 @@ class SupConGraph(SupCon):
                          num_layers=num_layers, gather_distributed=gather_distributed)
         self.criterion = GraphSupConLoss(temperature, similarity=similarity, graph_mode=graph_mode,
                                          min_similarity=min_similarity, gather_distributed=gather_distributed)
+        self._align_classes(classes)
+
+    def _align_classes(self, classes: list[str] | None) -> None:
+        """Reorder an ontology spec's matrix into the data's class order (label index k = ``classes[k]``)."""
+        spec = self.criterion.classes
+        if classes is None or spec is None:
+            return
+        missing, extra = [c for c in classes if c not in spec], [c for c in spec if c not in classes]
+        if missing or extra:
+            raise ConfigError(
+                f"the similarity graph's classes {spec} differ from the data's {list(classes)}"
+                + (f" (not in the graph: {missing})" if missing else "")
+                + (f" (not in the data: {extra})" if extra else ""),
+                where="pretrain.method_options.similarity.classes",
+                fix="list exactly the classes of data.classes in the similarity graph")
+        order = torch.as_tensor([spec.index(c) for c in classes])
+        self.criterion.similarity = self.criterion.similarity[order][:, order].contiguous()
+        self.criterion.classes = list(classes)
 
     def labels(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         where = f"method {type(self).__name__}"
         if "label" not in batch:
-            raise DataError("batch has no 'label'", where=where, fix="fill the manifest's multi-label columns")
+            raise DataError("batch has no 'label'", where=where, fix="fill the manifest's label column(s)")
         y = batch["label"]
+        if y.dim() == 1:  # single-label classes -> one-hot; unlabelled (-1) -> all zeros
+            sim = self.criterion.similarity
+            if sim is None:
+                raise ConfigError("single-label data needs a class similarity graph", where=where,
+                                  fix="set pretrain.method_options.similarity (classes + edges), or use supcon")
+            k = sim.shape[0]
+            if bool((y >= k).any()):
+                raise DataError(f"label {int(y.max())} is outside the similarity graph's {k} classes", where=where,
+                                fix="list every class of data.classes in the similarity graph")
+            return torch.nn.functional.one_hot(y.long().clamp(min=0), k).float() * (y >= 0).unsqueeze(1).float()
         if y.dim() != 2:
-            raise DataError(f"labels must be (B, K) multi-hot, got {tuple(y.shape)}", where=where,
-                            fix="declare the task multi-label so the loader returns (B, K) labels")
+            raise DataError(f"labels must be (B, K) multi-hot or (B,) class indices, got {tuple(y.shape)}",
+                            where=where, fix="check data.task and the label column")
         # NaN (unknown) → 0: such a sample is similar to nobody and keeps only its own views.
         return torch.nan_to_num(y.float(), nan=0.0)
 

@@ -353,3 +353,32 @@ def test_oct_severity_without_normal_scans():
         method.setup([batch])
     with pytest.raises(ConfigError, match="setup"):
         method(batch)
+
+
+def test_supcon_graph_on_single_label_grades_equals_the_one_hot_multilabel_loss():
+    """Ordinal grades (B,) with a graph spec: the same loss as the one-hot multi-hot labels, graph in data order."""
+    spec = {"classes": ["early", "normal", "intermediate"],  # not the data's order on purpose
+            "edges": [["normal", "early", 0.5], ["early", "intermediate", 0.5]]}
+    data_classes = ["normal", "early", "intermediate"]
+    single = build("supcon-graph", 2, 1, similarity=spec, classes=data_classes)
+    sim = single.criterion.similarity
+    # in data order: normal-early 0.5, early-intermediate 0.5, normal-intermediate 0.25 (path product)
+    torch.testing.assert_close(sim, torch.tensor([[1.0, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 1.0]]))
+    batch = make_batch(2, 1, (32, 32))  # labels [0, 1, 2, 0, 1, -1]
+    multi = build("supcon-graph", 2, 1, similarity=sim.tolist())
+    one_hot = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 0], [float("nan")] * 3])
+    torch.testing.assert_close(single.labels(batch), torch.nan_to_num(one_hot))
+    single.train()
+    multi.train()
+    multi.load_state_dict(single.state_dict())
+    a = single(batch)["loss"]
+    b = multi({**batch, "label": one_hot})["loss"]
+    torch.testing.assert_close(a, b)
+
+
+def test_supcon_graph_refuses_a_graph_whose_classes_differ_from_the_data():
+    spec = {"classes": ["normal", "early"], "edges": [["normal", "early", 0.5]]}
+    with pytest.raises(ConfigError, match=r"not in the graph: \['intermediate'\]"):
+        build("supcon-graph", 2, 1, similarity=spec, classes=["normal", "early", "intermediate"])
+    with pytest.raises(ConfigError, match="needs a class similarity graph"):
+        build("supcon-graph", 2, 1, similarity=None).labels({"label": torch.tensor([0, 1])})
