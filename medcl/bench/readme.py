@@ -387,18 +387,22 @@ def section_quality(res: dict[str, Any], plots: _Plots, targets: list[list[str]]
         ssl = [_cls(r, "ssl", "linear") for r in rs]
         rnd = [_cls(r, "random", "linear") for r in rs]
         gap = [s - q for s, q in zip(ssl, rnd) if s is not None and q is not None]
-        gaps.append((m, _mean(gap), len(gap), _mean([_cls(r, "scratch", "finetune") for r in rs])))
+        n_train = [next((c.get("n_train_patients") for c in r.get("classify", []) if c["fraction"] == 1.0), None)
+                   for r in rs]
+        outside = [r["n_patients"] - t for r, t in zip(rs, n_train) if t is not None and r.get("n_patients")]
+        gaps.append((m, _mean(gap), len(gap), _mean([_cls(r, "scratch", "finetune") for r in rs]), _mean(rnd),
+                     max(outside) if outside else None, (sum(x > 0 for x in gap), len(gap))))
         table.append([m, rs[0].get("method_run"), _mean_std(rnd), _mean_std([_cls(r, "raw", "linear") for r in rs]),
                       _mean_std(ssl), _mean_std(gap), _mean_std([_cls(r, "scratch", "finetune") for r in rs])])
     text.append("**Linear probe** (macro AUROC on the test patients, 100 % of the training labels):\n")
     text.append(_table(["modality", "pretraining", "random init", "raw pixels", "pretrained (SSL)", "SSL − random",
                         "supervised reference (fine-tuned from scratch, 100 %)"], table))
-    for m, g, n, sup in gaps:
+    for m, g, n, sup, rnd_mean, outside, positive in gaps:
         if g is None:
             continue
         ok = g >= 0.10
         targets.append([f"SSL linear probe ≥ random init + 0.10 AUROC ({m})", f"{g:+.3f} (mean of {n} seed(s))",
-                        _met(ok, _why_gap(m, g, sup))])
+                        _met(ok, _why_gap(m, g, sup, rnd_mean, outside, positive))])
     missing = [m for m in ("oct", "fundus", "histo", "ecg", "ct", "mri") if m not in mods]
     if missing:
         reason = _not_run_reason(res, missing)
@@ -484,9 +488,17 @@ def section_quality(res: dict[str, Any], plots: _Plots, targets: list[list[str]]
         rs = [r for r in demo if r["modality"] == m and r.get("segment")]
         fracs = sorted({s["fraction"] for r in rs for s in r["segment"]})
         for f in fracs:
-            d = {k: [next((s["dice"] for s in r["segment"] if s["model"] == k and abs(s["fraction"] - f) < 1e-9),
-                          None) for r in rs] for k in ("ssl", "scratch")}
+            # the segment stage names the U-Net on the pretrained encoder "pretrained" (older results: "ssl")
+            d = {k: [next((s["dice"] for s in r["segment"] if s["model"] in names and abs(s["fraction"] - f) < 1e-9),
+                          None) for r in rs] for k, names in (("ssl", ("pretrained", "ssl")), ("scratch", ("scratch",)))}
             seg_rows.append([m, f"{100 * f:g} %", _mean_std(d["ssl"]), _mean_std(d["scratch"])])
+            if abs(f - 0.1) < 1e-9 and _mean(d["ssl"]) is not None and _mean(d["scratch"]) is not None:
+                a, b = _mean(d["ssl"]), _mean(d["scratch"])
+                targets.append([f"segmentation at 10 % labels: U-Net on the pretrained encoder ≥ from scratch ({m}; "
+                                "the 3D analogue of the fine-tuning target)",
+                                f"Dice {a:.3f} vs {b:.3f} ({len([x for x in d['ssl'] if x is not None])} seed(s))",
+                                _met(a >= b, "the pretrained encoder does not speed up learning the lesion masks "
+                                             "at this step budget")])
     seg_errors = [f"{r['key']}: {r['error'][:200]}" for r in res.get("rows", []) if r.get("modality") in ("ct", "mri")
                   and "error" in r]
     text.append("\n**Segmentation** (mean Dice on the test patients):\n")
@@ -561,17 +573,32 @@ def _std(vals: list[float | None]) -> float:
     return statistics.stdev(v) if len(v) > 1 else 0.0
 
 
-def _why_gap(m: str, g: float, supervised: float | None = None) -> str:
+def _why_gap(m: str, g: float, supervised: float | None = None, random: float | None = None,
+             outside: int | None = None, positive: tuple[int, int] | None = None) -> str:
+    """Why the SSL − random gap of modality ``m`` is below 0.10, from what the runs measured.
+
+    ``outside``: patients outside the training split (validation + test); ``positive``: (seeds where SSL
+    beat random init, seeds).
+    """
     if g >= 0.10:
         return ""
+    seeds = f" (SSL above random init on {positive[0]} of {positive[1]} seeds)" if positive else ""
+    if outside is not None and outside < 15:
+        return (f"the gap is {g:+.3f}{seeds}, measured on a test split of at most {outside} patients (validation "
+                "and test together): a classification AUROC over so few patients swings more between seeds than the "
+                f"target. The {m} demo set is kept small so that a CPU pretrains on it in a minute; its segmentation "
+                "Dice (below) is the meaningful 3D result")
     if supervised is not None and supervised < 0.6:
-        return (f"the gap is {g:+.3f}, and nothing else learns this {m} demo set within the budget either: the "
-                f"supervised reference (fine-tuned from scratch on all labels) reaches only {supervised:.3f} AUROC, "
-                "so the demo data or its budget (epochs, image size, a test split of a few patients) does not carry "
-                "a learnable class signal yet — the demo data or the demo YAML of this modality needs work")
-    return (f"the gap is {g:+.3f}: with the demo's few CPU minutes of pretraining the {m} encoder is not yet much "
-            "better than random convolutional features, which already separate this synthetic set's classes well "
-            "or the test set (a handful of patients) is too small to show it")
+        return (f"the gap is {g:+.3f}{seeds}, and nothing else learns this {m} demo set within the budget either: "
+                f"the supervised reference (fine-tuned from scratch on all labels) reaches only {supervised:.3f} "
+                "AUROC, so the demo data or its budget does not carry a learnable class signal yet")
+    if random is not None and random >= 0.75:
+        return (f"the gap is {g:+.3f}{seeds}: a random-init encoder already reaches {random:.3f}, i.e. this "
+                "synthetic set's classes differ in colour/texture statistics that random convolutions capture, "
+                "leaving little for pretraining to add to a linear probe (fine-tuning gains: see label efficiency)")
+    return (f"the gap is {g:+.3f}{seeds}: at the demo's CPU budget of pretraining the {m} encoder improves on random "
+            "features, but by less than 0.10; pretraining longer is the lever (the fine-tuning rows show what the "
+            "same encoder gives once labels are used)")
 
 
 def _not_run_reason(res: dict[str, Any], mods: list[str]) -> str:
