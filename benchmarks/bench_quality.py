@@ -190,7 +190,10 @@ def merge(parts: list[Path], out: Path, todo: list[dict[str, Any]]) -> int:
         d = json.loads(Path(p).read_text())
         metas.append(d["meta"])
         for r in d["rows"]:
-            if r["key"] not in by_key or "skipped" in by_key[r["key"]]:
+            # a finished run beats a failed one (re-run after a fix), which beats one not run
+            rank = 0 if "skipped" in r else 1 if "error" in r else 2
+            old = by_key.get(r["key"])
+            if old is None or rank > (0 if "skipped" in old else 1 if "error" in old else 2):
                 by_key[r["key"]] = r
     rows = [by_key.get(run_key(r), {**r, "key": run_key(r), "skipped": "not run"}) for r in todo]
     loads = [m["load_before"] for m in metas if m.get("load_before")]

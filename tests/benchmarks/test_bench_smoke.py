@@ -93,3 +93,30 @@ def test_quick_run_of_every_benchmark(tmp_path):
     assert "not run yet" not in text
     assert "data waiting < 10 % of step time" in text
     assert "equal up to float32 rounding" in text
+
+
+def test_quality_merge_prefers_a_finished_run_over_a_failed_or_skipped_one(tmp_path):
+    """Partial result files of parallel/re-run quality processes merge into one, in plan order."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    key = "methods:oct/supcon-graph/seed0/15ep"
+    meta = {"load_before": [1.0, 1.0, 1.0], "wall_s": 1.0, "cpu_count": 2}
+    parts = {
+        "a": {"meta": meta, "rows": [{"key": key, "kind": "method", "error": "StageError: old bug"},
+                                     {"key": "oct/simclr/seed0", "kind": "headline", "wall_s": 5.0}]},
+        "b": {"meta": meta, "rows": [{"key": key, "kind": "method", "skipped": "not run"}]},
+        "c": {"meta": meta, "rows": [{"key": key, "kind": "method", "wall_s": 9.0}]},
+    }
+    for name, d in parts.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(d))
+    out = tmp_path / "merged.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "bench_quality.py"), "--out", str(out),
+                    "--method-epochs", "15", "--merge", *(str(tmp_path / f"{n}.json") for n in "abc")],
+                   check=True, timeout=300)
+    rows = {r["key"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows[key] == {"key": key, "kind": "method", "wall_s": 9.0}
+    assert rows["oct/simclr/seed0"]["wall_s"] == 5.0
+    assert "skipped" in rows["oct/simclr/seed1"]  # in the plan, in no part: reported as not run
