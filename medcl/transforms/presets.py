@@ -170,6 +170,17 @@ def _histo(p: dict, train: bool) -> tuple[list, list]:
     return det, rand
 
 
+def _illumination(p: dict) -> list:
+    """``[RandBiasFieldd]`` when ``p["illumination"] > 0``: intensity × exp(bilinear Legendre field), the
+    coefficients in U(-illumination, illumination) — an uneven illumination gradient across the image."""
+    from monai import transforms as mt
+
+    if p["illumination"] <= 0:
+        return []
+    return [mt.RandBiasFieldd(p["keys"], degree=1, coeff_range=(-p["illumination"], p["illumination"]),
+                              prob=p["illumination_prob"])]
+
+
 def _oct(p: dict, train: bool) -> tuple[list, list]:
     from monai import transforms as mt
 
@@ -187,14 +198,13 @@ def _oct(p: dict, train: bool) -> tuple[list, list]:
         # tilt: the retina's slope in the scan is a per-scan nuisance; without this the views of one
         # scan share it and contrastive learning can tell scans apart by tilt alone
         *([mt.RandRotated(_all(p), range_x=math.radians(p["tilt_deg"]), prob=p["tilt_prob"], keep_size=True,
-                          padding_mode="border")] if p["tilt_deg"] > 0 else []),
+                          mode=_interp(p, "bilinear", "nearest"), padding_mode="border")] if p["tilt_deg"] > 0 else []),
         mt.RandFlipd(_all(p), spatial_axis=1, prob=p["flip_prob"]),
         mt.RandScaleIntensityd(p["keys"], factors=p["gain"], prob=p["gain_prob"]),
         # additive offset and an illumination gradient (exp of a bilinear Legendre field): scanners and
         # acquisitions differ in both, and a contrastive method would otherwise tell scans apart by them
         *([mt.RandShiftIntensityd(p["keys"], offsets=p["offset"], prob=p["offset_prob"])] if p["offset"] > 0 else []),
-        *([mt.RandBiasFieldd(p["keys"], degree=1, coeff_range=(-p["illumination"], p["illumination"]),
-                             prob=p["illumination_prob"])] if p["illumination"] > 0 else []),
+        *_illumination(p),
         mt.RandAdjustContrastd(p["keys"], gamma=_pair(p["gamma"]), prob=p["gamma_prob"]),
         RandSpeckleNoised(p["keys"], std=p["speckle_std"], prob=p["speckle_prob"]),
     ]
@@ -224,9 +234,7 @@ def _fundus(p: dict, train: bool) -> tuple[list, list]:
         RandColorJitterd(p["keys"], brightness=p["brightness"], contrast=p["contrast"],
                          saturation=p["saturation"], prob=p["color_prob"]),
         mt.RandAdjustContrastd(p["keys"], gamma=_pair(p["gamma"]), prob=p["gamma_prob"]),
-        # uneven illumination across the field (exp of a bilinear Legendre field, all channels alike)
-        *([mt.RandBiasFieldd(p["keys"], degree=1, coeff_range=(-p["illumination"], p["illumination"]),
-                             prob=p["illumination_prob"])] if p["illumination"] > 0 else []),
+        *_illumination(p),  # uneven illumination across the field, all channels alike
         FOVMaskd(_all(p), mode="inscribed"),  # jitter and interpolation leak outside: zero it again
     ]
     return det, rand

@@ -583,3 +583,19 @@ def test_multiviewd_rejects_views_of_different_shapes():
     mv.set_random_state(0)
     with pytest.raises(DataError, match="different shapes"):
         mv({"image": torch.rand(1, 8, 8)})
+
+
+def test_oct_tilt_keeps_masks_binary():
+    """Masks are rotated with nearest-neighbour interpolation: labels stay labels."""
+    img = np.zeros((1, 32, 32), np.float32)
+    img[0, 14:18, :] = 255.0
+    mask = (img > 0).astype(np.float32)
+    tr = build_transforms("oct", train=True, views=1, spatial_size=[32, 32], mask_keys=["mask"], tilt_deg=15.0,
+                          tilt_prob=1.0, shift_prob=0.0)
+    changed = 0
+    for seed in range(5):
+        set_transform_seed(tr, seed)
+        out = np.asarray(tr({"image": img, "mask": mask})["mask"])
+        assert set(np.unique(out).tolist()) <= {0.0, 1.0}
+        changed += int(not np.array_equal(out, mask))
+    assert changed > 0  # the mask was rotated
