@@ -90,6 +90,36 @@ def demo_config(modality: str, manifest: Path, work: Path, extra: list[str] | No
     return load_pipeline(ROOT / "pipelines" / "demo" / f"{modality}.yaml", sets)
 
 
+def build_method(cfg, data, device: str = "cpu"):
+    """The demo's pretraining method (as the pretrain stage builds it) on ``device``, and its optimiser.
+
+    Seeded by ``cfg.seed``: two calls give the same initial weights.
+    """
+    import numpy as np
+
+    from medcl.engine.optim import build_optimizer
+    from medcl.methods import build_method as _build
+    from medcl.methods import method_options
+    from medcl.stages.common import make_encoder, seed_everything
+
+    seed_everything(cfg.seed)
+    p = cfg.pretrain
+    encoder = make_encoder(cfg)
+    allowed = method_options(p.method)
+    defaults = {"temperature": p.temperature, "hidden_dim": cfg.model.proj_hidden_dim,
+                "out_dim": cfg.model.proj_dim, "gather_distributed": False, "num_classes": len(data.classes)}
+    kwargs = {k: v for k, v in defaults.items() if k in allowed}
+    if "classes" in allowed:
+        kwargs["classes"] = data.classes
+    if "class_counts" in allowed and data.y.ndim == 1:
+        y = data.y[data.indices("train")]
+        kwargs["class_counts"] = np.bincount(y[y >= 0], minlength=len(data.classes)).tolist()
+    kwargs.update(p.method_options)
+    method = _build(p.method, encoder, **kwargs).to(device)
+    groups = method.param_groups(p.weight_decay)
+    return method, build_optimizer(groups, p.optimizer, lr=p.lr, weight_decay=p.weight_decay)
+
+
 def quiet_logs() -> None:
     """INFO lines of medcl on stderr (progress of a long benchmark), libraries at WARNING."""
     import logging

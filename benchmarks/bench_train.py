@@ -11,8 +11,8 @@ are trained by ``medcl.engine.loop.train_one_epoch``:
   default), so worker start-up is paid once, in the first step; the ``steady`` value leaves that
   step out, ``all`` keeps it. Target (issue 8): < 10 % with 2 workers.
 
-GPU rows (bf16, channels_last, torch.compile, MFU) are written as not measured when no GPU is
-visible.
+Precision, memory layout, ``torch.compile`` and model FLOP utilisation (CPU, and GPU when one is
+lent) are measured by ``bench_precision.py``.
 
 Usage::
 
@@ -28,35 +28,9 @@ import time
 from pathlib import Path
 
 import _common  # noqa: F401
-from _common import NO_GPU, ROOT, base_meta, demo_config, demo_manifest, quiet_logs, write_results
+from _common import ROOT, base_meta, build_method, demo_config, demo_manifest, quiet_logs, write_results
 
 MODALITIES = ("oct", "fundus", "histo", "ecg", "ct", "mri")
-
-
-def build(cfg, data):
-    """The demo's pretraining method (as the pretrain stage builds it) and its optimiser."""
-    import numpy as np
-
-    from medcl.engine.optim import build_optimizer
-    from medcl.methods import build_method, method_options
-    from medcl.stages.common import make_encoder, seed_everything
-
-    seed_everything(cfg.seed)
-    p = cfg.pretrain
-    encoder = make_encoder(cfg)
-    allowed = method_options(p.method)
-    defaults = {"temperature": p.temperature, "hidden_dim": cfg.model.proj_hidden_dim,
-                "out_dim": cfg.model.proj_dim, "gather_distributed": False, "num_classes": len(data.classes)}
-    kwargs = {k: v for k, v in defaults.items() if k in allowed}
-    if "classes" in allowed:
-        kwargs["classes"] = data.classes
-    if "class_counts" in allowed and data.y.ndim == 1:
-        y = data.y[data.indices("train")]
-        kwargs["class_counts"] = np.bincount(y[y >= 0], minlength=len(data.classes)).tolist()
-    kwargs.update(p.method_options)
-    method = build_method(p.method, encoder, **kwargs)
-    groups = method.param_groups(p.weight_decay)
-    return method, build_optimizer(groups, p.optimizer, lr=p.lr, weight_decay=p.weight_decay)
 
 
 def measure(modality: str, work: Path, quick: bool, workers: list[int], steps: int) -> list[dict]:
@@ -73,7 +47,7 @@ def measure(modality: str, work: Path, quick: bool, workers: list[int], steps: i
     items = data.items("train")
     batch = max(2, min(cfg.pretrain.batch_size, len(items)))
     tf = make_transforms(cfg, train=True, views=cfg.pretrain.views)
-    method, opt = build(cfg, data)
+    method, opt = build_method(cfg, data)
     if hasattr(method, "setup") and cfg.pretrain.method == "oct-severity":
         method.setup(build_loader(build_dataset(items, tf), batch_size=batch, shuffle=True, num_workers=0, seed=0))
     method.train()
@@ -151,15 +125,6 @@ def _weighted_wait(per_step: list[dict]) -> float | None:
     return sum(t * s["data_wait_fraction"] for t, s in zip(times, per_step)) / total if total > 0 else None
 
 
-def gpu_rows() -> list[dict]:
-    import torch
-
-    if torch.cuda.is_available():
-        return [{"mode": "gpu", "note": "a GPU is visible but the GPU variants are not implemented in this run"}]
-    return [{"mode": "gpu", "variant": v, "note": NO_GPU}
-            for v in ("fp32", "bf16", "bf16 + channels_last", "bf16 + channels_last + torch.compile")]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -179,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for m in mods:
         rows += measure(m, work, args.quick, args.workers, steps)
-    write_results(args.out, meta, rows, t0, gpu=gpu_rows())
+    write_results(args.out, meta, rows, t0)
     return 0
 
 

@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run benchmarks/ and rewrite benchmarks/README.md")
     p.add_argument("--only", nargs="*", default=None, help="benchmark names to run")
     p.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
+    p.add_argument("--readme-only", action="store_true",
+                   help="run nothing: rewrite benchmarks/README.md from the JSON results present (e.g. after "
+                        "copying back results/precision_gpu.json from a GPU machine)")
     return parser
 
 
@@ -198,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {out}")
             return 0
         if args.command == "bench":
-            from medcl.bench import run_benchmarks
+            from medcl.bench import benchmarks_dir, run_benchmarks, write_readme
 
+            if args.readme_only:
+                print(f"medcl bench: wrote {write_readme(benchmarks_dir() / 'quick' if args.quick else benchmarks_dir())}")
+                return 0
             return run_benchmarks(only=args.only, quick=args.quick)
     except MedclError as exc:
         from medcl import phi

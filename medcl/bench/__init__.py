@@ -44,6 +44,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "train_loss": Benchmark("bench_train_loss.py", "SimCLR ResNet-18 training throughput: medcl vs lightly loss"),
     "input": Benchmark("bench_input.py", "Input pipeline", [], ["--quick", "--modalities", "oct", "ct"]),
     "train": Benchmark("bench_train.py", "Pretraining throughput and data waiting per modality"),
+    "precision": Benchmark("bench_precision.py", "bf16, channels_last, torch.compile and MFU (CPU; GPU when visible)"),
     "scaling": Benchmark("bench_scaling.py", "Scaling: 1 vs 2 processes under torchrun (CPU)"),
     "quality": Benchmark("bench_quality.py", "Learning quality on the demo data",
                          ["--method-epochs", "15", "--budget-min", "150"]),
@@ -82,8 +83,8 @@ def run_benchmarks(only: list[str] | None = None, quick: bool = False, out_dir: 
     """Run the selected benchmarks, each in a subprocess, then rewrite the README.
 
     Args:
-        only: benchmark names (``losses``, ``train_loss``, ``input``, ``train``, ``scaling``,
-            ``quality``; comma-separated strings accepted); default all.
+        only: benchmark names (``losses``, ``train_loss``, ``input``, ``train``, ``precision``,
+            ``scaling``, ``quality``; comma-separated strings accepted); default all.
         quick: tiny sizes, written under ``benchmarks/quick/`` unless ``out_dir`` is given.
         out_dir: where ``results/``, ``plots/``, ``logs/`` and ``README.md`` go (default
             ``benchmarks/`` for full runs).

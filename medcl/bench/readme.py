@@ -16,12 +16,18 @@ log = logging.getLogger(__name__)
 log = logging.getLogger(__name__)
 
 
+#: result files written by hand-run scripts rather than ``medcl bench``: name -> what made them
+EXTRA_RESULTS: dict[str, str] = {
+    "precision_gpu": "python benchmarks/bench_precision.py --device cuda --out benchmarks/results/precision_gpu.json",
+}
+
+
 def load_results(out: Path) -> dict[str, dict[str, Any]]:
     """``{name: parsed JSON}`` of every benchmark result present under ``out/results``."""
     from medcl.bench import BENCHMARKS
 
     found = {}
-    for name in BENCHMARKS:
+    for name in [*BENCHMARKS, *EXTRA_RESULTS]:
         p = Path(out) / "results" / f"{name}.json"
         if p.is_file():
             try:
@@ -291,10 +297,7 @@ def section_train(res: dict[str, Any], plots: _Plots, targets: list[list[str]]) 
                 "leaves it out." if any(r.get("persistent_workers") for r in rows) else
                 "*all steps* includes the first step of each epoch, which waits for the worker processes "
                 "to start; *steady* leaves it out."))
-    gpu = res.get("gpu") or []
-    if gpu:
-        text.append("\n**GPU** (bf16, channels_last, torch.compile, MFU):\n")
-        text.append(_table(["variant", "images/s", "MFU"], [[g.get("variant", "—"), g.get("note"), "—"] for g in gpu]))
+    text.append("\nbf16, channels_last, torch.compile and model FLOP utilisation: section 3b.")
     if waits2:
         worst_all = max((w for _, w, _ in waits2 if w is not None), default=None)
         # steady state where there are steps after the first of an epoch, else every step
@@ -331,6 +334,63 @@ def section_train(res: dict[str, Any], plots: _Plots, targets: list[list[str]]) 
                                          " in steady state; counting the first step of each epoch (worker "
                                          "start-up, a large share of the tiny demo epochs) it is "
                                          f"up to {_pct(worst_all)}")])
+    return "\n".join(text)
+
+
+def section_precision(res: dict[str, Any] | None, gpu: dict[str, Any] | None) -> str:
+    """fp32 / bf16 / channels_last / torch.compile variants per device: images/s, speed-up, MFU."""
+    text = []
+    for r in (res, gpu):
+        if not r:
+            continue
+        meta = r.get("meta", {})
+        name = meta.get("device_name") or meta.get("device", "?")
+        measured = meta.get("peak_flops_measured") or {}
+        spec = meta.get("peak_flops_spec")
+        text.append(f"\n**{name}** ({meta.get('device', '?')}): peak used for MFU — "
+                    + (f"spec sheet {spec / 1e12:.0f} TFLOP/s dense bf16; " if spec else "no spec-sheet figure; ")
+                    + "measured dense matmul " + ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in measured.items())
+                    + f". Variants timed round-robin in chunks of {meta.get('steps')} steps"
+                    + (f" until each has {meta['min_seconds']:g} s" if meta.get("min_seconds") else "")
+                    + f", after {meta.get('warmup')} warm-up steps each.\n")
+        rows = []
+        for x in r.get("rows", []):
+            shape = "×".join(map(str, x.get("input_shape", [])))
+            if "error" in x:
+                rows.append([x["modality"], x.get("encoder"), shape, x.get("batch"), x["variant"],
+                             f"failed: {x['error']}", "", "", "", "", "", "", ""])
+                continue
+            mem = x.get("step_memory_gb")
+            variant = x["variant"] + (" (no effect: 1-D signal)" if x.get("channels_last") and
+                                      x.get("channels_last_applies") is False else "")
+            rows.append([x["modality"], x.get("encoder"), shape, x.get("batch"), variant, _f(x.get("images_per_s"), 1),
+                         _f(x.get("speedup_vs_fp32"), 2) + "×", _f(x.get("warmup_s"), 1),
+                         _f(x.get("flops_per_step", 0) / 1e9, 1), _f(x.get("achieved_tflops"), 3),
+                         _pct(x.get("mfu_spec")), _pct(x.get("mfu_measured")), "—" if mem is None else f"{mem:.2f}"])
+        text.append(_table(["modality", "encoder", "input (C×spatial)", "batch", "variant", "images/s", "vs fp32",
+                            "warm-up s", "GFLOP/step", "TFLOP/s", "MFU (spec)", "MFU (measured peak)",
+                            "step memory GiB"], rows))
+        best = []
+        for m in dict.fromkeys(x["modality"] for x in r.get("rows", [])):
+            ok = [x for x in r["rows"] if x["modality"] == m and x.get("speedup_vs_fp32")
+                  and not (x.get("channels_last") and x.get("channels_last_applies") is False)]
+            if ok:
+                top = max(ok, key=lambda x: x["speedup_vs_fp32"])
+                best.append(f"{m} {top['variant']} {top['speedup_vs_fp32']:.2f}×")
+        if best:
+            text.append("\nFastest variant per modality (vs fp32): " + "; ".join(best) + ".")
+        text.append("\n" + _load_note(meta) + "\n")
+    if not gpu:
+        text.append("\n**GPU**: not measured — no GPU was lent to this task. On a GPU machine run `"
+                    + EXTRA_RESULTS["precision_gpu"] + "` and then `medcl bench --readme-only`; on a machine "
+                    "without MONAI (the lent GPU machines) follow [gpu/README.md](gpu/README.md).\n")
+    text.insert(0, "Compute only: one real demo batch replayed on the device through the pretraining loop. "
+                "Images = augmented views. GFLOP/step = model FLOPs of forward + backward counted by "
+                "`torch.utils.flop_counter` (convolutions and matrix products); MFU = those FLOPs per second / the "
+                "peak — the spec-sheet dense bf16 rate on known GPUs (also for the fp32 rows, so that rows compare), "
+                "and the best measured dense matmul rate (fp32 or bf16) on every device. Warm-up includes "
+                "`torch.compile`'s compilation from a cold cache. Step memory (CUDA) = peak memory during the steps "
+                "minus the memory resident before them (weights, optimiser state, the batch).")
     return "\n".join(text)
 
 
@@ -647,15 +707,18 @@ def write_readme(out: str | Path) -> Path:
              "Generated by `medcl bench` (`make bench`) from the JSON files in `results/` — do not edit by hand; "
              "re-run `medcl bench --only NAME` to refresh a section. Every figure below comes from those files.",
              ""]
-    metas = [v.get("meta", {}) for v in found.values()]
+    local = {n: v for n, v in found.items() if n not in EXTRA_RESULTS}  # the GPU results come from another machine
+    metas = [v.get("meta", {}) for v in local.values()]
+    gpus = sorted({v.get("meta", {}).get("device_name", "a GPU") for n, v in found.items() if n in EXTRA_RESULTS})
     if metas:
         loads = [m["load_before"][0] for m in metas if m.get("load_before")]
         cpus = {m.get("cpu_count") for m in metas if m.get("cpu_count")}
         ncpu = max(cpus) if cpus else 1
-        busy = [n for n, v in found.items() if (v.get("meta", {}).get("load_before") or [0])[0] > 1.5 * ncpu
+        busy = [n for n, v in local.items() if (v.get("meta", {}).get("load_before") or [0])[0] > 1.5 * ncpu
                 or not v.get("meta", {}).get("load_before")]
-        quiet = [n for n in found if n not in busy]
+        quiet = [n for n in local if n not in busy]
         parts.append(f"**Machine**: {', '.join(map(str, cpus))} CPU cores, no GPU"
+                     + (f" (the GPU rows of section 3b were measured on {', '.join(gpus)})" if gpus else "")
                      + (f"; load average at the start of the runs {min(loads):.1f}–{max(loads):.1f}" if loads else "")
                      + ". "
                      + (f"Measured on a quiet machine (load ≤ 1.5 × cores): {', '.join(quiet)}. " if quiet else "")
@@ -671,21 +734,25 @@ def write_readme(out: str | Path) -> Path:
         ("train_loss", "1b. SimCLR training throughput: medcl vs lightly loss", lambda r: section_train_loss(r, targets)),
         ("input", "2. Input pipeline", lambda r: section_input(r, plots)),
         ("train", "3. Pretraining throughput and data waiting", lambda r: section_train(r, plots, targets)),
+        ("precision", "3b. bf16, channels_last, torch.compile and model FLOP utilisation",
+         lambda r: section_precision(r, found.get("precision_gpu"))),
         ("scaling", "4. Scaling under torchrun (CPU)", section_scaling),
         ("quality", "5. Learning quality on the demo data", lambda r: section_quality(r, plots, targets)),
     ]
     body = []
     for name, title, fn in sections:
         body.append(f"## {title}\n")
-        if name not in found:
+        extra = [k for k in EXTRA_RESULTS if k.startswith(name + "_") and k in found]
+        if name not in found and not extra:
             body.append(f"not run yet: `medcl bench --only {name}`\n")
             continue
         try:
-            body.append(fn(found[name]))
+            body.append(fn(found.get(name)))
         except Exception as exc:  # noqa: BLE001 - a malformed result must not lose the other sections
             log.warning("benchmark %s: cannot render its results: %s", name, exc, exc_info=True)
             body.append(f"(results present but unreadable: {type(exc).__name__}: {exc})")
-        body.append("\n" + _load_note(found[name].get("meta", {})) + "\n")
+        if name in found and not extra and name != "precision":  # section_precision notes each device's run
+            body.append("\n" + _load_note(found[name].get("meta", {})) + "\n")
     parts.append("## Targets\n")
     if targets:
         parts.append(_table(["target", "measured", "status"], targets))
@@ -697,6 +764,7 @@ def write_readme(out: str | Path) -> Path:
     parts.append("```bash\nmake bench                                  # everything (long: the learning-quality runs)\n"
                  ".venv/bin/medcl bench --only losses,train     # some benchmarks; the others keep their results\n"
                  ".venv/bin/medcl bench --quick                 # tiny sizes into benchmarks/quick/ (a smoke test)\n"
+                 ".venv/bin/medcl bench --readme-only           # rewrite this file from results/*.json\n"
                  "```\n")
     parts.append("Each script also runs alone, e.g. `python benchmarks/bench_losses.py --out /tmp/l.json`; "
                  "logs of the last run are in `logs/`.\n")

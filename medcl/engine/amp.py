@@ -4,7 +4,9 @@ Networks and losses never decide precision; the loop asks this module:
 
 * :func:`resolve_amp` turns the configured mode (``"off"``, ``"bf16"``, ``"fp16"``) and the
   device into the mode that will really run. On CUDA every mode is honoured. On CPU,
-  ``bf16`` runs when asked explicitly (it is slower than fp32 on most CPUs but saves memory),
+  ``bf16`` runs when asked explicitly (it saves memory; it is faster than fp32 only on CPUs with
+  bf16 instructions — AVX512-BF16 or AMX: 1.6× for the OCT demo's ResNet-18 on an AMD EPYC, see
+  ``benchmarks/README.md`` section 3b — and slower on others),
   ``fp16`` falls back to ``off`` with a warning (CPU fp16 autocast is slow and unsupported by
   many ops). Other devices (MPS, ...) run in fp32.
 * :func:`autocast` returns the context manager for a forward pass.

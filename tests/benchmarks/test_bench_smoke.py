@@ -53,6 +53,41 @@ def test_quick_losses_and_train_loss_write_results_and_readme(tmp_path):
     assert status["losses"]["rc"] == 0 and status["train_loss"]["rc"] == 0
 
 
+def test_quick_precision_variants_on_cpu(tmp_path):
+    """fp32 and bf16 steps of the OCT demo through the pretraining loop: same FLOPs, close losses, MFU from them."""
+    rc = run_benchmarks(only=["precision"], quick=True, out_dir=tmp_path)
+    assert rc == 0, (tmp_path / "logs" / "precision.log").read_text()[-2000:]
+    res = json.loads((tmp_path / "results" / "precision.json").read_text())
+    rows = {r["variant"]: r for r in res["rows"]}
+    assert list(rows) == ["fp32", "bf16", "bf16 + channels_last"]  # quick leaves the compiled variants out
+    fp32, bf16 = rows["fp32"], rows["bf16"]
+    assert fp32["device"] == "cpu" and fp32["speedup_vs_fp32"] == 1.0
+    assert fp32["flops_per_step"] == bf16["flops_per_step"] > 1e9  # ResNet-18 on 64² views: ~0.85 GFLOP per view
+    per_view = fp32["flops_per_step"] / (fp32["batch"] * fp32["views"])
+    assert 0.5e9 < per_view < 1.2e9
+    # same seeded weights, same batch: bf16 autocast changes the loss by rounding only
+    assert abs(bf16["loss"] - fp32["loss"]) < 0.1 * abs(fp32["loss"])
+    peak = max(res["meta"]["peak_flops_measured"].values())
+    for r in rows.values():
+        assert r["mfu_spec"] is None  # no spec-sheet peak for a CPU
+        assert r["mfu_measured"] == pytest.approx(r["flops_per_step"] / r["step_s"] / peak)
+    text = (tmp_path / "README.md").read_text()
+    assert "## 3b. bf16, channels_last, torch.compile and model FLOP utilisation" in text
+    assert "| oct | resnet18 | 1×64×64 |" in text and "**GPU**: not measured — no GPU was lent" in text
+
+
+def test_readme_only_runs_nothing_and_rewrites_the_readme(tmp_path, monkeypatch, capsys):
+    from medcl.cli import main
+
+    (tmp_path / "bench_losses.py").write_text("raise SystemExit('must not run')\n")
+    (tmp_path / "results").mkdir()
+    monkeypatch.setenv("MEDCL_BENCHMARKS", str(tmp_path))
+    assert main(["bench", "--readme-only"]) == 0
+    assert "## Targets" in (tmp_path / "README.md").read_text()
+    assert not (tmp_path / "results" / "_status.json").exists()  # no benchmark ran
+    assert str(tmp_path / "README.md") in capsys.readouterr().out
+
+
 def test_partial_rerun_keeps_the_other_results(tmp_path):
     """A quality result written by a previous run stays in the README when only another benchmark runs."""
     results = tmp_path / "results"
@@ -87,7 +122,7 @@ def test_quick_run_of_every_benchmark(tmp_path):
     for name in BENCHMARKS:
         assert (tmp_path / "results" / f"{name}.json").is_file(), name
     text = (tmp_path / "README.md").read_text()
-    for heading in ("## 1. Contrastive losses", "## 2. Input pipeline", "## 3. Pretraining throughput",
+    for heading in ("## 1. Contrastive losses", "## 2. Input pipeline", "## 3. Pretraining throughput", "## 3b. bf16",
                     "## 4. Scaling under torchrun", "## 5. Learning quality"):
         assert heading in text
     assert "not run yet" not in text
