@@ -280,7 +280,10 @@ def section_train(res: dict[str, Any], plots: _Plots, targets: list[list[str]]) 
         comp = next((r for r in rows if r["modality"] == m and r["mode"] == "compute only"), {})
         e2e = {r["workers"]: r for r in rows if r["modality"] == m and r["mode"] == "end to end"}
         base = comp or next(iter(e2e.values()), {})
-        row = [m, base.get("method"), base.get("encoder"), base.get("batch"), _f(comp.get("images_per_s"), 1)]
+        cache = base.get("cache", "none")
+        if cache != "none" and base.get("cache_fill_s") is not None:
+            cache += f" (filled in {base['cache_fill_s']:.1f} s)"
+        row = [m, base.get("method"), base.get("encoder"), base.get("batch"), cache, _f(comp.get("images_per_s"), 1)]
         for w in (0, 2):
             r = e2e.get(w, {})
             row += [_f(r.get("images_per_s"), 1), _pct(r.get("data_wait_fraction_all")),
@@ -288,7 +291,7 @@ def section_train(res: dict[str, Any], plots: _Plots, targets: list[list[str]]) 
         if 2 in e2e:
             waits2.append((m, e2e[2].get("data_wait_fraction_all"), e2e[2].get("data_wait_fraction_steady")))
         table.append(row)
-    text = [_table(["modality", "method", "encoder", "batch", "images/s compute only",
+    text = [_table(["modality", "method", "encoder", "batch", "data.cache", "images/s compute only",
                     "images/s 0 workers", "data wait 0 w (all steps)", "data wait 0 w (steady)",
                     "images/s 2 workers", "data wait 2 w (all steps)", "data wait 2 w (steady)"], table)]
     text.append(f"\nImages = augmented views (2 per sample). {res.get('meta', {}).get('steps')} timed optimiser steps "
@@ -314,6 +317,8 @@ def section_train(res: dict[str, Any], plots: _Plots, targets: list[list[str]]) 
                 "includes starting the 2 worker processes (the loader does not keep them between epochs)")
                 + "; in steady state the other modalities wait < 10 %")
         elif not ok:
+            below = [m for m, a, st in waits2 if (st if st is not None else a) is not None
+                     and (st if st is not None else a) < 0.10]
             # CPU cost of loading + augmenting relative to the training step, from the 0-worker and compute-only rows
             costs = []
             for m in mods:
@@ -325,8 +330,9 @@ def section_train(res: dict[str, Any], plots: _Plots, targets: list[list[str]]) 
             why = ("the machine has 2 cores and no spare one: loading and augmenting a batch costs "
                    + (f"({', '.join(costs)} the CPU time of its training step) " if costs else "")
                    + "and the 2 worker processes compete with the training step's threads for the same two cores "
-                   "instead of overlapping with it; where augmentation is cheap relative to the step (3D MRI) the "
-                   "wait is below 10 %. On a GPU machine the step runs on the GPU and the workers have the cores (not "
+                   "instead of overlapping with it"
+                   + (f"; in steady state the wait is below 10 % for {', '.join(below)}" if below else "")
+                   + ". On a GPU machine the step runs on the GPU and the workers have the cores (not "
                    "measured here: no GPU was lent to this task)")
         detail = ", ".join(f"{m}: {_pct(a)} all / {_pct(s)} steady" for m, a, s in waits2)
         targets.append(["data waiting < 10 % of step time (CPU, 2 workers)", detail,

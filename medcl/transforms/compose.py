@@ -39,3 +39,27 @@ class MedclCompose(Compose):
             if err is None:
                 raise
             raise err.with_traceback(err.__traceback__) from None
+
+
+class PlainCompose(MedclCompose):
+    """:class:`MedclCompose` that runs its transforms on plain tensors (MONAI's ``track_meta`` off).
+
+    For the random augmentations of training views, whose output keeps no metadata anyway: MONAI
+    otherwise wraps every intermediate result in a ``MetaTensor`` and records each operation, which
+    on 64×64 images costs as much as the augmentation itself (the OCT and fundus training chains run
+    about 1.8× faster without it; ``benchmarks/README.md``). The outputs are the same (tested).
+
+    MONAI's switch is process-wide: it is turned off for the duration of the call and restored
+    after, so transforms outside (loading, spacing, orientation, which need the affine) keep their
+    metadata. Loader workers are processes, and medcl runs no transforms in threads.
+    """
+
+    def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:
+        from monai.data import get_track_meta, set_track_meta
+
+        before = get_track_meta()
+        set_track_meta(False)
+        try:
+            return super().__call__(input_, *args, **kwargs)
+        finally:
+            set_track_meta(before)

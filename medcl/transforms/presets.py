@@ -399,7 +399,7 @@ def build_transforms(preset: str, *, train: bool, views: int = 2, **params: Any)
     import torch
     from monai import transforms as mt
 
-    from medcl.transforms.compose import MedclCompose
+    from medcl.transforms.compose import MedclCompose, PlainCompose
     from medcl.transforms.io import LoadSampled
     from medcl.transforms.views import MultiViewd
 
@@ -416,7 +416,8 @@ def build_transforms(preset: str, *, train: bool, views: int = 2, **params: Any)
     if not train:
         return MedclCompose([load, *det, final])
     if int(views) >= 2:
-        return MedclCompose([load, *det, MultiViewd(MedclCompose([*rand, final]), views=int(views), keys=p["keys"])])
+        # the views' augmentations run on plain tensors (PlainCompose): same output, half the CPU time
+        return MedclCompose([load, *det, MultiViewd(PlainCompose([*rand, final]), views=int(views), keys=p["keys"])])
     return MedclCompose([load, *det, *rand, final])
 
 

@@ -139,6 +139,25 @@ def test_disk_cache_hits_on_second_epoch_and_next_run(tmp_path):
     torch.testing.assert_close(again["views"], first["views"])
 
 
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_cached_training_batches_equal_uncached_ones(tmp_path, cache):
+    """Caching the deterministic part changes nothing in what training sees: same views, every epoch."""
+    items = _png_items(tmp_path, 5)
+    tr = build_transforms("oct", train=True, views=2, spatial_size=[16, 16])
+    plain = build_loader(build_dataset(items, tr), batch_size=2, shuffle=True, num_workers=0, seed=3)
+    cached = build_loader(build_dataset(items, build_transforms("oct", train=True, views=2, spatial_size=[16, 16]),
+                                        cache=cache, cache_dir=tmp_path / "c"),
+                          batch_size=2, shuffle=True, num_workers=0, seed=3)
+    for epoch in range(2):
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        a, b = _batches(plain), _batches(cached)
+        assert len(a) == len(b) == 3
+        for x, y in zip(a, b):
+            assert torch.equal(x["index"], y["index"])
+            torch.testing.assert_close(x["views"], y["views"])
+
+
 def test_eval_chain_is_cached_whole_and_matches_uncached(tmp_path):
     items = _nifti_items(tmp_path, 2)
     ev = build_transforms("ct", train=False, spatial_size=[8, 8, 8], spacing=[1.0, 1.0, 1.0])

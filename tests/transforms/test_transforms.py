@@ -599,3 +599,40 @@ def test_oct_tilt_keeps_masks_binary():
         assert set(np.unique(out).tolist()) <= {0.0, 1.0}
         changed += int(not np.array_equal(out, mask))
     assert changed > 0  # the mask was rotated
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_views_on_plain_tensors_equal_views_on_metatensors(name):
+    """The training views' augmentations run with MONAI's track_meta off (speed): the views are the same."""
+    from medcl.transforms.compose import MedclCompose, PlainCompose
+    from medcl.transforms.views import MultiViewd
+
+    _, kw = TINY[name]
+    fast = build_transforms(name, train=True, views=2, **kw)
+    ref = build_transforms(name, train=True, views=2, **kw)
+    mv = next(t for t in ref.transforms if isinstance(t, MultiViewd))
+    assert isinstance(mv.aug, PlainCompose)
+    mv.aug = MedclCompose(mv.aug.transforms)  # the same transforms on MetaTensors
+    for seed in (3, 4):
+        set_transform_seed(fast, seed)
+        set_transform_seed(ref, seed)
+        sample = _tiny_sample(name, seed)
+        a, b = fast(_item(sample))["views"], ref(_item(sample))["views"]
+        assert type(a) is torch.Tensor and torch.allclose(a, b, atol=1e-6), float((a - b).abs().max())
+
+
+def test_plain_compose_restores_metadata_tracking_even_on_error():
+    from monai.data import MetaTensor, get_track_meta
+    from monai.transforms import Lambdad
+
+    from medcl.transforms.compose import PlainCompose
+
+    seen = []
+    ok = PlainCompose([Lambdad("image", lambda x: seen.append(get_track_meta()) or x * 2)])
+    out = ok({"image": MetaTensor(torch.ones(1, 2, 2))})
+    assert seen == [False] and get_track_meta() is True
+    assert torch.equal(torch.as_tensor(out["image"]), torch.full((1, 2, 2), 2.0))
+    bad = PlainCompose([Lambdad("image", lambda x: 1 / 0)])
+    with pytest.raises(RuntimeError):
+        bad({"image": torch.ones(1)})
+    assert get_track_meta() is True
