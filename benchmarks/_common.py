@@ -90,6 +90,24 @@ def demo_config(modality: str, manifest: Path, work: Path, extra: list[str] | No
     return load_pipeline(ROOT / "pipelines" / "demo" / f"{modality}.yaml", sets)
 
 
+def demo_training_set(modality: str, work: Path, quick: bool):
+    """The demo pipeline of ``modality`` (data synthesised under ``work/data``) ready for pretraining.
+
+    Returns:
+        ``(cfg, data, items, batch_size, transform)``: the config, the prepared data, the training items,
+        the pretraining batch size (capped by the number of items) and the multi-view training transform.
+    """
+    from medcl.data.prepare import prepare_data
+    from medcl.stages.common import make_transforms
+
+    manifest = demo_manifest(modality, Path(work) / "data", patients=8 if quick else None)
+    cfg = demo_config(modality, manifest, Path(work))
+    data = prepare_data(cfg)
+    items = data.items("train")
+    batch_size = max(2, min(cfg.pretrain.batch_size, len(items)))
+    return cfg, data, items, batch_size, make_transforms(cfg, train=True, views=cfg.pretrain.views)
+
+
 def build_method(cfg, data, device: str = "cpu"):
     """The demo's pretraining method (as the pretrain stage builds it) on ``device``, and its optimiser.
 

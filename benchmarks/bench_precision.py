@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 import _common  # noqa: F401
-from _common import ROOT, base_meta, build_method, demo_config, demo_manifest, quiet_logs, write_results
+from _common import ROOT, base_meta, build_method, demo_training_set, quiet_logs, write_results
 from _flops import measured_peak_flops, spec_peak_flops, step_flops
 
 MODALITIES = ("oct", "fundus", "histo", "ecg", "ct", "mri")
@@ -68,15 +68,8 @@ def _sync(device: str) -> None:
 def demo_batch(modality: str, work: Path, quick: bool):
     """The demo config of ``modality``, its prepared data and one training batch of pretraining views (CPU)."""
     from medcl.data.datasets import build_dataset, build_loader
-    from medcl.data.prepare import prepare_data
-    from medcl.stages.common import make_transforms
 
-    manifest = demo_manifest(modality, work / "data", patients=8 if quick else None)
-    cfg = demo_config(modality, manifest, work)
-    data = prepare_data(cfg)
-    items = data.items("train")
-    batch_size = max(2, min(cfg.pretrain.batch_size, len(items)))
-    tf = make_transforms(cfg, train=True, views=cfg.pretrain.views)
+    cfg, data, items, batch_size, tf = demo_training_set(modality, work, quick)
     loader = build_loader(build_dataset(items, tf, cache="none"), batch_size=batch_size, shuffle=True,
                           num_workers=0, seed=0, epoch=0, drop_last=True)
     return cfg, data, next(iter(loader))

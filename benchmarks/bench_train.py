@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import _common  # noqa: F401
-from _common import ROOT, base_meta, build_method, demo_config, demo_manifest, quiet_logs, write_results
+from _common import ROOT, base_meta, build_method, demo_training_set, quiet_logs, write_results
 
 MODALITIES = ("oct", "fundus", "histo", "ecg", "ct", "mri")
 
@@ -38,16 +38,9 @@ def measure(modality: str, work: Path, quick: bool, workers: list[int], steps: i
     import torch
 
     from medcl.data.datasets import build_dataset, build_loader
-    from medcl.data.prepare import prepare_data
     from medcl.engine.loop import train_one_epoch
-    from medcl.stages.common import make_transforms
 
-    manifest = demo_manifest(modality, work / "data", patients=8 if quick else None)
-    cfg = demo_config(modality, manifest, work)
-    data = prepare_data(cfg)
-    items = data.items("train")
-    batch = max(2, min(cfg.pretrain.batch_size, len(items)))
-    tf = make_transforms(cfg, train=True, views=cfg.pretrain.views)
+    cfg, data, items, batch, tf = demo_training_set(modality, work, quick)
     method, opt = build_method(cfg, data)
     if hasattr(method, "setup") and cfg.pretrain.method == "oct-severity":
         method.setup(build_loader(build_dataset(items, tf), batch_size=batch, shuffle=True, num_workers=0, seed=0))
