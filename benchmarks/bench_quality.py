@@ -18,8 +18,8 @@ synthetic demo set of the modality (``medcl data synth``), with the demo's own p
 Runs, in priority order (the budget stops the list, the rest are reported as not run):
 ``headline`` — OCT SimCLR over ``--seeds`` seeds; ``modality`` — every other modality's demo pipeline
 (its own method) at seed 0; ``extra-seed`` — seeds 1, 2 of the other modalities; ``method`` — OCT with
-MoCo, MICLe (patient-aware) and the SupCon variants at seed 0 with the same optimiser, learning rate,
-epochs and batch as the SimCLR demo. Results are written after every run; a re-run skips runs already
+SimCLR, MoCo, MICLe (patient-aware) and the SupCon variants with the same optimiser, learning rate,
+epochs and batch (every method at seed 0, then every method at seed 1, ...; ``--method-seeds``). Results are written after every run; a re-run skips runs already
 in the output file (``--fresh`` to redo), so the benchmark can be resumed.
 
 Usage::
@@ -56,15 +56,16 @@ FRACTIONS = [0.01, 0.1, 1.0]
 
 
 def plan(seeds: int, modalities: list[str], methods: list[str], quick: bool,
-         method_epochs: int | None = None) -> list[dict[str, Any]]:
-    """The runs, highest priority first."""
+         method_epochs: int | None = None, method_seeds: int | None = None) -> list[dict[str, Any]]:
+    """The runs, highest priority first (the method comparison seed by seed: every method at seed 0 first)."""
     if quick:
         return [{"kind": "headline", "modality": "oct", "method": "simclr", "seed": 0}]
     runs = [{"kind": "headline", "modality": "oct", "method": "simclr", "seed": s} for s in range(seeds)]
     runs += [{"kind": "modality", "modality": m, "method": None, "seed": 0} for m in modalities if m != "oct"]
     runs += [{"kind": "extra-seed", "modality": m, "method": None, "seed": s}
              for s in range(1, seeds) for m in modalities if m != "oct"]
-    runs += [{"kind": "method", "modality": "oct", "method": m, "seed": 0, "epochs": method_epochs} for m in methods]
+    runs += [{"kind": "method", "modality": "oct", "method": m, "seed": s, "epochs": method_epochs}
+             for s in range(seeds if method_seeds is None else method_seeds) for m in methods]
     return runs
 
 
@@ -219,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="ignore runs already in --out")
     parser.add_argument("--kinds", nargs="+", default=None, choices=["headline", "modality", "method", "extra-seed"],
                         help="run only these kinds of run (e.g. to split the list over two processes)")
+    parser.add_argument("--method-seeds", type=int, default=None,
+                        help="seeds of the method comparison (default: --seeds)")
     parser.add_argument("--method-epochs", type=int, default=None,
                         help="pretraining epochs of the method comparison (default: the demo's)")
     parser.add_argument("--finetune-epochs", type=int, default=15,
@@ -234,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     work = args.work / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
-    todo = plan(args.seeds, args.modalities, args.methods, args.quick, args.method_epochs)
+    todo = plan(args.seeds, args.modalities, args.methods, args.quick, args.method_epochs, args.method_seeds)
     reuse = dict(args.reuse_encoder)
     if args.merge:
         return merge(args.merge, args.out, todo)

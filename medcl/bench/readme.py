@@ -490,8 +490,10 @@ def section_quality(res: dict[str, Any], plots: _Plots, targets: list[list[str]]
         label = {"simclr": "SimCLR", "moco": "MoCo v3", "micle": "MICLe (patient-aware)",
                  "supcon": "SupCon", "supcon-hardneg": "SupCon + hard negatives",
                  "supcon-graph": "SupCon, graph-smoothed", "supcon-balanced": "SupCon, class-balanced"}
+        # random init depends on the seed only: one value per seed of the comparison
+        rnd = {r["seed"]: _cls(r, "random", "linear") for r in meth}
         mt = [["random init (no pretraining)", _mean_std([_cls(r, "random", "linear") for r in head]),
-               _mean_std([_cls(meth[0], "random", "linear")]) if meth else "—"]]
+               _mean_std(list(rnd.values())) if meth else "—"]]
         for name in names:
             short = [r for r in meth if r["method"] == name]
             status = next((r for r in all_method_rows if r["method"] == name), {})
@@ -507,7 +509,10 @@ def section_quality(res: dict[str, Any], plots: _Plots, targets: list[list[str]]
                     f"the method comparison gives every method the same shorter budget"
                     f"{f' ({ep} epochs)' if ep else ''} with the demo's optimiser, learning rate, batch and "
                     "augmentations (SupCon variants use the training labels: they are supervised):\n")
-        text.append(_table(["pretraining", "demo budget", "same short budget, seed 0"], mt))
+        seeds = sorted({r["seed"] for r in meth})
+        text.append(_table(["pretraining", "demo budget",
+                            "same short budget, " + (f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds")],
+                           mt))
     # -- label efficiency ----------------------------------------------------------------------------
     le_rows, ft_targets = [], []
     plt = _plt()
