@@ -30,6 +30,17 @@ def load_average() -> list[float] | None:
         return None
 
 
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux; ``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def base_meta(quick: bool) -> dict[str, Any]:
     """What every result file records about the machine, at the start of a benchmark."""
     import torch
@@ -39,7 +50,7 @@ def base_meta(quick: bool) -> dict[str, Any]:
         "quick": bool(quick),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -38,12 +38,15 @@ On a GPU machine without MONAI (the lent ones): ``benchmarks/gpu/README.md``.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import _common  # noqa: F401
-from _common import ROOT, base_meta, build_method, demo_training_set, quiet_logs, write_results
+from _common import ROOT, base_meta, build_method, cpu_name, demo_training_set, quiet_logs, write_results
 from _flops import measured_peak_flops, spec_peak_flops, step_flops
 
 MODALITIES = ("oct", "fundus", "histo", "ecg", "ct", "mri")
@@ -156,7 +159,7 @@ def measure(modality: str, work: Path, quick: bool, device: str, variants: list[
         except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler for torch.compile: report, go on
             failed[v] = {**base, "variant": v, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
             print(f"# {modality} {v}: FAILED {failed[v]['error']}", file=sys.stderr, flush=True)
-    while ready and min(x.seconds for x in ready) < min_seconds or any(x.steps < steps for x in ready):
+    while ready and (min(x.seconds for x in ready) < min_seconds or min(x.steps for x in ready) < steps):
         for x in ready:
             x.time_chunk(steps)
     results = {x.name: x.result() for x in ready}
@@ -183,23 +186,6 @@ def measure(modality: str, work: Path, quick: bool, device: str, variants: list[
     return rows
 
 
-def _cpu_name() -> str:
-    """The processor's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere) and the torch threads."""
-    import platform
-
-    import torch
-
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {torch.get_num_threads()} threads"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -223,12 +209,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         return merge(args.merge, args.out)
     quiet_logs()
-    import os
-    import tempfile
 
     # a fresh Inductor cache: the warm-up of the compiled variants then includes a cold compilation,
     # as in a user's first run, not a reload of kernels compiled by an earlier benchmark run
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="medcl-bench-inductor-")
+    cache = tempfile.mkdtemp(prefix="medcl-bench-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    try:
+        return _run(args, parser)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -244,10 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name(0) if cuda else None
-    cpu_name = _cpu_name()
     measured = measured_peak_flops(device, n=256 if args.quick and not cuda else None)
     peaks = {"spec": spec_peak_flops(name), "measured": max(measured.values())}
-    meta = {**base_meta(args.quick), "device": device, "device_name": name or cpu_name, "steps": steps,
+    device_name = name or f"{cpu_name()}, {torch.get_num_threads()} threads"
+    meta = {**base_meta(args.quick), "device": device, "device_name": device_name, "steps": steps,
             "min_seconds": min_s,
             "warmup": warmup, "peak_flops_spec": peaks["spec"], "peak_flops_measured": measured}
     rows: list[dict] = []
@@ -262,7 +254,13 @@ def merge(paths: list[Path], out: Path) -> int:
     """One result file from several runs on the same device (e.g. modalities split over time-limited calls)."""
     import json
 
-    parts = [json.loads(Path(p).read_text()) for p in paths]
+    parts = []
+    for p in paths:
+        try:
+            parts.append(json.loads(Path(p).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"bench_precision --merge: cannot read {p} ({exc}); pass result files written by "
+                             "bench_precision.py") from None
     devices = {d["meta"].get("device_name") for d in parts}
     if len(devices) > 1:
         raise SystemExit(f"bench_precision --merge: the files come from different devices {sorted(devices)}; "

@@ -120,3 +120,6 @@ def test_merge_joins_runs_of_one_device_and_refuses_two_devices(tmp_path):
     bad = subprocess.run([sys.executable, script, "--merge", a, c, "--out", str(tmp_path / "x.json")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "different devices" in bad.stderr and not (tmp_path / "x.json").exists()
+    missing = subprocess.run([sys.executable, script, "--merge", a, str(tmp_path / "nope.json"), "--out", str(out)],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "cannot read" in missing.stderr and "nope.json" in missing.stderr
