@@ -41,12 +41,28 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def git_commit() -> str | None:
+    """The checkout's commit, with ``+dirty`` when tracked files differ from it (``None`` outside git)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def base_meta(quick: bool) -> dict[str, Any]:
-    """What every result file records about the machine, at the start of a benchmark."""
+    """What every result file records about the machine and the code, at the start of a benchmark."""
     import torch
 
     return {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": git_commit(),
         "quick": bool(quick),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -84,6 +84,7 @@ class _Variant:
     def __init__(self, cfg, data, batch, variant: str, device: str, warmup: int):
         import torch
 
+        from medcl.distributed import LOCAL
         from medcl.engine.loop import to_device, train_one_epoch
         from medcl.engine.wrap import maybe_compile, model_to_channels_last
 
@@ -96,7 +97,7 @@ class _Variant:
             model_to_channels_last(method)
         self.model = maybe_compile(method, self.compile)
         self.batch = to_device(batch, torch.device(device), self.channels_last)
-        self.kw = {"amp": self.amp, "device": device, "epoch": 0, "progress": False,
+        self.kw = {"comm": LOCAL, "amp": self.amp, "device": device, "epoch": 0, "progress": False,
                    "channels_last": self.channels_last}
         self._train = train_one_epoch
         self.cuda = torch.device(device).type == "cuda"

@@ -159,6 +159,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 2
 
 
+def _rank_prefix() -> str:
+    """``[rank N] `` under torchrun for ranks other than 0, so a job's console says who failed."""
+    rank = os.environ.get("RANK", "0")
+    return f"[rank {rank}] " if rank.isdigit() and int(rank) > 0 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
@@ -210,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     except MedclError as exc:
         from medcl import phi
 
-        print(f"error: {phi.redact(exc.line())}", file=sys.stderr)
+        print(f"{_rank_prefix()}error: {phi.redact(exc.line())}", file=sys.stderr)
         if log_path:
             print(f"(log: {log_path})", file=sys.stderr)
         log.debug("medcl error", exc_info=True)
@@ -222,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         from medcl import phi
 
         log.debug("internal error", exc_info=True)
-        print(f"internal error: {type(exc).__name__}: {phi.redact(str(exc))[:500]}", file=sys.stderr)
+        print(f"{_rank_prefix()}internal error: {type(exc).__name__}: {phi.redact(str(exc))[:500]}", file=sys.stderr)
         if log_path:
             print(f"(traceback in {log_path}; please report it)", file=sys.stderr)
         return 3

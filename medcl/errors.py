@@ -60,6 +60,10 @@ class TrainingError(MedclError):
     """Training cannot continue (NaN/Inf loss, resource limit)."""
 
 
+class DistributedError(MedclError):
+    """The processes of a ``torchrun`` job lost each other: a collective timed out or a rank is gone."""
+
+
 class StageError(MedclError):
     """A pipeline stage failed; names the stage."""
 

@@ -29,14 +29,21 @@ class RedactPHI(logging.Filter):
 
 
 def setup_logging(log_dir: str | Path | None = None, verbose: bool = False) -> Path | None:
-    """Console at INFO (DEBUG with ``verbose``), file at DEBUG; returns the log file path."""
+    """Console at INFO (DEBUG with ``verbose``), file at DEBUG; returns the log file path.
+
+    Under ``torchrun`` the ranks other than 0 print only errors to the console (prefixed with their rank),
+    so a job's console reads like one process's; their log files keep everything.
+    """
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     root.setLevel(logging.DEBUG)
+    rank = os.environ.get("RANK", "0")
+    quiet = rank.isdigit() and int(rank) > 0 and not verbose
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.DEBUG if verbose else logging.INFO)
-    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    console.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
+    prefix = f"[rank {rank}] " if rank.isdigit() and int(rank) > 0 else ""
+    console.setFormatter(logging.Formatter(prefix + "%(levelname)s %(name)s: %(message)s"))
     console.addFilter(RedactPHI())
     root.addHandler(console)
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL", "git", "numba", "asyncio", "filelock"):

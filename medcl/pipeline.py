@@ -9,14 +9,18 @@ re-opens an unfinished stage's run and continues from its latest checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from medcl.config import (
     PipelineConfig,
@@ -27,16 +31,20 @@ from medcl.config import (
     resolved_dict,
     validate,
 )
-from medcl.errors import MedclError, StageError
+from medcl.errors import DistributedError, MedclError, StageError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-#: what --smoke changes: every stage for a few steps
+#: what --smoke changes in every pipeline: every stage for a few steps (sizes: :func:`smoke_overrides`)
 SMOKE_OVERRIDES = [
     "pretrain.epochs=1", "pretrain.max_steps=2", "pretrain.warmup_epochs=0",
     "classify.finetune.epochs=1", "classify.finetune.max_steps=2", "classify.n_boot=20",
-    "segment.epochs=1", "segment.max_steps=2",
+    "segment.epochs=1", "segment.max_steps=2", "segment.n_boot=20",
 ]
+#: --smoke caps: batches (pretrain 2D/1D, pretrain 3D, feature extraction, fine-tune, segmentation) and 3D crops
+SMOKE_BATCH = {"pretrain": 8, "pretrain3d": 4, "data": 16, "finetune": 8, "segment": 2}
+SMOKE_CROP_3D = 32  # voxels per axis; divisible by 32, as every 3D encoder here needs
 
 
 @dataclass
@@ -65,22 +73,56 @@ class RunContext:
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         return d
 
+    def on_main(self, what: str, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` on rank 0 alone (probes, evaluation, writing artifacts) and give every rank its result.
 
-def _stage_fn(name: str) -> Callable[[RunContext, Any], dict[str, Any]]:
+        Under ``torchrun`` the other ranks wait here, once, and ``fn`` runs in a local section where no
+        collective can wait for them (:func:`medcl.distributed.run_on_main`); on one process it is ``fn()``.
+        """
+        from medcl import distributed
+
+        return distributed.run_on_main(fn, what)
+
+
+def _stage_spec(name: str) -> Any:
     from medcl.stages import STAGES
 
     return STAGES[name]
 
 
+def smoke_overrides(cfg: PipelineConfig) -> list[str]:
+    """What ``--smoke`` changes: :data:`SMOKE_OVERRIDES` (two steps per stage) plus smaller batches and, for
+    3D modalities, smaller crops and sliding windows, so that every shipped pipeline's smoke run takes minutes
+    on 2 CPU cores within 24 GiB. Only shrinks: a setting already below a cap is kept."""
+    from medcl.transforms import preset_info
+
+    b = SMOKE_BATCH
+    dims = int(preset_info(cfg.transforms.preset)["spatial_dims"])
+    out = [*SMOKE_OVERRIDES,
+           f"pretrain.batch_size={min(cfg.pretrain.batch_size, b['pretrain3d' if dims == 3 else 'pretrain'])}",
+           f"data.batch_size={min(cfg.data.batch_size, b['data'])}",
+           f"classify.finetune.batch_size={min(cfg.classify.finetune.batch_size, b['finetune'])}",
+           f"segment.batch_size={min(cfg.segment.batch_size, b['segment'])}",
+           f"segment.sw_batch_size={min(cfg.segment.sw_batch_size, b['segment'])}"]
+    if dims == 3:
+        params = {**preset_info(cfg.transforms.preset)["defaults"], **(cfg.transforms.model_extra or {})}
+        crop = [min(int(v), SMOKE_CROP_3D) for v in params["spatial_size"]]
+        out += [f"transforms.spatial_size=[{', '.join(map(str, crop))}]",
+                "segment.roi_size=null", "segment.eval_spatial_size=null"]  # both follow the crop
+    return out
+
+
 def load_pipeline(path: str | Path, overrides: list[str] | None = None, smoke: bool = False) -> PipelineConfig:
-    """Load a pipeline YAML with --smoke overrides applied before the user's --set ones."""
+    """Load a pipeline YAML; with ``smoke``, :func:`smoke_overrides` go before the user's ``--set`` ones
+    (which therefore still win)."""
     from medcl.config import load_config
 
-    if smoke:
-        raw = apply_overrides(load_raw(path), SMOKE_OVERRIDES)
-        validate(raw, source=str(path))
-        return load_config(path, [*SMOKE_OVERRIDES, *(overrides or [])])
-    return load_config(path, overrides)
+    cfg = load_config(path, overrides)
+    if not smoke:
+        return cfg
+    sets = smoke_overrides(cfg)
+    validate(apply_overrides(load_raw(path), sets), source=str(path))
+    return load_config(path, [*sets, *(overrides or [])])
 
 
 def run_pipeline_file(path: str | Path, *, overrides: list[str] | None = None, force: bool = False,
@@ -159,9 +201,33 @@ def run_pipeline(cfg: PipelineConfig, *, force: bool = False, resume: bool = Fal
     """
     old_umask = os.umask(0o077)
     try:
-        return _run_pipeline(cfg, force=force, resume=resume, dry_run=dry_run, smoke=smoke)
+        with _sigterm_fails_the_run():
+            return _run_pipeline(cfg, force=force, resume=resume, dry_run=dry_run, smoke=smoke)
     finally:
         os.umask(old_umask)
+
+
+@contextlib.contextmanager
+def _sigterm_fails_the_run() -> Iterator[None]:
+    """SIGTERM (torchrun stopping the job because another rank failed, ``scancel``, ``docker stop``) raises
+    a :class:`DistributedError`, so the stage and pipeline runs end FAILED instead of staying RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        from medcl import distributed
+
+        stage = distributed.current_stage()
+        raise DistributedError("the process was terminated (SIGTERM)", where=f"stage {stage}" if stage else "medcl run",
+                               fix="torchrun stops every rank when one fails: the first error in the log is the "
+                                   "cause; otherwise the job was cancelled — re-run with --resume to continue")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bool, smoke: bool) -> RunContext:
@@ -173,7 +239,7 @@ def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bo
     run_dir = Path(cfg.runtime.output_dir).resolve() / f"{cfg.name}-{key}"
     uri = cfg.tracking.uri or default_tracking_uri()
     if not dry_run:
-        distributed.init_distributed()
+        distributed.init_distributed(timeout_s=cfg.runtime.dist_timeout_s)
         # Fail in seconds, before validating data or training, if the store/server is unreachable.
         _check_tracking(cfg, uri)
     data = prepare_data(cfg)
@@ -222,14 +288,26 @@ def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bo
             t0 = time.time()
             if ctx.is_main:
                 log.info("stage %s: starting (MLflow run %s)", stage, child.run_id)
+            spec = _stage_spec(stage)
             try:
-                out = _stage_fn(stage)(ctx, child)
+                with distributed.stage_scope(stage):
+                    if spec.main_only:  # rank 0 works alone; the other ranks wait here, once
+                        out = distributed.run_on_main(functools.partial(spec.run, ctx, child), f"stage {stage}")
+                    else:
+                        out = spec.run(ctx, child)
+            except DistributedError:
+                child.end("FAILED")
+                raise
             except MedclError as exc:
                 child.end("FAILED")
                 raise StageError(exc.line(), where=f"stage {stage}",
                                  fix="fix the cause above and re-run; completed stages are skipped") from exc
             except Exception as exc:
                 child.end("FAILED")
+                with distributed.stage_scope(stage):
+                    lost = distributed.explain(exc)
+                if lost is not None:
+                    raise lost from exc
                 raise StageError(f"{type(exc).__name__}: {exc}", where=f"stage {stage}",
                                  fix="see the log file for the traceback; completed stages are skipped on a re-run"
                                  ) from exc

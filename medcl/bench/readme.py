@@ -427,6 +427,21 @@ def section_scaling(res: dict[str, Any]) -> str:
     return text
 
 
+def section_smoke(res: dict[str, Any]) -> str:
+    rows, meta = res.get("rows", []), res.get("meta", {})
+    table = []
+    for r in rows:
+        stages = r.get("stages_s") or {}
+        detail = ", ".join(f"{k} {_f(v, 0)}" for k, v in stages.items()) if r.get("rc") == 0 else \
+            "failed: " + str(r.get("error", ""))[-300:].replace("\n", " ")
+        table.append([f"`pipelines/{r['pipeline']}.yaml`", "ok" if r.get("rc") == 0 else f"exit {r.get('rc')}",
+                      _f(r.get("wall_s"), 0), _f(r.get("peak_rss_gb"), 1), detail])
+    text = _table(["pipeline", "result", "wall (s)", "peak memory of one process (GB)", "stages (s)"], table)
+    return text + (f"\n\n`torchrun --standalone --nproc-per-node={meta.get('nproc', 2)} -m medcl run PIPELINE --smoke` "
+                   f"(gloo) on the demo sets of `{meta.get('data', 'medcl data synth')}`; the wall time covers start-up, "
+                   "data validation, every stage and the report.")
+
+
 # -- learning quality ------------------------------------------------------------------------------------------
 def _runs(res: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in res.get("rows", []) if "error" not in r and "skipped" not in r]
@@ -748,6 +763,7 @@ def write_readme(out: str | Path) -> Path:
         ("precision", "3b. bf16, channels_last, torch.compile and model FLOP utilisation",
          lambda r: section_precision(r, found.get("precision_gpu"))),
         ("scaling", "4. Scaling under torchrun (CPU)", section_scaling),
+        ("smoke", "4b. `--smoke` of every shipped pipeline under torchrun (CPU)", section_smoke),
         ("quality", "5. Learning quality on the demo data", lambda r: section_quality(r, plots, targets)),
     ]
     body = []

@@ -105,6 +105,7 @@ class PretrainConfig(Section):
 
 
 class FinetuneConfig(Section):
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="sgd: momentum 0.9, L2 weight decay")
     epochs: int = Field(10, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
@@ -143,6 +144,7 @@ class SegmentConfig(Section):
         "unet_encoder/swin_unetr_encoder; unet: MONAI UNet from scratch only",
     )
     network_options: dict[str, Any] = Field(default_factory=dict, description="extra network arguments")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="sgd: momentum 0.9, L2 weight decay")
     epochs: int = Field(20, ge=1)
     max_steps: int | None = Field(None, ge=1)
     lr: float = Field(1e-3, gt=0.0)
@@ -193,6 +195,10 @@ class RuntimeConfig(Section):
     output_dir: str = Field("medcl-runs", description="run folders (checkpoints, split, config)")
     deterministic: bool = False
     progress: bool = True
+    dist_timeout_s: float = Field(
+        300.0, gt=0.0, description="under torchrun: seconds a rank waits in a collective for the others before the "
+        "run stops with a clear error (gloo and NCCL); rank-0-only work (probes, calibration, report) is not "
+        "limited by it")
 
 
 class PipelineConfig(Section):

@@ -6,6 +6,11 @@ with a scalar ``"loss"`` and optionally other scalars to log; it may define
 optimiser step. Tracking and checkpointing are passed in (``on_step`` callback, ``tracker``,
 ``checkpointer``), never inherited.
 
+Who reduces is an argument: every loop takes ``comm`` (:func:`medcl.distributed.world` for DDP
+training on every rank, :data:`medcl.distributed.LOCAL` for one process or rank-0-only work) and never
+guesses from whether a process group happens to exist, so a loop that runs on rank 0 alone cannot wait
+for ranks that never come.
+
 Exact resume: with loaders seeded by ``(seed, epoch)`` (:func:`epoch_generator`), a run
 interrupted mid-epoch and resumed from its checkpoint in a fresh process reproduces the
 uninterrupted run bit for bit on CPU. The loop replays the already-consumed batches of the
@@ -26,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medcl.distributed import Comm
 from medcl.engine.amp import autocast, make_grad_scaler, resolve_amp
 from medcl.engine.checkpoint import build_training_state, restore_rng_state, restore_training_state
 from medcl.engine.progress import StepProgress
@@ -39,27 +45,6 @@ _IMAGE_KEYS = {"image": 1, "views": 2}
 
 
 # ----------------------------------------------------------------------------- helpers
-def _distributed():
-    """``medcl.distributed`` if it exists (it is optional for single-process use)."""
-    try:
-        from medcl import distributed
-    except ModuleNotFoundError as e:
-        if e.name in ("medcl.distributed",):
-            return None
-        raise
-    return distributed
-
-
-def _dist_active() -> bool:
-    d = _distributed()
-    return bool(d is not None and d.is_distributed())
-
-
-def _is_main() -> bool:
-    d = _distributed()
-    return d is None or not d.is_distributed() or d.rank() == 0
-
-
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A ``torch.Generator`` seeded by ``(seed, epoch)``: pass it to the epoch's ``DataLoader``.
 
@@ -146,21 +131,13 @@ def _scalar_outputs(out: Any, where: str) -> dict[str, torch.Tensor]:
     return scalars
 
 
-def _reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Average a dict of floats over ranks (identity on one process)."""
-    if not values or not _dist_active():
+def _reduce_mean(values: dict[str, float], device: torch.device, comm: Comm) -> dict[str, float]:
+    """Average a dict of floats over ``comm``'s processes (identity for one process)."""
+    if not values or comm.size == 1:
         return values
-    d = _distributed()
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    r = d.all_reduce_mean(t)
-    t = r if isinstance(r, torch.Tensor) else t
+    t = comm.all_reduce_mean(torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device))
     return dict(zip(keys, t.tolist()))
-
-
-def _world_size() -> int:
-    d = _distributed()
-    return int(d.world_size()) if d is not None and d.is_distributed() else 1
 
 
 # ----------------------------------------------------------------------------- training
@@ -189,6 +166,7 @@ def train_one_epoch(
     loader: Iterable,
     optimizer: torch.optim.Optimizer,
     *,
+    comm: Comm,
     scheduler: Any = None,
     scaler: torch.amp.GradScaler | None = None,
     amp: str = "off",
@@ -213,6 +191,8 @@ def train_one_epoch(
         model: method module (optionally DDP / compiled); ``forward(batch) -> {"loss", ...}``.
         loader: iterable of batches (dicts as in ``medcl/README.md``).
         optimizer: the optimiser; stepped every ``grad_accum`` batches.
+        comm: the processes the logged averages are reduced over (the gradients are DDP's business):
+            ``distributed.world()`` when every rank trains, ``distributed.LOCAL`` otherwise.
         scheduler: per-step LR scheduler, stepped after every optimiser step.
         scaler: ``GradScaler`` for fp16 (created when ``None`` and fp16 runs on CUDA).
         amp: ``"off"``, ``"bf16"`` or ``"fp16"`` (see :mod:`medcl.engine.amp`).
@@ -232,7 +212,7 @@ def train_one_epoch(
         accumulator: the running epoch sums, updated in place (``{"sums": {name: float},
             "n_micro": int, "grad_norms": [float]}``); pass the one saved with a mid-epoch
             checkpoint so that the epoch averages of a resumed epoch cover the whole epoch.
-        progress: show a progress bar (main rank only).
+        progress: show a progress bar (on ``comm``'s main rank only).
         log_every: without a terminal, log a line every this many steps.
 
     Returns:
@@ -331,7 +311,7 @@ def train_one_epoch(
             on_step(global_step, logs)
         g_sums, g_time, g_wait, g_samples, g_count = {}, 0.0, 0.0, 0, 0
 
-    with StepProgress(bar_total, f"epoch {epoch}", enabled=progress and _is_main(), log_every=log_every) as bar:
+    with StepProgress(bar_total, f"epoch {epoch}", enabled=progress and comm.is_main, log_every=log_every) as bar:
         t_prev = time.perf_counter()
         while max_steps is None or steps < max_steps:
             try:
@@ -388,8 +368,8 @@ def train_one_epoch(
         result["grad_norm"] = sum(grad_norms) / len(grad_norms)
     result["samples_per_s"] = total_samples / total_time if total_time > 0 else 0.0
     result["data_wait_fraction"] = min(1.0, total_wait / total_time) if total_time > 0 else 0.0
-    result = _reduce_mean(result, device)
-    result["samples_per_s"] *= _world_size()
+    result = _reduce_mean(result, device, comm)
+    result["samples_per_s"] *= comm.size
     result.update(lr=lr, steps=float(steps), batches_done=float(batch_idx), completed=float(completed))
     return result
 
@@ -400,6 +380,7 @@ def fit(
     optimizer: torch.optim.Optimizer,
     scheduler: Any = None,
     *,
+    comm: Comm,
     epochs: int,
     start_epoch: int = 0,
     checkpointer: Any = None,
@@ -427,6 +408,7 @@ def fit(
         model: method module, already on ``device`` (optionally DDP / compiled).
         loader_factory: ``epoch -> loader``; seed its shuffling with :func:`epoch_generator`.
         optimizer, scheduler: as for :func:`train_one_epoch` (scheduler stepped per step).
+        comm: who the logged averages are reduced over, see :func:`train_one_epoch`.
         epochs: total epochs of the run (not "more epochs").
         start_epoch: first epoch when not resuming.
         checkpointer: a :class:`~medcl.engine.checkpoint.Checkpointer` (or ``None``); saves at
@@ -513,7 +495,7 @@ def fit(
                 save(_ep, done, _es0 + step - _s0, _n, _acc)
 
         result = train_one_epoch(
-            model, loader, optimizer, scheduler=scheduler, scaler=scaler, amp=amp, device=device, epoch=ep,
+            model, loader, optimizer, comm=comm, scheduler=scheduler, scaler=scaler, amp=amp, device=device, epoch=ep,
             grad_accum=grad_accum, clip_grad=clip_grad, channels_last=channels_last, step_offset=start_step,
             total_steps=total_steps, on_step=on_step,
             max_steps=None if max_steps is None else max_steps - start_step,
@@ -539,11 +521,12 @@ def fit(
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str, amp: str = "off") -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Iterable, *, comm: Comm, device: torch.device | str,
+             amp: str = "off") -> dict[str, float]:
     """Average the scalars ``model(batch)`` returns over ``loader`` (weighted by batch size).
 
-    Runs in eval mode under ``no_grad`` and restores the previous train/eval mode. Under
-    torchrun the averages are combined over ranks.
+    Runs in eval mode under ``no_grad`` and restores the previous train/eval mode. The averages are
+    combined over ``comm``'s processes (each holding its shard of the data).
     """
     device = torch.device(device)
     amp = resolve_amp(amp, device)
@@ -564,8 +547,8 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str, 
             count += n
     finally:
         model.train(was_training)
-    if _dist_active():
-        reduced = _reduce_mean({**sums, "__count": float(count)}, device)
+    if comm.size > 1:
+        reduced = _reduce_mean({**sums, "__count": float(count)}, device, comm)
         count_mean = reduced.pop("__count")
         return {k: v / count_mean for k, v in reduced.items()} if count_mean else {}
     return {k: v / count for k, v in sums.items()} if count else {}

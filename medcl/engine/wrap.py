@@ -70,8 +70,16 @@ def wrap_ddp(
         find_unused_parameters: set when some parameters get no gradient in a step.
 
     Raises:
-        TrainingError: no process group is initialised.
+        TrainingError: no process group is initialised, or this is a section that runs on rank 0 alone
+            (DDP's start-up broadcast would wait for ranks that are not there).
+        DistributedError: the other ranks did not join within ``runtime.dist_timeout_s``.
     """
+    from medcl import distributed
+
+    if not distributed.is_distributed():
+        raise TrainingError("DistributedDataParallel needs every rank of a torchrun job, and this code runs on "
+                            "one process (no process group, or a rank-0-only section)", where="engine.wrap_ddp",
+                            fix="train this model on every rank, or without DDP")
     device = torch.device(device)
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -83,6 +91,9 @@ def wrap_ddp(
             model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
         )
     except (RuntimeError, ValueError) as e:
+        lost = distributed.explain(e, op="DDP's start-up broadcast of the weights")
+        if lost is not None:
+            raise lost from e
         raise TrainingError(
             f"cannot wrap the model in DistributedDataParallel ({str(e).splitlines()[0]})",
             where="engine.wrap_ddp",

@@ -67,13 +67,9 @@ def _example_input(ctx: Any) -> np.ndarray:
 def run(ctx: Any, tracker: Any) -> dict[str, Any]:
     import torch
 
-    from medcl import distributed
     from medcl.tasks.calibration import calibration_report
     from medcl.tasks.export import calibration_for_export
 
-    if not ctx.is_main:
-        distributed.barrier()
-        return {}
     cfg, c, data = ctx.cfg, ctx.cfg.calibrate, ctx.data
     npz, meta = _load_primary(ctx)
     if npz["val_logits"].size == 0:
@@ -126,7 +122,6 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
                         "value": f"{b[ece_key]:.3f} → {a[ece_key]:.3f}"})
     summary.append({"model": f"{meta['encoder']} {meta['kind']}", "metric": "NLL",
                     "value": f"{b['nll']:.3f} → {a['nll']:.3f}"})
-    distributed.barrier()
     return {"calibration": str(out_dir / "calibration.json"), "model_uri": model_uri,
             "temperature": rep.get("temperature"), "summary": summary}
 

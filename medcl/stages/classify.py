@@ -71,7 +71,11 @@ def _subgroups(ctx: Any, test_idx: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def predict_logits(model: Any, loader: Any, device: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Logits of a ClassifierModel over a loader: ``((N, K) or (N,), indices (N,))``."""
+    """Logits of a ClassifierModel over a loader: ``((N, K) or (N,), indices (N,))``.
+
+    ``model`` is the plain module, never its DDP wrapper (whose forward would broadcast buffers: a
+    collective that ranks holding different numbers of batches would wait on forever).
+    """
     import torch
 
     model.eval()
@@ -81,19 +85,44 @@ def predict_logits(model: Any, loader: Any, device: Any) -> tuple[np.ndarray, np
             z = model(batch["image"].to(device)).float().cpu()
             outs.append(z.reshape(z.shape[0], -1))
             idx.append(batch["index"])
+    if not outs:
+        return np.zeros((0, 1), np.float32), np.zeros((0,), np.int64)
     z = torch.cat(outs).numpy()
     return (z[:, 0] if z.shape[1] == 1 else z), torch.cat(idx).numpy()
 
 
-def _finetune(ctx: Any, encoder: Any, train_items: list[dict], seed_offset: int, ckpt_dir: Any = None) -> Any:
-    """Fine-tune encoder + linear head with layer-wise LR decay; returns the ClassifierModel.
+def _sharded_logits(ctx: Any, model: Any, items: list[dict], transform: Any, comm: Any,
+                    want: np.ndarray, task: str) -> np.ndarray:
+    """Logits for ``items`` in the order of ``want`` (dataset positions): each rank predicts its shard,
+    the shards are gathered. Binary tasks give ``(N,)``, others ``(N, K)``."""
+    from medcl.stages.common import make_loader, shard
 
-    With ``ckpt_dir``, training state is checkpointed there (every epoch and every
+    mine = shard(items, comm)
+    z, idx = (np.zeros((0, 1), np.float32), np.zeros((0,), np.int64))
+    if mine:
+        loader = make_loader(ctx, mine, transform, batch_size=ctx.cfg.data.batch_size, shuffle=False, train=False,
+                             distributed=False)
+        z, idx = predict_logits(model, loader, ctx.device)
+    parts = comm.gather_objects((z.reshape(len(z), -1), idx))
+    z = np.concatenate([p[0] for p in parts if len(p[1])])
+    idx = np.concatenate([p[1] for p in parts if len(p[1])])
+    z = _align(z, idx, want)
+    return z[:, 0] if task == "binary" else z
+
+
+def _finetune(ctx: Any, encoder: Any, train_items: list[dict], seed_offset: int, comm: Any,
+              ckpt_dir: Any = None) -> Any:
+    """Fine-tune encoder + linear head with layer-wise LR decay; returns the (unwrapped) ClassifierModel.
+
+    Under torchrun every rank trains (DDP over ``comm``, the configured batch split across ranks), so
+    the result equals one process's at the same global batch up to float rounding (BatchNorm aside).
+    With ``ckpt_dir``, training state is checkpointed there by rank 0 (every epoch and every
     ``classify.finetune.checkpoint_every_steps``); with ``--resume`` an interrupted fine-tune
     continues from its latest checkpoint, and a finished one is restored without retraining.
     """
     from medcl.engine.checkpoint import Checkpointer
     from medcl.engine.loop import fit
+    from medcl.engine.wrap import wrap_ddp
     from medcl.stages.common import make_transforms, supervised_setup
     from medcl.tasks.classification import (
         ClassifierModel,
@@ -107,24 +136,23 @@ def _finetune(ctx: Any, encoder: Any, train_items: list[dict], seed_offset: int,
     wrapper = SupervisedWrapper(model).to(ctx.device)
     groups = layerwise_lr_groups(model, ft.lr, decay=ft.layer_decay, weight_decay=ft.weight_decay)
     factory, opt, sched, steps = supervised_setup(
-        ctx, train_items, make_transforms(cfg, train=True, views=1), groups, batch_size=ft.batch_size,
-        epochs=ft.epochs, max_steps=ft.max_steps, lr=ft.lr, weight_decay=ft.weight_decay, seed_offset=seed_offset)
-    ckpt = Checkpointer(ckpt_dir, keep=ft.keep_checkpoints) if ckpt_dir is not None else None
-    fit(wrapper, factory, opt, sched, epochs=ft.epochs, device=ctx.device, max_steps=ft.max_steps, total_steps=steps,
-        progress=False, checkpointer=ckpt, checkpoint_every=ft.checkpoint_every_steps,
+        ctx, train_items, make_transforms(cfg, train=True, views=1), groups, comm=comm, batch_size=ft.batch_size,
+        epochs=ft.epochs, max_steps=ft.max_steps, lr=ft.lr, weight_decay=ft.weight_decay, optimizer=ft.optimizer,
+        seed_offset=seed_offset)
+    ckpt = Checkpointer(ckpt_dir, keep=ft.keep_checkpoints, is_main=comm.is_main) if ckpt_dir is not None else None
+    trained = wrap_ddp(wrapper, ctx.device) if comm.size > 1 else wrapper
+    fit(trained, factory, opt, sched, comm=comm, epochs=ft.epochs, device=ctx.device, max_steps=ft.max_steps,
+        total_steps=steps, progress=False, checkpointer=ckpt, checkpoint_every=ft.checkpoint_every_steps,
         resume=bool(ctx.resume and ckpt is not None))
     return model
 
 
 def run(ctx: Any, tracker: Any) -> dict[str, Any]:
+    """Fine-tuning on every rank (data-parallel under torchrun), then the rest on rank 0 (``ctx.on_main``)."""
     from medcl import distributed
-    from medcl.metrics import choose_threshold, metrics_with_ci, subgroup_metrics
-    from medcl.stages.common import make_encoder, make_loader, make_transforms, seed_everything
-    from medcl.tasks.classification import knn_predict, label_fraction_patients, linear_probe
+    from medcl.stages.common import make_encoder, make_transforms, seed_everything
+    from medcl.tasks.classification import label_fraction_patients
 
-    if not ctx.is_main:  # downstream evaluation is cheap: rank 0 does it, the others wait
-        distributed.barrier()
-        return {}
     cfg, c, data = ctx.cfg, ctx.cfg.classify, ctx.data
     seed_everything(cfg.seed)
     task, classes = data.task, data.classes
@@ -141,13 +169,59 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
 
             raise SplitError(f"the {s} split has no labelled samples", where="classify",
                              fix="label more patients or change data.val_fraction/test_fraction")
-    eval_tf = make_transforms(cfg, train=False)
     all_items = {s: data.items(s, labelled=True) for s in split_idx}
+    y = {s: data.y[split_idx[s]] for s in split_idx}
+    patients = {s: data.patients_of(split_idx[s]) for s in split_idx}
+    fractions = label_fraction_patients(patients["train"], y["train"], c.label_fractions, seed=cfg.seed,
+                                        ensure_all_classes=task != "multilabel")
+    pretrained = (ctx.outputs.get("pretrain") or {}).get("encoder") or cfg.model.pretrained_path
+    largest = max(c.label_fractions)
+    ft_dir = ctx.stage_dir("classify")
+
+    # -- fine-tuning, pretrained vs from scratch: every rank trains, the logits are gathered -------------
+    finetuned: list[dict[str, Any]] = []
+    if "finetune" in c.protocols:
+        comm = distributed.world()
+        tracker.log_params({"classify.finetune.world_size": comm.size,
+                            "classify.finetune.per_rank_batch": max(1, c.finetune.batch_size // comm.size)})
+        eval_tf = make_transforms(cfg, train=False)
+        starts = {"ssl": pretrained} if pretrained else {}
+        if "scratch" in c.baselines or not pretrained:
+            starts["scratch"] = None
+        for frac in c.label_fractions:
+            items = [it for it, keep in zip(all_items["train"], fractions[frac]) if keep]
+            for k, (name, weights) in enumerate(starts.items()):
+                seed_everything(cfg.seed + 7 * k)
+                base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})
+                model = _finetune(ctx, make_encoder(base, weights=weights), items, seed_offset=k, comm=comm,
+                                  ckpt_dir=ft_dir / "checkpoints" / f"finetune-{name}-{_fraction_tag(frac)}")
+                zt = _sharded_logits(ctx, model, all_items["test"], eval_tf, comm, split_idx["test"], task)
+                zv = (_sharded_logits(ctx, model, all_items["val"], eval_tf, comm, split_idx["val"], task)
+                      if all_items["val"] else None)
+                keep_model = frac == largest and (name == "ssl" or not pretrained)
+                finetuned.append({"name": name, "frac": frac, "test_logits": zt, "val_logits": zv,
+                                  "model": model if keep_model and ctx.is_main else None})
+
+    return ctx.on_main("classify: probes, evaluation and report material", lambda: _evaluate_on_main(
+        ctx, tracker, split_idx, all_items, y, patients, fractions, pretrained, finetuned, largest))
+
+
+def _evaluate_on_main(ctx: Any, tracker: Any, split_idx: dict[str, np.ndarray], all_items: dict[str, list[dict]],
+                      y: dict[str, np.ndarray], patients: dict[str, np.ndarray], fractions: dict[float, np.ndarray],
+                      pretrained: Any, finetuned: list[dict[str, Any]], largest: float) -> dict[str, Any]:
+    """Frozen-feature protocols, test metrics of every model, results and report material (rank 0)."""
+    from medcl.metrics import choose_threshold, metrics_with_ci, subgroup_metrics
+    from medcl.stages.common import make_encoder, make_loader, make_transforms, seed_everything
+    from medcl.tasks.calibration import logits_to_probs
+    from medcl.tasks.classification import knn_predict, linear_probe
+
+    cfg, c, data = ctx.cfg, ctx.cfg.classify, ctx.data
+    task, classes = data.task, data.classes
+    eval_tf = make_transforms(cfg, train=False)
     loaders = {s: make_loader(ctx, all_items[s], eval_tf, batch_size=cfg.data.batch_size, shuffle=False,
                               train=False, distributed=False) for s in split_idx if all_items[s]}
 
     # -- features of each encoder ----------------------------------------------------------------------
-    pretrained = (ctx.outputs.get("pretrain") or {}).get("encoder") or cfg.model.pretrained_path
     encoders: dict[str, Any] = {}
     if pretrained:
         encoders["ssl"] = make_encoder(cfg, weights=pretrained)
@@ -163,17 +237,11 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
         features[name] = {s: _align(*_extract(ctx, enc, ld), split_idx[s]) for s, ld in loaders.items()}
     if "raw" in c.baselines:
         features["raw"] = {s: _align(*_raw_features(ctx, ld), split_idx[s]) for s, ld in loaders.items()}
-
-    y = {s: data.y[split_idx[s]] for s in split_idx}
-    patients = {s: data.patients_of(split_idx[s]) for s in split_idx}
-    fractions = label_fraction_patients(patients["train"], y["train"], c.label_fractions, seed=cfg.seed,
-                                        ensure_all_classes=task != "multilabel")
     subgroups = _subgroups(ctx, split_idx["test"])
 
     results: list[dict[str, Any]] = []
     primary: dict[str, Any] | None = None
     primary_model: Any = None  # the fine-tuned primary ClassifierModel (linear primaries are rebuilt)
-    largest = max(c.label_fractions)
 
     def evaluate(model_name: str, protocol: str, frac: float, probs_test: np.ndarray, extra: dict | None = None,
                  val_probs: np.ndarray | None = None) -> dict[str, Any]:
@@ -219,42 +287,20 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
                                     num_classes=len(classes))
                 evaluate(name, "knn", frac, probs)
 
-    # -- fine-tuning: pretrained vs from scratch ----------------------------------------------------------
+    # -- fine-tuned models (trained on every rank, predictions gathered) -----------------------------------
     ft_dir = ctx.stage_dir("classify")
-    if "finetune" in c.protocols:
-        from medcl.engine.checkpoint import save_checkpoint
-        from medcl.tasks.calibration import logits_to_probs
+    for ft in finetuned:
+        zt, zv = ft["test_logits"], ft["val_logits"]
+        evaluate(ft["name"], "finetune", ft["frac"], logits_to_probs(zt, task), None,
+                 logits_to_probs(zv, task) if zv is not None else None)
+        if ft["model"] is not None:
+            from medcl.engine.checkpoint import save_checkpoint
 
-        starts = {"ssl": pretrained} if pretrained else {}
-        if "scratch" in c.baselines or not pretrained:
-            starts["scratch"] = None
-        train_items = all_items["train"]
-        for frac in c.label_fractions:
-            sel = fractions[frac]
-            items = [it for it, keep in zip(train_items, sel) if keep]
-            for k, (name, weights) in enumerate(starts.items()):
-                seed_everything(cfg.seed + 7 * k)
-                base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})
-                model = _finetune(ctx, make_encoder(base, weights=weights), items, seed_offset=k,
-                                  ckpt_dir=ft_dir / "checkpoints" / f"finetune-{name}-{_fraction_tag(frac)}")
-                zt, it = predict_logits(model, loaders["test"], ctx.device)
-                zt = _align(zt.reshape(len(zt), -1), it, split_idx["test"]).squeeze(-1) if zt.ndim == 1 else _align(
-                    zt, it, split_idx["test"])
-                zv = None
-                if "val" in loaders:
-                    zv, iv = predict_logits(model, loaders["val"], ctx.device)
-                    zv = _align(zv.reshape(len(zv), -1), iv, split_idx["val"])
-                    zv = zv[:, 0] if task == "binary" else zv
-                zt = zt.reshape(len(zt), -1)
-                zt = zt[:, 0] if task == "binary" else zt
-                evaluate(name, "finetune", frac, logits_to_probs(zt, task), None,
-                         logits_to_probs(zv, task) if zv is not None else None)
-                if frac == largest and (name == "ssl" or not pretrained):
-                    path = ft_dir / f"finetuned-{name}.pt"
-                    save_checkpoint(path, {"model": model.state_dict()})
-                    primary = {"kind": "finetune", "encoder": name, "weights": str(path),
-                               "val_logits": zv, "test_logits": zt}
-                    primary_model = model
+            path = ft_dir / f"finetuned-{ft['name']}.pt"
+            save_checkpoint(path, {"model": ft["model"].state_dict()})
+            primary = {"kind": "finetune", "encoder": ft["name"], "weights": str(path),
+                       "val_logits": zv, "test_logits": zt}
+            primary_model = ft["model"]
 
     # -- hand on: results, and the primary model's logits for calibration ---------------------------------
     results_path = ft_dir / "results.json"
@@ -282,7 +328,6 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001
             log.warning("classify: the report's predictions/feature map/saliency could not be made (%s: %s); "
                         "the report will show them as missing", type(exc).__name__, exc)
-    distributed.barrier()
     return out
 
 

@@ -67,6 +67,11 @@ def make_loader(ctx: Any, items: list[dict], transform: Any, *, batch_size: int,
                         persistent_workers=d.persistent_workers and train)
 
 
+def shard(items: list[Any], comm: Any) -> list[Any]:
+    """This process's share of ``items`` for evaluation (every ``comm.size``-th item, no padding)."""
+    return items[comm.rank::comm.size]
+
+
 def jsonable(o: Any) -> Any:
     """``json.dumps(default=...)`` for numpy values: arrays → lists, numpy scalars → Python numbers."""
     if isinstance(o, np.ndarray):
@@ -76,12 +81,15 @@ def jsonable(o: Any) -> Any:
     return str(o)
 
 
-def supervised_setup(ctx: Any, items: list[dict], transform: Any, params_or_groups: Any, *, batch_size: int,
-                     epochs: int, max_steps: int | None, lr: float, weight_decay: float, seed_offset: int = 0):
-    """Loader factory, AdamW, warmup + cosine schedule and step count for a supervised stage loop.
+def supervised_setup(ctx: Any, items: list[dict], transform: Any, params_or_groups: Any, *, comm: Any,
+                     batch_size: int, epochs: int, max_steps: int | None, lr: float, weight_decay: float,
+                     optimizer: str = "adamw", seed_offset: int = 0):
+    """Loader factory, optimiser (AdamW or SGD), warmup + cosine schedule and step count for a supervised loop.
 
     Shared by fine-tuning (``classify``) and ``segment``: half an epoch of warmup, a step cap,
     and a loader whose shuffling differs per model (``seed_offset``) so baselines see their own order.
+    ``batch_size`` is the global batch: over ``comm``'s processes (DDP) each loads ``batch_size / size``
+    samples of one shared permutation, so together they see the single process's batches.
 
     Returns:
         ``(loader_factory, optimizer, scheduler, total_steps)`` for :func:`medcl.engine.loop.fit`.
@@ -90,9 +98,10 @@ def supervised_setup(ctx: Any, items: list[dict], transform: Any, params_or_grou
     from medcl.engine.schedule import build_scheduler
 
     bs = max(1, min(batch_size, len(items)))
-    loader = make_loader(ctx, items, transform, batch_size=bs, shuffle=True, train=True, distributed=False,
-                         drop_last=len(items) > bs)
-    opt = build_optimizer(params_or_groups, "adamw", lr=lr, weight_decay=weight_decay)
+    per_rank = max(1, bs // comm.size)
+    loader = make_loader(ctx, items, transform, batch_size=per_rank, shuffle=True, train=True,
+                         distributed=comm.size > 1, drop_last=len(items) > bs)
+    opt = build_optimizer(params_or_groups, optimizer, lr=lr, weight_decay=weight_decay)
     steps = max(1, len(loader)) * epochs
     if max_steps:
         steps = min(steps, max_steps)

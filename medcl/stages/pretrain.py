@@ -103,24 +103,23 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
                             "model.feature_dim": encoder.feature_dim})
 
     history = fit(
-        model, loader_factory, optimizer, scheduler, epochs=p.epochs, checkpointer=ckpt, tracker=tracker,
+        model, loader_factory, optimizer, scheduler, comm=distributed.world(), epochs=p.epochs, checkpointer=ckpt, tracker=tracker,
         amp=p.amp, device=ctx.device, grad_accum=p.grad_accum, clip_grad=p.clip_grad,
         channels_last=p.channels_last, checkpoint_every=p.checkpoint_every_steps, resume=False,
         resume_state=resume_state, run_id=tracker.run_id, config={"launch": launch}, max_steps=p.max_steps, total_steps=total,
         log_every=max(1, min(50, total // 20)),
         progress=cfg.runtime.progress and ctx.is_main,
     )
-    distributed.barrier()
 
-    # -- hand the encoder on -----------------------------------------------------------------------
+    # -- hand the encoder on (rank 0 writes it; the others wait until it is there) -------------------
     out_path = ctx.stage_dir("pretrain") / "encoder.pt"
-    if ctx.is_main:
+
+    def save_encoder() -> None:
         enc = unwrap_model(model).encoder
         save_checkpoint(out_path, {"encoder": enc.state_dict(), "encoder_name": cfg.model.encoder,
                                    "feature_dim": enc.feature_dim, "method": p.method})
-        tracker.log_artifact(ctx.stage_dir("pretrain") / "outputs.json") if (
-            ctx.stage_dir("pretrain") / "outputs.json").exists() else None
-    distributed.barrier()
+
+    ctx.on_main("pretrain: saving the encoder", save_encoder)
     last = history[-1] if history else {}
     loss = float(last.get("loss", float("nan")))
     summary = [{"model": p.method, "metric": "final loss", "value": f"{loss:.4f}"}]

@@ -12,17 +12,12 @@ from typing import Any
 
 
 def run(ctx: Any, tracker: Any) -> dict[str, Any]:
-    from medcl import distributed
     from medcl.errors import StageError
     from medcl.report import build_report
 
-    if not ctx.is_main:
-        distributed.barrier()
-        return {}
     if not ctx.parent_run_id or not tracker.active:
         raise StageError("the report needs the pipeline's MLflow run, and this run is not tracked",
                          where="stage report", fix="run the pipeline with MLflow tracking (the default)")
     out = Path(ctx.cfg.report.out) if ctx.cfg.report.out else ctx.run_dir / "report.html"
     html = build_report(ctx.parent_run_id, out=out, tracking_uri=ctx.tracking_uri)
-    distributed.barrier()
     return {"html": str(html), "summary": []}  # the pipeline's summary prints the report's path itself

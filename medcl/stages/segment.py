@@ -86,29 +86,40 @@ def _build(ctx: Any, weights: str | None, dims: int) -> tuple[Any, int]:
     return net, n
 
 
-def _train(ctx: Any, net: Any, items: list[dict], transform: Any, seed_offset: int) -> list[dict[str, float]]:
+def _train(ctx: Any, net: Any, items: list[dict], transform: Any, seed_offset: int, comm: Any) -> list[dict[str, float]]:
+    """Dice + CE training of ``net``; under torchrun every rank trains (DDP over ``comm``, the batch split)."""
     from medcl.engine.loop import fit
+    from medcl.engine.wrap import wrap_ddp
     from medcl.stages.common import supervised_setup
     from medcl.tasks.segmentation import SegmentationWrapper
 
     s = ctx.cfg.segment
     wrapper = SegmentationWrapper(net, s.num_classes).to(ctx.device)
     factory, opt, sched, steps = supervised_setup(
-        ctx, items, transform, wrapper, batch_size=s.batch_size, epochs=s.epochs, max_steps=s.max_steps, lr=s.lr,
-        weight_decay=s.weight_decay, seed_offset=seed_offset)
-    return fit(wrapper, factory, opt, sched, epochs=s.epochs, device=ctx.device, max_steps=s.max_steps,
+        ctx, items, transform, wrapper, comm=comm, batch_size=s.batch_size, epochs=s.epochs, max_steps=s.max_steps,
+        lr=s.lr, weight_decay=s.weight_decay, optimizer=s.optimizer, seed_offset=seed_offset)
+    trained = wrap_ddp(wrapper, ctx.device) if comm.size > 1 else wrapper
+    return fit(trained, factory, opt, sched, comm=comm, epochs=s.epochs, device=ctx.device, max_steps=s.max_steps,
                total_steps=steps, progress=False, resume=False)
 
 
-def _evaluate(ctx: Any, net: Any, loader: Any, roi: list[int], spacing: list[float] | None,
-              keep_slices: bool) -> dict[str, Any]:
-    """Sliding-window predictions on ``loader``; per-case Dice/HD95 and, optionally, display slices."""
+def _evaluate(ctx: Any, net: Any, items: list[dict], transform: Any, roi: list[int], spacing: list[float] | None,
+              keep_slices: bool, comm: Any) -> dict[str, Any]:
+    """Sliding-window predictions on ``items``; per-case Dice/HD95 and, optionally, display slices.
+
+    Each rank segments its shard of the test cases with the plain network (no DDP wrapper: no collective
+    per batch); the per-case results are gathered, in item order, on every rank.
+    """
     import torch
 
     from medcl.metrics.segmentation import dice_per_class, hd95_per_class
+    from medcl.stages.common import make_loader, shard
     from medcl.tasks.segmentation import logits_to_labels, mask_to_labels, pick_slice, sliding_window_predict
 
     s = ctx.cfg.segment
+    mine = shard(items, comm)
+    loader = make_loader(ctx, mine, transform, batch_size=max(1, min(s.batch_size, len(mine))), shuffle=False,
+                         train=False, distributed=False) if mine else []
     net.eval()
     dice, hd, index, fg_true, fg_pred, slices = [], [], [], [], [], {}
     with torch.no_grad():
@@ -130,26 +141,24 @@ def _evaluate(ctx: Any, net: Any, loader: Any, roi: list[int], spacing: list[flo
                         t, p, x = t[..., k].T, p[..., k].T, x[..., k].T
                     slices[int(i)] = (x.astype(np.float32), t.astype(np.uint8), p.astype(np.uint8))
     net.train()
-    return {"dice": np.concatenate(dice), "hd95": np.concatenate(hd), "index": np.asarray(index, np.int64),
-            "fg_true": np.asarray(fg_true), "fg_pred": np.asarray(fg_pred), "slices": slices}
+    parts = comm.gather_objects({"dice": dice, "hd95": hd, "index": index, "fg_true": fg_true, "fg_pred": fg_pred,
+                                 "slices": slices})
+    order = np.argsort(np.concatenate([np.asarray(p["index"], np.int64) for p in parts]), kind="stable")
+    cat = {k: [v for p in parts for v in p[k]] for k in ("dice", "hd95")}
+    return {"dice": np.concatenate(cat["dice"])[order], "hd95": np.concatenate(cat["hd95"])[order],
+            "index": np.concatenate([np.asarray(p["index"], np.int64) for p in parts])[order],
+            "fg_true": np.concatenate([np.asarray(p["fg_true"], np.int64) for p in parts])[order],
+            "fg_pred": np.concatenate([np.asarray(p["fg_pred"], np.int64) for p in parts])[order],
+            "slices": {i: sl for p in parts for i, sl in p["slices"].items()}}
 
 
 def run(ctx: Any, tracker: Any) -> dict[str, Any]:
+    """Training and test-set segmentation on every rank (DDP, sharded evaluation), then results on rank 0."""
     from medcl import distributed
-    from medcl.stages.common import make_loader, seed_everything
+    from medcl.stages.common import seed_everything
     from medcl.tasks.classification import label_fraction_patients
-    from medcl.tasks.segmentation import (
-        case_mean,
-        check_roi_size,
-        get_network,
-        mean_dice_ci,
-        metric_name,
-        summarise_per_class,
-    )
+    from medcl.tasks.segmentation import check_roi_size, get_network
 
-    if not ctx.is_main:  # downstream training here is small: rank 0 does it, the others wait
-        distributed.barrier()
-        return {}
     cfg, s, data = ctx.cfg, ctx.cfg.segment, ctx.data
     seed_everything(cfg.seed, cfg.runtime.deterministic)
 
@@ -166,8 +175,6 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
     fg_names = names[1:]
     train_tf = _transforms(cfg, train=True)
     eval_tf = _transforms(cfg, train=False, spatial_size=s.eval_spatial_size)
-    test_loader = make_loader(ctx, test_items, eval_tf, batch_size=max(1, min(s.batch_size, len(test_items))),
-                              shuffle=False, train=False, distributed=False)
     train_idx = np.asarray([it["index"] for it in train_items], np.int64)
     fractions = label_fraction_patients(data.patients_of(train_idx), None, s.label_fractions, seed=cfg.seed)
 
@@ -190,12 +197,11 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
                         "segment.spacing_mm": json.dumps(spacing), "segment.n_train": len(train_items),
                         "segment.n_test": len(test_items), "segment.network": s.network})
 
-    out_dir = ctx.stage_dir("segment")
+    # -- every rank trains each model (DDP) and segments its shard of the test cases ---------------------
+    comm = distributed.world()
+    tracker.log_params({"segment.world_size": comm.size, "segment.per_rank_batch": max(1, s.batch_size // comm.size)})
     largest = max(s.label_fractions)
-    results: list[dict[str, Any]] = []
-    case_rows: list[dict[str, Any]] = []
-    shown: dict[str, dict[str, Any]] = {}
-    test_patients: dict[int, int] = {}
+    trained: list[dict[str, Any]] = []
     for frac in s.label_fractions:
         sel = fractions[frac]
         items = [it for it, keep in zip(train_items, sel) if keep]
@@ -203,41 +209,65 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
             seed_everything(cfg.seed + 7 * k, cfg.runtime.deterministic)
             net, n_loaded = _build(ctx, weights, dims)
             net = net.to(ctx.device)
-            history = _train(ctx, net, items, train_tf, seed_offset=k)
-            ev = _evaluate(ctx, net, test_loader, roi, spacing, keep_slices=frac == largest)
-            if not test_patients:
-                test_patients = dict(zip(ev["index"].tolist(), data.patients_of(ev["index"]).tolist()))
-            pats = np.asarray([test_patients[int(i)] for i in ev["index"]])
-            per_class = summarise_per_class(ev["dice"], ev["hd95"], fg_names)
-            cd = case_mean(ev["dice"])
-            ci = mean_dice_ci(cd, pats, n_boot=s.n_boot, seed=cfg.seed)
-            tag = f"test/{name}/{_fraction_tag(frac)}"
-            metrics = {f"{tag}/dice_mean": ci["value"], f"{tag}/dice_mean_ci_low": ci["ci_low"],
-                       f"{tag}/dice_mean_ci_high": ci["ci_high"], f"{tag}/hd95_mean": per_class["hd95"],
-                       f"{tag}/final_loss": float(history[-1]["loss"]) if history else float("nan")}
-            for c in fg_names:
-                metrics[f"{tag}/dice_{metric_name(c)}"] = per_class[f"dice/{c}"]
-                metrics[f"{tag}/hd95_{metric_name(c)}"] = per_class[f"hd95/{c}"]
-            tracker.log_metrics({m: float(v) for m, v in metrics.items() if v is not None and math.isfinite(v)})
-            results.append({
-                "model": name, "fraction": frac, "network": s.network, "n_train_samples": len(items),
-                "n_train_patients": int(len(np.unique(data.patients_of(train_idx[sel])))),
-                "pretrained_tensors_loaded": n_loaded, "steps": int(history[-1]["global_step"]) if history else 0,
-                "final_loss": metrics[f"{tag}/final_loss"],
-                "dice_mean": ci, "hd95_mean": per_class["hd95"], "hd95_unit": "mm" if spacing else "voxels",
-                "per_class": {c: {"dice": per_class[f"dice/{c}"], "hd95": per_class[f"hd95/{c}"],
-                                  "n_cases": per_class[f"n_cases/{c}"]} for c in fg_names},
-                "per_case_dice": {str(i): (None if not np.isfinite(v) else float(v)) for i, v in zip(ev["index"], cd)},
-            })
-            for j, i in enumerate(ev["index"]):
-                row = {"model": name, "fraction": frac, "index": int(i), "patient": int(pats[j]),
-                       "dice_mean": cd[j], "fg_voxels_true": int(ev["fg_true"][j]),
-                       "fg_voxels_pred": int(ev["fg_pred"][j])}
-                row.update({f"dice_{c}": ev["dice"][j, q] for q, c in enumerate(fg_names)})
-                row.update({f"hd95_{c}": ev["hd95"][j, q] for q, c in enumerate(fg_names)})
-                case_rows.append(row)
-            if frac == largest:
-                shown[name] = {"slices": ev["slices"], "dice": dict(zip(ev["index"].tolist(), cd.tolist()))}
+            history = _train(ctx, net, items, train_tf, seed_offset=k, comm=comm)
+            ev = _evaluate(ctx, net, test_items, eval_tf, roi, spacing, keep_slices=frac == largest, comm=comm)
+            trained.append({"name": name, "frac": frac, "n_loaded": n_loaded, "history": history, "ev": ev,
+                            "n_items": len(items), "n_patients": int(len(np.unique(data.patients_of(train_idx[sel])))),
+                            "net": net if frac == largest else None})
+    return ctx.on_main("segment: results and overlays", lambda: _results_on_main(
+        ctx, tracker, trained, fg_names, spacing, dims, largest, pretrained))
+
+
+def _results_on_main(ctx: Any, tracker: Any, trained: list[dict[str, Any]], fg_names: list[str],
+                     spacing: list[float] | None, dims: int, largest: float, pretrained: Any) -> dict[str, Any]:
+    """Per-model Dice/HD95 with patient-bootstrap CIs, the per-case table, overlays and the trained networks
+    of the largest label fraction (``segment/segmenter-<model>.pt``) (rank 0)."""
+    from medcl.engine.checkpoint import save_checkpoint
+    from medcl.tasks.segmentation import case_mean, mean_dice_ci, metric_name, summarise_per_class
+
+    cfg, s, data = ctx.cfg, ctx.cfg.segment, ctx.data
+    out_dir = ctx.stage_dir("segment")
+    results: list[dict[str, Any]] = []
+    case_rows: list[dict[str, Any]] = []
+    shown: dict[str, dict[str, Any]] = {}
+    for t in trained:
+        name, frac, history, ev = t["name"], t["frac"], t["history"], t["ev"]
+        pats = data.patients_of(ev["index"])
+        per_class = summarise_per_class(ev["dice"], ev["hd95"], fg_names)
+        cd = case_mean(ev["dice"])
+        ci = mean_dice_ci(cd, pats, n_boot=s.n_boot, seed=cfg.seed)
+        tag = f"test/{name}/{_fraction_tag(frac)}"
+        metrics = {f"{tag}/dice_mean": ci["value"], f"{tag}/dice_mean_ci_low": ci["ci_low"],
+                   f"{tag}/dice_mean_ci_high": ci["ci_high"], f"{tag}/hd95_mean": per_class["hd95"],
+                   f"{tag}/final_loss": float(history[-1]["loss"]) if history else float("nan")}
+        for c in fg_names:
+            metrics[f"{tag}/dice_{metric_name(c)}"] = per_class[f"dice/{c}"]
+            metrics[f"{tag}/hd95_{metric_name(c)}"] = per_class[f"hd95/{c}"]
+        tracker.log_metrics({m: float(v) for m, v in metrics.items() if v is not None and math.isfinite(v)})
+        results.append({
+            "model": name, "fraction": frac, "network": s.network, "n_train_samples": t["n_items"],
+            "n_train_patients": t["n_patients"],
+            "pretrained_tensors_loaded": t["n_loaded"], "steps": int(history[-1]["global_step"]) if history else 0,
+            "final_loss": metrics[f"{tag}/final_loss"],
+            "dice_mean": ci, "hd95_mean": per_class["hd95"], "hd95_unit": "mm" if spacing else "voxels",
+            "per_class": {c: {"dice": per_class[f"dice/{c}"], "hd95": per_class[f"hd95/{c}"],
+                              "n_cases": per_class[f"n_cases/{c}"]} for c in fg_names},
+            "per_case_dice": {str(i): (None if not np.isfinite(v) else float(v)) for i, v in zip(ev["index"], cd)},
+        })
+        for j, i in enumerate(ev["index"]):
+            row = {"model": name, "fraction": frac, "index": int(i), "patient": int(pats[j]),
+                   "dice_mean": cd[j], "fg_voxels_true": int(ev["fg_true"][j]),
+                   "fg_voxels_pred": int(ev["fg_pred"][j])}
+            row.update({f"dice_{c}": ev["dice"][j, q] for q, c in enumerate(fg_names)})
+            row.update({f"hd95_{c}": ev["hd95"][j, q] for q, c in enumerate(fg_names)})
+            case_rows.append(row)
+        if frac == largest:
+            shown[name] = {"slices": ev["slices"], "dice": dict(zip(ev["index"].tolist(), cd.tolist()))}
+        if t.get("net") is not None:
+            weights = out_dir / f"segmenter-{name}.pt"
+            save_checkpoint(weights, {"model": t["net"].state_dict(), "network": s.network,
+                                      "num_classes": s.num_classes, "model_name": name})
+            results[-1]["weights"] = str(weights)
 
     # -- artifacts: results, per-case table, overlays -------------------------------------------------------
     results_path = out_dir / "results.json"
@@ -248,7 +278,6 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
     overlays = _overlays(out_dir / "overlays", shown, s.overlays, dims)
     if overlays:
         tracker.log_artifact(out_dir / "overlays", "overlays")
-    distributed.barrier()
     return {"results": str(results_path), "per_case": str(cases_path), "overlays": [str(p) for p in overlays],
             "pretrained_encoder": pretrained, "summary": _summary(results, largest)}
 

@@ -315,8 +315,9 @@ class SegmentationWrapper(nn.Module):
     """Makes a segmentation network trainable by :func:`medcl.engine.loop.fit`.
 
     ``forward(batch)`` reads ``batch["image"]`` ``(B, C, *S)`` and ``batch["mask"]`` ``(B, 1, *S)``
-    and returns ``{"loss": scalar, "logits": (B, K, *S)}``; the loss is MONAI's ``DiceCELoss``
-    (soft Dice, Milletari et al. 2016, plus cross-entropy) on softmax outputs.
+    and returns ``{"loss": scalar, "logits": (B, K, *S)}``; the loss is :class:`medcl.losses.segmentation.DiceCELoss`
+    (soft Dice, Milletari et al. 2016, plus cross-entropy on softmax outputs; MONAI's ``DiceCELoss`` on one
+    process) whose batch Dice is summed over every rank under DDP.
 
     The defaults follow nnU-Net (Isensee et al. 2021) for small structures: the Dice term covers the
     foreground classes only and is computed over the whole batch (``batch=True``), so lesion-free
@@ -334,12 +335,12 @@ class SegmentationWrapper(nn.Module):
     def __init__(self, network: nn.Module, num_classes: int, *, include_background: bool = False,
                  batch_dice: bool = True, lambda_dice: float = 1.0, lambda_ce: float = 1.0) -> None:
         super().__init__()
-        from monai.losses import DiceCELoss
+        from medcl.losses.segmentation import DiceCELoss
 
         self.network = network
         self.num_classes = int(num_classes)
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=include_background,
-                               batch=batch_dice, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+        self.loss = DiceCELoss(include_background=include_background, batch=batch_dice, lambda_dice=lambda_dice,
+                               lambda_ce=lambda_ce)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         for key in ("image", "mask"):

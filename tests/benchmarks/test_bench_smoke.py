@@ -114,6 +114,22 @@ def test_partial_rerun_keeps_the_other_results(tmp_path):
     assert "(plots/label_efficiency.png)" in text
 
 
+def test_smoke_section_lists_every_run_and_its_failure(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = [{"pipeline": "ecg_rhythm", "modality": "ecg", "processes": 2, "rc": 0, "wall_s": 75.4, "peak_rss_gb": 1.6,
+             "stages_s": {"pretrain": 9.1, "classify": 20.2}},
+            {"pipeline": "ct_lesion", "modality": "ct", "processes": 2, "rc": 1, "wall_s": 40.0, "peak_rss_gb": None,
+             "error": "error: stage pretrain: out of memory"}]
+    meta = {"quick": False, "cpu_count": 2, "nproc": 2, "data": "medcl data synth --seed 2",
+            "load_before": [1.0, 1.0, 1.0], "load_after": [1.0, 1.0, 1.0]}
+    (results / "smoke.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    text = write_readme(tmp_path).read_text()
+    assert "| `pipelines/ecg_rhythm.yaml` | ok | 75 | 1.6 | pretrain 9, classify 20 |" in text
+    assert "| `pipelines/ct_lesion.yaml` | exit 1 | 40 | — | failed: error: stage pretrain: out of memory |" in text
+    assert "--nproc-per-node=2 -m medcl run PIPELINE --smoke" in text
+
+
 @pytest.mark.slow
 def test_quick_run_of_every_benchmark(tmp_path):
     rc = run_benchmarks(quick=True, out_dir=tmp_path)
@@ -123,7 +139,7 @@ def test_quick_run_of_every_benchmark(tmp_path):
         assert (tmp_path / "results" / f"{name}.json").is_file(), name
     text = (tmp_path / "README.md").read_text()
     for heading in ("## 1. Contrastive losses", "## 2. Input pipeline", "## 3. Pretraining throughput", "## 3b. bf16",
-                    "## 4. Scaling under torchrun", "## 5. Learning quality"):
+                    "## 4. Scaling under torchrun", "## 4b. `--smoke` of every shipped pipeline", "## 5. Learning quality"):
         assert heading in text
     assert "not run yet" not in text
     assert "data waiting < 10 % of step time" in text

@@ -3,6 +3,9 @@
 A Python audit hook (PEP 578) sees every ``open``/``os.open`` and ``os.replace``/``os.rename``; paths
 under ``MEDCL_TEST_WATCH_DIR`` are written to ``MEDCL_TEST_WRITE_LOG`` (``{rank}`` is filled in) as JSON
 when the process ends, so the test can check that only rank 0 writes checkpoints.
+
+``MEDCL_TEST_STALL=STAGE:RANK:SECONDS`` makes that rank sleep at the start of that stage, before its
+first collective: what a rank stuck in slow I/O or a deadlock looks like to the others.
 """
 
 from __future__ import annotations
@@ -29,9 +32,28 @@ def _install_hook(watch: str, writes: list[str]) -> None:
     sys.addaudithook(hook)
 
 
+def _install_stall(spec: str) -> None:
+    import time
+
+    from medcl import stages
+
+    stage, rank, seconds = spec.split(":")
+    if os.environ.get("RANK", "0") != rank:
+        return
+    real = stages.STAGES[stage]
+
+    def stalled(ctx, tracker):
+        time.sleep(float(seconds))
+        return real.run(ctx, tracker)
+
+    stages.STAGES[stage] = stages.Stage(stalled, main_only=real.main_only)
+
+
 def main() -> int:
     writes: list[str] = []
     _install_hook(os.environ["MEDCL_TEST_WATCH_DIR"], writes)
+    if os.environ.get("MEDCL_TEST_STALL"):
+        _install_stall(os.environ["MEDCL_TEST_STALL"])
     from medcl.cli import main as medcl_main
 
     try:

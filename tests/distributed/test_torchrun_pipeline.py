@@ -27,7 +27,6 @@ import csv
 import json
 import logging
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -36,9 +35,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchrun_helpers import LAUNCHER, ROOT, free_port, max_abs_diff, runs_by_kind, torchrun_env
 
-ROOT = Path(__file__).resolve().parents[2]
-LAUNCHER = Path(__file__).with_name("ddp_launcher.py")
 SBATCH = ROOT / "scripts" / "slurm" / "medcl.sbatch"
 
 PIPELINE = """\
@@ -86,41 +84,10 @@ def demo_manifest(root: Path, patients: int) -> Path:
     return out
 
 
-def torchrun_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1",
-               MLFLOW_ENABLE_ASYNC_LOGGING="false", MEDCL_PSEUDONYM_KEY="medcl-test-key", **extra)
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def runs_by_kind(uri: str, experiment: str = "medcl") -> dict[str, list]:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id]) if exp else []
-    out: dict[str, list] = {"pipeline": [], "stage": [], "other": []}
-    for r in runs:
-        out.get(r.data.tags.get("medcl.kind", "other"), out["other"]).append(r)
-    return out
-
-
 def encoder_state(path: Path) -> dict[str, torch.Tensor]:
     from medcl.engine.checkpoint import load_checkpoint
 
     return load_checkpoint(path)["encoder"]
-
-
-def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
 # ---------------------------------------------------------------------------------------------- fixture

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from medcl.distributed import LOCAL
 from medcl.engine import (
     Checkpointer,
     build_optimizer,
@@ -98,7 +99,7 @@ def _run(ckpt_dir, *, stop_at=None, grad_accum=1, init_seed=0, epochs=3):
     sched = build_scheduler(opt, total_steps=epochs * steps_per_epoch, warmup_steps=2, min_lr_ratio=0.1)
     tracker = ListTracker()
     cp = Checkpointer(ckpt_dir, keep=2) if ckpt_dir is not None else None
-    history = fit(model, _loader_factory(AugmentedSet()), opt, sched, epochs=epochs, checkpointer=cp,
+    history = fit(model, _loader_factory(AugmentedSet()), opt, sched, comm=LOCAL, epochs=epochs, checkpointer=cp,
                   tracker=tracker, log_every=1, max_steps=stop_at, grad_accum=grad_accum, progress=False,
                   run_id="run-1", config={"lr": 0.05})
     return model, opt, tracker, history
@@ -140,7 +141,7 @@ def test_checkpoint_every_and_epoch_end(tmp_path):
     model = TinyMethod()
     opt = build_optimizer(model, "sgd", lr=0.01)
     cp = Checkpointer(tmp_path, keep=10)
-    fit(model, _loader_factory(AugmentedSet()), opt, epochs=2, checkpointer=cp, checkpoint_every=3, progress=False)
+    fit(model, _loader_factory(AugmentedSet()), opt, comm=LOCAL, epochs=2, checkpointer=cp, checkpoint_every=3, progress=False)
     # 5 steps per epoch: mid-epoch saves at 3, 6, 9; epoch ends at 5 and 10
     assert [s for s, _ in cp.checkpoints()] == [3, 5, 6, 9, 10]
     st = cp.load_latest()
@@ -176,7 +177,7 @@ def test_grad_accum_matches_full_batch_including_short_last_group(opt_name):
         model = LinearMethod()
         opt = build_optimizer(model.parameters(), opt_name, lr=0.1)
         loader = DataLoader(data, batch_size=bs, shuffle=False)
-        out = train_one_epoch(model, loader, opt, device="cpu", epoch=0, grad_accum=ga, progress=False)
+        out = train_one_epoch(model, loader, opt, comm=LOCAL, device="cpu", epoch=0, grad_accum=ga, progress=False)
         assert out["steps"] == 2
         results.append(model.lin.weight.detach().clone())
     # a loader without len(): the short last group is detected when the data runs out
@@ -184,7 +185,7 @@ def test_grad_accum_matches_full_batch_including_short_last_group(opt_name):
     model = LinearMethod()
     opt = build_optimizer(model.parameters(), opt_name, lr=0.1)
     batches = list(DataLoader(data, batch_size=4, shuffle=False))
-    out = train_one_epoch(model, (b for b in batches), opt, device="cpu", epoch=0, grad_accum=2, progress=False)
+    out = train_one_epoch(model, (b for b in batches), opt, comm=LOCAL, device="cpu", epoch=0, grad_accum=2, progress=False)
     assert out["steps"] == 2 and out["completed"] == 1.0
     results.append(model.lin.weight.detach().clone())
     assert torch.allclose(results[0], results[1], atol=1e-6, rtol=0)
@@ -203,7 +204,7 @@ def test_clipping_caps_the_norm():
     before = torch.cat([p.detach().flatten() for p in model.parameters()])
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     logs = []
-    train_one_epoch(model, DataLoader(data, batch_size=8), opt, device="cpu", epoch=0, clip_grad=0.5,
+    train_one_epoch(model, DataLoader(data, batch_size=8), opt, comm=LOCAL, device="cpu", epoch=0, clip_grad=0.5,
                     on_step=lambda s, lg: logs.append(lg), progress=False)
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     step = before - after
@@ -230,7 +231,7 @@ def test_nan_loss_raises_naming_epoch_and_step_before_backward():
     model = NaNAtBatch(bad=3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(TrainingError) as e:
-        train_one_epoch(model, DataLoader(_lin_data(12), batch_size=2), opt, device="cpu", epoch=4,
+        train_one_epoch(model, DataLoader(_lin_data(12), batch_size=2), opt, comm=LOCAL, device="cpu", epoch=4,
                         step_offset=10, progress=False)
     msg = e.value.line()
     assert "epoch 4" in msg and "step 13" in msg and "learning rate" in msg and "clip" in msg
@@ -242,7 +243,7 @@ def test_step_logs_and_epoch_averages():
     model = TinyMethod()
     opt = build_optimizer(model, "lars", lr=0.1)
     logs = []
-    out = train_one_epoch(model, _loader_factory(AugmentedSet())(0), opt, device="cpu", epoch=0,
+    out = train_one_epoch(model, _loader_factory(AugmentedSet())(0), opt, comm=LOCAL, device="cpu", epoch=0,
                           on_step=lambda s, lg: logs.append((s, lg)), progress=False, step_offset=3)
     assert [s for s, _ in logs] == [4, 5, 6, 7, 8]
     for _, lg in logs:
@@ -258,17 +259,17 @@ def test_max_steps_and_skip_batches():
     model = LinearMethod()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = DataLoader(_lin_data(12), batch_size=2)
-    out = train_one_epoch(model, loader, opt, device="cpu", epoch=0, max_steps=2, skip_batches=2, progress=False)
+    out = train_one_epoch(model, loader, opt, comm=LOCAL, device="cpu", epoch=0, max_steps=2, skip_batches=2, progress=False)
     assert (out["steps"], out["batches_done"], out["completed"]) == (2, 4, 0.0)
     with pytest.raises(TrainingError, match="multiple of grad_accum"):
-        train_one_epoch(model, loader, opt, device="cpu", epoch=0, grad_accum=2, skip_batches=1, progress=False)
+        train_one_epoch(model, loader, opt, comm=LOCAL, device="cpu", epoch=0, grad_accum=2, skip_batches=1, progress=False)
 
 
 def test_progress_without_terminal_logs_lines(caplog):
     model = LinearMethod()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with caplog.at_level(logging.INFO, logger="medcl.engine"):
-        train_one_epoch(model, DataLoader(_lin_data(8), batch_size=2), opt, device="cpu", epoch=2,
+        train_one_epoch(model, DataLoader(_lin_data(8), batch_size=2), opt, comm=LOCAL, device="cpu", epoch=2,
                         progress=True, log_every=2)
     lines = [r.getMessage() for r in caplog.records if r.name == "medcl.engine"]
     assert any(line.startswith("epoch 2 step 2/4") and "loss" in line for line in lines)
@@ -281,7 +282,7 @@ def test_bad_model_output_is_a_training_error():
 
     with pytest.raises(TrainingError, match="dict with a 'loss'"):
         train_one_epoch(Bad(), DataLoader(_lin_data(4), batch_size=2), torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1),
-                        device="cpu", epoch=0, progress=False)
+                        comm=LOCAL, device="cpu", epoch=0, progress=False)
 
 
 # ----------------------------------------------------------------------------- device, amp, wrappers
@@ -317,7 +318,7 @@ def test_bf16_autocast_on_cpu_trains():
 
     model = Probe()
     out = train_one_epoch(model, DataLoader(_lin_data(4), batch_size=2), torch.optim.SGD(model.parameters(), lr=0.1),
-                          device="cpu", epoch=0, amp="bf16", progress=False)
+                          comm=LOCAL, device="cpu", epoch=0, amp="bf16", progress=False)
     assert seen == [torch.bfloat16, torch.bfloat16] and math.isfinite(out["loss"])
     assert model.lin.weight.dtype == torch.float32
 
@@ -339,7 +340,7 @@ class MeanMethod(nn.Module):
 def test_evaluate_weights_by_batch_size_and_restores_mode():
     data = [{"image": torch.tensor([float(i)])} for i in range(7)]
     model = MeanMethod().train()
-    out = evaluate(model, DataLoader(data, batch_size=3), device="cpu")  # batches of 3, 3, 1
+    out = evaluate(model, DataLoader(data, batch_size=3), comm=LOCAL, device="cpu")  # batches of 3, 3, 1
     assert out["loss"] == pytest.approx(3.0) and out["training"] == 0.0
     assert model.training
 

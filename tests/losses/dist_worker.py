@@ -45,8 +45,17 @@ def main(out_path: str) -> None:
         z = proj(xb)
         return MoCoV3Loss(0.2, gather_distributed=gather)(z[:, 0], z[:, 1].detach())
 
+    seg_labels = torch.randint(0, dout, (big_n, v), generator=torch.Generator().manual_seed(1))
+
+    def dice_ce(xb, lb, gather):  # logits (n, K=4, 3 "voxels"); the batch Dice summed over ranks
+        from medcl.losses.segmentation import DiceCELoss
+
+        return DiceCELoss(gather_distributed=gather)(proj(xb).transpose(1, 2), lb)
+
     report: dict[str, object] = {"world_size": w}
-    for name, fn in [("ntxent", ntx), ("supcon", sup), ("supcon_simclr_one", simclr_v), ("moco_v3", moco)]:
+    cases = [("ntxent", ntx, labels), ("supcon", sup, labels), ("supcon_simclr_one", simclr_v, labels),
+             ("moco_v3", moco, labels), ("dice_ce", dice_ce, seg_labels)]
+    for name, fn, labels in cases:
         proj.zero_grad()
         full = fn(x, labels, False)
         full.backward()

@@ -64,7 +64,7 @@ def test_torchrun_two_ranks_match_full_batch(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["world_size"] == 2
-    for name in ("ntxent", "supcon", "supcon_simclr_one", "moco_v3"):
+    for name in ("ntxent", "supcon", "supcon_simclr_one", "moco_v3", "dice_ce"):
         r = res[name]
         assert r["loss_diff"] < 1e-12, (name, r)
         # A backward that does not sum across ranks is off by O(grad_scale), not 1e-12.

@@ -96,7 +96,7 @@ def test_failed_stage_stops_with_clear_error_and_rerun_continues(oct_demo, tmp_p
     def broken(ctx, tracker):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setitem(stages.STAGES, "classify", broken)
+    monkeypatch.setitem(stages.STAGES, "classify", stages.Stage(broken, main_only=False))
     with pytest.raises(StageError, match=r"stage classify: RuntimeError: disk on fire"):
         run_pipeline(cfg)
     client = MlflowClient(tracking_uri)

@@ -110,6 +110,25 @@ def test_dice_ce_is_monai_dice_plus_cross_entropy():
     assert torch.allclose(want, (1 - (2 * inter + 1e-5) / (denom + 1e-5)).mean(), atol=1e-5)
 
 
+@pytest.mark.parametrize("background,batch", [(True, True), (False, False), (True, False)])
+def test_dice_ce_equals_monai_dice_ce_in_value_and_gradient(background, batch):
+    """medcl's DDP-aware DiceCE against MONAI's DiceCELoss (the reference) on one process."""
+    from monai.losses import DiceCELoss as MonaiDiceCE
+
+    from medcl.losses.segmentation import DiceCELoss
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 4, 6, 5, 4, generator=g, requires_grad=True)
+    target = torch.randint(0, 4, (3, 1, 6, 5, 4), generator=g)
+    ours = DiceCELoss(include_background=background, batch=batch, lambda_dice=0.7, lambda_ce=1.3)(logits, target)
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    ref = MonaiDiceCE(to_onehot_y=True, softmax=True, include_background=background, batch=batch,
+                      lambda_dice=0.7, lambda_ce=1.3)(logits, target)
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    assert torch.allclose(ours, ref, atol=1e-6)
+    assert torch.allclose(g_ours, g_ref, atol=1e-7)
+
+
 @pytest.mark.parametrize("dims,side,roi", [(2, 32, (16, 16)), (3, 16, (8, 8, 8)), (3, 16, (16, 8, 12))])
 def test_sliding_window_keeps_the_input_shape(dims, side, roi):
     net = EncoderUNet(_encoder(dims), 2, decoder_channels=(8, 8), input_channels=4).eval()
