@@ -67,7 +67,8 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 def _load_note(meta: dict[str, Any]) -> str:
     lb, la = meta.get("load_before"), meta.get("load_after")
-    parts = [f"{meta['cpu_count']} CPU cores" if meta.get("cpu_count") else "",
+    parts = [f"{meta['cpu_count']} CPU cores" + (f" ({meta['cpu']})" if meta.get("cpu") else "")
+             if meta.get("cpu_count") else "",
              f"torch {meta.get('torch')}" + (f" ({meta['threads' if 'threads' in meta else 'torch_threads']} threads)"
                                              if meta.get("threads") or meta.get("torch_threads") else "")]
     if lb:
@@ -78,6 +79,8 @@ def _load_note(meta: dict[str, Any]) -> str:
         parts.append("machine load not recorded by this script (it ran while the load average was 6–12 on 2 cores)")
     if meta.get("started"):
         parts.append(f"started {meta['started']}, {meta.get('wall_s')} s")
+    if meta.get("commit"):
+        parts.append(f"commit {meta['commit'][:12]}{'+dirty' if meta['commit'].endswith('+dirty') else ''}")
     parts = [p for p in parts if p]
     if meta.get("quick"):
         parts.append("**quick (tiny) run**")
