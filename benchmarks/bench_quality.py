@@ -1,36 +1,34 @@
-"""Learning quality on the demo data: what pretraining buys, per modality and per method, over seeds.
+"""Learning quality on the demo data: medcl against plain reference loops, per modality, method and seed.
 
-Every run is a real pipeline: ``medcl.pipeline.run_pipeline(load_pipeline(YAML, overrides))`` on the
-synthetic demo set of the modality (``medcl data synth``), with the demo's own pretraining settings
-(``pipelines/demo/<modality>.yaml``). Read back from the stage outputs:
+One invocation runs the whole plan (resumable: a re-run skips the runs already finished in ``--out``
+and retries failed ones; every run is written as soon as it ends, failures included):
 
-* ``classify/results.json``: linear-probe macro AUROC of the pretrained encoder (``ssl``), the same
-  encoder at random init (``random``) and raw pixels (``raw``); fine-tuning from the pretrained
-  encoder vs from scratch at label fractions of the training *patients* (1 %, 10 %, 100 %); the
-  scratch fine-tune at 100 % is the supervised reference;
-* ECE (15 equal-width bins) of the primary fine-tuned model on the test split before and after
-  temperature scaling fitted on the validation split — computed from the classify stage's
-  ``primary.npz`` with ``medcl.tasks.calibration.calibration_report``, the function the calibrate
-  stage calls (the stage itself is left out: it also exports an MLflow model, which is not measured);
-* ``segment/results.json`` (CT, MRI): mean Dice of the U-Net on the pretrained encoder vs from scratch
-  at 10 % and 100 % of the labelled patients.
+1. ``pipeline`` — per modality and seed, the demo pipeline (``pipelines/demo/<modality>.yaml``, its own
+   method and budgets) with stages pretrain → classify (linear probe of the pretrained encoder, of the
+   same encoder at random init and of raw pixels; fine-tuning from the pretrained encoder and from scratch
+   at 1 %, 10 % and 100 % of the training patients) → segment (CT, MRI: Dice at 10 % and 100 %) →
+   calibrate (test ECE before/after, and whether the calibrator was applied).
+2. ``reference`` — per 2D modality and ECG and seed, the plain loops of ``benchmarks/reference/`` on the
+   split that run wrote (``split.csv``), with medcl's budgets: supervised from scratch with the fine-tune's
+   steps and batch, SimCLR with the pretraining's steps and batch, same architecture.
+3. ``ablation`` — what each recipe fix is worth: the 2D demo pipelines without it (``output_stride_32``: the
+   encoder's default final 2×2 map on 64×64 images instead of output stride 16), pretraining → linear probe.
+4. ``method`` — every method preset that applies to the modality (its confusable pairs or class graph
+   where the preset needs one), pretraining at the demo's budget → linear probe at 100 % of the labels.
 
-Runs, in priority order (the budget stops the list, the rest are reported as not run):
-``headline`` — OCT SimCLR over ``--seeds`` seeds; ``modality`` — every other modality's demo pipeline
-(its own method) at seed 0; ``extra-seed`` — seeds 1, 2 of the other modalities; ``method`` — OCT with
-SimCLR, MoCo, MICLe (patient-aware) and the SupCon variants with the same optimiser, learning rate,
-epochs and batch (every method at seed 0, then every method at seed 1, ...; ``--method-seeds``). Results are written after every run; a re-run skips runs already
-in the output file (``--fresh`` to redo), so the benchmark can be resumed.
+Nothing is merged by hand: ``benchmarks/README.md`` is rendered from the one result file
+(``medcl bench --only quality``), with the commit, machine and load of the run.
 
 Usage::
 
-    python benchmarks/bench_quality.py --out benchmarks/results/quality.json [--quick] [--budget-min 40]
+    python benchmarks/bench_quality.py --out benchmarks/results/quality.json [--quick] [--budget-min 600]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 import traceback
@@ -38,85 +36,74 @@ from pathlib import Path
 from typing import Any
 
 import _common  # noqa: F401
-from _common import ROOT, base_meta, demo_manifest, quiet_logs, write_results
+from _common import ROOT, base_meta, git_commit, quiet_logs, write_results
 
-MODALITIES = ("oct", "fundus", "histo", "ecg", "ct", "mri")
-#: OCT method comparison: preset name -> extra settings for the OCT classes
-METHODS: dict[str, list[str]] = {
-    "simclr": [],
-    "moco": [],
-    "micle": [],
-    "supcon": [],
-    "supcon-hardneg": ["pretrain.method_options.hard_pairs=[[early, intermediate]]"],
-    "supcon-graph": ["pretrain.method_options.similarity={classes: [normal, early, intermediate], "
-                     "edges: [[normal, early, 0.5], [early, intermediate, 0.5]]}"],
-    "supcon-balanced": [],
+#: per modality: the manifest column with the class names, classification label fractions, whether the plain
+#: reference loops apply (2D images and ECG), and settings the benchmark adds to the demo pipeline
+MODALITIES: dict[str, dict[str, Any]] = {
+    "oct": {"fractions": "[0.01,0.1,1.0]", "reference": True},
+    "fundus": {"fractions": "[0.01,0.1,1.0]", "reference": True},
+    "histo": {"fractions": "[0.01,0.1,1.0]", "reference": True},
+    "ecg": {"fractions": "[0.01,0.1,1.0]", "reference": True},
+    "ct": {"fractions": "[0.1,1.0]", "reference": False},
+    # the MRI demo segments only: a validation split and a classify stage (lesion present?) are added
+    "mri": {"fractions": "[0.1,1.0]", "reference": False, "extra": ["data.val_fraction=0.15"]},
 }
-FRACTIONS = [0.01, 0.1, 1.0]
+#: method presets and, per modality, what a preset needs (None: does not apply)
+GENERIC = ["simclr", "moco", "micle", "supcon", "supcon-balanced", "prototypes"]
+SPECIFIC: dict[str, dict[str, list[str]]] = {
+    "supcon-hardneg": {"oct": ["pretrain.method_options.hard_pairs=[[early, intermediate]]"],
+                       "fundus": ["pretrain.method_options.hard_pairs=[[moderate, severe]]"],
+                       "histo": ["pretrain.method_options.hard_pairs=[[tumour, stroma]]"]},
+    "supcon-graph": {"oct": ["pretrain.method_options.similarity={classes: [normal, early, intermediate], "
+                             "edges: [[normal, early, 0.5], [early, intermediate, 0.5]]}"],
+                     "fundus": ["pretrain.method_options.similarity={classes: [no_dr, mild, moderate, severe], "
+                                "edges: [[no_dr, mild, 0.5], [mild, moderate, 0.5], [moderate, severe, 0.5]]}"],
+                     "ecg": []},
+    "clocs": {"ecg": []},
+    "oct-severity": {"oct": []},
+    "dense": {"ct": [], "mri": []},
+}
 
 
-def plan(seeds: int, modalities: list[str], methods: list[str], quick: bool,
-         method_epochs: int | None = None, method_seeds: int | None = None) -> list[dict[str, Any]]:
-    """The runs, highest priority first (the method comparison seed by seed: every method at seed 0 first)."""
+#: recipe fixes, undone one at a time: name -> (modalities, settings that undo it)
+ABLATIONS: dict[str, tuple[tuple[str, ...], list[str]]] = {
+    "output_stride_32": (("oct", "fundus", "histo"), ["model.options={}"]),
+}
+
+
+def methods_for(modality: str) -> list[str]:
+    """The presets run on ``modality`` (its pipeline's own method is the ``pipeline`` run)."""
+    own = _demo_method(modality)
+    out = [m for m in GENERIC if m != own]
+    out += [m for m, per in SPECIFIC.items() if modality in per and m != own]
+    return out
+
+
+def plan(seeds: int, modalities: list[str], with_methods: bool, quick: bool) -> list[dict[str, Any]]:
+    """Every run, in priority order: per seed the pipelines of every modality and their references; then the
+    ablations and the method presets."""
     if quick:
-        return [{"kind": "headline", "modality": "oct", "method": "simclr", "seed": 0}]
-    runs = [{"kind": "headline", "modality": "oct", "method": "simclr", "seed": s} for s in range(seeds)]
-    runs += [{"kind": "modality", "modality": m, "method": None, "seed": 0} for m in modalities if m != "oct"]
-    runs += [{"kind": "extra-seed", "modality": m, "method": None, "seed": s}
-             for s in range(1, seeds) for m in modalities if m != "oct"]
-    runs += [{"kind": "method", "modality": "oct", "method": m, "seed": s, "epochs": method_epochs}
-             for s in range(seeds if method_seeds is None else method_seeds) for m in methods]
+        return [{"kind": "pipeline", "modality": "oct", "seed": 0},
+                {"kind": "reference", "modality": "oct", "seed": 0, "loop": "supervised"},
+                {"kind": "reference", "modality": "oct", "seed": 0, "loop": "simclr"},
+                {"kind": "method", "modality": "oct", "seed": 0, "method": "moco"}]
+    runs: list[dict[str, Any]] = []
+    for s in range(seeds):  # seed by seed, so that a run cut short by --budget-min has comparable rows
+        runs += [{"kind": "pipeline", "modality": m, "seed": s} for m in modalities]
+        runs += [{"kind": "reference", "modality": m, "seed": s, "loop": loop} for m in modalities
+                 if MODALITIES[m]["reference"] for loop in ("supervised", "simclr")]
+    runs += [{"kind": "ablation", "modality": m, "seed": s, "method": name} for name, (mods, _) in ABLATIONS.items()
+             for s in range(seeds) for m in modalities if m in mods]
+    if with_methods:
+        runs += [{"kind": "method", "modality": m, "seed": s, "method": x} for s in range(seeds) for m in modalities
+                 for x in methods_for(m)]
     return runs
 
 
 def run_key(r: dict[str, Any]) -> str:
-    key = f"{r['modality']}/{r['method'] or 'demo'}/seed{r['seed']}"
-    if r["kind"] == "method":
-        key = f"methods:{key}" + (f"/{r['epochs']}ep" if r.get("epochs") else "")
-    return key
-
-
-def overrides(r: dict[str, Any], quick: bool, work: Path, manifest: Path, finetune_epochs: int | None = None,
-              reuse: str | None = None) -> tuple[Path, list[str]]:
-    """The pipeline YAML and the ``--set`` overrides of one run."""
-    mod = r["modality"]
-    yaml_path = ROOT / "pipelines" / "demo" / f"{mod}.yaml"
-    demo_raw = _demo_raw(mod)
-    sets = [f"data.manifest={manifest}", f"seed={r['seed']}", f"runtime.output_dir={work / 'runs'}",
-            f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "runtime.progress=false", "runtime.device=cpu",
-            "classify.n_boot=50", "segment.n_boot=50", "segment.overlays=0"]
-    if r["kind"] == "method":
-        # the method's preset (temperature, options) with the demo's optimiser, lr, epochs and batch
-        p = demo_raw["pretrain"]
-        yaml_path = work / f"oct-{r['method']}.yaml"
-        yaml_path.write_text(
-            f"include: [{ROOT / 'pipelines' / 'demo' / 'oct.yaml'}, {ROOT / 'configs' / 'method' / (r['method'] + '.yaml')}]\n"
-            f"name: demo-oct-{r['method']}\n")
-        sets += [f"pretrain.optimizer={p['optimizer']}", f"pretrain.lr={p['lr']}",
-                 f"pretrain.weight_decay={p['weight_decay']}", f"pretrain.epochs={r.get('epochs') or p['epochs']}",
-                 f"pretrain.batch_size={p['batch_size']}", "stages=[pretrain,classify]",
-                 "classify.protocols=[linear]", "classify.baselines=[random]", "classify.label_fractions=[1.0]",
-                 *METHODS[r["method"]]]
-        return yaml_path, sets
-    stages = ["pretrain", "classify"] + (["segment"] if "segment" in demo_raw.get("stages", []) else [])
-    has_val = float(demo_raw.get("data", {}).get("val_fraction", 0.15)) > 0
-    # 1 % of the 3D sets' ~28 training patients is the one-per-class minimum, the same as 10 %
-    fractions = "[0.5,1.0]" if quick else ("[0.1,1.0]" if mod in ("ct", "mri") else "[0.01,0.1,1.0]")
-    sets += [f"stages=[{','.join(stages)}]", "classify.protocols=[linear,finetune]",
-             "classify.baselines=[random,raw,scratch]", f"classify.label_fractions={fractions}",
-             f"segment.label_fractions={'[0.5,1.0]' if quick else '[0.1,1.0]'}"]
-    if finetune_epochs and not quick:
-        sets.append(f"classify.finetune.epochs={finetune_epochs}")
-    if reuse:  # the encoder of an earlier pretraining with the same config and seed
-        stages.remove("pretrain")
-        sets += [f"stages=[{','.join(stages)}]", f"model.pretrained_path={reuse}"]
-    if not has_val:
-        sets.append("classify.protocols=[linear]")  # no validation split: nothing to calibrate a fine-tune on
-    if quick:
-        from medcl.pipeline import SMOKE_OVERRIDES
-
-        sets = [*SMOKE_OVERRIDES, *sets]
-    return yaml_path, sets
+    extra = r.get("loop") or r.get("method") or ""
+    return "/".join(str(p) for p in (r["kind"], r["modality"], extra, f"seed{r['seed']}") if p != "")
 
 
 def _demo_raw(mod: str) -> dict[str, Any]:
@@ -125,40 +112,88 @@ def _demo_raw(mod: str) -> dict[str, Any]:
     return load_raw(ROOT / "pipelines" / "demo" / f"{mod}.yaml")
 
 
+def _demo_method(mod: str) -> str:
+    from medcl.pipeline import load_pipeline
+
+    return load_pipeline(ROOT / "pipelines" / "demo" / f"{mod}.yaml", ["data.manifest=x.csv"]).pretrain.method
+
+
+def _base_sets(r: dict[str, Any], work: Path, manifest: Path, quick: bool) -> list[str]:
+    sets = [f"data.manifest={manifest}", f"seed={r['seed']}", f"runtime.output_dir={work / 'runs'}",
+            f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "runtime.progress=false", "runtime.device=cpu",
+            "classify.n_boot=200", "segment.n_boot=200", "segment.overlays=0",
+            *MODALITIES[r["modality"]].get("extra", [])]
+    return sets
+
+
+def pipeline_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool) -> Any:
+    from medcl.pipeline import load_pipeline
+
+    mod = r["modality"]
+    raw = _demo_raw(mod)
+    stages = ["pretrain", "classify"] + (["segment"] if "segment" in raw.get("stages", []) else []) + ["calibrate"]
+    sets = [*_base_sets(r, work, manifest, quick), f"stages=[{','.join(stages)}]",
+            "classify.protocols=[linear,knn,finetune]", "classify.baselines=[random,raw,scratch]",
+            f"classify.label_fractions={MODALITIES[mod]['fractions']}", "segment.label_fractions=[0.1,1.0]"]
+    if quick:
+        sets = [*sets, "classify.label_fractions=[0.5,1.0]", "segment.label_fractions=[0.5,1.0]"]
+    return load_pipeline(ROOT / "pipelines" / "demo" / f"{mod}.yaml", sets, smoke=quick)
+
+
+def method_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool) -> Any:
+    """The method's preset with the demo's optimiser, learning rate, budget and batch (an ablation: the demo
+    pipeline with one recipe fix undone)."""
+    from medcl.pipeline import load_pipeline
+
+    mod, method = r["modality"], r["method"]
+    if r["kind"] == "ablation":
+        return load_pipeline(ROOT / "pipelines" / "demo" / f"{mod}.yaml", [
+            *_base_sets(r, work, manifest, quick), "stages=[pretrain,classify]", "classify.protocols=[linear]",
+            "classify.baselines=[random]", "classify.label_fractions=[1.0]", *ABLATIONS[method][1]], smoke=quick)
+    p = _demo_raw(mod)["pretrain"]
+    yaml_path = work / f"{mod}-{method}.yaml"
+    yaml_path.write_text(f"include: [{ROOT / 'pipelines' / 'demo' / (mod + '.yaml')}, "
+                         f"{ROOT / 'configs' / 'method' / (method + '.yaml')}]\nname: demo-{mod}-{method}\n")
+    keep = [f"pretrain.{k}={p[k]}" for k in ("optimizer", "lr", "weight_decay", "steps", "epochs", "batch_size",
+                                             "temperature") if k in p]
+    sets = [*_base_sets(r, work, manifest, quick), *keep, "stages=[pretrain,classify]",
+            "classify.protocols=[linear]", "classify.baselines=[random]", "classify.label_fractions=[1.0]",
+            *SPECIFIC.get(method, {}).get(mod, [])]
+    return load_pipeline(yaml_path, sets, smoke=quick)
+
+
 def _auroc(row: dict[str, Any]) -> float | None:
     m = row.get("metrics", {}).get("auroc")
     v = m.get("value") if isinstance(m, dict) else None
     return None if v is None else float(v)
 
 
-def collect(ctx: Any, r: dict[str, Any]) -> dict[str, Any]:
-    """The figures of one finished pipeline run."""
-    import numpy as np
-
-    from medcl.tasks.calibration import calibration_report
-
+def collect(ctx: Any) -> dict[str, Any]:
+    """The figures of one finished pipeline run, read from its stage outputs."""
     out: dict[str, Any] = {"seconds": {k: v.get("seconds") for k, v in ctx.outputs.items()},
-                           "final_pretrain_loss": ctx.outputs.get("pretrain", {}).get("final_loss"),
                            "method_run": ctx.cfg.pretrain.method, "task": ctx.data.task,
-                           "n_patients": len(ctx.data.patient_index), "n_samples": len(ctx.data.records)}
+                           "n_patients": len(ctx.data.patient_index), "n_samples": len(ctx.data.records),
+                           "split": str(ctx.run_dir / "split.csv")}
+    pre = ctx.outputs.get("pretrain") or {}
+    out["pretrain"] = {k: pre.get(k) for k in ("final_loss", "selected", "selected_step", "best_probe_auroc",
+                                                "last_probe_auroc", "train_seconds", "steps_run", "images_per_s")}
+    out["pretrain"]["steps"] = ctx.cfg.pretrain.steps
+    out["finetune"] = {"steps": ctx.cfg.classify.finetune.steps, "batch": ctx.cfg.classify.finetune.batch_size}
     cls = ctx.outputs.get("classify") or {}
     if cls.get("results"):
         rows = json.loads(Path(cls["results"]).read_text())
         out["classify"] = [{"model": x["model"], "protocol": x["protocol"], "fraction": x["fraction"],
-                            "auroc": _auroc(x), "n_train_patients": x.get("n_train_patients")} for x in rows]
-        if cls.get("primary"):
-            npz = dict(np.load(cls["primary"]))
-            meta = json.loads(Path(cls["primary_meta"]).read_text())
-            if npz["val_logits"].size and npz["test_logits"].size:
-                c = ctx.cfg.calibrate
-                rep = calibration_report(npz["val_logits"], npz["val_y"], npz["test_logits"], npz["test_y"],
-                                         c.method, c.n_bins, task=ctx.data.task)
-                key = next(k for k in ("ece_equal_width", "ece", "ece_adaptive") if k in rep["before"])
-                out["calibration"] = {"model": f"{meta['encoder']} {meta['kind']}", "method": c.method,
-                                      "n_bins": c.n_bins, "ece_before": float(rep["before"][key]),
-                                      "ece_after": float(rep["after"][key]),
-                                      "nll_before": float(rep["before"]["nll"]), "nll_after": float(rep["after"]["nll"]),
-                                      "temperature": rep.get("temperature")}
+                            "auroc": _auroc(x), "n_train_patients": x.get("n_train_patients"),
+                            **{k: x[k] for k in ("steps", "train_seconds", "images_per_s") if k in x}} for x in rows]
+    cal = ctx.outputs.get("calibrate") or {}
+    if cal.get("calibration"):
+        rep = json.loads(Path(cal["calibration"]).read_text())
+        d = rep.get("decision") or {}
+        out["calibration"] = {"method": rep.get("method"), "n_bins": rep.get("n_bins"),
+                              "ece_before": rep["before"]["ece"], "ece_after": rep["after"]["ece"],
+                              "nll_before": rep["before"]["nll"], "nll_after": rep["after"]["nll"],
+                              "applied": d.get("applied"), "fit_on": d.get("fit_on"), "reason": d.get("reason"),
+                              "cv": d.get("cv")}
     seg = ctx.outputs.get("segment") or {}
     if seg.get("results"):
         rows = json.loads(Path(seg["results"]).read_text())
@@ -168,111 +203,102 @@ def collect(ctx: Any, r: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_one(r: dict[str, Any], quick: bool, work: Path, finetune_epochs: int | None = None,
-            reuse: str | None = None) -> dict[str, Any]:
-    from medcl.pipeline import load_pipeline, run_pipeline
+def run_pipeline_kind(r: dict[str, Any], work: Path, manifest: Path, quick: bool) -> dict[str, Any]:
+    from medcl.pipeline import run_pipeline
 
-    manifest = demo_manifest(r["modality"], work / "data", patients=12 if quick else None)
-    yaml_path, sets = overrides(r, quick, work, manifest, finetune_epochs, reuse)
-    cfg = load_pipeline(yaml_path, sets)
-    t0 = time.time()
-    ctx = run_pipeline(cfg)
-    res = collect(ctx, r)
-    out = {**r, "key": run_key(r), "method_run": res.pop("method_run"), "wall_s": round(time.time() - t0, 1), **res}
-    if reuse:
-        out["pretrain_reused"] = reuse
-    return out
+    cfg = pipeline_config(r, work, manifest, quick) if r["kind"] == "pipeline" else method_config(r, work, manifest,
+                                                                                                  quick)
+    ctx = run_pipeline(cfg, smoke=quick)
+    return collect(ctx)
 
 
-def merge(parts: list[Path], out: Path, todo: list[dict[str, Any]]) -> int:
-    """One result file from several partial ones (``--kinds`` runs in parallel processes)."""
-    metas, by_key = [], {}
-    for p in parts:
-        d = json.loads(Path(p).read_text())
-        metas.append(d["meta"])
-        for r in d["rows"]:
-            # a finished run beats a failed one (re-run after a fix), which beats one not run
-            rank = 0 if "skipped" in r else 1 if "error" in r else 2
-            old = by_key.get(r["key"])
-            if old is None or rank > (0 if "skipped" in old else 1 if "error" in old else 2):
-                by_key[r["key"]] = r
-    rows = [by_key.get(run_key(r), {**r, "key": run_key(r), "skipped": "not run"}) for r in todo]
-    loads = [m["load_before"] for m in metas if m.get("load_before")]
-    meta = {**metas[0], "parts": metas, "plan": [run_key(r) for r in todo],
-            "demo_epochs": _demo_raw("oct")["pretrain"]["epochs"],
-            "load_before": max(loads, key=lambda x: x[0]) if loads else None,
-            "wall_s": max(m.get("wall_s") or 0 for m in metas),
-            "processes": len(parts)}
+def run_reference(r: dict[str, Any], pipeline_row: dict[str, Any] | None, manifest: Path, work: Path,
+                  quick: bool) -> dict[str, Any]:
+    """A plain loop on the pipeline run's split, with that run's budget, batch and architecture."""
+    from medcl.pipeline import load_pipeline
+
+    if not pipeline_row or "split" not in pipeline_row:
+        raise RuntimeError(f"the pipeline run of {r['modality']} seed {r['seed']} did not finish: no split to use")
+    cfg = load_pipeline(ROOT / "pipelines" / "demo" / f"{r['modality']}.yaml", [f"data.manifest={manifest}"])
+    if r["loop"] == "supervised":
+        steps, batch = pipeline_row["finetune"]["steps"], cfg.classify.finetune.batch_size
+    else:
+        steps, batch = pipeline_row["pretrain"]["steps"], cfg.pretrain.batch_size
+    if not steps:
+        raise RuntimeError(f"the {r['modality']} demo gives no step budget (pretrain.steps / classify.finetune.steps)")
+    steps = 3 if quick else steps
+    column = cfg.data.label_column
+    size = (cfg.transforms.model_extra or {}).get("spatial_size", [64])[0]
+    out = work / "reference" / f"{run_key(r).replace('/', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    return 0
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "reference" / f"{r['loop']}.py"), "--manifest", str(manifest),
+           "--split", pipeline_row["split"], "--modality", r["modality"], "--label-column", column,
+           "--classes", ",".join(cfg.data.classes or []), "--steps", str(steps), "--batch", str(batch),
+           "--seed", str(r["seed"]), "--size", str(size), "--out", str(out),
+           "--output-stride", str((cfg.model.options or {}).get("output_stride", 32))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=7200,
+                          cwd=ROOT / "benchmarks" / "reference")
+    if proc.returncode != 0:
+        raise RuntimeError(f"exit {proc.returncode}: {proc.stderr[-1500:]}")
+    return {"result": json.loads(out.read_text())}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--quick", action="store_true", help="one OCT run on 12 patients, a few steps per stage")
+    parser.add_argument("--quick", action="store_true", help="OCT on 24 patients, a few steps per stage")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=MODALITIES)
-    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--budget-min", type=float, default=40.0,
-                        help="start no new run after this many minutes (the rest are reported as not run)")
+    parser.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=list(MODALITIES))
+    parser.add_argument("--no-methods", action="store_true", help="leave the method presets out of the plan")
+    parser.add_argument("--budget-min", type=float, default=24 * 60.0,
+                        help="start no new run after this many minutes (the rest are listed as not run; a re-run "
+                             "continues)")
     parser.add_argument("--fresh", action="store_true", help="ignore runs already in --out")
-    parser.add_argument("--kinds", nargs="+", default=None, choices=["headline", "modality", "method", "extra-seed"],
-                        help="run only these kinds of run (e.g. to split the list over two processes)")
-    parser.add_argument("--method-seeds", type=int, default=None,
-                        help="seeds of the method comparison (default: --seeds)")
-    parser.add_argument("--method-epochs", type=int, default=None,
-                        help="pretraining epochs of the method comparison (default: the demo's)")
-    parser.add_argument("--finetune-epochs", type=int, default=15,
-                        help="classify.finetune.epochs (the demo YAMLs do not fine-tune; 0: the config's default)")
-    parser.add_argument("--reuse-encoder", nargs=2, action="append", metavar=("KEY", "ENCODER_PT"), default=[],
-                        help="use this pretrained encoder.pt (same config and seed, made earlier) for run KEY")
-    parser.add_argument("--keys", nargs="+", default=None, help="run only these run keys (see the plan in meta)")
-    parser.add_argument("--merge", type=Path, nargs="+", default=None,
-                        help="only merge these result files (of --kinds runs) into --out, in plan order")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work" / "quality")
     args = parser.parse_args(argv)
     quiet_logs()
     t0 = time.time()
     work = args.work / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
-    todo = plan(args.seeds, args.modalities, args.methods, args.quick, args.method_epochs, args.method_seeds)
-    reuse = dict(args.reuse_encoder)
-    if args.merge:
-        return merge(args.merge, args.out, todo)
-    if args.kinds:
-        todo = [r for r in todo if r["kind"] in args.kinds]
-    if args.keys:
-        todo = [r for r in todo if run_key(r) in args.keys]
+    todo = plan(args.seeds, args.modalities, not args.no_methods, args.quick)
     done: dict[str, dict] = {}
     if args.out.is_file() and not args.fresh:
         old = json.loads(args.out.read_text())
         if bool(old.get("meta", {}).get("quick")) == args.quick:
             done = {x["key"]: x for x in old.get("rows", []) if "error" not in x and "skipped" not in x}
     meta = {**base_meta(args.quick), "seeds": args.seeds, "budget_min": args.budget_min,
-            "finetune_epochs": args.finetune_epochs, "method_epochs": args.method_epochs,
-            "demo_epochs": _demo_raw("oct")["pretrain"]["epochs"],
             "plan": [run_key(r) for r in todo]}
-    rows: list[dict] = []
-    for r in todo:
+    from medcl.data.synth import synthesize
+
+    rows: dict[str, dict] = {}
+    for i, r in enumerate(todo):
         key = run_key(r)
         if key in done:
-            rows.append(done[key])
+            rows[key] = done[key]
             continue
         elapsed = (time.time() - t0) / 60
         if elapsed > args.budget_min:
-            rows.append({**r, "key": key, "skipped": f"not run: the {args.budget_min:g}-minute budget was spent"})
+            rows[key] = {**r, "key": key, "skipped": f"not run: the {args.budget_min:g}-minute budget was spent"}
             continue
-        print(f"# quality: {key} ({r['kind']}), {elapsed:.1f} min elapsed", file=sys.stderr, flush=True)
+        print(f"# quality [{i + 1}/{len(todo)}] {key}, {elapsed:.1f} min elapsed", file=sys.stderr, flush=True)
+        data_dir = work / "data"
+        manifest = data_dir / r["modality"] / "manifest.csv"
+        if not manifest.is_file():
+            synthesize(data_dir, modalities=[r["modality"]], patients=24 if args.quick else None, seed=0)
+        t1 = time.time()
         try:
-            rows.append(run_one(r, args.quick, work, args.finetune_epochs, reuse.get(key)))
+            if r["kind"] == "reference":
+                pipe = rows.get(run_key({"kind": "pipeline", "modality": r["modality"], "seed": r["seed"]}))
+                res = run_reference(r, pipe, manifest, work, args.quick)
+            else:
+                res = run_pipeline_kind(r, work, manifest, args.quick)
+            rows[key] = {**r, "key": key, "commit": git_commit(), "wall_s": round(time.time() - t1, 1), **res}
         except Exception as exc:  # noqa: BLE001 - one failed run is reported, the others still run
             traceback.print_exc()
-            rows.append({**r, "key": key, "error": f"{type(exc).__name__}: {str(exc)[:800]}"})
-        write_results(args.out, meta, rows + [{**x, "key": run_key(x), "skipped": "pending"}
-                                              for x in todo[len(rows):]], t0)
-    write_results(args.out, meta, rows, t0)
+            rows[key] = {**r, "key": key, "commit": git_commit(), "error": f"{type(exc).__name__}: {str(exc)[:800]}"}
+        pending = [{**x, "key": run_key(x), "skipped": "pending"} for x in todo if run_key(x) not in rows]
+        write_results(args.out, meta, [*rows.values(), *pending], t0)
+    write_results(args.out, meta, [rows[run_key(r)] for r in todo], t0)
     return 0
 
 

@@ -33,8 +33,9 @@ log = logging.getLogger("medcl")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set pretrain.epochs=5 (repeatable; type-checked)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config values, e.g. --set pretrain.epochs=5 data.cache=disk (one or more after "
+                        "each --set; repeatable; type-checked)")
     p.add_argument("--force", action="store_true", help="re-run stages that already completed")
     p.add_argument("--resume", action="store_true",
                    help="continue the latest unfinished run of this pipeline from its checkpoint")
@@ -67,12 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a pipeline YAML (pretrain → classify/segment → calibrate → report)",
                        description="Run the stages of a pipeline in order, each a nested MLflow run. "
                        "Completed stages are skipped on a re-run unless --force.")
-    p.add_argument("pipeline", help="pipeline YAML, e.g. pipelines/oct_severity.yaml")
+    p.add_argument("pipeline", nargs="?", help="pipeline YAML, e.g. pipelines/oct_severity.yaml")
     _add_run_options(p)
 
     p = sub.add_parser("config", help="print the resolved config of a pipeline (includes and --set applied)")
-    p.add_argument("pipeline")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("pipeline", nargs="?")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
 
     data = sub.add_parser("data", help="synthesise, validate and inspect data",
                           description="Work with data: synth (demo set), validate (a manifest), inspect (a file).")
@@ -159,6 +160,17 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 2
 
 
+def _pipeline_after_sets(args: argparse.Namespace) -> bool:
+    """``--set`` takes several values, so ``medcl run --set a=1 PIPELINE`` hands the pipeline to ``--set``:
+    take it back (a value without ``=`` is not an override). False when there is no pipeline at all."""
+    if args.pipeline is None:
+        rest = [v for v in args.overrides if "=" not in v]
+        if len(rest) == 1:
+            args.pipeline = rest[0]
+            args.overrides = [v for v in args.overrides if "=" in v]
+    return args.pipeline is not None
+
+
 def _rank_prefix() -> str:
     """``[rank N] `` under torchrun for ranks other than 0, so a job's console says who failed."""
     rank = os.environ.get("RANK", "0")
@@ -176,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command is None:
         parser.print_help()
+        return 2
+
+    if args.command in ("run", "config") and not _pipeline_after_sets(args):
+        print(f"usage error: medcl {args.command} needs a pipeline YAML, e.g. medcl {args.command} "
+              "pipelines/oct_severity.yaml --set data.manifest=/data/oct/manifest.csv", file=sys.stderr)
         return 2
 
     from medcl.errors import MedclError

@@ -154,11 +154,13 @@ def print_plan(cfg: PipelineConfig, data: Any, key: str, run_dir: Path) -> None:
     t.add_column("stage")
     t.add_column("what")
     desc = {
-        "pretrain": f"{cfg.pretrain.method} on {cfg.model.encoder}, {cfg.pretrain.epochs} epochs, "
-        f"batch {cfg.pretrain.batch_size}, {cfg.pretrain.optimizer} lr {cfg.pretrain.lr}",
+        "pretrain": f"{cfg.pretrain.method} on {cfg.model.encoder}, {_budget_text(cfg.pretrain)}, "
+        f"batch {cfg.pretrain.batch_size}, {cfg.pretrain.optimizer} lr {cfg.pretrain.lr}"
+        + (", online kNN probe on the validation patients" if cfg.pretrain.probe else ""),
         "classify": f"{', '.join(cfg.classify.protocols)} at label fractions {cfg.classify.label_fractions}, "
-        f"baselines {', '.join(cfg.classify.baselines) or 'none'}",
-        "segment": f"{cfg.segment.network}, {cfg.segment.epochs} epochs, {cfg.segment.num_classes} classes",
+        f"baselines {', '.join(cfg.classify.baselines) or 'none'}"
+        + (f"; fine-tuning {_budget_text(cfg.classify.finetune)}" if "finetune" in cfg.classify.protocols else ""),
+        "segment": f"{cfg.segment.network}, {_budget_text(cfg.segment)}, {cfg.segment.num_classes} classes",
         "calibrate": f"{cfg.calibrate.method} scaling, ECE with {cfg.calibrate.n_bins} bins",
         "report": "HTML report from the MLflow run",
     }
@@ -171,6 +173,13 @@ def print_plan(cfg: PipelineConfig, data: Any, key: str, run_dir: Path) -> None:
     for split, n in (s.get("patients") or {}).items():
         console.print(f"  {split}: {n} patients, {s.get('samples', {}).get(split, '?')} samples")
     console.print(f"run folder: {run_dir}")
+
+
+def _budget_text(section: Any) -> str:
+    """``"160 optimiser steps"`` when a step budget is set (epochs then unused), else ``"30 epochs"``."""
+    if getattr(section, "steps", None):
+        return f"{section.steps} optimiser steps"
+    return f"{section.epochs} epochs" + (f" (at most {section.max_steps} steps)" if section.max_steps else "")
 
 
 def _previous_run(uri: str | None, cfg: PipelineConfig, key: str) -> Any | None:

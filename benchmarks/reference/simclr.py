@@ -21,6 +21,7 @@ from torch import nn
 ap = argparse.ArgumentParser()
 for a, kw in [("--manifest", {}), ("--split", {}), ("--modality", {}), ("--label-column", {"default": "label"}),
               ("--classes", {}), ("--arch", {"default": "resnet18"}), ("--size", {"type": int, "default": 64}),
+              ("--output-stride", {"type": int, "default": 32}),
               ("--steps", {"type": int, "default": 400}), ("--batch", {"type": int, "default": 64}),
               ("--lr", {"type": float, "default": 2e-3}), ("--wd", {"type": float, "default": 1e-4}),
               ("--temperature", {"type": float, "default": 0.2}), ("--seed", {"type": int, "default": 0}),
@@ -31,7 +32,7 @@ data = load_split(Path(args.manifest), Path(args.split), args.label_column, args
 x = data["train"][0]
 torch.manual_seed(args.seed)
 g = torch.Generator().manual_seed(args.seed)
-net = encoder(args.modality, x.shape[1], args.arch)
+net = encoder(args.modality, x.shape[1], args.arch, args.output_stride)
 proj = nn.Sequential(nn.Linear(net.dim, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, 128))
 params = list(net.parameters()) + list(proj.parameters())
 opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.wd)
@@ -58,6 +59,7 @@ with torch.no_grad():
              for s, v in data.items()}
 (_, y_train, groups), (_, y_test, _) = data["train"], data["test"]
 result = {"reference": "simclr", "modality": args.modality, "arch": args.arch, "seed": args.seed,
+          "output_stride": args.output_stride,
           "steps": args.steps, "batch": args.batch, "temperature": args.temperature,
           "probe_auroc": linear_probe(feats["train"], y_train, groups, feats["test"], y_test),
           "seconds": round(seconds, 1),

@@ -19,6 +19,7 @@ from torch import nn
 ap = argparse.ArgumentParser()
 for a, kw in [("--manifest", {}), ("--split", {}), ("--modality", {}), ("--label-column", {"default": "label"}),
               ("--classes", {}), ("--arch", {"default": "resnet18"}), ("--size", {"type": int, "default": 64}),
+              ("--output-stride", {"type": int, "default": 32}),
               ("--steps", {"type": int, "default": 400}), ("--batch", {"type": int, "default": 64}),
               ("--lr", {"type": float, "default": 2e-3}), ("--wd", {"type": float, "default": 0.05}),
               ("--seed", {"type": int, "default": 0}), ("--out", {"default": None})]:
@@ -30,7 +31,7 @@ x, y, _ = data["train"]
 multilabel = y.ndim == 2
 torch.manual_seed(args.seed)
 g = torch.Generator().manual_seed(args.seed)
-net = encoder(args.modality, x.shape[1], args.arch)
+net = encoder(args.modality, x.shape[1], args.arch, args.output_stride)
 model = nn.Sequential(net, nn.Linear(net.dim, len(classes)))
 opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
 sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
@@ -53,6 +54,7 @@ with torch.no_grad():
     z = torch.cat([model(centre(xt[i:i + 256], args.modality)) for i in range(0, len(xt), 256)])
 scores = (z.sigmoid() if multilabel else z.softmax(1)).numpy()
 result = {"reference": "supervised", "modality": args.modality, "arch": args.arch, "seed": args.seed,
+          "output_stride": args.output_stride,
           "steps": args.steps, "batch": args.batch, "test_auroc": macro_auroc(ytest, scores),
           "seconds": round(seconds, 1), "images_per_s": round(args.steps * args.batch / max(seconds, 1e-9), 1),
           "final_loss": float(loss), "n_train": len(x), "n_test": len(xt)}

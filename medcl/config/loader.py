@@ -47,10 +47,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``top`` into a copy of ``base``: dicts recursively, anything else replaced."""
+    """Merge ``top`` into a copy of ``base``: dicts recursively, anything else replaced.
+
+    An explicitly empty mapping in ``top`` clears the included one (``options: {}`` after switching
+    ``model.encoder`` drops the included encoder's options instead of keeping them all).
+    """
     out = copy.deepcopy(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -110,9 +114,25 @@ def _submodel(model: type[BaseModel] | None, key: str) -> type[BaseModel] | None
     return None
 
 
+#: sections whose budget can be given in epochs or in optimiser steps (``steps``, when set, is the budget)
+BUDGET_SECTIONS = (("pretrain",), ("classify", "finetune"), ("segment",))
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``--set`` overrides; unknown keys are rejected here with a did-you-mean."""
+    """Apply ``--set`` overrides; unknown keys are rejected here with a did-you-mean.
+
+    The last word on a budget wins: ``--set pretrain.epochs=50`` on a pipeline whose YAML gives
+    ``pretrain.steps`` trains 50 epochs (the override clears ``steps``, unless ``steps`` is set too).
+    """
     out = copy.deepcopy(raw)
+    set_paths = {tuple(parse_override(item)[0]) for item in overrides}
+    for section in BUDGET_SECTIONS:
+        if (*section, "epochs") in set_paths and (*section, "steps") not in set_paths:
+            node = out
+            for k in section:
+                node = node.get(k) if isinstance(node, dict) else None
+            if isinstance(node, dict) and node.get("steps") is not None:
+                node["steps"] = None
     for item in overrides:
         keys, value = parse_override(item)
         node, model = out, PipelineConfig

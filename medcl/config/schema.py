@@ -86,7 +86,9 @@ class PretrainConfig(Section):
     method: str = "simclr"
     method_options: dict[str, Any] = Field(default_factory=dict, description="method/loss arguments")
     temperature: float = Field(0.1, gt=0.0)
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, description="passes over the training data (unused when pretrain.steps is set)")
+    steps: int | None = Field(None, ge=1, description="budget in optimiser steps (small data sets: set it from the "
+                              "online probe's convergence); when set, pretrain.epochs is not used")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (smoke runs)")
     batch_size: int = Field(64, ge=2)
     views: int = Field(2, ge=2)
@@ -102,14 +104,24 @@ class PretrainConfig(Section):
     sync_bn: bool = False
     checkpoint_every_steps: int | None = Field(None, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    probe: bool = Field(True, description="online kNN probe on the labelled validation patients, and effective "
+                        "rank (collapse), while pretraining")
+    probe_every_steps: int | None = Field(None, ge=1, description="probe every N optimiser steps (default: 10 "
+                                          "probes per run)")
+    select: Literal["best_probe", "last"] = Field(
+        "best_probe", description="which encoder to hand on: the best by the online probe's validation AUROC, or "
+        "the last (always the last when there are no labelled validation patients)")
 
 
 class FinetuneConfig(Section):
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="sgd: momentum 0.9, L2 weight decay")
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, description="passes over the labelled training data (unused when steps is set)")
+    steps: int | None = Field(None, ge=1, description="budget in optimiser steps, the same for every label fraction "
+                              "and start; when set, epochs is not used")
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
-    layer_decay: float = Field(0.75, gt=0.0, le=1.0)
+    layer_decay: float = Field(0.75, gt=0.0, le=1.0, description="layer-wise LR decay of the pretrained encoder "
+                               "(BEiT); never applied to the from-scratch baseline")
     batch_size: int = Field(32, ge=1)
     max_steps: int | None = Field(None, ge=1)
     checkpoint_every_steps: int | None = Field(
@@ -145,7 +157,8 @@ class SegmentConfig(Section):
     )
     network_options: dict[str, Any] = Field(default_factory=dict, description="extra network arguments")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="sgd: momentum 0.9, L2 weight decay")
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(20, ge=1, description="passes over the training data (unused when steps is set)")
+    steps: int | None = Field(None, ge=1, description="budget in optimiser steps; when set, epochs is not used")
     max_steps: int | None = Field(None, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(1e-5, ge=0.0)
@@ -176,6 +189,12 @@ class SegmentConfig(Section):
 class CalibrateConfig(Section):
     method: Literal["temperature", "vector", "dirichlet"] = "temperature"
     n_bins: int = Field(15, ge=2)
+    fit_on: Literal["auto", "validation", "cross_fit"] = Field(
+        "auto", description="what the calibrator is fitted on: the validation patients, or those plus out-of-fold "
+        "logits over the training patients (patient-grouped cross-fitting: the primary model is re-trained on "
+        "`folds` subsets); auto cross-fits when there are fewer than min_val_patients validation patients")
+    min_val_patients: int = Field(50, ge=1, description="auto: fewer validation patients than this → cross-fit")
+    folds: int = Field(5, ge=2, description="folds of the cross-fitting and of the check that calibration helps")
 
 
 class ReportConfig(Section):
@@ -195,6 +214,9 @@ class RuntimeConfig(Section):
     output_dir: str = Field("medcl-runs", description="run folders (checkpoints, split, config)")
     deterministic: bool = False
     progress: bool = True
+    checkpoint_every_s: float = Field(
+        300.0, ge=0.0, description="epoch-end checkpoints closer together than this are skipped (small data sets "
+        "have epochs of a few steps); the last one, and every *.checkpoint_every_steps, are always written")
     dist_timeout_s: float = Field(
         300.0, gt=0.0, description="under torchrun: seconds a rank waits in a collective for the others before the "
         "run stops with a clear error (gloo and NCCL); rank-0-only work (probes, calibration, report) is not "

@@ -184,6 +184,7 @@ def train_one_epoch(
     progress: bool = True,
     log_every: int = 50,
     accumulator: dict[str, Any] | None = None,
+    label: str = "",
 ) -> dict[str, float]:
     """Train for one pass over ``loader`` (or ``max_steps`` optimiser steps).
 
@@ -214,6 +215,7 @@ def train_one_epoch(
             checkpoint so that the epoch averages of a resumed epoch cover the whole epoch.
         progress: show a progress bar (on ``comm``'s main rank only).
         log_every: without a terminal, log a line every this many steps.
+        label: what is trained, before the epoch in the progress bar and log lines (e.g. ``"fine-tune ssl f10"``).
 
     Returns:
         Averages over this call: every scalar the model returned (``loss``, ...), ``lr`` (last),
@@ -311,7 +313,8 @@ def train_one_epoch(
             on_step(global_step, logs)
         g_sums, g_time, g_wait, g_samples, g_count = {}, 0.0, 0.0, 0, 0
 
-    with StepProgress(bar_total, f"epoch {epoch}", enabled=progress and comm.is_main, log_every=log_every) as bar:
+    desc = f"{label} epoch {epoch}" if label else f"epoch {epoch}"
+    with StepProgress(bar_total, desc, enabled=progress and comm.is_main, log_every=log_every) as bar:
         t_prev = time.perf_counter()
         while max_steps is None or steps < max_steps:
             try:
@@ -401,6 +404,9 @@ def fit(
     log_every: int = 10,
     on_epoch_end: Callable[[int, dict[str, float]], dict[str, float] | None] | None = None,
     progress: bool = True,
+    monitor: Any = None,
+    label: str = "",
+    checkpoint_every_s: float = 0.0,
 ) -> list[dict[str, float]]:
     """Train for ``epochs`` epochs, checkpointing and resuming.
 
@@ -421,8 +427,14 @@ def fit(
         run_id, config: stored in every checkpoint.
         max_steps: stop once the global step reaches this.
         total_steps: steps in the whole run for ``on_step_end``; default ``epochs * steps/epoch``.
-        on_epoch_end: ``callback(epoch, record) -> extra metrics`` (e.g. a kNN monitor).
+        on_epoch_end: ``callback(epoch, record) -> extra metrics``.
         progress: progress bar.
+        monitor: called as ``monitor(global_step) -> metrics`` every ``monitor.every`` steps and at the last
+            step (e.g. :class:`medcl.tasks.monitor.OnlineProbe`); its metrics go to ``tracker`` at that step.
+        label: what is trained, for the progress bar and log lines.
+        checkpoint_every_s: skip an epoch-end checkpoint written less than this many seconds after the previous
+            one (small data: epochs of a few steps would otherwise write the full training state every few
+            steps); the last epoch, ``checkpoint_every`` steps and a ``max_steps`` stop are always saved.
 
     Returns:
         One dict per epoch run in this call (partial ones included): the epoch averages plus
@@ -455,10 +467,15 @@ def fit(
         restore_rng_state(rng)
         rng = None
 
+    last_save = [time.monotonic()]
+
     def save(ep: int, batches_done: int, ep_step: int, n_batches: int | None,
-             acc: dict[str, Any] | None = None) -> None:
+             acc: dict[str, Any] | None = None, optional: bool = False) -> None:
         if checkpointer is None:
             return
+        if optional and time.monotonic() - last_save[0] < checkpoint_every_s:
+            return
+        last_save[0] = time.monotonic()
         if n_batches is not None and batches_done >= n_batches:
             ep, batches_done, ep_step = ep + 1, 0, 0
         state = build_training_state(core, optimizer, scheduler, scaler, epoch=ep, batches_done=batches_done,
@@ -484,12 +501,18 @@ def fit(
                    "grad_norms": [float(g) for g in carried.get("grad_norms", [])]}
 
         def on_step(step: int, logs: dict[str, float], _ep: int = ep, _n: int | None = n_batches,
-                    _s0: int = start_step, _es0: int = start_epoch_step, _acc: dict[str, Any] = acc) -> None:
+                    _s0: int = start_step, _es0: int = start_epoch_step, _acc: dict[str, Any] = acc,
+                    _total: int | None = total_steps) -> None:
             nonlocal global_step
             global_step = step
             if tracker is not None and step % max(1, log_every) == 0:
                 tracker.log_metrics({f"train/{k}": v for k, v in logs.items()
                                      if k not in ("epoch", "batches_done")}, step)
+            if monitor is not None and (step % monitor.every == 0 or step == _total
+                                        or (max_steps is not None and step == max_steps)):
+                found = monitor(step)
+                if tracker is not None and found:
+                    tracker.log_metrics(found, step)
             done = int(logs["batches_done"])
             if checkpoint_every and step % checkpoint_every == 0 and (_n is None or done < _n):
                 save(_ep, done, _es0 + step - _s0, _n, _acc)
@@ -499,7 +522,7 @@ def fit(
             grad_accum=grad_accum, clip_grad=clip_grad, channels_last=channels_last, step_offset=start_step,
             total_steps=total_steps, on_step=on_step,
             max_steps=None if max_steps is None else max_steps - start_step,
-            skip_batches=skip, rng_state=rng, progress=progress, accumulator=acc,
+            skip_batches=skip, rng_state=rng, progress=progress, accumulator=acc, label=label,
         )
         skip, rng, epoch_step, carried = 0, None, 0, None
         global_step = start_step + int(result["steps"])
@@ -511,7 +534,9 @@ def fit(
                 tracker.log_metrics({f"epoch/{k}": v for k, v in record.items()
                                      if k not in ("epoch", "global_step", "completed", "steps", "batches_done")}, global_step)
             history.append(record)
-            save(ep + 1, 0, 0, None)
+            final = ep == epochs - 1 or (max_steps is not None and global_step >= max_steps)
+            due = bool(checkpoint_every) and global_step % checkpoint_every == 0  # a step save falls on the epoch end
+            save(ep + 1, 0, 0, None, optional=not (final or due))
         else:  # stopped by max_steps inside the epoch
             history.append(record)
             save(ep, int(result["batches_done"]), start_epoch_step + int(result["steps"]), n_batches, acc)

@@ -146,7 +146,8 @@ def build_encoder(
         raise ConfigError(
             f"encoder {name!r} got unknown option(s) {unknown}",
             where="model.options",
-            fix="accepted options: " + ", ".join(k for k in params if k not in ("in_channels", "spatial_dims")),
+            fix="accepted options: " + ", ".join(k for k in params if k not in ("in_channels", "spatial_dims"))
+                + "; when you switch model.encoder, also reset the pipeline's options (--set 'model.options={}')",
         )
     try:
         encoder = fn(in_channels=in_channels, spatial_dims=spatial_dims, **factory.kwargs, **kwargs)
@@ -154,7 +155,9 @@ def build_encoder(
         raise ConfigError(
             f"encoder {name!r} got an unknown option or value ({exc})",
             where="model.options",
-            fix="remove or rename the offending option (see the encoder's docstring for its options)",
+            fix="remove or rename the offending option (see the encoder's docstring for its options); a pipeline's "
+                "options belong to its encoder, so when you switch model.encoder also reset them "
+                "(--set 'model.options={}')",
         ) from exc
     encoder.name = name
     if pretrained_path is not None:

@@ -31,8 +31,8 @@ def load_report(run_id: str, tracking_uri: str | None = None) -> Any:
 
 
 def header(report: Any) -> None:
-    """The report's style sheet and its one-line identification of the run."""
-    from medcl.reporting.sections import STYLE, esc
+    """The report's style sheet, its one-line identification of the run and the plain verdict on the model."""
+    from medcl.reporting.sections import STYLE, esc, verdict
 
     if report is None:
         _display_html(STYLE)
@@ -41,7 +41,12 @@ def header(report: Any) -> None:
     status = esc(r.status)
     if r.status == "RUNNING" and "report" in report.stages:
         status += " (this report is the run's last stage)"
-    _display_html(STYLE + f"<p>Pipeline <b>{esc(r.name)}</b> · MLflow run <code>{esc(r.run_id)}</code> · "
+    try:
+        opening = verdict(report) or ""
+    except Exception as exc:  # noqa: BLE001 - the verdict must never stop the report
+        log.warning("report: no verdict (%s: %s)", type(exc).__name__, exc)
+        opening = ""
+    _display_html(STYLE + opening + f"<p>Pipeline <b>{esc(r.name)}</b> · MLflow run <code>{esc(r.run_id)}</code> · "
                   f"status <b>{status}</b>. Generated from the MLflow record of the run only — nothing "
                   "was re-trained or re-computed.</p>")
 

@@ -160,3 +160,28 @@ def label_efficiency_figure(curves: Mapping[str, Sequence[tuple[float, float, fl
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return to_png(fig)
+
+
+def probe_figure(auroc: Sequence[tuple[int, float]], rank: Sequence[tuple[int, float]],
+                 selected_step: int | None) -> bytes:
+    """Online kNN probe AUROC and effective rank of the features against the optimiser step."""
+    fig = _new(8.0, 3.0)
+    a, b = fig.subplots(1, 2)
+    if auroc:
+        a.plot([s for s, _ in auroc], [v for _, v in auroc], marker="o", color="#1f77b4")
+    a.axhline(0.5, color="grey", lw=0.8, ls=":")
+    a.set_xlabel("optimiser step")
+    a.set_ylabel("kNN macro AUROC (validation)")
+    a.set_ylim(0.4, 1.0)
+    if rank:
+        b.plot([s for s, _ in rank], [v for _, v in rank], marker="o", color="#d62728")
+    b.set_xlabel("optimiser step")
+    b.set_ylabel("effective rank of the features")
+    b.set_ylim(bottom=1.0)
+    for ax in (a, b):
+        if selected_step is not None:
+            ax.axvline(selected_step, color="green", lw=1.0, ls="--", label="encoder handed on")
+        ax.grid(alpha=0.3)
+    if selected_step is not None:
+        a.legend(loc="lower right", fontsize=8)
+    return to_png(fig)

@@ -255,6 +255,81 @@ def cohort(d: ReportData) -> list[str]:
     return out
 
 
+#: a model whose test AUROC is below this, or whose 95 % CI reaches 0.5, is "not fit for use"
+CHANCE_MARGIN_AUROC = 0.6
+
+
+def verdict(d: ReportData) -> str | None:
+    """The report's opening line: a plain verdict on the model (HTML), or ``None`` when nothing was evaluated."""
+    if d.smoke:
+        return note("<b>Verdict: not fit for use.</b> This is a smoke-test run: a few training steps to check "
+                    "that the pipeline works on the data.", "warn")
+    if d.stage_status("classify") == "FINISHED" and d.primary_tag:
+        m = d.classify_metric(d.primary_tag, "auroc")
+        if not math.isfinite(m.value):
+            return None
+        ci = ci_text(m.ci_low, m.ci_high)
+        if m.value < CHANCE_MARGIN_AUROC or (math.isfinite(m.ci_low) and m.ci_low <= 0.5):
+            why = ("its AUROC's 95 % confidence interval includes 0.5, the value of guessing"
+                   if math.isfinite(m.ci_low) and m.ci_low <= 0.5 else
+                   f"its AUROC is below {CHANCE_MARGIN_AUROC}, close to the 0.5 of guessing")
+            return note(f"<b>Verdict: not fit for use.</b> On held-out test patients the model "
+                        f"(<b>{esc(d.model_label(d.primary_tag))}</b>) is close to chance: AUROC {fmt(m.value)} "
+                        f"{ci} — {why}. Do not use its predictions.", "warn")
+        cal = d.calibration or {}
+        decision = cal.get("decision") or {}
+        cal_text = ("its probabilities were calibrated" if decision.get("applied") else
+                    "its probabilities are uncalibrated (" + esc(str(decision.get("reason") or
+                                                                     "no calibration in this run")) + ")")
+        return note(f"<b>Verdict:</b> on held-out test patients the model (<b>{esc(d.model_label(d.primary_tag))}"
+                    f"</b>) separates the classes better than chance: AUROC {fmt(m.value)} {ci}; {cal_text}. "
+                    "Internal validation only: check it on another site's data before any use.")
+    if d.stage_status("segment") == "FINISHED":
+        dice = [v for k, v in d.stages["segment"].metrics.items() if k.endswith("/dice_mean")]
+        if dice and max(dice) < 0.1:
+            return note(f"<b>Verdict: not fit for use.</b> The best mean Dice on test patients is {fmt(max(dice))}: "
+                        "the segmentations barely overlap the reference masks.", "warn")
+    return None
+
+
+def pretraining(d: ReportData) -> list[str]:
+    """The online probe while pretraining ran: did the encoder learn, did it collapse, which one was kept."""
+    if d.stage_status("pretrain") == "not run":
+        raise Missing("this run has no pretraining stage (the encoder came from model.pretrained_path or "
+                      "was trained from scratch).")
+    auroc = d.reader.metric_history("probe/knn_auroc", stage="pretrain")
+    if not auroc:
+        raise Missing("no online probe was logged during pretraining (no labelled validation patients, or "
+                      "pretrain.probe was off): there is no record of how the encoder improved.")
+    rank = d.reader.metric_history("probe/effective_rank", stage="pretrain")
+    params = d.stages["pretrain"].params
+    selected = params.get("pretrain.selected", "last")
+    step_hist = d.reader.metric_history("probe/selected_step", stage="pretrain")
+    sel_step = int(step_hist[-1][1]) if step_hist else None
+    out = [para("While the encoder was pretrained (no labels used), a <b>k-nearest-neighbour probe</b> on the "
+                "labelled <b>validation</b> patients measured every few steps how well its features separate the "
+                "classes, and the <b>effective rank</b> of the features (RankMe, Garrido et al. 2023) tracked "
+                "collapse: a rank near 1 means every image maps to nearly the same point.")]
+    out.append(img(figures.probe_figure(auroc, rank, sel_step if selected == "best_probe" else None),
+                   "online probe AUROC and effective rank during pretraining"))
+    best = max(auroc, key=lambda t: t[1])
+    if selected == "best_probe" and sel_step is not None:
+        out.append(para(f"The encoder handed on is the one from step <b>{sel_step}</b>, the best by the validation "
+                        f"probe (kNN AUROC {fmt(best[1])}); the last step ({auroc[-1][0]}) reached {fmt(auroc[-1][1])}."))
+    else:
+        out.append(para(f"The encoder handed on is the last one (step {auroc[-1][0]}, kNN AUROC {fmt(auroc[-1][1])}; "
+                        f"best {fmt(best[1])} at step {best[0]})."))
+    per_class = {k.split("/")[-1]: v for k, v in d.stages["pretrain"].metrics.items()
+                 if k.startswith("probe/effective_rank/")}
+    if per_class:
+        rows = [[esc(c), fmt(v, 1)] for c, v in sorted(per_class.items())]
+        out.append(table(["class", "effective rank (last probe)"], rows))
+    if rank and rank[-1][1] < 2.0:
+        out.append(note(f"the features' effective rank fell to {fmt(rank[-1][1], 1)}: the encoder has "
+                        "(nearly) collapsed, and its features carry little information.", "warn"))
+    return out
+
+
 def _classify_needed(d: ReportData) -> None:
     status = d.stage_status("classify")
     if status != "FINISHED" or not d.primary_tag:
@@ -416,9 +491,22 @@ def reliability(d: ReportData) -> list[str]:
     n_bins = cal.get("n_bins", d.stages["calibrate"].params.get("calibrate.n_bins", "?"))
     estimator = cal.get("estimator") or cal.get("before", {}).get("estimator", "top-label")
     rb, ra = cal.get("reliability_before") or {}, cal.get("reliability_after") or {}
+    decision = cal.get("decision") or {}
+    fitted_on = decision.get("fit_on", "validation patients")
     out = [para(f"Can the model's probabilities be taken at face value? A perfectly calibrated model that says "
                 f"“80 %” is right 80 % of the time. The calibrator (<b>{esc(str(cal.get('method', '?')))} "
-                f"scaling</b>) was fitted on the validation split only and is evaluated here on the test split.")]
+                f"scaling</b>) was fitted on the {esc(str(fitted_on))} "
+                f"({decision.get('n_patients', '?')} patients) and is evaluated here on the test split.")]
+    if decision:
+        cv = decision.get("cv") or {}
+        check = (f" On held-out calibration folds the NLL went {fmt(cv.get('nll_before'))} → "
+                 f"{fmt(cv.get('nll_after'))} and the ECE {fmt(cv.get('ece_before'))} → {fmt(cv.get('ece_after'))}."
+                 if cv else "")
+        if decision.get("applied"):
+            out.append(note("<b>Calibration applied</b>: " + esc(str(decision.get("reason", ""))) + "." + check))
+        else:
+            out.append(note("<b>Calibration not applied</b>: " + esc(str(decision.get("reason", ""))) + "." + check
+                            + " The “after” column below equals “before”.", "warn"))
     if rb.get("equal-width") or ra.get("equal-width"):
         out.append(img(figures.reliability_figure(rb.get("equal-width"), ra.get("equal-width")),
                        "reliability diagrams before and after calibration"))
@@ -637,6 +725,7 @@ def limitations(d: ReportData) -> list[str]:
 #: section key -> (heading shown in the report, builder); the notebook has one heading + cell per entry
 SECTIONS: dict[str, tuple[str, Callable[[ReportData], list[str]]]] = {
     "trained": ("What was trained", what_was_trained),
+    "pretraining": ("Pretraining progress", pretraining),
     "cohort": ("Cohort", cohort),
     "headline": ("Headline metrics", headline_metrics),
     "curves": ("ROC and precision-recall curves", roc_pr_curves),

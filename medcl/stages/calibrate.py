@@ -1,9 +1,12 @@
-"""The ``calibrate`` stage: make the primary model's probabilities trustworthy.
+"""The ``calibrate`` stage: make the primary model's probabilities trustworthy — or say why not.
 
-Fits the configured calibrator (temperature, vector or Dirichlet scaling) on the *validation*
-logits of the primary model from ``classify``, and reports on the *test* split ECE (equal-width
-and adaptive bins, bin count stated), MCE, Brier and NLL before and after, with reliability-
-diagram data. Then logs the deployable model — encoder → head → calibration → probabilities —
+Fits the configured calibrator (temperature, vector or Dirichlet scaling) on the *calibration set*: the
+validation logits of the primary model from ``classify``, plus — when the validation split is small
+(``calibrate.fit_on``) — out-of-fold logits over the training patients from patient-grouped cross-fitting.
+A patient-grouped cross-validation on that set decides whether the calibrator lowers the NLL on data it
+was not fitted on; if not, it is **not applied** and the report says so. On the *test* split it reports
+ECE (equal-width and adaptive bins, bin count stated), MCE, Brier and NLL before and after, with
+reliability-diagram data. Then logs the deployable model — encoder → head → calibration → probabilities —
 with the pytorch flavour, an input signature, the class names, the temperature and the
 preprocessing config, and registers it when ``tracking.register_model`` is set.
 """
@@ -64,20 +67,51 @@ def _example_input(ctx: Any) -> np.ndarray:
     return np.concatenate([x, x])[:2] if len(x) < 2 else x
 
 
+def _calibration_set(npz: dict[str, np.ndarray], task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """``(logits, labels, patients, description)``: validation logits, plus out-of-fold training logits when
+    the classify stage cross-fitted."""
+    parts = [("validation", "val_logits", "val_y", "val_patients"), ("out-of-fold training", "oof_logits", "oof_y",
+                                                                        "oof_patients")]
+    zs, ys, gs, names = [], [], [], []
+    for name, zk, yk, gk in parts:
+        if zk in npz and npz[zk].size:
+            z = npz[zk]
+            zs.append(z.reshape(len(z), -1) if task != "binary" else z.reshape(-1))
+            ys.append(npz[yk])
+            # older runs have no val_patients: every sample its own group
+            gs.append(npz[gk] if gk in npz and len(npz[gk]) == len(z) else -1 - np.arange(len(z)))
+            names.append(name)
+    if not zs:
+        return np.zeros((0,)), np.zeros((0,)), np.zeros((0,), np.int64), "nothing"
+    return np.concatenate(zs), np.concatenate(ys), np.concatenate(gs), " + ".join(names) + " patients"
+
+
 def run(ctx: Any, tracker: Any) -> dict[str, Any]:
     import torch
 
-    from medcl.tasks.calibration import calibration_report
+    from medcl.tasks.calibration import calibration_report, cross_validated_calibration
     from medcl.tasks.export import calibration_for_export
 
     cfg, c, data = ctx.cfg, ctx.cfg.calibrate, ctx.data
     npz, meta = _load_primary(ctx)
-    if npz["val_logits"].size == 0:
-        raise StageError("the validation split is empty: nothing to fit the calibration on", where="stage calibrate",
-                         fix="set data.val_fraction > 0 (e.g. 0.15)")
     task = data.task
-    rep = calibration_report(npz["val_logits"], npz["val_y"], npz["test_logits"], npz["test_y"], c.method, c.n_bins,
-                             task=task)
+    z, y, groups, fit_on = _calibration_set(npz, task)
+    if len(z) == 0:
+        raise StageError("no logits to fit the calibration on: the validation split is empty and no cross-fitting "
+                         "was done", where="stage calibrate",
+                         fix="set data.val_fraction > 0 (e.g. 0.15), or calibrate.fit_on=cross_fit")
+    decision = cross_validated_calibration(z, y, groups, c.method, task=task, n_bins=c.n_bins, folds=c.folds,
+                                           seed=cfg.seed)
+    log.info("calibration on %s (%d samples, %d patients): %s", fit_on, decision["n"], decision["n_patients"],
+             decision["reason"])
+    rep = calibration_report(z, y, npz["test_logits"], npz["test_y"], c.method, c.n_bins, task=task,
+                             calibrator=decision["calibrator"])
+    rep["decision"] = {k: v for k, v in decision.items() if k != "calibrator"} | {"fit_on": fit_on}
+    cv = decision["cv"]
+    tracker.log_metrics({f"calibration_cv/{k}": float(v) for k, v in cv.items()
+                         if isinstance(v, (int, float)) and np.isfinite(v)})
+    tracker.log_params({"calibrate.applied": decision["applied"], "calibrate.fit_on": fit_on,
+                        "calibrate.n_calibration_patients": decision["n_patients"]})
     metrics = {}
     for when in ("before", "after"):
         for k, v in rep[when].items():
@@ -122,6 +156,9 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
                         "value": f"{b[ece_key]:.3f} → {a[ece_key]:.3f}"})
     summary.append({"model": f"{meta['encoder']} {meta['kind']}", "metric": "NLL",
                     "value": f"{b['nll']:.3f} → {a['nll']:.3f}"})
+    if not decision["applied"]:
+        summary.append({"model": f"{meta['encoder']} {meta['kind']}", "metric": "calibration",
+                        "value": "not applied (did not help on held-out calibration data)"})
     return {"calibration": str(out_dir / "calibration.json"), "model_uri": model_uri,
             "temperature": rep.get("temperature"), "summary": summary}
 

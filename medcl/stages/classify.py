@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -111,8 +112,11 @@ def _sharded_logits(ctx: Any, model: Any, items: list[dict], transform: Any, com
 
 
 def _finetune(ctx: Any, encoder: Any, train_items: list[dict], seed_offset: int, comm: Any,
-              ckpt_dir: Any = None) -> Any:
-    """Fine-tune encoder + linear head with layer-wise LR decay; returns the (unwrapped) ClassifierModel.
+              ckpt_dir: Any = None, pretrained: bool = True, label: str = "fine-tune") -> Any:
+    """Fine-tune encoder + linear head; returns the (unwrapped) ClassifierModel.
+
+    A pretrained encoder gets layer-wise LR decay (``classify.finetune.layer_decay``, BEiT); a network
+    trained from scratch gets none — its stem must learn at the full rate.
 
     Under torchrun every rank trains (DDP over ``comm``, the configured batch split across ranks), so
     the result equals one process's at the same global batch up to float rounding (BatchNorm aside).
@@ -134,16 +138,24 @@ def _finetune(ctx: Any, encoder: Any, train_items: list[dict], seed_offset: int,
     cfg, ft, data = ctx.cfg, ctx.cfg.classify.finetune, ctx.data
     model = ClassifierModel(encoder, num_outputs_for_task(data.task, len(data.classes)), data.task).to(ctx.device)
     wrapper = SupervisedWrapper(model).to(ctx.device)
-    groups = layerwise_lr_groups(model, ft.lr, decay=ft.layer_decay, weight_decay=ft.weight_decay)
-    factory, opt, sched, steps = supervised_setup(
+    groups = layerwise_lr_groups(model, ft.lr, decay=ft.layer_decay if pretrained else 1.0,
+                                 weight_decay=ft.weight_decay)
+    factory, opt, sched, epochs, steps = supervised_setup(
         ctx, train_items, make_transforms(cfg, train=True, views=1), groups, comm=comm, batch_size=ft.batch_size,
-        epochs=ft.epochs, max_steps=ft.max_steps, lr=ft.lr, weight_decay=ft.weight_decay, optimizer=ft.optimizer,
-        seed_offset=seed_offset)
+        epochs=ft.epochs, steps=ft.steps, max_steps=ft.max_steps, lr=ft.lr, weight_decay=ft.weight_decay,
+        optimizer=ft.optimizer, seed_offset=seed_offset)
     ckpt = Checkpointer(ckpt_dir, keep=ft.keep_checkpoints, is_main=comm.is_main) if ckpt_dir is not None else None
     trained = wrap_ddp(wrapper, ctx.device) if comm.size > 1 else wrapper
-    fit(trained, factory, opt, sched, comm=comm, epochs=ft.epochs, device=ctx.device, max_steps=ft.max_steps,
-        total_steps=steps, progress=False, checkpointer=ckpt, checkpoint_every=ft.checkpoint_every_steps,
-        resume=bool(ctx.resume and ckpt is not None))
+    t0 = time.perf_counter()
+    history = fit(trained, factory, opt, sched, comm=comm, epochs=epochs, device=ctx.device, max_steps=steps,
+        total_steps=steps, progress=cfg.runtime.progress, log_every=max(1, steps // 10), checkpointer=ckpt,
+        checkpoint_every=ft.checkpoint_every_steps, resume=bool(ctx.resume and ckpt is not None), label=label,
+        checkpoint_every_s=cfg.runtime.checkpoint_every_s)
+    seconds = time.perf_counter() - t0
+    run_steps = sum(int(h["steps"]) for h in history)
+    per_rank = max(1, min(ft.batch_size, len(train_items)) // comm.size)
+    model.train_stats = {"steps": run_steps, "train_seconds": round(seconds, 2),
+                         "images_per_s": round(run_steps * per_rank * comm.size / seconds, 1) if seconds > 0 else None}
     return model
 
 
@@ -194,21 +206,91 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
                 seed_everything(cfg.seed + 7 * k)
                 base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})
                 model = _finetune(ctx, make_encoder(base, weights=weights), items, seed_offset=k, comm=comm,
-                                  ckpt_dir=ft_dir / "checkpoints" / f"finetune-{name}-{_fraction_tag(frac)}")
+                                  ckpt_dir=ft_dir / "checkpoints" / f"finetune-{name}-{_fraction_tag(frac)}",
+                                  pretrained=weights is not None,
+                                  label=f"fine-tune {name} ({round(frac * 100):g} % of patients)")
                 zt = _sharded_logits(ctx, model, all_items["test"], eval_tf, comm, split_idx["test"], task)
                 zv = (_sharded_logits(ctx, model, all_items["val"], eval_tf, comm, split_idx["val"], task)
                       if all_items["val"] else None)
                 keep_model = frac == largest and (name == "ssl" or not pretrained)
                 finetuned.append({"name": name, "frac": frac, "test_logits": zt, "val_logits": zv,
-                                  "model": model if keep_model and ctx.is_main else None})
+                                  "model": model if keep_model and ctx.is_main else None,
+                                  "train": model.train_stats})
+
+    # -- cross-fitting for calibration: out-of-fold logits of the primary model over the training patients --
+    oof = None
+    if cross_fitting(cfg, patients["val"]) and "finetune" in c.protocols:
+        name = "ssl" if pretrained else "scratch"
+        oof = _cross_fit_finetune(ctx, all_items["train"], fractions[largest], split_idx["train"], y["train"],
+                                  patients["train"], weights=pretrained or None, name=name)
 
     return ctx.on_main("classify: probes, evaluation and report material", lambda: _evaluate_on_main(
-        ctx, tracker, split_idx, all_items, y, patients, fractions, pretrained, finetuned, largest))
+        ctx, tracker, split_idx, all_items, y, patients, fractions, pretrained, finetuned, largest, oof))
+
+
+def cross_fitting(cfg: Any, val_patients: np.ndarray) -> bool:
+    """Whether the calibrate stage gets out-of-fold training logits (``calibrate.fit_on``)."""
+    c = cfg.calibrate
+    if "calibrate" not in cfg.stages or c.fit_on == "validation":
+        return False
+    return c.fit_on == "cross_fit" or len(np.unique(val_patients)) < c.min_val_patients
+
+
+def _folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from medcl.tasks.classification import patient_cv_splits
+
+    return patient_cv_splits(y.astype(np.int64) if y.ndim == 1 else None, groups, k, seed=seed)
+
+
+def _cross_fit_finetune(ctx: Any, items: list[dict], sel: np.ndarray, idx: np.ndarray, y: np.ndarray,
+                        groups: np.ndarray, *, weights: Any, name: str) -> dict[str, np.ndarray]:
+    """Fine-tune the primary model's recipe ``calibrate.folds`` times, each on all training patients but one
+    fold, and predict the held-out fold: out-of-fold logits for every selected training sample."""
+    from medcl import distributed
+    from medcl.stages.common import make_encoder, make_transforms, seed_everything
+
+    cfg, comm = ctx.cfg, distributed.world()
+    items = [it for it, keep in zip(items, sel) if keep]
+    idx, y, groups = idx[sel], y[sel], groups[sel]
+    folds = _folds(y, groups, cfg.calibrate.folds, cfg.seed)
+    eval_tf = make_transforms(cfg, train=False)
+    parts, where = [], []
+    base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})
+    for f, (tr, te) in enumerate(folds):
+        seed_everything(cfg.seed + 101 * (f + 1))
+        model = _finetune(ctx, make_encoder(base, weights=weights), [items[i] for i in tr], seed_offset=11 + f,
+                          comm=comm, pretrained=weights is not None,
+                          label=f"cross-fit {name} fold {f + 1}/{len(folds)}")
+        parts.append(_sharded_logits(ctx, model, [items[i] for i in te], eval_tf, comm, idx[te], ctx.data.task))
+        where.append(te)
+    order = np.concatenate(where)
+    z = np.concatenate([p.reshape(len(p), -1) for p in parts])
+    z = z[:, 0] if ctx.data.task == "binary" else z
+    return {"logits": z, "y": y[order], "patients": groups[order], "folds": len(folds)}
+
+
+def _cross_fit_linear(feats: np.ndarray, y: np.ndarray, groups: np.ndarray, *, k: int, seed: int, c: Any,
+                      task: str, num_classes: int) -> dict[str, np.ndarray]:
+    """Out-of-fold logits of the linear probe over the training patients (patient-grouped folds)."""
+    from medcl.tasks.classification import linear_probe
+
+    parts, where = [], []
+    folds = _folds(y, groups, k, seed)
+    for tr, te in folds:
+        pr = linear_probe(feats[tr], y[tr], feats[te], task=task, groups_train=groups[tr], backend=c.probe,
+                          num_classes=num_classes, seed=seed)
+        parts.append(np.asarray(pr.logits))
+        where.append(te)
+    order = np.concatenate(where)
+    z = np.concatenate([p.reshape(len(p), -1) for p in parts])
+    z = z[:, 0] if task == "binary" else z
+    return {"logits": z, "y": y[order], "patients": groups[order], "folds": len(folds)}
 
 
 def _evaluate_on_main(ctx: Any, tracker: Any, split_idx: dict[str, np.ndarray], all_items: dict[str, list[dict]],
                       y: dict[str, np.ndarray], patients: dict[str, np.ndarray], fractions: dict[float, np.ndarray],
-                      pretrained: Any, finetuned: list[dict[str, Any]], largest: float) -> dict[str, Any]:
+                      pretrained: Any, finetuned: list[dict[str, Any]], largest: float,
+                      oof: dict[str, np.ndarray] | None) -> dict[str, Any]:
     """Frozen-feature protocols, test metrics of every model, results and report material (rank 0)."""
     from medcl.metrics import choose_threshold, metrics_with_ci, subgroup_metrics
     from medcl.stages.common import make_encoder, make_loader, make_transforms, seed_everything
@@ -291,7 +373,7 @@ def _evaluate_on_main(ctx: Any, tracker: Any, split_idx: dict[str, np.ndarray], 
     ft_dir = ctx.stage_dir("classify")
     for ft in finetuned:
         zt, zv = ft["test_logits"], ft["val_logits"]
-        evaluate(ft["name"], "finetune", ft["frac"], logits_to_probs(zt, task), None,
+        evaluate(ft["name"], "finetune", ft["frac"], logits_to_probs(zt, task), ft.get("train"),
                  logits_to_probs(zv, task) if zv is not None else None)
         if ft["model"] is not None:
             from medcl.engine.checkpoint import save_checkpoint
@@ -310,10 +392,19 @@ def _evaluate_on_main(ctx: Any, tracker: Any, split_idx: dict[str, np.ndarray], 
                       "fractions": {str(f): int(m.sum()) for f, m in fractions.items()}}, "classify_setup.json")
     out: dict[str, Any] = {"results": str(results_path), "summary": _summary(results, largest)}
     if primary is not None:
+        if primary["kind"] == "linear" and cross_fitting(cfg, patients["val"]):
+            sel = fractions[largest]
+            oof = _cross_fit_linear(features[primary["encoder"]]["train"][sel], y["train"][sel],
+                                    patients["train"][sel], k=cfg.calibrate.folds, seed=cfg.seed, c=c, task=task,
+                                    num_classes=len(classes))
         prim_path = ft_dir / "primary.npz"
+        empty = np.zeros((0,), np.float32)
         np.savez(prim_path, val_logits=_arr(primary["val_logits"]), test_logits=_arr(primary["test_logits"]),
                  val_y=y["val"], test_y=y["test"], val_index=split_idx["val"], test_index=split_idx["test"],
-                 test_patients=patients["test"])
+                 test_patients=patients["test"], val_patients=patients["val"],
+                 oof_logits=_arr(oof["logits"]) if oof else empty, oof_y=oof["y"] if oof else empty,
+                 oof_patients=oof["patients"] if oof else np.zeros((0,), np.int64))
+        primary["cross_fit_folds"] = int(oof["folds"]) if oof else 0
         meta = {k: v for k, v in primary.items() if k not in ("val_logits", "test_logits")}
         (ft_dir / "primary.json").write_text(json.dumps(meta, default=_jsonable))
         out.update({"primary": str(prim_path), "primary_meta": str(ft_dir / "primary.json"),

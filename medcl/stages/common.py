@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from pathlib import Path
@@ -67,6 +68,19 @@ def make_loader(ctx: Any, items: list[dict], transform: Any, *, batch_size: int,
                         persistent_workers=d.persistent_workers and train)
 
 
+def budget(steps: int | None, epochs: int, steps_per_epoch: int, max_steps: int | None) -> tuple[int, int]:
+    """``(epochs to run, optimiser steps in total)`` for a budget in steps (when given) or in epochs.
+
+    A step budget runs as many epochs as it needs, the last one cut short; ``max_steps`` (smoke runs) caps
+    either.
+    """
+    per = max(1, int(steps_per_epoch))
+    total = int(steps) if steps else per * int(epochs)
+    if max_steps:
+        total = min(total, int(max_steps))
+    return max(1, math.ceil(total / per)), max(1, total)
+
+
 def shard(items: list[Any], comm: Any) -> list[Any]:
     """This process's share of ``items`` for evaluation (every ``comm.size``-th item, no padding)."""
     return items[comm.rank::comm.size]
@@ -83,7 +97,7 @@ def jsonable(o: Any) -> Any:
 
 def supervised_setup(ctx: Any, items: list[dict], transform: Any, params_or_groups: Any, *, comm: Any,
                      batch_size: int, epochs: int, max_steps: int | None, lr: float, weight_decay: float,
-                     optimizer: str = "adamw", seed_offset: int = 0):
+                     optimizer: str = "adamw", seed_offset: int = 0, steps: int | None = None):
     """Loader factory, optimiser (AdamW or SGD), warmup + cosine schedule and step count for a supervised loop.
 
     Shared by fine-tuning (``classify``) and ``segment``: half an epoch of warmup, a step cap,
@@ -92,7 +106,8 @@ def supervised_setup(ctx: Any, items: list[dict], transform: Any, params_or_grou
     samples of one shared permutation, so together they see the single process's batches.
 
     Returns:
-        ``(loader_factory, optimizer, scheduler, total_steps)`` for :func:`medcl.engine.loop.fit`.
+        ``(loader_factory, optimizer, scheduler, epochs, total_steps)`` for :func:`medcl.engine.loop.fit`
+        (``steps``, when given, is the budget and ``epochs`` follows from it; see :func:`budget`).
     """
     from medcl.engine.optim import build_optimizer
     from medcl.engine.schedule import build_scheduler
@@ -102,13 +117,11 @@ def supervised_setup(ctx: Any, items: list[dict], transform: Any, params_or_grou
     loader = make_loader(ctx, items, transform, batch_size=per_rank, shuffle=True, train=True,
                          distributed=comm.size > 1, drop_last=len(items) > bs)
     opt = build_optimizer(params_or_groups, optimizer, lr=lr, weight_decay=weight_decay)
-    steps = max(1, len(loader)) * epochs
-    if max_steps:
-        steps = min(steps, max_steps)
-    sched = build_scheduler(opt, total_steps=steps, warmup_steps=min(steps - 1, max(0, len(loader) // 2)))
+    epochs, total = budget(steps, epochs, len(loader), max_steps)
+    sched = build_scheduler(opt, total_steps=total, warmup_steps=min(total - 1, max(0, len(loader) // 2)))
 
     def factory(epoch: int):
         loader.set_epoch(epoch + 1000 * seed_offset)
         return loader
 
-    return factory, opt, sched, steps
+    return factory, opt, sched, epochs, total

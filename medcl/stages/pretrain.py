@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 from medcl.errors import DataError
@@ -19,13 +20,13 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
     import torch
 
     from medcl import distributed
-    from medcl.engine.checkpoint import Checkpointer, save_checkpoint
+    from medcl.engine.checkpoint import Checkpointer
     from medcl.engine.loop import fit
     from medcl.engine.optim import build_optimizer
     from medcl.engine.schedule import build_scheduler
     from medcl.engine.wrap import maybe_compile, unwrap_model, wrap_ddp
     from medcl.methods import build_method, method_options
-    from medcl.stages.common import make_encoder, make_loader, make_transforms, seed_everything
+    from medcl.stages.common import budget, make_encoder, make_loader, make_transforms, seed_everything
 
     cfg, p = ctx.cfg, ctx.cfg.pretrain
     seed_everything(cfg.seed, cfg.runtime.deterministic)
@@ -80,9 +81,7 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
     groups = core.param_groups(p.weight_decay) if hasattr(core, "param_groups") else core
     optimizer = build_optimizer(groups, p.optimizer, lr=p.lr, weight_decay=p.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_set_loader) / p.grad_accum))
-    total = steps_per_epoch * p.epochs
-    if p.max_steps:
-        total = min(total, p.max_steps)
+    epochs, total = budget(p.steps, p.epochs, steps_per_epoch, p.max_steps)
     warmup = min(int(p.warmup_epochs * steps_per_epoch), max(0, total - 1))
     scheduler = build_scheduler(optimizer, total_steps=total, warmup_steps=warmup, min_lr_ratio=0.01)
     ckpt = Checkpointer(ctx.stage_dir("pretrain") / "checkpoints", keep=p.keep_checkpoints, is_main=ctx.is_main)
@@ -102,31 +101,129 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
                             "pretrain.world_size": ctx.world_size, "pretrain.per_rank_batch": per_rank_batch,
                             "model.feature_dim": encoder.feature_dim})
 
+    # -- watch it: online kNN probe on the validation patients, collapse measures -----------------------
+    probe = _online_probe(ctx, core.encoder, total) if p.probe else None
+    if probe is not None:
+        tracker.log_params({"pretrain.probe_every_steps": probe.every})
+
+    t_train = time.perf_counter()
     history = fit(
-        model, loader_factory, optimizer, scheduler, comm=distributed.world(), epochs=p.epochs, checkpointer=ckpt, tracker=tracker,
-        amp=p.amp, device=ctx.device, grad_accum=p.grad_accum, clip_grad=p.clip_grad,
+        model, loader_factory, optimizer, scheduler, comm=distributed.world(), epochs=epochs, checkpointer=ckpt,
+        tracker=tracker, amp=p.amp, device=ctx.device, grad_accum=p.grad_accum, clip_grad=p.clip_grad,
         channels_last=p.channels_last, checkpoint_every=p.checkpoint_every_steps, resume=False,
-        resume_state=resume_state, run_id=tracker.run_id, config={"launch": launch}, max_steps=p.max_steps, total_steps=total,
-        log_every=max(1, min(50, total // 20)),
-        progress=cfg.runtime.progress and ctx.is_main,
+        resume_state=resume_state, run_id=tracker.run_id, config={"launch": launch}, max_steps=total,
+        total_steps=total, log_every=max(1, min(50, total // 20)), progress=cfg.runtime.progress,
+        monitor=probe, label="pretrain", checkpoint_every_s=cfg.runtime.checkpoint_every_s,
     )
+    # the loop's wall time with data loading, checkpoints and logging, without the online probe
+    train_s = time.perf_counter() - t_train - (probe.seconds if probe is not None else 0.0)
+    steps_run = int(history[-1]["global_step"]) - int((resume_state or {}).get("global_step", 0)) if history else 0
 
     # -- hand the encoder on (rank 0 writes it; the others wait until it is there) -------------------
-    out_path = ctx.stage_dir("pretrain") / "encoder.pt"
-
-    def save_encoder() -> None:
-        enc = unwrap_model(model).encoder
-        save_checkpoint(out_path, {"encoder": enc.state_dict(), "encoder_name": cfg.model.encoder,
-                                   "feature_dim": enc.feature_dim, "method": p.method})
-
-    ctx.on_main("pretrain: saving the encoder", save_encoder)
+    hand_on = ctx.on_main("pretrain: saving the encoder", lambda: _save_encoders(ctx, unwrap_model(model).encoder, probe))
+    tracker.log_params({"pretrain.selected": hand_on["selected"]})
+    if hand_on.get("selected_step") is not None:
+        tracker.log_metrics({"probe/selected_step": float(hand_on["selected_step"])})
     last = history[-1] if history else {}
     loss = float(last.get("loss", float("nan")))
     summary = [{"model": p.method, "metric": "final loss", "value": f"{loss:.4f}"}]
+    if hand_on.get("best_probe_auroc") is not None:
+        summary.append({"model": p.method, "metric": "online kNN AUROC (validation)",
+                        "value": f"{hand_on['best_probe_auroc']:.3f} at step {hand_on['selected_step']}"
+                        if hand_on["selected"] == "best_probe" else f"{hand_on['last_probe_auroc']:.3f} (last)"})
     if "data_wait_fraction" in last:
         summary.append({"model": p.method, "metric": "data wait fraction", "value": f"{last['data_wait_fraction']:.2f}"})
     del torch
-    return {"encoder": str(out_path), "final_loss": loss, "epochs_run": len(history), "summary": summary}
+    images = steps_run * p.grad_accum * per_rank_batch * ctx.world_size * p.views
+    return {"encoder": hand_on["encoder"], "final_loss": loss, "epochs_run": len(history), "summary": summary,
+            "train_seconds": round(train_s, 2), "steps_run": steps_run,
+            "images_per_s": round(images / train_s, 1) if train_s > 0 and steps_run else None,
+            **{k: v for k, v in hand_on.items() if k != "encoder"}}
+
+
+# -- the online probe and the encoder handed on ------------------------------------------------------------
+#: at most this many labelled training samples form the online kNN probe's memory
+PROBE_MEMORY = 4096
+PROBE_PROBES = 10  # probes per run when pretrain.probe_every_steps is not set
+
+
+def _online_probe(ctx: Any, encoder: Any, total_steps: int) -> Any:
+    """The :class:`~medcl.tasks.monitor.OnlineProbe` of this run (``None`` without labelled validation
+    patients). Under torchrun it runs on rank 0 while the other ranks wait (``ctx.on_main``)."""
+    import numpy as np
+
+    from medcl.engine.checkpoint import save_checkpoint
+    from medcl.engine.loop import extract_features
+    from medcl.stages.common import make_loader, make_transforms
+    from medcl.tasks.monitor import OnlineProbe, best_record
+
+    cfg, data, p = ctx.cfg, ctx.data, ctx.cfg.pretrain
+    memory, queries = data.items("train", labelled=True), data.items("val", labelled=True)
+    if not data.classes or not memory or not queries:
+        if ctx.is_main:
+            log.info("online probe off: %s", "no labels" if not data.classes else
+                     "no labelled validation patients" if not queries else "no labelled training samples")
+        return None
+    if len(memory) > PROBE_MEMORY:
+        keep = np.random.default_rng(cfg.seed).choice(len(memory), PROBE_MEMORY, replace=False)
+        memory = [memory[i] for i in sorted(keep)]
+    tf = make_transforms(cfg, train=False)
+    loaders = [make_loader(ctx, its, tf, batch_size=cfg.data.batch_size, shuffle=False, train=False,
+                           distributed=False) for its in (memory, queries)]
+    labels = {int(i): data.y[int(i)] for i in np.concatenate([data.indices("train", True), data.indices("val", True)])}
+    best_path = ctx.stage_dir("pretrain") / "encoder-best.pt"
+
+    def extract(loader: Any) -> tuple[np.ndarray, np.ndarray]:
+        feats, _, _, idx = extract_features(encoder, loader, device=ctx.device)
+        return feats, idx
+
+    def save_best(step: int, auroc: float) -> None:
+        save_checkpoint(best_path, {"encoder": encoder.state_dict(), "encoder_name": cfg.model.encoder,
+                                    "feature_dim": encoder.feature_dim, "method": p.method, "step": step,
+                                    "probe_auroc": auroc})
+
+    best, _ = best_record(best_path) if ctx.resume else (float("-inf"), None)
+    every = p.probe_every_steps or max(1, total_steps // PROBE_PROBES)
+    probe = OnlineProbe(extract, loaders[0], loaders[1], labels, data.task, list(data.classes), every, save_best,
+                        best=best)
+    run = probe.__call__
+
+    class OnRankZero:  # every rank calls it at the same step; rank 0 probes, the others wait once
+        def __init__(self) -> None:
+            self.every, self.probe, self.seconds = probe.every, probe, 0.0
+
+        def __call__(self, step: int) -> dict[str, float]:
+            t0 = time.perf_counter()
+            out = ctx.on_main("pretrain: online probe", lambda: run(step))
+            self.seconds += time.perf_counter() - t0
+            return out
+
+    return OnRankZero()
+
+
+def _save_encoders(ctx: Any, encoder: Any, probe: Any) -> dict[str, Any]:
+    """Write ``encoder-last.pt`` and ``encoder.pt`` (the one handed on: the best by the online probe when
+    ``pretrain.select`` is ``best_probe`` and a probe ran, else the last). Returns what was chosen."""
+    from medcl.engine.checkpoint import atomic_write_bytes, save_checkpoint
+    from medcl.tasks.monitor import best_record
+
+    cfg, p = ctx.cfg, ctx.cfg.pretrain
+    out = ctx.stage_dir("pretrain")
+    save_checkpoint(out / "encoder-last.pt", {"encoder": encoder.state_dict(), "encoder_name": cfg.model.encoder,
+                                              "feature_dim": encoder.feature_dim, "method": p.method})
+    info: dict[str, Any] = {"selected": "last", "selected_step": None, "best_probe_auroc": None}
+    best, step = best_record(out / "encoder-best.pt")
+    history = probe.probe.history if probe is not None else []
+    if history:
+        info["last_probe_auroc"] = history[-1]["probe/knn_auroc"]
+    if probe is not None and best > float("-inf"):
+        info["best_probe_auroc"] = best
+        if p.select == "best_probe":
+            info.update(selected="best_probe", selected_step=step)
+    chosen = out / ("encoder-best.pt" if info["selected"] == "best_probe" else "encoder-last.pt")
+    atomic_write_bytes(out / "encoder.pt", chosen.read_bytes())
+    info["encoder"] = str(out / "encoder.pt")
+    return info
 
 
 # -- resuming with a different number of processes -------------------------------------------------------

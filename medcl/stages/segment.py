@@ -86,7 +86,8 @@ def _build(ctx: Any, weights: str | None, dims: int) -> tuple[Any, int]:
     return net, n
 
 
-def _train(ctx: Any, net: Any, items: list[dict], transform: Any, seed_offset: int, comm: Any) -> list[dict[str, float]]:
+def _train(ctx: Any, net: Any, items: list[dict], transform: Any, seed_offset: int, comm: Any,
+           label: str = "segment") -> list[dict[str, float]]:
     """Dice + CE training of ``net``; under torchrun every rank trains (DDP over ``comm``, the batch split)."""
     from medcl.engine.loop import fit
     from medcl.engine.wrap import wrap_ddp
@@ -95,12 +96,13 @@ def _train(ctx: Any, net: Any, items: list[dict], transform: Any, seed_offset: i
 
     s = ctx.cfg.segment
     wrapper = SegmentationWrapper(net, s.num_classes).to(ctx.device)
-    factory, opt, sched, steps = supervised_setup(
-        ctx, items, transform, wrapper, comm=comm, batch_size=s.batch_size, epochs=s.epochs, max_steps=s.max_steps,
-        lr=s.lr, weight_decay=s.weight_decay, optimizer=s.optimizer, seed_offset=seed_offset)
+    factory, opt, sched, epochs, steps = supervised_setup(
+        ctx, items, transform, wrapper, comm=comm, batch_size=s.batch_size, epochs=s.epochs, steps=s.steps,
+        max_steps=s.max_steps, lr=s.lr, weight_decay=s.weight_decay, optimizer=s.optimizer, seed_offset=seed_offset)
     trained = wrap_ddp(wrapper, ctx.device) if comm.size > 1 else wrapper
-    return fit(trained, factory, opt, sched, comm=comm, epochs=s.epochs, device=ctx.device, max_steps=s.max_steps,
-               total_steps=steps, progress=False, resume=False)
+    return fit(trained, factory, opt, sched, comm=comm, epochs=epochs, device=ctx.device, max_steps=steps,
+               total_steps=steps, progress=ctx.cfg.runtime.progress, log_every=max(1, steps // 10), resume=False,
+               label=label)
 
 
 def _evaluate(ctx: Any, net: Any, items: list[dict], transform: Any, roi: list[int], spacing: list[float] | None,
@@ -209,7 +211,8 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
             seed_everything(cfg.seed + 7 * k, cfg.runtime.deterministic)
             net, n_loaded = _build(ctx, weights, dims)
             net = net.to(ctx.device)
-            history = _train(ctx, net, items, train_tf, seed_offset=k, comm=comm)
+            history = _train(ctx, net, items, train_tf, seed_offset=k, comm=comm,
+                             label=f"segment {name} ({round(frac * 100):g} % of patients)")
             ev = _evaluate(ctx, net, test_items, eval_tf, roi, spacing, keep_slices=frac == largest, comm=comm)
             trained.append({"name": name, "frac": frac, "n_loaded": n_loaded, "history": history, "ev": ev,
                             "n_items": len(items), "n_patients": int(len(np.unique(data.patients_of(train_idx[sel])))),

@@ -121,6 +121,14 @@ class RunReader:
         s = self.stages.get(stage)
         return s.run_id if s else None
 
+    def metric_history(self, key: str, stage: str | None = None) -> list[tuple[int, float]]:
+        """Every logged value of one metric as ``(step, value)``, by step (empty when never logged)."""
+        run_id = self._run_id_of(stage)
+        if run_id is None:
+            return []
+        hist = self._do(lambda: self.client.get_metric_history(run_id, key), f"reading metric {key}")
+        return sorted((int(m.step), float(m.value)) for m in hist)
+
     # -- artifacts ------------------------------------------------------------------------------
     def list_artifacts(self, path: str = "", stage: str | None = None) -> list[str]:
         """Every artifact file under ``path`` (recursive), relative to the run's artifact root."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from monai.transforms import Compose
 
 from medcl.errors import MedclError
@@ -54,11 +55,22 @@ class PlainCompose(MedclCompose):
     after, so transforms outside (loading, spacing, orientation, which need the affine) keep their
     metadata. Loader workers are processes; the only threads that run transforms are those filling
     a memory cache, which run the deterministic part only and finish before training starts.
+
+    A dict input is never changed: its tensors are cloned (as plain tensors) before the first transform, so
+    a memory cache in front of it needs no deep copy per access (``copy_inputs=False`` when the caller has
+    already copied, as :class:`~medcl.transforms.views.MultiViewd` does).
     """
 
-    def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:
-        from monai.data import get_track_meta, set_track_meta
+    def __init__(self, *args: Any, copy_inputs: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.copy_inputs = bool(copy_inputs)
 
+    def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:
+        from monai.data import MetaTensor, get_track_meta, set_track_meta
+
+        if self.copy_inputs and isinstance(input_, dict):
+            input_ = {k: (v.as_tensor() if isinstance(v, MetaTensor) else v).clone() if isinstance(v, torch.Tensor)
+                      else v for k, v in input_.items()}
         before = get_track_meta()
         set_track_meta(False)
         try:

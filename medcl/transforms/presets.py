@@ -185,7 +185,7 @@ def _oct(p: dict, train: bool) -> tuple[list, list]:
     from monai import transforms as mt
 
     from medcl.transforms.intensity import RandSpeckleNoised
-    from medcl.transforms.spatial import RandAxisShiftd
+    from medcl.transforms.spatial import RandAxisShiftd, RandRotate2Dd
 
     size_det, size_rand = _size_2d(p, train)
     det = _scale_2d(p) + size_det
@@ -197,8 +197,9 @@ def _oct(p: dict, train: bool) -> tuple[list, list]:
         RandAxisShiftd(_all(p), max_shift=p["vertical_shift"], spatial_axis=0, prob=p["shift_prob"]),
         # tilt: the retina's slope in the scan is a per-scan nuisance; without this the views of one
         # scan share it and contrastive learning can tell scans apart by tilt alone
-        *([mt.RandRotated(_all(p), range_x=math.radians(p["tilt_deg"]), prob=p["tilt_prob"], keep_size=True,
-                          mode=_interp(p, "bilinear", "nearest"), padding_mode="border")] if p["tilt_deg"] > 0 else []),
+        *([RandRotate2Dd(_all(p), range_x=math.radians(p["tilt_deg"]), prob=p["tilt_prob"],
+                         mode=list(_interp(p, "bilinear", "nearest")), padding_mode="border")]
+          if p["tilt_deg"] > 0 else []),
         mt.RandFlipd(_all(p), spatial_axis=1, prob=p["flip_prob"]),
         mt.RandScaleIntensityd(p["keys"], factors=p["gain"], prob=p["gain_prob"]),
         # additive offset and an illumination gradient (exp of a bilinear Legendre field): scanners and
@@ -215,6 +216,7 @@ def _fundus(p: dict, train: bool) -> tuple[list, list]:
     from monai import transforms as mt
 
     from medcl.transforms.intensity import FOVMaskd, RandColorJitterd
+    from medcl.transforms.spatial import RandRotate2Dd
 
     lo, hi = _pair(p["intensity_range"])
     det = [
@@ -227,8 +229,8 @@ def _fundus(p: dict, train: bool) -> tuple[list, list]:
         return det, []
     rand = [
         # the FOV is centred and circular after the crop: any rotation keeps it inside the image
-        mt.RandRotated(_all(p), range_x=math.pi * p["rotate_range"], prob=p["rotate_prob"], keep_size=True,
-                       mode=_interp(p, "bilinear", "nearest"), padding_mode="zeros"),
+        RandRotate2Dd(_all(p), range_x=math.pi * p["rotate_range"], prob=p["rotate_prob"],
+                      mode=list(_interp(p, "bilinear", "nearest")), padding_mode="zeros"),
         mt.RandFlipd(_all(p), spatial_axis=0, prob=p["flip_prob"]),
         mt.RandFlipd(_all(p), spatial_axis=1, prob=p["flip_prob"]),
         RandColorJitterd(p["keys"], brightness=p["brightness"], contrast=p["contrast"],
@@ -417,8 +419,10 @@ def build_transforms(preset: str, *, train: bool, views: int = 2, **params: Any)
         return MedclCompose([load, *det, final])
     if int(views) >= 2:
         # the views' augmentations run on plain tensors (PlainCompose): same output, half the CPU time
-        return MedclCompose([load, *det, MultiViewd(PlainCompose([*rand, final]), views=int(views), keys=p["keys"])])
-    return MedclCompose([load, *det, *rand, final])
+        return MedclCompose([load, *det, MultiViewd(PlainCompose([*rand, final], copy_inputs=False), views=int(views),
+                                                    keys=p["keys"])])
+    # one view (fine-tuning, segmentation with masks): the same plain-tensor augmentation, image and masks alike
+    return MedclCompose([load, *det, PlainCompose([*rand, final])])
 
 
 def preset_info(name: str) -> dict[str, Any]:

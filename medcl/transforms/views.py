@@ -19,6 +19,7 @@ from monai.transforms import MapTransform, Randomizable
 from monai.utils import MAX_SEED
 
 from medcl.errors import ConfigError, DataError
+from medcl.transforms.compose import PlainCompose
 
 
 class MultiViewd(Randomizable, MapTransform):
@@ -63,10 +64,12 @@ class MultiViewd(Randomizable, MapTransform):
         d = dict(data)
         keys = list(self.key_iterator(d))
         per_view: list[dict] = []
+        plain = isinstance(self.aug, PlainCompose)  # it drops metadata anyway: clone plain tensors (cheaper)
         for _ in range(self.views):
             src = {k: v for k, v in d.items()}
-            for k in keys:  # never let one view's in-place op leak into the next
-                src[k] = d[k].clone() if isinstance(d[k], torch.Tensor) else d[k]
+            for k in keys:  # never let one view's in-place op leak into the next, nor into the (cached) input
+                v = d[k].as_tensor() if plain and isinstance(d[k], MetaTensor) else d[k]
+                src[k] = v.clone() if isinstance(v, torch.Tensor) else v
             per_view.append(self.aug(src))
         for i, k in enumerate(keys):
             arrays = [v[k].as_tensor() if isinstance(v[k], MetaTensor) else torch.as_tensor(v[k]) for v in per_view]

@@ -38,3 +38,18 @@ def test_config_prints_resolved(tmp_path, capsys):
     p.write_text("name: p\n")
     assert main(["--log-dir", str(tmp_path), "config", str(p), "--set", "pretrain.epochs=3"]) == 0
     assert "epochs: 3" in capsys.readouterr().out
+
+
+def test_set_takes_several_pairs_and_the_pipeline_may_follow(tmp_path, capsys):
+    """``--set a=1 b=2`` (as the README shows), repeated, and before or after the pipeline."""
+    import yaml
+
+    p = tmp_path / "p.yaml"
+    p.write_text("name: p\n")
+    assert main(["--log-dir", str(tmp_path), "config", "--set", "pretrain.epochs=3", "data.cache=disk",
+                 "data.cache_dir=/tmp/c", "--set", "seed=7", str(p)]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["pretrain"]["epochs"], cfg["data"]["cache"], cfg["data"]["cache_dir"], cfg["seed"]) == (
+        3, "disk", "/tmp/c", 7)
+    assert main(["--log-dir", str(tmp_path), "run", "--set", "seed=1"]) == 2
+    assert "needs a pipeline YAML" in capsys.readouterr().err

@@ -24,6 +24,14 @@ def test_include_merge_and_own_keys_win(tmp_path):
     assert cfg.model.encoder == "resnet50"
 
 
+def test_an_empty_mapping_clears_the_included_one(tmp_path):
+    write(tmp_path / "base.yaml", "model: {encoder: resnet18, options: {output_stride: 16}}\n")
+    p = write(tmp_path / "p.yaml", "include: [base.yaml]\nname: p\nmodel: {encoder: vit_tiny, options: {}}\n")
+    assert load_config(p).model.options == {}
+    q = write(tmp_path / "q.yaml", "include: [base.yaml]\nname: q\nmodel: {options: {zero_init_residual: true}}\n")
+    assert load_config(q).model.options == {"output_stride": 16, "zero_init_residual": True}  # non-empty: merged
+
+
 def test_unknown_key_did_you_mean(tmp_path):
     p = write(tmp_path / "p.yaml", "name: p\ndata: {on_eror: skip}\n")
     with pytest.raises(ConfigError, match=r"unknown key 'data.on_eror' — did you mean 'data.on_error'"):
@@ -102,3 +110,17 @@ def test_transforms_section_is_open(tmp_path):
 def test_every_shipped_pipeline_loads(path):
     cfg = load_config(path)
     assert cfg.stages, path
+
+
+def test_an_epochs_override_replaces_a_step_budget_of_the_yaml(tmp_path):
+    """The last word on a budget wins: the YAML's steps give way to --set epochs (unless steps is set too)."""
+    from medcl.config import load_config
+
+    p = tmp_path / "p.yaml"
+    p.write_text("name: p\npretrain: {steps: 240, epochs: 100}\nclassify: {finetune: {steps: 80}}\n")
+    assert load_config(p).pretrain.steps == 240
+    cfg = load_config(p, ["pretrain.epochs=3", "classify.finetune.epochs=2"])
+    assert (cfg.pretrain.epochs, cfg.pretrain.steps) == (3, None)
+    assert (cfg.classify.finetune.epochs, cfg.classify.finetune.steps) == (2, None)
+    both = load_config(p, ["pretrain.epochs=3", "pretrain.steps=7"])
+    assert (both.pretrain.epochs, both.pretrain.steps) == (3, 7)

@@ -158,6 +158,32 @@ def test_cached_training_batches_equal_uncached_ones(tmp_path, cache):
             torch.testing.assert_close(x["views"], y["views"])
 
 
+@pytest.mark.parametrize("views", [2, 1])
+def test_memory_cache_is_never_changed_by_the_augmentations(tmp_path, views):
+    """The augmentations clone what they change (MultiViewd per view, PlainCompose for one view), so the memory
+    cache skips MONAI's per-access deep copy; the cached items still come out of two epochs of every OCT
+    augmentation bit for bit unchanged."""
+    import copy
+
+    items = _png_items(tmp_path, 4)
+    tr = build_transforms("oct", train=True, views=views, spatial_size=[16, 16], tilt_deg=15, offset=0.1,
+                          illumination=0.3)
+    ds = build_dataset(items, tr, cache="memory")
+    assert ds.copy_cache is False
+    before = copy.deepcopy(ds._cache)
+    loader = build_loader(ds, batch_size=2, shuffle=True, num_workers=0, seed=0)
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        _batches(loader)
+    for old, new in zip(before, ds._cache):
+        assert old.keys() == new.keys()
+        for k in old:
+            if isinstance(old[k], torch.Tensor):
+                assert torch.equal(old[k], new[k]), k
+            else:
+                assert old[k] == new[k], k
+
+
 def test_eval_chain_is_cached_whole_and_matches_uncached(tmp_path):
     items = _nifti_items(tmp_path, 2)
     ev = build_transforms("ct", train=False, spatial_size=[8, 8, 8], spacing=[1.0, 1.0, 1.0])

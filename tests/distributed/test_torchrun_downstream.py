@@ -26,7 +26,7 @@ from torchrun_helpers import LAUNCHER, ROOT, free_port, max_abs_diff, runs_by_ki
 PIPELINE = """\
 # equality test: instance norm only, SGD (see the module docstring)
 name: ddp-downstream
-seed: 5
+seed: 2
 stages: [classify, segment]
 data:
   modality: mri
@@ -120,7 +120,12 @@ def downstream(mri):
     single.mkdir()
     cfg = load_pipeline(mri["yaml"], [f"data.manifest={mri['manifest']}", f"runtime.output_dir={single / 'runs'}",
                                       f"tracking.uri=sqlite:///{single / 'mlflow.db'}"])
-    ctx = run_pipeline(cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process (OMP_NUM_THREADS=1): the same float summation order
+    try:
+        ctx = run_pipeline(cfg)
+    finally:
+        torch.set_num_threads(threads)
     (run_dir,) = (ddp / "runs").iterdir()
     return {"ddp": ddp, "uri": uri, "run_dir": run_dir, "single": ctx.run_dir, "stderr": proc.stderr, "ctx": ctx}
 
@@ -157,8 +162,9 @@ def test_finetuning_and_segmentation_train_on_every_rank_like_one_process(downst
     seg = load_checkpoint(ddp / "segment" / "segmenter-scratch.pt")["model"]
     seg_ref = load_checkpoint(single / "segment" / "segmenter-scratch.pt")["model"]
     diff = max_abs_diff(seg, seg_ref)
-    # the batch Dice is summed over both ranks: ~6e-8 here; with each rank's own batch Dice it is ~2e-5
-    assert diff < 1e-6, diff
+    # the batch Dice is summed over both ranks: ~6e-8 here; with each rank's own batch Dice it is ~3e-6
+    # (seed 2 puts lesions in both ranks' batches; with seed 5 the two differ by less than the rounding)
+    assert diff < 5e-7, diff
     from medcl.stages.common import seed_everything
     from medcl.stages.segment import _build
 

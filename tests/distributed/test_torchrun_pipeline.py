@@ -47,6 +47,7 @@ stages: [pretrain]
 seed: 3
 model:
   encoder: vit_tiny
+  options: {{}}
 data:
   cache: none
   num_workers: 0
@@ -61,6 +62,7 @@ pretrain:
   method_options: {{num_layers: 1}}
   checkpoint_every_steps: 1
   keep_checkpoints: 2
+  select: last             # hand on the last weights, not the online probe's best step
 runtime:
   device: cpu
   progress: false

@@ -152,6 +152,19 @@ def test_checkpoint_every_and_epoch_end(tmp_path):
     assert (mid["epoch"], mid["batches_done"], mid["epoch_step"]) == (1, 1, 1)
 
 
+def test_epoch_end_checkpoints_closer_than_the_interval_are_skipped_but_the_last_is_written(tmp_path):
+    """Small data: 5-step epochs would write the whole training state every 5 steps."""
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    model = TinyMethod()
+    opt = build_optimizer(model, "sgd", lr=0.01)
+    cp = Checkpointer(tmp_path, keep=10)
+    fit(model, _loader_factory(AugmentedSet()), opt, comm=LOCAL, epochs=3, checkpointer=cp, checkpoint_every=7,
+        checkpoint_every_s=1e9, progress=False)
+    # epoch ends at 5 and 10 are skipped (too soon); every 7th step is asked for; 15 is the last
+    assert [s for s, _ in cp.checkpoints()] == [7, 14, 15]
+    assert cp.load_latest()["global_step"] == 15
+
+
 # ----------------------------------------------------------------------------- accumulation, clipping
 class LinearMethod(nn.Module):
     def __init__(self) -> None:

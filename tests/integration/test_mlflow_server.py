@@ -132,7 +132,7 @@ def test_pipeline_against_real_server(tmp_path, monkeypatch):
     with mlflow_server(sqlite_server_cmd(tmp_path, port), port, tmp_path / "server.log"):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         cfg = load_pipeline(OCT, [
-            f"data.manifest={manifest}", "stages=[pretrain,classify,calibrate]", "model.encoder=tiny_cnn",
+            f"data.manifest={manifest}", "stages=[pretrain,classify,calibrate]", "model.encoder=tiny_cnn", "model.options={}",
             "pretrain.batch_size=8",
             "classify.protocols=[linear]", "classify.baselines=[]", "classify.label_fractions=[1.0]",
             f"runtime.output_dir={tmp_path / 'runs'}", "runtime.progress=false",

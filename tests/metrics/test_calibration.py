@@ -223,3 +223,39 @@ def test_calibration_report_before_after():
     assert sum(rep["reliability_before"]["equal-width"]["bin_count"]) == len(y_test)
     direct = calibration_metrics(y_test, rep["probs_after"], n_bins=10)
     assert direct["ece"] == pytest.approx(rep["after"]["ece"])
+
+
+# ----------------------------------------------------------------------------- applying only what helps
+def test_cross_validated_calibration_applies_a_calibrator_that_helps_out_of_sample():
+    from medcl.tasks.calibration import cross_validated_calibration
+
+    z, y = _calibrated_logits(400, 3, seed=11, scale=4.0)  # over-confident by a factor 4
+    groups = np.arange(400) // 4  # 100 patients of 4 samples
+    d = cross_validated_calibration(z, y, groups, "temperature", task="multiclass", folds=5)
+    assert d["applied"] and d["n_patients"] == 100 and d["cv"]["folds"] == 5
+    assert d["cv"]["nll_after"] < d["cv"]["nll_before"]
+    assert d["calibrator"].temperature == pytest.approx(4.0, rel=0.25)
+
+
+def test_cross_validated_calibration_refuses_a_calibrator_that_hurts_out_of_sample():
+    """Binary logits already at their maximum-likelihood temperature (sigmoid(z) = 0.8 = the positive rate):
+    a fold that holds both negatives sees only positives when fitting, sharpens without bound, and the held-out
+    negatives then cost far more than the uncalibrated model — so scaling is not applied."""
+    from medcl.tasks.calibration import IdentityCalibrator, cross_validated_calibration
+
+    z = np.full(10, np.log(0.8 / 0.2))
+    y = np.array([1, 1, 1, 1, 0, 1, 1, 1, 1, 0])
+    d = cross_validated_calibration(z, y, np.arange(10), "temperature", task="binary", folds=5, seed=0)
+    assert not d["applied"] and isinstance(d["calibrator"], IdentityCalibrator)
+    assert d["cv"]["nll_after"] >= d["cv"]["nll_before"]
+    assert "did not lower the NLL on held-out calibration folds" in d["reason"]
+    # the identity keeps the model's own probabilities
+    np.testing.assert_allclose(d["calibrator"].transform(z), 0.8, atol=1e-6)
+
+
+def test_cross_validated_calibration_needs_two_patients():
+    from medcl.tasks.calibration import cross_validated_calibration
+
+    z, y = _calibrated_logits(6, 3, seed=1, scale=2.0)
+    d = cross_validated_calibration(z, y, np.zeros(6, dtype=int), "temperature", task="multiclass")
+    assert not d["applied"] and "only 1 patient(s)" in d["reason"]

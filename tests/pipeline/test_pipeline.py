@@ -69,9 +69,15 @@ def test_pyfunc_reload_returns_the_calibrated_probabilities(run_once):
     assert got.shape == (x.shape[0], len(ctx.data.classes))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
-    # the probabilities are the *calibrated* ones: T != 1 changes them
-    t = ctx.outputs["calibrate"]["temperature"]
-    assert t is not None and abs(float(t) - 1.0) > 1e-3
+    # the model carries the calibrator the stage decided on: a fitted temperature, or none when it did not help
+    cal = json.loads(Path(ctx.outputs["calibrate"]["calibration"]).read_text())
+    if cal["decision"]["applied"]:
+        t = ctx.outputs["calibrate"]["temperature"]
+        assert t is not None and abs(float(t) - 1.0) > 1e-3
+    else:
+        uncal = build_export_model(ctx, meta, {"kind": "none"})
+        with torch.no_grad():
+            np.testing.assert_allclose(got, uncal(torch.as_tensor(x)).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_rerun_skips_completed_stages_and_force_reruns(run_once):
@@ -172,3 +178,94 @@ def test_on_error_skip_excludes_lists_and_logs_bad_rows(oct_demo, tmp_path, capl
     assert "excluded_rows.json" in tracker.artifacts
     assert tracker.params["data.n_excluded"] == "1"
     assert json.loads(json.dumps(data.summary))  # JSON-able
+
+
+def test_online_probe_is_logged_and_the_best_encoder_handed_on(run_once):
+    """The kNN probe on the validation patients ran during pretraining; the encoder handed on is the best one."""
+    from medcl.engine.checkpoint import load_checkpoint
+
+    cfg, ctx, client = run_once
+    out = ctx.outputs["pretrain"]
+    kids = {r.data.tags["medcl.stage"]: r for r in _children(client, ctx.parent_run_id)}
+    pre = kids["pretrain"]
+    history = client.get_metric_history(pre.info.run_id, "probe/knn_auroc")
+    every = int(pre.data.params["pretrain.probe_every_steps"])
+    total = int(pre.data.params["pretrain.total_steps"])
+    assert sorted(m.step for m in history) == sorted({*range(every, total + 1, every), total})
+    assert all(0.0 <= m.value <= 1.0 for m in history)
+    assert client.get_metric_history(pre.info.run_id, "probe/effective_rank")
+    run_dir = ctx.run_dir / "pretrain"
+    assert (run_dir / "encoder-last.pt").is_file()
+    if out["selected"] == "best_probe":
+        best = load_checkpoint(run_dir / "encoder-best.pt")
+        assert best["probe_auroc"] == pytest.approx(max(m.value for m in history))
+        assert best["step"] == out["selected_step"]
+        handed = load_checkpoint(run_dir / "encoder.pt")
+        assert all(torch.equal(handed["encoder"][k], best["encoder"][k]) for k in best["encoder"])
+        assert pre.data.params["pretrain.selected"] == "best_probe"
+
+
+def test_small_validation_split_is_calibrated_with_cross_fitted_training_logits(run_once):
+    """12 patients leave ~2 for validation (< calibrate.min_val_patients): out-of-fold training logits join them."""
+    import json
+
+    cfg, ctx, client = run_once
+    npz = np.load(ctx.outputs["classify"]["primary"])
+    assert len(np.unique(npz["val_patients"])) < cfg.calibrate.min_val_patients
+    n_train = len(ctx.data.indices("train", labelled=True))
+    assert npz["oof_logits"].shape[0] == npz["oof_y"].shape[0] == npz["oof_patients"].shape[0] == n_train
+    assert not set(npz["oof_patients"].tolist()) & set(npz["val_patients"].tolist())
+    cal = json.loads(Path(ctx.outputs["calibrate"]["calibration"]).read_text())
+    decision = cal["decision"]
+    assert decision["fit_on"] == "validation + out-of-fold training patients"
+    assert decision["n"] == n_train + len(npz["val_y"])
+    assert decision["applied"] in (True, False) and decision["reason"]
+    params = {r.data.tags["medcl.stage"]: r for r in _children(client, ctx.parent_run_id)}["calibrate"].data.params
+    assert params["calibrate.applied"] == str(decision["applied"])
+
+
+def test_budget_in_steps_runs_that_many_steps_across_epochs(oct_demo, tmp_path, tracking_uri, tiny_overrides):
+    from medcl.engine.checkpoint import load_checkpoint
+
+    cfg = load_pipeline(DEMO, [*tiny_overrides(oct_demo, tmp_path), "pretrain.max_steps=null", "pretrain.steps=7",
+                               "pretrain.epochs=1", "pretrain.probe=false", "stages=[pretrain]"])
+    ctx = run_pipeline(cfg)
+    ckpts = ctx.run_dir / "pretrain" / "checkpoints"
+    state = load_checkpoint(ckpts / (ckpts / "latest").read_text().strip())
+    per_epoch = state["config"]["launch"]["steps_per_epoch"]
+    assert per_epoch < 7  # the budget spans more than one epoch, though pretrain.epochs is 1
+    assert state["global_step"] == 7
+    assert ctx.outputs["pretrain"]["selected"] == "last"
+
+
+def test_scratch_fine_tuning_gets_no_layer_decay(monkeypatch, oct_demo, tmp_path, tracking_uri, tiny_overrides):
+    """The pretrained encoder is fine-tuned with layer-wise LR decay; the from-scratch baseline is not."""
+    from medcl.stages import classify
+
+    seen = {}
+
+    def spy(ctx, encoder, items, seed_offset, comm, ckpt_dir=None, pretrained=True, label=""):
+        model = real(ctx, encoder, items, seed_offset, comm, ckpt_dir, pretrained, label)
+        seen[label.split()[1]] = pretrained
+        return model
+
+    real = classify._finetune
+    monkeypatch.setattr(classify, "_finetune", spy)
+    from medcl.tasks import classification
+
+    lrs = {}
+    real_groups = classification.layerwise_lr_groups
+
+    def groups_spy(model, base_lr, decay=0.75, weight_decay=0.05, **kw):
+        out = real_groups(model, base_lr, decay=decay, weight_decay=weight_decay, **kw)
+        lrs.setdefault(decay, sorted({g["lr"] for g in out}))
+        return out
+
+    monkeypatch.setattr(classification, "layerwise_lr_groups", groups_spy)
+    cfg = load_pipeline(DEMO, [*tiny_overrides(oct_demo, tmp_path), "classify.protocols=[finetune]",
+                               "classify.baselines=[scratch]", "classify.finetune.max_steps=1",
+                               "classify.finetune.layer_decay=0.5", "stages=[pretrain, classify]"])
+    run_pipeline(cfg)
+    assert seen == {"ssl": True, "scratch": False}
+    assert len(lrs[0.5]) > 2  # decayed: several learning rates
+    assert lrs[1.0] == [cfg.classify.finetune.lr]  # scratch: one learning rate for every layer

@@ -25,7 +25,7 @@ from reliability_helpers import PYTHON, REPO, subprocess_env
 
 HERE = Path(__file__).resolve().parent
 PIPELINE = REPO / "pipelines" / "demo" / "oct.yaml"
-COMMON = ["model.encoder=tiny_cnn", "model.proj_hidden_dim=32", "model.proj_dim=16", "runtime.progress=false",
+COMMON = ["model.encoder=tiny_cnn", "model.options={}", "model.proj_hidden_dim=32", "model.proj_dim=16", "runtime.progress=false",
           "runtime.device=cpu", "data.batch_size=16", "transforms.spatial_size=[32, 32]"]
 PRETRAIN = ["stages=[pretrain]", "pretrain.epochs=3", "pretrain.batch_size=8", "pretrain.warmup_epochs=0",
             "pretrain.checkpoint_every_steps=1", "pretrain.keep_checkpoints=3", *COMMON]

@@ -177,7 +177,7 @@ def _planted_manifest(root: Path) -> Path:
 
 def _settings(manifest: Path, out: Path) -> list[str]:
     return [f"data.manifest={manifest}", f"runtime.output_dir={out}", "runtime.progress=false", "runtime.device=cpu",
-            "model.encoder=tiny_cnn", "model.proj_hidden_dim=64", "model.proj_dim=32", "pretrain.batch_size=8", "data.batch_size=16",
+            "model.encoder=tiny_cnn", "model.options={}", "model.proj_hidden_dim=64", "model.proj_dim=32", "pretrain.batch_size=8", "data.batch_size=16",
             "classify.n_boot=20"]
 
 
@@ -236,6 +236,58 @@ def test_report_stage_writes_html_with_every_section(runs):
 
     arts = [a.path for a in MlflowClient(tracking_uri=runs["uri"]).list_artifacts(run_id, "report")]
     assert arts == ["report/report.html"]
+
+
+def test_report_opens_with_a_verdict_and_shows_pretraining_and_the_calibration_decision(runs):
+    run_id, html_path = runs["full"]
+    html = html_path.read_text(encoding="utf-8")
+    # the verdict comes before the first section
+    assert html.index("Verdict: not fit for use.") < html.index("What was trained")
+    assert "smoke-test run" in html
+    # the online probe ran during pretraining and its curve is shown; the encoder handed on is named
+    assert "k-nearest-neighbour probe" in html and "effective rank" in html
+    assert re.search(r"The encoder handed on is (the one from step <b>\d+</b>|the last one)", html)
+    metrics = _child_metrics(runs["uri"], run_id)
+    assert "probe/knn_auroc" in metrics and "probe/effective_rank" in metrics
+    # the calibration section says whether the calibrator was applied, and on what it was fitted
+    assert ("Calibration applied" in html) != ("Calibration not applied" in html)
+    assert "calibration_cv/nll_before" in metrics
+
+
+class _Stub:
+    """The few ReportData attributes the verdict reads, with values written by hand."""
+
+    def __init__(self, value, lo, hi, applied=True, smoke=False):
+        from medcl.reporting.data import Metric
+
+        self.smoke, self.primary_tag = smoke, "ssl/finetune/f100"
+        self._m = Metric("test/ssl/finetune/f100/auroc", value, lo, hi)
+        self.calibration = {"decision": {"applied": applied, "reason": "did not help on held-out folds"}}
+        self.stages = {}
+
+    def stage_status(self, name):
+        return "FINISHED" if name == "classify" else "not run"
+
+    def classify_metric(self, tag, name):
+        return self._m
+
+    def model_label(self, tag):
+        return "pretrained encoder, fine-tuned"
+
+
+@pytest.mark.parametrize("value,lo,hi,unfit", [(0.588, 0.454, 0.723, True),   # CI includes chance (the issue's demo)
+                                               (0.58, 0.52, 0.64, True),      # above chance but close to it
+                                               (0.93, 0.88, 0.97, False)])
+def test_verdict_says_not_fit_for_use_near_chance(value, lo, hi, unfit):
+    from medcl.reporting.sections import verdict
+
+    text = verdict(_Stub(value, lo, hi, applied=False))
+    assert ("Verdict: not fit for use." in text) is unfit
+    if unfit:
+        assert "close to chance" in text and "Do not use its predictions" in text
+    else:
+        assert "better than chance" in text and "uncalibrated (did not help on held-out folds)" in text
+    assert "0.5" in text or not unfit
 
 
 def test_report_numbers_equal_mlflow(runs):

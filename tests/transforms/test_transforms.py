@@ -7,6 +7,7 @@ NumPy, SciPy).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,37 @@ def test_seeded_augmentation_is_reproducible(name):
     assert torch.equal(va, vb)
     set_transform_seed(b, 6)
     assert not torch.equal(va, b(_item(sample))["views"])
+
+
+#: every optional augmentation of a preset switched on (the demos use tilt, offset, illumination)
+ALL_ON = {"oct": {"tilt_deg": 15, "offset": 0.08, "illumination": 0.35}, "fundus": {"illumination": 0.3},
+          "ecg": {"lead_group_prob": 0.5}}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_in_place_reseeding_equals_monais_set_random_state(name):
+    """medcl re-seeds each transform's RandomState in place (fast); the views equal MONAI's own seeding's,
+    sample after sample (the in-place states do not drift from freshly built ones)."""
+    _, kw = TINY[name]
+    kw = {**kw, **ALL_ON.get(name, {})}
+    sample = _tiny_sample(name)
+    ours = build_transforms(name, train=True, views=2, **kw)
+    monai = build_transforms(name, train=True, views=2, **kw)
+    for seed in (5, 6, 2**32 - 1):
+        set_transform_seed(ours, seed)
+        monai.set_random_state(seed=seed)
+        assert torch.equal(ours(_item(sample))["views"], monai(_item(sample))["views"]), seed
+
+
+def test_in_place_reseeding_never_touches_monais_shared_class_state():
+    from monai.transforms import RandFlipd, Randomizable
+
+    shared = Randomizable.R.get_state()[1].copy()
+    t = RandFlipd(keys="image", prob=0.5)  # unseeded: uses the class-level RandomState
+    set_transform_seed(t, 3)
+    set_transform_seed(t, 4)
+    assert "R" in t.__dict__ and t.R is not Randomizable.R
+    assert (Randomizable.R.get_state()[1] == shared).all()
 
 
 def test_views_one_augments_image_in_place_and_three_views_stack():
@@ -621,6 +653,34 @@ def test_views_on_plain_tensors_equal_views_on_metatensors(name):
         assert type(a) is torch.Tensor and torch.allclose(a, b, atol=1e-6), float((a - b).abs().max())
 
 
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_one_view_on_plain_tensors_equals_metatensors_with_masks(name):
+    """Fine-tuning and segmentation (one view, masks carried along) augment plain tensors too: same image, same
+    mask as MONAI's MetaTensor path."""
+    from medcl.transforms.compose import MedclCompose, PlainCompose
+
+    _, kw = TINY[name]
+    kw = {**kw, **ALL_ON.get(name, {})}
+    masks = PRESETS[name].spatial_dims > 1
+    extra = {"mask_keys": ["mask"]} if masks else {}
+    fast = build_transforms(name, train=True, views=1, **kw, **extra)
+    ref = build_transforms(name, train=True, views=1, **kw, **extra)
+    plain = [t for t in ref.transforms if isinstance(t, PlainCompose)]
+    assert len(plain) == 1
+    ref.transforms = [*ref.transforms[:-1], MedclCompose(plain[0].transforms)]
+    for seed in (3, 4):
+        set_transform_seed(fast, seed)
+        set_transform_seed(ref, seed)
+        sample = _tiny_sample(name, seed)
+        item = _item(sample)
+        if masks:
+            item["mask"] = (np.asarray(sample.array[:1]) > np.median(sample.array[:1])).astype(np.float32)
+        a, b = fast(dict(item)), ref(dict(item))
+        assert type(a["image"]) is torch.Tensor and torch.allclose(a["image"], torch.as_tensor(b["image"]), atol=1e-6)
+        if masks:
+            assert torch.equal(torch.as_tensor(a["mask"]), torch.as_tensor(b["mask"]))
+
+
 def test_plain_compose_restores_metadata_tracking_even_on_error():
     from monai.data import MetaTensor, get_track_meta
     from monai.transforms import Lambdad
@@ -636,3 +696,36 @@ def test_plain_compose_restores_metadata_tracking_even_on_error():
     with pytest.raises(RuntimeError):
         bad({"image": torch.ones(1)})
     assert get_track_meta() is True
+
+
+@pytest.mark.parametrize("angle,padding", [(0.3, "zeros"), (-0.5, "border"), (math.pi / 2, "zeros")])
+def test_rotate_2d_equals_monais_rotate(angle, padding):
+    """medcl's one-call rotation against MONAI's Rotate (the reference), on a non-square image."""
+    from monai.transforms import Rotate
+
+    from medcl.transforms.spatial import rotate_2d
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 24, 40, generator=g)
+    ref = Rotate(angle, keep_size=True, padding_mode=padding)(x)
+    got = rotate_2d(x, angle, padding_mode=padding)
+    assert got.shape == x.shape
+    assert torch.allclose(got, torch.as_tensor(ref), atol=1e-5)
+
+
+def test_rand_rotate_2d_turns_image_and_mask_alike_and_keeps_mask_labels():
+    from medcl.transforms.spatial import RandRotate2Dd
+
+    img = torch.zeros(1, 32, 32)
+    img[0, 4:10, 14:18] = 1.0
+    mask = (img > 0).to(torch.int64) * 2
+    t = RandRotate2Dd(["image", "mask"], range_x=1.0, prob=1.0, mode=["bilinear", "nearest"])
+    t.set_random_state(seed=1)
+    out = t({"image": img, "mask": mask})
+    assert set(torch.unique(out["mask"]).tolist()) <= {0, 2} and out["mask"].dtype == torch.int64
+    moved = (out["image"][0] > 0.5).nonzero().float().mean(0)
+    # the blob's centre, 9 px from the image centre, travels along the circle: a chord of 2 * 9 * sin(a / 2)
+    chord = 2 * 9 * math.sin(abs(t._angle) / 2)
+    assert chord > 3 and abs(float(torch.linalg.norm(moved - torch.tensor([6.5, 15.5]))) - chord) < 1.5
+    overlap = ((out["image"][0] > 0.5) & (out["mask"][0] > 0)).sum() / (out["mask"][0] > 0).sum()
+    assert overlap > 0.8  # image and mask turned together

@@ -1,0 +1,121 @@
+"""Speed of medcl's training loops against the plain reference loops, on the same data, batch and network.
+
+For each 2D demo modality and ECG: medcl's pretraining stage (SimCLR, the demo's batch and architecture, the
+online probe off) against ``benchmarks/reference/simclr.py``, and medcl's from-scratch fine-tuning against
+``benchmarks/reference/supervised.py``, each for ``--steps`` optimiser steps. medcl's figure is the loop's wall
+time with its data loading (per-sample augmentation in the DataLoader), checkpoints and MLflow logging; the
+plain loops hold the data in memory and augment whole batches. The pairs run alternately (medcl, plain, medcl,
+plain) so that a change of machine load hits both; each side's best of ``--rounds`` is reported.
+
+Usage::
+
+    python benchmarks/bench_loops.py --out benchmarks/results/loops.json [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import _common  # noqa: F401
+from _common import ROOT, base_meta, quiet_logs, write_results
+
+MODALITIES = ("oct", "fundus", "histo", "ecg")
+
+
+def medcl_loop(mod: str, loop: str, steps: int, manifest: Path, work: Path, seed: int) -> dict[str, Any]:
+    from medcl.pipeline import load_pipeline, run_pipeline
+
+    out = work / f"medcl-{mod}-{loop}"
+    shutil.rmtree(out, ignore_errors=True)
+    sets = [f"data.manifest={manifest}", f"runtime.output_dir={out / 'runs'}", f"seed={seed}",
+            f"tracking.uri=sqlite:///{out / 'mlflow.db'}", "runtime.progress=false", "runtime.device=cpu"]
+    if loop == "simclr":
+        sets += ["stages=[pretrain]", f"pretrain.steps={steps}", "pretrain.probe=false", "pretrain.method=simclr",
+                 "pretrain.method_options={}"]
+    else:
+        sets += ["stages=[classify]", "classify.protocols=[finetune]", "classify.baselines=[scratch]",
+                 "classify.label_fractions=[1.0]", f"classify.finetune.steps={steps}", "classify.n_boot=10"]
+    cfg = load_pipeline(ROOT / "pipelines" / "demo" / f"{mod}.yaml", sets)
+    ctx = run_pipeline(cfg)
+    if loop == "simclr":
+        o = ctx.outputs["pretrain"]
+        res = {"images_per_s": o["images_per_s"], "seconds": o["train_seconds"], "steps": o["steps_run"]}
+    else:
+        rows = json.loads(Path(ctx.outputs["classify"]["results"]).read_text())
+        r = next(x for x in rows if x["protocol"] == "finetune")
+        res = {"images_per_s": r["images_per_s"], "seconds": r["train_seconds"], "steps": r["steps"]}
+    split = ctx.run_dir / "split.csv"
+    return {**res, "batch": cfg.pretrain.batch_size if loop == "simclr" else cfg.classify.finetune.batch_size,
+            "split": str(split), "cfg": cfg}
+
+
+def plain_loop(mod: str, loop: str, steps: int, manifest: Path, split: str, cfg: Any, work: Path,
+               seed: int) -> dict[str, Any]:
+    out = work / f"plain-{mod}-{loop}.json"
+    batch = cfg.pretrain.batch_size if loop == "simclr" else cfg.classify.finetune.batch_size
+    size = (cfg.transforms.model_extra or {}).get("spatial_size", [64])[0]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "reference" / f"{loop}.py"), "--manifest", str(manifest),
+           "--split", split, "--modality", mod, "--label-column", cfg.data.label_column,
+           "--classes", ",".join(cfg.data.classes or []), "--steps", str(steps), "--batch", str(batch),
+           "--size", str(size), "--seed", str(seed), "--out", str(out),
+           "--output-stride", str((cfg.model.options or {}).get("output_stride", 32))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT / "benchmarks" / "reference")
+    if proc.returncode != 0:
+        raise RuntimeError(f"exit {proc.returncode}: {proc.stderr[-1500:]}")
+    r = json.loads(out.read_text())
+    return {"images_per_s": r["images_per_s"], "seconds": r["seconds"], "steps": r["steps"], "batch": r["batch"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--quick", action="store_true", help="OCT only, 4 steps, one round")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=list(MODALITIES))
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work" / "loops")
+    args = ap.parse_args(argv)
+    quiet_logs()
+    t0 = time.time()
+    mods = ["oct"] if args.quick else args.modalities
+    steps, rounds = (4, 1) if args.quick else (args.steps, args.rounds)
+    meta = {**base_meta(args.quick), "steps": steps, "rounds": rounds}
+    from medcl.data.synth import synthesize
+
+    work = args.work / ("quick" if args.quick else "full")
+    work.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for mod in mods:
+        manifest = work / "data" / mod / "manifest.csv"
+        if not manifest.is_file():
+            synthesize(work / "data", modalities=[mod], patients=24 if args.quick else None, seed=0)
+        for loop in ("simclr", "supervised"):
+            row: dict[str, Any] = {"modality": mod, "loop": loop, "medcl": [], "plain": []}
+            try:
+                for _ in range(rounds):
+                    m = medcl_loop(mod, loop, steps, manifest, work, 0)
+                    cfg = m.pop("cfg")
+                    row["medcl"].append(m)
+                    row["plain"].append(plain_loop(mod, loop, steps, manifest, m["split"], cfg, work, 0))
+                best_m = max(x["images_per_s"] or 0 for x in row["medcl"])
+                best_p = max(x["images_per_s"] or 0 for x in row["plain"])
+                row.update(medcl_images_per_s=best_m, plain_images_per_s=best_p,
+                           ratio=round(best_m / best_p, 3) if best_p else None, batch=row["medcl"][0]["batch"])
+            except Exception as exc:  # noqa: BLE001 - a failed pair is a row with its error
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:600]}"
+            rows.append(row)
+            print(f"{mod} {loop}: {row.get('medcl_images_per_s')} vs {row.get('plain_images_per_s')} images/s",
+                  flush=True)
+            write_results(args.out, meta, rows, t0)
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
