@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(args.out.read_text())
         if bool(old.get("meta", {}).get("quick")) == args.quick:
             done = {x["key"]: x for x in old.get("rows", []) if "error" not in x and "skipped" not in x}
+    commit = git_commit()  # the code every run of this invocation uses (a later commit does not change it)
     meta = {**base_meta(args.quick), "seeds": args.seeds, "budget_min": args.budget_min,
             "plan": [run_key(r) for r in todo]}
     from medcl.data.synth import synthesize
@@ -292,10 +293,10 @@ def main(argv: list[str] | None = None) -> int:
                 res = run_reference(r, pipe, manifest, work, args.quick)
             else:
                 res = run_pipeline_kind(r, work, manifest, args.quick)
-            rows[key] = {**r, "key": key, "commit": git_commit(), "wall_s": round(time.time() - t1, 1), **res}
+            rows[key] = {**r, "key": key, "commit": commit, "wall_s": round(time.time() - t1, 1), **res}
         except Exception as exc:  # noqa: BLE001 - one failed run is reported, the others still run
             traceback.print_exc()
-            rows[key] = {**r, "key": key, "commit": git_commit(), "error": f"{type(exc).__name__}: {str(exc)[:800]}"}
+            rows[key] = {**r, "key": key, "commit": commit, "error": f"{type(exc).__name__}: {str(exc)[:800]}"}
         pending = [{**x, "key": run_key(x), "skipped": "pending"} for x in todo if run_key(x) not in rows]
         write_results(args.out, meta, [*rows.values(), *pending], t0)
     write_results(args.out, meta, [rows[run_key(r)] for r in todo], t0)

@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run benchmarks/ and rewrite benchmarks/README.md")
     p.add_argument("--only", nargs="*", default=None, help="benchmark names to run")
     p.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
+    p.add_argument("--args", dest="bench_args", default="", metavar="'ARGS'",
+                   help="more arguments for the selected benchmark scripts, one quoted string, e.g. "
+                        "--only quality --args='--budget-min 90 --no-methods' (see python benchmarks/bench_NAME.py -h)")
     p.add_argument("--readme-only", action="store_true",
                    help="run nothing: rewrite benchmarks/README.md from the JSON results present (e.g. after "
                         "copying back results/precision_gpu.json from a GPU machine)")
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
               "pipelines/oct_severity.yaml --set data.manifest=/data/oct/manifest.csv", file=sys.stderr)
         return 2
 
-    from medcl.errors import MedclError
+    from medcl.errors import ConfigError, MedclError
     from medcl.logs import setup_logging
 
     log_path = setup_logging(args.log_dir or Path("medcl-runs") / "logs", verbose=args.verbose)
@@ -224,12 +227,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {out}")
             return 0
         if args.command == "bench":
-            from medcl.bench import benchmarks_dir, run_benchmarks, write_readme
+            from medcl.bench import benchmarks_dir, run_benchmarks, select_benchmarks, write_readme
 
             if args.readme_only:
                 print(f"medcl bench: wrote {write_readme(benchmarks_dir() / 'quick' if args.quick else benchmarks_dir())}")
                 return 0
-            return run_benchmarks(only=args.only, quick=args.quick)
+            import shlex
+
+            extra = shlex.split(args.bench_args)
+            if extra and not args.only:
+                raise ConfigError("--args needs --only: the arguments are for one benchmark script", where="--args",
+                                  fix="name the benchmark, e.g. medcl bench --only quality --args='--budget-min 90'")
+            return run_benchmarks(only=args.only, quick=args.quick,
+                                  extra_args={n: extra for n in select_benchmarks(args.only)} if extra else None)
     except MedclError as exc:
         from medcl import phi
 

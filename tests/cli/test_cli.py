@@ -53,3 +53,20 @@ def test_set_takes_several_pairs_and_the_pipeline_may_follow(tmp_path, capsys):
         3, "disk", "/tmp/c", 7)
     assert main(["--log-dir", str(tmp_path), "run", "--set", "seed=1"]) == 2
     assert "needs a pipeline YAML" in capsys.readouterr().err
+
+
+def test_bench_args_reach_the_selected_script_only(tmp_path, capsys, monkeypatch):
+    """``medcl bench --only quality --args='--budget-min 5 --no-methods'`` hands those words to that script."""
+    import medcl.bench as bench
+
+    seen = {}
+
+    def fake_run(only=None, quick=False, out_dir=None, extra_args=None):
+        seen.update(only=only, extra_args=extra_args)
+        return 0
+
+    monkeypatch.setattr(bench, "run_benchmarks", fake_run)
+    assert main(["--log-dir", str(tmp_path), "bench", "--only", "quality", "--args=--budget-min 5 --no-methods"]) == 0
+    assert seen["extra_args"] == {"quality": ["--budget-min", "5", "--no-methods"]}
+    assert main(["--log-dir", str(tmp_path), "bench", "--args=--budget-min 5"]) == 1  # for which script?
+    assert "--args needs --only" in capsys.readouterr().err
