@@ -1,7 +1,8 @@
 """Learning quality on the demo data: medcl against plain reference loops, per modality, method and seed.
 
-One invocation runs the whole plan (resumable: a re-run skips the runs already finished in ``--out``
-and retries failed ones; every run is written as soon as it ends, failures included):
+One invocation runs the whole plan, seed by seed (1–3 for seed 0, then for seed 1, …; 4 last), so that a run
+cut short by ``--budget-min`` has comparable rows (resumable: a re-run skips the runs already finished in
+``--out`` and retries failed ones; every run is written as soon as it ends, failures included):
 
 1. ``pipeline`` — per modality and seed, the demo pipeline (``pipelines/demo/<modality>.yaml``, its own
    method and budgets) with stages pretrain → classify (linear probe of the pretrained encoder, of the
@@ -81,8 +82,8 @@ def methods_for(modality: str) -> list[str]:
 
 
 def plan(seeds: int, modalities: list[str], with_methods: bool, quick: bool) -> list[dict[str, Any]]:
-    """Every run, in priority order: per seed the pipelines of every modality and their references; then the
-    ablations and the method presets."""
+    """Every run, in priority order: per seed the pipelines of every modality, their references and the
+    ablations; then the method presets."""
     if quick:
         return [{"kind": "pipeline", "modality": "oct", "seed": 0},
                 {"kind": "reference", "modality": "oct", "seed": 0, "loop": "supervised"},
@@ -93,8 +94,8 @@ def plan(seeds: int, modalities: list[str], with_methods: bool, quick: bool) -> 
         runs += [{"kind": "pipeline", "modality": m, "seed": s} for m in modalities]
         runs += [{"kind": "reference", "modality": m, "seed": s, "loop": loop} for m in modalities
                  if MODALITIES[m]["reference"] for loop in ("supervised", "simclr")]
-    runs += [{"kind": "ablation", "modality": m, "seed": s, "method": name} for name, (mods, _) in ABLATIONS.items()
-             for s in range(seeds) for m in modalities if m in mods]
+        runs += [{"kind": "ablation", "modality": m, "seed": s, "method": name}
+                 for name, (mods, _) in ABLATIONS.items() for m in modalities if m in mods]
     if with_methods:
         runs += [{"kind": "method", "modality": m, "seed": s, "method": x} for s in range(seeds) for m in modalities
                  for x in methods_for(m)]
