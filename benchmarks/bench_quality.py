@@ -1,7 +1,7 @@
 """Learning quality on the demo data: medcl against plain reference loops, per modality, method and seed.
 
-One invocation runs the whole plan, seed by seed (1–3 for seed 0, then for seed 1, …; 4 last), so that a run
-cut short by ``--budget-min`` has comparable rows (resumable: a re-run skips the runs already finished in
+One invocation runs the whole plan, seed by seed (1–3 for seed 0, then for seed 1, …; 4 last; each modality's
+pipeline followed by its references), so that a run cut short by ``--budget-min`` has whole comparisons (resumable: a re-run skips the runs already finished in
 ``--out`` and retries failed ones; every run is written as soon as it ends, failures included):
 
 1. ``pipeline`` — per modality and seed, the demo pipeline (``pipelines/demo/<modality>.yaml``, its own
@@ -90,10 +90,12 @@ def plan(seeds: int, modalities: list[str], with_methods: bool, quick: bool) -> 
                 {"kind": "reference", "modality": "oct", "seed": 0, "loop": "simclr"},
                 {"kind": "method", "modality": "oct", "seed": 0, "method": "moco"}]
     runs: list[dict[str, Any]] = []
-    for s in range(seeds):  # seed by seed, so that a run cut short by --budget-min has comparable rows
-        runs += [{"kind": "pipeline", "modality": m, "seed": s} for m in modalities]
-        runs += [{"kind": "reference", "modality": m, "seed": s, "loop": loop} for m in modalities
-                 if MODALITIES[m]["reference"] for loop in ("supervised", "simclr")]
+    for s in range(seeds):  # seed by seed, each modality's pipeline next to its references, so that a run
+        for m in modalities:  # cut short by --budget-min has whole comparisons
+            runs.append({"kind": "pipeline", "modality": m, "seed": s})
+            if MODALITIES[m]["reference"]:
+                runs += [{"kind": "reference", "modality": m, "seed": s, "loop": loop}
+                         for loop in ("supervised", "simclr")]
         runs += [{"kind": "ablation", "modality": m, "seed": s, "method": name}
                  for name, (mods, _) in ABLATIONS.items() for m in modalities if m in mods]
     if with_methods:

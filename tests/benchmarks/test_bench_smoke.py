@@ -158,9 +158,10 @@ def test_quality_plan_covers_every_modality_seed_reference_and_applicable_method
     assert {r["modality"] for r in runs if r["kind"] == "pipeline"} == set(bq.MODALITIES)
     assert sum(r["kind"] == "pipeline" for r in runs) == 6 * 3
     assert {r["modality"] for r in runs if r["kind"] == "reference"} == {"oct", "fundus", "histo", "ecg"}
-    # seed by seed: a seed's pipelines, then their references, before the next seed; methods last
-    assert keys.index("pipeline/mri/seed0") < keys.index("reference/oct/supervised/seed0")
-    assert keys.index("reference/ecg/simclr/seed0") < keys.index("ablation/oct/output_stride_32/seed0") \
+    # seed by seed, each pipeline next to its references; a seed's ablations before the next seed; methods last
+    assert keys.index("pipeline/oct/seed0") < keys.index("reference/oct/supervised/seed0") \
+        < keys.index("pipeline/fundus/seed0")
+    assert keys.index("pipeline/mri/seed0") < keys.index("ablation/oct/output_stride_32/seed0") \
         < keys.index("pipeline/oct/seed1")
     assert keys.index("reference/ecg/simclr/seed2") < keys.index("method/oct/moco/seed0")
     assert "method/ecg/simclr/seed0" in keys and "method/ecg/clocs/seed0" not in keys  # ECG's own method is CLOCS
