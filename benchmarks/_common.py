@@ -42,14 +42,18 @@ def cpu_name() -> str:
 
 
 def git_commit() -> str | None:
-    """The checkout's commit, with ``+dirty`` when tracked files differ from it (``None`` outside git)."""
+    """The checkout's commit, with ``+dirty`` when tracked files other than the benchmarks' own outputs differ from
+    it (``None`` outside git)."""
     import subprocess
 
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        # the benchmarks' own outputs (results a resumed run appends to, the README, plots, logs) do not count
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results", ":(exclude)benchmarks/README.md",
+                                ":(exclude)benchmarks/plots", ":(exclude)benchmarks/logs"], cwd=ROOT,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
