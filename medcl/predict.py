@@ -1,4 +1,4 @@
-"""Apply a trained run's model to new data: ``medcl predict RUN|MODEL_URI INPUT --out FILE``.
+"""Apply a trained run's model to new data: ``medcl predict`` / ``medcl embed RUN|MODEL_URI INPUT --out FILE``.
 
 The model is the one the ``calibrate`` stage logged to MLflow (encoder → head → calibrator,
 :class:`medcl.tasks.export.CalibratedClassifier`); its metadata carries the classes, the task, the
@@ -10,7 +10,8 @@ through exactly the run's evaluation transforms.
 Every input becomes one output row with its status: a file that cannot be read is reported by name
 and the others are still predicted. Two tables are written: per sample (``--out``) and, when the
 input names patients, per patient (``<out stem>.patients<suffix>``: the mean of the patient's
-calibrated probabilities, called at the same operating point).
+calibrated probabilities, called at the same operating point). :func:`embed` writes the features of the
+model's encoder instead.
 """
 
 from __future__ import annotations
@@ -215,6 +216,105 @@ def _prob_columns(lm: LoadedModel) -> list[str]:
     return [f"p_{lm.classes[1]}"] if lm.task == "binary" else [f"p_{c}" for c in lm.classes]
 
 
+@dataclass
+class _Prepared:
+    lm: LoadedModel
+    rows: list[InputRow]
+    transform: Any
+    clear: dict[str, str]
+    device: str
+
+
+def _prepare(source: str, inp: str | Path, out: Path, *, tracking_uri: str | None, batch_size: int,
+             device: str | None, clear_ids: bool, suffixes: tuple[str, ...]) -> _Prepared:
+    """Everything checked before any sample is read: the output name, the model, the inputs, their modality."""
+    import torch
+
+    from medcl.transforms import build_transforms
+    from medcl.transforms.presets import preset_info
+
+    if out.suffix.lower() not in suffixes:
+        raise ConfigError(f"cannot write {out.name!r}", where="--out", fix=f"name the output {' or '.join(suffixes)}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size {batch_size} must be >= 1", where="--batch-size", fix="use e.g. 16")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    lm = load_model(source, tracking_uri, device)
+    prep = {k: v for k, v in lm.preprocessing.items() if k not in ("preset", "input")}
+    preset = str(lm.preprocessing["preset"])
+    rows = collect_inputs(inp, spatial_dims=int(preset_info(preset).get("spatial_dims", 2)), signal=preset == "ecg")
+    if lm.modality:
+        wrong = [r for r in rows if r.extra.get("modality") and r.extra["modality"] != lm.modality]
+        if wrong:
+            raise DataError(f"{len(wrong)} row(s) are {wrong[0].extra['modality']!r} but the model was trained on "
+                            f"{lm.modality!r}", where=f"{inp}, row {wrong[0].row}",
+                            fix=f"use only {lm.modality} samples with this model (filter the manifest)")
+    clear = _clear_patients(Path(inp)) if clear_ids and rows and rows[0].row is not None else {}
+    log.info("%d sample(s), model %s (%s, %s), batch %d on %s", len(rows), lm.model_uri, lm.task, preset,
+             batch_size, device)
+    return _Prepared(lm, rows, build_transforms(preset, train=False, views=1, **prep), clear, device)
+
+
+def _batches(p: _Prepared, batch_size: int, progress: bool, what: str):
+    """Yield ``(rows read, their preprocessed batch (B, C, *S) or None, rows that failed with their status)``.
+
+    A file that cannot be read, or is not of the kind the model takes, is a failed row (its error, PHI-redacted);
+    the others of the batch are still returned.
+    """
+    import torch
+
+    from medcl import phi
+    from medcl.engine.progress import StepProgress
+
+    lm, n_batches = p.lm, (len(p.rows) + batch_size - 1) // batch_size
+    with StepProgress(n_batches, what, enabled=progress, log_every=max(1, n_batches // 10)) as bar:
+        for b in range(n_batches):
+            xs, ok, failed = [], [], []
+            for r in p.rows[b * batch_size:(b + 1) * batch_size]:
+                base = {"row": r.row, "source": r.source,
+                        "patient": p.clear.get(str(r.row), r.patient) if p.clear else r.patient}
+                try:
+                    x = p.transform({"image": str(r.path)})["image"]
+                    x = torch.as_tensor(getattr(x, "as_tensor", lambda x=x: x)()).float()
+                    if lm.input_shape is not None and tuple(x.shape) != lm.input_shape:
+                        raise DataError(
+                            f"preprocessed to shape {tuple(x.shape)} but the model takes {lm.input_shape} "
+                            f"({x.shape[0]} channel(s) and {x.ndim - 1} dimension(s) vs {lm.input_shape[0]} and "
+                            f"{len(lm.input_shape) - 1})", where=r.source,
+                            fix="use files of the kind the model was trained on (modality, colour, 2D/3D)")
+                except Exception as exc:  # noqa: BLE001 - one bad file is a row with its error; the others run
+                    msg = phi.redact(str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+                    failed.append({**base, "status": f"error: {msg}"})
+                    log.warning("%s: %s: %s", what, phi.redact(r.source), msg)
+                    continue
+                xs.append(x)
+                ok.append(base)
+            if xs and len({tuple(x.shape) for x in xs}) > 1:
+                raise DataError(f"samples of different sizes after preprocessing: "
+                                f"{sorted({tuple(x.shape) for x in xs})[:3]}", where=what,
+                                fix="the model's preset must crop/resize to one size (spatial_size)")
+            yield ok, (torch.stack(xs).to(p.device) if xs else None), failed
+            bar.update(b + 1, {})
+
+
+def _table(records: list[dict[str, Any]], rows: list[InputRow], value_cols: list[str], lm: LoadedModel) -> Any:
+    """Records in input order with the fixed columns; ``row`` dropped for folders, ``patient`` when unknown."""
+    import pandas as pd
+
+    order = {r.source: i for i, r in enumerate(rows)}
+    records.sort(key=lambda d: order.get(d["source"], 0))
+    df = pd.DataFrame(records)
+    for c in ("row", "source", "patient", "status", *value_cols):
+        if c not in df.columns:
+            df[c] = None
+    df["model_uri"], df["run_id"] = lm.model_uri, lm.run_id
+    df = df[["row", "source", "patient", "status", *value_cols, "model_uri", "run_id"]]
+    if df["row"].isna().all():
+        df = df.drop(columns=["row"])
+    if not df["patient"].notna().any():
+        df = df.drop(columns=["patient"])
+    return df
+
+
 def predict(source: str, inp: str | Path, out: str | Path, *, tracking_uri: str | None = None, batch_size: int = 16,
             device: str | None = None, clear_ids: bool = False, progress: bool = True) -> PredictResult:
     """Predict every sample of ``inp`` with the model of ``source`` and write the tables.
@@ -232,105 +332,72 @@ def predict(source: str, inp: str | Path, out: str | Path, *, tracking_uri: str 
     Returns:
         :class:`PredictResult`.
     """
-    import pandas as pd
     import torch
 
-    from medcl import phi
-    from medcl.engine.progress import StepProgress
-    from medcl.transforms import build_transforms
-
     out = Path(out)
-    if out.suffix.lower() not in (".csv", ".parquet"):
-        raise ConfigError(f"cannot write {out.name!r}", where="--out", fix="name the output .csv or .parquet")
-    if batch_size < 1:
-        raise ConfigError(f"batch size {batch_size} must be >= 1", where="--batch-size", fix="use e.g. 16")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    lm = load_model(source, tracking_uri, device)
-    prep = {k: v for k, v in lm.preprocessing.items() if k not in ("preset", "input")}
-    preset = str(lm.preprocessing["preset"])
-    from medcl.transforms.presets import preset_info
-
-    info = preset_info(preset)
-    signal = preset == "ecg"
-    rows = collect_inputs(inp, spatial_dims=int(info.get("spatial_dims", 2)), signal=signal)
-    if lm.modality:
-        wrong = [r for r in rows if r.extra.get("modality") and r.extra["modality"] != lm.modality]
-        if wrong:
-            raise DataError(f"{len(wrong)} row(s) are {wrong[0].extra['modality']!r} but the model was trained on "
-                            f"{lm.modality!r}", where=f"{inp}, row {wrong[0].row}",
-                            fix=f"predict only {lm.modality} samples with this model (filter the manifest)")
-    transform = build_transforms(preset, train=False, views=1, **prep)
-    clear: dict[str, str] = {}
-    if clear_ids and rows and rows[0].row is not None:
-        clear = _clear_patients(Path(inp))
-
-    cols = _prob_columns(lm)
+    p = _prepare(source, inp, out, tracking_uri=tracking_uri, batch_size=batch_size, device=device,
+                 clear_ids=clear_ids, suffixes=(".csv", ".parquet"))
+    lm, cols = p.lm, _prob_columns(p.lm)
     records: list[dict[str, Any]] = []
-    n_batches = (len(rows) + batch_size - 1) // batch_size
-    log.info("predict: %d sample(s) with %s (%s, %s), batch %d on %s", len(rows), lm.model_uri, lm.task, preset,
-             batch_size, device)
-    with StepProgress(n_batches, "predict", enabled=progress, log_every=max(1, n_batches // 10)) as bar:
-        for b in range(n_batches):
-            chunk = rows[b * batch_size:(b + 1) * batch_size]
-            xs, ok_rows = [], []
-            for r in chunk:
-                base = {"row": r.row, "source": r.source,
-                        "patient": clear.get(str(r.row), r.patient) if clear else r.patient}
-                try:
-                    x = transform({"image": str(r.path)})["image"]
-                    x = torch.as_tensor(getattr(x, "as_tensor", lambda x=x: x)()).float()
-                    if lm.input_shape is not None and tuple(x.shape) != lm.input_shape:
-                        raise DataError(
-                            f"preprocessed to shape {tuple(x.shape)} but the model takes {lm.input_shape} "
-                            f"({x.shape[0]} channel(s) and {x.ndim - 1} dimension(s) vs {lm.input_shape[0]} and "
-                            f"{len(lm.input_shape) - 1})", where=r.source,
-                            fix="predict files of the kind the model was trained on (modality, colour, 2D/3D)")
-                except Exception as exc:  # noqa: BLE001 - one bad file is a row with its error; the others run
-                    msg = phi.redact(str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
-                    records.append({**base, "status": f"error: {msg}"})
-                    log.warning("predict: %s: %s", phi.redact(r.source), msg)
-                    continue
-                xs.append(x)
-                ok_rows.append(base)
-            if xs:
-                shapes = {tuple(x.shape) for x in xs}
-                if len(shapes) > 1:
-                    raise DataError(f"samples of different sizes after preprocessing: {sorted(shapes)[:3]}",
-                                    where=f"{inp}", fix="the model's preset must crop/resize to one size "
-                                    "(spatial_size); this model cannot take these inputs")
-                with torch.no_grad():
-                    probs = lm.model(torch.stack(xs).to(device)).float().cpu().numpy()
-                probs = probs.reshape(len(xs), -1)
-                for base, p in zip(ok_rows, probs):
-                    records.append({**base, "status": "ok", **{c: float(v) for c, v in zip(cols, p)},
-                                    "predicted": _call(p, lm)})
-            bar.update(b + 1, {})
-    order = {r.source: i for i, r in enumerate(rows)}
-    records.sort(key=lambda d: order.get(d["source"], 0))
-    df = pd.DataFrame(records)
-    for c in ("row", "source", "patient", "status", *cols, "predicted"):
-        if c not in df.columns:
-            df[c] = None
-    df["model_uri"], df["run_id"] = lm.model_uri, lm.run_id
-    df = df[["row", "source", "patient", "status", *cols, "predicted", "model_uri", "run_id"]]
-    if df["row"].isna().all():
-        df = df.drop(columns=["row"])
-    has_patients = df["patient"].notna().any()
-    if not has_patients:
-        df = df.drop(columns=["patient"])
+    for ok, x, failed in _batches(p, batch_size, progress, "predict"):
+        records += failed
+        if x is None:
+            continue
+        with torch.no_grad():
+            probs = lm.model(x).float().cpu().numpy().reshape(len(ok), -1)
+        records += [{**base, "status": "ok", **{c: float(v) for c, v in zip(cols, pr)}, "predicted": _call(pr, lm)}
+                    for base, pr in zip(ok, probs)]
+    df = _table(records, p.rows, [*cols, "predicted"], lm)
     out.parent.mkdir(parents=True, exist_ok=True)
     _write(df, out)
     patients_path = None
-    if has_patients:
-        ok = df[df["status"] == "ok"]
-        per = ok.groupby("patient", sort=True)[cols].mean().reset_index()
-        per.insert(1, "n_samples", ok.groupby("patient", sort=True).size().to_numpy())
+    if "patient" in df.columns:
+        good = df[df["status"] == "ok"]
+        per = good.groupby("patient", sort=True)[cols].mean().reset_index()
+        per.insert(1, "n_samples", good.groupby("patient", sort=True).size().to_numpy())
         per["predicted"] = [_call(np.asarray(v, dtype=np.float64), lm) for v in per[cols].to_numpy()]
         per["model_uri"], per["run_id"] = lm.model_uri, lm.run_id
         patients_path = out.with_name(f"{out.stem}.patients{out.suffix}")
         _write(per, patients_path)
     n_failed = int((df["status"] != "ok").sum())
     return PredictResult(out, patients_path, len(df) - n_failed, n_failed, lm.model_uri)
+
+
+def embed(source: str, inp: str | Path, out: str | Path, *, tracking_uri: str | None = None, batch_size: int = 16,
+          device: str | None = None, clear_ids: bool = False, progress: bool = True) -> PredictResult:
+    """Encoder features of every sample of ``inp``: one row per input, ``f0 … f{D-1}`` (pooled, float32).
+
+    The encoder is the one inside the run's logged classifier (the pretrained encoder, or the fine-tuned one
+    when the run's primary model was fine-tuned), with the same preprocessing as :func:`predict`.
+
+    Args: as :func:`predict`; ``out`` is ``.parquet`` or ``.csv``.
+    """
+    import torch
+
+    out = Path(out)
+    p = _prepare(source, inp, out, tracking_uri=tracking_uri, batch_size=batch_size, device=device,
+                 clear_ids=clear_ids, suffixes=(".parquet", ".csv"))
+    encoder = getattr(p.lm.model, "encoder", None)
+    if encoder is None:
+        raise TrackingError(f"the model {p.lm.model_uri} has no encoder to take features from", where=p.lm.model_uri,
+                            fix="embed needs a classifier logged by medcl's calibrate stage")
+    records: list[dict[str, Any]] = []
+    dim = 0
+    for ok, x, failed in _batches(p, batch_size, progress, "embed"):
+        records += failed
+        if x is None:
+            continue
+        with torch.no_grad():
+            f = encoder(x)
+            f = (f.flatten(2).mean(-1) if f.ndim > 2 else f).float().cpu().numpy()
+        dim = f.shape[1]
+        records += [{**base, "status": "ok", **{f"f{j}": float(v) for j, v in enumerate(row)}}
+                    for base, row in zip(ok, f)]
+    df = _table(records, p.rows, [f"f{j}" for j in range(dim)], p.lm)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write(df, out)
+    n_failed = int((df["status"] != "ok").sum())
+    return PredictResult(out, None, len(df) - n_failed, n_failed, p.lm.model_uri)
 
 
 def _write(df: Any, path: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 from medcl.cli import build_parser, main
 
 COMMANDS = [[], ["demo"], ["run"], ["config"], ["data"], ["data", "synth"], ["data", "validate"], ["data", "inspect"],
-            ["predict"],
+            ["predict"], ["embed"],
             ["report"], ["bench"]]
 
 

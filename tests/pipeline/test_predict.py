@@ -128,6 +128,31 @@ def test_a_folder_or_one_file_and_the_command_line(trained, tmp_path, capsys):
     assert all(abs(float(only[k]) - float(want[k])) < 1e-6 for k in only if k.startswith("p_"))  # batch-independent
 
 
+def test_embed_gives_the_encoders_features_of_each_file(trained, tmp_path, capsys):
+    """The features are what the run's encoder gives on the run's preprocessing: equal to the classify stage's
+    linear-probe input up to the probe's own standardisation, checked through the logged head."""
+    import pandas as pd
+
+    from medcl.cli import main
+    from medcl.predict import load_model, predict
+
+    run, uri = trained["ctx"].parent_run_id, trained["uri"]
+    images = trained["manifest"].parent / "images"
+    rc = main(["--log-dir", str(tmp_path), "embed", run, str(images), "--out", str(tmp_path / "f.parquet"),
+               "--tracking-uri", uri, "--no-progress", "--batch-size", "7"])
+    assert rc == 0 and "embedded" in capsys.readouterr().out
+    df = pd.read_parquet(tmp_path / "f.parquet")
+    feats = df[[c for c in df.columns if c.startswith("f")]].to_numpy(np.float32)
+    lm = load_model(run, uri)
+    assert len(df) == len(list(images.glob("*.png"))) and feats.shape[1] == lm.model.head.in_features
+    # head(features) through the calibrator = what predict reports for the same files
+    with torch.no_grad():
+        probs = lm.model.from_logits(lm.model.head(torch.as_tensor(feats))).numpy()
+    pred = predict(run, images, tmp_path / "p.csv", tracking_uri=uri, progress=False)
+    got = np.array([[float(r[f"p_{c}"]) for c in lm.classes] for r in _rows(pred.samples)])
+    np.testing.assert_allclose(got, probs, rtol=1e-4, atol=1e-5)
+
+
 def test_clear_errors_before_any_work(trained, tmp_path):
     from medcl.predict import predict
 
