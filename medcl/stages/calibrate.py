@@ -3,8 +3,8 @@
 Fits the configured calibrator (temperature, vector or Dirichlet scaling) on the *calibration set*: the
 validation logits of the primary model from ``classify``, plus — when the validation split is small
 (``calibrate.fit_on``) — out-of-fold logits over the training patients from patient-grouped cross-fitting.
-A patient-grouped cross-validation on that set decides whether the calibrator lowers the NLL on data it
-was not fitted on; if not, it is **not applied** and the report says so. On the *test* split it reports
+A patient-grouped cross-validation on that set decides whether the calibrator lowers the NLL (without raising
+the ECE) on data it was not fitted on; if not, it is **not applied** and the report says so. On the *test* split it reports
 ECE (equal-width and adaptive bins, bin count stated), MCE, Brier and NLL before and after, with
 reliability-diagram data. Then logs the deployable model — encoder → head → calibration → probabilities —
 with the pytorch flavour, an input signature, the class names, the temperature and the
