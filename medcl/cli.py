@@ -107,6 +107,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling-rate", type=float, default=None, help="Hz, for CSV/NumPy signals")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = sub.add_parser("predict", help="apply a run's calibrated model to new files; one row per input",
+                       description="Applies the model the calibrate stage logged (with exactly the run's evaluation "
+                       "preprocessing) to a manifest, a folder or one file, and writes per-sample rows "
+                       "(calibrated probabilities, the class at the run's operating point, status, model and run "
+                       "id) and, when the input names patients, per-patient rows (OUT's stem + .patients). "
+                       "A file that cannot be read is reported by name; the others are still predicted.")
+    p.add_argument("source", metavar="RUN|MODEL_URI",
+                   help="pipeline run id, runs:/<id>/model, models:/<name>/<version>, or an MLflow model folder")
+    p.add_argument("input", metavar="INPUT", help="manifest (.csv/.json), folder, or one file (DICOM file or "
+                   "series folder, NIfTI/NRRD, PNG/JPEG/TIFF, WFDB .hea / CSV ECG)")
+    p.add_argument("--out", required=True, help="per-sample table, .csv or .parquet")
+    p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or ./mlflow.db")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when present)")
+    p.add_argument("--clear-ids", action="store_true",
+                   help="write the manifest's patient ids in clear in YOUR output (default: pseudonymised with "
+                   "MEDCL_PSEUDONYM_KEY, as in the run)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("embed", help="encoder features of new files (one row per input) for your own analyses",
+                       description="The features of the encoder inside the run's logged classifier (pooled, "
+                       "f0 … fD-1), after exactly the run's evaluation preprocessing, with source, patient "
+                       "(pseudonymised) and status columns. Inputs as for predict.")
+    p.add_argument("source", metavar="RUN|MODEL_URI", help="as for predict")
+    p.add_argument("input", metavar="INPUT", help="manifest, folder or one file (as for predict)")
+    p.add_argument("--out", required=True, help="features table, .parquet or .csv")
+    p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or ./mlflow.db")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when present)")
+    p.add_argument("--clear-ids", action="store_true", help="patient ids in clear in YOUR output")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     p = sub.add_parser("report", help="execute the report notebook for a run and export self-contained HTML")
     p.add_argument("run_id", help="MLflow run id of a pipeline run")
     p.add_argument("--out", default=None, help="HTML path (default: report-RUN_ID.html)")
@@ -220,6 +252,17 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_demo(modality=args.modality, data_dir=args.data, seed=args.seed, overrides=args.overrides,
                             force=args.force, resume=args.resume, dry_run=args.dry_run, smoke=args.smoke)
+        if args.command in ("predict", "embed"):
+            from medcl import predict as pr
+
+            fn = pr.predict if args.command == "predict" else pr.embed
+            res = fn(args.source, args.input, args.out, tracking_uri=args.tracking_uri,
+                     batch_size=args.batch_size, device=args.device, clear_ids=args.clear_ids,
+                     progress=not args.no_progress)
+            print(f"{'predicted' if args.command == 'predict' else 'embedded'} {res.n_ok} sample(s) with {res.model_uri}"
+                  + (f"; {res.n_failed} could not be read (status column)" if res.n_failed else ""))
+            print(f"per sample: {res.samples}" + (f"\nper patient: {res.patients}" if res.patients else ""))
+            return 1 if res.n_ok == 0 else 0
         if args.command == "report":
             from medcl.report import build_report
 

@@ -1,7 +1,7 @@
 """Plain SimCLR reference (Chen et al. 2020): contrastive pretraining, then a linear probe, on a medcl manifest.
 
     python benchmarks/reference/simclr.py --manifest M.csv --split RUN/split.csv --modality oct \
-        --label-column class_name --classes normal,early,intermediate --steps 400 --out simclr.json
+        --label-column label --classes normal,early,intermediate --steps 400 --out simclr.json
 
 Two augmented views per training sample, a 2-layer projector, NT-Xent over the 2B views (temperature T),
 AdamW with a one-cycle schedule; then the frozen encoder's features of the train and test splits go to a

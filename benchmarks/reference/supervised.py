@@ -1,7 +1,7 @@
 """Plain supervised reference: a timm (or 1D) network trained from scratch on a medcl manifest and split.
 
     python benchmarks/reference/supervised.py --manifest M.csv --split RUN/split.csv --modality oct \
-        --label-column class_name --classes normal,early,intermediate --steps 400 --out sup.json
+        --label-column label --classes normal,early,intermediate --steps 400 --out sup.json
 
 AdamW with a one-cycle schedule, the modality's augmentations, a fixed number of optimiser steps (batches
 drawn from a fresh permutation every epoch); prints and writes the test macro AUROC and the images/s.

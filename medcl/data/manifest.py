@@ -512,6 +512,28 @@ def _sort_classes(values: Iterable[str]) -> list[str]:
         return vals
 
 
+def _column_holding(records: Sequence[Record], classes: set[str], task: str, label_sep: str) -> str | None:
+    """The other manifest column whose non-empty values are all class names (and cover ≥ 2 of them), if any.
+
+    For the error when the labels are not the configured classes: a manifest often has the names in one
+    column and numeric codes in ``label`` (or the other way round).
+    """
+    columns = dict.fromkeys(k for r in records for k in r.extra)
+    for col in columns:
+        seen: set[str] = set()
+        ok = True
+        for r in records:
+            v = str(r.extra.get(col) or "").strip()
+            toks = [t.strip() for t in v.split(label_sep) if t.strip()] if task == "multilabel" else [v] if v else []
+            if any(t not in classes for t in toks):
+                ok = False
+                break
+            seen.update(toks)
+        if ok and len(seen) >= 2:
+            return col
+    return None
+
+
 def label_problems(
     records: Sequence[Record],
     classes: Sequence[Any] | None = None,
@@ -552,6 +574,7 @@ def label_problems(
             raise DataError(f"a binary task needs exactly 2 classes, got {len(cls)}: {cls}", where="classes",
                             fix="list the negative class then the positive class, or use task multiclass")
     index = {c: i for i, c in enumerate(cls)}
+    column_hint: str | None = None  # looked up at the first label outside the classes
     n, k = len(records), len(cls)
     if task == "multilabel":
         y = np.full((n, k), np.nan, dtype=np.float32)
@@ -563,10 +586,13 @@ def label_problems(
         bad = [t for t in toks if t not in index]
         if bad:
             hint = _did_you_mean(bad[0], cls, cutoff=0.6)
+            if column_hint is None:
+                column_hint = _column_holding(records, set(cls), task, label_sep) or ""
             problems.append(Problem(
                 r.row, r.relpath, f"label {bad[0]!r} is not one of the classes{hint}",
-                f"use one of {', '.join(cls[:20])}{' …' if len(cls) > 20 else ''} "
-                "(or leave the label empty for an unlabelled sample)",
+                (f"the manifest column {column_hint!r} holds these classes: set data.label_column={column_hint}"
+                 if column_hint else f"use one of {', '.join(cls[:20])}{' …' if len(cls) > 20 else ''} "
+                 "(or leave the label empty for an unlabelled sample)"),
                 "label-not-in-classes"))
             continue
         if task == "multilabel":

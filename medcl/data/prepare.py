@@ -102,6 +102,14 @@ def _relabel(manifest: Any, column: str) -> list[Any]:
     return [dataclasses.replace(r, label=(r.extra.get(col) or "").strip() or None) for r in manifest.records]
 
 
+def _numeric(values: list[str]) -> bool:
+    try:
+        [float(v) for v in values]
+    except ValueError:
+        return False
+    return True
+
+
 def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
     """Load, validate, label and split the data of a pipeline config (see module docstring)."""
     from medcl.data.manifest import label_problems, load_manifest
@@ -150,7 +158,14 @@ def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
         raise DataError("every row was excluded", where=str(d.manifest), fix="fix the manifest rows listed above")
     y, classes, label_issues = label_problems(records, d.classes, d.task, d.label_sep)
     if label_issues:
-        raise DataError(label_issues[0].line(), where=str(d.manifest), fix="fix the labels or data.classes")
+        first = label_issues[0]
+        more = f" ({len(label_issues)} rows in all; `medcl data validate` lists them)" if len(label_issues) > 1 else ""
+        raise DataError(f"data.label_column={d.label_column!r}: {first.what}{more}", where=f"{d.manifest}, row {first.row}"
+                        if first.row else str(d.manifest), fix=f"{first.fix}; or fix the labels or data.classes")
+    if d.classes is None and d.task in ("binary", "ordinal") and len(classes) >= 2 and not _numeric(classes):
+        log.warning("data.classes is not set: the %s classes were ordered alphabetically from the labels, %s — "
+                    "so %r is %s; if that is wrong, list them in order in data.classes", d.task, classes,
+                    classes[-1], "the positive class" if d.task == "binary" else "the highest grade")
     labels = None
     if y.ndim == 1 and (y >= 0).any():
         labels = y

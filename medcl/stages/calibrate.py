@@ -3,8 +3,8 @@
 Fits the configured calibrator (temperature, vector or Dirichlet scaling) on the *calibration set*: the
 validation logits of the primary model from ``classify``, plus — when the validation split is small
 (``calibrate.fit_on``) — out-of-fold logits over the training patients from patient-grouped cross-fitting.
-A patient-grouped cross-validation on that set decides whether the calibrator lowers the NLL on data it
-was not fitted on; if not, it is **not applied** and the report says so. On the *test* split it reports
+A patient-grouped cross-validation on that set decides whether the calibrator lowers the NLL (without raising
+the ECE) on data it was not fitted on; if not, it is **not applied** and the report says so. On the *test* split it reports
 ECE (equal-width and adaptive bins, bin count stated), MCE, Brier and NLL before and after, with
 reliability-diagram data. Then logs the deployable model — encoder → head → calibration → probabilities —
 with the pytorch flavour, an input signature, the class names, the temperature and the
@@ -134,12 +134,14 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
     example = _example_input(ctx)
     with torch.no_grad():
         probs = model(torch.as_tensor(example)).numpy()
+    operating_point = _operating_point(model, task, meta.get("threshold"), cfg.classify.operating_point)
     model_uri = None
     if tracker.active:
         preprocessing = {"preset": cfg.transforms.preset, **(cfg.transforms.model_extra or {}),
                          "input": "float32 (N, C, *spatial) after the preset's eval transforms"}
         tracker.log_dict({"classes": data.classes, "task": task, "calibration": c.method,
                           "temperature": rep.get("temperature"), "preprocessing": preprocessing,
+                          "operating_point": operating_point, "modality": data_modality(ctx),
                           "encoder": cfg.model.encoder, "output": "calibrated probabilities"},
                          "model_card.json")
         model_uri = tracker.log_model(model, "model", signature=(example, probs), input_example=example,
@@ -147,7 +149,8 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
                                       registered_model_name=cfg.tracking.register_model,
                                       metadata={"classes": data.classes, "task": task,
                                                 "calibration": json.loads(json.dumps(calibration, default=_jsonable)),
-                                                "preprocessing": preprocessing})
+                                                "preprocessing": preprocessing, "operating_point": operating_point,
+                                                "modality": data_modality(ctx)})
     b, a = rep["before"], rep["after"]
     ece_key = next((k for k in ("ece_equal_width", "ece", "ece_adaptive") if k in b), None)
     summary = []
@@ -161,6 +164,37 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
                         "value": "not applied (did not help on held-out calibration data)"})
     return {"calibration": str(out_dir / "calibration.json"), "model_uri": model_uri,
             "temperature": rep.get("temperature"), "summary": summary}
+
+
+def data_modality(ctx: Any) -> str | None:
+    """The run's modality (``data.modality``, else the manifest's single modality)."""
+    m = getattr(ctx.cfg.data, "modality", None)
+    if m:
+        return str(m)
+    found = {getattr(r, "modality", None) for r in ctx.data.records}
+    return found.pop() if len(found) == 1 else None
+
+
+def _operating_point(model: Any, task: str, threshold: float | None, rule: str) -> dict[str, Any]:
+    """How a class is called from the model's *calibrated* probabilities.
+
+    Binary: ``p >= threshold``, the validation-chosen threshold (``classify.operating_point``, on the
+    uncalibrated probabilities) mapped through the calibrator — calibrators are monotone, so the same
+    samples are called positive. Multi-label: ``p >= 0.5`` per label. Multi-class / ordinal: the most
+    probable class.
+    """
+    import torch
+
+    if task == "binary":
+        t = 0.5 if threshold is None else float(np.asarray(threshold).reshape(-1)[0])
+        t = min(max(t, 1e-7), 1 - 1e-7)
+        with torch.no_grad():
+            cal = float(model.from_logits(torch.tensor([[np.log(t / (1 - t))]], dtype=torch.float32)).reshape(-1)[0])
+        return {"rule": "threshold", "threshold": cal, "chosen_by": rule if threshold is not None else "default 0.5",
+                "threshold_uncalibrated": t}
+    if task == "multilabel":
+        return {"rule": "threshold", "threshold": 0.5, "chosen_by": "default 0.5 per label"}
+    return {"rule": "argmax", "chosen_by": "most probable class"}
 
 
 def _requirements() -> list[str]:

@@ -405,6 +405,10 @@ def _evaluate_on_main(ctx: Any, tracker: Any, split_idx: dict[str, np.ndarray], 
                  oof_logits=_arr(oof["logits"]) if oof else empty, oof_y=oof["y"] if oof else empty,
                  oof_patients=oof["patients"] if oof else np.zeros((0,), np.int64))
         primary["cross_fit_folds"] = int(oof["folds"]) if oof else 0
+        # the binary operating point chosen on the validation patients (classify.operating_point), for predict
+        prow = next((r for r in results if r["model"] == primary["encoder"] and r["protocol"] == primary["kind"]
+                     and r["fraction"] == largest), None)
+        primary["threshold"] = (prow or {}).get("metrics", {}).get("_info", {}).get("threshold")
         meta = {k: v for k, v in primary.items() if k not in ("val_logits", "test_logits")}
         (ft_dir / "primary.json").write_text(json.dumps(meta, default=_jsonable))
         out.update({"primary": str(prim_path), "primary_meta": str(ft_dir / "primary.json"),

@@ -361,8 +361,8 @@ def cross_validated_calibration(logits, y, groups, method: str = "temperature", 
     The calibration set (validation logits, and out-of-fold training logits when cross-fitted) is split into
     ``folds`` patient-grouped folds; the calibrator is fitted on the other folds and applied to each held-out
     fold. Its cross-validated NLL and ECE are compared with the uncalibrated ones: a calibrator that does not
-    lower the NLL on data it was not fitted on is **not applied** (:class:`IdentityCalibrator` instead), and the
-    reason says so. (On the data it is fitted on, temperature scaling can never raise the NLL — that check
+    lower the NLL, or that raises the ECE, on data it was not fitted on is **not applied**
+    (:class:`IdentityCalibrator` instead), and the reason says so. (On the data it is fitted on, temperature scaling can never raise the NLL — that check
     would always pass.)
 
     Args:
@@ -403,9 +403,18 @@ def cross_validated_calibration(logits, y, groups, method: str = "temperature", 
                 "reason": f"{method} scaling did not lower the NLL on held-out calibration folds "
                           f"({before['nll']:.3f} → {after['nll']:.3f}): not applied, the model's own "
                           "probabilities are kept"}
+    if ece and after[ece] > before[ece]:
+        # seen on the CT/MRI demos: a near-chance model whose NLL a temperature lowers a little while its
+        # probabilities move away from the observed frequencies (test ECE 0.002 -> 0.351)
+        return {**out, "calibrator": get_calibrator("none", task=task).fit(z, yy), "applied": False, "cv": cv,
+                "reason": f"{method} scaling lowered the NLL on held-out calibration folds "
+                          f"({before['nll']:.3f} → {after['nll']:.3f}) but raised their ECE "
+                          f"({before[ece]:.3f} → {after[ece]:.3f}): not applied, the model's own probabilities "
+                          "are kept"}
     return {**out, "calibrator": fitted, "applied": True, "cv": cv,
             "reason": f"{method} scaling lowered the NLL on held-out calibration folds "
-                      f"({before['nll']:.3f} → {after['nll']:.3f})"}
+                      f"({before['nll']:.3f} → {after['nll']:.3f})"
+                      + (f" and their ECE ({before[ece]:.3f} → {after[ece]:.3f})" if ece else "")}
 
 
 def calibration_report(

@@ -52,7 +52,10 @@ class CalibratedClassifier(nn.Module):
         return self.head(f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.logits(x.float())
+        return self.from_logits(self.logits(x.float()))
+
+    def from_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities of head logits ``z`` ``(N, K_out)``."""
         if self.kind == "temperature":
             z = z / self.cal_t
         elif self.kind == "vector":

@@ -219,10 +219,12 @@ class MLflowTracker:
                         metadata=metadata, pip_requirements=pip_requirements,
                     )
                 else:
+                    # pickled, not torch.export's pt2 (MLflow 3's default): the loaded model is the nn.Module
+                    # itself, so it takes any batch size and keeps its methods (loading needs medcl importable)
                     info = mlflow.pytorch.log_model(
                         model, name=name, signature=signature, input_example=input_example,
                         registered_model_name=registered_model_name, extra_pip_requirements=extra_pip_requirements,
-                        metadata=metadata, pip_requirements=pip_requirements,
+                        metadata=metadata, pip_requirements=pip_requirements, serialization_format="pickle",
                     )
             return info.model_uri
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,7 @@ class RunReader:
     Args:
         run_id: the pipeline run, or one of its stage runs (then its parent is read).
         tracking_uri: MLflow store; default ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``.
-        cache_dir: where artifacts are downloaded (default: a fresh temp folder).
+        cache_dir: where artifacts are downloaded (default: a fresh temp folder, removed with the reader).
 
     Raises:
         TrackingError: the store cannot be opened or has no run ``run_id``.
@@ -72,6 +74,8 @@ class RunReader:
         self.client = MlflowClient(tracking_uri=self.uri)
         self.retries, self.retry_wait_s = retries, retry_wait_s
         self.cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix="medcl-report-"))
+        if cache_dir is None:  # our own temp folder: removed when the reader is collected or the process exits
+            weakref.finalize(self, shutil.rmtree, str(self.cache_dir), ignore_errors=True)
         run = self._get(run_id)
         parent_id = run.data.tags.get("mlflow.parentRunId")
         if parent_id and run.data.tags.get("medcl.kind") == "stage":

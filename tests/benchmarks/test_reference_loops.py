@@ -34,7 +34,7 @@ def split(tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
     synthesize(root, modalities=["oct", "ecg"], patients=30, seed=1)
     out = {}
-    for mod, pipe, column in (("oct", "oct", "class_name"), ("ecg", "ecg", "label")):
+    for mod, pipe, column in (("oct", "oct", "label"), ("ecg", "ecg", "label")):
         cfg = load_config(ROOT / "pipelines" / "demo" / f"{pipe}.yaml",
                           [f"data.manifest={root / mod / 'manifest.csv'}", f"data.label_column={column}"])
         data = prepare_data(cfg)

@@ -6,6 +6,7 @@ import pytest
 from medcl.cli import build_parser, main
 
 COMMANDS = [[], ["demo"], ["run"], ["config"], ["data"], ["data", "synth"], ["data", "validate"], ["data", "inspect"],
+            ["predict"], ["embed"],
             ["report"], ["bench"]]
 
 

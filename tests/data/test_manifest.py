@@ -247,3 +247,54 @@ def test_parse_labels_ordinal_keeps_given_order_and_unknown_task():
     np.testing.assert_array_equal(y, [2, 0, 1])
     with pytest.raises(DataError, match="did you mean 'multilabel'"):
         parse_labels(_recs(["a"]), task="multilable")
+
+
+def test_labels_outside_the_classes_name_the_column_that_holds_them(tmp_path):
+    """Numeric codes in `label`, the class names in another column: the error says which column to use."""
+    from medcl.data.manifest import label_problems
+
+    text = "patient_id,path,modality,label,finding\n" + "".join(
+        f"P{i},img/{i}.png,oct,{i % 2},{'lesion' if i % 2 else 'no_lesion'}\n" for i in range(6))
+    m = load_manifest(write(tmp_path / "manifest.csv", text))
+    _, _, problems = label_problems(m.records, ["no_lesion", "lesion"], "binary")
+    assert len(problems) == 6 and {p.row for p in problems} == set(range(1, 7))
+    assert "set data.label_column=finding" in problems[0].fix
+    # no column holds the classes: the fix lists them instead
+    _, _, problems = label_problems(m.records, ["benign", "malignant"], "binary")
+    assert "label_column" not in problems[0].fix and "use one of benign, malignant" in problems[0].fix
+
+
+def test_shipped_pipelines_run_on_synthesised_manifests_as_they_are(tmp_path):
+    """`medcl data synth` writes class names in `label`: every shipped pipeline's classes match them as is."""
+    from medcl.data.prepare import prepare_data
+    from medcl.data.synth import synthesize
+    from medcl.pipeline import load_pipeline
+
+    root = Path(__file__).resolve().parents[2]
+    synthesize(tmp_path, modalities=["oct", "fundus", "histo", "ecg", "ct", "mri"], patients=6, seed=3, size=16)
+    for path in sorted((root / "pipelines").glob("*.yaml")):
+        modality = load_pipeline(path, ["data.manifest=x.csv"]).data.modality
+        cfg = load_pipeline(path, [f"data.manifest={tmp_path / modality / 'manifest.csv'}", "data.val_fraction=0.2",
+                                   "data.test_fraction=0.2"])
+        bundle = prepare_data(cfg, check_files=False)
+        assert bundle.classes == list(cfg.data.classes), path.name
+        labelled = bundle.y if bundle.y.ndim == 1 else bundle.y[:, 0]
+        assert (labelled >= 0).all() if bundle.y.ndim == 1 else not np.isnan(labelled).any(), path.name
+
+
+def test_binary_classes_ordered_from_names_are_stated(tmp_path, caplog):
+    """Without data.classes, class names are ordered alphabetically: the log says which one is positive."""
+    import logging
+
+    from medcl.data.prepare import prepare_data
+    from medcl.data.synth import synthesize
+    from medcl.pipeline import load_pipeline
+
+    root = Path(__file__).resolve().parents[2]
+    synthesize(tmp_path, modalities=["mri"], patients=8, seed=3, size=16)
+    cfg = load_pipeline(root / "pipelines" / "mri_lesion_seg.yaml",
+                        [f"data.manifest={tmp_path / 'mri' / 'manifest.csv'}", "data.classes=null", "data.task=binary"])
+    with caplog.at_level(logging.WARNING, logger="medcl.data.prepare"):
+        bundle = prepare_data(cfg, check_files=False)
+    assert bundle.classes == ["lesion", "no_lesion"]  # alphabetical
+    assert "'no_lesion' is the positive class" in caplog.text

@@ -23,7 +23,6 @@ where the uninterrupted run ends, with a warning that says what is and is not pr
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -70,20 +69,10 @@ runtime:
 
 
 def demo_manifest(root: Path, patients: int) -> Path:
-    """Tiny synthetic OCT set with labels written as the class names the OCT pipeline lists."""
+    """Tiny synthetic OCT set (its `label` holds the class names the OCT pipeline lists)."""
     from medcl.data.synth import synthesize
 
-    manifest = Path(synthesize(root, modalities=["oct"], patients=patients, seed=0))
-    rows = list(csv.DictReader(manifest.open(newline="")))
-    if rows and "class_name" in rows[0]:
-        for r in rows:
-            r["label"] = r["class_name"]
-    out = root / "manifest-names.csv"
-    with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return out
+    return Path(synthesize(root, modalities=["oct"], patients=patients, seed=0))
 
 
 def encoder_state(path: Path) -> dict[str, torch.Tensor]:

@@ -253,6 +253,25 @@ def test_cross_validated_calibration_refuses_a_calibrator_that_hurts_out_of_samp
     np.testing.assert_allclose(d["calibrator"].transform(z), 0.8, atol=1e-6)
 
 
+def test_cross_validated_calibration_refuses_a_calibrator_that_raises_the_held_out_ece():
+    """A weak binary model (logits barely related to the labels): a temperature lowers the held-out NLL a little
+    but moves the held-out probabilities away from the observed frequencies — not applied, as on the CT/MRI demos.
+    Which of the two rules fires is read from the returned cross-validated figures, recomputed here."""
+    from medcl.metrics.calibration import calibration_metrics
+    from medcl.tasks.calibration import IdentityCalibrator, cross_validated_calibration, logits_to_probs
+
+    r = np.random.default_rng(152)  # a draw where the two rules disagree (found by search)
+    y = r.integers(0, 2, 60)
+    z = r.normal(0, 0.8, 60) + 0.3 * (y - 0.5)
+    d = cross_validated_calibration(z, y, np.repeat(np.arange(20), 3), "temperature", task="binary", folds=5, seed=0)
+    cv = d["cv"]
+    assert cv["nll_after"] < cv["nll_before"] and cv["ece_after"] > cv["ece_before"]
+    assert cv["ece_before"] == pytest.approx(calibration_metrics(y, logits_to_probs(z, "binary"), "binary",
+                                                                 n_bins=15)["ece"])
+    assert not d["applied"] and isinstance(d["calibrator"], IdentityCalibrator)
+    assert "raised their ECE" in d["reason"]
+
+
 def test_cross_validated_calibration_needs_two_patients():
     from medcl.tasks.calibration import cross_validated_calibration
 

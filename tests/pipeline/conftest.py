@@ -28,6 +28,6 @@ def _tiny_overrides(manifest: Path, tmp: Path) -> list[str]:
     ]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_overrides():
     return _tiny_overrides

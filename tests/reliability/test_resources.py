@@ -189,10 +189,10 @@ def test_single_patient_class_warns_and_the_run_completes(oct_manifest, tmp_path
     from medcl.pipeline import load_pipeline, run_pipeline
 
     rows = read_rows(oct_manifest)
-    keep = next(r["patient_id"] for r in rows if r["class_name"] == "intermediate")
+    keep = next(r["patient_id"] for r in rows if r["label"] == "intermediate")
     for r in rows:
-        if r["class_name"] == "intermediate" and r["patient_id"] != keep:
-            r["class_name"] = "early"
+        if r["label"] == "intermediate" and r["patient_id"] != keep:
+            r["label"] = "early"
     m = oct_manifest.parent / "single.csv"
     with open(m, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))

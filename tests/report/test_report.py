@@ -162,7 +162,6 @@ def _planted_manifest(root: Path) -> Path:
         rows = list(csv.DictReader(fh))
     first = rows[0]["patient_id"]
     for r in rows:
-        r["label"] = r["class_name"]  # class names: independent of how integer labels are read
         if r["patient_id"] == first:
             r["patient_id"] = PLANTED_ID
             new = f"images/{PLANTED_ID}_{Path(r['path']).name}"
@@ -335,11 +334,21 @@ def test_report_contains_no_planted_identifiers(runs):
     assert "manifest.csv" in html  # the data source is named by its file name only
 
 
-def test_partial_run_report_says_what_is_missing(runs, tmp_path):
+def test_partial_run_report_says_what_is_missing(runs, tmp_path, monkeypatch):
+    import tempfile
+
     from medcl.report import build_report
     from medcl.reporting.sections import SECTIONS
 
+    tmp = tmp_path / "tmp"  # the system temp folder of this process and of the notebook's kernel
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setenv("TMPDIR", str(tmp))
     out = build_report(runs["partial"], out=tmp_path / "partial.html", tracking_uri=runs["uri"], log_to_run=False)
+    import gc
+
+    gc.collect()
+    assert not list(tmp.glob("medcl-report-*")), "the report left its download folders behind"
     html = out.read_text(encoding="utf-8")
     for title, _ in SECTIONS.values():
         assert title in html, title

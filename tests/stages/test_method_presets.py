@@ -36,7 +36,7 @@ def _pipeline(tmp: Path, preset: Path, demo: Path) -> Path:
 include: [{REPO}/configs/modality/{mod}.yaml, {preset}]
 name: preset-{preset.stem}
 stages: [pretrain]
-data: {{manifest: {demo / mod / 'manifest.csv'}, task: {task}, batch_size: 8, label_column: {'label' if mod == 'ecg' else 'class_name'}}}
+data: {{manifest: {demo / mod / 'manifest.csv'}, task: {task}, batch_size: 8}}
 model: {{encoder: {encoder}, proj_hidden_dim: 32, proj_dim: 16}}
 pretrain: {{epochs: 1, max_steps: 2, batch_size: 8, warmup_epochs: 0}}
 runtime: {{output_dir: {tmp / 'runs'}, progress: false}}

@@ -10,9 +10,10 @@ and a manifest, then a combined manifest and a README::
     <out>/<modality>/...             the files (see each module's docstring)
 
 Manifest columns: ``patient_id, path, modality, label, mask, study_id, site, sex, age_group``
-then modality extras. ``label`` is the integer index into the module's ``CLASSES`` for binary,
-multi-class and ordinal tasks (``class_name`` repeats it in words; OCT and fundus also have
-``grade``), and ``;``-separated class names for the multi-label ECG task (``NORM`` is exclusive).
+then modality extras. ``label`` is the class name (one of the module's ``CLASSES``) for binary,
+multi-class and ordinal tasks, so the shipped pipelines (whose ``data.classes`` are these names) run on
+a synthesised manifest as it is; OCT and fundus also have the numeric ``grade`` (the index into
+``CLASSES``). The multi-label ECG task has ``;``-separated class names (``NORM`` is exclusive).
 
 The data are designed like a real acquisition (DESIGN.md, "Demo data that shows what pretraining
 buys"): nuisance variation that augmentations cover is large, the class signal is small but survives
@@ -201,8 +202,9 @@ def _readme(summary, seed: int) -> str:
         "bit-identical files.",
         "",
         "`manifest.csv` combines the modalities below (paths relative to this folder); each modality",
-        "folder has its own `manifest.csv` (paths relative to that folder). `label` is the integer",
-        "index into the class list (multi-label ECG: `;`-separated class names, `NORM` exclusive).",
+        "folder has its own `manifest.csv` (paths relative to that folder). `label` is the class",
+        "name (multi-label ECG: `;`-separated class names, `NORM` exclusive); OCT and fundus also",
+        "have the numeric `grade`.",
         "Sites (`site-a/b/c`) differ slightly in nuisance statistics; `sex` and `age_group` are",
         "balanced subgroups for fairness breakdowns.",
         "",

@@ -126,7 +126,7 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
         size: in-plane matrix (default 32).
 
     Returns:
-        One dict per series: base columns plus ``class_name``, ``lesion_volume_ml``. (UIDs are
+        One dict per series: base columns plus ``lesion_volume_ml``. (UIDs are
         identifiers under DICOM de-identification, so they stay in the headers only.)
     """
     size = int(size or DEFAULT_SIZE)
@@ -169,9 +169,9 @@ def _patient(p: Patient, out_dir: Path, size: int, seed: int) -> list[dict]:
         img.header.set_xyzt_units("mm")
         (out_dir / "masks").mkdir(parents=True, exist_ok=True)
         nib.save(img, out_dir / mask_rel)
-        row = base_row(p, MODALITY, series_rel, str(int(present)), study=k, mask=mask_rel)
+        row = base_row(p, MODALITY, series_rel, CLASSES[int(present)], study=k, mask=mask_rel)
         vol = float(mask.sum()) * px * px * dz / 1000.0
-        row.update(class_name=CLASSES[int(present)], lesion_volume_ml=f"{vol:.1f}")
+        row.update(lesion_volume_ml=f"{vol:.1f}")
         rows.append(row)
     return rows
 

@@ -186,7 +186,7 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
         size: image side in pixels (default 64).
 
     Returns:
-        One dict per image: base columns plus ``grade``, ``class_name``, ``eye``.
+        One dict per image: base columns plus ``grade`` (the label's index), ``eye``.
     """
     size = int(size or DEFAULT_SIZE)
     grades = balanced_labels(patients, len(CLASSES), rng_for(seed, MODALITY, 2))
@@ -206,7 +206,7 @@ def _patient(p: Patient, out_dir: Path, size: int) -> list[dict]:
         img = render(grade, rng, p.site, size, anat=anat)
         rel = f"images/{p.stem}_img{k + 1}.png"
         save_png(img, out_dir / rel)
-        row = base_row(p, MODALITY, rel, str(grade), study=k)
-        row.update(grade=str(grade), class_name=CLASSES[grade], eye="OD" if anat["side"] > 0 else "OS")
+        row = base_row(p, MODALITY, rel, CLASSES[grade], study=k)
+        row.update(grade=str(grade), eye="OD" if anat["side"] > 0 else "OS")
         rows.append(row)
     return rows

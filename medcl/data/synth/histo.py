@@ -15,7 +15,7 @@
   H and E stain vectors and concentrations, section thickness, plus a site shift of the hue.
 * Manifest: one row per **tile** (``images/*.png``, the classification unit) with extra columns
   ``slide`` (relative path of the slide the tile was cut from), ``x``, ``y`` (tile origin at
-  level 0, pixels), ``tile_size``, ``class_name``. Slides are also listed in ``slides.csv``
+  level 0, pixels), ``tile_size``. Slides are also listed in ``slides.csv``
   (same base columns; ``path`` is the slide; extra ``mpp``, ``levels``, ``width``, ``height``).
 """
 
@@ -251,7 +251,7 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
         size: tile side in pixels (default 64).
 
     Returns:
-        One dict per tile: base columns plus ``class_name``, ``slide``, ``x``, ``y``, ``tile_size``.
+        One dict per tile: base columns plus ``slide``, ``x``, ``y``, ``tile_size``.
     """
     from medcl.data.synth import write_csv
 
@@ -275,8 +275,8 @@ def _patient(p: Patient, out_dir: Path, size: int) -> tuple[list[dict], dict]:
     mpp = SITE_MPP[p.site.name]
     slide_rel = f"slides/{p.stem}.tif"
     write_pyramid(out_dir / slide_rel, rgb, mpp)
-    slide = base_row(p, MODALITY, slide_rel, str(tissue), study=0)
-    slide.update(class_name=CLASSES[tissue], mpp=f"{mpp:.4f}", levels=str(SLIDE_LEVELS),
+    slide = base_row(p, MODALITY, slide_rel, CLASSES[tissue], study=0)
+    slide.update(mpp=f"{mpp:.4f}", levels=str(SLIDE_LEVELS),
                  width=str(rgb.shape[1]), height=str(rgb.shape[0]))
     # Tiles: random positions whose footprint is (almost) all tissue.
     from scipy.ndimage import uniform_filter
@@ -293,7 +293,7 @@ def _patient(p: Patient, out_dir: Path, size: int) -> tuple[list[dict], dict]:
         tile = rgb[y : y + size, x : x + size]
         rel = f"images/{p.stem}_tile{k + 1}.png"
         save_png(np.ascontiguousarray(tile), out_dir / rel)
-        row = base_row(p, MODALITY, rel, str(tissue), study=0)
-        row.update(class_name=CLASSES[tissue], slide=slide_rel, x=str(int(x)), y=str(int(y)), tile_size=str(size))
+        row = base_row(p, MODALITY, rel, CLASSES[tissue], study=0)
+        row.update(slide=slide_rel, x=str(int(x)), y=str(int(y)), tile_size=str(size))
         rows.append(row)
     return rows, slide

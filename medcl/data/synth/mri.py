@@ -127,7 +127,7 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
         size: in-plane matrix (default 32).
 
     Returns:
-        One dict per volume: base columns plus ``class_name``, ``n_lesions``, ``lesion_volume_ml``.
+        One dict per volume: base columns plus ``n_lesions``, ``lesion_volume_ml``.
     """
     size = int(size or DEFAULT_SIZE)
     labels = balanced_labels(patients, len(CLASSES), rng_for(seed, MODALITY, 2))
@@ -162,9 +162,9 @@ def _patient(p: Patient, out_dir: Path, size: int) -> list[dict]:
                 nii.header.set_slope_inter(1.0, 0.0)
             (out_dir / path).parent.mkdir(parents=True, exist_ok=True)
             nib.save(nii, out_dir / path)
-        row = base_row(p, MODALITY, rel, str(int(present)), study=k, mask=mrel)
+        row = base_row(p, MODALITY, rel, CLASSES[int(present)], study=k, mask=mrel)
         vox_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
-        row.update(class_name=CLASSES[int(present)], n_lesions=str(len(lesions)),
+        row.update(n_lesions=str(len(lesions)),
                    lesion_volume_ml=f"{float(mask.sum()) * vox_ml:.1f}")
         rows.append(row)
     return rows

@@ -145,7 +145,7 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
         size: B-scan side in pixels (default 64).
 
     Returns:
-        One dict per B-scan with the base manifest columns plus ``grade``, ``class_name``.
+        One dict per B-scan with the base manifest columns plus ``grade`` (the label's index).
     """
     size = int(size or DEFAULT_SIZE)
     grades = balanced_labels(patients, len(CLASSES), rng_for(seed, MODALITY, 2))
@@ -165,7 +165,7 @@ def _patient(p: Patient, out_dir: Path, size: int) -> list[dict]:
         img = render(grade, rng, p.site, size, thickness=thickness)
         rel = f"images/{p.stem}_scan{k + 1}.png"
         save_png(img, out_dir / rel)
-        row = base_row(p, MODALITY, rel, str(grade), study=k // 2)
-        row.update(grade=str(grade), class_name=CLASSES[grade])
+        row = base_row(p, MODALITY, rel, CLASSES[grade], study=k // 2)
+        row.update(grade=str(grade))
         rows.append(row)
     return rows
