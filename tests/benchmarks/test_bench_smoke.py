@@ -124,7 +124,8 @@ def test_quality_targets_need_the_mean_and_every_seed(tmp_path):
     """Gap closed, fine-tuning at 10 %, calibration and the reference comparisons, computed from the rows by hand."""
     results = tmp_path / "results"
     results.mkdir()
-    meta = {"quick": False, "cpu_count": 2, "load_before": [1.0, 1.0, 1.0], "load_after": [1.0, 1.0, 1.0]}
+    meta = {"quick": False, "cpu_count": 2, "load_before": [1.0, 1.0, 1.0], "load_after": [1.0, 1.0, 1.0],
+            "seeds": 2}
     (results / "quality.json").write_text(json.dumps({"meta": meta, "rows": _quality_rows()}))
     text = write_readme(tmp_path).read_text()
     # ceiling: seed 0 max(0.96, 1.00) = 1.00 -> gap (0.90-0.60)/(1.00-0.60) = 75 %;
@@ -142,6 +143,11 @@ def test_quality_targets_need_the_mean_and_every_seed(tmp_path):
     assert "misses SSL ≥ 0.85" in text  # seed 1: 0.80
     assert "| method/oct/moco/seed0 | failed: StageError: boom |" in text
     assert "5 finished, 1 failed, 0 not run" in text
+    # the same rows from a plan of 3 seeds: what is met on both measured seeds is not called met outright
+    (results / "quality.json").write_text(json.dumps({"meta": {**meta, "seeds": 3}, "rows": _quality_rows()}))
+    text = write_readme(tmp_path).read_text()
+    assert "gap (oct) | 67 % (worst 59 %, 2 seeds) | **met on 2 of 3 seeds** — not yet measured" in text
+    assert "calibration lowers test ECE (oct) | 0.100 → 0.050, 0.080 → 0.080 | **not met**" in text
 
 
 def test_quality_plan_covers_every_modality_seed_reference_and_applicable_method():
