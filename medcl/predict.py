@@ -94,16 +94,12 @@ def resolve_model_uri(source: str, tracking_uri: str | None = None) -> tuple[str
 
 def load_model(source: str, tracking_uri: str | None = None, device: str = "cpu") -> LoadedModel:
     """Load the calibrated classifier behind ``source`` (see :func:`resolve_model_uri`) with its metadata."""
-    import mlflow
-
-    from medcl.tracking.mlflow_tracker import default_tracking_uri
+    from medcl.tracking.mlflow_tracker import default_tracking_uri, load_logged_model
 
     uri = tracking_uri or default_tracking_uri()
-    mlflow.set_tracking_uri(uri)
     model_uri, run_id = resolve_model_uri(source, uri)
     try:
-        info = mlflow.models.get_model_info(model_uri)
-        model = mlflow.pytorch.load_model(model_uri, map_location=device)
+        model, info = load_logged_model(model_uri, uri, device)
     except MedclError:
         raise
     except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; the user needs the URI and the cause
