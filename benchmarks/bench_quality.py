@@ -12,8 +12,11 @@ pipeline followed by its references), so that a run cut short by ``--budget-min`
 2. ``reference`` — per 2D modality and ECG and seed, the plain loops of ``benchmarks/reference/`` on the
    split that run wrote (``split.csv``), with medcl's budgets: supervised from scratch with the fine-tune's
    steps and batch, SimCLR with the pretraining's steps and batch, same architecture.
-3. ``ablation`` — what each recipe fix is worth: the 2D demo pipelines without it (``output_stride_32``: the
-   encoder's default final 2×2 map on 64×64 images instead of output stride 16), pretraining → linear probe.
+3. ``ablation`` — what each recipe fix is worth: the 2D demo pipelines with one fix undone, measured by what
+   the fix is for: ``output_stride_32`` (the encoder's default final 2×2 map on 64×64 images instead of output
+   stride 16; pretraining → linear probe), ``finetune_lr1e-3_wd1e-4`` (the demos' former fine-tune optimiser)
+   and ``hed_beta_0.28`` (the former strength of the histo HED stain jitter; both: the from-scratch fine-tune
+   at 100 % of the labels).
 4. ``method`` — every method preset that applies to the modality (its confusable pairs or class graph
    where the preset needs one), pretraining at the demo's budget → linear probe at 100 % of the labels.
 
@@ -67,9 +70,16 @@ SPECIFIC: dict[str, dict[str, list[str]]] = {
 }
 
 
-#: recipe fixes, undone one at a time: name -> (modalities, settings that undo it)
-ABLATIONS: dict[str, tuple[tuple[str, ...], list[str]]] = {
-    "output_stride_32": (("oct", "fundus", "histo"), ["model.options={}"]),
+#: recipe fixes, undone one at a time: name -> (modalities, settings that undo it, what it is measured by:
+#: ``probe`` = pretraining → SSL linear probe, ``scratch`` = the from-scratch fine-tune alone, 100 % labels)
+ABLATIONS: dict[str, tuple[tuple[str, ...], list[str], str]] = {
+    "output_stride_32": (("oct", "fundus", "histo"), ["model.options={}"], "probe"),
+    # the demos' fine-tune recipe was AdamW lr 1e-3, weight decay 1e-4 (now 2e-3 and 0.05, the plain loop's)
+    "finetune_lr1e-3_wd1e-4": (("oct", "fundus", "histo"),
+                               ["classify.finetune.lr=1e-3", "classify.finetune.weight_decay=1e-4"], "scratch"),
+    # HED jitter's beta used to act on skimage's rgb2hed scale (optical density / ln(1e6)): 0.02 there is
+    # 0.28 optical density, 14x Tellez's HED-light (|beta| <= 0.05 OD)
+    "hed_beta_0.28": (("histo",), ["transforms.hed_beta=0.276"], "scratch"),
 }
 
 
@@ -96,8 +106,8 @@ def plan(seeds: int, modalities: list[str], with_methods: bool, quick: bool) -> 
             if MODALITIES[m]["reference"]:
                 runs += [{"kind": "reference", "modality": m, "seed": s, "loop": loop}
                          for loop in ("supervised", "simclr")]
-        runs += [{"kind": "ablation", "modality": m, "seed": s, "method": name}
-                 for name, (mods, _) in ABLATIONS.items() for m in modalities if m in mods]
+        runs += [{"kind": "ablation", "modality": m, "seed": s, "method": name, "measure": measure}
+                 for name, (mods, _, measure) in ABLATIONS.items() for m in modalities if m in mods]
     if with_methods:
         runs += [{"kind": "method", "modality": m, "seed": s, "method": x} for s in range(seeds) for m in modalities
                  for x in methods_for(m)]
@@ -150,9 +160,12 @@ def method_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool) ->
 
     mod, method = r["modality"], r["method"]
     if r["kind"] == "ablation":
+        _, undo, measure = ABLATIONS[method]
+        stages = (["stages=[classify]", "classify.protocols=[finetune]", "classify.baselines=[scratch]"]
+                  if measure == "scratch" else
+                  ["stages=[pretrain,classify]", "classify.protocols=[linear]", "classify.baselines=[random]"])
         return load_pipeline(ROOT / "pipelines" / "demo" / f"{mod}.yaml", [
-            *_base_sets(r, work, manifest, quick), "stages=[pretrain,classify]", "classify.protocols=[linear]",
-            "classify.baselines=[random]", "classify.label_fractions=[1.0]", *ABLATIONS[method][1]], smoke=quick)
+            *_base_sets(r, work, manifest, quick), *stages, "classify.label_fractions=[1.0]", *undo], smoke=quick)
     p = _demo_raw(mod)["pretrain"]
     yaml_path = work / f"{mod}-{method}.yaml"
     yaml_path.write_text(f"include: [{ROOT / 'pipelines' / 'demo' / (mod + '.yaml')}, "
@@ -227,7 +240,7 @@ def run_reference(r: dict[str, Any], pipeline_row: dict[str, Any] | None, manife
         steps, batch = pipeline_row["finetune"]["steps"], cfg.classify.finetune.batch_size
     else:
         steps, batch = pipeline_row["pretrain"]["steps"], cfg.pretrain.batch_size
-    if not steps:
+    if not steps and not quick:
         raise RuntimeError(f"the {r['modality']} demo gives no step budget (pretrain.steps / classify.finetune.steps)")
     steps = 3 if quick else steps
     column = cfg.data.label_column

@@ -64,7 +64,7 @@ result = {"reference": "simclr", "modality": args.modality, "arch": args.arch, "
           "probe_auroc": linear_probe(feats["train"], y_train, groups, feats["test"], y_test),
           "seconds": round(seconds, 1),
           "images_per_s": round(2 * args.steps * args.batch / max(seconds, 1e-9), 1) if args.steps else None,
-          "final_loss": float(loss), "n_train": len(x), "n_test": len(y_test)}
+          "final_loss": float(loss.detach()), "n_train": len(x), "n_test": len(y_test)}
 print(json.dumps(result))
 if args.out:
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -57,7 +57,7 @@ result = {"reference": "supervised", "modality": args.modality, "arch": args.arc
           "output_stride": args.output_stride,
           "steps": args.steps, "batch": args.batch, "test_auroc": macro_auroc(ytest, scores),
           "seconds": round(seconds, 1), "images_per_s": round(args.steps * args.batch / max(seconds, 1e-9), 1),
-          "final_loss": float(loss), "n_train": len(x), "n_test": len(xt)}
+          "final_loss": float(loss.detach()), "n_train": len(x), "n_test": len(xt)}
 print(json.dumps(result))
 if args.out:
     Path(args.out).write_text(json.dumps(result, indent=2))

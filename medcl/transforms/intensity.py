@@ -56,18 +56,28 @@ def hed_jitter(rgb: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> to
     to train distilled stain-invariant convolutional networks", IEEE TMI 2018; Tellez et al.,
     "Quantifying the effects of data augmentation and stain color normalization", MedIA 2019.
 
+    The stain concentrations are natural-log optical densities, ``od = -ln(rgb)``, deconvolved with
+    the Ruifrok & Johnston vectors (:data:`HED_FROM_RGB`), as in scikit-image before 0.16, which the
+    papers' code used: ``beta`` is in OD units (HED-light: ``|beta| <= 0.05``). Two differences from
+    :func:`rgb_to_hed` (today's ``skimage.color.rgb2hed``), both deliberate: no division by
+    ``ln(1e-6)`` (that scale makes a given ``beta`` 13.8× stronger) and no clipping of negative
+    concentrations (clipping changes colours that are not exact H/E/DAB mixtures even at
+    ``alpha = 1, beta = 0``); here ``alpha = 1, beta = 0`` is the identity.
+
     Args:
         rgb: ``(3, H, W)`` RGB in ``[0, 1]``.
         alpha: ``(3,)`` multiplicative factors (around 1).
-        beta: ``(3,)`` additive shifts (around 0).
+        beta: ``(3,)`` additive shifts in optical density (around 0).
 
     Returns:
         ``(3, H, W)`` RGB in ``[0, 1]``.
     """
-    hed = rgb_to_hed(rgb)
+    to_hed = torch.as_tensor(HED_FROM_RGB, dtype=rgb.dtype, device=rgb.device)
+    to_od = torch.as_tensor(RGB_FROM_HED, dtype=rgb.dtype, device=rgb.device)
+    hed = torch.einsum("chw,cd->dhw", -torch.log(rgb.clamp_min(1e-6)), to_hed)
     a = torch.as_tensor(alpha, dtype=rgb.dtype, device=rgb.device).reshape(3, 1, 1)
     b = torch.as_tensor(beta, dtype=rgb.dtype, device=rgb.device).reshape(3, 1, 1)
-    return hed_to_rgb(hed * a + b)
+    return torch.exp(-torch.einsum("chw,cd->dhw", hed * a + b, to_od)).clamp(0.0, 1.0)
 
 
 def _check_rgb(img: torch.Tensor, name: str) -> None:

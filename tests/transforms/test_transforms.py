@@ -404,9 +404,27 @@ def test_hed_round_trip_and_jitter_match_skimage():
     hed = rgb2hed(rgb.transpose(1, 2, 0))
     np.testing.assert_allclose(hed_to_rgb(torch.as_tensor(hed.transpose(2, 0, 1))).numpy(),
                                hed2rgb(hed).transpose(2, 0, 1), atol=1e-10)
+
+
+def test_hed_jitter_is_tellez_in_optical_density():
+    """Beer–Lambert by hand: a pixel made of known H, E and DAB optical densities along the Ruifrok
+    vectors, ``rgb = exp(-(cH h + cE e + cD d))``; jittering must scale/shift those densities exactly,
+    and ``alpha = 1, beta = 0`` must give the image back (no clipping of the deconvolution)."""
+    from medcl.transforms.intensity import RGB_FROM_HED, hed_jitter
+
+    rng = np.random.default_rng(1)
+    conc = np.stack([rng.uniform(0.0, 1.2, (5, 4)), rng.uniform(0.0, 0.8, (5, 4)), rng.uniform(-0.1, 0.1, (5, 4))])
+    rgb = np.exp(-np.einsum("dhw,dc->chw", conc, RGB_FROM_HED))
+    t = torch.as_tensor(rgb)
+    np.testing.assert_allclose(hed_jitter(t, torch.ones(3), torch.zeros(3)).numpy(), rgb, atol=1e-12)
     alpha, beta = np.array([1.04, 0.97, 1.01]), np.array([0.01, -0.02, 0.005])
-    ref = hed2rgb(hed * alpha + beta).transpose(2, 0, 1)
-    np.testing.assert_allclose(hed_jitter(t, torch.as_tensor(alpha), torch.as_tensor(beta)).numpy(), ref, atol=1e-10)
+    want = np.exp(-np.einsum("dhw,dc->chw", conc * alpha[:, None, None] + beta[:, None, None], RGB_FROM_HED))
+    np.testing.assert_allclose(hed_jitter(t, torch.as_tensor(alpha), torch.as_tensor(beta)).numpy(),
+                               np.clip(want, 0, 1), atol=1e-12)
+    # beta is in optical density: +0.05 OD of haematoxylin on white paper darkens it by exp(-0.05 h)
+    white = torch.ones(3, 1, 1, dtype=torch.float64)
+    out = hed_jitter(white, torch.ones(3), torch.tensor([0.05, 0.0, 0.0], dtype=torch.float64))
+    np.testing.assert_allclose(out[:, 0, 0].numpy(), np.exp(-0.05 * RGB_FROM_HED[0]), atol=1e-12)
 
 
 def test_rand_hed_jitter_keeps_shape_and_range_and_changes_colour():
