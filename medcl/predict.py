@@ -38,17 +38,25 @@ _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 @dataclass
 class LoadedModel:
-    """A logged classification model and what it needs to be applied."""
+    """A logged classification model (:class:`medcl.tasks.export.Predictor`: the network, its classes, task,
+    operating point and preprocessing) and where it came from."""
 
-    model: Any
-    classes: list[str]
-    task: str
-    preprocessing: dict[str, Any]
-    operating_point: dict[str, Any]
+    predictor: Any
     model_uri: str
     run_id: str | None
-    modality: str | None = None
-    input_shape: tuple[int, ...] | None = None  # one sample, ``(C, *spatial)``, from the model's signature
+
+    def __getattr__(self, name: str) -> Any:  # classes, task, model, preprocessing, input_shape, …
+        if name == "predictor":
+            raise AttributeError(name)
+        return getattr(self.predictor, name)
+
+    @property
+    def modality(self) -> str | None:
+        return self.predictor.meta.get("modality")
+
+    @property
+    def operating_point(self) -> dict[str, Any]:
+        return self.predictor.meta.get("operating_point") or {}
 
 
 @dataclass
@@ -94,33 +102,20 @@ def resolve_model_uri(source: str, tracking_uri: str | None = None) -> tuple[str
 
 def load_model(source: str, tracking_uri: str | None = None, device: str = "cpu") -> LoadedModel:
     """Load the calibrated classifier behind ``source`` (see :func:`resolve_model_uri`) with its metadata."""
-    from medcl.tracking.mlflow_tracker import default_tracking_uri, load_logged_model
+    from medcl.tracking.mlflow_tracker import default_tracking_uri
+    from medcl.tracking.pyfunc import load_predictor
 
     uri = tracking_uri or default_tracking_uri()
     model_uri, run_id = resolve_model_uri(source, uri)
     try:
-        model, info = load_logged_model(model_uri, uri, device)
+        predictor, _ = load_predictor(model_uri, uri, device)
     except MedclError:
         raise
     except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; the user needs the URI and the cause
         raise TrackingError(f"cannot load the model {model_uri}: {type(exc).__name__}: {str(exc)[:300]}",
                             where=f"tracking store {uri}",
                             fix="check the run id / URI and --tracking-uri (MLFLOW_TRACKING_URI)") from None
-    meta = info.metadata or {}
-    missing = [k for k in ("classes", "task", "preprocessing") if k not in meta]
-    if missing:
-        raise TrackingError(f"the model {model_uri} carries no {', '.join(missing)} in its metadata",
-                            where=model_uri, fix="predict needs a model logged by medcl's calibrate stage")
-    op = meta.get("operating_point") or ({"rule": "argmax"} if meta["task"] in ("multiclass", "ordinal")
-                                          else {"rule": "threshold", "threshold": 0.5, "chosen_by": "default 0.5"})
-    shape = None
-    try:
-        spec = info.signature.inputs.inputs[0]
-        shape = tuple(int(d) for d in spec.shape[1:]) if all(int(d) > 0 for d in spec.shape[1:]) else None
-    except (AttributeError, IndexError, TypeError):
-        pass
-    return LoadedModel(model.eval().to(device), list(meta["classes"]), str(meta["task"]), dict(meta["preprocessing"]),
-                       op, model_uri, run_id, meta.get("modality"), shape)
+    return LoadedModel(predictor, model_uri, run_id)
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -199,24 +194,18 @@ class PredictResult:
 
 def _call(probs: np.ndarray, lm: LoadedModel) -> str:
     """The class name(s) at the model's operating point, for one sample's probabilities ``(K_out,)``."""
-    op = lm.operating_point
-    if lm.task == "binary":
-        return lm.classes[1] if probs[-1] >= float(op.get("threshold", 0.5)) else lm.classes[0]
-    if lm.task == "multilabel":
-        t = float(op.get("threshold", 0.5))
-        return ";".join(c for c, p in zip(lm.classes, probs) if p >= t)
-    return lm.classes[int(np.argmax(probs))]
+    return lm.predictor.call(probs)
 
 
 def _prob_columns(lm: LoadedModel) -> list[str]:
-    return [f"p_{lm.classes[1]}"] if lm.task == "binary" else [f"p_{c}" for c in lm.classes]
+    return lm.predictor.columns
 
 
 @dataclass
 class _Prepared:
     lm: LoadedModel
     rows: list[InputRow]
-    transform: Any
+    transform: Any  # the Predictor: .prepare(path) applies the run's evaluation transforms
     clear: dict[str, str]
     device: str
 
@@ -226,7 +215,6 @@ def _prepare(source: str, inp: str | Path, out: Path, *, tracking_uri: str | Non
     """Everything checked before any sample is read: the output name, the model, the inputs, their modality."""
     import torch
 
-    from medcl.transforms import build_transforms
     from medcl.transforms.presets import preset_info
 
     if out.suffix.lower() not in suffixes:
@@ -235,7 +223,6 @@ def _prepare(source: str, inp: str | Path, out: Path, *, tracking_uri: str | Non
         raise ConfigError(f"batch size {batch_size} must be >= 1", where="--batch-size", fix="use e.g. 16")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     lm = load_model(source, tracking_uri, device)
-    prep = {k: v for k, v in lm.preprocessing.items() if k not in ("preset", "input")}
     preset = str(lm.preprocessing["preset"])
     rows = collect_inputs(inp, spatial_dims=int(preset_info(preset).get("spatial_dims", 2)), signal=preset == "ecg")
     if lm.modality:
@@ -247,7 +234,7 @@ def _prepare(source: str, inp: str | Path, out: Path, *, tracking_uri: str | Non
     clear = _clear_patients(Path(inp)) if clear_ids and rows and rows[0].row is not None else {}
     log.info("%d sample(s), model %s (%s, %s), batch %d on %s", len(rows), lm.model_uri, lm.task, preset,
              batch_size, device)
-    return _Prepared(lm, rows, build_transforms(preset, train=False, views=1, **prep), clear, device)
+    return _Prepared(lm, rows, lm.predictor, clear, device)
 
 
 def _batches(p: _Prepared, batch_size: int, progress: bool, what: str):
@@ -261,7 +248,7 @@ def _batches(p: _Prepared, batch_size: int, progress: bool, what: str):
     from medcl import phi
     from medcl.engine.progress import StepProgress
 
-    lm, n_batches = p.lm, (len(p.rows) + batch_size - 1) // batch_size
+    n_batches = (len(p.rows) + batch_size - 1) // batch_size
     with StepProgress(n_batches, what, enabled=progress, log_every=max(1, n_batches // 10)) as bar:
         for b in range(n_batches):
             xs, ok, failed = [], [], []
@@ -269,14 +256,7 @@ def _batches(p: _Prepared, batch_size: int, progress: bool, what: str):
                 base = {"row": r.row, "source": r.source,
                         "patient": p.clear.get(str(r.row), r.patient) if p.clear else r.patient}
                 try:
-                    x = p.transform({"image": str(r.path)})["image"]
-                    x = torch.as_tensor(getattr(x, "as_tensor", lambda x=x: x)()).float()
-                    if lm.input_shape is not None and tuple(x.shape) != lm.input_shape:
-                        raise DataError(
-                            f"preprocessed to shape {tuple(x.shape)} but the model takes {lm.input_shape} "
-                            f"({x.shape[0]} channel(s) and {x.ndim - 1} dimension(s) vs {lm.input_shape[0]} and "
-                            f"{len(lm.input_shape) - 1})", where=r.source,
-                            fix="use files of the kind the model was trained on (modality, colour, 2D/3D)")
+                    x = p.transform.prepare(r.path, r.source)  # the run's evaluation transforms, shape checked
                 except Exception as exc:  # noqa: BLE001 - one bad file is a row with its error; the others run
                     msg = phi.redact(str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
                     failed.append({**base, "status": f"error: {msg}"})
@@ -328,7 +308,6 @@ def predict(source: str, inp: str | Path, out: str | Path, *, tracking_uri: str 
     Returns:
         :class:`PredictResult`.
     """
-    import torch
 
     out = Path(out)
     p = _prepare(source, inp, out, tracking_uri=tracking_uri, batch_size=batch_size, device=device,
@@ -339,8 +318,7 @@ def predict(source: str, inp: str | Path, out: str | Path, *, tracking_uri: str 
         records += failed
         if x is None:
             continue
-        with torch.no_grad():
-            probs = lm.model(x).float().cpu().numpy().reshape(len(ok), -1)
+        probs = lm.predictor.probabilities(x)
         records += [{**base, "status": "ok", **{c: float(v) for c, v in zip(cols, pr)}, "predicted": _call(pr, lm)}
                     for base, pr in zip(ok, probs)]
     df = _table(records, p.rows, [*cols, "predicted"], lm)

@@ -7,8 +7,9 @@ A patient-grouped cross-validation on that set decides whether the calibrator lo
 the ECE) on data it was not fitted on; if not, it is **not applied** and the report says so. On the *test* split it reports
 ECE (equal-width and adaptive bins, bin count stated), MCE, Brier and NLL before and after, with
 reliability-diagram data. Then logs the deployable model — encoder → head → calibration → probabilities —
-with the pytorch flavour, an input signature, the class names, the temperature and the
-preprocessing config, and registers it when ``tracking.register_model`` is set.
+as a pyfunc that bundles the run's preprocessing (:mod:`medcl.tracking.pyfunc`: file paths or raw arrays in),
+with the class names, the calibration, the operating point and the input shape as metadata, and registers it
+when ``tracking.register_model`` is set.
 """
 
 from __future__ import annotations
@@ -87,7 +88,6 @@ def _calibration_set(npz: dict[str, np.ndarray], task: str) -> tuple[np.ndarray,
 
 
 def run(ctx: Any, tracker: Any) -> dict[str, Any]:
-    import torch
 
     from medcl.tasks.calibration import calibration_report, cross_validated_calibration
     from medcl.tasks.export import calibration_for_export
@@ -131,26 +131,25 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
     # -- the deployable model ---------------------------------------------------------------------------
     calibration = calibration_for_export(rep["state"])
     model = build_export_model(ctx, meta, calibration)
-    example = _example_input(ctx)
-    with torch.no_grad():
-        probs = model(torch.as_tensor(example)).numpy()
+    example = _example_input(ctx)  # one sample's shape after preprocessing: the model's input_shape
     operating_point = _operating_point(model, task, meta.get("threshold"), cfg.classify.operating_point)
     model_uri = None
     if tracker.active:
         preprocessing = {"preset": cfg.transforms.preset, **(cfg.transforms.model_extra or {}),
-                         "input": "float32 (N, C, *spatial) after the preset's eval transforms"}
+                         "input": "file paths or raw channel-first arrays; the preset's eval transforms are applied"}
         tracker.log_dict({"classes": data.classes, "task": task, "calibration": c.method,
                           "temperature": rep.get("temperature"), "preprocessing": preprocessing,
                           "operating_point": operating_point, "modality": data_modality(ctx),
                           "encoder": cfg.model.encoder, "output": "calibrated probabilities"},
                          "model_card.json")
-        model_uri = tracker.log_model(model, "model", signature=(example, probs), input_example=example,
-                                      pip_requirements=_requirements(),
-                                      registered_model_name=cfg.tracking.register_model,
-                                      metadata={"classes": data.classes, "task": task,
-                                                "calibration": json.loads(json.dumps(calibration, default=_jsonable)),
-                                                "preprocessing": preprocessing, "operating_point": operating_point,
-                                                "modality": data_modality(ctx)})
+        from medcl.tracking.pyfunc import log_classifier
+
+        meta_out = json.loads(json.dumps({
+            "classes": data.classes, "task": task, "calibration": calibration, "preprocessing": preprocessing,
+            "operating_point": operating_point, "modality": data_modality(ctx),
+            "input_shape": list(example.shape[1:])}, default=_jsonable))
+        model_uri = log_classifier(tracker, model, meta_out, out_dir / "model", pip_requirements=_requirements(),
+                                   registered_model_name=cfg.tracking.register_model)
     b, a = rep["before"], rep["after"]
     ece_key = next((k for k in ("ece_equal_width", "ece", "ece_adaptive") if k in b), None)
     summary = []

@@ -1,9 +1,10 @@
 """The deployable model: encoder → linear head → calibration, returning probabilities.
 
-Logged to MLflow with the pytorch flavour, so ``mlflow.pyfunc.load_model(uri).predict(x)``
-on preprocessed input ``x`` (float32 ``(N, C, *spatial)``, the eval transforms of the run's
-modality preset) returns calibrated probabilities: ``(N, K)`` softmax for multi-class/ordinal,
+:class:`CalibratedClassifier` maps preprocessed input (float32 ``(N, C, *spatial)``, the eval transforms of
+the run's modality preset) to calibrated probabilities: ``(N, K)`` softmax for multi-class/ordinal,
 ``(N, 1)`` sigmoid of the positive class for binary, ``(N, K)`` sigmoids for multi-label.
+:class:`Predictor` adds the preprocessing (paths or raw arrays in) and the operating point; it is what the
+logged MLflow pyfunc (:mod:`medcl.tracking.pyfunc`) and ``medcl predict`` both run.
 """
 
 from __future__ import annotations
@@ -96,3 +97,106 @@ def calibration_for_export(state: dict[str, Any]) -> dict[str, Any]:
         return {"kind": "beta", "w": np.asarray(params["a"]).reshape(-1), "c": np.asarray(params["c"]).reshape(-1),
                 "b": np.asarray(params["b"]).reshape(-1)}
     return {"kind": "none"}
+
+
+# ----------------------------------------------------------------------------------------------- applying it
+def eval_transform(preprocessing: dict[str, Any]) -> Any:
+    """The run's evaluation transforms from a model's ``preprocessing`` metadata (preset + its parameters):
+    a path or a raw channel-first array in → a ``(C, *spatial)`` float32 tensor out."""
+    from medcl.transforms import build_transforms
+
+    params = {k: v for k, v in preprocessing.items() if k not in ("preset", "input")}
+    return build_transforms(str(preprocessing["preset"]), train=False, views=1, **params)
+
+
+class Predictor:
+    """A logged classifier with everything needed to apply it: what the MLflow pyfunc and ``medcl predict`` run.
+
+    Args:
+        model: :class:`CalibratedClassifier` (``(N, C, *S)`` preprocessed → ``(N, K_out)`` probabilities).
+        meta: the model's metadata: ``classes``, ``task``, ``preprocessing`` (preset and parameters),
+            ``operating_point``, ``modality``, ``input_shape`` (one sample, ``(C, *S)``).
+    """
+
+    def __init__(self, model: nn.Module, meta: dict[str, Any]) -> None:
+        self.model = model.eval()
+        self.meta = dict(meta)
+        self.classes = [str(c) for c in meta["classes"]]
+        self.task = str(meta["task"])
+        self.preprocessing = dict(meta["preprocessing"])
+        shape = meta.get("input_shape")
+        self.input_shape = tuple(int(d) for d in shape) if shape else None
+        self.transform = eval_transform(self.preprocessing)
+
+    @property
+    def columns(self) -> list[str]:
+        """Output columns: ``p_<positive class>`` (binary) or ``p_<class>`` per class."""
+        return [f"p_{self.classes[1]}"] if self.task == "binary" else [f"p_{c}" for c in self.classes]
+
+    def prepare(self, item: Any, where: str = "input") -> torch.Tensor:
+        """One sample — a file path (any format medcl reads) or a raw channel-first array in the modality's own
+        units — through the run's evaluation transforms: ``(C, *S)`` float32.
+
+        Raises:
+            DataError: the result is not the shape the model takes (wrong channels or dimensions).
+            ReaderError: the file cannot be read.
+        """
+        from medcl.errors import DataError
+
+        if isinstance(item, torch.Tensor):
+            item = item.detach().cpu().numpy()
+        x = self.transform({"image": str(item) if not isinstance(item, np.ndarray) else item})["image"]
+        x = torch.as_tensor(getattr(x, "as_tensor", lambda x=x: x)()).float()
+        if self.input_shape is not None and tuple(x.shape) != self.input_shape:
+            raise DataError(
+                f"preprocessed to shape {tuple(x.shape)} but the model takes {self.input_shape} ({x.shape[0]} "
+                f"channel(s) and {x.ndim - 1} dimension(s) vs {self.input_shape[0]} and {len(self.input_shape) - 1})",
+                where=where, fix="use files of the kind the model was trained on (modality, colour, 2D/3D)")
+        return x
+
+    def probabilities(self, x: torch.Tensor) -> np.ndarray:
+        """``(N, K_out)`` calibrated probabilities of a preprocessed batch ``(N, C, *S)``."""
+        dev = next(self.model.parameters()).device
+        with torch.no_grad():
+            return self.model(torch.as_tensor(x, dtype=torch.float32).to(dev)).float().cpu().numpy().reshape(len(x), -1)
+
+    def call(self, probs: np.ndarray) -> str:
+        """The class name(s) at the model's operating point for one sample's probabilities ``(K_out,)``."""
+        op = self.meta.get("operating_point") or {}
+        if self.task == "binary":
+            return self.classes[1] if probs[-1] >= float(op.get("threshold", 0.5)) else self.classes[0]
+        if self.task == "multilabel":
+            t = float(op.get("threshold", 0.5))
+            return ";".join(c for c, p in zip(self.classes, probs) if p >= t)
+        return self.classes[int(np.argmax(probs))]
+
+    def predict(self, inputs: list[Any], *, batch_size: int = 16, preprocessed: bool = False) -> np.ndarray:
+        """``(N, K_out)`` calibrated probabilities of ``inputs`` (paths or raw arrays), ``batch_size`` at a time.
+
+        ``preprocessed``: the inputs are already ``(C, *S)`` tensors after the evaluation transforms.
+
+        Raises:
+            DataError: naming every input that could not be read or preprocessed (nothing is skipped).
+        """
+        from medcl import phi
+        from medcl.errors import DataError
+
+        out, failed = [], []
+        for start in range(0, len(inputs), max(1, int(batch_size))):
+            xs = []
+            for k, item in enumerate(inputs[start:start + batch_size], start=start):
+                where = str(item) if isinstance(item, (str, bytes)) or hasattr(item, "__fspath__") else f"input {k}"
+                try:
+                    xs.append(torch.as_tensor(np.asarray(item), dtype=torch.float32) if preprocessed
+                              else self.prepare(item, where))
+                except Exception as exc:  # noqa: BLE001 - every failure is collected and reported together
+                    msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                    failed.append(phi.redact(f"{where}: {msg}"))
+            if xs and not failed:
+                out.append(self.probabilities(torch.stack(xs)))
+        if failed:
+            raise DataError(f"{len(failed)} of {len(inputs)} input(s) could not be predicted: " + "; ".join(failed[:5])
+                            + (" …" if len(failed) > 5 else ""), where="model input",
+                            fix="pass files medcl reads (or raw channel-first arrays) of the kind the model was "
+                            "trained on; `medcl predict` writes one row per input with its status instead")
+        return np.concatenate(out) if out else np.zeros((0, len(self.columns)), np.float32)

@@ -246,15 +246,6 @@ class MLflowTracker:
         return Path(self._do(lambda: self.client.download_artifacts(self.run_id, artifact_path, dst), "downloading"))
 
 
-def load_logged_model(model_uri: str, tracking_uri: str, device: str = "cpu") -> tuple[Any, Any]:
-    """``(the logged pytorch model on device, its MLflow ModelInfo: metadata, signature)`` for ``medcl predict``."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    info = mlflow.models.get_model_info(model_uri)
-    return mlflow.pytorch.load_model(model_uri, map_location=device), info
-
-
 def find_runs(uri: str | None, experiment: str, filter_string: str, max_results: int = 50) -> list[Any]:
     """Search runs of ``experiment`` (newest first); [] when the experiment does not exist."""
     from mlflow import MlflowClient

@@ -13,21 +13,17 @@ Each server is stopped by its PID (process group) in a ``finally``.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from servers import free_port, healthy, mlflow_server, stop_server  # tests/servers.py (tests/ is on sys.path)
 
 pytestmark = pytest.mark.integration
 
@@ -37,56 +33,6 @@ OCT = ROOT / "pipelines" / "demo" / "oct.yaml"
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (mlflow starts uvicorn workers as children), then SIGKILL."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
-    with contextlib.suppress(ProcessLookupError):  # children that outlived the leader
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def mlflow_server(cmd: list[str], port: int, log: Path, env: dict[str, str] | None = None,
-                  timeout_s: float = 120.0) -> Iterator[subprocess.Popen]:
-    """Run ``cmd`` (an mlflow server on ``port``) until /health answers; always stop it afterwards."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env or dict(os.environ),
-                                start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not _healthy(port):
-            if proc.poll() is not None:
-                raise AssertionError(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"mlflow server did not answer /health in {timeout_s:.0f} s:\n"
-                                     f"{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield proc
-    finally:
-        stop_server(proc)
-
-
 def sqlite_server_cmd(tmp: Path, port: int) -> list[str]:
     return [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
             "--artifacts-destination", str(tmp / "art"), "--host", "127.0.0.1", "--port", str(port),
@@ -169,7 +115,7 @@ def test_pipeline_against_real_server(tmp_path, monkeypatch):
         mlflow.set_tracking_uri(uri)
         model = mlflow.pyfunc.load_model(model_uri)
         x = np.random.default_rng(0).random((2, 1, 64, 64), dtype=np.float32)
-        probs = np.asarray(model.predict(x[:1]))
+        probs = np.asarray(model.predict(x[:1], params={"preprocessed": True}))
         assert probs.shape == (1, 3)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
@@ -179,11 +125,11 @@ def test_pipeline_against_real_server(tmp_path, monkeypatch):
         assert versions[0].run_id == children["calibrate"].info.run_id
 
         # a deployed model takes any batch size, with the same numbers per sample
-        probs2 = np.asarray(model.predict(x))
+        probs2 = np.asarray(model.predict(x, params={"preprocessed": True}))
         assert probs2.shape == (2, 3)
         np.testing.assert_allclose(probs2[:1], probs, rtol=1e-5, atol=1e-6)
         x5 = np.random.default_rng(1).random((5, 1, 64, 64), dtype=np.float32)
-        assert np.asarray(model.predict(x5)).shape == (5, 3)
+        assert np.asarray(model.predict(x5, params={"preprocessed": True})).shape == (5, 3)
 
 
 def test_unreachable_server_fails_before_training(tmp_path, capsys, monkeypatch, fast_http):
@@ -241,7 +187,7 @@ def test_compose_entrypoint_serves_medcl_and_a_lost_server_is_loud(tmp_path, fas
         tracker = MLflowTracker.start("lost", uri=uri, experiment="compose", retries=1, retry_wait_s=0.1)
         tracker.log_metrics({"train/loss": 1.5}, step=1)
         stop_server(proc)
-        assert proc.poll() is not None and not _healthy(port)
+        assert proc.poll() is not None and not healthy(port)
         with pytest.raises(TrackingError, match=r"logging metrics failed after 2 attempts"):
             tracker.log_metrics({"train/loss": 1.25}, step=2)
     # proxied artifacts landed in MLFLOW_ARTIFACTS_DESTINATION (the compose artifact volume)

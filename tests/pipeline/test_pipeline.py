@@ -58,7 +58,7 @@ def test_pyfunc_reload_returns_the_calibrated_probabilities(run_once):
     assert uri
     x = _example_input(ctx)
     loaded = mlflow.pyfunc.load_model(uri)
-    got = np.asarray(loaded.predict(x))
+    got = np.asarray(loaded.predict(x, params={"preprocessed": True}))
     import json
 
     state = json.loads(Path(ctx.outputs["calibrate"]["calibration"]).read_text())["state"]

@@ -255,3 +255,85 @@ def test_a_file_of_the_wrong_kind_is_a_row_with_its_error(trained, tmp_path):
     one = predict(trained["ctx"].parent_run_id, vol, tmp_path / "vol.csv", tracking_uri=trained["uri"],
                   progress=False)
     assert one.n_failed == 1 and _rows(one.samples)[0]["status"].startswith("error: ")
+
+
+# ----------------------------------------------------------------------------------------------- the MLflow model
+def _some_images(trained, n: int) -> list[Path]:
+    return sorted((trained["manifest"].parent / "images").glob("*.png"))[:n]
+
+
+def _cli_probs(trained, files: list[Path], tmp_path: Path) -> np.ndarray:
+    """``medcl predict`` on a folder holding ``files``: the reference the pyfunc must agree with."""
+    import shutil
+
+    from medcl.predict import predict
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in files:
+        shutil.copy(f, folder / f.name)
+    res = predict(trained["ctx"].parent_run_id, folder, tmp_path / "cli.csv", tracking_uri=trained["uri"],
+                  batch_size=4, progress=False)
+    rows = {Path(r["source"]).name: r for r in _rows(res.samples)}
+    return np.array([[float(rows[f.name][f"p_{c}"]) for c in trained["ctx"].data.classes] for f in files])
+
+
+def test_the_logged_model_is_a_pyfunc_that_reads_files_and_raw_arrays(trained, tmp_path):
+    """``mlflow.pyfunc.load_model(uri).predict`` on file paths (a list, a DataFrame ``path`` column) and on raw
+    arrays read with PIL (the pixels as stored, 0–255) gives ``medcl predict``'s probabilities, whatever the batch
+    size; preprocessed tensors go straight to the network with ``preprocessed=True``."""
+    import mlflow
+    import pandas as pd
+    from PIL import Image
+
+    ctx = trained["ctx"]
+    mlflow.set_tracking_uri(trained["uri"])
+    model = mlflow.pyfunc.load_model(ctx.outputs["calibrate"]["model_uri"])
+    files = _some_images(trained, 7)
+    want = _cli_probs(trained, files, tmp_path)
+    cols = [f"p_{c}" for c in ctx.data.classes]
+    for batch in (1, 3, 16):
+        got = model.predict([str(f) for f in files], params={"batch_size": batch})
+        assert list(got.columns) == cols and len(got) == len(files)
+        np.testing.assert_allclose(got.to_numpy(), want, rtol=1e-5, atol=1e-6)
+    got = model.predict(pd.DataFrame({"path": [str(f) for f in files[:2]]}))
+    np.testing.assert_allclose(got.to_numpy(), want[:2], rtol=1e-5, atol=1e-6)
+    raw = np.stack([np.asarray(Image.open(f).convert("L"))[None] for f in files[:5]]).astype(np.float32)
+    np.testing.assert_allclose(model.predict(raw).to_numpy(), want[:5], rtol=1e-5, atol=1e-6)
+    # preprocessed: the run's own evaluation tensors
+    pre = raw / 255.0
+    np.testing.assert_allclose(model.predict(pre, params={"preprocessed": True}).to_numpy(), want[:5], rtol=1e-5,
+                               atol=1e-6)
+    # a file that cannot be read: one error naming it, nothing silently dropped
+    with pytest.raises(DataError, match=r"1 of 3 input\(s\) could not be predicted: .*nothere\.png"):
+        model.predict([str(files[0]), str(tmp_path / "nothere.png"), str(files[1])])
+    with pytest.raises(DataError, match="no 'path' column"):
+        model.predict(pd.DataFrame({"a": ["x"], "b": ["y"]}))
+
+
+@pytest.mark.integration
+def test_mlflow_models_serve_answers_a_rest_request_with_the_same_numbers(trained, tmp_path):
+    """A real ``mlflow models serve`` process on the logged model: POST /invocations with file paths."""
+    import os
+    import sys
+    import urllib.request
+
+    from servers import free_port, mlflow_server
+
+    ctx = trained["ctx"]
+    files = _some_images(trained, 3)
+    want = _cli_probs(trained, files, tmp_path)
+    port = free_port()
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m",
+           ctx.outputs["calibrate"]["model_uri"], "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    bin_dir = str(Path(sys.executable).parent)  # mlflow execs `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": trained["uri"], "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    with mlflow_server(cmd, port, tmp_path / "serve.log", env=env, timeout_s=180):
+        body = json.dumps({"dataframe_split": {"columns": ["path"], "data": [[str(f)] for f in files]}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            out = json.loads(r.read())
+    got = np.array([[row[f"p_{c}"] for c in ctx.data.classes] for row in out["predictions"]])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -395,7 +395,7 @@ def test_shift_along_axis_matches_numpy_reference():
 def test_hed_round_trip_and_jitter_match_skimage():
     from skimage.color import hed2rgb, rgb2hed
 
-    from medcl.transforms.intensity import hed_jitter, hed_to_rgb, rgb_to_hed
+    from medcl.transforms.intensity import hed_to_rgb, rgb_to_hed
 
     rng = np.random.default_rng(0)
     rgb = rng.uniform(0.05, 1.0, (3, 9, 7))

@@ -1,0 +1,119 @@
+"""The MLflow model medcl logs: a pyfunc that bundles the run's preprocessing with the calibrated classifier.
+
+``mlflow.pyfunc.load_model(uri).predict(data)`` takes what a hospital system has — file paths (any format
+medcl reads: DICOM file or series folder, NIfTI/NRRD, PNG/JPEG/TIFF, WFDB/CSV ECG) or raw channel-first
+arrays in the modality's own units — reads and preprocesses them exactly as the run's evaluation did
+(:class:`medcl.tasks.export.Predictor`) and returns the calibrated probabilities, a DataFrame with one
+``p_<class>`` column per class (binary: the positive class), one row per input, any batch size.
+
+``data`` may be a DataFrame with a ``path`` column (or a single column of paths; this is what a REST call
+to ``mlflow models serve`` with ``dataframe_split`` gives), a list of paths, one path, or a numeric array
+``(N, C, *spatial)``. ``params``: ``batch_size`` (default 16), ``preprocessed`` (``True``: the arrays are
+already the evaluation transforms' output and go straight to the network).
+
+Artifacts: ``model.pt`` (the pickled :class:`~medcl.tasks.export.CalibratedClassifier`; loading needs medcl
+importable) and ``medcl_model.json`` (classes, task, preprocessing, operating point, modality, input shape).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+
+class MedclClassifier(mlflow.pyfunc.PythonModel):
+    """pyfunc: paths or raw arrays → the run's preprocessing → calibrated probabilities (``(N, K_out)`` frame)."""
+
+    def load_context(self, context: Any) -> None:
+        import torch
+
+        from medcl.tasks.export import Predictor
+
+        meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        model = torch.load(context.artifacts["model"], map_location="cpu", weights_only=False)
+        self.predictor = Predictor(model, meta)
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a signature from them
+        import pandas as pd
+
+        params = dict(params or {})
+        inputs = as_inputs(model_input)
+        probs = self.predictor.predict(inputs, batch_size=int(params.get("batch_size", 16)),
+                                       preprocessed=bool(params.get("preprocessed", False)))
+        return pd.DataFrame(probs, columns=self.predictor.columns)
+
+
+def as_inputs(data: Any) -> list[Any]:
+    """The list of samples in ``data`` (see the module docstring).
+
+    Raises:
+        DataError: a DataFrame with neither a ``path`` column nor a single column, or an input of another kind.
+    """
+    import pandas as pd
+
+    from medcl.errors import DataError
+
+    if isinstance(data, pd.DataFrame):
+        cols = [c for c in data.columns if str(c).strip().lower() == "path"]
+        if not cols and len(data.columns) == 1:
+            cols = list(data.columns)
+        if not cols:
+            raise DataError(f"a DataFrame with columns {list(data.columns)[:6]} has no 'path' column",
+                            where="model input", fix="send one column named 'path' with the files to predict")
+        return [str(v) for v in data[cols[0]]]
+    if isinstance(data, (str, Path)):
+        return [str(data)]
+    if isinstance(data, np.ndarray) and data.dtype.kind in "OUS":
+        return [str(v) for v in data.reshape(-1)]
+    if isinstance(data, np.ndarray):
+        return list(data)
+    if isinstance(data, (list, tuple)):
+        return [str(v) if isinstance(v, Path) else v for v in data]
+    raise DataError(f"cannot predict on a {type(data).__name__}", where="model input",
+                    fix="pass file paths (a DataFrame 'path' column, a list, one path) or an array (N, C, *spatial)")
+
+
+def log_classifier(tracker: Any, model: Any, meta: dict[str, Any], work_dir: Path, *,
+                   registered_model_name: str | None = None, pip_requirements: list[str] | None = None) -> str:
+    """Log ``model`` (a CalibratedClassifier) with ``meta`` as the :class:`MedclClassifier` pyfunc; its URI."""
+    import torch
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(model, work_dir / "model.pt")
+    (work_dir / "medcl_model.json").write_text(json.dumps(meta, indent=2))
+    return tracker.log_model(None, "model", pyfunc_model=MedclClassifier(),
+                             artifacts={"model": str(work_dir / "model.pt"), "meta": str(work_dir / "medcl_model.json")},
+                             registered_model_name=registered_model_name, pip_requirements=pip_requirements,
+                             metadata=meta)
+
+
+def load_predictor(model_uri: str, tracking_uri: str, device: str = "cpu") -> tuple[Any, Any]:
+    """``(Predictor on device, the MLflow ModelInfo)`` of a model medcl logged (a pytorch-flavour model from
+    an earlier medcl too: its metadata carries the same keys)."""
+    import mlflow
+
+    from medcl.errors import TrackingError
+    from medcl.tasks.export import Predictor
+
+    mlflow.set_tracking_uri(tracking_uri)
+    info = mlflow.models.get_model_info(model_uri)
+    missing = [k for k in ("classes", "task", "preprocessing") if k not in (info.metadata or {})]
+    if missing:
+        raise TrackingError(f"the model {model_uri} carries no {', '.join(missing)} in its metadata",
+                            where=model_uri, fix="predict needs a model logged by medcl's calibrate stage")
+    if "pytorch" in (info.flavors or {}):
+        meta = dict(info.metadata or {})
+        try:
+            spec = info.signature.inputs.inputs[0]
+            meta.setdefault("input_shape", [int(d) for d in spec.shape[1:]] if all(int(d) > 0 for d in spec.shape[1:])
+                            else None)
+        except (AttributeError, IndexError, TypeError):
+            pass
+        return Predictor(mlflow.pytorch.load_model(model_uri, map_location=device), meta), info
+    predictor = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().predictor
+    predictor.model.to(device)
+    return predictor, info
