@@ -68,11 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a pipeline YAML (pretrain → classify/segment → calibrate → report)",
                        description="Run the stages of a pipeline in order, each a nested MLflow run. "
                        "Completed stages are skipped on a re-run unless --force.")
-    p.add_argument("pipeline", nargs="?", help="pipeline YAML, e.g. pipelines/oct_severity.yaml")
+    p.add_argument("pipeline", nargs="?", help="pipeline YAML, e.g. pipelines/oct_severity.yaml, or the name of a "
+                   "shipped pipeline (oct_severity, demo/oct), found in an installed medcl too")
     _add_run_options(p)
 
     p = sub.add_parser("config", help="print the resolved config of a pipeline (includes and --set applied)")
-    p.add_argument("pipeline", nargs="?")
+    p.add_argument("pipeline", nargs="?", help="pipeline YAML or the name of a shipped pipeline (as for run)")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
 
     data = sub.add_parser("data", help="synthesise, validate and inspect data",
@@ -206,6 +207,25 @@ def _pipeline_after_sets(args: argparse.Namespace) -> bool:
     return args.pipeline is not None
 
 
+def _shipped_pipeline(name: str) -> str:
+    """``name`` itself when it is a file; else the shipped pipeline it names (``oct_severity``,
+    ``pipelines/oct_severity.yaml``, ``demo/oct`` …), so an installed medcl runs them without the checkout."""
+    if Path(name).exists():
+        return name
+    from medcl.errors import MedclError
+    from medcl.shipped import shipped
+
+    try:
+        root = shipped("pipelines", env="MEDCL_PIPELINES")
+    except MedclError:
+        return name
+    rel = name[len("pipelines/"):] if name.startswith("pipelines/") else name
+    for cand in (root / rel, root / f"{rel}.yaml"):
+        if cand.is_file():
+            return str(cand)
+    return name
+
+
 def _rank_prefix() -> str:
     """``[rank N] `` under torchrun for ranks other than 0, so a job's console says who failed."""
     rank = os.environ.get("RANK", "0")
@@ -232,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from medcl.errors import ConfigError, MedclError
     from medcl.logs import setup_logging
+
+    if args.command in ("run", "config"):
+        args.pipeline = _shipped_pipeline(args.pipeline)
 
     log_path = setup_logging(args.log_dir or Path("medcl-runs") / "logs", verbose=args.verbose)
     try:

@@ -7,7 +7,6 @@ real pipeline and only shrinks it (epochs, sizes) so it runs on a laptop CPU in 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from medcl.errors import ConfigError
@@ -17,15 +16,10 @@ DEMO_MODALITIES = ("oct", "fundus", "histo", "ct", "mri", "ecg")
 
 
 def pipelines_dir() -> Path:
-    """The ``pipelines/`` folder shipped with medcl (``MEDCL_PIPELINES`` overrides)."""
-    env = os.environ.get("MEDCL_PIPELINES")
-    candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parents[1] / "pipelines", Path.cwd() / "pipelines"]
-    for c in candidates:
-        if (c / "demo").is_dir():
-            return c
-    raise ConfigError("cannot find medcl's pipelines/ folder", where="medcl demo",
-                      fix="run from the medcl checkout, or set MEDCL_PIPELINES to its pipelines/ folder")
+    """The ``pipelines/`` folder shipped with medcl (``MEDCL_PIPELINES`` overrides; see :mod:`medcl.shipped`)."""
+    from medcl.shipped import shipped
+
+    return shipped("pipelines", env="MEDCL_PIPELINES", must_have="demo")
 
 
 def run_demo(modality: str = "oct", data_dir: str | Path = "medcl-demo-data", seed: int = 0,

@@ -33,16 +33,16 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 
 
 def notebook_path() -> Path:
-    """``notebooks/report.ipynb`` of the medcl checkout (``MEDCL_REPORT_NOTEBOOK`` overrides)."""
+    """``notebooks/report.ipynb`` shipped with medcl (``MEDCL_REPORT_NOTEBOOK`` overrides; :mod:`medcl.shipped`)."""
+    from medcl.shipped import shipped
+
     env = os.environ.get("MEDCL_REPORT_NOTEBOOK")
-    candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parents[1] / "notebooks" / "report.ipynb",
-                   Path.cwd() / "notebooks" / "report.ipynb"]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise ConfigError("cannot find the report notebook notebooks/report.ipynb", where="medcl report",
-                      fix="run from the medcl checkout, or set MEDCL_REPORT_NOTEBOOK to the notebook's path")
+    if env:
+        if not Path(env).is_file():
+            raise ConfigError(f"MEDCL_REPORT_NOTEBOOK={env} is not a file", where="medcl report",
+                              fix="point it at a report notebook, or unset it to use the one medcl ships")
+        return Path(env)
+    return shipped("notebooks", must_have="report.ipynb") / "report.ipynb"
 
 
 def kernel_name() -> str:

@@ -49,6 +49,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "smoke": Benchmark("bench_smoke.py", "--smoke of every shipped pipeline under torchrun (CPU)"),
     "loops": Benchmark("bench_loops.py", "medcl's training loops against the plain reference loops (images/s)"),
     "quality": Benchmark("bench_quality.py", "Learning quality on the demo data (resumable)"),
+    "package": Benchmark("bench_package.py", "What the Docker image's stages install; the wheel's size"),
 }
 
 
@@ -85,7 +86,7 @@ def run_benchmarks(only: list[str] | None = None, quick: bool = False, out_dir: 
 
     Args:
         only: benchmark names (``losses``, ``train_loss``, ``input``, ``train``, ``precision``,
-            ``scaling``, ``smoke``, ``loops``, ``quality``; comma-separated strings accepted); default all.
+            ``scaling``, ``smoke``, ``loops``, ``quality``, ``package``; comma-separated strings accepted); default all.
         quick: tiny sizes, written under ``benchmarks/quick/`` unless ``out_dir`` is given.
         out_dir: where ``results/``, ``plots/``, ``logs/`` and ``README.md`` go (default
             ``benchmarks/`` for full runs).

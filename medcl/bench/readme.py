@@ -445,6 +445,33 @@ def section_smoke(res: dict[str, Any]) -> str:
                    "data validation, every stage and the report.")
 
 
+def section_package(res: dict[str, Any]) -> str:
+    """What the Docker image's runtime and test stages install on top of the base image (bench_package.py)."""
+    rows, totals, wheel = res.get("rows", []), res.get("totals", {}), res.get("wheel", {})
+    counts = res.get("counts", {})
+    mib = lambda b: f"{b / 2**20:,.0f} MiB"  # noqa: E731
+    table = [["base image (torch, torchvision and what they need)", counts.get("base image (torch, torchvision)", "—"),
+              mib(totals.get("base image (torch, torchvision)", 0)), "brought by `BASE_IMAGE` (this venv's CPU+CUDA "
+              "wheels; the image's own build differs)"],
+             ["`runtime` stage: medcl's requirements + medcl", counts.get("runtime", "—"), mib(totals.get("runtime", 0)),
+              "the image you run (default target)"],
+             ["`test` stage: the `[dev]` extra on top", counts.get("test", "—"), mib(totals.get("test", 0)),
+              "only in `docker build --target test`"]]
+    text = _table(["what", "packages", "installed size", "where"], table)
+    largest = sorted((r for r in rows if r["group"] == "runtime"), key=lambda r: -r["bytes"])[:8]
+    text += ("\n\nLargest runtime packages: " + ", ".join(f"{r['package']} {mib(r['bytes'])}" for r in largest) + ".")
+    test_pkgs = sorted((r for r in rows if r["group"] == "test"), key=lambda r: -r["bytes"])[:8]
+    text += (" Largest test-only packages (kept out of the runtime image): "
+             + ", ".join(f"{r['package']} {mib(r['bytes'])}" for r in test_pkgs) + ".")
+    if wheel:
+        text += (f"\n\nmedcl's wheel `{wheel['file']}`: {wheel['bytes'] / 2**10:,.0f} KiB "
+                 f"({wheel['unpacked_bytes'] / 2**10:,.0f} KiB unpacked, of which {wheel['resources_files']} shipped "
+                 f"pipelines, presets and the report notebook: {wheel['resources_bytes'] / 2**10:,.0f} KiB).")
+    return text + ("\n\nMeasured from the installed files (`RECORD`) of this machine's venv: no Docker engine runs here, "
+                   "so the image itself is not built or measured. The base image's Python may already hold part of "
+                   "the runtime closure, so the runtime figure is an upper bound of what the stage adds.")
+
+
 def section_loops(res: dict[str, Any], targets: list[list[str]]) -> str:
     rows, meta = res.get("rows", []), res.get("meta", {})
     table = []
@@ -804,6 +831,7 @@ def write_readme(out: str | Path) -> Path:
         ("smoke", "4b. `--smoke` of every shipped pipeline under torchrun (CPU)", section_smoke),
         ("loops", "4c. medcl's training loops against the plain reference loops", lambda r: section_loops(r, targets)),
         ("quality", "5. Learning quality on the demo data", lambda r: section_quality(r, plots, targets)),
+        ("package", "6. Install sizes: the Docker image's stages and the wheel", section_package),
     ]
     body = []
     for name, title, fn in sections:

@@ -116,44 +116,90 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path):
     assert "DL3006" in proc.stdout and "DL3003" in proc.stdout
 
 
-def test_image_install_matches_makefile():
-    """Same requirement spec and the same editable install as `make install`: the image gets exactly the
-    dependency set `make test` is run against (flags that only affect caching/ordering may differ)."""
+def stages(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """A multi-stage Dockerfile's instructions by stage name (``FROM image AS name``), in file order; the
+    instructions of a stage include those of the stages it is built ``FROM`` (what its image holds)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    name = None
+    for word, args in instructions(path):
+        if word == "FROM":
+            base, _, name = args.partition(" AS ")
+            name = name.strip() or f"stage{len(out)}"
+            out[name] = [*out.get(base.strip(), []), (word, args)]
+        elif name is not None:
+            out[name].append((word, args))
+    return out
+
+
+def installs_in(steps) -> list[tuple[list[str], set[str]]]:
+    return [target_and_flags(a) for a in pip_installs([args for word, args in steps if word == "RUN"])]
+
+
+def test_image_stages():
+    """deps -> wheel -> runtime, with test beside them; the runtime image (the last stage, docker's default
+    target) is built from deps, not from the test stage."""
+    st = stages(DOCKERFILE)
+    assert list(st) == ["deps", "wheel", "test", "runtime"]
+    froms = {n: next(a for w, a in steps[::-1] if w == "FROM").split(" AS ")[0] for n, steps in st.items()}
+    assert froms == {"deps": "${BASE_IMAGE}", "wheel": "deps", "test": "deps", "runtime": "deps"}
+    copies_from = [a for w, a in st["runtime"] if w == "COPY" and a.startswith("--from=")]
+    assert copies_from == ["--from=wheel /opt/wheels /tmp/wheels"]
+
+
+def test_test_stage_install_matches_makefile():
+    """The test stage installs exactly as `make install` (the same requirement spec, editable), so the suite
+    runs in the image against the dependency set `make test` is run against (flags that only affect
+    caching/ordering may differ): dependencies first, then the source without dependencies."""
     make_targets, make_flags = target_and_flags(makefile_install())
-    runs = [args for word, args in instructions(DOCKERFILE) if word == "RUN"]
-    installs = [target_and_flags(a) for a in pip_installs(runs)]
-    assert len(installs) == 2, installs  # dependencies layer, then the source
-    (deps_targets, deps_flags), (src_targets, src_flags) = installs
+    installs = installs_in(st := stages(DOCKERFILE)["test"])
+    (_, _), (deps_targets, deps_flags), (src_targets, src_flags) = installs  # the first is the deps stage's
     assert deps_targets == src_targets == make_targets == [".[dev]"]
     allowed_extra = {"--no-cache-dir", "-c", "--no-deps"}
     assert make_flags <= deps_flags and deps_flags - make_flags <= allowed_extra - {"--no-deps"}
     assert "--no-deps" in src_flags and src_flags - make_flags <= allowed_extra
+    copied = {p for w, a in st if w == "COPY" for p in a.split()[:-1]}
+    assert {"tests", "benchmarks", "Makefile", "medcl"} <= copied
+
+
+def test_runtime_stage_has_no_dev_or_test_dependencies():
+    """The runtime image installs the package's own dependencies (``.``, no extras) and medcl's wheel without
+    dependencies: no ``[dev]`` extra, no tests, benchmarks or Makefile, and no editable install."""
+    runtime = stages(DOCKERFILE)["runtime"]
+    installs = installs_in(runtime)
+    assert [t for t, _ in installs] == [["."], ["/tmp/wheels/medcl-0.1.0-py3-none-any.whl"]], installs
+    assert "-c" in installs[0][1] and "--no-deps" in installs[1][1]
+    assert not any("-e" in f or "--editable" in f for _, f in installs)
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert installs[1][0][0].endswith(f"medcl-{version}-py3-none-any.whl")  # the wheel the wheel stage builds
+    copied = {p for w, a in runtime if w == "COPY" for p in a.split()[:-1] if not p.startswith("--")}
+    assert not copied & {"tests", "benchmarks", "Makefile", "medcl"}, copied
+    runs = " ".join(a for w, a in runtime if w == "RUN")
+    assert "pip uninstall --yes medcl" in runs  # the empty placeholder package of the deps layer is gone
 
 
 def test_dependencies_layer_comes_before_the_source():
-    steps = instructions(DOCKERFILE)
-    words = [w for w, _ in steps]
-    copies = [(i, args) for i, (w, args) in enumerate(steps) if w == "COPY"]
-    first_install = next(i for i, (w, a) in enumerate(steps) if w == "RUN" and "pip install" in a)
-    before = [args.split()[:-1] for i, args in copies if i < first_install]
-    assert before == [["pyproject.toml", "README.md"]], before  # only what pip needs to resolve deps
-    src = next(i for i, args in copies if args.startswith("medcl "))
-    assert first_install < src
-    for _, args in copies:  # everything copied exists in the build context
-        for p in args.split()[:-1]:
-            assert (ROOT / p).exists(), p
-    assert words.index("USER") > max(i for i, _ in copies)
+    deps = stages(DOCKERFILE)["deps"]
+    copies = [args.split()[:-1] for w, args in deps if w == "COPY"]
+    assert copies == [["pyproject.toml", "README.md"]], copies  # only what pip needs to resolve deps
+    for name, steps in stages(DOCKERFILE).items():
+        own = steps[len(deps):] if name != "deps" else []
+        for _, args in ((w, a) for w, a in own if w == "COPY" and not a.startswith("--from")):
+            for p in args.split()[:-1]:  # everything copied exists in the build context
+                assert (ROOT / p).exists(), (name, p)
 
 
 def test_image_runtime_contract():
-    steps = instructions(DOCKERFILE)
-    (base_arg,) = [a for w, a in steps if w == "ARG" and a.startswith("BASE_IMAGE=")]
+    steps = stages(DOCKERFILE)["runtime"]
+    top = instructions(DOCKERFILE)
+    (base_arg,) = [a for w, a in top if w == "ARG" and a.startswith("BASE_IMAGE=")]
     assert re.fullmatch(r"BASE_IMAGE=pytorch/pytorch:[\d.]+-cuda[\d.]+-cudnn\d+-runtime", base_arg)
-    assert steps[0][0] == "ARG" and ("FROM", "${BASE_IMAGE}") in steps
+    assert top[0][0] == "ARG" and ("FROM", "${BASE_IMAGE} AS deps") in top
     (entry,) = [a for w, a in steps if w == "ENTRYPOINT"]
     assert entry == '["medcl"]'
     (user,) = [a for w, a in steps if w == "USER"]
     assert user.split(":")[0] not in ("root", "0")
+    words = [w for w, _ in steps]
+    assert words.index("USER") > max(i for i, w in enumerate(words) if w in ("COPY", "RUN"))
     (volume,) = [a for w, a in steps if w == "VOLUME"]
     assert set(yaml.safe_load(volume)) == {"/data", "/runs"}
     env = " ".join(a for w, a in steps if w == "ENV")
