@@ -2,7 +2,8 @@
 
 One invocation runs the whole plan, seed by seed (1–3 for seed 0, then for seed 1, …; 4 last; each modality's
 pipeline followed by its references), so that a run cut short by ``--budget-min`` has whole comparisons (resumable: a re-run skips the runs already finished in
-``--out`` and retries failed ones; every run is written as soon as it ends, failures included):
+``--out`` and retries failed ones, ``--redo MODALITY`` also re-runs a modality's finished ones after its recipe
+changed; every run is written as soon as it ends, failures included, with the commit it ran at):
 
 1. ``pipeline`` — per modality and seed, the demo pipeline (``pipelines/demo/<modality>.yaml``, its own
    method and budgets) with stages pretrain → classify (linear probe of the pretrained encoder, of the
@@ -270,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="start no new run after this many minutes (the rest are listed as not run; a re-run "
                              "continues)")
     parser.add_argument("--fresh", action="store_true", help="ignore runs already in --out")
+    parser.add_argument("--redo", nargs="+", default=[], choices=list(MODALITIES), metavar="MODALITY",
+                        help="run these modalities' finished runs again (their recipe changed); the others' "
+                             "finished runs are kept, each row with the commit it ran at")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work" / "quality")
     args = parser.parse_args(argv)
     quiet_logs()
@@ -281,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.is_file() and not args.fresh:
         old = json.loads(args.out.read_text())
         if bool(old.get("meta", {}).get("quick")) == args.quick:
-            done = {x["key"]: x for x in old.get("rows", []) if "error" not in x and "skipped" not in x}
+            done = {x["key"]: x for x in old.get("rows", []) if "error" not in x and "skipped" not in x
+                    and x.get("modality") not in args.redo}
     commit = git_commit()  # the code every run of this invocation uses (a later commit does not change it)
     meta = {**base_meta(args.quick), "seeds": args.seeds, "budget_min": args.budget_min,
             "plan": [run_key(r) for r in todo]}
