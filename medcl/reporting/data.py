@@ -144,6 +144,17 @@ class ReportData:
                 out.append({**ex, "png": png})
         return out
 
+    @cached_property
+    def evaluations(self) -> list[dict[str, Any]]:
+        """The external validations of this run (``medcl evaluate``), oldest first: each ``evaluation.json`` with
+        the nested run's ``run_id`` and ``status``."""
+        out = []
+        for r in self.reader.children("evaluation"):
+            ev = self.reader.artifact_json("evaluation.json", stage=f"run:{r.run_id}")
+            if ev is not None:
+                out.append({**ev, "run_id": r.run_id, "status": r.status})
+        return out
+
     # -- the primary model and its metrics -------------------------------------------------------------------
     @property
     def largest_fraction(self) -> float | None:

@@ -578,6 +578,71 @@ def subgroups(d: ReportData) -> list[str]:
     return out
 
 
+def external_validation(d: ReportData) -> list[str]:
+    """Each ``medcl evaluate`` of this run: the model on another site's data, side by side with the internal test."""
+    evs = d.evaluations
+    if not evs:
+        raise Missing("no external validation yet: the numbers above come from the same data source as training. "
+                      "Run <code>medcl evaluate RUN_ID MANIFEST</code> on another site's labelled data to add one.")
+    out = [para("The same model, unchanged, applied to labelled data from elsewhere (another site, scanner or "
+                "period) with the run's own preprocessing and operating point. This is how the model is likely to "
+                "do outside the data it was developed on.")]
+    tag, task = d.primary_tag, d.task
+    names = HEADLINE_METRICS.get(task, HEADLINE_METRICS["multiclass"])[:4]
+    for ev in evs:
+        m = ev.get("metrics") or {}
+        info = m.get("_info") or {}
+        out.append(f"<h4>{esc(str(ev.get('name', '?')))}</h4>")
+        out.append(para(f"Manifest <code>{esc(str(ev.get('manifest', '?')))}</code>: {ev.get('n_samples', '?')} samples "
+                        f"from {ev.get('n_patients', '?')} patients" + (f"; {ev['n_excluded']} row(s) left out "
+                                                                      "(unreadable or unlabelled, listed in the "
+                                                                      "evaluation's predictions.csv)"
+                                                                      if ev.get("n_excluded") else "") + "."))
+        rows = []
+        for n in names:
+            v = m.get(n)
+            if not isinstance(v, dict):
+                continue
+            internal = d.classify_metric(tag, n) if tag and "classify" in d.stages else None
+            rows.append([f"<b>{METRIC_NAMES.get(n, n)}</b>",
+                         metric_cell(f"external/{n}", v.get("value", float("nan"))),
+                         ci_text(v.get("ci_low"), v.get("ci_high")),
+                         fmt(internal.value) if internal else "n/a",
+                         ci_text(internal.ci_low, internal.ci_high) if internal else "<td>n/a</td>"])
+        out.append(table(["metric", "this site", "95 % CI", "internal test", "95 % CI"], rows))
+        cal = ev.get("calibration") or {}
+        b, a = cal.get("before") or {}, cal.get("after") or {}
+        ece = next((k for k in ("ece_equal_width", "ece") if k in b), None)
+        if ece:
+            better = a.get(ece, float("nan")) < b.get(ece, float("nan"))
+            out.append(para(f"<b>Calibration at this site</b>: expected calibration error {fmt(b[ece])} without the "
+                            f"run's calibrator, {fmt(a.get(ece))} with it (Brier score {fmt(b.get('brier'))} → "
+                            f"{fmt(a.get('brier'))}). " + ("The calibrator fitted at the training site still helps "
+                                                           "here." if better else "The calibrator fitted at the "
+                                                           "training site does <b>not</b> help here: recalibrate on "
+                                                           "this site's data before reading probabilities as risks.")))
+        sh = ev.get("shift") or {}
+        if "reading" in sh:
+            out.append(note(esc(sh["reading"]), "warn" if sh.get("shifted") else "info"))
+        elif sh.get("unavailable"):
+            out.append(note("dataset shift not measured: " + esc(str(sh["unavailable"])), "missing"))
+        groups = ev.get("subgroups") or {}
+        srows = []
+        for breakdown, levels in groups.items():
+            for level, e in levels.items():
+                vals = e.get("metrics") or {}
+                srows.append([f"<b>{esc(breakdown)}</b>", esc(str(level)), str(e.get("n_patients", "")),
+                              str(e.get("n_samples", "")),
+                              *[fmt((vals.get(n) or {}).get("value") if isinstance(vals.get(n), dict) else vals.get(n))
+                                for n in ("auroc", "balanced_accuracy")], esc(e.get("reason") or "")])
+        if srows:
+            out.append(table(["breakdown", "group", "patients", "samples", "AUROC", "Balanced accuracy", "note"],
+                             srows))
+        for n in info.get("notes") or []:
+            out.append(note(esc(str(n)), "warn"))
+    return out
+
+
 def embedding_map(d: ReportData) -> list[str]:
     e = d.embedding
     if e is None:
@@ -703,9 +768,16 @@ def limitations(d: ReportData) -> list[str]:
                      "probabilities as risks. ECE depends on the bin scheme and is noisy on small test sets.")
     else:
         items.append("<b>Calibration</b>: not done in this run — probabilities are uncalibrated.")
-    items.append("<b>Not validated</b>: the test split comes from the same data source as training "
-                 "(internal validation only); there is no external, multi-centre or prospective validation, and "
-                 "no reader study. Performance on other sites, devices and populations is unknown.")
+    evs = d.evaluations
+    if evs:
+        items.append("<b>Validation</b>: besides the internal test split, the model was validated externally on "
+                     + ", ".join(esc(str(e.get("name", "?"))) for e in evs) + " (see <i>External validation</i>); "
+                     "there is no prospective validation and no reader study. Other sites, devices and populations "
+                     "may still differ.")
+    else:
+        items.append("<b>Not validated</b>: the test split comes from the same data source as training "
+                     "(internal validation only); there is no external, multi-centre or prospective validation, and "
+                     "no reader study. Performance on other sites, devices and populations is unknown.")
     if (d.site_summary or {}) and len({k for per in (d.site_summary or {}).values() for k in per}) > 1:
         items.append("<b>Sites</b>: patients from several sites were pooled; see the per-site table for "
                      "differences, and note that small sites are not computed.")
@@ -736,6 +808,7 @@ SECTIONS: dict[str, tuple[str, Callable[[ReportData], list[str]]]] = {
     "saliency": ("Saliency: where the model looks", saliency),
     "segmentation": ("Segmentation", segmentation),
     "label_efficiency": ("Label efficiency", label_efficiency),
+    "external": ("External validation", external_validation),
     "limitations": ("Limitations", limitations),
 }
 

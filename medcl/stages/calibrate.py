@@ -9,7 +9,9 @@ ECE (equal-width and adaptive bins, bin count stated), MCE, Brier and NLL before
 reliability-diagram data. Then logs the deployable model — encoder → head → calibration → probabilities —
 as a pyfunc that bundles the run's preprocessing (:mod:`medcl.tracking.pyfunc`: file paths or raw arrays in),
 with the class names, the calibration, the operating point and the input shape as metadata, and registers it
-when ``tracking.register_model`` is set.
+when ``tracking.register_model`` is set. Last, the features of that model's encoder on (at most 1000) training
+samples, read exactly as new data are, are logged as ``reference_features.npz`` (features and patient *indices*):
+the reference ``medcl evaluate`` measures dataset shift against.
 """
 
 from __future__ import annotations
@@ -150,6 +152,14 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
             "input_shape": list(example.shape[1:])}, default=_jsonable))
         model_uri = log_classifier(tracker, model, meta_out, out_dir / "model", pip_requirements=_requirements(),
                                    registered_model_name=cfg.tracking.register_model)
+        # the training data as the model sees it: what `medcl evaluate` measures dataset shift against
+        from medcl.tasks.export import Predictor, reference_features
+
+        ref = reference_features(Predictor(model, meta_out), data.items("train"), seed=cfg.seed)
+        np.savez_compressed(out_dir / "reference_features.npz", **ref)
+        tracker.log_artifact(out_dir / "reference_features.npz")
+        log.info("reference features of %d training samples (%d patients) logged for dataset-shift checks",
+                 len(ref["patient"]), len(np.unique(ref["patient"])))
     b, a = rep["before"], rep["after"]
     ece_key = next((k for k in ("ece_equal_width", "ece", "ece_adaptive") if k in b), None)
     summary = []

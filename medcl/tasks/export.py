@@ -46,11 +46,17 @@ class CalibratedClassifier(nn.Module):
         self.register_buffer("cal_t", torch.as_tensor(t))
         self.register_buffer("cal_c", torch.as_tensor(np.asarray(cal.get("c", np.ones(k)), dtype=np.float32)))
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled encoder features ``(N, D)`` of a preprocessed batch ``(N, C, *S)``."""
         f = self.encoder(x)
-        if f.ndim > 2:
-            f = f.flatten(2).mean(-1)
-        return self.head(f)
+        return f.flatten(2).mean(-1) if f.ndim > 2 else f
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def uncalibrated(self, z: torch.Tensor) -> torch.Tensor:
+        """Probabilities of head logits ``z`` without the calibrator (softmax or sigmoid)."""
+        return torch.softmax(z, dim=1) if self.task in ("multiclass", "ordinal") else torch.sigmoid(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.from_logits(self.logits(x.float()))
@@ -160,6 +166,17 @@ class Predictor:
         with torch.no_grad():
             return self.model(torch.as_tensor(x, dtype=torch.float32).to(dev)).float().cpu().numpy().reshape(len(x), -1)
 
+    def parts(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        """Everything the model computes on a preprocessed batch ``(N, C, *S)``: ``features`` ``(N, D)`` (pooled
+        encoder output), ``logits``, ``uncalibrated`` and ``probabilities`` (calibrated), each ``(N, K_out)``."""
+        dev = next(self.model.parameters()).device
+        with torch.no_grad():
+            f = self.model.features(torch.as_tensor(x, dtype=torch.float32).to(dev))
+            z = self.model.head(f)
+            out = {"features": f, "logits": z, "uncalibrated": self.model.uncalibrated(z),
+                   "probabilities": self.model.from_logits(z)}
+            return {k: v.float().cpu().numpy().reshape(len(x), -1) for k, v in out.items()}
+
     def call(self, probs: np.ndarray) -> str:
         """The class name(s) at the model's operating point for one sample's probabilities ``(K_out,)``."""
         op = self.meta.get("operating_point") or {}
@@ -200,3 +217,29 @@ class Predictor:
                             fix="pass files medcl reads (or raw channel-first arrays) of the kind the model was "
                             "trained on; `medcl predict` writes one row per input with its status instead")
         return np.concatenate(out) if out else np.zeros((0, len(self.columns)), np.float32)
+
+
+def reference_features(predictor: Predictor, items: list[dict[str, Any]], *, max_samples: int = 1000, seed: int = 0,
+                       batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Pooled encoder features of (at most ``max_samples``, seeded) training items, read exactly as new data are
+    (:meth:`Predictor.prepare`): the reference ``medcl evaluate`` measures dataset shift against.
+
+    Args:
+        items: dataset items (``{"image": path, "patient": int, ...}``, ``DataBundle.items``).
+
+    Returns:
+        ``{"features": (n, D) float32, "patient": (n,) int64}`` (patient indices, never identifiers).
+    """
+    rng = np.random.default_rng(seed)
+    if len(items) > max_samples:
+        items = [items[i] for i in sorted(rng.choice(len(items), max_samples, replace=False))]
+    feats, pats = [], []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        x = torch.stack([predictor.prepare(it["image"], where=f"training item {it.get('index', start)}")
+                         for it in chunk])
+        feats.append(predictor.parts(x)["features"])
+        pats += [int(it["patient"]) for it in chunk]
+    d = feats[0].shape[1] if feats else 0
+    return {"features": np.concatenate(feats) if feats else np.zeros((0, d), np.float32),
+            "patient": np.asarray(pats, dtype=np.int64)}

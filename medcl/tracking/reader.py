@@ -58,7 +58,7 @@ class RunReader:
     """Read-only access to a pipeline run and its stages.
 
     Args:
-        run_id: the pipeline run, or one of its stage runs (then its parent is read).
+        run_id: the pipeline run, or one of its stage or evaluation runs (then its parent is read).
         tracking_uri: MLflow store; default ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``.
         cache_dir: where artifacts are downloaded (default: a fresh temp folder, removed with the reader).
 
@@ -78,7 +78,7 @@ class RunReader:
             weakref.finalize(self, shutil.rmtree, str(self.cache_dir), ignore_errors=True)
         run = self._get(run_id)
         parent_id = run.data.tags.get("mlflow.parentRunId")
-        if parent_id and run.data.tags.get("medcl.kind") == "stage":
+        if parent_id and run.data.tags.get("medcl.kind") in ("stage", "evaluation"):
             run = self._get(parent_id)
         self.run = RunView.from_run(run)
         self.experiment_id = run.info.experiment_id
@@ -119,7 +119,16 @@ class RunReader:
         """The newest run of stage ``name``, or ``None`` when the stage never ran."""
         return self.stages.get(name)
 
+    def children(self, kind: str) -> list[RunView]:
+        """The pipeline's nested runs tagged ``medcl.kind = kind`` (e.g. ``evaluation``), oldest first."""
+        runs = self._do(lambda: self.client.search_runs(
+            [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.run.run_id}' and tags.`medcl.kind` = '{kind}'",
+            max_results=200, order_by=["attributes.start_time ASC"]), f"searching {kind} runs")
+        return [RunView.from_run(r) for r in runs]
+
     def _run_id_of(self, stage: str | None) -> str | None:
+        if stage is not None and stage.startswith("run:"):  # a nested run by id (see children())
+            return stage[4:]
         if stage is None:
             return self.run.run_id
         s = self.stages.get(stage)
@@ -157,7 +166,7 @@ class RunReader:
         run_id = self._run_id_of(stage)
         if run_id is None:
             return None
-        dst = self.cache_dir / (stage or "_pipeline")
+        dst = self.cache_dir / (stage or "_pipeline").replace(":", "_")
         local = dst / path
         if local.exists():
             return local

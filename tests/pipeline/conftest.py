@@ -31,3 +31,18 @@ def _tiny_overrides(manifest: Path, tmp: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_overrides():
     return _tiny_overrides
+
+
+@pytest.fixture(scope="session")
+def trained_oct(tmp_path_factory):
+    """The tiny OCT demo pipeline, run once per session: pretrain → classify (linear) → calibrate, with its logged
+    model (used by the predict and evaluate tests)."""
+    from medcl.data.synth import synthesize
+    from medcl.pipeline import load_pipeline, run_pipeline
+
+    root = tmp_path_factory.mktemp("trained-oct")
+    manifest = Path(synthesize(root / "data", modalities=["oct"], patients=12, seed=0)).parent / "oct" / "manifest.csv"
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    cfg = load_pipeline(REPO / "pipelines" / "demo" / "oct.yaml", [*_tiny_overrides(manifest, root), f"tracking.uri={uri}"])
+    ctx = run_pipeline(cfg)
+    return {"ctx": ctx, "uri": uri, "manifest": manifest, "root": root}

@@ -16,17 +16,9 @@ DEMO = Path(__file__).resolve().parents[2] / "pipelines" / "demo" / "oct.yaml"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_overrides):
-    """The tiny OCT demo pipeline, run once: pretrain → classify (linear) → calibrate, with its logged model."""
-    from medcl.data.synth import synthesize
-    from medcl.pipeline import load_pipeline, run_pipeline
-
-    root = tmp_path_factory.mktemp("predict")
-    manifest = Path(synthesize(root / "data", modalities=["oct"], patients=12, seed=0)).parent / "oct" / "manifest.csv"
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    cfg = load_pipeline(DEMO, [*tiny_overrides(manifest, root), f"tracking.uri={uri}"])
-    ctx = run_pipeline(cfg)
-    return {"ctx": ctx, "uri": uri, "manifest": manifest, "root": root}
+def trained(trained_oct):
+    """The tiny OCT demo run with its logged model (``conftest.trained_oct``, shared with the evaluate tests)."""
+    return trained_oct
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
