@@ -370,6 +370,8 @@ def _log_pipeline_inputs(parent: Any, cfg: PipelineConfig, data: Any, run_dir: P
                                                                                  "data.cache_dir", "runtime.output_dir",
                                                                                  "model.pretrained_path"))}
     parent.log_params(params)
+    if str(cfg.model.pretrained_path or "").startswith(("runs:/", "models:/")):  # a model URI, not a local path
+        parent.log_params({"model.pretrained_uri": cfg.model.pretrained_path})
     split_path = run_dir / "split.csv"
     save_split(split_path, data.records, data.assignment)
     parent.log_artifact(split_path)

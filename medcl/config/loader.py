@@ -218,7 +218,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     set_keys = {parse_override(o)[0][-1] for o in overrides or []} if overrides else set()
     for section, key in (("data", "manifest"), ("data", "root"), ("data", "cache_dir"), ("model", "pretrained_path")):
         val = getattr(getattr(cfg, section), key)
-        if val and not Path(val).is_absolute():
+        if val and not Path(val).is_absolute() and not str(val).startswith(("runs:/", "models:/")):
             anchor = Path.cwd() if key in set_keys else base
             setattr(getattr(cfg, section), key, str((anchor / val).resolve()))
     return cfg

@@ -67,7 +67,9 @@ class ModelConfig(Section):
     encoder: str = "resnet18"
     in_channels: int = Field(1, ge=1)
     spatial_dims: Literal[1, 2, 3] = 2
-    pretrained_path: str | None = Field(None, description="local weights file (never downloaded)")
+    pretrained_path: str | None = Field(None, description="local weights file, or the runs:/ or models:/ URI of a "
+                                        "model medcl logged to your tracking store (a pretrain stage's encoder, a "
+                                        "calibrate stage's model); never downloaded from a hub")
     options: dict[str, Any] = Field(default_factory=dict, description="extra encoder arguments")
     proj_hidden_dim: int = Field(512, ge=1)
     proj_dim: int = Field(128, ge=1)

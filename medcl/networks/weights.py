@@ -81,8 +81,8 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             "weights file not found",
             where=str(p),
-            fix="point model.pretrained_path at an existing local .pth/.safetensors file "
-            "(medcl never downloads weights)",
+            fix="point model.pretrained_path at an existing local .pth/.safetensors file, or at the runs:/ or "
+            "models:/ URI of a model medcl logged (medcl never downloads weights from a hub)",
         )
     with p.open("rb") as fh:
         head = fh.read(8)

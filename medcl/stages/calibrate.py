@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from medcl.errors import StageError
+from medcl.stages.common import data_modality, model_requirements
 from medcl.stages.common import jsonable as _jsonable
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
             "classes": data.classes, "task": task, "calibration": calibration, "preprocessing": preprocessing,
             "operating_point": operating_point, "modality": data_modality(ctx),
             "input_shape": list(example.shape[1:])}, default=_jsonable))
-        model_uri = log_classifier(tracker, model, meta_out, out_dir / "model", pip_requirements=_requirements(),
+        model_uri = log_classifier(tracker, model, meta_out, out_dir / "model", pip_requirements=model_requirements(),
                                    registered_model_name=cfg.tracking.register_model)
         # the training data as the model sees it: what `medcl evaluate` measures dataset shift against
         from medcl.tasks.export import Predictor, reference_features
@@ -175,15 +176,6 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
             "temperature": rep.get("temperature"), "summary": summary}
 
 
-def data_modality(ctx: Any) -> str | None:
-    """The run's modality (``data.modality``, else the manifest's single modality)."""
-    m = getattr(ctx.cfg.data, "modality", None)
-    if m:
-        return str(m)
-    found = {getattr(r, "modality", None) for r in ctx.data.records}
-    return found.pop() if len(found) == 1 else None
-
-
 def _operating_point(model: Any, task: str, threshold: float | None, rule: str) -> dict[str, Any]:
     """How a class is called from the model's *calibrated* probabilities.
 
@@ -204,18 +196,3 @@ def _operating_point(model: Any, task: str, threshold: float | None, rule: str) 
     if task == "multilabel":
         return {"rule": "threshold", "threshold": 0.5, "chosen_by": "default 0.5 per label"}
     return {"rule": "argmax", "chosen_by": "most probable class"}
-
-
-def _requirements() -> list[str]:
-    """Pinned requirements of the logged model (saves MLflow's slow requirement inference)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for pkg in ("torch", "numpy", "monai", "timm", "medcl"):
-        try:
-            out.append(f"{pkg}=={version(pkg)}")
-        except PackageNotFoundError:
-            continue
-    return out
-
-

@@ -45,12 +45,18 @@ def make_transforms(cfg: Any, *, train: bool, views: int = 1, with_mask: bool = 
 
 
 def make_encoder(cfg: Any, weights: str | Path | None = None):
-    """The configured encoder; ``weights`` (an ``encoder.pt`` from pretraining) overrides the config's."""
+    """The configured encoder; ``weights`` (an ``encoder.pt`` from pretraining) overrides the config's
+    ``model.pretrained_path`` (a local file, or a ``runs:/`` / ``models:/`` URI of a model medcl logged)."""
     from medcl.networks import build_encoder
 
     m = cfg.model
-    return build_encoder(m.encoder, in_channels=m.in_channels, spatial_dims=m.spatial_dims,
-                         pretrained_path=str(weights) if weights else m.pretrained_path, **m.options)
+    path = str(weights) if weights else m.pretrained_path
+    if path and path.startswith(("runs:/", "models:/")):  # an MLflow model medcl logged: its weights file
+        from medcl.tracking.pyfunc import weights_from_uri
+
+        path = str(weights_from_uri(path, cfg.tracking.uri))
+    return build_encoder(m.encoder, in_channels=m.in_channels, spatial_dims=m.spatial_dims, pretrained_path=path,
+                         **m.options)
 
 
 def make_loader(ctx: Any, items: list[dict], transform: Any, *, batch_size: int, shuffle: bool, train: bool,
@@ -125,3 +131,25 @@ def supervised_setup(ctx: Any, items: list[dict], transform: Any, params_or_grou
         return loader
 
     return factory, opt, sched, epochs, total
+
+
+def data_modality(ctx: Any) -> str | None:
+    """The run's modality (``data.modality``, else the manifest's single modality)."""
+    m = getattr(ctx.cfg.data, "modality", None)
+    if m:
+        return str(m)
+    found = {getattr(r, "modality", None) for r in ctx.data.records}
+    return found.pop() if len(found) == 1 else None
+
+
+def model_requirements() -> list[str]:
+    """Pinned requirements of the logged model (saves MLflow's slow requirement inference)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for pkg in ("torch", "numpy", "monai", "timm", "medcl"):
+        try:
+            out.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            continue
+    return out

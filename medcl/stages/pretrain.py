@@ -122,6 +122,8 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
     # -- hand the encoder on (rank 0 writes it; the others wait until it is there) -------------------
     hand_on = ctx.on_main("pretrain: saving the encoder", lambda: _save_encoders(ctx, unwrap_model(model).encoder, probe))
     tracker.log_params({"pretrain.selected": hand_on["selected"]})
+    encoder_uri = ctx.on_main("pretrain: logging the encoder model", lambda: _log_encoder_model(ctx, tracker,
+                                                                                                 hand_on["encoder"]))
     if hand_on.get("selected_step") is not None:
         tracker.log_metrics({"probe/selected_step": float(hand_on["selected_step"])})
     last = history[-1] if history else {}
@@ -135,7 +137,7 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
         summary.append({"model": p.method, "metric": "data wait fraction", "value": f"{last['data_wait_fraction']:.2f}"})
     del torch
     images = steps_run * p.grad_accum * per_rank_batch * ctx.world_size * p.views
-    return {"encoder": hand_on["encoder"], "final_loss": loss, "epochs_run": len(history), "summary": summary,
+    return {"encoder": hand_on["encoder"], "encoder_uri": encoder_uri, "final_loss": loss, "epochs_run": len(history), "summary": summary,
             "train_seconds": round(train_s, 2), "steps_run": steps_run,
             "images_per_s": round(images / train_s, 1) if train_s > 0 and steps_run else None,
             **{k: v for k, v in hand_on.items() if k != "encoder"}}
@@ -224,6 +226,34 @@ def _save_encoders(ctx: Any, encoder: Any, probe: Any) -> dict[str, Any]:
     atomic_write_bytes(out / "encoder.pt", chosen.read_bytes())
     info["encoder"] = str(out / "encoder.pt")
     return info
+
+
+def _log_encoder_model(ctx: Any, tracker: Any, path: str) -> str | None:
+    """Log the handed-on encoder as an MLflow model (``runs:/<this stage's run>/encoder``): the pyfunc gives
+    features of files with the run's preprocessing, and ``model.pretrained_path`` of another pipeline can start
+    from it. Registered as ``<tracking.register_model>-encoder`` when a registry name is set. Its URI (``None``
+    without a tracking store)."""
+    if not tracker.active:
+        return None
+    import json
+
+    from medcl.stages.common import data_modality, jsonable, make_encoder, model_requirements
+    from medcl.tasks.export import FeatureExtractor
+    from medcl.tracking.pyfunc import log_encoder
+
+    cfg = ctx.cfg
+    base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})
+    encoder = make_encoder(base, weights=path).eval()
+    meta: dict[str, Any] = {"preprocessing": {"preset": cfg.transforms.preset, **(cfg.transforms.model_extra or {})},
+                            "feature_dim": int(encoder.feature_dim), "encoder": cfg.model.encoder,
+                            "method": cfg.pretrain.method, "modality": data_modality(ctx), "input_shape": None,
+                            "output": "pooled encoder features f0 … fD-1"}
+    items = ctx.data.items("train")[:1] or ctx.data.items(None)[:1]
+    meta["input_shape"] = list(FeatureExtractor(encoder, meta).prepare(items[0]["image"], "a training sample").shape)
+    name = f"{cfg.tracking.register_model}-encoder" if cfg.tracking.register_model else None
+    log_encoder(tracker, encoder, json.loads(json.dumps(meta, default=jsonable)), ctx.stage_dir("pretrain") / "model",
+                registered_model_name=name, pip_requirements=model_requirements())
+    return f"runs:/{tracker.run_id}/encoder"
 
 
 # -- resuming with a different number of processes -------------------------------------------------------

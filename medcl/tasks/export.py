@@ -115,29 +115,19 @@ def eval_transform(preprocessing: dict[str, Any]) -> Any:
     return build_transforms(str(preprocessing["preset"]), train=False, views=1, **params)
 
 
-class Predictor:
-    """A logged classifier with everything needed to apply it: what the MLflow pyfunc and ``medcl predict`` run.
+class ModelInputs:
+    """What every logged medcl model shares: the run's evaluation preprocessing and the input shape it checks.
 
     Args:
-        model: :class:`CalibratedClassifier` (``(N, C, *S)`` preprocessed → ``(N, K_out)`` probabilities).
-        meta: the model's metadata: ``classes``, ``task``, ``preprocessing`` (preset and parameters),
-            ``operating_point``, ``modality``, ``input_shape`` (one sample, ``(C, *S)``).
+        meta: ``preprocessing`` (preset and parameters) and ``input_shape`` (one sample, ``(C, *S)``, or absent).
     """
 
-    def __init__(self, model: nn.Module, meta: dict[str, Any]) -> None:
-        self.model = model.eval()
+    def __init__(self, meta: dict[str, Any]) -> None:
         self.meta = dict(meta)
-        self.classes = [str(c) for c in meta["classes"]]
-        self.task = str(meta["task"])
         self.preprocessing = dict(meta["preprocessing"])
         shape = meta.get("input_shape")
         self.input_shape = tuple(int(d) for d in shape) if shape else None
         self.transform = eval_transform(self.preprocessing)
-
-    @property
-    def columns(self) -> list[str]:
-        """Output columns: ``p_<positive class>`` (binary) or ``p_<class>`` per class."""
-        return [f"p_{self.classes[1]}"] if self.task == "binary" else [f"p_{c}" for c in self.classes]
 
     def prepare(self, item: Any, where: str = "input") -> torch.Tensor:
         """One sample — a file path (any format medcl reads) or a raw channel-first array in the modality's own
@@ -159,6 +149,86 @@ class Predictor:
                 f"channel(s) and {x.ndim - 1} dimension(s) vs {self.input_shape[0]} and {len(self.input_shape) - 1})",
                 where=where, fix="use files of the kind the model was trained on (modality, colour, 2D/3D)")
         return x
+
+    def _batched(self, inputs: list[Any], fn: Any, width: int, *, batch_size: int, preprocessed: bool) -> np.ndarray:
+        """``fn`` (a preprocessed batch → ``(B, width)``) over ``inputs``, ``batch_size`` at a time.
+
+        Raises:
+            DataError: naming every input that could not be read or preprocessed (nothing is skipped).
+        """
+        from medcl import phi
+        from medcl.errors import DataError
+
+        out, failed = [], []
+        for start in range(0, len(inputs), max(1, int(batch_size))):
+            xs = []
+            for k, item in enumerate(inputs[start:start + batch_size], start=start):
+                where = str(item) if isinstance(item, (str, bytes)) or hasattr(item, "__fspath__") else f"input {k}"
+                try:
+                    xs.append(torch.as_tensor(np.asarray(item), dtype=torch.float32) if preprocessed
+                              else self.prepare(item, where))
+                except Exception as exc:  # noqa: BLE001 - every failure is collected and reported together
+                    msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                    failed.append(phi.redact(f"{where}: {msg}"))
+            if xs and not failed:
+                out.append(fn(torch.stack(xs)))
+        if failed:
+            raise DataError(f"{len(failed)} of {len(inputs)} input(s) could not be predicted: " + "; ".join(failed[:5])
+                            + (" …" if len(failed) > 5 else ""), where="model input",
+                            fix="pass files medcl reads (or raw channel-first arrays) of the kind the model was "
+                            "trained on; `medcl predict` writes one row per input with its status instead")
+        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+
+
+class FeatureExtractor(ModelInputs):
+    """A logged pretrained encoder with its preprocessing: paths or raw arrays in, pooled features ``(N, D)`` out.
+
+    Args:
+        encoder: ``(N, C, *S) -> (N, D)`` or a feature map ``(N, D, *S')`` (averaged over space).
+        meta: as :class:`ModelInputs`, plus ``feature_dim``, ``encoder``, ``method``, ``modality``.
+    """
+
+    def __init__(self, encoder: nn.Module, meta: dict[str, Any]) -> None:
+        super().__init__(meta)
+        self.model = encoder.eval()
+        self.feature_dim = int(meta["feature_dim"])
+
+    @property
+    def columns(self) -> list[str]:
+        return [f"f{j}" for j in range(self.feature_dim)]
+
+    def features(self, x: torch.Tensor) -> np.ndarray:
+        """``(N, D)`` pooled features of a preprocessed batch ``(N, C, *S)``."""
+        dev = next(self.model.parameters()).device
+        with torch.no_grad():
+            f = self.model(torch.as_tensor(x, dtype=torch.float32).to(dev))
+            f = f.flatten(2).mean(-1) if f.ndim > 2 else f
+            return f.float().cpu().numpy().reshape(len(x), -1)
+
+    def predict(self, inputs: list[Any], *, batch_size: int = 16, preprocessed: bool = False) -> np.ndarray:
+        """``(N, D)`` features of ``inputs`` (paths or raw arrays). Raises DataError naming unreadable inputs."""
+        return self._batched(inputs, self.features, self.feature_dim, batch_size=batch_size, preprocessed=preprocessed)
+
+
+class Predictor(ModelInputs):
+    """A logged classifier with everything needed to apply it: what the MLflow pyfunc and ``medcl predict`` run.
+
+    Args:
+        model: :class:`CalibratedClassifier` (``(N, C, *S)`` preprocessed → ``(N, K_out)`` probabilities).
+        meta: the model's metadata: ``classes``, ``task``, ``preprocessing`` (preset and parameters),
+            ``operating_point``, ``modality``, ``input_shape`` (one sample, ``(C, *S)``).
+    """
+
+    def __init__(self, model: nn.Module, meta: dict[str, Any]) -> None:
+        super().__init__(meta)
+        self.model = model.eval()
+        self.classes = [str(c) for c in meta["classes"]]
+        self.task = str(meta["task"])
+
+    @property
+    def columns(self) -> list[str]:
+        """Output columns: ``p_<positive class>`` (binary) or ``p_<class>`` per class."""
+        return [f"p_{self.classes[1]}"] if self.task == "binary" else [f"p_{c}" for c in self.classes]
 
     def probabilities(self, x: torch.Tensor) -> np.ndarray:
         """``(N, K_out)`` calibrated probabilities of a preprocessed batch ``(N, C, *S)``."""
@@ -195,28 +265,8 @@ class Predictor:
         Raises:
             DataError: naming every input that could not be read or preprocessed (nothing is skipped).
         """
-        from medcl import phi
-        from medcl.errors import DataError
-
-        out, failed = [], []
-        for start in range(0, len(inputs), max(1, int(batch_size))):
-            xs = []
-            for k, item in enumerate(inputs[start:start + batch_size], start=start):
-                where = str(item) if isinstance(item, (str, bytes)) or hasattr(item, "__fspath__") else f"input {k}"
-                try:
-                    xs.append(torch.as_tensor(np.asarray(item), dtype=torch.float32) if preprocessed
-                              else self.prepare(item, where))
-                except Exception as exc:  # noqa: BLE001 - every failure is collected and reported together
-                    msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-                    failed.append(phi.redact(f"{where}: {msg}"))
-            if xs and not failed:
-                out.append(self.probabilities(torch.stack(xs)))
-        if failed:
-            raise DataError(f"{len(failed)} of {len(inputs)} input(s) could not be predicted: " + "; ".join(failed[:5])
-                            + (" …" if len(failed) > 5 else ""), where="model input",
-                            fix="pass files medcl reads (or raw channel-first arrays) of the kind the model was "
-                            "trained on; `medcl predict` writes one row per input with its status instead")
-        return np.concatenate(out) if out else np.zeros((0, len(self.columns)), np.float32)
+        return self._batched(inputs, self.probabilities, len(self.columns), batch_size=batch_size,
+                             preprocessed=preprocessed)
 
 
 def reference_features(predictor: Predictor, items: list[dict[str, Any]], *, max_samples: int = 1000, seed: int = 0,

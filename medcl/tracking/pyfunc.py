@@ -47,6 +47,27 @@ class MedclClassifier(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(probs, columns=self.predictor.columns)
 
 
+class MedclEncoder(mlflow.pyfunc.PythonModel):
+    """pyfunc of a pretrained encoder: paths or raw arrays → the run's preprocessing → pooled features ``f0 … fD-1``."""
+
+    def load_context(self, context: Any) -> None:
+        import torch
+
+        from medcl.tasks.export import FeatureExtractor
+
+        meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        encoder = torch.load(context.artifacts["encoder"], map_location="cpu", weights_only=False)
+        self.extractor = FeatureExtractor(encoder, meta)
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a signature from them
+        import pandas as pd
+
+        params = dict(params or {})
+        feats = self.extractor.predict(as_inputs(model_input), batch_size=int(params.get("batch_size", 16)),
+                                       preprocessed=bool(params.get("preprocessed", False)))
+        return pd.DataFrame(feats, columns=self.extractor.columns)
+
+
 def as_inputs(data: Any) -> list[Any]:
     """The list of samples in ``data`` (see the module docstring).
 
@@ -117,3 +138,77 @@ def load_predictor(model_uri: str, tracking_uri: str, device: str = "cpu") -> tu
     predictor = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().predictor
     predictor.model.to(device)
     return predictor, info
+
+
+def log_encoder(tracker: Any, encoder: Any, meta: dict[str, Any], work_dir: Path, *,
+                registered_model_name: str | None = None, pip_requirements: list[str] | None = None) -> str:
+    """Log a pretrained ``encoder`` (an ``nn.Module``) with ``meta`` (preprocessing, input shape, feature size,
+    encoder name, method, modality) as the :class:`MedclEncoder` pyfunc under ``encoder``; its URI.
+
+    The artifact ``encoder.pt`` is the pickled module: ``model.pretrained_path: runs:/<run>/encoder`` starts
+    another pipeline from it, and ``mlflow.pyfunc.load_model(uri).predict(paths)`` gives features."""
+    import torch
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(encoder, work_dir / "encoder.pt")
+    (work_dir / "medcl_encoder.json").write_text(json.dumps(meta, indent=2))
+    return tracker.log_model(None, "encoder", pyfunc_model=MedclEncoder(),
+                             artifacts={"encoder": str(work_dir / "encoder.pt"),
+                                        "meta": str(work_dir / "medcl_encoder.json")},
+                             registered_model_name=registered_model_name, pip_requirements=pip_requirements,
+                             metadata=meta)
+
+
+#: weights files inside a medcl MLflow model, in the order they are looked for
+_WEIGHTS = ("encoder.pt", "model.pt", "segmenter.pt")
+_downloaded: dict[tuple[str, str], Path] = {}
+
+
+def is_model_uri(value: str | None) -> bool:
+    """``runs:/…`` or ``models:/…`` (an MLflow model URI, not a local path)."""
+    return bool(value) and str(value).startswith(("runs:/", "models:/"))
+
+
+def weights_from_uri(uri: str, tracking_uri: str | None = None) -> Path:
+    """The local weights file of a medcl MLflow model (``runs:/<run id>/encoder``, ``runs:/<run id>/model``,
+    ``models:/<name>/<version>`` …), downloaded once per process into a temporary folder.
+
+    A pretrained encoder gives its ``encoder.pt``; a classifier or segmenter its pickled module, whose encoder
+    weights :func:`medcl.networks.weights.load_pretrained` picks out by their names.
+
+    Raises:
+        TrackingError: the URI does not resolve, or the model holds no medcl weights file.
+    """
+    import shutil
+    import tempfile
+
+    from medcl.errors import TrackingError
+    from medcl.tracking.mlflow_tracker import default_tracking_uri
+
+    tracking_uri = tracking_uri or default_tracking_uri()
+    key = (uri, tracking_uri)
+    if key in _downloaded and _downloaded[key].is_file():
+        return _downloaded[key]
+    dst = Path(tempfile.mkdtemp(prefix="medcl-weights-"))
+    import atexit
+
+    atexit.register(shutil.rmtree, str(dst), ignore_errors=True)
+    try:
+        import mlflow
+
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst),
+                                                         tracking_uri=tracking_uri))
+    except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; the user needs the URI and the cause
+        raise TrackingError(f"cannot download the model {uri}: {type(exc).__name__}: {str(exc)[:300]}",
+                            where="model.pretrained_path",
+                            fix="use runs:/<pretrain stage run id>/encoder, runs:/<calibrate run id>/model or "
+                            "models:/<name>/<version> from this tracking store (tracking.uri / MLFLOW_TRACKING_URI)"
+                            ) from None
+    found = [f for name in _WEIGHTS for f in sorted(local.rglob(name))]
+    if not found:
+        raise TrackingError(f"the model {uri} holds no medcl weights file ({', '.join(_WEIGHTS)})",
+                            where="model.pretrained_path",
+                            fix="point at a model medcl logged (the pretrain stage's encoder, the calibrate stage's "
+                            "model)")
+    _downloaded[key] = found[0]
+    return found[0]
