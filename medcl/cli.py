@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clear-ids", action="store_true",
                    help="write the manifest's patient ids in clear in YOUR output (default: pseudonymised with "
                    "MEDCL_PSEUDONYM_KEY, as in the run)")
+    p.add_argument("--task", choices=["auto", "classify", "segment"], default="auto",
+                   help="classify (the calibrated classifier) or segment (the segment stage's model: one mask per "
+                   "input, NIfTI for volumes / PNG for images on the input's own grid, in OUT's stem + _masks/, "
+                   "and a DICOM SEG for DICOM series); auto: the classifier when the run has one, else segment")
+    p.add_argument("--no-dicom-seg", action="store_true", help="segment: no DICOM SEG next to the NIfTI masks")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("embed", help="encoder features of new files (one row per input) for your own analyses",
@@ -325,6 +330,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("predict", "embed"):
             from medcl import predict as pr
 
+            if args.command == "predict" and pr.model_kind(args.source, args.tracking_uri, args.task) == "segment":
+                res = pr.predict_masks(args.source, args.input, args.out, tracking_uri=args.tracking_uri,
+                                       device=args.device, clear_ids=args.clear_ids, progress=not args.no_progress,
+                                       dicom_seg=not args.no_dicom_seg)
+                print(f"segmented {res.n_ok} sample(s) with {res.model_uri}"
+                      + (f"; {res.n_failed} could not be read (status column)" if res.n_failed else ""))
+                print(f"per sample: {res.samples}\nmasks: {res.samples.parent / (res.samples.stem + '_masks')}")
+                return 1 if res.n_ok == 0 else 0
             fn = pr.predict if args.command == "predict" else pr.embed
             res = fn(args.source, args.input, args.out, tracking_uri=args.tracking_uri,
                      batch_size=args.batch_size, device=args.device, clear_ids=args.clear_ids,

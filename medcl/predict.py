@@ -342,13 +342,20 @@ def embed(source: str, inp: str | Path, out: str | Path, *, tracking_uri: str | 
     """Encoder features of every sample of ``inp``: one row per input, ``f0 … f{D-1}`` (pooled, float32).
 
     The encoder is the one inside the run's logged classifier (the pretrained encoder, or the fine-tuned one
-    when the run's primary model was fine-tuned), with the same preprocessing as :func:`predict`.
+    when the run's primary model was fine-tuned), with the same preprocessing as :func:`predict`. For a run with
+    only a segmentation model, the segmenter's encoder (whole images) and each input's mask
+    (:func:`predict_masks`, ``mask`` column).
 
     Args: as :func:`predict`; ``out`` is ``.parquet`` or ``.csv``.
     """
     import torch
 
     out = Path(out)
+    if model_kind(source, tracking_uri) == "segment":  # a segmentation run: its encoder's features and the masks
+        if out.suffix.lower() not in (".parquet", ".csv"):
+            raise ConfigError(f"cannot write {out.name!r}", where="--out", fix="name the output .parquet or .csv")
+        return predict_masks(source, inp, out, tracking_uri=tracking_uri, device=device, clear_ids=clear_ids,
+                             progress=progress, dicom_seg=False, features=True)
     p = _prepare(source, inp, out, tracking_uri=tracking_uri, batch_size=batch_size, device=device,
                  clear_ids=clear_ids, suffixes=(".parquet", ".csv"))
     encoder = getattr(p.lm.model, "encoder", None)
@@ -393,3 +400,234 @@ def _clear_patients(manifest: Path) -> dict[str, str]:
     if col is None:
         return {}
     return {str(i + 1): str(v) for i, v in enumerate(df[col])}
+
+
+# ----------------------------------------------------------------------------------------------- segmentation
+def model_kind(source: str, tracking_uri: str | None = None, task: str = "auto") -> str:
+    """``classify`` or ``segment``: what ``medcl predict`` applies for ``source``.
+
+    ``task="auto"``: a run with a calibrated classifier predicts classes, a run with only a segmentation model
+    segments; a model URI or folder by its metadata. ``task="segment"`` / ``"classify"`` asks for one.
+
+    Raises:
+        ConfigError: an unknown ``task``.
+        TrackingError: the run has no model of that kind.
+    """
+    if task not in ("auto", "classify", "segment"):
+        raise ConfigError(f"unknown task {task!r}", where="--task", fix="use auto, classify or segment")
+    if not _RUN_ID.fullmatch(source):
+        if task != "auto":
+            return task
+        try:
+            import mlflow
+
+            from medcl.tracking.mlflow_tracker import default_tracking_uri
+
+            mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+            kind = (mlflow.models.get_model_info(source).metadata or {}).get("kind")
+        except Exception:  # noqa: BLE001 - an unreadable URI is reported by the loader with its cause
+            kind = None
+        return "segment" if kind == "segmenter" else "classify"
+    from medcl.tracking.reader import RunReader
+
+    stages = RunReader(source, tracking_uri).stages
+    has = {"classify": "calibrate" in stages, "segment": "segment" in stages}
+    if task == "auto":
+        task = "classify" if has["classify"] else ("segment" if has["segment"] else "classify")
+    if not has[task] and task == "segment":
+        raise TrackingError(f"run {source} has no segmentation model", where=f"run {source}",
+                            fix="segmentation needs a run with the segment stage; pass another run or --task classify")
+    return task
+
+
+def _segmenter_uri(source: str, tracking_uri: str | None) -> tuple[str, str | None]:
+    if not _RUN_ID.fullmatch(source):
+        return resolve_model_uri(source, tracking_uri)
+    from medcl.tracking.reader import RunReader
+
+    reader = RunReader(source, tracking_uri)
+    return f"runs:/{reader.stages['segment'].run_id}/segmenter", reader.run_id
+
+
+def _to_original_grid(labels: np.ndarray, affine: np.ndarray | None, sample: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """A label map of the preprocessed grid on the input's own grid: by the two voxel-to-RAS affines (nearest
+    neighbour, nibabel) for volumes, by size (nearest) for 2D images. Returns ``(labels, the input's affine)``."""
+    shape = tuple(sample.array.shape[1:])
+    orig_affine = sample.meta.get("affine")
+    if labels.ndim == 3 and affine is not None and orig_affine is not None:
+        import nibabel as nib
+        from nibabel.processing import resample_from_to
+
+        orig_affine = np.asarray(orig_affine, dtype=np.float64)
+        img = nib.Nifti1Image(labels.astype(np.int16), affine)
+        out = resample_from_to(img, (shape, orig_affine), order=0, mode="constant", cval=0)
+        return np.asarray(out.dataobj).astype(np.uint8), orig_affine
+    if labels.shape != shape:
+        from PIL import Image
+
+        labels = np.asarray(Image.fromarray(labels).resize((shape[1], shape[0]), Image.NEAREST))
+    return labels.astype(np.uint8), None
+
+
+def _dicom_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in (".dcm", ".dicom", ".ima"))
+
+
+def write_dicom_seg(source: Path, labels: np.ndarray, affine: np.ndarray, class_names: list[str], out: Path) -> Path:
+    """A DICOM Segmentation (highdicom) of ``labels`` — on the series' own grid ``(X, Y, Z)`` with voxel-to-RAS
+    ``affine`` — referencing the series in ``source`` (a folder of slices or one multi-slice file).
+
+    Each source frame is sampled from the label map at its pixels' patient coordinates (ImagePositionPatient,
+    ImageOrientationPatient, PixelSpacing; LPS → RAS), so the SEG needs no assumption about slice order. The SEG
+    carries the source study's patient module, as DICOM requires: it is an output for your PACS.
+    """
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    from medcl import __version__
+
+    datasets = [pydicom.dcmread(f) for f in _dicom_files(source)]
+    datasets = [d for d in datasets if "ImagePositionPatient" in d and "PixelData" in d]
+    if not datasets:
+        raise DataError("no DICOM image slices with a position to reference", where=str(source),
+                        fix="DICOM SEG needs the CT/MR series' slices; the NIfTI mask is still written")
+    inv = np.linalg.inv(affine)
+    frames = []
+    for d in datasets:
+        ipp, iop = np.asarray(d.ImagePositionPatient, float), np.asarray(d.ImageOrientationPatient, float)
+        dr, dc = (float(v) for v in d.PixelSpacing)
+        r, c = np.mgrid[0:int(d.Rows), 0:int(d.Columns)]
+        lps = ipp + c[..., None] * dc * iop[:3] + r[..., None] * dr * iop[3:]
+        ras = lps.reshape(-1, 3) * np.array([-1.0, -1.0, 1.0])
+        ijk = np.rint((inv[:3, :3] @ ras.T).T + inv[:3, 3]).astype(np.int64)
+        ok = np.all((ijk >= 0) & (ijk < np.asarray(labels.shape)), axis=1)
+        plane = np.zeros(len(ijk), np.uint8)
+        plane[ok] = labels[ijk[ok, 0], ijk[ok, 1], ijk[ok, 2]]
+        frames.append(plane.reshape(int(d.Rows), int(d.Columns)))
+    pixel = np.stack(frames)
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=k, segment_label=str(class_names[k])[:64],
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(name="medcl", version=__version__,
+                                                                    family=codes.cid7162.ArtificialIntelligence))
+        for k in range(1, len(class_names))]
+    seg = hd.seg.Segmentation(
+        source_images=datasets, pixel_array=pixel, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=9901,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medcl", manufacturer_model_name="medcl segmenter",
+        software_versions=__version__, device_serial_number="none", series_description="medcl segmentation")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(out)
+    return out
+
+
+def predict_masks(source: str, inp: str | Path, out: str | Path, *, tracking_uri: str | None = None,
+                  device: str | None = None, clear_ids: bool = False, progress: bool = True,
+                  dicom_seg: bool = True, features: bool = False) -> PredictResult:
+    """Segment every sample of ``inp`` with the run's logged segmenter and write one mask per input.
+
+    Each image/volume is read with the run's preprocessing (whole, no crop), segmented with sliding windows, and
+    its label map put back on the input's own grid: NIfTI (``.nii.gz``, the input's affine) for volumes, PNG
+    for 2D images, in ``<out stem>_masks/``; a DICOM series also gets a DICOM SEG (highdicom) unless
+    ``dicom_seg=False``. The table ``out`` has one row per input: status, mask file(s), voxels and (3D) volume in
+    ml per foreground class, model and run id; with ``features`` (``medcl embed`` on a segmentation run) also the
+    segmenter's encoder features ``f0 … fD-1`` (pooled over the whole image).
+    """
+    import torch
+
+    from medcl import phi
+    from medcl.data.readers import read
+    from medcl.engine.progress import StepProgress
+    from medcl.tracking.mlflow_tracker import default_tracking_uri
+    from medcl.tracking.pyfunc import load_segmenter
+
+    out = Path(out)
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise ConfigError(f"cannot write {out.name!r}", where="--out", fix="name the output .csv or .parquet")
+    uri = tracking_uri or default_tracking_uri()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model_uri, run_id = _segmenter_uri(source, uri)
+    try:
+        seg = load_segmenter(model_uri, uri, device)
+    except MedclError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise TrackingError(f"cannot load the segmenter {model_uri}: {type(exc).__name__}: {str(exc)[:300]}",
+                            where=f"tracking store {uri}", fix="check the run id / URI and --tracking-uri") from None
+    encoder = getattr(seg.model, "encoder", None)
+    if features and encoder is None:
+        raise TrackingError(f"the segmenter {model_uri} ({seg.meta.get('network')}) has no separate encoder to take "
+                            "features from", where=model_uri,
+                            fix="embed needs a segmenter built on an encoder (segment.network: encoder_unet), or "
+                            "use a run with a classifier")
+    rows = collect_inputs(inp, spatial_dims=seg.spatial_dims)
+    modality = seg.meta.get("modality")
+    if modality:
+        wrong = [r for r in rows if r.extra.get("modality") and r.extra["modality"] != modality]
+        if wrong:
+            raise DataError(f"{len(wrong)} row(s) are {wrong[0].extra['modality']!r} but the model was trained on "
+                            f"{modality!r}", where=f"{inp}, row {wrong[0].row}",
+                            fix=f"use only {modality} samples with this model (filter the manifest)")
+    clear = _clear_patients(Path(inp)) if clear_ids and rows and rows[0].row is not None else {}
+    masks = out.parent / f"{out.stem}_masks"
+    masks.mkdir(parents=True, exist_ok=True)
+    fg = [(k, c) for k, c in enumerate(seg.class_names) if k > 0]
+    log.info("%d sample(s), segmenter %s, on %s; masks in %s", len(rows), model_uri, device, masks)
+    records: list[dict[str, Any]] = []
+    with StepProgress(len(rows), "segment", enabled=progress, log_every=max(1, len(rows) // 10)) as bar:
+        for n, r in enumerate(rows):
+            base = {"row": r.row, "source": r.source,
+                    "patient": clear.get(str(r.row), r.patient) if clear else r.patient}
+            try:
+                x, affine = seg.prepare_whole(r.path, r.source)
+                labels, orig_affine = _to_original_grid(seg.labels(x), affine, read(r.path))
+                feats = {}
+                if features:
+                    with torch.no_grad():  # padded to at least one sliding window, as the network was trained
+                        from monai.transforms import SpatialPad
+
+                        xp = SpatialPad([max(a, b) for a, b in zip(x.shape[1:], seg.roi_size)])(x)
+                        f = encoder(torch.as_tensor(xp)[None].to(next(seg.model.parameters()).device))
+                        f = f[-1] if isinstance(f, (list, tuple)) else f  # a feature pyramid: its deepest level
+                        f = (f.flatten(2).mean(-1) if f.ndim > 2 else f)[0].float().cpu().numpy()
+                    feats = {f"f{j}": float(v) for j, v in enumerate(f)}
+                stem = re.sub(r"[^A-Za-z0-9._-]+", "_", r.path.name.split(".")[0])[:60] or "sample"
+                rec = {**base, "status": "ok", **feats}
+                if labels.ndim == 3:
+                    import nibabel as nib
+
+                    path = masks / f"{n + 1:04d}_{stem}_seg.nii.gz"
+                    nib.save(nib.Nifti1Image(labels, orig_affine), path)
+                    ml = abs(float(np.linalg.det(orig_affine[:3, :3]))) / 1000.0
+                    rec.update({f"volume_ml_{c}": float((labels == k).sum()) * ml for k, c in fg})
+                else:
+                    from PIL import Image
+
+                    path = masks / f"{n + 1:04d}_{stem}_seg.png"
+                    Image.fromarray(labels).save(path)
+                rec["mask"] = str(path.relative_to(out.parent))
+                rec.update({f"voxels_{c}": int((labels == k).sum()) for k, c in fg})
+                if dicom_seg and labels.ndim == 3 and (r.path.is_dir() or r.path.suffix.lower() in (".dcm", ".dicom")):
+                    seg_path = write_dicom_seg(r.path, labels, orig_affine, seg.class_names,
+                                               masks / f"{n + 1:04d}_{stem}_seg.dcm")
+                    rec["dicom_seg"] = str(seg_path.relative_to(out.parent))
+                records.append(rec)
+            except Exception as exc:  # noqa: BLE001 - one bad file is a row with its error; the others run
+                msg = phi.redact(str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+                records.append({**base, "status": f"error: {msg}"})
+                log.warning("segment: %s: %s", phi.redact(r.source), msg)
+            bar.update(n + 1, {})
+    cols = ["mask", *(["dicom_seg"] if any("dicom_seg" in x for x in records) else []),
+            *[f"voxels_{c}" for _, c in fg], *([f"volume_ml_{c}" for _, c in fg]
+                                                if any(f"volume_ml_{fg[0][1]}" in x for x in records) else [])]
+    dim = max((sum(1 for k in x if re.fullmatch(r"f\d+", k)) for x in records), default=0)
+    cols += [f"f{j}" for j in range(dim)]
+    lm = LoadedModel(seg, model_uri, run_id)
+    df = _table(records, rows, cols, lm)
+    _write(df, out)
+    n_failed = int((df["status"] != "ok").sum())
+    return PredictResult(out, None, len(df) - n_failed, n_failed, model_uri)

@@ -272,6 +272,8 @@ def _results_on_main(ctx: Any, tracker: Any, trained: list[dict[str, Any]], fg_n
                                       "num_classes": s.num_classes, "model_name": name})
             results[-1]["weights"] = str(weights)
 
+    segmenter_uri = _log_segmenter_model(ctx, tracker, trained, largest)
+
     # -- artifacts: results, per-case table, overlays -------------------------------------------------------
     results_path = out_dir / "results.json"
     results_path.write_text(json.dumps(results, indent=2, default=_jsonable))
@@ -282,7 +284,40 @@ def _results_on_main(ctx: Any, tracker: Any, trained: list[dict[str, Any]], fg_n
     if overlays:
         tracker.log_artifact(out_dir / "overlays", "overlays")
     return {"results": str(results_path), "per_case": str(cases_path), "overlays": [str(p) for p in overlays],
+            "segmenter_uri": segmenter_uri,
             "pretrained_encoder": pretrained, "summary": _summary(results, largest)}
+
+
+def _log_segmenter_model(ctx: Any, tracker: Any, trained: list[dict[str, Any]], largest: float) -> str | None:
+    """Log the segmenter of the largest label fraction (the pretrained one when there is one) as an MLflow model,
+    ``runs:/<this stage's run>/segmenter`` (``medcl predict --task segment`` and the pyfunc apply it to whole images
+    with the run's preprocessing). Its URI (``None`` without a tracking store)."""
+    if not tracker.active:
+        return None
+    import copy
+
+    from medcl.stages.common import data_modality, model_requirements
+    from medcl.tracking.pyfunc import log_segmenter
+
+    cfg, s = ctx.cfg, ctx.cfg.segment
+    nets = {t["name"]: t["net"] for t in trained if t["frac"] == largest and t.get("net") is not None}
+    name = "pretrained" if "pretrained" in nets else next(iter(nets), None)
+    if name is None:
+        return None
+    dims, patch, roi, _ = _sizes(cfg)
+    preprocessing = {"preset": cfg.transforms.preset, **(cfg.transforms.model_extra or {})}
+    if s.eval_spatial_size:
+        preprocessing["spatial_size"] = list(s.eval_spatial_size)
+    meta = {"kind": "segmenter", "preprocessing": preprocessing,
+            "class_names": list(s.class_names or [str(k) for k in range(s.num_classes)]), "roi_size": roi,
+            "overlap": s.overlap, "sw_batch_size": s.sw_batch_size, "spatial_dims": dims,
+            "in_channels": cfg.model.in_channels, "modality": data_modality(ctx), "network": s.network,
+            "trained_from": name, "label_fraction": largest}
+    net = copy.deepcopy(nets[name]).cpu().eval()
+    registered = f"{cfg.tracking.register_model}-segmenter" if cfg.tracking.register_model else None
+    log_segmenter(tracker, net, json.loads(json.dumps(meta, default=_jsonable)), ctx.stage_dir("segment") / "model",
+                  registered_model_name=registered, pip_requirements=model_requirements())
+    return f"runs:/{tracker.run_id}/segmenter"
 
 
 def _write_cases(path: Path, rows: list[dict[str, Any]]) -> Path:

@@ -293,3 +293,87 @@ def reference_features(predictor: Predictor, items: list[dict[str, Any]], *, max
     d = feats[0].shape[1] if feats else 0
     return {"features": np.concatenate(feats) if feats else np.zeros((0, d), np.float32),
             "patient": np.asarray(pats, dtype=np.int64)}
+
+
+# ----------------------------------------------------------------------------------------------- segmentation
+def whole_image_transform(preprocessing: dict[str, Any]) -> Any:
+    """The run's evaluation transforms for segmenting a whole image or volume: the preset's chain without its
+    evaluation crop/pad (sliding windows cover any size) and without the final meta-dropping step, so the result
+    is a ``MetaTensor`` ``(C, *S)`` whose ``affine`` maps its voxels to the input's world (RAS) coordinates."""
+    from monai import transforms as mt
+
+    from medcl.transforms.compose import MedclCompose
+
+    chain = eval_transform(preprocessing)
+    return MedclCompose([t for t in chain.transforms if not isinstance(t, (mt.ResizeWithPadOrCropd, mt.EnsureTyped))])
+
+
+class Segmenter(ModelInputs):
+    """A logged segmentation network with its preprocessing: paths or raw arrays in, label maps out.
+
+    Args:
+        network: ``(b, C, *roi) -> (b, K, *roi)`` logits.
+        meta: as :class:`ModelInputs`, plus ``class_names`` (``K`` names, background first), ``roi_size``,
+            ``overlap``, ``sw_batch_size``, ``spatial_dims``, ``in_channels``, ``modality``.
+    """
+
+    def __init__(self, network: nn.Module, meta: dict[str, Any]) -> None:
+        super().__init__({**meta, "input_shape": None})
+        self.model = network.eval()
+        self.class_names = [str(c) for c in meta["class_names"]]
+        self.roi_size = [int(s) for s in meta["roi_size"]]
+        self.overlap = float(meta.get("overlap", 0.25))
+        self.sw_batch_size = int(meta.get("sw_batch_size", 4))
+        self.spatial_dims = int(meta["spatial_dims"])
+        self.in_channels = int(meta["in_channels"])
+        self.whole = whole_image_transform(self.preprocessing)
+
+    def prepare_whole(self, item: Any, where: str = "input") -> tuple[torch.Tensor, np.ndarray | None]:
+        """``((C, *S) float32 tensor, its 4×4 voxel-to-RAS affine or None)`` of one path or raw array.
+
+        Raises:
+            DataError: not the channels or dimensions the network takes.
+        """
+        from medcl.errors import DataError
+
+        if isinstance(item, torch.Tensor):
+            item = item.detach().cpu().numpy()
+        x = self.whole({"image": str(item) if not isinstance(item, np.ndarray) else item})["image"]
+        affine = getattr(x, "affine", None)
+        affine = None if affine is None else np.asarray(torch.as_tensor(affine).cpu(), dtype=np.float64)
+        x = torch.as_tensor(getattr(x, "as_tensor", lambda x=x: x)()).float()
+        if x.shape[0] != self.in_channels or x.ndim - 1 != self.spatial_dims:
+            raise DataError(f"preprocessed to shape {tuple(x.shape)} but the network takes {self.in_channels} "
+                            f"channel(s) and {self.spatial_dims} dimensions", where=where,
+                            fix="use files of the kind the model was trained on (modality, 2D/3D)")
+        return x, affine
+
+    def labels(self, x: torch.Tensor) -> np.ndarray:
+        """``(*S)`` uint8 label map (argmax of the sliding-window logits) of one preprocessed sample ``(C, *S)``."""
+        from medcl.tasks.segmentation import logits_to_labels, sliding_window_predict
+
+        dev = next(self.model.parameters()).device
+        logits = sliding_window_predict(self.model, x[None].to(dev), self.roi_size, sw_batch_size=self.sw_batch_size,
+                                        overlap=self.overlap)
+        return logits_to_labels(logits)[0, 0].cpu().numpy().astype(np.uint8)
+
+    def predict(self, inputs: list[Any]) -> list[dict[str, Any]]:
+        """``{"labels": (*S) uint8, "affine": (4, 4) or None}`` per input (paths or raw arrays), in the preprocessed
+        grid. Raises DataError naming every input that could not be read."""
+        from medcl import phi
+        from medcl.errors import DataError
+
+        out, failed = [], []
+        for k, item in enumerate(inputs):
+            where = str(item) if isinstance(item, (str, bytes)) or hasattr(item, "__fspath__") else f"input {k}"
+            try:
+                x, affine = self.prepare_whole(item, where)
+            except Exception as exc:  # noqa: BLE001 - every failure is collected and reported together
+                failed.append(phi.redact(f"{where}: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"))
+                continue
+            out.append({"labels": self.labels(x), "affine": affine})
+        if failed:
+            raise DataError(f"{len(failed)} of {len(inputs)} input(s) could not be segmented: " + "; ".join(failed[:5]),
+                            where="model input", fix="pass files medcl reads of the kind the model was trained on; "
+                            "`medcl predict` writes one row per input with its status instead")
+        return out

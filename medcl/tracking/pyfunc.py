@@ -68,6 +68,32 @@ class MedclEncoder(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(feats, columns=self.extractor.columns)
 
 
+class MedclSegmenter(mlflow.pyfunc.PythonModel):
+    """pyfunc of a segmentation network: paths or raw arrays → the run's preprocessing (whole image, no crop) →
+    sliding-window label maps. One row per input: ``labels`` (nested lists, the preprocessed grid), ``affine``
+    (its voxel-to-RAS matrix, or ``None`` for 2D images) and ``voxels_<class>`` per foreground class."""
+
+    def load_context(self, context: Any) -> None:
+        import torch
+
+        from medcl.tasks.export import Segmenter
+
+        meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        network = torch.load(context.artifacts["segmenter"], map_location="cpu", weights_only=False)
+        self.segmenter = Segmenter(network, meta)
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a signature from them
+        import pandas as pd
+
+        rows = []
+        for r in self.segmenter.predict(as_inputs(model_input)):
+            lab = r["labels"]
+            rows.append({"labels": lab.tolist(), "affine": None if r["affine"] is None else r["affine"].tolist(),
+                         **{f"voxels_{c}": int((lab == k).sum()) for k, c in enumerate(self.segmenter.class_names)
+                            if k > 0}})
+        return pd.DataFrame(rows)
+
+
 def as_inputs(data: Any) -> list[Any]:
     """The list of samples in ``data`` (see the module docstring).
 
@@ -212,3 +238,29 @@ def weights_from_uri(uri: str, tracking_uri: str | None = None) -> Path:
                             "model)")
     _downloaded[key] = found[0]
     return found[0]
+
+
+def log_segmenter(tracker: Any, network: Any, meta: dict[str, Any], work_dir: Path, *,
+                  registered_model_name: str | None = None, pip_requirements: list[str] | None = None) -> str:
+    """Log a trained segmentation ``network`` with ``meta`` (preprocessing, class names, sliding-window settings)
+    as the :class:`MedclSegmenter` pyfunc under ``segmenter``; its URI."""
+    import torch
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(network, work_dir / "segmenter.pt")
+    (work_dir / "medcl_segmenter.json").write_text(json.dumps(meta, indent=2))
+    return tracker.log_model(None, "segmenter", pyfunc_model=MedclSegmenter(),
+                             artifacts={"segmenter": str(work_dir / "segmenter.pt"),
+                                        "meta": str(work_dir / "medcl_segmenter.json")},
+                             registered_model_name=registered_model_name, pip_requirements=pip_requirements,
+                             metadata=meta)
+
+
+def load_segmenter(model_uri: str, tracking_uri: str, device: str = "cpu") -> Any:
+    """The :class:`~medcl.tasks.export.Segmenter` of a segmenter model medcl logged, on ``device``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    seg = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().segmenter
+    seg.model.to(device)
+    return seg
