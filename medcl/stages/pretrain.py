@@ -247,7 +247,8 @@ def _log_encoder_model(ctx: Any, tracker: Any, path: str) -> str | None:
     meta: dict[str, Any] = {"preprocessing": {"preset": cfg.transforms.preset, **(cfg.transforms.model_extra or {})},
                             "feature_dim": int(encoder.feature_dim), "encoder": cfg.model.encoder,
                             "method": cfg.pretrain.method, "modality": data_modality(ctx), "input_shape": None,
-                            "output": "pooled encoder features f0 … fD-1"}
+                            "output": "pooled encoder features f0 … fD-1",
+                            "model_config": cfg.model.model_dump(exclude={"pretrained_path"})}
     items = ctx.data.items("train")[:1] or ctx.data.items(None)[:1]
     meta["input_shape"] = list(FeatureExtractor(encoder, meta).prepare(items[0]["image"], "a training sample").shape)
     name = f"{cfg.tracking.register_model}-encoder" if cfg.tracking.register_model else None

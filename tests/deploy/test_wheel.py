@@ -30,23 +30,41 @@ def _sources(dst: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """medcl built into a wheel from a copy of the sources, installed (non-editable, no dependencies: they are
-    this venv's) into its own folder."""
+    """medcl built into a wheel from a copy of the sources and installed (non-editable) into a fresh venv.
+
+    The fresh venv sees this venv's third-party packages through a ``.pth`` file (installing them again would
+    take minutes and gigabytes); medcl itself is not among them: the editable install's own ``.pth`` is not
+    processed from a folder a ``.pth`` adds, so the fresh venv imports medcl from the wheel alone.
+    """
     tmp = tmp_path_factory.mktemp("wheel")
     src = _sources(tmp / "src")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp / "dist"), str(src)], check=True, capture_output=True, text=True)
     wheel = next((tmp / "dist").glob("medcl-*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp / "site"),
-                    str(wheel)], check=True, capture_output=True, text=True)
-    env = {**os.environ, "PYTHONPATH": str(tmp / "site"), "HF_HUB_OFFLINE": "1", "MEDCL_PIPELINES": "",
-           "MEDCL_REPORT_NOTEBOOK": "", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'work' / 'mlflow.db'}"}
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
+    py = venv / "bin" / "python"
+    purelib = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  check=True, capture_output=True, text=True).stdout.strip())
+    import site
+
+    (purelib / "_dev_dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q", str(wheel)],
+                   check=True, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    # data files of the borrowed packages (nbconvert's templates) live under this venv's share/jupyter
+    env.update({"HF_HUB_OFFLINE": "1", "MEDCL_PIPELINES": "", "MEDCL_REPORT_NOTEBOOK": "",
+                "JUPYTER_PATH": str(Path(sys.prefix) / "share" / "jupyter"),
+                "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+                "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'work' / 'mlflow.db'}"})
     (tmp / "work").mkdir()
-    return {"wheel": wheel, "site": tmp / "site", "env": env, "work": tmp / "work"}
+    return {"wheel": wheel, "site": purelib, "python": py, "medcl": venv / "bin" / "medcl", "env": env,
+            "work": tmp / "work"}
 
 
 def _medcl(installed, *args: str, timeout: int = 900) -> str:
-    proc = subprocess.run([sys.executable, "-m", "medcl", *args], cwd=installed["work"], env=installed["env"],
+    """The installed console script ``medcl`` of the fresh venv."""
+    proc = subprocess.run([str(installed["medcl"]), *args], cwd=installed["work"], env=installed["env"],
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"medcl {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
@@ -62,7 +80,7 @@ def test_the_wheel_carries_the_pipelines_presets_and_notebook(installed):
 
 def test_an_installed_medcl_runs_demo_report_and_predict_without_the_checkout(installed):
     where = subprocess.run(
-        [sys.executable, "-c", "import medcl; print(medcl.__file__)"], cwd=installed["work"], env=installed["env"],
+        [str(installed["python"]), "-c", "import medcl; print(medcl.__file__)"], cwd=installed["work"], env=installed["env"],
         capture_output=True, text=True, check=True).stdout
     assert Path(where.strip()).is_relative_to(installed["site"]), where  # not the checkout's editable install
     _medcl(installed, "data", "synth", "--out", "data", "--modalities", "oct", "--patients", "12")

@@ -223,15 +223,21 @@ def test_shipped_pipeline_smoke_completes_under_torchrun(name, demo_sets, tmp_pa
 
 @pytest.mark.distributed
 def test_a_stuck_rank_stops_the_job_with_a_clear_line_and_failed_runs(mri, tmp_path):
-    """Rank 1 sleeps at the start of classify; rank 0 waits 5 s in DDP's start-up broadcast, then stops."""
+    """Rank 1 sleeps at the start of classify; rank 0 waits 15 s in DDP's start-up broadcast, then stops.
+
+    The store's tables are created before the launch and the timeout leaves room for rank 0's start-up work on a
+    loaded machine (with 5 s, rank 1 timed out at the first broadcast while rank 0 created the MLflow tables)."""
+    from mlflow import MlflowClient
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()  # creates the tables
     proc = _launch(["run", str(mri["yaml"]), "--set", f"data.manifest={mri['manifest']}",
-                    "--set", f"runtime.output_dir={tmp_path / 'runs'}", "--set", "runtime.dist_timeout_s=5"],
+                    "--set", f"runtime.output_dir={tmp_path / 'runs'}", "--set", "runtime.dist_timeout_s=15"],
                    tmp_path, timeout=300, MLFLOW_TRACKING_URI=uri, MEDCL_TEST_STALL="classify:1:120")
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert len(lines) == 1, proc.stderr[-4000:]
-    assert lines[0].startswith("error: stage classify: rank 0 waited 5 s for the other ranks in DDP's start-up "
+    assert lines[0].startswith("error: stage classify: rank 0 waited 15 s for the other ranks in DDP's start-up "
                                "broadcast of the weights — "), lines[0]
     assert "runtime.dist_timeout_s" in lines[0]
     assert "Traceback" not in proc.stdout

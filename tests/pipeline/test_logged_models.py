@@ -29,6 +29,7 @@ def test_the_encoder_model_gives_the_features_medcl_embed_gives(trained_oct, tmp
     mlflow.set_tracking_uri(trained_oct["uri"])
     info = mlflow.models.get_model_info(uri)
     assert info.metadata["encoder"] == "resnet18" and info.metadata["modality"] == "oct"
+    assert info.metadata["model_config"]["encoder"] == "resnet18" and info.metadata["preprocessing"]["preset"] == "oct"
     images = sorted((trained_oct["manifest"].parent / "images").glob("*.png"))[:5]
     feats = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"path": [str(p) for p in images]}),
                                                   params={"batch_size": 2})
