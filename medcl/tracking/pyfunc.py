@@ -25,47 +25,45 @@ import mlflow.pyfunc
 import numpy as np
 
 
+def _load(context: Any, artifact: str, wrapper: str) -> Any:
+    """The pickled module of ``artifact`` with the model's metadata, wrapped in ``medcl.tasks.export.<wrapper>``."""
+    import torch
+
+    from medcl.tasks import export
+
+    meta = json.loads(Path(context.artifacts["meta"]).read_text())
+    module = torch.load(context.artifacts[artifact], map_location="cpu", weights_only=False)
+    return getattr(export, wrapper)(module, meta)
+
+
+def _table(wrapped: Any, model_input: Any, params: dict[str, Any] | None) -> Any:
+    """``wrapped.predict`` of the inputs as a DataFrame with its columns (``params``: batch_size, preprocessed)."""
+    import pandas as pd
+
+    params = dict(params or {})
+    values = wrapped.predict(as_inputs(model_input), batch_size=int(params.get("batch_size", 16)),
+                             preprocessed=bool(params.get("preprocessed", False)))
+    return pd.DataFrame(values, columns=wrapped.columns)
+
+
 class MedclClassifier(mlflow.pyfunc.PythonModel):
     """pyfunc: paths or raw arrays → the run's preprocessing → calibrated probabilities (``(N, K_out)`` frame)."""
 
     def load_context(self, context: Any) -> None:
-        import torch
-
-        from medcl.tasks.export import Predictor
-
-        meta = json.loads(Path(context.artifacts["meta"]).read_text())
-        model = torch.load(context.artifacts["model"], map_location="cpu", weights_only=False)
-        self.predictor = Predictor(model, meta)
+        self.predictor = _load(context, "model", "Predictor")
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a signature from them
-        import pandas as pd
-
-        params = dict(params or {})
-        inputs = as_inputs(model_input)
-        probs = self.predictor.predict(inputs, batch_size=int(params.get("batch_size", 16)),
-                                       preprocessed=bool(params.get("preprocessed", False)))
-        return pd.DataFrame(probs, columns=self.predictor.columns)
+        return _table(self.predictor, model_input, params)
 
 
 class MedclEncoder(mlflow.pyfunc.PythonModel):
     """pyfunc of a pretrained encoder: paths or raw arrays → the run's preprocessing → pooled features ``f0 … fD-1``."""
 
     def load_context(self, context: Any) -> None:
-        import torch
-
-        from medcl.tasks.export import FeatureExtractor
-
-        meta = json.loads(Path(context.artifacts["meta"]).read_text())
-        encoder = torch.load(context.artifacts["encoder"], map_location="cpu", weights_only=False)
-        self.extractor = FeatureExtractor(encoder, meta)
+        self.extractor = _load(context, "encoder", "FeatureExtractor")
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a signature from them
-        import pandas as pd
-
-        params = dict(params or {})
-        feats = self.extractor.predict(as_inputs(model_input), batch_size=int(params.get("batch_size", 16)),
-                                       preprocessed=bool(params.get("preprocessed", False)))
-        return pd.DataFrame(feats, columns=self.extractor.columns)
+        return _table(self.extractor, model_input, params)
 
 
 class MedclSegmenter(mlflow.pyfunc.PythonModel):
@@ -74,13 +72,7 @@ class MedclSegmenter(mlflow.pyfunc.PythonModel):
     (its voxel-to-RAS matrix, or ``None`` for 2D images) and ``voxels_<class>`` per foreground class."""
 
     def load_context(self, context: Any) -> None:
-        import torch
-
-        from medcl.tasks.export import Segmenter
-
-        meta = json.loads(Path(context.artifacts["meta"]).read_text())
-        network = torch.load(context.artifacts["segmenter"], map_location="cpu", weights_only=False)
-        self.segmenter = Segmenter(network, meta)
+        self.segmenter = _load(context, "segmenter", "Segmenter")
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a signature from them
         import pandas as pd
@@ -124,18 +116,27 @@ def as_inputs(data: Any) -> list[Any]:
                     fix="pass file paths (a DataFrame 'path' column, a list, one path) or an array (N, C, *spatial)")
 
 
-def log_classifier(tracker: Any, model: Any, meta: dict[str, Any], work_dir: Path, *,
-                   registered_model_name: str | None = None, pip_requirements: list[str] | None = None) -> str:
-    """Log ``model`` (a CalibratedClassifier) with ``meta`` as the :class:`MedclClassifier` pyfunc; its URI."""
+def _log_module(tracker: Any, module: Any, meta: dict[str, Any], work_dir: Path, *, name: str, artifact: str,
+                pyfunc_model: Any, registered_model_name: str | None, pip_requirements: list[str] | None) -> str:
+    """Pickle ``module`` to ``<work_dir>/<artifact>.pt`` and its ``meta`` beside it, and log both as the pyfunc
+    ``pyfunc_model`` under ``name`` (registered when ``registered_model_name`` is set); the model URI."""
     import torch
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model, work_dir / "model.pt")
-    (work_dir / "medcl_model.json").write_text(json.dumps(meta, indent=2))
-    return tracker.log_model(None, "model", pyfunc_model=MedclClassifier(),
-                             artifacts={"model": str(work_dir / "model.pt"), "meta": str(work_dir / "medcl_model.json")},
+    torch.save(module, work_dir / f"{artifact}.pt")
+    (work_dir / f"medcl_{name}.json").write_text(json.dumps(meta, indent=2))
+    return tracker.log_model(None, name, pyfunc_model=pyfunc_model,
+                             artifacts={artifact: str(work_dir / f"{artifact}.pt"),
+                                        "meta": str(work_dir / f"medcl_{name}.json")},
                              registered_model_name=registered_model_name, pip_requirements=pip_requirements,
                              metadata=meta)
+
+
+def log_classifier(tracker: Any, model: Any, meta: dict[str, Any], work_dir: Path, *,
+                   registered_model_name: str | None = None, pip_requirements: list[str] | None = None) -> str:
+    """Log ``model`` (a CalibratedClassifier) with ``meta`` as the :class:`MedclClassifier` pyfunc; its URI."""
+    return _log_module(tracker, model, meta, work_dir, name="model", artifact="model", pyfunc_model=MedclClassifier(),
+                       registered_model_name=registered_model_name, pip_requirements=pip_requirements)
 
 
 def load_predictor(model_uri: str, tracking_uri: str, device: str = "cpu") -> tuple[Any, Any]:
@@ -173,16 +174,9 @@ def log_encoder(tracker: Any, encoder: Any, meta: dict[str, Any], work_dir: Path
 
     The artifact ``encoder.pt`` is the pickled module: ``model.pretrained_path: runs:/<run>/encoder`` starts
     another pipeline from it, and ``mlflow.pyfunc.load_model(uri).predict(paths)`` gives features."""
-    import torch
-
-    work_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(encoder, work_dir / "encoder.pt")
-    (work_dir / "medcl_encoder.json").write_text(json.dumps(meta, indent=2))
-    return tracker.log_model(None, "encoder", pyfunc_model=MedclEncoder(),
-                             artifacts={"encoder": str(work_dir / "encoder.pt"),
-                                        "meta": str(work_dir / "medcl_encoder.json")},
-                             registered_model_name=registered_model_name, pip_requirements=pip_requirements,
-                             metadata=meta)
+    return _log_module(tracker, encoder, meta, work_dir, name="encoder", artifact="encoder",
+                       pyfunc_model=MedclEncoder(), registered_model_name=registered_model_name,
+                       pip_requirements=pip_requirements)
 
 
 #: weights files inside a medcl MLflow model, in the order they are looked for
@@ -244,16 +238,9 @@ def log_segmenter(tracker: Any, network: Any, meta: dict[str, Any], work_dir: Pa
                   registered_model_name: str | None = None, pip_requirements: list[str] | None = None) -> str:
     """Log a trained segmentation ``network`` with ``meta`` (preprocessing, class names, sliding-window settings)
     as the :class:`MedclSegmenter` pyfunc under ``segmenter``; its URI."""
-    import torch
-
-    work_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(network, work_dir / "segmenter.pt")
-    (work_dir / "medcl_segmenter.json").write_text(json.dumps(meta, indent=2))
-    return tracker.log_model(None, "segmenter", pyfunc_model=MedclSegmenter(),
-                             artifacts={"segmenter": str(work_dir / "segmenter.pt"),
-                                        "meta": str(work_dir / "medcl_segmenter.json")},
-                             registered_model_name=registered_model_name, pip_requirements=pip_requirements,
-                             metadata=meta)
+    return _log_module(tracker, network, meta, work_dir, name="segmenter", artifact="segmenter",
+                       pyfunc_model=MedclSegmenter(), registered_model_name=registered_model_name,
+                       pip_requirements=pip_requirements)
 
 
 def load_segmenter(model_uri: str, tracking_uri: str, device: str = "cpu") -> Any:
