@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from medcl.errors import ConfigError, DataError
+from medcl.errors import ConfigError, DataError, TrackingError
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +144,10 @@ def test_bad_input_is_named_and_nothing_is_silently_dropped(trained_oct, site_b,
     kw = {"tracking_uri": uri, "n_boot": 10, "n_permutations": 20, "progress": False, "report": False}
     with pytest.raises(ConfigError, match="not a pipeline run id"):
         evaluate("runs:/abc/model", site_b, **kw)
+    from servers import free_port  # tests/servers.py (tests/ is on sys.path)
+
+    with pytest.raises(TrackingError, match="MLflow server is running|failed after"):  # nobody listens there
+        evaluate(run_id, site_b, **{**kw, "tracking_uri": f"http://127.0.0.1:{free_port()}"})
     src = _rows(site_b)
     shutil.copytree(site_b.parent / "images", tmp_path / "images")
     # labels that are not the model's classes: the column, the rows and the classes are named

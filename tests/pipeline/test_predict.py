@@ -151,6 +151,12 @@ def test_clear_errors_before_any_work(trained, tmp_path):
     run = trained["ctx"].parent_run_id
     with pytest.raises(TrackingError, match="no run"):
         predict("0" * 32, trained["manifest"], tmp_path / "x.csv", tracking_uri=trained["uri"])
+    # a tracking server that does not answer (nothing listens on port 9): one line naming the store and the fix
+    from servers import free_port  # tests/servers.py (tests/ is on sys.path)
+
+    with pytest.raises(TrackingError) as e:
+        predict(run, trained["manifest"], tmp_path / "x.csv", tracking_uri=f"http://127.0.0.1:{free_port()}")
+    assert "tracking store http://127.0.0.1" in e.value.line() and "MLflow server is running" in e.value.fix
     with pytest.raises(ConfigError, match="not a run id, a model URI or a model folder"):
         predict("my-model", trained["manifest"], tmp_path / "x.csv", tracking_uri=trained["uri"])
     with pytest.raises(ConfigError, match=r"\.csv or \.parquet"):
