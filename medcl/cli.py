@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling-rate", type=float, default=None, help="Hz, for CSV/NumPy signals")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("predict", help="apply a run's calibrated model to new files; one row per input",
+    p = sub.add_parser("predict", help="apply a run's calibrated classifier (or its segmenter: masks) to new files; one row per input",
                        description="Applies the model the calibrate stage logged (with exactly the run's evaluation "
                        "preprocessing) to a manifest, a folder or one file, and writes per-sample rows "
                        "(calibrated probabilities, the class at the run's operating point, status, model and run "
