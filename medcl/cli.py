@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling-rate", type=float, default=None, help="Hz, for CSV/NumPy signals")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("predict", help="apply a run's calibrated classifier (or its segmenter: masks) to new files; one row per input",
+    p = sub.add_parser("predict", help="apply a run's calibrated classifier (or its segmenter: masks) to new files; "
+                       "one row per input",
                        description="Applies the model the calibrate stage logged (with exactly the run's evaluation "
                        "preprocessing) to a manifest, a folder or one file, and writes per-sample rows "
                        "(calibrated probabilities, the class at the run's operating point, status, model and run "
@@ -119,9 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="INPUT", help="manifest (.csv/.json), folder, or one file (DICOM file or "
                    "series folder, NIfTI/NRRD, PNG/JPEG/TIFF, WFDB .hea / CSV ECG)")
     p.add_argument("--out", required=True, help="per-sample table, .csv or .parquet")
-    p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or ./mlflow.db")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when present)")
+    _add_model_options(p)
     p.add_argument("--clear-ids", action="store_true",
                    help="write the manifest's patient ids in clear in YOUR output (default: pseudonymised with "
                    "MEDCL_PSEUDONYM_KEY, as in the run)")
@@ -139,9 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="RUN|MODEL_URI", help="as for predict")
     p.add_argument("input", metavar="INPUT", help="manifest, folder or one file (as for predict)")
     p.add_argument("--out", required=True, help="features table, .parquet or .csv")
-    p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or ./mlflow.db")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when present)")
+    _add_model_options(p)
     p.add_argument("--clear-ids", action="store_true", help="patient ids in clear in YOUR output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -165,9 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=1000, help="patient-bootstrap resamples for the CIs (default 1000)")
     p.add_argument("--permutations", type=int, default=1000, help="permutations for the shift p-value (default 1000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or ./mlflow.db")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when present)")
+    _add_model_options(p)
     p.add_argument("--no-report", action="store_true", help="do not rebuild the HTML report")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -236,6 +231,13 @@ def _pipeline_after_sets(args: argparse.Namespace) -> bool:
             args.pipeline = rest[0]
             args.overrides = [v for v in args.overrides if "=" in v]
     return args.pipeline is not None
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """What every command that applies a logged model takes: the store, the batch size and the device."""
+    p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or ./mlflow.db")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when present)")
 
 
 def _shipped_pipeline(name: str) -> str:

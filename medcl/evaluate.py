@@ -35,8 +35,6 @@ from medcl.errors import ConfigError, DataError, MedclError, TrackingError
 
 log = logging.getLogger(__name__)
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
-#: subgroup columns with more levels than this are not tabulated (as in the classify stage)
-MAX_SUBGROUP_LEVELS = 8
 
 
 @dataclass
@@ -98,6 +96,9 @@ def _labelled_rows(manifest: Path, lm: Any, label_column: str, label_sep: str) -
 
 
 def _subgroup_columns(records: list[Any], keep: np.ndarray) -> dict[str, np.ndarray]:
+    """``site`` and the extra columns with 2 to ``MAX_SUBGROUP_LEVELS`` values (the classify stage's rule)."""
+    from medcl.stages.classify import MAX_SUBGROUP_LEVELS
+
     out = {}
     names = ["site"] + sorted({k for r in records for k in r.extra})
     for name in names:
@@ -131,6 +132,7 @@ def evaluate(source: str, manifest: str | Path, *, name: str | None = None, out:
     """
     from medcl.metrics import calibration_metrics, metrics_with_ci, subgroup_metrics
     from medcl.predict import InputRow, _batches, _Prepared, load_model
+    from medcl.stages.common import jsonable
 
     source, manifest = str(source), Path(manifest)
     if not _RUN_ID.fullmatch(source):
@@ -211,7 +213,7 @@ def evaluate(source: str, manifest: str | Path, *, name: str | None = None, out:
               "shift": shift, "n_boot": n_boot, "seed": seed}
     out_dir.mkdir(parents=True, exist_ok=True)
     pred_path = _write_predictions(recs, out_dir / "predictions.csv", cols, lm)
-    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2, default=_jsonable))
+    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2, default=jsonable))
     eval_run = _log(source, tracking_uri, site, manifest, result, out_dir, pred_path)
     report_path = None
     if report:
@@ -328,11 +330,3 @@ def _log(run_id: str, tracking_uri: str | None, site: str, manifest: Path, resul
         child.end(status)
     log.info("evaluation logged as run %s, nested in %s", child.run_id, run_id)
     return child.run_id
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer, np.bool_)):
-        return o.item()
-    return str(o)

@@ -170,6 +170,15 @@ def collect_inputs(inp: str | Path, *, spatial_dims: int, signal: bool = False) 
     return rows
 
 
+def _check_modality(rows: list[InputRow], modality: str | None, inp: str | Path) -> None:
+    """Raise DataError when a manifest row names another modality than the model's (before any work)."""
+    wrong = [r for r in rows if modality and r.extra.get("modality") and r.extra["modality"] != modality]
+    if wrong:
+        raise DataError(f"{len(wrong)} row(s) are {wrong[0].extra['modality']!r} but the model was trained on "
+                        f"{modality!r}", where=f"{inp}, row {wrong[0].row}",
+                        fix=f"use only {modality} samples with this model (filter the manifest)")
+
+
 def _looks_like_manifest(p: Path) -> bool:
     """A CSV whose header has ``patient_id`` and ``path`` is a manifest (an ECG CSV signal has lead columns)."""
     try:
@@ -225,12 +234,7 @@ def _prepare(source: str, inp: str | Path, out: Path, *, tracking_uri: str | Non
     lm = load_model(source, tracking_uri, device)
     preset = str(lm.preprocessing["preset"])
     rows = collect_inputs(inp, spatial_dims=int(preset_info(preset).get("spatial_dims", 2)), signal=preset == "ecg")
-    if lm.modality:
-        wrong = [r for r in rows if r.extra.get("modality") and r.extra["modality"] != lm.modality]
-        if wrong:
-            raise DataError(f"{len(wrong)} row(s) are {wrong[0].extra['modality']!r} but the model was trained on "
-                            f"{lm.modality!r}", where=f"{inp}, row {wrong[0].row}",
-                            fix=f"use only {lm.modality} samples with this model (filter the manifest)")
+    _check_modality(rows, lm.modality, inp)
     clear = _clear_patients(Path(inp)) if clear_ids and rows and rows[0].row is not None else {}
     log.info("%d sample(s), model %s (%s, %s), batch %d on %s", len(rows), lm.model_uri, lm.task, preset,
              batch_size, device)
@@ -418,14 +422,11 @@ def model_kind(source: str, tracking_uri: str | None = None, task: str = "auto")
     if not _RUN_ID.fullmatch(source):
         if task != "auto":
             return task
+        from medcl.tracking.pyfunc import model_metadata
+
         try:
-            import mlflow
-
-            from medcl.tracking.mlflow_tracker import default_tracking_uri
-
-            mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
-            kind = (mlflow.models.get_model_info(source).metadata or {}).get("kind")
-        except Exception:  # noqa: BLE001 - an unreadable URI is reported by the loader with its cause
+            kind = model_metadata(resolve_model_uri(source, tracking_uri)[0], tracking_uri).get("kind")
+        except MedclError:  # an unreadable URI is reported by the loader, with its cause
             kind = None
         return "segment" if kind == "segmenter" else "classify"
     from medcl.tracking.reader import RunReader
@@ -449,16 +450,19 @@ def _segmenter_uri(source: str, tracking_uri: str | None) -> tuple[str, str | No
     return f"runs:/{reader.stages['segment'].run_id}/segmenter", reader.run_id
 
 
-def _to_original_grid(labels: np.ndarray, affine: np.ndarray | None, sample: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """A label map of the preprocessed grid on the input's own grid: by the two voxel-to-RAS affines (nearest
-    neighbour, nibabel) for volumes, by size (nearest) for 2D images. Returns ``(labels, the input's affine)``."""
-    shape = tuple(sample.array.shape[1:])
-    orig_affine = sample.meta.get("affine")
+def _to_original_grid(labels: np.ndarray, affine: np.ndarray | None,
+                      grid: tuple[tuple[int, ...] | None, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray | None]:
+    """A label map of the preprocessed grid on the input's own grid ``(shape, affine)``: by the two voxel-to-RAS
+    affines (nearest neighbour, nibabel) for volumes, by size (nearest) for 2D images. Returns ``(labels, the
+    input's affine)``."""
+    shape, orig_affine = grid
+    if shape is None:
+        raise DataError("the input's own grid is unknown (no reader metadata)", where="segmentation",
+                        fix="segment files medcl reads, not raw arrays")
     if labels.ndim == 3 and affine is not None and orig_affine is not None:
         import nibabel as nib
         from nibabel.processing import resample_from_to
 
-        orig_affine = np.asarray(orig_affine, dtype=np.float64)
         img = nib.Nifti1Image(labels.astype(np.int16), affine)
         out = resample_from_to(img, (shape, orig_affine), order=0, mode="constant", cval=0)
         return np.asarray(out.dataobj).astype(np.uint8), orig_affine
@@ -540,7 +544,6 @@ def predict_masks(source: str, inp: str | Path, out: str | Path, *, tracking_uri
     import torch
 
     from medcl import phi
-    from medcl.data.readers import read
     from medcl.engine.progress import StepProgress
     from medcl.tracking.mlflow_tracker import default_tracking_uri
     from medcl.tracking.pyfunc import load_segmenter
@@ -565,13 +568,7 @@ def predict_masks(source: str, inp: str | Path, out: str | Path, *, tracking_uri
                             fix="embed needs a segmenter built on an encoder (segment.network: encoder_unet), or "
                             "use a run with a classifier")
     rows = collect_inputs(inp, spatial_dims=seg.spatial_dims)
-    modality = seg.meta.get("modality")
-    if modality:
-        wrong = [r for r in rows if r.extra.get("modality") and r.extra["modality"] != modality]
-        if wrong:
-            raise DataError(f"{len(wrong)} row(s) are {wrong[0].extra['modality']!r} but the model was trained on "
-                            f"{modality!r}", where=f"{inp}, row {wrong[0].row}",
-                            fix=f"use only {modality} samples with this model (filter the manifest)")
+    _check_modality(rows, seg.meta.get("modality"), inp)
     clear = _clear_patients(Path(inp)) if clear_ids and rows and rows[0].row is not None else {}
     masks = out.parent / f"{out.stem}_masks"
     masks.mkdir(parents=True, exist_ok=True)
@@ -584,7 +581,7 @@ def predict_masks(source: str, inp: str | Path, out: str | Path, *, tracking_uri
                     "patient": clear.get(str(r.row), r.patient) if clear else r.patient}
             try:
                 x, affine = seg.prepare_whole(r.path, r.source)
-                labels, orig_affine = _to_original_grid(seg.labels(x), affine, read(r.path))
+                labels, orig_affine = _to_original_grid(seg.labels(x), affine, seg.last_source_grid)
                 feats = {}
                 if features:
                     with torch.no_grad():  # padded to at least one sliding window, as the network was trained

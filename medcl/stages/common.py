@@ -96,7 +96,7 @@ def jsonable(o: Any) -> Any:
     """``json.dumps(default=...)`` for numpy values: arrays → lists, numpy scalars → Python numbers."""
     if isinstance(o, np.ndarray):
         return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
+    if isinstance(o, (np.floating, np.integer, np.bool_)):
         return o.item()
     return str(o)
 

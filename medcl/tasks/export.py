@@ -327,9 +327,11 @@ class Segmenter(ModelInputs):
         self.spatial_dims = int(meta["spatial_dims"])
         self.in_channels = int(meta["in_channels"])
         self.whole = whole_image_transform(self.preprocessing)
+        self.last_source_grid: tuple[tuple[int, ...] | None, np.ndarray | None] = (None, None)
 
     def prepare_whole(self, item: Any, where: str = "input") -> tuple[torch.Tensor, np.ndarray | None]:
-        """``((C, *S) float32 tensor, its 4×4 voxel-to-RAS affine or None)`` of one path or raw array.
+        """``((C, *S) float32 tensor, its 4×4 voxel-to-RAS affine or None)`` of one path or raw array; the
+        input's own grid is in :attr:`last_source_grid` (``(spatial shape, affine or None)``, from the reader).
 
         Raises:
             DataError: not the channels or dimensions the network takes.
@@ -341,6 +343,10 @@ class Segmenter(ModelInputs):
         x = self.whole({"image": str(item) if not isinstance(item, np.ndarray) else item})["image"]
         affine = getattr(x, "affine", None)
         affine = None if affine is None else np.asarray(torch.as_tensor(affine).cpu(), dtype=np.float64)
+        meta = getattr(x, "meta", None) or {}
+        shape, original = meta.get("shape"), meta.get("original_affine")
+        self.last_source_grid = (tuple(int(d) for d in np.asarray(shape).reshape(-1)[1:]) if shape is not None else None,
+                                 None if original is None else np.asarray(original, dtype=np.float64))
         x = torch.as_tensor(getattr(x, "as_tensor", lambda x=x: x)()).float()
         if x.shape[0] != self.in_channels or x.ndim - 1 != self.spatial_dims:
             raise DataError(f"preprocessed to shape {tuple(x.shape)} but the network takes {self.in_channels} "

@@ -251,3 +251,22 @@ def load_segmenter(model_uri: str, tracking_uri: str, device: str = "cpu") -> An
     seg = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().segmenter
     seg.model.to(device)
     return seg
+
+
+def model_metadata(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The metadata medcl stored with a logged model (``kind``, classes, preprocessing …); ``{}`` when it has none.
+
+    Raises:
+        TrackingError: the URI does not resolve in the store.
+    """
+    import mlflow
+
+    from medcl.errors import TrackingError
+    from medcl.tracking.mlflow_tracker import default_tracking_uri
+
+    try:
+        mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+        return dict(mlflow.models.get_model_info(model_uri).metadata or {})
+    except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; the user needs the URI and the cause
+        raise TrackingError(f"cannot read the model {model_uri}: {type(exc).__name__}: {str(exc)[:300]}",
+                            where=model_uri, fix="check the URI and --tracking-uri (MLFLOW_TRACKING_URI)") from None

@@ -49,7 +49,8 @@ def to_image_tensor(array: Any, meta: Mapping[str, Any] | None) -> torch.Tensor:
     Args:
         array: channel-first array ``(C, *spatial)`` or signal ``(leads, T)``.
         meta: reader metadata; ``meta["affine"]`` (4×4) makes the result a ``MetaTensor`` so MONAI's
-            ``Orientationd``/``Spacingd`` see the voxel-to-RAS mapping.
+            ``Orientationd``/``Spacingd`` see the voxel-to-RAS mapping (the file's own one stays in the meta as
+            ``original_affine``, with its ``shape``: what a segmentation is put back on).
 
     Returns:
         ``MetaTensor`` or ``torch.Tensor``, dtype ``float32``.
@@ -62,6 +63,7 @@ def to_image_tensor(array: Any, meta: Mapping[str, Any] | None) -> torch.Tensor:
     if meta and meta.get("affine") is not None:
         affine = torch.as_tensor(np.asarray(meta["affine"], dtype=np.float64))
         safe = {k: v for k, v in meta.items() if k != "affine"}
+        safe["original_affine"] = np.asarray(meta["affine"], dtype=np.float64)  # as MONAI's LoadImage keeps it
         return MetaTensor(t, affine=affine, meta=safe)
     return t
 
