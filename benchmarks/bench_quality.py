@@ -1,6 +1,6 @@
 """Learning quality on the demo data: medcl against plain reference loops, per modality, method and seed.
 
-One invocation runs the whole plan, seed by seed (1–3 for seed 0, then for seed 1, …; 4 last; each modality's
+One invocation runs the whole plan, seed by seed (1–2 for seed 0, then for seed 1, …; then 3 seed by seed; 4 last; each modality's
 pipeline followed by its references), so that a run cut short by ``--budget-min`` has whole comparisons (resumable: a re-run skips the runs already finished in
 ``--out`` and retries failed ones, ``--redo MODALITY`` also re-runs a modality's finished ones after its recipe
 changed; every run is written as soon as it ends, failures included, with the commit it ran at):
@@ -93,8 +93,8 @@ def methods_for(modality: str) -> list[str]:
 
 
 def plan(seeds: int, modalities: list[str], with_methods: bool, quick: bool) -> list[dict[str, Any]]:
-    """Every run, in priority order: per seed the pipelines of every modality, their references and the
-    ablations; then the method presets."""
+    """Every run, in priority order: per seed the pipelines of every modality and their references; then the
+    ablations, seed by seed; then the method presets."""
     if quick:
         return [{"kind": "pipeline", "modality": "oct", "seed": 0},
                 {"kind": "reference", "modality": "oct", "seed": 0, "loop": "supervised"},
@@ -107,8 +107,9 @@ def plan(seeds: int, modalities: list[str], with_methods: bool, quick: bool) -> 
             if MODALITIES[m]["reference"]:
                 runs += [{"kind": "reference", "modality": m, "seed": s, "loop": loop}
                          for loop in ("supervised", "simclr")]
-        runs += [{"kind": "ablation", "modality": m, "seed": s, "method": name, "measure": measure}
-                 for name, (mods, _, measure) in ABLATIONS.items() for m in modalities if m in mods]
+    runs += [{"kind": "ablation", "modality": m, "seed": s, "method": name, "measure": measure}
+             for s in range(seeds) for name, (mods, _, measure) in ABLATIONS.items() for m in modalities
+             if m in mods]
     if with_methods:
         runs += [{"kind": "method", "modality": m, "seed": s, "method": x} for s in range(seeds) for m in modalities
                  for x in methods_for(m)]
