@@ -85,7 +85,8 @@ class _Variant:
         import torch
 
         from medcl.distributed import LOCAL
-        from medcl.engine.loop import to_device, train_one_epoch
+        from medcl.engine.batches import to_device
+        from medcl.engine.loop import LoopSettings, Optimisation, train_one_epoch
         from medcl.engine.wrap import maybe_compile, model_to_channels_last
 
         self.name, self.device, self.cfg = variant, device, cfg
@@ -97,14 +98,14 @@ class _Variant:
             model_to_channels_last(method)
         self.model = maybe_compile(method, self.compile)
         self.batch = to_device(batch, torch.device(device), self.channels_last)
-        self.kw = {"comm": LOCAL, "amp": self.amp, "device": device, "epoch": 0, "progress": False,
-                   "channels_last": self.channels_last}
+        self.optim, self.comm = Optimisation(self.opt), LOCAL
+        self.settings = LoopSettings(amp=self.amp, device=device, progress=False, channels_last=self.channels_last)
         self._train = train_one_epoch
         self.cuda = torch.device(device).type == "cuda"
         self.seconds, self.steps, self.losses, self.step_memory = 0.0, 0, [], 0.0
         _sync(device)
         t0 = time.perf_counter()
-        self._train(self.model, [self.batch] * warmup, self.opt, **self.kw)
+        self._train(self.model, [self.batch] * warmup, self.optim, self.settings, comm=self.comm)
         _sync(device)
         self.warmup_s = time.perf_counter() - t0
 
@@ -117,7 +118,7 @@ class _Variant:
             resident = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        res = self._train(self.model, [self.batch] * steps, self.opt, **self.kw)
+        res = self._train(self.model, [self.batch] * steps, self.optim, self.settings, comm=self.comm)
         _sync(self.device)
         self.seconds += time.perf_counter() - t0
         self.steps += steps
@@ -139,7 +140,7 @@ def measure(modality: str, work: Path, quick: bool, device: str, variants: list[
     other, until each has at least ``min_seconds`` timed (so that a change of machine load hits all alike)."""
     import torch
 
-    from medcl.engine.loop import to_device
+    from medcl.engine.batches import to_device
 
     cfg, data, batch = demo_batch(modality, work, quick)
     method, _ = build_method(cfg, data, device)

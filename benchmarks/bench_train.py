@@ -39,7 +39,7 @@ def measure(modality: str, work: Path, quick: bool, workers: list[int], steps: i
 
     from medcl.data.datasets import build_dataset, build_loader
     from medcl.distributed import LOCAL
-    from medcl.engine.loop import train_one_epoch
+    from medcl.engine.loop import LoopSettings, Optimisation, train_one_epoch
 
     cfg, data, items, batch, tf = demo_training_set(modality, work, quick)
     method, opt = build_method(cfg, data)
@@ -67,9 +67,9 @@ def measure(modality: str, work: Path, quick: bool, workers: list[int], steps: i
         cached += list(loader_for(0, epoch))
         epoch += 1
     cached = cached[: steps + 1]
-    train_one_epoch(method, cached[:1], opt, comm=LOCAL, device="cpu", epoch=0, progress=False)  # warm-up
+    train_one_epoch(method, cached[:1], Optimisation(opt), LoopSettings(progress=False), comm=LOCAL)  # warm-up
     t0 = time.perf_counter()
-    res = train_one_epoch(method, cached[1:], opt, comm=LOCAL, device="cpu", epoch=0, progress=False)
+    res = train_one_epoch(method, cached[1:], Optimisation(opt), LoopSettings(progress=False), comm=LOCAL)
     sec = time.perf_counter() - t0
     n = sum(int(b["index"].shape[0]) for b in cached[1:])
     rows.append({**base, "mode": "compute only", "workers": None, "steps": len(cached) - 1,
@@ -86,8 +86,8 @@ def measure(modality: str, work: Path, quick: bool, workers: list[int], steps: i
         loader = loader_for(w, 100, persistent=True)  # as the pretrain stage: one loader, set_epoch per epoch
         while done < steps:
             loader.set_epoch(100 + epochs)
-            out = train_one_epoch(method, loader, opt, comm=LOCAL, device="cpu", epoch=epochs,
-                                  progress=False, max_steps=steps - done,
+            settings = LoopSettings(progress=False, max_steps=steps - done)
+            out = train_one_epoch(method, loader, Optimisation(opt), settings, comm=LOCAL, epoch=epochs,
                                   on_step=lambda s, logs, acc=per_step: acc.append(dict(logs)))
             done += int(out["steps"])
             total_samples += int(out["batches_done"]) * batch

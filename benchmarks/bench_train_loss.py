@@ -48,7 +48,7 @@ def make_batches(n_batches: int, batch: int, size: int, seed: int = 0) -> list[d
 
 def run(batch: int, size: int, steps: int, rounds: int, temperature: float) -> tuple[list[dict], dict]:
     from medcl.distributed import LOCAL
-    from medcl.engine.loop import train_one_epoch
+    from medcl.engine.loop import LoopSettings, Optimisation, train_one_epoch
     from medcl.methods import build_method
     from medcl.networks import build_encoder
 
@@ -71,10 +71,11 @@ def run(batch: int, size: int, steps: int, rounds: int, temperature: float) -> t
         order = list(arms) if r % 2 == 0 else list(reversed(arms))
         for name in order:
             if not warm[name]:  # one untimed step: allocator and oneDNN warm-up
-                train_one_epoch(arms[name], batches[:1], opts[name], comm=LOCAL, device="cpu", epoch=0, progress=False)
+                train_one_epoch(arms[name], batches[:1], Optimisation(opts[name]), LoopSettings(progress=False), comm=LOCAL)
                 warm[name] = True
             t0 = time.perf_counter()
-            train_one_epoch(arms[name], batches, opts[name], comm=LOCAL, device="cpu", epoch=r, progress=False)
+            train_one_epoch(arms[name], batches, Optimisation(opts[name]), LoopSettings(progress=False), comm=LOCAL,
+                            epoch=r)
             sec = time.perf_counter() - t0
             per_round[name].append(2 * batch * steps / sec)
             print(f"# round {r} {name}: {per_round[name][-1]:.1f} images/s", file=sys.stderr, flush=True)

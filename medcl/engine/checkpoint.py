@@ -338,15 +338,20 @@ class Checkpointer:
         directory: where checkpoints live (created on first save).
         keep: how many recent checkpoints to keep (>= 1).
         is_main: only the main rank writes; other ranks' ``save`` is a no-op.
+        run_id: tracking run id (opaque) the training loop stores in every state, so that a resumed run logs
+            into the same run.
+        config: what the loop stores as the state's ``config`` (e.g. ``{"launch": ...}``).
     """
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 2, is_main: bool = True) -> None:
+    def __init__(self, directory: str | os.PathLike, keep: int = 2, is_main: bool = True, *,
+                 run_id: str | None = None, config: Any = None) -> None:
         if keep < 1:
             raise CheckpointError(f"keep={keep} must be >= 1", where="checkpoint.keep",
                                   fix="keep at least one checkpoint")
         self.directory = Path(directory)
         self.keep = int(keep)
         self.is_main = bool(is_main)
+        self.run_id, self.config = run_id, config
         self.last_loaded: Path | None = None
 
     def path_for(self, step: int) -> Path:

@@ -1,20 +1,20 @@
-"""Training and evaluation loops as plain functions (after MAE's ``engine_pretrain.train_one_epoch``).
+"""The training loop as two plain functions (after MAE's ``engine_pretrain.train_one_epoch``).
 
-A *model* here is a pretraining method: an ``nn.Module`` whose ``forward(batch)`` returns a dict
-with a scalar ``"loss"`` and optionally other scalars to log; it may define
-``on_step_end(step, total_steps)`` (e.g. the MoCo / BYOL momentum update), called after every
-optimiser step. Tracking and checkpointing are passed in (``on_step`` callback, ``tracker``,
-``checkpointer``), never inherited.
+A *model* here is a pretraining method or a supervised wrapper: an ``nn.Module`` whose
+``forward(batch)`` returns a dict with a scalar ``"loss"`` and optionally other scalars to log; it may
+define ``on_step_end(step, total_steps)`` (e.g. the MoCo / BYOL momentum update), called after every
+optimiser step. How to train is one :class:`LoopSettings`; what steps the weights is one
+:class:`Optimisation`; tracking, checkpointing and an online monitor are passed in, never inherited.
 
-Who reduces is an argument: every loop takes ``comm`` (:func:`medcl.distributed.world` for DDP
+Who reduces is an argument: both loops take ``comm`` (:func:`medcl.distributed.world` for DDP
 training on every rank, :data:`medcl.distributed.LOCAL` for one process or rank-0-only work) and never
-guesses from whether a process group happens to exist, so a loop that runs on rank 0 alone cannot wait
+guess from whether a process group happens to exist, so a loop that runs on rank 0 alone cannot wait
 for ranks that never come.
 
-Exact resume: with loaders seeded by ``(seed, epoch)`` (:func:`epoch_generator`), a run
-interrupted mid-epoch and resumed from its checkpoint in a fresh process reproduces the
-uninterrupted run bit for bit on CPU. The loop replays the already-consumed batches of the
-interrupted epoch (``skip_batches``) and only *then* restores the saved RNG state, so random
+Exact resume: with loaders seeded by ``(seed, epoch)`` (:func:`~medcl.engine.batches.epoch_generator`),
+a run interrupted mid-epoch and resumed from its checkpoint in a fresh process reproduces the
+uninterrupted run bit for bit on CPU. :func:`train_one_epoch` replays the already-consumed batches of the
+interrupted epoch (:attr:`EpochStart.batches_done`) and only *then* restores the saved RNG state, so random
 transforms run while replaying do not shift the random streams.
 """
 
@@ -25,616 +25,454 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
 from medcl.distributed import Comm
 from medcl.engine.amp import autocast, make_grad_scaler, resolve_amp
-from medcl.engine.checkpoint import build_training_state, restore_rng_state, restore_training_state
+from medcl.engine.batches import batch_size, reduce_mean, safe_len, scalar_values, to_device
+from medcl.engine.checkpoint import (
+    Checkpointer,
+    build_training_state,
+    restore_rng_state,
+    restore_training_state,
+)
+from medcl.engine.meter import Throughput
 from medcl.engine.progress import StepProgress
 from medcl.engine.wrap import model_to_channels_last, unwrap_model
 from medcl.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
 
-#: batch keys holding images: key -> index of the channel axis
-_IMAGE_KEYS = {"image": 1, "views": 2}
 
+# ----------------------------------------------------------------------------- what the loop is given
+@dataclass(frozen=True)
+class LoopSettings:
+    """How to train.
 
-# ----------------------------------------------------------------------------- helpers
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """A ``torch.Generator`` seeded by ``(seed, epoch)``: pass it to the epoch's ``DataLoader``.
-
-    The shuffle order and worker seeds of epoch ``e`` then depend only on ``(seed, e)``, which
-    is what makes mid-epoch resume exact.
+    Attributes:
+        epochs: epochs of the whole run (not "more epochs"; :func:`fit` only).
+        max_steps: stop once the run's global optimiser step reaches this.
+        total_steps: steps of the whole run, passed to ``on_step_end``; by default ``epochs`` x steps per epoch
+            (:func:`fit`) or the steps this call will take (:func:`train_one_epoch`).
+        device: where batches go; the model is already there.
+        amp: ``"off"``, ``"bf16"`` or ``"fp16"`` (see :mod:`medcl.engine.amp`).
+        grad_accum: micro-batches per optimiser step; each loss is divided by its group's size, and a shorter
+            last group by its own size.
+        clip_grad: max global gradient norm (after unscaling), or ``None``.
+        channels_last: lay out the model and image tensors channels-last.
+        checkpoint_every: also save every this many optimiser steps (:func:`fit`).
+        checkpoint_every_s: skip an epoch-end checkpoint written less than this many seconds after the previous
+            one (small data: epochs of a few steps would otherwise write the full training state every few
+            steps); the last epoch, ``checkpoint_every`` steps and a ``max_steps`` stop are always saved.
+        log_every: send ``train/*`` to the tracker every this many steps (:func:`fit`).
+        progress: show a progress bar (on ``comm``'s main rank only).
+        progress_every: without a terminal, log a progress line every this many steps.
+        label: what is trained, before the epoch in the progress bar and log lines (e.g. ``"fine-tune ssl f10"``).
     """
-    mixed = int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint64)[0])
-    return torch.Generator().manual_seed(mixed & 0x7FFF_FFFF_FFFF_FFFF)
+
+    epochs: int = 1
+    max_steps: int | None = None
+    total_steps: int | None = None
+    device: str | torch.device = "cpu"
+    amp: str = "off"
+    grad_accum: int = 1
+    clip_grad: float | None = None
+    channels_last: bool = False
+    checkpoint_every: int | None = None
+    checkpoint_every_s: float = 0.0
+    log_every: int = 10
+    progress: bool = True
+    progress_every: int = 50
+    label: str = ""
 
 
-def _safe_len(loader: Iterable) -> int | None:
-    try:
-        return len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        return None
+@dataclass
+class Optimisation:
+    """What steps the weights: the optimiser, an optional per-step LR scheduler and, for fp16 on CUDA, a
+    ``GradScaler`` (created by the loop when ``None`` and fp16 runs on CUDA)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any = None
+    scaler: torch.amp.GradScaler | None = None
+
+    def step(self, clip_grad: float | None, rescale: float | None = None) -> float | None:
+        """Rescale a short accumulation group, unscale, clip, step, zero the grads, step the scheduler.
+
+        Returns:
+            The global gradient norm before clipping (``None`` without clipping).
+        """
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if rescale is not None:
+            for p in params:
+                p.grad.mul_(rescale)
+        grad_norm = None
+        if self.scaler is not None and clip_grad:
+            self.scaler.unscale_(self.optimizer)
+        if clip_grad:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_grad))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return grad_norm
 
 
-def _channels_last(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """Make the channel axis the fastest-moving one (``channels_last`` / ``_3d`` for images;
-    for ``(B, V, C, ...)`` views every ``views[:, v]`` slice is channels-last)."""
-    if not x.is_floating_point() or x.ndim < channel_dim + 3 or x.ndim > channel_dim + 4:
-        return x
-    perm = [d for d in range(x.ndim) if d != channel_dim] + [channel_dim]
-    inv = [perm.index(d) for d in range(x.ndim)]
-    return x.permute(*perm).contiguous().permute(*inv)
+@dataclass
+class EpochSums:
+    """Running sums of an epoch's scalars over its micro-batches, and the gradient norms of its steps.
 
-
-def to_device(batch: Any, device: torch.device, channels_last: bool = False, _key: str | None = None) -> Any:
-    """Move every tensor in a (nested) batch to ``device`` (non-blocking).
-
-    With ``channels_last``, floating ``"image"`` ``(B, C, H, W)`` / ``(B, C, X, Y, Z)`` and
-    ``"views"`` ``(B, V, C, ...)`` tensors are laid out channels-last.
+    Saved with a mid-epoch checkpoint, so that the averages of a resumed epoch cover the whole epoch.
     """
-    if isinstance(batch, torch.Tensor):
-        x = batch.to(device, non_blocking=True)
-        if channels_last and _key in _IMAGE_KEYS:
-            x = _channels_last(x, _IMAGE_KEYS[_key])
-        return x
-    if isinstance(batch, dict):
-        return {k: to_device(v, device, channels_last, k if isinstance(k, str) else None) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        # multi-crop views given as a list of (B, C, ...) tensors: channel axis 1
-        key = "image" if _key == "views" else _key
-        return type(batch)(to_device(v, device, channels_last, key) for v in batch)
-    return batch
+
+    sums: dict[str, float] = field(default_factory=dict)
+    n_micro: int = 0
+    grad_norms: list[float] = field(default_factory=list)
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n_micro += 1
+
+    def means(self) -> dict[str, float]:
+        """Per-micro-batch averages of every scalar, plus ``grad_norm`` (mean over steps) when clipping."""
+        out = {k: v / self.n_micro for k, v in self.sums.items()} if self.n_micro else {}
+        if self.grad_norms:
+            out["grad_norm"] = sum(self.grad_norms) / len(self.grad_norms)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "n_micro": self.n_micro, "grad_norms": list(self.grad_norms)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> EpochSums:
+        state = state or {}
+        return cls({str(k): float(v) for k, v in state.get("sums", {}).items()}, int(state.get("n_micro", 0)),
+                   [float(g) for g in state.get("grad_norms", [])])
 
 
-def _batch_size(batch: Any) -> int:
-    if isinstance(batch, dict):
-        for key in ("image", "views"):
-            if key in batch:
-                return _batch_size(batch[key])
-        values = list(batch.values())
-    elif isinstance(batch, (list, tuple)):
-        values = list(batch)
-    else:
-        values = [batch]
-    for v in values:
-        if isinstance(v, torch.Tensor) and v.ndim > 0:
-            return int(v.shape[0])
-        if isinstance(v, (list, tuple, dict)):
-            n = _batch_size(v)
-            if n:
-                return n
-    return 0
+@dataclass
+class EpochStart:
+    """Where :func:`train_one_epoch` begins.
+
+    Attributes:
+        global_step: optimiser steps of the run taken before this call.
+        batches_done: batches of this epoch already consumed (mid-epoch resume), a multiple of ``grad_accum``;
+            they are drawn from the loader and discarded.
+        rng: RNG state restored after those batches are drawn (mid-epoch resume).
+        sums: the epoch's running sums, updated in place (a resumed epoch passes the saved ones).
+    """
+
+    global_step: int = 0
+    batches_done: int = 0
+    rng: dict[str, Any] | None = None
+    sums: EpochSums = field(default_factory=EpochSums)
 
 
-def _scalar_outputs(out: Any, where: str) -> dict[str, torch.Tensor]:
-    """The scalar entries of a method's output dict (``"loss"`` first)."""
-    if not isinstance(out, dict) or "loss" not in out:
-        raise TrainingError(
-            f"the model returned {type(out).__name__}, not a dict with a 'loss' entry",
-            where=where, fix="make the method's forward(batch) return {'loss': tensor, ...}",
-        )
-    scalars: dict[str, torch.Tensor] = {}
-    for k, v in out.items():
-        if isinstance(v, torch.Tensor) and v.numel() == 1:
-            scalars[k] = v.detach().float().reshape(())
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            scalars[k] = torch.tensor(float(v))
-    if "loss" not in scalars:
-        raise TrainingError("the model's 'loss' is not a scalar tensor", where=where,
-                            fix="reduce the loss to a single number (mean over the batch)")
-    return scalars
+class MetricsSink(Protocol):
+    """What the loop logs to (:class:`medcl.tracking.Tracker` satisfies it)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
 
 
-def _reduce_mean(values: dict[str, float], device: torch.device, comm: Comm) -> dict[str, float]:
-    """Average a dict of floats over ``comm``'s processes (identity for one process)."""
-    if not values or comm.size == 1:
-        return values
-    keys = sorted(values)
-    t = comm.all_reduce_mean(torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device))
-    return dict(zip(keys, t.tolist()))
+class Monitor(Protocol):
+    """Watches training every ``every`` steps and at the last (e.g. :class:`medcl.tasks.monitor.OnlineProbe`)."""
+
+    every: int
+
+    def __call__(self, step: int) -> dict[str, float]: ...
 
 
-# ----------------------------------------------------------------------------- training
-def _optimizer_step(optimizer, scaler, clip_grad: float | None, rescale: float | None) -> float | None:
-    """Unscale, rescale a short accumulation group, clip, step, zero grads; returns the grad norm."""
-    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    if rescale is not None:
-        for p in params:
-            p.grad.mul_(rescale)
-    grad_norm = None
-    if scaler is not None and clip_grad:
-        scaler.unscale_(optimizer)
-    if clip_grad:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_grad))
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm
+# ----------------------------------------------------------------------------- one epoch
+class _Group:
+    """The micro-batches of the optimiser step being accumulated."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count, self.divisor = 0, 1
+
+    def add(self, values: dict[str, float], divisor: int) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count, self.divisor = self.count + 1, divisor
+
+    def pop_means(self) -> dict[str, float]:
+        means = {k: v / self.count for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    *,
-    comm: Comm,
-    scheduler: Any = None,
-    scaler: torch.amp.GradScaler | None = None,
-    amp: str = "off",
-    device: torch.device | str,
-    epoch: int,
-    grad_accum: int = 1,
-    clip_grad: float | None = None,
-    channels_last: bool = False,
-    step_offset: int = 0,
-    total_steps: int | None = None,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
-    max_steps: int | None = None,
-    skip_batches: int = 0,
-    rng_state: dict[str, Any] | None = None,
-    progress: bool = True,
-    log_every: int = 50,
-    accumulator: dict[str, Any] | None = None,
-    label: str = "",
-) -> dict[str, float]:
-    """Train for one pass over ``loader`` (or ``max_steps`` optimiser steps).
+def _micro_step(model: nn.Module, batch: Any, optim: Optimisation, amp: str, device: torch.device, divisor: int,
+                where: str, no_sync: bool) -> dict[str, float]:
+    """Forward and backward of one micro-batch, its loss divided by ``divisor``; the loss is checked to be finite
+    before backward. Returns the scalars the model returned, as floats."""
+    with model.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
+        with autocast(amp, device):
+            out = model(batch)
+        values = scalar_values(out, where, device)
+        if not math.isfinite(values["loss"]):
+            raise TrainingError(f"loss is {values['loss']} at {where}", where=where,
+                                fix="lower the learning rate, enable gradient clipping (clip_grad), "
+                                    "or check the inputs of this batch for NaN/Inf")
+        loss = out["loss"] / divisor
+        (optim.scaler.scale(loss) if optim.scaler is not None else loss).backward()
+    return values
+
+
+def _skip(it: Any, n: int) -> tuple[int, bool]:
+    """Draw ``n`` batches from ``it`` and discard them; ``(batches drawn, whether the data ran out)``."""
+    for i in range(n):
+        if next(it, _END) is _END:
+            return i, True
+    return n, False
+
+
+_END = object()
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, optim: Optimisation, settings: LoopSettings = LoopSettings(),
+                    *, comm: Comm, epoch: int = 0, start: EpochStart | None = None,
+                    on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
+    """Train for one pass over ``loader``, or until the run's step reaches ``settings.max_steps``.
 
     Args:
         model: method module (optionally DDP / compiled); ``forward(batch) -> {"loss", ...}``.
         loader: iterable of batches (dicts as in ``medcl/README.md``).
-        optimizer: the optimiser; stepped every ``grad_accum`` batches.
-        comm: the processes the logged averages are reduced over (the gradients are DDP's business):
-            ``distributed.world()`` when every rank trains, ``distributed.LOCAL`` otherwise.
-        scheduler: per-step LR scheduler, stepped after every optimiser step.
-        scaler: ``GradScaler`` for fp16 (created when ``None`` and fp16 runs on CUDA).
-        amp: ``"off"``, ``"bf16"`` or ``"fp16"`` (see :mod:`medcl.engine.amp`).
-        device: where batches go.
+        optim: optimiser, scheduler (stepped after every optimiser step) and scaler.
+        settings: see :class:`LoopSettings` (``epochs``, ``checkpoint_*`` and ``log_every`` are :func:`fit`'s).
+        comm: the processes the logged averages are reduced over (the gradients are DDP's business).
         epoch: epoch number (for messages and logs).
-        grad_accum: micro-batches per optimiser step; each loss is divided by its group's size,
-            and a shorter last group is divided by its own size.
-        clip_grad: max global gradient norm (after unscaling), or ``None``.
-        channels_last: lay out image tensors channels-last.
-        step_offset: optimiser steps taken before this call (global step of the first step - 1).
-        total_steps: steps in the whole run, passed to ``on_step_end`` (estimated if ``None``).
-        on_step: ``callback(global_step, logs)`` after each optimiser step.
-        max_steps: stop after this many optimiser steps in this call.
-        skip_batches: batches of this epoch already consumed (mid-epoch resume); a multiple
-            of ``grad_accum``. They are drawn from the loader and discarded.
-        rng_state: RNG state restored after the skipped batches are drawn (mid-epoch resume).
-        accumulator: the running epoch sums, updated in place (``{"sums": {name: float},
-            "n_micro": int, "grad_norms": [float]}``); pass the one saved with a mid-epoch
-            checkpoint so that the epoch averages of a resumed epoch cover the whole epoch.
-        progress: show a progress bar (on ``comm``'s main rank only).
-        log_every: without a terminal, log a line every this many steps.
-        label: what is trained, before the epoch in the progress bar and log lines (e.g. ``"fine-tune ssl f10"``).
+        start: the run's step before this call and, on a mid-epoch resume, the position in the epoch.
+        on_step: ``callback(global_step, logs)`` after each optimiser step; ``logs`` holds the step's averages of
+            the model's scalars, ``lr``, ``samples_per_s``, ``data_wait_fraction``, ``epoch``, ``batches_done``
+            and ``grad_norm`` when clipping.
 
     Returns:
-        Averages over this call: every scalar the model returned (``loss``, ...), ``lr`` (last),
-        ``grad_norm`` (mean, when clipping), ``samples_per_s`` (all ranks together),
-        ``data_wait_fraction`` (share of step time spent waiting for the loader, in [0, 1]),
-        ``steps``, ``batches_done`` (batches of the epoch consumed, skipped ones included),
-        ``completed`` (1.0 if the epoch's data was used up, else 0.0).
+        Averages over the epoch (a resumed one included): every scalar the model returned (``loss``, ...),
+        ``grad_norm`` (mean, when clipping); over this call: ``samples_per_s`` (all ranks together),
+        ``data_wait_fraction`` (share of step time spent waiting for the loader, in [0, 1]); ``lr`` (last),
+        ``steps``, ``batches_done`` (batches of the epoch consumed, skipped ones included), ``completed``
+        (1.0 if the epoch's data was used up, else 0.0).
 
     Raises:
-        TrainingError: NaN/Inf loss (checked before backward), or a malformed model output.
+        TrainingError: NaN/Inf loss (checked before backward), a malformed model output, or a resume position
+            that is not a whole number of optimiser steps.
     """
-    device = torch.device(device)
-    amp = resolve_amp(amp, device)
-    if scaler is None:
-        scaler = make_grad_scaler(amp, device)
-    if grad_accum < 1:
-        raise ConfigError(f"grad_accum={grad_accum} must be >= 1", where="grad_accum",
+    s, start = settings, start or EpochStart()
+    device = torch.device(s.device)
+    amp = resolve_amp(s.amp, device)
+    if optim.scaler is None:
+        optim = replace(optim, scaler=make_grad_scaler(amp, device))
+    if s.grad_accum < 1:
+        raise ConfigError(f"grad_accum={s.grad_accum} must be >= 1", where="grad_accum",
                           fix="use 1 for no accumulation")
-    if skip_batches % grad_accum:
-        raise TrainingError(
-            f"cannot resume {skip_batches} batches into epoch {epoch}: not a multiple of grad_accum={grad_accum}",
-            where=f"epoch {epoch}", fix="resume with the grad_accum the checkpoint was written with",
-        )
-    n_batches = _safe_len(loader)
-    core = unwrap_model(model)
-    hook = getattr(core, "on_step_end", None)
+    if start.batches_done % s.grad_accum:
+        raise TrainingError(f"cannot resume {start.batches_done} batches into epoch {epoch}: not a multiple of "
+                            f"grad_accum={s.grad_accum}", where=f"epoch {epoch}",
+                            fix="resume with the grad_accum the checkpoint was written with")
+    n_batches = safe_len(loader)
+    hook = getattr(unwrap_model(model), "on_step_end", None)
     can_no_sync = hasattr(model, "no_sync") and n_batches is not None
-    if total_steps is None:
-        remaining = math.ceil(max(0, n_batches - skip_batches) / grad_accum) if n_batches is not None else 0
-        if max_steps is not None:
-            remaining = min(remaining, max_steps) if n_batches is not None else max_steps
-        total_steps = step_offset + remaining
-    bar_total = None
-    if n_batches is not None:
-        bar_total = math.ceil(max(0, n_batches - skip_batches) / grad_accum)
-        if max_steps is not None:
-            bar_total = min(bar_total, max_steps)
+    left = None if s.max_steps is None else s.max_steps - start.global_step
+    expected = None if n_batches is None else math.ceil(max(0, n_batches - start.batches_done) / s.grad_accum)
+    if expected is not None and left is not None:
+        expected = min(expected, left)
+    total_steps = s.total_steps if s.total_steps is not None else start.global_step + (
+        expected if expected is not None else (left or 0))
 
     model.train()
-    optimizer.zero_grad(set_to_none=True)
+    optim.optimizer.zero_grad(set_to_none=True)
     it = iter(loader)
-    batch_idx = 0
-    exhausted = False
-    for _ in range(skip_batches):
-        try:
-            next(it)
-        except StopIteration:
-            exhausted = True
-            break
-        batch_idx += 1
-    if rng_state is not None:
-        restore_rng_state(rng_state)
+    batch_idx, exhausted = _skip(it, start.batches_done)
+    if start.rng is not None:
+        restore_rng_state(start.rng)
+    sums, group, meter = start.sums, _Group(), Throughput()
+    steps, lr = 0, float(optim.optimizer.param_groups[0]["lr"])
 
-    acc = accumulator if accumulator is not None else {}
-    sums: dict[str, float] = acc.setdefault("sums", {})
-    acc.setdefault("n_micro", 0)
-    steps = 0
-    lr = float(optimizer.param_groups[0]["lr"])
-    grad_norms: list[float] = acc.setdefault("grad_norms", [])
-    total_time = total_wait = 0.0
-    total_samples = 0
-    g_sums: dict[str, float] = {}
-    g_time = g_wait = 0.0
-    g_samples = g_count = 0
-    g_divisor = grad_accum
-
-    def finish_group(rescale: float | None) -> None:
-        nonlocal steps, lr, g_sums, g_time, g_wait, g_samples, g_count, total_time, total_wait, total_samples
-        t0 = time.perf_counter()
-        lr = float(optimizer.param_groups[0]["lr"])
-        grad_norm = _optimizer_step(optimizer, scaler, clip_grad, rescale)
-        if scheduler is not None:
-            scheduler.step()
-        steps += 1
-        global_step = step_offset + steps
+    def finish_step(rescale: float | None, samples: int, step: int, batches: int) -> dict[str, float]:
+        step_lr = float(optim.optimizer.param_groups[0]["lr"])
+        grad_norm = optim.step(s.clip_grad, rescale)
         if hook is not None:
-            hook(global_step, total_steps)
-        g_time += time.perf_counter() - t0
-        total_time += g_time
-        total_wait += g_wait
-        total_samples += g_samples
-        logs = {k: v / g_count for k, v in g_sums.items()}
-        logs.update(
-            lr=lr,
-            samples_per_s=g_samples / g_time if g_time > 0 else 0.0,
-            data_wait_fraction=min(1.0, g_wait / g_time) if g_time > 0 else 0.0,
-            epoch=float(epoch),
-            batches_done=float(batch_idx),
-        )
+            hook(step, total_steps)
+        meter.done(samples)
+        logs = group.pop_means()
+        logs.update(lr=step_lr, **meter.close_step(), epoch=float(epoch), batches_done=float(batches))
         if grad_norm is not None:
             logs["grad_norm"] = grad_norm
-            grad_norms.append(grad_norm)
-        bar.update(steps, logs)
-        if on_step is not None:
-            on_step(global_step, logs)
-        g_sums, g_time, g_wait, g_samples, g_count = {}, 0.0, 0.0, 0, 0
+            sums.grad_norms.append(grad_norm)
+        return logs
 
-    desc = f"{label} epoch {epoch}" if label else f"epoch {epoch}"
-    with StepProgress(bar_total, desc, enabled=progress and comm.is_main, log_every=log_every) as bar:
-        t_prev = time.perf_counter()
-        while max_steps is None or steps < max_steps:
-            try:
-                batch = next(it)
-            except StopIteration:
+    desc = f"{s.label} epoch {epoch}" if s.label else f"epoch {epoch}"
+    with StepProgress(expected, desc, enabled=s.progress and comm.is_main, log_every=s.progress_every) as bar:
+        meter.restart()
+        while not exhausted and (left is None or steps < left):
+            batch = next(it, _END)
+            if batch is _END:
                 exhausted = True
                 break
-            t_arrive = time.perf_counter()
-            g_wait += t_arrive - t_prev
-            batch = to_device(batch, device, channels_last)
-            group_start = batch_idx - batch_idx % grad_accum
-            g_divisor = min(grad_accum, n_batches - group_start) if n_batches is not None else grad_accum
-            is_last = n_batches is not None and batch_idx == n_batches - 1
-            boundary = (batch_idx + 1) % grad_accum == 0 or is_last
-            sync = model.no_sync() if (can_no_sync and not boundary) else contextlib.nullcontext()
-            with sync:
-                with autocast(amp, device):
-                    out = model(batch)
-                where = f"epoch {epoch}, step {step_offset + steps + 1} (batch {batch_idx})"
-                scalars = _scalar_outputs(out, where)
-                names = list(scalars)
-                values = torch.stack([scalars[k].to(device) for k in names]).tolist()  # one sync
-                loss_value = values[names.index("loss")]
-                if not math.isfinite(loss_value):
-                    raise TrainingError(
-                        f"loss is {loss_value} at epoch {epoch}, step {step_offset + steps + 1}",
-                        where=where,
-                        fix="lower the learning rate, enable gradient clipping (clip_grad), "
-                            "or check the inputs of this batch for NaN/Inf",
-                    )
-                loss = out["loss"] / g_divisor
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-            for k, v in zip(names, values):
-                g_sums[k] = g_sums.get(k, 0.0) + v
-                sums[k] = sums.get(k, 0.0) + v
-            acc["n_micro"] += 1
-            g_count += 1
-            g_samples += _batch_size(batch)
+            meter.arrived()
+            batch = to_device(batch, device, s.channels_last)
+            group_start = batch_idx - batch_idx % s.grad_accum
+            divisor = min(s.grad_accum, n_batches - group_start) if n_batches is not None else s.grad_accum
+            boundary = (batch_idx + 1) % s.grad_accum == 0 or (n_batches is not None and batch_idx == n_batches - 1)
+            where = f"epoch {epoch}, step {start.global_step + steps + 1} (batch {batch_idx})"
+            values = _micro_step(model, batch, optim, amp, device, divisor, where, can_no_sync and not boundary)
+            group.add(values, divisor)
+            sums.add(values)
             batch_idx += 1
-            g_time += time.perf_counter() - t_prev
-            if boundary:
-                finish_group(None)
-            t_prev = time.perf_counter()
-        if g_count:  # loader ended inside a group (length unknown or shorter than len())
-            finish_group(g_divisor / g_count)
+            if not boundary:
+                meter.done(batch_size(batch))
+                continue
+            steps += 1
+            logs = finish_step(None, batch_size(batch), start.global_step + steps, batch_idx)
+            lr = logs["lr"]
+            bar.update(steps, logs)
+            if on_step is not None:
+                on_step(start.global_step + steps, logs)
+            meter.restart()
+        if group.count:  # the loader ended inside a group (length unknown or shorter than len())
+            steps += 1
+            logs = finish_step(group.divisor / group.count, 0, start.global_step + steps, batch_idx)
+            lr = logs["lr"]
+            bar.update(steps, logs)
+            if on_step is not None:
+                on_step(start.global_step + steps, logs)
 
     completed = exhausted or (n_batches is not None and batch_idx >= n_batches)
-    n_micro = acc["n_micro"]
-    result = {k: v / n_micro for k, v in sums.items()} if n_micro else {}
-    if grad_norms:
-        result["grad_norm"] = sum(grad_norms) / len(grad_norms)
-    result["samples_per_s"] = total_samples / total_time if total_time > 0 else 0.0
-    result["data_wait_fraction"] = min(1.0, total_wait / total_time) if total_time > 0 else 0.0
-    result = _reduce_mean(result, device, comm)
+    result = reduce_mean({**sums.means(), **meter.total.rates()}, device, comm)
     result["samples_per_s"] *= comm.size
     result.update(lr=lr, steps=float(steps), batches_done=float(batch_idx), completed=float(completed))
     return result
 
 
-def fit(
-    model: nn.Module,
-    loader_factory: Callable[[int], Iterable],
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any = None,
-    *,
-    comm: Comm,
-    epochs: int,
-    start_epoch: int = 0,
-    checkpointer: Any = None,
-    tracker: Any = None,
-    scaler: torch.amp.GradScaler | None = None,
-    amp: str = "off",
-    device: torch.device | str = "cpu",
-    grad_accum: int = 1,
-    clip_grad: float | None = None,
-    channels_last: bool = False,
-    checkpoint_every: int | None = None,
-    resume: bool = True,
-    resume_state: dict[str, Any] | None = None,
-    run_id: str | None = None,
-    config: Any = None,
-    max_steps: int | None = None,
-    total_steps: int | None = None,
-    log_every: int = 10,
-    on_epoch_end: Callable[[int, dict[str, float]], dict[str, float] | None] | None = None,
-    progress: bool = True,
-    monitor: Any = None,
-    label: str = "",
-    checkpoint_every_s: float = 0.0,
-) -> list[dict[str, float]]:
-    """Train for ``epochs`` epochs, checkpointing and resuming.
+# ----------------------------------------------------------------------------- the run
+class _Saver:
+    """Writes training states through a :class:`Checkpointer` (nothing without one).
+
+    An ``optional`` save (an epoch end that is neither the last nor due by ``checkpoint_every``) is skipped when
+    the previous one is less than ``min_interval_s`` old.
+    """
+
+    def __init__(self, checkpointer: Checkpointer | None, core: nn.Module, optim: Optimisation,
+                 min_interval_s: float) -> None:
+        self.checkpointer, self.core, self.optim, self.min_interval_s = checkpointer, core, optim, min_interval_s
+        self.last = time.monotonic()
+
+    def save(self, epoch: int, batches_done: int, epoch_step: int, global_step: int, n_batches: int | None,
+             sums: EpochSums | None = None, optional: bool = False) -> None:
+        cp = self.checkpointer
+        if cp is None or (optional and time.monotonic() - self.last < self.min_interval_s):
+            return
+        self.last = time.monotonic()
+        if n_batches is not None and batches_done >= n_batches:  # a step save at the epoch's last batch
+            epoch, batches_done, epoch_step = epoch + 1, 0, 0
+        o = self.optim
+        state = build_training_state(self.core, o.optimizer, o.scheduler, o.scaler, epoch=epoch,
+                                     batches_done=batches_done, epoch_step=epoch_step, global_step=global_step,
+                                     run_id=cp.run_id, config=cp.config)
+        if batches_done and sums is not None and sums.n_micro:
+            state["epoch_accumulator"] = sums.state()
+        cp.save(state, global_step)
+
+
+def _resume_point(state: dict[str, Any] | None, core: nn.Module, optim: Optimisation) -> tuple[int, int, EpochStart]:
+    """Restore ``state`` (weights, optimiser, scheduler, scaler) and say where to continue:
+    ``(epoch, steps already taken in it, EpochStart)``. At an epoch boundary the RNG is restored now."""
+    if state is None:
+        return 0, 0, EpochStart()
+    restore_training_state(state, core, optim.optimizer, optim.scheduler, optim.scaler)
+    epoch, skip, step = int(state["epoch"]), int(state["batches_done"]), int(state["global_step"])
+    log.info("resuming at epoch %d, batch %d (global step %d)", epoch, skip, step)
+    rng, epoch_step = state.get("rng"), int(state.get("epoch_step", 0))
+    if skip:
+        return epoch, epoch_step, EpochStart(step, skip, rng, EpochSums.from_state(state.get("epoch_accumulator")))
+    if rng is not None:
+        restore_rng_state(rng)
+    return epoch, epoch_step, EpochStart(step)
+
+
+def _on_step(s: LoopSettings, total: int | None, tracker: MetricsSink | None, monitor: Monitor | None,
+             saver: _Saver, epoch: int, n_batches: int | None, start: EpochStart,
+             epoch_step: int) -> Callable[[int, dict[str, float]], None]:
+    """The callback :func:`fit` gives :func:`train_one_epoch` for ``epoch``: tracking every ``log_every`` steps,
+    the monitor every ``monitor.every`` steps and at the last, a mid-epoch checkpoint every ``checkpoint_every``."""
+
+    def on_step(step: int, logs: dict[str, float]) -> None:
+        if tracker is not None and step % max(1, s.log_every) == 0:
+            tracker.log_metrics({f"train/{k}": v for k, v in logs.items() if k not in ("epoch", "batches_done")},
+                                step)
+        if monitor is not None and (step % monitor.every == 0 or step == total or step == s.max_steps):
+            found = monitor(step)
+            if tracker is not None and found:
+                tracker.log_metrics(found, step)
+        done = int(logs["batches_done"])
+        if s.checkpoint_every and step % s.checkpoint_every == 0 and (n_batches is None or done < n_batches):
+            saver.save(epoch, done, epoch_step + step - start.global_step, step, n_batches, start.sums)
+
+    return on_step
+
+
+def fit(model: nn.Module, loader_factory: Callable[[int], Iterable], optim: Optimisation, settings: LoopSettings,
+        *, comm: Comm, checkpointer: Checkpointer | None = None, tracker: MetricsSink | None = None,
+        resume: dict[str, Any] | None = None, monitor: Monitor | None = None) -> list[dict[str, float]]:
+    """Train for ``settings.epochs`` epochs (or to ``settings.max_steps``), checkpointing and resuming.
 
     Args:
-        model: method module, already on ``device`` (optionally DDP / compiled).
-        loader_factory: ``epoch -> loader``; seed its shuffling with :func:`epoch_generator`.
-        optimizer, scheduler: as for :func:`train_one_epoch` (scheduler stepped per step).
+        model: method module, already on the device (optionally DDP / compiled).
+        loader_factory: ``epoch -> loader``; seed its shuffling with :func:`~medcl.engine.batches.epoch_generator`.
+        optim: see :func:`train_one_epoch`.
+        settings: see :class:`LoopSettings`.
         comm: who the logged averages are reduced over, see :func:`train_one_epoch`.
-        epochs: total epochs of the run (not "more epochs").
-        start_epoch: first epoch when not resuming.
-        checkpointer: a :class:`~medcl.engine.checkpoint.Checkpointer` (or ``None``); saves at
-            the end of every epoch, every ``checkpoint_every`` steps and when ``max_steps`` stops.
-        tracker: object with ``log_metrics(dict, step)`` or ``None``: gets ``train/*`` every
-            ``log_every`` steps and ``epoch/*`` after each epoch.
-        scaler, amp, device, grad_accum, clip_grad, channels_last: see :func:`train_one_epoch`.
-        resume: load ``checkpointer.load_latest()`` when there is one.
-        resume_state: a state already loaded by the caller (e.g. to reopen its tracking run).
-        run_id, config: stored in every checkpoint.
-        max_steps: stop once the global step reaches this.
-        total_steps: steps in the whole run for ``on_step_end``; default ``epochs * steps/epoch``.
-        on_epoch_end: ``callback(epoch, record) -> extra metrics``.
-        progress: progress bar.
-        monitor: called as ``monitor(global_step) -> metrics`` every ``monitor.every`` steps and at the last
-            step (e.g. :class:`medcl.tasks.monitor.OnlineProbe`); its metrics go to ``tracker`` at that step.
-        label: what is trained, for the progress bar and log lines.
-        checkpoint_every_s: skip an epoch-end checkpoint written less than this many seconds after the previous
-            one (small data: epochs of a few steps would otherwise write the full training state every few
-            steps); the last epoch, ``checkpoint_every`` steps and a ``max_steps`` stop are always saved.
+        checkpointer: saves at the end of every epoch (see ``checkpoint_every_s``), every ``checkpoint_every``
+            steps and when ``max_steps`` stops inside an epoch; its ``run_id`` and ``config`` go into every state.
+        tracker: gets ``train/*`` every ``log_every`` steps, ``epoch/*`` after each epoch and the monitor's metrics.
+        resume: a training state to continue from (e.g. ``checkpointer.load_latest()`` or
+            :func:`medcl.engine.resume.load_resume_state`); ``None`` starts at step 0.
+        monitor: called as ``monitor(global_step) -> metrics`` every ``monitor.every`` steps and at the last step.
 
     Returns:
         One dict per epoch run in this call (partial ones included): the epoch averages plus
         ``epoch`` and ``global_step``.
     """
-    device = torch.device(device)
-    amp = resolve_amp(amp, device)
-    if scaler is None:
-        scaler = make_grad_scaler(amp, device)
+    s = settings
+    device = torch.device(s.device)
+    if optim.scaler is None:
+        optim = replace(optim, scaler=make_grad_scaler(resolve_amp(s.amp, device), device))
     core = unwrap_model(model)
-    if channels_last:
+    if s.channels_last:
         model_to_channels_last(core)
-
-    epoch, skip, global_step, rng = int(start_epoch), 0, 0, None
-    carried: dict[str, Any] | None = None  # running sums of an interrupted epoch
-    state = resume_state
-    if state is None and resume and checkpointer is not None:
-        state = checkpointer.load_latest()
-    if state is not None:
-        restore_training_state(state, core, optimizer, scheduler, scaler)
-        epoch, skip, global_step = int(state["epoch"]), int(state["batches_done"]), int(state["global_step"])
-        epoch_step = int(state.get("epoch_step", 0))
-        rng = state.get("rng")
-        carried = state.get("epoch_accumulator") if skip else None
-        run_id = run_id if run_id is not None else state.get("run_id")
-        log.info("resuming at epoch %d, batch %d (global step %d)", epoch, skip, global_step)
-    else:
-        epoch_step = 0
-    if rng is not None and skip == 0:
-        restore_rng_state(rng)
-        rng = None
-
-    last_save = [time.monotonic()]
-
-    def save(ep: int, batches_done: int, ep_step: int, n_batches: int | None,
-             acc: dict[str, Any] | None = None, optional: bool = False) -> None:
-        if checkpointer is None:
-            return
-        if optional and time.monotonic() - last_save[0] < checkpoint_every_s:
-            return
-        last_save[0] = time.monotonic()
-        if n_batches is not None and batches_done >= n_batches:
-            ep, batches_done, ep_step = ep + 1, 0, 0
-        state = build_training_state(core, optimizer, scheduler, scaler, epoch=ep, batches_done=batches_done,
-                                     epoch_step=ep_step, global_step=global_step, run_id=run_id, config=config)
-        if batches_done and acc:
-            state["epoch_accumulator"] = {"sums": dict(acc.get("sums", {})), "n_micro": int(acc.get("n_micro", 0)),
-                                          "grad_norms": list(acc.get("grad_norms", []))}
-        checkpointer.save(state, global_step)
-
+    first_epoch, epoch_step, start = _resume_point(resume, core, optim)
+    saver = _Saver(checkpointer, core, optim, s.checkpoint_every_s)
+    total = s.total_steps
     history: list[dict[str, float]] = []
-    for ep in range(epoch, epochs):
-        if max_steps is not None and global_step >= max_steps:
+    for ep in range(first_epoch, s.epochs):
+        if s.max_steps is not None and start.global_step >= s.max_steps:
             break
         loader = loader_factory(ep)
-        n_batches = _safe_len(loader)
-        if total_steps is None and n_batches is not None:
-            total_steps = epochs * math.ceil(n_batches / grad_accum)
-        start_step, start_epoch_step = global_step, epoch_step
-        acc: dict[str, Any] = {}
-        if carried:
-            acc = {"sums": {str(k): float(v) for k, v in carried.get("sums", {}).items()},
-                   "n_micro": int(carried.get("n_micro", 0)),
-                   "grad_norms": [float(g) for g in carried.get("grad_norms", [])]}
-
-        def on_step(step: int, logs: dict[str, float], _ep: int = ep, _n: int | None = n_batches,
-                    _s0: int = start_step, _es0: int = start_epoch_step, _acc: dict[str, Any] = acc,
-                    _total: int | None = total_steps) -> None:
-            nonlocal global_step
-            global_step = step
-            if tracker is not None and step % max(1, log_every) == 0:
-                tracker.log_metrics({f"train/{k}": v for k, v in logs.items()
-                                     if k not in ("epoch", "batches_done")}, step)
-            if monitor is not None and (step % monitor.every == 0 or step == _total
-                                        or (max_steps is not None and step == max_steps)):
-                found = monitor(step)
-                if tracker is not None and found:
-                    tracker.log_metrics(found, step)
-            done = int(logs["batches_done"])
-            if checkpoint_every and step % checkpoint_every == 0 and (_n is None or done < _n):
-                save(_ep, done, _es0 + step - _s0, _n, _acc)
-
-        result = train_one_epoch(
-            model, loader, optimizer, comm=comm, scheduler=scheduler, scaler=scaler, amp=amp, device=device, epoch=ep,
-            grad_accum=grad_accum, clip_grad=clip_grad, channels_last=channels_last, step_offset=start_step,
-            total_steps=total_steps, on_step=on_step,
-            max_steps=None if max_steps is None else max_steps - start_step,
-            skip_batches=skip, rng_state=rng, progress=progress, accumulator=acc, label=label,
-        )
-        skip, rng, epoch_step, carried = 0, None, 0, None
-        global_step = start_step + int(result["steps"])
-        record = {"epoch": float(ep), "global_step": float(global_step), **result}
-        if result["completed"]:
-            if on_epoch_end is not None:
-                record.update(on_epoch_end(ep, record) or {})
-            if tracker is not None:
-                tracker.log_metrics({f"epoch/{k}": v for k, v in record.items()
-                                     if k not in ("epoch", "global_step", "completed", "steps", "batches_done")}, global_step)
-            history.append(record)
-            final = ep == epochs - 1 or (max_steps is not None and global_step >= max_steps)
-            due = bool(checkpoint_every) and global_step % checkpoint_every == 0  # a step save falls on the epoch end
-            save(ep + 1, 0, 0, None, optional=not (final or due))
-        else:  # stopped by max_steps inside the epoch
-            history.append(record)
-            save(ep, int(result["batches_done"]), start_epoch_step + int(result["steps"]), n_batches, acc)
+        n_batches = safe_len(loader)
+        if total is None and n_batches is not None:
+            total = s.epochs * math.ceil(n_batches / s.grad_accum)
+        on_step = _on_step(s, total, tracker, monitor, saver, ep, n_batches, start, epoch_step)
+        result = train_one_epoch(model, loader, optim, replace(s, total_steps=total), comm=comm, epoch=ep,
+                                 start=start, on_step=on_step)
+        step = start.global_step + int(result["steps"])
+        history.append({"epoch": float(ep), "global_step": float(step), **result})
+        if not result["completed"]:  # stopped by max_steps inside the epoch
+            saver.save(ep, int(result["batches_done"]), epoch_step + int(result["steps"]), step, n_batches,
+                       start.sums)
             break
+        if tracker is not None:
+            tracker.log_metrics({f"epoch/{k}": v for k, v in result.items()
+                                 if k not in ("completed", "steps", "batches_done")}, step)
+        final = ep == s.epochs - 1 or (s.max_steps is not None and step >= s.max_steps)
+        due = bool(s.checkpoint_every) and step % s.checkpoint_every == 0  # a step save falls on the epoch end
+        saver.save(ep + 1, 0, 0, step, None, optional=not (final or due))
+        start, epoch_step = EpochStart(step), 0
     return history
-
-
-# ----------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, *, comm: Comm, device: torch.device | str,
-             amp: str = "off") -> dict[str, float]:
-    """Average the scalars ``model(batch)`` returns over ``loader`` (weighted by batch size).
-
-    Runs in eval mode under ``no_grad`` and restores the previous train/eval mode. The averages are
-    combined over ``comm``'s processes (each holding its shard of the data).
-    """
-    device = torch.device(device)
-    amp = resolve_amp(amp, device)
-    was_training = model.training
-    model.eval()
-    sums: dict[str, float] = {}
-    count = 0
-    try:
-        for i, batch in enumerate(loader):
-            batch = to_device(batch, device)
-            with autocast(amp, device):
-                out = model(batch)
-            scalars = _scalar_outputs(out, f"evaluation batch {i}")
-            n = max(1, _batch_size(batch))
-            names = list(scalars)
-            for k, v in zip(names, torch.stack([scalars[k].to(device) for k in names]).tolist()):
-                sums[k] = sums.get(k, 0.0) + v * n
-            count += n
-    finally:
-        model.train(was_training)
-    if comm.size > 1:
-        reduced = _reduce_mean({**sums, "__count": float(count)}, device, comm)
-        count_mean = reduced.pop("__count")
-        return {k: v / count_mean for k, v in reduced.items()} if count_mean else {}
-    return {k: v / count for k, v in sums.items()} if count else {}
-
-
-@torch.no_grad()
-def extract_features(
-    encoder: nn.Module,
-    loader: Iterable,
-    *,
-    device: torch.device | str,
-    key: str = "image",
-    amp: str = "off",
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
-    """Run ``encoder(batch[key])`` over ``loader`` and collect the features.
-
-    Feature maps with spatial axes ``(B, D, *spatial)`` are global-average-pooled to ``(B, D)``.
-    Runs on this process's loader only (give rank 0 an unsharded loader).
-
-    Returns:
-        ``features`` ``(N, D)`` float32, ``labels`` (``(N,)`` or ``(N, K)``, or ``None`` when
-        the batches carry none), ``patients`` ``(N,)`` int64 or ``None``, ``indices`` ``(N,)``
-        int64 (the batches' ``"index"``, else 0..N-1).
-    """
-    device = torch.device(device)
-    amp = resolve_amp(amp, device)
-    was_training = encoder.training
-    encoder.eval()
-    feats, labels, patients, indices = [], [], [], []
-    seen = 0
-    try:
-        for i, batch in enumerate(loader):
-            if not isinstance(batch, dict) or key not in batch:
-                raise TrainingError(
-                    f"batch {i} has no {key!r} entry (keys: {sorted(batch) if isinstance(batch, dict) else type(batch).__name__})",
-                    where="extract_features", fix="pass key= one of the batch's keys, e.g. 'image'",
-                )
-            x = to_device(batch[key], device)
-            with autocast(amp, device):
-                f = encoder(x)
-            if not isinstance(f, torch.Tensor):
-                raise TrainingError(f"the encoder returned {type(f).__name__}, not a tensor",
-                                    where="extract_features", fix="pass the encoder, not the method")
-            if f.ndim > 2:
-                f = f.flatten(2).mean(-1)
-            feats.append(f.float().cpu().numpy())
-            n = f.shape[0]
-            if "label" in batch:
-                labels.append(torch.as_tensor(batch["label"]).cpu().numpy())
-            if "patient" in batch:
-                patients.append(torch.as_tensor(batch["patient"]).cpu().numpy().astype(np.int64))
-            if "index" in batch:
-                indices.append(torch.as_tensor(batch["index"]).cpu().numpy().astype(np.int64))
-            else:
-                indices.append(np.arange(seen, seen + n, dtype=np.int64))
-            seen += n
-    finally:
-        encoder.train(was_training)
-    if not feats:
-        return np.zeros((0, 0), np.float32), None, None, np.zeros((0,), np.int64)
-    features = np.concatenate(feats).astype(np.float32, copy=False)
-    lab = np.concatenate(labels) if len(labels) == len(feats) else None
-    pat = np.concatenate(patients) if len(patients) == len(feats) else None
-    return features, lab, pat, np.concatenate(indices)

@@ -49,7 +49,7 @@ def _raw_features(ctx: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _extract(ctx: Any, encoder: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
-    from medcl.engine.loop import extract_features
+    from medcl.engine.inference import extract_features
 
     feats, _, _, idx = extract_features(encoder.to(ctx.device), loader, device=ctx.device)
     return feats, idx
@@ -125,7 +125,7 @@ def _finetune(ctx: Any, encoder: Any, train_items: list[dict], seed_offset: int,
     continues from its latest checkpoint, and a finished one is restored without retraining.
     """
     from medcl.engine.checkpoint import Checkpointer
-    from medcl.engine.loop import fit
+    from medcl.engine.loop import LoopSettings, Optimisation, fit
     from medcl.engine.wrap import wrap_ddp
     from medcl.stages.common import make_transforms, supervised_setup
     from medcl.tasks.classification import (
@@ -147,14 +147,19 @@ def _finetune(ctx: Any, encoder: Any, train_items: list[dict], seed_offset: int,
     ckpt = Checkpointer(ckpt_dir, keep=ft.keep_checkpoints, is_main=comm.is_main) if ckpt_dir is not None else None
     trained = wrap_ddp(wrapper, ctx.device) if comm.size > 1 else wrapper
     t0 = time.perf_counter()
-    history = fit(trained, factory, opt, sched, comm=comm, epochs=epochs, device=ctx.device, max_steps=steps,
-        total_steps=steps, progress=cfg.runtime.progress, log_every=max(1, steps // 10), checkpointer=ckpt,
-        checkpoint_every=ft.checkpoint_every_steps, resume=bool(ctx.resume and ckpt is not None), label=label,
-        checkpoint_every_s=cfg.runtime.checkpoint_every_s)
+    settings = LoopSettings(epochs=epochs, max_steps=steps, total_steps=steps, device=ctx.device,
+                            checkpoint_every=ft.checkpoint_every_steps,
+                            checkpoint_every_s=cfg.runtime.checkpoint_every_s, log_every=max(1, steps // 10),
+                            progress=cfg.runtime.progress, label=label)
+    resume = ckpt.load_latest() if ctx.resume and ckpt is not None else None
+    history = fit(trained, factory, Optimisation(opt, sched), settings, comm=comm, checkpointer=ckpt, resume=resume)
     seconds = time.perf_counter() - t0
     run_steps = sum(int(h["steps"]) for h in history)
     per_rank = max(1, min(ft.batch_size, len(train_items)) // comm.size)
-    model.train_stats = {"steps": run_steps, "train_seconds": round(seconds, 2),
+    # steps: the model's optimiser steps in all; steps_run, train_seconds, images_per_s: this process's share
+    # (less than all of them after a resume)
+    model.train_stats = {"steps": int(history[-1]["global_step"]) if history else 0, "steps_run": run_steps,
+                         "train_seconds": round(seconds, 2),
                          "images_per_s": round(run_steps * per_rank * comm.size / seconds, 1) if seconds > 0 else None}
     return model
 

@@ -21,8 +21,9 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
 
     from medcl import distributed
     from medcl.engine.checkpoint import Checkpointer
-    from medcl.engine.loop import fit
+    from medcl.engine.loop import LoopSettings, Optimisation, fit
     from medcl.engine.optim import build_optimizer
+    from medcl.engine.resume import Launch, load_resume_state, saved_launch
     from medcl.engine.schedule import build_scheduler
     from medcl.engine.wrap import maybe_compile, unwrap_model, wrap_ddp
     from medcl.methods import build_method, method_options
@@ -84,18 +85,17 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
     epochs, total = budget(p.steps, p.epochs, steps_per_epoch, p.max_steps)
     warmup = min(int(p.warmup_epochs * steps_per_epoch), max(0, total - 1))
     scheduler = build_scheduler(optimizer, total_steps=total, warmup_steps=warmup, min_lr_ratio=0.01)
-    ckpt = Checkpointer(ctx.stage_dir("pretrain") / "checkpoints", keep=p.keep_checkpoints, is_main=ctx.is_main)
-    # What a checkpoint needs to say about how it was launched, so a resume can tell what carries over.
-    launch = {"world_size": ctx.world_size, "per_rank_batch": per_rank_batch,
-              "global_batch": per_rank_batch * ctx.world_size, "grad_accum": p.grad_accum,
-              "steps_per_epoch": steps_per_epoch, "cache": cfg.data.cache}
-    resume_state = _load_resume_state(ckpt, launch, method, is_main=ctx.is_main) if ctx.resume else None
-    saved_launch = ((resume_state or {}).get("config") or {}).get("launch")
-    if saved_launch and any(saved_launch.get(k) != launch[k] for k in ("world_size", "global_batch")):
+    # What a checkpoint says about how it was launched, so a resume can tell what carries over.
+    launch = Launch(world_size=ctx.world_size, per_rank_batch=per_rank_batch, grad_accum=p.grad_accum,
+                    steps_per_epoch=steps_per_epoch, cache=cfg.data.cache)
+    ckpt = Checkpointer(ctx.stage_dir("pretrain") / "checkpoints", keep=p.keep_checkpoints, is_main=ctx.is_main,
+                        run_id=tracker.run_id, config={"launch": launch.record()})
+    resume_state = load_resume_state(ckpt, launch, method, is_main=ctx.is_main) if ctx.resume else None
+    before = saved_launch(resume_state)
+    if before and (before.get("world_size"), before.get("global_batch")) != (launch.world_size, launch.global_batch):
         # MLflow params are write-once: record the new launch as a tag instead of re-logging them.
-        tracker.set_tags({"medcl.resumed_launch": f"world_size {saved_launch.get('world_size')} -> "
-                          f"{ctx.world_size}, global batch {saved_launch.get('global_batch')} -> "
-                          f"{launch['global_batch']}"})
+        tracker.set_tags({"medcl.resumed_launch": f"world_size {before.get('world_size')} -> "
+                          f"{ctx.world_size}, global batch {before.get('global_batch')} -> {launch.global_batch}"})
     else:
         tracker.log_params({"pretrain.steps_per_epoch": steps_per_epoch, "pretrain.total_steps": total,
                             "pretrain.world_size": ctx.world_size, "pretrain.per_rank_batch": per_rank_batch,
@@ -107,14 +107,13 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
         tracker.log_params({"pretrain.probe_every_steps": probe.every})
 
     t_train = time.perf_counter()
-    history = fit(
-        model, loader_factory, optimizer, scheduler, comm=distributed.world(), epochs=epochs, checkpointer=ckpt,
-        tracker=tracker, amp=p.amp, device=ctx.device, grad_accum=p.grad_accum, clip_grad=p.clip_grad,
-        channels_last=p.channels_last, checkpoint_every=p.checkpoint_every_steps, resume=False,
-        resume_state=resume_state, run_id=tracker.run_id, config={"launch": launch}, max_steps=total,
-        total_steps=total, log_every=max(1, min(50, total // 20)), progress=cfg.runtime.progress,
-        monitor=probe, label="pretrain", checkpoint_every_s=cfg.runtime.checkpoint_every_s,
-    )
+    settings = LoopSettings(epochs=epochs, max_steps=total, total_steps=total, device=ctx.device, amp=p.amp,
+                            grad_accum=p.grad_accum, clip_grad=p.clip_grad, channels_last=p.channels_last,
+                            checkpoint_every=p.checkpoint_every_steps,
+                            checkpoint_every_s=cfg.runtime.checkpoint_every_s, log_every=max(1, min(50, total // 20)),
+                            progress=cfg.runtime.progress, label="pretrain")
+    history = fit(model, loader_factory, Optimisation(optimizer, scheduler), settings, comm=distributed.world(),
+                  checkpointer=ckpt, tracker=tracker, resume=resume_state, monitor=probe)
     # the loop's wall time with data loading, checkpoints and logging, without the online probe
     train_s = time.perf_counter() - t_train - (probe.seconds if probe is not None else 0.0)
     steps_run = int(history[-1]["global_step"]) - int((resume_state or {}).get("global_step", 0)) if history else 0
@@ -155,7 +154,7 @@ def _online_probe(ctx: Any, encoder: Any, total_steps: int) -> Any:
     import numpy as np
 
     from medcl.engine.checkpoint import save_checkpoint
-    from medcl.engine.loop import extract_features
+    from medcl.engine.inference import extract_features
     from medcl.stages.common import make_loader, make_transforms
     from medcl.tasks.monitor import OnlineProbe, best_record
 
@@ -255,87 +254,3 @@ def _log_encoder_model(ctx: Any, tracker: Any, path: str) -> str | None:
     log_encoder(tracker, encoder, json.loads(json.dumps(meta, default=jsonable)), ctx.stage_dir("pretrain") / "model",
                 registered_model_name=name, pip_requirements=model_requirements())
     return f"runs:/{tracker.run_id}/encoder"
-
-
-# -- resuming with a different number of processes -------------------------------------------------------
-def resume_report(saved: dict[str, Any] | None, now: dict[str, Any], has_batchnorm: bool) -> str | None:
-    """What carries over when a checkpoint written under one launch is resumed under another.
-
-    Under DDP every rank holds the same weights and optimiser state, so model, optimiser, schedule
-    position and step counters never depend on the number of processes. What can change is the data:
-    the global batch ``world_size x per_rank_batch``, the per-rank shuffling when the dataset is
-    cached per rank, and BatchNorm statistics (computed over each rank's batch).
-
-    Args:
-        saved: the ``launch`` record stored in the checkpoint (``None`` for older checkpoints).
-        now: this launch's record (``world_size``, ``per_rank_batch``, ``global_batch``,
-            ``steps_per_epoch``, ``cache``).
-        has_batchnorm: whether the model has BatchNorm layers.
-
-    Returns:
-        A warning to log, or ``None`` when the launch is unchanged.
-    """
-    if not saved or (saved.get("world_size") == now["world_size"] and saved.get("global_batch") == now["global_batch"]):
-        return None
-    w0, w1 = saved.get("world_size"), now["world_size"]
-    g0, g1 = saved.get("global_batch"), now["global_batch"]
-    parts = [f"resuming a checkpoint written by {w0} process(es) with {w1}: encoder and head weights, "
-             "optimiser state, learning-rate schedule position and step counters are rank-independent under DDP "
-             "and are restored exactly."]
-    if g0 == g1 and now.get("cache", "none") == "none":
-        parts.append(f"The global batch is unchanged ({g1} = {w1} x {now['per_rank_batch']}), so the data order and "
-                     "per-sample augmentations continue where the run stopped.")
-        if has_batchnorm:
-            parts.append("BatchNorm statistics are computed per process (per-rank batch "
-                         f"{saved.get('per_rank_batch')} -> {now['per_rank_batch']}; sync_bn only syncs on GPUs), "
-                         "so the continuation differs from the original run beyond floating-point rounding.")
-        else:
-            parts.append("Without BatchNorm the continuation matches the original run up to floating-point rounding.")
-    else:
-        if g0 != g1:
-            parts.append(f"NOT preserved: the global batch changes from {g0} ({w0} x {saved.get('per_rank_batch')}) to "
-                         f"{g1} ({w1} x {now['per_rank_batch']}) — the effective batch (and the learning rate tuned for "
-                         f"it) changes, an epoch has {now.get('steps_per_epoch')} steps instead of "
-                         f"{saved.get('steps_per_epoch')}, so the schedule no longer lines up with the epochs; choose a "
-                         "pretrain.batch_size divisible by the number of processes to keep it, or scale pretrain.lr.")
-        if now.get("cache", "none") != "none":
-            parts.append(f"NOT preserved: with data.cache={now['cache']} each process caches and shuffles its own share "
-                         "of the data, so the data order and augmentations differ from the original run.")
-        parts.append("The run continues soundly but will not reproduce an uninterrupted run.")
-    return " ".join(parts)
-
-
-def _load_resume_state(ckpt: Any, launch: dict[str, Any], model: Any, *, is_main: bool) -> dict[str, Any] | None:
-    """The latest checkpoint, checked to be the same on every rank and adapted to this launch."""
-    from torch import nn
-
-    from medcl import distributed
-    from medcl.errors import CheckpointError
-
-    state = ckpt.load_latest()
-    step = -1 if state is None else int(state.get("global_step", 0))
-    seen = distributed.gather_sizes(step + 1)
-    if len(set(seen)) > 1:
-        raise CheckpointError(
-            f"the processes found different checkpoints (global steps {[s - 1 for s in seen]}; -1 = none)",
-            where=str(ckpt.directory),
-            fix="put runtime.output_dir on a file system every node can read (rank 0 writes the checkpoints)",
-        )
-    if state is None:
-        return None
-    saved = (state.get("config") or {}).get("launch") if isinstance(state.get("config"), dict) else None
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    note = resume_report(saved, launch, has_bn)
-    if note and is_main:
-        log.warning("%s", note)
-    done = int(state.get("batches_done", 0))
-    if saved and done and saved.get("global_batch") and saved["global_batch"] != launch["global_batch"]:
-        # Mid-epoch position: the same number of samples consumed, in whole optimiser steps.
-        new_done = done * int(saved["global_batch"]) // int(launch["global_batch"])
-        new_done -= new_done % int(launch["grad_accum"])
-        if is_main:
-            log.warning("position in epoch %s converted from %d batches of %s to %d batches of %d",
-                        state.get("epoch"), done, saved["global_batch"], new_done, launch["global_batch"])
-        state["batches_done"] = new_done
-        state["epoch_step"] = new_done // int(launch["grad_accum"])
-    return state

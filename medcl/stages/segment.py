@@ -89,7 +89,7 @@ def _build(ctx: Any, weights: str | None, dims: int) -> tuple[Any, int]:
 def _train(ctx: Any, net: Any, items: list[dict], transform: Any, seed_offset: int, comm: Any,
            label: str = "segment") -> list[dict[str, float]]:
     """Dice + CE training of ``net``; under torchrun every rank trains (DDP over ``comm``, the batch split)."""
-    from medcl.engine.loop import fit
+    from medcl.engine.loop import LoopSettings, Optimisation, fit
     from medcl.engine.wrap import wrap_ddp
     from medcl.stages.common import supervised_setup
     from medcl.tasks.segmentation import SegmentationWrapper
@@ -100,9 +100,9 @@ def _train(ctx: Any, net: Any, items: list[dict], transform: Any, seed_offset: i
         ctx, items, transform, wrapper, comm=comm, batch_size=s.batch_size, epochs=s.epochs, steps=s.steps,
         max_steps=s.max_steps, lr=s.lr, weight_decay=s.weight_decay, optimizer=s.optimizer, seed_offset=seed_offset)
     trained = wrap_ddp(wrapper, ctx.device) if comm.size > 1 else wrapper
-    return fit(trained, factory, opt, sched, comm=comm, epochs=epochs, device=ctx.device, max_steps=steps,
-               total_steps=steps, progress=ctx.cfg.runtime.progress, log_every=max(1, steps // 10), resume=False,
-               label=label)
+    settings = LoopSettings(epochs=epochs, max_steps=steps, total_steps=steps, device=ctx.device,
+                            log_every=max(1, steps // 10), progress=ctx.cfg.runtime.progress, label=label)
+    return fit(trained, factory, Optimisation(opt, sched), settings, comm=comm)
 
 
 def _evaluate(ctx: Any, net: Any, items: list[dict], transform: Any, roi: list[int], spacing: list[float] | None,

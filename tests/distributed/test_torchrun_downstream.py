@@ -291,7 +291,8 @@ def test_engine_reduces_over_the_comm_it_is_given_not_global_state():
     """train_one_epoch has no default for ``comm``: every caller says who it reduces over."""
     import inspect
 
-    from medcl.engine.loop import evaluate, fit, train_one_epoch
+    from medcl.engine.inference import evaluate
+    from medcl.engine.loop import fit, train_one_epoch
 
     for fn in (train_one_epoch, fit, evaluate):
         p = inspect.signature(fn).parameters["comm"]

@@ -250,14 +250,14 @@ NOW = {"world_size": 4, "per_rank_batch": 64, "global_batch": 256, "grad_accum":
 
 
 def test_resume_report_unchanged_launch_says_nothing():
-    from medcl.stages.pretrain import resume_report
+    from medcl.engine.resume import resume_report
 
     assert resume_report(dict(NOW), NOW, has_batchnorm=True) is None
     assert resume_report(None, NOW, has_batchnorm=True) is None
 
 
 def test_resume_report_same_global_batch():
-    from medcl.stages.pretrain import resume_report
+    from medcl.engine.resume import resume_report
 
     saved = {**NOW, "world_size": 8, "per_rank_batch": 32}
     note = resume_report(saved, NOW, has_batchnorm=True)
@@ -269,7 +269,7 @@ def test_resume_report_same_global_batch():
 
 
 def test_resume_report_changed_global_batch_and_cache():
-    from medcl.stages.pretrain import resume_report
+    from medcl.engine.resume import resume_report
 
     saved = {**NOW, "world_size": 8, "global_batch": 512, "steps_per_epoch": 5}
     note = resume_report(saved, {**NOW, "cache": "memory"}, has_batchnorm=False)

@@ -16,6 +16,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from medcl.distributed import LOCAL
 from medcl.engine import (
     Checkpointer,
+    EpochStart,
+    LoopSettings,
+    Optimisation,
     build_optimizer,
     build_scheduler,
     check_amp,
@@ -98,10 +101,10 @@ def _run(ckpt_dir, *, stop_at=None, grad_accum=1, init_seed=0, epochs=3):
     steps_per_epoch = math.ceil(5 / grad_accum)
     sched = build_scheduler(opt, total_steps=epochs * steps_per_epoch, warmup_steps=2, min_lr_ratio=0.1)
     tracker = ListTracker()
-    cp = Checkpointer(ckpt_dir, keep=2) if ckpt_dir is not None else None
-    history = fit(model, _loader_factory(AugmentedSet()), opt, sched, comm=LOCAL, epochs=epochs, checkpointer=cp,
-                  tracker=tracker, log_every=1, max_steps=stop_at, grad_accum=grad_accum, progress=False,
-                  run_id="run-1", config={"lr": 0.05})
+    cp = Checkpointer(ckpt_dir, keep=2, run_id="run-1", config={"lr": 0.05}) if ckpt_dir is not None else None
+    settings = LoopSettings(epochs=epochs, log_every=1, max_steps=stop_at, grad_accum=grad_accum, progress=False)
+    history = fit(model, _loader_factory(AugmentedSet()), Optimisation(opt, sched), settings, comm=LOCAL,
+                  checkpointer=cp, tracker=tracker, resume=cp.load_latest() if cp is not None else None)
     return model, opt, tracker, history
 
 
@@ -141,7 +144,8 @@ def test_checkpoint_every_and_epoch_end(tmp_path):
     model = TinyMethod()
     opt = build_optimizer(model, "sgd", lr=0.01)
     cp = Checkpointer(tmp_path, keep=10)
-    fit(model, _loader_factory(AugmentedSet()), opt, comm=LOCAL, epochs=2, checkpointer=cp, checkpoint_every=3, progress=False)
+    fit(model, _loader_factory(AugmentedSet()), Optimisation(opt), LoopSettings(epochs=2, checkpoint_every=3, progress=False),
+        comm=LOCAL, checkpointer=cp)
     # 5 steps per epoch: mid-epoch saves at 3, 6, 9; epoch ends at 5 and 10
     assert [s for s, _ in cp.checkpoints()] == [3, 5, 6, 9, 10]
     st = cp.load_latest()
@@ -158,8 +162,8 @@ def test_epoch_end_checkpoints_closer_than_the_interval_are_skipped_but_the_last
     model = TinyMethod()
     opt = build_optimizer(model, "sgd", lr=0.01)
     cp = Checkpointer(tmp_path, keep=10)
-    fit(model, _loader_factory(AugmentedSet()), opt, comm=LOCAL, epochs=3, checkpointer=cp, checkpoint_every=7,
-        checkpoint_every_s=1e9, progress=False)
+    fit(model, _loader_factory(AugmentedSet()), Optimisation(opt),
+        LoopSettings(epochs=3, checkpoint_every=7, checkpoint_every_s=1e9, progress=False), comm=LOCAL, checkpointer=cp)
     # epoch ends at 5 and 10 are skipped (too soon); every 7th step is asked for; 15 is the last
     assert [s for s, _ in cp.checkpoints()] == [7, 14, 15]
     assert cp.load_latest()["global_step"] == 15
@@ -190,7 +194,7 @@ def test_grad_accum_matches_full_batch_including_short_last_group(opt_name):
         model = LinearMethod()
         opt = build_optimizer(model.parameters(), opt_name, lr=0.1)
         loader = DataLoader(data, batch_size=bs, shuffle=False)
-        out = train_one_epoch(model, loader, opt, comm=LOCAL, device="cpu", epoch=0, grad_accum=ga, progress=False)
+        out = train_one_epoch(model, loader, Optimisation(opt), LoopSettings(grad_accum=ga, progress=False), comm=LOCAL)
         assert out["steps"] == 2
         results.append(model.lin.weight.detach().clone())
     # a loader without len(): the short last group is detected when the data runs out
@@ -198,7 +202,8 @@ def test_grad_accum_matches_full_batch_including_short_last_group(opt_name):
     model = LinearMethod()
     opt = build_optimizer(model.parameters(), opt_name, lr=0.1)
     batches = list(DataLoader(data, batch_size=4, shuffle=False))
-    out = train_one_epoch(model, (b for b in batches), opt, comm=LOCAL, device="cpu", epoch=0, grad_accum=2, progress=False)
+    out = train_one_epoch(model, (b for b in batches), Optimisation(opt), LoopSettings(grad_accum=2, progress=False),
+                          comm=LOCAL)
     assert out["steps"] == 2 and out["completed"] == 1.0
     results.append(model.lin.weight.detach().clone())
     assert torch.allclose(results[0], results[1], atol=1e-6, rtol=0)
@@ -217,8 +222,8 @@ def test_clipping_caps_the_norm():
     before = torch.cat([p.detach().flatten() for p in model.parameters()])
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     logs = []
-    train_one_epoch(model, DataLoader(data, batch_size=8), opt, comm=LOCAL, device="cpu", epoch=0, clip_grad=0.5,
-                    on_step=lambda s, lg: logs.append(lg), progress=False)
+    train_one_epoch(model, DataLoader(data, batch_size=8), Optimisation(opt), LoopSettings(clip_grad=0.5, progress=False),
+                    comm=LOCAL, on_step=lambda s, lg: logs.append(lg))
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     step = before - after
     assert g.norm() > 10 and logs[0]["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-5)
@@ -244,8 +249,8 @@ def test_nan_loss_raises_naming_epoch_and_step_before_backward():
     model = NaNAtBatch(bad=3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(TrainingError) as e:
-        train_one_epoch(model, DataLoader(_lin_data(12), batch_size=2), opt, comm=LOCAL, device="cpu", epoch=4,
-                        step_offset=10, progress=False)
+        train_one_epoch(model, DataLoader(_lin_data(12), batch_size=2), Optimisation(opt), LoopSettings(progress=False),
+                        comm=LOCAL, epoch=4, start=EpochStart(global_step=10))
     msg = e.value.line()
     assert "epoch 4" in msg and "step 13" in msg and "learning rate" in msg and "clip" in msg
     assert all(p.grad is None for p in model.parameters())  # backward never ran on the NaN
@@ -256,8 +261,8 @@ def test_step_logs_and_epoch_averages():
     model = TinyMethod()
     opt = build_optimizer(model, "lars", lr=0.1)
     logs = []
-    out = train_one_epoch(model, _loader_factory(AugmentedSet())(0), opt, comm=LOCAL, device="cpu", epoch=0,
-                          on_step=lambda s, lg: logs.append((s, lg)), progress=False, step_offset=3)
+    out = train_one_epoch(model, _loader_factory(AugmentedSet())(0), Optimisation(opt), LoopSettings(progress=False),
+                          comm=LOCAL, start=EpochStart(global_step=3), on_step=lambda s, lg: logs.append((s, lg)))
     assert [s for s, _ in logs] == [4, 5, 6, 7, 8]
     for _, lg in logs:
         assert {"loss", "acc", "lr", "samples_per_s", "data_wait_fraction"} <= lg.keys()
@@ -272,18 +277,20 @@ def test_max_steps_and_skip_batches():
     model = LinearMethod()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = DataLoader(_lin_data(12), batch_size=2)
-    out = train_one_epoch(model, loader, opt, comm=LOCAL, device="cpu", epoch=0, max_steps=2, skip_batches=2, progress=False)
+    out = train_one_epoch(model, loader, Optimisation(opt), LoopSettings(max_steps=2, progress=False), comm=LOCAL,
+                          start=EpochStart(batches_done=2))
     assert (out["steps"], out["batches_done"], out["completed"]) == (2, 4, 0.0)
     with pytest.raises(TrainingError, match="multiple of grad_accum"):
-        train_one_epoch(model, loader, opt, comm=LOCAL, device="cpu", epoch=0, grad_accum=2, skip_batches=1, progress=False)
+        train_one_epoch(model, loader, Optimisation(opt), LoopSettings(grad_accum=2, progress=False), comm=LOCAL,
+                        start=EpochStart(batches_done=1))
 
 
 def test_progress_without_terminal_logs_lines(caplog):
     model = LinearMethod()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with caplog.at_level(logging.INFO, logger="medcl.engine"):
-        train_one_epoch(model, DataLoader(_lin_data(8), batch_size=2), opt, comm=LOCAL, device="cpu", epoch=2,
-                        progress=True, log_every=2)
+        train_one_epoch(model, DataLoader(_lin_data(8), batch_size=2), Optimisation(opt),
+                        LoopSettings(progress=True, progress_every=2), comm=LOCAL, epoch=2)
     lines = [r.getMessage() for r in caplog.records if r.name == "medcl.engine"]
     assert any(line.startswith("epoch 2 step 2/4") and "loss" in line for line in lines)
 
@@ -294,8 +301,9 @@ def test_bad_model_output_is_a_training_error():
             return batch["image"].sum()
 
     with pytest.raises(TrainingError, match="dict with a 'loss'"):
-        train_one_epoch(Bad(), DataLoader(_lin_data(4), batch_size=2), torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1),
-                        comm=LOCAL, device="cpu", epoch=0, progress=False)
+        train_one_epoch(Bad(), DataLoader(_lin_data(4), batch_size=2),
+                        Optimisation(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1)), LoopSettings(progress=False),
+                        comm=LOCAL)
 
 
 # ----------------------------------------------------------------------------- device, amp, wrappers
@@ -330,8 +338,8 @@ def test_bf16_autocast_on_cpu_trains():
             return {"loss": F.mse_loss(h.float(), batch["label"])}
 
     model = Probe()
-    out = train_one_epoch(model, DataLoader(_lin_data(4), batch_size=2), torch.optim.SGD(model.parameters(), lr=0.1),
-                          comm=LOCAL, device="cpu", epoch=0, amp="bf16", progress=False)
+    out = train_one_epoch(model, DataLoader(_lin_data(4), batch_size=2), Optimisation(torch.optim.SGD(model.parameters(), lr=0.1)),
+                          LoopSettings(amp="bf16", progress=False), comm=LOCAL)
     assert seen == [torch.bfloat16, torch.bfloat16] and math.isfinite(out["loss"])
     assert model.lin.weight.dtype == torch.float32
 

@@ -251,7 +251,11 @@ def test_finetune_kill_9_then_resume_gives_identical_model_and_metrics(manifest,
                         load_weights(run.stage_dir("classify") / "finetuned-scratch.pt", "model"))
     ref_results = json.loads((ref.stage_dir("classify") / "results.json").read_text())
     results = json.loads((run.stage_dir("classify") / "results.json").read_text())
-    assert results == ref_results
+    per_process = ("steps_run", "train_seconds", "images_per_s")  # what this process ran and how fast
+    assert [r["steps"] for r in results] == [r["steps"] for r in ref_results]
+    assert [r["steps_run"] for r in results] < [r["steps_run"] for r in ref_results]
+    assert ([{k: v for k, v in r.items() if k not in per_process} for r in results]
+            == [{k: v for k, v in r.items() if k not in per_process} for r in ref_results])
     ref_primary, primary = (np.load(r.stage_dir("classify") / "primary.npz") for r in (ref, run))
     for name in ref_primary.files:
         np.testing.assert_array_equal(primary[name], ref_primary[name])
