@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from medcl.engine.checkpoint import load_checkpoint
+    from medcl.checkpoint_file import load_checkpoint
 
     steps, batch = (3, 8) if args.quick else (args.steps, args.batch)
     t0 = time.time()

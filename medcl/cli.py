@@ -171,15 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="HTML path (default: report-RUN_ID.html)")
     p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or ./mlflow.db")
 
-    p = sub.add_parser("bench", help="run benchmarks/ and rewrite benchmarks/README.md")
-    p.add_argument("--only", nargs="*", default=None, help="benchmark names to run")
-    p.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
-    p.add_argument("--args", dest="bench_args", default="", metavar="'ARGS'",
-                   help="more arguments for the selected benchmark scripts, one quoted string, e.g. "
-                        "--only quality --args='--budget-min 90 --no-methods' (see python benchmarks/bench_NAME.py -h)")
-    p.add_argument("--readme-only", action="store_true",
-                   help="run nothing: rewrite benchmarks/README.md from the JSON results present (e.g. after "
-                        "copying back results/precision_gpu.json from a GPU machine)")
+    # the benchmarks live in the checkout's benchmarks/ folder, not in the package: this entry hands its arguments
+    # to benchmarks/runner.py (its --help lists them)
+    sub.add_parser("bench", add_help=False, help="run benchmarks/ and rewrite benchmarks/README.md (from a checkout; "
+                   "medcl bench --help for the options)")
     return parser
 
 
@@ -286,10 +281,36 @@ def _rank_prefix() -> str:
     return f"[rank {rank}] " if rank.isdigit() and int(rank) > 0 else ""
 
 
+def benchmarks_dir() -> Path | None:
+    """The checkout's ``benchmarks/`` folder (``MEDCL_BENCHMARKS`` overrides), ``None`` for an installed wheel."""
+    env = os.environ.get("MEDCL_BENCHMARKS")
+    for c in ([Path(env)] if env else []) + [Path(__file__).resolve().parents[1] / "benchmarks",
+                                              Path.cwd() / "benchmarks"]:
+        if (c / "runner.py").is_file():
+            return c
+    return None
+
+
+def _bench(argv: list[str]) -> int:
+    """``medcl bench ARGS``: ``python benchmarks/runner.py ARGS`` in the checkout."""
+    import subprocess
+
+    bdir = benchmarks_dir()
+    if bdir is None:
+        print("error: cannot find the benchmarks/ folder (medcl bench) — run from the medcl checkout, or set "
+              "MEDCL_BENCHMARKS to its benchmarks/ folder", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(bdir / "runner.py"), *argv])
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return _bench(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.version:
         from medcl import __version__
 
@@ -304,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
               "pipelines/oct_severity.yaml --set data.manifest=/data/oct/manifest.csv", file=sys.stderr)
         return 2
 
-    from medcl.errors import ConfigError, MedclError
+    from medcl.errors import MedclError
     from medcl.logs import setup_logging
 
     if args.command in ("run", "config"):
@@ -359,25 +380,11 @@ def main(argv: list[str] | None = None) -> int:
             _print_evaluation(res)
             return 0
         if args.command == "report":
-            from medcl.report import build_report
+            from medcl.reporting.html import build_report
 
             out = build_report(args.run_id, out=args.out, tracking_uri=args.tracking_uri)
             print(f"report: {out}")
             return 0
-        if args.command == "bench":
-            from medcl.bench import benchmarks_dir, run_benchmarks, select_benchmarks, write_readme
-
-            if args.readme_only:
-                print(f"medcl bench: wrote {write_readme(benchmarks_dir() / 'quick' if args.quick else benchmarks_dir())}")
-                return 0
-            import shlex
-
-            extra = shlex.split(args.bench_args)
-            if extra and not args.only:
-                raise ConfigError("--args needs --only: the arguments are for one benchmark script", where="--args",
-                                  fix="name the benchmark, e.g. medcl bench --only quality --args='--budget-min 90'")
-            return run_benchmarks(only=args.only, quick=args.quick,
-                                  extra_args={n: extra for n in select_benchmarks(args.only)} if extra else None)
     except MedclError as exc:
         from medcl import phi
 

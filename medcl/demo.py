@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from medcl.errors import ConfigError
+from medcl.lookup import did_you_mean
 
 log = logging.getLogger(__name__)
 DEMO_MODALITIES = ("oct", "fundus", "histo", "ct", "mri", "ecg")
@@ -33,11 +34,9 @@ def run_demo(modality: str = "oct", data_dir: str | Path = "medcl-demo-data", se
     elif modality in DEMO_MODALITIES:
         mods = [modality]
     else:
-        import difflib
-
-        near = difflib.get_close_matches(modality, DEMO_MODALITIES, n=1)
         raise ConfigError(f"unknown demo modality {modality!r}", where="--modality",
-                          fix=(f"did you mean {near[0]!r}? " if near else "") + f"use one of {', '.join(DEMO_MODALITIES)} or all")
+                          fix=f"{did_you_mean(modality, DEMO_MODALITIES)}"
+                          f"use one of {', '.join(DEMO_MODALITIES)} or all")
     data_dir = Path(data_dir).resolve()
     for mod in mods:
         manifest = data_dir / mod / "manifest.csv"

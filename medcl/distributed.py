@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime
-import difflib
 import os
 import re
 import time
@@ -45,6 +44,7 @@ import torch
 import torch.distributed as dist
 
 from medcl.errors import ConfigError, DistributedError
+from medcl.lookup import look_up
 
 __all__ = [
     "init_distributed", "is_distributed", "rank", "world_size", "local_rank", "is_main_process",
@@ -96,11 +96,8 @@ def init_distributed(backend: str | None = None, timeout_s: float = DEFAULT_TIME
     Raises:
         ConfigError: unknown backend or malformed torchrun variables.
     """
-    if backend is not None and backend not in BACKENDS:
-        close = difflib.get_close_matches(backend, BACKENDS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"unknown distributed backend {backend!r}", where="runtime.backend",
-                          fix=f"{hint}use one of {', '.join(BACKENDS)}")
+    if backend is not None:
+        look_up(backend, BACKENDS, what="distributed backend", where="runtime.backend")
     global _TIMEOUT_S, _WAIT_GROUP
     if timeout_s <= 0:
         raise ConfigError(f"distributed timeout {timeout_s} s is not positive", where="runtime.dist_timeout_s",

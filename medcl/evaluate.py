@@ -217,7 +217,7 @@ def evaluate(source: str, manifest: str | Path, *, name: str | None = None, out:
     eval_run = _log(source, tracking_uri, site, manifest, result, out_dir, pred_path)
     report_path = None
     if report:
-        from medcl.report import build_report
+        from medcl.reporting.html import build_report
 
         report_path = build_report(source, out=out_dir / "report.html", tracking_uri=tracking_uri)
     return EvaluateResult(site, out_dir, eval_run, len(idx), n_excl, metrics, calibration, shift, subgroups,

@@ -8,7 +8,6 @@ lists and scalars are replaced.
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from medcl.config.schema import PipelineConfig
 from medcl.errors import ConfigError
+from medcl.lookup import nearest
 
 MAX_INCLUDE_DEPTH = 10
 #: keys that never change what is computed; left out of the pipeline key used to find earlier runs
@@ -141,7 +141,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             open_section = model is not None and model.model_config.get("extra") == "allow"
             if model is not None and k not in model.model_fields and not open_section:
                 path = ".".join(keys[: i + 1])
-                near = difflib.get_close_matches(k, _known_keys(model), n=1)
+                near = nearest(k, _known_keys(model))
                 hint = f"did you mean {'.'.join([*keys[:i], near[0]])!r}?" if near else (
                     f"known keys here: {', '.join(_known_keys(model))}")
                 raise ConfigError(f"unknown key {path!r}", where=f"--set {item}", fix=hint)
@@ -172,14 +172,14 @@ def _format_error(err: dict[str, Any], raw: dict[str, Any], source: str) -> str:
     value = _loc_value(raw, loc)
     if kind == "extra_forbidden":
         parent = _parent_model(loc[:-1])
-        near = difflib.get_close_matches(str(loc[-1]), _known_keys(parent), n=1)
+        near = nearest(loc[-1], _known_keys(parent))
         fix = f"did you mean {'.'.join([*map(str, loc[:-1]), near[0]])!r}?" if near else (
             f"known keys: {', '.join(_known_keys(parent))}" if parent else "remove it")
         return f"{source}: unknown key {path!r} — {fix}"
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         choices = [c.strip().strip("'") for c in expected.replace(" or ", ", ").split(",") if c.strip()]
-        near = difflib.get_close_matches(str(value), choices, n=1)
+        near = nearest(value, choices)
         fix = f"did you mean {near[0]!r}?" if near else f"choose one of: {expected}"
         return f"{source}: {path} = {value!r} is not a valid choice — {fix} (choices: {expected})"
     if kind == "missing":

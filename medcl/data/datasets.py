@@ -17,10 +17,9 @@ This module never touches the process group: rank and world size are arguments
 
 from __future__ import annotations
 
-import difflib
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data import Dataset as TorchDataset
 
 from medcl.errors import ConfigError, DataError
+from medcl.lookup import did_you_mean
 from medcl.transforms.seeding import derive_seed, set_transform_seed
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,6 @@ def records_to_items(
 # datasets
 
 
-def _did_you_mean(value: str, options: Iterable[str]) -> str:
-    m = difflib.get_close_matches(str(value), list(options), n=1, cutoff=0.5)
-    return f" (did you mean {m[0]!r}?)" if m else ""
-
-
 def build_dataset(
     items: Sequence[Mapping[str, Any]],
     transform: Callable | None,
@@ -134,7 +129,8 @@ def build_dataset(
     from monai.data import CacheDataset, Dataset, PersistentDataset, partition_dataset
 
     if cache not in CACHE_MODES:
-        raise ConfigError(f"unknown cache mode {cache!r}{_did_you_mean(cache, CACHE_MODES)}",
+        hint = did_you_mean(cache, CACHE_MODES, cutoff=0.5, paren=True)
+        raise ConfigError(f"unknown cache mode {cache!r}{hint}",
                           where="data.cache", fix=f"use one of {', '.join(CACHE_MODES)}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"rank {rank} is not in a world of size {world_size}", where="runtime",

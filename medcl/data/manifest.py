@@ -22,7 +22,6 @@ Example CSV::
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import json
 import os
@@ -36,6 +35,7 @@ import numpy as np
 
 from medcl import phi
 from medcl.errors import DataError, ManifestError
+from medcl.lookup import did_you_mean
 
 #: Canonical modality names (lower case).
 MODALITIES: tuple[str, ...] = ("ct", "mri", "histo", "oct", "fundus", "ecg")
@@ -76,18 +76,6 @@ TASKS: tuple[str, ...] = ("multiclass", "binary", "multilabel", "ordinal")
 _MASK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".png", ".tif", ".tiff", ".dcm", ".mha", ".mhd")
 
 
-def _did_you_mean(value: str, options: Iterable[str], cutoff: float = 0.5) -> str:
-    """`` (did you mean 'x'?)`` or ``""`` — the suffix our errors end their *what* with."""
-    match = difflib.get_close_matches(str(value).lower(), [str(o).lower() for o in options], n=1, cutoff=cutoff)
-    if not match:
-        return ""
-    # return the original spelling of the matched option
-    for o in options:
-        if str(o).lower() == match[0]:
-            return f" (did you mean {str(o)!r}?)"
-    return f" (did you mean {match[0]!r}?)"  # pragma: no cover
-
-
 def canonical_modality(value: str, *, where: str = "") -> str:
     """Map a modality spelling (case-insensitive, aliases allowed) to one of :data:`MODALITIES`.
 
@@ -98,7 +86,8 @@ def canonical_modality(value: str, *, where: str = "") -> str:
     if key in MODALITY_ALIASES:
         return MODALITY_ALIASES[key]
     raise ManifestError(
-        f"unknown modality {value!r}{_did_you_mean(key, MODALITY_ALIASES)}",
+        f"unknown modality {value!r}"
+        f"{did_you_mean(key, MODALITY_ALIASES, cutoff=0.5, ignore_case=True, paren=True)}",
         where=where,
         fix=f"use one of {', '.join(MODALITIES)}",
     )
@@ -116,7 +105,8 @@ def canonical_split(value: str, *, where: str = "") -> str | None:
     if key in SPLIT_ALIASES:
         return SPLIT_ALIASES[key]
     raise ManifestError(
-        f"unknown split {value!r}{_did_you_mean(key, SPLIT_ALIASES)}",
+        f"unknown split {value!r}"
+        f"{did_you_mean(key, SPLIT_ALIASES, cutoff=0.5, ignore_case=True, paren=True)}",
         where=where,
         fix="use train, val or test (or leave the cell empty to let medcl split by patient)",
     )
@@ -322,7 +312,8 @@ def _canonical_columns(header: Sequence[str], where: str) -> list[str]:
         if req not in names:
             found = [h.strip() for h in header if h.strip()]
             raise ManifestError(
-                f"missing required column {req!r}{_did_you_mean(req, found)}; "
+                f"missing required column {req!r}"
+                f"{did_you_mean(req, found, cutoff=0.5, ignore_case=True, paren=True)}; "
                 f"columns found: {', '.join(found) if found else '(none)'}",
                 where=where,
                 fix=f"add or rename a column so the header has {', '.join(REQUIRED_COLUMNS)} "
@@ -426,7 +417,8 @@ def _rows_from_datalist(text: str, where: str) -> tuple[list[str], list[tuple[in
         for req in REQUIRED_COLUMNS:
             if req not in present:
                 raise ManifestError(
-                    f"missing required key {req!r}{_did_you_mean(req, sorted(present))}; "
+                    f"missing required key {req!r}"
+                    f"{did_you_mean(req, sorted(present), cutoff=0.5, ignore_case=True, paren=True)}; "
                     f"keys found: {', '.join(sorted(present))}",
                     where=where,
                     fix=f"give every entry {', '.join(REQUIRED_COLUMNS)} ('image' is accepted for 'path'; "
@@ -546,8 +538,8 @@ def label_problems(
     ``'label-not-in-classes'`` problem.
     """
     if task not in TASKS:
-        raise DataError(f"unknown label task {task!r}{_did_you_mean(task, TASKS)}", where="task",
-                        fix=f"use one of {', '.join(TASKS)}")
+        hint = did_you_mean(task, TASKS, cutoff=0.5, ignore_case=True, paren=True)
+        raise DataError(f"unknown label task {task!r}{hint}", where="task", fix=f"use one of {', '.join(TASKS)}")
     per_row: list[list[str]] = []
     for r in records:
         if r.label is None or not r.label.strip():
@@ -585,7 +577,7 @@ def label_problems(
             continue
         bad = [t for t in toks if t not in index]
         if bad:
-            hint = _did_you_mean(bad[0], cls, cutoff=0.6)
+            hint = did_you_mean(bad[0], cls, ignore_case=True, paren=True)
             if column_hint is None:
                 column_hint = _column_holding(records, set(cls), task, label_sep) or ""
             problems.append(Problem(

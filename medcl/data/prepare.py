@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from medcl.errors import ConfigError, DataError
+from medcl.lookup import did_you_mean
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -90,14 +91,12 @@ class DataBundle:
 def _relabel(manifest: Any, column: str) -> list[Any]:
     """Take labels from another manifest column (``data.label_column``)."""
     import dataclasses
-    import difflib
 
     col = column.strip().lower()
     found = sorted({k for r in manifest.records for k in r.extra})
     if col not in found:
-        near = difflib.get_close_matches(col, found, n=1)
         raise ConfigError(f"the manifest has no column {column!r}", where="data.label_column",
-                          fix=(f"did you mean {near[0]!r}? " if near else "")
+                          fix=did_you_mean(col, found)
                           + f"the columns besides the standard ones are: {', '.join(found) or '(none)'}")
     return [dataclasses.replace(r, label=(r.extra.get(col) or "").strip() or None) for r in manifest.records]
 

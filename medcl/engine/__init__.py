@@ -12,10 +12,8 @@ from medcl.engine.checkpoint import (
     Checkpointer,
     build_training_state,
     capture_rng_state,
-    load_checkpoint,
     restore_rng_state,
     restore_training_state,
-    save_checkpoint,
 )
 from medcl.engine.inference import evaluate, extract_features
 from medcl.engine.loop import EpochStart, LoopSettings, Optimisation, fit, train_one_epoch
@@ -27,8 +25,8 @@ __all__ = [
     "AMP_MODES", "LARS", "OPTIMIZERS", "SCHEDULES", "Checkpointer", "EpochStart", "LoopSettings", "Optimisation",
     "WarmupCosine", "autocast",
     "build_optimizer", "build_scheduler", "build_training_state", "capture_rng_state", "check_amp",
-    "cosine_momentum", "epoch_generator", "evaluate", "extract_features", "fit", "load_checkpoint",
+    "cosine_momentum", "epoch_generator", "evaluate", "extract_features", "fit",
     "make_grad_scaler", "maybe_compile", "model_to_channels_last", "param_groups_weight_decay",
-    "resolve_amp", "restore_rng_state", "restore_training_state", "save_checkpoint", "to_device",
+    "resolve_amp", "restore_rng_state", "restore_training_state", "to_device",
     "train_one_epoch", "unwrap_model", "warmup_cosine", "wrap_ddp",
 ]

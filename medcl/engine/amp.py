@@ -17,12 +17,11 @@ Networks and losses never decide precision; the loop asks this module:
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 
 import torch
 
-from medcl.errors import ConfigError
+from medcl.lookup import look_up
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +41,12 @@ def check_amp(amp: str | None) -> str:
     """
     if amp is None or amp is False:
         return "off"
-    name = str(amp).strip().lower()
-    name = _ALIASES.get(name, name)
-    if name not in AMP_MODES:
-        close = difflib.get_close_matches(name, AMP_MODES, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(
-            f"unknown mixed-precision mode {amp!r}",
-            where="amp",
-            fix=f"{hint}use one of {', '.join(AMP_MODES)}",
-        )
-    return name
+    return look_up(amp, AMP_MODES, what="mixed-precision mode", where="amp", normalize=_canonical)
+
+
+def _canonical(name: str) -> str:
+    name = name.strip().lower()
+    return _ALIASES.get(name, name)
 
 
 def resolve_amp(amp: str | None, device: torch.device | str) -> str:

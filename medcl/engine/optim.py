@@ -13,7 +13,6 @@ parameters into a decayed group and a no-decay group (biases, norm scales/shifts
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from medcl.errors import ConfigError
+from medcl.lookup import look_up
 
 
 class LARS(torch.optim.Optimizer):
@@ -170,12 +170,8 @@ def build_optimizer(
     Raises:
         ConfigError: unknown name (with a "did you mean" hint), no trainable parameters.
     """
-    key = str(name).strip().lower()
-    if key not in OPTIMIZERS:
-        close = difflib.get_close_matches(key, OPTIMIZERS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"unknown optimizer {name!r}", where="optimizer.name",
-                          fix=f"{hint}use one of {', '.join(OPTIMIZERS)}")
+    factory = look_up(name, OPTIMIZERS, what="optimizer", where="optimizer.name",
+                      normalize=lambda s: s.strip().lower())
     if isinstance(params_or_groups, nn.Module):
         params: list[Any] = param_groups_weight_decay(params_or_groups, weight_decay, no_decay_names)
     else:
@@ -183,7 +179,7 @@ def build_optimizer(
     if not params:
         raise ConfigError("the optimizer was given no trainable parameters", where="optimizer",
                           fix="check that the model has parameters with requires_grad=True")
-    return OPTIMIZERS[key](
+    return factory(
         params, lr=lr, weight_decay=weight_decay, momentum=momentum, betas=tuple(betas), eps=eps,
         trust_coefficient=trust_coefficient, nesterov=nesterov,
     )

@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from medcl.errors import ConfigError
+from medcl.lookup import look_up
 
 
 def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0) -> float:
@@ -81,11 +81,7 @@ def build_scheduler(
         ConfigError: unknown schedule name, non-positive ``total_steps``, warmup not shorter
             than the run, ``min_lr_ratio`` outside [0, 1].
     """
-    if name not in SCHEDULES:
-        close = difflib.get_close_matches(str(name), SCHEDULES, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"unknown LR schedule {name!r}", where="schedule.name",
-                          fix=f"{hint}use one of {', '.join(SCHEDULES)}")
+    look_up(name, SCHEDULES, what="LR schedule", where="schedule.name")
     if total_steps < 1:
         raise ConfigError(f"total_steps must be >= 1, got {total_steps}", where="schedule.total_steps",
                           fix="train for at least one optimiser step (check epochs and batch size)")

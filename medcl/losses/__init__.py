@@ -23,13 +23,13 @@ registry name               class (paper)
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any
 
 from torch import nn
 
 from medcl.errors import ConfigError
+from medcl.lookup import did_you_mean, look_up
 from medcl.losses.balanced import BalancedSupConLoss
 from medcl.losses.dense import DenseContrastLoss
 from medcl.losses.graph import GraphSupConLoss, ontology_similarity
@@ -62,6 +62,10 @@ LOSSES: dict[str, type[nn.Module]] = {
 }
 
 
+def _loss_key(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
 def build_loss(name: str, where: str = "pretrain.loss", **kwargs: Any) -> nn.Module:
     """Build a loss from its registry name and keyword arguments.
 
@@ -73,20 +77,14 @@ def build_loss(name: str, where: str = "pretrain.loss", **kwargs: Any) -> nn.Mod
     Raises:
         ConfigError: unknown name or argument (with a "did you mean ..." hint), or an invalid value.
     """
-    key = str(name).strip().lower().replace("-", "_")
-    if key not in LOSSES:
-        close = difflib.get_close_matches(key, list(LOSSES), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"unknown loss {name!r}", where=where, fix=f"{hint}choose one of {', '.join(LOSSES)}")
-    cls = LOSSES[key]
+    key = _loss_key(str(name))
+    cls = look_up(name, LOSSES, what="loss", where=where, verb="choose one of", normalize=_loss_key)
     params = inspect.signature(cls.__init__).parameters
     allowed = [p for p in params if p != "self"]
     for arg in kwargs:
         if arg not in allowed:
-            close = difflib.get_close_matches(arg, allowed, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(f"unknown argument {arg!r} for loss {key!r}", where=f"{where}.{arg}",
-                              fix=f"{hint}{cls.__name__} accepts {', '.join(allowed)}")
+                              fix=f"{did_you_mean(arg, allowed)}{cls.__name__} accepts {', '.join(allowed)}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:  # e.g. a list where a number was expected

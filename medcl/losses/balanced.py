@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from medcl.errors import ConfigError
+from medcl.lookup import did_you_mean
 from medcl.losses._common import compute_dtype
 from medcl.losses.supcon import SupConLoss, label_positives
 
@@ -64,9 +64,8 @@ class BalancedSupConLoss(SupConLoss):
         super().__init__(temperature, base_temperature, contrast_mode, gather_distributed)
         where = "BalancedSupConLoss"
         if mode not in BALANCE_MODES:
-            close = difflib.get_close_matches(str(mode), BALANCE_MODES, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"mode={mode!r} is unknown", where=where, fix=f"{hint}use one of {', '.join(BALANCE_MODES)}")
+            raise ConfigError(f"mode={mode!r} is unknown", where=where,
+                              fix=f"{did_you_mean(mode, BALANCE_MODES)}use one of {', '.join(BALANCE_MODES)}")
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ConfigError(f"num_classes={num_classes!r} must be a positive integer", where=where,
                               fix="set num_classes to the number of classes")

@@ -6,13 +6,12 @@ with limited annotations", NeurIPS 2020 (arXiv:2006.10511); DeCon / DenseCL-styl
 
 from __future__ import annotations
 
-import difflib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from medcl.errors import ConfigError, DataError
+from medcl.lookup import did_you_mean
 from medcl.losses._common import check_temperature, compute_dtype
 from medcl.losses.ntxent import ntxent
 
@@ -85,10 +84,9 @@ class DenseContrastLoss(nn.Module):
             raise ConfigError(f"num_samples={num_samples!r} must be an integer >= 2 or None", where=where,
                               fix="use e.g. 256")
         if local_negatives not in LOCAL_NEGATIVES:
-            close = difflib.get_close_matches(str(local_negatives), LOCAL_NEGATIVES, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(f"local_negatives={local_negatives!r} is unknown", where=where,
-                              fix=f"{hint}use one of {', '.join(LOCAL_NEGATIVES)}")
+                              fix=f"{did_you_mean(local_negatives, LOCAL_NEGATIVES)}"
+                              f"use one of {', '.join(LOCAL_NEGATIVES)}")
         self.spatial_dims, self.global_weight = spatial_dims, float(global_weight)
         self.num_samples, self.local_negatives = num_samples, local_negatives
         self.gather_distributed = bool(gather_distributed)

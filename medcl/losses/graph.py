@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping
 
 import torch
 
 from medcl.errors import ConfigError, DataError
+from medcl.lookup import did_you_mean, nearest
 from medcl.losses.supcon import SupConLoss
 
 GRAPH_MODES = ("shortest_path", "adjacency")
@@ -37,13 +37,12 @@ def ontology_similarity(spec: Mapping[str, object], mode: str = "shortest_path")
     unknown = set(spec) - {"classes", "edges"}
     if unknown:
         key = sorted(unknown)[0]
-        close = difflib.get_close_matches(key, ["classes", "edges"], n=1)
+        close = nearest(key, ["classes", "edges"])
         raise ConfigError(f"unknown key {key!r} in ontology spec", where=where,
                           fix=f"did you mean {close[0]!r}?" if close else "use only 'classes' and 'edges'")
     if mode not in GRAPH_MODES:
-        close = difflib.get_close_matches(str(mode), GRAPH_MODES, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"mode={mode!r} is unknown", where=where, fix=f"{hint}use one of {', '.join(GRAPH_MODES)}")
+        raise ConfigError(f"mode={mode!r} is unknown", where=where,
+                          fix=f"{did_you_mean(mode, GRAPH_MODES)}use one of {', '.join(GRAPH_MODES)}")
     classes = [str(c) for c in spec["classes"]]  # type: ignore[union-attr]
     index = {c: i for i, c in enumerate(classes)}
     k = len(classes)
@@ -55,10 +54,8 @@ def ontology_similarity(spec: Mapping[str, object], mode: str = "shortest_path")
         a, b = str(edge[0]), str(edge[1])
         for c in (a, b):
             if c not in index:
-                close = difflib.get_close_matches(c, classes, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
                 raise ConfigError(f"edge {edge!r} names unknown class {c!r}", where=where,
-                                  fix=f"{hint}add it to classes or fix the edge")
+                                  fix=f"{did_you_mean(c, classes)}add it to classes or fix the edge")
         w = float(edge[2]) if len(edge) == 3 else 1.0
         if not 0 < w <= 1:
             raise ConfigError(f"edge {edge!r} weight {w} is outside (0, 1]", where=where,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Sequence
 
 import torch
 
 from medcl.errors import ConfigError
+from medcl.lookup import did_you_mean
 from medcl.losses._common import check_temperature
 from medcl.losses.supcon import SupConLoss, label_positives
 
@@ -25,10 +25,8 @@ def _class_index(name: object, classes: Sequence[str] | None, where: str) -> int
         raise ConfigError(f"hard pair names class {name!r} but no classes list was given", where=where,
                           fix="pass classes=[...] (names in label order) or use integer class indices")
     if name not in classes:
-        close = difflib.get_close_matches(str(name), [str(c) for c in classes], n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(f"hard pair class {name!r} is not in classes", where=where,
-                          fix=f"{hint}use one of {', '.join(map(str, classes))}")
+                          fix=f"{did_you_mean(name, classes)}use one of {', '.join(map(str, classes))}")
     return list(classes).index(name)
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
-
 import torch
 
 from medcl.errors import ConfigError, DataError
+from medcl.lookup import did_you_mean
 from medcl.losses.supcon import SupConLoss, label_positives
 
 
@@ -61,10 +60,9 @@ class CLOCSLoss(SupConLoss):
                  gather_distributed: bool = False) -> None:
         super().__init__(temperature=temperature, gather_distributed=gather_distributed)
         if positives not in CLOCS_POSITIVES:
-            close = difflib.get_close_matches(str(positives), CLOCS_POSITIVES, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(f"positives={positives!r} is unknown", where="CLOCSLoss",
-                              fix=f"{hint}use one of {', '.join(CLOCS_POSITIVES)}")
+                              fix=f"{did_you_mean(positives, CLOCS_POSITIVES)}"
+                              f"use one of {', '.join(CLOCS_POSITIVES)}")
         self.positives = positives
         self.cross_view_only = bool(cross_view_only)
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from medcl.errors import ConfigError, DataError
+from medcl.lookup import did_you_mean
 from medcl.losses._common import check_temperature, compute_dtype
 
 PROTOTYPE_METHODS = ("auto", "etf", "optimized")
@@ -72,10 +71,9 @@ class PrototypeLoss(nn.Module):
             raise ConfigError(f"num_classes={num_classes!r}, dim={dim!r}: need integers >= 2", where=where,
                               fix="set num_classes (>= 2) and the projection dim")
         if method not in PROTOTYPE_METHODS:
-            close = difflib.get_close_matches(str(method), PROTOTYPE_METHODS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(f"method={method!r} is unknown", where=where,
-                              fix=f"{hint}use one of {', '.join(PROTOTYPE_METHODS)}")
+                              fix=f"{did_you_mean(method, PROTOTYPE_METHODS)}"
+                              f"use one of {', '.join(PROTOTYPE_METHODS)}")
         if method == "etf" and dim < num_classes:
             raise ConfigError(f"a simplex ETF of {num_classes} classes needs dim >= {num_classes}, got {dim}",
                               where=where, fix="use method='optimized' or a larger projection dim")

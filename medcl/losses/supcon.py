@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
-
 import torch
 from torch import nn
 
 from medcl.errors import ConfigError, DataError
+from medcl.lookup import did_you_mean
 from medcl.losses._common import (
     ViewBatch,
     check_ids,
@@ -23,10 +22,8 @@ CONTRAST_MODES = ("all", "one")
 
 def check_contrast_mode(mode: str, where: str) -> str:
     if mode not in CONTRAST_MODES:
-        close = difflib.get_close_matches(str(mode), CONTRAST_MODES, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(f"contrast_mode={mode!r} is unknown", where=where,
-                          fix=f"{hint}use one of {', '.join(CONTRAST_MODES)}")
+                          fix=f"{did_you_mean(mode, CONTRAST_MODES)}use one of {', '.join(CONTRAST_MODES)}")
     return mode
 
 

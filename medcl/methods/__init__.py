@@ -21,11 +21,11 @@ signature so a typo in the YAML fails before training with the list of accepted 
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any
 
 from medcl.errors import ConfigError
+from medcl.lookup import look_up, nearest
 from medcl.methods.base import ContrastiveMethod, Method
 from medcl.methods.dense import DenseContrast
 from medcl.methods.moco import MoCoV3
@@ -64,12 +64,7 @@ def method_options(name: str) -> dict[str, Any]:
 
 
 def _lookup(name: str) -> type[Method]:
-    if name in METHODS:
-        return METHODS[name]
-    close = difflib.get_close_matches(name, list(METHODS), n=3)
-    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-    raise ConfigError(f"unknown method {name!r}", where="pretrain.method",
-                      fix=f"{hint}choose one of {', '.join(METHODS)}")
+    return look_up(name, METHODS, what="method", where="pretrain.method", n=3, verb="choose one of")
 
 
 def build_method(name: str, encoder: Encoder, **kwargs: Any) -> Method:
@@ -90,7 +85,7 @@ def build_method(name: str, encoder: Encoder, **kwargs: Any) -> Method:
     allowed = method_options(name)
     unknown = [k for k in kwargs if k not in allowed]
     if unknown:
-        close = {k: difflib.get_close_matches(k, list(allowed), n=1) for k in unknown}
+        close = {k: nearest(k, allowed) for k in unknown}
         hints = "; ".join(f"{k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
         raise ConfigError(
             f"method {name!r} got unknown option(s) {unknown}",

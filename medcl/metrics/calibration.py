@@ -18,12 +18,12 @@ MCE = max_b |acc_b - conf_b| over non-empty bins.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 
 import numpy as np
 
 from medcl.errors import ConfigError
+from medcl.lookup import did_you_mean
 from medcl.metrics.classification import _class_names, prepare_inputs
 
 SCHEMES: tuple[str, ...] = ("equal-width", "adaptive")
@@ -37,10 +37,8 @@ def _check_scheme(scheme: str) -> str:
              "equal_mass": "adaptive", "quantile": "adaptive"}
     if scheme in alias:
         return alias[scheme]
-    close = difflib.get_close_matches(str(scheme), SCHEMES, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
     raise ConfigError(f"unknown binning scheme {scheme!r}", where="scheme",
-                      fix=f"{hint}use 'equal-width' or 'adaptive'")
+                      fix=f"{did_you_mean(scheme, SCHEMES)}use 'equal-width' or 'adaptive'")
 
 
 def _check_bins(n_bins: int) -> int:

@@ -21,7 +21,6 @@ scikit-learn and MONAI.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Sequence
 
@@ -29,6 +28,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from medcl.errors import ConfigError, DataError
+from medcl.lookup import did_you_mean, look_up
 
 TASKS: tuple[str, ...] = ("binary", "multiclass", "multilabel", "ordinal")
 
@@ -38,15 +38,7 @@ NON_METRIC_KEYS: frozenset[str] = frozenset({"notes", "threshold", "n_samples"})
 
 def check_task(task: str, where: str = "task") -> str:
     """Return ``task`` if known, else raise :class:`ConfigError` with a "did you mean"."""
-    if task in TASKS:
-        return task
-    close = difflib.get_close_matches(str(task), TASKS, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise ConfigError(
-        f"unknown task {task!r}",
-        where=where,
-        fix=f"{hint}use one of {', '.join(TASKS)}",
-    )
+    return look_up(task, TASKS, what="task", where=where)
 
 
 # ----------------------------------------------------------------------------- input handling
@@ -261,8 +253,7 @@ def choose_threshold(y, p, rule: str = "youden") -> float:
         return float(thr[int(np.argmax(j))])  # first max = highest threshold among ties
     m = _RULE_RE.match(rule_s)
     if m is None:
-        close = difflib.get_close_matches(rule_s, ["youden", "sensitivity>=0.9", "specificity>=0.9"], n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(rule_s, ["youden", "sensitivity>=0.9", "specificity>=0.9"])
         raise ConfigError(
             f"unknown threshold rule {rule!r}",
             where="threshold",

@@ -12,7 +12,6 @@ torch.Size([2, 512])
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medcl.errors import ConfigError
+from medcl.lookup import look_up
 from medcl.networks.base import Encoder
 from medcl.networks.heads import DenseProjectionHead, PredictorHead, ProjectionHead
 
@@ -87,15 +87,9 @@ ENCODERS: dict[str, EncoderSpec] = {
 
 
 def _lookup(name: str) -> EncoderSpec:
-    if name in ENCODERS:
-        return ENCODERS[name]
-    close = difflib.get_close_matches(name, list(ENCODERS), n=3)
-    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-    raise ConfigError(
-        f"unknown encoder {name!r}",
-        where="model.encoder",
-        fix=f"{hint}choose one of {', '.join(sorted(ENCODERS))}",
-    )
+    # looked up among the sorted names so that the error lists them alphabetically
+    return ENCODERS[look_up(name, sorted(ENCODERS), what="encoder", where="model.encoder", n=3,
+                            verb="choose one of")]
 
 
 def build_encoder(

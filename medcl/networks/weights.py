@@ -87,7 +87,7 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     with p.open("rb") as fh:
         head = fh.read(8)
     if head == b"MEDCLCKP":  # medcl's own checksummed format (medcl.engine.checkpoint)
-        from medcl.engine.checkpoint import load_checkpoint
+        from medcl.checkpoint_file import load_checkpoint
 
         obj = load_checkpoint(p)
         sd = _find_state_dict(obj)

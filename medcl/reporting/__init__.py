@@ -2,11 +2,12 @@
 
 * :mod:`medcl.reporting.data` — :class:`ReportData`, the run's params, metrics and artifacts;
 * :mod:`medcl.reporting.sections` — one builder per report section (``SECTIONS``);
-* :mod:`medcl.reporting.figures` — the figures (matplotlib, PNG);
-* :mod:`medcl.reporting.saliency`, :mod:`medcl.reporting.embedding` — what the classify stage
-  computes for the report (Grad-CAM / input × gradient, a 2-D feature map).
+* :mod:`medcl.reporting.figures` — the figures (matplotlib, PNG).
 
-The notebook calls :func:`load_report` once and :func:`show` per section; :func:`medcl.report.build_report`
+What the classify stage computes for the report (Grad-CAM / input × gradient, a 2-D feature map) lives in
+:mod:`medcl.tasks.saliency` and :mod:`medcl.tasks.embedding`: this package only reads MLflow.
+
+The notebook calls :func:`load_report` once and :func:`show` per section; :func:`medcl.reporting.html.build_report`
 executes it with papermill and exports self-contained HTML.
 """
 

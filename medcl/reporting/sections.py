@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from medcl.lookup import nearest
 from medcl.reporting import figures
 from medcl.reporting.data import MODEL_NAMES, PROTOCOL_NAMES, ReportData, fraction_tag
 
@@ -815,10 +816,8 @@ SECTIONS: dict[str, tuple[str, Callable[[ReportData], list[str]]]] = {
 
 def render(d: ReportData | None, key: str) -> list[str]:
     """The blocks of one section; a missing input or an error becomes a note (the report never crashes)."""
-    import difflib
-
     if key not in SECTIONS:
-        near = difflib.get_close_matches(key, list(SECTIONS), n=1)
+        near = nearest(key, SECTIONS)
         return [note(f"unknown report section {esc(key)!r}" + (f"; did you mean {esc(near[0])!r}?" if near else ""),
                      "missing")]
     if d is None:

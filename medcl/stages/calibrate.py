@@ -42,7 +42,7 @@ def _load_primary(ctx: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 def build_export_model(ctx: Any, meta: dict[str, Any], calibration: dict[str, Any]) -> Any:
     """The :class:`~medcl.tasks.export.CalibratedClassifier` of the primary model (on CPU, eval mode)."""
-    from medcl.engine.checkpoint import load_checkpoint
+    from medcl.checkpoint_file import load_checkpoint
     from medcl.stages.common import make_encoder
     from medcl.tasks.classification import ClassifierModel, num_outputs_for_task
     from medcl.tasks.export import CalibratedClassifier, linear_head_from_probe

@@ -381,7 +381,7 @@ def _evaluate_on_main(ctx: Any, tracker: Any, split_idx: dict[str, np.ndarray], 
         evaluate(ft["name"], "finetune", ft["frac"], logits_to_probs(zt, task), ft.get("train"),
                  logits_to_probs(zv, task) if zv is not None else None)
         if ft["model"] is not None:
-            from medcl.engine.checkpoint import save_checkpoint
+            from medcl.checkpoint_file import save_checkpoint
 
             path = ft_dir / f"finetuned-{ft['name']}.pt"
             save_checkpoint(path, {"model": ft["model"].state_dict()})
@@ -446,8 +446,11 @@ def _log_report_material(ctx: Any, tracker: Any, primary: dict[str, Any], primar
 
     import torch
 
-    from medcl.reporting.embedding import reduce_2d
-    from medcl.reporting.saliency import (
+    from medcl.stages.common import make_loader, make_transforms
+    from medcl.tasks.calibration import logits_to_probs
+    from medcl.tasks.embedding import reduce_2d
+    from medcl.tasks.export import linear_head_from_probe
+    from medcl.tasks.saliency import (
         LinearOnEncoder,
         grad_cam,
         input_x_gradient,
@@ -455,9 +458,6 @@ def _log_report_material(ctx: Any, tracker: Any, primary: dict[str, Any], primar
         render_signal_saliency,
         select_examples,
     )
-    from medcl.stages.common import make_loader, make_transforms
-    from medcl.tasks.calibration import logits_to_probs
-    from medcl.tasks.export import linear_head_from_probe
 
     cfg, data, task, classes = ctx.cfg, ctx.data, ctx.data.task, ctx.data.classes
     out_dir = ctx.stage_dir("classify")

@@ -153,7 +153,7 @@ def _online_probe(ctx: Any, encoder: Any, total_steps: int) -> Any:
     patients). Under torchrun it runs on rank 0 while the other ranks wait (``ctx.on_main``)."""
     import numpy as np
 
-    from medcl.engine.checkpoint import save_checkpoint
+    from medcl.checkpoint_file import save_checkpoint
     from medcl.engine.inference import extract_features
     from medcl.stages.common import make_loader, make_transforms
     from medcl.tasks.monitor import OnlineProbe, best_record
@@ -205,7 +205,7 @@ def _online_probe(ctx: Any, encoder: Any, total_steps: int) -> Any:
 def _save_encoders(ctx: Any, encoder: Any, probe: Any) -> dict[str, Any]:
     """Write ``encoder-last.pt`` and ``encoder.pt`` (the one handed on: the best by the online probe when
     ``pretrain.select`` is ``best_probe`` and a probe ran, else the last). Returns what was chosen."""
-    from medcl.engine.checkpoint import atomic_write_bytes, save_checkpoint
+    from medcl.checkpoint_file import atomic_write_bytes, save_checkpoint
     from medcl.tasks.monitor import best_record
 
     cfg, p = ctx.cfg, ctx.cfg.pretrain

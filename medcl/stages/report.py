@@ -13,7 +13,7 @@ from typing import Any
 
 def run(ctx: Any, tracker: Any) -> dict[str, Any]:
     from medcl.errors import StageError
-    from medcl.report import build_report
+    from medcl.reporting.html import build_report
 
     if not ctx.parent_run_id or not tracker.active:
         raise StageError("the report needs the pipeline's MLflow run, and this run is not tracked",

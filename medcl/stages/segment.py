@@ -225,7 +225,7 @@ def _results_on_main(ctx: Any, tracker: Any, trained: list[dict[str, Any]], fg_n
                      spacing: list[float] | None, dims: int, largest: float, pretrained: Any) -> dict[str, Any]:
     """Per-model Dice/HD95 with patient-bootstrap CIs, the per-case table, overlays and the trained networks
     of the largest label fraction (``segment/segmenter-<model>.pt``) (rank 0)."""
-    from medcl.engine.checkpoint import save_checkpoint
+    from medcl.checkpoint_file import save_checkpoint
     from medcl.tasks.segmentation import case_mean, mean_dice_ci, metric_name, summarise_per_class
 
     cfg, s, data = ctx.cfg, ctx.cfg.segment, ctx.data

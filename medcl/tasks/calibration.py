@@ -19,7 +19,6 @@ not trained on, and evaluated on yet other data (:func:`calibration_report`).
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any, ClassVar
 
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from medcl.errors import ConfigError, DataError
+from medcl.lookup import look_up
 from medcl.metrics.calibration import calibration_metrics, reliability_diagram_data
 from medcl.metrics.classification import check_task
 
@@ -338,12 +338,8 @@ CALIBRATORS: dict[str, type[Calibrator]] = {
 
 def get_calibrator(method: str, task: str = "multiclass", **kwargs) -> Calibrator:
     """Instantiate ``CALIBRATORS[method]`` with a "did you mean" error for unknown names."""
-    if method not in CALIBRATORS:
-        close = difflib.get_close_matches(str(method), list(CALIBRATORS), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"unknown calibration method {method!r}", where="calibrate.method",
-                          fix=f"{hint}use one of {', '.join(CALIBRATORS)}")
-    return CALIBRATORS[method](task=task, **kwargs)
+    cls = look_up(method, CALIBRATORS, what="calibration method", where="calibrate.method")
+    return cls(task=task, **kwargs)
 
 
 def calibrator_from_dict(state: dict[str, Any]) -> Calibrator:

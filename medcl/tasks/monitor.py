@@ -106,7 +106,7 @@ class OnlineProbe:
 
 def best_record(path: Path) -> tuple[float, int | None]:
     """``(auroc, step)`` stored with an ``encoder-best.pt`` (``(-inf, None)`` when there is none)."""
-    from medcl.engine.checkpoint import load_checkpoint
+    from medcl.checkpoint_file import load_checkpoint
 
     if not Path(path).is_file():
         return -math.inf, None

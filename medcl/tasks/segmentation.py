@@ -24,7 +24,6 @@ functions (``import monai`` is slow).
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medcl.errors import ConfigError, DataError
+from medcl.lookup import look_up
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
@@ -211,12 +211,8 @@ NETWORKS: dict[str, SegNetwork] = {
 
 def get_network(name: str) -> SegNetwork:
     """Registry lookup with a did-you-mean :class:`ConfigError`."""
-    if name in NETWORKS:
-        return NETWORKS[name]
-    close = difflib.get_close_matches(str(name), list(NETWORKS), n=2)
-    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-    raise ConfigError(f"unknown segmentation network {name!r}", where="segment.network",
-                      fix=f"{hint}choose one of {', '.join(NETWORKS)}")
+    return look_up(name, NETWORKS, what="segmentation network", where="segment.network", n=2,
+                   verb="choose one of")
 
 
 def build_segmentation_network(name: str, *, spatial_dims: int, in_channels: int, num_classes: int,

@@ -13,13 +13,13 @@ module (e.g. to validate a config) stays cheap.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from medcl.errors import ConfigError
+from medcl.lookup import did_you_mean
 
 #: Parameters every preset accepts.
 COMMON_DEFAULTS: dict[str, Any] = {
@@ -51,11 +51,6 @@ class Preset:
     build: Callable[[dict[str, Any], bool], tuple[list, list]]
     summary: str = ""
     size_keys: tuple[str, ...] = field(default=("spatial_size",))
-
-
-def _did_you_mean(value: str, options: Sequence[str]) -> str:
-    m = difflib.get_close_matches(str(value), list(options), n=1, cutoff=0.5)
-    return f" (did you mean {m[0]!r}?)" if m else ""
 
 
 def _pair(v: Any) -> tuple[float, float]:
@@ -332,7 +327,8 @@ def get_preset(name: str) -> Preset:
     """
     key = str(name).strip().lower()
     if key not in PRESETS:
-        raise ConfigError(f"unknown transform preset {name!r}{_did_you_mean(key, list(PRESETS))}",
+        hint = did_you_mean(key, PRESETS, cutoff=0.5, paren=True)
+        raise ConfigError(f"unknown transform preset {name!r}{hint}",
                           where="transforms.preset", fix=f"use one of {', '.join(PRESETS)}")
     return PRESETS[key]
 
@@ -350,7 +346,8 @@ def resolve_params(preset: Preset, params: Mapping[str, Any]) -> dict[str, Any]:
     for k, v in params.items():
         where = f"transforms.{k}"
         if k not in defaults:
-            raise ConfigError(f"unknown parameter {k!r} for preset {preset.name!r}{_did_you_mean(k, list(defaults))}",
+            hint = did_you_mean(k, defaults, cutoff=0.5, paren=True)
+            raise ConfigError(f"unknown parameter {k!r} for preset {preset.name!r}{hint}",
                               where=where, fix=f"use one of {', '.join(sorted(defaults))}")
         d = defaults[k]
         if k in ("keys", "mask_keys"):

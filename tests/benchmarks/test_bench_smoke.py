@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
+from runner import BENCHMARKS, run_benchmarks, write_readme
 
-from medcl.bench import BENCHMARKS, run_benchmarks, write_readme
 from medcl.errors import ConfigError
 
 
@@ -207,3 +207,21 @@ def test_quick_run_of_every_benchmark(tmp_path):
     assert "data waiting < 10 % of step time" in text
     assert "equal up to float32 rounding" in text
     assert "medcl against the plain reference loops" in text and "reference/oct/simclr/seed0 | ok" in text
+
+
+def test_runner_args_reach_the_selected_script_only(monkeypatch, capsys):
+    """``--only quality --args='--budget-min 5 --no-methods'`` hands those words to that script; ``--args``
+    without ``--only`` is an error."""
+    import runner
+
+    seen = {}
+
+    def fake_run(only=None, quick=False, out_dir=None, extra_args=None):
+        seen.update(only=only, extra_args=extra_args)
+        return 0
+
+    monkeypatch.setattr(runner, "run_benchmarks", fake_run)
+    assert runner.main(["--only", "quality", "--args=--budget-min 5 --no-methods"]) == 0
+    assert seen["extra_args"] == {"quality": ["--budget-min", "5", "--no-methods"]}
+    assert runner.main(["--args=--budget-min 5"]) == 2  # for which script?
+    assert "--args needs --only" in capsys.readouterr().err

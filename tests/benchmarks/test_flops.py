@@ -73,7 +73,7 @@ def test_measured_peak_is_a_rate_per_dtype(flops):
 
 def test_readme_renders_gpu_rows_with_mfu_against_the_spec_peak(tmp_path):
     """A precision_gpu.json copied back from a GPU machine shows up next to the CPU rows, with MFU from the rows."""
-    from medcl.bench import write_readme
+    from runner import write_readme
 
     results = tmp_path / "results"
     results.mkdir()

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -56,18 +57,24 @@ def test_set_takes_several_pairs_and_the_pipeline_may_follow(tmp_path, capsys):
     assert "needs a pipeline YAML" in capsys.readouterr().err
 
 
-def test_bench_args_reach_the_selected_script_only(tmp_path, capsys, monkeypatch):
-    """``medcl bench --only quality --args='--budget-min 5 --no-methods'`` hands those words to that script."""
-    import medcl.bench as bench
+def test_bench_hands_every_argument_to_the_checkouts_runner(tmp_path, monkeypatch):
+    """``medcl bench ...`` runs ``benchmarks/runner.py ...`` (the benchmarks are not part of the package)."""
+    fake = tmp_path / "benchmarks"
+    fake.mkdir()
+    (fake / "runner.py").write_text("import json, sys\n"
+                                    f"open({str(tmp_path / 'argv.json')!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+                                    "sys.exit(3)\n")
+    monkeypatch.setenv("MEDCL_BENCHMARKS", str(fake))
+    argv = ["bench", "--only", "quality", "--args=--budget-min 5 --no-methods", "--help"]
+    assert main(["--log-dir", str(tmp_path), *argv]) == 3  # the runner's exit status
+    assert json.loads((tmp_path / "argv.json").read_text()) == argv[1:]
 
-    seen = {}
 
-    def fake_run(only=None, quick=False, out_dir=None, extra_args=None):
-        seen.update(only=only, extra_args=extra_args)
-        return 0
+def test_bench_outside_a_checkout_says_where_to_run_it(tmp_path, monkeypatch, capsys):
+    import medcl.cli as cli
 
-    monkeypatch.setattr(bench, "run_benchmarks", fake_run)
-    assert main(["--log-dir", str(tmp_path), "bench", "--only", "quality", "--args=--budget-min 5 --no-methods"]) == 0
-    assert seen["extra_args"] == {"quality": ["--budget-min", "5", "--no-methods"]}
-    assert main(["--log-dir", str(tmp_path), "bench", "--args=--budget-min 5"]) == 1  # for which script?
-    assert "--args needs --only" in capsys.readouterr().err
+    monkeypatch.setenv("MEDCL_BENCHMARKS", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "medcl" / "cli.py"))
+    assert main(["bench", "--quick"]) == 2
+    assert "cannot find the benchmarks/ folder" in capsys.readouterr().err

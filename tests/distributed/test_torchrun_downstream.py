@@ -127,7 +127,7 @@ def downstream(mri):
 
 @pytest.mark.distributed
 def test_finetuning_and_segmentation_train_on_every_rank_like_one_process(downstream):
-    from medcl.engine.checkpoint import load_checkpoint
+    from medcl.checkpoint_file import load_checkpoint
 
     pipelines, stages = _stage_statuses(downstream["uri"])
     assert len(pipelines) == 1 and pipelines[0].info.status == "FINISHED"

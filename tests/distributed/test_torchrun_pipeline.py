@@ -76,7 +76,7 @@ def demo_manifest(root: Path, patients: int) -> Path:
 
 
 def encoder_state(path: Path) -> dict[str, torch.Tensor]:
-    from medcl.engine.checkpoint import load_checkpoint
+    from medcl.checkpoint_file import load_checkpoint
 
     return load_checkpoint(path)["encoder"]
 
@@ -134,7 +134,7 @@ def test_one_mlflow_run_and_rank0_only_writes(world):
     assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
 
-    from medcl.engine.checkpoint import load_checkpoint
+    from medcl.checkpoint_file import load_checkpoint
 
     state = load_checkpoint(ckpt_dir / "ckpt-00000003.pt")
     assert state["config"]["launch"] == {"world_size": 2, "per_rank_batch": 4, "global_batch": 8, "grad_accum": 1,
@@ -163,7 +163,7 @@ def test_two_processes_match_one_process(world):
     diff = max_abs_diff(ddp_w, ref_w)
     assert diff < 1e-5, diff
     # and the comparison has teeth: one SGD step (2 -> 3) moves the weights far more than that
-    from medcl.engine.checkpoint import load_checkpoint
+    from medcl.checkpoint_file import load_checkpoint
 
     step2 = load_checkpoint(world["ddp_run_dir"] / "pretrain" / "checkpoints" / "ckpt-00000002.pt")["model"]
     step2_enc = {k[len("encoder."):]: v for k, v in step2.items() if k.startswith("encoder.")}

@@ -15,15 +15,14 @@ import pytest
 import torch
 from torch import nn
 
-from medcl.engine import checkpoint as ck
+from medcl import checkpoint_file as ck
+from medcl.checkpoint_file import load_checkpoint, save_checkpoint
 from medcl.engine.checkpoint import (
     Checkpointer,
     build_training_state,
     capture_rng_state,
-    load_checkpoint,
     restore_rng_state,
     restore_training_state,
-    save_checkpoint,
 )
 from medcl.errors import CheckpointError
 

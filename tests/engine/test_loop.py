@@ -150,7 +150,7 @@ def test_checkpoint_every_and_epoch_end(tmp_path):
     assert [s for s, _ in cp.checkpoints()] == [3, 5, 6, 9, 10]
     st = cp.load_latest()
     assert (st["epoch"], st["batches_done"], st["global_step"]) == (2, 0, 10)
-    from medcl.engine.checkpoint import load_checkpoint
+    from medcl.checkpoint_file import load_checkpoint
 
     mid = load_checkpoint(cp.path_for(6))
     assert (mid["epoch"], mid["batches_done"], mid["epoch_step"]) == (1, 1, 1)

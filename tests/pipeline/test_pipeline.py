@@ -182,7 +182,7 @@ def test_on_error_skip_excludes_lists_and_logs_bad_rows(oct_demo, tmp_path, capl
 
 def test_online_probe_is_logged_and_the_best_encoder_handed_on(run_once):
     """The kNN probe on the validation patients ran during pretraining; the encoder handed on is the best one."""
-    from medcl.engine.checkpoint import load_checkpoint
+    from medcl.checkpoint_file import load_checkpoint
 
     cfg, ctx, client = run_once
     out = ctx.outputs["pretrain"]
@@ -225,7 +225,7 @@ def test_small_validation_split_is_calibrated_with_cross_fitted_training_logits(
 
 
 def test_budget_in_steps_runs_that_many_steps_across_epochs(oct_demo, tmp_path, tracking_uri, tiny_overrides):
-    from medcl.engine.checkpoint import load_checkpoint
+    from medcl.checkpoint_file import load_checkpoint
 
     cfg = load_pipeline(DEMO, [*tiny_overrides(oct_demo, tmp_path), "pretrain.max_steps=null", "pretrain.steps=7",
                                "pretrain.epochs=1", "pretrain.probe=false", "stages=[pretrain]"])

@@ -2,7 +2,7 @@
 through the N-th checkpoint write (``MEDCL_CRASH_IN_WRITE=N``).
 
 A test-side fault injector (medcl itself has no kill hook): it wraps
-:func:`medcl.engine.checkpoint.atomic_write_bytes` so that, for the N-th ``ckpt-*.pt`` file, the
+:func:`medcl.checkpoint_file.atomic_write_bytes` so that, for the N-th ``ckpt-*.pt`` file, the
 temporary file is created, half of the bytes are written and flushed to disk, and then the process
 kills itself with ``SIGKILL`` — exactly what ``kill -9`` during the write leaves behind.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def install(n: int) -> None:
-    from medcl.engine import checkpoint
+    from medcl import checkpoint_file as checkpoint
 
     real = checkpoint.atomic_write_bytes
     seen = {"ckpt": 0}

@@ -113,7 +113,7 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = TIMEOUT, allow_fin
 
 
 def load_weights(path: Path, key: str) -> dict[str, torch.Tensor]:
-    from medcl.engine.checkpoint import load_checkpoint
+    from medcl.checkpoint_file import load_checkpoint
 
     return load_checkpoint(path)[key]
 

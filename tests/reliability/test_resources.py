@@ -124,7 +124,7 @@ def test_empty_test_split_fails_before_anything_is_trained_or_tracked(oct_manife
 # --------------------------------------------------------------------------------- full disk mid-run
 def _fail_fsync_of(monkeypatch, prefix: str) -> None:
     """``os.fsync`` in the checkpoint module fails with ENOSPC for files whose name starts with ``prefix``."""
-    from medcl.engine import checkpoint
+    from medcl import checkpoint_file as checkpoint
 
     real = os.fsync
 
@@ -147,7 +147,8 @@ def test_full_disk_during_a_checkpoint_write_in_a_stage(oct_manifest, tmp_path, 
     uninterrupted one."""
     from mlflow import MlflowClient
 
-    from medcl.engine.checkpoint import Checkpointer, load_checkpoint
+    from medcl.checkpoint_file import load_checkpoint
+    from medcl.engine.checkpoint import Checkpointer
     from medcl.errors import StageError
     from medcl.pipeline import load_pipeline, run_pipeline
 

@@ -125,7 +125,7 @@ def test_class_names_must_match_num_classes(tmp_path, demo_manifest):
 
 
 def test_a_network_that_cannot_take_the_encoder_trains_from_scratch_only(tmp_path, demo_manifest):
-    from medcl.engine.checkpoint import save_checkpoint
+    from medcl.checkpoint_file import save_checkpoint
     from medcl.stages.common import make_encoder
     from medcl.stages.segment import run
     from medcl.tracking import NullTracker

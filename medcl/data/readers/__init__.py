@@ -26,7 +26,6 @@ signal         CSV, ``.npy``, ``.npz`` (+ ``sampling_rate``) ``(leads, T)`` mV
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from medcl.data.readers.wsi import (
     tissue_mask,
 )
 from medcl.errors import ReaderError
+from medcl.lookup import did_you_mean
 
 READERS: dict[str, Reader] = {
     "dicom_series": Reader("dicom_series", read_dicom_series, (), "folder of CT/MR DICOM slices → (1, X, Y, Z)"),
@@ -128,9 +128,8 @@ def get_reader(format: str, where: str = "") -> Reader:
     try:
         return READERS[format]
     except KeyError:
-        close = difflib.get_close_matches(str(format), list(READERS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ReaderError(f"unknown format {format!r}{hint}", where=where,
+        raise ReaderError(f"unknown format {format!r}{did_you_mean(format, READERS, paren=True)}",
+                          where=where,
                           fix=f"use one of: {', '.join(READERS)}") from None
 
 

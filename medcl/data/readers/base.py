@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from medcl.errors import MedclError, ReaderError
+from medcl.lookup import did_you_mean
 
 
 @dataclass
@@ -170,14 +171,10 @@ def pop_options(path: Path, options: dict[str, Any], allowed: Sequence[str], rea
         allowed: the reader's option names (for the suggestion and the list in the fix).
         reader: reader name.
     """
-    import difflib
-
     if options:
         key = next(iter(options))
-        close = difflib.get_close_matches(key, list(allowed), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ReaderError(
-            f"unknown option {key!r} for the {reader} reader{hint}",
+            f"unknown option {key!r} for the {reader} reader{did_you_mean(key, allowed, paren=True)}",
             where=str(path),
             fix=f"valid options: {', '.join(allowed) if allowed else 'none'}",
         )

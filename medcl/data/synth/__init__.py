@@ -24,7 +24,6 @@ other modalities were requested.
 from __future__ import annotations
 
 import csv
-import difflib
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -38,6 +37,7 @@ from medcl.data.synth import mri as _mri
 from medcl.data.synth import oct as _oct
 from medcl.data.synth.common import BASE_COLUMNS
 from medcl.errors import DataError
+from medcl.lookup import look_up
 
 __all__ = ["SYNTHESISERS", "synthesize", "write_csv"]
 
@@ -56,16 +56,8 @@ _MARKER = ".medcl-synth"
 
 
 def _lookup(name: str) -> ModuleType:
-    key = str(name).strip().lower()
-    if key in SYNTHESISERS:
-        return SYNTHESISERS[key]
-    close = difflib.get_close_matches(key, list(SYNTHESISERS), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise DataError(
-        f"unknown modality {name!r}",
-        where="synthesize(modalities=...)",
-        fix=f"{hint}choose from {', '.join(SYNTHESISERS)}",
-    )
+    return look_up(name, SYNTHESISERS, what="modality", where="synthesize(modalities=...)", error=DataError,
+                   verb="choose from", normalize=lambda s: s.strip().lower())
 
 
 def _per_modality(value, modality: str, default: int | None, what: str) -> int | None:

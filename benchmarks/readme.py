@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from registry import BENCHMARKS
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,6 @@ EXTRA_RESULTS: dict[str, str] = {
 
 def load_results(out: Path) -> dict[str, dict[str, Any]]:
     """``{name: parsed JSON}`` of every benchmark result present under ``out/results``."""
-    from medcl.bench import BENCHMARKS
 
     found = {}
     for name in [*BENCHMARKS, *EXTRA_RESULTS]:

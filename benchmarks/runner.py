@@ -1,4 +1,6 @@
-"""``medcl bench``: run the scripts in ``benchmarks/`` and rewrite ``benchmarks/README.md`` from their results.
+"""Run the scripts in ``benchmarks/`` and rewrite ``benchmarks/README.md`` from their results.
+
+``medcl bench ARGS`` (a thin entry in the CLI) runs ``python benchmarks/runner.py ARGS``; so does ``make bench``.
 
 Each benchmark is a script with a ``main()`` that writes ``{"meta", "rows", ...}`` JSON; it runs in
 its own subprocess (a crash or an out-of-memory kill in one does not stop the others), its output
@@ -12,56 +14,27 @@ overwrites the real results in ``benchmarks/results/``.
 
 from __future__ import annotations
 
-import difflib
+import argparse
 import json
 import logging
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+
+import _common  # noqa: F401  (puts the checkout on sys.path)
+from medcl.lookup import did_you_mean
+from registry import BENCHMARKS, Benchmark
 
 from medcl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Benchmark:
-    """One script of ``benchmarks/``: its arguments for a full and a ``--quick`` run."""
-
-    script: str
-    title: str
-    full: list[str] = field(default_factory=list)
-    quick: list[str] = field(default_factory=lambda: ["--quick"])
-
-
-#: name -> benchmark (also the JSON file name under results/)
-BENCHMARKS: dict[str, Benchmark] = {
-    "losses": Benchmark("bench_losses.py", "Contrastive losses: value, time, peak memory",
-                        ["--sizes", "256", "1024", "4096"], ["--sizes", "64", "256", "--reps", "2"]),
-    "train_loss": Benchmark("bench_train_loss.py", "SimCLR ResNet-18 training throughput: medcl vs lightly loss"),
-    "input": Benchmark("bench_input.py", "Input pipeline", [], ["--quick", "--modalities", "oct", "ct"]),
-    "train": Benchmark("bench_train.py", "Pretraining throughput and data waiting per modality"),
-    "precision": Benchmark("bench_precision.py", "bf16, channels_last, torch.compile and MFU (CPU; GPU when visible)"),
-    "scaling": Benchmark("bench_scaling.py", "Scaling: 1 vs 2 processes under torchrun (CPU)"),
-    "smoke": Benchmark("bench_smoke.py", "--smoke of every shipped pipeline under torchrun (CPU)"),
-    "loops": Benchmark("bench_loops.py", "medcl's training loops against the plain reference loops (images/s)"),
-    "quality": Benchmark("bench_quality.py", "Learning quality on the demo data (resumable)"),
-    "package": Benchmark("bench_package.py", "What the Docker image's stages install; the wheel's size"),
-}
-
-
 def benchmarks_dir() -> Path:
-    """The checkout's ``benchmarks/`` folder (``MEDCL_BENCHMARKS`` overrides)."""
-    env = os.environ.get("MEDCL_BENCHMARKS")
-    for c in ([Path(env)] if env else []) + [Path(__file__).resolve().parents[1] / "benchmarks",
-                                              Path.cwd() / "benchmarks"]:
-        if (c / "bench_losses.py").is_file():
-            return c
-    raise ConfigError("cannot find the benchmarks/ folder", where="medcl bench",
-                      fix="run from the medcl checkout, or set MEDCL_BENCHMARKS to its benchmarks/ folder")
+    """This checkout's ``benchmarks/`` folder."""
+    return Path(__file__).resolve().parent
 
 
 def select_benchmarks(only: list[str] | None) -> list[str]:
@@ -71,10 +44,8 @@ def select_benchmarks(only: list[str] | None) -> list[str]:
     for item in only:
         for name in filter(None, (s.strip() for s in item.split(","))):
             if name not in BENCHMARKS:
-                near = difflib.get_close_matches(name, list(BENCHMARKS), n=1)
                 raise ConfigError(f"unknown benchmark {name!r}", where="--only",
-                                  fix=(f"did you mean {near[0]!r}? " if near else "")
-                                  + f"use some of {', '.join(BENCHMARKS)}")
+                                  fix=f"{did_you_mean(name, BENCHMARKS)}use some of {', '.join(BENCHMARKS)}")
             if name not in names:
                 names.append(name)
     return names
@@ -125,10 +96,43 @@ def run_benchmarks(only: list[str] | None = None, quick: bool = False, out_dir: 
     return 1 if failed else 0
 
 
-# ================================================================================================ README
+def main(argv: list[str] | None = None) -> int:
+    """``medcl bench``'s command line (see ``--help``)."""
+    import shlex
+
+    from medcl.errors import MedclError
+
+    parser = argparse.ArgumentParser(prog="medcl bench", description="run benchmarks/ and rewrite "
+                                     "benchmarks/README.md")
+    parser.add_argument("--only", nargs="*", default=None, help="benchmark names to run")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
+    parser.add_argument("--args", dest="bench_args", default="", metavar="'ARGS'",
+                        help="more arguments for the selected benchmark scripts, one quoted string, e.g. "
+                             "--only quality --args='--budget-min 90 --no-methods' (see python "
+                             "benchmarks/bench_NAME.py -h)")
+    parser.add_argument("--readme-only", action="store_true",
+                        help="run nothing: rewrite benchmarks/README.md from the JSON results present (e.g. after "
+                             "copying back results/precision_gpu.json from a GPU machine)")
+    args = parser.parse_args(argv)
+    try:
+        if args.readme_only:
+            print(f"medcl bench: wrote {write_readme(benchmarks_dir() / 'quick' if args.quick else benchmarks_dir())}")
+            return 0
+        extra = shlex.split(args.bench_args)
+        if extra and not args.only:
+            raise ConfigError("--args needs --only: the arguments are for one benchmark script", where="--args",
+                              fix="name the benchmark, e.g. medcl bench --only quality --args='--budget-min 90'")
+        return run_benchmarks(only=args.only, quick=args.quick,
+                              extra_args={n: extra for n in select_benchmarks(args.only)} if extra else None)
+    except MedclError as exc:
+        print(f"error: {exc.line()}", file=sys.stderr)
+        return 2
 
 
-from medcl.bench.readme import load_results, write_readme  # noqa: E402  (re-exported)
+from readme import load_results, write_readme  # noqa: E402  (re-exported)
 
-__all__ = ["BENCHMARKS", "Benchmark", "benchmarks_dir", "load_results", "run_benchmarks", "select_benchmarks",
-           "write_readme"]
+__all__ = ["BENCHMARKS", "Benchmark", "benchmarks_dir", "load_results", "main", "run_benchmarks",
+           "select_benchmarks", "write_readme"]
+
+if __name__ == "__main__":
+    sys.exit(main())
