@@ -117,10 +117,10 @@ def test_look_up_errors_are_medcl_errors():
 
 
 def test_registry_messages_unchanged():
-    from medcl.data.readers import get_reader
     from medcl.engine.amp import check_amp
     from medcl.engine.optim import build_optimizer
     from medcl.metrics.classification import check_task
+    from medcl.readers import get_reader
 
     with pytest.raises(ConfigError) as e:
         check_task("multiclas")

@@ -1,1 +1,1 @@
-"""Data: manifests and validation, patient-level splits, readers, datasets/loaders, demo data."""
+"""Data: manifests and validation, patient-level splits, datasets/loaders, demo data (file formats: :mod:`medcl.readers`)."""

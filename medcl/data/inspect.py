@@ -1,6 +1,6 @@
 """``medcl data inspect PATH``: what a file is, as a JSON-able dict and as readable lines.
 
-Reads the file with :func:`medcl.data.readers.read` and summarises the array (shape, range,
+Reads the file with :func:`medcl.readers.read` and summarises the array (shape, range,
 mean) and the metadata a user checks before training: modality, spacing, affine, ECG leads and
 sampling rate, slide levels. For a folder with several DICOM series it lists the series instead
 of failing, so the user can pick one with ``--option series=N``.
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from medcl.data.readers import detect_format, list_series, read
-from medcl.data.readers.base import jsonable
 from medcl.errors import ReaderError
+from medcl.readers import detect_format, list_series, read
+from medcl.readers.base import jsonable
 
 #: meta keys copied into the inspect result when present.
 _COPY_KEYS = (
@@ -31,7 +31,7 @@ def inspect_path(path: str | Path, *, format: str | None = None, modality: str |
 
     Args:
         path: file or folder.
-        format, modality, **options: as for :func:`medcl.data.readers.read`.
+        format, modality, **options: as for :func:`medcl.readers.read`.
 
     Returns:
         JSON-able dict with ``path``, ``format``, ``modality``, ``shape`` (channel-first),

@@ -81,7 +81,7 @@ def peek_voxels(path: Path) -> int | None:
     size cannot be told cheaply (signals, whole-slide images — read at a small level — or a
     header the reader will reject anyway).
     """
-    from medcl.data.readers import detect_format
+    from medcl.readers import detect_format
 
     try:
         fmt = detect_format(path)
@@ -335,9 +335,9 @@ def validate_manifest(
     todo = [r for r in records if r.relpath]
     if check_files and todo:
         try:
-            from medcl.data.readers import read
+            from medcl.readers import read
         except ImportError as e:  # pragma: no cover - the readers ship with medcl
-            raise DataError(f"the readers cannot be imported ({e})", where="medcl.data.readers",
+            raise DataError(f"the readers cannot be imported ({e})", where="medcl.readers",
                             fix="reinstall medcl") from e
         with _progress(progress) as bar, ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
             task_id = bar.add_task("validating", total=len(todo))

@@ -2,10 +2,10 @@
 
 ``LoadSampled`` turns ``{"image": "/data/a.nii.gz", ...}`` into
 ``{"image": MetaTensor (C, *spatial), "image_meta_dict": {...}, ...}``. It calls
-:func:`medcl.data.readers.read` (the reader contract in ``medcl/README.md``) unless a ``reader``
+:func:`medcl.readers.read` (the reader contract in ``medcl/README.md``) unless a ``reader``
 callable is given, and for whole-slide images with a ``"region"`` entry
 ``(x, y, level, size)`` it reads only that region through
-:func:`medcl.data.readers.wsi.read_region` — never the whole slide.
+:func:`medcl.readers.wsi.read_region` — never the whole slide.
 
 Values that are already arrays (``np.ndarray`` / ``torch.Tensor``, or objects with ``.array`` and
 ``.meta`` like a reader ``Sample``) pass through, so synthetic in-memory data uses the same chain.
@@ -30,13 +30,13 @@ META_SUFFIX = "_meta_dict"
 
 
 def _default_read(path: str, **kwargs: Any) -> Any:
-    from medcl.data.readers import read
+    from medcl.readers import read
 
     return read(path, **kwargs)
 
 
 def _default_read_region(path: str, region: Sequence[Any], **kwargs: Any) -> Any:
-    from medcl.data.readers.wsi import read_region
+    from medcl.readers.wsi import read_region
 
     x, y, level, size = region
     size = int(size) if np.isscalar(size) else tuple(int(s) for s in size)
@@ -76,10 +76,10 @@ class LoadSampled(MapTransform):
         format: reader format (``None``: detected from the file).
         modality: passed to the reader (``"ct"``, ``"ecg"``, ...).
         reader: ``reader(path, format=..., modality=..., **options) -> Sample``; default
-            :func:`medcl.data.readers.read`.
+            :func:`medcl.readers.read`.
         region_reader: ``region_reader(path, (x, y, level, size), modality=..., backend=...) -> Sample``
             used when the item has ``region_key`` (``x, y`` in level-0 pixels, ``size`` in pixels of
-            ``level``); default :func:`medcl.data.readers.wsi.read_region`.
+            ``level``); default :func:`medcl.readers.wsi.read_region`.
         region_key: item key of a WSI region ``(x, y, level, size)``; applies to ``region_keys``.
         region_keys: which of ``keys`` the region applies to (default: the first key).
         meta_suffix: metadata goes to ``f"{key}{meta_suffix}"``.

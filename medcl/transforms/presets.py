@@ -26,7 +26,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "keys": ("image",),  # image keys (intensity and spatial transforms)
     "mask_keys": (),  # segmentation masks: spatial transforms only, nearest-neighbour
     "format": None,  # reader format; None = detect from the file
-    "reader_options": {},  # extra keyword arguments for medcl.data.readers.read
+    "reader_options": {},  # extra keyword arguments for medcl.readers.read
 }
 
 

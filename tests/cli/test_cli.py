@@ -8,7 +8,7 @@ from medcl.cli import build_parser, main
 
 COMMANDS = [[], ["demo"], ["run"], ["config"], ["data"], ["data", "synth"], ["data", "validate"], ["data", "inspect"],
             ["predict"], ["embed"],
-            ["report"], ["bench"]]
+            ["report"]]  # bench: below (its options are benchmarks/runner.py's)
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "medcl")
@@ -18,6 +18,12 @@ def test_help_on_every_command(cmd, capsys):
     assert ei.value.code == 0
     out = capsys.readouterr().out
     assert "usage: medcl" in out
+
+
+def test_bench_help_is_the_runners():
+    out = subprocess.run([sys.executable, "-m", "medcl", "bench", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "usage: medcl bench" in out.stdout and "--only" in out.stdout and "--readme-only" in out.stdout
 
 
 def test_help_is_instant_no_heavy_imports():

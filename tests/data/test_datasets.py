@@ -14,13 +14,13 @@ from medcl.transforms import build_transforms
 
 
 class CountingReader:
-    """Wraps the real ``medcl.data.readers.read`` and records every path it reads."""
+    """Wraps the real ``medcl.readers.read`` and records every path it reads."""
 
     def __init__(self) -> None:
         self.paths: list[str] = []
 
     def __call__(self, path, **kwargs):
-        from medcl.data.readers import read
+        from medcl.readers import read
 
         self.paths.append(str(path))
         return read(path, **kwargs)

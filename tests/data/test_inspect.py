@@ -9,8 +9,8 @@ import pytest
 from readers_testfiles import FAKE_MRN, FAKE_PATIENT
 
 from medcl.data.inspect import format_inspect, inspect_path
-from medcl.data.readers import read
 from medcl.errors import ReaderError
+from medcl.readers import read
 
 REQUIRED = {"modality", "format", "shape", "spacing", "dtype", "min", "max", "mean"}
 

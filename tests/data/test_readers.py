@@ -10,9 +10,9 @@ import pytest
 from readers_testfiles import FAKE_MRN, FAKE_PATIENT, write_ct_slice, write_series, write_xray
 
 from medcl import phi
-from medcl.data.readers import READERS, detect_format, list_series, read, read_region, tile_slide, tissue_mask
-from medcl.data.readers.wsi import otsu_threshold, slide_info
 from medcl.errors import ReaderError
+from medcl.readers import READERS, detect_format, list_series, read, read_region, tile_slide, tissue_mask
+from medcl.readers.wsi import otsu_threshold, slide_info
 
 LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

@@ -4,7 +4,7 @@
   files, the ``medcl`` command is run in this process, and its row in the document (number,
   input, command and the exact printed line) must equal the row rendered from this run.
 * The fuzzer (slow): bytes of valid tiny files of every format (PNG, TIFF, DICOM, NIfTI, NRRD, WFDB
-  header and data) are mutated by hypothesis and read with :func:`medcl.data.readers.read`; the
+  header and data) are mutated by hypothesis and read with :func:`medcl.readers.read`; the
   only exception allowed out is a :class:`~medcl.errors.MedclError`.
 """
 
@@ -79,8 +79,8 @@ def test_fuzzed_files_raise_only_medcl_errors(fmt, demo, tmp_path_factory):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from medcl.data.readers import read
     from medcl.errors import MedclError
+    from medcl.readers import read
 
     work = tmp_path_factory.mktemp(f"fuzz-{fmt}")
     name, seed, companions = _seed_files(demo, work / "seed")[fmt]

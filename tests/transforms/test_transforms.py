@@ -294,7 +294,7 @@ def test_load_sampled_nifti_gives_metatensor_with_affine_png_gives_tensor(tmp_pa
 
 def test_load_sampled_reads_only_the_region_of_a_tiled_tiff(tmp_path):
     tifffile = pytest.importorskip("tifffile")
-    from medcl.data.readers.wsi import read_region
+    from medcl.readers.wsi import read_region
     from medcl.transforms.io import LoadSampled
 
     rng = np.random.default_rng(0)
@@ -314,7 +314,7 @@ def test_load_sampled_reads_only_the_region_of_a_tiled_tiff(tmp_path):
     d = load({"image": str(path), "region": (64, 32, 0, 48)})
     assert calls == [(64, 32, 0, 48)]
     np.testing.assert_array_equal(d["image"].numpy(), level0[32:80, 64:112].transpose(2, 0, 1).astype(np.float32))
-    # default region reader (medcl.data.readers.wsi.read_region) gives the same pixels
+    # default region reader (medcl.readers.wsi.read_region) gives the same pixels
     d2 = LoadSampled(keys=("image",))({"image": str(path), "region": (64, 32, 0, 48)})
     np.testing.assert_array_equal(d2["image"].numpy(), d["image"].numpy())
 

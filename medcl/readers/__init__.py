@@ -29,12 +29,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medcl.data.readers.base import Reader, Sample
-from medcl.data.readers.dicom import list_series, read_dicom, read_dicom_ecg, read_dicom_series
-from medcl.data.readers.image import read_image
-from medcl.data.readers.signal import read_signal, read_wfdb
-from medcl.data.readers.volume import read_nifti, read_nrrd
-from medcl.data.readers.wsi import (
+from medcl.errors import ReaderError
+from medcl.lookup import did_you_mean
+from medcl.readers.base import Reader, Sample
+from medcl.readers.dicom import list_series, read_dicom, read_dicom_ecg, read_dicom_series
+from medcl.readers.image import read_image
+from medcl.readers.signal import read_signal, read_wfdb
+from medcl.readers.volume import read_nifti, read_nrrd
+from medcl.readers.wsi import (
     WSI_SUFFIXES,
     is_pyramidal_tiff,
     read_region,
@@ -43,8 +45,6 @@ from medcl.data.readers.wsi import (
     tile_slide,
     tissue_mask,
 )
-from medcl.errors import ReaderError
-from medcl.lookup import did_you_mean
 
 READERS: dict[str, Reader] = {
     "dicom_series": Reader("dicom_series", read_dicom_series, (), "folder of CT/MR DICOM slices → (1, X, Y, Z)"),

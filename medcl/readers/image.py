@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from medcl.data.readers.base import Sample, make_meta, pop_options, require_file, to_float32, wrap_error
 from medcl.errors import ReaderError
+from medcl.readers.base import Sample, make_meta, pop_options, require_file, to_float32, wrap_error
 
 _FIX_CORRUPT = "re-export the image, or check that the copy is complete (a truncated download?)"
 _TIFF_SUFFIXES = (".tif", ".tiff")

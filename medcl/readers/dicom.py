@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from medcl import phi
-from medcl.data.readers.base import (
+from medcl.errors import ReaderError
+from medcl.readers.base import (
     Sample,
     check_finite,
     jsonable,
@@ -35,7 +36,6 @@ from medcl.data.readers.base import (
     to_float32,
     wrap_error,
 )
-from medcl.errors import ReaderError
 
 #: DICOM ``Modality`` codes → medcl modality names (None for the rest).
 DICOM_MODALITIES: dict[str, str] = {

@@ -1,6 +1,6 @@
 """Signal readers (ECG): WFDB records and plain CSV / NumPy files → ``(leads, T)`` float32 in mV.
 
-(DICOM waveform ECG lives in :mod:`medcl.data.readers.dicom`.)
+(DICOM waveform ECG lives in :mod:`medcl.readers.dicom`.)
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from medcl.data.readers.base import Sample, make_meta, pop_options, require_file, to_float32, wrap_error
 from medcl.errors import ReaderError
+from medcl.readers.base import Sample, make_meta, pop_options, require_file, to_float32, wrap_error
 
 #: physical units → factor to millivolts.
 _TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nv": 1e-6}

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from medcl.data.readers.base import Sample, make_meta, pop_options, require_file, to_float32, wrap_error
 from medcl.errors import ReaderError
+from medcl.readers.base import Sample, make_meta, pop_options, require_file, to_float32, wrap_error
 
 _FIX_CORRUPT = "re-export the volume (e.g. with 3D Slicer, ITK-SNAP or nibabel), or check the copy is complete"
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from medcl.data.readers.base import Sample, make_meta, pop_options, require_file, to_float32, wrap_error
 from medcl.errors import ReaderError
+from medcl.readers.base import Sample, make_meta, pop_options, require_file, to_float32, wrap_error
 
 WSI_SUFFIXES = (".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".vmu", ".bif", ".svslide")
 _FIX_CORRUPT = "re-export or re-copy the slide (check the copy is complete)"
