@@ -14,7 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-MODALITIES = ("oct", "fundus", "histo", "ct", "mri", "ecg")
+from medcl.modalities import MODALITIES
+
 EPILOG = """\
 examples:
   medcl demo                                   # synthesise demo data, pretrain, probe, calibrate (OCT, CPU)

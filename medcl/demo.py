@@ -11,9 +11,10 @@ from pathlib import Path
 
 from medcl.errors import ConfigError
 from medcl.lookup import did_you_mean
+from medcl.modalities import MODALITIES
 
 log = logging.getLogger(__name__)
-DEMO_MODALITIES = ("oct", "fundus", "histo", "ct", "mri", "ecg")
+DEMO_MODALITIES = MODALITIES  # every modality has a demo pipeline (pipelines/demo/<modality>.yaml)
 
 
 def pipelines_dir() -> Path:

@@ -126,8 +126,10 @@ def init_distributed(backend: str | None = None, timeout_s: float = DEFAULT_TIME
 
 
 def is_distributed() -> bool:
-    """True when a process group with more than one process is running and this code is not in a
-    :func:`local_section` (there, this process is a world of one)."""
+    """True when a process group with more than one process is running, outside a :func:`local_section`.
+
+    Inside a :func:`local_section` this process is a world of one, so this is False there.
+    """
     return _LOCAL.get() is None and _group_up()
 
 

@@ -18,12 +18,14 @@ class MedclError(Exception):
     """
 
     def __init__(self, what: str, *, where: str = "", fix: str = "") -> None:
+        """Keep the three parts; the exception's message is :meth:`line`."""
         self.what = what
         self.where = where
         self.fix = fix
         super().__init__(self.line())
 
     def line(self) -> str:
+        """The one-line message ``where: what — fix`` (parts that are empty are left out)."""
         head = f"{self.where}: {self.what}" if self.where else self.what
         return f"{head} — {self.fix}" if self.fix else head
 

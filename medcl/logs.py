@@ -16,7 +16,14 @@ from medcl import phi
 
 
 class RedactPHI(logging.Filter):
+    """A logging filter that replaces registered PHI values by ``[PHI]`` in messages and tracebacks."""
+
     def filter(self, record: logging.LogRecord) -> bool:
+        """Redact ``record`` in place: its formatted message and, if any, its exception text.
+
+        Returns:
+            Always True (no record is dropped).
+        """
         msg = record.getMessage()
         clean = phi.redact(msg)
         if clean != msg:

@@ -51,7 +51,11 @@ def did_you_mean(value: object, options: Iterable[object], n: int = 1, cutoff: f
     """A "did you mean" hint, or ``""`` when no option is close.
 
     Args:
-        value, options, n, cutoff, ignore_case: as for :func:`nearest`.
+        value: the unknown value, as for :func:`nearest`.
+        options: the valid names, as for :func:`nearest`.
+        n: at most this many suggestions.
+        cutoff: similarity ratio in [0, 1] a suggestion must reach.
+        ignore_case: compare lower-cased, but suggest the options as spelled.
         paren: the form that ends an error's *what* (``" (did you mean 'a'?)"``) instead of the
             form that starts its *fix* (``"did you mean 'a'? "``).
 

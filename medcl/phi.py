@@ -165,6 +165,7 @@ class PHIRegistry:
     MIN_LEN = 4
 
     def __init__(self) -> None:
+        """Start empty, with only :data:`SAFE_WORDS` allowed."""
         self._values: set[str] = set()
         self._parts: set[str] = set()
         self._soft: set[str] = set()
@@ -217,10 +218,12 @@ class PHIRegistry:
                 self._changed()
 
     def update(self, values: Iterable[object]) -> None:
+        """:meth:`add` each of ``values``."""
         for v in values:
             self.add(v)
 
     def clear(self) -> None:
+        """Forget every registered value and every allowed word except :data:`SAFE_WORDS`."""
         with self._lock:
             self._values.clear()
             self._parts.clear()
@@ -229,6 +232,7 @@ class PHIRegistry:
             self._changed()
 
     def __len__(self) -> int:
+        """Number of registered values, strict and soft."""
         return len(self._values) + len(self._parts) + len(self._soft)
 
     def _compile(self, values: Iterable[str]) -> re.Pattern[str] | None:

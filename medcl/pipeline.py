@@ -17,8 +17,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +30,13 @@ from medcl.config import (
     resolved_dict,
     validate,
 )
+from medcl.console import print_plan, print_summary
+from medcl.data.prepare import check_splits, prepare_data
 from medcl.errors import DistributedError, MedclError, StageError
+from medcl.stages import STAGES
+from medcl.stages.context import RunContext
+from medcl.tracking.protocol import Tracker
+from medcl.tracking.runs import RunRef
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,49 +50,6 @@ SMOKE_OVERRIDES = [
 #: --smoke caps: batches (pretrain 2D/1D, pretrain 3D, feature extraction, fine-tune, segmentation) and 3D crops
 SMOKE_BATCH = {"pretrain": 8, "pretrain3d": 4, "data": 16, "finetune": 8, "segment": 2}
 SMOKE_CROP_3D = 32  # voxels per axis; divisible by 32, as every 3D encoder here needs
-
-
-@dataclass
-class RunContext:
-    """What a stage gets: the config, the data, where to write, and what earlier stages made."""
-
-    cfg: PipelineConfig
-    key: str
-    run_dir: Path
-    data: Any
-    device: Any
-    rank: int = 0
-    world_size: int = 1
-    resume: bool = False
-    smoke: bool = False
-    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    parent_run_id: str | None = None
-    tracking_uri: str | None = None
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def stage_dir(self, stage: str) -> Path:
-        d = self.run_dir / stage
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return d
-
-    def on_main(self, what: str, fn: Callable[[], T]) -> T:
-        """Run ``fn()`` on rank 0 alone (probes, evaluation, writing artifacts) and give every rank its result.
-
-        Under ``torchrun`` the other ranks wait here, once, and ``fn`` runs in a local section where no
-        collective can wait for them (:func:`medcl.distributed.run_on_main`); on one process it is ``fn()``.
-        """
-        from medcl import distributed
-
-        return distributed.run_on_main(fn, what)
-
-
-def _stage_spec(name: str) -> Any:
-    from medcl.stages import STAGES
-
-    return STAGES[name]
 
 
 def smoke_overrides(cfg: PipelineConfig) -> list[str]:
@@ -145,62 +107,6 @@ def _device(cfg: PipelineConfig, local_rank: int) -> Any:
     return torch.device("cpu")
 
 
-def print_plan(cfg: PipelineConfig, data: Any, key: str, run_dir: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    t = Table(title=f"plan: {cfg.name} (key {key})")
-    t.add_column("stage")
-    t.add_column("what")
-    desc = {
-        "pretrain": f"{cfg.pretrain.method} on {cfg.model.encoder}, {_budget_text(cfg.pretrain)}, "
-        f"batch {cfg.pretrain.batch_size}, {cfg.pretrain.optimizer} lr {cfg.pretrain.lr}"
-        + (", online kNN probe on the validation patients" if cfg.pretrain.probe else ""),
-        "classify": f"{', '.join(cfg.classify.protocols)} at label fractions {cfg.classify.label_fractions}, "
-        f"baselines {', '.join(cfg.classify.baselines) or 'none'}"
-        + (f"; fine-tuning {_budget_text(cfg.classify.finetune)}" if "finetune" in cfg.classify.protocols else ""),
-        "segment": f"{cfg.segment.network}, {_budget_text(cfg.segment)}, {cfg.segment.num_classes} classes",
-        "calibrate": f"{cfg.calibrate.method} scaling, ECE with {cfg.calibrate.n_bins} bins",
-        "report": "HTML report from the MLflow run",
-    }
-    for s in cfg.stages:
-        t.add_row(s, desc[s])
-    console.print(t)
-    s = data.summary
-    console.print(f"data: {len(data.records)} samples from {len(data.patient_index)} patients, "
-                  f"{len(data.excluded)} excluded; classes: {', '.join(data.classes) or '(none)'}; task {data.task}")
-    for split, n in (s.get("patients") or {}).items():
-        console.print(f"  {split}: {n} patients, {s.get('samples', {}).get(split, '?')} samples")
-    console.print(f"run folder: {run_dir}")
-
-
-def _budget_text(section: Any) -> str:
-    """``"160 optimiser steps"`` when a step budget is set (epochs then unused), else ``"30 epochs"``."""
-    if getattr(section, "steps", None):
-        return f"{section.steps} optimiser steps"
-    return f"{section.epochs} epochs" + (f" (at most {section.max_steps} steps)" if section.max_steps else "")
-
-
-def _previous_run(uri: str | None, cfg: PipelineConfig, key: str) -> Any | None:
-    from medcl.tracking import find_runs
-
-    runs = find_runs(uri, cfg.tracking.experiment,
-                     f"tags.`medcl.pipeline_key` = '{key}' and tags.`medcl.kind` = 'pipeline'", max_results=1)
-    return runs[0] if runs else None
-
-
-def _stage_runs(uri: str | None, cfg: PipelineConfig, parent_id: str) -> dict[str, Any]:
-    from medcl.tracking import find_runs
-
-    out: dict[str, Any] = {}
-    for run in find_runs(uri, cfg.tracking.experiment, f"tags.`mlflow.parentRunId` = '{parent_id}'", 100):
-        stage = run.data.tags.get("medcl.stage")
-        if stage and stage not in out:  # newest first
-            out[stage] = run
-    return out
-
-
 def run_pipeline(cfg: PipelineConfig, *, force: bool = False, resume: bool = False, dry_run: bool = False,
                  smoke: bool = False) -> RunContext:
     """Run every stage of ``cfg`` (see module docstring); returns the context with all outputs.
@@ -241,8 +147,7 @@ def _sigterm_fails_the_run() -> Iterator[None]:
 
 def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bool, smoke: bool) -> RunContext:
     from medcl import distributed
-    from medcl.data.prepare import prepare_data
-    from medcl.tracking import MLflowTracker, NullTracker, default_tracking_uri
+    from medcl.tracking import MLflowTracker, NullTracker, default_tracking_uri, runs
 
     key = pipeline_key(cfg)
     run_dir = Path(cfg.runtime.output_dir).resolve() / f"{cfg.name}-{key}"
@@ -252,6 +157,7 @@ def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bo
         # Fail in seconds, before validating data or training, if the store/server is unreachable.
         _check_tracking(cfg, uri)
     data = prepare_data(cfg)
+    check_splits(data, {s: STAGES[s].splits for s in cfg.stages})
     if dry_run:
         print_plan(cfg, data, key, run_dir)
         print("dry run: nothing was trained")
@@ -265,39 +171,38 @@ def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bo
     distributed.barrier()
 
     ctx.tracking_uri = uri
-    previous = stage_runs = None
-    parent: Any = NullTracker(cfg.name)
+    previous, stage_runs = None, {}
+    parent: Tracker = NullTracker(cfg.name)
     if ctx.is_main:
-        previous = None if force else _previous_run(uri, cfg, key)
+        previous = None if force else runs.pipeline_run(uri, cfg.tracking.experiment, key)
         parent = MLflowTracker.start(
             cfg.name, uri=uri, experiment=cfg.tracking.experiment, retries=cfg.tracking.retries,
-            retry_wait_s=cfg.tracking.retry_wait_s, run_id=previous.info.run_id if previous else None,
-            tags={"medcl.kind": "pipeline", "medcl.pipeline_key": key, "medcl.smoke": str(smoke).lower()},
+            retry_wait_s=cfg.tracking.retry_wait_s, run_id=previous.run_id if previous else None,
+            tags={runs.KIND: "pipeline", runs.KEY: key, "medcl.smoke": str(smoke).lower()},
         )
-        stage_runs = _stage_runs(uri, cfg, parent.run_id) if previous else {}
+        stage_runs = runs.stage_runs(uri, cfg.tracking.experiment, parent.run_id) if previous else {}
         if not previous:
             _log_pipeline_inputs(parent, cfg, data, run_dir)
     ctx.parent_run_id = distributed.broadcast_object(parent.run_id if ctx.is_main else None)
-    stage_runs = distributed.broadcast_object(
-        {k: (r.info.run_id, r.info.status, r.data.tags.get("medcl.outputs", "{}")) for k, r in (stage_runs or {}).items()}
-    )
+    stage_runs = distributed.broadcast_object(stage_runs)
 
     status = "FINISHED"
     try:
         for stage in cfg.stages:
             prev = stage_runs.get(stage)
-            if prev and prev[1] == "FINISHED" and not force:
-                ctx.outputs[stage] = json.loads(prev[2])
+            if prev and prev.status == "FINISHED" and not force:
+                ctx.outputs[stage] = _done_outputs(ctx, stage, prev)
                 if ctx.is_main:
-                    log.info("stage %s already completed in run %s: skipping (use --force to re-run)", stage, prev[0])
+                    log.info("stage %s already completed in run %s: skipping (use --force to re-run)", stage,
+                             prev.run_id)
                 continue
-            reopen = prev[0] if (prev and resume and ctx.is_main) else None
-            child = parent.child(stage, tags={"medcl.stage": stage, "medcl.kind": "stage"}, run_id=reopen)
+            reopen = prev.run_id if (prev and resume and ctx.is_main) else None
+            child = parent.child(stage, tags={runs.STAGE: stage, runs.KIND: "stage"}, run_id=reopen)
             child.run_id = distributed.broadcast_object(child.run_id)  # every rank's outputs name the run
             t0 = time.time()
             if ctx.is_main:
                 log.info("stage %s: starting (MLflow run %s)", stage, child.run_id)
-            spec = _stage_spec(stage)
+            spec = STAGES[stage]
             try:
                 with distributed.stage_scope(stage):
                     if spec.main_only:  # rank 0 works alone; the other ranks wait here, once
@@ -324,7 +229,7 @@ def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bo
             ctx.outputs[stage] = out
             if ctx.is_main:
                 (ctx.stage_dir(stage) / "outputs.json").write_text(json.dumps(out, indent=2, default=str))
-                child.set_tags({"medcl.outputs": json.dumps(out, default=str)[:5000]})
+                child.set_tags({runs.OUTPUTS: json.dumps(out, default=str)[:5000]})
             child.end("FINISHED")
     except BaseException:
         status = "FAILED"
@@ -334,6 +239,19 @@ def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bo
         if ctx.is_main and status == "FINISHED":
             print_summary(ctx)
     return ctx
+
+
+def _done_outputs(ctx: RunContext, stage: str, prev: RunRef) -> dict[str, Any]:
+    """The outputs a completed stage recorded: its MLflow tag, or its folder's ``outputs.json`` when the tag was
+    cut (long outputs)."""
+    if prev.outputs is not None:
+        return prev.outputs
+    path = ctx.run_dir / stage / "outputs.json"
+    if not path.is_file():
+        raise StageError(f"stage {stage} completed in run {prev.run_id} but its outputs cannot be read (the MLflow "
+                         f"tag is cut and {path} is missing)", where=f"stage {stage}",
+                         fix="re-run it with --force, or restore the run folder")
+    return json.loads(path.read_text())
 
 
 def _check_tracking(cfg: PipelineConfig, uri: str) -> None:
@@ -408,43 +326,3 @@ def _software_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[f"software.{pkg}"] = "not installed"
     return out
-
-
-def mlflow_command() -> str:
-    """How to call ``mlflow`` from a shell: the executable next to this Python (a venv's ``bin/``) when
-    ``mlflow`` is not on ``PATH`` — e.g. ``.venv/bin/mlflow`` after ``make demo`` without activating the venv."""
-    import shutil
-    import sys
-
-    exe = Path(sys.executable).parent / "mlflow"
-    on_path = shutil.which("mlflow")
-    if exe.is_file() and (on_path is None or Path(on_path).resolve() != exe.resolve()):
-        try:
-            return os.path.relpath(exe)
-        except ValueError:  # another drive (Windows)
-            return str(exe)
-    return "mlflow"
-
-
-def print_summary(ctx: RunContext) -> None:
-    """A table of the headline results of every stage, and where to look next."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    t = Table(title=f"{ctx.cfg.name}: results (95% CI, patient-level bootstrap)")
-    for col in ("stage", "model", "metric", "value"):
-        t.add_column(col)
-    for stage, out in ctx.outputs.items():
-        for row in out.get("summary", []):
-            t.add_row(stage, str(row.get("model", "")), str(row.get("metric", "")), str(row.get("value", "")))
-    console.print(t)
-    uri = ctx.tracking_uri or ""
-    console.print(f"MLflow run: {ctx.parent_run_id}")
-    if uri.startswith("sqlite:///"):
-        console.print(f"open the MLflow UI:  {mlflow_command()} ui --backend-store-uri {uri} "
-                      f"--default-artifact-root {Path(uri[10:]).parent / 'mlartifacts'}")
-    else:
-        console.print(f"MLflow UI: {uri}")
-    if "report" in ctx.outputs and ctx.outputs["report"].get("html"):
-        console.print(f"report: {ctx.outputs['report']['html']}")

@@ -236,6 +236,7 @@ def resolved_dict(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def dump_yaml(cfg: PipelineConfig) -> str:
+    """The resolved config (:func:`resolved_dict`, secrets masked) as YAML text, in schema order."""
     return yaml.safe_dump(resolved_dict(cfg), sort_keys=False)
 
 

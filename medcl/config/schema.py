@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Modality = Literal["ct", "mri", "histo", "oct", "fundus", "ecg"]
+from medcl.modalities import Modality
+
 Task = Literal["binary", "multiclass", "multilabel", "ordinal"]
 StageName = Literal["pretrain", "classify", "segment", "calibrate", "report"]
 #: the order stages always run in, whatever order the YAML lists them
@@ -27,6 +28,8 @@ def _check_fractions(v: list[float]) -> list[float]:
 
 
 class Section(BaseModel):
+    """Base of every config section: unknown keys are an error and assignments are re-validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
@@ -116,6 +119,8 @@ class PretrainConfig(Section):
 
 
 class FinetuneConfig(Section):
+    """The ``finetune`` classification protocol (``classify.finetune``): optimiser, budget, LRs, checkpoints."""
+
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="sgd: momentum 0.9, L2 weight decay")
     epochs: int = Field(10, ge=1, description="passes over the labelled training data (unused when steps is set)")
     steps: int | None = Field(None, ge=1, description="budget in optimiser steps, the same for every label fraction "
@@ -189,6 +194,8 @@ class SegmentConfig(Section):
 
 
 class CalibrateConfig(Section):
+    """Post-hoc calibration of the classifier's probabilities (the ``calibrate`` stage)."""
+
     method: Literal["temperature", "vector", "dirichlet"] = "temperature"
     n_bins: int = Field(15, ge=2)
     fit_on: Literal["auto", "validation", "cross_fit"] = Field(
@@ -200,10 +207,14 @@ class CalibrateConfig(Section):
 
 
 class ReportConfig(Section):
+    """The HTML report (the ``report`` stage)."""
+
     out: str | None = Field(None, description="HTML path (default: run folder/report.html)")
 
 
 class TrackingConfig(Section):
+    """MLflow tracking: experiment, server, retries on a flaky server, model registry name."""
+
     experiment: str = "medcl"
     uri: str | None = Field(None, description="overrides MLFLOW_TRACKING_URI")
     retries: int = Field(3, ge=0)
@@ -212,6 +223,8 @@ class TrackingConfig(Section):
 
 
 class RuntimeConfig(Section):
+    """How a run executes: device, output folder, determinism, progress, checkpoint cadence, DDP timeout."""
+
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output_dir: str = Field("medcl-runs", description="run folders (checkpoints, split, config)")
     deterministic: bool = False

@@ -114,7 +114,8 @@ def build_dataset(
         cache_dir: folder of the disk cache (required for ``"disk"``).
         cache_rate: fraction of items held in the memory cache (the rest are computed on access).
         num_workers: threads filling the memory cache.
-        rank, world_size: this process's rank and the number of processes. With caching and
+        rank: this process's rank (``0 <= rank < world_size``).
+        world_size: the number of processes. With caching and
             ``world_size > 1`` the dataset holds only this rank's share (equal sizes, interleaved:
             rank ``r`` gets items ``r, r + W, ...``, padded by repetition); :func:`build_loader`
             then shuffles that share locally.
@@ -162,10 +163,14 @@ def build_dataset(
 
 
 def _views_copy_their_input(transform: Any) -> bool:
-    """Whether the first random transform after the cached head is a :class:`~medcl.transforms.views.MultiViewd`
-    or a copying :class:`~medcl.transforms.compose.PlainCompose`, which clone the arrays they augment and never
-    change their input dict: then the memory cache need not deep-copy every item on every access (MONAI's
-    ``copy_cache``), a quarter of the input pipeline's time on 64×64 images."""
+    """Whether the transforms after the cached head leave the cached items untouched.
+
+    True when the first random transform after the cached head is a
+    :class:`~medcl.transforms.views.MultiViewd` or a copying
+    :class:`~medcl.transforms.compose.PlainCompose`, which clone the arrays they augment and never
+    change their input dict: then the memory cache need not deep-copy every item on every access
+    (MONAI's ``copy_cache``), a quarter of the input pipeline's time on 64×64 images.
+    """
     from monai.transforms import Randomizable
 
     from medcl.transforms.compose import PlainCompose
@@ -196,20 +201,25 @@ class SeededDataset(TorchDataset):
     """
 
     def __init__(self, dataset: Any, seed: int, epoch: int = 0, share: int = 0) -> None:
+        """Wrap ``dataset``; the epoch counter is put in shared memory."""
         self.dataset, self.seed, self.share = dataset, int(seed), int(share)
         self._epoch = torch.tensor([int(epoch)], dtype=torch.int64).share_memory_()
 
     @property
     def epoch(self) -> int:
+        """The current epoch (as seen by this process, worker or not)."""
         return int(self._epoch[0])
 
     def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch``: later items get that epoch's augmentation seeds, in every worker."""
         self._epoch[0] = int(epoch)
 
     def __len__(self) -> int:
+        """Number of items of the wrapped dataset."""
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
+        """Item ``index`` of the wrapped dataset, its transform seeded from (seed, epoch, share, index)."""
         set_transform_seed(getattr(self.dataset, "transform", None), derive_seed(self.seed, self.epoch, self.share, index))
         return self.dataset[index]
 
@@ -310,7 +320,8 @@ def build_loader(
         distributed: split the data among ``world_size`` ranks with a ``DistributedSampler``
             (given ``rank``/``world_size`` explicitly — no process group is queried). A dataset that
             :func:`build_dataset` already partitioned by rank is not split again.
-        rank, world_size: this process's rank and the number of processes.
+        rank: this process's rank (also seeds the workers and the loader's generator).
+        world_size: the number of processes.
         drop_last: drop the last incomplete batch (and, distributed, pad-free splitting).
         collate: batch collation (default :func:`collate_samples`).
         pin_memory: default: ``True`` when CUDA is available.

@@ -31,7 +31,10 @@ def inspect_path(path: str | Path, *, format: str | None = None, modality: str |
 
     Args:
         path: file or folder.
-        format, modality, **options: as for :func:`medcl.readers.read`.
+        format: a reader name (key of :data:`medcl.readers.READERS`); detected when None.
+        modality: passed to the reader, which records it (else infers it from the file, or None).
+        **options: reader options, as for :func:`medcl.readers.read` (``series=`` picks one series
+            of a DICOM folder that holds several).
 
     Returns:
         JSON-able dict with ``path``, ``format``, ``modality``, ``shape`` (channel-first),

@@ -54,6 +54,7 @@ class DataBundle:
         return out
 
     def labelled_mask(self) -> np.ndarray:
+        """``(N,)`` bool over ``records``: True where the row has a label (no NaN / not ``-1``)."""
         if self.y.ndim == 2:
             return ~np.isnan(self.y).any(axis=1)
         return self.y >= 0
@@ -76,6 +77,7 @@ class DataBundle:
         return out
 
     def patients_of(self, idx: np.ndarray) -> np.ndarray:
+        """Integer patient index (into ``patient_index``) of each position in ``idx``, int64 ``(len(idx),)``."""
         return np.asarray([self.patient_index[self.records[i].patient] for i in idx], dtype=np.int64)
 
     def column(self, name: str, idx: np.ndarray) -> np.ndarray:
@@ -175,21 +177,16 @@ def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
     bundle = DataBundle(records=list(records), excluded=list(excluded), y=y, classes=list(classes), task=d.task,
                         assignment=assignment, patient_index=patient_index, manifest_path=Path(d.manifest))
     bundle.summary = split_summary(records, assignment, labels)
-    check_splits_for_stages(bundle, getattr(cfg, "stages", []))
     return bundle
 
 
-#: the splits each stage cannot run without, and whether they need labelled samples
-STAGE_SPLITS: dict[str, tuple[tuple[str, bool], ...]] = {
-    "pretrain": (("train", False),),
-    "classify": (("train", True), ("test", True)),
-    "segment": (("train", False), ("test", False)),
-    "calibrate": (("val", True), ("test", True)),
-}
+def check_splits(bundle: DataBundle, needs: dict[str, tuple[tuple[str, bool], ...]]) -> None:
+    """Fail before any training when a stage would find a split it needs empty (e.g. no test patients).
 
-
-def check_splits_for_stages(bundle: DataBundle, stages: list[str]) -> None:
-    """Fail before any training when a stage would find its split empty (e.g. no test patients).
+    Args:
+        bundle: the prepared data.
+        needs: ``{stage: ((split, labelled), ...)}`` — what each stage to run declares
+            (:attr:`medcl.stages.Stage.splits`).
 
     Raises:
         SplitError: naming the split, the stage that needs it and the patients per split.
@@ -197,8 +194,8 @@ def check_splits_for_stages(bundle: DataBundle, stages: list[str]) -> None:
     from medcl.errors import SplitError
 
     counts = {s: len({r.patient for r in bundle.records if bundle.assignment.get(r.patient) == s}) for s in SPLITS}
-    for stage in stages:
-        for split, labelled in STAGE_SPLITS.get(stage, ()):
+    for stage, splits in needs.items():
+        for split, labelled in splits:
             if len(bundle.indices(split, labelled=labelled)):
                 continue
             per = ", ".join(f"{counts[s]} {s}" for s in SPLITS)

@@ -148,7 +148,31 @@ def make_splits(
     keys = _label_keys(records, labels)
     plabel = _patient_labels(records, keys)
     patients = sorted(plabel)
-    n = len(patients)
+    n_val, n_test = _split_sizes(len(patients), val_fraction, test_fraction)
+
+    rng = np.random.default_rng(seed)
+    use_strata = stratify and any(v is not None for v in plabel.values())
+    n_splits = 1 + (n_val > 0) + (n_test > 0)
+    order, rare = _stratified_order(patients, plabel, rng, use_strata, n_splits, class_names)
+    if rare:
+        msg = (f"class {', '.join(rare)} has fewer patients than the {n_splits} splits and cannot be "
+               "stratified; its patients are put in train first — add patients of that class for a "
+               "meaningful evaluation")
+        warnings.warn(msg, StratificationWarning, stacklevel=2)
+        log.warning(msg)
+    order.sort()
+    assignment: dict[str, str] = {}
+    for i, (_, _, p) in enumerate(order):
+        assignment[p] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return dict(sorted(assignment.items()))
+
+
+def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """``(n_val, n_test)`` patients of ``n`` (fractions rounded half up).
+
+    Raises:
+        SplitError: a non-zero fraction that gives no patient, or no patient left for train.
+    """
     n_test, n_val = _round(test_fraction * n), _round(val_fraction * n)
     for name, f, k in (("test", test_fraction, n_test), ("val", val_fraction, n_val)):
         if f > 0 and k == 0:
@@ -161,14 +185,32 @@ def make_splits(
     if n_train < 1:
         raise SplitError(f"{n} patients leave no training patients ({n_val} val, {n_test} test)",
                          where="data", fix="add patients or lower val_fraction/test_fraction")
+    return n_val, n_test
 
-    rng = np.random.default_rng(seed)
-    use_strata = stratify and any(v is not None for v in plabel.values())
+
+def _stratified_order(patients: list[str], plabel: dict[str, Any], rng: np.random.Generator, use_strata: bool,
+                      n_splits: int, class_names: Sequence[str] | None) -> tuple[list[tuple[float, float, str]], list[str]]:
+    """Interleave the patients of every stratum so that cutting the sorted order keeps class proportions.
+
+    Each patient gets a position ``(rank + 0.5) / stratum size`` from a random permutation of its stratum
+    (with a random tie-breaker); patients of a class too rare to be spread over ``n_splits`` splits get
+    position 2, so they sort last and land in train.
+
+    Args:
+        patients: sorted patient ids (the order makes the result independent of row order).
+        plabel: each patient's stratification label (None when unlabelled).
+        rng: the split's generator (consumed: one permutation and one tie draw per stratum).
+        use_strata: stratify by ``plabel``; otherwise all patients form one stratum.
+        n_splits: number of non-empty splits.
+        class_names: names of integer labels, for the rare-class message.
+
+    Returns:
+        ``(order, rare)``: unsorted ``(position, tie, patient)`` triples, and one description per rare class.
+    """
     strata: dict[str, list[str]] = {}
     for p in patients:  # sorted: independent of row order
         k = (plabel[p] if plabel[p] is not None else f"\0{UNLABELLED}") if use_strata else ""
         strata.setdefault(k, []).append(p)
-    n_splits = 1 + (n_val > 0) + (n_test > 0)
     order: list[tuple[float, float, str]] = []
     rare: list[str] = []
     for k in sorted(strata):
@@ -182,17 +224,7 @@ def make_splits(
         for rank, (j, t) in enumerate(zip(perm, ties)):
             pos = 2.0 if is_rare else (rank + 0.5) / len(members)  # rare classes sort last → train
             order.append((pos, float(t), members[j]))
-    if rare:
-        msg = (f"class {', '.join(rare)} has fewer patients than the {n_splits} splits and cannot be "
-               "stratified; its patients are put in train first — add patients of that class for a "
-               "meaningful evaluation")
-        warnings.warn(msg, StratificationWarning, stacklevel=2)
-        log.warning(msg)
-    order.sort()
-    assignment: dict[str, str] = {}
-    for i, (_, _, p) in enumerate(order):
-        assignment[p] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    return dict(sorted(assignment.items()))
+    return order, rare
 
 
 def _manifest_splits(records: Sequence[Record]) -> dict[str, str]:

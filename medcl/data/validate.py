@@ -49,16 +49,13 @@ from medcl.data.manifest import (
     label_problems,
 )
 from medcl.errors import DataError, ReaderError
+from medcl.modalities import IMAGE_2D, VOLUME_3D
 
 __all__ = [
     "Problem", "validate_manifest", "problems_to_json", "filter_records", "check_shape",
     "IMAGE_2D", "VOLUME_3D", "MIN_ECG_SAMPLES", "MAX_ECG_LEADS", "DEFAULT_MAX_VOXELS", "peek_voxels",
 ]
 
-#: Modalities stored as 2D images ``(C, H, W)``.
-IMAGE_2D: tuple[str, ...] = ("histo", "oct", "fundus")
-#: Modalities stored as 3D volumes ``(1, X, Y, Z)``.
-VOLUME_3D: tuple[str, ...] = ("ct", "mri")
 #: An ECG needs at least this many samples per lead (1 s at 100 Hz).
 MIN_ECG_SAMPLES = 100
 #: More leads than this is most likely a transposed ``(T, leads)`` array.
@@ -235,6 +232,30 @@ def _check_row(rec: Record, modality: str, root: Path, read: Callable[..., Any],
             if n_bad:
                 add(f"{n_bad} of {arr.size} values are NaN or Inf",
                     "re-export the file without NaN/Inf (e.g. fill with the background value)", "nan-values")
+    out.extend(_check_mask(rec, image, read, require_mask))
+    return out
+
+
+def _check_mask(rec: Record, image: Any, read: Callable[..., Any], require_mask: bool) -> list[Problem]:
+    """Mask checks for one row: given when required, readable, and on the image's grid.
+
+    Args:
+        rec: the row.
+        image: the row's image as read (a reader ``Sample``), or None when it could not be read
+            (then only the mask's own readability is checked).
+        read: the reader.
+        require_mask: a missing mask is a problem (segmentation tasks).
+
+    Returns:
+        The problems, in the order found (``missing-mask``, ``unreadable``, ``bad-shape``,
+        ``mask-geometry``).
+    """
+    out: list[Problem] = []
+    where = rec.relpath
+
+    def add(what: str, fix: str, code: str) -> None:
+        out.append(Problem(rec.row, where, what, fix, code))
+
     if rec.mask is None:
         if require_mask:
             add("no mask given", "give a mask for every row of a segmentation task", "missing-mask")

@@ -39,8 +39,10 @@ def safe_len(loader: Iterable) -> int | None:
 
 
 def _channels_last(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """Make the channel axis the fastest-moving one (``channels_last`` / ``_3d`` for images;
-    for ``(B, V, C, ...)`` views every ``views[:, v]`` slice is channels-last)."""
+    """Make the channel axis the fastest-moving one (``channels_last`` / ``_3d`` for images).
+
+    For ``(B, V, C, ...)`` views every ``views[:, v]`` slice is channels-last.
+    """
     if not x.is_floating_point() or x.ndim < channel_dim + 3 or x.ndim > channel_dim + 4:
         return x
     perm = [d for d in range(x.ndim) if d != channel_dim] + [channel_dim]

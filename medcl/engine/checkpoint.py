@@ -96,6 +96,9 @@ def build_training_state(
 
     Args:
         model: the unwrapped module (no DDP / compile wrapper, so keys carry no prefix).
+        optimizer: its state is saved when given.
+        scheduler: LR scheduler whose state is saved when given.
+        scaler: AMP ``GradScaler`` whose state is saved when given.
         epoch: the epoch to continue in.
         batches_done: loader batches of ``epoch`` already consumed (mid-epoch resume).
         epoch_step: optimiser steps already taken in ``epoch``.
@@ -165,6 +168,11 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, keep: int = 2, is_main: bool = True, *,
                  run_id: str | None = None, config: Any = None) -> None:
+        """Keep the settings; nothing is written before the first :meth:`save`.
+
+        Raises:
+            CheckpointError: ``keep`` below 1.
+        """
         if keep < 1:
             raise CheckpointError(f"keep={keep} must be >= 1", where="checkpoint.keep",
                                   fix="keep at least one checkpoint")
@@ -175,6 +183,7 @@ class Checkpointer:
         self.last_loaded: Path | None = None
 
     def path_for(self, step: int) -> Path:
+        """The checkpoint file of optimiser step ``step`` (``ckpt-00000123.pt``)."""
         return self.directory / f"ckpt-{int(step):08d}.pt"
 
     def checkpoints(self) -> list[tuple[int, Path]]:

@@ -92,8 +92,10 @@ class LoopSettings:
 
 @dataclass
 class Optimisation:
-    """What steps the weights: the optimiser, an optional per-step LR scheduler and, for fp16 on CUDA, a
-    ``GradScaler`` (created by the loop when ``None`` and fp16 runs on CUDA)."""
+    """What steps the weights: the optimiser, an optional per-step LR scheduler and a grad scaler.
+
+    The ``GradScaler`` is for fp16 on CUDA; the loop creates one when it is ``None`` and fp16 runs on CUDA.
+    """
 
     optimizer: torch.optim.Optimizer
     scheduler: Any = None
@@ -137,6 +139,7 @@ class EpochSums:
     grad_norms: list[float] = field(default_factory=list)
 
     def add(self, values: dict[str, float]) -> None:
+        """Add one micro-batch's scalars."""
         for k, v in values.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
         self.n_micro += 1
@@ -149,10 +152,12 @@ class EpochSums:
         return out
 
     def state(self) -> dict[str, Any]:
+        """The sums as plain Python values, for a mid-epoch checkpoint."""
         return {"sums": dict(self.sums), "n_micro": self.n_micro, "grad_norms": list(self.grad_norms)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> EpochSums:
+        """Rebuild the sums saved by :meth:`state` (empty sums for ``None``)."""
         state = state or {}
         return cls({str(k): float(v) for k, v in state.get("sums", {}).items()}, int(state.get("n_micro", 0)),
                    [float(g) for g in state.get("grad_norms", [])])
@@ -179,7 +184,9 @@ class EpochStart:
 class MetricsSink(Protocol):
     """What the loop logs to (:class:`medcl.tracking.Tracker` satisfies it)."""
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Log scalar ``metrics`` at ``step``."""
+        ...
 
 
 class Monitor(Protocol):
@@ -187,7 +194,9 @@ class Monitor(Protocol):
 
     every: int
 
-    def __call__(self, step: int) -> dict[str, float]: ...
+    def __call__(self, step: int) -> dict[str, float]:
+        """Measure at optimiser step ``step``; returns metrics to log (may be empty)."""
+        ...
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -211,8 +220,10 @@ class _Group:
 
 def _micro_step(model: nn.Module, batch: Any, optim: Optimisation, amp: str, device: torch.device, divisor: int,
                 where: str, no_sync: bool) -> dict[str, float]:
-    """Forward and backward of one micro-batch, its loss divided by ``divisor``; the loss is checked to be finite
-    before backward. Returns the scalars the model returned, as floats."""
+    """Forward and backward of one micro-batch, its loss divided by ``divisor``.
+
+    The loss is checked to be finite before backward. Returns the scalars the model returned, as floats.
+    """
     with model.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
         with autocast(amp, device):
             out = model(batch)
@@ -264,6 +275,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optim: Optimisation, set
     Raises:
         TrainingError: NaN/Inf loss (checked before backward), a malformed model output, or a resume position
             that is not a whole number of optimiser steps.
+
+    Note:
+        Longer than ~80 lines on purpose: accumulation bookkeeping (group boundaries, a short last group's
+        divisor, DDP ``no_sync``), the resume skip and the throughput meter share the loop's local state;
+        the per-micro-batch and per-step work already lives in :func:`_micro_step` and ``finish_step``.
     """
     s, start = settings, start or EpochStart()
     device = torch.device(s.device)
@@ -383,8 +399,10 @@ class _Saver:
 
 
 def _resume_point(state: dict[str, Any] | None, core: nn.Module, optim: Optimisation) -> tuple[int, int, EpochStart]:
-    """Restore ``state`` (weights, optimiser, scheduler, scaler) and say where to continue:
-    ``(epoch, steps already taken in it, EpochStart)``. At an epoch boundary the RNG is restored now."""
+    """Restore ``state`` (weights, optimiser, scheduler, scaler) and say where to continue.
+
+    Returns ``(epoch, steps already taken in it, EpochStart)``. At an epoch boundary the RNG is restored now.
+    """
     if state is None:
         return 0, 0, EpochStart()
     restore_training_state(state, core, optim.optimizer, optim.scheduler, optim.scaler)
@@ -401,8 +419,11 @@ def _resume_point(state: dict[str, Any] | None, core: nn.Module, optim: Optimisa
 def _on_step(s: LoopSettings, total: int | None, tracker: MetricsSink | None, monitor: Monitor | None,
              saver: _Saver, epoch: int, n_batches: int | None, start: EpochStart,
              epoch_step: int) -> Callable[[int, dict[str, float]], None]:
-    """The callback :func:`fit` gives :func:`train_one_epoch` for ``epoch``: tracking every ``log_every`` steps,
-    the monitor every ``monitor.every`` steps and at the last, a mid-epoch checkpoint every ``checkpoint_every``."""
+    """The callback :func:`fit` gives :func:`train_one_epoch` for ``epoch``.
+
+    Tracking every ``log_every`` steps, the monitor every ``monitor.every`` steps and at the last, a mid-epoch
+    checkpoint every ``checkpoint_every``.
+    """
 
     def on_step(step: int, logs: dict[str, float]) -> None:
         if tracker is not None and step % max(1, s.log_every) == 0:

@@ -35,22 +35,27 @@ class Throughput:
     """
 
     def __init__(self) -> None:
+        """Start with empty step and total spans, the clock marked now."""
         self.step, self.total = Span(), Span()
         self._mark = time.perf_counter()
 
     def restart(self) -> None:
+        """Mark the clock now: time before this point is not counted."""
         self._mark = time.perf_counter()
 
     def arrived(self) -> None:
+        """A batch came out of the loader: the time since the mark counts as waiting for data."""
         self.step.wait += time.perf_counter() - self._mark
 
     def done(self, samples: int) -> None:
+        """``samples`` samples were processed: the time since the mark counts to the step; mark again."""
         now = time.perf_counter()
         self.step.seconds += now - self._mark
         self.step.samples += samples
         self._mark = now
 
     def close_step(self) -> dict[str, float]:
+        """End the optimiser step: its rates (``samples_per_s``, ``data_wait_fraction``), added to :attr:`total`."""
         rates = self.step.rates()
         self.total.seconds += self.step.seconds
         self.total.wait += self.step.wait

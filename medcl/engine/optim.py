@@ -51,6 +51,11 @@ class LARS(torch.optim.Optimizer):
         trust_coefficient: float = 0.001,
         lars_exclude: bool | None = None,
     ) -> None:
+        """Check the learning rate and register the hyper-parameters as group defaults.
+
+        Raises:
+            ConfigError: a negative learning rate.
+        """
         if lr < 0:
             raise ConfigError(f"LARS learning rate must be >= 0, got {lr}", where="optimizer.lr",
                               fix="set a positive learning rate")
@@ -62,6 +67,14 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        """One LARS update of every parameter that has a gradient.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (optional, as for any optimiser).
+
+        Returns:
+            The closure's loss, or ``None``.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -162,7 +175,8 @@ def build_optimizer(
         lr: base learning rate (schedules multiply it).
         weight_decay: weight decay (AdamW: decoupled; SGD: L2; LARS: added before adaptation).
         momentum: SGD / LARS momentum.
-        betas, eps: AdamW parameters.
+        betas: AdamW's moment decay rates ``(beta1, beta2)``.
+        eps: AdamW's denominator term.
         trust_coefficient: LARS ``eta``.
         nesterov: SGD Nesterov momentum.
         no_decay_names: with a module, extra parameter names kept out of weight decay.

@@ -35,6 +35,7 @@ class StepProgress:
     """
 
     def __init__(self, total: int | None, description: str, enabled: bool = True, log_every: int = 50) -> None:
+        """Keep the settings; the bar starts in ``__enter__``."""
         self.total = total
         self.description = description
         self.enabled = enabled
@@ -43,6 +44,7 @@ class StepProgress:
         self._task = None
 
     def __enter__(self) -> StepProgress:
+        """Start a rich progress bar when stderr is a terminal (else log lines are used)."""
         if not self.enabled:
             return self
         from rich.console import Console
@@ -78,6 +80,7 @@ class StepProgress:
             log.info("%s step %d%s  %s", self.description, step_in_epoch, total, _fmt(logs))
 
     def __exit__(self, *exc: object) -> None:
+        """Stop the progress bar, if one was started."""
         if self._progress is not None:
             self._progress.stop()
             self._progress = None

@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Launch:
-    """How a run was launched, stored in its checkpoints (``config["launch"]``) so that a resume can tell
-    what carries over."""
+    """How a run was launched, stored in its checkpoints (``config["launch"]``).
+
+    A resume compares it with its own launch to tell what carries over.
+    """
 
     world_size: int
     per_rank_batch: int
@@ -35,6 +37,7 @@ class Launch:
 
     @property
     def global_batch(self) -> int:
+        """Samples of one micro-batch on every rank together: ``world_size * per_rank_batch`` (no ``grad_accum``)."""
         return self.world_size * self.per_rank_batch
 
     def record(self) -> dict[str, Any]:

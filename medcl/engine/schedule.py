@@ -57,12 +57,14 @@ class WarmupCosine:
 
     def __init__(self, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0,
                  name: str = "cosine") -> None:
+        """Keep the schedule's settings (plain attributes, so ``LambdaLR`` checkpoints them)."""
         self.total_steps = int(total_steps)
         self.warmup_steps = int(warmup_steps)
         self.min_ratio = float(min_ratio)
         self.name = str(name)
 
     def __call__(self, step: int) -> float:
+        """The LR factor at optimiser step ``step``."""
         return SCHEDULES[self.name](step, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
                                     min_ratio=self.min_ratio)
 

@@ -22,7 +22,9 @@ def effective_number_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
     no sample are treated as having one.
 
     Args:
-        counts: ``(C,)`` samples per class; beta: in [0, 1).
+        counts: ``(C,)`` samples per class.
+        beta: in [0, 1); the effective number of ``n`` samples is ``(1 - beta^n) / (1 - beta)``, so
+            ``beta -> 1`` approaches inverse-frequency weights and ``beta = 0`` gives equal weights.
 
     Returns:
         ``(C,)`` weights.
@@ -61,6 +63,7 @@ class BalancedSupConLoss(SupConLoss):
                  dim: int | None = None, beta: float = 0.999, class_counts: Sequence[int] | None = None,
                  base_temperature: float | None = None, contrast_mode: str = "all",
                  gather_distributed: bool = False) -> None:
+        """Check the mode, class count, beta and counts; create the prototypes for ``prototypes``/``both``."""
         super().__init__(temperature, base_temperature, contrast_mode, gather_distributed)
         where = "BalancedSupConLoss"
         if mode not in BALANCE_MODES:
@@ -90,6 +93,17 @@ class BalancedSupConLoss(SupConLoss):
             self.prototypes = None
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """Class-balanced SupCon loss of a batch.
+
+        In training mode without ``class_counts`` the class counts are first updated with the batch's labels.
+
+        Args:
+            features: ``(N, V, D)`` L2-normalised projections of ``V`` views.
+            labels: ``(N,)`` int64 class indices (``< 0`` = unlabelled: only its own views are positives).
+
+        Returns:
+            Scalar loss.
+        """
         vb = self._views(features, labels)
         la, lk = vb.anchor_ids[0].long(), vb.key_ids[0].long()
         c = self.num_classes
@@ -123,4 +137,5 @@ class BalancedSupConLoss(SupConLoss):
         return self._finish(vb, pos, bias, anchor_weight=weight)
 
     def extra_repr(self) -> str:
+        """The SupCon settings plus mode, class count and beta, for ``print(module)``."""
         return f"{super().extra_repr()}, mode={self.mode!r}, num_classes={self.num_classes}, beta={self.beta}"

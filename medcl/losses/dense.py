@@ -30,7 +30,9 @@ def local_ntxent_per_image(a: torch.Tensor, b: torch.Tensor, temperature: float)
     """NT-Xent within each image: location ``m`` of view a ↔ location ``m`` of view b.
 
     Args:
-        a, b: ``(N, M, D)`` L2-normalised local features at the same M locations.
+        a: ``(N, M, D)`` L2-normalised local features of view a at M locations.
+        b: ``(N, M, D)`` the same for view b, at the same locations.
+        temperature: softmax temperature.
 
     Returns:
         Scalar: mean over the ``2 N M`` anchors; negatives are the other ``2M - 2`` locations of
@@ -73,6 +75,7 @@ class DenseContrastLoss(nn.Module):
     def __init__(self, temperature: float = 0.1, spatial_dims: int = 2, global_weight: float = 0.5,
                  num_samples: int | None = 256, local_negatives: str = "image",
                  gather_distributed: bool = False) -> None:
+        """Check the temperature, dimensions, weight, sample count and negatives mode."""
         super().__init__()
         where = "DenseContrastLoss"
         self.temperature = check_temperature(temperature, where)
@@ -93,6 +96,19 @@ class DenseContrastLoss(nn.Module):
 
     def forward(self, f_a: torch.Tensor, f_b: torch.Tensor, generator: torch.Generator | None = None
                 ) -> torch.Tensor:
+        """Weighted sum of the global and local NT-Xent terms.
+
+        Args:
+            f_a: ``(N, D, *S)`` dense features of view a.
+            f_b: ``(N, D, *S)`` dense features of view b, spatially aligned with ``f_a``.
+            generator: seeds the choice of locations (the global RNG without it).
+
+        Returns:
+            Scalar loss.
+
+        Raises:
+            DataError: the maps are not both float ``(N, D, *S)`` of the same shape.
+        """
         nd = 2 + self.spatial_dims
         if f_a.dim() != nd or f_a.shape != f_b.shape or not f_a.is_floating_point():
             raise DataError(f"f_a {tuple(f_a.shape)} / f_b {tuple(f_b.shape)} must both be (N, D, *S) with "

@@ -78,7 +78,9 @@ def label_set_similarity(ya: torch.Tensor, yk: torch.Tensor, sim: torch.Tensor) 
     sets, plain cosine of the multi-hot vectors when ``S = I``, 0 when a sample has no label.
 
     Args:
-        ya: ``(A, K)`` multi-hot (or soft) labels; yk: ``(B, K)``; sim: ``(K, K)``.
+        ya: ``(A, K)`` multi-hot (or soft) labels of the anchors.
+        yk: ``(B, K)`` labels of the keys.
+        sim: ``(K, K)`` class-similarity kernel ``S``.
 
     Returns:
         ``(A, B)`` similarities in [0, 1] for non-negative inputs.
@@ -117,6 +119,7 @@ class GraphSupConLoss(SupConLoss):
     def __init__(self, temperature: float = 0.1, similarity: object = None, graph_mode: str = "shortest_path",
                  min_similarity: float = 0.0, base_temperature: float | None = None, contrast_mode: str = "all",
                  gather_distributed: bool = False) -> None:
+        """Build or check the class-similarity matrix ``S`` (kept as a non-persistent buffer)."""
         super().__init__(temperature, base_temperature, contrast_mode, gather_distributed)
         where = "GraphSupConLoss"
         self.classes: list[str] | None = None
@@ -133,6 +136,18 @@ class GraphSupConLoss(SupConLoss):
         self.min_similarity = float(min_similarity)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """Ontology-weighted multi-label SupCon loss of a batch.
+
+        Args:
+            features: ``(N, V, D)`` L2-normalised projections of ``V`` views.
+            labels: ``(N, K)`` multi-hot labels (NaN entries count as absent).
+
+        Returns:
+            Scalar loss.
+
+        Raises:
+            DataError: labels that are not ``(N, K)`` with ``K`` matching the similarity matrix.
+        """
         vb = self._views(features, labels, label_ndim=2)
         la, lk = vb.anchor_ids[0], vb.key_ids[0]
         if la is None or la.dim() != 2 or (self.similarity is not None and la.shape[1] != self.similarity.shape[0]):

@@ -55,6 +55,7 @@ class HardNegativeSupConLoss(SupConLoss):
                  hard_weight: float = 2.0, classes: Sequence[str] | None = None,
                  base_temperature: float | None = None, contrast_mode: str = "all",
                  gather_distributed: bool = False) -> None:
+        """Resolve the hard pairs to class indices and build the ``log w`` bias table between classes."""
         super().__init__(temperature, base_temperature, contrast_mode, gather_distributed)
         where = "HardNegativeSupConLoss"
         w = check_temperature(hard_weight, where, "hard_weight")
@@ -75,6 +76,15 @@ class HardNegativeSupConLoss(SupConLoss):
         self.classes = list(classes) if classes is not None else None
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """SupCon loss of a batch with the hard negatives weighted ``hard_weight`` times.
+
+        Args:
+            features: ``(N, V, D)`` L2-normalised projections of ``V`` views.
+            labels: ``(N,)`` int64 class indices (``< 0`` = unlabelled).
+
+        Returns:
+            Scalar loss.
+        """
         vb = self._views(features, labels)
         pos = label_positives(vb)
         other = self.log_weight.shape[0] - 1
@@ -87,4 +97,5 @@ class HardNegativeSupConLoss(SupConLoss):
         return self._finish(vb, pos, bias)
 
     def extra_repr(self) -> str:
+        """The SupCon settings plus the hard pairs and their weight, for ``print(module)``."""
         return f"{super().extra_repr()}, hard_pairs={self.hard_pairs}, hard_weight={self.hard_weight}"

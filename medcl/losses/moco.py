@@ -32,11 +32,25 @@ class MoCoV3Loss(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.2, gather_distributed: bool = False) -> None:
+        """Check the temperature and keep the distributed setting."""
         super().__init__()
         self.temperature = check_temperature(temperature, "MoCoV3Loss")
         self.gather_distributed = bool(gather_distributed)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor | None = None) -> torch.Tensor:
+        """InfoNCE of queries against keys (and the queue), scaled by ``2T``.
+
+        Args:
+            q: ``(n, D)`` queries of one view (online encoder).
+            k: ``(n, D)`` keys of the other view (momentum encoder), row i the same sample as ``q[i]``.
+            queue: ``(Q, D)`` past keys as extra negatives, or None.
+
+        Returns:
+            Scalar loss.
+
+        Raises:
+            DataError: ``q`` and ``k`` not the same ``(n, D)``, or a queue of another width.
+        """
         check_shape(q, 2, "MoCoV3Loss", "q", "(N, D)")
         check_shape(k, 2, "MoCoV3Loss", "k", "(N, D)")
         if q.shape != k.shape:
@@ -56,6 +70,7 @@ class MoCoV3Loss(nn.Module):
         return F.cross_entropy(logits, labels) * (2 * self.temperature)
 
     def extra_repr(self) -> str:
+        """Temperature and distributed setting, for ``print(module)``."""
         return f"temperature={self.temperature}, gather_distributed={self.gather_distributed}"
 
 
@@ -67,11 +82,13 @@ class KeyQueue(nn.Module):
     keys of all ranks, so the queue is identical everywhere.
 
     Args:
-        size: queue length Q; dim: key dimension D.
+        size: queue length Q.
+        dim: key dimension D.
         gather_distributed: enqueue the keys of all ranks; no-op on one process.
     """
 
     def __init__(self, size: int, dim: int, gather_distributed: bool = False) -> None:
+        """Allocate the empty queue ``(size, dim)`` and its write pointer as buffers (saved with the model)."""
         super().__init__()
         if not isinstance(size, int) or size < 1 or not isinstance(dim, int) or dim < 1:
             raise ConfigError(f"KeyQueue(size={size!r}, dim={dim!r}) needs positive integers", where="KeyQueue",
@@ -101,6 +118,7 @@ class KeyQueue(nn.Module):
         return self.queue[: int(self.filled)].clone()
 
     def forward(self) -> torch.Tensor:
+        """Same as :meth:`keys`: the stored keys ``(filled, D)``."""
         return self.keys()
 
 
@@ -109,7 +127,12 @@ def momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
     """EMA update ``target = m * target + (1 - m) * online`` of parameters; buffers are copied.
 
     Args:
-        online: the trained network; target: its momentum copy (same architecture); m: momentum in [0, 1].
+        online: the trained network.
+        target: its momentum copy (same architecture), updated in place.
+        m: momentum in [0, 1] (1: the target does not move).
+
+    Raises:
+        ConfigError: ``m`` outside [0, 1], or networks with different parameter lists.
     """
     if not 0.0 <= m <= 1.0:
         raise ConfigError(f"momentum m={m} is outside [0, 1]", where="momentum_update", fix="use e.g. 0.99")

@@ -59,11 +59,17 @@ class NTXentLoss(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = False) -> None:
+        """Check the temperature and keep the distributed setting."""
         super().__init__()
         self.temperature = check_temperature(temperature, "NTXentLoss")
         self.gather_distributed = bool(gather_distributed)
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        """NT-Xent of two aligned views (see :func:`ntxent`).
+
+        Raises:
+            DataError: the views are not both ``(N, D)`` of the same shape.
+        """
         check_shape(z_a, 2, "NTXentLoss", "z_a", "(N, D)")
         check_shape(z_b, 2, "NTXentLoss", "z_b", "(N, D)")
         if z_a.shape != z_b.shape:
@@ -72,4 +78,5 @@ class NTXentLoss(nn.Module):
         return ntxent(z_a, z_b, self.temperature, self.gather_distributed)
 
     def extra_repr(self) -> str:
+        """Temperature and distributed setting, for ``print(module)``."""
         return f"temperature={self.temperature}, gather_distributed={self.gather_distributed}"

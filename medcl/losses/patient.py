@@ -21,6 +21,18 @@ class PatientContrastLoss(SupConLoss):
     """
 
     def forward(self, features: torch.Tensor, patient: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """MICLe loss of a batch: SupCon with the patient index as label.
+
+        Args:
+            features: ``(N, V, D)`` L2-normalised projections of ``V`` views.
+            patient: ``(N,)`` int64 patient indices (``< 0`` = unknown: only its own views are positives).
+
+        Returns:
+            Scalar loss.
+
+        Raises:
+            DataError: no patient ids.
+        """
         if patient is None:
             raise DataError("patient ids are required", where="PatientContrastLoss",
                             fix="pass batch['patient'] (N,) int64, or use SupConLoss without labels")
@@ -58,6 +70,7 @@ class CLOCSLoss(SupConLoss):
 
     def __init__(self, temperature: float = 0.1, positives: str = "patient", cross_view_only: bool = True,
                  gather_distributed: bool = False) -> None:
+        """Check the positives mode and keep it with the cross-view setting."""
         super().__init__(temperature=temperature, gather_distributed=gather_distributed)
         if positives not in CLOCS_POSITIVES:
             raise ConfigError(f"positives={positives!r} is unknown", where="CLOCSLoss",
@@ -68,6 +81,19 @@ class CLOCSLoss(SupConLoss):
 
     def forward(self, features: torch.Tensor, patient: torch.Tensor | None = None,  # type: ignore[override]
                 record: torch.Tensor | None = None) -> torch.Tensor:
+        """CLOCS loss of a batch of ``V`` segments or lead groups per row.
+
+        Args:
+            features: ``(N, V, D)`` L2-normalised projections.
+            patient: ``(N,)`` int64 patient indices (needed for ``positives="patient"``).
+            record: ``(N,)`` int64 record indices (needed for ``positives="record"``).
+
+        Returns:
+            Scalar loss.
+
+        Raises:
+            DataError: the ids the positives mode needs are missing.
+        """
         if self.positives == "patient" and patient is None:
             raise DataError("positives='patient' needs patient ids", where="CLOCSLoss",
                             fix="pass batch['patient'], or set positives='sample'")
@@ -83,5 +109,6 @@ class CLOCSLoss(SupConLoss):
         return self._finish(vb, pos, exclude=exclude)
 
     def extra_repr(self) -> str:
+        """Temperature, positives mode, cross-view and distributed settings, for ``print(module)``."""
         return (f"temperature={self.temperature}, positives={self.positives!r}, "
                 f"cross_view_only={self.cross_view_only}, gather_distributed={self.gather_distributed}")

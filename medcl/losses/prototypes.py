@@ -54,7 +54,9 @@ class PrototypeLoss(nn.Module):
     ``seed``. ``loss = CE(normalize(f) @ P^T / T, y)``, averaged over labelled rows (``y < 0`` ignored).
 
     Args:
-        num_classes: C; dim: embedding size D; temperature: softmax temperature.
+        num_classes: C (at least 2).
+        dim: embedding size D.
+        temperature: softmax temperature.
         method: ``"auto"``, ``"etf"`` (needs D >= C) or ``"optimized"``.
         seed: seed of the prototype construction.
 
@@ -64,6 +66,7 @@ class PrototypeLoss(nn.Module):
 
     def __init__(self, num_classes: int = 2, dim: int = 128, temperature: float = 0.1, method: str = "auto",
                  seed: int = 0) -> None:
+        """Check the settings and build the fixed prototypes ``(C, D)`` (a buffer, not trained)."""
         super().__init__()
         where = "PrototypeLoss"
         self.temperature = check_temperature(temperature, where)
@@ -88,6 +91,18 @@ class PrototypeLoss(nn.Module):
         return (z @ self.prototypes.to(z.dtype).T).to(compute_dtype(z.dtype)) / self.temperature
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the cosine logits over the labelled rows (every view counts as a row).
+
+        Args:
+            features: ``(N, D)`` or ``(N, V, D)`` projections.
+            labels: ``(N,)`` int64 class indices (outside ``[0, C)`` = unlabelled, ignored).
+
+        Returns:
+            Scalar loss (0 when nothing is labelled).
+
+        Raises:
+            DataError: features not ``(N, D)`` / ``(N, V, D)`` of width ``dim``, or labels not one per row.
+        """
         if features.dim() not in (2, 3) or features.shape[-1] != self.dim or labels.shape[:1] != features.shape[:1]:
             raise DataError(f"features {tuple(features.shape)} / labels {tuple(labels.shape)} do not match "
                             f"(N, D={self.dim}) or (N, V, D) with labels (N,)", where="PrototypeLoss",
@@ -103,4 +118,5 @@ class PrototypeLoss(nn.Module):
         return ce.sum() / valid.sum().clamp_min(1)
 
     def extra_repr(self) -> str:
+        """Classes, width, temperature and prototype method, for ``print(module)``."""
         return f"num_classes={self.num_classes}, dim={self.dim}, temperature={self.temperature}, method={self.method!r}"

@@ -29,7 +29,8 @@ class DiceCELoss(nn.Module):
     Args:
         include_background: include class 0 in the Dice term.
         batch: one Dice per class over the whole (global) batch instead of a mean of per-case Dice.
-        lambda_dice, lambda_ce: weights of the two terms.
+        lambda_dice: weight of the Dice term.
+        lambda_ce: weight of the cross-entropy term.
         gather_distributed: with ``batch``, sum the Dice statistics over every rank (no-op on one process).
 
     Shapes:
@@ -39,6 +40,7 @@ class DiceCELoss(nn.Module):
 
     def __init__(self, *, include_background: bool = False, batch: bool = True, lambda_dice: float = 1.0,
                  lambda_ce: float = 1.0, gather_distributed: bool = True) -> None:
+        """Keep the settings (the loss has no parameters)."""
         super().__init__()
         self.include_background = bool(include_background)
         self.batch = bool(batch)
@@ -47,6 +49,15 @@ class DiceCELoss(nn.Module):
         self.gather_distributed = bool(gather_distributed)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Weighted soft Dice + cross-entropy of a batch.
+
+        Args:
+            logits: ``(B, K, *S)`` raw scores (computed in float32 at least).
+            target: ``(B, 1, *S)`` or ``(B, *S)`` integer labels in ``[0, K)``.
+
+        Returns:
+            Scalar loss.
+        """
         labels = (target[:, 0] if target.ndim == logits.ndim else target).long()
         k = logits.shape[1]
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 -> fp32, fp64 kept

@@ -21,6 +21,11 @@ CONTRAST_MODES = ("all", "one")
 
 
 def check_contrast_mode(mode: str, where: str) -> str:
+    """Return ``mode`` when it is ``"all"`` or ``"one"``.
+
+    Raises:
+        ConfigError: any other mode (with a did-you-mean), naming ``where``.
+    """
     if mode not in CONTRAST_MODES:
         raise ConfigError(f"contrast_mode={mode!r} is unknown", where=where,
                           fix=f"{did_you_mean(mode, CONTRAST_MODES)}use one of {', '.join(CONTRAST_MODES)}")
@@ -63,6 +68,7 @@ class SupConLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.1, base_temperature: float | None = None,
                  contrast_mode: str = "all", gather_distributed: bool = False) -> None:
+        """Check the temperatures and contrast mode and keep the settings."""
         super().__init__()
         where = type(self).__name__
         self.temperature = check_temperature(temperature, where)
@@ -90,9 +96,19 @@ class SupConLoss(nn.Module):
         return (self.temperature / self.base_temperature) * weighted_mean(loss, valid, anchor_weight)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """SupCon loss of a batch (SimCLR's NT-Xent over the views when ``labels`` is None).
+
+        Args:
+            features: ``(N, V, D)`` L2-normalised projections of ``V`` views.
+            labels: ``(N,)`` int class indices (``< 0`` = unlabelled), or None.
+
+        Returns:
+            Scalar loss.
+        """
         vb = self._views(features, labels)
         return self._finish(vb, label_positives(vb))
 
     def extra_repr(self) -> str:
+        """Temperatures, contrast mode and distributed setting, for ``print(module)``."""
         return (f"temperature={self.temperature}, base_temperature={self.base_temperature}, "
                 f"contrast_mode={self.contrast_mode!r}, gather_distributed={self.gather_distributed}")

@@ -31,6 +31,7 @@ class BootstrapCI(tuple):
     """
 
     def __new__(cls, point: float, lo: float, hi: float, n_valid: int, n_skipped: int):
+        """Build the tuple ``(point, lo, hi)`` and attach the resample counts."""
         obj = super().__new__(cls, (float(point), float(lo), float(hi)))
         obj.n_valid = int(n_valid)
         obj.n_skipped = int(n_skipped)
@@ -38,17 +39,21 @@ class BootstrapCI(tuple):
 
     @property
     def point(self) -> float:
+        """The metric on the original (not resampled) data."""
         return self[0]
 
     @property
     def lo(self) -> float:
+        """Lower percentile bound of the CI."""
         return self[1]
 
     @property
     def hi(self) -> float:
+        """Upper percentile bound of the CI."""
         return self[2]
 
     def __repr__(self) -> str:
+        """All five numbers, e.g. ``BootstrapCI(point=0.81, lo=0.74, hi=0.88, n_valid=998, n_skipped=2)``."""
         return (
             f"BootstrapCI(point={self[0]:.4g}, lo={self[1]:.4g}, hi={self[2]:.4g}, "
             f"n_valid={self.n_valid}, n_skipped={self.n_skipped})"
@@ -65,6 +70,11 @@ class PatientResampler:
     """
 
     def __init__(self, groups, n_samples: int, seed: int = 0) -> None:
+        """Group the sample indices by patient and seed the generator.
+
+        Raises:
+            DataError: ``groups`` does not have ``n_samples`` entries.
+        """
         if groups is None:
             codes = np.arange(n_samples)
         else:
@@ -242,14 +252,20 @@ def subgroup_metrics(
     """Metrics per site / per subgroup.
 
     Args:
-        y_true, probs, task, threshold, class_names: as :func:`classification_metrics`.
-            Use one fixed numeric ``threshold`` (chosen on validation) so subgroups are compared
-            at the same operating point.
+        y_true: labels, as :func:`classification_metrics`.
+        probs: probabilities, as :func:`classification_metrics`.
+        task: task kind, as :func:`classification_metrics`.
         groups: ``(N,)`` patient id per sample (counts patients; bootstrap clusters).
         groups_by: ``{breakdown name: (N,) subgroup value per sample}``, e.g.
             ``{"site": sites, "sex": sexes}``.
-        min_samples, min_patients: subgroups smaller than either are listed but not computed.
+        threshold: operating point, as :func:`classification_metrics`. Use one fixed number (chosen
+            on validation) so subgroups are compared at the same operating point.
+        class_names: ``K`` names for per-class keys.
+        min_samples: subgroups with fewer samples are listed but not computed.
+        min_patients: subgroups with fewer patients are listed but not computed.
         n_boot: 0 → point estimates only; > 0 → :func:`metrics_with_ci` per subgroup.
+        alpha: CIs cover ``1 - alpha`` (with ``n_boot > 0``).
+        seed: bootstrap seed (the same for every subgroup).
 
     Returns:
         ``{breakdown: {subgroup value (str): {"n_samples", "n_patients", "computed", "reason",
@@ -274,25 +290,37 @@ def subgroup_metrics(
         table: dict[str, dict] = {}
         for level in sorted({str(v) for v in vals.tolist()}):
             sel = np.array([str(v) == level for v in vals.tolist()])
-            n_s = int(sel.sum())
-            n_p = int(np.unique(pats[sel]).size)
-            entry = {"n_samples": n_s, "n_patients": n_p, "computed": False, "reason": "", "metrics": {}}
-            if n_s < min_samples or n_p < min_patients:
-                entry["reason"] = (
-                    f"too few to compute ({n_s} samples, {n_p} patients; need >= {min_samples} "
-                    f"samples and >= {min_patients} patients)"
-                )
-            elif n_boot > 0:
-                entry["metrics"] = metrics_with_ci(
-                    y[sel], p[sel], task, None if groups is None else pats[sel], threshold=threshold,
-                    class_names=class_names, n_boot=n_boot, alpha=alpha, seed=seed,
-                )
-                entry["computed"] = True
-            else:
-                entry["metrics"] = classification_metrics(
-                    y[sel], p[sel], task, threshold=threshold, class_names=class_names
-                )
-                entry["computed"] = True
-            table[level] = entry
+            table[level] = _subgroup_entry(
+                y[sel], p[sel], task, pats[sel], None if groups is None else pats[sel], threshold=threshold,
+                class_names=class_names, min_samples=min_samples, min_patients=min_patients, n_boot=n_boot,
+                alpha=alpha, seed=seed,
+            )
         result[breakdown] = table
     return result
+
+
+def _subgroup_entry(
+    y: np.ndarray, p: np.ndarray, task: str, pats: np.ndarray, clusters: np.ndarray | None, *, threshold,
+    class_names: Sequence[str] | None, min_samples: int, min_patients: int, n_boot: int, alpha: float, seed: int,
+) -> dict:
+    """The :func:`subgroup_metrics` entry of one subgroup (its samples only; ``clusters`` = bootstrap groups)."""
+    n_s = int(y.shape[0])
+    n_p = int(np.unique(pats).size)
+    entry = {"n_samples": n_s, "n_patients": n_p, "computed": False, "reason": "", "metrics": {}}
+    if n_s < min_samples or n_p < min_patients:
+        entry["reason"] = (
+            f"too few to compute ({n_s} samples, {n_p} patients; need >= {min_samples} "
+            f"samples and >= {min_patients} patients)"
+        )
+    elif n_boot > 0:
+        entry["metrics"] = metrics_with_ci(
+            y, p, task, clusters, threshold=threshold,
+            class_names=class_names, n_boot=n_boot, alpha=alpha, seed=seed,
+        )
+        entry["computed"] = True
+    else:
+        entry["metrics"] = classification_metrics(
+            y, p, task, threshold=threshold, class_names=class_names
+        )
+        entry["computed"] = True
+    return entry

@@ -148,6 +148,7 @@ def expected_calibration_error(
         task: ``"binary"``, ``"multiclass"``, ``"ordinal"`` or ``"multilabel"``.
         n_bins: number of bins.
         scheme: ``"equal-width"`` or ``"adaptive"`` (equal-mass).
+        class_names: ``K`` label names for the multilabel per-label keys (default ``"0"``, ``"1"``, ...).
 
     Returns:
         ``{"ece", "mce", "n_bins", "scheme", "estimator"}``; multilabel adds ``"ece/<label>"`` and

@@ -72,6 +72,10 @@ def hd95_per_class(
     """95th-percentile Hausdorff distance per case and class (``HausdorffDistanceMetric(percentile=95)``).
 
     Args:
+        pred: predicted label map ``(B, *S)`` or ``(B, 1, *S)``, integers in ``[0, num_classes)``.
+        target: ground-truth label map, same layout.
+        num_classes: ``K`` including background 0.
+        include_background: also score class 0.
         spacing: voxel spacing per spatial axis (mm); ``None`` = voxel units.
 
     Returns:

@@ -46,8 +46,11 @@ def mmd2_unbiased(kernel: np.ndarray, n_x: int) -> float:
 
 def _permuted_mmd2(kernel: np.ndarray, m: int, n_permutations: int, rng: np.random.Generator,
                    chunk: int = 200) -> np.ndarray:
-    """:func:`mmd2_unbiased` of ``n_permutations`` random relabellings of the pooled sample, as quadratic forms of
-    the kernel with a zero diagonal and X-indicator columns (no per-permutation copy of the kernel)."""
+    """:func:`mmd2_unbiased` of ``n_permutations`` random relabellings of the pooled sample.
+
+    Computed as quadratic forms of the kernel with a zero diagonal and X-indicator columns (no
+    per-permutation copy of the kernel), ``chunk`` permutations at a time.
+    """
     total, n = kernel.shape[0], kernel.shape[0] - m
     k0 = kernel - np.diag(np.diag(kernel))
     out = np.empty(n_permutations)
@@ -113,8 +116,15 @@ def shift_test(new: np.ndarray, reference: np.ndarray, *, new_patients: np.ndarr
     at random with ``seed``.
 
     Args:
-        new: ``(N, D)`` embeddings of the new data; ``reference``: ``(M, D)`` of the training data.
-        new_patients, reference_patients: ``(N,)`` / ``(M,)`` patient keys (any hashable values), or ``None``.
+        new: ``(N, D)`` embeddings of the new data.
+        reference: ``(M, D)`` embeddings of the training data.
+        new_patients: ``(N,)`` patient keys of the new data (any hashable values), or ``None``.
+        reference_patients: ``(M,)`` patient keys of the reference, or ``None``.
+        min_patients: fewest patients on each side for a per-patient test.
+        max_units: at most this many units per side (a random subset beyond).
+        n_permutations: permutations of the MMD test.
+        seed: seed of the subsets and permutations.
+        alpha: significance level of ``"shifted"``.
 
     Returns:
         :func:`mmd_permutation_test`'s dict plus ``"unit"`` (``patient`` | ``sample``), ``"shifted"``

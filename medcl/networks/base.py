@@ -1,4 +1,4 @@
-"""The :class:`Encoder` interface every medcl backbone implements.
+r"""The :class:`Encoder` interface every medcl backbone implements.
 
 An encoder maps an input batch ``(B, C, *S)`` (``S`` = 1, 2 or 3 spatial axes) to
 
@@ -9,7 +9,7 @@ An encoder maps an input batch ``(B, C, *S)`` (``S`` = 1, 2 or 3 spatial axes) t
 * ``forward_pyramid(x) -> [(B, C_i, *S_i), ...]``: feature maps from fine to coarse for a
   U-Net-style decoder; ``pyramid_channels`` gives their ``C_i``.
 
-Encoders are pure ``nn.Module``\\ s: no device moves, no autocast, no channels-last handling
+Encoders are pure ``nn.Module``\ s: no device moves, no autocast, no channels-last handling
 (the engine decides those).
 """
 

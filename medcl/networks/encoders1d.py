@@ -32,12 +32,14 @@ class XResBlock1d(nn.Module):
 
     Args:
         expansion: 1 (basic block) or 4 (bottleneck).
-        ni, nh: input and hidden widths before expansion; output is ``nh · expansion``.
+        ni: input width before expansion (the block takes ``ni · expansion`` channels).
+        nh: hidden width; the output is ``nh · expansion``.
         stride: 1 or 2.
         ks: kernel size.
     """
 
     def __init__(self, expansion: int, ni: int, nh: int, stride: int = 1, ks: int = 5) -> None:
+        """Build the residual convolutions (last BN zero-initialised) and the ResNet-D shortcut."""
         super().__init__()
         nf, ni = nh * expansion, ni * expansion
         if expansion == 1:
@@ -60,6 +62,7 @@ class XResBlock1d(nn.Module):
         self.out_channels = nf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, ni · expansion, T) -> (B, nh · expansion, T / stride)``."""
         return self.act(self.convs(x) + self.idpath(x))
 
 
@@ -90,6 +93,7 @@ class XResNet1d(Encoder):
         kernel_size: int = 5,
         widths: Sequence[int] = (64, 128, 256, 512),
     ) -> None:
+        """Check the shape options and build the three-conv stem and the residual stages (Kaiming init)."""
         super().__init__()
         if spatial_dims != 1:
             raise ConfigError(
@@ -129,6 +133,7 @@ class XResNet1d(Encoder):
         self.feature_dim = self.dense_dim = self.pyramid_channels[-1]
 
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The four stage outputs ``(B, widths[i] · expansion, ≈T/2^(i+2))``, fine to coarse."""
         x = self.stem(x)
         out = []
         for stage in self.stages:
@@ -137,6 +142,7 @@ class XResNet1d(Encoder):
         return out
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage output ``(B, feature_dim, ≈T/32)``."""
         return self.forward_pyramid(x)[-1]
 
 

@@ -43,6 +43,7 @@ class TimmEncoder(Encoder):
     """
 
     def __init__(self, model_name: str, *, in_channels: int, spatial_dims: int = 2, **timm_kwargs) -> None:
+        """Create the headless timm model (never downloads weights) and read its widths and classifier keys."""
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: pretrained=False below
         if model_name.startswith(("vit_", "deit")):
@@ -67,18 +68,22 @@ class TimmEncoder(Encoder):
         self.ignored_weight_prefixes = tuple(f"{n}." for n in names)
 
     def weights_module(self) -> torch.nn.Module:
+        """The wrapped timm model, whose keys match timm weight files."""
         return self.model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``(B, feature_dim)`` from timm's head pooling (average; class token or mean for ViTs)."""
         return self.model(x)
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """Last feature map ``(B, feature_dim, H/r, W/r)``; for ViTs the normalised patch-token grid."""
         if self.is_vit:
             # Patch tokens of the last block after the final norm, as a (B, D, H/p, W/p) grid.
             return self.model.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)[-1]
         return self.model.forward_features(x)
 
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """CNN stage outputs, or the last four ViT blocks' patch-token grids, fine to coarse."""
         if self.is_vit:
             return list(self.model.forward_intermediates(x, indices=self._vit_indices, intermediates_only=True))
         return list(self.model.forward_intermediates(x, intermediates_only=True))

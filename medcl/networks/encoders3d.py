@@ -61,6 +61,7 @@ class MonaiResNetEncoder(Encoder):
         bias_downsample: bool = False,
         no_max_pool: bool = False,
     ) -> None:
+        """Check the depth and build MONAI's ResNet without its classifier."""
         super().__init__()
         if depth not in _MONAI_RESNETS:
             raise ConfigError(
@@ -88,9 +89,11 @@ class MonaiResNetEncoder(Encoder):
         self.ignored_weight_prefixes = ("fc.",)
 
     def weights_module(self) -> nn.Module:
+        """The wrapped MONAI ResNet, whose keys match MONAI/Med3D weight files."""
         return self.net
 
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs of ``layer1`` .. ``layer4`` after the stem, fine to coarse."""
         n = self.net
         x = n.act(n.bn1(n.conv1(x)))
         if not n.no_max_pool:
@@ -102,6 +105,7 @@ class MonaiResNetEncoder(Encoder):
         return out
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``layer4`` output ``(B, feature_dim, *S')``."""
         return self.forward_pyramid(x)[-1]
 
 
@@ -144,6 +148,7 @@ class SwinUNETREncoder(Encoder):
         use_checkpoint: bool = False,
         use_v2: bool = False,
     ) -> None:
+        """Check ``feature_size`` and build the Swin transformer under SwinUNETR's module name ``swinViT``."""
         super().__init__()
         if feature_size % 12 != 0:
             raise ConfigError(
@@ -180,10 +185,16 @@ class SwinUNETREncoder(Encoder):
             )
 
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The five normalised hidden states of ``swinViT``, strides 2 .. 32.
+
+        Raises:
+            ConfigError: a spatial side not divisible by 32.
+        """
         self._check(x)
         return list(self.swinViT(x, normalize=True))
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The stride-32 hidden state ``(B, 16 · feature_size, *S/32)``."""
         return self.forward_pyramid(x)[-1]
 
 
@@ -212,6 +223,7 @@ class BasicUNetEncoder(Encoder):
         bias: bool = True,
         dropout: float = 0.0,
     ) -> None:
+        """Check the five widths and build ``conv_0`` and ``down_1`` .. ``down_4`` as BasicUNet names them."""
         super().__init__()
         f = list(features)
         if len(f) != 5:
@@ -231,6 +243,7 @@ class BasicUNetEncoder(Encoder):
         self.feature_dim = self.dense_dim = f[4]
 
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The five maps of the contracting path, strides 1, 2, 4, 8, 16."""
         x0 = self.conv_0(x)
         x1 = self.down_1(x0)
         x2 = self.down_2(x1)
@@ -239,4 +252,5 @@ class BasicUNetEncoder(Encoder):
         return [x0, x1, x2, x3, x4]
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The stride-16 map ``(B, features[4], *S/16)``."""
         return self.forward_pyramid(x)[-1]

@@ -77,12 +77,14 @@ class ProjectionHead(nn.Module):
         bn: bool = True,
         last_bn: bool = False,
     ) -> None:
+        """Build the MLP (hidden layers with optional BN and ReLU; optional BN after the last)."""
         super().__init__()
         self.in_dim, self.out_dim = in_dim, out_dim
         self.net = _mlp(in_dim, hidden_dim, out_dim, num_layers, bn, last_bn, nn.Linear, nn.BatchNorm1d,
                         "pretrain.method_options")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_dim) -> (N, out_dim)`` embeddings, not normalised."""
         return self.net(x)
 
 
@@ -101,6 +103,7 @@ class PredictorHead(ProjectionHead):
         self, in_dim: int, hidden_dim: int = 4096, out_dim: int | None = None, num_layers: int = 2,
         last_bn: bool = False,
     ) -> None:
+        """A :class:`ProjectionHead` with BN on the hidden layer; ``out_dim`` defaults to ``in_dim``."""
         super().__init__(in_dim, hidden_dim, out_dim or in_dim, num_layers=num_layers, bn=True, last_bn=last_bn)
 
 
@@ -128,6 +131,7 @@ class DenseProjectionHead(nn.Module):
         num_layers: int = 2,
         bn: bool = False,
     ) -> None:
+        """Check ``spatial_dims`` and build the 1×1-convolution MLP."""
         super().__init__()
         if spatial_dims not in _CONV:
             raise ConfigError(f"spatial_dims={spatial_dims}", where="pretrain.method_options", fix="use 1, 2 or 3")
@@ -136,4 +140,5 @@ class DenseProjectionHead(nn.Module):
                         _BN[spatial_dims], "pretrain.method_options")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_dim, *S) -> (B, out_dim, *S)`` per-position embeddings."""
         return self.net(x)

@@ -26,6 +26,7 @@ class TinyCNN(Encoder):
     """
 
     def __init__(self, *, in_channels: int, spatial_dims: int = 2, widths: Sequence[int] = (16, 32, 64)) -> None:
+        """Build one stride-2 conv–BN–ReLU stage per width."""
         super().__init__()
         conv, bn = _CONV[spatial_dims], _BN[spatial_dims]
         stages = []
@@ -40,6 +41,7 @@ class TinyCNN(Encoder):
         self.feature_dim = self.dense_dim = int(widths[-1])
 
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every stage output, ``(B, widths[i], *S/2^(i+1))``, fine to coarse."""
         out = []
         for stage in self.stages:
             x = stage(x)
@@ -47,6 +49,7 @@ class TinyCNN(Encoder):
         return out
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage output ``(B, widths[-1], *S/2^n)``."""
         return self.forward_pyramid(x)[-1]
 
 

@@ -199,6 +199,47 @@ def load_pretrained(
     where = str(path)
     label = name or getattr(encoder, "name", "") or type(encoder).__name__
     raw = read_weights_file(path)
+    module, sd = _best_match(encoder, raw, label, where)
+    target = module.state_dict()
+    to_load, adapted, mismatched, mismatched_keys, unexpected = _fit_tensors(encoder, sd, target)
+    missing = [
+        k
+        for k in target
+        if k not in to_load and k not in mismatched_keys and not k.endswith("num_batches_tracked")
+    ]
+    if (missing or unexpected or mismatched) and strict:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {_fmt(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {_fmt(unexpected)}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatch(es): {_fmt(mismatched)}")
+        raise CheckpointError(
+            f"weights do not fit encoder '{label}': " + "; ".join(parts),
+            where=where,
+            fix="use weights of the same architecture and size as model.encoder (same depth/width), "
+            "or set model.options.pretrained_strict=false to load only the matching tensors",
+        )
+    if missing or unexpected or mismatched:
+        log.warning(
+            "%s: loaded %d tensors into %s; skipped %d missing, %d unexpected, %d mis-shaped",
+            where, len(to_load), label, len(missing), len(unexpected), len(mismatched),
+        )
+    module.load_state_dict(to_load, strict=False)
+    if adapted:
+        log.info("%s: adapted %s to the encoder", where, ", ".join(adapted))
+    return {"missing": missing, "unexpected": unexpected, "adapted": adapted}
+
+
+def _best_match(
+    encoder: nn.Module, raw: dict[str, torch.Tensor], label: str, where: str
+) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The module (upstream naming or the encoder itself) and key variant of ``raw`` that match best.
+
+    Raises:
+        CheckpointError: no key of any variant matches either module.
+    """
     weights_module = encoder.weights_module() if hasattr(encoder, "weights_module") else encoder
     candidates = [weights_module] if weights_module is encoder else [weights_module, encoder]
     best: tuple[int, nn.Module, dict[str, torch.Tensor]] = (-1, weights_module, raw)
@@ -216,7 +257,22 @@ def load_pretrained(
             where=where,
             fix="use weights saved from the same architecture as model.encoder, or change model.encoder",
         )
-    target = module.state_dict()
+    return module, sd
+
+
+def _fit_tensors(
+    encoder: nn.Module, sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], list[str], list[str], set[str], list[str]]:
+    """Match the file's tensors ``sd`` to the ``target`` state dict, adapting shapes where the encoder can.
+
+    The stem convolution is adapted to ``encoder.in_channels``; other mis-shaped tensors go through
+    ``encoder.adapt_weight`` when it exists. Keys under ``encoder.ignored_weight_prefixes`` are dropped.
+
+    Returns:
+        ``(to_load, adapted, mismatched, mismatched_keys, unexpected)``: the tensors to load (in the
+        target's dtypes), the adapted keys, the mis-shaped keys with both shapes (for messages) and as a
+        set, and the file keys the target does not have.
+    """
     ignored = tuple(getattr(encoder, "ignored_weight_prefixes", ()))
     in_channels = getattr(encoder, "in_channels", None)
     spatial_dims = getattr(encoder, "spatial_dims", None)
@@ -258,31 +314,4 @@ def load_pretrained(
             adapted.append(k)
             v = new
         to_load[k] = v.to(target[k].dtype)
-    missing = [
-        k
-        for k in target
-        if k not in to_load and k not in mismatched_keys and not k.endswith("num_batches_tracked")
-    ]
-    if (missing or unexpected or mismatched) and strict:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_fmt(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_fmt(unexpected)}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es): {_fmt(mismatched)}")
-        raise CheckpointError(
-            f"weights do not fit encoder '{label}': " + "; ".join(parts),
-            where=where,
-            fix="use weights of the same architecture and size as model.encoder (same depth/width), "
-            "or set model.options.pretrained_strict=false to load only the matching tensors",
-        )
-    if missing or unexpected or mismatched:
-        log.warning(
-            "%s: loaded %d tensors into %s; skipped %d missing, %d unexpected, %d mis-shaped",
-            where, len(to_load), label, len(missing), len(unexpected), len(mismatched),
-        )
-    module.load_state_dict(to_load, strict=False)
-    if adapted:
-        log.info("%s: adapted %s to the encoder", where, ", ".join(adapted))
-    return {"missing": missing, "unexpected": unexpected, "adapted": adapted}
+    return to_load, adapted, mismatched, mismatched_keys, unexpected

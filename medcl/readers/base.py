@@ -1,5 +1,7 @@
-"""What every reader shares: the :class:`Sample` it returns, the :class:`Reader` registry entry,
-and the checks that turn library failures into :class:`~medcl.errors.ReaderError`.
+"""What every reader shares: its :class:`Sample`, its :class:`Reader` entry, the error checks.
+
+The checks turn library failures into :class:`~medcl.errors.ReaderError` (which file, what, how
+to fix).
 
 Array conventions (see ``medcl/README.md``): 2D images ``(C, H, W)``, volumes ``(C, X, Y, Z)``
 with a RAS ``affine``, signals ``(leads, T)`` in mV; always ``float32``.

@@ -1,6 +1,6 @@
 """Signal readers (ECG): WFDB records and plain CSV / NumPy files → ``(leads, T)`` float32 in mV.
 
-(DICOM waveform ECG lives in :mod:`medcl.readers.dicom`.)
+(DICOM waveform ECG lives in :mod:`medcl.readers.dicom_ecg`.)
 """
 
 from __future__ import annotations
@@ -127,6 +127,42 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[str]]:
     return data.T, names
 
 
+def _load_numpy(path: Path, suffix: str, key: str | None) -> np.ndarray:
+    """The signal array of a ``.npy`` file, or array ``key`` of a ``.npz`` (picked when ``key`` is None).
+
+    Raises:
+        ReaderError: an ambiguous or missing ``.npz`` array, or a file NumPy cannot load (pickles
+            are refused).
+    """
+    try:
+        loaded = np.load(str(path), allow_pickle=False)
+        if suffix == ".npz":
+            with loaded:
+                names_in = list(loaded.files)
+                if key is None:
+                    pick = names_in[0] if len(names_in) == 1 else next(
+                        (k for k in ("signal", "ecg", "x", "data") if k in names_in), None)
+                    if pick is None:
+                        raise ReaderError(
+                            f".npz holds several arrays ({', '.join(names_in)}) and none is called "
+                            "signal/ecg/x/data", where=str(path), fix="pass key=NAME",
+                        )
+                elif key not in names_in:
+                    raise ReaderError(f"no array {key!r} in the .npz ({', '.join(names_in)})",
+                                      where=str(path), fix="pass one of the listed names as key=")
+                else:
+                    pick = key
+                arr = np.asarray(loaded[pick])
+        else:
+            arr = np.asarray(loaded)
+    except ReaderError:
+        raise
+    except Exception as e:
+        raise wrap_error(path, "cannot read NumPy file (corrupt, truncated or pickled)", e,
+                         "save it with numpy.save / numpy.savez (no object arrays)") from e
+    return arr
+
+
 def read_signal(path: Path, *, modality: str | None = None, sampling_rate: float | None = None,
                 leads: list[str] | None = None, units: str = "mV", key: str | None = None,
                 **options: Any) -> Sample:
@@ -137,10 +173,12 @@ def read_signal(path: Path, *, modality: str | None = None, sampling_rate: float
 
     Args:
         path: the file.
+        modality: defaults to ``"ecg"``.
         sampling_rate: Hz; required (the file does not store it).
         leads: lead names for NumPy files (default ``lead1``, ``lead2``, ...).
         units: units of the stored values (``mV``, ``uV``, ``V``); converted to mV.
         key: array name inside an ``.npz`` (default: its only array, or ``signal``/``ecg``/``x``).
+        **options: no other option is accepted: an unknown one raises a :class:`ReaderError`.
 
     Returns:
         Sample ``(leads, T)`` with ``leads``, ``sampling_rate``, ``duration_s``, ``units``.
@@ -155,32 +193,7 @@ def read_signal(path: Path, *, modality: str | None = None, sampling_rate: float
         dtype = np.float64
         source = "CSV"
     elif suffix in (".npy", ".npz"):
-        try:
-            loaded = np.load(str(path), allow_pickle=False)
-            if suffix == ".npz":
-                with loaded:
-                    names_in = list(loaded.files)
-                    if key is None:
-                        pick = names_in[0] if len(names_in) == 1 else next(
-                            (k for k in ("signal", "ecg", "x", "data") if k in names_in), None)
-                        if pick is None:
-                            raise ReaderError(
-                                f".npz holds several arrays ({', '.join(names_in)}) and none is called "
-                                "signal/ecg/x/data", where=str(path), fix="pass key=NAME",
-                            )
-                    elif key not in names_in:
-                        raise ReaderError(f"no array {key!r} in the .npz ({', '.join(names_in)})",
-                                          where=str(path), fix="pass one of the listed names as key=")
-                    else:
-                        pick = key
-                    arr = np.asarray(loaded[pick])
-            else:
-                arr = np.asarray(loaded)
-        except ReaderError:
-            raise
-        except Exception as e:
-            raise wrap_error(path, "cannot read NumPy file (corrupt, truncated or pickled)", e,
-                             "save it with numpy.save / numpy.savez (no object arrays)") from e
+        arr = _load_numpy(path, suffix, key)
         if arr.dtype.kind not in "biuf":
             raise ReaderError(f"array has dtype {arr.dtype}, expected numbers", where=str(path),
                               fix="store the signal as a numeric array")

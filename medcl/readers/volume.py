@@ -84,6 +84,50 @@ _NON_SPATIAL_KINDS = {
 }
 
 
+def _nrrd_affine(path: Path, header: dict, dirs, spatial_axes: list[int], space: str) -> tuple[np.ndarray, list[float]]:
+    """The RAS affine and voxel spacing of an NRRD volume.
+
+    Args:
+        path: the file, for error messages.
+        header: the pynrrd header.
+        dirs: its ``space directions`` (None when absent: then ``spacings`` give a diagonal affine).
+        spatial_axes: the file's three spatial axes, in array order.
+        space: its lower-cased ``space`` (``""`` when absent: the directions are kept as they are).
+
+    Returns:
+        ``(affine, spacing)``: 4×4 voxel → RAS mm and ``[sx, sy, sz]``.
+
+    Raises:
+        ReaderError: directions that are not three 3-vectors, or an unsupported ``space``.
+    """
+    if dirs is not None:
+        directions = np.asarray([np.asarray(dirs[ax], dtype=float) for ax in spatial_axes])  # (3 axes, 3)
+        if directions.shape != (3, 3):
+            raise ReaderError(
+                f"NRRD 'space directions' have shape {directions.shape}, expected 3 vectors of 3",
+                where=str(path), fix="write the volume with a 3D space (e.g. space: left-posterior-superior)",
+            )
+        origin = np.asarray(header.get("space origin", np.zeros(3)), dtype=float)
+        if origin.shape != (3,) or not np.all(np.isfinite(origin)):
+            origin = np.zeros(3)
+        affine = np.eye(4)
+        affine[:3, :3] = directions.T  # column j = direction of array axis j
+        affine[:3, 3] = origin
+        if space:
+            if space not in _SPACE_TO_RAS:
+                raise ReaderError(
+                    f"NRRD space {space!r} is not supported", where=str(path),
+                    fix=f"use one of: {', '.join(sorted(_SPACE_TO_RAS))}",
+                )
+            affine = np.diag([*_SPACE_TO_RAS[space], 1.0]) @ affine
+        spacing = [float(np.linalg.norm(directions[i])) for i in range(3)]
+    else:
+        sp = header.get("spacings")
+        spacing = [float(sp[ax]) if sp is not None and np.isfinite(sp[ax]) else 1.0 for ax in spatial_axes]
+        affine = np.diag([*spacing, 1.0])
+    return affine, spacing
+
+
 def read_nrrd(path: Path, *, modality: str | None = None, **options: Any) -> Sample:
     """NRRD (``.nrrd``, ``.nhdr``) via pynrrd.
 
@@ -129,31 +173,7 @@ def read_nrrd(path: Path, *, modality: str | None = None, **options: Any) -> Sam
     arr = to_float32(arr, path)
 
     space = str(header.get("space", "") or "").lower()
-    if dirs is not None:
-        directions = np.asarray([np.asarray(dirs[ax], dtype=float) for ax in spatial_axes])  # (3 axes, 3)
-        if directions.shape != (3, 3):
-            raise ReaderError(
-                f"NRRD 'space directions' have shape {directions.shape}, expected 3 vectors of 3",
-                where=str(path), fix="write the volume with a 3D space (e.g. space: left-posterior-superior)",
-            )
-        origin = np.asarray(header.get("space origin", np.zeros(3)), dtype=float)
-        if origin.shape != (3,) or not np.all(np.isfinite(origin)):
-            origin = np.zeros(3)
-        affine = np.eye(4)
-        affine[:3, :3] = directions.T  # column j = direction of array axis j
-        affine[:3, 3] = origin
-        if space:
-            if space not in _SPACE_TO_RAS:
-                raise ReaderError(
-                    f"NRRD space {space!r} is not supported", where=str(path),
-                    fix=f"use one of: {', '.join(sorted(_SPACE_TO_RAS))}",
-                )
-            affine = np.diag([*_SPACE_TO_RAS[space], 1.0]) @ affine
-        spacing = [float(np.linalg.norm(directions[i])) for i in range(3)]
-    else:
-        sp = header.get("spacings", None)
-        spacing = [float(sp[ax]) if sp is not None and np.isfinite(sp[ax]) else 1.0 for ax in spatial_axes]
-        affine = np.diag([*spacing, 1.0])
+    affine, spacing = _nrrd_affine(path, header, dirs, spatial_axes, space)
     return Sample(
         arr,
         make_meta(

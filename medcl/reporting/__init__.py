@@ -1,7 +1,9 @@
 """The clinician report: what ``notebooks/report.ipynb`` shows, read from MLflow only.
 
 * :mod:`medcl.reporting.data` — :class:`ReportData`, the run's params, metrics and artifacts;
-* :mod:`medcl.reporting.sections` — one builder per report section (``SECTIONS``);
+* :mod:`medcl.reporting.sections` — the registry of report sections (``SECTIONS``) and ``render``; the
+  builders live by topic in ``overview``, ``performance``, ``segmentation`` and ``inspection``, on the
+  HTML helpers of ``blocks`` and the metric wording of ``wording``;
 * :mod:`medcl.reporting.figures` — the figures (matplotlib, PNG).
 
 What the classify stage computes for the report (Grad-CAM / input × gradient, a 2-D feature map) lives in

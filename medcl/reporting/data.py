@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from medcl.metrics.keys import fraction_tag, metric_key, model_tag
+
 #: what the stages' model names mean, in words
 MODEL_NAMES = {
     "ssl": "pretrained encoder",
@@ -22,11 +24,6 @@ MODEL_NAMES = {
     "scratch": "trained from scratch (baseline)",
 }
 PROTOCOL_NAMES = {"linear": "linear probe", "knn": "k-nearest neighbours", "finetune": "fine-tuned"}
-
-
-def fraction_tag(f: float) -> str:
-    """``0.1 -> "f10"`` (the classify stage's metric-name convention)."""
-    return f"f{round(float(f) * 100):g}"
 
 
 @dataclass
@@ -47,6 +44,7 @@ class ReportData:
     """
 
     def __init__(self, reader: Any) -> None:
+        """Keep the reader and take the run, its stage runs and the pipeline params from it."""
         self.reader = reader
         self.run = reader.run
         self.stages = reader.stages
@@ -54,6 +52,11 @@ class ReportData:
 
     @classmethod
     def load(cls, run_id: str, tracking_uri: str | None = None) -> ReportData:
+        """Open the pipeline run ``run_id`` (a stage run's id resolves to its pipeline) in the MLflow store.
+
+        Raises:
+            TrackingError: the store cannot be read or has no such run.
+        """
         from medcl.tracking.reader import RunReader
 
         return cls(RunReader(run_id, tracking_uri))
@@ -71,15 +74,18 @@ class ReportData:
 
     @property
     def classes(self) -> list[str]:
+        """Class names in label order: the classify stage's setup, else the data params (may be empty)."""
         setup = self.classify_setup or {}
         return list(setup.get("classes") or self.param("data.class_names", []) or self.param("data.classes", []) or [])
 
     @property
     def task(self) -> str:
+        """Task kind (``binary``, ``multiclass``, ``ordinal``, ``multilabel``); ``multiclass`` when unrecorded."""
         return str((self.classify_setup or {}).get("task") or self.param("data.task", "multiclass"))
 
     @property
     def smoke(self) -> bool:
+        """Whether the run is a smoke test (tag ``medcl.smoke``): its numbers mean nothing."""
         return self.run.tags.get("medcl.smoke") == "true"
 
     def stage_status(self, name: str) -> str:
@@ -88,31 +94,38 @@ class ReportData:
         return s.status if s else "not run"
 
     def finished(self, name: str) -> bool:
+        """Whether stage ``name`` finished; the report stage counts once it exists (it is this report)."""
         return self.stage_status(name) == "FINISHED" or (name == "report" and name in self.stages)
 
     # -- artifacts ---------------------------------------------------------------------------------------
     @cached_property
     def data_summary(self) -> dict | None:
+        """``data_summary.json``: patients, samples and per-class counts per split, or ``None``."""
         return self.reader.artifact_json("data_summary.json")
 
     @cached_property
     def site_summary(self) -> dict | None:
+        """``site_summary.json``: split → site → patient and sample counts, or ``None``."""
         return self.reader.artifact_json("site_summary.json")
 
     @cached_property
     def excluded_rows(self) -> list | None:
+        """``excluded_rows.json``: the manifest rows left out as unusable, or ``None``."""
         return self.reader.artifact_json("excluded_rows.json")
 
     @cached_property
     def classify_setup(self) -> dict | None:
+        """``classify_setup.json`` of the classify stage (task, class names), or ``None``."""
         return self.reader.artifact_json("classify_setup.json", stage="classify")
 
     @cached_property
     def results(self) -> list[dict] | None:
+        """``results.json`` of the classify stage: one row per model, protocol and label fraction."""
         return self.reader.artifact_json("results.json", stage="classify")
 
     @cached_property
     def calibration(self) -> dict | None:
+        """``calibration.json`` of the calibrate stage (method, decision, before/after), or ``None``."""
         return self.reader.artifact_json("calibration.json", stage="calibrate")
 
     @cached_property
@@ -125,6 +138,7 @@ class ReportData:
 
     @cached_property
     def embedding(self) -> dict[str, np.ndarray] | None:
+        """Arrays of ``embedding_map.npz`` (``xy``, ``label``, optional ``split``, ``classes``, ``method``)."""
         p = self.reader.artifact_path("embedding_map.npz", stage="classify")
         if p is None:
             return None
@@ -146,8 +160,10 @@ class ReportData:
 
     @cached_property
     def evaluations(self) -> list[dict[str, Any]]:
-        """The external validations of this run (``medcl evaluate``), oldest first: each ``evaluation.json`` with
-        the nested run's ``run_id`` and ``status``."""
+        """The external validations of this run (``medcl evaluate``), oldest first.
+
+        Each entry is the nested run's ``evaluation.json`` with that run's ``run_id`` and ``status`` added.
+        """
         out = []
         for r in self.reader.children("evaluation"):
             ev = self.reader.artifact_json("evaluation.json", stage=f"run:{r.run_id}")
@@ -158,6 +174,7 @@ class ReportData:
     # -- the primary model and its metrics -------------------------------------------------------------------
     @property
     def largest_fraction(self) -> float | None:
+        """The largest label fraction evaluated (from ``results.json``, else the config), or ``None``."""
         fr = [float(r["fraction"]) for r in self.results or []]
         if fr:
             return max(fr)
@@ -179,12 +196,12 @@ class ReportData:
         model = "ssl" if pretrained else ("scratch" if "finetune" in protocols else "random")
         protocol = "finetune" if "finetune" in protocols else "linear"
         f = self.largest_fraction
-        return f"{model}/{protocol}/{fraction_tag(f)}" if f is not None else None
+        return model_tag(model, protocol, f) if f is not None else None
 
     def classify_metric(self, tag: str, name: str) -> Metric:
         """``test/{tag}/{name}`` of the classify run, with its CI."""
         m = (self.stages["classify"].metrics if "classify" in self.stages else {})
-        key = f"test/{tag}/{name}"
+        key = metric_key(tag, name)
         return Metric(key, m.get(key, float("nan")), m.get(f"{key}_ci_low", float("nan")),
                       m.get(f"{key}_ci_high", float("nan")))
 

@@ -23,6 +23,7 @@ def _new(width: float, height: float):
 
 
 def to_png(fig, dpi: int = 110) -> bytes:
+    """Render a matplotlib figure to PNG bytes with the Agg canvas (no pyplot, no display needed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -39,7 +40,11 @@ def roc_pr_figure(y_onehot: np.ndarray, probs: np.ndarray, names: Sequence[str],
         y_onehot: ``(N, K)`` 0/1 truth (NaN = unlabelled, skipped).
         probs: ``(N, K)`` predicted probabilities.
         names: ``K`` class names.
-        auroc, auprc: the logged value per class name (shown in the legend).
+        auroc: the logged AUROC per class name (shown in the ROC legend).
+        auprc: the logged average precision per class name (shown in the precision-recall legend).
+
+    Returns:
+        PNG bytes.
     """
     from sklearn.metrics import precision_recall_curve, roc_curve
 
@@ -90,8 +95,12 @@ def reliability_figure(before: Mapping | None, after: Mapping | None) -> bytes:
     """Reliability diagrams (accuracy per confidence bin vs the diagonal), before and after calibration.
 
     Args:
-        before, after: ``reliability_diagram_data`` dicts (``bin_edges``, ``bin_confidence``,
-            ``bin_accuracy``, ``bin_count``, ``n_bins``, ``scheme``).
+        before: ``reliability_diagram_data`` dict (``bin_edges``, ``bin_confidence``, ``bin_accuracy``,
+            ``bin_count``, ``n_bins``, ``scheme``) of the uncalibrated probabilities, or ``None`` (no panel).
+        after: the same for the calibrated probabilities, or ``None``.
+
+    Returns:
+        PNG bytes.
     """
     panels = [(t, d) for t, d in (("before calibration", before), ("after calibration", after)) if d]
     fig = _new(4.2 * len(panels), 4.2)

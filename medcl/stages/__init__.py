@@ -10,54 +10,61 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medcl.stages.context import RunContext
+    from medcl.tracking.protocol import Tracker
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A registry entry: the stage function and whether it runs on rank 0 alone; calling it runs it."""
+    """A registry entry: the stage function, whether it runs on rank 0 alone, and the splits it cannot run without
+    (``(split, labelled)`` pairs, checked before any stage runs); calling it runs it."""
 
-    run: Callable[[Any, Any], dict[str, Any]]
+    run: Callable[[RunContext, Tracker], dict[str, Any]]
     main_only: bool
+    splits: tuple[tuple[str, bool], ...] = ()
 
-    def __call__(self, ctx: Any, tracker: Any) -> dict[str, Any]:
+    def __call__(self, ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
         return self.run(ctx, tracker)
 
 
-def _pretrain(ctx: Any, tracker: Any) -> dict[str, Any]:
+def _pretrain(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     from medcl.stages.pretrain import run
 
     return run(ctx, tracker)
 
 
-def _classify(ctx: Any, tracker: Any) -> dict[str, Any]:
+def _classify(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     from medcl.stages.classify import run
 
     return run(ctx, tracker)
 
 
-def _segment(ctx: Any, tracker: Any) -> dict[str, Any]:
+def _segment(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     from medcl.stages.segment import run
 
     return run(ctx, tracker)
 
 
-def _calibrate(ctx: Any, tracker: Any) -> dict[str, Any]:
+def _calibrate(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     from medcl.stages.calibrate import run
 
     return run(ctx, tracker)
 
 
-def _report(ctx: Any, tracker: Any) -> dict[str, Any]:
+def _report(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     from medcl.stages.report import run
 
     return run(ctx, tracker)
 
 
 STAGES: dict[str, Stage] = {
-    "pretrain": Stage(_pretrain, main_only=False),   # DDP on every rank
-    "classify": Stage(_classify, main_only=False),   # fine-tuning DDP on every rank; probes on rank 0
-    "segment": Stage(_segment, main_only=False),     # DDP on every rank; evaluation sharded
-    "calibrate": Stage(_calibrate, main_only=True),  # a few thousand logits
+    "pretrain": Stage(_pretrain, main_only=False, splits=(("train", False),)),  # DDP on every rank
+    # fine-tuning DDP on every rank; probes on rank 0
+    "classify": Stage(_classify, main_only=False, splits=(("train", True), ("test", True))),
+    "segment": Stage(_segment, main_only=False, splits=(("train", False), ("test", False))),  # evaluation sharded
+    "calibrate": Stage(_calibrate, main_only=True, splits=(("val", True), ("test", True))),  # a few thousand logits
     "report": Stage(_report, main_only=True),        # a notebook reading MLflow
 }

@@ -18,49 +18,44 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medcl.errors import StageError
+from medcl.metrics.keys import calibration_key
 from medcl.stages.common import data_modality, model_requirements
 from medcl.stages.common import jsonable as _jsonable
+from medcl.tasks.primary import PrimaryModel
+
+if TYPE_CHECKING:
+    from medcl.stages.context import RunContext
+    from medcl.tracking.protocol import Tracker
+
 
 log = logging.getLogger(__name__)
 
 
-def _load_primary(ctx: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _load_primary(ctx: RunContext) -> PrimaryModel:
     out = ctx.outputs.get("classify") or {}
     if not out.get("primary"):
         raise StageError("no classifier to calibrate", where="stage calibrate",
                          fix="run the classify stage first (add it to stages)")
-    npz = dict(np.load(out["primary"]))
-    meta = json.loads(Path(out["primary_meta"]).read_text())
-    return npz, meta
+    return PrimaryModel.load(out["primary"], out["primary_meta"])
 
 
-def build_export_model(ctx: Any, meta: dict[str, Any], calibration: dict[str, Any]) -> Any:
+def build_export_model(ctx: RunContext, primary: PrimaryModel, calibration: dict[str, Any]) -> Any:
     """The :class:`~medcl.tasks.export.CalibratedClassifier` of the primary model (on CPU, eval mode)."""
-    from medcl.checkpoint_file import load_checkpoint
     from medcl.stages.common import make_encoder
-    from medcl.tasks.classification import ClassifierModel, num_outputs_for_task
-    from medcl.tasks.export import CalibratedClassifier, linear_head_from_probe
+    from medcl.tasks.export import CalibratedClassifier
 
     cfg, data = ctx.cfg, ctx.data
     base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})
-    if meta["kind"] == "linear":
-        weights = (ctx.outputs.get("classify") or {}).get("pretrained_encoder") if meta["encoder"] == "ssl" else None
-        encoder = make_encoder(base, weights=weights)
-        w, b = linear_head_from_probe(meta["head"])
-    else:
-        model = ClassifierModel(make_encoder(base), num_outputs_for_task(data.task, len(data.classes)), data.task)
-        model.load_state_dict(load_checkpoint(meta["weights"])["model"])
-        encoder, w, b = model.encoder, model.head.weight.detach(), model.head.bias.detach()
+    encoder, w, b = primary.parts(lambda weights: make_encoder(base, weights=weights), data.task, len(data.classes))
     return CalibratedClassifier(encoder, w, b, data.task, calibration).eval()
 
 
-def _example_input(ctx: Any) -> np.ndarray:
+def _example_input(ctx: RunContext) -> np.ndarray:
     from medcl.stages.common import make_loader, make_transforms
 
     items = ctx.data.items("test", labelled=True)[:2] or ctx.data.items(None)[:2]
@@ -90,13 +85,14 @@ def _calibration_set(npz: dict[str, np.ndarray], task: str) -> tuple[np.ndarray,
     return np.concatenate(zs), np.concatenate(ys), np.concatenate(gs), " + ".join(names) + " patients"
 
 
-def run(ctx: Any, tracker: Any) -> dict[str, Any]:
+def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
 
     from medcl.tasks.calibration import calibration_report, cross_validated_calibration
     from medcl.tasks.export import calibration_for_export
 
     cfg, c, data = ctx.cfg, ctx.cfg.calibrate, ctx.data
-    npz, meta = _load_primary(ctx)
+    primary = _load_primary(ctx)
+    npz = primary.arrays
     task = data.task
     z, y, groups, fit_on = _calibration_set(npz, task)
     if len(z) == 0:
@@ -119,7 +115,7 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
     for when in ("before", "after"):
         for k, v in rep[when].items():
             if isinstance(v, (int, float)) and np.isfinite(v):
-                metrics[f"test/{k}_{when}"] = float(v)
+                metrics[calibration_key(k, when)] = float(v)
     tracker.log_metrics(metrics)
     params = {"calibrate.method": c.method, "calibrate.n_bins": c.n_bins,
               "calibrate.estimator": str(rep.get("estimator", ""))}
@@ -133,9 +129,9 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
 
     # -- the deployable model ---------------------------------------------------------------------------
     calibration = calibration_for_export(rep["state"])
-    model = build_export_model(ctx, meta, calibration)
+    model = build_export_model(ctx, primary, calibration)
     example = _example_input(ctx)  # one sample's shape after preprocessing: the model's input_shape
-    operating_point = _operating_point(model, task, meta.get("threshold"), cfg.classify.operating_point)
+    operating_point = _operating_point(model, task, primary.threshold, cfg.classify.operating_point)
     model_uri = None
     if tracker.active:
         preprocessing = {"preset": cfg.transforms.preset, **(cfg.transforms.model_extra or {}),
@@ -165,12 +161,12 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
     ece_key = next((k for k in ("ece_equal_width", "ece", "ece_adaptive") if k in b), None)
     summary = []
     if ece_key:
-        summary.append({"model": f"{meta['encoder']} {meta['kind']}", "metric": f"ECE ({c.n_bins} equal-width bins)",
+        summary.append({"model": f"{primary.encoder} {primary.kind}", "metric": f"ECE ({c.n_bins} equal-width bins)",
                         "value": f"{b[ece_key]:.3f} → {a[ece_key]:.3f}"})
-    summary.append({"model": f"{meta['encoder']} {meta['kind']}", "metric": "NLL",
+    summary.append({"model": f"{primary.encoder} {primary.kind}", "metric": "NLL",
                     "value": f"{b['nll']:.3f} → {a['nll']:.3f}"})
     if not decision["applied"]:
-        summary.append({"model": f"{meta['encoder']} {meta['kind']}", "metric": "calibration",
+        summary.append({"model": f"{primary.encoder} {primary.kind}", "metric": "calibration",
                         "value": "not applied (did not help on held-out calibration data)"})
     return {"calibration": str(out_dir / "calibration.json"), "model_uri": model_uri,
             "temperature": rep.get("temperature"), "summary": summary}

@@ -14,23 +14,26 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medcl.errors import PHIError
+from medcl.metrics.keys import CI_BOUNDS, fraction_tag, metric_key, model_tag
 from medcl.stages.common import jsonable as _jsonable
+from medcl.tasks.primary import PrimaryModel
+
+if TYPE_CHECKING:
+    from medcl.stages.context import RunContext
+    from medcl.tracking.protocol import Tracker
+
 
 log = logging.getLogger(__name__)
 HEADLINE = ("auroc", "auprc", "balanced_accuracy", "f1", "qwk")
 MAX_SUBGROUP_LEVELS = 8
 
 
-def _fraction_tag(f: float) -> str:
-    return f"f{round(f * 100):g}"
-
-
-def _raw_features(ctx: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
+def _raw_features(ctx: RunContext, loader: Any) -> tuple[np.ndarray, np.ndarray]:
     """Pixels (downsampled to ≤ 1024 values per channel) as a "no learning" baseline."""
     import torch.nn.functional as F
 
@@ -48,7 +51,7 @@ def _raw_features(ctx: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(feats), np.concatenate(idx)
 
 
-def _extract(ctx: Any, encoder: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
+def _extract(ctx: RunContext, encoder: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
     from medcl.engine.inference import extract_features
 
     feats, _, _, idx = extract_features(encoder.to(ctx.device), loader, device=ctx.device)
@@ -60,7 +63,7 @@ def _align(feats: np.ndarray, idx: np.ndarray, want: np.ndarray) -> np.ndarray:
     return feats[[pos[int(i)] for i in want]]
 
 
-def _subgroups(ctx: Any, test_idx: np.ndarray) -> dict[str, np.ndarray]:
+def _subgroups(ctx: RunContext, test_idx: np.ndarray) -> dict[str, np.ndarray]:
     out = {}
     names = ["site"] + sorted({k for r in ctx.data.records for k in r.extra})
     for name in names:
@@ -92,7 +95,7 @@ def predict_logits(model: Any, loader: Any, device: Any) -> tuple[np.ndarray, np
     return (z[:, 0] if z.shape[1] == 1 else z), torch.cat(idx).numpy()
 
 
-def _sharded_logits(ctx: Any, model: Any, items: list[dict], transform: Any, comm: Any,
+def _sharded_logits(ctx: RunContext, model: Any, items: list[dict], transform: Any, comm: Any,
                     want: np.ndarray, task: str) -> np.ndarray:
     """Logits for ``items`` in the order of ``want`` (dataset positions): each rank predicts its shard,
     the shards are gathered. Binary tasks give ``(N,)``, others ``(N, K)``."""
@@ -111,7 +114,7 @@ def _sharded_logits(ctx: Any, model: Any, items: list[dict], transform: Any, com
     return z[:, 0] if task == "binary" else z
 
 
-def _finetune(ctx: Any, encoder: Any, train_items: list[dict], seed_offset: int, comm: Any,
+def _finetune(ctx: RunContext, encoder: Any, train_items: list[dict], seed_offset: int, comm: Any,
               ckpt_dir: Any = None, pretrained: bool = True, label: str = "fine-tune") -> Any:
     """Fine-tune encoder + linear head; returns the (unwrapped) ClassifierModel.
 
@@ -164,7 +167,7 @@ def _finetune(ctx: Any, encoder: Any, train_items: list[dict], seed_offset: int,
     return model
 
 
-def run(ctx: Any, tracker: Any) -> dict[str, Any]:
+def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     """Fine-tuning on every rank (data-parallel under torchrun), then the rest on rank 0 (``ctx.on_main``)."""
     from medcl import distributed
     from medcl.stages.common import make_encoder, make_transforms, seed_everything
@@ -211,7 +214,7 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
                 seed_everything(cfg.seed + 7 * k)
                 base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})
                 model = _finetune(ctx, make_encoder(base, weights=weights), items, seed_offset=k, comm=comm,
-                                  ckpt_dir=ft_dir / "checkpoints" / f"finetune-{name}-{_fraction_tag(frac)}",
+                                  ckpt_dir=ft_dir / "checkpoints" / f"finetune-{name}-{fraction_tag(frac)}",
                                   pretrained=weights is not None,
                                   label=f"fine-tune {name} ({round(frac * 100):g} % of patients)")
                 zt = _sharded_logits(ctx, model, all_items["test"], eval_tf, comm, split_idx["test"], task)
@@ -247,7 +250,7 @@ def _folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[tuple[n
     return patient_cv_splits(y.astype(np.int64) if y.ndim == 1 else None, groups, k, seed=seed)
 
 
-def _cross_fit_finetune(ctx: Any, items: list[dict], sel: np.ndarray, idx: np.ndarray, y: np.ndarray,
+def _cross_fit_finetune(ctx: RunContext, items: list[dict], sel: np.ndarray, idx: np.ndarray, y: np.ndarray,
                         groups: np.ndarray, *, weights: Any, name: str) -> dict[str, np.ndarray]:
     """Fine-tune the primary model's recipe ``calibrate.folds`` times, each on all training patients but one
     fold, and predict the held-out fold: out-of-fold logits for every selected training sample."""
@@ -292,7 +295,7 @@ def _cross_fit_linear(feats: np.ndarray, y: np.ndarray, groups: np.ndarray, *, k
     return {"logits": z, "y": y[order], "patients": groups[order], "folds": len(folds)}
 
 
-def _evaluate_on_main(ctx: Any, tracker: Any, split_idx: dict[str, np.ndarray], all_items: dict[str, list[dict]],
+def _evaluate_on_main(ctx: RunContext, tracker: Tracker, split_idx: dict[str, np.ndarray], all_items: dict[str, list[dict]],
                       y: dict[str, np.ndarray], patients: dict[str, np.ndarray], fractions: dict[float, np.ndarray],
                       pretrained: Any, finetuned: list[dict[str, Any]], largest: float,
                       oof: dict[str, np.ndarray] | None) -> dict[str, Any]:
@@ -327,8 +330,7 @@ def _evaluate_on_main(ctx: Any, tracker: Any, split_idx: dict[str, np.ndarray], 
     subgroups = _subgroups(ctx, split_idx["test"])
 
     results: list[dict[str, Any]] = []
-    primary: dict[str, Any] | None = None
-    primary_model: Any = None  # the fine-tuned primary ClassifierModel (linear primaries are rebuilt)
+    primary: PrimaryModel | None = None
 
     def evaluate(model_name: str, protocol: str, frac: float, probs_test: np.ndarray, extra: dict | None = None,
                  val_probs: np.ndarray | None = None) -> dict[str, Any]:
@@ -337,14 +339,13 @@ def _evaluate_on_main(ctx: Any, tracker: Any, split_idx: dict[str, np.ndarray], 
             thr = choose_threshold(y["val"], val_probs, c.operating_point)
         m = metrics_with_ci(y["test"], probs_test, task, patients["test"], threshold=thr, class_names=classes,
                             n_boot=c.n_boot, seed=cfg.seed)
-        tag = f"{model_name}/{protocol}/{_fraction_tag(frac)}"
+        tag = model_tag(model_name, protocol, frac)
         flat = {}
         for k, v in m.items():
             if isinstance(v, dict) and "value" in v and np.isscalar(v["value"]):
-                flat[f"test/{tag}/{k}"] = v["value"]
+                flat[metric_key(tag, k)] = v["value"]
                 if v.get("ci_low") is not None:
-                    flat[f"test/{tag}/{k}_ci_low"] = v["ci_low"]
-                    flat[f"test/{tag}/{k}_ci_high"] = v["ci_high"]
+                    flat.update({metric_key(tag, k, b): v[b] for b in CI_BOUNDS})
         tracker.log_metrics({k: float(v) for k, v in flat.items() if v is not None and np.isfinite(v)})
         row = {"model": model_name, "protocol": protocol, "fraction": frac, "metrics": m,
                "n_train_patients": int(len(np.unique(patients["train"][fractions[frac]]))), **(extra or {})}
@@ -367,8 +368,8 @@ def _evaluate_on_main(ctx: Any, tracker: Any, split_idx: dict[str, np.ndarray], 
                 evaluate(name, "linear", frac, pr.probs, {"C": pr.C, "notes": pr.notes}, val_probs)
                 if name == "ssl" and frac == largest and "finetune" not in c.protocols or (
                         not pretrained and name == "random" and frac == largest and primary is None):
-                    primary = {"kind": "linear", "encoder": name, "head": pr.model.to_dict(),
-                               "val_logits": val_logits, "test_logits": pr.logits}
+                    primary = PrimaryModel("linear", name, head=pr.model.to_dict(),
+                                           arrays={"val_logits": _arr(val_logits), "test_logits": _arr(pr.logits)})
             if "knn" in c.protocols and name != "raw":
                 probs = knn_predict(feats["train"][sel], y["train"][sel], feats["test"], k=c.knn_k, task=task,
                                     num_classes=len(classes))
@@ -385,9 +386,8 @@ def _evaluate_on_main(ctx: Any, tracker: Any, split_idx: dict[str, np.ndarray], 
 
             path = ft_dir / f"finetuned-{ft['name']}.pt"
             save_checkpoint(path, {"model": ft["model"].state_dict()})
-            primary = {"kind": "finetune", "encoder": ft["name"], "weights": str(path),
-                       "val_logits": zv, "test_logits": zt}
-            primary_model = ft["model"]
+            primary = PrimaryModel("finetune", ft["name"], weights=str(path),
+                                   arrays={"val_logits": _arr(zv), "test_logits": _arr(zt)})
 
     # -- hand on: results, and the primary model's logits for calibration ---------------------------------
     results_path = ft_dir / "results.json"
@@ -397,32 +397,31 @@ def _evaluate_on_main(ctx: Any, tracker: Any, split_idx: dict[str, np.ndarray], 
                       "fractions": {str(f): int(m.sum()) for f, m in fractions.items()}}, "classify_setup.json")
     out: dict[str, Any] = {"results": str(results_path), "summary": _summary(results, largest)}
     if primary is not None:
-        if primary["kind"] == "linear" and cross_fitting(cfg, patients["val"]):
+        if primary.kind == "linear" and cross_fitting(cfg, patients["val"]):
             sel = fractions[largest]
-            oof = _cross_fit_linear(features[primary["encoder"]]["train"][sel], y["train"][sel],
+            oof = _cross_fit_linear(features[primary.encoder]["train"][sel], y["train"][sel],
                                     patients["train"][sel], k=cfg.calibrate.folds, seed=cfg.seed, c=c, task=task,
                                     num_classes=len(classes))
-        prim_path = ft_dir / "primary.npz"
         empty = np.zeros((0,), np.float32)
-        np.savez(prim_path, val_logits=_arr(primary["val_logits"]), test_logits=_arr(primary["test_logits"]),
-                 val_y=y["val"], test_y=y["test"], val_index=split_idx["val"], test_index=split_idx["test"],
-                 test_patients=patients["test"], val_patients=patients["val"],
-                 oof_logits=_arr(oof["logits"]) if oof else empty, oof_y=oof["y"] if oof else empty,
-                 oof_patients=oof["patients"] if oof else np.zeros((0,), np.int64))
-        primary["cross_fit_folds"] = int(oof["folds"]) if oof else 0
+        primary.arrays.update(val_y=y["val"], test_y=y["test"], val_index=split_idx["val"],
+                              test_index=split_idx["test"], test_patients=patients["test"],
+                              val_patients=patients["val"], oof_logits=_arr(oof["logits"]) if oof else empty,
+                              oof_y=oof["y"] if oof else empty,
+                              oof_patients=oof["patients"] if oof else np.zeros((0,), np.int64))
+        primary.cross_fit_folds = int(oof["folds"]) if oof else 0
         # the binary operating point chosen on the validation patients (classify.operating_point), for predict
-        prow = next((r for r in results if r["model"] == primary["encoder"] and r["protocol"] == primary["kind"]
+        prow = next((r for r in results if r["model"] == primary.encoder and r["protocol"] == primary.kind
                      and r["fraction"] == largest), None)
-        primary["threshold"] = (prow or {}).get("metrics", {}).get("_info", {}).get("threshold")
-        meta = {k: v for k, v in primary.items() if k not in ("val_logits", "test_logits")}
-        (ft_dir / "primary.json").write_text(json.dumps(meta, default=_jsonable))
-        out.update({"primary": str(prim_path), "primary_meta": str(ft_dir / "primary.json"),
-                    "pretrained_encoder": pretrained})
+        primary.threshold = (prow or {}).get("metrics", {}).get("_info", {}).get("threshold")
+        if primary.kind == "linear":  # the frozen encoder it was fitted on: pretrained, or this random init
+            primary.encoder_weights = pretrained if primary.encoder == "ssl" else PrimaryModel.save_encoder(
+                encoders[primary.encoder], ft_dir / f"primary-encoder-{primary.encoder}.pt")
+        prim_path, meta_path = primary.save(ft_dir)
+        out.update({"primary": str(prim_path), "primary_meta": str(meta_path), "pretrained_encoder": pretrained})
         # what the report shows beyond metrics (predictions, feature map, saliency): never patient ids.
         # A failure here must not throw away the evaluation above: the report then says what is missing.
         try:
-            _log_report_material(ctx, tracker, primary, primary_model, encoders, features, results, split_idx, y,
-                                 subgroups, largest)
+            _log_report_material(ctx, tracker, primary, features, results, split_idx, y, subgroups, largest)
         except PHIError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -431,8 +430,8 @@ def _evaluate_on_main(ctx: Any, tracker: Any, split_idx: dict[str, np.ndarray], 
     return out
 
 
-def _log_report_material(ctx: Any, tracker: Any, primary: dict[str, Any], primary_model: Any,
-                         encoders: dict[str, Any], features: dict[str, dict[str, np.ndarray]],
+def _log_report_material(ctx: RunContext, tracker: Tracker, primary: PrimaryModel,
+                         features: dict[str, dict[str, np.ndarray]],
                          results: list[dict[str, Any]], split_idx: dict[str, np.ndarray], y: dict[str, np.ndarray],
                          subgroups: dict[str, np.ndarray], largest: float, max_examples: int = 4) -> None:
     """Log ``predictions_test.csv``, ``embedding_map.npz`` and ``saliency/`` for the report.
@@ -446,10 +445,9 @@ def _log_report_material(ctx: Any, tracker: Any, primary: dict[str, Any], primar
 
     import torch
 
-    from medcl.stages.common import make_loader, make_transforms
+    from medcl.stages.common import make_encoder, make_loader, make_transforms
     from medcl.tasks.calibration import logits_to_probs
     from medcl.tasks.embedding import reduce_2d
-    from medcl.tasks.export import linear_head_from_probe
     from medcl.tasks.saliency import (
         LinearOnEncoder,
         grad_cam,
@@ -461,12 +459,12 @@ def _log_report_material(ctx: Any, tracker: Any, primary: dict[str, Any], primar
 
     cfg, data, task, classes = ctx.cfg, ctx.data, ctx.data.task, ctx.data.classes
     out_dir = ctx.stage_dir("classify")
-    tag = f"{primary['encoder']}/{primary['kind']}/{_fraction_tag(largest)}"
+    tag = model_tag(primary.encoder, primary.kind, largest)
     tracker.log_params({"classify.primary_model": tag})
 
     # -- test predictions at the operating point -------------------------------------------------------
-    probs = logits_to_probs(primary["test_logits"], task)
-    row = next((r for r in results if r["model"] == primary["encoder"] and r["protocol"] == primary["kind"]
+    probs = logits_to_probs(primary.arrays["test_logits"], task)
+    row = next((r for r in results if r["model"] == primary.encoder and r["protocol"] == primary.kind
                 and r["fraction"] == largest), None)
     thr = (row or {}).get("metrics", {}).get("_info", {}).get("threshold")
     thr = np.asarray(0.5 if thr is None else thr, dtype=np.float64)  # per label for multi-label
@@ -497,7 +495,7 @@ def _log_report_material(ctx: Any, tracker: Any, primary: dict[str, Any], primar
     tracker.log_artifact(path)
 
     # -- feature map of every labelled sample --------------------------------------------------------------
-    feats = features.get(primary["encoder"]) or features.get("ssl") or features.get("random")
+    feats = features.get(primary.encoder) or features.get("ssl") or features.get("random")
     if feats:
         splits = [s for s in ("train", "val", "test") if s in feats and len(feats[s])]
         x = np.concatenate([feats[s] for s in splits])
@@ -510,12 +508,8 @@ def _log_report_material(ctx: Any, tracker: Any, primary: dict[str, Any], primar
         tracker.log_artifact(out_dir / "embedding_map.npz")
 
     # -- saliency on a few correct and incorrect test examples ----------------------------------------------
-    if primary["kind"] == "linear":
-        encoder = encoders[primary["encoder"]]
-        weight, bias = linear_head_from_probe(primary["head"])
-    else:
-        encoder, weight, bias = primary_model.encoder, primary_model.head.weight.detach(), \
-            primary_model.head.bias.detach()
+    base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})
+    encoder, weight, bias = primary.parts(lambda w: make_encoder(base, weights=w), task, len(classes))
     encoder = encoder.to(ctx.device)
     weight, bias = weight.to(ctx.device), bias.to(ctx.device)
     ok, wrong = select_examples(correct, confidence, max_examples)

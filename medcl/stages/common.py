@@ -6,9 +6,13 @@ import math
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from medcl.stages.context import RunContext
+
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -59,7 +63,7 @@ def make_encoder(cfg: Any, weights: str | Path | None = None):
                          **m.options)
 
 
-def make_loader(ctx: Any, items: list[dict], transform: Any, *, batch_size: int, shuffle: bool, train: bool,
+def make_loader(ctx: RunContext, items: list[dict], transform: Any, *, batch_size: int, shuffle: bool, train: bool,
                 epoch: int = 0, distributed: bool | None = None, drop_last: bool = False):
     """A dataset (cached as configured) and its reproducible loader."""
     from medcl.data.datasets import build_dataset, build_loader
@@ -101,7 +105,7 @@ def jsonable(o: Any) -> Any:
     return str(o)
 
 
-def supervised_setup(ctx: Any, items: list[dict], transform: Any, params_or_groups: Any, *, comm: Any,
+def supervised_setup(ctx: RunContext, items: list[dict], transform: Any, params_or_groups: Any, *, comm: Any,
                      batch_size: int, epochs: int, max_steps: int | None, lr: float, weight_decay: float,
                      optimizer: str = "adamw", seed_offset: int = 0, steps: int | None = None):
     """Loader factory, optimiser (AdamW or SGD), warmup + cosine schedule and step count for a supervised loop.
@@ -133,7 +137,7 @@ def supervised_setup(ctx: Any, items: list[dict], transform: Any, params_or_grou
     return factory, opt, sched, epochs, total
 
 
-def data_modality(ctx: Any) -> str | None:
+def data_modality(ctx: RunContext) -> str | None:
     """The run's modality (``data.modality``, else the manifest's single modality)."""
     m = getattr(ctx.cfg.data, "modality", None)
     if m:

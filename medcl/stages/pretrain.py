@@ -9,14 +9,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medcl.errors import DataError
+
+if TYPE_CHECKING:
+    from medcl.stages.context import RunContext
+    from medcl.tracking.protocol import Tracker
+
 
 log = logging.getLogger(__name__)
 
 
-def run(ctx: Any, tracker: Any) -> dict[str, Any]:
+def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     import torch
 
     from medcl import distributed
@@ -148,7 +153,7 @@ PROBE_MEMORY = 4096
 PROBE_PROBES = 10  # probes per run when pretrain.probe_every_steps is not set
 
 
-def _online_probe(ctx: Any, encoder: Any, total_steps: int) -> Any:
+def _online_probe(ctx: RunContext, encoder: Any, total_steps: int) -> Any:
     """The :class:`~medcl.tasks.monitor.OnlineProbe` of this run (``None`` without labelled validation
     patients). Under torchrun it runs on rank 0 while the other ranks wait (``ctx.on_main``)."""
     import numpy as np
@@ -202,7 +207,7 @@ def _online_probe(ctx: Any, encoder: Any, total_steps: int) -> Any:
     return OnRankZero()
 
 
-def _save_encoders(ctx: Any, encoder: Any, probe: Any) -> dict[str, Any]:
+def _save_encoders(ctx: RunContext, encoder: Any, probe: Any) -> dict[str, Any]:
     """Write ``encoder-last.pt`` and ``encoder.pt`` (the one handed on: the best by the online probe when
     ``pretrain.select`` is ``best_probe`` and a probe ran, else the last). Returns what was chosen."""
     from medcl.checkpoint_file import atomic_write_bytes, save_checkpoint
@@ -227,7 +232,7 @@ def _save_encoders(ctx: Any, encoder: Any, probe: Any) -> dict[str, Any]:
     return info
 
 
-def _log_encoder_model(ctx: Any, tracker: Any, path: str) -> str | None:
+def _log_encoder_model(ctx: RunContext, tracker: Tracker, path: str) -> str | None:
     """Log the handed-on encoder as an MLflow model (``runs:/<this stage's run>/encoder``): the pyfunc gives
     features of files with the run's preprocessing, and ``model.pretrained_path`` of another pipeline can start
     from it. Registered as ``<tracking.register_model>-encoder`` when a registry name is set. Its URI (``None``

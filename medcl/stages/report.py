@@ -8,10 +8,15 @@ logged to the pipeline run as ``report/report.html``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medcl.stages.context import RunContext
+    from medcl.tracking.protocol import Tracker
 
 
-def run(ctx: Any, tracker: Any) -> dict[str, Any]:
+
+def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     from medcl.errors import StageError
     from medcl.reporting.html import build_report
 

@@ -17,18 +17,20 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medcl.errors import ConfigError, DataError
+from medcl.metrics.keys import CI_BOUNDS, metric_key, segment_tag
 from medcl.stages.common import jsonable as _jsonable
 
+if TYPE_CHECKING:
+    from medcl.stages.context import RunContext
+    from medcl.tracking.protocol import Tracker
+
+
 log = logging.getLogger(__name__)
-
-
-def _fraction_tag(f: float) -> str:
-    return f"f{round(f * 100):g}"
 
 
 def _transforms(cfg: Any, *, train: bool, spatial_size: list[int] | None = None):
@@ -63,13 +65,13 @@ def _sizes(cfg: Any) -> tuple[int, list[int], list[int], list[float] | None]:
     return dims, patch, roi, spacing
 
 
-def _seg_items(ctx: Any, split: str) -> list[dict]:
+def _seg_items(ctx: RunContext, split: str) -> list[dict]:
     # The "task" entry changes the items' hash: a disk cache (PersistentDataset keys files by item,
     # not by transform) must not hand back another stage's cached sample, loaded without its mask.
     return [{**it, "task": "segment"} for it in ctx.data.items(split) if it.get("mask")]
 
 
-def _build(ctx: Any, weights: str | None, dims: int) -> tuple[Any, int]:
+def _build(ctx: RunContext, weights: str | None, dims: int) -> tuple[Any, int]:
     """The segmentation network; with ``weights`` the pretrained encoder goes in. Returns (net, n tensors)."""
     from medcl.stages.common import make_encoder
     from medcl.tasks.segmentation import build_segmentation_network, get_network, transfer_encoder_weights
@@ -86,7 +88,7 @@ def _build(ctx: Any, weights: str | None, dims: int) -> tuple[Any, int]:
     return net, n
 
 
-def _train(ctx: Any, net: Any, items: list[dict], transform: Any, seed_offset: int, comm: Any,
+def _train(ctx: RunContext, net: Any, items: list[dict], transform: Any, seed_offset: int, comm: Any,
            label: str = "segment") -> list[dict[str, float]]:
     """Dice + CE training of ``net``; under torchrun every rank trains (DDP over ``comm``, the batch split)."""
     from medcl.engine.loop import LoopSettings, Optimisation, fit
@@ -105,7 +107,7 @@ def _train(ctx: Any, net: Any, items: list[dict], transform: Any, seed_offset: i
     return fit(trained, factory, Optimisation(opt, sched), settings, comm=comm)
 
 
-def _evaluate(ctx: Any, net: Any, items: list[dict], transform: Any, roi: list[int], spacing: list[float] | None,
+def _evaluate(ctx: RunContext, net: Any, items: list[dict], transform: Any, roi: list[int], spacing: list[float] | None,
               keep_slices: bool, comm: Any) -> dict[str, Any]:
     """Sliding-window predictions on ``items``; per-case Dice/HD95 and, optionally, display slices.
 
@@ -154,7 +156,7 @@ def _evaluate(ctx: Any, net: Any, items: list[dict], transform: Any, roi: list[i
             "slices": {i: sl for p in parts for i, sl in p["slices"].items()}}
 
 
-def run(ctx: Any, tracker: Any) -> dict[str, Any]:
+def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     """Training and test-set segmentation on every rank (DDP, sharded evaluation), then results on rank 0."""
     from medcl import distributed
     from medcl.stages.common import seed_everything
@@ -221,7 +223,7 @@ def run(ctx: Any, tracker: Any) -> dict[str, Any]:
         ctx, tracker, trained, fg_names, spacing, dims, largest, pretrained))
 
 
-def _results_on_main(ctx: Any, tracker: Any, trained: list[dict[str, Any]], fg_names: list[str],
+def _results_on_main(ctx: RunContext, tracker: Tracker, trained: list[dict[str, Any]], fg_names: list[str],
                      spacing: list[float] | None, dims: int, largest: float, pretrained: Any) -> dict[str, Any]:
     """Per-model Dice/HD95 with patient-bootstrap CIs, the per-case table, overlays and the trained networks
     of the largest label fraction (``segment/segmenter-<model>.pt``) (rank 0)."""
@@ -239,19 +241,19 @@ def _results_on_main(ctx: Any, tracker: Any, trained: list[dict[str, Any]], fg_n
         per_class = summarise_per_class(ev["dice"], ev["hd95"], fg_names)
         cd = case_mean(ev["dice"])
         ci = mean_dice_ci(cd, pats, n_boot=s.n_boot, seed=cfg.seed)
-        tag = f"test/{name}/{_fraction_tag(frac)}"
-        metrics = {f"{tag}/dice_mean": ci["value"], f"{tag}/dice_mean_ci_low": ci["ci_low"],
-                   f"{tag}/dice_mean_ci_high": ci["ci_high"], f"{tag}/hd95_mean": per_class["hd95"],
-                   f"{tag}/final_loss": float(history[-1]["loss"]) if history else float("nan")}
+        tag = segment_tag(name, frac)
+        metrics = {metric_key(tag, "dice_mean"): ci["value"], metric_key(tag, "hd95_mean"): per_class["hd95"],
+                   **{metric_key(tag, "dice_mean", b): ci[b] for b in CI_BOUNDS},
+                   metric_key(tag, "final_loss"): float(history[-1]["loss"]) if history else float("nan")}
         for c in fg_names:
-            metrics[f"{tag}/dice_{metric_name(c)}"] = per_class[f"dice/{c}"]
-            metrics[f"{tag}/hd95_{metric_name(c)}"] = per_class[f"hd95/{c}"]
+            metrics[metric_key(tag, f"dice_{metric_name(c)}")] = per_class[f"dice/{c}"]
+            metrics[metric_key(tag, f"hd95_{metric_name(c)}")] = per_class[f"hd95/{c}"]
         tracker.log_metrics({m: float(v) for m, v in metrics.items() if v is not None and math.isfinite(v)})
         results.append({
             "model": name, "fraction": frac, "network": s.network, "n_train_samples": t["n_items"],
             "n_train_patients": t["n_patients"],
             "pretrained_tensors_loaded": t["n_loaded"], "steps": int(history[-1]["global_step"]) if history else 0,
-            "final_loss": metrics[f"{tag}/final_loss"],
+            "final_loss": metrics[metric_key(tag, "final_loss")],
             "dice_mean": ci, "hd95_mean": per_class["hd95"], "hd95_unit": "mm" if spacing else "voxels",
             "per_class": {c: {"dice": per_class[f"dice/{c}"], "hd95": per_class[f"hd95/{c}"],
                               "n_cases": per_class[f"n_cases/{c}"]} for c in fg_names},
@@ -288,7 +290,7 @@ def _results_on_main(ctx: Any, tracker: Any, trained: list[dict[str, Any]], fg_n
             "pretrained_encoder": pretrained, "summary": _summary(results, largest)}
 
 
-def _log_segmenter_model(ctx: Any, tracker: Any, trained: list[dict[str, Any]], largest: float) -> str | None:
+def _log_segmenter_model(ctx: RunContext, tracker: Tracker, trained: list[dict[str, Any]], largest: float) -> str | None:
     """Log the segmenter of the largest label fraction (the pretrained one when there is one) as an MLflow model,
     ``runs:/<this stage's run>/segmenter`` (``medcl predict --task segment`` and the pyfunc apply it to whole images
     with the run's preprocessing). Its URI (``None`` without a tracking store)."""

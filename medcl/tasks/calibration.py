@@ -131,6 +131,7 @@ class Calibrator:
     name: ClassVar[str] = ""
 
     def __init__(self, task: str = "multiclass") -> None:
+        """Check the task; the calibrator starts unfitted, with no parameters."""
         self.task = check_task(task)
         self.params: dict[str, torch.Tensor] = {}
         self.fitted = False
@@ -147,6 +148,7 @@ class Calibrator:
         return torch.zeros((), dtype=torch.float64)
 
     def config(self) -> dict[str, Any]:
+        """The calibrator's own settings (saved by ``to_dict``); none for the base class."""
         return {}
 
     # -- public API
@@ -228,6 +230,7 @@ class IdentityCalibrator(Calibrator):
         return z
 
     def fit(self, logits, y) -> IdentityCalibrator:
+        """Record the NLL of the logits as they are (before = after) and mark the calibrator fitted."""
         z = _prepare_logits(logits, self.task)
         yt = _prepare_labels(y, self.task, z)
         nll = float(_nll(z, yt, self.task))
@@ -294,11 +297,13 @@ class DirichletCalibrator(Calibrator):
     name = "dirichlet"
 
     def __init__(self, task: str = "multiclass", reg_lambda: float = 1e-3, reg_mu: float = 1e-3) -> None:
+        """Check the task and keep the two ODIR penalty strengths."""
         super().__init__(task)
         self.reg_lambda = float(reg_lambda)
         self.reg_mu = float(reg_mu)
 
     def config(self) -> dict[str, Any]:
+        """The penalty strengths ``reg_lambda`` and ``reg_mu`` (saved by ``to_dict``)."""
         return {"reg_lambda": self.reg_lambda, "reg_mu": self.reg_mu}
 
     def _init_params(self, n_out: int) -> dict[str, torch.Tensor]:
@@ -362,9 +367,15 @@ def cross_validated_calibration(logits, y, groups, method: str = "temperature", 
     would always pass.)
 
     Args:
-        logits: ``(N, K)`` or ``(N,)`` calibration logits; y: their labels; groups: ``(N,)`` patient ids.
+        logits: ``(N, K)`` or ``(N,)`` calibration logits.
+        y: their labels (``(N,)`` int, or ``(N, K)`` multilabel).
+        groups: ``(N,)`` patient ids (the folds never split a patient).
         method: a :data:`CALIBRATORS` name.
+        task: task kind.
+        n_bins: bins of the ECE compared before and after.
         folds: patient-grouped folds (fewer when there are fewer patients; no CV below 2).
+        seed: seed of the fold split.
+        **kwargs: options of the calibrator (e.g. ``reg_lambda`` for ``dirichlet``).
 
     Returns:
         ``{"calibrator" (fitted on all of it, or the identity), "applied", "reason", "n", "n_patients",
@@ -425,8 +436,10 @@ def calibration_report(
     calibrator: Calibrator | None = None,
     **kwargs,
 ) -> dict[str, Any]:
-    """Fit a calibrator on validation logits (or take ``calibrator``, already fitted) and compare test
-    calibration before and after.
+    """Compare test calibration before and after a calibrator fitted on validation logits.
+
+    The calibrator is ``method`` fitted on ``logits_val`` / ``y_val``, or ``calibrator`` when given
+    (already fitted; the validation data are then unused).
 
     Returns:
         ``{"method", "task", "n_bins", "estimator", "state" (calibrator.to_dict()),

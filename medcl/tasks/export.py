@@ -21,7 +21,9 @@ class CalibratedClassifier(nn.Module):
 
     Args:
         encoder: feature extractor ``(N, C, *S) -> (N, D)``.
-        weight, bias: linear head ``(K_out, D)``, ``(K_out,)`` (standardisation folded in).
+        weight: linear head weight ``(K_out, D)`` (standardisation folded in, see
+            :func:`linear_head_from_probe`).
+        bias: linear head bias ``(K_out,)``.
         task: ``binary`` | ``multiclass`` | ``ordinal`` | ``multilabel``.
         calibration: ``{"kind": "temperature", "t": float or list}`` (per-label for multilabel),
             ``{"kind": "vector", "w": (K,), "b": (K,)}``, ``{"kind": "matrix", "w": (K, K), "b": (K,)}``
@@ -30,6 +32,7 @@ class CalibratedClassifier(nn.Module):
 
     def __init__(self, encoder: nn.Module, weight: torch.Tensor, bias: torch.Tensor, task: str,
                  calibration: dict[str, Any] | None = None) -> None:
+        """Copy the head into a linear layer and keep the calibration parameters as buffers."""
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(weight.shape[1], weight.shape[0])
@@ -52,6 +55,7 @@ class CalibratedClassifier(nn.Module):
         return f.flatten(2).mean(-1) if f.ndim > 2 else f
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Head logits ``(N, K_out)`` of a preprocessed batch ``(N, C, *S)`` (before calibration)."""
         return self.head(self.features(x))
 
     def uncalibrated(self, z: torch.Tensor) -> torch.Tensor:
@@ -59,6 +63,7 @@ class CalibratedClassifier(nn.Module):
         return torch.softmax(z, dim=1) if self.task in ("multiclass", "ordinal") else torch.sigmoid(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities ``(N, K_out)`` of a preprocessed batch ``(N, C, *S)``."""
         return self.from_logits(self.logits(x.float()))
 
     def from_logits(self, z: torch.Tensor) -> torch.Tensor:
@@ -107,8 +112,11 @@ def calibration_for_export(state: dict[str, Any]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- applying it
 def eval_transform(preprocessing: dict[str, Any]) -> Any:
-    """The run's evaluation transforms from a model's ``preprocessing`` metadata (preset + its parameters):
-    a path or a raw channel-first array in → a ``(C, *spatial)`` float32 tensor out."""
+    """The run's evaluation transforms from a model's ``preprocessing`` metadata (preset + its parameters).
+
+    The returned transform takes ``{"image": path or raw channel-first array}`` and gives a
+    ``(C, *spatial)`` float32 tensor under ``"image"``.
+    """
     from medcl.transforms import build_transforms
 
     params = {k: v for k, v in preprocessing.items() if k not in ("preset", "input")}
@@ -123,6 +131,7 @@ class ModelInputs:
     """
 
     def __init__(self, meta: dict[str, Any]) -> None:
+        """Keep the metadata and build the run's evaluation transforms from its ``preprocessing``."""
         self.meta = dict(meta)
         self.preprocessing = dict(meta["preprocessing"])
         shape = meta.get("input_shape")
@@ -130,8 +139,11 @@ class ModelInputs:
         self.transform = eval_transform(self.preprocessing)
 
     def prepare(self, item: Any, where: str = "input") -> torch.Tensor:
-        """One sample — a file path (any format medcl reads) or a raw channel-first array in the modality's own
-        units — through the run's evaluation transforms: ``(C, *S)`` float32.
+        """One sample through the run's evaluation transforms: ``(C, *S)`` float32.
+
+        Args:
+            item: a file path (any format medcl reads) or a raw channel-first array in the modality's own units.
+            where: how errors name the input.
 
         Raises:
             DataError: the result is not the shape the model takes (wrong channels or dimensions).
@@ -189,12 +201,14 @@ class FeatureExtractor(ModelInputs):
     """
 
     def __init__(self, encoder: nn.Module, meta: dict[str, Any]) -> None:
+        """Put the encoder in eval mode and keep the feature width."""
         super().__init__(meta)
         self.model = encoder.eval()
         self.feature_dim = int(meta["feature_dim"])
 
     @property
     def columns(self) -> list[str]:
+        """Output column names ``f0`` .. ``f{D-1}``."""
         return [f"f{j}" for j in range(self.feature_dim)]
 
     def features(self, x: torch.Tensor) -> np.ndarray:
@@ -220,6 +234,7 @@ class Predictor(ModelInputs):
     """
 
     def __init__(self, model: nn.Module, meta: dict[str, Any]) -> None:
+        """Put the model in eval mode and keep its class names and task."""
         super().__init__(meta)
         self.model = model.eval()
         self.classes = [str(c) for c in meta["classes"]]
@@ -237,8 +252,12 @@ class Predictor(ModelInputs):
             return self.model(torch.as_tensor(x, dtype=torch.float32).to(dev)).float().cpu().numpy().reshape(len(x), -1)
 
     def parts(self, x: torch.Tensor) -> dict[str, np.ndarray]:
-        """Everything the model computes on a preprocessed batch ``(N, C, *S)``: ``features`` ``(N, D)`` (pooled
-        encoder output), ``logits``, ``uncalibrated`` and ``probabilities`` (calibrated), each ``(N, K_out)``."""
+        """Everything the model computes on a preprocessed batch ``(N, C, *S)``.
+
+        Returns:
+            ``features`` ``(N, D)`` (pooled encoder output), ``logits``, ``uncalibrated`` and
+            ``probabilities`` (calibrated), each ``(N, K_out)``.
+        """
         dev = next(self.model.parameters()).device
         with torch.no_grad():
             f = self.model.features(torch.as_tensor(x, dtype=torch.float32).to(dev))
@@ -271,11 +290,16 @@ class Predictor(ModelInputs):
 
 def reference_features(predictor: Predictor, items: list[dict[str, Any]], *, max_samples: int = 1000, seed: int = 0,
                        batch_size: int = 32) -> dict[str, np.ndarray]:
-    """Pooled encoder features of (at most ``max_samples``, seeded) training items, read exactly as new data are
-    (:meth:`Predictor.prepare`): the reference ``medcl evaluate`` measures dataset shift against.
+    """Pooled encoder features of training items: the reference ``medcl evaluate`` measures dataset shift against.
+
+    The items are read exactly as new data are (:meth:`Predictor.prepare`).
 
     Args:
+        predictor: the logged classifier whose encoder gives the features.
         items: dataset items (``{"image": path, "patient": int, ...}``, ``DataBundle.items``).
+        max_samples: at most this many items, drawn without replacement (kept in their order).
+        seed: seed of that draw.
+        batch_size: items run through the encoder at once.
 
     Returns:
         ``{"features": (n, D) float32, "patient": (n,) int64}`` (patient indices, never identifiers).
@@ -297,9 +321,12 @@ def reference_features(predictor: Predictor, items: list[dict[str, Any]], *, max
 
 # ----------------------------------------------------------------------------------------------- segmentation
 def whole_image_transform(preprocessing: dict[str, Any]) -> Any:
-    """The run's evaluation transforms for segmenting a whole image or volume: the preset's chain without its
-    evaluation crop/pad (sliding windows cover any size) and without the final meta-dropping step, so the result
-    is a ``MetaTensor`` ``(C, *S)`` whose ``affine`` maps its voxels to the input's world (RAS) coordinates."""
+    """The run's evaluation transforms for segmenting a whole image or volume.
+
+    The preset's chain without its evaluation crop/pad (sliding windows cover any size) and without the final
+    meta-dropping step, so the result is a ``MetaTensor`` ``(C, *S)`` whose ``affine`` maps its voxels to the
+    input's world (RAS) coordinates.
+    """
     from monai import transforms as mt
 
     from medcl.transforms.compose import MedclCompose
@@ -318,6 +345,7 @@ class Segmenter(ModelInputs):
     """
 
     def __init__(self, network: nn.Module, meta: dict[str, Any]) -> None:
+        """Put the network in eval mode and keep the sliding-window settings and whole-image transforms."""
         super().__init__({**meta, "input_shape": None})
         self.model = network.eval()
         self.class_names = [str(c) for c in meta["class_names"]]
@@ -330,8 +358,17 @@ class Segmenter(ModelInputs):
         self.last_source_grid: tuple[tuple[int, ...] | None, np.ndarray | None] = (None, None)
 
     def prepare_whole(self, item: Any, where: str = "input") -> tuple[torch.Tensor, np.ndarray | None]:
-        """``((C, *S) float32 tensor, its 4×4 voxel-to-RAS affine or None)`` of one path or raw array; the
-        input's own grid is in :attr:`last_source_grid` (``(spatial shape, affine or None)``, from the reader).
+        """One path or raw array through :func:`whole_image_transform`.
+
+        The input's own grid is kept in :attr:`last_source_grid` (``(spatial shape, affine or None)``, from
+        the reader).
+
+        Args:
+            item: a file path or a raw channel-first array.
+            where: how errors name the input.
+
+        Returns:
+            ``((C, *S) float32 tensor, its 4×4 voxel-to-RAS affine or None)``.
 
         Raises:
             DataError: not the channels or dimensions the network takes.
@@ -364,8 +401,14 @@ class Segmenter(ModelInputs):
         return logits_to_labels(logits)[0, 0].cpu().numpy().astype(np.uint8)
 
     def predict(self, inputs: list[Any]) -> list[dict[str, Any]]:
-        """``{"labels": (*S) uint8, "affine": (4, 4) or None}`` per input (paths or raw arrays), in the preprocessed
-        grid. Raises DataError naming every input that could not be read."""
+        """Label maps of ``inputs`` (paths or raw arrays), in the preprocessed grid.
+
+        Returns:
+            ``{"labels": (*S) uint8, "affine": (4, 4) or None}`` per input.
+
+        Raises:
+            DataError: naming every input that could not be read (nothing is skipped).
+        """
         from medcl import phi
         from medcl.errors import DataError
 

@@ -118,6 +118,7 @@ class ClassifierModel(nn.Module):
 
     def __init__(self, encoder: nn.Module, num_outputs: int, task: str = "multiclass", dropout: float = 0.0,
                  feature_dim: int | None = None) -> None:
+        """Check the task and feature width and build the dropout and linear head (N(0, 0.01²) weights, zero bias)."""
         super().__init__()
         self.task = check_task(task)
         dim = feature_dim if feature_dim is not None else getattr(encoder, "feature_dim", None)
@@ -161,12 +162,22 @@ class TaskLoss(nn.Module):
     """
 
     def __init__(self, task: str, *, pos_weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
+        """Check the task and keep the label smoothing (multiclass/ordinal) and positive-class weight (BCE)."""
         super().__init__()
         self.task = check_task(task)
         self.label_smoothing = float(label_smoothing)
         self.register_buffer("pos_weight", None if pos_weight is None else torch.as_tensor(pos_weight).float())
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean loss over the labelled entries of a batch.
+
+        Args:
+            logits: ``(B, K)``, or ``(B,)`` / ``(B, 1)`` for binary.
+            labels: ``(B,)`` class indices or 0/1 (``-1`` = unlabelled), or ``(B, K)`` multilabel (NaN or -1).
+
+        Returns:
+            A scalar; zero (still connected to the graph) when nothing is labelled.
+        """
         labels = labels.to(logits.device)
         if self.task in ("multiclass", "ordinal"):
             y = labels.reshape(-1).long()
@@ -201,12 +212,21 @@ class SupervisedWrapper(nn.Module):
     """
 
     def __init__(self, model: ClassifierModel, task: str | None = None, loss: nn.Module | None = None) -> None:
+        """Wrap ``model``; the loss defaults to :func:`loss_for_task` of its task."""
         super().__init__()
         self.model = model
         self.task = check_task(task or model.task)
         self.loss = loss if loss is not None else loss_for_task(self.task)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Run the classifier on ``batch["image"]`` and score it against ``batch["label"]``.
+
+        Returns:
+            ``{"loss": scalar, "logits": (B, K) or (B,) for binary}``.
+
+        Raises:
+            DataError: the batch has no image or no label entry.
+        """
         for key in ("image", "label"):
             if key not in batch:
                 raise DataError(f"batch has no {key!r} entry (keys: {sorted(batch)})", where="SupervisedWrapper",

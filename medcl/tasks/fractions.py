@@ -31,6 +31,25 @@ def _is_unlabelled(v) -> bool:
     return math.isnan(f) or f < 0
 
 
+def _patient_strata(pat_str: np.ndarray, uniq: list[str], y_arr: list | None) -> dict[str, Any]:
+    """Class of every patient (mode of its labels) when labels are single-label; ``None`` otherwise.
+
+    A patient without a labelled sample, and every patient of multilabel or unlabelled data, gets ``None``.
+    """
+    strata: dict[str, Any] = {}
+    single = y_arr is not None and all(np.ndim(v) == 0 for v in y_arr)
+    if single:
+        labels_of: dict[str, list] = {p: [] for p in uniq}
+        for p, v in zip(pat_str.tolist(), y_arr):
+            if not _is_unlabelled(v):
+                labels_of[p].append(str(v))
+        for p in uniq:
+            strata[p] = Counter(labels_of[p]).most_common(1)[0][0] if labels_of[p] else None
+    else:
+        strata = {p: None for p in uniq}
+    return strata
+
+
 def label_fraction_patients(
     records_or_patients,
     y=None,
@@ -73,21 +92,10 @@ def label_fraction_patients(
                               fix="use fractions such as 0.01, 0.1, 1.0")
     pat_str = np.asarray([str(p) for p in patients])
     uniq = sorted(set(pat_str.tolist()))
-    # class of every patient (mode of its labels) when labels are single-label
-    strata: dict[str, Any] = {}
     y_arr = None if y is None else list(y)
     if y_arr is not None and len(y_arr) != n:
         raise DataError(f"{len(y_arr)} labels for {n} samples", where="y", fix="pass one label per sample")
-    single = y_arr is not None and all(np.ndim(v) == 0 for v in y_arr)
-    if single:
-        labels_of: dict[str, list] = {p: [] for p in uniq}
-        for p, v in zip(pat_str.tolist(), y_arr):
-            if not _is_unlabelled(v):
-                labels_of[p].append(str(v))
-        for p in uniq:
-            strata[p] = Counter(labels_of[p]).most_common(1)[0][0] if labels_of[p] else None
-    else:
-        strata = {p: None for p in uniq}
+    strata = _patient_strata(pat_str, uniq, y_arr)
     rng = np.random.default_rng(seed)
     by_class: dict[Any, list[str]] = {}
     for p in uniq:

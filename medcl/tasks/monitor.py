@@ -70,6 +70,7 @@ class OnlineProbe:
     def __init__(self, extract: Callable[[Any], tuple[np.ndarray, np.ndarray]], memory: Any, queries: Any,
                  labels: dict[int, Any], task: str, classes: list[str], every: int,
                  save_best: Callable[[int, float], None], k: int = 20, best: float = -math.inf) -> None:
+        """Keep the loaders, labels and settings; the probe starts with no history."""
         self.extract, self.memory, self.queries, self.labels = extract, memory, queries, labels
         self.task, self.classes, self.every, self.k = task, list(classes), max(1, int(every)), int(k)
         self.save_best = save_best

@@ -33,11 +33,12 @@ def _score(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def grad_cam(encoder: torch.nn.Module, weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor,
              target: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM of an encoder + linear head.
+    """Grad-CAM (Selvaraju et al., ICCV 2017) of an encoder + linear head.
 
     Args:
         encoder: a medcl :class:`~medcl.networks.base.Encoder` (``forward_dense`` is used).
-        weight, bias: linear head ``(K_out, D)``, ``(K_out,)`` on pooled features.
+        weight: linear head weight ``(K_out, D)`` on pooled features.
+        bias: linear head bias ``(K_out,)``.
         x: input batch ``(B, C, *S)``.
         target: ``(B,)`` class index whose evidence is shown.
 
@@ -91,6 +92,7 @@ def select_examples(correct: np.ndarray, confidence: np.ndarray, k: int = 4) -> 
     Args:
         correct: ``(N,)`` bool.
         confidence: ``(N,)`` probability of the predicted class.
+        k: examples of each kind at most.
 
     Returns:
         positions of the correct and of the incorrect examples.
@@ -161,6 +163,7 @@ def render_signal_saliency(signal: np.ndarray, attribution: np.ndarray, title: s
         title: one line above the plot.
         lead_names: names of the leads (default ``lead 1`` ...).
         sampling_rate: Hz, for a time axis in seconds (samples otherwise).
+        max_leads: draw at most the first this many leads.
     """
     from matplotlib.figure import Figure
 
@@ -188,15 +191,23 @@ def render_signal_saliency(signal: np.ndarray, attribution: np.ndarray, title: s
 
 
 class LinearOnEncoder(torch.nn.Module):
-    """``logits = W · encoder(x) + b`` — the primary classifier as one module (for input × gradient)."""
+    """``logits = W · encoder(x) + b`` — the primary classifier as one module (for input × gradient).
+
+    Args:
+        encoder: ``(B, C, *S) -> (B, D)`` or a feature map ``(B, D, *S')`` (averaged over space).
+        weight: head weight ``(K_out, D)``.
+        bias: head bias ``(K_out,)``.
+    """
 
     def __init__(self, encoder: torch.nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Keep the encoder and store the head as buffers (not trained)."""
         super().__init__()
         self.encoder = encoder
         self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float32))
         self.register_buffer("bias", torch.as_tensor(bias, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K_out)`` of a batch ``(B, C, *S)``, features average-pooled over space."""
         f = self.encoder(x)
         if f.ndim > 2:
             f = f.flatten(2).mean(2)

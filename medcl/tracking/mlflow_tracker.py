@@ -84,6 +84,7 @@ class MLflowTracker:
 
     def __init__(self, client: Any, uri: str, run_id: str, experiment_id: str, retries: int = 3,
                  retry_wait_s: float = 2.0) -> None:
+        """Bind to an existing run; use :meth:`start` or :meth:`child` to create one."""
         self.client = client
         self.uri = uri
         self.run_id = run_id
@@ -128,6 +129,7 @@ class MLflowTracker:
 
     @property
     def active(self) -> bool:
+        """Always True: what is logged is kept in the MLflow store."""
         return True
 
     def child(self, name: str, tags: dict[str, str] | None = None, run_id: str | None = None) -> MLflowTracker:
@@ -142,6 +144,7 @@ class MLflowTracker:
 
     # -- logging ----------------------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
+        """Log params (PHI-guarded, truncated to MLflow's length limit) in batches of 100."""
         from mlflow.entities import Param
 
         clean = guard_params(params)
@@ -151,6 +154,7 @@ class MLflowTracker:
             self._do(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk), "logging params")
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Log metrics at ``step`` (0 when ``None``) in batches of 500; names pass the PHI guard."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -163,6 +167,7 @@ class MLflowTracker:
             self._do(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk), "logging metrics")
 
     def set_tags(self, tags: dict[str, Any]) -> None:
+        """Set run tags (PHI-guarded) in one batch."""
         from mlflow.entities import RunTag
 
         clean = guard_params(tags)
@@ -170,6 +175,7 @@ class MLflowTracker:
         self._do(lambda: self.client.log_batch(self.run_id, tags=items), "setting tags")
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a file, or a folder's contents, under ``artifact_path`` after the PHI check."""
         p = Path(path)
         guard_file(p)
         if p.is_dir():
@@ -178,10 +184,12 @@ class MLflowTracker:
             self._do(lambda: self.client.log_artifact(self.run_id, str(p), artifact_path), f"logging {p.name}")
 
     def log_text(self, text: str, name: str) -> None:
+        """Upload ``text`` as the artifact ``name`` after the PHI check."""
         phi.check_value(text, where=f"artifact {name}")
         self._do(lambda: self.client.log_text(self.run_id, text, name), f"logging {name}")
 
     def log_dict(self, obj: Any, name: str) -> None:
+        """Upload ``obj`` as YAML (``.yaml``/``.yml`` names) or indented JSON (see :meth:`log_text`)."""
         text = json.dumps(obj, indent=2, default=str) if not name.endswith((".yaml", ".yml")) else None
         if text is None:
             import yaml
@@ -190,6 +198,7 @@ class MLflowTracker:
         self.log_text(text, name)
 
     def log_figure(self, figure: Any, name: str) -> None:
+        """Upload a matplotlib figure as the artifact ``name``."""
         self._do(lambda: self.client.log_figure(self.run_id, figure, name), f"logging figure {name}")
 
     def log_model(self, model: Any, name: str, *, signature: Any = None, input_example: Any = None,
@@ -231,10 +240,12 @@ class MLflowTracker:
         return self._do(_log, f"logging model {name}")
 
     def end(self, status: str = "FINISHED") -> None:
+        """Mark the run terminated with ``status`` (``FINISHED``, ``FAILED``, ``KILLED``)."""
         self._do(lambda: self.client.set_terminated(self.run_id, status=status), "ending run")
 
     # -- queries ------------------------------------------------------------------------------
     def search(self, filter_string: str, max_results: int = 50) -> list[Any]:
+        """Runs of this run's experiment matching ``filter_string``, newest first."""
         return self._do(
             lambda: self.client.search_runs([self.experiment_id], filter_string, max_results=max_results,
                                             order_by=["attributes.start_time DESC"]),
@@ -242,6 +253,7 @@ class MLflowTracker:
         )
 
     def download(self, artifact_path: str, dst: str | Path | None = None) -> Path:
+        """Download an artifact of this run into ``dst`` (a new temporary folder by default); its local path."""
         dst = str(dst or tempfile.mkdtemp(prefix="medcl-"))
         return Path(self._do(lambda: self.client.download_artifacts(self.run_id, artifact_path, dst), "downloading"))
 

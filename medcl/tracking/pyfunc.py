@@ -50,9 +50,11 @@ class MedclClassifier(mlflow.pyfunc.PythonModel):
     """pyfunc: paths or raw arrays → the run's preprocessing → calibrated probabilities (``(N, K_out)`` frame)."""
 
     def load_context(self, context: Any) -> None:
+        """Load the pickled classifier and its metadata from the model's artifacts as a :class:`Predictor`."""
         self.predictor = _load(context, "model", "Predictor")
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a signature from them
+        """Calibrated probabilities of ``model_input`` (paths or arrays), one column per output."""
         return _table(self.predictor, model_input, params)
 
 
@@ -60,21 +62,28 @@ class MedclEncoder(mlflow.pyfunc.PythonModel):
     """pyfunc of a pretrained encoder: paths or raw arrays → the run's preprocessing → pooled features ``f0 … fD-1``."""
 
     def load_context(self, context: Any) -> None:
+        """Load the pickled encoder and its metadata from the model's artifacts as a :class:`FeatureExtractor`."""
         self.extractor = _load(context, "encoder", "FeatureExtractor")
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a signature from them
+        """Pooled features ``f0 … fD-1`` of ``model_input`` (paths or arrays), one row per input."""
         return _table(self.extractor, model_input, params)
 
 
 class MedclSegmenter(mlflow.pyfunc.PythonModel):
-    """pyfunc of a segmentation network: paths or raw arrays → the run's preprocessing (whole image, no crop) →
-    sliding-window label maps. One row per input: ``labels`` (nested lists, the preprocessed grid), ``affine``
-    (its voxel-to-RAS matrix, or ``None`` for 2D images) and ``voxels_<class>`` per foreground class."""
+    """pyfunc of a segmentation network: paths or raw arrays → label maps.
+
+    Inputs go through the run's preprocessing (whole image, no crop) and sliding-window inference. One row
+    per input: ``labels`` (nested lists, the preprocessed grid), ``affine`` (its voxel-to-RAS matrix, or
+    ``None`` for 2D images) and ``voxels_<class>`` per foreground class.
+    """
 
     def load_context(self, context: Any) -> None:
+        """Load the pickled network and its metadata from the model's artifacts as a :class:`Segmenter`."""
         self.segmenter = _load(context, "segmenter", "Segmenter")
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a signature from them
+        """One row per input: ``labels``, ``affine`` and ``voxels_<class>`` (see the class docstring)."""
         import pandas as pd
 
         rows = []
@@ -118,8 +127,11 @@ def as_inputs(data: Any) -> list[Any]:
 
 def _log_module(tracker: Any, module: Any, meta: dict[str, Any], work_dir: Path, *, name: str, artifact: str,
                 pyfunc_model: Any, registered_model_name: str | None, pip_requirements: list[str] | None) -> str:
-    """Pickle ``module`` to ``<work_dir>/<artifact>.pt`` and its ``meta`` beside it, and log both as the pyfunc
-    ``pyfunc_model`` under ``name`` (registered when ``registered_model_name`` is set); the model URI."""
+    """Pickle ``module`` and its ``meta`` into ``work_dir`` and log both as the pyfunc ``pyfunc_model``.
+
+    The module goes to ``<work_dir>/<artifact>.pt`` and ``meta`` beside it; the model is logged under
+    ``name`` (and registered when ``registered_model_name`` is set). Returns the model URI.
+    """
     import torch
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -140,8 +152,13 @@ def log_classifier(tracker: Any, model: Any, meta: dict[str, Any], work_dir: Pat
 
 
 def load_predictor(model_uri: str, tracking_uri: str, device: str = "cpu") -> tuple[Any, Any]:
-    """``(Predictor on device, the MLflow ModelInfo)`` of a model medcl logged (a pytorch-flavour model from
-    an earlier medcl too: its metadata carries the same keys)."""
+    """``(Predictor on device, the MLflow ModelInfo)`` of a model medcl logged.
+
+    A pytorch-flavour model from an earlier medcl works too: its metadata carries the same keys.
+
+    Raises:
+        TrackingError: the model's metadata lacks ``classes``, ``task`` or ``preprocessing``.
+    """
     import mlflow
 
     from medcl.errors import TrackingError
@@ -169,11 +186,12 @@ def load_predictor(model_uri: str, tracking_uri: str, device: str = "cpu") -> tu
 
 def log_encoder(tracker: Any, encoder: Any, meta: dict[str, Any], work_dir: Path, *,
                 registered_model_name: str | None = None, pip_requirements: list[str] | None = None) -> str:
-    """Log a pretrained ``encoder`` (an ``nn.Module``) with ``meta`` (preprocessing, input shape, feature size,
-    encoder name, method, modality) as the :class:`MedclEncoder` pyfunc under ``encoder``; its URI.
+    """Log a pretrained ``encoder`` (an ``nn.Module``) as the :class:`MedclEncoder` pyfunc under ``encoder``; its URI.
 
-    The artifact ``encoder.pt`` is the pickled module: ``model.pretrained_path: runs:/<run>/encoder`` starts
-    another pipeline from it, and ``mlflow.pyfunc.load_model(uri).predict(paths)`` gives features."""
+    ``meta`` holds the preprocessing, input shape, feature size, encoder name, method and modality. The
+    artifact ``encoder.pt`` is the pickled module: ``model.pretrained_path: runs:/<run>/encoder`` starts
+    another pipeline from it, and ``mlflow.pyfunc.load_model(uri).predict(paths)`` gives features.
+    """
     return _log_module(tracker, encoder, meta, work_dir, name="encoder", artifact="encoder",
                        pyfunc_model=MedclEncoder(), registered_model_name=registered_model_name,
                        pip_requirements=pip_requirements)
@@ -190,8 +208,9 @@ def is_model_uri(value: str | None) -> bool:
 
 
 def weights_from_uri(uri: str, tracking_uri: str | None = None) -> Path:
-    """The local weights file of a medcl MLflow model (``runs:/<run id>/encoder``, ``runs:/<run id>/model``,
-    ``models:/<name>/<version>`` …), downloaded once per process into a temporary folder.
+    """The local weights file of a medcl MLflow model, downloaded once per process into a temporary folder.
+
+    ``uri`` is e.g. ``runs:/<run id>/encoder``, ``runs:/<run id>/model`` or ``models:/<name>/<version>``.
 
     A pretrained encoder gives its ``encoder.pt``; a classifier or segmenter its pickled module, whose encoder
     weights :func:`medcl.networks.weights.load_pretrained` picks out by their names.
@@ -236,8 +255,10 @@ def weights_from_uri(uri: str, tracking_uri: str | None = None) -> Path:
 
 def log_segmenter(tracker: Any, network: Any, meta: dict[str, Any], work_dir: Path, *,
                   registered_model_name: str | None = None, pip_requirements: list[str] | None = None) -> str:
-    """Log a trained segmentation ``network`` with ``meta`` (preprocessing, class names, sliding-window settings)
-    as the :class:`MedclSegmenter` pyfunc under ``segmenter``; its URI."""
+    """Log a trained segmentation ``network`` as the :class:`MedclSegmenter` pyfunc under ``segmenter``; its URI.
+
+    ``meta`` holds the preprocessing, class names and sliding-window settings.
+    """
     return _log_module(tracker, network, meta, work_dir, name="segmenter", artifact="segmenter",
                        pyfunc_model=MedclSegmenter(), registered_model_name=registered_model_name,
                        pip_requirements=pip_requirements)

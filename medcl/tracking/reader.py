@@ -48,6 +48,7 @@ class RunView:
 
     @classmethod
     def from_run(cls, run: Any) -> RunView:
+        """Copy the fields of an MLflow ``Run`` (metrics as floats)."""
         info, data = run.info, run.data
         return cls(run_id=info.run_id, name=info.run_name or "", status=info.status,
                    start_time=info.start_time, end_time=info.end_time, params=dict(data.params),
@@ -61,6 +62,8 @@ class RunReader:
         run_id: the pipeline run, or one of its stage or evaluation runs (then its parent is read).
         tracking_uri: MLflow store; default ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``.
         cache_dir: where artifacts are downloaded (default: a fresh temp folder, removed with the reader).
+        retries: retries of a failing store call.
+        retry_wait_s: wait before the first retry (doubled each time).
 
     Raises:
         TrackingError: the store cannot be opened or has no run ``run_id``.
@@ -68,6 +71,7 @@ class RunReader:
 
     def __init__(self, run_id: str, tracking_uri: str | None = None, cache_dir: str | Path | None = None,
                  retries: int = 2, retry_wait_s: float = 1.0) -> None:
+        """Open the store, resolve ``run_id`` to its pipeline run and list the newest run of each stage."""
         from mlflow import MlflowClient
 
         self.uri = tracking_uri or default_tracking_uri()
@@ -113,6 +117,7 @@ class RunReader:
     # -- convenience ----------------------------------------------------------------------------
     @property
     def run_id(self) -> str:
+        """The pipeline run's id (also when the reader was opened with a stage run's id)."""
         return self.run.run_id
 
     def stage(self, name: str) -> RunView | None:
@@ -189,6 +194,7 @@ class RunReader:
             return None
 
     def artifact_bytes(self, path: str, stage: str | None = None) -> bytes | None:
+        """The bytes of an artifact of the pipeline (or of ``stage``), or ``None`` when it is missing."""
         p = self.artifact_path(path, stage)
         return p.read_bytes() if p is not None and p.is_file() else None
 

@@ -19,6 +19,7 @@ from medcl.errors import MedclError
 
 
 def _medcl_cause(exc: BaseException) -> MedclError | None:
+    """The first :class:`~medcl.errors.MedclError` in the cause/context chain of ``exc``, if any."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
@@ -33,6 +34,11 @@ class MedclCompose(Compose):
     """MONAI ``Compose`` that re-raises a wrapped :class:`~medcl.errors.MedclError` as itself."""
 
     def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:
+        """Apply the transforms like MONAI's ``Compose``; a MedclError inside is raised as itself.
+
+        Raises:
+            MedclError: the first one in the chain of MONAI's ``RuntimeError``, with its own traceback.
+        """
         try:
             return super().__call__(input_, *args, **kwargs)
         except RuntimeError as e:
@@ -59,13 +65,20 @@ class PlainCompose(MedclCompose):
     A dict input is never changed: its tensors are cloned (as plain tensors) before the first transform, so
     a memory cache in front of it needs no deep copy per access (``copy_inputs=False`` when the caller has
     already copied, as :class:`~medcl.transforms.views.MultiViewd` does).
+
+    Args:
+        *args: MONAI ``Compose`` arguments (the transforms first).
+        copy_inputs: clone the tensors of a dict input before the first transform.
+        **kwargs: MONAI ``Compose`` keyword arguments.
     """
 
     def __init__(self, *args: Any, copy_inputs: bool = True, **kwargs: Any) -> None:
+        """Build the ``Compose``; see the class docstring."""
         super().__init__(*args, **kwargs)
         self.copy_inputs = bool(copy_inputs)
 
     def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:
+        """Apply the transforms with MONAI's ``track_meta`` off, restoring it afterwards."""
         from monai.data import MetaTensor, get_track_meta, set_track_meta
 
         if self.copy_inputs and isinstance(input_, dict):

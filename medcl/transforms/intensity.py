@@ -127,16 +127,19 @@ class RandHEDJitterd(_RandDictTransform):
 
     def __init__(self, keys: KeysCollection, alpha: float = 0.05, beta: float = 0.02, prob: float = 1.0,
                  allow_missing_keys: bool = False) -> None:
+        """Store the jitter ranges; see the class docstring."""
         super().__init__(keys, prob, allow_missing_keys)
         self.alpha, self.beta = float(alpha), float(beta)
         self._a = np.ones(3)
         self._b = np.zeros(3)
 
     def draw(self, first: torch.Tensor) -> None:
+        """Draw one ``alpha`` and one ``beta`` per stain channel (H, E, D)."""
         self._a = self.R.uniform(1 - self.alpha, 1 + self.alpha, size=3)
         self._b = self.R.uniform(-self.beta, self.beta, size=3)
 
     def apply(self, img: torch.Tensor) -> torch.Tensor:
+        """Jitter an RGB ``(3, H, W)`` image with the drawn parameters (:func:`hed_jitter`)."""
         _check_rgb(img, "RandHEDJitterd")
         return hed_jitter(img, torch.as_tensor(self._a), torch.as_tensor(self._b))
 
@@ -176,20 +179,25 @@ class RandColorJitterd(_RandDictTransform):
 
     Args:
         keys: image keys ``(C, H, W)`` in ``[0, 1]``.
-        brightness, contrast, saturation: half-widths of the factor ranges.
+        brightness: half-width of the brightness factor range.
+        contrast: half-width of the contrast factor range.
+        saturation: half-width of the saturation factor range (RGB images only).
         prob: probability of applying.
     """
 
     def __init__(self, keys: KeysCollection, brightness: float = 0.1, contrast: float = 0.1,
                  saturation: float = 0.1, prob: float = 1.0, allow_missing_keys: bool = False) -> None:
+        """Store the factor ranges; see the class docstring."""
         super().__init__(keys, prob, allow_missing_keys)
         self.ranges = (float(brightness), float(contrast), float(saturation))
         self._f = (1.0, 1.0, 1.0)
 
     def draw(self, first: torch.Tensor) -> None:
+        """Draw the brightness, contrast and saturation factors."""
         self._f = tuple(float(self.R.uniform(1 - r, 1 + r)) for r in self.ranges)
 
     def apply(self, img: torch.Tensor) -> torch.Tensor:
+        """:func:`color_jitter` with the drawn factors."""
         return color_jitter(img, *self._f)
 
 
@@ -220,6 +228,7 @@ class RandSpeckleNoised(_RandDictTransform):
 
     def __init__(self, keys: KeysCollection, std: float = 0.1, prob: float = 1.0,
                  allow_missing_keys: bool = False) -> None:
+        """Check and store ``std``; see the class docstring."""
         super().__init__(keys, prob, allow_missing_keys)
         if std <= 0:
             raise ConfigError(f"speckle std must be > 0, got {std}", where="RandSpeckleNoised.std",
@@ -228,10 +237,12 @@ class RandSpeckleNoised(_RandDictTransform):
         self._noise: np.ndarray | None = None
 
     def draw(self, first: torch.Tensor) -> None:
+        """Draw a noise field of the first key's shape: Gamma(k, 1/k) with ``k = 1/std²`` (mean 1)."""
         k = 1.0 / self.std**2
         self._noise = self.R.gamma(k, 1.0 / k, size=tuple(first.shape)).astype(np.float32)
 
     def apply(self, img: torch.Tensor) -> torch.Tensor:
+        """Multiply by the drawn noise field (:func:`speckle`); every key gets the same field."""
         return speckle(img, torch.as_tensor(self._noise, device=img.device).to(img.dtype))
 
 
@@ -335,14 +346,17 @@ class FOVMask(Transform):
     """
 
     def __init__(self, mode: str = "fit", threshold: float = 0.04, margin: float = 0.0, crop: bool = False) -> None:
+        """Check and store the parameters; see the class docstring."""
         if mode not in FOV_MODES:
             raise ConfigError(f"unknown FOV mode {mode!r}", where="FOVMask.mode", fix=f"use one of {FOV_MODES}")
         self.mode, self.threshold, self.margin, self.crop = mode, float(threshold), float(margin), bool(crop)
 
     def circle(self, img: torch.Tensor) -> tuple[float, float, float]:
+        """The FOV circle ``(cy, cx, r)`` of a ``(C, H, W)`` image, in pixels (:func:`find_fov`)."""
         return find_fov(img, self.mode, self.threshold, self.margin)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        """``img`` ``(C, H, W)`` zeroed outside its FOV (and cropped to it with ``crop``)."""
         img = torch.as_tensor(img)
         return apply_fov(img, self.circle(img), self.crop)
 
@@ -355,10 +369,12 @@ class FOVMaskd(MapTransform):
 
     def __init__(self, keys: KeysCollection, mode: str = "fit", threshold: float = 0.04, margin: float = 0.0,
                  crop: bool = False, allow_missing_keys: bool = False) -> None:
+        """Build the inner :class:`FOVMask` from the same parameters."""
         super().__init__(keys, allow_missing_keys)
         self.fov = FOVMask(mode=mode, threshold=threshold, margin=margin, crop=crop)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """A copy of ``data`` with every key masked (and cropped) by the first key's FOV circle."""
         d = dict(data)
         keys = list(self.key_iterator(d))
         if not keys:

@@ -104,6 +104,7 @@ class LoadSampled(MapTransform):
         allow_missing_keys: bool = False,
         **options: Any,
     ) -> None:
+        """Store the reader settings; nothing is read until the transform is called."""
         super().__init__(keys, allow_missing_keys)
         self.format = format
         self.modality = modality
@@ -115,6 +116,7 @@ class LoadSampled(MapTransform):
         self.options = options
 
     def _read(self, key: Hashable, value: Any, region: Any) -> tuple[Any, dict]:
+        """``(array, meta)`` for one item value: a copy of an in-memory value, else the reader's output."""
         # in-memory values are copied: MONAI transforms may work in place (NormalizeIntensity does),
         # which would silently change the caller's array on every pass
         if hasattr(value, "array") and hasattr(value, "meta"):  # a reader Sample
@@ -147,6 +149,11 @@ class LoadSampled(MapTransform):
         return sample.array, dict(sample.meta)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Load every key of ``data``; returns a new dict.
+
+        Each key becomes a channel-first float32 tensor (:func:`to_image_tensor`: a ``MetaTensor`` when
+        its metadata has an affine), and the metadata goes to ``f"{key}{meta_suffix}"``.
+        """
         d = dict(data)
         region = d.get(self.region_key)
         for key in self.key_iterator(d):

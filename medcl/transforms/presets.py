@@ -166,8 +166,10 @@ def _histo(p: dict, train: bool) -> tuple[list, list]:
 
 
 def _illumination(p: dict) -> list:
-    """``[RandBiasFieldd]`` when ``p["illumination"] > 0``: intensity × exp(bilinear Legendre field), the
-    coefficients in U(-illumination, illumination) — an uneven illumination gradient across the image."""
+    """``[RandBiasFieldd]`` when ``p["illumination"] > 0``, else ``[]``: an uneven illumination gradient.
+
+    Intensity × exp(bilinear Legendre field), the coefficients in U(-illumination, illumination).
+    """
     from monai import transforms as mt
 
     if p["illumination"] <= 0:

@@ -88,10 +88,12 @@ class ResampleSignald(MapTransform):
 
     def __init__(self, keys: KeysCollection, sampling_rate: float, meta_suffix: str = META_SUFFIX,
                  allow_missing_keys: bool = False) -> None:
+        """Store the target rate (Hz) and where the reader's metadata lives (``f"{key}{meta_suffix}"``)."""
         super().__init__(keys, allow_missing_keys)
         self.rate, self.meta_suffix = float(sampling_rate), meta_suffix
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """A copy of ``data`` with each ``(leads, T)`` signal resampled and its ``sampling_rate`` meta updated."""
         d = dict(data)
         for key in self.key_iterator(d):
             meta = d.get(f"{key}{self.meta_suffix}") or {}
@@ -111,6 +113,7 @@ class NormalizeLeadsd(MapTransform):
 
     def __init__(self, keys: KeysCollection, mode: str = "standardize", mv_scale: float = 1.0,
                  allow_missing_keys: bool = False) -> None:
+        """Check and store ``mode`` (one of :data:`NORMALIZE_MODES`) and ``mv_scale`` (mV that maps to 1.0)."""
         super().__init__(keys, allow_missing_keys)
         if mode not in NORMALIZE_MODES:
             raise ConfigError(f"unknown ECG normalisation {mode!r}", where="transforms.normalize",
@@ -121,6 +124,7 @@ class NormalizeLeadsd(MapTransform):
         self.mode, self.mv_scale = mode, float(mv_scale)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """A copy of ``data`` with each ``(leads, T)`` signal normalised."""
         d = dict(data)
         for key in self.key_iterator(d):
             x = _as_signal(d[key], "NormalizeLeadsd").float()
@@ -132,10 +136,12 @@ class CenterTimeCropd(MapTransform):
     """Centre window of ``length`` samples (zero-padded when shorter): the eval-time crop."""
 
     def __init__(self, keys: KeysCollection, length: int, allow_missing_keys: bool = False) -> None:
+        """Store the window length in samples."""
         super().__init__(keys, allow_missing_keys)
         self.length = int(length)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """A copy of ``data`` with each signal cropped (or padded) to ``(leads, length)``."""
         d = dict(data)
         for key in self.key_iterator(d):
             x = _as_signal(d[key], "CenterTimeCropd")
@@ -147,17 +153,21 @@ class RandTimeCropd(_RandDictTransform):
     """Random window of ``length`` samples; start ``~ U{0, ..., T - length}``."""
 
     def __init__(self, keys: KeysCollection, length: int, prob: float = 1.0, allow_missing_keys: bool = False) -> None:
+        """Store the window length in samples; ``prob < 1`` makes the skipped draws centre crops."""
         super().__init__(keys, prob, allow_missing_keys)
         self.length = int(length)
         self._start = 0
 
     def draw(self, first: torch.Tensor) -> None:
+        """Draw the window start from the first key's length ``T``."""
         self._start = int(self.R.randint(0, max(first.shape[-1] - self.length, 0) + 1))
 
     def apply(self, img: torch.Tensor) -> torch.Tensor:
+        """``(leads, length)`` window of ``img`` at the drawn start (zero-padded when too short)."""
         return crop_or_pad_time(_as_signal(img, "RandTimeCropd"), self._start, self.length)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """A copy of ``data`` with every key cropped to ``length`` samples, at random or centred."""
         # the crop always happens (prob < 1 would give uneven lengths): a skipped draw is a centre crop
         d = super().__call__(data)
         if not self._do_transform:
@@ -170,30 +180,38 @@ class RandAmplitudeScaled(_RandDictTransform):
 
     def __init__(self, keys: KeysCollection, scale_range: Sequence[float] = (0.8, 1.2), prob: float = 1.0,
                  allow_missing_keys: bool = False) -> None:
+        """Store the factor range ``scale_range = (low, high)``."""
         super().__init__(keys, prob, allow_missing_keys)
         self.low, self.high = (float(v) for v in scale_range)
         self._f = 1.0
 
     def draw(self, first: torch.Tensor) -> None:
+        """Draw the amplitude factor."""
         self._f = float(self.R.uniform(self.low, self.high))
 
     def apply(self, img: torch.Tensor) -> torch.Tensor:
+        """``img`` times the drawn factor."""
         return img * self._f
 
 
 class RandBaselineWanderd(_RandDictTransform):
-    """Add :func:`baseline_wander`: ``n_components`` sinusoids, frequencies ``~ U(freq_range)`` Hz,
-    per-lead amplitudes ``~ U(0, max_amplitude)`` and random phases."""
+    """Add random baseline wander (:func:`baseline_wander`) to a ``(leads, T)`` signal.
+
+    The wander is ``n_components`` sinusoids with frequencies ``~ U(freq_range)`` Hz, per-lead
+    amplitudes ``~ U(0, max_amplitude)`` and random phases.
+    """
 
     def __init__(self, keys: KeysCollection, sampling_rate: float, max_amplitude: float = 0.1,
                  freq_range: Sequence[float] = (0.05, 0.5), n_components: int = 2, prob: float = 1.0,
                  allow_missing_keys: bool = False) -> None:
+        """Store the signal's ``sampling_rate`` (Hz) and the wander's ranges."""
         super().__init__(keys, prob, allow_missing_keys)
         self.fs, self.max_amplitude = float(sampling_rate), float(max_amplitude)
         self.freq_range, self.n = tuple(float(f) for f in freq_range), int(n_components)
         self._wave: torch.Tensor | None = None
 
     def draw(self, first: torch.Tensor) -> None:
+        """Draw frequencies, amplitudes and phases and build the ``(leads, T)`` wander of the first key."""
         leads, t = _as_signal(first, "RandBaselineWanderd").shape
         freqs = self.R.uniform(*self.freq_range, size=self.n)
         amps = self.R.uniform(0.0, self.max_amplitude, size=(leads, self.n))
@@ -201,6 +219,7 @@ class RandBaselineWanderd(_RandDictTransform):
         self._wave = baseline_wander(t, self.fs, freqs, amps, phases)
 
     def apply(self, img: torch.Tensor) -> torch.Tensor:
+        """``img`` plus the drawn wander."""
         return img + self._wave.to(dtype=img.dtype, device=img.device)
 
 
@@ -209,11 +228,13 @@ class RandLeadDropoutd(_RandDictTransform):
 
     def __init__(self, keys: KeysCollection, lead_prob: float = 0.1, prob: float = 1.0,
                  allow_missing_keys: bool = False) -> None:
+        """Store the per-lead drop probability ``lead_prob``."""
         super().__init__(keys, prob, allow_missing_keys)
         self.lead_prob = float(lead_prob)
         self._keep: np.ndarray | None = None
 
     def draw(self, first: torch.Tensor) -> None:
+        """Draw which leads to keep (one kept at random when the draw drops them all)."""
         leads = _as_signal(first, "RandLeadDropoutd").shape[0]
         keep = self.R.rand(leads) >= self.lead_prob
         if not keep.any():
@@ -221,6 +242,7 @@ class RandLeadDropoutd(_RandDictTransform):
         self._keep = keep
 
     def apply(self, img: torch.Tensor) -> torch.Tensor:
+        """``img`` ``(leads, T)`` with the dropped leads zeroed."""
         return img * torch.as_tensor(self._keep, dtype=img.dtype, device=img.device)[:, None]
 
 
@@ -240,6 +262,7 @@ class RandLeadGroupd(_RandDictTransform):
 
     def __init__(self, keys: KeysCollection, groups: Mapping[str, Sequence[int]] | None = None, mode: str = "mask",
                  prob: float = 1.0, allow_missing_keys: bool = False) -> None:
+        """Check and store the groups and mode; see the class docstring."""
         super().__init__(keys, prob, allow_missing_keys)
         self.groups = {k: tuple(int(i) for i in v) for k, v in (groups or LEAD_GROUPS_12).items()}
         if mode not in LEAD_GROUP_MODES:
@@ -255,6 +278,11 @@ class RandLeadGroupd(_RandDictTransform):
         self._group: tuple[int, ...] = ()
 
     def draw(self, first: torch.Tensor) -> None:
+        """Draw one group (uniformly, groups in name order).
+
+        Raises:
+            DataError: the group names a lead the first key's record does not have.
+        """
         names = sorted(self.groups)
         self._group = self.groups[names[int(self.R.randint(len(names)))]]
         leads = _as_signal(first, "RandLeadGroupd").shape[0]
@@ -263,6 +291,7 @@ class RandLeadGroupd(_RandDictTransform):
                             where="RandLeadGroupd", fix="set lead_groups to indices that exist in your records")
 
     def apply(self, img: torch.Tensor) -> torch.Tensor:
+        """The drawn group's leads: the others zeroed (``mask``) or dropped (``select``)."""
         idx = torch.as_tensor(self._group, dtype=torch.long, device=img.device)
         if self.mode == "select":
             return img.index_select(0, idx)

@@ -52,6 +52,7 @@ class RandAxisShiftd(_RandDictTransform):
 
     def __init__(self, keys: KeysCollection, max_shift: float = 0.1, spatial_axis: int = 0, prob: float = 1.0,
                  allow_missing_keys: bool = False) -> None:
+        """Check and store the shift range; see the class docstring."""
         super().__init__(keys, prob, allow_missing_keys)
         if max_shift < 0:
             raise ConfigError(f"max_shift must be >= 0, got {max_shift}", where="RandAxisShiftd.max_shift",
@@ -60,11 +61,13 @@ class RandAxisShiftd(_RandDictTransform):
         self._shift = 0
 
     def draw(self, first: torch.Tensor) -> None:
+        """Draw the shift in pixels; a fractional ``max_shift`` is scaled by the first key's axis length."""
         n = first.shape[1 + self.spatial_axis]
         m = int(round(self.max_shift * n)) if self.max_shift < 1 else int(self.max_shift)
         self._shift = int(self.R.randint(-m, m + 1)) if m > 0 else 0
 
     def apply(self, img: torch.Tensor) -> torch.Tensor:
+        """Shift ``img`` ``(C, *spatial)`` by the drawn amount (:func:`shift_along_axis`, zero fill)."""
         return shift_along_axis(img, self._shift, 1 + self.spatial_axis)
 
 
@@ -105,6 +108,7 @@ class RandRotate2Dd(_RandDictTransform):
 
     def __init__(self, keys: KeysCollection, range_x: float, prob: float = 1.0, mode: str | list[str] = "bilinear",
                  padding_mode: str = "zeros", allow_missing_keys: bool = False) -> None:
+        """Check and store the angle range and interpolation modes; see the class docstring."""
         super().__init__(keys, prob, allow_missing_keys)
         if range_x < 0:
             raise ConfigError(f"range_x must be >= 0, got {range_x}", where="RandRotate2Dd.range_x",
@@ -114,9 +118,11 @@ class RandRotate2Dd(_RandDictTransform):
         self._angle = 0.0
 
     def draw(self, first: torch.Tensor) -> None:
+        """Draw the rotation angle in radians."""
         self._angle = float(self.R.uniform(-self.range_x, self.range_x))
 
     def __call__(self, data):
+        """A copy of ``data`` with every key rotated by one drawn angle, each with its own ``mode``."""
         d = dict(data)
         self.randomize(None)
         keys = list(self.key_iterator(d))

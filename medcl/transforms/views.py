@@ -41,6 +41,7 @@ class MultiViewd(Randomizable, MapTransform):
 
     def __init__(self, aug: Callable[[dict], dict], views: int = 2, keys: KeysCollection = ("image",),
                  out_key: str = "views", keep_source: bool = False, allow_missing_keys: bool = False) -> None:
+        """Set up the transform; see the class docstring (``allow_missing_keys`` as in MONAI)."""
         MapTransform.__init__(self, keys, allow_missing_keys)
         if int(views) < 1:
             raise ConfigError(f"views must be >= 1, got {views}", where="transforms.views",
@@ -48,6 +49,11 @@ class MultiViewd(Randomizable, MapTransform):
         self.aug, self.views, self.out_key, self.keep_source = aug, int(views), out_key, bool(keep_source)
 
     def set_random_state(self, seed: int | None = None, state: Any = None) -> MultiViewd:
+        """Seed this transform, then ``aug`` with a seed drawn from it (so one seed fixes every view).
+
+        Returns:
+            ``self``.
+        """
         super().set_random_state(seed=seed, state=state)
         inner = getattr(self.aug, "set_random_state", None)
         if inner is not None:
@@ -58,9 +64,16 @@ class MultiViewd(Randomizable, MapTransform):
         """Nothing to draw here: each view draws its own parameters inside ``aug``."""
 
     def _out(self, i: int, key: Hashable) -> Hashable:
+        """Output key of the ``i``-th augmented key."""
         return self.out_key if i == 0 else f"{key}_views"
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Augment ``data`` ``V`` times and stack the views; ``data`` itself is never changed.
+
+        Returns:
+            A new dict: ``out_key`` ``(V, C, *spatial)`` (and ``f"{key}_views"`` for further keys),
+            the other entries as they were, the sources dropped unless ``keep_source``.
+        """
         d = dict(data)
         keys = list(self.key_iterator(d))
         per_view: list[dict] = []

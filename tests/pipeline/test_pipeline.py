@@ -62,8 +62,8 @@ def test_pyfunc_reload_returns_the_calibrated_probabilities(run_once):
     import json
 
     state = json.loads(Path(ctx.outputs["calibrate"]["calibration"]).read_text())["state"]
-    _, meta = _load_primary(ctx)
-    ref = build_export_model(ctx, meta, calibration_for_export(state))
+    primary = _load_primary(ctx)
+    ref = build_export_model(ctx, primary, calibration_for_export(state))
     with torch.no_grad():
         want = ref(torch.as_tensor(x)).numpy()
     assert got.shape == (x.shape[0], len(ctx.data.classes))
@@ -75,7 +75,7 @@ def test_pyfunc_reload_returns_the_calibrated_probabilities(run_once):
         t = ctx.outputs["calibrate"]["temperature"]
         assert t is not None and abs(float(t) - 1.0) > 1e-3
     else:
-        uncal = build_export_model(ctx, meta, {"kind": "none"})
+        uncal = build_export_model(ctx, primary, {"kind": "none"})
         with torch.no_grad():
             np.testing.assert_allclose(got, uncal(torch.as_tensor(x)).numpy(), rtol=1e-5, atol=1e-6)
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from medcl.pipeline import mlflow_command
+from medcl.console import mlflow_command
 
 
 def test_mlflow_command_names_the_venv_executable_when_mlflow_is_not_on_path(monkeypatch, tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 from medcl.config import load_config
 from medcl.data.prepare import prepare_data
-from medcl.pipeline import RunContext
+from medcl.stages.context import RunContext
 from medcl.tracking import NullTracker
 
 REPO = Path(__file__).resolve().parents[2]

@@ -47,7 +47,7 @@ def _context(tmp_path: Path, manifest: Path, overrides: list[str] | None = None)
 
     from medcl.config import load_config
     from medcl.data.prepare import prepare_data
-    from medcl.pipeline import RunContext
+    from medcl.stages.context import RunContext
 
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(CONFIG))

@@ -151,8 +151,25 @@ def render(
     ex_sig = rng.uniform(0.8, 1.2, n_ex) * s / 64.0
     ex = np.clip(gaussian_blobs((s, s), to_pix(ex_uv), ex_sig, np.full(n_ex, 0.85 * signal)), 0, 1)[..., None]
     img = img * (1 - ex) + ex * np.array([0.98, 0.90, 0.45])
+    return _acquire(img, rng, site, nuisance, x, y, fov)
 
-    # Acquisition nuisances: gain, gradient, colour cast, gamma, noise.
+
+def _acquire(img: np.ndarray, rng: np.random.Generator, site: Site, nuisance: float, x: np.ndarray,
+             y: np.ndarray, fov: np.ndarray) -> np.ndarray:
+    """Acquisition nuisances of one photograph: gain, gradient, colour cast, gamma, noise; then the FOV.
+
+    Args:
+        img: ``(S, S, 3)`` scene in [0, 1].
+        rng: the generator :func:`render` is drawing from (consumed, after the scene's draws).
+        site: acquisition site (gain, colour shift, noise level).
+        nuisance: multiplies nuisance amplitudes.
+        x: ``(S, S)`` normalised column coordinates (1 = FOV radius).
+        y: ``(S, S)`` normalised row coordinates.
+        fov: ``(S, S)`` soft field-of-view mask in [0, 1].
+
+    Returns:
+        ``(S, S, 3)`` float64 RGB in [0, 1], 0 outside the field of view.
+    """
     gain = site.gain * float(np.exp(rng.normal(0.0, 0.22 * nuisance)))
     g_ang = rng.uniform(0, 2 * np.pi)
     grad = 1.0 + rng.uniform(0.0, 0.45) * nuisance * (np.cos(g_ang) * x + np.sin(g_ang) * y)

@@ -164,7 +164,8 @@ def stain(hema: np.ndarray, eosin: np.ndarray, rng: np.random.Generator, shift: 
     """Beer–Lambert H&E colour from concentrations with a random stain (the nuisance).
 
     Args:
-        hema, eosin: ``(H, W)`` concentrations.
+        hema: ``(H, W)`` haematoxylin concentration.
+        eosin: ``(H, W)`` eosin concentration.
         rng: generator for the stain draw (one per slide).
         shift: site offset of the haematoxylin hue.
         nuisance: scales the stain variation.

@@ -1,0 +1,41 @@
+"""The names of the metrics medcl logs to MLflow: built here by the stages, read back here by the report.
+
+* classification: ``test/<model>/<protocol>/f<percent>/<metric>`` (+ ``_ci_low`` / ``_ci_high``), e.g.
+  ``test/ssl/linear/f10/auroc``; ``<model>`` is ``ssl``, ``random``, ``raw`` or ``scratch``, ``<protocol>``
+  ``linear``, ``knn`` or ``finetune``;
+* segmentation: ``test/<model>/f<percent>/<metric>``, e.g. ``test/ssl/f100/dice_mean``;
+* calibration: ``test/<metric>_before`` / ``test/<metric>_after``, e.g. ``test/ece_after``.
+"""
+
+from __future__ import annotations
+
+CI_BOUNDS = ("ci_low", "ci_high")
+
+
+def fraction_tag(fraction: float) -> str:
+    """A label fraction as it appears in metric names: ``0.1 -> "f10"``, ``1.0 -> "f100"``."""
+    return f"f{round(float(fraction) * 100):g}"
+
+
+def model_tag(model: str, protocol: str, fraction: float) -> str:
+    """``ssl/linear/f10``: which encoder, evaluated how, trained on which share of the training patients."""
+    return f"{model}/{protocol}/{fraction_tag(fraction)}"
+
+
+def metric_key(tag: str, metric: str, bound: str | None = None) -> str:
+    """``test/<tag>/<metric>`` or, with ``bound`` in :data:`CI_BOUNDS`, ``test/<tag>/<metric>_<bound>``."""
+    if bound is not None and bound not in CI_BOUNDS:
+        raise ValueError(f"bound must be one of {CI_BOUNDS}, not {bound!r}")
+    return f"test/{tag}/{metric}" + (f"_{bound}" if bound else "")
+
+
+def segment_tag(model: str, fraction: float) -> str:
+    """``ssl/f10``: the segmentation network's encoder start and its share of the training patients."""
+    return f"{model}/{fraction_tag(fraction)}"
+
+
+def calibration_key(metric: str, when: str) -> str:
+    """``test/ece_before`` / ``test/ece_after``: a test-set calibration metric without / with the calibrator."""
+    if when not in ("before", "after"):
+        raise ValueError(f"when must be 'before' or 'after', not {when!r}")
+    return f"test/{metric}_{when}"

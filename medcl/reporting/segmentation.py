@@ -1,0 +1,60 @@
+"""Report sections on segmentation: mean Dice per model and label fraction, per-case Dice and overlays."""
+
+from __future__ import annotations
+
+from medcl.reporting.blocks import Missing, ci_text, esc, fmt, img, metric_cell, note, para, table
+from medcl.reporting.data import ReportData
+
+
+def _segment_headline(d: ReportData) -> list[str]:
+    m = d.stages["segment"].metrics
+    rows = []
+    for key in sorted(k for k in m if k.endswith("/dice_mean")):
+        rows.append([esc(key.split("/")[1]), esc(key.split("/")[2][1:] + " %"), metric_cell(key, m[key]),
+                     ci_text(m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high"))])
+    if not rows:
+        raise Missing("the segment stage logged no Dice scores.")
+    return [para("Mean Dice overlap between predicted and reference masks on the test split (1 = perfect "
+                 "overlap, 0 = none), with patient-level bootstrap 95 % CIs:"),
+            table(["model", "labels used", "mean Dice", "95 % CI"], rows)]
+
+
+def segmentation(d: ReportData) -> list[str]:
+    """Section "Segmentation": mean Dice, Dice per test case and overlay images.
+
+    Dice per case is shown at the largest label fraction (at most 40 cases, identified by manifest row,
+    never by patient id), with up to eight logged overlays.
+
+    Raises:
+        Missing: the run has no segment stage, or it did not finish.
+    """
+    if "segment" not in d.stages:
+        raise Missing("this run has no segmentation stage.")
+    if d.stage_status("segment") != "FINISHED":
+        raise Missing(f"the segment stage has status {d.stage_status('segment')}: no segmentation results.")
+    out = _segment_headline(d)
+    r = d.reader
+    cases = r.artifact_path("per_case.csv", stage="segment")
+    if cases is not None:
+        import pandas as pd
+
+        df = pd.read_csv(cases)
+        if "fraction" in df.columns and len(df):
+            df = df[df["fraction"] == df["fraction"].max()]
+        keep = [c for c in df.columns if c in ("model", "index") or c.startswith("dice")]
+        if "index" in df.columns and "model" in df.columns:
+            wide = df.pivot_table(index="index", columns="model", values="dice_mean") if "dice_mean" in df else None
+            if wide is not None:
+                rows = [[str(int(i)), *[fmt(v) for v in wide.loc[i]]] for i in wide.index[:40]]
+                out += [para("Dice per test case (row number in the manifest, never a patient id), all labels:"),
+                        table(["case (row)", *[esc(str(c)) for c in wide.columns]], rows)]
+        elif keep:
+            out.append(table(keep, [[esc(str(v)) for v in rec] for rec in df[keep].head(40).to_numpy()]))
+    pngs = [p for p in r.list_artifacts(stage="segment") if p.lower().endswith(".png")][:8]
+    if pngs:
+        figs = "".join(f"<figure>{img(b, esc(p), '')}<figcaption>{esc(p.rsplit('/', 1)[-1])}</figcaption></figure>"
+                       for p in pngs if (b := r.artifact_bytes(p, stage="segment")))
+        out += [para("Overlays (reference and predicted masks on the image):"), f'<div class="medcl-grid">{figs}</div>']
+    else:
+        out.append(note("no overlay images were logged.", "missing"))
+    return out

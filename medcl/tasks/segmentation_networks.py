@@ -1,0 +1,281 @@
+"""Segmentation networks: the registry behind ``segment.network`` and a U-Net decoder on any medcl encoder.
+
+* :data:`NETWORKS` / :func:`build_segmentation_network` — MONAI ``UNet`` (Ronneberger et al. 2015 with
+  residual units, Kerfoot et al. 2018), MONAI ``BasicUNet`` (Falk et al. 2019), MONAI ``SwinUNETR``
+  (Hatamizadeh et al. 2022) and :class:`EncoderUNet`.
+* :func:`check_roi_size` — reject a patch size a network cannot take, before training.
+* :func:`transfer_encoder_weights` — copy a pretrained encoder into a MONAI network's contracting path.
+
+Shapes as in :mod:`medcl.tasks.segmentation`. MONAI is imported inside functions (``import monai`` is slow).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medcl.errors import ConfigError
+from medcl.lookup import look_up
+
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+
+
+# ----------------------------------------------------------------------------- decoder on a medcl encoder
+
+
+class ConvBlock(nn.Module):
+    """Two ``3^d`` convolutions, each followed by instance norm and LeakyReLU (U-Net's double conv).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        out_channels: output channels of both convolutions.
+
+    Shapes:
+        ``(B, in_channels, *S) -> (B, out_channels, *S)``.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
+        """Build the two convolution–norm–activation stages (bias-free convolutions before affine norms)."""
+        super().__init__()
+        conv, norm = _CONV[spatial_dims], _NORM[spatial_dims]
+        self.block = nn.Sequential(
+            conv(in_channels, out_channels, 3, padding=1, bias=False), norm(out_channels, affine=True),
+            nn.LeakyReLU(0.01, inplace=True),
+            conv(out_channels, out_channels, 3, padding=1, bias=False), norm(out_channels, affine=True),
+            nn.LeakyReLU(0.01, inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_channels, *S) -> (B, out_channels, *S)``."""
+        return self.block(x)
+
+
+def _upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    mode = "bilinear" if x.ndim == 4 else "trilinear"
+    return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+
+
+class EncoderUNet(nn.Module):
+    """A U-Net decoder on a medcl encoder's feature pyramid (Ronneberger et al. 2015 layout).
+
+    The coarsest map of ``encoder.forward_pyramid(x)`` is upsampled (linear interpolation to the
+    next map's size, so any stride pattern works — ResNets, BasicUNet, Swin, ViT grids), concatenated
+    with that skip connection and refined by a :class:`ConvBlock`, up to the finest map, then
+    upsampled to the input size. Pyramids of most encoders start at stride 2 or more, so by default
+    a small full-resolution convolution of the input is concatenated and refined by one more
+    :class:`ConvBlock` (set ``input_channels=0`` for encoders with a stride-1 level, e.g.
+    ``unet_encoder``). A ``1^d`` convolution gives the logits.
+
+    Args:
+        encoder: a medcl :class:`~medcl.networks.base.Encoder` (2D or 3D) with ``pyramid_channels``.
+        num_classes: output channels ``K`` (background included).
+        decoder_channels: width of each decoder stage, coarse to fine (``len(pyramid) - 1`` values);
+            default: the skip's own width, at least 16.
+        input_channels: width of the full-resolution input branch (0: none; the logits come from the
+            finest decoder stage, upsampled if it is coarser than the input).
+
+    Raises:
+        ConfigError: an encoder that is not 2D or 3D, or a ``decoder_channels`` of the wrong length.
+
+    Shapes:
+        ``(B, C, *S) -> (B, K, *S)``.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, *, decoder_channels: Sequence[int] | None = None,
+                 input_channels: int = 16) -> None:
+        """Check the encoder and widths and build the decoder stages, the input branch and the head."""
+        super().__init__()
+        dims = int(getattr(encoder, "spatial_dims", 0))
+        if dims not in _CONV:
+            raise ConfigError(f"encoder_unet needs a 2D or 3D encoder, got spatial_dims={dims}",
+                              where="segment.network", fix="use model.spatial_dims 2 or 3")
+        chans = [int(c) for c in encoder.pyramid_channels]
+        n_up = len(chans) - 1
+        if decoder_channels is None:
+            decoder_channels = [max(16, c) for c in reversed(chans[:-1])]
+        decoder_channels = [int(c) for c in decoder_channels]
+        if len(decoder_channels) != n_up:
+            raise ConfigError(f"decoder_channels has {len(decoder_channels)} widths for {n_up} decoder stages",
+                              where="segment.network_options.decoder_channels",
+                              fix=f"give {n_up} widths (coarse to fine), or leave it out")
+        self.encoder = encoder
+        self.spatial_dims = dims
+        self.num_classes = int(num_classes)
+        self.ups = nn.ModuleList()
+        c = chans[-1]
+        for skip, out in zip(reversed(chans[:-1]), decoder_channels):
+            self.ups.append(ConvBlock(dims, c + skip, out))
+            c = out
+        self.input_branch = self.final = None
+        if input_channels > 0:
+            self.input_branch = nn.Sequential(_CONV[dims](encoder.in_channels, input_channels, 3, padding=1),
+                                              nn.LeakyReLU(0.01, inplace=True))
+            self.final = ConvBlock(dims, c + input_channels, c)
+        self.head = _CONV[dims](c, self.num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode ``x`` ``(B, C, *S)`` into its pyramid and decode it to logits ``(B, K, *S)``."""
+        feats = self.encoder.forward_pyramid(x)
+        y = feats[-1]
+        for block, skip in zip(self.ups, reversed(feats[:-1])):
+            y = block(torch.cat([_upsample(y, skip.shape[2:]), skip], dim=1))
+        y = _upsample(y, x.shape[2:])
+        if self.input_branch is not None:
+            y = self.final(torch.cat([y, self.input_branch(x)], dim=1))
+        return self.head(y)
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class SegNetwork:
+    """One registry entry.
+
+    Attributes:
+        build: ``build(spatial_dims, in_channels, num_classes, encoder, options) -> nn.Module``.
+        divisor: ``(options) -> int`` every input side must be divisible by (1 = any size).
+        uses_encoder: the network *is* built around the medcl encoder (``encoder_unet``).
+        description: one line for docs and errors.
+    """
+
+    build: Callable[[int, int, int, Any, dict[str, Any]], nn.Module]
+    divisor: Callable[[dict[str, Any]], int]
+    uses_encoder: bool
+    description: str
+
+
+def _unet(dims: int, cin: int, k: int, encoder: Any, o: dict[str, Any]) -> nn.Module:
+    from monai.networks.nets import UNet
+
+    o = {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2, **o}
+    return UNet(spatial_dims=dims, in_channels=cin, out_channels=k, **o)
+
+
+def _unet_div(o: dict[str, Any]) -> int:
+    return int(math.prod(o.get("strides", (2, 2, 2, 2))))
+
+
+def _basic_unet(dims: int, cin: int, k: int, encoder: Any, o: dict[str, Any]) -> nn.Module:
+    from monai.networks.nets import BasicUNet
+
+    o = dict(o)
+    if "features" not in o:
+        chans = list(getattr(encoder, "pyramid_channels", []))
+        # same widths as a pretrained BasicUNetEncoder so its weights fit the contracting path
+        o["features"] = (*chans, chans[0]) if len(chans) == 5 and type(encoder).__name__ == "BasicUNetEncoder" else (
+            32, 32, 64, 128, 256, 32)
+    return BasicUNet(spatial_dims=dims, in_channels=cin, out_channels=k, **o)
+
+
+def _swin_unetr(dims: int, cin: int, k: int, encoder: Any, o: dict[str, Any]) -> nn.Module:
+    from monai.networks.nets import SwinUNETR
+
+    o = dict(o)
+    if "feature_size" not in o:
+        o["feature_size"] = int(getattr(encoder, "feature_size", 24) or 24)
+    return SwinUNETR(in_channels=cin, out_channels=k, spatial_dims=dims, **o)
+
+
+def _encoder_unet(dims: int, cin: int, k: int, encoder: Any, o: dict[str, Any]) -> nn.Module:
+    if encoder is None:
+        raise ConfigError("encoder_unet needs an encoder", where="segment.network",
+                          fix="set model.encoder (an encoder with forward_pyramid)")
+    return EncoderUNet(encoder, k, **o)
+
+
+#: segmentation networks by ``segment.network``
+NETWORKS: dict[str, SegNetwork] = {
+    "unet": SegNetwork(_unet, _unet_div, False, "MONAI UNet with residual units (random init)"),
+    "basic_unet": SegNetwork(_basic_unet, lambda o: 16, False,
+                             "MONAI BasicUNet; takes a pretrained unet_encoder's contracting path"),
+    "swin_unetr": SegNetwork(_swin_unetr, lambda o: 32, False,
+                             "MONAI SwinUNETR; takes a pretrained swin_unetr_encoder"),
+    "encoder_unet": SegNetwork(_encoder_unet, lambda o: 1, True,
+                               "U-Net decoder on the (pretrained) medcl encoder's forward_pyramid"),
+}
+
+
+def get_network(name: str) -> SegNetwork:
+    """Registry lookup with a did-you-mean :class:`ConfigError`."""
+    return look_up(name, NETWORKS, what="segmentation network", where="segment.network", n=2,
+                   verb="choose one of")
+
+
+def build_segmentation_network(name: str, *, spatial_dims: int, in_channels: int, num_classes: int,
+                               encoder: nn.Module | None = None, **options: Any) -> nn.Module:
+    """Build a segmentation network by registry name.
+
+    Args:
+        name: key of :data:`NETWORKS`.
+        spatial_dims: 2 or 3.
+        in_channels: image channels ``C``.
+        num_classes: output channels ``K`` (background included).
+        encoder: the medcl encoder (required for ``encoder_unet``; for ``basic_unet`` and
+            ``swin_unetr`` it sets the default widths so pretrained weights fit).
+        **options: network arguments (MONAI's keyword arguments, or ``decoder_channels`` /
+            ``input_channels`` for ``encoder_unet``).
+
+    Returns:
+        ``nn.Module`` mapping ``(B, C, *S) -> (B, K, *S)`` logits.
+
+    Raises:
+        ConfigError: unknown name, spatial_dims not 2/3, unknown or bad option.
+    """
+    spec = get_network(name)
+    if spatial_dims not in (2, 3):
+        raise ConfigError(f"segmentation needs 2D or 3D inputs, got spatial_dims={spatial_dims}",
+                          where="model.spatial_dims", fix="use a 2D or 3D modality preset")
+    try:
+        return spec.build(int(spatial_dims), int(in_channels), int(num_classes), encoder, dict(options))
+    except TypeError as exc:
+        raise ConfigError(f"segmentation network {name!r} got a bad option ({exc})",
+                          where="segment.network_options",
+                          fix="remove or rename the option (see the network's MONAI documentation)") from exc
+
+
+def check_roi_size(name: str, roi_size: Sequence[int], options: dict[str, Any] | None = None) -> None:
+    """Reject a sliding-window/patch size the network cannot take (before any training).
+
+    Sides must be multiples of the network's total downsampling ``d`` and, for the MONAI networks,
+    at least ``2·d``: their instance norms need more than one voxel at the bottleneck in training.
+
+    Raises:
+        ConfigError: a side not divisible by ``d`` or smaller than ``2·d``.
+    """
+    div = get_network(name).divisor(dict(options or {}))
+    least = 2 * div if div > 1 else 1
+    bad = [int(s) for s in roi_size if int(s) % div or int(s) < least]
+    if bad:
+        good = [max(least, -(-int(s) // div) * div) for s in roi_size]
+        raise ConfigError(f"roi/patch size {list(roi_size)} does not suit {name}: sides must be multiples of {div} "
+                          f"and at least {least}",
+                          where="segment.roi_size / transforms.spatial_size",
+                          fix=f"use e.g. {good}, or network encoder_unet (any size)")
+
+
+def transfer_encoder_weights(network: nn.Module, encoder: nn.Module) -> int:
+    """Copy every encoder tensor whose name and shape match a tensor of ``network``.
+
+    ``BasicUNetEncoder`` names its modules ``conv_0``, ``down_1`` .. ``down_4`` and
+    ``SwinUNETREncoder`` its transformer ``swinViT``, exactly as in MONAI's ``BasicUNet`` and
+    ``SwinUNETR``, so their pretrained weights initialise the networks' contracting paths.
+
+    Returns:
+        The number of tensors copied (0: the network shares nothing with the encoder).
+    """
+    target = network.state_dict()
+    update = {k: v for k, v in encoder.state_dict().items() if k in target and target[k].shape == v.shape}
+    if update:
+        network.load_state_dict(update, strict=False)
+    return len(update)

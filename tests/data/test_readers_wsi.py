@@ -1,0 +1,139 @@
+"""Whole-slide readers agree with tifffile and OpenSlide, decode only the tiles they need, find tissue."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medcl.errors import ReaderError
+from medcl.readers import read, read_region, tile_slide, tissue_mask
+from medcl.readers.wsi import otsu_threshold, slide_info
+
+# --------------------------------------------------------------------------- whole-slide images
+
+
+def test_wsi_overview_and_metadata(pyramid_tiff):
+    s = read(pyramid_tiff.path)
+    assert s.meta["format"] == "wsi" and s.meta["modality"] == "histo"
+    assert s.array.shape == (3, 128, 128)
+    np.testing.assert_array_equal(s.array, np.moveaxis(pyramid_tiff.levels[2], -1, 0))
+    assert s.meta["levels"] == 3
+    assert s.meta["dimensions"] == [[512, 512], [256, 256], [128, 128]]
+    assert s.meta["downsamples"] == [1.0, 2.0, 4.0]
+    assert s.meta["mpp"] == pytest.approx(0.5)
+    np.testing.assert_allclose(s.meta["spacing"], [0.002, 0.002])  # 0.5 µm x 4 at level 2, in mm
+    s1 = read(pyramid_tiff.path, level=1)
+    np.testing.assert_array_equal(s1.array, np.moveaxis(pyramid_tiff.levels[1], -1, 0))
+    with pytest.raises(ReaderError, match="max_pixels"):
+        read(pyramid_tiff.path, level=0, max_pixels=100_000)
+
+
+def test_read_region_matches_tifffile_and_openslide(pyramid_tiff, ifd_pyramid_tiff):
+    import openslide
+    import tifffile
+
+    lvl0 = tifffile.imread(pyramid_tiff.path)
+    r = read_region(pyramid_tiff.path, x=100, y=37, level=0, size=(90, 70))
+    assert r.array.shape == (3, 70, 90)
+    np.testing.assert_array_equal(r.array, np.moveaxis(lvl0[37:107, 100:190], -1, 0))
+    r1 = read_region(pyramid_tiff.path, x=200, y=64, level=1, size=50)
+    np.testing.assert_array_equal(r1.array, np.moveaxis(pyramid_tiff.levels[1][32:82, 100:150], -1, 0))
+    # an independent implementation: OpenSlide on the successive-IFD pyramid
+    with openslide.OpenSlide(str(ifd_pyramid_tiff.path)) as osl:
+        assert osl.level_count == 3
+        ref = np.asarray(osl.read_region((96, 160), 1, (60, 40)))[..., :3]
+    ours = read_region(ifd_pyramid_tiff.path, x=96, y=160, level=1, size=(60, 40))
+    np.testing.assert_array_equal(ours.array, np.moveaxis(ref, -1, 0))
+    ours_os = read_region(ifd_pyramid_tiff.path, x=96, y=160, level=1, size=(60, 40), backend="openslide")
+    np.testing.assert_array_equal(ours_os.array, ours.array)
+    edge = read_region(pyramid_tiff.path, x=480, y=480, level=0, size=64)  # half outside: white padding
+    assert (edge.array[:, 40:, :] == 255).all()
+    with pytest.raises(ReaderError, match="outside the slide"):
+        read_region(pyramid_tiff.path, x=5000, y=0, level=0, size=64)
+
+
+def test_read_region_decodes_only_the_tiles_it_touches(pyramid_tiff):
+    """Corrupt the bottom-right level-0 tile: a region elsewhere still reads, the whole level fails."""
+    import tifffile
+
+    with tifffile.TiffFile(pyramid_tiff.path) as tif:
+        page = tif.series[0].levels[0].keyframe
+        offset, count = page.dataoffsets[-1], page.databytecounts[-1]
+    with open(pyramid_tiff.path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * count)
+    r = read_region(pyramid_tiff.path, x=0, y=0, level=0, size=128)
+    np.testing.assert_array_equal(r.array, np.moveaxis(pyramid_tiff.levels[0][:128, :128], -1, 0))
+    with pytest.raises(ReaderError, match="cannot decode level 0"):
+        read(pyramid_tiff.path, level=0)
+
+
+def test_otsu_matches_skimage():
+    from skimage.filters import threshold_otsu
+
+    rng = np.random.default_rng(0)
+    v = np.concatenate([rng.normal(0.1, 0.03, 3000), rng.normal(0.6, 0.1, 1000)])
+    assert abs(otsu_threshold(v) - threshold_otsu(v)) < (v.max() - v.min()) / 128
+
+
+def test_tissue_mask_finds_tissue(pyramid_tiff):
+    mask = tissue_mask(pyramid_tiff.path)
+    assert mask.shape == (128, 128) and mask.dtype == bool
+    truth = np.zeros((128, 128), bool)
+    truth[32:96, 16:80] = True  # the rectangle at level 2 (downsample 4)
+    iou = (mask & truth).sum() / (mask | truth).sum()
+    assert iou > 0.95
+
+
+def test_tile_slide_keeps_tissue_tiles(pyramid_tiff):
+    tiles = tile_slide(pyramid_tiff.path, tile_size=64, level=0, min_tissue=0.5)
+    # the 256x256 tissue rectangle (rows 128:384, cols 64:320) is covered by exactly 4x4 tiles
+    assert sorted((t["x"], t["y"]) for t in tiles) == sorted(
+        (x, y) for x in range(64, 320, 64) for y in range(128, 384, 64))
+    assert all(t["level"] == 0 and t["size"] == 64 and t["tissue"] >= 0.5 for t in tiles)
+    half = tile_slide(pyramid_tiff.path, tile_size=64, level=0, min_tissue=0.5, stride=32)
+    assert len(half) > len(tiles)
+    # magnification: 0.5 µm/pixel = 20x; 10x is level 1 exactly, 5x level 2, 8x reads level 1 and resizes
+    t10 = tile_slide(pyramid_tiff.path, tile_size=32, magnification=10)
+    assert {t["level"] for t in t10} == {1} and {t["size"] for t in t10} == {32}
+    assert all(t["x"] % 64 == 0 for t in t10)  # 32 px at downsample 2 = 64 level-0 pixels
+    t5 = tile_slide(pyramid_tiff.path, tile_size=16, magnification=5)
+    assert {t["level"] for t in t5} == {2}
+    t8 = tile_slide(pyramid_tiff.path, tile_size=32, magnification=8)
+    assert {t["level"] for t in t8} == {1} and {t["size"] for t in t8} == {40}
+    region = read_region(pyramid_tiff.path, t10[0]["x"], t10[0]["y"], t10[0]["level"], t10[0]["size"])
+    assert region.array.shape == (3, 32, 32)
+    with pytest.raises(ReaderError, match="40x is not available.*20x"):
+        tile_slide(pyramid_tiff.path, magnification=40)
+
+
+def test_svs_objective_power_and_openslide_agreement(svs_slide):
+    import openslide
+
+    info = slide_info(svs_slide.path)
+    assert info.vendor == "aperio" and info.objective_power == 40 and info.mpp == pytest.approx(0.25)
+    assert info.dimensions == [(512, 512), (256, 256), (128, 128)]
+    tiles = tile_slide(svs_slide.path, tile_size=64, magnification=20)
+    assert tiles and {t["level"] for t in tiles} == {1}
+    with openslide.OpenSlide(str(svs_slide.path)) as osl:
+        assert osl.properties.get("openslide.vendor") == "aperio"
+        ref = np.asarray(osl.read_region((64, 128), 1, (32, 48)))[..., :3]
+    ours = read_region(svs_slide.path, 64, 128, 1, (32, 48))
+    np.testing.assert_array_equal(ours.array, np.moveaxis(ref, -1, 0))
+
+
+def test_wsi_without_resolution_and_corrupt(tmp_path):
+    import tifffile
+
+    img = np.full((128, 128, 3), 230, np.uint8)
+    p = tmp_path / "nores.tif"
+    with tifffile.TiffWriter(str(p)) as tif:
+        tif.write(img, tile=(64, 64), photometric="rgb", subifds=1)
+        tif.write(img[::2, ::2], tile=(64, 64), photometric="rgb", subfiletype=1)
+    with pytest.raises(ReaderError, match="neither objective power nor microns per pixel"):
+        tile_slide(p, magnification=10)
+    assert tile_slide(p, tile_size=32, level=0) == []  # blank glass: no tissue
+    junk = tmp_path / "junk.svs"
+    junk.write_bytes(b"II*\x00" + b"\xff" * 100)
+    with pytest.raises(ReaderError, match="junk.svs"):
+        read(junk)
