@@ -26,6 +26,7 @@ from typing import Any
 
 from medcl.errors import ConfigError
 from medcl.lookup import look_up, nearest
+from medcl.losses import LOSSES
 from medcl.methods.base import ContrastiveMethod, Method
 from medcl.methods.dense import DenseContrast
 from medcl.methods.moco import MoCoV3
@@ -57,10 +58,30 @@ METHODS: dict[str, type[Method]] = {
 
 
 def method_options(name: str) -> dict[str, Any]:
-    """Keyword options of method ``name`` with their defaults (``inspect.Parameter.empty`` if required)."""
+    """Keyword options of method ``name`` with their defaults (``inspect.Parameter.empty`` if required).
+
+    A class's ``__init__`` options, then its bases' while it passes ``**kwargs`` on; for a method composed with a
+    criterion from :data:`~medcl.losses.LOSSES` (``loss`` attribute, the SupCon family) also the loss's options,
+    except those the method fills itself (``temperature``, ``gather_distributed``, ``from_method``).
+    """
     cls = _lookup(name)
-    params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # self, encoder
-    return {p.name: p.default for p in params}
+    opts: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())[2:]  # self, encoder
+        opts.update({p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY
+                     and p.name not in opts})
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            break
+    loss = getattr(cls, "loss", None)
+    if isinstance(loss, str):
+        filled = {"temperature", "gather_distributed", *getattr(cls, "from_method", {})}
+        for p in list(inspect.signature(LOSSES[loss].__init__).parameters.values())[1:]:
+            if p.name not in filled and p.name not in opts:
+                opts[p.name] = p.default
+    return opts
 
 
 def _lookup(name: str) -> type[Method]:

@@ -139,6 +139,7 @@ class ContrastiveMethod(Method):
 
     def __init__(self, encoder: Encoder, *, hidden_dim: int = 2048, out_dim: int = 128, num_layers: int = 2) -> None:
         super().__init__(encoder)
+        self.out_dim = int(out_dim)
         self.projector = ProjectionHead(encoder.feature_dim, hidden_dim, out_dim, num_layers=num_layers)
 
     def embed_views(self, views: torch.Tensor) -> torch.Tensor:

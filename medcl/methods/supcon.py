@@ -15,18 +15,12 @@ as positives, so partially labelled sets still train.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 
 from medcl.errors import ConfigError, DataError
-from medcl.losses import (
-    BalancedSupConLoss,
-    GraphSupConLoss,
-    HardNegativeSupConLoss,
-    PrototypeLoss,
-    SupConLoss,
-)
+from medcl.losses import LOSSES, PrototypeLoss
 from medcl.methods.base import ContrastiveMethod, view_stats
 from medcl.networks.base import Encoder
 
@@ -48,80 +42,71 @@ def class_labels(batch: Mapping[str, torch.Tensor], where: str) -> torch.Tensor:
 class SupCon(ContrastiveMethod):
     """SupCon ("out" form): all views of all samples of the same class are positives.
 
+    The SupCon family is one composition: encoder → projector → a supervised contrastive criterion from
+    :data:`medcl.losses.LOSSES` (:attr:`loss`). A variant names its loss; the loss's own options (e.g.
+    ``hard_pairs``) are method options too (:func:`medcl.methods.method_options` reads them from the loss), so no
+    variant re-lists the shared ones.
+
     Args:
         encoder: the backbone.
         temperature: softmax temperature (0.1 in the paper).
-        base_temperature: loss scale ``T / base_temperature`` (None: none).
         hidden_dim, out_dim, num_layers: projector.
         gather_distributed: negatives from all GPUs.
+        **loss_options: the options of the :attr:`loss` class (``base_temperature``, ``contrast_mode``, ...).
 
     Batch:
         ``views`` ``(B, V>=2, C, *S)``, ``label`` ``(B,)`` int64 (``-1`` = unlabelled).
     """
 
     needs = ("label",)
+    #: the :data:`~medcl.losses.LOSSES` entry the criterion is built from
+    loss = "supcon"
+    #: loss arguments filled from method options (loss argument -> method option), not options of their own
+    from_method: dict[str, str] = {}
 
     def __init__(
         self,
         encoder: Encoder,
         *,
         temperature: float = 0.1,
-        base_temperature: float | None = None,
         hidden_dim: int = 2048,
         out_dim: int = 128,
         num_layers: int = 2,
         gather_distributed: bool = False,
+        **loss_options: object,
     ) -> None:
+        """Build the projector and the criterion (the :attr:`loss` class with the shared and its own options)."""
         super().__init__(encoder, hidden_dim=hidden_dim, out_dim=out_dim, num_layers=num_layers)
-        self.criterion = SupConLoss(temperature, base_temperature=base_temperature,
-                                    gather_distributed=gather_distributed)
+        shared = {"temperature": temperature, "gather_distributed": gather_distributed}
+        filled = {arg: {"out_dim": out_dim, "hidden_dim": hidden_dim}[opt] for arg, opt in self.from_method.items()}
+        self.criterion = LOSSES[self.loss](**shared, **filled, **loss_options)
 
     def labels(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's class labels as the criterion wants them (``(B,)`` int64, ``-1`` = unlabelled)."""
         return class_labels(batch, f"method {type(self).__name__}")
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"loss", "pos_cos", "z_std"}`` of a batch of views."""
         z = self.embed_views(self.views(batch))
         return {"loss": self.criterion(z, self.labels(batch)), **view_stats(z)}
 
 
 class SupConHardNegative(SupCon):
-    """SupCon with expert-named hard negatives (e.g. drusen vs. CNV in OCT).
+    """SupCon with expert-named hard negatives (e.g. drusen vs. CNV in OCT): the criterion is
+    :class:`~medcl.losses.HardNegativeSupConLoss` (options ``hard_pairs``, ``hard_weight``, ``classes``)."""
 
-    Args:
-        hard_pairs: class pairs (names with ``classes``, or indices) that are easily confused.
-        hard_weight: weight of a hard negative in the softmax denominator (> 1 emphasises it).
-        classes: class names in label-index order.
-        (others as :class:`SupCon`)
-    """
-
-    def __init__(
-        self,
-        encoder: Encoder,
-        *,
-        hard_pairs: Sequence[Sequence[object]] = (),
-        hard_weight: float = 2.0,
-        classes: Sequence[str] | None = None,
-        temperature: float = 0.1,
-        hidden_dim: int = 2048,
-        out_dim: int = 128,
-        num_layers: int = 2,
-        gather_distributed: bool = False,
-    ) -> None:
-        super().__init__(encoder, temperature=temperature, hidden_dim=hidden_dim, out_dim=out_dim,
-                         num_layers=num_layers, gather_distributed=gather_distributed)
-        self.criterion = HardNegativeSupConLoss(temperature, hard_pairs=hard_pairs, hard_weight=hard_weight,
-                                                classes=classes, gather_distributed=gather_distributed)
+    loss = "hard_negative_supcon"
 
 
 class SupConGraph(SupCon):
     """Multi-label SupCon with positives weighted by label-set similarity in a class ontology.
 
+    The criterion is :class:`~medcl.losses.GraphSupConLoss` (options ``similarity``: a ``(K, K)`` matrix or an
+    ontology spec ``{"classes": [...], "edges": [[a, b, w], ...]}``; ``graph_mode``; ``min_similarity``).
+
     Args:
-        similarity: ``(K, K)`` class-similarity matrix or an ontology spec
-            ``{"classes": [...], "edges": [[a, b, w], ...]}`` (None: identity).
-        graph_mode: ``"shortest_path"`` or ``"adjacency"`` (how a spec becomes a matrix).
-        min_similarity: weights below this are not positives.
-        (others as :class:`SupCon`)
+        classes: the data's class names; a spec's matrix is reordered into their order.
+        **supcon: as :class:`SupCon`.
 
     Batch:
         ``label`` ``(B, K)`` multi-hot float (an all-NaN row = unlabelled), or ``(B,)`` class indices of a
@@ -129,24 +114,11 @@ class SupConGraph(SupCon):
         samples' weight is the graph similarity of their classes (e.g. neighbouring grades).
     """
 
-    def __init__(
-        self,
-        encoder: Encoder,
-        *,
-        similarity: object = None,
-        graph_mode: str = "shortest_path",
-        min_similarity: float = 0.0,
-        classes: list[str] | None = None,
-        temperature: float = 0.1,
-        hidden_dim: int = 2048,
-        out_dim: int = 128,
-        num_layers: int = 2,
-        gather_distributed: bool = False,
-    ) -> None:
-        super().__init__(encoder, temperature=temperature, hidden_dim=hidden_dim, out_dim=out_dim,
-                         num_layers=num_layers, gather_distributed=gather_distributed)
-        self.criterion = GraphSupConLoss(temperature, similarity=similarity, graph_mode=graph_mode,
-                                         min_similarity=min_similarity, gather_distributed=gather_distributed)
+    loss = "graph_supcon"
+
+    def __init__(self, encoder: Encoder, *, classes: list[str] | None = None, **supcon: object) -> None:
+        """Build SupCon with the graph criterion and put its similarity matrix in the data's class order."""
+        super().__init__(encoder, **supcon)
         self._align_classes(classes)
 
     def _align_classes(self, classes: list[str] | None) -> None:
@@ -189,35 +161,13 @@ class SupConGraph(SupCon):
 
 
 class SupConBalanced(SupCon):
-    """Class-balanced SupCon for long-tailed labels.
+    """Class-balanced SupCon for long-tailed labels: the criterion is :class:`~medcl.losses.BalancedSupConLoss`
+    (options ``num_classes``, ``mode`` — ``"class_balanced"`` effective-number anchor weights, Cui et al. 2019;
+    ``"prototypes"`` BCL class averaging with learnable prototypes, Zhu et al. 2022; ``"both"`` — ``beta`` and
+    ``class_counts``); its prototypes live in the projector's ``out_dim`` space."""
 
-    Args:
-        num_classes: number of classes.
-        mode: ``"class_balanced"`` (effective-number anchor weights), ``"prototypes"`` (BCL class
-            averaging with learnable prototypes) or ``"both"``.
-        beta: effective-number hyper-parameter.
-        class_counts: training-set counts per class (else counted over the batches seen).
-        (others as :class:`SupCon`)
-    """
-
-    def __init__(
-        self,
-        encoder: Encoder,
-        *,
-        num_classes: int = 2,
-        mode: str = "class_balanced",
-        beta: float = 0.999,
-        class_counts: Sequence[int] | None = None,
-        temperature: float = 0.1,
-        hidden_dim: int = 2048,
-        out_dim: int = 128,
-        num_layers: int = 2,
-        gather_distributed: bool = False,
-    ) -> None:
-        super().__init__(encoder, temperature=temperature, hidden_dim=hidden_dim, out_dim=out_dim,
-                         num_layers=num_layers, gather_distributed=gather_distributed)
-        self.criterion = BalancedSupConLoss(temperature, mode=mode, num_classes=num_classes, dim=out_dim, beta=beta,
-                                            class_counts=class_counts, gather_distributed=gather_distributed)
+    loss = "balanced_supcon"
+    from_method = {"dim": "out_dim"}
 
 
 class Prototypes(SupCon):
@@ -231,26 +181,14 @@ class Prototypes(SupCon):
         num_classes: number of classes.
         prototype_weight, supcon_weight: weights of the two terms.
         prototype_temperature: temperature of the prototype cross-entropy.
-        (others as :class:`SupCon`)
+        **supcon: as :class:`SupCon`.
     """
 
-    def __init__(
-        self,
-        encoder: Encoder,
-        *,
-        num_classes: int = 2,
-        prototype_weight: float = 1.0,
-        supcon_weight: float = 1.0,
-        prototype_temperature: float = 0.1,
-        temperature: float = 0.1,
-        hidden_dim: int = 2048,
-        out_dim: int = 128,
-        num_layers: int = 2,
-        gather_distributed: bool = False,
-    ) -> None:
-        super().__init__(encoder, temperature=temperature, hidden_dim=hidden_dim, out_dim=out_dim,
-                         num_layers=num_layers, gather_distributed=gather_distributed)
-        self.prototype_loss = PrototypeLoss(num_classes, out_dim, prototype_temperature)
+    def __init__(self, encoder: Encoder, *, num_classes: int = 2, prototype_weight: float = 1.0,
+                 supcon_weight: float = 1.0, prototype_temperature: float = 0.1, **supcon: object) -> None:
+        """Build SupCon and the fixed prototypes in the projector's output space."""
+        super().__init__(encoder, **supcon)
+        self.prototype_loss = PrototypeLoss(num_classes, self.out_dim, prototype_temperature)
         self.prototype_weight, self.supcon_weight = float(prototype_weight), float(supcon_weight)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
