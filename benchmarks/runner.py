@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 import _common  # noqa: F401  (puts the checkout on sys.path)
-from medcl.lookup import did_you_mean
 from registry import BENCHMARKS, Benchmark
 
 from medcl.errors import ConfigError
+from medcl.lookup import did_you_mean
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
-"""The ``medcl`` command: parses arguments and delegates. Heavy modules load lazily,
-so ``medcl --help`` answers at once.
+"""The ``medcl`` command: parses arguments and delegates.
+
+Heavy modules load lazily, so ``medcl --help`` answers at once.
 
 Exit codes: 0 success; 1 a clear medcl error (one line, plus the log file); 2 usage error;
 3 internal error (a bug: the traceback is in the log file); 130 interrupted.
@@ -13,6 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from medcl.modalities import MODALITIES
 
@@ -34,6 +36,7 @@ log = logging.getLogger("medcl")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of every command that runs a pipeline: ``--set``, ``--force``, ``--resume``, ``--dry-run`` and ``--smoke``."""
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override config values, e.g. --set pretrain.epochs=5 data.cache=disk (one or more after "
                         "each --set; repeatable; type-checked)")
@@ -47,6 +50,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``medcl`` argument parser: the global options and one subcommand per command, in ``--help`` order."""
     parser = argparse.ArgumentParser(
         prog="medcl",
         description="Contrastive pretraining, downstream tasks, calibration and reports for medical images "
@@ -58,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-dir", default=None, help="where log files go (default: ./medcl-runs/logs)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    _add_pipeline_commands(sub)
+    _add_data_command(sub)
+    _add_apply_commands(sub)
+    _add_evaluate_command(sub)
+    _add_report_commands(sub)
+    return parser
+
+
+def _add_pipeline_commands(sub: Any) -> None:
+    """``demo``, ``run`` and ``config``: the commands that load a pipeline."""
     p = sub.add_parser("demo", help="synthesise demo data and run a complete pipeline on CPU",
                        description="Synthesise the embedded demo data (if absent) and run pretrain → classify → "
                        "calibrate (→ report) on it, then print a summary table and the MLflow UI command.")
@@ -77,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline", nargs="?", help="pipeline YAML or the name of a shipped pipeline (as for run)")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
 
+
+def _add_data_command(sub: Any) -> None:
+    """``data`` with its actions ``synth``, ``validate`` and ``inspect``."""
     data = sub.add_parser("data", help="synthesise, validate and inspect data",
                           description="Work with data: synth (demo set), validate (a manifest), inspect (a file).")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
@@ -109,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling-rate", type=float, default=None, help="Hz, for CSV/NumPy signals")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+
+def _add_apply_commands(sub: Any) -> None:
+    """``predict`` and ``embed``: a run's logged model applied to new files."""
     p = sub.add_parser("predict", help="apply a run's calibrated classifier (or its segmenter: masks) to new files; "
                        "one row per input",
                        description="Applies the model the calibrate stage logged (with exactly the run's evaluation "
@@ -143,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clear-ids", action="store_true", help="patient ids in clear in YOUR output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
+def _add_evaluate_command(sub: Any) -> None:
+    """``evaluate``: external validation of a run's model on another site's labelled manifest."""
     p = sub.add_parser("evaluate", help="external validation: a run's model on another site's labelled manifest",
                        description="Applies the run's calibrated model (exactly its evaluation preprocessing) to a "
                        "labelled manifest from another site and measures: the run's metrics with patient-bootstrap "
@@ -167,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="do not rebuild the HTML report")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
+def _add_report_commands(sub: Any) -> None:
+    """``report`` (a run's HTML report) and ``bench`` (hands its arguments to ``benchmarks/runner.py``)."""
     p = sub.add_parser("report", help="execute the report notebook for a run and export self-contained HTML")
     p.add_argument("run_id", help="MLflow run id of a pipeline run")
     p.add_argument("--out", default=None, help="HTML path (default: report-RUN_ID.html)")
@@ -176,10 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     # to benchmarks/runner.py (its --help lists them)
     sub.add_parser("bench", add_help=False, help="run benchmarks/ and rewrite benchmarks/README.md (from a checkout; "
                    "medcl bench --help for the options)")
-    return parser
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
+    """``medcl data synth|validate|inspect``; its exit code (validate: 1 when a row has a problem)."""
     if args.data_command == "synth":
         from medcl.data.synth import synthesize
 
@@ -219,8 +245,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _pipeline_after_sets(args: argparse.Namespace) -> bool:
-    """``--set`` takes several values, so ``medcl run --set a=1 PIPELINE`` hands the pipeline to ``--set``:
-    take it back (a value without ``=`` is not an override). False when there is no pipeline at all."""
+    """Take back a pipeline that ``--set`` swallowed; False when there is no pipeline at all.
+
+    ``--set`` takes several values, so ``medcl run --set a=1 PIPELINE`` hands the pipeline to ``--set``: the one
+    value without ``=`` (not an override) becomes ``args.pipeline`` again.
+    """
     if args.pipeline is None:
         rest = [v for v in args.overrides if "=" not in v]
         if len(rest) == 1:
@@ -237,8 +266,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _shipped_pipeline(name: str) -> str:
-    """``name`` itself when it is a file; else the shipped pipeline it names (``oct_severity``,
-    ``pipelines/oct_severity.yaml``, ``demo/oct`` …), so an installed medcl runs them without the checkout."""
+    """The pipeline file ``name`` stands for: ``name`` itself when it exists, else the shipped pipeline it names.
+
+    ``oct_severity``, ``pipelines/oct_severity.yaml``, ``demo/oct`` … are found in the pipelines shipped with
+    medcl, so an installed medcl runs them without the checkout; an unknown name is returned as it is.
+    """
     if Path(name).exists():
         return name
     from medcl.errors import MedclError
@@ -304,7 +336,74 @@ def _bench(argv: list[str]) -> int:
     return subprocess.call([sys.executable, str(bdir / "runner.py"), *argv])
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command ``args.command`` (logging is set up); its exit code (2: no such command)."""
+    if args.command == "data":
+        return _cmd_data(args)
+    if args.command == "config":
+        from medcl.config import dump_yaml, load_config
+
+        print(dump_yaml(load_config(args.pipeline, args.overrides)), end="")
+        return 0
+    if args.command == "run":
+        from medcl.pipeline import run_pipeline_file
+
+        return run_pipeline_file(args.pipeline, overrides=args.overrides, force=args.force, resume=args.resume,
+                                 dry_run=args.dry_run, smoke=args.smoke)
+    if args.command == "demo":
+        from medcl.demo import run_demo
+
+        return run_demo(modality=args.modality, data_dir=args.data, seed=args.seed, overrides=args.overrides,
+                        force=args.force, resume=args.resume, dry_run=args.dry_run, smoke=args.smoke)
+    if args.command in ("predict", "embed"):
+        return _cmd_apply(args)
+    if args.command == "evaluate":
+        from medcl.evaluate import evaluate
+
+        res = evaluate(args.source, args.manifest, name=args.name, out=args.out, tracking_uri=args.tracking_uri,
+                       batch_size=args.batch_size, device=args.device, n_boot=args.n_boot,
+                       n_permutations=args.permutations, label_column=args.label_column,
+                       label_sep=args.label_sep, seed=args.seed, progress=not args.no_progress,
+                       report=not args.no_report)
+        _print_evaluation(res)
+        return 0
+    if args.command == "report":
+        from medcl.reporting.html import build_report
+
+        out = build_report(args.run_id, out=args.out, tracking_uri=args.tracking_uri)
+        print(f"report: {out}")
+        return 0
+    return 2
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    """``medcl predict`` (classes, or masks for a segmentation model) and ``medcl embed``; 1 when no input was read."""
+    from medcl import predict as pr
+
+    if args.command == "predict" and pr.model_kind(args.source, args.tracking_uri, args.task) == "segment":
+        res = pr.predict_masks(args.source, args.input, args.out, tracking_uri=args.tracking_uri,
+                               device=args.device, clear_ids=args.clear_ids, progress=not args.no_progress,
+                               dicom_seg=not args.no_dicom_seg)
+        print(f"segmented {res.n_ok} sample(s) with {res.model_uri}"
+              + (f"; {res.n_failed} could not be read (status column)" if res.n_failed else ""))
+        print(f"per sample: {res.samples}\nmasks: {res.samples.parent / (res.samples.stem + '_masks')}")
+        return 1 if res.n_ok == 0 else 0
+    fn = pr.predict if args.command == "predict" else pr.embed
+    res = fn(args.source, args.input, args.out, tracking_uri=args.tracking_uri,
+             batch_size=args.batch_size, device=args.device, clear_ids=args.clear_ids,
+             progress=not args.no_progress)
+    print(f"{'predicted' if args.command == 'predict' else 'embedded'} {res.n_ok} sample(s) with {res.model_uri}"
+          + (f"; {res.n_failed} could not be read (status column)" if res.n_failed else ""))
+    print(f"per sample: {res.samples}" + (f"\nper patient: {res.patients}" if res.patients else ""))
+    return 1 if res.n_ok == 0 else 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``medcl`` command line ``argv`` (default: ``sys.argv[1:]``) and return the exit code.
+
+    Codes: 0 success; 1 a medcl error (one line on stderr, PHI-redacted, plus the log file's path); 2 usage
+    error; 3 internal error (the traceback is in the log file); 130 interrupted.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -334,58 +433,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log_path = setup_logging(args.log_dir or Path("medcl-runs") / "logs", verbose=args.verbose)
     try:
-        if args.command == "data":
-            return _cmd_data(args)
-        if args.command == "config":
-            from medcl.config import dump_yaml, load_config
-
-            print(dump_yaml(load_config(args.pipeline, args.overrides)), end="")
-            return 0
-        if args.command == "run":
-            from medcl.pipeline import run_pipeline_file
-
-            return run_pipeline_file(args.pipeline, overrides=args.overrides, force=args.force, resume=args.resume,
-                                     dry_run=args.dry_run, smoke=args.smoke)
-        if args.command == "demo":
-            from medcl.demo import run_demo
-
-            return run_demo(modality=args.modality, data_dir=args.data, seed=args.seed, overrides=args.overrides,
-                            force=args.force, resume=args.resume, dry_run=args.dry_run, smoke=args.smoke)
-        if args.command in ("predict", "embed"):
-            from medcl import predict as pr
-
-            if args.command == "predict" and pr.model_kind(args.source, args.tracking_uri, args.task) == "segment":
-                res = pr.predict_masks(args.source, args.input, args.out, tracking_uri=args.tracking_uri,
-                                       device=args.device, clear_ids=args.clear_ids, progress=not args.no_progress,
-                                       dicom_seg=not args.no_dicom_seg)
-                print(f"segmented {res.n_ok} sample(s) with {res.model_uri}"
-                      + (f"; {res.n_failed} could not be read (status column)" if res.n_failed else ""))
-                print(f"per sample: {res.samples}\nmasks: {res.samples.parent / (res.samples.stem + '_masks')}")
-                return 1 if res.n_ok == 0 else 0
-            fn = pr.predict if args.command == "predict" else pr.embed
-            res = fn(args.source, args.input, args.out, tracking_uri=args.tracking_uri,
-                     batch_size=args.batch_size, device=args.device, clear_ids=args.clear_ids,
-                     progress=not args.no_progress)
-            print(f"{'predicted' if args.command == 'predict' else 'embedded'} {res.n_ok} sample(s) with {res.model_uri}"
-                  + (f"; {res.n_failed} could not be read (status column)" if res.n_failed else ""))
-            print(f"per sample: {res.samples}" + (f"\nper patient: {res.patients}" if res.patients else ""))
-            return 1 if res.n_ok == 0 else 0
-        if args.command == "evaluate":
-            from medcl.evaluate import evaluate
-
-            res = evaluate(args.source, args.manifest, name=args.name, out=args.out, tracking_uri=args.tracking_uri,
-                           batch_size=args.batch_size, device=args.device, n_boot=args.n_boot,
-                           n_permutations=args.permutations, label_column=args.label_column,
-                           label_sep=args.label_sep, seed=args.seed, progress=not args.no_progress,
-                           report=not args.no_report)
-            _print_evaluation(res)
-            return 0
-        if args.command == "report":
-            from medcl.reporting.html import build_report
-
-            out = build_report(args.run_id, out=args.out, tracking_uri=args.tracking_uri)
-            print(f"report: {out}")
-            return 0
+        return _dispatch(args)
     except MedclError as exc:
         from medcl import phi
 
@@ -405,7 +453,6 @@ def main(argv: list[str] | None = None) -> int:
         if log_path:
             print(f"(traceback in {log_path}; please report it)", file=sys.stderr)
         return 3
-    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

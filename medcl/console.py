@@ -1,5 +1,8 @@
-"""What a pipeline prints on the console: the plan of a dry run, and the results table at the end of a run with
-where to look next (the MLflow UI command, the report)."""
+"""What a pipeline prints on the console.
+
+The plan of a dry run, and the results table at the end of a run with where to look next (the MLflow UI command,
+the report).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,14 @@ from medcl.stages.context import RunContext
 
 
 def print_plan(cfg: PipelineConfig, data: Any, key: str, run_dir: Path) -> None:
+    """Print what a run of ``cfg`` would do (``--dry-run``): one line per stage, the data and its split, the folder.
+
+    Args:
+        cfg: the resolved pipeline config.
+        data: the prepared :class:`~medcl.data.prepare.DataBundle` (records, classes, split summary).
+        key: the config's key.
+        run_dir: the run folder the pipeline would write to.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -49,8 +60,11 @@ def _budget_text(section: Any) -> str:
 
 
 def mlflow_command() -> str:
-    """How to call ``mlflow`` from a shell: the executable next to this Python (a venv's ``bin/``) when
-    ``mlflow`` is not on ``PATH`` — e.g. ``.venv/bin/mlflow`` after ``make demo`` without activating the venv."""
+    """How to call ``mlflow`` from a shell.
+
+    The executable next to this Python (a venv's ``bin/``) when ``mlflow`` is not on ``PATH`` — e.g.
+    ``.venv/bin/mlflow`` after ``make demo`` without activating the venv; else plain ``mlflow``.
+    """
     import shutil
     import sys
 

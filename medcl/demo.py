@@ -27,6 +27,24 @@ def pipelines_dir() -> Path:
 def run_demo(modality: str = "oct", data_dir: str | Path = "medcl-demo-data", seed: int = 0,
              overrides: list[str] | None = None, force: bool = False, resume: bool = False, dry_run: bool = False,
              smoke: bool = False) -> int:
+    """``medcl demo``: synthesise the demo data of ``modality`` (if absent) and run its demo pipeline.
+
+    Args:
+        modality: one of :data:`DEMO_MODALITIES`, or ``"all"`` (one pipeline after the other).
+        data_dir: where the demo data lives / is written (``<data_dir>/<modality>/manifest.csv``).
+        seed: seed for the data and the training (``--set seed=…``).
+        overrides: further ``--set`` overrides, applied after the demo's own.
+        force: re-run stages that already completed.
+        resume: continue an unfinished run from its checkpoint.
+        dry_run: validate config and data, print the plan, train nothing.
+        smoke: every stage for a few steps.
+
+    Returns:
+        The exit code, 0.
+
+    Raises:
+        ConfigError: an unknown modality.
+    """
     from medcl.data.synth import synthesize
     from medcl.pipeline import load_pipeline, run_pipeline
 

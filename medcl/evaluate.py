@@ -55,6 +55,11 @@ class EvaluateResult:
 
 
 def _site_name(manifest: Path, name: str | None) -> str:
+    """The evaluation's name: ``name``, or the manifest's file name without suffix.
+
+    Raises:
+        ConfigError: it is not a short plain name (it names an MLflow run and a folder).
+    """
     n = (name or manifest.stem).strip()
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}", n):
         raise ConfigError(f"the evaluation name {n!r} is not a short plain name", where="--name",
@@ -110,31 +115,24 @@ def _subgroup_columns(records: list[Any], keep: np.ndarray) -> dict[str, np.ndar
     return out
 
 
-def evaluate(source: str, manifest: str | Path, *, name: str | None = None, out: str | Path | None = None,
-             tracking_uri: str | None = None, batch_size: int = 16, device: str | None = None, n_boot: int = 1000,
-             n_permutations: int = 1000, label_column: str = "label", label_sep: str = ";", seed: int = 0,
-             progress: bool = True, report: bool = True) -> EvaluateResult:
-    """Validate the run ``source``'s model on the labelled ``manifest`` of another site (see the module docstring).
+@dataclass
+class _Applied:
+    """The model's outputs on the labelled rows of the manifest (see :func:`_apply`)."""
 
-    Args:
-        source: the pipeline run id (the evaluation is nested under it; its training data are the shift reference).
-        manifest: the new site's manifest (CSV/TSV/JSON) with labels in ``label_column``.
-        name: what to call this evaluation (default: the manifest's file name without suffix).
-        out: folder for ``predictions.csv``, ``evaluation.json`` (and ``report.html``); default
-            ``medcl-evaluations/<name>``.
-        n_boot: patient-bootstrap resamples for the CIs; ``n_permutations``: for the shift test's p-value.
-        report: rebuild the run's HTML report (with the new "External validation" section) into ``out``.
+    recs: list[dict[str, Any]]  # one per manifest row: ok, failed or excluded, with its status
+    idx: np.ndarray  # (N,) positions in the manifest's records of the N rows read, in prediction order
+    probs: np.ndarray  # (N, K_out) calibrated probabilities
+    probs_before: np.ndarray  # (N, K_out) before the run's calibrator
+    features: np.ndarray  # (N, D) the encoder's pooled features
+
+
+def _check_request(source: str, manifest: Path, n_boot: int, n_permutations: int, batch_size: int) -> None:
+    """Refuse a request before any work: ``source`` must be a run id, ``manifest`` a file, the counts >= 1.
 
     Raises:
-        ConfigError: ``source`` is not a run id, or a bad option.
-        DataError: the manifest's labels do not match the model's classes, or no row could be evaluated.
-        TrackingError: the run has no classification model, or the store cannot be reached.
+        ConfigError: ``source`` is not a pipeline run id, or a count is below 1.
+        DataError: the manifest does not exist.
     """
-    from medcl.metrics import calibration_metrics, metrics_with_ci, subgroup_metrics
-    from medcl.predict import InputRow, _batches, _Prepared, load_model
-    from medcl.stages.common import jsonable
-
-    source, manifest = str(source), Path(manifest)
     if not _RUN_ID.fullmatch(source):
         raise ConfigError(f"{source!r} is not a pipeline run id", where="medcl evaluate RUN",
                           fix="pass the run id printed at the end of `medcl run` (the evaluation is logged as a "
@@ -144,14 +142,19 @@ def evaluate(source: str, manifest: str | Path, *, name: str | None = None, out:
     if n_boot < 1 or n_permutations < 1 or batch_size < 1:
         raise ConfigError("--n-boot, --permutations and --batch-size must be >= 1", where="medcl evaluate",
                           fix="e.g. --n-boot 1000 --permutations 1000 --batch-size 16")
-    site = _site_name(manifest, name)
-    out_dir = Path(out) if out else Path("medcl-evaluations") / site.replace(" ", "_")
-    import torch
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    lm = load_model(source, tracking_uri, device)
-    records, y_all = _labelled_rows(manifest, lm, label_column, label_sep)
-    labelled = ~np.isnan(y_all).any(axis=1) if y_all.ndim == 2 else y_all >= 0
+
+def _apply(lm: Any, records: list[Any], labelled: np.ndarray, manifest: Path, label_column: str, batch_size: int,
+           device: str, progress: bool) -> _Applied:
+    """Apply the model ``lm`` to the labelled ``records`` (``labelled``: ``(len(records),)`` bool).
+
+    Unlabelled rows are listed as excluded (with a warning), rows that cannot be read as failed.
+
+    Raises:
+        DataError: none of the labelled rows could be read.
+    """
+    from medcl.predict import InputRow, _batches, _Prepared
+
     rows = [InputRow(r.relpath, Path(r.path), r.patient, r.row, {"modality": r.modality})
             for r, ok in zip(records, labelled) if ok]
     excluded = [{"row": r.row, "source": r.relpath, "patient": r.patient, "status": "excluded: no label"}
@@ -179,40 +182,109 @@ def evaluate(source: str, manifest: str | Path, *, name: str | None = None, out:
     if not idx:
         raise DataError(f"none of the {len(rows)} labelled row(s) could be read", where=str(manifest),
                         fix="see the errors above (file formats, paths relative to the manifest's folder)")
-    idx_arr = np.asarray(idx)
-    y = y_all[idx_arr]
-    probs, probs_before, features = np.concatenate(cal), np.concatenate(uncal), np.concatenate(feats)
-    patients = np.asarray([records[i].patient for i in idx_arr], dtype=object)
-    task, classes = lm.task, lm.classes
+    return _Applied(recs, np.asarray(idx), np.concatenate(cal), np.concatenate(uncal), np.concatenate(feats))
+
+
+def _add_labels(recs: list[dict[str, Any]], records: list[Any], y_all: np.ndarray, classes: list[str]) -> None:
+    """Give every row of ``recs`` its label as class name(s) (``;``-joined for multi-label; ``""``: none)."""
     labels = {r.row: (";".join(c for c, v in zip(classes, y_all[k]) if v == 1) if y_all.ndim == 2
                       else (classes[int(y_all[k])] if y_all[k] >= 0 else ""))
               for k, r in enumerate(records)}
     for rec in recs:
         rec["label"] = labels.get(rec.get("row"), "")
-    op = lm.operating_point
+
+
+def _measure(lm: Any, applied: _Applied, y: np.ndarray, patients: np.ndarray, records: list[Any], source: str,
+             tracking_uri: str | None, n_boot: int, n_permutations: int, seed: int) -> tuple[dict, dict, dict, dict]:
+    """``(metrics, calibration before/after, subgroup metrics, shift)`` of the rows read.
+
+    ``y`` (``(N,)`` class indices or ``(N, K)`` multi-label) and ``patients`` (``(N,)``) follow ``applied.idx``;
+    metrics are called at the run's operating point.
+    """
+    from medcl.metrics import calibration_metrics, metrics_with_ci, subgroup_metrics
+
+    task, classes, op = lm.task, lm.classes, lm.operating_point
+    probs = applied.probs
     threshold = float(op["threshold"]) if task in ("binary", "multilabel") and "threshold" in op else None
     y_metric = y.astype(np.int64) if y.ndim == 1 else y
     t0 = time.time()
     metrics = metrics_with_ci(y_metric, probs, task, patients, threshold=threshold, class_names=classes,
                               n_boot=n_boot, seed=seed)
-    calibration = {"before": calibration_metrics(y_metric, probs_before, task),
+    calibration = {"before": calibration_metrics(y_metric, applied.probs_before, task),
                    "after": calibration_metrics(y_metric, probs, task)}
-    groups = _subgroup_columns(records, idx_arr)
+    groups = _subgroup_columns(records, applied.idx)
     subgroups = subgroup_metrics(y_metric, probs, task, patients, groups_by=groups, threshold=threshold,
                                  class_names=classes, n_boot=0) if groups else {}
-    shift = _shift(source, tracking_uri, features, patients, n_permutations, seed)
+    shift = _shift(source, tracking_uri, applied.features, patients, n_permutations, seed)
     log.info("evaluate: metrics, calibration and shift computed in %.1f s", time.time() - t0)
+    return metrics, calibration, subgroups, shift
 
-    n_excl = len(recs) - len(idx)
+
+def evaluate(source: str, manifest: str | Path, *, name: str | None = None, out: str | Path | None = None,
+             tracking_uri: str | None = None, batch_size: int = 16, device: str | None = None, n_boot: int = 1000,
+             n_permutations: int = 1000, label_column: str = "label", label_sep: str = ";", seed: int = 0,
+             progress: bool = True, report: bool = True) -> EvaluateResult:
+    """Validate the run ``source``'s model on the labelled ``manifest`` of another site (see the module docstring).
+
+    Args:
+        source: the pipeline run id (the evaluation is nested under it; its training data are the shift reference).
+        manifest: the new site's manifest (CSV/TSV/JSON) with labels in ``label_column``.
+        name: what to call this evaluation (default: the manifest's file name without suffix).
+        out: folder for ``predictions.csv``, ``evaluation.json`` (and ``report.html``); default
+            ``medcl-evaluations/<name>``.
+        tracking_uri: MLflow store (default ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``).
+        batch_size: samples per forward pass.
+        device: ``cpu``, ``cuda`` … (default: CUDA when present).
+        n_boot: patient-bootstrap resamples for the CIs.
+        n_permutations: permutations for the shift test's p-value.
+        label_column: the manifest column that holds the labels (class names of the model).
+        label_sep: separator of a multi-label row's labels.
+        seed: seed of the bootstrap and the permutations.
+        progress: progress bar.
+        report: rebuild the run's HTML report (with the new "External validation" section) into ``out``.
+
+    Returns:
+        :class:`EvaluateResult`: what was measured, where it was written, the nested run's id.
+
+    Raises:
+        ConfigError: ``source`` is not a run id, or a bad option.
+        DataError: the manifest's labels do not match the model's classes, or no row could be evaluated.
+        TrackingError: the run has no classification model, or the store cannot be reached.
+    """
+    from medcl.predict import load_model
+    from medcl.stages.common import jsonable
+
+    source, manifest = str(source), Path(manifest)
+    _check_request(source, manifest, n_boot, n_permutations, batch_size)
+    site = _site_name(manifest, name)
+    out_dir = Path(out) if out else Path("medcl-evaluations") / site.replace(" ", "_")
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    lm = load_model(source, tracking_uri, device)
+    records, y_all = _labelled_rows(manifest, lm, label_column, label_sep)
+    labelled = ~np.isnan(y_all).any(axis=1) if y_all.ndim == 2 else y_all >= 0
+    applied = _apply(lm, records, labelled, manifest, label_column, batch_size, device, progress)
+    recs, idx_arr = applied.recs, applied.idx
+    y = y_all[idx_arr]
+    patients = np.asarray([records[i].patient for i in idx_arr], dtype=object)
+    task, classes = lm.task, lm.classes
+    _add_labels(recs, records, y_all, classes)
+    op = lm.operating_point
+    metrics, calibration, subgroups, shift = _measure(lm, applied, y, patients, records, source, tracking_uri,
+                                                      n_boot, n_permutations, seed)
+
+    n_excl = len(recs) - len(idx_arr)
     summary = _summary(metrics, calibration, shift, task)
     result = {"name": site, "manifest": manifest.name, "model_uri": lm.model_uri, "run_id": lm.run_id,
-              "task": task, "classes": classes, "n_samples": len(idx), "n_patients": int(len(np.unique(patients))),
+              "task": task, "classes": classes, "n_samples": len(idx_arr),
+              "n_patients": int(len(np.unique(patients))),
               "n_excluded": n_excl, "excluded": [{k: r.get(k) for k in ("row", "status")}
                                                  for r in recs if r.get("status") != "ok"],
               "operating_point": op, "metrics": metrics, "calibration": calibration, "subgroups": subgroups,
               "shift": shift, "n_boot": n_boot, "seed": seed}
     out_dir.mkdir(parents=True, exist_ok=True)
-    pred_path = _write_predictions(recs, out_dir / "predictions.csv", cols, lm)
+    pred_path = _write_predictions(recs, out_dir / "predictions.csv", lm.predictor.columns, lm)
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2, default=jsonable))
     eval_run = _log(source, tracking_uri, site, manifest, result, out_dir, pred_path)
     report_path = None
@@ -220,7 +292,7 @@ def evaluate(source: str, manifest: str | Path, *, name: str | None = None, out:
         from medcl.reporting.html import build_report
 
         report_path = build_report(source, out=out_dir / "report.html", tracking_uri=tracking_uri)
-    return EvaluateResult(site, out_dir, eval_run, len(idx), n_excl, metrics, calibration, shift, subgroups,
+    return EvaluateResult(site, out_dir, eval_run, len(idx_arr), n_excl, metrics, calibration, shift, subgroups,
                           report_path, summary)
 
 
@@ -248,6 +320,7 @@ def _shift(run_id: str, tracking_uri: str | None, features: np.ndarray, patients
 
 
 def _summary(metrics: dict[str, Any], calibration: dict[str, Any], shift: dict[str, Any], task: str) -> list[dict]:
+    """The console table's rows (``metric``, ``value``): headline metrics with CIs, ECE before → after, shift."""
     rows = []
     for k in ("auroc", "auprc", "balanced_accuracy", "accuracy", "qwk"):
         m = metrics.get(k)
@@ -267,6 +340,7 @@ def _summary(metrics: dict[str, Any], calibration: dict[str, Any], shift: dict[s
 
 
 def _write_predictions(recs: list[dict], path: Path, cols: list[str], lm: Any) -> Path:
+    """Write ``predictions.csv`` (one row per manifest row, in manifest order, fixed columns) and return its path."""
     import pandas as pd
 
     recs = sorted(recs, key=lambda d: d.get("row") or 0)  # manifest order

@@ -1,5 +1,6 @@
-"""The modalities medcl knows, in one place: every list of them (manifest checks, config schema, CLI, demo) is
-read from here.
+"""The modalities medcl knows, in one place.
+
+Every list of them (manifest checks, config schema, CLI, demo) is read from here.
 
 A modality decides how a file is read and shaped (``medcl/README.md``, array conventions), which transform preset
 and encoder a pipeline uses, and which demo data ``medcl data synth`` writes.

@@ -53,9 +53,12 @@ SMOKE_CROP_3D = 32  # voxels per axis; divisible by 32, as every 3D encoder here
 
 
 def smoke_overrides(cfg: PipelineConfig) -> list[str]:
-    """What ``--smoke`` changes: :data:`SMOKE_OVERRIDES` (two steps per stage) plus smaller batches and, for
-    3D modalities, smaller crops and sliding windows, so that every shipped pipeline's smoke run takes minutes
-    on 2 CPU cores within 24 GiB. Only shrinks: a setting already below a cap is kept."""
+    """The ``--set`` overrides ``--smoke`` adds to the pipeline ``cfg``.
+
+    :data:`SMOKE_OVERRIDES` (two steps per stage) plus smaller batches and, for 3D modalities, smaller crops and
+    sliding windows, so that every shipped pipeline's smoke run takes minutes on 2 CPU cores within 24 GiB. Only
+    shrinks: a setting already below a cap is kept.
+    """
     from medcl.transforms import preset_info
 
     b = SMOKE_BATCH
@@ -75,8 +78,10 @@ def smoke_overrides(cfg: PipelineConfig) -> list[str]:
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None, smoke: bool = False) -> PipelineConfig:
-    """Load a pipeline YAML; with ``smoke``, :func:`smoke_overrides` go before the user's ``--set`` ones
-    (which therefore still win)."""
+    """Load and validate the pipeline YAML ``path`` with the ``--set`` ``overrides`` applied.
+
+    With ``smoke``, :func:`smoke_overrides` go before the user's ``--set`` ones (which therefore still win).
+    """
     from medcl.config import load_config
 
     cfg = load_config(path, overrides)
@@ -89,12 +94,21 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None, smoke: b
 
 def run_pipeline_file(path: str | Path, *, overrides: list[str] | None = None, force: bool = False,
                       resume: bool = False, dry_run: bool = False, smoke: bool = False) -> int:
+    """``medcl run PIPELINE``: load the pipeline (see :func:`load_pipeline`), run it; the exit code (0).
+
+    Errors are raised (:class:`~medcl.errors.MedclError`), for the command line to report.
+    """
     cfg = load_pipeline(path, overrides, smoke=smoke)
     run_pipeline(cfg, force=force, resume=resume, dry_run=dry_run, smoke=smoke)
     return 0
 
 
 def _device(cfg: PipelineConfig, local_rank: int) -> Any:
+    """The torch device this rank trains on: CUDA device ``local_rank`` per ``runtime.device``, else the CPU.
+
+    Raises:
+        StageError: ``runtime.device`` is ``cuda`` and no GPU is visible.
+    """
     import torch
 
     want = cfg.runtime.device
@@ -124,8 +138,11 @@ def run_pipeline(cfg: PipelineConfig, *, force: bool = False, resume: bool = Fal
 
 @contextlib.contextmanager
 def _sigterm_fails_the_run() -> Iterator[None]:
-    """SIGTERM (torchrun stopping the job because another rank failed, ``scancel``, ``docker stop``) raises
-    a :class:`DistributedError`, so the stage and pipeline runs end FAILED instead of staying RUNNING."""
+    """Make SIGTERM raise a :class:`DistributedError` while the pipeline runs (main thread only).
+
+    torchrun stopping the job because another rank failed, ``scancel`` or ``docker stop`` then end the stage and
+    pipeline runs FAILED instead of leaving them RUNNING. The previous handler is restored afterwards.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -146,8 +163,9 @@ def _sigterm_fails_the_run() -> Iterator[None]:
 
 
 def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bool, smoke: bool) -> RunContext:
+    """The pipeline run itself (see :func:`run_pipeline`): data, the pipeline's MLflow run, then every stage."""
     from medcl import distributed
-    from medcl.tracking import MLflowTracker, NullTracker, default_tracking_uri, runs
+    from medcl.tracking import default_tracking_uri
 
     key = pipeline_key(cfg)
     run_dir = Path(cfg.runtime.output_dir).resolve() / f"{cfg.name}-{key}"
@@ -171,21 +189,7 @@ def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bo
     distributed.barrier()
 
     ctx.tracking_uri = uri
-    previous, stage_runs = None, {}
-    parent: Tracker = NullTracker(cfg.name)
-    if ctx.is_main:
-        previous = None if force else runs.pipeline_run(uri, cfg.tracking.experiment, key)
-        parent = MLflowTracker.start(
-            cfg.name, uri=uri, experiment=cfg.tracking.experiment, retries=cfg.tracking.retries,
-            retry_wait_s=cfg.tracking.retry_wait_s, run_id=previous.run_id if previous else None,
-            tags={runs.KIND: "pipeline", runs.KEY: key, "medcl.smoke": str(smoke).lower()},
-        )
-        stage_runs = runs.stage_runs(uri, cfg.tracking.experiment, parent.run_id) if previous else {}
-        if not previous:
-            _log_pipeline_inputs(parent, cfg, data, run_dir)
-    ctx.parent_run_id = distributed.broadcast_object(parent.run_id if ctx.is_main else None)
-    stage_runs = distributed.broadcast_object(stage_runs)
-
+    parent, stage_runs = _open_pipeline_run(ctx, force)
     status = "FINISHED"
     try:
         for stage in cfg.stages:
@@ -196,41 +200,7 @@ def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bo
                     log.info("stage %s already completed in run %s: skipping (use --force to re-run)", stage,
                              prev.run_id)
                 continue
-            reopen = prev.run_id if (prev and resume and ctx.is_main) else None
-            child = parent.child(stage, tags={runs.STAGE: stage, runs.KIND: "stage"}, run_id=reopen)
-            child.run_id = distributed.broadcast_object(child.run_id)  # every rank's outputs name the run
-            t0 = time.time()
-            if ctx.is_main:
-                log.info("stage %s: starting (MLflow run %s)", stage, child.run_id)
-            spec = STAGES[stage]
-            try:
-                with distributed.stage_scope(stage):
-                    if spec.main_only:  # rank 0 works alone; the other ranks wait here, once
-                        out = distributed.run_on_main(functools.partial(spec.run, ctx, child), f"stage {stage}")
-                    else:
-                        out = spec.run(ctx, child)
-            except DistributedError:
-                child.end("FAILED")
-                raise
-            except MedclError as exc:
-                child.end("FAILED")
-                raise StageError(exc.line(), where=f"stage {stage}",
-                                 fix="fix the cause above and re-run; completed stages are skipped") from exc
-            except Exception as exc:
-                child.end("FAILED")
-                with distributed.stage_scope(stage):
-                    lost = distributed.explain(exc)
-                if lost is not None:
-                    raise lost from exc
-                raise StageError(f"{type(exc).__name__}: {exc}", where=f"stage {stage}",
-                                 fix="see the log file for the traceback; completed stages are skipped on a re-run"
-                                 ) from exc
-            out = {**(out or {}), "run_id": child.run_id, "seconds": round(time.time() - t0, 1)}
-            ctx.outputs[stage] = out
-            if ctx.is_main:
-                (ctx.stage_dir(stage) / "outputs.json").write_text(json.dumps(out, indent=2, default=str))
-                child.set_tags({runs.OUTPUTS: json.dumps(out, default=str)[:5000]})
-            child.end("FINISHED")
+            _run_stage(ctx, parent, stage, prev)
     except BaseException:
         status = "FAILED"
         raise
@@ -241,9 +211,94 @@ def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bo
     return ctx
 
 
+def _open_pipeline_run(ctx: RunContext, force: bool) -> tuple[Tracker, dict[str, RunRef]]:
+    """Start (rank 0) the pipeline's MLflow run and tell every rank its id and its earlier stage runs.
+
+    A run of the same config key is re-opened unless ``force``; a new run gets the pipeline's inputs logged.
+    Ranks other than 0 get a :class:`NullTracker`.
+
+    Returns:
+        ``(the pipeline run's tracker, {stage: its latest stage run})`` (no stage runs for a new run).
+    """
+    from medcl import distributed
+    from medcl.tracking import MLflowTracker, NullTracker, runs
+
+    cfg, uri = ctx.cfg, ctx.tracking_uri
+    previous, stage_runs = None, {}
+    parent: Tracker = NullTracker(cfg.name)
+    if ctx.is_main:
+        previous = None if force else runs.pipeline_run(uri, cfg.tracking.experiment, ctx.key)
+        parent = MLflowTracker.start(
+            cfg.name, uri=uri, experiment=cfg.tracking.experiment, retries=cfg.tracking.retries,
+            retry_wait_s=cfg.tracking.retry_wait_s, run_id=previous.run_id if previous else None,
+            tags={runs.KIND: "pipeline", runs.KEY: ctx.key, "medcl.smoke": str(ctx.smoke).lower()},
+        )
+        stage_runs = runs.stage_runs(uri, cfg.tracking.experiment, parent.run_id) if previous else {}
+        if not previous:
+            _log_pipeline_inputs(parent, cfg, ctx.data, ctx.run_dir)
+    ctx.parent_run_id = distributed.broadcast_object(parent.run_id if ctx.is_main else None)
+    stage_runs = distributed.broadcast_object(stage_runs)
+    return parent, stage_runs
+
+
+def _run_stage(ctx: RunContext, parent: Tracker, stage: str, prev: RunRef | None) -> None:
+    """Run ``stage`` as a nested run of ``parent`` and record its outputs in ``ctx.outputs[stage]``.
+
+    With ``--resume`` an unfinished earlier run ``prev`` of the stage is re-opened. The stage runs on every rank, or
+    on rank 0 alone while the others wait (``main_only``).
+
+    Raises:
+        DistributedError: a rank failed or the process was terminated.
+        StageError: the stage failed (the cause chained); its run ends FAILED.
+    """
+    from medcl import distributed
+    from medcl.tracking import runs
+
+    reopen = prev.run_id if (prev and ctx.resume and ctx.is_main) else None
+    child = parent.child(stage, tags={runs.STAGE: stage, runs.KIND: "stage"}, run_id=reopen)
+    child.run_id = distributed.broadcast_object(child.run_id)  # every rank's outputs name the run
+    t0 = time.time()
+    if ctx.is_main:
+        log.info("stage %s: starting (MLflow run %s)", stage, child.run_id)
+    spec = STAGES[stage]
+    try:
+        with distributed.stage_scope(stage):
+            if spec.main_only:  # rank 0 works alone; the other ranks wait here, once
+                out = distributed.run_on_main(functools.partial(spec.run, ctx, child), f"stage {stage}")
+            else:
+                out = spec.run(ctx, child)
+    except DistributedError:
+        child.end("FAILED")
+        raise
+    except MedclError as exc:
+        child.end("FAILED")
+        raise StageError(exc.line(), where=f"stage {stage}",
+                         fix="fix the cause above and re-run; completed stages are skipped") from exc
+    except Exception as exc:
+        child.end("FAILED")
+        with distributed.stage_scope(stage):
+            lost = distributed.explain(exc)
+        if lost is not None:
+            raise lost from exc
+        raise StageError(f"{type(exc).__name__}: {exc}", where=f"stage {stage}",
+                         fix="see the log file for the traceback; completed stages are skipped on a re-run"
+                         ) from exc
+    out = {**(out or {}), "run_id": child.run_id, "seconds": round(time.time() - t0, 1)}
+    ctx.outputs[stage] = out
+    if ctx.is_main:
+        (ctx.stage_dir(stage) / "outputs.json").write_text(json.dumps(out, indent=2, default=str))
+        child.set_tags({runs.OUTPUTS: json.dumps(out, default=str)[:5000]})
+    child.end("FINISHED")
+
+
 def _done_outputs(ctx: RunContext, stage: str, prev: RunRef) -> dict[str, Any]:
-    """The outputs a completed stage recorded: its MLflow tag, or its folder's ``outputs.json`` when the tag was
-    cut (long outputs)."""
+    """The outputs a completed stage recorded.
+
+    Its MLflow tag, or its folder's ``outputs.json`` when the tag was cut (long outputs).
+
+    Raises:
+        StageError: the tag was cut and ``outputs.json`` is missing.
+    """
     if prev.outputs is not None:
         return prev.outputs
     path = ctx.run_dir / stage / "outputs.json"

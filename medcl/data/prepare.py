@@ -14,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from medcl.errors import ConfigError, DataError
+from medcl.data.manifest import label_problems, load_manifest
+from medcl.data.splits import check_leakage, make_splits, split_summary
+from medcl.data.validate import filter_records, validate_manifest
+from medcl.errors import ConfigError, DataError, SplitError
 from medcl.lookup import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -113,10 +116,6 @@ def _numeric(values: list[str]) -> bool:
 
 def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
     """Load, validate, label and split the data of a pipeline config (see module docstring)."""
-    from medcl.data.manifest import label_problems, load_manifest
-    from medcl.data.splits import check_leakage, make_splits, split_summary
-    from medcl.data.validate import filter_records, validate_manifest
-
     d = cfg.data
     if not d.manifest:
         raise ConfigError("no manifest given", where="data.manifest",
@@ -191,8 +190,6 @@ def check_splits(bundle: DataBundle, needs: dict[str, tuple[tuple[str, bool], ..
     Raises:
         SplitError: naming the split, the stage that needs it and the patients per split.
     """
-    from medcl.errors import SplitError
-
     counts = {s: len({r.patient for r in bundle.records if bundle.assignment.get(r.patient) == s}) for s in SPLITS}
     for stage, splits in needs.items():
         for split, labelled in splits:

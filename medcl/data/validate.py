@@ -50,6 +50,7 @@ from medcl.data.manifest import (
 )
 from medcl.errors import DataError, ReaderError
 from medcl.modalities import IMAGE_2D, VOLUME_3D
+from medcl.readers import detect_format, read
 
 __all__ = [
     "Problem", "validate_manifest", "problems_to_json", "filter_records", "check_shape",
@@ -78,8 +79,6 @@ def peek_voxels(path: Path) -> int | None:
     size cannot be told cheaply (signals, whole-slide images — read at a small level — or a
     header the reader will reject anyway).
     """
-    from medcl.readers import detect_format
-
     try:
         fmt = detect_format(path)
         if fmt == "nifti":
@@ -355,11 +354,6 @@ def validate_manifest(
 
     todo = [r for r in records if r.relpath]
     if check_files and todo:
-        try:
-            from medcl.readers import read
-        except ImportError as e:  # pragma: no cover - the readers ship with medcl
-            raise DataError(f"the readers cannot be imported ({e})", where="medcl.readers",
-                            fix="reinstall medcl") from e
         with _progress(progress) as bar, ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
             task_id = bar.add_task("validating", total=len(todo))
             futures = [pool.submit(_check_row, r, r.modality, root_path, read, require_mask, max_voxels)

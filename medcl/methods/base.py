@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from medcl.errors import DataError
+from medcl.losses import LOSSES
 from medcl.networks.base import Encoder
 from medcl.networks.heads import ProjectionHead
 
@@ -35,6 +36,7 @@ class Method(nn.Module):
     needs: tuple[str, ...] = ()
 
     def __init__(self, encoder: Encoder) -> None:
+        """Keep ``encoder`` as ``self.encoder`` (subclasses add heads and the criterion)."""
         super().__init__()
         self.encoder = encoder
 
@@ -138,6 +140,7 @@ class ContrastiveMethod(Method):
     """
 
     def __init__(self, encoder: Encoder, *, hidden_dim: int = 2048, out_dim: int = 128, num_layers: int = 2) -> None:
+        """Build the ``feature_dim -> hidden_dim -> out_dim`` projection MLP on top of ``encoder``."""
         super().__init__(encoder)
         self.out_dim = int(out_dim)
         self.projector = ProjectionHead(encoder.feature_dim, hidden_dim, out_dim, num_layers=num_layers)
@@ -146,6 +149,35 @@ class ContrastiveMethod(Method):
         """``(B, V, C, *S) -> (B, V, out_dim)`` projections (one encoder pass for all views)."""
         b, v = views.shape[:2]
         return self.projector(self.encoder(views.flatten(0, 1))).view(b, v, -1)
+
+
+class CriterionMethod(ContrastiveMethod):
+    """Encoder → projector → a criterion from :data:`medcl.losses.LOSSES`, named by the subclass (:attr:`loss`).
+
+    SimCLR, MICLe and the SupCon family are this composition; a subclass names its loss and says what the
+    criterion compares (its ``forward``). The loss's own options (e.g. ``hard_pairs``) are method options too
+    (:func:`medcl.methods.method_options` reads them from the loss class), so no subclass re-lists the shared ones.
+
+    Args:
+        encoder: the backbone.
+        temperature: softmax temperature.
+        hidden_dim, out_dim, num_layers: projector.
+        gather_distributed: negatives from all GPUs.
+        **loss_options: the other options of the :attr:`loss` class.
+    """
+
+    #: the :data:`~medcl.losses.LOSSES` entry the criterion is built from
+    loss = ""
+    #: loss arguments filled from method options (loss argument -> method option), not options of their own
+    from_method: dict[str, str] = {}
+
+    def __init__(self, encoder: Encoder, *, temperature: float = 0.1, hidden_dim: int = 2048, out_dim: int = 128,
+                 num_layers: int = 2, gather_distributed: bool = False, **loss_options: object) -> None:
+        """Build the projector and the criterion (the :attr:`loss` class with the shared and its own options)."""
+        super().__init__(encoder, hidden_dim=hidden_dim, out_dim=out_dim, num_layers=num_layers)
+        shared = {"temperature": temperature, "gather_distributed": gather_distributed}
+        filled = {arg: {"out_dim": out_dim, "hidden_dim": hidden_dim}[opt] for arg, opt in self.from_method.items()}
+        self.criterion = LOSSES[self.loss](**shared, **filled, **loss_options)
 
 
 def view_stats(z: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -75,6 +75,11 @@ class DenseContrast(Method):
         flip_p: float = 0.5,
         gather_distributed: bool = False,
     ) -> None:
+        """Build the 1×1-conv dense head on the chosen pyramid level and the global + local criterion.
+
+        Raises:
+            ConfigError: the encoder is not 2D/3D, or ``level`` is outside its pyramid.
+        """
         super().__init__(encoder)
         sd = encoder.spatial_dims
         if sd not in (2, 3):
@@ -101,6 +106,15 @@ class DenseContrast(Method):
         return self.dense_head(f)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Global + local contrast between views 0 and 1 (randomly flipped in training, flipped back).
+
+        Args:
+            batch: ``views`` ``(B, V>=2, C, *S)``; only views 0 and 1 are used.
+
+        Returns:
+            ``{"loss", "pos_cos", "z_std"}``: the weighted global + local loss (scalar, with gradient) and the
+            :func:`~medcl.methods.base.view_stats` monitors of the pooled ``(B, 2, out_dim)`` dense projections.
+        """
         v = self.views(batch)[:, :2]
         b, sd = v.shape[0], v.dim() - 3
         x = v.transpose(0, 1).flatten(0, 1)  # (2B, C, *S), view-major

@@ -1,5 +1,8 @@
-"""MoCo v3 (Chen, Xie, He 2021, "An Empirical Study of Training Self-Supervised Vision
-Transformers", arXiv:2104.02057)."""
+"""MoCo v3: online network + predictor contrasted against a momentum (EMA) target network.
+
+Chen, Xie, He 2021, "An Empirical Study of Training Self-Supervised Vision Transformers",
+arXiv:2104.02057.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ class MoCoV3(Method):
         queue_size: int = 0,
         gather_distributed: bool = False,
     ) -> None:
+        """Build projector and predictor, the frozen target copies of encoder + projector, and the key queue."""
         super().__init__(encoder)
         self.projector = ProjectionHead(encoder.feature_dim, hidden_dim, out_dim, num_layers=3, last_bn=True)
         self.predictor = PredictorHead(out_dim, pred_hidden_dim or hidden_dim, out_dim)
@@ -64,6 +68,18 @@ class MoCoV3(Method):
         self.momentum = self.base_momentum
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Symmetric MoCo v3 loss ``ctr(q1, k2) + ctr(q2, k1)`` of views 0 and 1.
+
+        In training the new keys ``k1, k2`` are pushed onto the queue (when there is one) after the loss.
+
+        Args:
+            batch: ``views`` ``(B, V>=2, C, *S)``; only views 0 and 1 are used.
+
+        Returns:
+            ``{"loss", "momentum", "pos_cos", "z_std"}``: the loss (scalar, with gradient), the current EMA
+            momentum (scalar) and the :func:`~medcl.methods.base.view_stats` monitors of the predictions
+            ``(B, 2, out_dim)``.
+        """
         v = self.views(batch)[:, :2]
         b = v.shape[0]
         x = v.transpose(0, 1).flatten(0, 1)  # (2B, C, *S): view-major

@@ -6,14 +6,15 @@ from collections.abc import Mapping
 
 import torch
 
-from medcl.losses import CLOCSLoss, PatientContrastLoss
-from medcl.methods.base import ContrastiveMethod, view_stats
+from medcl.losses import CLOCSLoss
+from medcl.methods.base import ContrastiveMethod, CriterionMethod, view_stats
 from medcl.networks.base import Encoder
 
 
-class MICLe(ContrastiveMethod):
-    """Multi-Instance Contrastive Learning (Azizi et al., "Big Self-Supervised Models Advance
-    Medical Image Classification", ICCV 2021).
+class MICLe(CriterionMethod):
+    """Multi-Instance Contrastive Learning: images of the same patient are positives.
+
+    Azizi et al., "Big Self-Supervised Models Advance Medical Image Classification", ICCV 2021.
 
     Views of *different images of the same patient* in the batch are positives (besides the
     views of the same image); patients are given by ``batch["patient"]`` (``-1`` = unknown,
@@ -22,38 +23,33 @@ class MICLe(ContrastiveMethod):
 
     Args:
         encoder: the backbone.
-        temperature: softmax temperature.
-        hidden_dim, out_dim, num_layers: projector.
-        gather_distributed: negatives (and patient ids) from all GPUs.
+        **options: ``temperature``, projector sizes, ``gather_distributed`` (negatives and patient ids from all
+            GPUs) and the options of :class:`~medcl.losses.PatientContrastLoss`.
 
     Batch:
         ``views`` ``(B, V>=2, C, *S)``, ``patient`` ``(B,)`` int64.
     """
 
     needs = ("patient",)
-
-    def __init__(
-        self,
-        encoder: Encoder,
-        *,
-        temperature: float = 0.1,
-        hidden_dim: int = 2048,
-        out_dim: int = 128,
-        num_layers: int = 2,
-        gather_distributed: bool = False,
-    ) -> None:
-        super().__init__(encoder, hidden_dim=hidden_dim, out_dim=out_dim, num_layers=num_layers)
-        self.criterion = PatientContrastLoss(temperature, gather_distributed=gather_distributed)
+    loss = "patient"
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """MICLe loss of the embedded views with ``batch["patient"]`` as the grouping.
+
+        Returns:
+            ``{"loss", "pos_cos", "z_std"}``: the loss (scalar, with gradient) and the
+            :func:`~medcl.methods.base.view_stats` monitors of the projections ``(B, V, out_dim)``.
+        """
         z = self.embed_views(self.views(batch))
         patient = self.require(batch, "patient").long()
         return {"loss": self.criterion(z, patient), **view_stats(z)}
 
 
 class CLOCS(ContrastiveMethod):
-    """CLOCS for ECG (Kiyasseh et al., "Contrastive Learning of Cardiac Signals Across Space,
-    Time, and Patients", ICML 2021).
+    """CLOCS for ECG: segments and lead groups of one recording (or patient) are positives.
+
+    Kiyasseh et al., "Contrastive Learning of Cardiac Signals Across Space, Time, and Patients",
+    ICML 2021.
 
     The V views of a row are temporal segments (CMSC), lead groups (CMLC) or both (CMSMLC) of
     one recording, cut by the ECG view transform; each view is contrasted with the other views,
@@ -84,6 +80,7 @@ class CLOCS(ContrastiveMethod):
         num_layers: int = 2,
         gather_distributed: bool = False,
     ) -> None:
+        """Build the projector and the CLOCS criterion; ``needs`` follows ``positives``."""
         super().__init__(encoder, hidden_dim=hidden_dim, out_dim=out_dim, num_layers=num_layers)
         self.criterion = CLOCSLoss(temperature, positives=positives, cross_view_only=cross_view_only,
                                    gather_distributed=gather_distributed)
@@ -91,6 +88,12 @@ class CLOCS(ContrastiveMethod):
         self.needs = {"patient": ("patient",), "record": ("record",)}.get(positives, ())
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """CLOCS loss of the embedded views, grouped by ``patient`` or ``record`` as ``positives`` says.
+
+        Returns:
+            ``{"loss", "pos_cos", "z_std"}``: the loss (scalar, with gradient) and the
+            :func:`~medcl.methods.base.view_stats` monitors of the projections ``(B, V, out_dim)``.
+        """
         z = self.embed_views(self.views(batch))
         patient = self.require(batch, "patient").long() if self.positives == "patient" else None
         record = self.require(batch, "record").long() if self.positives == "record" else None

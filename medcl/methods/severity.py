@@ -1,5 +1,7 @@
-"""Gradient-based severity labelling for OCT (Kokilepersaud, Prabhushankar, AlRegib, Trejo Corona,
-Wykoff, "Gradient-Based Severity Labeling for Biomarker Classification in OCT", IEEE ICIP 2022).
+"""Gradient-based severity labelling for OCT: SupCon on anomaly-gradient pseudo-labels.
+
+Kokilepersaud, Prabhushankar, AlRegib, Trejo Corona, Wykoff, "Gradient-Based Severity Labeling for
+Biomarker Classification in OCT", IEEE ICIP 2022.
 
 1. An anomaly model — a small convolutional autoencoder — is fitted on NORMAL scans only
    (:func:`fit_severity_model`).
@@ -37,8 +39,9 @@ GRADIENT_TARGETS = ("decoder", "input", "error")
 
 
 class SeverityAutoencoder(nn.Module):
-    """Small convolutional autoencoder used as the anomaly model (no batch norm, so per-sample
-    gradients are well defined).
+    """Small convolutional autoencoder used as the anomaly model.
+
+    It has no batch norm, so per-sample gradients are well defined.
 
     Args:
         in_channels: image channels.
@@ -50,6 +53,11 @@ class SeverityAutoencoder(nn.Module):
     """
 
     def __init__(self, in_channels: int, spatial_dims: int = 2, widths: Sequence[int] = (16, 32, 64)) -> None:
+        """Build the strided-conv encoder and the mirrored transposed-conv decoder.
+
+        Raises:
+            ConfigError: ``spatial_dims`` is not 1, 2 or 3.
+        """
         super().__init__()
         if spatial_dims not in _CONV:
             raise ConfigError(f"spatial_dims={spatial_dims}", where="pretrain.method_options", fix="use 1, 2 or 3")
@@ -69,6 +77,7 @@ class SeverityAutoencoder(nn.Module):
         self.in_channels, self.spatial_dims = in_channels, spatial_dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction ``(N, C, *S)`` of ``x`` ``(N, C, *S)`` (nearest-resized back to ``S`` if needed)."""
         y = self.decoder(self.encoder(x))
         if y.shape[2:] != x.shape[2:]:
             y = F.interpolate(y, size=x.shape[2:], mode="nearest")
@@ -291,6 +300,11 @@ class OCTSeverity(ContrastiveMethod):
         gather_distributed: bool = False,
         seed: int = 0,
     ) -> None:
+        """Build the projector, the frozen (seeded) anomaly autoencoder, SupCon and the empty label buffers.
+
+        Raises:
+            ConfigError: ``num_bins < 2`` or an unknown ``gradient_wrt``.
+        """
         super().__init__(encoder, hidden_dim=hidden_dim, out_dim=out_dim, num_layers=num_layers)
         if num_bins < 2:
             raise ConfigError(f"num_bins={num_bins} < 2", where="pretrain.method_options.num_bins", fix="use 2 or more bins")
@@ -371,6 +385,13 @@ class OCTSeverity(ContrastiveMethod):
         return labels
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """SupCon of the embedded views with the severity pseudo-labels as classes.
+
+        Returns:
+            ``{"loss", "severity_mean", "pos_cos", "z_std"}``: the loss (scalar, with gradient), the batch's
+            mean pseudo-label (scalar) and the :func:`~medcl.methods.base.view_stats` monitors of the
+            projections ``(B, V, out_dim)``.
+        """
         v = self.views(batch)
         z = self.embed_views(v)
         y = self.severity_labels(batch).to(z.device)

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 import torch
 
 from medcl.errors import ConfigError, DataError
-from medcl.losses import LOSSES, PrototypeLoss
-from medcl.methods.base import ContrastiveMethod, view_stats
+from medcl.losses import PrototypeLoss
+from medcl.methods.base import CriterionMethod, view_stats
 from medcl.networks.base import Encoder
 
 
@@ -39,47 +39,23 @@ def class_labels(batch: Mapping[str, torch.Tensor], where: str) -> torch.Tensor:
     return y.long()
 
 
-class SupCon(ContrastiveMethod):
+class SupCon(CriterionMethod):
     """SupCon ("out" form): all views of all samples of the same class are positives.
 
-    The SupCon family is one composition: encoder → projector → a supervised contrastive criterion from
-    :data:`medcl.losses.LOSSES` (:attr:`loss`). A variant names its loss; the loss's own options (e.g.
-    ``hard_pairs``) are method options too (:func:`medcl.methods.method_options` reads them from the loss), so no
-    variant re-lists the shared ones.
+    The SupCon family is one composition (:class:`~medcl.methods.base.CriterionMethod`): a variant names its
+    supervised contrastive loss; its options are the shared ones plus the loss's own.
 
     Args:
         encoder: the backbone.
-        temperature: softmax temperature (0.1 in the paper).
-        hidden_dim, out_dim, num_layers: projector.
-        gather_distributed: negatives from all GPUs.
-        **loss_options: the options of the :attr:`loss` class (``base_temperature``, ``contrast_mode``, ...).
+        **options: ``temperature`` (0.1 in the paper), projector sizes, ``gather_distributed`` and the options of
+            :class:`~medcl.losses.SupConLoss` (``base_temperature``, ``contrast_mode``).
 
     Batch:
         ``views`` ``(B, V>=2, C, *S)``, ``label`` ``(B,)`` int64 (``-1`` = unlabelled).
     """
 
     needs = ("label",)
-    #: the :data:`~medcl.losses.LOSSES` entry the criterion is built from
     loss = "supcon"
-    #: loss arguments filled from method options (loss argument -> method option), not options of their own
-    from_method: dict[str, str] = {}
-
-    def __init__(
-        self,
-        encoder: Encoder,
-        *,
-        temperature: float = 0.1,
-        hidden_dim: int = 2048,
-        out_dim: int = 128,
-        num_layers: int = 2,
-        gather_distributed: bool = False,
-        **loss_options: object,
-    ) -> None:
-        """Build the projector and the criterion (the :attr:`loss` class with the shared and its own options)."""
-        super().__init__(encoder, hidden_dim=hidden_dim, out_dim=out_dim, num_layers=num_layers)
-        shared = {"temperature": temperature, "gather_distributed": gather_distributed}
-        filled = {arg: {"out_dim": out_dim, "hidden_dim": hidden_dim}[opt] for arg, opt in self.from_method.items()}
-        self.criterion = LOSSES[self.loss](**shared, **filled, **loss_options)
 
     def labels(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The batch's class labels as the criterion wants them (``(B,)`` int64, ``-1`` = unlabelled)."""
@@ -92,8 +68,11 @@ class SupCon(ContrastiveMethod):
 
 
 class SupConHardNegative(SupCon):
-    """SupCon with expert-named hard negatives (e.g. drusen vs. CNV in OCT): the criterion is
-    :class:`~medcl.losses.HardNegativeSupConLoss` (options ``hard_pairs``, ``hard_weight``, ``classes``)."""
+    """SupCon with expert-named hard negatives (e.g. drusen vs. CNV in OCT).
+
+    The criterion is :class:`~medcl.losses.HardNegativeSupConLoss` (options ``hard_pairs``, ``hard_weight``,
+    ``classes``).
+    """
 
     loss = "hard_negative_supcon"
 
@@ -139,6 +118,15 @@ class SupConGraph(SupCon):
         self.criterion.classes = list(classes)
 
     def labels(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's labels as ``(B, K)`` float label sets for the graph criterion.
+
+        Multi-hot rows are returned with NaN (unknown) set to 0; ``(B,)`` class indices become one-hot rows
+        over the similarity graph's ``K`` classes (``-1`` = unlabelled becomes all zeros).
+
+        Raises:
+            DataError: no ``label``, a class index outside the graph, or labels neither ``(B,)`` nor ``(B, K)``.
+            ConfigError: single-label data without a similarity graph.
+        """
         where = f"method {type(self).__name__}"
         if "label" not in batch:
             raise DataError("batch has no 'label'", where=where, fix="fill the manifest's label column(s)")
@@ -161,10 +149,12 @@ class SupConGraph(SupCon):
 
 
 class SupConBalanced(SupCon):
-    """Class-balanced SupCon for long-tailed labels: the criterion is :class:`~medcl.losses.BalancedSupConLoss`
-    (options ``num_classes``, ``mode`` — ``"class_balanced"`` effective-number anchor weights, Cui et al. 2019;
+    """Class-balanced SupCon for long-tailed labels.
+
+    The criterion is :class:`~medcl.losses.BalancedSupConLoss` (options ``num_classes``, ``mode`` — ``"class_balanced"`` effective-number anchor weights, Cui et al. 2019;
     ``"prototypes"`` BCL class averaging with learnable prototypes, Zhu et al. 2022; ``"both"`` — ``beta`` and
-    ``class_counts``); its prototypes live in the projector's ``out_dim`` space."""
+    ``class_counts``); its prototypes live in the projector's ``out_dim`` space.
+    """
 
     loss = "balanced_supcon"
     from_method = {"dim": "out_dim"}
@@ -192,6 +182,13 @@ class Prototypes(SupCon):
         self.prototype_weight, self.supcon_weight = float(prototype_weight), float(supcon_weight)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Weighted sum of SupCon and the prototype cross-entropy of the embedded views.
+
+        Returns:
+            ``{"loss", "supcon", "prototype", "pos_cos", "z_std"}``: the weighted loss (scalar, with gradient),
+            its two unweighted terms (detached scalars) and the :func:`~medcl.methods.base.view_stats` monitors
+            of the projections ``(B, V, out_dim)``.
+        """
         z = self.embed_views(self.views(batch))
         y = self.labels(batch)
         sup = self.criterion(z, y)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from medcl.metrics.keys import fraction_tag, metric_key, model_tag
+from medcl.metric_keys import fraction_tag, metric_key, model_tag
 
 #: what the stages' model names mean, in words
 MODEL_NAMES = {

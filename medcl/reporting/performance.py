@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from medcl.metrics.keys import calibration_key, model_tag
+from medcl.metric_keys import calibration_key, model_tag
 from medcl.reporting import figures
 from medcl.reporting.blocks import Missing, ci_text, esc, fmt, img, metric_cell, note, para, table
 from medcl.reporting.data import MODEL_NAMES, PROTOCOL_NAMES, ReportData

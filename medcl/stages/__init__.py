@@ -19,14 +19,20 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Stage:
-    """A registry entry: the stage function, whether it runs on rank 0 alone, and the splits it cannot run without
-    (``(split, labelled)`` pairs, checked before any stage runs); calling it runs it."""
+    """A registry entry of one stage; calling it runs it.
+
+    Attributes:
+        run: the stage function ``run(ctx, tracker) -> outputs``.
+        main_only: it runs on rank 0 alone (the other ranks wait once, in the pipeline).
+        splits: the splits it cannot run without, ``(split, labelled)`` pairs, checked before any stage runs.
+    """
 
     run: Callable[[RunContext, Tracker], dict[str, Any]]
     main_only: bool
     splits: tuple[tuple[str, bool], ...] = ()
 
     def __call__(self, ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
+        """Run the stage on ``ctx`` and log to ``tracker`` (its MLflow run); its outputs."""
         return self.run(ctx, tracker)
 
 

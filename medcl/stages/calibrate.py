@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medcl.errors import StageError
-from medcl.metrics.keys import calibration_key
+from medcl.metric_keys import calibration_key
 from medcl.stages.common import data_modality, model_requirements
 from medcl.stages.common import jsonable as _jsonable
 from medcl.tasks.primary import PrimaryModel
@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 
 
 def _load_primary(ctx: RunContext) -> PrimaryModel:
+    """The primary model the classify stage handed on.
+
+    Raises:
+        StageError: the classify stage did not run (or made no primary model).
+    """
     out = ctx.outputs.get("classify") or {}
     if not out.get("primary"):
         raise StageError("no classifier to calibrate", where="stage calibrate",
@@ -56,6 +61,7 @@ def build_export_model(ctx: RunContext, primary: PrimaryModel, calibration: dict
 
 
 def _example_input(ctx: RunContext) -> np.ndarray:
+    """Two preprocessed samples ``(2, C, *S)`` (test split, else any): the logged model's input example."""
     from medcl.stages.common import make_loader, make_transforms
 
     items = ctx.data.items("test", labelled=True)[:2] or ctx.data.items(None)[:2]
@@ -67,8 +73,15 @@ def _example_input(ctx: RunContext) -> np.ndarray:
 
 
 def _calibration_set(npz: dict[str, np.ndarray], task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """``(logits, labels, patients, description)``: validation logits, plus out-of-fold training logits when
-    the classify stage cross-fitted."""
+    """The calibration set: validation logits, plus out-of-fold training logits when the classify stage cross-fitted.
+
+    Args:
+        npz: the primary model's arrays (``val_logits``, ``val_y``, ``val_patients``, ``oof_*`` …).
+        task: binary logits are ``(N,)``, others ``(N, K)``.
+
+    Returns:
+        ``(logits, labels, patient groups, description of the set)``.
+    """
     parts = [("validation", "val_logits", "val_y", "val_patients"), ("out-of-fold training", "oof_logits", "oof_y",
                                                                         "oof_patients")]
     zs, ys, gs, names = [], [], [], []
@@ -86,7 +99,15 @@ def _calibration_set(npz: dict[str, np.ndarray], task: str) -> tuple[np.ndarray,
 
 
 def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
+    """Fit, check and report the calibration of the primary model, then log it as the deployable model.
 
+    Returns:
+        The stage's outputs: ``calibration`` (path of ``calibration.json``), ``model_uri`` (``None`` without a
+        tracking store), ``temperature`` and the summary rows.
+
+    Raises:
+        StageError: no primary model from ``classify``, or no logits to fit the calibration on.
+    """
     from medcl.tasks.calibration import calibration_report, cross_validated_calibration
     from medcl.tasks.export import calibration_for_export
 
@@ -106,6 +127,33 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     rep = calibration_report(z, y, npz["test_logits"], npz["test_y"], c.method, c.n_bins, task=task,
                              calibrator=decision["calibrator"])
     rep["decision"] = {k: v for k, v in decision.items() if k != "calibrator"} | {"fit_on": fit_on}
+    out_dir = ctx.stage_dir("calibrate")
+    _log_calibration(tracker, c, rep, decision, fit_on, out_dir)
+
+    # -- the deployable model ---------------------------------------------------------------------------
+    calibration = calibration_for_export(rep["state"])
+    model = build_export_model(ctx, primary, calibration)
+    example = _example_input(ctx)  # one sample's shape after preprocessing: the model's input_shape
+    operating_point = _operating_point(model, task, primary.threshold, cfg.classify.operating_point)
+    model_uri = None
+    if tracker.active:
+        model_uri = _log_model(ctx, tracker, model, rep, calibration, operating_point, example, out_dir)
+    return {"calibration": str(out_dir / "calibration.json"), "model_uri": model_uri,
+            "temperature": rep.get("temperature"), "summary": _summary(primary, rep, decision, c.n_bins)}
+
+
+def _log_calibration(tracker: Tracker, c: Any, rep: dict[str, Any], decision: dict[str, Any], fit_on: str,
+                     out_dir: Any) -> None:
+    """Log the calibration's cross-validated decision, test metrics before/after, params and ``calibration.json``.
+
+    Args:
+        tracker: the stage's MLflow run.
+        c: the ``calibrate`` config section.
+        rep: :func:`medcl.tasks.calibration.calibration_report`'s report (``before``, ``after``, ``state`` …).
+        decision: :func:`medcl.tasks.calibration.cross_validated_calibration`'s decision (``cv``, ``applied`` …).
+        fit_on: what the calibration set is, in words.
+        out_dir: the stage's folder.
+    """
     cv = decision["cv"]
     tracker.log_metrics({f"calibration_cv/{k}": float(v) for k, v in cv.items()
                          if isinstance(v, (int, float)) and np.isfinite(v)})
@@ -123,53 +171,61 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
         params["calibrate.temperature"] = json.dumps(rep["temperature"])
     tracker.log_params(params)
     saved = {k: v for k, v in rep.items() if k != "probs_after"}
-    out_dir = ctx.stage_dir("calibrate")
     (out_dir / "calibration.json").write_text(json.dumps(saved, indent=2, default=_jsonable))
     tracker.log_artifact(out_dir / "calibration.json")
 
-    # -- the deployable model ---------------------------------------------------------------------------
-    calibration = calibration_for_export(rep["state"])
-    model = build_export_model(ctx, primary, calibration)
-    example = _example_input(ctx)  # one sample's shape after preprocessing: the model's input_shape
-    operating_point = _operating_point(model, task, primary.threshold, cfg.classify.operating_point)
-    model_uri = None
-    if tracker.active:
-        preprocessing = {"preset": cfg.transforms.preset, **(cfg.transforms.model_extra or {}),
-                         "input": "file paths or raw channel-first arrays; the preset's eval transforms are applied"}
-        tracker.log_dict({"classes": data.classes, "task": task, "calibration": c.method,
-                          "temperature": rep.get("temperature"), "preprocessing": preprocessing,
-                          "operating_point": operating_point, "modality": data_modality(ctx),
-                          "encoder": cfg.model.encoder, "output": "calibrated probabilities"},
-                         "model_card.json")
-        from medcl.tracking.pyfunc import log_classifier
 
-        meta_out = json.loads(json.dumps({
-            "classes": data.classes, "task": task, "calibration": calibration, "preprocessing": preprocessing,
-            "operating_point": operating_point, "modality": data_modality(ctx),
-            "input_shape": list(example.shape[1:])}, default=_jsonable))
-        model_uri = log_classifier(tracker, model, meta_out, out_dir / "model", pip_requirements=model_requirements(),
-                                   registered_model_name=cfg.tracking.register_model)
-        # the training data as the model sees it: what `medcl evaluate` measures dataset shift against
-        from medcl.tasks.export import Predictor, reference_features
+def _log_model(ctx: RunContext, tracker: Tracker, model: Any, rep: dict[str, Any], calibration: dict[str, Any],
+               operating_point: dict[str, Any], example: np.ndarray, out_dir: Any) -> str:
+    """Log the model card, the deployable model (registered when configured) and the reference features.
 
-        ref = reference_features(Predictor(model, meta_out), data.items("train"), seed=cfg.seed)
-        np.savez_compressed(out_dir / "reference_features.npz", **ref)
-        tracker.log_artifact(out_dir / "reference_features.npz")
-        log.info("reference features of %d training samples (%d patients) logged for dataset-shift checks",
-                 len(ref["patient"]), len(np.unique(ref["patient"])))
+    ``example`` is a preprocessed batch ``(B, C, *S)``; one sample's shape is the model's ``input_shape``. The
+    reference features (at most 1000 training samples, read as new data are) are what ``medcl evaluate``
+    measures dataset shift against.
+
+    Returns:
+        The logged model's URI.
+    """
+    from medcl.tasks.export import Predictor, reference_features
+    from medcl.tracking.pyfunc import log_classifier
+
+    cfg, c, data, task = ctx.cfg, ctx.cfg.calibrate, ctx.data, ctx.data.task
+    preprocessing = {"preset": cfg.transforms.preset, **(cfg.transforms.model_extra or {}),
+                     "input": "file paths or raw channel-first arrays; the preset's eval transforms are applied"}
+    tracker.log_dict({"classes": data.classes, "task": task, "calibration": c.method,
+                      "temperature": rep.get("temperature"), "preprocessing": preprocessing,
+                      "operating_point": operating_point, "modality": data_modality(ctx),
+                      "encoder": cfg.model.encoder, "output": "calibrated probabilities"},
+                     "model_card.json")
+    meta_out = json.loads(json.dumps({
+        "classes": data.classes, "task": task, "calibration": calibration, "preprocessing": preprocessing,
+        "operating_point": operating_point, "modality": data_modality(ctx),
+        "input_shape": list(example.shape[1:])}, default=_jsonable))
+    model_uri = log_classifier(tracker, model, meta_out, out_dir / "model", pip_requirements=model_requirements(),
+                               registered_model_name=cfg.tracking.register_model)
+    # the training data as the model sees it: what `medcl evaluate` measures dataset shift against
+    ref = reference_features(Predictor(model, meta_out), data.items("train"), seed=cfg.seed)
+    np.savez_compressed(out_dir / "reference_features.npz", **ref)
+    tracker.log_artifact(out_dir / "reference_features.npz")
+    log.info("reference features of %d training samples (%d patients) logged for dataset-shift checks",
+             len(ref["patient"]), len(np.unique(ref["patient"])))
+    return model_uri
+
+
+def _summary(primary: PrimaryModel, rep: dict[str, Any], decision: dict[str, Any], n_bins: int) -> list[dict]:
+    """The stage's rows of the results table: ECE and NLL before → after, and whether the calibration applies."""
     b, a = rep["before"], rep["after"]
     ece_key = next((k for k in ("ece_equal_width", "ece", "ece_adaptive") if k in b), None)
     summary = []
     if ece_key:
-        summary.append({"model": f"{primary.encoder} {primary.kind}", "metric": f"ECE ({c.n_bins} equal-width bins)",
+        summary.append({"model": f"{primary.encoder} {primary.kind}", "metric": f"ECE ({n_bins} equal-width bins)",
                         "value": f"{b[ece_key]:.3f} → {a[ece_key]:.3f}"})
     summary.append({"model": f"{primary.encoder} {primary.kind}", "metric": "NLL",
                     "value": f"{b['nll']:.3f} → {a['nll']:.3f}"})
     if not decision["applied"]:
         summary.append({"model": f"{primary.encoder} {primary.kind}", "metric": "calibration",
                         "value": "not applied (did not help on held-out calibration data)"})
-    return {"calibration": str(out_dir / "calibration.json"), "model_uri": model_uri,
-            "temperature": rep.get("temperature"), "summary": summary}
+    return summary
 
 
 def _operating_point(model: Any, task: str, threshold: float | None, rule: str) -> dict[str, Any]:

@@ -36,10 +36,20 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def transform_params(cfg: Any) -> dict[str, Any]:
+    """The preset's parameters set in the config (``transforms:`` keys besides ``preset``), as a new dict."""
     return dict(cfg.transforms.model_extra or {})
 
 
 def make_transforms(cfg: Any, *, train: bool, views: int = 1, with_mask: bool = False):
+    """The configured preset's transform chain.
+
+    Args:
+        cfg: the pipeline config (``transforms.preset`` and its parameters).
+        train: the augmenting training chain, else the deterministic evaluation chain.
+        views: augmented views of each sample (contrastive pretraining).
+        with_mask: carry a ``"mask"`` key along (spatial transforms only, nearest neighbour), unless the config
+            names the mask keys itself.
+    """
     from medcl.transforms import build_transforms
 
     params = transform_params(cfg)
@@ -49,8 +59,11 @@ def make_transforms(cfg: Any, *, train: bool, views: int = 1, with_mask: bool = 
 
 
 def make_encoder(cfg: Any, weights: str | Path | None = None):
-    """The configured encoder; ``weights`` (an ``encoder.pt`` from pretraining) overrides the config's
-    ``model.pretrained_path`` (a local file, or a ``runs:/`` / ``models:/`` URI of a model medcl logged)."""
+    """The configured encoder, with pretrained weights when given.
+
+    ``weights`` (an ``encoder.pt`` from pretraining) overrides the config's ``model.pretrained_path`` (a local
+    file, or a ``runs:/`` / ``models:/`` URI of a model medcl logged, whose weights file is fetched).
+    """
     from medcl.networks import build_encoder
 
     m = cfg.model

@@ -22,30 +22,31 @@ log = logging.getLogger(__name__)
 
 
 def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
+    """Pretrain the configured encoder with ``pretrain.method`` on the train split (every rank, DDP under torchrun).
+
+    Checkpoints go to ``<run folder>/pretrain/checkpoints`` (``--resume`` continues from the latest); an online kNN
+    probe on the validation patients watches training when there are labels.
+
+    Returns:
+        The stage's outputs: ``encoder`` (the path of ``encoder.pt``, for the later stages), ``encoder_uri``,
+        ``final_loss``, the summary rows, throughput, and what :func:`_save_encoders` chose.
+
+    Raises:
+        DataError: too few training samples for one batch per process.
+    """
     import torch
 
     from medcl import distributed
-    from medcl.engine.checkpoint import Checkpointer
     from medcl.engine.loop import LoopSettings, Optimisation, fit
-    from medcl.engine.optim import build_optimizer
-    from medcl.engine.resume import Launch, load_resume_state, saved_launch
-    from medcl.engine.schedule import build_scheduler
-    from medcl.engine.wrap import maybe_compile, unwrap_model, wrap_ddp
-    from medcl.methods import build_method, method_options
-    from medcl.stages.common import budget, make_encoder, make_loader, make_transforms, seed_everything
+    from medcl.engine.wrap import unwrap_model
+    from medcl.stages.common import make_encoder, make_loader, make_transforms, seed_everything
 
     cfg, p = ctx.cfg, ctx.cfg.pretrain
     seed_everything(cfg.seed, cfg.runtime.deterministic)
 
     # -- data: the train split, several augmented views per sample -------------------------------
     items = ctx.data.items("train")
-    per_rank_batch = p.batch_size // ctx.world_size
-    if per_rank_batch < 2 or len(items) < p.batch_size:
-        if len(items) < 2 * ctx.world_size:
-            raise DataError(f"only {len(items)} training samples for pretraining", where="data",
-                            fix="add data or lower data.val_fraction/test_fraction")
-        per_rank_batch = max(2, min(per_rank_batch, len(items) // ctx.world_size))
-        log.warning("pretrain.batch_size lowered to %d per process for %d samples", per_rank_batch, len(items))
+    per_rank_batch = _per_rank_batch(ctx, len(items))
     transform = make_transforms(cfg, train=True, views=p.views)
     train_set_loader = make_loader(ctx, items, transform, batch_size=per_rank_batch, shuffle=True, train=True,
                                    drop_last=True)
@@ -56,55 +57,18 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
 
     # -- model: encoder + heads + loss -------------------------------------------------------------
     encoder = make_encoder(cfg)
-    allowed = method_options(p.method)
-    kwargs: dict[str, Any] = {}
-    defaults = {"temperature": p.temperature, "hidden_dim": cfg.model.proj_hidden_dim,
-                "out_dim": cfg.model.proj_dim, "gather_distributed": ctx.world_size > 1,
-                "num_classes": len(ctx.data.classes)}
-    for k, v in defaults.items():
-        if k in allowed:
-            kwargs[k] = v
-    if "classes" in allowed:
-        kwargs["classes"] = ctx.data.classes
-    if "class_counts" in allowed and ctx.data.y.ndim == 1:
-        import numpy as np
-
-        train_y = ctx.data.y[ctx.data.indices("train")]
-        kwargs["class_counts"] = np.bincount(train_y[train_y >= 0], minlength=len(ctx.data.classes)).tolist()
-    kwargs.update(p.method_options)
-    method = build_method(p.method, encoder, **kwargs).to(ctx.device)
+    method = _build_method(ctx, encoder)
     if hasattr(method, "setup"):
         method.setup(loader_factory(0))
-    sync_bn = p.sync_bn and ctx.device.type == "cuda"
-    if p.sync_bn and not sync_bn and ctx.world_size > 1 and ctx.is_main:
-        log.warning("pretrain.sync_bn is ignored on %s: PyTorch's SyncBatchNorm runs on GPUs only, so "
-                    "BatchNorm statistics stay per process", ctx.device.type)
-    model = wrap_ddp(method, ctx.device, sync_bn=sync_bn) if ctx.world_size > 1 else method
-    model = maybe_compile(model, p.compile)
+    model = _wrap(ctx, method)
 
     # -- optimisation ----------------------------------------------------------------------------------
     core = unwrap_model(model)
-    groups = core.param_groups(p.weight_decay) if hasattr(core, "param_groups") else core
-    optimizer = build_optimizer(groups, p.optimizer, lr=p.lr, weight_decay=p.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_set_loader) / p.grad_accum))
-    epochs, total = budget(p.steps, p.epochs, steps_per_epoch, p.max_steps)
-    warmup = min(int(p.warmup_epochs * steps_per_epoch), max(0, total - 1))
-    scheduler = build_scheduler(optimizer, total_steps=total, warmup_steps=warmup, min_lr_ratio=0.01)
-    # What a checkpoint says about how it was launched, so a resume can tell what carries over.
-    launch = Launch(world_size=ctx.world_size, per_rank_batch=per_rank_batch, grad_accum=p.grad_accum,
-                    steps_per_epoch=steps_per_epoch, cache=cfg.data.cache)
-    ckpt = Checkpointer(ctx.stage_dir("pretrain") / "checkpoints", keep=p.keep_checkpoints, is_main=ctx.is_main,
-                        run_id=tracker.run_id, config={"launch": launch.record()})
-    resume_state = load_resume_state(ckpt, launch, method, is_main=ctx.is_main) if ctx.resume else None
-    before = saved_launch(resume_state)
-    if before and (before.get("world_size"), before.get("global_batch")) != (launch.world_size, launch.global_batch):
-        # MLflow params are write-once: record the new launch as a tag instead of re-logging them.
-        tracker.set_tags({"medcl.resumed_launch": f"world_size {before.get('world_size')} -> "
-                          f"{ctx.world_size}, global batch {before.get('global_batch')} -> {launch.global_batch}"})
-    else:
-        tracker.log_params({"pretrain.steps_per_epoch": steps_per_epoch, "pretrain.total_steps": total,
-                            "pretrain.world_size": ctx.world_size, "pretrain.per_rank_batch": per_rank_batch,
-                            "model.feature_dim": encoder.feature_dim})
+    optimizer, scheduler, steps_per_epoch, epochs, total = _optimisation(p, core, len(train_set_loader))
+    ckpt, resume_state = _checkpointing(ctx, tracker, method, per_rank_batch, steps_per_epoch, {
+        "pretrain.steps_per_epoch": steps_per_epoch, "pretrain.total_steps": total,
+        "pretrain.world_size": ctx.world_size, "pretrain.per_rank_batch": per_rank_batch,
+        "model.feature_dim": encoder.feature_dim})
 
     # -- watch it: online kNN probe on the validation patients, collapse measures -----------------------
     probe = _online_probe(ctx, core.encoder, total) if p.probe else None
@@ -123,28 +87,166 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     train_s = time.perf_counter() - t_train - (probe.seconds if probe is not None else 0.0)
     steps_run = int(history[-1]["global_step"]) - int((resume_state or {}).get("global_step", 0)) if history else 0
 
-    # -- hand the encoder on (rank 0 writes it; the others wait until it is there) -------------------
-    hand_on = ctx.on_main("pretrain: saving the encoder", lambda: _save_encoders(ctx, unwrap_model(model).encoder, probe))
-    tracker.log_params({"pretrain.selected": hand_on["selected"]})
-    encoder_uri = ctx.on_main("pretrain: logging the encoder model", lambda: _log_encoder_model(ctx, tracker,
-                                                                                                 hand_on["encoder"]))
-    if hand_on.get("selected_step") is not None:
-        tracker.log_metrics({"probe/selected_step": float(hand_on["selected_step"])})
+    hand_on, encoder_uri = _hand_on(ctx, tracker, model, probe)
     last = history[-1] if history else {}
     loss = float(last.get("loss", float("nan")))
-    summary = [{"model": p.method, "metric": "final loss", "value": f"{loss:.4f}"}]
-    if hand_on.get("best_probe_auroc") is not None:
-        summary.append({"model": p.method, "metric": "online kNN AUROC (validation)",
-                        "value": f"{hand_on['best_probe_auroc']:.3f} at step {hand_on['selected_step']}"
-                        if hand_on["selected"] == "best_probe" else f"{hand_on['last_probe_auroc']:.3f} (last)"})
-    if "data_wait_fraction" in last:
-        summary.append({"model": p.method, "metric": "data wait fraction", "value": f"{last['data_wait_fraction']:.2f}"})
+    summary = _summary(p.method, loss, hand_on, last)
     del torch
     images = steps_run * p.grad_accum * per_rank_batch * ctx.world_size * p.views
     return {"encoder": hand_on["encoder"], "encoder_uri": encoder_uri, "final_loss": loss, "epochs_run": len(history), "summary": summary,
             "train_seconds": round(train_s, 2), "steps_run": steps_run,
             "images_per_s": round(images / train_s, 1) if train_s > 0 and steps_run else None,
             **{k: v for k, v in hand_on.items() if k != "encoder"}}
+
+
+def _wrap(ctx: RunContext, method: Any) -> Any:
+    """``method`` as it trains: DDP-wrapped when there are several ranks, compiled with ``pretrain.compile``.
+
+    ``pretrain.sync_bn`` converts BatchNorm to SyncBatchNorm on GPUs only; elsewhere rank 0 warns that it is ignored.
+    """
+    from medcl.engine.wrap import maybe_compile, wrap_ddp
+
+    p = ctx.cfg.pretrain
+    sync_bn = p.sync_bn and ctx.device.type == "cuda"
+    if p.sync_bn and not sync_bn and ctx.world_size > 1 and ctx.is_main:
+        log.warning("pretrain.sync_bn is ignored on %s: PyTorch's SyncBatchNorm runs on GPUs only, so "
+                    "BatchNorm statistics stay per process", ctx.device.type)
+    model = wrap_ddp(method, ctx.device, sync_bn=sync_bn) if ctx.world_size > 1 else method
+    return maybe_compile(model, p.compile)
+
+
+def _hand_on(ctx: RunContext, tracker: Tracker, model: Any, probe: Any) -> tuple[dict[str, Any], str | None]:
+    """Hand the trained encoder on: rank 0 writes it and logs it as an MLflow model; the others wait until then.
+
+    Returns:
+        ``(what :func:`_save_encoders` chose, the logged encoder model's URI or None)``.
+    """
+    from medcl.engine.wrap import unwrap_model
+
+    hand_on = ctx.on_main("pretrain: saving the encoder", lambda: _save_encoders(ctx, unwrap_model(model).encoder, probe))
+    tracker.log_params({"pretrain.selected": hand_on["selected"]})
+    encoder_uri = ctx.on_main("pretrain: logging the encoder model", lambda: _log_encoder_model(ctx, tracker,
+                                                                                                 hand_on["encoder"]))
+    if hand_on.get("selected_step") is not None:
+        tracker.log_metrics({"probe/selected_step": float(hand_on["selected_step"])})
+    return hand_on, encoder_uri
+
+
+def _per_rank_batch(ctx: RunContext, n_items: int) -> int:
+    """Samples per process and step: ``pretrain.batch_size`` split over the ranks.
+
+    Lowered (with a warning) when the train split is smaller than one global batch; at least 2 (a contrastive
+    batch needs negatives).
+
+    Raises:
+        DataError: fewer than 2 training samples per process.
+    """
+    p = ctx.cfg.pretrain
+    per_rank_batch = p.batch_size // ctx.world_size
+    if per_rank_batch < 2 or n_items < p.batch_size:
+        if n_items < 2 * ctx.world_size:
+            raise DataError(f"only {n_items} training samples for pretraining", where="data",
+                            fix="add data or lower data.val_fraction/test_fraction")
+        per_rank_batch = max(2, min(per_rank_batch, n_items // ctx.world_size))
+        log.warning("pretrain.batch_size lowered to %d per process for %d samples", per_rank_batch, n_items)
+    return per_rank_batch
+
+
+def _build_method(ctx: RunContext, encoder: Any) -> Any:
+    """The configured pretraining method around ``encoder`` (heads and loss), on ``ctx.device``.
+
+    The method gets the config's values for the options it takes (temperature, projection sizes, cross-rank
+    gathering, the classes and their training counts for label-aware methods); ``pretrain.method_options``
+    override them.
+    """
+    from medcl.methods import build_method, method_options
+
+    cfg, p = ctx.cfg, ctx.cfg.pretrain
+    allowed = method_options(p.method)
+    kwargs: dict[str, Any] = {}
+    defaults = {"temperature": p.temperature, "hidden_dim": cfg.model.proj_hidden_dim,
+                "out_dim": cfg.model.proj_dim, "gather_distributed": ctx.world_size > 1,
+                "num_classes": len(ctx.data.classes)}
+    for k, v in defaults.items():
+        if k in allowed:
+            kwargs[k] = v
+    if "classes" in allowed:
+        kwargs["classes"] = ctx.data.classes
+    if "class_counts" in allowed and ctx.data.y.ndim == 1:
+        import numpy as np
+
+        train_y = ctx.data.y[ctx.data.indices("train")]
+        kwargs["class_counts"] = np.bincount(train_y[train_y >= 0], minlength=len(ctx.data.classes)).tolist()
+    kwargs.update(p.method_options)
+    return build_method(p.method, encoder, **kwargs).to(ctx.device)
+
+
+def _optimisation(p: Any, core: Any, n_batches: int) -> tuple[Any, Any, int, int, int]:
+    """Optimiser and warmup + cosine schedule for the method ``core`` (unwrapped), with ``n_batches`` per epoch.
+
+    Returns:
+        ``(optimizer, scheduler, optimiser steps per epoch, epochs to run, optimiser steps in total)``.
+    """
+    from medcl.engine.optim import build_optimizer
+    from medcl.engine.schedule import build_scheduler
+    from medcl.stages.common import budget
+
+    groups = core.param_groups(p.weight_decay) if hasattr(core, "param_groups") else core
+    optimizer = build_optimizer(groups, p.optimizer, lr=p.lr, weight_decay=p.weight_decay)
+    steps_per_epoch = max(1, math.ceil(n_batches / p.grad_accum))
+    epochs, total = budget(p.steps, p.epochs, steps_per_epoch, p.max_steps)
+    warmup = min(int(p.warmup_epochs * steps_per_epoch), max(0, total - 1))
+    scheduler = build_scheduler(optimizer, total_steps=total, warmup_steps=warmup, min_lr_ratio=0.01)
+    return optimizer, scheduler, steps_per_epoch, epochs, total
+
+
+def _checkpointing(ctx: RunContext, tracker: Tracker, method: Any, per_rank_batch: int, steps_per_epoch: int,
+                   params: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+    """The stage's checkpointer and, with ``--resume``, the state to continue from; logs the launch ``params``.
+
+    Returns:
+        ``(Checkpointer of <run folder>/pretrain/checkpoints, resume state or None)``.
+    """
+    from medcl.engine.checkpoint import Checkpointer
+    from medcl.engine.resume import Launch, load_resume_state
+
+    cfg, p = ctx.cfg, ctx.cfg.pretrain
+    # What a checkpoint says about how it was launched, so a resume can tell what carries over.
+    launch = Launch(world_size=ctx.world_size, per_rank_batch=per_rank_batch, grad_accum=p.grad_accum,
+                    steps_per_epoch=steps_per_epoch, cache=cfg.data.cache)
+    ckpt = Checkpointer(ctx.stage_dir("pretrain") / "checkpoints", keep=p.keep_checkpoints, is_main=ctx.is_main,
+                        run_id=tracker.run_id, config={"launch": launch.record()})
+    resume_state = load_resume_state(ckpt, launch, method, is_main=ctx.is_main) if ctx.resume else None
+    _log_launch(ctx, tracker, launch, resume_state, params)
+    return ckpt, resume_state
+
+
+def _log_launch(ctx: RunContext, tracker: Tracker, launch: Any, resume_state: Any, params: dict[str, Any]) -> None:
+    """Log the launch ``params``; on a resume with another world size or global batch, a tag saying so instead.
+
+    MLflow params are write-once, so a resumed run that changed its launch cannot log them again.
+    """
+    from medcl.engine.resume import saved_launch
+
+    before = saved_launch(resume_state)
+    if before and (before.get("world_size"), before.get("global_batch")) != (launch.world_size, launch.global_batch):
+        # MLflow params are write-once: record the new launch as a tag instead of re-logging them.
+        tracker.set_tags({"medcl.resumed_launch": f"world_size {before.get('world_size')} -> "
+                          f"{ctx.world_size}, global batch {before.get('global_batch')} -> {launch.global_batch}"})
+    else:
+        tracker.log_params(params)
+
+
+def _summary(method: str, loss: float, hand_on: dict[str, Any], last: dict[str, Any]) -> list[dict[str, str]]:
+    """The stage's rows of the results table: final loss, the online probe's AUROC, the data wait fraction."""
+    summary = [{"model": method, "metric": "final loss", "value": f"{loss:.4f}"}]
+    if hand_on.get("best_probe_auroc") is not None:
+        summary.append({"model": method, "metric": "online kNN AUROC (validation)",
+                        "value": f"{hand_on['best_probe_auroc']:.3f} at step {hand_on['selected_step']}"
+                        if hand_on["selected"] == "best_probe" else f"{hand_on['last_probe_auroc']:.3f} (last)"})
+    if "data_wait_fraction" in last:
+        summary.append({"model": method, "metric": "data wait fraction", "value": f"{last['data_wait_fraction']:.2f}"})
+    return summary
 
 
 # -- the online probe and the encoder handed on ------------------------------------------------------------
@@ -154,8 +256,11 @@ PROBE_PROBES = 10  # probes per run when pretrain.probe_every_steps is not set
 
 
 def _online_probe(ctx: RunContext, encoder: Any, total_steps: int) -> Any:
-    """The :class:`~medcl.tasks.monitor.OnlineProbe` of this run (``None`` without labelled validation
-    patients). Under torchrun it runs on rank 0 while the other ranks wait (``ctx.on_main``)."""
+    """The :class:`~medcl.tasks.monitor.OnlineProbe` of this run, ``None`` without labelled validation patients.
+
+    Under torchrun it runs on rank 0 while the other ranks wait (``ctx.on_main``); the returned callable also
+    counts the seconds it took (``.seconds``), which the stage leaves out of its training time.
+    """
     import numpy as np
 
     from medcl.checkpoint_file import save_checkpoint
@@ -208,8 +313,14 @@ def _online_probe(ctx: RunContext, encoder: Any, total_steps: int) -> Any:
 
 
 def _save_encoders(ctx: RunContext, encoder: Any, probe: Any) -> dict[str, Any]:
-    """Write ``encoder-last.pt`` and ``encoder.pt`` (the one handed on: the best by the online probe when
-    ``pretrain.select`` is ``best_probe`` and a probe ran, else the last). Returns what was chosen."""
+    """Write ``encoder-last.pt`` and ``encoder.pt``, the one handed on.
+
+    ``encoder.pt`` is the best by the online probe when ``pretrain.select`` is ``best_probe`` and a probe ran,
+    else the last.
+
+    Returns:
+        What was chosen: ``selected``, ``selected_step``, the probe's AUROCs and ``encoder`` (its path).
+    """
     from medcl.checkpoint_file import atomic_write_bytes, save_checkpoint
     from medcl.tasks.monitor import best_record
 
@@ -233,10 +344,12 @@ def _save_encoders(ctx: RunContext, encoder: Any, probe: Any) -> dict[str, Any]:
 
 
 def _log_encoder_model(ctx: RunContext, tracker: Tracker, path: str) -> str | None:
-    """Log the handed-on encoder as an MLflow model (``runs:/<this stage's run>/encoder``): the pyfunc gives
-    features of files with the run's preprocessing, and ``model.pretrained_path`` of another pipeline can start
-    from it. Registered as ``<tracking.register_model>-encoder`` when a registry name is set. Its URI (``None``
-    without a tracking store)."""
+    """Log the handed-on encoder as an MLflow model (``runs:/<this stage's run>/encoder``); its URI.
+
+    The pyfunc gives features of files with the run's preprocessing, and ``model.pretrained_path`` of another
+    pipeline can start from it. Registered as ``<tracking.register_model>-encoder`` when a registry name is set.
+    ``None`` without a tracking store.
+    """
     if not tracker.active:
         return None
     import json

@@ -17,6 +17,14 @@ if TYPE_CHECKING:
 
 
 def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
+    """Build the run's HTML report from its MLflow run.
+
+    Returns:
+        ``{"html": path of the report, "summary": []}``.
+
+    Raises:
+        StageError: the pipeline is not tracked in MLflow (the report reads everything from there).
+    """
     from medcl.errors import StageError
     from medcl.reporting.html import build_report
 

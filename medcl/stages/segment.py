@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medcl.errors import ConfigError, DataError
-from medcl.metrics.keys import CI_BOUNDS, metric_key, segment_tag
+from medcl.metric_keys import CI_BOUNDS, metric_key, segment_tag
 from medcl.stages.common import jsonable as _jsonable
 
 if TYPE_CHECKING:
@@ -225,8 +225,11 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
 
 def _results_on_main(ctx: RunContext, tracker: Tracker, trained: list[dict[str, Any]], fg_names: list[str],
                      spacing: list[float] | None, dims: int, largest: float, pretrained: Any) -> dict[str, Any]:
-    """Per-model Dice/HD95 with patient-bootstrap CIs, the per-case table, overlays and the trained networks
-    of the largest label fraction (``segment/segmenter-<model>.pt``) (rank 0)."""
+    """Evaluate and save on rank 0: per-model Dice/HD95 with patient-bootstrap CIs, tables, overlays, networks.
+
+    Writes the per-case table, the overlays and the trained networks of the largest label fraction
+    (``segment/segmenter-<model>.pt``).
+    """
     from medcl.checkpoint_file import save_checkpoint
     from medcl.tasks.segmentation import case_mean, mean_dice_ci, metric_name, summarise_per_class
 
@@ -291,9 +294,12 @@ def _results_on_main(ctx: RunContext, tracker: Tracker, trained: list[dict[str, 
 
 
 def _log_segmenter_model(ctx: RunContext, tracker: Tracker, trained: list[dict[str, Any]], largest: float) -> str | None:
-    """Log the segmenter of the largest label fraction (the pretrained one when there is one) as an MLflow model,
-    ``runs:/<this stage's run>/segmenter`` (``medcl predict --task segment`` and the pyfunc apply it to whole images
-    with the run's preprocessing). Its URI (``None`` without a tracking store)."""
+    """Log the segmenter of the largest label fraction as an MLflow model; its URI.
+
+    The pretrained one when there is one, as ``runs:/<this stage's run>/segmenter`` (``medcl predict --task
+    segment`` and the pyfunc apply it to whole images with the run's preprocessing). ``None`` without a tracking
+    store.
+    """
     if not tracker.active:
         return None
     import copy

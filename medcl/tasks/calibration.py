@@ -30,6 +30,7 @@ from medcl.errors import ConfigError, DataError
 from medcl.lookup import look_up
 from medcl.metrics.calibration import calibration_metrics, reliability_diagram_data
 from medcl.metrics.classification import check_task
+from medcl.tasks.classification import patient_cv_splits
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -381,9 +382,6 @@ def cross_validated_calibration(logits, y, groups, method: str = "temperature", 
         ``{"calibrator" (fitted on all of it, or the identity), "applied", "reason", "n", "n_patients",
         "cv": {"nll_before", "nll_after", "ece_before", "ece_after", "folds"}}``.
     """
-    from medcl.metrics.calibration import calibration_metrics
-    from medcl.tasks.classification import patient_cv_splits
-
     z = np.asarray(logits, dtype=np.float64)
     yy = np.asarray(y)
     g = np.asarray(groups)

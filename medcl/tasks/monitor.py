@@ -22,6 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from medcl.checkpoint_file import load_checkpoint
+from medcl.metrics import classification_metrics
+from medcl.tasks.classification import knn_predict
+from medcl.tasks.segmentation import metric_name
+
 log = logging.getLogger(__name__)
 
 
@@ -82,10 +87,6 @@ class OnlineProbe:
 
     def __call__(self, step: int) -> dict[str, float]:
         """Probe now; returns the metrics to log (``probe/knn_auroc``, ``probe/effective_rank``, ...)."""
-        from medcl.metrics import classification_metrics
-        from medcl.tasks.classification import knn_predict
-        from medcl.tasks.segmentation import metric_name
-
         f_mem, i_mem = self.extract(self.memory)
         f_val, i_val = self.extract(self.queries)
         y_mem, y_val = self._y(i_mem), self._y(i_val)
@@ -107,8 +108,6 @@ class OnlineProbe:
 
 def best_record(path: Path) -> tuple[float, int | None]:
     """``(auroc, step)`` stored with an ``encoder-best.pt`` (``(-inf, None)`` when there is none)."""
-    from medcl.checkpoint_file import load_checkpoint
-
     if not Path(path).is_file():
         return -math.inf, None
     state = load_checkpoint(path)

@@ -24,20 +24,18 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from medcl.errors import DataError, ReaderError
+from medcl.readers import read
+from medcl.readers.wsi import read_region
 
 #: Suffix of the key holding a loaded array's metadata (MONAI's ``PostFix.meta()``).
 META_SUFFIX = "_meta_dict"
 
 
 def _default_read(path: str, **kwargs: Any) -> Any:
-    from medcl.readers import read
-
     return read(path, **kwargs)
 
 
 def _default_read_region(path: str, region: Sequence[Any], **kwargs: Any) -> Any:
-    from medcl.readers.wsi import read_region
-
     x, y, level, size = region
     size = int(size) if np.isscalar(size) else tuple(int(s) for s in size)
     return read_region(path, int(x), int(y), int(level), size, **kwargs)

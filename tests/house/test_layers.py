@@ -13,16 +13,16 @@ PACKAGE = ROOT / "medcl"
 
 #: floor -> module prefixes (the longest prefix decides); keep in step with docs/architecture.md
 FLOORS: dict[int, tuple[str, ...]] = {
-    0: ("medcl.errors", "medcl.lookup", "medcl.modalities", "medcl.phi", "medcl.shipped", "medcl.checkpoint_file",
-        "medcl.logs"),
+    0: ("medcl.errors", "medcl.lookup", "medcl.modalities", "medcl.metric_keys", "medcl.phi", "medcl.shipped",
+        "medcl.checkpoint_file", "medcl.logs"),
     1: ("medcl.readers", "medcl.distributed", "medcl.config"),
     2: ("medcl.data", "medcl.transforms", "medcl.networks", "medcl.losses", "medcl.metrics"),
     3: ("medcl.methods", "medcl.engine"),
     4: ("medcl.tasks",),
     5: ("medcl.tracking",),
     6: ("medcl.stages", "medcl.reporting"),
-    7: ("medcl.pipeline", "medcl.console", "medcl.predict", "medcl.evaluate", "medcl.demo", "medcl.cli",
-        "medcl.__main__"),
+    7: ("medcl.pipeline", "medcl.console", "medcl.predict", "medcl.predict_io", "medcl.predict_model",
+        "medcl.predict_masks", "medcl.evaluate", "medcl.demo", "medcl.cli", "medcl.__main__"),
 }
 #: importer prefix -> prefixes it must never import, although they are on its floor or below
 NEVER: dict[str, tuple[str, ...]] = {

@@ -2,7 +2,7 @@
 
 import pytest
 
-from medcl.metrics.keys import calibration_key, fraction_tag, metric_key, model_tag, segment_tag
+from medcl.metric_keys import calibration_key, fraction_tag, metric_key, model_tag, segment_tag
 
 
 def test_names_as_documented():
