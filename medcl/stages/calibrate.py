@@ -31,7 +31,9 @@ from medcl.tasks.primary import PrimaryModel
 if TYPE_CHECKING:
     from medcl.stages.context import RunContext
     from medcl.tracking.protocol import Tracker
-
+from medcl.stages.common import make_encoder, make_loader, make_transforms
+from medcl.tasks.calibration import calibration_report, cross_validated_calibration
+from medcl.tasks.export import CalibratedClassifier, Predictor, calibration_for_export, reference_features
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,6 @@ def _load_primary(ctx: RunContext) -> PrimaryModel:
 
 def build_export_model(ctx: RunContext, primary: PrimaryModel, calibration: dict[str, Any]) -> Any:
     """The :class:`~medcl.tasks.export.CalibratedClassifier` of the primary model (on CPU, eval mode)."""
-    from medcl.stages.common import make_encoder
-    from medcl.tasks.export import CalibratedClassifier
-
     cfg, data = ctx.cfg, ctx.data
     base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})
     encoder, w, b = primary.parts(lambda weights: make_encoder(base, weights=weights), data.task, len(data.classes))
@@ -62,8 +61,6 @@ def build_export_model(ctx: RunContext, primary: PrimaryModel, calibration: dict
 
 def _example_input(ctx: RunContext) -> np.ndarray:
     """Two preprocessed samples ``(2, C, *S)`` (test split, else any): the logged model's input example."""
-    from medcl.stages.common import make_loader, make_transforms
-
     items = ctx.data.items("test", labelled=True)[:2] or ctx.data.items(None)[:2]
     loader = make_loader(ctx, items, make_transforms(ctx.cfg, train=False), batch_size=2, shuffle=False,
                          train=False, distributed=False)
@@ -108,9 +105,6 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     Raises:
         StageError: no primary model from ``classify``, or no logits to fit the calibration on.
     """
-    from medcl.tasks.calibration import calibration_report, cross_validated_calibration
-    from medcl.tasks.export import calibration_for_export
-
     cfg, c, data = ctx.cfg, ctx.cfg.calibrate, ctx.data
     primary = _load_primary(ctx)
     npz = primary.arrays
@@ -186,7 +180,6 @@ def _log_model(ctx: RunContext, tracker: Tracker, model: Any, rep: dict[str, Any
     Returns:
         The logged model's URI.
     """
-    from medcl.tasks.export import Predictor, reference_features
     from medcl.tracking.pyfunc import log_classifier
 
     cfg, c, data, task = ctx.cfg, ctx.cfg.calibrate, ctx.data, ctx.data.task

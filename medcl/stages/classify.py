@@ -40,7 +40,26 @@ from medcl.stages.classify_report import _log_report_material as _log_report_mat
 if TYPE_CHECKING:
     from medcl.stages.context import RunContext
     from medcl.tracking.protocol import Tracker
-
+from medcl import distributed
+from medcl.engine.checkpoint import Checkpointer
+from medcl.engine.loop import LoopSettings, Optimisation, fit
+from medcl.engine.wrap import wrap_ddp
+from medcl.errors import DataError, SplitError
+from medcl.stages.common import (
+    make_encoder,
+    make_loader,
+    make_transforms,
+    seed_everything,
+    shard,
+    supervised_setup,
+)
+from medcl.tasks.classification import (
+    ClassifierModel,
+    SupervisedWrapper,
+    label_fraction_patients,
+    layerwise_lr_groups,
+    num_outputs_for_task,
+)
 
 log = logging.getLogger(__name__)
 HEADLINE = ("auroc", "auprc", "balanced_accuracy", "f1", "qwk")
@@ -74,8 +93,6 @@ def _sharded_logits(ctx: RunContext, model: Any, items: list[dict], transform: A
     Each rank predicts its shard; the shards are gathered on every rank. Binary tasks give ``(N,)``, others
     ``(N, K)``.
     """
-    from medcl.stages.common import make_loader, shard
-
     mine = shard(items, comm)
     z, idx = (np.zeros((0, 1), np.float32), np.zeros((0,), np.int64))
     if mine:
@@ -102,17 +119,6 @@ def _finetune(ctx: RunContext, encoder: Any, train_items: list[dict], seed_offse
     ``classify.finetune.checkpoint_every_steps``); with ``--resume`` an interrupted fine-tune
     continues from its latest checkpoint, and a finished one is restored without retraining.
     """
-    from medcl.engine.checkpoint import Checkpointer
-    from medcl.engine.loop import LoopSettings, Optimisation, fit
-    from medcl.engine.wrap import wrap_ddp
-    from medcl.stages.common import make_transforms, supervised_setup
-    from medcl.tasks.classification import (
-        ClassifierModel,
-        SupervisedWrapper,
-        layerwise_lr_groups,
-        num_outputs_for_task,
-    )
-
     cfg, ft, data = ctx.cfg, ctx.cfg.classify.finetune, ctx.data
     model = ClassifierModel(encoder, num_outputs_for_task(data.task, len(data.classes)), data.task).to(ctx.device)
     wrapper = SupervisedWrapper(model).to(ctx.device)
@@ -153,15 +159,10 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
         DataError: the data have no labels.
         SplitError: the train or test split has no labelled samples.
     """
-    from medcl import distributed
-    from medcl.stages.common import make_encoder, make_transforms, seed_everything
-    from medcl.tasks.classification import label_fraction_patients
-
     cfg, c, data = ctx.cfg, ctx.cfg.classify, ctx.data
     seed_everything(cfg.seed)
     task, classes = data.task, data.classes
     if not classes:
-        from medcl.errors import DataError
 
         raise DataError("no labels in the data", where="classify", fix="add a label column, or drop the classify stage")
 
@@ -169,7 +170,6 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     split_idx = {s: data.indices(s, labelled=True) for s in ("train", "val", "test")}
     for s in ("train", "test"):
         if len(split_idx[s]) == 0:
-            from medcl.errors import SplitError
 
             raise SplitError(f"the {s} split has no labelled samples", where="classify",
                              fix="label more patients or change data.val_fraction/test_fraction")
@@ -230,9 +230,6 @@ def _cross_fit_finetune(ctx: RunContext, items: list[dict], sel: np.ndarray, idx
     Returns:
         ``{"logits", "y", "patients"}`` in fold order, and ``"folds"`` (their number).
     """
-    from medcl import distributed
-    from medcl.stages.common import make_encoder, make_transforms, seed_everything
-
     cfg, comm = ctx.cfg, distributed.world()
     items = [it for it, keep in zip(items, sel) if keep]
     idx, y, groups = idx[sel], y[sel], groups[sel]

@@ -25,7 +25,12 @@ from medcl.tasks.primary import PrimaryModel
 if TYPE_CHECKING:
     from medcl.stages.context import RunContext
     from medcl.tracking.protocol import Tracker
-
+from medcl.checkpoint_file import save_checkpoint
+from medcl.engine.inference import extract_features
+from medcl.metrics import choose_threshold, metrics_with_ci, subgroup_metrics
+from medcl.stages.common import make_encoder, make_loader, make_transforms, seed_everything
+from medcl.tasks.calibration import logits_to_probs
+from medcl.tasks.classification import knn_predict, linear_probe, patient_cv_splits
 
 log = logging.getLogger("medcl.stages.classify")  # the stage's log lines keep the stage's name
 MAX_SUBGROUP_LEVELS = 8
@@ -52,8 +57,6 @@ def _raw_features(ctx: RunContext, loader: Any) -> tuple[np.ndarray, np.ndarray]
 
 def _extract(ctx: RunContext, encoder: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
     """The encoder's pooled features over ``loader``: ``((N, D), dataset indices (N,))``."""
-    from medcl.engine.inference import extract_features
-
     feats, _, _, idx = extract_features(encoder.to(ctx.device), loader, device=ctx.device)
     return feats, idx
 
@@ -83,8 +86,6 @@ def _frozen_features(ctx: RunContext, split_idx: dict[str, np.ndarray], all_item
     Returns:
         ``(encoders by name, {name: {split: features (N_split, D) in the order of split_idx[split]}})``.
     """
-    from medcl.stages.common import make_encoder, make_loader, make_transforms, seed_everything
-
     cfg, c = ctx.cfg, ctx.cfg.classify
     eval_tf = make_transforms(cfg, train=False)
     loaders = {s: make_loader(ctx, all_items[s], eval_tf, batch_size=cfg.data.batch_size, shuffle=False,
@@ -118,16 +119,12 @@ def cross_fitting(cfg: Any, val_patients: np.ndarray) -> bool:
 
 def _folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``k`` patient-grouped ``(train, held-out)`` folds (stratified by ``y`` when it is one label per sample)."""
-    from medcl.tasks.classification import patient_cv_splits
-
     return patient_cv_splits(y.astype(np.int64) if y.ndim == 1 else None, groups, k, seed=seed)
 
 
 def _cross_fit_linear(feats: np.ndarray, y: np.ndarray, groups: np.ndarray, *, k: int, seed: int, c: Any,
                       task: str, num_classes: int) -> dict[str, np.ndarray]:
     """Out-of-fold logits of the linear probe over the training patients (patient-grouped folds)."""
-    from medcl.tasks.classification import linear_probe
-
     parts, where = [], []
     folds = _folds(y, groups, k, seed)
     for tr, te in folds:
@@ -171,8 +168,6 @@ class _Evaluation:
         Returns:
             The result row.
         """
-        from medcl.metrics import choose_threshold, metrics_with_ci, subgroup_metrics
-
         cfg, c, data = self.ctx.cfg, self.ctx.cfg.classify, self.ctx.data
         task, classes, y, patients = data.task, data.classes, self.y, self.patients
         thr = None
@@ -222,8 +217,6 @@ def _frozen_protocols(ev: _Evaluation, features: dict[str, dict[str, np.ndarray]
         The primary model when it is a linear probe (the pretrained encoder's at the largest fraction without
         fine-tuning, or the random-init one's without a pretrained encoder), else ``None``.
     """
-    from medcl.tasks.classification import knn_predict, linear_probe
-
     cfg, c, data = ev.ctx.cfg, ev.ctx.cfg.classify, ev.ctx.data
     task, classes = data.task, data.classes
     y, patients, split_idx, largest, pretrained = ev.y, ev.patients, ev.split_idx, ev.largest, ev.pretrained
@@ -256,8 +249,6 @@ def _score_finetuned(ev: _Evaluation, finetuned: list[dict[str, Any]],
     Its weights are saved as ``classify/finetuned-<name>.pt``. Returns the primary model (``primary`` when no
     fine-tuned model was kept).
     """
-    from medcl.tasks.calibration import logits_to_probs
-
     task = ev.ctx.data.task
     ft_dir = ev.ctx.stage_dir("classify")
     for ft in finetuned:
@@ -265,7 +256,6 @@ def _score_finetuned(ev: _Evaluation, finetuned: list[dict[str, Any]],
         ev.score(ft["name"], "finetune", ft["frac"], logits_to_probs(zt, task), ft.get("train"),
                  logits_to_probs(zv, task) if zv is not None else None)
         if ft["model"] is not None:
-            from medcl.checkpoint_file import save_checkpoint
 
             path = ft_dir / f"finetuned-{ft['name']}.pt"
             save_checkpoint(path, {"model": ft["model"].state_dict()})

@@ -20,6 +20,17 @@ if TYPE_CHECKING:
 
     from medcl.stages.context import RunContext
     from medcl.tracking.protocol import Tracker
+from medcl.stages.common import make_encoder, make_loader, make_transforms
+from medcl.tasks.calibration import logits_to_probs
+from medcl.tasks.embedding import reduce_2d
+from medcl.tasks.saliency import (
+    LinearOnEncoder,
+    grad_cam,
+    input_x_gradient,
+    render_image_saliency,
+    render_signal_saliency,
+    select_examples,
+)
 
 
 def _log_report_material(ctx: RunContext, tracker: Tracker, primary: PrimaryModel,
@@ -61,8 +72,6 @@ def _test_predictions(ctx: RunContext, primary: PrimaryModel, results: list[dict
         confidence of the predicted class (N,))``; multi-label: correct when every known label is, predicted the
         most probable label.
     """
-    from medcl.tasks.calibration import logits_to_probs
-
     task = ctx.data.task
     probs = logits_to_probs(primary.arrays["test_logits"], task)
     row = next((r for r in results if r["model"] == primary.encoder and r["protocol"] == primary.kind
@@ -103,8 +112,6 @@ def _write_predictions(path: Path, task: str, classes: list[str], test_idx: np.n
 def _log_embedding_map(ctx: RunContext, tracker: Tracker, primary: PrimaryModel,
                        features: dict[str, dict[str, np.ndarray]], y: dict[str, np.ndarray], out_dir: Path) -> None:
     """Log ``embedding_map.npz``: a 2D map (t-SNE) of the primary encoder's features of ≤ 2000 labelled samples."""
-    from medcl.tasks.embedding import reduce_2d
-
     cfg, classes = ctx.cfg, ctx.data.classes
     feats = features.get(primary.encoder) or features.get("ssl") or features.get("random")
     if feats:
@@ -129,15 +136,6 @@ def _log_saliency(ctx: RunContext, tracker: Tracker, primary: PrimaryModel, spli
     """
     import torch
 
-    from medcl.stages.common import make_encoder, make_loader, make_transforms
-    from medcl.tasks.saliency import (
-        LinearOnEncoder,
-        grad_cam,
-        input_x_gradient,
-        render_image_saliency,
-        render_signal_saliency,
-        select_examples,
-    )
 
     cfg, data, task, classes = ctx.cfg, ctx.data, ctx.data.task, ctx.data.classes
     base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})

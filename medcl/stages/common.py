@@ -12,7 +12,11 @@ import numpy as np
 
 if TYPE_CHECKING:
     from medcl.stages.context import RunContext
-
+from medcl.data.datasets import build_dataset, build_loader
+from medcl.engine.optim import build_optimizer
+from medcl.engine.schedule import build_scheduler
+from medcl.networks import build_encoder
+from medcl.transforms import build_transforms
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -50,8 +54,6 @@ def make_transforms(cfg: Any, *, train: bool, views: int = 1, with_mask: bool = 
         with_mask: carry a ``"mask"`` key along (spatial transforms only, nearest neighbour), unless the config
             names the mask keys itself.
     """
-    from medcl.transforms import build_transforms
-
     params = transform_params(cfg)
     if with_mask:
         params.setdefault("mask_keys", ["mask"])
@@ -64,8 +66,6 @@ def make_encoder(cfg: Any, weights: str | Path | None = None):
     ``weights`` (an ``encoder.pt`` from pretraining) overrides the config's ``model.pretrained_path`` (a local
     file, or a ``runs:/`` / ``models:/`` URI of a model medcl logged, whose weights file is fetched).
     """
-    from medcl.networks import build_encoder
-
     m = cfg.model
     path = str(weights) if weights else m.pretrained_path
     if path and path.startswith(("runs:/", "models:/")):  # an MLflow model medcl logged: its weights file
@@ -79,8 +79,6 @@ def make_encoder(cfg: Any, weights: str | Path | None = None):
 def make_loader(ctx: RunContext, items: list[dict], transform: Any, *, batch_size: int, shuffle: bool, train: bool,
                 epoch: int = 0, distributed: bool | None = None, drop_last: bool = False):
     """A dataset (cached as configured) and its reproducible loader."""
-    from medcl.data.datasets import build_dataset, build_loader
-
     d = ctx.cfg.data
     dist = ctx.world_size > 1 if distributed is None else distributed
     cache_dir = d.cache_dir or str(ctx.run_dir / "cache" / ("train" if train else "eval"))
@@ -132,9 +130,6 @@ def supervised_setup(ctx: RunContext, items: list[dict], transform: Any, params_
         ``(loader_factory, optimizer, scheduler, epochs, total_steps)`` for :func:`medcl.engine.loop.fit`
         (``steps``, when given, is the budget and ``epochs`` follows from it; see :func:`budget`).
     """
-    from medcl.engine.optim import build_optimizer
-    from medcl.engine.schedule import build_scheduler
-
     bs = max(1, min(batch_size, len(items)))
     per_rank = max(1, bs // comm.size)
     loader = make_loader(ctx, items, transform, batch_size=per_rank, shuffle=True, train=True,

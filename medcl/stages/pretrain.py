@@ -16,7 +16,28 @@ from medcl.errors import DataError
 if TYPE_CHECKING:
     from medcl.stages.context import RunContext
     from medcl.tracking.protocol import Tracker
-
+from medcl import distributed
+from medcl.checkpoint_file import atomic_write_bytes, save_checkpoint
+from medcl.engine.checkpoint import Checkpointer
+from medcl.engine.inference import extract_features
+from medcl.engine.loop import LoopSettings, Optimisation, fit
+from medcl.engine.optim import build_optimizer
+from medcl.engine.resume import Launch, load_resume_state, saved_launch
+from medcl.engine.schedule import build_scheduler
+from medcl.engine.wrap import maybe_compile, unwrap_model, wrap_ddp
+from medcl.methods import build_method, method_options
+from medcl.stages.common import (
+    budget,
+    data_modality,
+    jsonable,
+    make_encoder,
+    make_loader,
+    make_transforms,
+    model_requirements,
+    seed_everything,
+)
+from medcl.tasks.export import FeatureExtractor
+from medcl.tasks.monitor import OnlineProbe, best_record
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +57,6 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     """
     import torch
 
-    from medcl import distributed
-    from medcl.engine.loop import LoopSettings, Optimisation, fit
-    from medcl.engine.wrap import unwrap_model
-    from medcl.stages.common import make_encoder, make_loader, make_transforms, seed_everything
 
     cfg, p = ctx.cfg, ctx.cfg.pretrain
     seed_everything(cfg.seed, cfg.runtime.deterministic)
@@ -104,8 +121,6 @@ def _wrap(ctx: RunContext, method: Any) -> Any:
 
     ``pretrain.sync_bn`` converts BatchNorm to SyncBatchNorm on GPUs only; elsewhere rank 0 warns that it is ignored.
     """
-    from medcl.engine.wrap import maybe_compile, wrap_ddp
-
     p = ctx.cfg.pretrain
     sync_bn = p.sync_bn and ctx.device.type == "cuda"
     if p.sync_bn and not sync_bn and ctx.world_size > 1 and ctx.is_main:
@@ -121,8 +136,6 @@ def _hand_on(ctx: RunContext, tracker: Tracker, model: Any, probe: Any) -> tuple
     Returns:
         ``(what :func:`_save_encoders` chose, the logged encoder model's URI or None)``.
     """
-    from medcl.engine.wrap import unwrap_model
-
     hand_on = ctx.on_main("pretrain: saving the encoder", lambda: _save_encoders(ctx, unwrap_model(model).encoder, probe))
     tracker.log_params({"pretrain.selected": hand_on["selected"]})
     encoder_uri = ctx.on_main("pretrain: logging the encoder model", lambda: _log_encoder_model(ctx, tracker,
@@ -159,8 +172,6 @@ def _build_method(ctx: RunContext, encoder: Any) -> Any:
     gathering, the classes and their training counts for label-aware methods); ``pretrain.method_options``
     override them.
     """
-    from medcl.methods import build_method, method_options
-
     cfg, p = ctx.cfg, ctx.cfg.pretrain
     allowed = method_options(p.method)
     kwargs: dict[str, Any] = {}
@@ -187,10 +198,6 @@ def _optimisation(p: Any, core: Any, n_batches: int) -> tuple[Any, Any, int, int
     Returns:
         ``(optimizer, scheduler, optimiser steps per epoch, epochs to run, optimiser steps in total)``.
     """
-    from medcl.engine.optim import build_optimizer
-    from medcl.engine.schedule import build_scheduler
-    from medcl.stages.common import budget
-
     groups = core.param_groups(p.weight_decay) if hasattr(core, "param_groups") else core
     optimizer = build_optimizer(groups, p.optimizer, lr=p.lr, weight_decay=p.weight_decay)
     steps_per_epoch = max(1, math.ceil(n_batches / p.grad_accum))
@@ -207,9 +214,6 @@ def _checkpointing(ctx: RunContext, tracker: Tracker, method: Any, per_rank_batc
     Returns:
         ``(Checkpointer of <run folder>/pretrain/checkpoints, resume state or None)``.
     """
-    from medcl.engine.checkpoint import Checkpointer
-    from medcl.engine.resume import Launch, load_resume_state
-
     cfg, p = ctx.cfg, ctx.cfg.pretrain
     # What a checkpoint says about how it was launched, so a resume can tell what carries over.
     launch = Launch(world_size=ctx.world_size, per_rank_batch=per_rank_batch, grad_accum=p.grad_accum,
@@ -226,8 +230,6 @@ def _log_launch(ctx: RunContext, tracker: Tracker, launch: Any, resume_state: An
 
     MLflow params are write-once, so a resumed run that changed its launch cannot log them again.
     """
-    from medcl.engine.resume import saved_launch
-
     before = saved_launch(resume_state)
     if before and (before.get("world_size"), before.get("global_batch")) != (launch.world_size, launch.global_batch):
         # MLflow params are write-once: record the new launch as a tag instead of re-logging them.
@@ -263,10 +265,6 @@ def _online_probe(ctx: RunContext, encoder: Any, total_steps: int) -> Any:
     """
     import numpy as np
 
-    from medcl.checkpoint_file import save_checkpoint
-    from medcl.engine.inference import extract_features
-    from medcl.stages.common import make_loader, make_transforms
-    from medcl.tasks.monitor import OnlineProbe, best_record
 
     cfg, data, p = ctx.cfg, ctx.data, ctx.cfg.pretrain
     memory, queries = data.items("train", labelled=True), data.items("val", labelled=True)
@@ -321,9 +319,6 @@ def _save_encoders(ctx: RunContext, encoder: Any, probe: Any) -> dict[str, Any]:
     Returns:
         What was chosen: ``selected``, ``selected_step``, the probe's AUROCs and ``encoder`` (its path).
     """
-    from medcl.checkpoint_file import atomic_write_bytes, save_checkpoint
-    from medcl.tasks.monitor import best_record
-
     cfg, p = ctx.cfg, ctx.cfg.pretrain
     out = ctx.stage_dir("pretrain")
     save_checkpoint(out / "encoder-last.pt", {"encoder": encoder.state_dict(), "encoder_name": cfg.model.encoder,
@@ -354,8 +349,6 @@ def _log_encoder_model(ctx: RunContext, tracker: Tracker, path: str) -> str | No
         return None
     import json
 
-    from medcl.stages.common import data_modality, jsonable, make_encoder, model_requirements
-    from medcl.tasks.export import FeatureExtractor
     from medcl.tracking.pyfunc import log_encoder
 
     cfg = ctx.cfg

@@ -28,16 +28,45 @@ from medcl.stages.common import jsonable as _jsonable
 if TYPE_CHECKING:
     from medcl.stages.context import RunContext
     from medcl.tracking.protocol import Tracker
-
+from medcl import distributed
+from medcl.checkpoint_file import save_checkpoint
+from medcl.engine.loop import LoopSettings, Optimisation, fit
+from medcl.engine.wrap import wrap_ddp
+from medcl.metrics.segmentation import dice_per_class, hd95_per_class
+from medcl.stages.common import (
+    data_modality,
+    make_encoder,
+    make_loader,
+    model_requirements,
+    seed_everything,
+    shard,
+    supervised_setup,
+    transform_params,
+)
+from medcl.tasks.classification import label_fraction_patients
+from medcl.tasks.segmentation import (
+    SegmentationWrapper,
+    build_segmentation_network,
+    case_mean,
+    check_roi_size,
+    get_network,
+    logits_to_labels,
+    mask_to_labels,
+    mean_dice_ci,
+    metric_name,
+    overlay_figure,
+    pick_slice,
+    sliding_window_predict,
+    summarise_per_class,
+    transfer_encoder_weights,
+)
+from medcl.transforms import build_transforms, preset_info
 
 log = logging.getLogger(__name__)
 
 
 def _transforms(cfg: Any, *, train: bool, spatial_size: list[int] | None = None):
     """The preset's chain with ``"mask"`` carried along (spatial transforms, nearest-neighbour)."""
-    from medcl.stages.common import transform_params
-    from medcl.transforms import build_transforms
-
     params = transform_params(cfg)
     params["mask_keys"] = ("mask",)  # the presets' parameter for segmentation masks
     if spatial_size is not None:
@@ -47,8 +76,6 @@ def _transforms(cfg: Any, *, train: bool, spatial_size: list[int] | None = None)
 
 def _sizes(cfg: Any) -> tuple[int, list[int], list[int], list[float] | None]:
     """``(spatial_dims, train patch size, roi size, voxel spacing)`` from the preset and config."""
-    from medcl.transforms import preset_info
-
     info = preset_info(cfg.transforms.preset)
     dims = int(info["spatial_dims"])
     if dims not in (2, 3):
@@ -73,9 +100,6 @@ def _seg_items(ctx: RunContext, split: str) -> list[dict]:
 
 def _build(ctx: RunContext, weights: str | None, dims: int) -> tuple[Any, int]:
     """The segmentation network; with ``weights`` the pretrained encoder goes in. Returns (net, n tensors)."""
-    from medcl.stages.common import make_encoder
-    from medcl.tasks.segmentation import build_segmentation_network, get_network, transfer_encoder_weights
-
     cfg, s = ctx.cfg, ctx.cfg.segment
     base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})
     encoder = make_encoder(base, weights=weights)
@@ -91,11 +115,6 @@ def _build(ctx: RunContext, weights: str | None, dims: int) -> tuple[Any, int]:
 def _train(ctx: RunContext, net: Any, items: list[dict], transform: Any, seed_offset: int, comm: Any,
            label: str = "segment") -> list[dict[str, float]]:
     """Dice + CE training of ``net``; under torchrun every rank trains (DDP over ``comm``, the batch split)."""
-    from medcl.engine.loop import LoopSettings, Optimisation, fit
-    from medcl.engine.wrap import wrap_ddp
-    from medcl.stages.common import supervised_setup
-    from medcl.tasks.segmentation import SegmentationWrapper
-
     s = ctx.cfg.segment
     wrapper = SegmentationWrapper(net, s.num_classes).to(ctx.device)
     factory, opt, sched, epochs, steps = supervised_setup(
@@ -116,9 +135,6 @@ def _evaluate(ctx: RunContext, net: Any, items: list[dict], transform: Any, roi:
     """
     import torch
 
-    from medcl.metrics.segmentation import dice_per_class, hd95_per_class
-    from medcl.stages.common import make_loader, shard
-    from medcl.tasks.segmentation import logits_to_labels, mask_to_labels, pick_slice, sliding_window_predict
 
     s = ctx.cfg.segment
     mine = shard(items, comm)
@@ -158,11 +174,6 @@ def _evaluate(ctx: RunContext, net: Any, items: list[dict], transform: Any, roi:
 
 def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     """Training and test-set segmentation on every rank (DDP, sharded evaluation), then results on rank 0."""
-    from medcl import distributed
-    from medcl.stages.common import seed_everything
-    from medcl.tasks.classification import label_fraction_patients
-    from medcl.tasks.segmentation import check_roi_size, get_network
-
     cfg, s, data = ctx.cfg, ctx.cfg.segment, ctx.data
     seed_everything(cfg.seed, cfg.runtime.deterministic)
 
@@ -230,9 +241,6 @@ def _results_on_main(ctx: RunContext, tracker: Tracker, trained: list[dict[str, 
     Writes the per-case table, the overlays and the trained networks of the largest label fraction
     (``segment/segmenter-<model>.pt``).
     """
-    from medcl.checkpoint_file import save_checkpoint
-    from medcl.tasks.segmentation import case_mean, mean_dice_ci, metric_name, summarise_per_class
-
     cfg, s, data = ctx.cfg, ctx.cfg.segment, ctx.data
     out_dir = ctx.stage_dir("segment")
     results: list[dict[str, Any]] = []
@@ -304,7 +312,6 @@ def _log_segmenter_model(ctx: RunContext, tracker: Tracker, trained: list[dict[s
         return None
     import copy
 
-    from medcl.stages.common import data_modality, model_requirements
     from medcl.tracking.pyfunc import log_segmenter
 
     cfg, s = ctx.cfg, ctx.cfg.segment
@@ -343,8 +350,6 @@ def _write_cases(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def _overlays(folder: Path, shown: dict[str, dict[str, Any]], n: int, dims: int) -> list[Path]:
     """Up to ``n`` PNGs of test cases (those with foreground first), one panel per model."""
-    from medcl.tasks.segmentation import overlay_figure
-
     if n <= 0 or not shown:
         return []
     first = next(iter(shown.values()))["slices"]

@@ -251,17 +251,15 @@ def test_scratch_fine_tuning_gets_no_layer_decay(monkeypatch, oct_demo, tmp_path
 
     real = classify._finetune
     monkeypatch.setattr(classify, "_finetune", spy)
-    from medcl.tasks import classification
-
     lrs = {}
-    real_groups = classification.layerwise_lr_groups
+    real_groups = classify.layerwise_lr_groups  # the stage's reference to medcl.tasks.classification's
 
     def groups_spy(model, base_lr, decay=0.75, weight_decay=0.05, **kw):
         out = real_groups(model, base_lr, decay=decay, weight_decay=weight_decay, **kw)
         lrs.setdefault(decay, sorted({g["lr"] for g in out}))
         return out
 
-    monkeypatch.setattr(classification, "layerwise_lr_groups", groups_spy)
+    monkeypatch.setattr(classify, "layerwise_lr_groups", groups_spy)
     cfg = load_pipeline(DEMO, [*tiny_overrides(oct_demo, tmp_path), "classify.protocols=[finetune]",
                                "classify.baselines=[scratch]", "classify.finetune.max_steps=1",
                                "classify.finetune.layer_decay=0.5", "stages=[pretrain, classify]"])
