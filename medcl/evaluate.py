@@ -31,7 +31,16 @@ from typing import Any
 
 import numpy as np
 
+from medcl.data.manifest import label_problems, load_manifest
+from medcl.data.prepare import _relabel
 from medcl.errors import ConfigError, DataError, MedclError, TrackingError
+from medcl.metrics import calibration_metrics, metrics_with_ci, subgroup_metrics
+from medcl.metrics.shift import shift_test
+from medcl.predict import InputRow, _batches, _Prepared, load_model
+from medcl.stages.classify import MAX_SUBGROUP_LEVELS
+from medcl.stages.common import jsonable
+from medcl.tracking.mlflow_tracker import MLflowTracker
+from medcl.tracking.reader import RunReader
 
 log = logging.getLogger(__name__)
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -74,9 +83,6 @@ def _labelled_rows(manifest: Path, lm: Any, label_column: str, label_sep: str) -
         DataError: a label is not one of the model's classes (names the column, the row and the classes), a row is
             of another modality, or no row has a label.
     """
-    from medcl.data.manifest import label_problems, load_manifest
-    from medcl.data.prepare import _relabel
-
     m = load_manifest(manifest)
     if label_column.strip().lower() != "label":
         m.records = _relabel(m, label_column)
@@ -102,8 +108,6 @@ def _labelled_rows(manifest: Path, lm: Any, label_column: str, label_sep: str) -
 
 def _subgroup_columns(records: list[Any], keep: np.ndarray) -> dict[str, np.ndarray]:
     """``site`` and the extra columns with 2 to ``MAX_SUBGROUP_LEVELS`` values (the classify stage's rule)."""
-    from medcl.stages.classify import MAX_SUBGROUP_LEVELS
-
     out = {}
     names = ["site"] + sorted({k for r in records for k in r.extra})
     for name in names:
@@ -153,8 +157,6 @@ def _apply(lm: Any, records: list[Any], labelled: np.ndarray, manifest: Path, la
     Raises:
         DataError: none of the labelled rows could be read.
     """
-    from medcl.predict import InputRow, _batches, _Prepared
-
     rows = [InputRow(r.relpath, Path(r.path), r.patient, r.row, {"modality": r.modality})
             for r, ok in zip(records, labelled) if ok]
     excluded = [{"row": r.row, "source": r.relpath, "patient": r.patient, "status": "excluded: no label"}
@@ -201,8 +203,6 @@ def _measure(lm: Any, applied: _Applied, y: np.ndarray, patients: np.ndarray, re
     ``y`` (``(N,)`` class indices or ``(N, K)`` multi-label) and ``patients`` (``(N,)``) follow ``applied.idx``;
     metrics are called at the run's operating point.
     """
-    from medcl.metrics import calibration_metrics, metrics_with_ci, subgroup_metrics
-
     task, classes, op = lm.task, lm.classes, lm.operating_point
     probs = applied.probs
     threshold = float(op["threshold"]) if task in ("binary", "multilabel") and "threshold" in op else None
@@ -251,9 +251,6 @@ def evaluate(source: str, manifest: str | Path, *, name: str | None = None, out:
         DataError: the manifest's labels do not match the model's classes, or no row could be evaluated.
         TrackingError: the run has no classification model, or the store cannot be reached.
     """
-    from medcl.predict import load_model
-    from medcl.stages.common import jsonable
-
     source, manifest = str(source), Path(manifest)
     _check_request(source, manifest, n_boot, n_permutations, batch_size)
     site = _site_name(manifest, name)
@@ -299,9 +296,6 @@ def evaluate(source: str, manifest: str | Path, *, name: str | None = None, out:
 def _shift(run_id: str, tracking_uri: str | None, features: np.ndarray, patients: np.ndarray, n_permutations: int,
            seed: int) -> dict[str, Any]:
     """The shift test against the run's reference features, or why it could not be done."""
-    from medcl.metrics.shift import shift_test
-    from medcl.tracking.reader import RunReader
-
     reader = RunReader(run_id, tracking_uri)
     p = reader.artifact_path("reference_features.npz", stage="calibrate")
     if p is None:
@@ -358,8 +352,6 @@ def _write_predictions(recs: list[dict], path: Path, cols: list[str], lm: Any) -
 def _log(run_id: str, tracking_uri: str | None, site: str, manifest: Path, result: dict[str, Any], out_dir: Path,
          pred_path: Path) -> str | None:
     """A nested run of the pipeline run with the evaluation's params, metrics and files; its id."""
-    from medcl.tracking.mlflow_tracker import MLflowTracker
-
     try:
         client, uri, exp_id = MLflowTracker.connect(tracking_uri)
         run = client.get_run(run_id)

@@ -21,10 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from medcl import distributed
 from medcl.config import (
     PipelineConfig,
     apply_overrides,
     flatten,
+    load_config,
     load_raw,
     pipeline_key,
     resolved_dict,
@@ -32,9 +34,11 @@ from medcl.config import (
 )
 from medcl.console import print_plan, print_summary
 from medcl.data.prepare import check_splits, prepare_data
-from medcl.errors import DistributedError, MedclError, StageError
+from medcl.data.splits import save_split
+from medcl.errors import DistributedError, MedclError, StageError, TrackingError
 from medcl.stages import STAGES
 from medcl.stages.context import RunContext
+from medcl.tracking import MLflowTracker, NullTracker, default_tracking_uri, runs
 from medcl.tracking.protocol import Tracker
 from medcl.tracking.runs import RunRef
 
@@ -82,8 +86,6 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None, smoke: b
 
     With ``smoke``, :func:`smoke_overrides` go before the user's ``--set`` ones (which therefore still win).
     """
-    from medcl.config import load_config
-
     cfg = load_config(path, overrides)
     if not smoke:
         return cfg
@@ -148,8 +150,6 @@ def _sigterm_fails_the_run() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
-        from medcl import distributed
-
         stage = distributed.current_stage()
         raise DistributedError("the process was terminated (SIGTERM)", where=f"stage {stage}" if stage else "medcl run",
                                fix="torchrun stops every rank when one fails: the first error in the log is the "
@@ -164,9 +164,6 @@ def _sigterm_fails_the_run() -> Iterator[None]:
 
 def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bool, smoke: bool) -> RunContext:
     """The pipeline run itself (see :func:`run_pipeline`): data, the pipeline's MLflow run, then every stage."""
-    from medcl import distributed
-    from medcl.tracking import default_tracking_uri
-
     key = pipeline_key(cfg)
     run_dir = Path(cfg.runtime.output_dir).resolve() / f"{cfg.name}-{key}"
     uri = cfg.tracking.uri or default_tracking_uri()
@@ -220,9 +217,6 @@ def _open_pipeline_run(ctx: RunContext, force: bool) -> tuple[Tracker, dict[str,
     Returns:
         ``(the pipeline run's tracker, {stage: its latest stage run})`` (no stage runs for a new run).
     """
-    from medcl import distributed
-    from medcl.tracking import MLflowTracker, NullTracker, runs
-
     cfg, uri = ctx.cfg, ctx.tracking_uri
     previous, stage_runs = None, {}
     parent: Tracker = NullTracker(cfg.name)
@@ -251,9 +245,6 @@ def _run_stage(ctx: RunContext, parent: Tracker, stage: str, prev: RunRef | None
         DistributedError: a rank failed or the process was terminated.
         StageError: the stage failed (the cause chained); its run ends FAILED.
     """
-    from medcl import distributed
-    from medcl.tracking import runs
-
     reopen = prev.run_id if (prev and ctx.resume and ctx.is_main) else None
     child = parent.child(stage, tags={runs.STAGE: stage, runs.KIND: "stage"}, run_id=reopen)
     child.run_id = distributed.broadcast_object(child.run_id)  # every rank's outputs name the run
@@ -314,10 +305,6 @@ def _check_tracking(cfg: PipelineConfig, uri: str) -> None:
 
     Under torchrun the other ranks would otherwise wait for rank 0 in the next collective.
     """
-    from medcl import distributed
-    from medcl.errors import TrackingError
-    from medcl.tracking import MLflowTracker
-
     error = None
     if distributed.is_main_process():
         try:
@@ -334,7 +321,6 @@ def _log_pipeline_inputs(parent: Any, cfg: PipelineConfig, data: Any, run_dir: P
     """Resolved config, params, split and exclusions: logged once per pipeline run."""
     import yaml
 
-    from medcl.data.splits import save_split
 
     resolved = resolved_dict(cfg)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
