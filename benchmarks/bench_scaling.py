@@ -35,7 +35,7 @@ stages: [pretrain]
 seed: 3
 model:
   encoder: vit_tiny
-  options: {}
+  options: {{}}
 data:
   cache: none
   num_workers: 0

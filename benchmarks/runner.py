@@ -110,19 +110,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="more arguments for the selected benchmark scripts, one quoted string, e.g. "
                              "--only quality --args='--budget-min 90 --no-methods' (see python "
                              "benchmarks/bench_NAME.py -h)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="where results/, plots/, logs/ and README.md go (default: benchmarks/, or benchmarks/quick/ "
+                             "with --quick)")
     parser.add_argument("--readme-only", action="store_true",
                         help="run nothing: rewrite benchmarks/README.md from the JSON results present (e.g. after "
                              "copying back results/precision_gpu.json from a GPU machine)")
     args = parser.parse_args(argv)
     try:
         if args.readme_only:
-            print(f"medcl bench: wrote {write_readme(benchmarks_dir() / 'quick' if args.quick else benchmarks_dir())}")
+            out = args.out or (benchmarks_dir() / "quick" if args.quick else benchmarks_dir())
+            print(f"medcl bench: wrote {write_readme(out)}")
             return 0
         extra = shlex.split(args.bench_args)
         if extra and not args.only:
             raise ConfigError("--args needs --only: the arguments are for one benchmark script", where="--args",
                               fix="name the benchmark, e.g. medcl bench --only quality --args='--budget-min 90'")
-        return run_benchmarks(only=args.only, quick=args.quick,
+        return run_benchmarks(only=args.only, quick=args.quick, out_dir=args.out,
                               extra_args={n: extra for n in select_benchmarks(args.only)} if extra else None)
     except MedclError as exc:
         print(f"error: {exc.line()}", file=sys.stderr)

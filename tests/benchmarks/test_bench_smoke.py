@@ -81,12 +81,14 @@ def test_quick_precision_variants_on_cpu(tmp_path):
 
 
 def test_readme_only_runs_nothing_and_rewrites_the_readme(tmp_path, monkeypatch, capsys):
-    from medcl.cli import main
+    import runner
 
-    (tmp_path / "bench_losses.py").write_text("raise SystemExit('must not run')\n")
+    def must_not_run(*a, **k):
+        raise AssertionError("--readme-only ran a benchmark")
+
+    monkeypatch.setattr(runner, "run_benchmarks", must_not_run)
     (tmp_path / "results").mkdir()
-    monkeypatch.setenv("MEDCL_BENCHMARKS", str(tmp_path))
-    assert main(["bench", "--readme-only"]) == 0
+    assert runner.main(["--readme-only", "--out", str(tmp_path)]) == 0
     assert "## Targets" in (tmp_path / "README.md").read_text()
     assert not (tmp_path / "results" / "_status.json").exists()  # no benchmark ran
     assert str(tmp_path / "README.md") in capsys.readouterr().out
@@ -164,12 +166,12 @@ def test_quality_plan_covers_every_modality_seed_reference_and_applicable_method
     assert {r["modality"] for r in runs if r["kind"] == "pipeline"} == set(bq.MODALITIES)
     assert sum(r["kind"] == "pipeline" for r in runs) == 6 * 3
     assert {r["modality"] for r in runs if r["kind"] == "reference"} == {"oct", "fundus", "histo", "ecg"}
-    # seed by seed, each pipeline next to its references; a seed's ablations before the next seed; methods last
+    # seed by seed, each pipeline next to its references; then the ablations seed by seed; methods last
     assert keys.index("pipeline/oct/seed0") < keys.index("reference/oct/supervised/seed0") \
         < keys.index("pipeline/fundus/seed0")
-    assert keys.index("pipeline/mri/seed0") < keys.index("ablation/oct/output_stride_32/seed0") \
-        < keys.index("pipeline/oct/seed1")
-    assert keys.index("reference/ecg/simclr/seed2") < keys.index("method/oct/moco/seed0")
+    assert keys.index("pipeline/mri/seed0") < keys.index("pipeline/oct/seed1") < keys.index("pipeline/mri/seed2") \
+        < keys.index("ablation/oct/output_stride_32/seed0") < keys.index("ablation/oct/output_stride_32/seed1") \
+        < keys.index("method/oct/moco/seed0")
     assert "method/ecg/simclr/seed0" in keys and "method/ecg/clocs/seed0" not in keys  # ECG's own method is CLOCS
     assert "method/oct/oct-severity/seed1" in keys and "method/fundus/oct-severity/seed1" not in keys
     assert "method/ct/dense/seed0" in keys and "method/histo/supcon-graph/seed0" not in keys

@@ -190,9 +190,9 @@ def test_resume_with_fewer_processes_continues_exactly(world, caplog):
     cfg = load_pipeline(world["yaml"], [f"data.manifest={world['manifest']}",
                                         f"runtime.output_dir={world['ddp'] / 'runs'}",
                                         f"tracking.uri={world['ddp_uri']}"])
-    with caplog.at_level(logging.WARNING, logger="medcl.stages.pretrain"):
+    with caplog.at_level(logging.WARNING, logger="medcl.engine.resume"):
         ctx = run_pipeline(cfg, resume=True)
-    notes = " ".join(r.getMessage() for r in caplog.records if r.name == "medcl.stages.pretrain")
+    notes = " ".join(r.getMessage() for r in caplog.records if r.name == "medcl.engine.resume")
     assert "written by 2 process(es) with 1" in notes
     assert "global batch is unchanged (8 = 1 x 8)" in notes
     assert "Without BatchNorm" in notes
