@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from medcl import distributed
 from medcl.config import (
@@ -43,7 +43,6 @@ from medcl.tracking.protocol import Tracker
 from medcl.tracking.runs import RunRef
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 #: what --smoke changes in every pipeline: every stage for a few steps (sizes: :func:`smoke_overrides`)
 SMOKE_OVERRIDES = [

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from medcl.checkpoint_file import load_checkpoint, save_checkpoint
+from medcl.readers.base import jsonable
 from medcl.tasks.classification import ClassifierModel, num_outputs_for_task
 from medcl.tasks.export import linear_head_from_probe
 
@@ -58,7 +59,7 @@ class PrimaryModel:
         npz, meta = directory / "primary.npz", directory / "primary.json"
         np.savez(npz, **self.arrays)
         description = {k: v for k, v in asdict(self).items() if k != "arrays"}
-        meta.write_text(json.dumps(description, default=_jsonable))
+        meta.write_text(json.dumps(jsonable(description)))
         return npz, meta
 
     @classmethod
@@ -91,11 +92,3 @@ class PrimaryModel:
         """Save a frozen encoder's weights (a random init) in the ``encoder.pt`` layout; returns the path."""
         save_checkpoint(path, {"encoder": encoder.state_dict(), "feature_dim": getattr(encoder, "feature_dim", None)})
         return str(path)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
