@@ -123,6 +123,20 @@ def test_errors_say_how_to_fix(tmp_path: Path):
     assert (foreign / "oct" / "mine.txt").read_text() == "precious"
 
 
+def test_write_patients_skeleton_builds_rows_from_samples(tmp_path: Path):
+    from medcl.data.synth.common import BASE_COLUMNS, Sample, write_patients
+
+    def writer(p, out_dir):
+        assert out_dir == tmp_path
+        for k in range(2):
+            yield Sample(f"{p.stem}_{k}.x", study=k, mask="m" if k else "", extras={"b": "1", "a": str(k)})
+
+    rows = write_patients("ecg", ("NORM", "AF", "BBB"), tmp_path, [(0,), (1, 2), (2,)], 0, writer)
+    assert [r["label"] for r in rows] == ["NORM", "NORM", "AF;BBB", "AF;BBB", "BBB", "BBB"]
+    assert rows[3]["path"] == "p0002_1.x" and rows[3]["study_id"] == "DEMO-ECG-0002-S2" and rows[3]["mask"] == "m"
+    assert list(rows[0]) == [*BASE_COLUMNS, "b", "a"]  # extras after the base columns, in the writer's order
+
+
 # ---------------------------------------------------------------- 2D images
 
 

@@ -23,7 +23,6 @@ other modalities were requested.
 
 from __future__ import annotations
 
-import csv
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -35,14 +34,15 @@ from medcl.data.synth import fundus as _fundus
 from medcl.data.synth import histo as _histo
 from medcl.data.synth import mri as _mri
 from medcl.data.synth import oct as _oct
-from medcl.data.synth.common import BASE_COLUMNS
+from medcl.data.synth.common import write_csv
 from medcl.errors import DataError
 from medcl.lookup import look_up
 
 __all__ = ["SYNTHESISERS", "synthesize", "write_csv"]
 
 #: modality -> module with ``CLASSES``, ``TASK``, ``DEFAULT_PATIENTS``, ``DEFAULT_SIZE`` and
-#: ``synthesize(out_dir, *, patients, seed, size) -> list[dict]`` (rows with paths relative to out_dir).
+#: ``synthesize(out_dir, *, patients, seed, size) -> list[dict]`` (rows with paths relative to out_dir),
+#: each a thin call of :func:`medcl.data.synth.common.write_patients` with the module's patient writer.
 SYNTHESISERS: dict[str, ModuleType] = {
     "oct": _oct,
     "fundus": _fundus,
@@ -76,31 +76,6 @@ def _per_modality(value, modality: str, default: int | None, what: str) -> int |
             fix=f"pass a whole number >= 1 (e.g. {what}={default or 8})",
         )
     return n
-
-
-def write_csv(path: Path, rows: list[dict], columns: Iterable[str] | None = None) -> Path:
-    """Write ``rows`` as CSV: base columns first (in :data:`BASE_COLUMNS` order), then extras.
-
-    Args:
-        path: output file.
-        rows: dicts of column -> str; missing cells are written empty.
-        columns: explicit column order (default: base columns, then extras in first-seen order).
-
-    Returns:
-        ``path``.
-    """
-    if columns is None:
-        cols = list(BASE_COLUMNS)
-        for r in rows:
-            cols.extend(k for k in r if k not in cols)
-    else:
-        cols = list(columns)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols, lineterminator="\n", extrasaction="raise", restval="")
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def _prepare(folder: Path) -> None:

@@ -1,13 +1,21 @@
-"""Shared helpers of the demo-data synthesisers: seeding, patients, sites, image writing.
+"""Shared skeleton and helpers of the demo-data synthesisers: seeding, patients, sites, rows, files.
 
 Every random draw comes from a :class:`numpy.random.Generator` seeded by
 ``(seed, modality code, stream, index)`` so that one modality's output does not depend on which
 other modalities were requested, and the same seed always writes bit-identical files.
+
+The skeleton every modality shares is :func:`write_patients`: per-patient classes from
+:func:`draw_classes` (stream 2), one :class:`Patient` each (stream 0 for sites / sexes / age groups,
+stream ``(1, index)`` for the patient's own generator), then the modality's *patient writer* draws
+and writes that patient's samples and yields one :class:`Sample` per file; the skeleton turns them
+into manifest rows (:func:`sample_row`). A modality module therefore holds only its image or
+signal model, its file format and the per-patient writer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +75,28 @@ class Patient:
         return f"p{self.index + 1:04d}"
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One written sample (file, series folder or slide), as its manifest row needs it.
+
+    Attributes:
+        path: the sample, relative to the modality folder.
+        study: 0-based study index within the patient (``study_id`` is ``<patient_id>-S<study + 1>``).
+        mask: the mask file relative to the modality folder, or ``""``.
+        extras: the modality's extra manifest columns, in column order.
+    """
+
+    path: str
+    study: int
+    mask: str = ""
+    extras: Mapping[str, str] = field(default_factory=dict)
+
+
+#: A modality's patient writer: draws one patient's samples from ``patient.rng``, writes their
+#: files under the modality folder and yields one :class:`Sample` per written sample.
+PatientWriter = Callable[[Patient, Path], Iterable[Sample]]
+
+
 def rng_for(seed: int, modality: str, *stream: int) -> np.random.Generator:
     """Independent generator for ``(seed, modality, *stream)`` (PCG64 via SeedSequence)."""
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, MODALITY_CODES[modality], *[int(s) for s in stream]])
@@ -110,6 +140,33 @@ def make_patients(modality: str, n: int, seed: int, labels: Sequence[int | tuple
     ]
 
 
+def draw_classes(modality: str, n: int, seed: int, n_classes: int) -> list[int]:
+    """Balanced per-patient class indices (:func:`balanced_labels`) from the modality's stream 2.
+
+    Args:
+        modality: key of :data:`MODALITY_CODES`.
+        n: number of patients.
+        seed: user seed.
+        n_classes: number of classes (or label combinations) to balance.
+
+    Returns:
+        ``n`` indices in ``[0, n_classes)``.
+    """
+    return balanced_labels(n, n_classes, rng_for(seed, modality, 2))
+
+
+def draw_count(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
+    """A count drawn uniformly from the inclusive range ``bounds`` (e.g. samples per patient)."""
+    return int(rng.integers(bounds[0], bounds[1] + 1))
+
+
+def label_name(classes: Sequence[str], label: int | tuple[int, ...]) -> str:
+    """The manifest ``label``: the class name, or ``;``-joined names for a multi-label tuple."""
+    if isinstance(label, tuple):
+        return ";".join(classes[i] for i in label)
+    return classes[int(label)]
+
+
 def base_row(p: Patient, modality: str, path: str, label: str, study: int, mask: str = "") -> dict[str, str]:
     """The manifest columns every modality shares."""
     return {
@@ -123,6 +180,68 @@ def base_row(p: Patient, modality: str, path: str, label: str, study: int, mask:
         "sex": p.sex,
         "age_group": p.age_group,
     }
+
+
+def sample_row(p: Patient, modality: str, label: str, sample: Sample) -> dict[str, str]:
+    """The manifest row of one sample: :func:`base_row`, then the sample's extra columns."""
+    row = base_row(p, modality, sample.path, label, study=sample.study, mask=sample.mask)
+    row.update(sample.extras)
+    return row
+
+
+def write_patients(
+    modality: str,
+    classes: Sequence[str],
+    out_dir: str | Path,
+    labels: Sequence[int | tuple[int, ...]],
+    seed: int,
+    write_patient: PatientWriter,
+) -> list[dict]:
+    """The skeleton of every synthesiser: one patient per label, each written by ``write_patient``.
+
+    Args:
+        modality: key of :data:`MODALITY_CODES`.
+        classes: the modality's class names (``label`` indexes into them).
+        out_dir: the modality folder; ``write_patient`` writes below it.
+        labels: one latent label per patient (a class index, or a tuple of them for multi-label).
+        seed: user seed.
+        write_patient: the modality's writer; bind its own parameters (size, seed) with
+            :func:`functools.partial`.
+
+    Returns:
+        The manifest rows of all samples, patient by patient (paths relative to ``out_dir``).
+    """
+    out = Path(out_dir)
+    rows: list[dict] = []
+    for p in make_patients(modality, len(labels), seed, labels):
+        name = label_name(classes, p.label)
+        rows.extend(sample_row(p, modality, name, s) for s in write_patient(p, out))
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict], columns: Iterable[str] | None = None) -> Path:
+    """Write ``rows`` as CSV: base columns first (in :data:`BASE_COLUMNS` order), then extras.
+
+    Args:
+        path: output file.
+        rows: dicts of column -> str; missing cells are written empty.
+        columns: explicit column order (default: base columns, then extras in first-seen order).
+
+    Returns:
+        ``path``.
+    """
+    if columns is None:
+        cols = list(BASE_COLUMNS)
+        for r in rows:
+            cols.extend(k for k in r if k not in cols)
+    else:
+        cols = list(columns)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, lineterminator="\n", extrasaction="raise", restval="")
+        w.writeheader()
+        w.writerows(rows)
+    return path
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
@@ -139,6 +258,27 @@ def save_png(img: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # optimize=False and no metadata: PNG bytes depend only on the pixels.
     Image.fromarray(arr, mode=mode).save(path, format="PNG", optimize=False, compress_level=6)
+
+
+def save_nifti(arr: np.ndarray, affine: np.ndarray, path: Path, *, unscaled: bool = False) -> None:
+    """Write ``arr`` as NIfTI-1 with ``affine`` as both qform and sform (code 1, scanner), units mm.
+
+    Args:
+        arr: voxel array (its dtype is stored).
+        affine: ``(4, 4)`` voxel -> RAS mm.
+        path: output file (``.nii.gz`` compresses); parent folders are created.
+        unscaled: also store ``scl_slope = 1, scl_inter = 0`` (values are the stored integers).
+    """
+    import nibabel as nib
+
+    nii = nib.Nifti1Image(arr, affine)
+    nii.set_qform(affine, code=1)
+    nii.set_sform(affine, code=1)
+    nii.header.set_xyzt_units("mm")
+    if unscaled:
+        nii.header.set_slope_inter(1.0, 0.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nii, path)
 
 
 def smooth_noise(shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:

@@ -25,11 +25,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from medcl.data.synth.common import Patient, balanced_labels, base_row, make_patients, rng_for
+from medcl.data.synth.common import Patient, Sample, draw_classes, draw_count, save_nifti, write_patients
 
 MODALITY = "ct"
 CLASSES: tuple[str, ...] = ("no_lesion", "lesion")
@@ -130,27 +132,20 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
         identifiers under DICOM de-identification, so they stay in the headers only.)
     """
     size = int(size or DEFAULT_SIZE)
-    labels = balanced_labels(patients, len(CLASSES), rng_for(seed, MODALITY, 2))
-    rows: list[dict] = []
-    for p in make_patients(MODALITY, patients, seed, labels):
-        rows.extend(_patient(p, Path(out_dir), size, seed))
-    return rows
+    labels = draw_classes(MODALITY, patients, seed, len(CLASSES))
+    return write_patients(MODALITY, CLASSES, out_dir, labels, seed, partial(_patient, size=size, seed=seed))
 
 
-def _patient(p: Patient, out_dir: Path, size: int, seed: int) -> list[dict]:
-    import nibabel as nib
-
+def _patient(p: Patient, out_dir: Path, size: int, seed: int) -> Iterator[Sample]:
+    """One abdomen: anatomy and lesion (when labelled), then 1-2 studies, each a series and its mask."""
     rng = p.rng
-    present = int(p.label) == 1
     anat = anatomy(rng)
     rep, slope, intercept, fov, noise, hu_off = _SITE_STORAGE[p.site.name]
     lesion = None
-    if present:
+    if int(p.label) == 1:
         lr = anat["liver_r"]
         lesion = {"c": rng.uniform(-0.45, 0.45, 3) * lr, "r": rng.uniform(30, 50), "hu": rng.uniform(0, 25)}
-    n_studies = int(rng.integers(STUDIES_PER_PATIENT[0], STUDIES_PER_PATIENT[1] + 1))
-    rows = []
-    for k in range(n_studies):
+    for k in range(draw_count(rng, STUDIES_PER_PATIENT)):
         px = fov * rng.uniform(0.97, 1.03) / size
         dz = 10.0
         spacing = (px, px, dz)
@@ -162,18 +157,9 @@ def _patient(p: Patient, out_dir: Path, size: int, seed: int) -> list[dict]:
         series_rel = f"series/{p.stem}_s{k + 1}"
         mask_rel = f"masks/{p.stem}_s{k + 1}.nii.gz"
         _write_series(out_dir / series_rel, hu, spacing, p, k, seed, rep, slope, intercept, rng)
-        affine = ras_affine(spacing, z0=-(SLICES - 1) / 2.0 * dz, size=size)
-        img = nib.Nifti1Image(mask, affine)
-        img.set_qform(affine, code=1)
-        img.set_sform(affine, code=1)
-        img.header.set_xyzt_units("mm")
-        (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-        nib.save(img, out_dir / mask_rel)
-        row = base_row(p, MODALITY, series_rel, CLASSES[int(present)], study=k, mask=mask_rel)
+        save_nifti(mask, ras_affine(spacing, z0=-(SLICES - 1) / 2.0 * dz, size=size), out_dir / mask_rel)
         vol = float(mask.sum()) * px * px * dz / 1000.0
-        row.update(lesion_volume_ml=f"{vol:.1f}")
-        rows.append(row)
-    return rows
+        yield Sample(series_rel, study=k, mask=mask_rel, extras={"lesion_volume_ml": f"{vol:.1f}"})
 
 
 def lps_affine(spacing: tuple[float, float, float], z0: float, size: int) -> np.ndarray:

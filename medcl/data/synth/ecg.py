@@ -17,11 +17,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from medcl.data.synth.common import Patient, base_row, make_patients, rng_for
+from medcl.data.synth.common import Patient, Sample, draw_classes, draw_count, write_patients
 
 MODALITY = "ecg"
 CLASSES: tuple[str, ...] = ("NORM", "AF", "BBB", "TACHY")
@@ -161,15 +162,13 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
         One dict per record: base columns (``label`` = ``;``-joined names) plus ``heart_rate``,
         ``bbb_type``, ``sampling_rate``.
     """
-    order = rng_for(seed, MODALITY, 2).permutation(np.arange(patients) % len(COMBOS))
-    combos = [COMBOS[int(i)] for i in order]
-    rows: list[dict] = []
-    for p in make_patients(MODALITY, patients, seed, [tuple(CLASSES.index(c) for c in k) for k in combos]):
-        rows.extend(_patient(p, Path(out_dir)))
-    return rows
+    combos = [COMBOS[i] for i in draw_classes(MODALITY, patients, seed, len(COMBOS))]
+    labels = [tuple(CLASSES.index(c) for c in k) for k in combos]
+    return write_patients(MODALITY, CLASSES, out_dir, labels, seed, _patient)
 
 
-def _patient(p: Patient, out_dir: Path) -> list[dict]:
+def _patient(p: Patient, out_dir: Path) -> Iterator[Sample]:
+    """One heart: its dipole waves, then 2-3 records (one study each)."""
     import wfdb
 
     rng = p.rng
@@ -177,8 +176,7 @@ def _patient(p: Patient, out_dir: Path) -> list[dict]:
     heart = patient_heart(rng, labels)
     folder = out_dir / "records"
     folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for k in range(int(rng.integers(RECORDS_PER_PATIENT[0], RECORDS_PER_PATIENT[1] + 1))):
+    for k in range(draw_count(rng, RECORDS_PER_PATIENT)):
         sig, hr = render(labels, heart, rng, p.site.noise)
         name = f"{p.stem}_r{k + 1}"
         # Fixed ADC (1 µV per unit, 16-bit) so the stored values do not depend on the signal range.
@@ -188,7 +186,6 @@ def _patient(p: Patient, out_dir: Path) -> list[dict]:
             comments=[f"Dx: {','.join(labels)}", f"Sex: {p.sex}", f"AgeGroup: {p.age_group}"],
             write_dir=str(folder),
         )
-        row = base_row(p, MODALITY, f"records/{name}.hea", ";".join(labels), study=k)
-        row.update(heart_rate=f"{hr:.0f}", bbb_type=heart["bbb"] or "", sampling_rate=str(FS))
-        rows.append(row)
-    return rows
+        yield Sample(f"records/{name}.hea", study=k, extras={
+            "heart_rate": f"{hr:.0f}", "bbb_type": heart["bbb"] or "", "sampling_rate": str(FS),
+        })

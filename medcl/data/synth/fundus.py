@@ -14,20 +14,22 @@ each image has its own lesions and nuisances.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from medcl.data.synth.common import (
     Patient,
+    Sample,
     Site,
-    balanced_labels,
-    base_row,
+    draw_classes,
+    draw_count,
     gaussian_blobs,
-    make_patients,
-    rng_for,
     save_png,
     smooth_noise,
+    write_patients,
 )
 
 MODALITY = "fundus"
@@ -206,24 +208,18 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
         One dict per image: base columns plus ``grade`` (the label's index), ``eye``.
     """
     size = int(size or DEFAULT_SIZE)
-    grades = balanced_labels(patients, len(CLASSES), rng_for(seed, MODALITY, 2))
-    rows: list[dict] = []
-    for p in make_patients(MODALITY, patients, seed, grades):
-        rows.extend(_patient(p, Path(out_dir), size))
-    return rows
+    grades = draw_classes(MODALITY, patients, seed, len(CLASSES))
+    return write_patients(MODALITY, CLASSES, out_dir, grades, seed, partial(_patient, size=size))
 
 
-def _patient(p: Patient, out_dir: Path, size: int) -> list[dict]:
+def _patient(p: Patient, out_dir: Path, size: int) -> Iterator[Sample]:
+    """One eye: its anatomy, then 2-3 photographs (one study each)."""
     rng = p.rng
     grade = int(p.label)
     anat = anatomy(rng)
-    n = int(rng.integers(IMAGES_PER_PATIENT[0], IMAGES_PER_PATIENT[1] + 1))
-    rows = []
-    for k in range(n):
+    eye = "OD" if anat["side"] > 0 else "OS"
+    for k in range(draw_count(rng, IMAGES_PER_PATIENT)):
         img = render(grade, rng, p.site, size, anat=anat)
         rel = f"images/{p.stem}_img{k + 1}.png"
         save_png(img, out_dir / rel)
-        row = base_row(p, MODALITY, rel, CLASSES[grade], study=k)
-        row.update(grade=str(grade), eye="OD" if anat["side"] > 0 else "OS")
-        rows.append(row)
-    return rows
+        yield Sample(rel, study=k, extras={"grade": str(grade), "eye": eye})

@@ -21,11 +21,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from medcl.data.synth.common import Patient, balanced_labels, base_row, make_patients, rng_for, save_png
+from medcl.data.synth.common import (
+    Patient,
+    Sample,
+    draw_classes,
+    draw_count,
+    sample_row,
+    save_png,
+    to_uint8,
+    write_csv,
+    write_patients,
+)
 
 MODALITY = "histo"
 CLASSES: tuple[str, ...] = ("tumour", "stroma", "normal")
@@ -188,8 +200,6 @@ def render_slide(tissue: int, rng: np.random.Generator, site_shift: float = 0.0,
     Returns:
         ``(rgb, tissue_mask)``: ``(S, S, 3)`` uint8 and ``(S, S)`` bool.
     """
-    from medcl.data.synth.common import to_uint8
-
     s = int(size)
     # Tissue outline: one or two blobs from thresholded low-frequency noise inside an ellipse.
     low = _low_noise((s, s), 24.0, rng)
@@ -254,32 +264,36 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
     Returns:
         One dict per tile: base columns plus ``slide``, ``x``, ``y``, ``tile_size``.
     """
-    from medcl.data.synth import write_csv
-
     size = int(size or DEFAULT_SIZE)
     out_dir = Path(out_dir)
-    tissues = balanced_labels(patients, len(CLASSES), rng_for(seed, MODALITY, 2))
-    rows: list[dict] = []
+    tissues = draw_classes(MODALITY, patients, seed, len(CLASSES))
     slides: list[dict] = []
-    for p in make_patients(MODALITY, patients, seed, tissues):
-        tiles, slide = _patient(p, out_dir, size)
-        rows.extend(tiles)
-        slides.append(slide)
+    rows = write_patients(MODALITY, CLASSES, out_dir, tissues, seed, partial(_patient, size=size, slides=slides))
     write_csv(out_dir / "slides.csv", slides)
     return rows
 
 
-def _patient(p: Patient, out_dir: Path, size: int) -> tuple[list[dict], dict]:
+def _patient(p: Patient, out_dir: Path, size: int, slides: list[dict]) -> Iterator[Sample]:
+    """One slide (its ``slides.csv`` row appended to ``slides``), then 3-5 tiles cut from its tissue."""
     rng = p.rng
     tissue = int(p.label)
     rgb, mask = render_slide(tissue, rng, p.site.shift)
     mpp = SITE_MPP[p.site.name]
     slide_rel = f"slides/{p.stem}.tif"
     write_pyramid(out_dir / slide_rel, rgb, mpp)
-    slide = base_row(p, MODALITY, slide_rel, CLASSES[tissue], study=0)
-    slide.update(mpp=f"{mpp:.4f}", levels=str(SLIDE_LEVELS),
-                 width=str(rgb.shape[1]), height=str(rgb.shape[0]))
-    # Tiles: random positions whose footprint is (almost) all tissue.
+    slides.append(sample_row(p, MODALITY, CLASSES[tissue], Sample(slide_rel, study=0, extras={
+        "mpp": f"{mpp:.4f}", "levels": str(SLIDE_LEVELS), "width": str(rgb.shape[1]), "height": str(rgb.shape[0]),
+    })))
+    for k, (y, x) in enumerate(_tile_origins(mask, size, rng)):
+        tile = rgb[y : y + size, x : x + size]
+        rel = f"images/{p.stem}_tile{k + 1}.png"
+        save_png(np.ascontiguousarray(tile), out_dir / rel)
+        yield Sample(rel, study=0, extras={"slide": slide_rel, "x": str(int(x)), "y": str(int(y)),
+                                           "tile_size": str(size)})
+
+
+def _tile_origins(mask: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Level-0 ``(y, x)`` origins of up to ``TILES_PER_PATIENT`` random tiles whose footprint is (almost) all tissue."""
     from scipy.ndimage import uniform_filter
 
     frac = uniform_filter(mask.astype(np.float32), size=size, mode="constant")
@@ -287,14 +301,5 @@ def _patient(p: Patient, out_dir: Path, size: int) -> tuple[list[dict], dict]:
     inner = frac[half : -half or None, half : -half or None]
     # Prefer all-tissue windows; on a small tissue region fall back to the most tissue-filled ones.
     ok = np.argwhere(inner > min(0.97, float(inner.max()) - 1e-6))
-    n = int(rng.integers(TILES_PER_PATIENT[0], TILES_PER_PATIENT[1] + 1))
-    picks = ok[rng.choice(len(ok), size=min(n, len(ok)), replace=False)] if len(ok) else np.zeros((0, 2), int)
-    rows = []
-    for k, (y, x) in enumerate(picks):
-        tile = rgb[y : y + size, x : x + size]
-        rel = f"images/{p.stem}_tile{k + 1}.png"
-        save_png(np.ascontiguousarray(tile), out_dir / rel)
-        row = base_row(p, MODALITY, rel, CLASSES[tissue], study=0)
-        row.update(slide=slide_rel, x=str(int(x)), y=str(int(y)), tile_size=str(size))
-        rows.append(row)
-    return rows, slide
+    n = draw_count(rng, TILES_PER_PATIENT)
+    return ok[rng.choice(len(ok), size=min(n, len(ok)), replace=False)] if len(ok) else np.zeros((0, 2), int)

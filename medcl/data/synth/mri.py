@@ -14,11 +14,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from medcl.data.synth.common import Patient, balanced_labels, base_row, make_patients, rng_for
+from medcl.data.synth.common import Patient, Sample, draw_classes, draw_count, save_nifti, write_patients
 
 MODALITY = "mri"
 CLASSES: tuple[str, ...] = ("no_lesion", "lesion")
@@ -130,22 +132,16 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
         One dict per volume: base columns plus ``n_lesions``, ``lesion_volume_ml``.
     """
     size = int(size or DEFAULT_SIZE)
-    labels = balanced_labels(patients, len(CLASSES), rng_for(seed, MODALITY, 2))
-    rows: list[dict] = []
-    for p in make_patients(MODALITY, patients, seed, labels):
-        rows.extend(_patient(p, Path(out_dir), size))
-    return rows
+    labels = draw_classes(MODALITY, patients, seed, len(CLASSES))
+    return write_patients(MODALITY, CLASSES, out_dir, labels, seed, partial(_patient, size=size))
 
 
-def _patient(p: Patient, out_dir: Path, size: int) -> list[dict]:
-    import nibabel as nib
-
+def _patient(p: Patient, out_dir: Path, size: int) -> Iterator[Sample]:
+    """One head: anatomy and lesions (when labelled), then 1-2 studies, each a volume and its mask."""
     rng = p.rng
-    present = int(p.label) == 1
     anat = anatomy(rng, p.age_group)
-    lesions = draw_lesions(anat, rng) if present else []
-    rows = []
-    for k in range(int(rng.integers(STUDIES_PER_PATIENT[0], STUDIES_PER_PATIENT[1] + 1))):
+    lesions = draw_lesions(anat, rng) if int(p.label) == 1 else []
+    for k in range(draw_count(rng, STUDIES_PER_PATIENT)):
         affine = affine_for(p.site.name, size, rng)
         shift = rng.uniform(-8, 8, 3)
         scale = 1000.0 * p.site.gain * float(np.exp(rng.normal(0.0, 0.3)))
@@ -153,18 +149,9 @@ def _patient(p: Patient, out_dir: Path, size: int) -> list[dict]:
         data = np.clip(np.rint(img), 0, np.iinfo(np.int16).max).astype(np.int16)
         rel = f"images/{p.stem}_s{k + 1}.nii.gz"
         mrel = f"masks/{p.stem}_s{k + 1}.nii.gz"
-        for arr, path in ((data, rel), (mask, mrel)):
-            nii = nib.Nifti1Image(arr, affine)
-            nii.set_qform(affine, code=1)
-            nii.set_sform(affine, code=1)
-            nii.header.set_xyzt_units("mm")
-            if arr is data:
-                nii.header.set_slope_inter(1.0, 0.0)
-            (out_dir / path).parent.mkdir(parents=True, exist_ok=True)
-            nib.save(nii, out_dir / path)
-        row = base_row(p, MODALITY, rel, CLASSES[int(present)], study=k, mask=mrel)
+        save_nifti(data, affine, out_dir / rel, unscaled=True)
+        save_nifti(mask, affine, out_dir / mrel)
         vox_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
-        row.update(n_lesions=str(len(lesions)),
-                   lesion_volume_ml=f"{float(mask.sum()) * vox_ml:.1f}")
-        rows.append(row)
-    return rows
+        yield Sample(rel, study=k, mask=mrel, extras={
+            "n_lesions": str(len(lesions)), "lesion_volume_ml": f"{float(mask.sum()) * vox_ml:.1f}",
+        })

@@ -19,11 +19,13 @@ has its own drusen positions and nuisances (different slices, different visits).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from medcl.data.synth.common import Patient, Site, balanced_labels, base_row, make_patients, rng_for, save_png
+from medcl.data.synth.common import Patient, Sample, Site, draw_classes, draw_count, save_png, write_patients
 
 MODALITY = "oct"
 CLASSES: tuple[str, ...] = ("normal", "early", "intermediate")
@@ -148,24 +150,17 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
         One dict per B-scan with the base manifest columns plus ``grade`` (the label's index).
     """
     size = int(size or DEFAULT_SIZE)
-    grades = balanced_labels(patients, len(CLASSES), rng_for(seed, MODALITY, 2))
-    rows: list[dict] = []
-    for p in make_patients(MODALITY, patients, seed, grades):
-        rows.extend(_patient(p, Path(out_dir), size))
-    return rows
+    grades = draw_classes(MODALITY, patients, seed, len(CLASSES))
+    return write_patients(MODALITY, CLASSES, out_dir, grades, seed, partial(_patient, size=size))
 
 
-def _patient(p: Patient, out_dir: Path, size: int) -> list[dict]:
+def _patient(p: Patient, out_dir: Path, size: int) -> Iterator[Sample]:
+    """One eye: its thickness, then 2-4 B-scans (two per study)."""
     rng = p.rng
     grade = int(p.label)
     thickness = rng.uniform(9.5, 13.0)
-    n = int(rng.integers(SCANS_PER_PATIENT[0], SCANS_PER_PATIENT[1] + 1))
-    rows = []
-    for k in range(n):
+    for k in range(draw_count(rng, SCANS_PER_PATIENT)):
         img = render(grade, rng, p.site, size, thickness=thickness)
         rel = f"images/{p.stem}_scan{k + 1}.png"
         save_png(img, out_dir / rel)
-        row = base_row(p, MODALITY, rel, CLASSES[grade], study=k // 2)
-        row.update(grade=str(grade))
-        rows.append(row)
-    return rows
+        yield Sample(rel, study=k // 2, extras={"grade": str(grade)})
