@@ -16,7 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from medcl import __version__, phi
+from medcl.errors import MedclError
+from medcl.logs import setup_logging
 from medcl.modalities import MODALITIES
+from medcl.shipped import shipped
 
 EPILOG = """\
 examples:
@@ -207,14 +211,14 @@ def _add_report_commands(sub: Any) -> None:
 def _cmd_data(args: argparse.Namespace) -> int:
     """``medcl data synth|validate|inspect``; its exit code (validate: 1 when a row has a problem)."""
     if args.data_command == "synth":
-        from medcl.data.synth import synthesize
+        from medcl.data.synth import synthesize  # lazy: keeps `medcl --help` instant (numpy)
 
         manifest = synthesize(args.out, modalities=args.modalities, patients=args.patients, seed=args.seed)
         print(f"wrote demo data; manifest: {manifest}")
         return 0
     if args.data_command == "validate":
-        from medcl.data.manifest import load_manifest
-        from medcl.data.validate import problems_to_json, validate_manifest
+        from medcl.data.manifest import load_manifest  # lazy: keeps `medcl --help` instant (numpy)
+        from medcl.data.validate import problems_to_json, validate_manifest  # lazy: numpy, as load_manifest
 
         manifest = load_manifest(args.manifest, root=args.root)
         classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
@@ -230,6 +234,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
             print(f"{n} rows checked, {len(problems)} problem(s)" if problems else f"{n} rows checked, no problems")
         return 1 if problems else 0
     if args.data_command == "inspect":
+        # lazy: keeps `medcl --help` instant (numpy)
         from medcl.data.inspect import format_inspect, inspect_path
 
         opts = {}
@@ -273,9 +278,6 @@ def _shipped_pipeline(name: str) -> str:
     """
     if Path(name).exists():
         return name
-    from medcl.errors import MedclError
-    from medcl.shipped import shipped
-
     try:
         root = shipped("pipelines", env="MEDCL_PIPELINES")
     except MedclError:
@@ -341,24 +343,24 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "data":
         return _cmd_data(args)
     if args.command == "config":
-        from medcl.config import dump_yaml, load_config
+        from medcl.config import dump_yaml, load_config  # lazy: keeps `medcl --help` instant (pydantic, yaml)
 
         print(dump_yaml(load_config(args.pipeline, args.overrides)), end="")
         return 0
     if args.command == "run":
-        from medcl.pipeline import run_pipeline_file
+        from medcl.pipeline import run_pipeline_file  # lazy: keeps `medcl --help` instant (torch)
 
         return run_pipeline_file(args.pipeline, overrides=args.overrides, force=args.force, resume=args.resume,
                                  dry_run=args.dry_run, smoke=args.smoke)
     if args.command == "demo":
-        from medcl.demo import run_demo
+        from medcl.demo import run_demo  # lazy: keeps `medcl --help` instant (torch)
 
         return run_demo(modality=args.modality, data_dir=args.data, seed=args.seed, overrides=args.overrides,
                         force=args.force, resume=args.resume, dry_run=args.dry_run, smoke=args.smoke)
     if args.command in ("predict", "embed"):
         return _cmd_apply(args)
     if args.command == "evaluate":
-        from medcl.evaluate import evaluate
+        from medcl.evaluate import evaluate  # lazy: keeps `medcl --help` instant (torch)
 
         res = evaluate(args.source, args.manifest, name=args.name, out=args.out, tracking_uri=args.tracking_uri,
                        batch_size=args.batch_size, device=args.device, n_boot=args.n_boot,
@@ -368,7 +370,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         _print_evaluation(res)
         return 0
     if args.command == "report":
-        from medcl.reporting.html import build_report
+        from medcl.reporting.html import build_report  # lazy: keeps `medcl --help` instant (numpy)
 
         out = build_report(args.run_id, out=args.out, tracking_uri=args.tracking_uri)
         print(f"report: {out}")
@@ -378,7 +380,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _cmd_apply(args: argparse.Namespace) -> int:
     """``medcl predict`` (classes, or masks for a segmentation model) and ``medcl embed``; 1 when no input was read."""
-    from medcl import predict as pr
+    from medcl import predict as pr  # lazy: keeps `medcl --help` instant (numpy)
 
     if args.command == "predict" and pr.model_kind(args.source, args.tracking_uri, args.task) == "segment":
         res = pr.predict_masks(args.source, args.input, args.out, tracking_uri=args.tracking_uri,
@@ -412,8 +414,6 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.version:
-        from medcl import __version__
-
         print(f"medcl {__version__}")
         return 0
     if args.command is None:
@@ -425,9 +425,6 @@ def main(argv: list[str] | None = None) -> int:
               "pipelines/oct_severity.yaml --set data.manifest=/data/oct/manifest.csv", file=sys.stderr)
         return 2
 
-    from medcl.errors import MedclError
-    from medcl.logs import setup_logging
-
     if args.command in ("run", "config"):
         args.pipeline = _shipped_pipeline(args.pipeline)
 
@@ -435,8 +432,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except MedclError as exc:
-        from medcl import phi
-
         print(f"{_rank_prefix()}error: {phi.redact(exc.line())}", file=sys.stderr)
         if log_path:
             print(f"(log: {log_path})", file=sys.stderr)
@@ -446,8 +441,6 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: one line on the console, the traceback in the log
-        from medcl import phi
-
         log.debug("internal error", exc_info=True)
         print(f"{_rank_prefix()}internal error: {type(exc).__name__}: {phi.redact(str(exc))[:500]}", file=sys.stderr)
         if log_path:

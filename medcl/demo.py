@@ -9,9 +9,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from medcl.data.synth import synthesize
 from medcl.errors import ConfigError
 from medcl.lookup import did_you_mean
 from medcl.modalities import MODALITIES
+from medcl.pipeline import load_pipeline, run_pipeline
+from medcl.shipped import shipped
 
 log = logging.getLogger(__name__)
 DEMO_MODALITIES = MODALITIES  # every modality has a demo pipeline (pipelines/demo/<modality>.yaml)
@@ -19,8 +22,6 @@ DEMO_MODALITIES = MODALITIES  # every modality has a demo pipeline (pipelines/de
 
 def pipelines_dir() -> Path:
     """The ``pipelines/`` folder shipped with medcl (``MEDCL_PIPELINES`` overrides; see :mod:`medcl.shipped`)."""
-    from medcl.shipped import shipped
-
     return shipped("pipelines", env="MEDCL_PIPELINES", must_have="demo")
 
 
@@ -45,9 +46,6 @@ def run_demo(modality: str = "oct", data_dir: str | Path = "medcl-demo-data", se
     Raises:
         ConfigError: an unknown modality.
     """
-    from medcl.data.synth import synthesize
-    from medcl.pipeline import load_pipeline, run_pipeline
-
     if modality == "all":
         mods = list(DEMO_MODALITIES)
     elif modality in DEMO_MODALITIES:

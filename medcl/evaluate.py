@@ -37,6 +37,7 @@ from medcl.errors import ConfigError, DataError, MedclError, TrackingError
 from medcl.metrics import calibration_metrics, metrics_with_ci, subgroup_metrics
 from medcl.metrics.shift import shift_test
 from medcl.predict import InputRow, _batches, _Prepared, load_model
+from medcl.reporting.html import build_report
 from medcl.stages.classify import MAX_SUBGROUP_LEVELS
 from medcl.stages.common import jsonable
 from medcl.tracking.mlflow_tracker import MLflowTracker
@@ -286,8 +287,6 @@ def evaluate(source: str, manifest: str | Path, *, name: str | None = None, out:
     eval_run = _log(source, tracking_uri, site, manifest, result, out_dir, pred_path)
     report_path = None
     if report:
-        from medcl.reporting.html import build_report
-
         report_path = build_report(source, out=out_dir / "report.html", tracking_uri=tracking_uri)
     return EvaluateResult(site, out_dir, eval_run, len(idx_arr), n_excl, metrics, calibration, shift, subgroups,
                           report_path, summary)

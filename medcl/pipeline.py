@@ -41,6 +41,7 @@ from medcl.stages.context import RunContext
 from medcl.tracking import MLflowTracker, NullTracker, default_tracking_uri, runs
 from medcl.tracking.protocol import Tracker
 from medcl.tracking.runs import RunRef
+from medcl.transforms import preset_info
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,6 @@ def smoke_overrides(cfg: PipelineConfig) -> list[str]:
     sliding windows, so that every shipped pipeline's smoke run takes minutes on 2 CPU cores within 24 GiB. Only
     shrinks: a setting already below a cap is kept.
     """
-    from medcl.transforms import preset_info
-
     b = SMOKE_BATCH
     dims = int(preset_info(cfg.transforms.preset)["spatial_dims"])
     out = [*SMOKE_OVERRIDES,

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from medcl import phi
 from medcl.errors import ConfigError, DataError, TrackingError
 
 # re-exported (redundant aliases): `medcl.predict.X` stays the name of every part of the command
@@ -53,6 +54,7 @@ from medcl.predict_model import _segmenter_uri as _segmenter_uri
 from medcl.predict_model import load_model as load_model
 from medcl.predict_model import model_kind as model_kind
 from medcl.predict_model import resolve_model_uri as resolve_model_uri
+from medcl.transforms.presets import preset_info
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +86,6 @@ def _prepare(source: str, inp: str | Path, out: Path, *, tracking_uri: str | Non
     """Everything checked before any sample is read: the output name, the model, the inputs, their modality."""
     import torch
 
-    from medcl.transforms.presets import preset_info
-
     if out.suffix.lower() not in suffixes:
         raise ConfigError(f"cannot write {out.name!r}", where="--out", fix=f"name the output {' or '.join(suffixes)}")
     if batch_size < 1:
@@ -109,8 +109,7 @@ def _batches(p: _Prepared, batch_size: int, progress: bool, what: str):
     """
     import torch
 
-    from medcl import phi
-    from medcl.engine.progress import StepProgress
+    from medcl.engine.progress import StepProgress  # lazy: torch, loaded only once a model is applied
 
     n_batches = (len(p.rows) + batch_size - 1) // batch_size
     with StepProgress(n_batches, what, enabled=progress, log_every=max(1, n_batches // 10)) as bar:

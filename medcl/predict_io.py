@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medcl.data.manifest import load_manifest
 from medcl.errors import DataError
 
 if TYPE_CHECKING:
@@ -71,8 +72,6 @@ def collect_inputs(inp: str | Path, *, spatial_dims: int, signal: bool = False) 
         raise DataError("input does not exist", where=str(p), fix="pass a manifest, a folder or a file")
     if p.is_file() and p.suffix.lower() in _MANIFEST and not (signal and p.suffix.lower() == ".csv"
                                                               and not _looks_like_manifest(p)):
-        from medcl.data.manifest import load_manifest
-
         m = load_manifest(p)
         return [InputRow(r.relpath, Path(r.path), r.patient, r.row, {"modality": r.modality}) for r in m.records]
     if p.is_file():

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from medcl import __version__, phi
 from medcl.errors import ConfigError, DataError, MedclError, TrackingError
 from medcl.predict_io import (
     InputRow,
@@ -26,6 +27,7 @@ from medcl.predict_io import (
     collect_inputs,
 )
 from medcl.predict_model import LoadedModel, _segmenter_uri
+from medcl.tracking.mlflow_tracker import default_tracking_uri
 
 log = logging.getLogger("medcl.predict")  # the name medcl predict's log lines have always carried
 
@@ -115,8 +117,6 @@ def write_dicom_seg(source: Path, labels: np.ndarray, affine: np.ndarray, class_
     import pydicom
     from pydicom.sr.codedict import codes
 
-    from medcl import __version__
-
     datasets = [pydicom.dcmread(f) for f in _dicom_files(source)]
     datasets = [d for d in datasets if "ImagePositionPatient" in d and "PixelData" in d]
     if not datasets:
@@ -160,7 +160,7 @@ def _load_segmenter(model_uri: str, uri: str, device: str) -> Any:
     Raises:
         TrackingError: it cannot be loaded (the URI and the cause are named).
     """
-    from medcl.tracking.pyfunc import load_segmenter
+    from medcl.tracking.pyfunc import load_segmenter  # lazy: mlflow, loaded only once a model is applied
 
     try:
         return load_segmenter(model_uri, uri, device)
@@ -261,9 +261,7 @@ def predict_masks(source: str, inp: str | Path, out: str | Path, *, tracking_uri
     """
     import torch
 
-    from medcl import phi
-    from medcl.engine.progress import StepProgress
-    from medcl.tracking.mlflow_tracker import default_tracking_uri
+    from medcl.engine.progress import StepProgress  # lazy: torch, loaded only once a model is applied
 
     out = Path(out)
     if out.suffix.lower() not in (".csv", ".parquet"):

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from medcl.errors import ConfigError, MedclError, TrackingError
+from medcl.tracking.mlflow_tracker import default_tracking_uri
+from medcl.tracking.reader import RunReader
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -70,8 +72,6 @@ def resolve_model_uri(source: str, tracking_uri: str | None = None) -> tuple[str
         raise ConfigError(f"{source!r} is not a run id, a model URI or a model folder", where="medcl predict RUN",
                           fix="pass the pipeline's MLflow run id (printed at the end of `medcl run`), "
                           "runs:/<run id>/model, models:/<name>/<version>, or a folder with an MLmodel file")
-    from medcl.tracking.reader import RunReader
-
     reader = RunReader(source, tracking_uri)
     stage = reader.stages.get("calibrate")
     if stage is None:
@@ -87,8 +87,7 @@ def load_model(source: str, tracking_uri: str | None = None, device: str = "cpu"
     Raises:
         TrackingError: the model cannot be loaded (the URI and the cause are named).
     """
-    from medcl.tracking.mlflow_tracker import default_tracking_uri
-    from medcl.tracking.pyfunc import load_predictor
+    from medcl.tracking.pyfunc import load_predictor  # lazy: mlflow, loaded only once a model is applied
 
     uri = tracking_uri or default_tracking_uri()
     model_uri, run_id = resolve_model_uri(source, uri)
@@ -118,15 +117,13 @@ def model_kind(source: str, tracking_uri: str | None = None, task: str = "auto")
     if not _RUN_ID.fullmatch(source):
         if task != "auto":
             return task
-        from medcl.tracking.pyfunc import model_metadata
+        from medcl.tracking.pyfunc import model_metadata  # lazy: mlflow, only for a model URI
 
         try:
             kind = model_metadata(resolve_model_uri(source, tracking_uri)[0], tracking_uri).get("kind")
         except MedclError:  # an unreadable URI is reported by the loader, with its cause
             kind = None
         return "segment" if kind == "segmenter" else "classify"
-    from medcl.tracking.reader import RunReader
-
     stages = RunReader(source, tracking_uri).stages
     has = {"classify": "calibrate" in stages, "segment": "segment" in stages}
     if task == "auto":
@@ -141,7 +138,5 @@ def _segmenter_uri(source: str, tracking_uri: str | None) -> tuple[str, str | No
     """``(model URI, pipeline run id or None)`` of the segmenter: a run's segment stage model, or ``source``."""
     if not _RUN_ID.fullmatch(source):
         return resolve_model_uri(source, tracking_uri)
-    from medcl.tracking.reader import RunReader
-
     reader = RunReader(source, tracking_uri)
     return f"runs:/{reader.stages['segment'].run_id}/segmenter", reader.run_id

@@ -16,6 +16,7 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from medcl import phi
 from medcl.config.schema import PipelineConfig
 from medcl.errors import ConfigError
 from medcl.lookup import nearest
@@ -230,8 +231,6 @@ def resolved_dict(cfg: PipelineConfig) -> dict[str, Any]:
     Secrets never reach it: a password inside a URI (``tracking.uri: http://user:pw@host``) and the
     value of any secret environment variable (:data:`medcl.phi.SECRET_ENV_VARS`) become ``***``.
     """
-    from medcl import phi
-
     return phi.scrub_secrets(cfg.model_dump(mode="json"))
 
 

@@ -83,6 +83,10 @@ class TransformsConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     preset: str = "oct"
+    augment_on: Literal["sample", "batch"] = Field(
+        "sample", description="where training augmentations run: 'sample' = MONAI transforms per sample in the "
+        "DataLoader (every preset); 'batch' = whole batches on the training device with vectorised torch ops "
+        "(oct, fundus, histo: the same augmentations and distributions, faster on few CPU cores and on GPUs)")
 
 
 class PretrainConfig(Section):

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from medcl.errors import ConfigError, DataError
 from medcl.lookup import did_you_mean
+from medcl.transforms.batch import Draw
 from medcl.transforms.seeding import derive_seed, set_transform_seed
 
 log = logging.getLogger(__name__)
@@ -173,8 +174,8 @@ def _views_copy_their_input(transform: Any) -> bool:
     """
     from monai.transforms import Randomizable
 
-    from medcl.transforms.compose import PlainCompose
-    from medcl.transforms.views import MultiViewd
+    from medcl.transforms.compose import PlainCompose  # lazy: monai
+    from medcl.transforms.views import MultiViewd  # lazy: monai
 
     for t in getattr(transform, "transforms", None) or []:
         if isinstance(t, Randomizable):
@@ -290,6 +291,46 @@ class MedclLoader(DataLoader):
             self.sampler.set_epoch(int(epoch))
         if isinstance(self.dataset, SeededDataset):
             self.dataset.set_epoch(int(epoch))
+
+
+class BatchAugmentedLoader:
+    """A training loader whose batches are augmented as wholes on ``device`` (``transforms.augment_on: batch``).
+
+    Each batch is moved to ``device`` and its ``"views"`` / ``"image"`` (and ``"mask"``) go through ``augment``
+    (:class:`medcl.transforms.batch.BatchAugment`) with a stream seeded by ``(seed, epoch, rank, batch index)``:
+    the views depend on the seed and the batch only, so an epoch resumed mid-way (whose skipped batches are drawn
+    and discarded) sees the same views as an uninterrupted one.
+
+    Args:
+        loader: the :class:`MedclLoader` of un-augmented samples (the preset's ``batch_sample_part`` only).
+        augment: ``augment(batch, draw) -> batch``.
+        device: where the batch is augmented (and then stays).
+        seed: base seed.
+        rank: this process's rank (each rank draws its own views).
+    """
+
+    def __init__(self, loader: MedclLoader, augment: Callable[..., dict[str, Any]], device: torch.device | str,
+                 seed: int, rank: int = 0) -> None:
+        """Wrap ``loader``; see the class docstring."""
+        self.loader, self.augment, self.device = loader, augment, torch.device(device)
+        self.seed, self.rank, self.epoch = int(seed), int(rank), 0
+        self.dataset, self.batch_size = loader.dataset, loader.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before iterating epoch ``epoch``: the loader's order and this epoch's augmentation stream."""
+        self.epoch = int(epoch)
+        self.loader.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return len(self.loader)
+
+    def __iter__(self):
+        """Augmented batches on ``device``."""
+        for i, batch in enumerate(self.loader):
+            moved = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                     for k, v in batch.items()}
+            yield self.augment(moved, Draw(derive_seed(self.seed, self.epoch, self.rank, i), self.device))
 
 
 def build_loader(

@@ -12,6 +12,7 @@ import logging
 import torch
 from torch import nn
 
+from medcl import distributed
 from medcl.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,6 @@ def wrap_ddp(
             (DDP's start-up broadcast would wait for ranks that are not there).
         DistributedError: the other ranks did not join within ``runtime.dist_timeout_s``.
     """
-    from medcl import distributed
-
     if not distributed.is_distributed():
         raise TrainingError("DistributedDataParallel needs every rank of a torchrun job, and this code runs on "
                             "one process (no process group, or a rank-0-only section)", where="engine.wrap_ddp",

@@ -153,6 +153,7 @@ def build_xresnet1d(*, in_channels: int, spatial_dims: int = 1, **kwargs) -> XRe
 
 def build_resnet1d(*, in_channels: int, spatial_dims: int = 1, depth: str = "resnet18", **kwargs) -> Encoder:
     """MONAI ResNet for signals: kernel-15 stride-2 stem (≈30 ms at 500 Hz) then the usual stages."""
+    # lazy: monai; encoders1d (and `import medcl.networks`) need torch only
     from medcl.networks.encoders3d import MonaiResNetEncoder
 
     kwargs.setdefault("conv1_t_size", 15)

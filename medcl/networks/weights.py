@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medcl.checkpoint_file import load_checkpoint
 from medcl.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,6 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     with p.open("rb") as fh:
         head = fh.read(8)
     if head == b"MEDCLCKP":  # medcl's own checksummed format (medcl.engine.checkpoint)
-        from medcl.checkpoint_file import load_checkpoint
-
         obj = load_checkpoint(p)
         sd = _find_state_dict(obj)
         if sd is None:

@@ -18,14 +18,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from medcl.errors import MedclError
+from medcl.reporting.data import ReportData
+from medcl.reporting.sections import STYLE, esc, render, verdict
+
 log = logging.getLogger(__name__)
 
 
 def load_report(run_id: str, tracking_uri: str | None = None) -> Any:
     """:class:`ReportData` of a run, or ``None`` (with a visible note) when the run cannot be read."""
-    from medcl.errors import MedclError
-    from medcl.reporting.data import ReportData
-
     try:
         return ReportData.load(run_id, tracking_uri)
     except MedclError as exc:
@@ -35,8 +36,6 @@ def load_report(run_id: str, tracking_uri: str | None = None) -> Any:
 
 def header(report: Any) -> None:
     """The report's style sheet, its one-line identification of the run and the plain verdict on the model."""
-    from medcl.reporting.sections import STYLE, esc, verdict
-
     if report is None:
         _display_html(STYLE)
         return
@@ -56,8 +55,6 @@ def header(report: Any) -> None:
 
 def show(report: Any, section: str) -> None:
     """Display one section (see ``medcl.reporting.sections.SECTIONS``) in the running notebook."""
-    from medcl.reporting.sections import render
-
     _display_html("\n".join(render(report, section)))
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from medcl.metric_keys import fraction_tag, metric_key, model_tag
+from medcl.tracking.reader import RunReader
 
 #: what the stages' model names mean, in words
 MODEL_NAMES = {
@@ -57,8 +58,6 @@ class ReportData:
         Raises:
             TrackingError: the store cannot be read or has no such run.
         """
-        from medcl.tracking.reader import RunReader
-
         return cls(RunReader(run_id, tracking_uri))
 
     # -- params ----------------------------------------------------------------------------------------

@@ -17,7 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from medcl import phi
 from medcl.errors import ConfigError, StageError
+from medcl.shipped import shipped
+from medcl.tracking import default_tracking_uri
+from medcl.tracking.reader import RunReader, strip_data_uris
 
 log = logging.getLogger(__name__)
 KERNEL_NAME = "python3"
@@ -34,8 +38,6 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 
 def notebook_path() -> Path:
     """``notebooks/report.ipynb`` shipped with medcl (``MEDCL_REPORT_NOTEBOOK`` overrides; :mod:`medcl.shipped`)."""
-    from medcl.shipped import shipped
-
     env = os.environ.get("MEDCL_REPORT_NOTEBOOK")
     if env:
         if not Path(env).is_file():
@@ -131,10 +133,6 @@ def build_report(run_id: str, *, out: str | Path | None = None, tracking_uri: st
     import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
-
-    from medcl import phi
-    from medcl.tracking import default_tracking_uri
-    from medcl.tracking.reader import RunReader, strip_data_uris
 
     uri = tracking_uri or default_tracking_uri()
     reader = RunReader(run_id, uri)  # fails clearly (TrackingError) before a kernel is started

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from medcl.stages import report
+
 if TYPE_CHECKING:
     from medcl.stages.context import RunContext
     from medcl.tracking.protocol import Tracker
@@ -37,31 +39,26 @@ class Stage:
 
 
 def _pretrain(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
+    # lazy: torch, scipy.stats (~1 s); the registry, stages.context (console, --dry-run) need neither
     from medcl.stages.pretrain import run
 
     return run(ctx, tracker)
 
 
 def _classify(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
-    from medcl.stages.classify import run
+    from medcl.stages.classify import run  # lazy: torch, scipy.stats (see above)
 
     return run(ctx, tracker)
 
 
 def _segment(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
-    from medcl.stages.segment import run
+    from medcl.stages.segment import run  # lazy: torch, scipy.stats (see above)
 
     return run(ctx, tracker)
 
 
 def _calibrate(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
-    from medcl.stages.calibrate import run
-
-    return run(ctx, tracker)
-
-
-def _report(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
-    from medcl.stages.report import run
+    from medcl.stages.calibrate import run  # lazy: torch, scipy.stats (see above)
 
     return run(ctx, tracker)
 
@@ -72,5 +69,5 @@ STAGES: dict[str, Stage] = {
     "classify": Stage(_classify, main_only=False, splits=(("train", True), ("test", True))),
     "segment": Stage(_segment, main_only=False, splits=(("train", False), ("test", False))),  # evaluation sharded
     "calibrate": Stage(_calibrate, main_only=True, splits=(("val", True), ("test", True))),  # a few thousand logits
-    "report": Stage(_report, main_only=True),        # a notebook reading MLflow
+    "report": Stage(report.run, main_only=True),        # a notebook reading MLflow
 }

@@ -180,7 +180,7 @@ def _log_model(ctx: RunContext, tracker: Tracker, model: Any, rep: dict[str, Any
     Returns:
         The logged model's URI.
     """
-    from medcl.tracking.pyfunc import log_classifier
+    from medcl.tracking.pyfunc import log_classifier  # lazy: mlflow, imported only when a model is logged
 
     cfg, c, data, task = ctx.cfg, ctx.cfg.calibrate, ctx.data, ctx.data.task
     preprocessing = {"preset": cfg.transforms.preset, **(cfg.transforms.model_extra or {}),

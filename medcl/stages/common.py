@@ -12,11 +12,12 @@ import numpy as np
 
 if TYPE_CHECKING:
     from medcl.stages.context import RunContext
-from medcl.data.datasets import build_dataset, build_loader
+from medcl.data.datasets import BatchAugmentedLoader, build_dataset, build_loader
 from medcl.engine.optim import build_optimizer
 from medcl.engine.schedule import build_scheduler
 from medcl.networks import build_encoder
 from medcl.transforms import build_transforms
+from medcl.transforms.batch import build_batch_augment
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -57,7 +58,8 @@ def make_transforms(cfg: Any, *, train: bool, views: int = 1, with_mask: bool = 
     params = transform_params(cfg)
     if with_mask:
         params.setdefault("mask_keys", ["mask"])
-    return build_transforms(cfg.transforms.preset, train=train, views=views, **params)
+    return build_transforms(cfg.transforms.preset, train=train, views=views, augment_on=cfg.transforms.augment_on,
+                            **params)
 
 
 def make_encoder(cfg: Any, weights: str | Path | None = None):
@@ -69,7 +71,7 @@ def make_encoder(cfg: Any, weights: str | Path | None = None):
     m = cfg.model
     path = str(weights) if weights else m.pretrained_path
     if path and path.startswith(("runs:/", "models:/")):  # an MLflow model medcl logged: its weights file
-        from medcl.tracking.pyfunc import weights_from_uri
+        from medcl.tracking.pyfunc import weights_from_uri  # lazy: mlflow, only for a runs:/ or models:/ URI
 
         path = str(weights_from_uri(path, cfg.tracking.uri))
     return build_encoder(m.encoder, in_channels=m.in_channels, spatial_dims=m.spatial_dims, pretrained_path=path,
@@ -84,9 +86,13 @@ def make_loader(ctx: RunContext, items: list[dict], transform: Any, *, batch_siz
     cache_dir = d.cache_dir or str(ctx.run_dir / "cache" / ("train" if train else "eval"))
     ds = build_dataset(items, transform, cache=d.cache, cache_dir=cache_dir, num_workers=d.num_workers,
                        rank=ctx.rank if dist else 0, world_size=ctx.world_size if dist else 1)
-    return build_loader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=d.num_workers, seed=ctx.cfg.seed,
-                        epoch=epoch, distributed=dist, rank=ctx.rank, world_size=ctx.world_size, drop_last=drop_last,
-                        persistent_workers=d.persistent_workers and train)
+    loader = build_loader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=d.num_workers, seed=ctx.cfg.seed,
+                          epoch=epoch, distributed=dist, rank=ctx.rank, world_size=ctx.world_size, drop_last=drop_last,
+                          persistent_workers=d.persistent_workers and train)
+    if train and ctx.cfg.transforms.augment_on == "batch":  # the transform left the random part to the batches
+        augment = build_batch_augment(ctx.cfg.transforms.preset, **transform_params(ctx.cfg))
+        return BatchAugmentedLoader(loader, augment, ctx.device, seed=ctx.cfg.seed, rank=ctx.rank)
+    return loader
 
 
 def budget(steps: int | None, epochs: int, steps_per_epoch: int, max_steps: int | None) -> tuple[int, int]:

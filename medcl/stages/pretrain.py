@@ -349,7 +349,7 @@ def _log_encoder_model(ctx: RunContext, tracker: Tracker, path: str) -> str | No
         return None
     import json
 
-    from medcl.tracking.pyfunc import log_encoder
+    from medcl.tracking.pyfunc import log_encoder  # lazy: mlflow
 
     cfg = ctx.cfg
     base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})

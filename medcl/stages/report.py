@@ -10,6 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medcl.errors import StageError
+from medcl.reporting.html import build_report
+
 if TYPE_CHECKING:
     from medcl.stages.context import RunContext
     from medcl.tracking.protocol import Tracker
@@ -25,9 +28,6 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     Raises:
         StageError: the pipeline is not tracked in MLflow (the report reads everything from there).
     """
-    from medcl.errors import StageError
-    from medcl.reporting.html import build_report
-
     if not ctx.parent_run_id or not tracker.active:
         raise StageError("the report needs the pipeline's MLflow run, and this run is not tracked",
                          where="stage report", fix="run the pipeline with MLflow tracking (the default)")

@@ -71,7 +71,8 @@ def _transforms(cfg: Any, *, train: bool, spatial_size: list[int] | None = None)
     params["mask_keys"] = ("mask",)  # the presets' parameter for segmentation masks
     if spatial_size is not None:
         params["spatial_size"] = list(spatial_size)
-    return build_transforms(cfg.transforms.preset, train=train, views=1, **params)
+    return build_transforms(cfg.transforms.preset, train=train, views=1, augment_on=cfg.transforms.augment_on,
+                            **params)
 
 
 def _sizes(cfg: Any) -> tuple[int, list[int], list[int], list[float] | None]:
@@ -312,7 +313,7 @@ def _log_segmenter_model(ctx: RunContext, tracker: Tracker, trained: list[dict[s
         return None
     import copy
 
-    from medcl.tracking.pyfunc import log_segmenter
+    from medcl.tracking.pyfunc import log_segmenter  # lazy: mlflow, imported only when a model is logged
 
     cfg, s = ctx.cfg, ctx.cfg.segment
     nets = {t["name"]: t["net"] for t in trained if t["frac"] == largest and t.get("net") is not None}

@@ -15,6 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from medcl import phi
+from medcl.errors import DataError
+from medcl.tasks.segmentation import logits_to_labels, sliding_window_predict
+from medcl.transforms import build_transforms
+
 
 class CalibratedClassifier(nn.Module):
     """``probs = act(calibrate(head(encoder(x))))``.
@@ -117,8 +122,6 @@ def eval_transform(preprocessing: dict[str, Any]) -> Any:
     The returned transform takes ``{"image": path or raw channel-first array}`` and gives a
     ``(C, *spatial)`` float32 tensor under ``"image"``.
     """
-    from medcl.transforms import build_transforms
-
     params = {k: v for k, v in preprocessing.items() if k not in ("preset", "input")}
     return build_transforms(str(preprocessing["preset"]), train=False, views=1, **params)
 
@@ -149,8 +152,6 @@ class ModelInputs:
             DataError: the result is not the shape the model takes (wrong channels or dimensions).
             ReaderError: the file cannot be read.
         """
-        from medcl.errors import DataError
-
         if isinstance(item, torch.Tensor):
             item = item.detach().cpu().numpy()
         x = self.transform({"image": str(item) if not isinstance(item, np.ndarray) else item})["image"]
@@ -168,9 +169,6 @@ class ModelInputs:
         Raises:
             DataError: naming every input that could not be read or preprocessed (nothing is skipped).
         """
-        from medcl import phi
-        from medcl.errors import DataError
-
         out, failed = [], []
         for start in range(0, len(inputs), max(1, int(batch_size))):
             xs = []
@@ -329,7 +327,7 @@ def whole_image_transform(preprocessing: dict[str, Any]) -> Any:
     """
     from monai import transforms as mt
 
-    from medcl.transforms.compose import MedclCompose
+    from medcl.transforms.compose import MedclCompose  # lazy: monai, like the line above
 
     chain = eval_transform(preprocessing)
     return MedclCompose([t for t in chain.transforms if not isinstance(t, (mt.ResizeWithPadOrCropd, mt.EnsureTyped))])
@@ -373,8 +371,6 @@ class Segmenter(ModelInputs):
         Raises:
             DataError: not the channels or dimensions the network takes.
         """
-        from medcl.errors import DataError
-
         if isinstance(item, torch.Tensor):
             item = item.detach().cpu().numpy()
         x = self.whole({"image": str(item) if not isinstance(item, np.ndarray) else item})["image"]
@@ -393,8 +389,6 @@ class Segmenter(ModelInputs):
 
     def labels(self, x: torch.Tensor) -> np.ndarray:
         """``(*S)`` uint8 label map (argmax of the sliding-window logits) of one preprocessed sample ``(C, *S)``."""
-        from medcl.tasks.segmentation import logits_to_labels, sliding_window_predict
-
         dev = next(self.model.parameters()).device
         logits = sliding_window_predict(self.model, x[None].to(dev), self.roi_size, sw_batch_size=self.sw_batch_size,
                                         overlap=self.overlap)
@@ -409,9 +403,6 @@ class Segmenter(ModelInputs):
         Raises:
             DataError: naming every input that could not be read (nothing is skipped).
         """
-        from medcl import phi
-        from medcl.errors import DataError
-
         out, failed = [], []
         for k, item in enumerate(inputs):
             where = str(item) if isinstance(item, (str, bytes)) or hasattr(item, "__fspath__") else f"input {k}"

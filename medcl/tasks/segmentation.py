@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from medcl.errors import ConfigError, DataError
+from medcl.losses.segmentation import DiceCELoss
 from medcl.tasks.segmentation_networks import (
     NETWORKS,
     ConvBlock,
@@ -100,8 +101,6 @@ class SegmentationWrapper(nn.Module):
                  batch_dice: bool = True, lambda_dice: float = 1.0, lambda_ce: float = 1.0) -> None:
         """Wrap ``network`` and build its Dice + cross-entropy loss."""
         super().__init__()
-        from medcl.losses.segmentation import DiceCELoss
-
         self.network = network
         self.num_classes = int(num_classes)
         self.loss = DiceCELoss(include_background=include_background, batch=batch_dice, lambda_dice=lambda_dice,

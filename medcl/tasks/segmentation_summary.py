@@ -75,6 +75,7 @@ def mean_dice_ci(case_dice: np.ndarray, patients: np.ndarray, *, n_boot: int = 1
     Raises:
         DataError: ``case_dice`` and ``patients`` differ in shape.
     """
+    # lazy: scipy.stats (~1 s, through medcl.metrics); tasks.segmentation and the logged segmenter need no CIs
     from medcl.metrics.bootstrap import PatientResampler
 
     d = np.asarray(case_dice, np.float64)

@@ -18,22 +18,25 @@ importable) and ``medcl_model.json`` (classes, task, preprocessing, operating po
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
 
+from medcl.errors import DataError, TrackingError
+from medcl.tasks.export import FeatureExtractor, Predictor, Segmenter
+from medcl.tracking.mlflow_tracker import default_tracking_uri
 
-def _load(context: Any, artifact: str, wrapper: str) -> Any:
-    """The pickled module of ``artifact`` with the model's metadata, wrapped in ``medcl.tasks.export.<wrapper>``."""
+
+def _load(context: Any, artifact: str, wrapper: Callable[[Any, dict[str, Any]], Any]) -> Any:
+    """The pickled module of ``artifact`` and the model's metadata, wrapped in ``wrapper`` (a Predictor …)."""
     import torch
-
-    from medcl.tasks import export
 
     meta = json.loads(Path(context.artifacts["meta"]).read_text())
     module = torch.load(context.artifacts[artifact], map_location="cpu", weights_only=False)
-    return getattr(export, wrapper)(module, meta)
+    return wrapper(module, meta)
 
 
 def _table(wrapped: Any, model_input: Any, params: dict[str, Any] | None) -> Any:
@@ -51,7 +54,7 @@ class MedclClassifier(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load the pickled classifier and its metadata from the model's artifacts as a :class:`Predictor`."""
-        self.predictor = _load(context, "model", "Predictor")
+        self.predictor = _load(context, "model", Predictor)
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a signature from them
         """Calibrated probabilities of ``model_input`` (paths or arrays), one column per output."""
@@ -63,7 +66,7 @@ class MedclEncoder(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load the pickled encoder and its metadata from the model's artifacts as a :class:`FeatureExtractor`."""
-        self.extractor = _load(context, "encoder", "FeatureExtractor")
+        self.extractor = _load(context, "encoder", FeatureExtractor)
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a signature from them
         """Pooled features ``f0 … fD-1`` of ``model_input`` (paths or arrays), one row per input."""
@@ -80,7 +83,7 @@ class MedclSegmenter(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load the pickled network and its metadata from the model's artifacts as a :class:`Segmenter`."""
-        self.segmenter = _load(context, "segmenter", "Segmenter")
+        self.segmenter = _load(context, "segmenter", Segmenter)
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a signature from them
         """One row per input: ``labels``, ``affine`` and ``voxels_<class>`` (see the class docstring)."""
@@ -102,8 +105,6 @@ def as_inputs(data: Any) -> list[Any]:
         DataError: a DataFrame with neither a ``path`` column nor a single column, or an input of another kind.
     """
     import pandas as pd
-
-    from medcl.errors import DataError
 
     if isinstance(data, pd.DataFrame):
         cols = [c for c in data.columns if str(c).strip().lower() == "path"]
@@ -160,9 +161,6 @@ def load_predictor(model_uri: str, tracking_uri: str, device: str = "cpu") -> tu
         TrackingError: the model's metadata lacks ``classes``, ``task`` or ``preprocessing``.
     """
     import mlflow
-
-    from medcl.errors import TrackingError
-    from medcl.tasks.export import Predictor
 
     mlflow.set_tracking_uri(tracking_uri)
     info = mlflow.models.get_model_info(model_uri)
@@ -221,9 +219,6 @@ def weights_from_uri(uri: str, tracking_uri: str | None = None) -> Path:
     import shutil
     import tempfile
 
-    from medcl.errors import TrackingError
-    from medcl.tracking.mlflow_tracker import default_tracking_uri
-
     tracking_uri = tracking_uri or default_tracking_uri()
     key = (uri, tracking_uri)
     if key in _downloaded and _downloaded[key].is_file():
@@ -281,9 +276,6 @@ def model_metadata(model_uri: str, tracking_uri: str | None = None) -> dict[str,
         TrackingError: the URI does not resolve in the store.
     """
     import mlflow
-
-    from medcl.errors import TrackingError
-    from medcl.tracking.mlflow_tracker import default_tracking_uri
 
     try:
         mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())

@@ -42,6 +42,11 @@ class Preset:
         build: ``build(params, train) -> (deterministic, random)`` lists of dict transforms
             (``random`` is empty at eval time).
         summary: one line for ``--help`` and docs.
+        size_keys: parameters that are spatial sizes (checked against ``spatial_dims``).
+        batch_sample_part: for presets whose random part can run on whole batches
+            (:mod:`medcl.transforms.batch`, ``augment_on: batch``): ``part(params)`` is the random part that
+            stays in the DataLoader (the random crop that makes every sample one size); ``None``: only
+            ``augment_on: sample``.
     """
 
     name: str
@@ -51,6 +56,7 @@ class Preset:
     build: Callable[[dict[str, Any], bool], tuple[list, list]]
     summary: str = ""
     size_keys: tuple[str, ...] = field(default=("spatial_size",))
+    batch_sample_part: Callable[[dict[str, Any]], list] | None = None
 
 
 def _pair(v: Any) -> tuple[float, float]:
@@ -144,10 +150,20 @@ def _size_2d(p: dict, train: bool) -> tuple[list, list]:
     return _size_3d(p, train)  # the MONAI crop/pad transforms are dimension-agnostic
 
 
+def _random_crop_2d(p: dict) -> list:
+    """The random crop of the training chain: what stays per sample when the rest runs on batches."""
+    return _size_2d(p, True)[1]
+
+
+def _nothing(p: dict) -> list:
+    """No per-sample random part (the deterministic part already makes every sample one size)."""
+    return []
+
+
 def _histo(p: dict, train: bool) -> tuple[list, list]:
     from monai import transforms as mt
 
-    from medcl.transforms.intensity import RandColorJitterd, RandHEDJitterd
+    from medcl.transforms.intensity import RandColorJitterd, RandHEDJitterd  # lazy: monai
 
     size_det, size_rand = _size_2d(p, train)
     det = _scale_2d(p) + size_det
@@ -181,8 +197,8 @@ def _illumination(p: dict) -> list:
 def _oct(p: dict, train: bool) -> tuple[list, list]:
     from monai import transforms as mt
 
-    from medcl.transforms.intensity import RandSpeckleNoised
-    from medcl.transforms.spatial import RandAxisShiftd, RandRotate2Dd
+    from medcl.transforms.intensity import RandSpeckleNoised  # lazy: monai
+    from medcl.transforms.spatial import RandAxisShiftd, RandRotate2Dd  # lazy: monai
 
     size_det, size_rand = _size_2d(p, train)
     det = _scale_2d(p) + size_det
@@ -212,8 +228,8 @@ def _oct(p: dict, train: bool) -> tuple[list, list]:
 def _fundus(p: dict, train: bool) -> tuple[list, list]:
     from monai import transforms as mt
 
-    from medcl.transforms.intensity import FOVMaskd, RandColorJitterd
-    from medcl.transforms.spatial import RandRotate2Dd
+    from medcl.transforms.intensity import FOVMaskd, RandColorJitterd  # lazy: monai
+    from medcl.transforms.spatial import RandRotate2Dd  # lazy: monai
 
     lo, hi = _pair(p["intensity_range"])
     det = [
@@ -246,7 +262,7 @@ def _fundus(p: dict, train: bool) -> tuple[list, list]:
 def _ecg(p: dict, train: bool) -> tuple[list, list]:
     from monai import transforms as mt
 
-    from medcl.transforms import signal as st
+    from medcl.transforms import signal as st  # lazy: monai
 
     fs = float(p["sampling_rate"])
     length = int(round(p["window_s"] * fs))
@@ -291,7 +307,8 @@ PRESETS: dict[str, Preset] = {
         {"spatial_size": (224, 224), "intensity_range": (0.0, 255.0), "resize": None,
          "hed_alpha": 0.05, "hed_beta": 0.02, "hed_prob": 0.8, "flip_prob": 0.5, "rotate90_prob": 0.75,
          "brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "color_prob": 0.8},
-        _histo, "[0, 255] → [0, 1], crop/pad; aug: HED stain jitter, flips, 90° rotations, colour jitter"),
+        _histo, "[0, 255] → [0, 1], crop/pad; aug: HED stain jitter, flips, 90° rotations, colour jitter",
+        batch_sample_part=_random_crop_2d),
     "oct": Preset(
         "oct", 2, 1,
         {"spatial_size": (64, 64), "intensity_range": (0.0, 255.0), "resize": None,
@@ -300,7 +317,7 @@ PRESETS: dict[str, Preset] = {
          "illumination_prob": 0.5, "gamma": (0.8, 1.25), "gamma_prob": 0.3, "speckle_std": 0.1,
          "speckle_prob": 0.5},
         _oct, "fixed [0, 255] → [0, 1], crop/pad; aug: vertical shift, tilt (small rotation), horizontal flip, gain, "
-        "offset, illumination gradient, gamma, speckle"),
+        "offset, illumination gradient, gamma, speckle", batch_sample_part=_random_crop_2d),
     "fundus": Preset(
         "fundus", 2, 3,
         {"spatial_size": (224, 224), "intensity_range": (0.0, 255.0), "fov_threshold": 0.04, "fov_margin": 0.0,
@@ -308,7 +325,7 @@ PRESETS: dict[str, Preset] = {
          "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "color_prob": 0.8,
          "gamma": (0.8, 1.25), "gamma_prob": 0.3, "illumination": 0.0, "illumination_prob": 0.5},
         _fundus, "[0, 255] → [0, 1], circular FOV mask + crop, resize; aug: rotation, flips, colour/gamma, "
-        "illumination gradient"),
+        "illumination gradient", batch_sample_part=_nothing),
     "ecg": Preset(
         "ecg", 1, 12,
         {"sampling_rate": 500.0, "window_s": 2.5, "eval_window_s": None, "normalize": "standardize",
@@ -375,7 +392,11 @@ def resolve_params(preset: Preset, params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_transforms(preset: str, *, train: bool, views: int = 2, **params: Any):
+#: where the random part of a training chain runs: per sample in the DataLoader, or per batch on the device
+AUGMENT_ON: tuple[str, ...] = ("sample", "batch")
+
+
+def build_transforms(preset: str, *, train: bool, views: int = 2, augment_on: str = "sample", **params: Any):
     """Build the MONAI ``Compose`` of a modality preset.
 
     Args:
@@ -386,6 +407,9 @@ def build_transforms(preset: str, *, train: bool, views: int = 2, **params: Any)
             :class:`~medcl.transforms.views.MultiViewd` and the sample gets ``"views"``
             ``(V, C, *spatial)`` instead of ``"image"``; ``views == 1`` augments ``"image"`` in place
             (supervised fine-tuning, segmentation). Ignored when ``train`` is ``False``.
+        augment_on: ``"sample"``: the whole random part runs here, per sample. ``"batch"``: only the preset's
+            :attr:`Preset.batch_sample_part` (a random crop) runs here; the rest runs on whole batches
+            (:func:`medcl.transforms.batch.build_batch_augment`), so the views leave the loader un-augmented.
         **params: overrides of the preset's defaults (see ``PRESETS[name].defaults`` and
             :data:`COMMON_DEFAULTS`).
 
@@ -395,14 +419,15 @@ def build_transforms(preset: str, *, train: bool, views: int = 2, **params: Any)
         tensors ``"image"`` ``(C, *spatial)`` (or ``"views"``) and ``"image_meta_dict"``.
 
     Raises:
-        ConfigError: unknown preset or parameter, bad value, masks combined with ``views >= 2``.
+        ConfigError: unknown preset or parameter, bad value, masks combined with ``views >= 2``, ``augment_on``
+            unknown or ``"batch"`` for a preset without a batched chain.
     """
     import torch
     from monai import transforms as mt
 
-    from medcl.transforms.compose import MedclCompose, PlainCompose
-    from medcl.transforms.io import LoadSampled
-    from medcl.transforms.views import MultiViewd
+    from medcl.transforms.compose import MedclCompose, PlainCompose  # lazy: monai
+    from medcl.transforms.io import LoadSampled  # lazy: monai
+    from medcl.transforms.views import MultiViewd  # lazy: monai
 
     spec = get_preset(preset)
     p = resolve_params(spec, params)
@@ -413,6 +438,15 @@ def build_transforms(preset: str, *, train: bool, views: int = 2, **params: Any)
         raise ConfigError(f"views must be >= 1, got {views}", where="transforms.views", fix="use 2 for pretraining")
     load = LoadSampled(_all(p), format=p["format"], modality=spec.name, **dict(p["reader_options"]))
     det, rand = spec.build(p, bool(train))
+    if augment_on not in AUGMENT_ON:
+        raise ConfigError(f"unknown augment_on {augment_on!r}{did_you_mean(augment_on, AUGMENT_ON, paren=True)}",
+                          where="transforms.augment_on", fix="use sample or batch")
+    if train and augment_on == "batch":
+        if spec.batch_sample_part is None:
+            batched = ", ".join(k for k, v in PRESETS.items() if v.batch_sample_part is not None)
+            raise ConfigError(f"augment_on: batch is not available for the {spec.name!r} preset",
+                              where="transforms.augment_on", fix=f"use augment_on: sample, or a preset of {batched}")
+        rand = spec.batch_sample_part(p)
     final = mt.EnsureTyped(_all(p), data_type="tensor", dtype=torch.float32, track_meta=False)
     if not train:
         return MedclCompose([load, *det, final])

@@ -92,7 +92,7 @@ def _inner_pattern(t: object) -> tuple[str, ...] | None:
 def _reseed(t: object, seed: int) -> None:
     from monai.transforms import Compose, Randomizable
 
-    from medcl.transforms.views import MultiViewd
+    from medcl.transforms.views import MultiViewd  # lazy: monai, like the line above
 
     own = type(t).set_random_state  # type: ignore[attr-defined]
     inner = _inner_pattern(t)

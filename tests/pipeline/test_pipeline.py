@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -267,3 +268,29 @@ def test_scratch_fine_tuning_gets_no_layer_decay(monkeypatch, oct_demo, tmp_path
     assert seen == {"ssl": True, "scratch": False}
     assert len(lrs[0.5]) > 2  # decayed: several learning rates
     assert lrs[1.0] == [cfg.classify.finetune.lr]  # scratch: one learning rate for every layer
+
+
+def test_batch_augmentation_feeds_pretraining_and_fine_tuning(monkeypatch, oct_demo, tmp_path, tracking_uri,
+                                                              tiny_overrides):
+    """``transforms.augment_on: batch``: the loaders hand un-augmented samples on, the batch ops augment every
+    training batch of pretraining and fine-tuning, and the run ends with its results."""
+    from medcl.transforms import batch
+
+    seen: list[tuple[str, tuple[int, ...]]] = []
+    real = batch.BatchAugment.__call__
+
+    def spy(self, b, draw):
+        seen.append(("views" if "views" in b else "image", tuple((b.get("views", b.get("image"))).shape)))
+        return real(self, b, draw)
+
+    monkeypatch.setattr(batch.BatchAugment, "__call__", spy)
+    cfg = load_pipeline(DEMO, [*tiny_overrides(oct_demo, tmp_path), "transforms.augment_on=batch",
+                               "pretrain.probe=false", "classify.protocols=[finetune]", "classify.finetune.steps=2",
+                               "classify.finetune.batch_size=8", "classify.baselines=[]", "stages=[pretrain, classify]"])
+    ctx = run_pipeline(cfg)
+    kinds = [k for k, _ in seen]
+    assert kinds.count("views") == 2  # pretrain.max_steps=2
+    assert kinds.count("image") == 2  # classify.finetune.steps=2
+    assert all(s[1:3] == (2, 1) for k, s in seen if k == "views")  # (B, V=2, C=1, H, W)
+    rows = json.loads(Path(ctx.outputs["classify"]["results"]).read_text())
+    assert any(r["protocol"] == "finetune" and r["steps"] == 2 for r in rows)
