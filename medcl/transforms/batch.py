@@ -12,410 +12,38 @@ Only the random stream differs: the views are equal in distribution to ``augment
 bit. The stream is a function of ``(seed, epoch, rank, batch index)`` (see
 :class:`medcl.data.datasets.BatchAugmentedLoader`), so a resumed run sees the same views.
 
-Shapes: images ``(N, C, H, W)`` float; masks ``(N, 1, H, W)`` (spatial ops only, nearest neighbour).
+The ops themselves are in :mod:`medcl.transforms.batch_ops`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from medcl.errors import ConfigError
+from medcl.transforms.batch_ops import (
+    AxisShift,
+    BiasField,
+    ColorJitter,
+    Draw,
+    Flip,
+    Gamma,
+    HEDJitter,
+    InscribedFOV,
+    Op,
+    Rot90,
+    Rotate,
+    ScaleIntensity,
+    ShiftIntensity,
+    Speckle,
+    as_column,
+)
 from medcl.transforms.presets import get_preset, resolve_params
 
-#: Ruifrok & Johnston (2001) H&E-DAB stain vectors (as :data:`medcl.transforms.intensity.RGB_FROM_HED`).
-_RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
-_LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision rounds it (medcl.transforms.intensity)
-
-Params = dict[str, torch.Tensor]
-
-
-class Draw:
-    """Per-sample random numbers for one batch: parameters from a CPU generator, noise fields on the device.
-
-    Args:
-        seed: the batch's seed (32-bit).
-        device: where the images live; per-pixel noise is drawn there with its own generator.
-    """
-
-    def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
-        """Seed both generators from ``seed``."""
-        self.device = torch.device(device)
-        self.cpu = torch.Generator().manual_seed(int(seed))
-        self.dev = self.cpu if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(int(seed) + 1)
-
-    def uniform(self, lo: float, hi: float, *shape: int) -> torch.Tensor:
-        """``U(lo, hi)`` of ``shape``, float32 on the device."""
-        return (torch.rand(shape, generator=self.cpu) * (hi - lo) + lo).to(self.device)
-
-    def integers(self, lo: int, hi: int, n: int) -> torch.Tensor:
-        """``n`` integers uniform in ``[lo, hi)`` (int64, on the device)."""
-        return torch.randint(lo, hi, (n,), generator=self.cpu).to(self.device)
-
-    def gamma(self, k: float, shape: Sequence[int]) -> torch.Tensor:
-        """``Gamma(k, scale 1/k)`` (mean 1, std ``1/sqrt(k)``) of ``shape``, on the device.
-
-        Marsaglia & Tsang, "A simple method for generating gamma variables", ACM TOMS 2000: squeeze-accepted
-        cubes of normals (acceptance > 95 % for ``k >= 1``); ``k < 1`` via ``Gamma(k + 1) * U ** (1 / k)``.
-        """
-        shape = tuple(shape)
-        boost = k < 1
-        a = k + 1.0 if boost else k
-        out = self._marsaglia_tsang(a, math.prod(shape)).reshape(shape)
-        if boost:
-            out = out * torch.rand(shape, generator=self.dev, device=self.device) ** (1.0 / k)
-        return out / k
-
-    def _marsaglia_tsang(self, a: float, n: int) -> torch.Tensor:
-        """``n`` draws of ``Gamma(a, 1)``, ``a >= 1``: every round redraws only the rejected ones."""
-        d = a - 1.0 / 3.0
-        c = 1.0 / math.sqrt(9.0 * d)
-        out = torch.full((n,), d, device=self.device)  # the mode: only if 64 rounds rejected a value (never)
-        todo = torch.arange(n, device=self.device)
-        for _ in range(64):  # each round accepts > 95 % of what is left
-            x = torch.randn(len(todo), generator=self.dev, device=self.device)
-            v = (1 + c * x) ** 3
-            u = torch.rand(len(todo), generator=self.dev, device=self.device)
-            ok = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * torch.log(v.clamp_min(1e-30)))
-            out[todo[ok]] = d * v[ok]
-            todo = todo[~ok]
-            if len(todo) == 0:
-                break
-        return out
-
-
-@dataclass(frozen=True)
-class Op:
-    """One random op: ``params`` draws per-sample values, ``image``/``mask`` apply them to the whole batch.
-
-    Attributes:
-        prob: probability that a sample gets the op (drawn per sample).
-    """
-
-    prob: float = 1.0
-
-    def params(self, x: torch.Tensor, draw: Draw) -> Params:  # pragma: no cover - overridden
-        """Per-sample parameters for images ``x`` ``(N, C, H, W)``."""
-        return {}
-
-    def image(self, x: torch.Tensor, q: Params) -> torch.Tensor:  # pragma: no cover - overridden
-        """Apply to images ``(N, C, H, W)``."""
-        return x
-
-    def mask(self, m: torch.Tensor, q: Params) -> torch.Tensor:
-        """Apply to masks ``(N, 1, H, W)``: the identity, except for spatial ops."""
-        return m
-
-
-def _col(v: torch.Tensor) -> torch.Tensor:
-    """``(N,)`` → ``(N, 1, 1, 1)`` for broadcasting over ``(N, C, H, W)``."""
-    return v.reshape(-1, 1, 1, 1)
-
-
-# ------------------------------------------------------------------------------------------------
-# spatial
-
-
-def shift_rows(x: torch.Tensor, shift: torch.Tensor, dim: int) -> torch.Tensor:
-    """Shift each sample by its own integer ``shift`` ``(N,)`` along ``dim`` (2 = rows), zero fill, no wrap.
-
-    Per sample what :func:`medcl.transforms.spatial.shift_along_axis` does.
-    """
-    n = x.shape[dim]
-    src = torch.arange(n, device=x.device)[None, :] - shift.to(x.device)[:, None]  # (N, n): source index
-    valid = (src >= 0) & (src < n)
-    view = [x.shape[0]] + [1] * (x.ndim - 1)
-    view[dim] = n
-    idx = src.clamp(0, n - 1).reshape(view).expand_as(x)
-    return x.gather(dim, idx) * valid.reshape(view).to(x.dtype)
-
-
-@dataclass(frozen=True)
-class AxisShift(Op):
-    """``RandAxisShiftd``: integer shift ``~ U{-m, ..., m}`` along ``axis`` (0 = rows); ``m`` a fraction if < 1."""
-
-    max_shift: float = 0.1
-    axis: int = 0
-
-    def params(self, x: torch.Tensor, draw: Draw) -> Params:
-        """The shift in pixels per sample."""
-        n = x.shape[2 + self.axis]
-        m = int(round(self.max_shift * n)) if self.max_shift < 1 else int(self.max_shift)
-        return {"shift": draw.integers(-m, m + 1, len(x)) if m > 0 else torch.zeros(len(x), dtype=torch.long)}
-
-    def image(self, x: torch.Tensor, q: Params) -> torch.Tensor:
-        """Shift with zero fill."""
-        return shift_rows(x, q["shift"], 2 + self.axis)
-
-    def mask(self, m: torch.Tensor, q: Params) -> torch.Tensor:
-        """The same shift."""
-        return shift_rows(m, q["shift"], 2 + self.axis)
-
-
-def rotate(x: torch.Tensor, angle: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
-    """Rotate each ``(C, H, W)`` sample by its ``angle`` ``(N,)`` radians about the centre (one ``grid_sample``).
-
-    Per sample what :func:`medcl.transforms.spatial.rotate_2d` does (same sign, same aspect handling).
-    """
-    h, w = x.shape[-2:]
-    c, s = torch.cos(angle).to(x.dtype), torch.sin(angle).to(x.dtype)
-    zero = torch.zeros_like(c)
-    theta = torch.stack([torch.stack([c, s * h / w, zero], 1), torch.stack([-s * w / h, c, zero], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
-
-
-@dataclass(frozen=True)
-class Rotate(Op):
-    """``RandRotate2Dd``: in-plane rotation ``~ U(-range_x, range_x)`` radians."""
-
-    range_x: float = 0.0
-    padding_mode: str = "zeros"
-
-    def params(self, x: torch.Tensor, draw: Draw) -> Params:
-        """The angle per sample."""
-        return {"angle": draw.uniform(-self.range_x, self.range_x, len(x))}
-
-    def image(self, x: torch.Tensor, q: Params) -> torch.Tensor:
-        """Bilinear rotation."""
-        return rotate(x, q["angle"], "bilinear", self.padding_mode)
-
-    def mask(self, m: torch.Tensor, q: Params) -> torch.Tensor:
-        """Nearest-neighbour rotation."""
-        return rotate(m.float(), q["angle"], "nearest", self.padding_mode).to(m.dtype)
-
-
-@dataclass(frozen=True)
-class Flip(Op):
-    """``RandFlipd(spatial_axis=axis)``: flip rows (``axis`` 0) or columns (1)."""
-
-    axis: int = 0
-
-    def params(self, x: torch.Tensor, draw: Draw) -> Params:
-        """Nothing to draw beyond ``prob``."""
-        return {}
-
-    def image(self, x: torch.Tensor, q: Params) -> torch.Tensor:
-        """Flipped."""
-        return x.flip(2 + self.axis)
-
-    def mask(self, m: torch.Tensor, q: Params) -> torch.Tensor:
-        """Flipped."""
-        return m.flip(2 + self.axis)
-
-
-@dataclass(frozen=True)
-class Rot90(Op):
-    """``RandRotate90d(max_k=3)``: ``k ~ U{1, 2, 3}`` quarter turns in the image plane (square images)."""
-
-    max_k: int = 3
-
-    def params(self, x: torch.Tensor, draw: Draw) -> Params:
-        """The number of quarter turns per sample."""
-        return {"k": draw.integers(1, self.max_k + 1, len(x))}
-
-    def image(self, x: torch.Tensor, q: Params) -> torch.Tensor:
-        """Each sample turned ``k`` times (``torch.rot90`` over the spatial axes, as MONAI's ``Rotate90``)."""
-        if x.shape[-1] != x.shape[-2]:
-            raise ConfigError(f"90° rotations of a batch need square images, got {tuple(x.shape[-2:])}",
-                              where="transforms.augment_on",
-                              fix="crop to a square spatial_size, or use augment_on: sample")
-        out = x.clone()
-        for k in range(1, self.max_k + 1):
-            idx = (q["k"] == k).nonzero().flatten()
-            if len(idx):
-                out[idx] = torch.rot90(x[idx], k, (2, 3))
-        return out
-
-    def mask(self, m: torch.Tensor, q: Params) -> torch.Tensor:
-        """The same turns."""
-        return self.image(m, q)
-
-
-def _circle(h: int, w: int, device: torch.device) -> torch.Tensor:
-    """The inscribed circle of an ``h × w`` image as a ``(1, 1, H, W)`` 0/1 mask (``FOVMaskd(mode="inscribed")``)."""
-    cy, cx, r = (h - 1) / 2, (w - 1) / 2, max(min(h, w) / 2, 1.0)
-    yy = torch.arange(h, dtype=torch.float64, device=device)[:, None]
-    xx = torch.arange(w, dtype=torch.float64, device=device)[None, :]
-    return ((yy - cy) ** 2 + (xx - cx) ** 2 <= r**2)[None, None]
-
-
-@dataclass(frozen=True)
-class InscribedFOV(Op):
-    """``FOVMaskd(mode="inscribed")``: zero everything outside the inscribed circle (every sample)."""
-
-    def params(self, x: torch.Tensor, draw: Draw) -> Params:
-        """Nothing to draw."""
-        return {}
-
-    def image(self, x: torch.Tensor, q: Params) -> torch.Tensor:
-        """Masked."""
-        return x * _circle(*x.shape[-2:], x.device).to(x.dtype)
-
-    def mask(self, m: torch.Tensor, q: Params) -> torch.Tensor:
-        """Masked."""
-        return m * _circle(*m.shape[-2:], m.device).to(m.dtype)
-
-
-# ------------------------------------------------------------------------------------------------
-# intensity
-
-
-@dataclass(frozen=True)
-class ScaleIntensity(Op):
-    """MONAI ``RandScaleIntensityd(factors=f)``: ``x * (1 + u)``, ``u ~ U(-f, f)``."""
-
-    factor: float = 0.1
-
-    def params(self, x: torch.Tensor, draw: Draw) -> Params:
-        """``u`` per sample."""
-        return {"u": draw.uniform(-self.factor, self.factor, len(x))}
-
-    def image(self, x: torch.Tensor, q: Params) -> torch.Tensor:
-        """Scaled."""
-        return x * (1 + _col(q["u"]))
-
-
-@dataclass(frozen=True)
-class ShiftIntensity(Op):
-    """MONAI ``RandShiftIntensityd(offsets=o)``: ``x + u``, ``u ~ U(-o, o)``."""
-
-    offset: float = 0.1
-
-    def params(self, x: torch.Tensor, draw: Draw) -> Params:
-        """``u`` per sample."""
-        return {"u": draw.uniform(-self.offset, self.offset, len(x))}
-
-    def image(self, x: torch.Tensor, q: Params) -> torch.Tensor:
-        """Shifted."""
-        return x + _col(q["u"])
-
-
-def bias_field(h: int, w: int, coeff: torch.Tensor) -> torch.Tensor:
-    """MONAI ``RandBiasField(degree=1)``'s 2D field per sample: ``(N, 1, H, W)`` from ``coeff`` ``(N, 3)``.
-
-    MONAI fills the lower triangle of the Legendre coefficient matrix (``c[0,0], c[1,0], c[1,1]``) and evaluates
-    ``leggrid2d(rows, cols, c)`` on ``linspace(-1, 1)`` grids: ``c0 + c1 * P1(row) + c2 * P1(row) * P1(col)``.
-    """
-    r = torch.linspace(-1.0, 1.0, h, device=coeff.device)[:, None]
-    c = torch.linspace(-1.0, 1.0, w, device=coeff.device)[None, :]
-    k = coeff[:, :, None, None]
-    return (k[:, 0] + k[:, 1] * r + k[:, 2] * r * c)[:, None]
-
-
-@dataclass(frozen=True)
-class BiasField(Op):
-    """MONAI ``RandBiasFieldd(degree=1, coeff_range=(-a, a))``: ``x * exp(field)``, an illumination gradient."""
-
-    amount: float = 0.1
-
-    def params(self, x: torch.Tensor, draw: Draw) -> Params:
-        """Three Legendre coefficients per sample."""
-        return {"coeff": draw.uniform(-self.amount, self.amount, len(x), 3)}
-
-    def image(self, x: torch.Tensor, q: Params) -> torch.Tensor:
-        """Multiplied by the field's exponential (every channel alike)."""
-        return x * torch.exp(bias_field(*x.shape[-2:], q["coeff"])).to(x.dtype)
-
-
-@dataclass(frozen=True)
-class Gamma(Op):
-    """MONAI ``RandAdjustContrastd(gamma=(lo, hi))``: ``((x - min) / range) ** g * range + min`` per sample."""
-
-    lo: float = 0.8
-    hi: float = 1.25
-
-    def params(self, x: torch.Tensor, draw: Draw) -> Params:
-        """``g`` per sample."""
-        return {"g": draw.uniform(self.lo, self.hi, len(x))}
-
-    def image(self, x: torch.Tensor, q: Params) -> torch.Tensor:
-        """Contrast adjusted (min and range over the whole sample, all channels, as MONAI)."""
-        flat = x.flatten(1)
-        lo = _col(flat.min(1).values)
-        rng = _col(flat.max(1).values) - lo
-        return ((x - lo) / (rng + 1e-7)) ** _col(q["g"]) * rng + lo
-
-
-@dataclass(frozen=True)
-class Speckle(Op):
-    """``RandSpeckleNoised``: ``x * n``, ``n ~ Gamma(k, 1/k)`` per pixel, ``k = 1/std²`` (mean 1, std ``std``)."""
-
-    std: float = 0.1
-
-    def params(self, x: torch.Tensor, draw: Draw) -> Params:
-        """A noise field of the batch's shape."""
-        return {"noise": draw.gamma(1.0 / self.std**2, x.shape).to(x.dtype)}
-
-    def image(self, x: torch.Tensor, q: Params) -> torch.Tensor:
-        """Multiplied by the noise."""
-        return x * q["noise"]
-
-
-def hed_jitter(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """:func:`medcl.transforms.intensity.hed_jitter` per sample: ``x`` ``(N, 3, H, W)``, ``alpha``/``beta`` ``(N, 3)``."""
-    od64 = torch.tensor(_RGB_FROM_HED, dtype=torch.float64)
-    to_od = od64.to(dtype=x.dtype, device=x.device)
-    to_hed = torch.linalg.inv(od64).to(dtype=x.dtype, device=x.device)
-    od = -torch.log(x.clamp_min(1e-6)).flatten(2)  # (N, 3, H*W) optical densities
-    hed = to_hed.T @ od * alpha.to(x.dtype)[:, :, None] + beta.to(x.dtype)[:, :, None]
-    return torch.exp(-(to_od.T @ hed)).clamp(0.0, 1.0).view_as(x)
-
-
-@dataclass(frozen=True)
-class HEDJitter(Op):
-    """``RandHEDJitterd`` (Tellez et al. 2018): ``alpha ~ U(1-a, 1+a)``, ``beta ~ U(-b, b)`` per stain channel."""
-
-    alpha: float = 0.05
-    beta: float = 0.02
-
-    def params(self, x: torch.Tensor, draw: Draw) -> Params:
-        """``alpha`` and ``beta`` ``(N, 3)``."""
-        if x.shape[1] != 3:
-            raise ConfigError(f"HED stain jitter needs RGB images (3 channels), got {x.shape[1]}",
-                              where="transforms.augment_on", fix="use it only on 3-channel histopathology images")
-        return {"alpha": draw.uniform(1 - self.alpha, 1 + self.alpha, len(x), 3),
-                "beta": draw.uniform(-self.beta, self.beta, len(x), 3)}
-
-    def image(self, x: torch.Tensor, q: Params) -> torch.Tensor:
-        """Stain-jittered."""
-        return hed_jitter(x, q["alpha"], q["beta"])
-
-
-def color_jitter(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """:func:`medcl.transforms.intensity.color_jitter` per sample (factors ``(N,)``; clipped after each step)."""
-    out = (x * _col(b)).clamp(0.0, 1.0)
-    rgb = x.shape[1] == 3
-    luma = torch.as_tensor(_LUMA, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
-    grey = (out * luma).sum(1, keepdim=True) if rgb else out.mean(1, keepdim=True)
-    out = ((out - _col(grey.mean((1, 2, 3)))) * _col(c) + _col(grey.mean((1, 2, 3)))).clamp(0.0, 1.0)
-    if rgb:
-        grey = (out * luma).sum(1, keepdim=True)
-        out = ((out - grey) * _col(s) + grey).clamp(0.0, 1.0)
-    return out
-
-
-@dataclass(frozen=True)
-class ColorJitter(Op):
-    """``RandColorJitterd``: brightness, contrast, saturation factors each ``~ U(1-r, 1+r)``."""
-
-    brightness: float = 0.1
-    contrast: float = 0.1
-    saturation: float = 0.1
-
-    def params(self, x: torch.Tensor, draw: Draw) -> Params:
-        """The three factors per sample."""
-        return {k: draw.uniform(1 - r, 1 + r, len(x)) for k, r in
-                (("b", self.brightness), ("c", self.contrast), ("s", self.saturation))}
-
-    def image(self, x: torch.Tensor, q: Params) -> torch.Tensor:
-        """Jittered."""
-        return color_jitter(x, q["b"], q["c"], q["s"])
+__all__ = ["BATCH_CHAINS", "BatchAugment", "Draw", "build_batch_augment"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -446,10 +74,10 @@ class BatchAugment:
             q = op.params(x, draw)
             on = draw.uniform(0.0, 1.0, len(x)) < op.prob if op.prob < 1 else None
             y = op.image(x, q)
-            x = y if on is None else torch.where(_col(on), y, x)
+            x = y if on is None else torch.where(as_column(on), y, x)
             if mask is not None:
                 ym = op.mask(mask, q)
-                mask = ym if on is None else torch.where(_col(on), ym, mask)
+                mask = ym if on is None else torch.where(as_column(on), ym, mask)
         return x, mask
 
     def __call__(self, batch: Mapping[str, Any], draw: Draw) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from monai import transforms as mt
 from medcl.data.datasets import BatchAugmentedLoader, build_dataset, build_loader
 from medcl.errors import ConfigError
 from medcl.transforms import batch as B
+from medcl.transforms import batch_ops as O
 from medcl.transforms import build_transforms
 from medcl.transforms.intensity import apply_fov, color_jitter, find_fov, hed_jitter
 from medcl.transforms.spatial import rotate_2d, shift_along_axis
@@ -37,11 +38,11 @@ def _per_sample(x: torch.Tensor, f) -> torch.Tensor:
 def test_axis_shift_is_shift_along_axis_per_sample():
     x = _images()
     shift = torch.tensor([-5, -1, 0, 2, 7, 20])
-    got = B.AxisShift(max_shift=0.5, axis=0).image(x, {"shift": shift})
+    got = O.AxisShift(max_shift=0.5, axis=0).image(x, {"shift": shift})
     want = _per_sample(x, lambda i, s: shift_along_axis(s, int(shift[i]), 1))
     assert torch.equal(got, want)
     m = (x > 0.5).float()[:, :1]
-    assert torch.equal(B.AxisShift(axis=1).mask(m, {"shift": shift}), _per_sample(m, lambda i, s: shift_along_axis(
+    assert torch.equal(O.AxisShift(axis=1).mask(m, {"shift": shift}), _per_sample(m, lambda i, s: shift_along_axis(
         s, int(shift[i]), 2)))
 
 
@@ -49,7 +50,7 @@ def test_axis_shift_is_shift_along_axis_per_sample():
 def test_rotation_is_rotate_2d_per_sample(padding):
     x = _images(h=12, w=20)
     angle = torch.linspace(-1.2, 2.5, len(x))
-    op = B.Rotate(range_x=3.0, padding_mode=padding)
+    op = O.Rotate(range_x=3.0, padding_mode=padding)
     got = op.image(x, {"angle": angle})
     want = _per_sample(x, lambda i, s: rotate_2d(s, float(angle[i]), "bilinear", padding))
     assert torch.allclose(got, want, atol=1e-5)
@@ -62,24 +63,24 @@ def test_rotation_is_rotate_2d_per_sample(padding):
 @pytest.mark.parametrize("axis", [0, 1])
 def test_flip_is_monai_flip(axis):
     x = _images(c=3)
-    assert torch.equal(B.Flip(axis=axis).image(x, {}), _per_sample(x, lambda i, s: mt.Flip(spatial_axis=axis)(s)))
+    assert torch.equal(O.Flip(axis=axis).image(x, {}), _per_sample(x, lambda i, s: mt.Flip(spatial_axis=axis)(s)))
 
 
 def test_quarter_turns_are_monai_rotate90_and_need_square_images():
     x = _images(c=3)
     k = torch.tensor([1, 2, 3, 1, 3, 2])
-    got = B.Rot90().image(x, {"k": k})
+    got = O.Rot90().image(x, {"k": k})
     assert torch.equal(got, _per_sample(x, lambda i, s: mt.Rotate90(k=int(k[i]))(s)))
     with pytest.raises(ConfigError, match="square"):
-        B.Rot90().image(_images(h=8, w=12), {"k": k})
+        O.Rot90().image(_images(h=8, w=12), {"k": k})
 
 
 def test_intensity_scale_and_shift_are_monai_s():
     x = _images()
     u = torch.linspace(-0.3, 0.3, len(x))
-    assert torch.allclose(B.ScaleIntensity(factor=0.3).image(x, {"u": u}),
+    assert torch.allclose(O.ScaleIntensity(factor=0.3).image(x, {"u": u}),
                           _per_sample(x, lambda i, s: mt.ScaleIntensity(minv=None, maxv=None, factor=float(u[i]))(s)))
-    assert torch.allclose(B.ShiftIntensity(offset=0.3).image(x, {"u": u}),
+    assert torch.allclose(O.ShiftIntensity(offset=0.3).image(x, {"u": u}),
                           _per_sample(x, lambda i, s: mt.ShiftIntensity(offset=float(u[i]))(s)))
 
 
@@ -91,14 +92,14 @@ def test_bias_field_is_monai_rand_bias_field_for_its_drawn_coefficients():
         t.set_random_state(seed=i)
         want.append(torch.as_tensor(t(x[i])))
         coeffs.append(t._coeff)
-    got = B.BiasField(amount=0.4).image(x, {"coeff": torch.tensor(coeffs, dtype=torch.float32)})
+    got = O.BiasField(amount=0.4).image(x, {"coeff": torch.tensor(coeffs, dtype=torch.float32)})
     assert torch.allclose(got, torch.stack(want).float(), atol=1e-5)
 
 
 def test_gamma_is_monai_adjust_contrast():
     x = _images(c=2)
     g = torch.linspace(0.8, 1.25, len(x))
-    got = B.Gamma(lo=0.8, hi=1.25).image(x, {"g": g})
+    got = O.Gamma(lo=0.8, hi=1.25).image(x, {"g": g})
     assert torch.allclose(got, _per_sample(x, lambda i, s: mt.AdjustContrast(gamma=float(g[i]))(s)), atol=1e-6)
 
 
@@ -106,16 +107,16 @@ def test_hed_and_colour_jitter_and_fov_are_medcl_s_per_sample_functions():
     x = _images(c=3)
     gen = torch.Generator().manual_seed(1)
     a, b = 1 + 0.1 * (torch.rand(len(x), 3, generator=gen) - 0.5), 0.05 * (torch.rand(len(x), 3, generator=gen) - 0.5)
-    assert torch.allclose(B.hed_jitter(x, a, b), _per_sample(x, lambda i, s: hed_jitter(s, a[i], b[i])), atol=1e-5)
+    assert torch.allclose(O.hed_jitter(x, a, b), _per_sample(x, lambda i, s: hed_jitter(s, a[i], b[i])), atol=1e-5)
     f = 1 + 0.4 * (torch.rand(3, len(x), generator=gen) - 0.5)
     for c in (1, 3):  # saturation only for RGB, as the per-sample function
         y = x[:, :c]
-        got = B.color_jitter(y, f[0], f[1], f[2])
+        got = O.color_jitter(y, f[0], f[1], f[2])
         want = _per_sample(y, lambda i, s: color_jitter(s, float(f[0, i]), float(f[1, i]), float(f[2, i])))
         assert torch.allclose(got, want, atol=1e-6)
     y = _images(c=3, h=12, w=17)
     want = _per_sample(y, lambda i, s: apply_fov(s, find_fov(s, mode="inscribed")))
-    assert torch.equal(B.InscribedFOV().image(y, {}), want)
+    assert torch.equal(O.InscribedFOV().image(y, {}), want)
 
 
 def test_speckle_noise_is_gamma_with_mean_one_and_the_given_std():
@@ -123,7 +124,7 @@ def test_speckle_noise_is_gamma_with_mean_one_and_the_given_std():
 
     for std in (0.2, 1.5):  # k = 25 (Marsaglia-Tsang) and k < 1 (the boost)
         k = 1.0 / std**2
-        n = B.Draw(3).gamma(k, (20_000,)).numpy()
+        n = O.Draw(3).gamma(k, (20_000,)).numpy()
         assert stats.kstest(n, stats.gamma(a=k, scale=1 / k).cdf).pvalue > 1e-3
         assert (n > 0).all()
 
@@ -133,17 +134,17 @@ def test_speckle_noise_is_gamma_with_mean_one_and_the_given_std():
 
 def test_parameters_span_the_per_sample_ranges():
     x = _images(n=4000, h=20, w=20)
-    shift = B.AxisShift(max_shift=0.2, axis=0).params(x, B.Draw(0))["shift"]
+    shift = O.AxisShift(max_shift=0.2, axis=0).params(x, O.Draw(0))["shift"]
     assert set(shift.tolist()) == set(range(-4, 5))  # round(0.2 * 20) = 4, both ends included
-    angle = B.Rotate(range_x=0.5).params(x, B.Draw(0))["angle"]
+    angle = O.Rotate(range_x=0.5).params(x, O.Draw(0))["angle"]
     assert -0.5 <= angle.min() < -0.49 and 0.49 < angle.max() <= 0.5
-    assert set(B.Rot90().params(x, B.Draw(0))["k"].tolist()) == {1, 2, 3}
+    assert set(O.Rot90().params(x, O.Draw(0))["k"].tolist()) == {1, 2, 3}
 
 
 def test_prob_applies_an_op_to_that_share_of_samples():
     x = _images(n=2000)
     for prob in (0.0, 0.3, 1.0):
-        out, _ = B.BatchAugment([B.ShiftIntensity(prob, offset=0.5)], "oct").images(x, B.Draw(0))
+        out, _ = B.BatchAugment([O.ShiftIntensity(prob, offset=0.5)], "oct").images(x, O.Draw(0))
         changed = (out != x).flatten(1).any(1).float().mean().item()
         assert abs(changed - prob) < 0.04
 
@@ -151,7 +152,7 @@ def test_prob_applies_an_op_to_that_share_of_samples():
 def test_each_view_of_each_sample_gets_its_own_draw_and_masks_follow_the_image():
     aug = B.build_batch_augment("oct", **OCT)
     img = _images(n=1)
-    out = aug({"views": img[:, None].expand(3, 4, 1, 16, 16).clone()}, B.Draw(0))["views"]
+    out = aug({"views": img[:, None].expand(3, 4, 1, 16, 16).clone()}, O.Draw(0))["views"]
     flat = out.flatten(2)
     assert all(not torch.equal(flat[i, j], flat[k, m]) for i in range(3) for j in range(4)
                for k in range(3) for m in range(4) if (i, j) < (k, m))
@@ -159,7 +160,7 @@ def test_each_view_of_each_sample_gets_its_own_draw_and_masks_follow_the_image()
     x = torch.zeros(8, 3, 24, 24)
     x[:, :, 4:10, 6:12] = 0.8
     mask = (x[:, :1] > 0).long()
-    got = fundus({"image": x, "mask": mask, "label": torch.arange(8)}, B.Draw(1))
+    got = fundus({"image": x, "mask": mask, "label": torch.arange(8)}, O.Draw(1))
     assert got["mask"].dtype == torch.int64 and torch.equal(got["label"], torch.arange(8))
     inside = got["image"].mean(1, keepdim=True) > 0.3
     assert (inside == got["mask"].bool()).float().mean() > 0.97  # the square moved with its mask
@@ -197,7 +198,7 @@ def test_views_are_distributed_as_the_per_sample_chain_s(preset, c, params):
     chain = build_transforms(preset, train=True, views=1, **params).transforms[-1]  # the random part + EnsureTyped
     chain.set_random_state(seed=0)
     ref = torch.stack([torch.as_tensor(chain({"image": img.clone()})["image"]) for _ in range(400)])
-    got, _ = B.build_batch_augment(preset, **params).images(img.expand(400, c, 32, 32), B.Draw(0))
+    got, _ = B.build_batch_augment(preset, **params).images(img.expand(400, c, 32, 32), O.Draw(0))
 
     def stats_of(v: torch.Tensor) -> torch.Tensor:
         return torch.stack([v.mean((1, 2, 3)).mean(), v.mean((1, 2, 3)).std(), v.std((1, 2, 3)).mean(),
