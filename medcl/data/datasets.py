@@ -297,16 +297,19 @@ class BatchAugmentedLoader:
     """A training loader whose batches are augmented as wholes on ``device`` (``transforms.augment_on: batch``).
 
     Each batch is moved to ``device`` and its ``"views"`` / ``"image"`` (and ``"mask"``) go through ``augment``
-    (:class:`medcl.transforms.batch.BatchAugment`) with a stream seeded by ``(seed, epoch, rank, batch index)``:
-    the views depend on the seed and the batch only, so an epoch resumed mid-way (whose skipped batches are drawn
-    and discarded) sees the same views as an uninterrupted one.
+    (:class:`medcl.transforms.batch.BatchAugment`). Every image of the batch draws from its own stream, seeded by
+    ``(seed, epoch, manifest row, occurrence, view)`` (occurrence counts repeated crops of one row in a batch): a
+    sample's views depend on the seed, the epoch and the sample only, as with ``augment_on: sample``. So two
+    processes under DDP give the views one process gives, and a run resumed mid-epoch or on another number of
+    processes sees the views of an uninterrupted one. A batch without ``"index"`` (a dataset not built by
+    :func:`build_dataset`) falls back to ``(seed, epoch, rank, batch index, row)``.
 
     Args:
         loader: the :class:`MedclLoader` of un-augmented samples (the preset's ``batch_sample_part`` only).
         augment: ``augment(batch, draw) -> batch``.
         device: where the batch is augmented (and then stays).
         seed: base seed.
-        rank: this process's rank (each rank draws its own views).
+        rank: this process's rank (only for the fallback above).
     """
 
     def __init__(self, loader: MedclLoader, augment: Callable[..., dict[str, Any]], device: torch.device | str,
@@ -325,12 +328,27 @@ class BatchAugmentedLoader:
         """Batches per epoch."""
         return len(self.loader)
 
+    def row_seeds(self, batch: Mapping[str, Any], batch_index: int) -> list[int]:
+        """One seed per image of ``batch`` in ``augment``'s row order (sample-major, then view)."""
+        x = batch["views"] if "views" in batch else batch["image"]
+        views = x.shape[1] if "views" in batch else 1
+        index = batch.get("index")
+        if not isinstance(index, torch.Tensor) or index.shape != (x.shape[0],):
+            return [derive_seed(self.seed, self.epoch, self.rank, batch_index, r) for r in range(x.shape[0] * views)]
+        seen: dict[int, int] = {}
+        seeds = []
+        for row in index.tolist():
+            occurrence = seen[row] = seen.get(row, -1) + 1
+            seeds += [derive_seed(self.seed, self.epoch, row, occurrence, v) for v in range(views)]
+        return seeds
+
     def __iter__(self):
         """Augmented batches on ``device``."""
         for i, batch in enumerate(self.loader):
+            seeds = self.row_seeds(batch, i)
             moved = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                      for k, v in batch.items()}
-            yield self.augment(moved, Draw(derive_seed(self.seed, self.epoch, self.rank, i), self.device))
+            yield self.augment(moved, Draw(seeds, self.device))
 
 
 def build_loader(

@@ -9,8 +9,9 @@ Every op draws its parameters per sample from the distribution of the per-sample
 (:mod:`medcl.transforms.presets`), applies it with probability ``prob`` per sample, and computes exactly what
 that transform computes for the same parameters (tested against MONAI's and medcl's per-sample transforms).
 Only the random stream differs: the views are equal in distribution to ``augment_on: sample``, not bit for
-bit. The stream is a function of ``(seed, epoch, rank, batch index)`` (see
-:class:`medcl.data.datasets.BatchAugmentedLoader`), so a resumed run sees the same views.
+bit. Each image draws from its own stream, a function of ``(seed, epoch, sample, view)`` (see
+:class:`medcl.data.datasets.BatchAugmentedLoader`), so DDP gives the views of one process and a resumed run
+sees the views of an uninterrupted one.
 
 The ops themselves are in :mod:`medcl.transforms.batch_ops`.
 """

@@ -10,13 +10,14 @@ Shapes: images ``(N, C, H, W)`` float; masks ``(N, 1, H, W)`` (spatial ops only,
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from medcl.errors import ConfigError
+from medcl.transforms.seeding import derive_seed
 
 #: Ruifrok & Johnston (2001) H&E-DAB stain vectors (as :data:`medcl.transforms.intensity.RGB_FROM_HED`).
 _RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
@@ -26,56 +27,106 @@ Params = dict[str, torch.Tensor]
 
 
 class Draw:
-    """Per-sample random numbers for one batch: parameters from a CPU generator, noise fields on the device.
+    """Per-sample random numbers for one batch: row ``i`` draws only from its own seed's generators.
+
+    Every row (one image of the batch: one view of one sample) has its own pair of generators, a CPU one for
+    parameters and one on the device for noise fields (the same one on CPU), seeded from ``seeds[i]``. What
+    a row receives therefore depends on its seed alone, not on which other samples share its batch: a sample
+    seeded from its manifest row gets the same views under one process or under DDP, whatever the batch
+    composition (:class:`medcl.data.datasets.BatchAugmentedLoader`). Parameters come from a block of
+    uniforms drawn per row at once (``block`` at a time) and read column by column: every call draws for all
+    rows, so every row reads the same columns of its own stream.
 
     Args:
-        seed: the batch's seed (32-bit).
-        device: where the images live; per-pixel noise is drawn there with its own generator.
+        seeds: one 32-bit seed per row, or one int: row ``i`` is then seeded ``derive_seed(seeds, i)``.
+        device: where the images live.
+        block: uniforms drawn per row at a time.
     """
 
-    def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
-        """Seed both generators from ``seed``."""
-        self.device = torch.device(device)
-        self.cpu = torch.Generator().manual_seed(int(seed))
-        self.dev = self.cpu if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(int(seed) + 1)
+    def __init__(self, seeds: int | Sequence[int], device: torch.device | str = "cpu", block: int = 64) -> None:
+        """Keep the seeds; generators are made on first use."""
+        self.device, self.block = torch.device(device), int(block)
+        self.seeds = int(seeds) if isinstance(seeds, int) else [int(s) for s in seeds]
+        self._gens: dict[int, tuple[torch.Generator, torch.Generator]] = {}
+        self._uniforms = torch.empty(0, 0)  # (rows, columns not yet read)
 
-    def uniform(self, lo: float, hi: float, *shape: int) -> torch.Tensor:
-        """``U(lo, hi)`` of ``shape``, float32 on the device."""
-        return (torch.rand(shape, generator=self.cpu) * (hi - lo) + lo).to(self.device)
+    def generators(self, row: int) -> tuple[torch.Generator, torch.Generator]:
+        """Row ``row``'s (CPU, device) generators."""
+        if row not in self._gens:
+            if isinstance(self.seeds, int):
+                seed = derive_seed(self.seeds, row)
+            elif row < len(self.seeds):
+                seed = self.seeds[row]
+            else:
+                raise ValueError(f"Draw has {len(self.seeds)} row seeds, row {row} was asked for")
+            cpu = torch.Generator().manual_seed(seed)
+            dev = cpu if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(seed + 1)
+            self._gens[row] = (cpu, dev)
+        return self._gens[row]
+
+    def _columns(self, n: int, k: int) -> torch.Tensor:
+        """The next ``k`` uniforms of each of ``n`` rows, ``(n, k)`` on the CPU."""
+        if self._uniforms.shape[0] not in (0, n):
+            raise ValueError(f"one Draw serves one batch: {self._uniforms.shape[0]} rows, then {n}")
+        while self._uniforms.shape[1] < k:
+            more = torch.stack([torch.rand(self.block, generator=self.generators(i)[0]) for i in range(n)])
+            self._uniforms = torch.cat([self._uniforms.reshape(n, -1), more], 1)
+        out, self._uniforms = self._uniforms[:, :k], self._uniforms[:, k:]
+        return out
+
+    def uniform(self, lo: float, hi: float, n: int, *shape: int) -> torch.Tensor:
+        """``U(lo, hi)`` of ``(n, *shape)``, row ``i`` from row ``i``'s stream; float32 on the device."""
+        u = self._columns(n, math.prod(shape)).reshape(n, *shape)
+        return (u * (hi - lo) + lo).to(self.device)
 
     def integers(self, lo: int, hi: int, n: int) -> torch.Tensor:
-        """``n`` integers uniform in ``[lo, hi)`` (int64, on the device)."""
-        return torch.randint(lo, hi, (n,), generator=self.cpu).to(self.device)
+        """``n`` integers uniform in ``[lo, hi)``, one per row (int64, on the device)."""
+        k = (self._columns(n, 1)[:, 0] * (hi - lo)).long().clamp_max(hi - lo - 1)
+        return (k + lo).to(self.device)
 
     def gamma(self, k: float, shape: Sequence[int]) -> torch.Tensor:
-        """``Gamma(k, scale 1/k)`` (mean 1, std ``1/sqrt(k)``) of ``shape``, on the device.
+        """``Gamma(k, scale 1/k)`` (mean 1, std ``1/sqrt(k)``) of ``shape`` ``(n, ...)``, on the device.
 
         Marsaglia & Tsang, "A simple method for generating gamma variables", ACM TOMS 2000: squeeze-accepted
         cubes of normals (acceptance > 95 % for ``k >= 1``); ``k < 1`` via ``Gamma(k + 1) * U ** (1 / k)``.
+        Row ``i`` uses only row ``i``'s device generator.
         """
         shape = tuple(shape)
+        n, per_row = shape[0], math.prod(shape[1:])
         boost = k < 1
         a = k + 1.0 if boost else k
-        out = self._marsaglia_tsang(a, math.prod(shape)).reshape(shape)
+        out = self._marsaglia_tsang(a, n, per_row)
         if boost:
-            out = out * torch.rand(shape, generator=self.dev, device=self.device) ** (1.0 / k)
-        return out / k
+            out = out * self._rows(torch.rand, range(n), per_row) ** (1.0 / k)
+        return out.reshape(shape) / k
 
-    def _marsaglia_tsang(self, a: float, n: int) -> torch.Tensor:
-        """``n`` draws of ``Gamma(a, 1)``, ``a >= 1``: every round redraws only the rejected ones."""
+    def _rows(self, fn: Callable[..., torch.Tensor], rows: Sequence[int], m: int) -> torch.Tensor:
+        """``fn(m)`` from each of ``rows``' device generators, ``(len(rows), m)``."""
+        return torch.stack([fn(m, generator=self.generators(i)[1], device=self.device) for i in rows])
+
+    def _marsaglia_tsang(self, a: float, n: int, per_row: int) -> torch.Tensor:
+        """``(n, per_row)`` draws of ``Gamma(a, 1)``, ``a >= 1``.
+
+        Each round draws, for every row still short of values, a block of candidates from that row's generator
+        and keeps the accepted ones in order, so a row's values do not depend on the other rows.
+        """
         d = a - 1.0 / 3.0
         c = 1.0 / math.sqrt(9.0 * d)
-        out = torch.full((n,), d, device=self.device)  # the mode: only if 64 rounds rejected a value (never)
-        todo = torch.arange(n, device=self.device)
-        for _ in range(64):  # each round accepts > 95 % of what is left
-            x = torch.randn(len(todo), generator=self.dev, device=self.device)
-            v = (1 + c * x) ** 3
-            u = torch.rand(len(todo), generator=self.dev, device=self.device)
-            ok = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * torch.log(v.clamp_min(1e-30)))
-            out[todo[ok]] = d * v[ok]
-            todo = todo[~ok]
-            if len(todo) == 0:
+        m = per_row + per_row // 8 + 16  # > 1 / acceptance: one round nearly always fills a row
+        out = torch.full((n, per_row), d, device=self.device)  # the mode: only if 64 rounds rejected (never)
+        filled = torch.zeros(n, dtype=torch.long, device=self.device)
+        for _ in range(64):
+            rows = torch.nonzero(filled < per_row).flatten()
+            if len(rows) == 0:
                 break
+            x = self._rows(torch.randn, rows.tolist(), m)
+            v = (1 + c * x) ** 3
+            u = self._rows(torch.rand, rows.tolist(), m)
+            ok = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * torch.log(v.clamp_min(1e-30)))
+            pos = filled[rows, None] + ok.long().cumsum(1) - 1  # where each accepted value goes in its row
+            keep = ok & (pos < per_row)
+            out[rows[:, None].expand_as(pos)[keep], pos[keep]] = (d * v)[keep]
+            filled[rows] += keep.sum(1)
         return out
 
 

@@ -2,7 +2,8 @@
 
 Each op, given the same parameters, must compute what MONAI's or medcl's per-sample transform computes; each
 preset's batched chain must list the per-sample chain's random transforms in the same order; the whole chain
-must give views equal in distribution; the loader's stream must follow (seed, epoch, rank, batch index).
+must give views equal in distribution; each sample's views must follow (seed, epoch, sample, view) alone, so
+batch composition, rank and number of processes do not change them.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def test_speckle_noise_is_gamma_with_mean_one_and_the_given_std():
 
     for std in (0.2, 1.5):  # k = 25 (Marsaglia-Tsang) and k < 1 (the boost)
         k = 1.0 / std**2
-        n = O.Draw(3).gamma(k, (20_000,)).numpy()
+        n = O.Draw(3).gamma(k, (20, 1000)).flatten().numpy()
         assert stats.kstest(n, stats.gamma(a=k, scale=1 / k).cdf).pvalue > 1e-3
         assert (n > 0).all()
 
@@ -235,7 +236,7 @@ def test_in_batch_mode_the_loader_only_crops(tmp_path):
 # -- the loader ---------------------------------------------------------------------------------------------
 
 
-def _loader(tmp_path, seed: int = 0):
+def _loader(tmp_path, seed: int = 0, batch_size: int = 4, rank: int = 0, world_size: int = 1):
     from PIL import Image
 
     items = []
@@ -245,11 +246,43 @@ def _loader(tmp_path, seed: int = 0):
         Image.fromarray(a).save(tmp_path / f"{i}.png")
         items.append({"image": str(tmp_path / f"{i}.png"), "label": i % 2, "patient": i, "index": i})
     tf = build_transforms("oct", train=True, views=2, augment_on="batch", spatial_size=(16, 16))
-    base = build_loader(build_dataset(items, tf), batch_size=4, shuffle=True, num_workers=0, seed=seed)
-    return BatchAugmentedLoader(base, B.build_batch_augment("oct", **OCT), "cpu", seed=seed)
+    base = build_loader(build_dataset(items, tf), batch_size=batch_size, shuffle=True, num_workers=0, seed=seed,
+                        distributed=world_size > 1, rank=rank, world_size=world_size)
+    return BatchAugmentedLoader(base, B.build_batch_augment("oct", **OCT), "cpu", seed=seed, rank=rank)
 
 
-def test_the_stream_follows_seed_epoch_and_batch_so_a_resumed_epoch_sees_the_same_views(tmp_path):
+def _views_by_sample(loader, epoch: int) -> dict[int, torch.Tensor]:
+    loader.set_epoch(epoch)
+    return {int(i): b["views"][j] for b in loader for j, i in enumerate(b["index"])}
+
+
+def test_a_samples_views_do_not_depend_on_its_batch_its_rank_or_the_number_of_processes(tmp_path):
+    one = _views_by_sample(_loader(tmp_path), epoch=1)
+    assert sorted(one) == list(range(10))
+    other_batches = _views_by_sample(_loader(tmp_path, batch_size=3), epoch=1)
+    two_ranks = {**_views_by_sample(_loader(tmp_path, batch_size=2, rank=0, world_size=2), epoch=1),
+                 **_views_by_sample(_loader(tmp_path, batch_size=2, rank=1, world_size=2), epoch=1)}
+    for got in (other_batches, two_ranks):
+        assert sorted(got) == list(range(10))
+        for i in range(10):
+            assert torch.equal(got[i], one[i]), i
+    # and the check has teeth: the views of two samples, or of one sample in two epochs, differ
+    later = _views_by_sample(_loader(tmp_path), epoch=2)
+    assert not torch.equal(later[3], one[3]) and not torch.equal(one[3][0], one[3][1])
+
+
+def test_rows_draw_from_their_own_seed_alone():
+    x = _images(n=3)
+    aug = B.build_batch_augment("oct", **OCT)
+    abc, _ = aug.images(x, O.Draw([11, 22, 33]))
+    cb, _ = aug.images(x[[2, 1]], O.Draw([33, 22]))
+    assert torch.equal(cb[0], abc[2]) and torch.equal(cb[1], abc[1])
+    assert not torch.equal(aug.images(x[:1], O.Draw([12]))[0][0], abc[0])
+    with pytest.raises(ValueError, match="3 row seeds, row 3"):
+        O.Draw([1, 2, 3]).uniform(0, 1, 4)
+
+
+def test_the_stream_follows_seed_and_epoch_so_a_resumed_epoch_sees_the_same_views(tmp_path):
     a, b = _loader(tmp_path), _loader(tmp_path)
     a.set_epoch(1)
     b.set_epoch(1)
