@@ -210,6 +210,8 @@ def collect(ctx: Any) -> dict[str, Any]:
         out["calibration"] = {"method": rep.get("method"), "n_bins": rep.get("n_bins"),
                               "ece_before": rep["before"]["ece"], "ece_after": rep["after"]["ece"],
                               "nll_before": rep["before"]["nll"], "nll_after": rep["after"]["nll"],
+                              "ece_floor": rep["before"].get("ece_floor"),
+                              "ece_floor_q95": rep["before"].get("ece_floor_q95"),
                               "applied": d.get("applied"), "fit_on": d.get("fit_on"), "reason": d.get("reason"),
                               "cv": d.get("cv")}
     seg = ctx.outputs.get("segment") or {}

@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "scaling": Benchmark("bench_scaling.py", "Scaling: 1 vs 2 processes under torchrun (CPU)"),
     "smoke": Benchmark("bench_smoke.py", "--smoke of every shipped pipeline under torchrun (CPU)"),
     "loops": Benchmark("bench_loops.py", "medcl's training loops against the plain reference loops (images/s)"),
+    "augment": Benchmark("bench_augment.py", "What SimCLR learns with per-sample and with batched augmentation (OCT)"),
     "quality": Benchmark("bench_quality.py", "Learning quality on the demo data (resumable)"),
     "package": Benchmark("bench_package.py", "What the Docker image's stages install; the wheel's size"),
 }

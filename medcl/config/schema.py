@@ -86,7 +86,8 @@ class TransformsConfig(BaseModel):
     augment_on: Literal["sample", "batch"] = Field(
         "sample", description="where training augmentations run: 'sample' = MONAI transforms per sample in the "
         "DataLoader (every preset); 'batch' = whole batches on the training device with vectorised torch ops "
-        "(oct, fundus, histo: the same augmentations and distributions, faster on few CPU cores and on GPUs)")
+        "(oct, fundus, histo: faster on few CPU cores; not yet recommended: on the OCT demo it pretrained a worse "
+        "encoder than 'sample', see docs/architecture.md)")
 
 
 class PretrainConfig(Section):

@@ -5,7 +5,8 @@ results go straight to the tracker and the report.
 
 * :mod:`.classification` — :func:`classification_metrics`, :func:`choose_threshold`
 * :mod:`.calibration` — :func:`expected_calibration_error`, :func:`brier_score`,
-  :func:`negative_log_likelihood`, :func:`reliability_diagram_data`, :func:`calibration_metrics`
+  :func:`negative_log_likelihood`, :func:`reliability_diagram_data`, :func:`calibration_metrics`,
+  :func:`ece_noise_floor`
 * :mod:`.bootstrap` — :func:`bootstrap_ci`, :func:`metrics_with_ci`, :func:`subgroup_metrics`
 * :mod:`.segmentation` — :func:`segmentation_metrics` (MONAI Dice and HD95, per class)
 """
@@ -15,6 +16,7 @@ from medcl.metrics.calibration import (
     brier_score,
     calibration_bins,
     calibration_metrics,
+    ece_noise_floor,
     expected_calibration_error,
     negative_log_likelihood,
     reliability_diagram_data,
@@ -43,6 +45,7 @@ __all__ = [
     "choose_threshold",
     "classification_metrics",
     "dice_per_class",
+    "ece_noise_floor",
     "expected_calibration_error",
     "hd95_per_class",
     "metrics_with_ci",

@@ -14,6 +14,9 @@ Bins: ``"equal-width"`` splits [0, 1] into ``n_bins`` intervals ``[b_i, b_{i+1})
 closed); ``"adaptive"`` (equal-mass) sorts the confidences and splits them into ``n_bins`` groups of
 (nearly) equal size like ``np.array_split``. ECE = sum_b (n_b / N) |acc_b - conf_b|;
 MCE = max_b |acc_b - conf_b| over non-empty bins.
+
+On small test sets the binned ECE is biased upwards; :func:`ece_noise_floor` simulates what a perfectly
+calibrated model with the same confidences would show there, so an ECE can be read against it.
 """
 
 from __future__ import annotations
@@ -175,6 +178,53 @@ def expected_calibration_error(
             out[f"ece/{name}"] = eces[j]
             out[f"mce/{name}"] = mces[j]
     return out
+
+
+def ece_noise_floor(
+    y_true,
+    probs,
+    task: str = "multiclass",
+    *,
+    n_bins: int = 15,
+    scheme: str = "equal-width",
+    draws: int = 200,
+    seed: int = 0,
+) -> dict:
+    """The ECE a perfectly calibrated model with these confidences would show on this many cases.
+
+    Binned ECE is biased upwards on small sets: even a perfectly calibrated model has a positive ECE, because
+    each bin's accuracy is a noisy frequency. Following the simulation of Roelofs et al. 2022 ("Mitigating
+    bias in calibration error estimation", AISTATS), each draw replaces every outcome by a Bernoulli draw with
+    the stated confidence as its probability (for the top-label estimator: "the argmax is right" with
+    probability ``max_k p_k``), which is what a perfectly calibrated model would produce, and measures the ECE
+    of that. An observed ECE within the draws' spread cannot be told apart from perfect calibration on this
+    set: a calibrator cannot be seen to lower it.
+
+    Args:
+        y_true: labels (only their missing entries matter: multilabel NaNs are left out as in the ECE).
+        probs: ``(N,)`` binary or ``(N, K)`` probabilities.
+        task: ``"binary"``, ``"multiclass"``, ``"ordinal"`` or ``"multilabel"``.
+        n_bins: number of bins (as the ECE it is compared with).
+        scheme: ``"equal-width"`` or ``"adaptive"``.
+        draws: simulated test sets.
+        seed: seed of the draws.
+
+    Returns:
+        ``{"mean", "q95" (95 % of the draws are at or below it), "draws", "n_bins", "scheme"}``.
+    """
+    y, p = prepare_inputs(y_true, probs, task)
+    scheme = _check_scheme(scheme)
+    rng = np.random.default_rng(seed)
+    confs = [conf for conf, _ in _confidence_outcome(y, p, task) if conf.size]
+    if not confs or draws < 1:
+        return {"mean": float("nan"), "q95": float("nan"), "draws": 0, "n_bins": int(n_bins), "scheme": scheme}
+    eces = np.empty(draws)
+    for d in range(draws):
+        per_pair = [_ece_mce_from_bins(calibration_bins(c, rng.random(c.size) < c, n_bins, scheme))[0]
+                    for c in confs]
+        eces[d] = np.mean(per_pair)
+    return {"mean": float(eces.mean()), "q95": float(np.quantile(eces, 0.95)), "draws": int(draws),
+            "n_bins": int(n_bins), "scheme": scheme}
 
 
 def brier_score(y_true, probs, task: str = "multiclass") -> float:

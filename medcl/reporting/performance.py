@@ -223,6 +223,9 @@ def reliability(d: ReportData) -> list[str]:
             rows.append([f"<b>{esc(label)}</b>", metric_cell(kb, m.get(kb, float("nan"))),
                          metric_cell(ka, m.get(ka, float("nan")))])
     out.append(table(["measure (lower is better)", "before", "after"], rows, "medcl-calibration"))
+    floor = _noise_floor_note(cal)
+    if floor:
+        out.append(note(floor))
     t = cal.get("temperature")
     extra = f" The fitted temperature is {fmt(t, 2)} (above 1: the model was over-confident)." if isinstance(
         t, (int, float)) else ""
@@ -232,6 +235,27 @@ def reliability(d: ReportData) -> list[str]:
                     f"(confidence of the predicted class). ECE depends on the bins and is noisy on small test sets."
                     + extra))
     return out
+
+
+def _noise_floor_note(cal: dict) -> str:
+    """Whether the test ECE can be told apart from perfect calibration on this many cases ('' if unknown)."""
+    b, a = cal.get("before") or {}, cal.get("after") or {}
+    ece, floor, q95 = b.get("ece"), b.get("ece_floor"), b.get("ece_floor_q95")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (ece, floor, q95)):
+        return ""
+    text = (f"<b>How small an ECE can this test set show?</b> A perfectly calibrated model with these confidences "
+            f"would show an ECE of about {fmt(floor)} here (95 % of simulated test sets at or below {fmt(q95)}; "
+            "the outcomes drawn from the stated probabilities, Roelofs et al. 2022). ")
+    if ece <= q95:
+        return text + (f"The model's ECE before calibration ({fmt(ece)}) is within that range: on this test set its "
+                       "probabilities cannot be told apart from perfectly calibrated ones, and no calibrator can be "
+                       "seen to lower the ECE. A larger test set would be needed to measure it.")
+    after = a.get("ece")
+    end = ""
+    if isinstance(after, (int, float)) and isinstance(a.get("ece_floor_q95"), (int, float)):
+        end = (" After calibration it is within the range." if after <= a["ece_floor_q95"]
+               else " After calibration it is still above the range.")
+    return text + f"The model's ECE before calibration ({fmt(ece)}) is above it: the miscalibration is real." + end
 
 
 def _label_restating(d: ReportData, column: str) -> bool:

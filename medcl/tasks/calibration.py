@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from medcl.errors import ConfigError, DataError
 from medcl.lookup import look_up
-from medcl.metrics.calibration import calibration_metrics, reliability_diagram_data
+from medcl.metrics.calibration import calibration_metrics, ece_noise_floor, reliability_diagram_data
 from medcl.metrics.classification import check_task
 from medcl.tasks.classification import patient_cv_splits
 
@@ -444,7 +444,10 @@ def calibration_report(
         "temperature" (temperature scaling only), "before": calibration_metrics,
         "after": calibration_metrics, "reliability_before": {"equal-width": ..., "adaptive": ...},
         "reliability_after": {...}, "probs_after" (N, K) numpy}`` where the metrics are
-        :func:`medcl.metrics.calibration.calibration_metrics` (ECE both schemes, MCE, Brier, NLL).
+        :func:`medcl.metrics.calibration.calibration_metrics` (ECE both schemes, MCE, Brier, NLL) plus
+        ``ece_floor`` / ``ece_floor_q95``: the equal-width ECE a perfectly calibrated model with the same
+        confidences would show on this test set (mean and 95th percentile of
+        :func:`medcl.metrics.calibration.ece_noise_floor`'s draws).
     """
     cal = calibrator if calibrator is not None else get_calibrator(method, task=task, **kwargs).fit(logits_val, y_val)
     y_t = _tensor(y_test, "y_test").numpy()
@@ -463,6 +466,9 @@ def calibration_report(
                               for s in ("equal-width", "adaptive")},
         "probs_after": p_after,
     }
+    for when, probs in (("before", p_before), ("after", p_after)):  # what perfect calibration would show here
+        floor = ece_noise_floor(y_t, probs, task, n_bins=n_bins)
+        report[when]["ece_floor"], report[when]["ece_floor_q95"] = floor["mean"], floor["q95"]
     report["estimator"] = report["before"]["estimator"]
     if isinstance(cal, TemperatureScaler):
         report["temperature"] = cal.temperature

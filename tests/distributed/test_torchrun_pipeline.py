@@ -5,9 +5,9 @@ What the maths guarantees, and what is checked:
 * With ``pretrain.batch_size`` = the GLOBAL batch, DDP splits it as 2 x 4. The loaders use one
   ``DistributedSampler`` permutation (seeded by ``(seed, epoch)``), so ranks 0 and 1 draw the even and odd
   positions of the same order: together they see exactly the single process's batch. Augmentations are
-  seeded per sample (``medcl.data.datasets.SeededDataset`` for the loader's part, and per manifest row and
-  view in ``BatchAugmentedLoader``, which the OCT demo's ``augment_on: batch`` uses), so a sample gets the
-  same views on any rank. NT-Xent with ``gather_distributed`` contrasts every local anchor against all 8 samples'
+  seeded per sample (``medcl.data.datasets.SeededDataset``; with ``transforms.augment_on: batch``,
+  ``BatchAugmentedLoader`` seeds each image by manifest row and view), so a sample gets the same views on
+  any rank. NT-Xent with ``gather_distributed`` contrasts every local anchor against all 8 samples'
   keys; the gather's backward sums over ranks and DDP averages, which is the full-batch gradient.
 * BatchNorm breaks this: its statistics are computed over each rank's 4 samples, not all 8 (and
   PyTorch's SyncBatchNorm has no CPU kernel). So the equality test uses a model with no

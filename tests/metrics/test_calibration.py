@@ -14,6 +14,7 @@ from medcl.errors import ConfigError
 from medcl.metrics import (
     brier_score,
     calibration_metrics,
+    ece_noise_floor,
     expected_calibration_error,
     negative_log_likelihood,
     reliability_diagram_data,
@@ -223,6 +224,41 @@ def test_calibration_report_before_after():
     assert sum(rep["reliability_before"]["equal-width"]["bin_count"]) == len(y_test)
     direct = calibration_metrics(y_test, rep["probs_after"], n_bins=10)
     assert direct["ece"] == pytest.approx(rep["after"]["ece"])
+    # the floor of this test set: the over-confident model's ECE is far above what perfect calibration shows
+    assert 0 < rep["before"]["ece_floor"] < rep["before"]["ece_floor_q95"] < rep["before"]["ece"] / 2
+    assert rep["after"]["ece_floor"] > 0
+
+
+# ----------------------------------------------------------------------------- the ECE of perfect calibration
+def test_ece_noise_floor_by_hand():
+    # certain predictions: the outcomes of a perfectly calibrated model are certain too, ECE 0
+    assert ece_noise_floor(np.ones(50, int), np.ones(50), "binary")["mean"] == 0.0
+    assert ece_noise_floor(np.zeros(20, int), np.eye(4)[[0, 1, 2, 3] * 5], "multiclass")["q95"] == 0.0
+    # one case at risk 0.5: its outcome is 0 or 1, the ECE |outcome - 0.5| = 0.5 in every draw
+    one = ece_noise_floor([1], [0.5], "binary", draws=50)
+    assert one["mean"] == one["q95"] == 0.5 and one["draws"] == 50
+    # one case at risk 0.3: ECE 0.7 with probability 0.3, else 0.3: mean 0.42
+    assert ece_noise_floor([0], [0.3], "binary", draws=4000)["mean"] == pytest.approx(0.42, abs=0.01)
+    # one bin, N cases at risk 0.5: ECE = |mean of N Bernoulli(0.5) - 0.5|, E = sqrt(2/pi) * 0.5 / sqrt(N)
+    n = 400
+    got = ece_noise_floor(np.zeros(n, int), np.full(n, 0.5), "binary", n_bins=1, draws=4000)["mean"]
+    assert got == pytest.approx(np.sqrt(2 / np.pi) * 0.5 / np.sqrt(n), rel=0.06)
+
+
+def test_ece_noise_floor_covers_the_ece_of_truly_calibrated_models_and_shrinks_with_n():
+    rng = np.random.default_rng(0)
+    inside, floors = [], {}
+    for rep in range(200):
+        z = rng.normal(size=(150, 3)) * 2
+        p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        y = np.array([rng.choice(3, p=row) for row in p])  # labels drawn from the probabilities: calibrated
+        ece = expected_calibration_error(y, p, "multiclass")["ece"]
+        inside.append(ece <= ece_noise_floor(y, p, "multiclass", draws=100, seed=rep + 1)["q95"])
+    assert 0.88 <= np.mean(inside) <= 0.995  # a 95 % range
+    for n in (100, 1600):
+        p = rng.uniform(0.05, 0.95, n)
+        floors[n] = ece_noise_floor(np.zeros(n, int), p, "binary")["mean"]
+    assert floors[1600] < 0.4 * floors[100]  # ~ 1 / sqrt(N): a 16x larger set, a ~4x lower floor
 
 
 # ----------------------------------------------------------------------------- applying only what helps

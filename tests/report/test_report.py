@@ -143,6 +143,20 @@ def test_report_opens_with_a_verdict_and_shows_pretraining_and_the_calibration_d
     # the calibration section says whether the calibrator was applied, and on what it was fitted
     assert ("Calibration applied" in html) != ("Calibration not applied" in html)
     assert "calibration_cv/nll_before" in metrics
+    # and reads the test ECE against what a perfectly calibrated model would show on this many cases
+    assert "How small an ECE can this test set show?" in html
+    assert 0 < metrics["test/ece_floor_before"] <= metrics["test/ece_floor_q95_before"]
+
+
+def test_the_noise_floor_note_tells_a_measurable_ece_from_one_within_the_floor():
+    from medcl.reporting.performance import _noise_floor_note
+
+    within = _noise_floor_note({"before": {"ece": 0.05, "ece_floor": 0.045, "ece_floor_q95": 0.07}})
+    assert "cannot be told apart from perfectly calibrated" in within and "0.045" in within
+    real = _noise_floor_note({"before": {"ece": 0.15, "ece_floor": 0.045, "ece_floor_q95": 0.07},
+                              "after": {"ece": 0.06, "ece_floor_q95": 0.07}})
+    assert "miscalibration is real" in real and "After calibration it is within the range" in real
+    assert _noise_floor_note({"before": {"ece": 0.05}}) == ""  # runs from before the floor: nothing claimed
 
 
 class _Stub:
