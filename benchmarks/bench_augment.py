@@ -69,8 +69,6 @@ def per_sample_ops(preset: str, **params: Any):
 
 def run_arm(arm: str, seed: int, manifest: Path, work: Path, quick: bool) -> dict[str, Any]:
     """The OCT demo's pretraining stage with one augmentation arm; its probe history from MLflow."""
-    import json
-
     from mlflow import MlflowClient
 
     import medcl.stages.common as stages_common
@@ -94,7 +92,7 @@ def run_arm(arm: str, seed: int, manifest: Path, work: Path, quick: bool) -> dic
             "train_seconds")
     return {**{k: out.get(k) for k in keep},
             "probe": [[m.step, round(m.value, 4)] for m in sorted(history, key=lambda m: m.step)],
-            "config": json.loads(json.dumps({"augment_on": ctx.cfg.transforms.augment_on}))}
+            "augment_on": ctx.cfg.transforms.augment_on}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,9 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             t1 = time.time()
             try:
-                rows.append({"arm": arm, "seed": seed, "wall_s": round(time.time() - t1, 1),
-                             **run_arm(arm, seed, manifest, work, args.quick)})
-                rows[-1]["wall_s"] = round(time.time() - t1, 1)
+                res = run_arm(arm, seed, manifest, work, args.quick)
+                rows.append({"arm": arm, "seed": seed, "wall_s": round(time.time() - t1, 1), **res})
             except Exception as exc:  # noqa: BLE001 - a failed arm is recorded, the others still run
                 traceback.print_exc()
                 rows.append({"arm": arm, "seed": seed, "error": f"{type(exc).__name__}: {str(exc)[:800]}"})

@@ -472,12 +472,11 @@ def section_package(res: dict[str, Any]) -> str:
 
 
 def _demo_augment_on(modality: str) -> str:
-    """``transforms.augment_on`` of the demo pipeline as it is now (``sample`` when it does not set it)."""
-    import yaml
+    """``transforms.augment_on`` of the demo pipeline as it is now (its includes and defaults resolved)."""
+    from medcl.pipeline import load_pipeline
 
-    path = Path(__file__).resolve().parents[1] / "pipelines" / "demo" / f"{modality}.yaml"
-    doc = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    return str(((doc or {}).get("transforms") or {}).get("augment_on", "sample"))
+    return load_pipeline(Path(__file__).resolve().parents[1] / "pipelines" / "demo" / f"{modality}.yaml",
+                         []).transforms.augment_on
 
 
 def section_augment(res: dict[str, Any], targets: list[list[str]]) -> str:

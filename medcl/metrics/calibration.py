@@ -210,13 +210,19 @@ def ece_noise_floor(
         seed: seed of the draws.
 
     Returns:
-        ``{"mean", "q95" (95 % of the draws are at or below it), "draws", "n_bins", "scheme"}``.
+        ``{"mean", "q95" (95 % of the draws are at or below it), "draws", "n_bins", "scheme"}``; NaN mean and
+        q95 when no outcome is labelled.
+
+    Raises:
+        ConfigError: ``draws < 1`` or an unknown ``scheme``.
     """
     y, p = prepare_inputs(y_true, probs, task)
     scheme = _check_scheme(scheme)
+    if int(draws) < 1:
+        raise ConfigError(f"draws must be >= 1, got {draws}", where="ece_noise_floor.draws", fix="use e.g. 200")
     rng = np.random.default_rng(seed)
     confs = [conf for conf, _ in _confidence_outcome(y, p, task) if conf.size]
-    if not confs or draws < 1:
+    if not confs:  # nothing labelled (multilabel, every entry missing): no ECE to compare with either
         return {"mean": float("nan"), "q95": float("nan"), "draws": 0, "n_bins": int(n_bins), "scheme": scheme}
     eces = np.empty(draws)
     for d in range(draws):

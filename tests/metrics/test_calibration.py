@@ -239,6 +239,8 @@ def test_ece_noise_floor_by_hand():
     assert one["mean"] == one["q95"] == 0.5 and one["draws"] == 50
     # one case at risk 0.3: ECE 0.7 with probability 0.3, else 0.3: mean 0.42
     assert ece_noise_floor([0], [0.3], "binary", draws=4000)["mean"] == pytest.approx(0.42, abs=0.01)
+    with pytest.raises(ConfigError, match="draws must be >= 1"):
+        ece_noise_floor([0], [0.3], "binary", draws=0)
     # one bin, N cases at risk 0.5: ECE = |mean of N Bernoulli(0.5) - 0.5|, E = sqrt(2/pi) * 0.5 / sqrt(N)
     n = 400
     got = ece_noise_floor(np.zeros(n, int), np.full(n, 0.5), "binary", n_bins=1, draws=4000)["mean"]
