@@ -101,6 +101,13 @@ class PretrainConfig(Section):
                               "online probe's convergence); when set, pretrain.epochs is not used")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (smoke runs)")
     batch_size: int = Field(64, ge=2)
+    batches: Literal["auto", "shuffle", "patients"] = Field(
+        "auto", description="how training batches are formed: shuffle (samples in random order), patients "
+        "(P patients x K samples each, K = pretrain.samples_per_patient: several images of one patient per batch, "
+        "for same-patient positives), auto (patients for methods whose positives are other images of the patient, "
+        "micle; shuffle otherwise)")
+    samples_per_patient: int = Field(4, ge=1, description="K of pretrain.batches: patients (the per-process batch "
+                                     "must be a multiple of it); not used with shuffled batches")
     views: int = Field(2, ge=2)
     optimizer: Literal["adamw", "lars", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0.0)

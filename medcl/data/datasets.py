@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data import Dataset as TorchDataset
 
+from medcl.data.sampling import PatientBatchSampler
 from medcl.errors import ConfigError, DataError
 from medcl.lookup import did_you_mean
 from medcl.transforms.batch import Draw
@@ -220,9 +221,16 @@ class SeededDataset(TorchDataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
-        """Item ``index`` of the wrapped dataset, its transform seeded from (seed, epoch, share, index)."""
-        set_transform_seed(getattr(self.dataset, "transform", None), derive_seed(self.seed, self.epoch, self.share, index))
-        return self.dataset[index]
+        """Item ``index`` of the wrapped dataset, its transform seeded from (seed, epoch, share, index).
+
+        An index ``i + r * len(self)`` with ``r >= 1`` is the ``r``-th repeat of item ``i`` in this epoch (as
+        :class:`~medcl.data.sampling.PatientBatchSampler` yields them): item ``i`` with a seed of its own, so a
+        repeated sample is augmented differently each time.
+        """
+        repeat, i = divmod(int(index), len(self.dataset))
+        key = (self.seed, self.epoch, self.share, i) + ((repeat,) if repeat else ())
+        set_transform_seed(getattr(self.dataset, "transform", None), derive_seed(*key))
+        return self.dataset[i]
 
 
 def _seed_worker(worker_id: int, *, seed: int, rank: int) -> None:
@@ -287,8 +295,9 @@ class MedclLoader(DataLoader):
 
     def set_epoch(self, epoch: int) -> None:
         """Call before iterating epoch ``epoch`` (also works with persistent workers)."""
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(int(epoch))
+        for s in (self.sampler, self.batch_sampler):
+            if hasattr(s, "set_epoch"):
+                s.set_epoch(int(epoch))
         if isinstance(self.dataset, SeededDataset):
             self.dataset.set_epoch(int(epoch))
 
@@ -317,7 +326,8 @@ class BatchAugmentedLoader:
         """Wrap ``loader``; see the class docstring."""
         self.loader, self.augment, self.device = loader, augment, torch.device(device)
         self.seed, self.rank, self.epoch = int(seed), int(rank), 0
-        self.dataset, self.batch_size = loader.dataset, loader.batch_size
+        self.dataset = loader.dataset
+        self.batch_size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", None)
 
     def set_epoch(self, epoch: int) -> None:
         """Call before iterating epoch ``epoch``: the loader's order and this epoch's augmentation stream."""
@@ -351,6 +361,16 @@ class BatchAugmentedLoader:
             yield self.augment(moved, Draw(seeds, self.device))
 
 
+def _patients_of(dataset: Any) -> list[int]:
+    """The ``"patient"`` of every item of a dataset from :func:`build_dataset` (or a list of item dicts)."""
+    items = getattr(dataset, "data", dataset)
+    missing = [i for i, it in enumerate(items) if "patient" not in it]
+    if missing:
+        raise DataError(f"{len(missing)} item(s) have no 'patient' (first: item {missing[0]})", where="per_patient",
+                        fix="build the items with records_to_items, which numbers each record's patient")
+    return [int(it["patient"]) for it in items]
+
+
 def build_loader(
     dataset: Any,
     *,
@@ -366,6 +386,7 @@ def build_loader(
     collate: Callable[[list], Any] | None = collate_samples,
     pin_memory: bool | None = None,
     persistent_workers: bool = False,
+    per_patient: int | None = None,
 ) -> MedclLoader:
     """A reproducible ``DataLoader`` over a dataset from :func:`build_dataset`.
 
@@ -386,6 +407,10 @@ def build_loader(
         pin_memory: default: ``True`` when CUDA is available.
         persistent_workers: keep workers between epochs (off by default: workers then see the
             dataset as it is at each epoch start).
+        per_patient: patient-grouped batches of ``batch_size // per_patient`` patients × ``per_patient`` samples
+            (:class:`~medcl.data.sampling.PatientBatchSampler`, reading each item's ``"patient"``; always
+            shuffled, the last incomplete batch dropped). A dataset that is a rank's share is grouped within
+            that share.
 
     Returns:
         :class:`MedclLoader` yielding batch dicts (see ``medcl/README.md`` for the keys).
@@ -410,20 +435,24 @@ def build_loader(
         replicas, replica_rank, sampler_seed = world_size, rank, seed
     else:
         replicas, replica_rank, sampler_seed = 1, 0, seed
-    # one code path: with one replica DistributedSampler is a seeded, epoch-aware shuffle
-    sampler = DistributedSampler(dataset, num_replicas=replicas, rank=replica_rank, shuffle=bool(shuffle),
-                                 seed=int(sampler_seed) % 2**31, drop_last=bool(drop_last) and replicas > 1)
-    sampler.set_epoch(int(epoch))
     wrapped = SeededDataset(dataset, seed=seed, epoch=epoch, share=share)
     workers = int(num_workers)
+    if per_patient:
+        batching: dict[str, Any] = {"batch_sampler": PatientBatchSampler(
+            _patients_of(dataset), int(batch_size), int(per_patient), seed=sampler_seed, epoch=epoch,
+            num_replicas=replicas, rank=replica_rank)}
+    else:
+        # one code path: with one replica DistributedSampler is a seeded, epoch-aware shuffle
+        sampler = DistributedSampler(dataset, num_replicas=replicas, rank=replica_rank, shuffle=bool(shuffle),
+                                     seed=int(sampler_seed) % 2**31, drop_last=bool(drop_last) and replicas > 1)
+        sampler.set_epoch(int(epoch))
+        batching = {"batch_size": int(batch_size), "sampler": sampler, "drop_last": bool(drop_last)}
     return MedclLoader(
         wrapped,
-        batch_size=int(batch_size),
-        sampler=sampler,
+        **batching,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available() if pin_memory is None else bool(pin_memory),
-        drop_last=bool(drop_last),
         worker_init_fn=partial(_seed_worker, seed=int(seed), rank=int(rank)) if workers > 0 else None,
         generator=torch.Generator().manual_seed(derive_seed(seed, epoch, rank)),
         persistent_workers=bool(persistent_workers) and workers > 0,

@@ -34,6 +34,9 @@ class Method(nn.Module):
 
     #: Batch keys besides "views" this method needs (checked by :meth:`require`).
     needs: tuple[str, ...] = ()
+    #: How ``pretrain.batches: auto`` forms its batches: ``"shuffle"`` or ``"patients"`` (P patients × K samples,
+    #: :class:`medcl.data.sampling.PatientBatchSampler`) for methods whose positives are a patient's other images.
+    batches: str = "shuffle"
 
     def __init__(self, encoder: Encoder) -> None:
         """Keep ``encoder`` as ``self.encoder`` (subclasses add heads and the criterion)."""

@@ -18,8 +18,15 @@ class MICLe(CriterionMethod):
 
     Views of *different images of the same patient* in the batch are positives (besides the
     views of the same image); patients are given by ``batch["patient"]`` (``-1`` = unknown,
-    then only the image's own views are positives, i.e. SimCLR). Use a patient-grouped sampler
-    so that batches contain several images per patient.
+    then only the image's own views are positives, i.e. SimCLR). The pretrain stage forms its batches from
+    ``P`` patients × ``K`` images (``pretrain.batches: auto`` → ``patients``,
+    :class:`~medcl.data.sampling.PatientBatchSampler`), so every anchor meets ``K - 1`` other images of its
+    patient; with shuffled batches they would meet only by chance.
+
+    Differs from the paper: Azizi et al. draw *one pair* of images per patient (each image augmented once)
+    and use the NT-Xent of SimCLR on those pairs; here every view of every image of the patient in the batch
+    is a positive of every other (the multi-positive form of :class:`~medcl.losses.PatientContrastLoss`), and
+    each image also gets its own augmented views.
 
     Args:
         encoder: the backbone.
@@ -32,6 +39,7 @@ class MICLe(CriterionMethod):
 
     needs = ("patient",)
     loss = "patient"
+    batches = "patients"
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """MICLe loss of the embedded views with ``batch["patient"]`` as the grouping.

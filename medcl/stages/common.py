@@ -79,8 +79,9 @@ def make_encoder(cfg: Any, weights: str | Path | None = None):
 
 
 def make_loader(ctx: RunContext, items: list[dict], transform: Any, *, batch_size: int, shuffle: bool, train: bool,
-                epoch: int = 0, distributed: bool | None = None, drop_last: bool = False):
-    """A dataset (cached as configured) and its reproducible loader."""
+                epoch: int = 0, distributed: bool | None = None, drop_last: bool = False,
+                per_patient: int | None = None):
+    """A dataset (cached as configured) and its reproducible loader (patient-grouped with ``per_patient``)."""
     d = ctx.cfg.data
     dist = ctx.world_size > 1 if distributed is None else distributed
     cache_dir = d.cache_dir or str(ctx.run_dir / "cache" / ("train" if train else "eval"))
@@ -88,7 +89,7 @@ def make_loader(ctx: RunContext, items: list[dict], transform: Any, *, batch_siz
                        rank=ctx.rank if dist else 0, world_size=ctx.world_size if dist else 1)
     loader = build_loader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=d.num_workers, seed=ctx.cfg.seed,
                           epoch=epoch, distributed=dist, rank=ctx.rank, world_size=ctx.world_size, drop_last=drop_last,
-                          persistent_workers=d.persistent_workers and train)
+                          persistent_workers=d.persistent_workers and train, per_patient=per_patient)
     if train and ctx.cfg.transforms.augment_on == "batch":  # the transform left the random part to the batches
         augment = build_batch_augment(ctx.cfg.transforms.preset, **transform_params(ctx.cfg))
         return BatchAugmentedLoader(loader, augment, ctx.device, seed=ctx.cfg.seed, rank=ctx.rank)

@@ -25,7 +25,7 @@ from medcl.engine.optim import build_optimizer
 from medcl.engine.resume import Launch, load_resume_state, saved_launch
 from medcl.engine.schedule import build_scheduler
 from medcl.engine.wrap import maybe_compile, unwrap_model, wrap_ddp
-from medcl.methods import build_method, method_options
+from medcl.methods import METHODS, build_method, method_options
 from medcl.stages.common import (
     budget,
     data_modality,
@@ -63,10 +63,12 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
 
     # -- data: the train split, several augmented views per sample -------------------------------
     items = ctx.data.items("train")
-    per_rank_batch = _per_rank_batch(ctx, len(items))
+    per_patient = _per_patient(p)
+    per_rank_batch = _per_rank_batch(ctx, len(items), per_patient or 1)
     transform = make_transforms(cfg, train=True, views=p.views)
     train_set_loader = make_loader(ctx, items, transform, batch_size=per_rank_batch, shuffle=True, train=True,
-                                   drop_last=True)
+                                   drop_last=True, per_patient=per_patient)
+    tracker.log_params(_batching_params(train_set_loader, per_patient))
 
     def loader_factory(epoch: int):
         train_set_loader.set_epoch(epoch)
@@ -145,11 +147,34 @@ def _hand_on(ctx: RunContext, tracker: Tracker, model: Any, probe: Any) -> tuple
     return hand_on, encoder_uri
 
 
-def _per_rank_batch(ctx: RunContext, n_items: int) -> int:
+def _per_patient(p: Any) -> int | None:
+    """``K`` of patient-grouped batches (``pretrain.batches``, ``auto`` following the method), or ``None``."""
+    wants = getattr(METHODS.get(p.method), "batches", "shuffle")
+    mode = wants if p.batches == "auto" else p.batches
+    if mode == "shuffle" and wants == "patients":
+        log.warning("pretrain.batches is shuffle: %s's same-patient positives then meet only by chance in a batch "
+                    "(set pretrain.batches: patients or auto)", p.method)
+    return int(p.samples_per_patient) if mode == "patients" else None
+
+
+def _batching_params(loader: Any, per_patient: int | None) -> dict[str, Any]:
+    """How the batches are formed, for the run's parameters (with the share of repeated samples when grouped)."""
+    if not per_patient:
+        return {"pretrain.batches_formed": "shuffle"}
+    sampler = getattr(loader, "loader", loader).batch_sampler
+    repeats = sampler.repeat_fraction()
+    if repeats > 0.25:
+        log.warning("patient-grouped batches: %.0f %% of the batch slots repeat a sample (patients with fewer than "
+                    "%d training samples); lower pretrain.samples_per_patient", 100 * repeats, per_patient)
+    return {"pretrain.batches_formed": f"patients ({sampler.p} x {per_patient})",
+            "pretrain.batch_repeat_fraction": round(repeats, 4)}
+
+
+def _per_rank_batch(ctx: RunContext, n_items: int, multiple: int = 1) -> int:
     """Samples per process and step: ``pretrain.batch_size`` split over the ranks.
 
     Lowered (with a warning) when the train split is smaller than one global batch; at least 2 (a contrastive
-    batch needs negatives).
+    batch needs negatives). With patient-grouped batches a lowered batch stays a multiple of ``multiple`` (K).
 
     Raises:
         DataError: fewer than 2 training samples per process.
@@ -161,6 +186,7 @@ def _per_rank_batch(ctx: RunContext, n_items: int) -> int:
             raise DataError(f"only {n_items} training samples for pretraining", where="data",
                             fix="add data or lower data.val_fraction/test_fraction")
         per_rank_batch = max(2, min(per_rank_batch, n_items // ctx.world_size))
+        per_rank_batch = max(2 * multiple, per_rank_batch - per_rank_batch % multiple) if multiple > 1 else per_rank_batch
         log.warning("pretrain.batch_size lowered to %d per process for %d samples", per_rank_batch, n_items)
     return per_rank_batch
 

@@ -66,3 +66,44 @@ def test_method_preset_runs_a_few_steps(preset, demo_data, tmp_path):
     assert Path(out["encoder"]).is_file()
     losses = [v for _, v in tracker.metrics.get("train/loss", [])]
     assert losses and all(np.isfinite(losses))
+
+
+def test_micle_trains_on_patient_grouped_batches(demo_data, tmp_path, monkeypatch):
+    """MICLe's batches hold P patients × K images each, so every anchor meets K - 1 images of its patient."""
+    from medcl.methods import MICLe
+    from medcl.stages.pretrain import run
+
+    seen: list[list[int]] = []
+    forward = MICLe.forward
+
+    def spy(self, batch):
+        seen.append(batch["patient"].tolist())
+        return forward(self, batch)
+
+    monkeypatch.setattr(MICLe, "forward", spy)
+    cfg = load_config(_pipeline(tmp_path, REPO / "configs" / "method" / "micle.yaml", demo_data),
+                      ["pretrain.samples_per_patient=2"])
+    assert cfg.pretrain.batches == "auto"
+    data = prepare_data(cfg)
+    ctx = RunContext(cfg, "k", tmp_path / "runs" / "r", data, device=torch.device("cpu"))
+    ctx.run_dir.mkdir(parents=True)
+    tracker = NullTracker()
+    run(ctx, tracker)
+    assert tracker.params["pretrain.batches_formed"] == "patients (4 x 2)"
+    assert seen
+    for pats in seen:
+        assert len(pats) == 8
+        assert all(pats[j] == pats[j + 1] for j in range(0, 8, 2)), pats
+        assert len(set(pats)) == 4, pats
+
+
+def test_shuffled_batches_stay_the_default_of_other_methods(demo_data, tmp_path):
+    from medcl.stages.pretrain import run
+
+    cfg = load_config(_pipeline(tmp_path, REPO / "configs" / "method" / "simclr.yaml", demo_data))
+    data = prepare_data(cfg)
+    ctx = RunContext(cfg, "k", tmp_path / "runs" / "r", data, device=torch.device("cpu"))
+    ctx.run_dir.mkdir(parents=True)
+    tracker = NullTracker()
+    run(ctx, tracker)
+    assert tracker.params["pretrain.batches_formed"] == "shuffle"
