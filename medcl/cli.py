@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medcl import __version__, phi
-from medcl.errors import MedclError
+from medcl.errors import MedclError, TrackingError
 from medcl.logs import setup_logging
 from medcl.modalities import MODALITIES
 from medcl.shipped import shipped
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_command(sub)
     _add_apply_commands(sub)
     _add_evaluate_command(sub)
+    _add_suggest_command(sub)
     _add_report_commands(sub)
     return parser
 
@@ -193,6 +194,49 @@ def _add_evaluate_command(sub: Any) -> None:
     _add_model_options(p)
     p.add_argument("--no-report", action="store_true", help="do not rebuild the HTML report")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_suggest_command(sub: Any) -> None:
+    """``suggest-hard-pairs``: confusable class pairs for ``supcon-hardneg`` from a run's validation confusions."""
+    p = sub.add_parser("suggest-hard-pairs", help="propose confusable class pairs (supcon-hardneg) from a run's "
+                       "validation confusion matrix",
+                       description="Reads the validation predictions of RUN's primary model (predictions_val.csv of "
+                       "its classify stage: a probe on the pretrained encoder unless configured otherwise), prints "
+                       "the confusion matrix and the class pairs it confused most — (a predicted b + b predicted a) "
+                       "/ (a + b) — and the YAML to state them. The test set is never read. Nothing is written: a "
+                       "clinician confirms the pairs before they go into the pipeline.")
+    p.add_argument("source", metavar="RUN", help="pipeline run id (printed at the end of `medcl run`)")
+    p.add_argument("--min-rate", type=float, default=0.05, help="leave out pairs confused less often (default 0.05)")
+    p.add_argument("--min-count", type=int, default=2, help="leave out pairs confused fewer times (default 2)")
+    p.add_argument("--top", type=int, default=5, help="at most this many pairs (default 5)")
+    p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or ./mlflow.db")
+
+
+def _cmd_suggest_hard_pairs(args: argparse.Namespace) -> int:
+    """``medcl suggest-hard-pairs RUN``: print the validation confusions and the candidate pairs."""
+    from medcl.tasks.hard_pairs import (  # lazy: keeps `medcl --help` instant (numpy)
+        confusion_counts,
+        format_suggestions,
+        read_predictions,
+        suggest_pairs,
+    )
+    from medcl.tracking.reader import RunReader  # lazy: mlflow, only for this command
+
+    reader = RunReader(args.source, tracking_uri=args.tracking_uri)
+    setup = reader.artifact_json("classify_setup.json", stage="classify")
+    path = reader.artifact_path("predictions_val.csv", stage="classify")
+    if setup is None or path is None:
+        raise TrackingError(f"run {reader.run_id} has no validation predictions of a classifier",
+                            where="classify stage (predictions_val.csv, classify_setup.json)",
+                            fix="run the pipeline's classify stage with labelled validation patients (runs made "
+                            "before medcl logged predictions_val.csv need it re-run: medcl run … --force)")
+    classes = list(setup["classes"])
+    y, pred = read_predictions(path, classes)
+    cm = confusion_counts(y, pred, len(classes))
+    pairs = suggest_pairs(cm, classes, min_rate=args.min_rate, min_count=args.min_count, top=args.top)
+    print(f"run {reader.run_id}: {len(y)} validation samples")
+    print(format_suggestions(pairs, cm, classes))
+    return 0
 
 
 def _add_report_commands(sub: Any) -> None:
@@ -369,6 +413,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                        report=not args.no_report)
         _print_evaluation(res)
         return 0
+    if args.command == "suggest-hard-pairs":
+        return _cmd_suggest_hard_pairs(args)
     if args.command == "report":
         from medcl.reporting.html import build_report  # lazy: keeps `medcl --help` instant (numpy)
 

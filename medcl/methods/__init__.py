@@ -11,7 +11,7 @@ signature so a typo in the YAML fails before training with the list of accepted 
 | micle | Azizi et al. 2021 | views, patient |
 | clocs | Kiyasseh et al. 2021 (ECG) | views, patient (or record) |
 | supcon | Khosla et al. 2020 | views, label |
-| supcon-hardneg | SupCon + expert hard negatives | views, label |
+| supcon-hardneg | EGCL: SupCon + expert-named hard negatives (``hard_pairs`` required) | views, label |
 | supcon-graph | ontology-weighted multi-label SupCon | views, label (B, K) |
 | supcon-balanced | Cui et al. 2019 / Zhu et al. 2022 | views, label |
 | prototypes | Targeted SupCon, Li et al. 2022 | views, label |

@@ -68,13 +68,44 @@ class SupCon(CriterionMethod):
 
 
 class SupConHardNegative(SupCon):
-    """SupCon with expert-named hard negatives (e.g. drusen vs. CNV in OCT).
+    """Expert-guided contrastive learning (EGCL): SupCon with clinician-named confusable classes as hard negatives.
 
-    The criterion is :class:`~medcl.losses.HardNegativeSupConLoss` (options ``hard_pairs``, ``hard_weight``,
-    ``classes``).
+    Clinicians name class pairs that are easy to confuse (e.g. drusen vs. CNV in OCT, adjacent grades); for an
+    anchor of one class, samples of the other class count ``hard_weight`` times in the SupCon denominator
+    (:class:`~medcl.losses.HardNegativeSupConLoss`, a ``log w`` bias on their logits). The weighting is the
+    importance weighting of hard negatives (Robinson et al., "Contrastive Learning with Hard Negative Samples",
+    ICLR 2021), with the hard set *named by experts per class pair* instead of mined from embedding similarity;
+    positives and all other negatives are SupCon's (Khosla et al. 2020). ``medcl suggest-hard-pairs RUN``
+    proposes pairs from the validation confusion matrix of a run's probe, for the clinician to confirm.
+
+    Args:
+        encoder: the backbone.
+        hard_pairs: the confusable pairs, class names of ``data.classes`` (or indices); required — without them
+            the method is plain SupCon, so an empty list is refused.
+        hard_weight: weight of a hard negative (> 1; 1 would again be plain SupCon).
+        **options: as :class:`SupCon` (and ``classes``).
+
+    Raises:
+        ConfigError: no pairs, or ``hard_weight`` 1.
     """
 
     loss = "hard_negative_supcon"
+
+    def __init__(self, encoder: Encoder, **options: object) -> None:
+        """Refuse a run without confusable pairs, then build SupCon with the hard-negative criterion."""
+        where = "pretrain.method_options.hard_pairs"
+        if not options.get("hard_pairs"):
+            raise ConfigError(
+                "method supcon-hardneg needs the confusable class pairs (pretrain.method_options.hard_pairs is "
+                "empty): without them it is plain SupCon", where=where,
+                fix="name pairs of data.classes that clinicians confuse, e.g. hard_pairs: [[early, intermediate]]; "
+                "`medcl suggest-hard-pairs RUN` proposes pairs from a finished run's validation confusions "
+                "(or use method supcon)")
+        if float(options.get("hard_weight", 2.0)) == 1.0:
+            raise ConfigError("hard_weight 1 weighs hard negatives like any other: that is plain SupCon",
+                              where="pretrain.method_options.hard_weight",
+                              fix="use a weight > 1 (2.0 by default), or method supcon")
+        super().__init__(encoder, **options)
 
 
 class SupConGraph(SupCon):

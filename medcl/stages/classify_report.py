@@ -37,35 +37,43 @@ def _log_report_material(ctx: RunContext, tracker: Tracker, primary: PrimaryMode
                          features: dict[str, dict[str, np.ndarray]],
                          results: list[dict[str, Any]], split_idx: dict[str, np.ndarray], y: dict[str, np.ndarray],
                          subgroups: dict[str, np.ndarray], largest: float, max_examples: int = 4) -> None:
-    """Log ``predictions_test.csv``, ``embedding_map.npz`` and ``saliency/`` for the report.
+    """Log ``predictions_test.csv``, ``predictions_val.csv``, ``embedding_map.npz`` and ``saliency/`` for the report.
 
-    Predictions are the primary model's test probabilities at its operating point, keyed by the
-    dataset row position (never a patient id); the feature map is a t-SNE of the primary encoder's
+    Predictions are the primary model's test (and validation) probabilities at its operating point, keyed by the
+    dataset row position (never a patient id); the validation ones are what ``medcl suggest-hard-pairs`` reads
+    (choosing confusable pairs on the test set would leak it into the next run); the feature map is a t-SNE of the primary encoder's
     features of every labelled sample; saliency is Grad-CAM (images) or input × gradient (ECG) on
     up to ``max_examples`` correctly and incorrectly classified test samples.
     """
     out_dir = ctx.stage_dir("classify")
     tag = model_tag(primary.encoder, primary.kind, largest)
     tracker.log_params({"classify.primary_model": tag})
-    probs, pred, correct, confidence = _test_predictions(ctx, primary, results, y["test"], largest)
+    probs, pred, correct, confidence = _split_predictions(ctx, primary, results, y["test"], largest)
     cols = {"site": ctx.data.column("site", split_idx["test"]), **subgroups}
     path = out_dir / "predictions_test.csv"
     _write_predictions(path, ctx.data.task, ctx.data.classes, split_idx["test"], y["test"], pred, probs, cols)
     tracker.log_artifact(path)
+    if primary.arrays.get("val_logits") is not None and len(primary.arrays["val_logits"]):
+        yv, iv = primary.arrays["val_y"], primary.arrays["val_index"]
+        vprobs, vpred, _, _ = _split_predictions(ctx, primary, results, yv, largest, split="val")
+        path = out_dir / "predictions_val.csv"
+        _write_predictions(path, ctx.data.task, ctx.data.classes, iv, yv, vpred, vprobs, {})
+        tracker.log_artifact(path)
     _log_embedding_map(ctx, tracker, primary, features, y, out_dir)
     _log_saliency(ctx, tracker, primary, split_idx, y["test"], pred, correct, confidence, max_examples, out_dir)
 
 
-def _test_predictions(ctx: RunContext, primary: PrimaryModel, results: list[dict[str, Any]], yt: np.ndarray,
-                      largest: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The primary model's test predictions at its operating point (the threshold its result row recorded).
+def _split_predictions(ctx: RunContext, primary: PrimaryModel, results: list[dict[str, Any]], yt: np.ndarray,
+                       largest: float, split: str = "test") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The primary model's predictions on ``split`` at its operating point (the threshold its result row recorded).
 
     Args:
         ctx: the run (task).
-        primary: the primary model, with its ``test_logits``.
+        primary: the primary model, with its ``<split>_logits``.
         results: every model's result rows (the primary's carries the chosen threshold).
-        yt: the test labels, ``(N,)`` or ``(N, K)`` multi-label (NaN: unknown).
+        yt: the split's labels, ``(N,)`` or ``(N, K)`` multi-label (NaN: unknown).
         largest: the largest label fraction (the primary model's).
+        split: ``"test"`` or ``"val"``.
 
     Returns:
         ``(probabilities (N, K) — binary as two columns —, predicted class (N,), correct (N,) bool,
@@ -73,7 +81,7 @@ def _test_predictions(ctx: RunContext, primary: PrimaryModel, results: list[dict
         most probable label.
     """
     task = ctx.data.task
-    probs = logits_to_probs(primary.arrays["test_logits"], task)
+    probs = logits_to_probs(primary.arrays[f"{split}_logits"], task)
     row = next((r for r in results if r["model"] == primary.encoder and r["protocol"] == primary.kind
                 and r["fraction"] == largest), None)
     thr = (row or {}).get("metrics", {}).get("_info", {}).get("threshold")
@@ -94,9 +102,9 @@ def _test_predictions(ctx: RunContext, primary: PrimaryModel, results: list[dict
     return probs, pred, correct, confidence
 
 
-def _write_predictions(path: Path, task: str, classes: list[str], test_idx: np.ndarray, yt: np.ndarray,
+def _write_predictions(path: Path, task: str, classes: list[str], idx: np.ndarray, yt: np.ndarray,
                        pred: np.ndarray, probs: np.ndarray, cols: dict[str, np.ndarray]) -> None:
-    """Write ``predictions_test.csv``: dataset position, truth, prediction, probabilities and the ``cols``."""
+    """Write ``predictions_<split>.csv``: dataset position, truth, prediction, probabilities and the ``cols``."""
     import csv
 
     with path.open("w", newline="") as fh:
@@ -105,7 +113,7 @@ def _write_predictions(path: Path, task: str, classes: list[str], test_idx: np.n
         w.writerow(["index", *ytrue_cols, "y_pred", *[f"p_{c}" for c in classes], *cols])
         for i in range(len(yt)):
             ytrue = ["" if not np.isfinite(v) else int(v) for v in yt[i]] if task == "multilabel" else [int(yt[i])]
-            w.writerow([int(test_idx[i]), *ytrue, int(pred[i]), *[f"{v:.6g}" for v in probs[i]],
+            w.writerow([int(idx[i]), *ytrue, int(pred[i]), *[f"{v:.6g}" for v in probs[i]],
                         *[str(c[i]) for c in cols.values()]])
 
 
@@ -132,7 +140,7 @@ def _log_saliency(ctx: RunContext, tracker: Tracker, primary: PrimaryModel, spli
     """Log ``saliency/``: PNGs of up to ``max_examples`` correct and incorrect test examples, with an index.
 
     Grad-CAM for images ``(B, C, *S)``, input × gradient for signals ``(B, leads, T)``; ``pred``, ``correct`` and
-    ``confidence`` are the test predictions of :func:`_test_predictions`.
+    ``confidence`` are the test predictions of :func:`_split_predictions`.
     """
     import torch
 
