@@ -130,10 +130,32 @@ def masked_contrastive(
     return loss, valid
 
 
-def weighted_mean(loss: torch.Tensor, valid: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean of ``loss`` over ``valid`` anchors (optionally weighted); a graph-connected 0 if none is valid."""
+def ddp_denominator(total: torch.Tensor, distributed_mean: bool) -> torch.Tensor:
+    """The denominator of a mean over anchors that DDP's averaging turns into the mean over every rank's anchors.
+
+    DDP averages the ranks' gradients, i.e. it trains on ``(1/W) sum_r L_r``. With ``L_r = sum_{a in r} l_a /
+    (total / W)`` (``total`` summed over the ranks, ``W`` ranks) that is ``sum_a l_a / total``: the global mean,
+    even when the ranks hold different numbers (or weights) of valid anchors. With one process, or
+    ``distributed_mean`` off, ``total`` itself.
+
+    Args:
+        total: this rank's sum of anchor weights (no gradient flows through it).
+        distributed_mean: normalise by the global total (the loss gathers keys across ranks).
+    """
+    if not distributed_mean or not distributed.is_distributed():
+        return total
+    return distributed.all_reduce_sum(total.detach()) / distributed.world_size()
+
+
+def weighted_mean(loss: torch.Tensor, valid: torch.Tensor, weight: torch.Tensor | None = None,
+                  distributed_mean: bool = False) -> torch.Tensor:
+    """Mean of ``loss`` over ``valid`` anchors (optionally weighted); a graph-connected 0 if none is valid.
+
+    With ``distributed_mean`` the denominator is the global one (:func:`ddp_denominator`), so that the ranks'
+    averaged losses and gradients equal those of the whole batch on one process.
+    """
     w = valid.to(loss.dtype) if weight is None else weight.to(loss.dtype) * valid.to(loss.dtype)
-    total = w.sum()
+    total = ddp_denominator(w.sum(), distributed_mean)
     safe = torch.where(valid, loss, torch.zeros_like(loss))
     out = (safe * w).sum() / total.clamp_min(torch.finfo(loss.dtype).tiny)
     return out

@@ -8,7 +8,7 @@ from torch import nn
 
 from medcl.errors import ConfigError, DataError
 from medcl.lookup import did_you_mean
-from medcl.losses._common import check_temperature, compute_dtype
+from medcl.losses._common import check_temperature, compute_dtype, ddp_denominator
 
 PROTOTYPE_METHODS = ("auto", "etf", "optimized")
 
@@ -59,13 +59,15 @@ class PrototypeLoss(nn.Module):
         temperature: softmax temperature.
         method: ``"auto"``, ``"etf"`` (needs D >= C) or ``"optimized"``.
         seed: seed of the prototype construction.
+        gather_distributed: under DDP, average over the labelled rows of *every* rank (a per-rank mean differs
+            from the global one when the ranks hold different numbers of labelled rows); no-op on one process.
 
     Shapes:
         ``forward(features (N, D) or (N, V, D), labels (N,) int64) -> ()``.
     """
 
     def __init__(self, num_classes: int = 2, dim: int = 128, temperature: float = 0.1, method: str = "auto",
-                 seed: int = 0) -> None:
+                 seed: int = 0, gather_distributed: bool = False) -> None:
         """Check the settings and build the fixed prototypes ``(C, D)`` (a buffer, not trained)."""
         super().__init__()
         where = "PrototypeLoss"
@@ -84,6 +86,7 @@ class PrototypeLoss(nn.Module):
         protos = simplex_etf(num_classes, dim, seed) if use_etf else optimized_prototypes(num_classes, dim, seed)
         self.register_buffer("prototypes", protos)
         self.num_classes, self.dim, self.method = num_classes, dim, "etf" if use_etf else "optimized"
+        self.gather_distributed = bool(gather_distributed)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Cosine logits ``(..., C)`` (float32) of features ``(..., D)``."""
@@ -115,7 +118,8 @@ class PrototypeLoss(nn.Module):
         valid = (labels >= 0) & (labels < self.num_classes)
         ce = F.cross_entropy(logits, labels.clamp(0, self.num_classes - 1), reduction="none")
         ce = torch.where(valid, ce, torch.zeros_like(ce))
-        return ce.sum() / valid.sum().clamp_min(1)
+        return ce.sum() / ddp_denominator(valid.sum().to(ce.dtype), self.gather_distributed).clamp_min(
+            torch.finfo(ce.dtype).tiny)
 
     def extra_repr(self) -> str:
         """Classes, width, temperature and prototype method, for ``print(module)``."""

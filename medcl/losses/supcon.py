@@ -93,7 +93,8 @@ class SupConLoss(nn.Module):
                 anchor_weight: torch.Tensor | None = None, exclude: torch.Tensor | None = None) -> torch.Tensor:
         exclude = vb.self_mask if exclude is None else exclude
         loss, valid = masked_contrastive(vb.anchors, vb.keys, pos, exclude, self.temperature, bias)
-        return (self.temperature / self.base_temperature) * weighted_mean(loss, valid, anchor_weight)
+        return (self.temperature / self.base_temperature) * weighted_mean(loss, valid, anchor_weight,
+                                                                           self.gather_distributed)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """SupCon loss of a batch (SimCLR's NT-Xent over the views when ``labels`` is None).

@@ -209,7 +209,8 @@ class Prototypes(SupCon):
                  supcon_weight: float = 1.0, prototype_temperature: float = 0.1, **supcon: object) -> None:
         """Build SupCon and the fixed prototypes in the projector's output space."""
         super().__init__(encoder, **supcon)
-        self.prototype_loss = PrototypeLoss(num_classes, self.out_dim, prototype_temperature)
+        self.prototype_loss = PrototypeLoss(num_classes, self.out_dim, prototype_temperature,
+                                            gather_distributed=bool(getattr(self.criterion, "gather_distributed", False)))
         self.prototype_weight, self.supcon_weight = float(prototype_weight), float(supcon_weight)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -17,7 +17,19 @@ import sys
 import torch
 
 from medcl import distributed as dist
-from medcl.losses import MoCoV3Loss, NTXentLoss, SupConLoss
+from medcl.losses import (
+    LOSSES,
+    BalancedSupConLoss,
+    CLOCSLoss,
+    DenseContrastLoss,
+    GraphSupConLoss,
+    HardNegativeSupConLoss,
+    MoCoV3Loss,
+    NTXentLoss,
+    PatientContrastLoss,
+    PrototypeLoss,
+    SupConLoss,
+)
 
 
 def main(out_path: str) -> None:
@@ -52,18 +64,75 @@ def main(out_path: str) -> None:
 
         return DiceCELoss(gather_distributed=gather)(proj(xb).transpose(1, 2), lb)
 
-    report: dict[str, object] = {"world_size": w}
-    cases = [("ntxent", ntx, labels), ("supcon", sup, labels), ("supcon_simclr_one", simclr_v, labels),
-             ("moco_v3", moco, labels), ("dice_ce", dice_ce, seg_labels)]
-    for name, fn, labels in cases:
-        proj.zero_grad()
-        full = fn(x, labels, False)
+    # patients / records shared across the two ranks' halves; unlabelled rows (-1) unevenly spread, so that a
+    # per-rank mean over a different number of valid anchors would differ from the global one
+    patients = torch.tensor([0, 1, 2, 0, 3, 1, 2, 3])
+    sparse = torch.tensor([0, -1, 2, -1, 1, 1, 2, 0]) if w == 2 else labels  # 2 labelled rows on rank 0, 4 on rank 1
+    multi = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 0], [1, 0, 1], [0, 1, 0], [0, 0, 1], [1, 0, 0]],
+                         dtype=torch.float64)
+    multi[5] = float("nan")  # one unlabelled row
+
+    def patient(xb, lb, gather):
+        return PatientContrastLoss(0.1, gather_distributed=gather)(proj(xb), lb)
+
+    def clocs(xb, lb, gather):
+        return CLOCSLoss(0.1, positives="patient", gather_distributed=gather)(proj(xb), lb)
+
+    def clocs_record(xb, lb, gather):
+        return CLOCSLoss(0.1, positives="record", gather_distributed=gather)(proj(xb), None, lb)
+
+    def hardneg(xb, lb, gather):
+        return HardNegativeSupConLoss(0.1, hard_pairs=[(0, 1)], hard_weight=3.0, classes=["a", "b", "c"],
+                                      gather_distributed=gather)(proj(xb), lb)
+
+    def graph(xb, lb, gather):
+        sim = [[1.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 1.0]]
+        return GraphSupConLoss(0.1, similarity=sim, gather_distributed=gather)(proj(xb), lb)
+
+    def balanced(xb, lb, gather):  # class weights make the anchor mean a weighted one
+        return BalancedSupConLoss(0.1, mode="class_balanced", num_classes=3, class_counts=[50, 5, 20],
+                                  gather_distributed=gather)(proj(xb), lb)
+
+    torch.manual_seed(3)
+    bcl = BalancedSupConLoss(0.1, mode="both", num_classes=3, dim=dout, class_counts=[50, 5, 20]).double()
+
+    def balanced_both(xb, lb, gather):  # + learnable prototypes as keys (BCL)
+        bcl.gather_distributed = gather
+        return bcl(proj(xb), lb)
+
+    def prototype(xb, lb, gather):
+        return PrototypeLoss(num_classes=3, dim=dout, gather_distributed=gather)(proj(xb), lb)
+
+    xd = torch.randn(big_n, 2, din, 3, 3, dtype=torch.float64)
+
+    def dense(xb, lb, gather):  # dense maps (n, D, 3, 3) of two aligned views; same sampled locations on every rank
+        f = proj(xb.movedim(2, -1)).movedim(-1, 2)
+        g = torch.Generator().manual_seed(7)
+        return DenseContrastLoss(0.1, num_samples=4, local_negatives=lb, gather_distributed=gather)(
+            f[:, 0], f[:, 1], generator=g)
+
+    report: dict[str, object] = {"world_size": w, "losses": sorted(LOSSES)}
+    cases = [("ntxent", ntx, labels, x), ("supcon", sup, labels, x), ("supcon_simclr_one", simclr_v, labels, x),
+             ("moco_v3", moco, labels, x), ("dice_ce", dice_ce, seg_labels, x),
+             ("patient", patient, patients, x), ("clocs", clocs, patients, x),
+             ("clocs_record", clocs_record, patients, x), ("hard_negative_supcon", hardneg, sparse, x),
+             ("graph_supcon", graph, multi, x), ("balanced_supcon", balanced, sparse, x),
+             ("balanced_supcon_both", balanced_both, sparse, x), ("prototype", prototype, sparse, x),
+             ("dense", dense, "image", xd), ("dense_batch", dense, "batch", xd)]
+    for name, fn, labels, inputs in cases:
+        params = list(proj.parameters()) + list(bcl.parameters())
+        for prm in params:
+            prm.grad = None
+        lab = labels  # a tensor per sample, or dense's local_negatives mode (a str)
+        full = fn(inputs, lab, False)
         full.backward()
-        ref = [p.grad.clone() for p in proj.parameters()]
-        proj.zero_grad()
-        local = fn(x[mine], labels[mine], True)
+        ref = [prm.grad.clone() if prm.grad is not None else torch.zeros_like(prm) for prm in params]
+        for prm in params:
+            prm.grad = None
+        local = fn(inputs[mine], lab if isinstance(lab, str) else lab[mine], True)
         local.backward()
-        grads = [dist.all_reduce_mean(p.grad) for p in proj.parameters()]  # what DDP does
+        grads = [dist.all_reduce_mean(prm.grad if prm.grad is not None else torch.zeros_like(prm))
+                 for prm in params]  # what DDP does
         loss = dist.all_reduce_mean(local.detach())
         report[name] = {
             "loss_full": full.item(), "loss_dist": float(loss),
