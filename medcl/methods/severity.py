@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medcl import distributed
 from medcl.errors import ConfigError, DataError
 from medcl.losses import SupConLoss
 from medcl.methods.base import ContrastiveMethod, view_stats
@@ -264,8 +265,13 @@ class OCTSeverity(ContrastiveMethod):
     SupCon. The autoencoder and the labels are buffers/frozen submodules, so they are saved in
     checkpoints and a resumed run skips the fit.
 
-    Under ``torchrun`` call :meth:`setup` with the same, un-sharded loader on every rank (or
-    load a checkpoint), so that all ranks share one set of pseudo-labels.
+    The anomaly model is fitted, and the training set scored and binned, **once**: on rank 0, from the loader
+    :meth:`setup` is given (the pretrain stage gives the un-augmented training images, every one of them, as the
+    paper scores the scans themselves); the fitted autoencoder, the bin edges and the pseudo-label table are then
+    broadcast, so every rank trains on the same pseudo-labels. A resumed run loads them from the checkpoint.
+
+    Differs from the paper: the anomaly model is a small convolutional autoencoder (the paper's GradCon uses its
+    own architecture), fitted for ``ae_epochs`` epochs; the bins are quantiles of the training scores.
 
     Args:
         encoder: the backbone.
@@ -324,12 +330,30 @@ class OCTSeverity(ContrastiveMethod):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     def setup(self, loader: Iterable[Mapping[str, torch.Tensor]] | None = None) -> None:
-        """Fit the anomaly model on normal scans, then bin the severity of every training image."""
+        """Fit the anomaly model and bin every image's severity on rank 0, then share them with every rank.
+
+        Rank 0 fits on the normal scans of ``loader`` and scores all of its images; the model, the bin edges and
+        the pseudo-labels are broadcast.
+
+        Args:
+            loader: batches with ``"image"`` (or ``"views"``: view 0 is used), ``"label"`` and ``"index"`` — the
+                whole training set, un-augmented (only rank 0 reads it).
+        """
         if bool(self.fitted):
             return  # restored from a checkpoint
-        if loader is None:
-            raise ConfigError("oct-severity needs the training loader in setup()", where="method oct-severity",
-                              fix="call method.setup(train_loader) before training")
+        state = None
+        if distributed.rank() == 0:
+            if loader is None:
+                raise ConfigError("oct-severity needs the training images in setup()", where="method oct-severity",
+                                  fix="call method.setup(loader) before training")
+            state = self._fit_and_score(loader)
+        state = distributed.broadcast_object(state)
+        device = next(self.severity_model.parameters()).device
+        self.severity_model.load_state_dict({k: v.to(device) for k, v in state["model"].items()})
+        self.set_pseudo_labels(state["scores"], state["rows"])
+
+    def _fit_and_score(self, loader: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, object]:
+        """``{"model": the fitted autoencoder's state (CPU), "scores" (N,), "rows" (N,)}`` from ``loader``."""
         for p in self.severity_model.parameters():
             p.requires_grad_(True)
         fit_severity_model(loader, model=self.severity_model, normal_label=self.normal_label,
@@ -341,8 +365,8 @@ class OCTSeverity(ContrastiveMethod):
                                 fix="let the pretraining loader return the dataset row index")
             scores.append(severity_scores(self.severity_model, x, wrt=self.gradient_wrt).cpu())
             rows.append(idx.long().cpu())
-        s, r = torch.cat(scores), torch.cat(rows)
-        self.set_pseudo_labels(s, r)
+        return {"model": {k: v.detach().cpu() for k, v in self.severity_model.state_dict().items()},
+                "scores": torch.cat(scores), "rows": torch.cat(rows)}
 
     def set_pseudo_labels(self, scores: torch.Tensor, rows: torch.Tensor) -> None:
         """Compute bin edges from ``scores`` ``(N,)`` and store each row's bin (``rows`` ``(N,)``)."""

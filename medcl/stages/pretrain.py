@@ -25,7 +25,7 @@ from medcl.engine.optim import build_optimizer
 from medcl.engine.resume import Launch, load_resume_state, saved_launch
 from medcl.engine.schedule import build_scheduler
 from medcl.engine.wrap import maybe_compile, unwrap_model, wrap_ddp
-from medcl.methods import METHODS, build_method, method_options
+from medcl.methods import METHODS, Method, build_method, method_options
 from medcl.stages.common import (
     budget,
     data_modality,
@@ -77,8 +77,8 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     # -- model: encoder + heads + loss -------------------------------------------------------------
     encoder = make_encoder(cfg)
     method = _build_method(ctx, encoder)
-    if hasattr(method, "setup"):
-        method.setup(loader_factory(0))
+    if type(method).setup is not Method.setup:  # a method that reads the training set first (oct-severity)
+        method.setup(_setup_loader(ctx, items) if ctx.rank == 0 else None)
     model = _wrap(ctx, method)
 
     # -- optimisation ----------------------------------------------------------------------------------
@@ -145,6 +145,12 @@ def _hand_on(ctx: RunContext, tracker: Tracker, model: Any, probe: Any) -> tuple
     if hand_on.get("selected_step") is not None:
         tracker.log_metrics({"probe/selected_step": float(hand_on["selected_step"])})
     return hand_on, encoder_uri
+
+
+def _setup_loader(ctx: RunContext, items: list[dict]) -> Any:
+    """Every training image once, un-augmented, in order (one process): what a method's ``setup`` reads."""
+    return make_loader(ctx, items, make_transforms(ctx.cfg, train=False), batch_size=ctx.cfg.data.batch_size,
+                       shuffle=False, train=False, distributed=False)
 
 
 def _per_patient(p: Any) -> int | None:

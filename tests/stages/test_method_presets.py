@@ -107,3 +107,30 @@ def test_shuffled_batches_stay_the_default_of_other_methods(demo_data, tmp_path)
     tracker = NullTracker()
     run(ctx, tracker)
     assert tracker.params["pretrain.batches_formed"] == "shuffle"
+
+
+def test_oct_severity_is_set_up_on_every_training_image_unaugmented(demo_data, tmp_path, monkeypatch):
+    """The anomaly model sees the scans themselves (the evaluation chain, no views), each training image once."""
+    from medcl.methods import OCTSeverity
+    from medcl.stages.pretrain import run
+
+    seen: dict[str, object] = {}
+    fit_and_score = OCTSeverity._fit_and_score
+
+    def spy(self, loader):
+        batches = list(loader)
+        seen["keys"] = set().union(*(b.keys() for b in batches))
+        seen["rows"] = sorted(i for b in batches for i in b["index"].tolist())
+        seen["twice"] = [torch.equal(a["image"], b["image"]) for a, b in zip(batches, list(loader))]
+        return fit_and_score(self, batches)
+
+    monkeypatch.setattr(OCTSeverity, "_fit_and_score", spy)
+    cfg = load_config(_pipeline(tmp_path, REPO / "configs" / "method" / "oct-severity.yaml", demo_data),
+                      ["pretrain.method_options.ae_epochs=1", "pretrain.method_options.num_bins=3"])
+    data = prepare_data(cfg)
+    ctx = RunContext(cfg, "k", tmp_path / "runs" / "r", data, device=torch.device("cpu"))
+    ctx.run_dir.mkdir(parents=True)
+    run(ctx, NullTracker())
+    assert "image" in seen["keys"] and "views" not in seen["keys"]
+    assert seen["rows"] == sorted(it["index"] for it in data.items("train"))
+    assert all(seen["twice"])  # deterministic: no random augmentation
