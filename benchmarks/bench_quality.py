@@ -59,7 +59,7 @@ GENERIC = ["simclr", "moco", "micle", "supcon", "supcon-balanced", "prototypes"]
 SPECIFIC: dict[str, dict[str, list[str]]] = {
     "supcon-hardneg": {"oct": ["pretrain.method_options.hard_pairs=[[early, intermediate]]"],
                        "fundus": ["pretrain.method_options.hard_pairs=[[moderate, severe]]"],
-                       "histo": ["pretrain.method_options.hard_pairs=[[tumour, stroma]]"]},
+                       "histo": ["pretrain.method_options.hard_pairs=[[stroma, normal]]"]},
     "supcon-graph": {"oct": ["pretrain.method_options.similarity={classes: [normal, early, intermediate], "
                              "edges: [[normal, early, 0.5], [early, intermediate, 0.5]]}"],
                      "fundus": ["pretrain.method_options.similarity={classes: [no_dr, mild, moderate, severe], "

@@ -71,3 +71,19 @@ def test_supcon_hardneg_refuses_to_run_as_plain_supcon():
         build_method("supcon-hardneg", enc, classes=CLASSES, hard_pairs=[["early", "intermediate"]], hard_weight=1.0)
     m = build_method("supcon-hardneg", enc, classes=CLASSES, hard_pairs=[["early", "intermediate"]])
     assert m.criterion.hard_pairs == [(1, 2)]
+
+
+def test_the_histo_egcl_pipeline_states_pairs_of_its_own_classes():
+    from pathlib import Path
+
+    from medcl.methods import build_method
+    from medcl.networks import build_encoder
+    from medcl.pipeline import load_pipeline
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_pipeline(root / "pipelines" / "histo_tissue_egcl.yaml", ["data.manifest=x.csv"])
+    assert cfg.pretrain.method == "supcon-hardneg"
+    enc = build_encoder("tiny_cnn", in_channels=3, spatial_dims=2)
+    m = build_method(cfg.pretrain.method, enc, classes=cfg.data.classes, **cfg.pretrain.method_options)
+    pairs = {frozenset(cfg.data.classes[i] for i in p) for p in m.criterion.hard_pairs}
+    assert pairs == {frozenset({"stroma", "normal"})}
