@@ -62,9 +62,30 @@ class DataBundle:
             return ~np.isnan(self.y).any(axis=1)
         return self.y >= 0
 
+    def record_ids(self) -> np.ndarray:
+        """``(N,)`` int64 recording of each row.
+
+        Rows with the same ``record`` manifest column (within a patient) share one id; without the column every
+        row is its own recording (its position).
+        """
+        if not any("record" in r.extra for r in self.records):
+            return np.arange(len(self.records), dtype=np.int64)
+        ids: dict[tuple[str, str], int] = {}
+        out = np.empty(len(self.records), dtype=np.int64)
+        for i, r in enumerate(self.records):
+            value = str(r.extra.get("record") or "").strip()
+            key = (r.patient, value) if value else ("", f"row-{i}")  # an empty cell: a recording of its own
+            out[i] = ids.setdefault(key, len(ids))
+        return out
+
     def items(self, split: str | None = None, labelled: bool = False) -> list[dict[str, Any]]:
-        """Dataset items (dicts of path strings and ints) for MONAI datasets."""
+        """Dataset items (dicts of path strings and ints) for MONAI datasets.
+
+        Each item: ``image``, ``label``, ``patient`` (int), ``index`` (position in ``records``), ``record``
+        (:meth:`record_ids`: the recording, for CLOCS's ``positives: record``) and ``mask`` when the row has one.
+        """
         out = []
+        records = self.record_ids()
         for i in self.indices(split, labelled):
             r = self.records[i]
             lab = self.y[i]
@@ -73,6 +94,7 @@ class DataBundle:
                 "label": lab.astype(np.float32) if self.y.ndim == 2 else int(lab),
                 "patient": self.patient_index[r.patient],
                 "index": int(i),
+                "record": int(records[i]),
             }
             if r.mask is not None:
                 item["mask"] = str(r.mask)

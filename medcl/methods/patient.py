@@ -59,9 +59,17 @@ class CLOCS(ContrastiveMethod):
     Kiyasseh et al., "Contrastive Learning of Cardiac Signals Across Space, Time, and Patients",
     ICML 2021.
 
-    The V views of a row are temporal segments (CMSC), lead groups (CMLC) or both (CMSMLC) of
-    one recording, cut by the ECG view transform; each view is contrasted with the other views,
-    positives being the same row, the same record (``batch["record"]``) or the same patient.
+    The V views of a row are cut by the ECG preset's ``transforms.view_mode``
+    (:class:`~medcl.transforms.views.ClocsViewsd`; the ``clocs`` preset sets ``cmsc``): temporally adjacent,
+    non-overlapping segments (CMSC), lead groups of one window (CMLC) or both (CMSMLC). Each view is contrasted
+    with the other views (``cross_view_only``, as in the paper), positives being views of the same patient (the
+    paper's choice), of the same recording (``batch["record"]``: a manifest ``record`` column, else each row), or
+    of the same row.
+
+    Differs from the paper: CLOCS feeds each lead as a separate single-lead input; here one 12-lead encoder sees
+    a view's lead group with the other leads zeroed (default groups: limb vs precordial), and views may also get
+    the preset's intensity augmentations (amplitude, wander, noise, lead dropout; set their probabilities to 0
+    for the paper's plain segments).
 
     Args:
         encoder: a 1D backbone (``xresnet1d``, ``resnet1d``).

@@ -47,6 +47,9 @@ class Preset:
             (:mod:`medcl.transforms.batch`, ``augment_on: batch``): ``part(params)`` is the random part that
             stays in the DataLoader (the random crop that makes every sample one size); ``None``: only
             ``augment_on: sample``.
+        multi_view: ``multi_view(params, random part, final transform, views)`` → the transform that makes the
+            ``V`` views of a training sample; ``None``: :class:`~medcl.transforms.views.MultiViewd` (``V``
+            independent draws of the random part). The ECG preset cuts CLOCS views here.
     """
 
     name: str
@@ -57,6 +60,7 @@ class Preset:
     summary: str = ""
     size_keys: tuple[str, ...] = field(default=("spatial_size",))
     batch_sample_part: Callable[[dict[str, Any]], list] | None = None
+    multi_view: Callable[[dict[str, Any], list, Any, int], Any] | None = None
 
 
 def _pair(v: Any) -> tuple[float, float]:
@@ -285,6 +289,29 @@ def _ecg(p: dict, train: bool) -> tuple[list, list]:
     return det, rand
 
 
+def _ecg_views(p: dict, rand: list, final: Any, views: int) -> Any:
+    """The views of an ECG record: independent random windows, or CLOCS's segments / lead groups.
+
+    ``view_mode: random`` draws the whole random part per view; the CLOCS modes
+    (:class:`~medcl.transforms.views.ClocsViewsd`) replace the random window and the random lead group, and the
+    other augmentations run on each view.
+    """
+    from medcl.transforms import signal as st  # lazy: monai
+    from medcl.transforms.compose import PlainCompose  # lazy: monai
+    from medcl.transforms.views import ECG_VIEW_MODES, ClocsViewsd, MultiViewd  # lazy: monai
+
+    mode = p["view_mode"]
+    if mode not in ECG_VIEW_MODES:
+        raise ConfigError(f"unknown view_mode {mode!r}{did_you_mean(mode, ECG_VIEW_MODES, paren=True)}",
+                          where="transforms.view_mode", fix=f"use one of {', '.join(ECG_VIEW_MODES)}")
+    if mode == "random":
+        return MultiViewd(PlainCompose([*rand, final], copy_inputs=False), views=views, keys=p["keys"])
+    per_view = [t for t in rand if not isinstance(t, st.RandTimeCropd | st.RandLeadGroupd)]
+    length = int(round(p["window_s"] * float(p["sampling_rate"])))
+    return ClocsViewsd(PlainCompose([*per_view, final], copy_inputs=False), views=views, keys=p["keys"],
+                       length=length, mode=mode, groups=p["lead_groups"])
+
+
 # ------------------------------------------------------------------------------------------------
 # registry
 
@@ -332,9 +359,10 @@ PRESETS: dict[str, Preset] = {
          "mv_scale": 1.0, "amplitude_scale": (0.8, 1.2), "amplitude_prob": 0.5,
          "wander_amplitude": 0.1, "wander_freq": (0.05, 0.5), "wander_prob": 0.5,
          "noise_std": 0.05, "noise_prob": 0.5, "lead_dropout": 0.1,
-         "lead_groups": None, "lead_group_mode": "mask", "lead_group_prob": 0.0},
+         "lead_groups": None, "lead_group_mode": "mask", "lead_group_prob": 0.0, "view_mode": "random"},
         _ecg, "resample, per-lead z-score or mV scale, time window; aug: time crop, amplitude, wander, noise, "
-              "lead dropout, lead groups", size_keys=()),
+              "lead dropout, lead groups; views: random windows or CLOCS (cmsc, cmlc, cmsmlc)", size_keys=(),
+        multi_view=_ecg_views),
 }
 
 
@@ -452,6 +480,8 @@ def build_transforms(preset: str, *, train: bool, views: int = 2, augment_on: st
         return MedclCompose([load, *det, final])
     if int(views) >= 2:
         # the views' augmentations run on plain tensors (PlainCompose): same output, half the CPU time
+        if spec.multi_view is not None and augment_on == "sample":
+            return MedclCompose([load, *det, spec.multi_view(p, rand, final, int(views))])
         return MedclCompose([load, *det, MultiViewd(PlainCompose([*rand, final], copy_inputs=False), views=int(views),
                                                     keys=p["keys"])])
     # one view (fine-tuning, segmentation with masks): the same plain-tensor augmentation, image and masks alike

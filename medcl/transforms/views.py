@@ -20,6 +20,7 @@ from monai.utils import MAX_SEED
 
 from medcl.errors import ConfigError, DataError
 from medcl.transforms.compose import PlainCompose
+from medcl.transforms.signal import LEAD_GROUPS_12, crop_or_pad_time
 
 
 class MultiViewd(Randomizable, MapTransform):
@@ -84,6 +85,10 @@ class MultiViewd(Randomizable, MapTransform):
                 v = d[k].as_tensor() if plain and isinstance(d[k], MetaTensor) else d[k]
                 src[k] = v.clone() if isinstance(v, torch.Tensor) else v
             per_view.append(self.aug(src))
+        return self._stack(d, keys, per_view)
+
+    def _stack(self, d: dict[Hashable, Any], keys: list[Hashable], per_view: list[dict]) -> dict[Hashable, Any]:
+        """``d`` with each key's views stacked ``(V, C, *spatial)`` under its output key (the source dropped)."""
         for i, k in enumerate(keys):
             arrays = [v[k].as_tensor() if isinstance(v[k], MetaTensor) else torch.as_tensor(v[k]) for v in per_view]
             shapes = {tuple(a.shape) for a in arrays}
@@ -94,3 +99,78 @@ class MultiViewd(Randomizable, MapTransform):
             if not self.keep_source:
                 d.pop(k, None)
         return d
+
+
+#: how the views of an ECG record are cut (``transforms.view_mode`` of the ``ecg`` preset)
+ECG_VIEW_MODES: tuple[str, ...] = ("random", "cmsc", "cmlc", "cmsmlc")
+
+
+class ClocsViewsd(MultiViewd):
+    """``V`` views of one ECG record as CLOCS cuts them (Kiyasseh, Zhu & Clifton, ICML 2021).
+
+    * ``"cmsc"`` (Contrastive Multi-Segment Coding): ``V`` temporally adjacent, non-overlapping windows of
+      ``length`` samples from one random start ``s ~ U{0, ..., T - V * length}``: view ``v`` is
+      ``x[:, s + v * length : s + (v + 1) * length]``.
+    * ``"cmlc"`` (Contrastive Multi-Lead Coding): ``V`` views of the same random window; view ``v`` keeps lead group
+      ``v`` (groups in name order, cycled), the other leads zeroed.
+    * ``"cmsmlc"``: both — adjacent windows, view ``v`` with lead group ``v``.
+
+    Each view then goes through ``aug`` (the preset's per-view intensity augmentations, which may do nothing).
+    A record shorter than the span is zero-padded at the end (as the random window of the ``random`` mode).
+
+    Differs from the paper: CLOCS feeds each lead to the network as its own single-lead input; here a 12-lead
+    encoder sees the view's lead group with the other leads zeroed (so one encoder serves every group), and the
+    default groups are limb vs precordial leads (:data:`~medcl.transforms.signal.LEAD_GROUPS_12`).
+
+    Args:
+        aug: per-view augmentation applied after cutting.
+        views: ``V``.
+        keys: signal keys ``(leads, T)``.
+        length: window length in samples.
+        mode: ``"cmsc"``, ``"cmlc"`` or ``"cmsmlc"``.
+        groups: lead groups ``{name: lead indices}`` (``cmlc`` / ``cmsmlc``); default limb vs precordial.
+    """
+
+    def __init__(self, aug: Callable[[dict], dict], views: int, keys: KeysCollection, length: int, mode: str,
+                 groups: Mapping[str, Any] | None = None, out_key: str = "views") -> None:
+        """Check the mode and the groups; see the class docstring."""
+        super().__init__(aug, views=views, keys=keys, out_key=out_key)
+        if mode not in ECG_VIEW_MODES[1:]:
+            raise ConfigError(f"unknown CLOCS view mode {mode!r}", where="transforms.view_mode",
+                              fix=f"use one of {', '.join(ECG_VIEW_MODES)}")
+        self.length, self.mode = int(length), mode
+        self.groups = [tuple(int(i) for i in g) for _, g in sorted((groups or LEAD_GROUPS_12).items())]
+        if mode != "cmsc" and len(self.groups) < 2:
+            raise ConfigError(f"{mode} needs at least 2 lead groups, got {len(self.groups)}",
+                              where="transforms.lead_groups", fix="give e.g. {limb: [0, 1, 2, 3, 4, 5], "
+                              "precordial: [6, 7, 8, 9, 10, 11]}")
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Cut the views (one random start for the record), augment each and stack them ``(V, leads, length)``."""
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        signals = {k: (d[k].as_tensor() if isinstance(d[k], MetaTensor) else torch.as_tensor(d[k])) for k in keys}
+        first = signals[keys[0]]
+        if first.ndim != 2:
+            raise DataError(f"CLOCS views need a signal (leads, T), got shape {tuple(first.shape)}",
+                            where="ClocsViewsd", fix="use view_mode random for non-ECG data")
+        segments = self.mode in ("cmsc", "cmsmlc")
+        span = self.length * (self.views if segments else 1)
+        start = int(self.R.randint(0, max(first.shape[-1] - span, 0) + 1))
+        per_view: list[dict] = []
+        for v in range(self.views):
+            src = dict(d)
+            for k, x in signals.items():
+                seg = crop_or_pad_time(x, start + (v * self.length if segments else 0), self.length)
+                if self.mode != "cmsc":
+                    group = self.groups[v % len(self.groups)]
+                    if max(group) >= seg.shape[0]:
+                        raise DataError(f"lead group {group} needs {max(group) + 1} leads, the record has "
+                                        f"{seg.shape[0]}", where="ClocsViewsd",
+                                        fix="set transforms.lead_groups to indices that exist in your records")
+                    keep = torch.zeros(seg.shape[0], dtype=seg.dtype)
+                    keep[list(group)] = 1
+                    seg = seg * keep[:, None]
+                src[k] = seg.clone()
+            per_view.append(self.aug(src))
+        return self._stack(d, keys, per_view)

@@ -134,3 +134,50 @@ def test_oct_severity_is_set_up_on_every_training_image_unaugmented(demo_data, t
     assert "image" in seen["keys"] and "views" not in seen["keys"]
     assert seen["rows"] == sorted(it["index"] for it in data.items("train"))
     assert all(seen["twice"])  # deterministic: no random augmentation
+
+
+def test_clocs_positives_by_record_work_from_a_pipeline(demo_data, tmp_path, monkeypatch):
+    """``positives: record`` gets record ids from the loader (a manifest ``record`` column, else one per row) and
+    CLOCS cuts adjacent segments (the preset's view_mode cmsc)."""
+    import csv
+
+    from medcl.methods import CLOCS
+    from medcl.stages.pretrain import run
+
+    # two rows of each patient are the same recording (e.g. two exports of one ECG)
+    src = demo_data / "ecg" / "manifest.csv"
+    rows = list(csv.DictReader(src.open()))
+    seen_patient: dict[str, int] = {}
+    for r in rows:
+        n = seen_patient[r["patient_id"]] = seen_patient.get(r["patient_id"], -1) + 1
+        r["record"] = f"rec-{min(n, 1)}"
+    manifest = demo_data / "ecg" / "manifest_records.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+    batches: list[dict] = []
+    forward = CLOCS.forward
+
+    def spy(self, batch):
+        batches.append({k: batch[k].clone() for k in ("record", "patient")})
+        return forward(self, batch)
+
+    monkeypatch.setattr(CLOCS, "forward", spy)
+    cfg = load_config(_pipeline(tmp_path, REPO / "configs" / "method" / "clocs.yaml", demo_data),
+                      [f"data.manifest={manifest}", "pretrain.method_options.positives=record"])
+    assert cfg.transforms.view_mode == "cmsc"
+    data = prepare_data(cfg)
+    ids = data.record_ids()
+    # rows share an id exactly when they have the same patient and record cell
+    keys = [(r.patient, r.extra["record"]) for r in data.records]
+    for i in range(len(keys)):
+        for j in range(len(keys)):
+            assert (ids[i] == ids[j]) == (keys[i] == keys[j])
+    ctx = RunContext(cfg, "k", tmp_path / "runs" / "r", data, device=torch.device("cpu"))
+    ctx.run_dir.mkdir(parents=True)
+    out = run(ctx, NullTracker())
+    assert np.isfinite(out["final_loss"])
+    assert batches and all(b["record"].shape == b["patient"].shape for b in batches)
+    assert set(torch.cat([b["record"] for b in batches]).tolist()) <= set(ids.tolist())
