@@ -22,6 +22,7 @@ import torch
 from medcl.errors import ConfigError, DataError
 from medcl.losses import PrototypeLoss
 from medcl.methods.base import CriterionMethod, view_stats
+from medcl.methods.ontology import concept_similarity, load_concept_graph
 from medcl.networks.base import Encoder
 
 
@@ -109,10 +110,16 @@ class SupConHardNegative(SupCon):
 
 
 class SupConGraph(SupCon):
-    """Multi-label SupCon with positives weighted by label-set similarity in a class ontology.
+    """Multi-label SupCon with positives weighted by label-set similarity in a class ontology (MAR-ECG style).
 
-    The criterion is :class:`~medcl.losses.GraphSupConLoss` (options ``similarity``: a ``(K, K)`` matrix or an
-    ontology spec ``{"classes": [...], "edges": [[a, b, w], ...]}``; ``graph_mode``; ``min_similarity``).
+    The criterion is :class:`~medcl.losses.GraphSupConLoss` (options ``similarity``: a concept graph — the shipped
+    cardiac graph ``"ecg_scp"`` or a ``.yaml``/``.json`` file, :mod:`medcl.methods.ontology` —, a ``(K, K)`` matrix
+    or an inline spec ``{"classes": [...], "edges": [[a, b, w], ...]}``; ``graph_mode``; ``min_similarity``).
+
+    MAR-ECG aligns ECG representations with the relations between cardiac statements; what medcl does is one
+    concrete form of that idea, not the paper's architecture: the weight of a positive pair is the soft cosine of
+    the two label sets under the graph's class similarity (:func:`~medcl.losses.graph.label_set_similarity`, a
+    path's similarity being the product of its is-a edge weights), inside SupCon's "out" loss.
 
     Args:
         classes: the data's class names; a spec's matrix is reordered into their order.
@@ -127,7 +134,23 @@ class SupConGraph(SupCon):
     loss = "graph_supcon"
 
     def __init__(self, encoder: Encoder, *, classes: list[str] | None = None, **supcon: object) -> None:
-        """Build SupCon with the graph criterion and put its similarity matrix in the data's class order."""
+        """Build SupCon with the graph criterion and put its similarity matrix in the data's class order.
+
+        ``similarity`` may also name a concept graph — a shipped one (``"ecg_scp"``) or a ``.yaml`` / ``.json``
+        file (:mod:`medcl.methods.ontology`) — whose similarities are taken for ``classes``.
+
+        Raises:
+            ConfigError: a concept graph without ``classes``, or classes the graph does not know.
+        """
+        sim = supcon.get("similarity")
+        self.graph_name: str | None = None
+        if isinstance(sim, str):
+            if classes is None:
+                raise ConfigError("a concept graph needs the data's classes", where="pretrain.method_options.similarity",
+                                  fix="set data.classes (the pretrain stage passes them)")
+            graph = load_concept_graph(sim)
+            supcon["similarity"] = concept_similarity(graph, classes, str(supcon.get("graph_mode", "shortest_path")))
+            self.graph_name = str(graph.get("name") or sim)
         super().__init__(encoder, **supcon)
         self._align_classes(classes)
 
