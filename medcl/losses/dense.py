@@ -94,14 +94,17 @@ class DenseContrastLoss(nn.Module):
         self.num_samples, self.local_negatives = num_samples, local_negatives
         self.gather_distributed = bool(gather_distributed)
 
-    def forward(self, f_a: torch.Tensor, f_b: torch.Tensor, generator: torch.Generator | None = None
-                ) -> torch.Tensor:
+    def forward(self, f_a: torch.Tensor, f_b: torch.Tensor, generator: torch.Generator | None = None,
+                g_a: torch.Tensor | None = None, g_b: torch.Tensor | None = None) -> torch.Tensor:
         """Weighted sum of the global and local NT-Xent terms.
 
         Args:
-            f_a: ``(N, D, *S)`` dense features of view a.
+            f_a: ``(N, D, *S)`` dense features of view a (the local term's locations).
             f_b: ``(N, D, *S)`` dense features of view b, spatially aligned with ``f_a``.
             generator: seeds the choice of locations (the global RNG without it).
+            g_a: ``(N, D', *S')`` map whose mean-pooled features the global term contrasts instead of ``f_a``'s
+                (e.g. the encoder's map when the local term is on decoder features).
+            g_b: the same for view b.
 
         Returns:
             Scalar loss.
@@ -119,7 +122,9 @@ class DenseContrastLoss(nn.Module):
         fb = f_b.reshape(n, d, -1)
         total = fa.new_zeros((), dtype=compute_dtype(f_a.dtype))
         if self.global_weight > 0:
-            g = ntxent(fa.mean(-1), fb.mean(-1), self.temperature, self.gather_distributed)
+            pa = fa.mean(-1) if g_a is None else g_a.flatten(2).mean(-1)
+            pb = fb.mean(-1) if g_b is None else g_b.flatten(2).mean(-1)
+            g = ntxent(pa, pb, self.temperature, self.gather_distributed)
             total = total + self.global_weight * g
         if self.global_weight < 1:
             idx = sample_locations(fa.shape[-1], self.num_samples, generator).to(f_a.device)

@@ -37,6 +37,8 @@ class Method(nn.Module):
     #: How ``pretrain.batches: auto`` forms its batches: ``"shuffle"`` or ``"patients"`` (P patients × K samples,
     #: :class:`medcl.data.sampling.PatientBatchSampler`) for methods whose positives are a patient's other images.
     batches: str = "shuffle"
+    #: Whether the views must share their geometry (``transforms.aligned_views``): methods that contrast locations.
+    needs_aligned_views: bool = False
 
     def __init__(self, encoder: Encoder) -> None:
         """Keep ``encoder`` as ``self.encoder`` (subclasses add heads and the criterion)."""

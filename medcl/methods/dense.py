@@ -1,15 +1,24 @@
-"""Global + local (dense) contrast for segmentation-oriented pretraining.
+"""Global + local (dense) contrast for segmentation-oriented pretraining, optionally with the decoder.
 
 Chaitanya, Erdil, Karani, Konukoglu, "Contrastive learning of global and local features for
-medical image segmentation with limited annotations", NeurIPS 2020 (arXiv:2006.10511), with a
-DenseCL-style 1×1-conv projection head (Wang et al., CVPR 2021).
+medical image segmentation with limited annotations", NeurIPS 2020 (arXiv:2006.10511; GLCL), with a
+DenseCL-style 1×1-conv projection head (Wang et al., CVPR 2021); with ``decoder=True`` the local term is
+on the features of a U-Net decoder pretrained with the encoder and handed on to segmentation, as DeCon
+does (Decoder Contrastive pretraining: the dense loss on decoder features, the global term on the encoder).
 
-Alignment choice: the two views arrive spatially aligned — the ``dense`` transform preset uses
-intensity-only augmentations (gain, gamma, noise, blur, speckle) on the same crop — so location
-``m`` of one view's feature map shows the same anatomy as location ``m`` of the other. To still
-learn invariance to orientation, the method flips each view independently along random spatial
-axes before the encoder and flips the feature maps back afterwards; flips are exactly invertible
-on the grid, so alignment is kept (up to the sub-cell offset of strided convolutions).
+Alignment: the views must be spatially aligned — ``transforms.aligned_views: true`` (the ``dense`` method
+preset sets it) draws the geometric augmentations once per sample and the intensity ones per view
+(:class:`~medcl.transforms.views.AlignedViewsd`), so location ``m`` of one view's feature map shows the same
+anatomy as location ``m`` of the other; the pretrain stage refuses ``dense`` without it. To still learn
+invariance to orientation, the method flips each view independently along random spatial axes before the
+encoder and flips the feature maps back afterwards; flips are exactly invertible on the grid, so alignment is
+kept (up to the sub-cell offset of strided convolutions).
+
+Differs from the papers: GLCL's local loss contrasts a few fixed regions of the decoder's maps of two
+intensity-augmented views (its encoder is pretrained first, then the decoder); here both terms train together,
+the local term samples ``num_samples`` locations, and negatives are the other locations of the same image
+(``local_negatives: image``) or of the batch. DeCon adds its own decoder losses; here the decoder is trained by
+the local term alone.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from medcl.errors import ConfigError
 from medcl.losses import DenseContrastLoss
 from medcl.methods.base import Method, view_stats
 from medcl.networks.base import Encoder, global_avg_pool
+from medcl.networks.decoders import EncoderUNet
 from medcl.networks.heads import DenseProjectionHead
 
 
@@ -56,10 +66,17 @@ class DenseContrast(Method):
             -2 gives a finer grid for small inputs).
         flip_p: probability of flipping each view along each spatial axis (0 disables).
         gather_distributed: global negatives from all GPUs.
+        decoder: pretrain a U-Net decoder (:class:`~medcl.networks.decoders.EncoderUNet`) with the encoder: the
+            local term is on its full-resolution output (``out_dim`` channels), the global term on the encoder's
+            map; :meth:`handoff_state` gives it to the ``segment`` stage's ``encoder_unet``.
+        decoder_channels, input_channels: the decoder's widths — the same as ``segment.network_options`` for
+            the hand-on (the pretrain stage passes those).
 
     Batch:
         ``views`` ``(B, V>=2, C, *S)`` with views 0 and 1 spatially aligned.
     """
+
+    needs_aligned_views = True
 
     def __init__(
         self,
@@ -74,6 +91,9 @@ class DenseContrast(Method):
         level: int = -1,
         flip_p: float = 0.5,
         gather_distributed: bool = False,
+        decoder: bool = False,
+        decoder_channels: list[int] | None = None,
+        input_channels: int = 16,
     ) -> None:
         """Build the 1×1-conv dense head on the chosen pyramid level and the global + local criterion.
 
@@ -96,6 +116,22 @@ class DenseContrast(Method):
                                            num_samples=num_samples, local_negatives=local_negatives,
                                            gather_distributed=gather_distributed)
         self.flip_p = float(flip_p)
+        self.unet: EncoderUNet | None = None
+        self.decoder_options = {"decoder_channels": decoder_channels, "input_channels": int(input_channels)}
+        if decoder:
+            self.unet = EncoderUNet(encoder, out_dim, **self.decoder_options)
+
+    def handoff_state(self) -> dict[str, object]:
+        """What segmentation gets besides the encoder (nothing without a decoder).
+
+        Returns:
+            ``{"decoder": the decoder's weights (no encoder, no head), "decoder_options"}`` or ``{}``.
+        """
+        if self.unet is None:
+            return {}
+        state = {k: v.detach().cpu().clone() for k, v in self.unet.state_dict().items()
+                 if not k.startswith(("encoder.", "head."))}
+        return {"decoder": state, "decoder_options": dict(self.decoder_options)}
 
     def dense_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, *S) -> (N, out_dim, *S')`` projected feature map."""
@@ -123,9 +159,14 @@ class DenseContrast(Method):
             masks = random_flip_masks(2 * b, sd, self.flip_p, device=x.device)
             x = apply_flips(x, masks)
         f = self.dense_features(x)
+        d = self.unet(x) if self.unet is not None else None  # (2B, out_dim, *S) decoder features
         if masks is not None:
             f = apply_flips(f, masks)  # back onto the common grid
+            d = apply_flips(d, masks) if d is not None else None
         fa, fb = f[:b], f[b:]
-        loss = self.criterion(fa, fb)
+        if d is None:
+            loss = self.criterion(fa, fb)
+        else:
+            loss = self.criterion(d[:b], d[b:], g_a=fa, g_b=fb)
         pooled = torch.stack([global_avg_pool(fa), global_avg_pool(fb)], dim=1)
         return {"loss": loss, **view_stats(pooled)}

@@ -11,7 +11,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from medcl.errors import DataError
+from medcl.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from medcl.stages.context import RunContext
@@ -90,7 +90,7 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
         "model.feature_dim": encoder.feature_dim})
 
     # -- watch it: online kNN probe on the validation patients, collapse measures -----------------------
-    probe = _online_probe(ctx, core.encoder, total) if p.probe else None
+    probe = _online_probe(ctx, core.encoder, total, _handoff(core)) if p.probe else None
     if probe is not None:
         tracker.log_params({"pretrain.probe_every_steps": probe.every})
 
@@ -138,7 +138,9 @@ def _hand_on(ctx: RunContext, tracker: Tracker, model: Any, probe: Any) -> tuple
     Returns:
         ``(what :func:`_save_encoders` chose, the logged encoder model's URI or None)``.
     """
-    hand_on = ctx.on_main("pretrain: saving the encoder", lambda: _save_encoders(ctx, unwrap_model(model).encoder, probe))
+    core = unwrap_model(model)
+    hand_on = ctx.on_main("pretrain: saving the encoder", lambda: _save_encoders(ctx, core.encoder, probe,
+                                                                                 _handoff(core)))
     tracker.log_params({"pretrain.selected": hand_on["selected"]})
     encoder_uri = ctx.on_main("pretrain: logging the encoder model", lambda: _log_encoder_model(ctx, tracker,
                                                                                                  hand_on["encoder"]))
@@ -221,6 +223,17 @@ def _build_method(ctx: RunContext, encoder: Any) -> Any:
         train_y = ctx.data.y[ctx.data.indices("train")]
         kwargs["class_counts"] = np.bincount(train_y[train_y >= 0], minlength=len(ctx.data.classes)).tolist()
     kwargs.update(p.method_options)
+    if getattr(METHODS.get(p.method), "needs_aligned_views", False) and not (cfg.transforms.model_extra or {}).get(
+            "aligned_views"):
+        raise ConfigError(f"method {p.method} contrasts locations of two views, which must be spatially aligned",
+                          where="transforms.aligned_views",
+                          fix="set transforms.aligned_views: true (the dense method preset does): the views then "
+                          "share one draw of the geometric augmentations and differ in intensity")
+    if kwargs.get("decoder") and cfg.segment.network == "encoder_unet":
+        # the decoder is handed on to segment's encoder_unet: same widths, or its weights would not fit
+        for key in ("decoder_channels", "input_channels"):
+            if key in cfg.segment.network_options and key not in p.method_options:
+                kwargs[key] = cfg.segment.network_options[key]
     return build_method(p.method, encoder, **kwargs).to(ctx.device)
 
 
@@ -289,7 +302,15 @@ PROBE_MEMORY = 4096
 PROBE_PROBES = 10  # probes per run when pretrain.probe_every_steps is not set
 
 
-def _online_probe(ctx: RunContext, encoder: Any, total_steps: int) -> Any:
+def _handoff(core: Any) -> Any:
+    """What the method hands on besides the encoder (the dense method's pretrained decoder), as a callable.
+
+    It is read each time an encoder checkpoint is written, and its entries are saved in that checkpoint.
+    """
+    return getattr(core, "handoff_state", dict)
+
+
+def _online_probe(ctx: RunContext, encoder: Any, total_steps: int, handoff: Any = dict) -> Any:
     """The :class:`~medcl.tasks.monitor.OnlineProbe` of this run, ``None`` without labelled validation patients.
 
     Under torchrun it runs on rank 0 while the other ranks wait (``ctx.on_main``); the returned callable also
@@ -321,7 +342,7 @@ def _online_probe(ctx: RunContext, encoder: Any, total_steps: int) -> Any:
     def save_best(step: int, auroc: float) -> None:
         save_checkpoint(best_path, {"encoder": encoder.state_dict(), "encoder_name": cfg.model.encoder,
                                     "feature_dim": encoder.feature_dim, "method": p.method, "step": step,
-                                    "probe_auroc": auroc})
+                                    "probe_auroc": auroc, **handoff()})
 
     best, _ = best_record(best_path) if ctx.resume else (float("-inf"), None)
     every = p.probe_every_steps or max(1, total_steps // PROBE_PROBES)
@@ -342,7 +363,7 @@ def _online_probe(ctx: RunContext, encoder: Any, total_steps: int) -> Any:
     return OnRankZero()
 
 
-def _save_encoders(ctx: RunContext, encoder: Any, probe: Any) -> dict[str, Any]:
+def _save_encoders(ctx: RunContext, encoder: Any, probe: Any, handoff: Any = dict) -> dict[str, Any]:
     """Write ``encoder-last.pt`` and ``encoder.pt``, the one handed on.
 
     ``encoder.pt`` is the best by the online probe when ``pretrain.select`` is ``best_probe`` and a probe ran,
@@ -354,7 +375,7 @@ def _save_encoders(ctx: RunContext, encoder: Any, probe: Any) -> dict[str, Any]:
     cfg, p = ctx.cfg, ctx.cfg.pretrain
     out = ctx.stage_dir("pretrain")
     save_checkpoint(out / "encoder-last.pt", {"encoder": encoder.state_dict(), "encoder_name": cfg.model.encoder,
-                                              "feature_dim": encoder.feature_dim, "method": p.method})
+                                              "feature_dim": encoder.feature_dim, "method": p.method, **handoff()})
     info: dict[str, Any] = {"selected": "last", "selected_step": None, "best_probe_auroc": None}
     best, step = best_record(out / "encoder-best.pt")
     history = probe.probe.history if probe is not None else []

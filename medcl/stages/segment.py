@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from medcl.stages.context import RunContext
     from medcl.tracking.protocol import Tracker
 from medcl import distributed
-from medcl.checkpoint_file import save_checkpoint
+from medcl.checkpoint_file import load_checkpoint, save_checkpoint
 from medcl.engine.loop import LoopSettings, Optimisation, fit
 from medcl.engine.wrap import wrap_ddp
 from medcl.metrics.segmentation import dice_per_class, hd95_per_class
@@ -108,9 +108,33 @@ def _build(ctx: RunContext, weights: str | None, dims: int) -> tuple[Any, int]:
                                      num_classes=s.num_classes, encoder=encoder, **s.network_options)
     if get_network(s.network).uses_encoder:
         n = len(encoder.state_dict()) if weights else 0
+        n += _load_pretrained_decoder(net, weights) if weights and str(weights).endswith(".pt") else 0
     else:
         n = transfer_encoder_weights(net, encoder) if weights else 0
     return net, n
+
+
+def _load_pretrained_decoder(net: Any, weights: str) -> int:
+    """Put a decoder pretrained with the encoder (``dense`` with ``decoder: true``) into ``net``; tensors loaded.
+
+    Raises:
+        ConfigError: the pretrained decoder's widths differ from ``segment.network_options``.
+    """
+    ckpt = load_checkpoint(weights)
+    state = ckpt.get("decoder")
+    if not state:
+        return 0
+    own = net.state_dict()
+    bad = [k for k, v in state.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+    if bad:
+        raise ConfigError(f"the decoder pretrained with the encoder ({ckpt.get('decoder_options')}) does not fit "
+                          f"segment.network encoder_unet (first mismatch: {bad[0]})",
+                          where="segment.network_options",
+                          fix="use the same decoder_channels and input_channels in pretrain.method_options and "
+                          "segment.network_options (the pretrain stage copies segment's when they are unset)")
+    net.load_state_dict(state, strict=False)
+    log.info("segment: %d decoder tensors pretrained with the encoder go in", len(state))
+    return len(state)
 
 
 def _train(ctx: RunContext, net: Any, items: list[dict], transform: Any, seed_offset: int, comm: Any,

@@ -27,6 +27,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "mask_keys": (),  # segmentation masks: spatial transforms only, nearest-neighbour
     "format": None,  # reader format; None = detect from the file
     "reader_options": {},  # extra keyword arguments for medcl.readers.read
+    "aligned_views": False,  # views share one draw of the geometric augmentations (dense pretraining)
 }
 
 
@@ -455,7 +456,7 @@ def build_transforms(preset: str, *, train: bool, views: int = 2, augment_on: st
 
     from medcl.transforms.compose import MedclCompose, PlainCompose  # lazy: monai
     from medcl.transforms.io import LoadSampled  # lazy: monai
-    from medcl.transforms.views import MultiViewd  # lazy: monai
+    from medcl.transforms.views import AlignedViewsd, MultiViewd, is_spatial  # lazy: monai
 
     spec = get_preset(preset)
     p = resolve_params(spec, params)
@@ -480,6 +481,15 @@ def build_transforms(preset: str, *, train: bool, views: int = 2, augment_on: st
         return MedclCompose([load, *det, final])
     if int(views) >= 2:
         # the views' augmentations run on plain tensors (PlainCompose): same output, half the CPU time
+        if p["aligned_views"]:
+            if augment_on == "batch":
+                raise ConfigError("aligned_views needs augment_on: sample", where="transforms.aligned_views",
+                                  fix="set transforms.augment_on: sample")
+            spatial = [t for t in rand if is_spatial(t)]
+            return MedclCompose([load, *det, AlignedViewsd(
+                PlainCompose(spatial, copy_inputs=False), PlainCompose([t for t in rand if not is_spatial(t)] + [final],
+                                                                      copy_inputs=False),
+                views=int(views), keys=p["keys"])])
         if spec.multi_view is not None and augment_on == "sample":
             return MedclCompose([load, *det, spec.multi_view(p, rand, final, int(views))])
         return MedclCompose([load, *det, MultiViewd(PlainCompose([*rand, final], copy_inputs=False), views=int(views),

@@ -152,6 +152,8 @@ class CenterTimeCropd(MapTransform):
 class RandTimeCropd(_RandDictTransform):
     """Random window of ``length`` samples; start ``~ U{0, ..., T - length}``."""
 
+    spatial = True  # moves samples in time: shared by aligned views
+
     def __init__(self, keys: KeysCollection, length: int, prob: float = 1.0, allow_missing_keys: bool = False) -> None:
         """Store the window length in samples; ``prob < 1`` makes the skipped draws centre crops."""
         super().__init__(keys, prob, allow_missing_keys)

@@ -50,6 +50,8 @@ class RandAxisShiftd(_RandDictTransform):
         prob: probability of applying.
     """
 
+    spatial = True  # moves pixels: shared by aligned views (medcl.transforms.views.is_spatial)
+
     def __init__(self, keys: KeysCollection, max_shift: float = 0.1, spatial_axis: int = 0, prob: float = 1.0,
                  allow_missing_keys: bool = False) -> None:
         """Check and store the shift range; see the class docstring."""
@@ -105,6 +107,8 @@ class RandRotate2Dd(_RandDictTransform):
         mode: interpolation per key (``"bilinear"``, or ``"nearest"`` for masks), one value or one per key.
         padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"``.
     """
+
+    spatial = True  # moves pixels: shared by aligned views (medcl.transforms.views.is_spatial)
 
     def __init__(self, keys: KeysCollection, range_x: float, prob: float = 1.0, mode: str | list[str] = "bilinear",
                  padding_mode: str = "zeros", allow_missing_keys: bool = False) -> None:

@@ -174,3 +174,65 @@ class ClocsViewsd(MultiViewd):
                 src[k] = seg.clone()
             per_view.append(self.aug(src))
         return self._stack(d, keys, per_view)
+
+
+def is_spatial(transform: Any) -> bool:
+    """Whether a random transform moves pixels (crop, pad, flip, rotation, affine, zoom …), not their values.
+
+    MONAI's ``spatial`` and ``croppad`` transforms are, and any transform with ``spatial = True``.
+    """
+    if getattr(transform, "spatial", None) is not None:
+        return bool(transform.spatial)
+    module = type(transform).__module__
+    return module.startswith(("monai.transforms.spatial", "monai.transforms.croppad"))
+
+
+class AlignedViewsd(MultiViewd):
+    """``V`` views that share one draw of the geometric augmentations and differ in the intensity ones.
+
+    The spatial part (random crop, flips, affine, ... — :func:`is_spatial`) runs **once** per sample; the intensity
+    part (gain, gamma, bias field, noise, ...) then runs ``V`` times, so location ``m`` of every view shows the
+    same anatomy: what dense (location-level) contrast needs (Chaitanya et al. 2020 use such views for their
+    local loss).
+
+    Args:
+        spatial: the geometric random transforms, in their chain order.
+        intensity: the per-view part (ending with the final type conversion).
+        views, keys, out_key: as :class:`MultiViewd`.
+    """
+
+    def __init__(self, spatial: Callable[[dict], dict], intensity: Callable[[dict], dict], views: int = 2,
+                 keys: KeysCollection = ("image",), out_key: str = "views") -> None:
+        """Keep both parts; see the class docstring."""
+        super().__init__(intensity, views=views, keys=keys, out_key=out_key)
+        self.spatial_part = spatial
+
+    def set_random_state(self, seed: int | None = None, state: Any = None) -> AlignedViewsd:
+        """Seed this transform, the intensity part (as :class:`MultiViewd`) and the spatial part.
+
+        Returns:
+            ``self``.
+        """
+        super().set_random_state(seed=seed, state=state)
+        inner = getattr(self.spatial_part, "set_random_state", None)
+        if inner is not None:
+            inner(seed=int(self.R.randint(MAX_SEED, dtype="uint32")))
+        return self
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """One geometric draw, then ``V`` intensity draws, stacked ``(V, C, *spatial)``."""
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        src = dict(d)
+        for k in keys:  # the (cached) input is never changed
+            v = d[k].as_tensor() if isinstance(d[k], MetaTensor) else d[k]
+            src[k] = v.clone() if isinstance(v, torch.Tensor) else v
+        moved = self.spatial_part(src)
+        per_view = []
+        for _ in range(self.views):
+            view = dict(moved)
+            for k in keys:
+                v = moved[k].as_tensor() if isinstance(moved[k], MetaTensor) else moved[k]
+                view[k] = v.clone() if isinstance(v, torch.Tensor) else v
+            per_view.append(self.aug(view))
+        return self._stack(d, keys, per_view)

@@ -142,3 +142,86 @@ def test_a_network_that_cannot_take_the_encoder_trains_from_scratch_only(tmp_pat
     assert [r["model"] for r in results] == ["scratch"]
     assert results[0]["network"] == "unet" and results[0]["steps"] == 2
     assert out["overlays"] == []
+
+
+DENSE = ["pretrain.method=dense", "pretrain.method_options={decoder: true, num_samples: 16}",
+         "transforms.aligned_views=true"]
+
+
+def test_dense_pretraining_hands_its_decoder_to_segmentation(tmp_path, demo_manifest, monkeypatch):
+    """dense → segment: the decoder pretrained with the encoder goes into encoder_unet, tensor for tensor."""
+    import torch
+
+    from medcl.checkpoint_file import load_checkpoint
+    from medcl.stages import STAGES
+    from medcl.stages import segment as seg
+    from medcl.tracking import NullTracker
+
+    ctx = _context(tmp_path, demo_manifest, DENSE)
+    ctx.outputs["pretrain"] = STAGES["pretrain"](ctx, NullTracker("pretrain"))
+    ckpt = load_checkpoint(ctx.outputs["pretrain"]["encoder"])
+    # the decoder was built with segment's widths (copied by the pretrain stage) and saved with the encoder
+    assert ckpt["decoder_options"] == {"decoder_channels": [8], "input_channels": 4}
+    decoder = ckpt["decoder"]
+    assert decoder and not any(k.startswith(("encoder.", "head.")) for k in decoder)
+
+    built = []
+    build = seg._build
+
+    def spy(ctx_, weights, dims):
+        net, n = build(ctx_, weights, dims)
+        built.append((weights, net, n))
+        return net, n
+
+    monkeypatch.setattr(seg, "_build", spy)
+    nets = {}
+    train = seg._train
+
+    def keep(ctx_, net, *args, **kwargs):  # the weights as they go into training
+        nets.setdefault(id(net), {k: v.clone() for k, v in net.state_dict().items()})
+        return train(ctx_, net, *args, **kwargs)
+
+    monkeypatch.setattr(seg, "_train", keep)
+    out = STAGES["segment"](ctx, NullTracker("segment"))
+    results = {r["model"]: r for r in json.loads(Path(out["results"]).read_text())}
+    pre = next(net for w, net, _ in built if w)
+    start = nets[id(pre)]
+    for k, v in decoder.items():
+        assert torch.equal(start[k], v), k
+    n_encoder = len(ckpt["encoder"])
+    assert results["pretrained"]["pretrained_tensors_loaded"] == n_encoder + len(decoder)
+    scratch = next(net for w, net, _ in built if not w)
+    assert not all(torch.equal(nets[id(scratch)][k], v) for k, v in decoder.items())
+
+
+def test_dense_without_aligned_views_is_refused(tmp_path, demo_manifest):
+    from medcl.stages import STAGES
+    from medcl.tracking import NullTracker
+
+    ctx = _context(tmp_path, demo_manifest, DENSE[:2])
+    with pytest.raises(ConfigError, match="spatially aligned") as info:
+        STAGES["pretrain"](ctx, NullTracker("pretrain"))
+    assert "aligned_views: true" in info.value.fix
+
+
+def test_aligned_views_share_geometry_and_differ_in_intensity():
+    """With a shared geometric draw two views differ by the intensity shift alone: a constant offset."""
+    import torch
+
+    from medcl.transforms import build_transforms
+    from medcl.transforms.seeding import set_transform_seed
+
+    vol = np.random.default_rng(0).uniform(-500, 500, (1, 40, 40, 20)).astype(np.float32)
+    kw = {"spatial_size": [24, 24, 12], "spacing": [1, 1, 1], "affine_prob": 1.0, "intensity_prob": 1.0,
+          "intensity_shift": 0.1}
+    for seed in range(3):
+        tr = build_transforms("ct", train=True, views=2, aligned_views=True, **kw)
+        set_transform_seed(tr, seed)
+        v = tr({"image": vol})["views"]
+        diff = v[1] - v[0]
+        assert float(diff.std()) < 1e-6 and float(diff.abs().mean()) > 1e-4
+    tr = build_transforms("ct", train=True, views=2, aligned_views=False, **kw)
+    set_transform_seed(tr, 0)
+    v = tr({"image": vol})["views"]
+    assert float((v[1] - v[0]).std()) > 1e-2  # independent geometry: not an offset
+    assert torch.isfinite(v).all()
