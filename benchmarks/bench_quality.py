@@ -213,7 +213,7 @@ def collect(ctx: Any) -> dict[str, Any]:
                               "ece_floor": rep["before"].get("ece_floor"),
                               "ece_floor_q95": rep["before"].get("ece_floor_q95"),
                               "applied": d.get("applied"), "fit_on": d.get("fit_on"), "reason": d.get("reason"),
-                              "cv": d.get("cv")}
+                              "cv": d.get("cv"), "ece_if_applied": (rep.get("if_applied") or {}).get("ece")}
     seg = ctx.outputs.get("segment") or {}
     if seg.get("results"):
         rows = json.loads(Path(seg["results"]).read_text())

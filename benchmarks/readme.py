@@ -780,6 +780,8 @@ def _quality_targets_per_modality(res: dict[str, Any], mods: list[str], pipes: l
             ok = all(c["ece_after"] < c["ece_before"] for c in cals)
             why = "; ".join(f"seed ECE {c['ece_before']:.3f} → {c['ece_after']:.3f}"
                             + ("" if c.get("applied") else f" (not applied: {c.get('reason', '')[:120]})")
+                            + (f"; applied anyway it would have made the test ECE {c['ece_if_applied']:.3f}"
+                               if not c.get("applied") and c.get("ece_if_applied") is not None else "")
                             + (f"; a perfectly calibrated model would show {c['ece_floor']:.3f} on this test set "
                                f"(95 % ≤ {c['ece_floor_q95']:.3f}): the ECE before is within it, too small to lower "
                                "measurably" if c.get("ece_floor_q95") is not None

@@ -35,7 +35,11 @@ def segment_tag(model: str, fraction: float) -> str:
 
 
 def calibration_key(metric: str, when: str) -> str:
-    """``test/ece_before`` / ``test/ece_after``: a test-set calibration metric without / with the calibrator."""
-    if when not in ("before", "after"):
-        raise ValueError(f"when must be 'before' or 'after', not {when!r}")
+    """A test-set calibration metric's key: ``test/ece_before``, ``test/ece_after`` or ``test/ece_if_applied``.
+
+    Without the calibrator, with it, or with the calibrator the cross-validated check refused (what refusing
+    it avoided).
+    """
+    if when not in ("before", "after", "if_applied"):
+        raise ValueError(f"when must be 'before', 'after' or 'if_applied', not {when!r}")
     return f"test/{metric}_{when}"

@@ -209,8 +209,11 @@ def reliability(d: ReportData) -> list[str]:
         if decision.get("applied"):
             out.append(note("<b>Calibration applied</b>: " + esc(str(decision.get("reason", ""))) + "." + check))
         else:
+            forced = (cal.get("if_applied") or {}).get("ece")
+            what_if = (f" Applied anyway, it would have made the test ECE {fmt(forced)} (before: "
+                       f"{fmt((cal.get('before') or {}).get('ece'))})." if forced is not None else "")
             out.append(note("<b>Calibration not applied</b>: " + esc(str(decision.get("reason", ""))) + "." + check
-                            + " The “after” column below equals “before”.", "warn"))
+                            + what_if + " The “after” column below equals “before”.", "warn"))
     if rb.get("equal-width") or ra.get("equal-width"):
         out.append(img(figures.reliability_figure(rb.get("equal-width"), ra.get("equal-width")),
                        "reliability diagrams before and after calibration"))

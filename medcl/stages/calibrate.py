@@ -31,6 +31,7 @@ from medcl.tasks.primary import PrimaryModel
 if TYPE_CHECKING:
     from medcl.stages.context import RunContext
     from medcl.tracking.protocol import Tracker
+from medcl.metrics.calibration import calibration_metrics
 from medcl.stages.common import make_encoder, make_loader, make_transforms
 from medcl.tasks.calibration import calibration_report, cross_validated_calibration
 from medcl.tasks.export import CalibratedClassifier, Predictor, calibration_for_export, reference_features
@@ -120,7 +121,12 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
              decision["reason"])
     rep = calibration_report(z, y, npz["test_logits"], npz["test_y"], c.method, c.n_bins, task=task,
                              calibrator=decision["calibrator"])
-    rep["decision"] = {k: v for k, v in decision.items() if k != "calibrator"} | {"fit_on": fit_on}
+    if not decision["applied"] and decision["method"] != "none" and decision["cv"]:
+        # what the refused calibrator would have done to the test set: evidence that refusing it was right (or
+        # not), for the benchmark and the report; it changes nothing that is handed on
+        probs = decision["fitted"].transform(npz["test_logits"])
+        rep["if_applied"] = calibration_metrics(npz["test_y"], probs, task, n_bins=c.n_bins)
+    rep["decision"] = {k: v for k, v in decision.items() if k not in ("calibrator", "fitted")} | {"fit_on": fit_on}
     out_dir = ctx.stage_dir("calibrate")
     _log_calibration(tracker, c, rep, decision, fit_on, out_dir)
 
@@ -154,8 +160,8 @@ def _log_calibration(tracker: Tracker, c: Any, rep: dict[str, Any], decision: di
     tracker.log_params({"calibrate.applied": decision["applied"], "calibrate.fit_on": fit_on,
                         "calibrate.n_calibration_patients": decision["n_patients"]})
     metrics = {}
-    for when in ("before", "after"):
-        for k, v in rep[when].items():
+    for when in ("before", "after", "if_applied"):
+        for k, v in rep.get(when, {}).items():
             if isinstance(v, (int, float)) and np.isfinite(v):
                 metrics[calibration_key(k, when)] = float(v)
     tracker.log_metrics(metrics)
@@ -216,8 +222,10 @@ def _summary(primary: PrimaryModel, rep: dict[str, Any], decision: dict[str, Any
     summary.append({"model": f"{primary.encoder} {primary.kind}", "metric": "NLL",
                     "value": f"{b['nll']:.3f} → {a['nll']:.3f}"})
     if not decision["applied"]:
+        forced = rep.get("if_applied", {}).get(ece_key) if ece_key else None
         summary.append({"model": f"{primary.encoder} {primary.kind}", "metric": "calibration",
-                        "value": "not applied (did not help on held-out calibration data)"})
+                        "value": "not applied (did not help on held-out calibration data"
+                        + (f"; applied, test ECE would be {forced:.3f})" if forced is not None else ")")})
     return summary
 
 

@@ -379,15 +379,16 @@ def cross_validated_calibration(logits, y, groups, method: str = "temperature", 
         **kwargs: options of the calibrator (e.g. ``reg_lambda`` for ``dirichlet``).
 
     Returns:
-        ``{"calibrator" (fitted on all of it, or the identity), "applied", "reason", "n", "n_patients",
-        "cv": {"nll_before", "nll_after", "ece_before", "ece_after", "folds"}}``.
+        ``{"calibrator" (fitted on all of it, or the identity), "fitted" (``method`` fitted on all of it, applied
+        or not), "applied", "reason", "n", "n_patients", "cv": {"nll_before", "nll_after", "ece_before",
+        "ece_after", "folds"}}``.
     """
     z = np.asarray(logits, dtype=np.float64)
     yy = np.asarray(y)
     g = np.asarray(groups)
     n_pat = int(len(np.unique(g)))
     fitted = get_calibrator(method, task=task, **kwargs).fit(z, yy)
-    out: dict[str, Any] = {"n": int(len(z)), "n_patients": n_pat, "method": method}
+    out: dict[str, Any] = {"n": int(len(z)), "n_patients": n_pat, "method": method, "fitted": fitted}
     if method == "none":
         return {**out, "calibrator": fitted, "applied": False, "reason": "calibrate.method is none", "cv": {}}
     k = min(int(folds), n_pat)

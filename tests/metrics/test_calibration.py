@@ -316,3 +316,17 @@ def test_cross_validated_calibration_needs_two_patients():
     z, y = _calibrated_logits(6, 3, seed=1, scale=2.0)
     d = cross_validated_calibration(z, y, np.zeros(6, dtype=int), "temperature", task="multiclass")
     assert not d["applied"] and "only 1 patient(s)" in d["reason"]
+
+
+def test_a_refused_calibrator_is_still_returned_for_the_what_if():
+    """The refused temperature is the maximum-likelihood one on all calibration data (what would have been applied),
+    so the calibrate stage can report the test ECE that refusing avoided."""
+    from medcl.tasks.calibration import IdentityCalibrator, TemperatureScaler, cross_validated_calibration
+
+    z = np.full(10, np.log(0.8 / 0.2))
+    y = np.array([1, 1, 1, 1, 0, 1, 1, 1, 1, 0])
+    d = cross_validated_calibration(z, y, np.arange(10), "temperature", task="binary", folds=5, seed=0)
+    assert not d["applied"] and isinstance(d["calibrator"], IdentityCalibrator)
+    direct = TemperatureScaler("binary").fit(z, y)
+    assert isinstance(d["fitted"], TemperatureScaler)
+    assert d["fitted"].temperature == pytest.approx(direct.temperature)

@@ -221,8 +221,20 @@ def test_small_validation_split_is_calibrated_with_cross_fitted_training_logits(
     assert decision["fit_on"] == "validation + out-of-fold training patients"
     assert decision["n"] == n_train + len(npz["val_y"])
     assert decision["applied"] in (True, False) and decision["reason"]
-    params = {r.data.tags["medcl.stage"]: r for r in _children(client, ctx.parent_run_id)}["calibrate"].data.params
-    assert params["calibrate.applied"] == str(decision["applied"])
+    stage = {r.data.tags["medcl.stage"]: r for r in _children(client, ctx.parent_run_id)}["calibrate"]
+    assert stage.data.params["calibrate.applied"] == str(decision["applied"])
+    if not decision["applied"]:  # the refused calibrator's test ECE is reported: what refusing it avoided
+        from medcl.metrics.calibration import expected_calibration_error
+        from medcl.tasks.calibration import TemperatureScaler
+
+        z = np.concatenate([npz["val_logits"], npz["oof_logits"]])
+        y = np.concatenate([npz["val_y"], npz["oof_y"]])
+        forced = TemperatureScaler(ctx.data.task).fit(z, y).transform(npz["test_logits"])
+        expected = expected_calibration_error(npz["test_y"], forced, ctx.data.task, n_bins=cfg.calibrate.n_bins)["ece"]
+        assert cal["if_applied"]["ece"] == pytest.approx(expected, abs=1e-9)
+        assert stage.data.metrics["test/ece_if_applied"] == pytest.approx(expected, abs=1e-6)
+    else:
+        assert "if_applied" not in cal
 
 
 def test_budget_in_steps_runs_that_many_steps_across_epochs(oct_demo, tmp_path, tracking_uri, tiny_overrides):

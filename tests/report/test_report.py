@@ -146,6 +146,9 @@ def test_report_opens_with_a_verdict_and_shows_pretraining_and_the_calibration_d
     # and reads the test ECE against what a perfectly calibrated model would show on this many cases
     assert "How small an ECE can this test set show?" in html
     assert 0 < metrics["test/ece_floor_before"] <= metrics["test/ece_floor_q95_before"]
+    # a refused calibrator's test ECE is shown: what refusing it avoided
+    if "Calibration not applied" in html:
+        assert f"Applied anyway, it would have made the test ECE {metrics['test/ece_if_applied']:.3f}" in html
 
 
 def test_the_noise_floor_note_tells_a_measurable_ece_from_one_within_the_floor():
