@@ -105,7 +105,8 @@ def _add_data_command(sub: Any) -> None:
     p = dsub.add_parser("synth", help="write the demo data set in real formats, with manifests")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--modalities", nargs="+", default=None, metavar="NAME",
-                   help=f"subset of {', '.join(MODALITIES)} (default: all)")
+                   help=f"subset of {', '.join(MODALITIES)} (default: all six), or the extra demo set cytology "
+                   "(rare malignant tiles, for one-class detection)")
     p.add_argument("--patients", type=int, default=None, help="patients per modality (default: per-modality)")
     p.add_argument("--seed", type=int, default=0)
     p = dsub.add_parser("validate", help="check every row of a manifest; one line per problem; exit 1 if any",

@@ -4,6 +4,7 @@
   ``test/ssl/linear/f10/auroc``; ``<model>`` is ``ssl``, ``random``, ``raw`` or ``scratch``, ``<protocol>``
   ``linear``, ``knn`` or ``finetune``;
 * segmentation: ``test/<model>/f<percent>/<metric>``, e.g. ``test/ssl/f100/dice_mean``;
+* one-class detection: ``test/detect/<model>/<scorer>/<metric>``, e.g. ``test/detect/ssl/dsvdd/auroc``;
 * calibration: ``test/<metric>_before`` / ``test/<metric>_after``, e.g. ``test/ece_after``.
 """
 
@@ -27,6 +28,11 @@ def metric_key(tag: str, metric: str, bound: str | None = None) -> str:
     if bound is not None and bound not in CI_BOUNDS:
         raise ValueError(f"bound must be one of {CI_BOUNDS}, not {bound!r}")
     return f"test/{tag}/{metric}" + (f"_{bound}" if bound else "")
+
+
+def detect_tag(model: str, scorer: str) -> str:
+    """``detect/ssl/dsvdd``: one-class detection with which encoder and which anomaly scorer."""
+    return f"detect/{model}/{scorer}"
 
 
 def segment_tag(model: str, fraction: float) -> str:

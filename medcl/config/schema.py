@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from medcl.modalities import Modality
 
 Task = Literal["binary", "multiclass", "multilabel", "ordinal"]
-StageName = Literal["pretrain", "classify", "segment", "calibrate", "report"]
+StageName = Literal["pretrain", "classify", "segment", "detect", "calibrate", "report"]
 #: the order stages always run in, whatever order the YAML lists them
-STAGE_ORDER: tuple[str, ...] = ("pretrain", "classify", "segment", "calibrate", "report")
+STAGE_ORDER: tuple[str, ...] = ("pretrain", "classify", "segment", "detect", "calibrate", "report")
 
 
 def _check_fractions(v: list[float]) -> list[float]:
@@ -205,6 +205,28 @@ class SegmentConfig(Section):
         return self
 
 
+class DetectConfig(Section):
+    """One-class detection of a rare finding (the ``detect`` stage): "normal" is learnt from normal samples only."""
+
+    normal_class: str | None = Field(None, description="the class of data.classes that is normal (required when "
+                                     "the stage runs); every other class is the finding to detect")
+    scorers: list[Literal["dsvdd", "knn"]] = Field(
+        default_factory=lambda: ["dsvdd", "knn"],
+        description="dsvdd: Deep SVDD (Ruff et al. 2018) on the encoder's features; knn: mean cosine distance to "
+        "the k nearest normal training samples")
+    baselines: list[Literal["random"]] = Field(
+        default_factory=lambda: ["random"], description="random: the same scorers on a random-init encoder")
+    specificity: float = Field(0.95, gt=0.0, lt=1.0, description="the threshold is set on the validation normal "
+                               "samples for this specificity; test sensitivity and specificity are reported there")
+    k: int = Field(5, ge=1, description="neighbours of the knn scorer")
+    dsvdd_hidden: list[int] = Field(default_factory=lambda: [128, 32], description="widths of Deep SVDD's "
+                                    "bias-free MLP on the encoder's features")
+    dsvdd_epochs: int = Field(50, ge=1)
+    dsvdd_lr: float = Field(1e-3, gt=0.0)
+    dsvdd_weight_decay: float = Field(1e-6, ge=0.0)
+    n_boot: int = Field(1000, ge=10, description="patient-bootstrap resamples of the CIs")
+
+
 class CalibrateConfig(Section):
     """Post-hoc calibration of the classifier's probabilities (the ``calibrate`` stage)."""
 
@@ -263,6 +285,7 @@ class PipelineConfig(Section):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    detect: DetectConfig = Field(default_factory=DetectConfig)
     calibrate: CalibrateConfig = Field(default_factory=CalibrateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

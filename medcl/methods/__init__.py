@@ -16,7 +16,8 @@ signature so a typo in the YAML fails before training with the list of accepted 
 | supcon-balanced | Cui et al. 2019 / Zhu et al. 2022 | views, label |
 | prototypes | Targeted SupCon, Li et al. 2022 | views, label |
 | oct-severity | Kokilepersaud et al. 2022 | views, index; label + setup(loader) |
-| dense | Chaitanya et al. 2020 | aligned views |
+| dense | Chaitanya et al. 2020 (GLCL), DeCon decoder | aligned views |
+| droc | Sohn et al. 2021 (one-class) | views (square) |
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from medcl.lookup import look_up, nearest
 from medcl.losses import LOSSES
 from medcl.methods.base import ContrastiveMethod, Method
 from medcl.methods.dense import DenseContrast
+from medcl.methods.droc import DROC
 from medcl.methods.moco import MoCoV3
 from medcl.methods.patient import CLOCS, MICLe
 from medcl.methods.severity import (
@@ -54,6 +56,7 @@ METHODS: dict[str, type[Method]] = {
     "prototypes": Prototypes,
     "oct-severity": OCTSeverity,
     "dense": DenseContrast,
+    "droc": DROC,
 }
 
 
@@ -119,6 +122,7 @@ def build_method(name: str, encoder: Encoder, **kwargs: Any) -> Method:
 __all__ = [
     "METHODS",
     "CLOCS",
+    "DROC",
     "ContrastiveMethod",
     "DenseContrast",
     "MICLe",

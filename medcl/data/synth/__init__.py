@@ -29,6 +29,7 @@ from pathlib import Path
 from types import ModuleType
 
 from medcl.data.synth import ct as _ct
+from medcl.data.synth import cytology as _cytology
 from medcl.data.synth import ecg as _ecg
 from medcl.data.synth import fundus as _fundus
 from medcl.data.synth import histo as _histo
@@ -38,7 +39,7 @@ from medcl.data.synth.common import write_csv
 from medcl.errors import DataError
 from medcl.lookup import look_up
 
-__all__ = ["SYNTHESISERS", "synthesize", "write_csv"]
+__all__ = ["EXTRA_SETS", "SYNTHESISERS", "synthesize", "write_csv"]
 
 #: modality -> module with ``CLASSES``, ``TASK``, ``DEFAULT_PATIENTS``, ``DEFAULT_SIZE`` and
 #: ``synthesize(out_dir, *, patients, seed, size) -> list[dict]`` (rows with paths relative to out_dir),
@@ -52,12 +53,19 @@ SYNTHESISERS: dict[str, ModuleType] = {
     "ecg": _ecg,
 }
 
+#: further demo sets, written only when named (``--modalities cytology``); their rows carry the modality that
+#: reads them (cytology tiles are ``histo``)
+EXTRA_SETS: dict[str, ModuleType] = {
+    "cytology": _cytology,
+}
+
 _MARKER = ".medcl-synth"
 
 
 def _lookup(name: str) -> ModuleType:
-    return look_up(name, SYNTHESISERS, what="modality", where="synthesize(modalities=...)", error=DataError,
-                   verb="choose from", normalize=lambda s: s.strip().lower())
+    return look_up(name, {**SYNTHESISERS, **EXTRA_SETS}, what="modality or demo set",
+                   where="synthesize(modalities=...)", error=DataError, verb="choose from",
+                   normalize=lambda s: s.strip().lower())
 
 
 def _per_modality(value, modality: str, default: int | None, what: str) -> int | None:
@@ -109,8 +117,8 @@ def synthesize(
     Args:
         out_dir: output folder (created). A modality folder inside it is replaced only if an
             earlier run of this function wrote it.
-        modalities: names from :data:`SYNTHESISERS` (a list or a comma-separated string);
-            None writes all six.
+        modalities: names from :data:`SYNTHESISERS` or :data:`EXTRA_SETS` (a list or a comma-separated string);
+            None writes the six modalities.
         patients: patients per modality — one int for all, a ``{modality: n}`` mapping, or None
             for each module's ``DEFAULT_PATIENTS``.
         seed: the seed; the same seed writes bit-identical files.
@@ -185,6 +193,7 @@ def _readme(summary, seed: int) -> str:
         "ct": "DICOM CT series (one folder per series) + NIfTI lesion masks",
         "mri": "NIfTI T2-like volumes + NIfTI lesion masks",
         "ecg": "12-lead WFDB records (.hea + .dat), mV",
+        "cytology": "RGB PNG tiles of cytology-like smears, label per tile, malignant tiles rare (≤ 2 %)",
     }
     for name, mod, n_pat, rows in summary:
         lines.append(
