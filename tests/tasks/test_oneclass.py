@@ -90,7 +90,7 @@ def test_cytology_demo_has_rare_malignant_tiles_and_is_reproducible(tmp_path):
 
     synthesize(tmp_path / "a", modalities=["cytology"], patients=20, seed=0)
     synthesize(tmp_path / "b", modalities=["cytology"], patients=20, seed=0)
-    rows = list(csv.DictReader((tmp_path / "a" / "cytology" / "manifest.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "a" / "cytology" / "manifest.csv").read_text().splitlines()))
     malignant = [r for r in rows if r["label"] == "malignant"]
     assert 0 < len(malignant) <= 0.02 * len(rows)
     assert all(r["modality"] == "histo" for r in rows)
@@ -123,7 +123,7 @@ def test_detect_stage_end_to_end_on_the_cytology_demo(tmp_path):
     out = STAGES["detect"](ctx, tracker)
     results = json.loads(Path(out["results"]).read_text())
     assert {(r["model"], r["scorer"]) for r in results} == {(m, s) for m in ("ssl", "random") for s in ("dsvdd", "knn")}
-    rows = list(csv.DictReader(Path(out["scores"]).open()))
+    rows = list(csv.DictReader(Path(out["scores"]).read_text().splitlines()))
     y = np.array([int(r["anomalous"]) for r in rows])
     test = data.indices("test", labelled=True)
     assert sorted(int(r["index"]) for r in rows) == sorted(test.tolist())
