@@ -31,8 +31,12 @@ from medcl.readers.dicom_tags import (
 def _iter_dicom_headers(folder: Path) -> list[tuple[Path, Any]]:
     """Headers (no pixels) of the DICOM image files under ``folder``; other files are skipped.
 
-    A file ending in ``.dcm`` that cannot be parsed is an error (it is meant to be DICOM);
-    files with other names that are not DICOM (notes, thumbnails) are ignored.
+    What is skipped, and only that: hidden files, ``DICOMDIR``, files with other names than ``.dcm`` / ``.dicom``
+    / ``.ima`` that are not DICOM (notes, thumbnails, ``.txt``, ``.json``), and readable DICOM objects that are not
+    images (structured reports, presentation states, waveforms: no ``Rows`` and a non-image SOP class). Every
+    other member that cannot be read is an error naming that file: a ``.dcm`` that is not DICOM, a corrupt
+    header, a header that ends before its first data element (a truncated copy: pydicom reads it as an empty
+    data set), or an image (by its SOP class) whose header stops before ``Rows``.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -46,15 +50,25 @@ def _iter_dicom_headers(folder: Path) -> list[tuple[Path, Any]]:
         except InvalidDicomError as e:
             if p.suffix.lower() in (".dcm", ".dicom", ".ima"):
                 raise ReaderError(
-                    "not a DICOM file (no 'DICM' marker and no readable DICOM header)",
-                    where=str(p), fix=f"{FIX_GARBLED}, or remove it from the series folder",
+                    f"series member {p.relative_to(folder)} is not a DICOM file (no 'DICM' marker and no readable "
+                    "DICOM header)", where=str(p), fix=f"{FIX_GARBLED}, or remove it from the series folder",
                 ) from e
             continue
         except Exception as e:
-            raise wrap_error(p, "corrupt or truncated DICOM header", e,
+            raise wrap_error(p, f"series member {p.relative_to(folder)}: corrupt or truncated DICOM header", e,
                              f"{FIX_GARBLED}, or remove it from the series folder") from e
+        if len(ds) == 0:
+            raise ReaderError(f"series member {p.relative_to(folder)} is a truncated or corrupt DICOM file: its "
+                              f"header ends before the first data element ({p.stat().st_size} bytes)", where=str(p),
+                              fix=f"{FIX_GARBLED}, or remove it from the series folder")
         phi.register_dicom_phi(ds)
-        if "Rows" not in ds:  # SR, presentation state, waveform: not a slice
+        if "Rows" not in ds:  # SR, presentation state, waveform: not a slice — unless it says it is an image
+            sop = ds.get("SOPClassUID")
+            if sop is None or "Image Storage" in getattr(sop, "name", ""):
+                raise ReaderError(f"series member {p.relative_to(folder)} is a DICOM "
+                                  f"{'image ' if sop is not None else ''}file without Rows: its header is truncated "
+                                  f"or incomplete ({p.stat().st_size} bytes)", where=str(p),
+                                  fix=f"{FIX_GARBLED}, or remove it from the series folder")
             continue
         found.append((p, ds))
     return found
@@ -267,7 +281,11 @@ def _decode_slices(path: Path, files: list[tuple[Path, Any]]) -> tuple[np.ndarra
     raw_dtype = None
     for p, _ in files:
         ds = dcmread(p)
-        raw = pixel_array(ds, p)
+        try:
+            raw = pixel_array(ds, p)
+        except ReaderError as e:  # name the member: a series folder's row would otherwise not say which file
+            raise ReaderError(f"series member {p.relative_to(path) if p.is_relative_to(path) else p.name}: {e.what}",
+                              where=e.where, fix=e.fix) from e
         if raw.ndim != 2:
             raise ReaderError(
                 f"slice has pixel array shape {tuple(raw.shape)}, expected one greyscale frame",

@@ -160,6 +160,66 @@ def test_series_empty_folder_and_non_dicom_files(tmp_path):
         read(ser.folder)
 
 
+def _member(ser, k=2):
+    return sorted(ser.folder.glob("*.dcm"))[k]
+
+
+@pytest.mark.parametrize("keep", [300, 132])
+def test_a_series_member_cut_inside_its_header_is_named(tmp_path, keep):
+    """A copy cut short inside its header (pydicom reads it as an empty data set) is the problem, not the spacing."""
+    ser = write_series(tmp_path / "s", n_slices=6)
+    bad = _member(ser)
+    bad.write_bytes(bad.read_bytes()[:keep])
+    with pytest.raises(ReaderError) as info:
+        read(ser.folder)
+    assert f"series member {bad.name}" in info.value.what and info.value.where == str(bad)
+    assert "spacing" not in info.value.what
+
+
+def test_a_series_member_cut_inside_its_pixel_data_is_named(tmp_path):
+    ser = write_series(tmp_path / "s", n_slices=6)
+    bad = _member(ser, 4)
+    bad.write_bytes(bad.read_bytes()[:-40])
+    with pytest.raises(ReaderError, match=rf"series member {bad.name}: pixel data cannot be decoded"):
+        read(ser.folder)
+
+
+def test_validation_names_the_broken_member_of_a_series_row(tmp_path):
+    """The issue's case: `medcl data validate` on a CT series with one member truncated to 300 bytes."""
+    from medcl.data.manifest import load_manifest
+    from medcl.data.synth import synthesize
+    from medcl.data.validate import validate_manifest
+
+    synthesize(tmp_path, modalities=["ct"], patients=3, seed=0, size=16)
+    folder = sorted((tmp_path / "ct" / "series").iterdir())[0]
+    bad = sorted(folder.glob("*.dcm"))[3]
+    bad.write_bytes(bad.read_bytes()[:300])
+    problems = validate_manifest(load_manifest(tmp_path / "ct" / "manifest.csv"), task="binary")
+    lines = [pr.line() for pr in problems]
+    assert len(lines) == 1 and bad.name in lines[0] and "truncated" in lines[0], lines
+    assert "spacing" not in lines[0]
+
+
+def test_non_image_dicom_objects_in_a_series_folder_are_skipped_by_rule(tmp_path):
+    """A structured report (readable, non-image SOP class, no Rows) next to the slices is not a slice."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ser = write_series(tmp_path / "s", n_slices=4)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sr = FileDataset(str(ser.folder / "report.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    sr.SOPClassUID = meta.MediaStorageSOPClassUID
+    sr.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    sr.Modality = "SR"
+    sr.save_as(str(ser.folder / "report.dcm"), enforce_file_format=True)
+    assert pydicom.dcmread(ser.folder / "report.dcm").Modality == "SR"
+    assert read(ser.folder).array.shape[-1] == 4
+
+
 # --------------------------------------------------------------------------- single / multi-frame DICOM
 
 

@@ -346,6 +346,13 @@ def _ct_truncated_pixels(d, demo):
     return one_row(d, "series", "ct")
 
 
+def _ct_truncated_header(d, demo):
+    series = ct_series(demo, d)
+    f = sorted(series.iterdir())[3]
+    f.write_bytes(f.read_bytes()[:300])  # `head -c 300`: the copy stops inside the header
+    return one_row(d, "series", "ct")
+
+
 def _ct_two_series(d, demo):
     import pydicom
     from pydicom.uid import generate_uid
@@ -505,6 +512,8 @@ CASES: list[Case] = [
     Case("ct-empty-folder", "ct", "empty series folder", _ct_empty_folder),
     Case("ct-2d-image", "ct", "a PNG given as a CT volume", _ct_2d),
     Case("ct-truncated-slice", "ct", "one DICOM slice missing the end of its pixel data", _ct_truncated_pixels),
+    Case("ct-truncated-header", "ct", "one DICOM slice cut to its first 300 bytes (`head -c 300`)",
+         _ct_truncated_header),
     Case("ct-two-series", "ct", "two series mixed in one folder", _ct_two_series),
     Case("ct-nan", "ct", "NIfTI volume with a NaN voxel", _ct_nan),
     Case("ct-mask-shape", "ct", "mask with 6 slices for an 8-slice volume", _ct_mask_shape),
