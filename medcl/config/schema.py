@@ -57,7 +57,9 @@ class DataConfig(Section):
     persistent_workers: bool = Field(
         True, description="keep the training loaders' worker processes between epochs (no start-up wait each "
         "epoch; batches are the same either way)")
-    reader_options: dict[str, Any] = Field(default_factory=dict, description="passed to the reader")
+    reader_options: dict[str, Any] = Field(default_factory=dict, description="keyword options of every read, in "
+                                           "validation and in training (e.g. {series: 0} for DICOM folders holding "
+                                           "several series; a manifest `series` column chooses per row)")
     max_voxels: int | None = Field(
         2**29, ge=1, description="largest sample in values (channels × voxels; 2**29 = 2 GiB as float32) read into "
         "memory; larger files are rejected before training, naming the file and its size (null: no limit)")

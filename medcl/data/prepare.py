@@ -16,7 +16,7 @@ import numpy as np
 
 from medcl.data.manifest import label_problems, load_manifest
 from medcl.data.splits import check_leakage, make_splits, split_summary
-from medcl.data.validate import filter_records, validate_manifest
+from medcl.data.validate import filter_records, row_reader_options, validate_manifest
 from medcl.errors import ConfigError, DataError, SplitError
 from medcl.lookup import did_you_mean
 
@@ -98,6 +98,9 @@ class DataBundle:
             }
             if r.mask is not None:
                 item["mask"] = str(r.mask)
+            series = row_reader_options(r).get("series")
+            if series is not None:
+                item["series"] = series
             out.append(item)
         return out
 
@@ -113,6 +116,12 @@ class DataBundle:
             v = getattr(r, name, None) if name in ("site",) else r.extra.get(name)
             vals.append("" if v is None else str(v))
         return np.asarray(vals, dtype=object)
+
+
+def reader_options(cfg: Any) -> dict[str, Any]:
+    """The reader options of every file of a pipeline: ``data.reader_options``, then ``transforms.reader_options``."""
+    extra = cfg.transforms.model_extra or {}
+    return {**dict(cfg.data.reader_options or {}), **dict(extra.get("reader_options") or {})}
 
 
 def _relabel(manifest: Any, column: str) -> list[Any]:
@@ -157,7 +166,7 @@ def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
     problems = validate_manifest(
         manifest, classes=d.classes, task=d.task,
         check_files=d.validate_files if check_files is None else check_files, modality=d.modality,
-        max_voxels=d.max_voxels,
+        max_voxels=d.max_voxels, reader_options=reader_options(cfg),
     )
     excluded: list[Any] = []
     records = manifest.records

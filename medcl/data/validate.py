@@ -189,8 +189,8 @@ def _escape_problem(rec: Record, root: Path) -> Problem | None:
 
 
 def _check_row(rec: Record, modality: str, root: Path, read: Callable[..., Any], require_mask: bool,
-               max_voxels: int | None = None) -> list[Problem]:
-    """File checks for one row (runs in a worker thread)."""
+               max_voxels: int | None = None, options: dict[str, Any] | None = None) -> list[Problem]:
+    """File checks for one row (runs in a worker thread); ``options`` go to the image's read (not the mask's)."""
     out: list[Problem] = []
     where = rec.relpath
 
@@ -211,7 +211,7 @@ def _check_row(rec: Record, modality: str, root: Path, read: Callable[..., Any],
             return out  # never decode it: that is what could exhaust the memory
     image = None
     try:
-        image = read(rec.path, modality=modality if modality in MODALITIES else None)
+        image = read(rec.path, modality=modality if modality in MODALITIES else None, **(options or {}))
     except ReaderError as e:
         # the readers reject NaN/Inf themselves ("3 NaN and 0 infinite values out of …")
         code = "nan-values" if _NONFINITE.search(e.what) else "unreadable"
@@ -305,6 +305,19 @@ def _progress(enabled: bool | None):
                     console=console, disable=disable, transient=True)
 
 
+def row_reader_options(record: Record, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Reader options of one manifest row: ``base`` plus the row's ``series`` column when it has one.
+
+    ``series`` chooses one series of a DICOM folder that holds several: its index (as
+    :func:`medcl.readers.list_series` numbers them) or its SeriesInstanceUID.
+    """
+    opts = dict(base or {})
+    value = str(record.extra.get("series", "") or "").strip()
+    if value:
+        opts["series"] = int(value) if value.isdigit() else value
+    return opts
+
+
 def validate_manifest(
     manifest: Manifest,
     *,
@@ -318,6 +331,7 @@ def validate_manifest(
     require_mask: bool = False,
     progress: bool | None = None,
     max_voxels: int | None = None,
+    reader_options: dict[str, Any] | None = None,
 ) -> list[Problem]:
     """Check every row of a manifest and return all problems, sorted by row.
 
@@ -337,6 +351,8 @@ def validate_manifest(
         max_voxels: largest number of values (channels × voxels) a file may decode to; larger
             ones are ``too-large`` problems, found from the header before decoding where possible
             (``None``: no limit).
+        reader_options: keyword options of every read (``data.reader_options`` of a pipeline), with each row's own
+            (:func:`row_reader_options`: a ``series`` column) on top — files are read as training will read them.
 
     Returns:
         Problems sorted by row (row 0 — whole-manifest problems — first).
@@ -356,8 +372,8 @@ def validate_manifest(
     if check_files and todo:
         with _progress(progress) as bar, ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
             task_id = bar.add_task("validating", total=len(todo))
-            futures = [pool.submit(_check_row, r, r.modality, root_path, read, require_mask, max_voxels)
-                       for r in todo]
+            futures = [pool.submit(_check_row, r, r.modality, root_path, read, require_mask, max_voxels,
+                                   row_reader_options(r, reader_options)) for r in todo]
             for fut in as_completed(futures):
                 problems.extend(fut.result())
                 bar.advance(task_id)

@@ -41,8 +41,15 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def transform_params(cfg: Any) -> dict[str, Any]:
-    """The preset's parameters set in the config (``transforms:`` keys besides ``preset``), as a new dict."""
-    return dict(cfg.transforms.model_extra or {})
+    """The preset's parameters set in the config (``transforms:`` keys besides ``preset``), as a new dict.
+
+    ``reader_options`` are ``data.reader_options`` with ``transforms.reader_options`` on top (the same options
+    validation read the files with).
+    """
+    params = dict(cfg.transforms.model_extra or {})
+    if cfg.data.reader_options or params.get("reader_options"):
+        params["reader_options"] = {**dict(cfg.data.reader_options), **dict(params.get("reader_options") or {})}
+    return params
 
 
 def make_transforms(cfg: Any, *, train: bool, views: int = 1, with_mask: bool = False):

@@ -113,7 +113,7 @@ class LoadSampled(MapTransform):
         self.meta_suffix = meta_suffix
         self.options = options
 
-    def _read(self, key: Hashable, value: Any, region: Any) -> tuple[Any, dict]:
+    def _read(self, key: Hashable, value: Any, region: Any, own: dict[str, Any] | None = None) -> tuple[Any, dict]:
         """``(array, meta)`` for one item value: a copy of an in-memory value, else the reader's output."""
         # in-memory values are copied: MONAI transforms may work in place (NormalizeIntensity does),
         # which would silently change the caller's array on every pass
@@ -138,7 +138,7 @@ class LoadSampled(MapTransform):
                 sample = reader(path, tuple(region), modality=self.modality, **opts)
             else:
                 reader = self.reader or _default_read
-                sample = reader(path, format=self.format, modality=self.modality, **self.options)
+                sample = reader(path, format=self.format, modality=self.modality, **{**self.options, **(own or {})})
         except ReaderError:
             raise
         except (OSError, ValueError, KeyError, RuntimeError) as e:  # a foreign reader's failure
@@ -154,8 +154,11 @@ class LoadSampled(MapTransform):
         """
         d = dict(data)
         region = d.get(self.region_key)
-        for key in self.key_iterator(d):
-            array, meta = self._read(key, d[key], region)
+        for i, key in enumerate(self.key_iterator(d)):
+            # a row's own series (manifest `series` column) chooses among the series of its image's DICOM folder
+            own = {"series": d["series"]} if i == 0 and d.get("series") not in (None, "") else {}
+            array, meta = self._read(key, d[key], region, own)
             d[key] = to_image_tensor(array, meta)
             d[f"{key}{self.meta_suffix}"] = meta
+        d.pop("series", None)  # read: not a batch key (rows with and without one must collate alike)
         return d

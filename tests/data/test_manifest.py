@@ -271,10 +271,12 @@ def test_shipped_pipelines_run_on_synthesised_manifests_as_they_are(tmp_path):
     from medcl.pipeline import load_pipeline
 
     root = Path(__file__).resolve().parents[2]
-    synthesize(tmp_path, modalities=["oct", "fundus", "histo", "ecg", "ct", "mri"], patients=6, seed=3, size=16)
+    synthesize(tmp_path, modalities=["oct", "fundus", "histo", "ecg", "ct", "mri", "cytology"], patients=6, seed=3,
+               size=16)
     for path in sorted((root / "pipelines").glob("*.yaml")):
         modality = load_pipeline(path, ["data.manifest=x.csv"]).data.modality
-        cfg = load_pipeline(path, [f"data.manifest={tmp_path / modality / 'manifest.csv'}", "data.val_fraction=0.2",
+        folder = "cytology" if path.stem.startswith("cytology") else modality  # histo tiles of the cytology set
+        cfg = load_pipeline(path, [f"data.manifest={tmp_path / folder / 'manifest.csv'}", "data.val_fraction=0.2",
                                    "data.test_fraction=0.2"])
         bundle = prepare_data(cfg, check_files=False)
         assert bundle.classes == list(cfg.data.classes), path.name

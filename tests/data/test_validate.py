@@ -299,3 +299,77 @@ def test_workers_give_the_same_sorted_problems(dataset):
     assert one == two
     assert [(p.row, p.code) for p in one] == [
         (2, "missing-file"), (3, "bad-shape"), (3, "duplicate-row"), (4, "missing-mask"), (6, "missing-file")]
+
+
+# ------------------------------------------------------------------ reader options: per row and per pipeline
+
+
+def _two_series_manifest(tmp_path, series_cell=None):
+    from readers_testfiles import write_series
+
+    folder = tmp_path / "data" / "mixed"
+    a = write_series(folder, prefix="a", description="AXIAL", series_number=2, seed=1)
+    b = write_series(folder, n_slices=5, prefix="b", description="SAG", series_number=3, seed=2,
+                     origin=(0.0, 0.0, 0.0), rot=(0.0, 0.0, 0.0))
+    head = "patient_id,path,modality,label" + (",series" if series_cell is not None else "")
+    row = "P1,mixed,ct,1" + (f",{series_cell}" if series_cell is not None else "")
+    (tmp_path / "data" / "m.csv").write_text(f"{head}\n{row}\n")
+    return tmp_path / "data" / "m.csv", a, b
+
+
+def test_a_series_column_chooses_the_series_of_a_mixed_folder_in_validation(tmp_path):
+    from medcl.readers import list_series
+
+    manifest, a, b = _two_series_manifest(tmp_path)
+    lines = [p.line() for p in validate_manifest(load_manifest(manifest))]
+    assert len(lines) == 1 and "2 DICOM series" in lines[0] and "a `series` column" in lines[0]
+    listed = list_series(manifest.parent / "mixed")
+    sag = next(i for i, s in enumerate(listed) if s["n_slices"] == 5)
+    manifest, _, _ = _two_series_manifest(tmp_path / "again", series_cell=str(sag))
+    assert validate_manifest(load_manifest(manifest)) == []
+
+
+def test_data_reader_options_reach_validation_and_the_training_reads(tmp_path):
+    """``data.reader_options`` is read by validation and by the transforms: the 5-slice series both times."""
+    from medcl.config import load_config
+    from medcl.data.prepare import prepare_data
+    from medcl.readers import list_series
+    from medcl.stages.common import make_transforms
+
+    manifest, a, b = _two_series_manifest(tmp_path)
+    sag = next(i for i, s in enumerate(list_series(manifest.parent / "mixed")) if s["n_slices"] == 5)
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(f"""
+name: t
+data: {{manifest: {manifest}, modality: ct, task: binary, classes: ['0', '1'], val_fraction: 0, test_fraction: 0,
+        reader_options: {{series: {sag}}}}}
+transforms: {{preset: ct, spatial_size: [8, 8, 8], spacing: [1, 1, 1]}}
+""")
+    cfg = load_config(pipe)
+    bundle = prepare_data(cfg)  # would stop on "the folder holds 2 DICOM series" without the option
+    assert len(bundle.records) == 1 and not bundle.excluded
+    loaded = make_transforms(cfg, train=False).transforms[0]({"image": str(manifest.parent / "mixed")})
+    assert loaded["image_meta_dict"]["shape"][-1] == 5
+    assert "series" not in loaded
+
+
+def test_a_rows_series_reaches_the_training_read(tmp_path):
+    from medcl.config import load_config
+    from medcl.data.prepare import prepare_data
+    from medcl.readers import list_series
+    from medcl.stages.common import make_transforms
+
+    probe, _, _ = _two_series_manifest(tmp_path / "probe")
+    sag = next(i for i, s in enumerate(list_series(probe.parent / "mixed")) if s["n_slices"] == 5)
+    manifest, _, _ = _two_series_manifest(tmp_path / "run", series_cell=str(sag))
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(f"""
+name: t
+data: {{manifest: {manifest}, modality: ct, task: binary, classes: ['0', '1'], val_fraction: 0, test_fraction: 0}}
+transforms: {{preset: ct, spatial_size: [8, 8, 8], spacing: [1, 1, 1]}}
+""")
+    cfg = load_config(pipe)
+    item = prepare_data(cfg).items("train")[0]
+    assert item["series"] == sag
+    loaded = make_transforms(cfg, train=False).transforms[0](item)
+    assert loaded["image_meta_dict"]["shape"][-1] == 5 and "series" not in loaded
