@@ -52,6 +52,7 @@ from medcl.reporting.performance import (
 )
 from medcl.reporting.segmentation import segmentation
 from medcl.reporting.wording import HEADLINE_METRICS, METRIC_NAMES, plain_sentence
+from medcl.tracking.reader import ArtifactUnreadable
 
 __all__ = [
     "CHANCE_MARGIN_AUROC", "HEADLINE_METRICS", "METRIC_NAMES", "SECTIONS", "STYLE", "Missing", "ci_text",
@@ -93,6 +94,9 @@ def render(d: ReportData | None, key: str) -> list[str]:
         return SECTIONS[key][1](d)
     except Missing as m:
         return [note(str(m), "missing")]
+    except ArtifactUnreadable as exc:  # the run produced it: a failure to read, never shown as an absence
+        return [note(f"<b>Could not be read</b> (the run produced it; this is not an absence): {esc(exc.what)} — "
+                     f"{esc(exc.fix)}.", "warn")]
     except Exception as exc:  # noqa: BLE001 - a report section must never stop the report
         msg = str(exc)
         detail = f": {esc(msg[:200])}" if msg and "/" not in msg and "\\" not in msg else ""

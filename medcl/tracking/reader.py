@@ -33,6 +33,10 @@ def strip_data_uris(text: str) -> str:
     return _DATA_URI.sub("data:", text)
 
 
+class ArtifactUnreadable(TrackingError):
+    """An artifact the run has but that cannot be read (server error, permission, corrupt file): not an absence."""
+
+
 @dataclass
 class RunView:
     """One MLflow run as plain Python values (no mlflow objects leak out)."""
@@ -159,15 +163,35 @@ class RunReader:
             p = todo.pop()
             try:
                 items = self._do(lambda p=p: self.client.list_artifacts(run_id, p), "listing artifacts")
-            except TrackingError as exc:
-                log.warning("report: %s", exc.line())
-                continue
+            except TrackingError as exc:  # a failure, not an empty folder
+                raise self._unreadable(p or "the artifact list", stage, f"could not be listed ({exc.what})") from exc
             for it in items:
                 (todo if it.is_dir else out).append(it.path)
         return sorted(out)
 
+    def _listed(self, run_id: str, path: str) -> bool | None:
+        """Whether the run lists artifact ``path`` (``None``: the listing itself failed)."""
+        parent = path.rsplit("/", 1)[0] if "/" in path else None
+        try:
+            items = self._do(lambda: self.client.list_artifacts(run_id, parent), "listing artifacts")
+        except Exception:  # noqa: BLE001 - a failing store: cannot tell
+            return None
+        return any(it.path == path for it in items)
+
+    def _unreadable(self, path: str, stage: str | None, why: str) -> ArtifactUnreadable:
+        what = f"{path} of {'the pipeline run' if stage is None else 'stage ' + stage} {why}"
+        log.warning("report: %s", what)
+        return ArtifactUnreadable(what, where=f"tracking store {_safe_uri(self.uri)}",
+                                  fix="check that the tracking server is up and readable (permissions, disk), then "
+                                  "rebuild the report: medcl report RUN_ID")
+
     def artifact_path(self, path: str, stage: str | None = None) -> Path | None:
-        """Download one artifact (file or folder); ``None`` when the run or the artifact is absent."""
+        """Download one artifact (file or folder); ``None`` when the run or the artifact is absent.
+
+        Raises:
+            ArtifactUnreadable: the run has the artifact (or the store cannot even list it) but it cannot be
+                downloaded — a failure, not an absence.
+        """
         run_id = self._run_id_of(stage)
         if run_id is None:
             return None
@@ -179,8 +203,13 @@ class RunReader:
         try:
             return Path(self.client.download_artifacts(run_id, path, str(dst)))
         except Exception as exc:  # noqa: BLE001 - absent artifacts raise various mlflow/OS errors
-            log.debug("report: artifact %s of %s not available (%s)", path, stage or "pipeline", type(exc).__name__)
-            return None
+            listed = self._listed(run_id, path)
+            if listed is False:  # not produced by this run
+                log.debug("report: artifact %s of %s not logged", path, stage or "pipeline")
+                return None
+            reason = f"{type(exc).__name__}: {str(exc)[:160]}"
+            raise self._unreadable(path, stage, f"exists but could not be downloaded ({reason})" if listed else
+                                   f"could not be listed or downloaded ({reason})") from exc
 
     def artifact_json(self, path: str, stage: str | None = None) -> Any | None:
         """A JSON artifact parsed (NaN allowed), or ``None`` when absent or unreadable."""
@@ -190,8 +219,7 @@ class RunReader:
         try:
             return json.loads(p.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            log.warning("report: %s of %s is not valid JSON (%s)", path, stage or "pipeline", exc)
-            return None
+            raise self._unreadable(path, stage, f"is corrupt: not valid JSON ({exc})") from exc
 
     def artifact_bytes(self, path: str, stage: str | None = None) -> bytes | None:
         """The bytes of an artifact of the pipeline (or of ``stage``), or ``None`` when it is missing."""

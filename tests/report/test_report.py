@@ -369,3 +369,45 @@ def test_stage_run_id_resolves_to_its_pipeline_and_html_phi_guard(seg_run, tmp_p
     page.write_text("<p>patient MRN1234567</p>")
     with pytest.raises(PHIError):
         reader.log_artifact(page, "report")
+
+
+def test_an_artifact_that_cannot_be_read_is_a_failure_not_an_absence(seg_run, monkeypatch):
+    """A download that fails for an artifact the run has is said so in the section; a truly absent artifact is
+    still 'not available'."""
+    from mlflow import MlflowClient
+
+    from medcl.reporting.data import ReportData
+    from medcl.reporting.sections import render
+    from medcl.tracking.reader import ArtifactUnreadable
+
+    run_id, uri = seg_run
+    download = MlflowClient.download_artifacts
+
+    def flaky(self, rid, path, dst=None):
+        if path == "per_case.csv":
+            raise OSError("503 Service Unavailable")
+        return download(self, rid, path, dst)
+
+    monkeypatch.setattr(MlflowClient, "download_artifacts", flaky)
+    d = ReportData.load(run_id, uri)
+    with pytest.raises(ArtifactUnreadable, match="per_case.csv of stage segment exists but could not be downloaded"):
+        d.reader.artifact_path("per_case.csv", stage="segment")
+    assert d.reader.artifact_path("no_such_file.csv", stage="segment") is None  # absent: no error
+    seg = "\n".join(render(d, "segmentation"))
+    assert "Could not be read" in seg and "503 Service Unavailable" in seg and "not an absence" in seg
+    assert "Not available" in "\n".join(render(d, "embedding"))  # never logged by this run: an absence
+
+
+def test_a_corrupt_json_artifact_is_a_failure_not_an_absence(seg_run, tmp_path):
+    from mlflow import MlflowClient
+
+    from medcl.tracking.reader import ArtifactUnreadable, RunReader
+
+    run_id, uri = seg_run
+    bad = tmp_path / "broken.json"
+    bad.write_text("{not json")
+    MlflowClient(tracking_uri=uri).log_artifact(run_id, str(bad))
+    reader = RunReader(run_id, uri)
+    with pytest.raises(ArtifactUnreadable, match="broken.json of the pipeline run is corrupt"):
+        reader.artifact_json("broken.json")
+    assert reader.artifact_json("never_logged.json") is None
