@@ -263,12 +263,21 @@ REGISTRY = PHIRegistry()
 
 
 def register_dicom_phi(ds) -> None:
-    """Register the PHI values of a pydicom Dataset (person names also by component)."""
+    """Register the PHI values of a pydicom Dataset (person names also by component).
+
+    Raises:
+        PHIError: a PHI element that is present but cannot be decoded (a malformed value or character set): its
+            value could not be registered, so the guard could not stop it — the file is refused instead.
+    """
     for kw in DICOM_PHI_TAGS:
         try:
             val = ds.get(kw, None)
-        except Exception:  # noqa: BLE001 - a malformed element must not stop PHI registration of the others
-            continue
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on a malformed value
+            raise PHIError(f"the DICOM element {kw} (patient information) cannot be decoded "
+                           f"({type(exc).__name__}): its value cannot be registered with the PHI guard",
+                           where=f"DICOM element {kw}",
+                           fix="re-export the file from PACS (or anonymise it with a DICOM tool) so that the element "
+                           "is well-formed; medcl refuses a file whose patient information it cannot read") from None
         if val is None or val == "":
             continue
         values = list(val) if isinstance(val, (list, tuple)) or type(val).__name__ == "MultiValue" else [val]

@@ -24,6 +24,7 @@ from medcl.readers.dicom_tags import (
     dicom_meta,
     infer_modality,
     pixel_spacing,
+    register_phi,
     transfer_syntax,
 )
 
@@ -61,7 +62,7 @@ def _iter_dicom_headers(folder: Path) -> list[tuple[Path, Any]]:
             raise ReaderError(f"series member {p.relative_to(folder)} is a truncated or corrupt DICOM file: its "
                               f"header ends before the first data element ({p.stat().st_size} bytes)", where=str(p),
                               fix=f"{FIX_GARBLED}, or remove it from the series folder")
-        phi.register_dicom_phi(ds)
+        register_phi(ds, p, f"series member {p.relative_to(folder)}")
         if "Rows" not in ds:  # SR, presentation state, waveform: not a slice — unless it says it is an image
             sop = ds.get("SOPClassUID")
             if sop is None or "Image Storage" in getattr(sop, "name", ""):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medcl import phi
-from medcl.errors import ReaderError
+from medcl.errors import PHIError, ReaderError
 from medcl.readers.base import jsonable, require_file, wrap_error
 
 #: DICOM ``Modality`` codes → medcl modality names (None for the rest).
@@ -60,8 +60,23 @@ def dcmread(path: Path, *, header_only: bool = False):
         ) from e
     except Exception as e:  # pydicom raises many types on damaged headers
         raise wrap_error(path, "corrupt or truncated DICOM header", e, FIX_GARBLED) from e
-    phi.register_dicom_phi(ds)
+    register_phi(ds, path)
     return ds
+
+
+def register_phi(ds: Any, path: str | Path, name: str | None = None) -> None:
+    """:func:`medcl.phi.register_dicom_phi`, its failure a :class:`ReaderError` about the file ``path``.
+
+    Args:
+        ds: the file's header.
+        path: the file.
+        name: how to name the file in the message (e.g. ``"series member x.dcm"``; default: nothing, the row's
+            path says it).
+    """
+    try:
+        phi.register_dicom_phi(ds)
+    except PHIError as e:
+        raise ReaderError(f"{name + ': ' if name else ''}{e.what}", where=str(path), fix=e.fix) from e
 
 
 def dicom_meta(ds) -> dict[str, Any]:

@@ -397,3 +397,25 @@ def test_dicom_ecg_truncated_waveform(ecg_dicom, tmp_path):
         read(p)
     with pytest.raises(ReaderError, match="no pixel data.*dicom_ecg"):
         read(ecg_dicom.path, format="dicom")
+
+
+def test_a_patient_element_that_cannot_be_decoded_refuses_the_file(tmp_path):
+    """PHI registration cannot skip an element it cannot read (its value would escape the guard): the file is
+    refused, by name."""
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    ser = write_series(tmp_path / "s", n_slices=4)
+    bad = _member(ser, 1)
+    ds = pydicom.dcmread(bad)
+    tag = Tag(0x00100030)  # PatientBirthDate, written with a length no reader can decode as its VR
+    ds[tag] = RawDataElement(tag, "US", 3, b"\x01\x02\x03", 0, False, True)
+    ds.save_as(bad)
+    with pytest.raises(pydicom.errors.BytesLengthException):
+        pydicom.dcmread(bad, stop_before_pixels=True).get("PatientBirthDate")  # what PHI registration meets
+    with pytest.raises(ReaderError, match=rf"series member {bad.name}: the DICOM element PatientBirthDate") as info:
+        read(ser.folder)
+    assert "refuses a file whose patient information it cannot read" in info.value.fix
+    with pytest.raises(ReaderError, match="PatientBirthDate"):
+        read(bad, format="dicom")
