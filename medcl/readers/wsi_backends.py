@@ -302,13 +302,21 @@ def check_level(path: Path, info: SlideInfo, level: int | None) -> int:
 
 
 def is_pyramidal_tiff(path: Path) -> bool:
-    """True for TIFFs that are slides (SVS/NDPI, or more than one pyramid level)."""
+    """True for TIFFs that are slides (SVS/NDPI, or more than one pyramid level).
+
+    Raises:
+        ReaderError: the TIFF does not open (corrupt, truncated, not a TIFF): whether it is a slide cannot be told,
+            and a damaged slide must be reported as such, not handed to the plain-image reader.
+    """
     import tifffile
 
     try:
         with tifffile.TiffFile(str(path)) as tif:
+            if len(tif.pages) == 0:  # tifffile opens a file whose first directory is lost, with no page
+                raise ValueError("no readable image directory (IFD)")
             if tif.is_svs or getattr(tif, "is_ndpi", False) or getattr(tif, "is_scn", False):
                 return True
             return len(tif.series) > 0 and len(tif.series[0].levels) > 1
-    except Exception:
-        return False
+    except Exception as e:  # noqa: BLE001 - tifffile raises many types on damaged files
+        raise wrap_error(path, "cannot read TIFF (corrupt or truncated), so whether it is a slide or an image "
+                         "cannot be told", e, FIX_CORRUPT) from e

@@ -137,3 +137,23 @@ def test_wsi_without_resolution_and_corrupt(tmp_path):
     junk.write_bytes(b"II*\x00" + b"\xff" * 100)
     with pytest.raises(ReaderError, match="junk.svs"):
         read(junk)
+
+
+def test_a_damaged_slide_tiff_is_a_slide_error_not_an_image_read(tmp_path):
+    """Slide detection that cannot open the TIFF says so; the file is never handed to the plain-image reader."""
+    import tifffile
+
+    from medcl.errors import ReaderError
+    from medcl.readers import detect_format, read
+
+    good = tmp_path / "slide.tif"
+    tifffile.imwrite(good, np.zeros((64, 64, 3), np.uint8), tile=(16, 16))
+    data = bytearray(good.read_bytes())
+    data[4:8] = b"\xff\xff\xff\x7f"  # the first IFD offset points past the end of the file
+    bad = tmp_path / "damaged.tif"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ReaderError, match="whether it is a slide or an image cannot be told") as info:
+        detect_format(bad)
+    assert info.value.where == str(bad)
+    with pytest.raises(ReaderError, match="whether it is a slide"):
+        read(bad)
