@@ -3,7 +3,7 @@
 * The matrix: for each :data:`bad_inputs.CASES` entry the malformed input is built from real
   files, the ``medcl`` command is run in this process, and its row in the document (number,
   input, command and the exact printed line) must equal the row rendered from this run.
-* The fuzzer (slow): bytes of valid tiny files of every format (PNG, TIFF, DICOM, NIfTI, NRRD, WFDB
+* The fuzzer (a short pass in the default run, a long one marked slow): bytes of valid tiny files of every format (PNG, TIFF, DICOM, NIfTI, NRRD, WFDB
   header and data) are mutated by hypothesis and read with :func:`medcl.readers.read`; the
   only exception allowed out is a :class:`~medcl.errors.MedclError`.
 """
@@ -71,9 +71,23 @@ def _seed_files(demo: Path, out: Path) -> dict[str, tuple[str, bytes, dict[str, 
     }
 
 
+FORMATS = ["png", "tiff", "dicom", "nifti", "nifti_gz", "nrrd", "wfdb_header", "wfdb_data"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_short_fuzz_pass_raises_only_medcl_errors(fmt, demo, tmp_path_factory):
+    """The default run's pass: 80 mutated inputs per format (640 in all), fixed seed, seconds per format."""
+    _fuzz(fmt, demo, tmp_path_factory, examples=80)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["png", "tiff", "dicom", "nifti", "nifti_gz", "nrrd", "wfdb_header", "wfdb_data"])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_fuzzed_files_raise_only_medcl_errors(fmt, demo, tmp_path_factory):
+    """The long pass (``make test-all``): 300 mutated inputs per format."""
+    _fuzz(fmt, demo, tmp_path_factory, examples=300)
+
+
+def _fuzz(fmt, demo, tmp_path_factory, examples):
     import warnings
 
     from hypothesis import HealthCheck, given, settings
@@ -88,7 +102,7 @@ def test_fuzzed_files_raise_only_medcl_errors(fmt, demo, tmp_path_factory):
     mutation = st.lists(st.tuples(position, st.integers(0, 255)), min_size=1, max_size=8)
     cut = st.one_of(st.none(), st.integers(0, len(seed)))
 
-    @settings(max_examples=300, deadline=2000, derandomize=True, database=None,
+    @settings(max_examples=examples, deadline=2000, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     @given(mutation, cut, st.binary(max_size=16))
     def check(flips, truncate_at, tail):
