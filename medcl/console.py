@@ -38,6 +38,8 @@ def print_plan(cfg: PipelineConfig, data: Any, key: str, run_dir: Path) -> None:
         f"baselines {', '.join(cfg.classify.baselines) or 'none'}"
         + (f"; fine-tuning {_budget_text(cfg.classify.finetune)}" if "finetune" in cfg.classify.protocols else ""),
         "segment": f"{cfg.segment.network}, {_budget_text(cfg.segment)}, {cfg.segment.num_classes} classes",
+        "detect": f"one-class detection of what is not {cfg.detect.normal_class!r}: {', '.join(cfg.detect.scorers)} "
+        f"scorers, sensitivity at {cfg.detect.specificity:.0%} specificity",
         "calibrate": f"{cfg.calibrate.method} scaling, ECE with {cfg.calibrate.n_bins} bins",
         "report": "HTML report from the MLflow run",
     }

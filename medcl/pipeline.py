@@ -35,7 +35,8 @@ from medcl.config import (
 from medcl.console import print_plan, print_summary
 from medcl.data.prepare import check_splits, prepare_data
 from medcl.data.splits import save_split
-from medcl.errors import DistributedError, MedclError, StageError, TrackingError
+from medcl.errors import ConfigError, DistributedError, MedclError, StageError, TrackingError
+from medcl.lookup import did_you_mean
 from medcl.stages import STAGES
 from medcl.stages.context import RunContext
 from medcl.tracking import MLflowTracker, NullTracker, default_tracking_uri, runs
@@ -160,6 +161,34 @@ def _sigterm_fails_the_run() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _preflight(cfg: PipelineConfig, data: Any) -> None:
+    """Settings a stage would refuse, checked before anything trains (and in a dry run).
+
+    Raises:
+        ConfigError: an unknown method or method option, options a method refuses (e.g. ``supcon-hardneg`` without
+            pairs), or a ``detect`` stage without a valid ``detect.normal_class``.
+    """
+    from medcl.methods import METHODS, method_options  # lazy: torch (the plan printing does not need it)
+
+    if "pretrain" in cfg.stages:
+        allowed = method_options(cfg.pretrain.method)  # an unknown method: did-you-mean
+        unknown = [k for k in cfg.pretrain.method_options if k not in allowed]
+        if unknown:
+            raise ConfigError(f"method {cfg.pretrain.method!r} got unknown option(s) {unknown}",
+                              where="pretrain.method_options", fix="accepted: " + ", ".join(allowed))
+        check = getattr(METHODS[cfg.pretrain.method], "check_options", None)
+        if check is not None:
+            check(cfg.pretrain.method_options)
+    if "detect" in cfg.stages:
+        d = cfg.detect
+        if not d.normal_class or d.normal_class not in data.classes:
+            raise ConfigError("the detect stage needs the normal class" if not d.normal_class else
+                              f"detect.normal_class {d.normal_class!r} is not a class of the data",
+                              where="detect.normal_class",
+                              fix=f"{did_you_mean(d.normal_class or '', list(data.classes))}set it to one of "
+                              f"{', '.join(data.classes)}")
+
+
 def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bool, smoke: bool) -> RunContext:
     """The pipeline run itself (see :func:`run_pipeline`): data, the pipeline's MLflow run, then every stage."""
     key = pipeline_key(cfg)
@@ -171,6 +200,7 @@ def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bo
         _check_tracking(cfg, uri)
     data = prepare_data(cfg)
     check_splits(data, {s: STAGES[s].splits for s in cfg.stages})
+    _preflight(cfg, data)
     if dry_run:
         print_plan(cfg, data, key, run_dir)
         print("dry run: nothing was trained")

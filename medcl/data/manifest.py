@@ -141,9 +141,15 @@ def _canonical_columns(header: Sequence[str], where: str) -> list[str]:
     for alias, canon in COLUMN_ALIASES.items():
         if alias in seen and canon not in seen:
             names[seen[alias]] = canon
+    found = [h.strip() for h in header if h.strip()]
+    if len(found) == 1 and any(req not in names for req in REQUIRED_COLUMNS):
+        sep = next((name for ch, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "'|'")) if ch in found[0]), None)
+        if sep:
+            raise ManifestError(f"the header is one column {found[0]!r}: the file is separated by {sep}, not commas",
+                                where=where, fix="save it as comma-separated CSV (Excel: 'CSV UTF-8 (comma "
+                                "delimited)'), or give a tab-separated file the suffix .tsv")
     for req in REQUIRED_COLUMNS:
         if req not in names:
-            found = [h.strip() for h in header if h.strip()]
             raise ManifestError(
                 f"missing required column {req!r}"
                 f"{did_you_mean(req, found, cutoff=0.5, ignore_case=True, paren=True)}; "

@@ -94,6 +94,16 @@ class SupConHardNegative(SupCon):
 
     def __init__(self, encoder: Encoder, **options: object) -> None:
         """Refuse a run without confusable pairs, then build SupCon with the hard-negative criterion."""
+        self.check_options(options)
+        super().__init__(encoder, **options)
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, object]) -> None:
+        """Refuse options that would make the method plain SupCon (checked before any data is read, too).
+
+        Raises:
+            ConfigError: no pairs, or ``hard_weight`` 1.
+        """
         where = "pretrain.method_options.hard_pairs"
         if not options.get("hard_pairs"):
             raise ConfigError(
@@ -106,7 +116,6 @@ class SupConHardNegative(SupCon):
             raise ConfigError("hard_weight 1 weighs hard negatives like any other: that is plain SupCon",
                               where="pretrain.method_options.hard_weight",
                               fix="use a weight > 1 (2.0 by default), or method supcon")
-        super().__init__(encoder, **options)
 
 
 class SupConGraph(SupCon):

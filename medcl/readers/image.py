@@ -1,7 +1,7 @@
 """2D image reader: PNG / JPEG / BMP via Pillow, TIFF via tifffile → ``(C, H, W)`` float32.
 
 Values keep their stored range (0..255 for 8-bit, 0..65535 for 16-bit); greyscale is ``C = 1``,
-colour ``C = 3`` (alpha dropped, palette expanded). Pillow silently truncates 16-bit *colour* PNGs
+colour ``C = 3`` (an opaque alpha dropped — a transparent one is an error —, palette expanded). Pillow silently truncates 16-bit *colour* PNGs
 to 8 bits, so those are decoded with imagecodecs instead.
 """
 
@@ -35,7 +35,15 @@ def _to_channel_first(arr: np.ndarray, axes: str, path: Path) -> np.ndarray:
         arr = np.moveaxis(arr, s, -1)
         axes = axes[:s] + axes[s + 1:] + "S"
         n = arr.shape[-1]
-        if n in (2, 4):  # grey + alpha, RGB + alpha: drop alpha
+        if n in (2, 4):  # grey + alpha, RGB + alpha: an opaque alpha carries nothing and is dropped
+            alpha = arr[..., n - 1]
+            full = np.iinfo(arr.dtype).max if np.issubdtype(arr.dtype, np.integer) else 1.0
+            if not bool((alpha == full).all()):
+                raise ReaderError(
+                    f"image has transparency: its alpha channel is not fully opaque ({int((alpha != full).sum())} "
+                    "pixels), and medcl does not composite it onto a background (pixel values would depend on it)",
+                    where=str(path), fix="flatten the image onto its background (e.g. save it without alpha) and "
+                    "re-export it")
             arr = arr[..., : n - 1]
         elif n not in (1, 3):
             raise ReaderError(

@@ -53,6 +53,7 @@ def read_nifti(path: Path, *, modality: str | None = None, **options: Any) -> Sa
         raise wrap_error(path, "cannot read NIfTI (corrupt or truncated)", e, _FIX_CORRUPT) from e
     arr = to_float32(_channel_first_4d(data, path, "NIfTI"), path)
     zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    _check_geometry(path, np.asarray(img.affine, dtype=float), zooms)
     return Sample(
         arr,
         make_meta(
@@ -65,6 +66,23 @@ def read_nifti(path: Path, *, modality: str | None = None, **options: Any) -> Sa
             affine=np.asarray(img.affine, dtype=float),
         ),
     )
+
+
+def _check_geometry(path: Path, affine: np.ndarray, spacing: list[float]) -> None:
+    """Refuse a volume whose affine or voxel size is not finite, or whose affine is singular.
+
+    Every resampling, mask check and mm measurement (HD95) of such a volume would silently be wrong.
+
+    Raises:
+        ReaderError: naming the file and what is wrong with its geometry.
+    """
+    if not np.isfinite(affine).all() or not np.isfinite(spacing).all():
+        raise ReaderError("the volume's geometry (affine / voxel size) has NaN or infinite values: a broken header",
+                          where=str(path), fix="re-export the volume with its scanner geometry (e.g. from the DICOM "
+                          "with dcm2niix), or repair the header's sform/qform")
+    if abs(float(np.linalg.det(affine[:3, :3]))) < 1e-12:
+        raise ReaderError("the volume's affine is singular (a zero voxel size or collapsed axes)", where=str(path),
+                          fix="re-export the volume with its scanner geometry, or repair the header's sform/qform")
 
 
 #: NRRD space names → per-axis sign that turns them into RAS.
@@ -174,6 +192,7 @@ def read_nrrd(path: Path, *, modality: str | None = None, **options: Any) -> Sam
 
     space = str(header.get("space", "") or "").lower()
     affine, spacing = _nrrd_affine(path, header, dirs, spatial_axes, space)
+    _check_geometry(path, affine, spacing)
     return Sample(
         arr,
         make_meta(

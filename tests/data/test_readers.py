@@ -182,7 +182,16 @@ def test_png_jpeg_tiff_match_reference_decoders(images):
     np.testing.assert_array_equal(g.array[0], images.grey)
     np.testing.assert_allclose(g.meta["spacing"], [0.1, 0.1], rtol=1e-3)  # 254 dpi
     np.testing.assert_array_equal(read(images.rgb_png).array, np.moveaxis(images.rgb, -1, 0))
-    rgba = read(images.rgba_png)
+    # a transparent alpha is refused (compositing would invent pixel values); an opaque one carries nothing
+    assert not (images.rgba[..., 3] == 255).all()
+    with pytest.raises(ReaderError, match="transparency"):
+        read(images.rgba_png)
+    from PIL import Image
+
+    opaque = images.rgba.copy()
+    opaque[..., 3] = 255
+    Image.fromarray(opaque, mode="RGBA").save(images.rgba_png.with_name("opaque.png"))
+    rgba = read(images.rgba_png.with_name("opaque.png"))
     assert rgba.array.shape == (3, 24, 32)
     np.testing.assert_array_equal(rgba.array, np.moveaxis(images.rgba[..., :3], -1, 0))
     g16 = read(images.g16_png)

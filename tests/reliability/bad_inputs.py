@@ -467,6 +467,117 @@ def _r_no_val_for_calibration(d, demo):
     return dry_run(d, manifest(d, rows), "data.val_fraction=0", "stages=[pretrain, classify, calibrate]")
 
 
+# --- more formats (issue: every broken input named) -----------------------------------------------
+def _mr_nan_affine(d, demo):
+    import struct
+
+    nifti(d / "t1.nii", np.zeros((16, 16, 8), np.float32))
+    raw = bytearray((d / "t1.nii").read_bytes())
+    raw[252:256] = struct.pack("<hh", 0, 1)  # qform_code 0, sform_code 1: the sform is the affine
+    raw[296 + 4:296 + 8] = struct.pack("<f", float("nan"))  # srow_y[1]: the y voxel size is NaN
+    (d / "t1.nii").write_bytes(bytes(raw))
+    return one_row(d, "t1.nii", "mri")
+
+
+def _mr_nrrd_missing_data(d, demo):
+    (d / "t2.nhdr").write_text("NRRD0004\ntype: float\ndimension: 3\nsizes: 8 8 4\nendian: little\n"
+                               "encoding: raw\ndata file: t2.raw\n\n")
+    return one_row(d, "t2.nhdr", "mri")
+
+
+def _mr_mask_spacing(d, demo):
+    nifti(d / "t1.nii.gz", np.zeros((16, 16, 8), np.float32))
+    nifti(d / "mask.nii.gz", np.zeros((16, 16, 8), np.uint8), np.diag([2.0, 2.0, 2.0, 1.0]))
+    return validate(manifest(d, ["P001,t1.nii.gz,mri,,mask.nii.gz"], header=HEADER + ",mask"))
+
+
+def _mr_mask_missing(d, demo):
+    nifti(d / "t1.nii.gz", np.zeros((16, 16, 8), np.float32))
+    return validate(manifest(d, ["P001,t1.nii.gz,mri,,nothere_mask.nii.gz"], header=HEADER + ",mask"))
+
+
+def _e_length_mismatch(d, demo):
+    wfdb_record(d, "rec", np.zeros((400, 2)))
+    hea = (d / "rec.hea").read_text().splitlines()
+    first = hea[0].split()
+    first[3] = "4000"  # the header promises 10x the samples the .dat holds
+    (d / "rec.hea").write_text("\n".join([" ".join(first), *hea[1:]]) + "\n")
+    return one_row(d, "rec.hea", "ecg")
+
+
+def _e_nan_samples(d, demo):
+    sig = np.zeros((400, 2))
+    sig[100:110, 0] = np.nan  # a lead disconnected: WFDB writes the "missing sample" code
+    wfdb_record(d, "rec", sig)
+    return one_row(d, "rec.hea", "ecg")
+
+
+def _o_alpha(d, demo):
+    a = np.zeros((32, 32, 2), np.uint8)
+    a[..., 1] = 255
+    a[:8, :8, 1] = 0  # a transparent corner
+    from PIL import Image
+
+    Image.fromarray(a, mode="LA").save(d / "scan.png")
+    return one_row(d, "scan.png", "oct")
+
+
+def _h_rgba(d, demo):
+    png(d / "tile.png", np.full((32, 32, 4), 200, np.uint8))
+    return one_row(d, "tile.png", "histo")
+
+
+def _ct_dicom_no_pixels(d, demo):
+    import pydicom
+
+    series = ct_series(demo, d)
+    src = sorted(series.iterdir())[0]
+    ds = pydicom.dcmread(src)
+    del ds.PixelData
+    ds.save_as(d / "slice.dcm")
+    return one_row(d, "slice.dcm", "ct")
+
+
+def _m_mask_column_missing_file(d, demo):
+    copy(demo, "oct/images/" + sorted(p.name for p in (demo / "oct" / "images").glob("*.png"))[0], d, "a.png")
+    return validate(manifest(d, ["P001,a.png,oct,,nothere_mask.png"], header=HEADER + ",mask"))
+
+
+def _m_semicolon(d, demo):
+    (d / "manifest.csv").write_text("patient_id;path;modality;label\nP001;a.png;oct;\n", encoding="utf-8")
+    return validate("manifest.csv")
+
+
+def _m_tab_in_csv(d, demo):
+    (d / "manifest.csv").write_text("patient_id\tpath\tmodality\tlabel\nP001\ta.png\toct\t\n", encoding="utf-8")
+    return validate("manifest.csv")
+
+
+def _c_include_cycle(d, demo):
+    (d / "a.yaml").write_text("include: [b.yaml]\nname: a\n")
+    (d / "b.yaml").write_text("include: [a.yaml]\n")
+    return ["config", "a.yaml"]
+
+
+def _c_fraction_too_large(d, demo):
+    return ["config", str(OCT_PIPELINE), "--set", "data.val_fraction=1.5"]
+
+
+def _c_unknown_method(d, demo):
+    rows = oct_rows(8, 2, lambda p: ["normal", "early", "intermediate"][p % 3], d, demo)
+    return dry_run(d, manifest(d, rows), "pretrain.method=simclrr")
+
+
+def _c_hardneg_no_pairs(d, demo):
+    rows = oct_rows(8, 2, lambda p: ["normal", "early", "intermediate"][p % 3], d, demo)
+    return dry_run(d, manifest(d, rows), "pretrain.method=supcon-hardneg")
+
+
+def _r_detect_no_normal_class(d, demo):
+    rows = oct_rows(8, 2, lambda p: ["normal", "early", "intermediate"][p % 3], d, demo)
+    return dry_run(d, manifest(d, rows), "stages=[pretrain, detect]")
+
+
 CASES: list[Case] = [
     Case("manifest-missing", "manifest", "the manifest file does not exist", _m_missing),
     Case("manifest-not-utf8", "manifest", "manifest saved as Latin-1 (a name with É)", _m_not_utf8),
@@ -536,6 +647,25 @@ CASES: list[Case] = [
     Case("resources-too-large", "resources", "images larger than `data.max_voxels=1000`", _r_too_large_run),
     Case("resources-no-val-for-calibration", "resources", "`data.val_fraction=0` with the calibrate stage",
          _r_no_val_for_calibration),
+    Case("mri-nan-affine", "mri", "NIfTI whose affine has a NaN", _mr_nan_affine),
+    Case("mri-nrrd-missing-data", "mri", "detached NRRD header whose data file is missing", _mr_nrrd_missing_data),
+    Case("mri-mask-spacing", "mri", "mask with 2 mm voxels for a 1 mm image (same shape)", _mr_mask_spacing),
+    Case("mri-mask-missing", "mri", "mask column naming a file that does not exist", _mr_mask_missing),
+    Case("ecg-length-mismatch", "ecg", "WFDB header promising 4000 samples, `.dat` holding 400", _e_length_mismatch),
+    Case("ecg-nan-samples", "ecg", "WFDB record with missing samples (a disconnected lead)", _e_nan_samples),
+    Case("oct-alpha-png", "oct", "grey PNG with a partly transparent alpha channel", _o_alpha),
+    Case("histo-rgba-tile", "histo", "RGBA tile with a semi-transparent alpha channel", _h_rgba),
+    Case("ct-dicom-no-pixels", "ct", "single DICOM file without PixelData", _ct_dicom_no_pixels),
+    Case("manifest-mask-missing", "manifest", "mask column naming a PNG that does not exist",
+         _m_mask_column_missing_file),
+    Case("manifest-semicolon", "manifest", "manifest separated by `;` (European Excel)", _m_semicolon),
+    Case("manifest-tabs-in-csv", "manifest", "tab-separated manifest named `.csv`", _m_tab_in_csv),
+    Case("config-include-cycle", "config", "two YAML files that include each other", _c_include_cycle),
+    Case("config-fraction-too-large", "config", "`data.val_fraction=1.5`", _c_fraction_too_large),
+    Case("config-unknown-method", "config", "`pretrain.method=simclrr`", _c_unknown_method),
+    Case("config-hardneg-no-pairs", "config", "`supcon-hardneg` without confusable pairs", _c_hardneg_no_pairs),
+    Case("config-detect-no-normal-class", "config", "the detect stage without `detect.normal_class`",
+         _r_detect_no_normal_class),
 ]
 
 
@@ -606,6 +736,23 @@ EXPECT: dict[str, tuple[str, ...]] = {
     "resources-too-few-patients": ("test_fraction", "3 patients", "0 test patients", "at least 0.17"),
     "resources-too-large": ("row 1", "too large", "1,000", "max_voxels"),
     "resources-no-val-for-calibration": ("val split", "no labelled samples", "calibrate", "split=val"),
+    "mri-nan-affine": ("row 1", "t1.nii", "nan", "geometry", "re-export"),
+    "mri-nrrd-missing-data": ("row 1", "t2.nhdr", "t2.raw", "no such file", "check the copy"),
+    "mri-mask-spacing": ("row 1", "mask.nii.gz", "affine differs", "resample the mask"),
+    "mri-mask-missing": ("row 1", "nothere_mask.nii.gz", "does not exist", "mask path"),
+    "ecg-length-mismatch": ("row 1", "rec.hea", ".dat", "complete"),
+    "ecg-nan-samples": ("row 1", "rec.hea", "10 nan", "missing values"),
+    "oct-alpha-png": ("row 1", "scan.png", "transparency", "flatten"),
+    "histo-rgba-tile": ("row 1", "tile.png", "transparency", "flatten"),
+    "ct-dicom-no-pixels": ("row 1", "slice.dcm", "no pixel data", "image object"),
+    "manifest-mask-missing": ("row 1", "nothere_mask.png", "does not exist", "mask path"),
+    "manifest-semicolon": ("manifest.csv", "separated by semicolons", "comma-separated"),
+    "manifest-tabs-in-csv": ("manifest.csv", "separated by tabs", ".tsv"),
+    "config-include-cycle": ("a.yaml", "include cycle", "b.yaml", "remove one of the includes"),
+    "config-fraction-too-large": ("data.val_fraction", "1.5", "less than 1"),
+    "config-unknown-method": ("pretrain.method", "simclrr", "did you mean 'simclr'"),
+    "config-hardneg-no-pairs": ("hard_pairs", "supcon-hardneg", "plain supcon", "suggest-hard-pairs"),
+    "config-detect-no-normal-class": ("detect.normal_class", "normal class", "normal, early, intermediate"),
 }
 
 
