@@ -186,7 +186,6 @@ def test_png_jpeg_tiff_match_reference_decoders(images):
     assert not (images.rgba[..., 3] == 255).all()
     with pytest.raises(ReaderError, match="transparency"):
         read(images.rgba_png)
-    from PIL import Image
 
     opaque = images.rgba.copy()
     opaque[..., 3] = 255
