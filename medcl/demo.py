@@ -57,11 +57,14 @@ def run_demo(modality: str = "oct", data_dir: str | Path = "medcl-demo-data", se
     data_dir = Path(data_dir).resolve()
     for mod in mods:
         manifest = data_dir / mod / "manifest.csv"
-        if not manifest.is_file():
-            log.info("synthesising the %s demo data into %s", mod, data_dir)
-            synthesize(data_dir, modalities=[mod], seed=seed)
         path = pipelines_dir() / "demo" / f"{mod}.yaml"
         sets = [f"data.manifest={manifest}", f"seed={seed}", *(overrides or [])]
         cfg = load_pipeline(path, sets, smoke=smoke)
+        if not manifest.is_file():
+            log.info("synthesising the %s demo data into %s", mod, data_dir)
+            synthesize(data_dir, modalities=[mod], seed=seed, patients=cfg.data.synth_patients)
+        elif cfg.data.synth_patients:
+            log.warning("data.synth_patients=%d not used: the %s demo data already exist in %s (delete the folder to "
+                        "synthesise them again)", cfg.data.synth_patients, mod, data_dir / mod)
         run_pipeline(cfg, force=force, resume=resume, dry_run=dry_run, smoke=smoke)
     return 0

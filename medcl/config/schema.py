@@ -63,7 +63,8 @@ class DataConfig(Section):
     max_voxels: int | None = Field(
         2**29, ge=1, description="largest sample in values (channels × voxels; 2**29 = 2 GiB as float32) read into "
         "memory; larger files are rejected before training, naming the file and its size (null: no limit)")
-    synth_patients: int | None = Field(None, ge=2, description="demo only: patients to synthesise")
+    synth_patients: int | None = Field(None, ge=2, description="`medcl demo` only: patients per modality it "
+                                       "synthesises when its data folder is empty (default: the demo set's own)")
 
 
 class ModelConfig(Section):
