@@ -77,7 +77,8 @@ def test_micle_trains_on_patient_grouped_batches(demo_data, tmp_path, monkeypatc
     forward = MICLe.forward
 
     def spy(self, batch):
-        seen.append(batch["patient"].tolist())
+        if self.training:  # not the memory check's eval-mode probe
+            seen.append(batch["patient"].tolist())
         return forward(self, batch)
 
     monkeypatch.setattr(MICLe, "forward", spy)
@@ -161,7 +162,8 @@ def test_clocs_positives_by_record_work_from_a_pipeline(demo_data, tmp_path, mon
     forward = CLOCS.forward
 
     def spy(self, batch):
-        batches.append({k: batch[k].clone() for k in ("record", "patient")})
+        if self.training:
+            batches.append({k: batch[k].clone() for k in ("record", "patient")})
         return forward(self, batch)
 
     monkeypatch.setattr(CLOCS, "forward", spy)
