@@ -40,39 +40,59 @@ def _iter_dicom_headers(folder: Path) -> list[tuple[Path, Any]]:
     data set), or an image (by its SOP class) whose header stops before ``Rows``.
     """
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     found: list[tuple[Path, Any]] = []
+    broken: list[ReaderError] = []
     for p in sorted(folder.rglob("*")):
         if not p.is_file() or p.name.startswith(".") or p.name.upper() == "DICOMDIR":
             continue
         try:
-            ds = pydicom.dcmread(str(p), stop_before_pixels=True)
-        except InvalidDicomError as e:
-            if p.suffix.lower() in (".dcm", ".dicom", ".ima"):
-                raise ReaderError(
-                    f"series member {p.relative_to(folder)} is not a DICOM file (no 'DICM' marker and no readable "
-                    "DICOM header)", where=str(p), fix=f"{FIX_GARBLED}, or remove it from the series folder",
-                ) from e
+            ds = _member_header(pydicom, folder, p)
+        except ReaderError as e:  # every broken member is reported, not just the first
+            broken.append(e)
             continue
-        except Exception as e:
-            raise wrap_error(p, f"series member {p.relative_to(folder)}: corrupt or truncated DICOM header", e,
-                             f"{FIX_GARBLED}, or remove it from the series folder") from e
-        if len(ds) == 0:
-            raise ReaderError(f"series member {p.relative_to(folder)} is a truncated or corrupt DICOM file: its "
-                              f"header ends before the first data element ({p.stat().st_size} bytes)", where=str(p),
-                              fix=f"{FIX_GARBLED}, or remove it from the series folder")
-        register_phi(ds, p, f"series member {p.relative_to(folder)}")
-        if "Rows" not in ds:  # SR, presentation state, waveform: not a slice — unless it says it is an image
-            sop = ds.get("SOPClassUID")
-            if sop is None or "Image Storage" in getattr(sop, "name", ""):
-                raise ReaderError(f"series member {p.relative_to(folder)} is a DICOM "
-                                  f"{'image ' if sop is not None else ''}file without Rows: its header is truncated "
-                                  f"or incomplete ({p.stat().st_size} bytes)", where=str(p),
-                                  fix=f"{FIX_GARBLED}, or remove it from the series folder")
-            continue
-        found.append((p, ds))
+        if ds is not None:
+            found.append((p, ds))
+    if len(broken) == 1:
+        raise broken[0]
+    if broken:
+        shown = "; ".join(e.what.removeprefix("series member ") for e in broken[:8])
+        more = f"; and {len(broken) - 8} more" if len(broken) > 8 else ""
+        raise ReaderError(f"{len(broken)} series members cannot be read: {shown}{more}", where=str(folder),
+                          fix=f"{FIX_GARBLED}, or remove them from the series folder")
     return found
+
+
+def _member_header(pydicom: Any, folder: Path, p: Path) -> Any | None:
+    """The header of one member of a series folder; ``None`` for what the folder may hold besides slices.
+
+    Raises:
+        ReaderError: the member cannot be read (the message names it).
+    """
+    from pydicom.errors import InvalidDicomError
+
+    name = f"series member {p.relative_to(folder)}"
+    fix = f"{FIX_GARBLED}, or remove it from the series folder"
+    try:
+        ds = pydicom.dcmread(str(p), stop_before_pixels=True)
+    except InvalidDicomError as e:
+        if p.suffix.lower() in (".dcm", ".dicom", ".ima"):
+            raise ReaderError(f"{name} is not a DICOM file (no 'DICM' marker and no readable DICOM header)",
+                              where=str(p), fix=fix) from e
+        return None
+    except Exception as e:
+        raise wrap_error(p, f"{name}: corrupt or truncated DICOM header", e, fix) from e
+    if len(ds) == 0:
+        raise ReaderError(f"{name} is a truncated or corrupt DICOM file: its header ends before the first data "
+                          f"element ({p.stat().st_size} bytes)", where=str(p), fix=fix)
+    register_phi(ds, p, name)
+    if "Rows" not in ds:  # SR, presentation state, waveform: not a slice — unless it says it is an image
+        sop = ds.get("SOPClassUID")
+        if sop is None or "Image Storage" in getattr(sop, "name", ""):
+            raise ReaderError(f"{name} is a DICOM {'image ' if sop is not None else ''}file without Rows: its "
+                              f"header is truncated or incomplete ({p.stat().st_size} bytes)", where=str(p), fix=fix)
+        return None
+    return ds
 
 
 def _series_groups(folder: Path) -> list[tuple[str, list[tuple[Path, Any]]]]:

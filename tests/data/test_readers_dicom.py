@@ -419,3 +419,14 @@ def test_a_patient_element_that_cannot_be_decoded_refuses_the_file(tmp_path):
     assert "refuses a file whose patient information it cannot read" in info.value.fix
     with pytest.raises(ReaderError, match="PatientBirthDate"):
         read(bad, format="dicom")
+
+
+def test_every_broken_member_of_a_series_is_named_at_once(tmp_path):
+    ser = write_series(tmp_path / "s", n_slices=6)
+    members = sorted(ser.folder.glob("*.dcm"))
+    members[1].write_bytes(members[1].read_bytes()[:300])
+    members[4].write_bytes(b"\x00garbage" * 20)
+    with pytest.raises(ReaderError, match="2 series members cannot be read") as info:
+        read(ser.folder)
+    assert members[1].name in info.value.what and members[4].name in info.value.what
+    assert "truncated" in info.value.what and "not a DICOM file" in info.value.what
