@@ -46,6 +46,7 @@ from medcl.engine.loop import LoopSettings, Optimisation, fit
 from medcl.engine.wrap import wrap_ddp
 from medcl.errors import DataError, SplitError
 from medcl.stages.common import (
+    check_step_memory,
     make_encoder,
     make_loader,
     make_transforms,
@@ -128,6 +129,8 @@ def _finetune(ctx: RunContext, encoder: Any, train_items: list[dict], seed_offse
         ctx, train_items, make_transforms(cfg, train=True, views=1), groups, comm=comm, batch_size=ft.batch_size,
         epochs=ft.epochs, steps=ft.steps, max_steps=ft.max_steps, lr=ft.lr, weight_decay=ft.weight_decay,
         optimizer=ft.optimizer, seed_offset=seed_offset)
+    check_step_memory(ctx, "classify (fine-tuning)", wrapper, factory(0),
+                      max(1, min(ft.batch_size, len(train_items)) // comm.size), "classify.finetune.batch_size")
     ckpt = Checkpointer(ckpt_dir, keep=ft.keep_checkpoints, is_main=comm.is_main) if ckpt_dir is not None else None
     trained = wrap_ddp(wrapper, ctx.device) if comm.size > 1 else wrapper
     t0 = time.perf_counter()

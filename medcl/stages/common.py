@@ -13,6 +13,7 @@ import numpy as np
 if TYPE_CHECKING:
     from medcl.stages.context import RunContext
 from medcl.data.datasets import BatchAugmentedLoader, build_dataset, build_loader
+from medcl.engine.memory import GIB, available_bytes, check_step_fits, estimate_step
 from medcl.engine.optim import build_optimizer
 from medcl.engine.schedule import build_scheduler
 from medcl.networks import build_encoder
@@ -157,6 +158,43 @@ def supervised_setup(ctx: RunContext, items: list[dict], transform: Any, params_
         return loader
 
     return factory, opt, sched, epochs, total
+
+
+def check_step_memory(ctx: RunContext, stage: str, module: Any, loader: Any, batch_size: int, batch_key: str) -> float:
+    """Estimate one optimiser step's memory from a 2-sample probe of ``loader``'s first batch; stop if it cannot fit.
+
+    The probe runs ``module`` in eval mode with the random state restored afterwards, so training is exactly what it
+    is without the check (no batch-norm statistics, queue or RNG draws are consumed).
+
+    Args:
+        ctx: the run (device).
+        stage: the stage's name, for the message.
+        module: what trains: ``module(batch) -> {"loss", ...}``.
+        loader: the training loader (its first batch is read once).
+        batch_size: samples per step and process.
+        batch_key: the setting that sets it (for the message).
+
+    Returns:
+        The estimate in GiB.
+
+    Raises:
+        ConfigError: the estimate exceeds the memory available (:func:`medcl.engine.memory.check_step_fits`).
+    """
+    import torch
+
+    batch = next(iter(loader))
+    probe = {k: (v[:2].to(ctx.device) if isinstance(v, torch.Tensor) and v.ndim else v) for k, v in batch.items()}
+    image = next((v for k, v in probe.items() if k in ("views", "image") and isinstance(v, torch.Tensor)), None)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+            est = estimate_step(module, probe, batch_size)
+    finally:
+        module.train(was_training)
+    check_step_fits(stage, est, available_bytes(ctx.device), batch_key=batch_key, batch_size=batch_size,
+                    input_shape=tuple(image.shape[1:]) if image is not None else ())
+    return est.total / GIB
 
 
 def data_modality(ctx: RunContext) -> str | None:

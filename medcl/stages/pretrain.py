@@ -21,7 +21,6 @@ from medcl.checkpoint_file import atomic_write_bytes, save_checkpoint
 from medcl.engine.checkpoint import Checkpointer
 from medcl.engine.inference import extract_features
 from medcl.engine.loop import LoopSettings, Optimisation, fit
-from medcl.engine.memory import GIB, available_bytes, check_step_fits, estimate_step
 from medcl.engine.optim import build_optimizer
 from medcl.engine.resume import Launch, load_resume_state, saved_launch
 from medcl.engine.schedule import build_scheduler
@@ -29,6 +28,7 @@ from medcl.engine.wrap import maybe_compile, unwrap_model, wrap_ddp
 from medcl.methods import METHODS, Method, build_method, method_options
 from medcl.stages.common import (
     budget,
+    check_step_memory,
     data_modality,
     jsonable,
     make_encoder,
@@ -84,8 +84,8 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
 
     # -- will one step fit? (before the first one: an OOM kill would end the run without a word) ---------
     core = unwrap_model(model)
-    tracker.log_params({"pretrain.step_memory_gib": round(_check_memory(ctx, core, train_set_loader, per_rank_batch),
-                                                          2)})
+    gib = check_step_memory(ctx, "pretrain", core, train_set_loader, per_rank_batch, "pretrain.batch_size")
+    tracker.log_params({"pretrain.step_memory_gib": round(gib, 2)})
 
     # -- optimisation ----------------------------------------------------------------------------------
     optimizer, scheduler, steps_per_epoch, epochs, total = _optimisation(p, core, len(train_set_loader))
@@ -305,35 +305,6 @@ def _summary(method: str, loss: float, hand_on: dict[str, Any], last: dict[str, 
 #: at most this many labelled training samples form the online kNN probe's memory
 PROBE_MEMORY = 4096
 PROBE_PROBES = 10  # probes per run when pretrain.probe_every_steps is not set
-
-
-def _check_memory(ctx: RunContext, core: Any, loader: Any, per_rank_batch: int) -> float:
-    """Estimate one optimiser step's memory from a 2-sample probe of the first batch; stop when it cannot fit.
-
-    The probe runs in eval mode with the random state restored afterwards, so training is exactly what it is
-    without the check (no batch-norm statistics, queue or RNG draws are consumed).
-
-    Returns:
-        The estimate in GiB.
-
-    Raises:
-        ConfigError: the estimate exceeds the memory available (:func:`medcl.engine.memory.check_step_fits`).
-    """
-    import torch
-
-    batch = next(iter(loader))
-    probe = {k: (v[:2].to(ctx.device) if isinstance(v, torch.Tensor) and v.ndim else v) for k, v in batch.items()}
-    shape = tuple(next(v.shape[1:] for k, v in probe.items() if k in ("views", "image") and isinstance(v, torch.Tensor)))
-    was_training = core.training
-    core.eval()
-    try:
-        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
-            est = estimate_step(core, probe, per_rank_batch)
-    finally:
-        core.train(was_training)
-    check_step_fits("pretrain", est, available_bytes(ctx.device), batch_key="pretrain.batch_size",
-                    batch_size=per_rank_batch, input_shape=shape)
-    return est.total / GIB
 
 
 def _handoff(core: Any) -> Any:

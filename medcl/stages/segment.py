@@ -34,6 +34,7 @@ from medcl.engine.loop import LoopSettings, Optimisation, fit
 from medcl.engine.wrap import wrap_ddp
 from medcl.metrics.segmentation import dice_per_class, hd95_per_class
 from medcl.stages.common import (
+    check_step_memory,
     data_modality,
     make_encoder,
     make_loader,
@@ -145,6 +146,8 @@ def _train(ctx: RunContext, net: Any, items: list[dict], transform: Any, seed_of
     factory, opt, sched, epochs, steps = supervised_setup(
         ctx, items, transform, wrapper, comm=comm, batch_size=s.batch_size, epochs=s.epochs, steps=s.steps,
         max_steps=s.max_steps, lr=s.lr, weight_decay=s.weight_decay, optimizer=s.optimizer, seed_offset=seed_offset)
+    check_step_memory(ctx, "segment", wrapper, factory(0), max(1, min(s.batch_size, len(items)) // comm.size),
+                      "segment.batch_size")
     trained = wrap_ddp(wrapper, ctx.device) if comm.size > 1 else wrapper
     settings = LoopSettings(epochs=epochs, max_steps=steps, total_steps=steps, device=ctx.device,
                             log_every=max(1, steps // 10), progress=ctx.cfg.runtime.progress, label=label)

@@ -77,7 +77,9 @@ runtime: {{output_dir: {tmp_path / 'runs'}, progress: false}}
     tracker = NullTracker()
     out = pretrain.run(ctx, tracker)  # fits: trains, and logs its estimate
     assert np.isfinite(out["final_loss"]) and float(tracker.params["pretrain.step_memory_gib"]) >= 0
-    monkeypatch.setattr(pretrain, "available_bytes", lambda device: 1024)  # a 1 KiB machine
+    from medcl.stages import common
+
+    monkeypatch.setattr(common, "available_bytes", lambda device: 1024)  # a 1 KiB machine
     trained = []
     monkeypatch.setattr(pretrain, "fit", lambda *a, **k: trained.append(1))
     with pytest.raises(ConfigError, match="stage pretrain: one optimiser step needs about"):

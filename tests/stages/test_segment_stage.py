@@ -225,3 +225,14 @@ def test_aligned_views_share_geometry_and_differ_in_intensity():
     v = tr({"image": vol})["views"]
     assert float((v[1] - v[0]).std()) > 1e-2  # independent geometry: not an offset
     assert torch.isfinite(v).all()
+
+
+def test_segment_stops_before_training_when_a_step_cannot_fit(tmp_path, demo_manifest, monkeypatch):
+    from medcl.stages import STAGES, common
+    from medcl.tracking import NullTracker
+
+    ctx = _context(tmp_path, demo_manifest, ["stages=[segment]"])
+    monkeypatch.setattr(common, "available_bytes", lambda device: 4096)
+    with pytest.raises(ConfigError, match="stage segment: one optimiser step needs about") as info:
+        STAGES["segment"](ctx, NullTracker("segment"))
+    assert "segment.batch_size" in info.value.line()
