@@ -263,6 +263,15 @@ def _open_pipeline_run(ctx: RunContext, force: bool) -> tuple[Tracker, dict[str,
     return parent, stage_runs
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """A CUDA out-of-memory error, or a CPU allocation the allocator refused."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(exc, oom)) or isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc))
+
+
 def _run_stage(ctx: RunContext, parent: Tracker, stage: str, prev: RunRef | None) -> None:
     """Run ``stage`` as a nested run of ``parent`` and record its outputs in ``ctx.outputs[stage]``.
 
@@ -295,6 +304,12 @@ def _run_stage(ctx: RunContext, parent: Tracker, stage: str, prev: RunRef | None
                          fix="fix the cause above and re-run; completed stages are skipped") from exc
     except Exception as exc:
         child.end("FAILED")
+        if _out_of_memory(exc):  # CUDA out of memory (or a CPU allocation refused): the same line as the pre-check
+            raise StageError(f"out of memory ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+                             where=f"stage {stage}",
+                             fix="lower the stage's batch size (pretrain.batch_size, classify.finetune.batch_size, "
+                             "segment.batch_size; pretrain.grad_accum keeps the effective batch), the crop "
+                             "(transforms.spatial_size), the encoder width, or use amp: bf16 on a GPU") from exc
         with distributed.stage_scope(stage):
             lost = distributed.explain(exc)
         if lost is not None:

@@ -123,6 +123,31 @@ def test_failed_stage_stops_with_clear_error_and_rerun_continues(oct_demo, tmp_p
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
+def test_an_out_of_memory_error_is_one_line_with_the_settings_and_the_run_ends_failed(oct_demo, tmp_path,
+                                                                                    tracking_uri, monkeypatch,
+                                                                                    tiny_overrides):
+    """A CUDA OOM (simulated: the same exception type) in a stage: the stage and the settings to change, FAILED."""
+    import torch
+
+    from medcl import stages
+
+    cfg = load_pipeline(DEMO, [*tiny_overrides(oct_demo, tmp_path), "stages=[pretrain]"])
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+    def greedy(ctx, tracker):
+        raise oom("CUDA out of memory. Tried to allocate 24.00 GiB")
+
+    monkeypatch.setitem(stages.STAGES, "pretrain", stages.Stage(greedy, main_only=False))
+    with pytest.raises(StageError, match=r"stage pretrain: out of memory .*24.00 GiB") as info:
+        run_pipeline(cfg)
+    assert "pretrain.batch_size" in info.value.fix and "spatial_size" in info.value.fix
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    parent = client.search_runs([exp.experiment_id], "tags.`medcl.kind` = 'pipeline'")[0]
+    assert parent.info.status == "FAILED"
+    assert {r.info.status for r in _children(client, parent.info.run_id)} == {"FAILED"}
+
+
 def test_dry_run_trains_nothing_and_logs_nothing(oct_demo, tmp_path, tracking_uri, capsys, tiny_overrides):
     cfg = load_pipeline(DEMO, tiny_overrides(oct_demo, tmp_path))
     run_pipeline(cfg, dry_run=True)
