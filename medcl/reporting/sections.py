@@ -50,7 +50,7 @@ from medcl.reporting.performance import (
     roc_pr_curves,
     subgroups,
 )
-from medcl.reporting.segmentation import segmentation
+from medcl.reporting.segmentation import rare_findings, segmentation
 from medcl.reporting.wording import HEADLINE_METRICS, METRIC_NAMES, plain_sentence
 from medcl.tracking.reader import ArtifactUnreadable
 
@@ -76,6 +76,7 @@ SECTIONS: dict[str, tuple[str, Callable[[ReportData], list[str]]]] = {
     "embedding": ("Embedding map", embedding_map),
     "saliency": ("Saliency: where the model looks", saliency),
     "segmentation": ("Segmentation", segmentation),
+    "rare_findings": ("Rare findings (one-class detection)", rare_findings),
     "label_efficiency": ("Label efficiency", label_efficiency),
     "external": ("External validation", external_validation),
     "limitations": ("Limitations", limitations),

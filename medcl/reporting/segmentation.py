@@ -1,4 +1,4 @@
-"""Report sections on segmentation: mean Dice per model and label fraction, per-case Dice and overlays."""
+"""Report sections on segmentation (mean Dice, per-case Dice, overlays) and on one-class detection of rare findings."""
 
 from __future__ import annotations
 
@@ -58,3 +58,38 @@ def segmentation(d: ReportData) -> list[str]:
     else:
         out.append(note("no overlay images were logged.", "missing"))
     return out
+
+
+def rare_findings(d: ReportData) -> list[str]:
+    """Section "Rare findings": the ``detect`` stage's anomaly AUROC / AUPRC and sensitivity at its specificity.
+
+    Raises:
+        Missing: the run has no detect stage, it did not finish, or it logged no scores.
+    """
+    if "detect" not in d.stages:
+        raise Missing("this run has no one-class detection (detect) stage.")
+    if d.stage_status("detect") != "FINISHED":
+        raise Missing(f"the detect stage has status {d.stage_status('detect')}: no detection results.")
+    stage = d.stages["detect"]
+    m, params = stage.metrics, stage.params
+    tags = sorted({k.rsplit("/", 1)[0] for k in m if k.startswith("test/detect/") and k.endswith("/auroc")})
+    if not tags:
+        raise Missing("the detect stage logged no detection metrics.")
+    rows = []
+    for tag in tags:
+        _, _, model, scorer = tag.split("/")
+        cells = []
+        for metric in ("auroc", "auprc", "sensitivity", "specificity"):
+            key = f"{tag}/{metric}"
+            cells += [metric_cell(key, m.get(key, float("nan"))), ci_text(m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high"))]
+        rows.append([esc(model), esc(scorer), *cells])
+    spec = params.get("detect.specificity", "?")
+    normal = params.get("detect.normal_class", "?")
+    return [para(f"The detectors learnt what <b>{esc(str(normal))}</b> looks like from normal training samples only "
+                 "and score how far each test sample is from it. AUROC: how well the scores rank the rare finding "
+                 "above normal samples (0.5 = chance); AUPRC: the same against the finding's rarity (chance = its "
+                 f"prevalence); sensitivity at the threshold set on the validation normal samples for a specificity "
+                 f"of {esc(str(spec))}, with patient-level bootstrap 95 % CIs. <i>ssl</i> is the pretrained encoder, "
+                 "<i>random</i> a random-init one."),
+            table(["encoder", "scorer", "AUROC", "95 % CI", "AUPRC", "95 % CI", "sensitivity", "95 % CI",
+                   "specificity", "95 % CI"], rows)]

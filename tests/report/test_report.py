@@ -411,3 +411,33 @@ def test_a_corrupt_json_artifact_is_a_failure_not_an_absence(seg_run, tmp_path):
     with pytest.raises(ArtifactUnreadable, match="broken.json of the pipeline run is corrupt"):
         reader.artifact_json("broken.json")
     assert reader.artifact_json("never_logged.json") is None
+
+
+def test_the_rare_findings_section_shows_the_detect_stage(tmp_path):
+    from medcl.reporting.data import ReportData
+    from medcl.reporting.sections import render
+    from medcl.tracking import MLflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = MLflowTracker.start("cyto", uri=uri, experiment="medcl", tags={"medcl.kind": "pipeline"})
+    parent.log_params({"stages": json.dumps(["pretrain", "detect"]), "data.task": "binary",
+                       "data.classes": json.dumps(["normal", "malignant"])})
+    det = parent.child("detect", tags={"medcl.stage": "detect", "medcl.kind": "stage"})
+    det.log_params({"detect.normal_class": "normal", "detect.specificity": 0.95})
+    det.log_metrics({"test/detect/ssl/dsvdd/auroc": 0.912, "test/detect/ssl/dsvdd/auroc_ci_low": 0.85,
+                     "test/detect/ssl/dsvdd/auroc_ci_high": 0.97, "test/detect/random/knn/auroc": 0.61,
+                     "test/detect/ssl/dsvdd/sensitivity": 0.5})
+    det.end("FINISHED")
+    parent.end("FINISHED")
+    d = ReportData.load(parent.run_id, uri)
+    html = "\n".join(render(d, "rare_findings"))
+    assert ">0.912<" in html and "0.850 – 0.970" in html and ">0.610<" in html
+    assert "<b>normal</b>" in html and "0.95" in html
+
+
+def test_a_run_without_detection_says_so_in_the_rare_findings_section(seg_run):
+    from medcl.reporting.data import ReportData
+    from medcl.reporting.sections import render
+
+    run_id, uri = seg_run
+    assert "no one-class detection" in "\n".join(render(ReportData.load(run_id, uri), "rare_findings"))
