@@ -108,7 +108,9 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
         anomalous = (y[test_idx] != normal_idx).astype(int)
         if anomalous.sum() == 0:
             raise DataError("the test split has no sample of the finding to detect", where="detect",
-                            fix="add patients with the finding, or raise data.test_fraction")
+                            fix="give the manifest a split column that puts patients with the finding in every split "
+                            "(a split stratified by each patient's majority label may not), add such patients, or "
+                            "raise data.test_fraction")
         groups = ctx.data.patients_of(test_idx)
         val_idx = feats["val"][1]
         for scorer in d.scorers:

@@ -93,7 +93,7 @@ class DeepSVDD:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(z)
+                total += float(loss.detach()) * len(z)
             self.losses.append(total / len(xt))
         return self
 

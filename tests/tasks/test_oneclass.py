@@ -154,3 +154,14 @@ def test_detect_stage_refuses_a_missing_or_unknown_normal_class(tmp_path):
         ctx = RunContext(cfg, "k", tmp_path / "r", prepare_data(cfg, check_files=False), device=torch.device("cpu"))
         with pytest.raises(ConfigError, match=match):
             _normal_index(ctx)
+
+
+def test_the_cytology_demo_puts_patients_with_the_finding_in_every_split(tmp_path):
+    from medcl.data.synth import synthesize
+
+    synthesize(tmp_path, modalities=["cytology"], seed=0)
+    rows = list(csv.DictReader((tmp_path / "cytology" / "manifest.csv").read_text().splitlines()))
+    by_split = {s: {r["patient_id"] for r in rows if r["split"] == s and r["label"] == "malignant"}
+                for s in ("train", "val", "test")}
+    assert all(by_split.values()), by_split
+    assert all(len({r["split"] for r in rows if r["patient_id"] == p}) == 1 for p in {r["patient_id"] for r in rows})

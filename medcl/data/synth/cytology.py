@@ -13,6 +13,8 @@ and scores how far a tile is from it.
 * Rarity: about a third of the patients have malignant cells, and only in a few of their tiles; over the whole
   set at most ``MAX_MALIGNANT_SHARE`` (2 %) of the tiles are malignant. The label is per **tile**
   (``normal`` / ``malignant``); every patient has normal tiles.
+* ``split``: patients with malignant tiles are dealt to test, validation and train (30 / 20 / 50 %), the others
+  likewise, so each split has the finding (a split stratified by each patient's majority label would not).
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
     out_dir = Path(out_dir)
     people = make_patients(NAME, patients, seed, [0] * patients)  # its own streams and ids (DEMO-CYTOLOGY-…)
     malignant = _malignant_tiles(people, TILES_PER_PATIENT, seed)
+    split = _splits(people, {pi for pi, _ in malignant})
     rows: list[dict] = []
     for p in people:
         stain_seed = int(p.rng.integers(2**31))
@@ -108,6 +111,23 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
             rgb = render_tile(m, p.rng, stain_seed, size, p.site.shift)
             rel = f"images/{p.stem}_tile{t + 1:02d}.png"
             save_png(to_uint8(rgb), out_dir / rel)
-            rows.append(sample_row(p, MODALITY, CLASSES[1 if m else 0], Sample(rel, study=0, extras={
-                "tile": str(t + 1), "malignant_cells": str(m)})))
+            row = sample_row(p, MODALITY, CLASSES[1 if m else 0], Sample(rel, study=0, extras={
+                "tile": str(t + 1), "malignant_cells": str(m)}))
+            row["split"] = split[p.index]
+            rows.append(row)
     return rows
+
+
+def _splits(people: list[Patient], with_finding: set[int]) -> dict[int, str]:
+    """A ``split`` per patient that puts patients with malignant tiles in every split.
+
+    A patient-level split by majority label would see only normal patients. Of each group (with and without the
+    finding): 30 % test, 20 % validation, the rest train.
+    """
+    out: dict[int, str] = {}
+    for group in (sorted(p.index for p in people if p.index in with_finding),
+                  sorted(p.index for p in people if p.index not in with_finding)):
+        n_test, n_val = max(1, round(0.3 * len(group))), max(1, round(0.2 * len(group)))
+        for k, i in enumerate(group):
+            out[i] = "test" if k < n_test else "val" if k < n_test + n_val else "train"
+    return out
