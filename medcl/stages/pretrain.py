@@ -85,7 +85,7 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     # -- will one step fit? (before the first one: an OOM kill would end the run without a word) ---------
     core = unwrap_model(model)
     gib = check_step_memory(ctx, "pretrain", core, train_set_loader, per_rank_batch, "pretrain.batch_size")
-    tracker.log_params({"pretrain.step_memory_gib": round(gib, 2)})
+    tracker.log_metrics({"pretrain/step_memory_gib": round(gib, 3)})  # a metric: a resume may estimate again
 
     # -- optimisation ----------------------------------------------------------------------------------
     optimizer, scheduler, steps_per_epoch, epochs, total = _optimisation(p, core, len(train_set_loader))

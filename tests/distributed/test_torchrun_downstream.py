@@ -69,7 +69,8 @@ runtime: {device: cpu, progress: false}
 
 #: each shipped pipeline and the demo modality it runs on, as it is (the synthesised `label` holds its class names)
 SHIPPED = {"ecg_rhythm": "ecg", "oct_severity": "oct", "fundus_grading": "fundus", "histo_tissue": "histo",
-           "ct_lesion": "ct", "mri_lesion_seg": "mri"}
+           "ct_lesion": "ct", "mri_lesion_seg": "mri", "histo_tissue_egcl": "histo", "ct_lesion_dense": "ct",
+           "mri_lesion_seg_dense": "mri", "cytology_rare": "cytology"}
 
 
 def _launch(cmd_tail: list[str], workdir: Path, *, nproc: int = 2, timeout: int = 600, **env: str):
@@ -302,7 +303,7 @@ def test_engine_reduces_over_the_comm_it_is_given_not_global_state():
 def test_pipeline_declares_which_stages_run_on_rank0_alone():
     from medcl.stages import STAGES
 
-    assert {n for n, s in STAGES.items() if s.main_only} == {"calibrate", "report"}
+    assert {n for n, s in STAGES.items() if s.main_only} == {"detect", "calibrate", "report"}
     src = "".join((ROOT / "medcl" / "stages" / f"{n}.py").read_text() for n in STAGES)
     assert "distributed.barrier()" not in src  # the pipeline waits once; no stage keeps its own barrier
 

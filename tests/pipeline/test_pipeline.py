@@ -326,8 +326,9 @@ def test_batch_augmentation_feeds_pretraining_and_fine_tuning(monkeypatch, oct_d
                                "classify.finetune.batch_size=8", "classify.baselines=[]", "stages=[pretrain, classify]"])
     ctx = run_pipeline(cfg)
     kinds = [k for k, _ in seen]
-    assert kinds.count("views") == 2  # pretrain.max_steps=2
-    assert kinds.count("image") == 2  # classify.finetune.steps=2
+    # each stage's memory check reads its first batch once, then the steps: pretrain.max_steps=2, finetune.steps=2
+    assert kinds.count("views") == 1 + 2
+    assert kinds.count("image") == 1 + 2
     assert all(s[1:3] == (2, 1) for k, s in seen if k == "views")  # (B, V=2, C=1, H, W)
     rows = json.loads(Path(ctx.outputs["classify"]["results"]).read_text())
     assert any(r["protocol"] == "finetune" and r["steps"] == 2 for r in rows)
