@@ -46,9 +46,20 @@ runtime: {{output_dir: {tmp / 'runs'}, progress: false}}
     return p
 
 
+def _pretrain(cfg, tmp_path: Path, with_output: bool = False):
+    """Run the pretrain stage of ``cfg`` with a recording tracker: ``(tracker, data)`` (``(out, …)`` first)."""
+    from medcl.stages.pretrain import run
+
+    data = prepare_data(cfg)
+    ctx = RunContext(cfg, "k", tmp_path / "runs" / "r", data, device=torch.device("cpu"))
+    ctx.run_dir.mkdir(parents=True)
+    tracker = NullTracker()
+    out = run(ctx, tracker)
+    return (out, tracker, data) if with_output else (tracker, data)
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_method_preset_runs_a_few_steps(preset, demo_data, tmp_path):
-    from medcl.stages.pretrain import run
 
     overrides = []
     if preset.stem == "oct-severity":
@@ -57,11 +68,7 @@ def test_method_preset_runs_a_few_steps(preset, demo_data, tmp_path):
         overrides = ["pretrain.method_options.hard_pairs=[[early, intermediate]]"]
     cfg = load_config(_pipeline(tmp_path, preset, demo_data), overrides)
     assert cfg.pretrain.method == preset.stem
-    data = prepare_data(cfg)
-    ctx = RunContext(cfg, "k", tmp_path / "runs" / "r", data, device=torch.device("cpu"))
-    ctx.run_dir.mkdir(parents=True)
-    tracker = NullTracker()
-    out = run(ctx, tracker)
+    out, tracker, data = _pretrain(cfg, tmp_path, with_output=True)
     assert np.isfinite(out["final_loss"]), out
     assert Path(out["encoder"]).is_file()
     losses = [v for _, v in tracker.metrics.get("train/loss", [])]
@@ -71,7 +78,6 @@ def test_method_preset_runs_a_few_steps(preset, demo_data, tmp_path):
 def test_micle_trains_on_patient_grouped_batches(demo_data, tmp_path, monkeypatch):
     """MICLe's batches hold P patients × K images each, so every anchor meets K - 1 images of its patient."""
     from medcl.methods import MICLe
-    from medcl.stages.pretrain import run
 
     seen: list[list[int]] = []
     forward = MICLe.forward
@@ -85,11 +91,7 @@ def test_micle_trains_on_patient_grouped_batches(demo_data, tmp_path, monkeypatc
     cfg = load_config(_pipeline(tmp_path, REPO / "configs" / "method" / "micle.yaml", demo_data),
                       ["pretrain.samples_per_patient=2"])
     assert cfg.pretrain.batches == "auto"
-    data = prepare_data(cfg)
-    ctx = RunContext(cfg, "k", tmp_path / "runs" / "r", data, device=torch.device("cpu"))
-    ctx.run_dir.mkdir(parents=True)
-    tracker = NullTracker()
-    run(ctx, tracker)
+    tracker, data = _pretrain(cfg, tmp_path)
     assert tracker.params["pretrain.batches_formed"] == "patients (4 x 2)"
     assert seen
     for pats in seen:
@@ -99,21 +101,15 @@ def test_micle_trains_on_patient_grouped_batches(demo_data, tmp_path, monkeypatc
 
 
 def test_shuffled_batches_stay_the_default_of_other_methods(demo_data, tmp_path):
-    from medcl.stages.pretrain import run
 
     cfg = load_config(_pipeline(tmp_path, REPO / "configs" / "method" / "simclr.yaml", demo_data))
-    data = prepare_data(cfg)
-    ctx = RunContext(cfg, "k", tmp_path / "runs" / "r", data, device=torch.device("cpu"))
-    ctx.run_dir.mkdir(parents=True)
-    tracker = NullTracker()
-    run(ctx, tracker)
+    tracker, data = _pretrain(cfg, tmp_path)
     assert tracker.params["pretrain.batches_formed"] == "shuffle"
 
 
 def test_oct_severity_is_set_up_on_every_training_image_unaugmented(demo_data, tmp_path, monkeypatch):
     """The anomaly model sees the scans themselves (the evaluation chain, no views), each training image once."""
     from medcl.methods import OCTSeverity
-    from medcl.stages.pretrain import run
 
     seen: dict[str, object] = {}
     fit_and_score = OCTSeverity._fit_and_score
@@ -128,10 +124,7 @@ def test_oct_severity_is_set_up_on_every_training_image_unaugmented(demo_data, t
     monkeypatch.setattr(OCTSeverity, "_fit_and_score", spy)
     cfg = load_config(_pipeline(tmp_path, REPO / "configs" / "method" / "oct-severity.yaml", demo_data),
                       ["pretrain.method_options.ae_epochs=1", "pretrain.method_options.num_bins=3"])
-    data = prepare_data(cfg)
-    ctx = RunContext(cfg, "k", tmp_path / "runs" / "r", data, device=torch.device("cpu"))
-    ctx.run_dir.mkdir(parents=True)
-    run(ctx, NullTracker())
+    _, data = _pretrain(cfg, tmp_path)
     assert "image" in seen["keys"] and "views" not in seen["keys"]
     assert seen["rows"] == sorted(it["index"] for it in data.items("train"))
     assert all(seen["twice"])  # deterministic: no random augmentation
@@ -143,7 +136,6 @@ def test_clocs_positives_by_record_work_from_a_pipeline(demo_data, tmp_path, mon
     import csv
 
     from medcl.methods import CLOCS
-    from medcl.stages.pretrain import run
 
     # two rows of each patient are the same recording (e.g. two exports of one ECG)
     src = demo_data / "ecg" / "manifest.csv"
@@ -170,16 +162,13 @@ def test_clocs_positives_by_record_work_from_a_pipeline(demo_data, tmp_path, mon
     cfg = load_config(_pipeline(tmp_path, REPO / "configs" / "method" / "clocs.yaml", demo_data),
                       [f"data.manifest={manifest}", "pretrain.method_options.positives=record"])
     assert cfg.transforms.view_mode == "cmsc"
-    data = prepare_data(cfg)
+    out, _, data = _pretrain(cfg, tmp_path, with_output=True)
     ids = data.record_ids()
     # rows share an id exactly when they have the same patient and record cell
     keys = [(r.patient, r.extra["record"]) for r in data.records]
     for i in range(len(keys)):
         for j in range(len(keys)):
             assert (ids[i] == ids[j]) == (keys[i] == keys[j])
-    ctx = RunContext(cfg, "k", tmp_path / "runs" / "r", data, device=torch.device("cpu"))
-    ctx.run_dir.mkdir(parents=True)
-    out = run(ctx, NullTracker())
     assert np.isfinite(out["final_loss"])
     assert batches and all(b["record"].shape == b["patient"].shape for b in batches)
     assert set(torch.cat([b["record"] for b in batches]).tolist()) <= set(ids.tolist())
