@@ -51,12 +51,13 @@ def read_wfdb(path: Path, *, modality: str | None = None, **options: Any) -> Sam
     record = path.with_suffix("") if path.suffix.lower() in (".hea", ".dat") else path
     header = record.with_suffix(".hea")
     require_file(header, "WFDB header (.hea)")
+    _check_wfdb_members(wfdb, header, record)
     try:
         rec = wfdb.rdrecord(str(record), physical=True)
     except Exception as e:
         raise wrap_error(
             header, "cannot read WFDB record (missing or truncated .dat, or bad header)", e,
-            "check that the .hea and its .dat files are complete and in the same folder",
+            _FIX_WFDB,
         ) from e
     if rec.p_signal is None or rec.p_signal.size == 0:
         raise ReaderError("WFDB record holds no samples", where=str(header), fix="re-export the record")
@@ -79,6 +80,52 @@ def read_wfdb(path: Path, *, modality: str | None = None, **options: Any) -> Sam
                      units[0] if len(set(units)) == 1 else units, modality,
                      np.asarray(rec.d_signal).dtype if rec.d_signal is not None else "int16"),
     )
+
+
+#: bytes per sample of the WFDB storage formats (PhysioNet "WFDB signal files"; 212 packs 2 samples in 3 bytes,
+#: 310/311 pack 3 samples in 4 bytes); the FLAC formats (5xx) are compressed and have no fixed size
+_WFDB_BYTES = {"8": 1, "16": 2, "61": 2, "80": 1, "160": 2, "24": 3, "32": 4, "212": 1.5, "310": 4 / 3, "311": 4 / 3}
+_FIX_WFDB = "check that the .hea and its .dat files are complete and in the same folder"
+
+
+def _check_wfdb_members(wfdb: Any, header: Path, record: Path) -> None:
+    """Every signal file a WFDB header names exists and holds the samples the header promises.
+
+    wfdb itself fails on a short file with "Samples were not loaded correctly", naming neither the file nor
+    the shortfall; this names each member (missing, empty or shorter than ``sig_len`` × signals × bytes per
+    sample of its format, plus its byte offset). Multi-segment records and FLAC formats are left to wfdb.
+
+    Raises:
+        ReaderError: the header cannot be parsed, or members are missing or short — all of them named.
+    """
+    try:
+        head = wfdb.rdheader(str(record))
+    except Exception as e:
+        raise wrap_error(header, "cannot read WFDB header", e, "fix the .hea file (record line, then one line "
+                         "per signal: file name, format, gain...)") from e
+    if not getattr(head, "file_name", None) or getattr(head, "seg_name", None):
+        return
+    files: dict[str, list[int]] = {}
+    for i, name in enumerate(head.file_name):
+        files.setdefault(str(name), []).append(i)
+    problems = []
+    for name, signals in files.items():
+        member = header.parent / name
+        fmt = str(head.fmt[signals[0]])
+        if not member.is_file():
+            problems.append(f"{name} (missing)")
+        elif (size := member.stat().st_size) == 0:
+            problems.append(f"{name} (empty: 0 bytes)")
+        elif head.sig_len and fmt in _WFDB_BYTES:
+            offset = int((head.byte_offset or [0] * len(head.file_name))[signals[0]] or 0)
+            want = offset + int(np.ceil(int(head.sig_len) * len(signals) * _WFDB_BYTES[fmt]))
+            if size < want:
+                problems.append(f"{name} (truncated: {size} bytes, the header promises {want}: {head.sig_len} "
+                                f"samples x {len(signals)} signals in format {fmt})")
+    if problems:
+        noun = "signal file cannot" if len(problems) == 1 else "signal files cannot"
+        raise ReaderError(f"WFDB record {record.name}: {len(problems)} {noun} be read: {'; '.join(problems)}",
+                          where=str(header), fix=_FIX_WFDB)
 
 
 def _need_rate(path: Path, sampling_rate) -> float:

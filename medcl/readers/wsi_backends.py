@@ -20,6 +20,7 @@ import numpy as np
 
 from medcl.errors import ReaderError
 from medcl.readers.base import require_file, wrap_error
+from medcl.readers.wsi_members import check_slide_members
 
 #: The ``fix`` of every error about a damaged or incomplete slide.
 FIX_CORRUPT = "re-export or re-copy the slide (check the copy is complete)"
@@ -261,6 +262,7 @@ def open_slide(path: str | Path, backend: str = "auto") -> Iterator[_TiffSlide |
             finally:
                 tif.close()
             return
+    check_slide_members(path)  # a multi-file slide: name every missing or broken member first
     try:
         import openslide
 

@@ -138,6 +138,23 @@ def test_wfdb_missing_dat(wfdb_record):
         read(wfdb_record.with_suffix(".hea"))
 
 
+@pytest.mark.parametrize("fmt", ["16", "212", "24", "80"])
+def test_a_short_wfdb_signal_file_is_named_with_what_the_header_promises(tmp_path, fmt):
+    import wfdb
+
+    sig = np.random.default_rng(0).integers(-100, 100, size=(301, 3)).astype(np.int32)
+    wfdb.wrsamp("r", fs=100, units=["mV"] * 3, sig_name=["I", "II", "V1"], d_signal=sig, fmt=[fmt] * 3,
+                adc_gain=[200.0] * 3, baseline=[0] * 3, write_dir=str(tmp_path))
+    dat = tmp_path / "r.dat"
+    full = dat.stat().st_size  # what wfdb's own writer produced for 301 x 3 samples in this format
+    assert read(tmp_path / "r.hea").array.shape == (3, 301)
+    dat.write_bytes(dat.read_bytes()[: full - 4])
+    with pytest.raises(ReaderError) as e:
+        read(tmp_path / "r.hea")
+    assert f"r.dat (truncated: {full - 4} bytes, the header promises {full}: 301 samples x 3 signals in format " \
+           f"{fmt})" in str(e.value)
+
+
 def test_csv_and_numpy_signals(tmp_path):
     rng = np.random.default_rng(4)
     sig = rng.normal(size=(3, 50))

@@ -157,3 +157,81 @@ def test_a_damaged_slide_tiff_is_a_slide_error_not_an_image_read(tmp_path):
     assert info.value.where == str(bad)
     with pytest.raises(ReaderError, match="whether it is a slide"):
         read(bad)
+
+
+# --------------------------------------------------------------------------- multi-file slides: members named
+
+
+def _mirax(tmp_path, n_data=3, bom=True):
+    """A MIRAX slide's files: ``s.mrxs``, ``s/Slidedat.ini`` naming ``Index.dat`` and ``Data000i.dat``."""
+    (tmp_path / "s.mrxs").write_bytes(b"not an image: the index of a MIRAX slide")
+    folder = tmp_path / "s"
+    folder.mkdir()
+    names = [f"Data{i:04d}.dat" for i in range(n_data)]
+    ini = ["[GENERAL]", "SLIDE_VERSION=01.03", "[HIERARCHICAL]", "INDEXFILE=Index.dat", "[DATAFILE]",
+           f"FILE_COUNT={n_data}", *(f"FILE_{i}={n}" for i, n in enumerate(names))]
+    (folder / "Slidedat.ini").write_text(("\ufeff" if bom else "") + "\r\n".join(ini) + "\r\n", encoding="utf-8")
+    for n in ["Index.dat", *names]:
+        (folder / n).write_bytes(b"\x01" * 64)
+    (folder / "notes.txt").write_text("thumbnail and notes are never read")
+    return tmp_path / "s.mrxs", folder
+
+
+def test_a_mirax_slide_names_every_missing_or_empty_member_and_the_key_that_names_it(tmp_path):
+    import openslide
+
+    slide, folder = _mirax(tmp_path)
+    (folder / "Data0001.dat").unlink()
+    (folder / "Data0002.dat").write_bytes(b"")
+    with pytest.raises(ReaderError) as e:
+        read(slide)
+    msg = str(e.value)
+    assert "2 MIRAX slide members cannot be read" in msg
+    assert "s/Data0001.dat (missing; named by DATAFILE/FILE_1)" in msg
+    assert "s/Data0002.dat (empty (0 bytes); named by DATAFILE/FILE_2)" in msg
+    assert "Data0000" not in msg and "Index.dat" not in msg and "notes.txt" not in msg
+    assert "copy the whole slide again" in msg
+    with pytest.raises(openslide.OpenSlideError):  # the reference library cannot open it either
+        openslide.OpenSlide(str(slide))
+
+
+def test_a_mirax_slide_with_all_members_present_reaches_openslide(tmp_path):
+    slide, _ = _mirax(tmp_path, bom=False)
+    with pytest.raises(ReaderError) as e:  # members present but not real MIRAX data: OpenSlide's own refusal
+        read(slide)
+    assert "members cannot" not in str(e.value) and "OpenSlide failed" in str(e.value)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("folder", "MIRAX slide without its folder: s/ is missing next to s.mrxs"),
+    ("slidedat", "MIRAX slide member s/Slidedat.ini is missing"),
+    ("no-datafile", "lacks or garbles 'DATAFILE'"),
+    ("count", "lacks or garbles 'FILE_2'"),
+])
+def test_a_mirax_index_that_cannot_list_its_members_is_named(tmp_path, damage, expected):
+    import shutil
+
+    slide, folder = _mirax(tmp_path)
+    ini = folder / "Slidedat.ini"
+    if damage == "folder":
+        shutil.rmtree(folder)
+    elif damage == "slidedat":
+        ini.unlink()
+    elif damage == "no-datafile":
+        ini.write_text("[HIERARCHICAL]\nINDEXFILE=Index.dat\n")
+    else:
+        ini.write_text(ini.read_text(encoding="utf-8-sig").replace("FILE_2=Data0002.dat", ""))
+    with pytest.raises(ReaderError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        read(slide)
+
+
+def test_a_hamamatsu_vms_slide_names_its_missing_image_and_map_files(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"\xff\xd8" + b"\0" * 30)
+    (tmp_path / "s.vms").write_text("[Virtual Microscope Specimen]\nNoLayers=1\nNoJpegColumns=2\nNoJpegRows=1\n"
+                                    "ImageFile=a.jpg\nImageFile(1,0)=b.jpg\nMapFile=s.map\n")
+    with pytest.raises(ReaderError) as e:
+        read(tmp_path / "s.vms")
+    msg = str(e.value)
+    assert "2 Hamamatsu slide members cannot be read" in msg
+    assert "b.jpg (missing; named by Virtual Microscope Specimen/ImageFile(1,0))" in msg
+    assert "s.map (missing; named by Virtual Microscope Specimen/MapFile)" in msg and "a.jpg (" not in msg

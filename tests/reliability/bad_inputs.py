@@ -316,6 +316,22 @@ def _h_corrupt_tiff(d, demo):
     return one_row(d, "slide.tif", "histo")
 
 
+def _h_mrxs_member(d, demo):
+    folder = d / "slide"
+    folder.mkdir()
+    (d / "slide.mrxs").write_bytes(b"MIRAX index")
+    (folder / "Slidedat.ini").write_text("[HIERARCHICAL]\nINDEXFILE=Index.dat\n[DATAFILE]\nFILE_COUNT=2\n"
+                                         "FILE_0=Data0000.dat\nFILE_1=Data0001.dat\n")
+    for name in ("Index.dat", "Data0000.dat"):
+        (folder / name).write_bytes(b"\1" * 32)
+    return one_row(d, "slide.mrxs", "histo")
+
+
+def _h_mrxs_no_folder(d, demo):
+    (d / "slide.mrxs").write_bytes(b"MIRAX index")
+    return one_row(d, "slide.mrxs", "histo")
+
+
 def _h_volume(d, demo):
     nifti(d / "tile.nii.gz", np.zeros((16, 16, 8), np.float32))
     return one_row(d, "tile.nii.gz", "histo")
@@ -618,6 +634,9 @@ CASES: list[Case] = [
     Case("fundus-truncated-jpeg", "fundus", "JPEG cut to a third", _f_truncated_jpeg),
     Case("fundus-five-channels", "fundus", "TIFF with 5 channels", _f_four_channels),
     Case("histo-corrupt-tiff", "histo", "slide TIFF whose directory is overwritten", _h_corrupt_tiff),
+    Case("histo-mrxs-member", "histo", "MIRAX slide whose folder lacks one data file its Slidedat.ini names",
+         _h_mrxs_member),
+    Case("histo-mrxs-no-folder", "histo", "MIRAX `.mrxs` copied without its folder", _h_mrxs_no_folder),
     Case("histo-volume", "histo", "a 3D NIfTI volume given as a histology tile", _h_volume),
     Case("ct-single-slice", "ct", "DICOM series folder with one slice left", _ct_single_slice),
     Case("ct-empty-folder", "ct", "empty series folder", _ct_empty_folder),
@@ -711,6 +730,8 @@ EXPECT: dict[str, tuple[str, ...]] = {
     "fundus-truncated-jpeg": ("row 1", "eye.jpg", "truncated", "re-export"),
     "fundus-five-channels": ("row 1", "eye.tif", "5 samples per pixel", "convert"),
     "histo-corrupt-tiff": ("row 1", "slide.tif", "corrupt", "slide", "re-export"),
+    "histo-mrxs-member": ("row 1", "slide/data0001.dat", "missing", "file_1", "copy the whole slide"),
+    "histo-mrxs-no-folder": ("row 1", "slide.mrxs", "without its folder", "copy the whole slide"),
     "histo-volume": ("row 1", "tile.nii.gz", "2d image", "single 2d image"),
     "ct-single-slice": ("row 1", "single slice", "whole volume"),
     "ct-empty-folder": ("row 1", "no dicom image files", "point the path"),
@@ -726,9 +747,9 @@ EXPECT: dict[str, tuple[str, ...]] = {
     "mri-bad-nrrd": ("row 1", "t2.nrrd", "sizes", "dimension", "re-export"),
     "mri-two-channels": ("row 1", "2 channels", "one sequence"),
     "mri-mask-affine": ("row 1", "mask.nii.gz", "affine", "5 mm", "resample the mask"),
-    "ecg-missing-dat": ("row 1", "rec.hea", ".dat", "no such file", "same folder"),
+    "ecg-missing-dat": ("row 1", "rec.hea", "p0001_r1.dat (missing)", "same folder"),
     "ecg-bad-header": ("row 1", "rec.hea", "header", "syntax"),
-    "ecg-truncated-dat": ("row 1", ".hea", "truncated", "complete"),
+    "ecg-truncated-dat": ("row 1", "p0001_r1.hea", "p0001_r1.dat (truncated", "header promises", "complete"),
     "ecg-too-short": ("row 1", "50 samples", "at least 100", "complete"),
     "ecg-transposed": ("row 1", "20 leads", "transposed", "(leads, t)"),
     "resources-single-patient-class": ("intermediate", "1 patient", "cannot be stratified", "add patients"),
@@ -740,7 +761,8 @@ EXPECT: dict[str, tuple[str, ...]] = {
     "mri-nrrd-missing-data": ("row 1", "t2.nhdr", "t2.raw", "no such file", "check the copy"),
     "mri-mask-spacing": ("row 1", "mask.nii.gz", "affine differs", "resample the mask"),
     "mri-mask-missing": ("row 1", "nothere_mask.nii.gz", "does not exist", "mask path"),
-    "ecg-length-mismatch": ("row 1", "rec.hea", ".dat", "complete"),
+    "ecg-length-mismatch": ("row 1", "rec.hea", "rec.dat (truncated: 1600 bytes", "promises 16000", "4000 samples",
+                            "complete"),
     "ecg-nan-samples": ("row 1", "rec.hea", "10 nan", "missing values"),
     "oct-alpha-png": ("row 1", "scan.png", "transparency", "flatten"),
     "histo-rgba-tile": ("row 1", "tile.png", "transparency", "flatten"),
