@@ -227,3 +227,13 @@ def test_runner_args_reach_the_selected_script_only(monkeypatch, capsys):
     assert seen["extra_args"] == {"quality": ["--budget-min", "5", "--no-methods"]}
     assert runner.main(["--args=--budget-min 5"]) == 2  # for which script?
     assert "--args needs --only" in capsys.readouterr().err
+
+
+def test_the_smoke_benchmark_covers_every_shipped_pipeline():
+    import bench_smoke
+
+    from medcl.data.synth import EXTRA_SETS, SYNTHESISERS
+
+    shipped = {p.stem for p in (Path(__file__).resolve().parents[2] / "pipelines").glob("*.yaml")}
+    assert set(bench_smoke.PIPELINES) == shipped  # a new pipeline is measured, or this fails
+    assert set(bench_smoke.PIPELINES.values()) <= set(SYNTHESISERS) | set(EXTRA_SETS)
