@@ -81,6 +81,8 @@ ABLATIONS: dict[str, tuple[tuple[str, ...], list[str], str]] = {
     # HED jitter's beta used to act on skimage's rgb2hed scale (optical density / ln(1e6)): 0.02 there is
     # 0.28 optical density, 14x Tellez's HED-light (|beta| <= 0.05 OD)
     "hed_beta_0.28": (("histo",), ["transforms.hed_beta=0.276"], "scratch"),
+    # the OCT demo's pretraining warmed up for one epoch (~5 steps of 240); now 24 steps (10 %, the plain loop's)
+    "pretrain_warmup_1_epoch": (("oct",), ["pretrain.warmup_steps=null"], "probe"),
 }
 
 
@@ -275,8 +277,9 @@ def main(argv: list[str] | None = None) -> int:
                              "continues)")
     parser.add_argument("--fresh", action="store_true", help="ignore runs already in --out")
     parser.add_argument("--redo", nargs="+", default=[], choices=list(MODALITIES), metavar="MODALITY",
-                        help="run these modalities' finished runs again (their recipe changed); the others' "
-                             "finished runs are kept, each row with the commit it ran at")
+                        help="run these modalities' finished medcl runs again (their recipe changed; the plain "
+                             "reference loops do not depend on it and are kept); the others' finished runs are kept, "
+                             "each row with the commit it ran at")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work" / "quality")
     args = parser.parse_args(argv)
     quiet_logs()
@@ -289,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(args.out.read_text())
         if bool(old.get("meta", {}).get("quick")) == args.quick:
             done = {x["key"]: x for x in old.get("rows", []) if "error" not in x and "skipped" not in x
-                    and x.get("modality") not in args.redo}
+                    and (x.get("modality") not in args.redo or x.get("kind") == "reference")}
     commit = git_commit()  # the code every run of this invocation uses (a later commit does not change it)
     meta = {**base_meta(args.quick), "seeds": args.seeds, "budget_min": args.budget_min,
             "plan": [run_key(r) for r in todo]}

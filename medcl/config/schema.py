@@ -115,7 +115,11 @@ class PretrainConfig(Section):
     optimizer: Literal["adamw", "lars", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
-    warmup_epochs: float = Field(1.0, ge=0.0)
+    warmup_epochs: float = Field(1.0, ge=0.0, description="linear LR warmup, in epochs (unused when "
+                                 "pretrain.warmup_steps is set)")
+    warmup_steps: int | None = Field(None, ge=0, description="linear LR warmup in optimiser steps; use it with a "
+                                     "step budget (small data: one epoch can be a handful of steps), e.g. 10 % of "
+                                     "pretrain.steps; when set, pretrain.warmup_epochs is not used")
     amp: Literal["off", "bf16", "fp16"] = "off"
     grad_accum: int = Field(1, ge=1)
     clip_grad: float | None = Field(None, gt=0.0)
@@ -146,6 +150,8 @@ class FinetuneConfig(Section):
                                "(BEiT); never applied to the from-scratch baseline")
     batch_size: int = Field(32, ge=1)
     max_steps: int | None = Field(None, ge=1)
+    warmup_steps: int | None = Field(None, ge=0, description="linear LR warmup in optimiser steps (default: half an "
+                                     "epoch, which with few labels can be no warmup at all)")
     checkpoint_every_steps: int | None = Field(
         None, ge=1, description="also checkpoint every this many steps (always at each epoch end); --resume continues")
     keep_checkpoints: int = Field(2, ge=1)
@@ -184,6 +190,8 @@ class SegmentConfig(Section):
     max_steps: int | None = Field(None, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(1e-5, ge=0.0)
+    warmup_steps: int | None = Field(None, ge=0, description="linear LR warmup in optimiser steps (default: half an "
+                                     "epoch)")
     batch_size: int = Field(4, ge=1)
     num_classes: int = Field(2, ge=2, description="including background")
     class_names: list[str] | None = Field(None, description="mask class names incl. background (default 0, 1, ...)")

@@ -128,7 +128,7 @@ def _finetune(ctx: RunContext, encoder: Any, train_items: list[dict], seed_offse
     factory, opt, sched, epochs, steps = supervised_setup(
         ctx, train_items, make_transforms(cfg, train=True, views=1), groups, comm=comm, batch_size=ft.batch_size,
         epochs=ft.epochs, steps=ft.steps, max_steps=ft.max_steps, lr=ft.lr, weight_decay=ft.weight_decay,
-        optimizer=ft.optimizer, seed_offset=seed_offset)
+        optimizer=ft.optimizer, seed_offset=seed_offset, warmup_steps=ft.warmup_steps)
     check_step_memory(ctx, "classify (fine-tuning)", wrapper, factory(0),
                       max(1, min(ft.batch_size, len(train_items)) // comm.size), "classify.finetune.batch_size")
     ckpt = Checkpointer(ckpt_dir, keep=ft.keep_checkpoints, is_main=comm.is_main) if ckpt_dir is not None else None

@@ -133,10 +133,12 @@ def jsonable(o: Any) -> Any:
 
 def supervised_setup(ctx: RunContext, items: list[dict], transform: Any, params_or_groups: Any, *, comm: Any,
                      batch_size: int, epochs: int, max_steps: int | None, lr: float, weight_decay: float,
-                     optimizer: str = "adamw", seed_offset: int = 0, steps: int | None = None):
+                     optimizer: str = "adamw", seed_offset: int = 0, steps: int | None = None,
+                     warmup_steps: int | None = None):
     """Loader factory, optimiser (AdamW or SGD), warmup + cosine schedule and step count for a supervised loop.
 
-    Shared by fine-tuning (``classify``) and ``segment``: half an epoch of warmup, a step cap,
+    Shared by fine-tuning (``classify``) and ``segment``: ``warmup_steps`` of linear warmup (default half an
+    epoch), a step cap,
     and a loader whose shuffling differs per model (``seed_offset``) so baselines see their own order.
     ``batch_size`` is the global batch: over ``comm``'s processes (DDP) each loads ``batch_size / size``
     samples of one shared permutation, so together they see the single process's batches.
@@ -151,7 +153,8 @@ def supervised_setup(ctx: RunContext, items: list[dict], transform: Any, params_
                          distributed=comm.size > 1, drop_last=len(items) > bs)
     opt = build_optimizer(params_or_groups, optimizer, lr=lr, weight_decay=weight_decay)
     epochs, total = budget(steps, epochs, len(loader), max_steps)
-    sched = build_scheduler(opt, total_steps=total, warmup_steps=min(total - 1, max(0, len(loader) // 2)))
+    warmup = len(loader) // 2 if warmup_steps is None else warmup_steps
+    sched = build_scheduler(opt, total_steps=total, warmup_steps=min(total - 1, max(0, warmup)))
 
     def factory(epoch: int):
         loader.set_epoch(epoch + 1000 * seed_offset)

@@ -88,9 +88,10 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     tracker.log_metrics({"pretrain/step_memory_gib": round(gib, 3)})  # a metric: a resume may estimate again
 
     # -- optimisation ----------------------------------------------------------------------------------
-    optimizer, scheduler, steps_per_epoch, epochs, total = _optimisation(p, core, len(train_set_loader))
+    optimizer, scheduler, steps_per_epoch, epochs, total, warmup = _optimisation(p, core, len(train_set_loader))
     ckpt, resume_state = _checkpointing(ctx, tracker, method, per_rank_batch, steps_per_epoch, {
         "pretrain.steps_per_epoch": steps_per_epoch, "pretrain.total_steps": total,
+        "pretrain.lr_warmup_steps": warmup,  # what warmup_steps / warmup_epochs came to
         "pretrain.world_size": ctx.world_size, "pretrain.per_rank_batch": per_rank_batch,
         "model.feature_dim": encoder.feature_dim})
 
@@ -242,19 +243,21 @@ def _build_method(ctx: RunContext, encoder: Any) -> Any:
     return build_method(p.method, encoder, **kwargs).to(ctx.device)
 
 
-def _optimisation(p: Any, core: Any, n_batches: int) -> tuple[Any, Any, int, int, int]:
+def _optimisation(p: Any, core: Any, n_batches: int) -> tuple[Any, Any, int, int, int, int]:
     """Optimiser and warmup + cosine schedule for the method ``core`` (unwrapped), with ``n_batches`` per epoch.
 
     Returns:
-        ``(optimizer, scheduler, optimiser steps per epoch, epochs to run, optimiser steps in total)``.
+        ``(optimizer, scheduler, optimiser steps per epoch, epochs to run, optimiser steps in total, warmup steps)``
+        (warmup: ``pretrain.warmup_steps`` when set, else ``warmup_epochs`` epochs; shorter than the run).
     """
     groups = core.param_groups(p.weight_decay) if hasattr(core, "param_groups") else core
     optimizer = build_optimizer(groups, p.optimizer, lr=p.lr, weight_decay=p.weight_decay)
     steps_per_epoch = max(1, math.ceil(n_batches / p.grad_accum))
     epochs, total = budget(p.steps, p.epochs, steps_per_epoch, p.max_steps)
-    warmup = min(int(p.warmup_epochs * steps_per_epoch), max(0, total - 1))
+    warmup = p.warmup_steps if p.warmup_steps is not None else int(p.warmup_epochs * steps_per_epoch)
+    warmup = min(warmup, max(0, total - 1))
     scheduler = build_scheduler(optimizer, total_steps=total, warmup_steps=warmup, min_lr_ratio=0.01)
-    return optimizer, scheduler, steps_per_epoch, epochs, total
+    return optimizer, scheduler, steps_per_epoch, epochs, total, warmup
 
 
 def _checkpointing(ctx: RunContext, tracker: Tracker, method: Any, per_rank_batch: int, steps_per_epoch: int,

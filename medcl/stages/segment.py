@@ -145,7 +145,8 @@ def _train(ctx: RunContext, net: Any, items: list[dict], transform: Any, seed_of
     wrapper = SegmentationWrapper(net, s.num_classes).to(ctx.device)
     factory, opt, sched, epochs, steps = supervised_setup(
         ctx, items, transform, wrapper, comm=comm, batch_size=s.batch_size, epochs=s.epochs, steps=s.steps,
-        max_steps=s.max_steps, lr=s.lr, weight_decay=s.weight_decay, optimizer=s.optimizer, seed_offset=seed_offset)
+        max_steps=s.max_steps, lr=s.lr, weight_decay=s.weight_decay, optimizer=s.optimizer, seed_offset=seed_offset,
+        warmup_steps=s.warmup_steps)
     check_step_memory(ctx, "segment", wrapper, factory(0), max(1, min(s.batch_size, len(items)) // comm.size),
                       "segment.batch_size")
     trained = wrap_ddp(wrapper, ctx.device) if comm.size > 1 else wrapper

@@ -22,7 +22,7 @@ def _tiny_overrides(manifest: Path, tmp: Path) -> list[str]:
     return [
         f"data.manifest={manifest}", f"runtime.output_dir={tmp / 'runs'}", "runtime.progress=false",
         "model.encoder=resnet18", "model.proj_hidden_dim=64", "model.proj_dim=32",
-        "pretrain.epochs=1", "pretrain.max_steps=2", "pretrain.batch_size=8", "pretrain.warmup_epochs=0",
+        "pretrain.epochs=1", "pretrain.max_steps=2", "pretrain.batch_size=8", "pretrain.warmup_steps=0",
         "data.batch_size=16", "classify.protocols=[linear]", "classify.label_fractions=[1.0]", "calibrate.fit_on=auto",
         "classify.baselines=[random]", "classify.n_boot=20", "stages=[pretrain, classify, calibrate]",
     ]

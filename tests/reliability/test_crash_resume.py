@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 PIPELINE = REPO / "pipelines" / "demo" / "oct.yaml"
 COMMON = ["model.encoder=tiny_cnn", "model.options={}", "model.proj_hidden_dim=32", "model.proj_dim=16", "runtime.progress=false",
           "runtime.device=cpu", "data.batch_size=16", "transforms.spatial_size=[32, 32]"]
-PRETRAIN = ["stages=[pretrain]", "pretrain.epochs=3", "pretrain.batch_size=8", "pretrain.warmup_epochs=0",
+PRETRAIN = ["stages=[pretrain]", "pretrain.epochs=3", "pretrain.batch_size=8", "pretrain.warmup_steps=0",
             "pretrain.checkpoint_every_steps=1", "pretrain.keep_checkpoints=3", *COMMON]
 FINETUNE = ["stages=[classify]", "classify.protocols=[finetune]", "classify.baselines=[]",
             "classify.label_fractions=[1.0]", "classify.n_boot=10", "classify.finetune.epochs=3",

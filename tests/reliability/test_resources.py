@@ -36,7 +36,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 def tiny(manifest: Path, out: Path, *extra: str) -> list[str]:
     return [f"data.manifest={manifest}", f"runtime.output_dir={out}", "runtime.progress=false", "runtime.device=cpu",
             "model.encoder=tiny_cnn", "model.options={}", "model.proj_hidden_dim=32", "model.proj_dim=16", "pretrain.epochs=1",
-            "pretrain.batch_size=8", "pretrain.warmup_epochs=0", "pretrain.checkpoint_every_steps=1",
+            "pretrain.batch_size=8", "pretrain.warmup_steps=0", "pretrain.checkpoint_every_steps=1",
             "pretrain.keep_checkpoints=5", "transforms.spatial_size=[32, 32]", "data.batch_size=16",
             "classify.n_boot=10", "classify.label_fractions=[1.0]", "classify.baselines=[]", *extra]
 
