@@ -112,7 +112,9 @@ def _add_data_command(sub: Any) -> None:
     p = dsub.add_parser("validate", help="check every row of a manifest; one line per problem; exit 1 if any",
                         description="Checks: file exists and is readable, shape/channels sane for the modality, "
                         "label in the class list, mask geometry, no patient in two splits, no duplicates, "
-                        "no path escaping the dataset root. Prints `row N (path): what — how to fix`.")
+                        "no path escaping the dataset root; whole-slide images: a readable pyramid, and with "
+                        "--magnification/--mpp/--tile-size the tiling a pipeline's data.wsi asks for (the "
+                        "magnification reachable, tissue found). Prints `row N (path): what — how to fix`.")
     p.add_argument("manifest", help="CSV or MONAI datalist JSON")
     p.add_argument("--classes", default=None, help="comma-separated class list (default: labels found)")
     p.add_argument("--task", default=None, choices=["binary", "multiclass", "multilabel", "ordinal"])
@@ -124,6 +126,13 @@ def _add_data_command(sub: Any) -> None:
                    help="largest file in values (channels x voxels) medcl may load (default 2**29 = 2 GiB as "
                    "float32, like data.max_voxels); 0 = no limit")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--magnification", type=float, default=None, help="slides: plan tiles at this objective power "
+                   "(data.wsi.magnification)")
+    p.add_argument("--mpp", type=float, default=None, help="slides: plan tiles at these microns per pixel (data.wsi.mpp)")
+    p.add_argument("--tile-size", type=int, default=None, help="slides: tile side in pixels (data.wsi.tile_size; "
+                   "default 224 when --magnification or --mpp is given)")
+    p.add_argument("--min-tissue", type=float, default=0.5, help="slides: minimum tissue fraction of a tile "
+                   "(data.wsi.min_tissue)")
     p = dsub.add_parser("inspect", help="what medcl's reader gives for a file or series folder",
                         description="Before any modality preset: CT in HU, signals in physical units.")
     p.add_argument("path")
@@ -270,6 +279,15 @@ def _cmd_data(args: argparse.Namespace) -> int:
         problems = validate_manifest(manifest, classes=classes, task=args.task, check_files=not args.no_read,
                                      modality=args.modality, workers=args.workers,
                                      max_voxels=args.max_voxels or None)
+        if not args.no_read and (args.magnification or args.mpp or args.tile_size):
+            from medcl.config.schema import WsiConfig  # lazy: pydantic
+            from medcl.data.wsi_plans import plan_slides  # lazy: numpy
+
+            wsi = WsiConfig(magnification=args.magnification, mpp=args.mpp, tile_size=args.tile_size or 224,
+                            min_tissue=args.min_tissue)
+            bad = {p.row for p in problems}
+            _, slide_problems = plan_slides([r for r in manifest.records if r.row not in bad], wsi, 0, None)
+            problems = sorted([*problems, *slide_problems], key=lambda p: p.row)
         if args.json:
             print(problems_to_json(problems))
         else:

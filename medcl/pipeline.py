@@ -35,6 +35,7 @@ from medcl.config import (
 from medcl.console import print_plan, print_summary
 from medcl.data.prepare import check_splits, prepare_data
 from medcl.data.splits import save_split
+from medcl.data.wsi_plans import plans_table
 from medcl.errors import ConfigError, DistributedError, MedclError, StageError, TrackingError
 from medcl.lookup import did_you_mean
 from medcl.stages import STAGES
@@ -170,6 +171,13 @@ def _preflight(cfg: PipelineConfig, data: Any) -> None:
     """
     from medcl.methods import METHODS, method_options  # lazy: torch (the plan printing does not need it)
 
+    tile_level = [s for s in cfg.stages if s in ("classify", "calibrate", "segment", "detect")]
+    if data.tiles and tile_level:
+        raise ConfigError(
+            f"{len(data.tiles)} manifest rows are whole-slide images with slide-level labels, and stage(s) "
+            f"{', '.join(tile_level)} would train on their tiles as if each tile had its slide's label",
+            where="stages", fix="pretrain on the slides (stages: [pretrain]) and classify tiles cut beforehand; "
+            "slide-level classification (attention MIL over a slide's tiles) is not available yet")
     if "pretrain" in cfg.stages:
         allowed = method_options(cfg.pretrain.method)  # an unknown method: did-you-mean
         unknown = [k for k in cfg.pretrain.method_options if k not in allowed]
@@ -378,6 +386,10 @@ def _log_pipeline_inputs(parent: Any, cfg: PipelineConfig, data: Any, run_dir: P
     save_split(split_path, data.records, data.assignment)
     parent.log_artifact(split_path)
     parent.log_dict(data.summary, "data_summary.json")
+    if data.tiles:  # the tiling plans: manifest rows and level-0 coordinates, never slide paths
+        (run_dir / "wsi_tiles.csv").write_text(plans_table(data.tiles), encoding="utf-8")
+        parent.log_artifact(run_dir / "wsi_tiles.csv")
+        parent.log_params({"data.n_slides": len(data.tiles), "data.n_tiles": sum(map(len, data.tiles.values()))})
     parent.log_params({"data.n_samples": len(data.records), "data.n_patients": len(data.patient_index),
                        "data.n_excluded": len(data.excluded), "data.class_names": json.dumps(data.classes),
                        "data.manifest_name": Path(cfg.data.manifest or "").name, **_software_versions()})

@@ -33,6 +33,34 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class WsiConfig(Section):
+    """How the whole-slide images of a manifest are cut into tiles (``data.wsi``; rows pointing at a slide).
+
+    Exactly one of ``magnification``, ``mpp`` or ``level`` chooses the resolution (none: level 0).
+    """
+
+    magnification: float | None = Field(None, gt=0.0, description="objective power of the tiles, e.g. 20 "
+                                         "(read from the nearest finer pyramid level and resized)")
+    mpp: float | None = Field(None, gt=0.0, description="microns per pixel of the tiles (10 / mpp = magnification)")
+    level: int | None = Field(None, description="pyramid level to cut tiles from (-1 = smallest)")
+    tile_size: int = Field(224, ge=8, description="tile side in pixels (at the chosen resolution)")
+    stride: int | None = Field(None, ge=1, description="step between tiles in pixels (default tile_size: no "
+                               "overlap)")
+    min_tissue: float = Field(0.5, ge=0.0, le=1.0, description="minimum tissue fraction of a tile (Otsu on "
+                              "saturation at the smallest level)")
+    max_tiles: int | None = Field(None, ge=1, description="at most this many tiles per slide (default: all)")
+    sampling: Literal["grid", "random"] = Field("grid", description="which tiles max_tiles keeps: evenly spread "
+                                                "over the slide's tissue (grid) or drawn at random (seeded by the "
+                                                "run's seed and the slide)")
+
+    @model_validator(mode="after")
+    def _one_resolution(self) -> WsiConfig:
+        given = [k for k in ("magnification", "mpp", "level") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"data.wsi sets {' and '.join(given)}: choose one (magnification, mpp or level)")
+        return self
+
+
 class DataConfig(Section):
     """Where the data is and how it is split and loaded."""
 
@@ -63,6 +91,8 @@ class DataConfig(Section):
     max_voxels: int | None = Field(
         2**29, ge=1, description="largest sample in values (channels × voxels; 2**29 = 2 GiB as float32) read into "
         "memory; larger files are rejected before training, naming the file and its size (null: no limit)")
+    wsi: WsiConfig = Field(default_factory=WsiConfig, description="tiling of rows that point at a whole-slide "
+                           "image (SVS, NDPI, MRXS, pyramidal TIFF)")
     synth_patients: int | None = Field(None, ge=2, description="`medcl demo` only: patients per modality it "
                                        "synthesises when its data folder is empty (default: the demo set's own)")
 

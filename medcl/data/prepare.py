@@ -17,6 +17,7 @@ import numpy as np
 from medcl.data.manifest import label_problems, load_manifest
 from medcl.data.splits import check_leakage, make_splits, split_summary
 from medcl.data.validate import filter_records, row_reader_options, validate_manifest
+from medcl.data.wsi_plans import plan_slides
 from medcl.errors import ConfigError, DataError, SplitError
 from medcl.lookup import did_you_mean
 
@@ -47,6 +48,7 @@ class DataBundle:
     patient_index: dict[str, int]
     manifest_path: Path | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    tiles: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # manifest row of a slide -> its tiles
 
     def indices(self, split: str | None = None, labelled: bool = False) -> np.ndarray:
         """Positions in ``records`` of one split (all when ``None``), optionally labelled only."""
@@ -83,13 +85,15 @@ class DataBundle:
 
         Each item: ``image``, ``label``, ``patient`` (int), ``index`` (position in ``records``), ``record``
         (:meth:`record_ids`: the recording, for CLOCS's ``positives: record``) and ``mask`` when the row has one.
+        A slide row (one with a tiling plan, :attr:`tiles`) gives one item per tile, each with the slide's label,
+        patient, ``index`` and ``record`` and a ``region`` ``[x, y, level, size, tile_size]`` to read.
         """
         out = []
         records = self.record_ids()
         for i in self.indices(split, labelled):
             r = self.records[i]
             lab = self.y[i]
-            item: dict[str, Any] = {
+            base: dict[str, Any] = {
                 "image": str(r.path),
                 "label": lab.astype(np.float32) if self.y.ndim == 2 else int(lab),
                 "patient": self.patient_index[r.patient],
@@ -97,11 +101,15 @@ class DataBundle:
                 "record": int(records[i]),
             }
             if r.mask is not None:
-                item["mask"] = str(r.mask)
+                base["mask"] = str(r.mask)
             series = row_reader_options(r).get("series")
             if series is not None:
-                item["series"] = series
-            out.append(item)
+                base["series"] = series
+            plan = self.tiles.get(r.row)
+            if plan is None:
+                out.append(base)
+                continue
+            out.extend({**base, "region": [t["x"], t["y"], t["level"], t["size"], t["tile_size"]]} for t in plan)
         return out
 
     def patients_of(self, idx: np.ndarray) -> np.ndarray:
@@ -168,6 +176,14 @@ def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
         check_files=d.validate_files if check_files is None else check_files, modality=d.modality,
         max_voxels=d.max_voxels, reader_options=reader_options(cfg),
     )
+    if d.modality in (None, "histo"):  # slide rows: a tiling plan each (a slide without one is a row problem)
+        bad = {p.row for p in problems}
+        plans, slide_problems = plan_slides([r for r in manifest.records if r.row not in bad], d.wsi, cfg.seed,
+                                            Path(cfg.runtime.output_dir) / "wsi_plans",
+                                            progress=None if cfg.runtime.progress else False)
+        problems = sorted([*problems, *slide_problems], key=lambda p: p.row)
+    else:
+        plans = {}
     excluded: list[Any] = []
     records = manifest.records
     if problems:
@@ -205,7 +221,8 @@ def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
     check_leakage(records, assignment)
     patient_index = {p: i for i, p in enumerate(sorted({r.patient for r in records}))}
     bundle = DataBundle(records=list(records), excluded=list(excluded), y=y, classes=list(classes), task=d.task,
-                        assignment=assignment, patient_index=patient_index, manifest_path=Path(d.manifest))
+                        assignment=assignment, patient_index=patient_index, manifest_path=Path(d.manifest),
+                        tiles={r.row: plans[r.row] for r in records if r.row in plans})
     bundle.summary = split_summary(records, assignment, labels)
     return bundle
 

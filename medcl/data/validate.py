@@ -295,13 +295,14 @@ def _check_mask(rec: Record, image: Any, read: Callable[..., Any], require_mask:
     return out
 
 
-def _progress(enabled: bool | None):
+def progress_bar(enabled: bool | None, label: str = "validating"):
+    """A rich progress bar on stderr, shown on a terminal (``enabled=None``) or when asked."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
     disable = (not console.is_terminal) if enabled is None else not enabled
-    return Progress(TextColumn("validating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=console, disable=disable, transient=True)
 
 
@@ -370,7 +371,7 @@ def validate_manifest(
 
     todo = [r for r in records if r.relpath]
     if check_files and todo:
-        with _progress(progress) as bar, ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+        with progress_bar(progress) as bar, ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
             task_id = bar.add_task("validating", total=len(todo))
             futures = [pool.submit(_check_row, r, r.modality, root_path, read, require_mask, max_voxels,
                                    row_reader_options(r, reader_options)) for r in todo]

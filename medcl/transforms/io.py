@@ -36,9 +36,19 @@ def _default_read(path: str, **kwargs: Any) -> Any:
 
 
 def _default_read_region(path: str, region: Sequence[Any], **kwargs: Any) -> Any:
-    x, y, level, size = region
+    """Read one WSI region: ``(x, y, level, size)``, or ``(x, y, level, size, out)`` resized to ``out``.
+
+    ``size`` pixels of ``level`` are read, then area-resized to ``out`` pixels (a tiling plan's tile at a
+    magnification between two pyramid levels).
+    """
+    x, y, level, size, *out = region
     size = int(size) if np.isscalar(size) else tuple(int(s) for s in size)
-    return read_region(path, int(x), int(y), int(level), size, **kwargs)
+    sample = read_region(path, int(x), int(y), int(level), size, **kwargs)
+    if out and np.isscalar(size) and int(out[0]) != size:
+        t = torch.as_tensor(np.asarray(sample.array, dtype=np.float32))[None]
+        resized = torch.nn.functional.interpolate(t, size=(int(out[0]),) * 2, mode="area")[0]
+        sample = type(sample)(resized.numpy(), {**sample.meta, "tile_size": int(out[0])})
+    return sample
 
 
 def to_image_tensor(array: Any, meta: Mapping[str, Any] | None) -> torch.Tensor:
@@ -78,7 +88,8 @@ class LoadSampled(MapTransform):
         region_reader: ``region_reader(path, (x, y, level, size), modality=..., backend=...) -> Sample``
             used when the item has ``region_key`` (``x, y`` in level-0 pixels, ``size`` in pixels of
             ``level``); default :func:`medcl.readers.wsi.read_region`.
-        region_key: item key of a WSI region ``(x, y, level, size)``; applies to ``region_keys``.
+        region_key: item key of a WSI region ``(x, y, level, size[, out])``; applies to ``region_keys``; removed
+            from the output (read: items with and without one collate alike).
         region_keys: which of ``keys`` the region applies to (default: the first key).
         meta_suffix: metadata goes to ``f"{key}{meta_suffix}"``.
         allow_missing_keys: skip absent keys (e.g. an optional ``"mask"``).
@@ -161,4 +172,5 @@ class LoadSampled(MapTransform):
             d[key] = to_image_tensor(array, meta)
             d[f"{key}{self.meta_suffix}"] = meta
         d.pop("series", None)  # read: not a batch key (rows with and without one must collate alike)
+        d.pop(self.region_key, None)
         return d

@@ -316,6 +316,22 @@ def _h_corrupt_tiff(d, demo):
     return one_row(d, "slide.tif", "histo")
 
 
+def _h_slide_magnification(d, demo):
+    copy(demo, "histo/slides/p0001.tif", d, "slide.tif")
+    return [*one_row(d, "slide.tif", "histo"), "--magnification", "40"]
+
+
+def _h_slide_no_tissue(d, demo):
+    import tifffile
+
+    glass = np.full((256, 256, 3), 236, np.uint8)
+    with tifffile.TiffWriter(str(d / "blank.tif")) as tif:
+        tif.write(glass, tile=(64, 64), photometric="rgb", subifds=1, resolution=(2e4, 2e4),
+                  resolutionunit="CENTIMETER")
+        tif.write(glass[::2, ::2], tile=(64, 64), photometric="rgb", subfiletype=1)
+    return [*one_row(d, "blank.tif", "histo"), "--tile-size", "64"]
+
+
 def _h_mrxs_member(d, demo):
     folder = d / "slide"
     folder.mkdir()
@@ -634,6 +650,9 @@ CASES: list[Case] = [
     Case("fundus-truncated-jpeg", "fundus", "JPEG cut to a third", _f_truncated_jpeg),
     Case("fundus-five-channels", "fundus", "TIFF with 5 channels", _f_four_channels),
     Case("histo-corrupt-tiff", "histo", "slide TIFF whose directory is overwritten", _h_corrupt_tiff),
+    Case("histo-slide-magnification", "histo", "slide scanned at 20x, tiles asked at 40x (`--magnification 40`)",
+         _h_slide_magnification),
+    Case("histo-slide-no-tissue", "histo", "slide of blank glass (no tissue to tile)", _h_slide_no_tissue),
     Case("histo-mrxs-member", "histo", "MIRAX slide whose folder lacks one data file its Slidedat.ini names",
          _h_mrxs_member),
     Case("histo-mrxs-no-folder", "histo", "MIRAX `.mrxs` copied without its folder", _h_mrxs_no_folder),
@@ -730,6 +749,8 @@ EXPECT: dict[str, tuple[str, ...]] = {
     "fundus-truncated-jpeg": ("row 1", "eye.jpg", "truncated", "re-export"),
     "fundus-five-channels": ("row 1", "eye.tif", "5 samples per pixel", "convert"),
     "histo-corrupt-tiff": ("row 1", "slide.tif", "corrupt", "slide", "re-export"),
+    "histo-slide-magnification": ("row 1", "slide.tif", "40x is not available", "scanned at 20", "or lower"),
+    "histo-slide-no-tissue": ("row 1", "blank.tif", "no tissue found", "min_tissue"),
     "histo-mrxs-member": ("row 1", "slide/data0001.dat", "missing", "file_1", "copy the whole slide"),
     "histo-mrxs-no-folder": ("row 1", "slide.mrxs", "without its folder", "copy the whole slide"),
     "histo-volume": ("row 1", "tile.nii.gz", "2d image", "single 2d image"),
