@@ -383,3 +383,52 @@ class FOVMaskd(MapTransform):
         for key in keys:
             d[key] = apply_fov(torch.as_tensor(d[key]), circle, self.fov.crop)
         return d
+
+
+# ------------------------------------------------------------------------------------------------
+# stain normalisation
+
+
+class MacenkoNormalized(MapTransform):
+    """H&E stain normalisation by MONAI's ``NormalizeHEStains`` (Macenko et al. 2009).
+
+    Macenko et al. 2009, "A method for normalizing histology slides for quantitative analysis".
+
+    Each image's H and E stain vectors are estimated from its optical densities (the angular extremes in the plane
+    of the two main directions), its stain concentrations are rescaled to MONAI's reference maxima and re-rendered
+    with MONAI's reference stain matrix, so slides from different sites or stainings look alike before training.
+
+    Args:
+        keys: RGB image keys, ``(3, H, W)`` in ``[0, 255]`` (before intensity scaling).
+        tli: transmitted light intensity (the glass's brightness).
+        beta: optical-density threshold below which a pixel is glass and not used to estimate the stains.
+
+    What differs from normalising a whole slide: the stains are estimated per tile, not once per slide. A tile with
+    no stained pixel (every optical density below ``beta``: glass) has no stain to estimate and is returned
+    unchanged.
+    """
+
+    def __init__(self, keys: KeysCollection, tli: float = 240.0, beta: float = 0.15,
+                 allow_missing_keys: bool = False) -> None:
+        """Build MONAI's normaliser; see the class docstring."""
+        from monai.apps.pathology.transforms import NormalizeHEStains
+
+        super().__init__(keys, allow_missing_keys)
+        self.normalize = NormalizeHEStains(tli=tli, beta=beta)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Normalise every key; returns a new dict."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            _check_rgb(torch.as_tensor(img), "MacenkoNormalized")
+            hwc = np.clip(np.moveaxis(np.asarray(img, dtype=np.float32), 0, -1), 0, 255).round().astype(np.uint8)
+            try:
+                out = self.normalize(hwc)
+            except ValueError as e:
+                if "below the absorbance threshold" not in str(e):
+                    raise
+                continue  # glass only: nothing to normalise
+            t = torch.as_tensor(np.moveaxis(out, -1, 0).astype(np.float32))
+            d[key] = t if isinstance(img, torch.Tensor) else t.numpy()
+        return d

@@ -168,10 +168,14 @@ def _nothing(p: dict) -> list:
 def _histo(p: dict, train: bool) -> tuple[list, list]:
     from monai import transforms as mt
 
-    from medcl.transforms.intensity import RandColorJitterd, RandHEDJitterd  # lazy: monai
+    from medcl.transforms.intensity import MacenkoNormalized, RandColorJitterd, RandHEDJitterd  # lazy: monai
 
+    if p["stain_normalize"] not in ("none", "macenko"):
+        raise ConfigError(f"unknown stain normalisation {p['stain_normalize']!r}", where="transforms.stain_normalize",
+                          fix="use none or macenko")
     size_det, size_rand = _size_2d(p, train)
-    det = _scale_2d(p) + size_det
+    stain = [MacenkoNormalized(p["keys"])] if p["stain_normalize"] == "macenko" else []
+    det = stain + _scale_2d(p) + size_det
     if not train:
         return det, []
     rand = [
@@ -334,8 +338,9 @@ PRESETS: dict[str, Preset] = {
         "histo", 2, 3,
         {"spatial_size": (224, 224), "intensity_range": (0.0, 255.0), "resize": None,
          "hed_alpha": 0.05, "hed_beta": 0.02, "hed_prob": 0.8, "flip_prob": 0.5, "rotate90_prob": 0.75,
-         "brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "color_prob": 0.8},
-        _histo, "[0, 255] → [0, 1], crop/pad; aug: HED stain jitter, flips, 90° rotations, colour jitter",
+         "brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "color_prob": 0.8, "stain_normalize": "none"},
+        _histo, "optional Macenko stain normalisation, [0, 255] → [0, 1], crop/pad; aug: HED stain jitter, flips, "
+        "90° rotations, colour jitter",
         batch_sample_part=_random_crop_2d),
     "oct": Preset(
         "oct", 2, 1,

@@ -290,3 +290,52 @@ def test_lead_group_lead_dropout_and_baseline_wander():
     freqs = np.fft.rfftfreq(2000, d=1 / 100.0)
     assert spectrum[:, freqs <= 0.5].sum() > 0.99 * spectrum.sum()
     assert np.abs(added).max() > 0.01
+
+
+def _he_render(h_vec, e_vec, seed=0, size=48):
+    """An H&E-like tile by Beer-Lambert: stain concentrations (nuclei blobs, eosin background) times stain vectors."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    h = np.zeros((size, size))
+    for cy, cx in rng.uniform(4, size - 4, size=(12, 2)):
+        h += 1.2 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 6.0)
+    e = 0.5 + 0.2 * rng.random((size, size))
+    od = h[..., None] * np.asarray(h_vec) + e[..., None] * np.asarray(e_vec)
+    return np.clip(240 * np.exp(-od), 0, 255).astype(np.uint8)
+
+
+def test_macenko_normalisation_brings_two_stainings_of_one_tissue_together():
+    import torch
+    from monai.apps.pathology.transforms import NormalizeHEStains
+
+    from medcl.transforms.intensity import MacenkoNormalized
+
+    h, e = np.array([0.65, 0.70, 0.29]), np.array([0.07, 0.99, 0.11])  # Ruifrok & Johnston's H and E
+    site_a = _he_render(h, e)
+    norm = MacenkoNormalized(keys=("image",))
+
+    def normalised(rgb):
+        return norm({"image": torch.as_tensor(np.moveaxis(rgb, -1, 0).astype(np.float32))})["image"].numpy()
+
+    np.testing.assert_array_equal(normalised(site_a), np.moveaxis(NormalizeHEStains()(site_a), -1, 0))  # MONAI's
+    for h_scale, e_scale in ((1.5, 0.7), (0.7, 1.3)):  # the same tissue stained stronger/weaker in another lab
+        site_b = _he_render(h * h_scale, e * e_scale)
+        before = np.abs(site_a.astype(float) - site_b.astype(float)).mean()
+        after = np.abs(normalised(site_a) - normalised(site_b)).mean()
+        assert after < 0.3 * before  # concentrations rescaled to the reference maxima: the labs' tiles agree
+    glass = torch.full((3, 16, 16), 238.0)  # no stained pixel: nothing to estimate, left as it is
+    assert torch.equal(norm({"image": glass})["image"], glass)
+
+
+def test_the_histo_preset_normalises_stains_only_when_asked():
+    from medcl.errors import ConfigError
+    from medcl.transforms import build_transforms
+    from medcl.transforms.intensity import MacenkoNormalized
+
+    def has_macenko(**kw):
+        tf = build_transforms("histo", train=False, spatial_size=[32, 32], **kw)
+        return any(isinstance(t, MacenkoNormalized) for t in tf.transforms)
+
+    assert not has_macenko() and has_macenko(stain_normalize="macenko")
+    with pytest.raises(ConfigError, match="unknown stain normalisation 'reinhard'"):
+        build_transforms("histo", train=False, spatial_size=[32, 32], stain_normalize="reinhard")
