@@ -34,6 +34,7 @@ from medcl.readers.wsi_backends import (
     SlideInfo,
     check_level,
     is_pyramidal_tiff,
+    kept_open,
     open_slide,
     slide_info,
     svs_description,
@@ -138,7 +139,7 @@ def read_wsi(path: Path, *, modality: str | None = None, level: int | None = Non
 
 
 def read_region(path: str | Path, x: int, y: int, level: int, size: int | tuple[int, int], *,
-                modality: str | None = None, backend: str = "auto") -> Sample:
+                modality: str | None = None, backend: str = "auto", keep_open: bool = False) -> Sample:
     """Read one region from one pyramid level, decoding only the tiles it touches.
 
     Args:
@@ -149,6 +150,8 @@ def read_region(path: str | Path, x: int, y: int, level: int, size: int | tuple[
         size: ``s`` or ``(w, h)`` in pixels of that level.
         modality: defaults to ``"histo"``.
         backend: ``auto``, ``tifffile`` or ``openslide``.
+        keep_open: keep the slide open for the next read (:func:`~medcl.readers.wsi_backends.kept_open`: what a
+            training loader does, reading many tiles of one slide).
 
     Returns:
         Sample ``(C, h, w)``; parts outside the slide are white (255).
@@ -157,26 +160,32 @@ def read_region(path: str | Path, x: int, y: int, level: int, size: int | tuple[
     w, h = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
     if w <= 0 or h <= 0:
         raise ReaderError(f"region size {size} must be positive", where=str(path), fix="pass size > 0")
+    if keep_open:
+        return _read_region(path, kept_open(path, backend), x, y, level, w, h, modality)
     with open_slide(path, backend) as s:
-        info = s.info
-        lvl = check_level(path, info, level)
-        ds = info.downsamples[lvl]
-        lw, lh = info.dimensions[lvl]
-        lx, ly = int(round(x / ds)), int(round(y / ds))
-        x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
-        if x1 <= x0 or y1 <= y0:
-            raise ReaderError(
-                f"region x={x}, y={y}, size {w}x{h} at level {lvl} lies outside the slide "
-                f"(level 0 is {info.dimensions[0][0]}x{info.dimensions[0][1]})",
-                where=str(path), fix="pass level-0 coordinates inside the slide",
-            )
-        try:
-            inner = s.read_region(lvl, x0, y0, x1 - x0, y1 - y0)
-        except ReaderError:
-            raise
-        except Exception as e:
-            raise wrap_error(path, f"cannot decode region at level {lvl} (corrupt tiles?)", e,
-                             FIX_CORRUPT) from e
-        out = np.full((h, w, inner.shape[-1]), 255, dtype=inner.dtype)
-        out[y0 - ly:y1 - ly, x0 - lx:x1 - lx] = inner
-        return _to_sample(path, out, info, lvl, modality, region=[int(x), int(y), w, h])
+        return _read_region(path, s, x, y, level, w, h, modality)
+
+
+def _read_region(path: Path, s: Any, x: int, y: int, level: int, w: int, h: int, modality: str | None) -> Sample:
+    """:func:`read_region` on an open slide ``s``."""
+    info = s.info
+    lvl = check_level(path, info, level)
+    ds = info.downsamples[lvl]
+    lw, lh = info.dimensions[lvl]
+    lx, ly = int(round(x / ds)), int(round(y / ds))
+    x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
+    if x1 <= x0 or y1 <= y0:
+        raise ReaderError(
+            f"region x={x}, y={y}, size {w}x{h} at level {lvl} lies outside the slide "
+            f"(level 0 is {info.dimensions[0][0]}x{info.dimensions[0][1]})",
+            where=str(path), fix="pass level-0 coordinates inside the slide",
+        )
+    try:
+        inner = s.read_region(lvl, x0, y0, x1 - x0, y1 - y0)
+    except ReaderError:
+        raise
+    except Exception as e:
+        raise wrap_error(path, f"cannot decode region at level {lvl} (corrupt tiles?)", e, FIX_CORRUPT) from e
+    out = np.full((h, w, inner.shape[-1]), 255, dtype=inner.dtype)
+    out[y0 - ly:y1 - ly, x0 - lx:x1 - lx] = inner
+    return _to_sample(path, out, info, lvl, modality, region=[int(x), int(y), w, h])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -275,6 +276,41 @@ def open_slide(path: str | Path, backend: str = "auto") -> Iterator[_TiffSlide |
         yield _OpenSlide(path, osl)
     finally:
         osl.close()
+
+
+#: open slides of this process and thread: ``(pid, thread, path, backend, mtime_ns, size)`` -> (context, slide)
+_OPEN: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()
+#: how many slides :func:`kept_open` keeps open per process and thread
+KEEP_OPEN = 16
+
+
+def kept_open(path: str | Path, backend: str = "auto") -> _TiffSlide | _OpenSlide:
+    """An open slide kept for the next region read (tiles of one slide come one after another in training).
+
+    Opening a slide parses its TIFF directories or vendor index, which costs more than reading one tile; a loader
+    worker that reads many tiles of one slide opens it once. Handles are per process and thread (never shared
+    across a fork or between threads: file offsets would race), at most :data:`KEEP_OPEN` of them (least recently
+    used closed first), and keyed on the file's modification time and size, so a slide rewritten in place is
+    opened again.
+    """
+    import os
+    import threading
+
+    p = Path(path)
+    st = p.stat()
+    key = (os.getpid(), threading.get_ident(), str(p.resolve()), backend, st.st_mtime_ns, st.st_size)
+    hit = _OPEN.get(key)
+    if hit is not None:
+        _OPEN.move_to_end(key)
+        return hit[1]
+    ctx = open_slide(p, backend)
+    slide = ctx.__enter__()
+    _OPEN[key] = (ctx, slide)
+    mine = [k for k in _OPEN if k[:2] == key[:2]]
+    for old in mine[:-KEEP_OPEN] if len(mine) > KEEP_OPEN else []:
+        old_ctx, _ = _OPEN.pop(old)
+        old_ctx.__exit__(None, None, None)
+    return slide
 
 
 def slide_info(path: str | Path, backend: str = "auto") -> SlideInfo:

@@ -43,7 +43,7 @@ def _default_read_region(path: str, region: Sequence[Any], **kwargs: Any) -> Any
     """
     x, y, level, size, *out = region
     size = int(size) if np.isscalar(size) else tuple(int(s) for s in size)
-    sample = read_region(path, int(x), int(y), int(level), size, **kwargs)
+    sample = read_region(path, int(x), int(y), int(level), size, keep_open=True, **kwargs)
     if out and np.isscalar(size) and int(out[0]) != size:
         t = torch.as_tensor(np.asarray(sample.array, dtype=np.float32))[None]
         resized = torch.nn.functional.interpolate(t, size=(int(out[0]),) * 2, mode="area")[0]

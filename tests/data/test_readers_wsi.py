@@ -235,3 +235,36 @@ def test_a_hamamatsu_vms_slide_names_its_missing_image_and_map_files(tmp_path):
     assert "2 Hamamatsu slide members cannot be read" in msg
     assert "b.jpg (missing; named by Virtual Microscope Specimen/ImageFile(1,0))" in msg
     assert "s.map (missing; named by Virtual Microscope Specimen/MapFile)" in msg and "a.jpg (" not in msg
+
+
+# --------------------------------------------------------------------------- slides kept open between tile reads
+
+
+def test_regions_read_through_a_kept_open_slide_equal_fresh_reads(pyramid_tiff, tmp_path, monkeypatch):
+    import shutil
+    import threading
+
+    from medcl.readers import wsi_backends
+
+    monkeypatch.setattr(wsi_backends, "_OPEN", wsi_backends.OrderedDict())
+    monkeypatch.setattr(wsi_backends, "KEEP_OPEN", 2)
+    for x, y, level in ((0, 0, 0), (100, 37, 0), (64, 128, 1), (96, 200, 2)):
+        kept = read_region(pyramid_tiff.path, x, y, level, 40, keep_open=True)
+        np.testing.assert_array_equal(kept.array, read_region(pyramid_tiff.path, x, y, level, 40).array)
+    assert len(wsi_backends._OPEN) == 1  # one slide: opened once
+    copies = [shutil.copy(pyramid_tiff.path, tmp_path / f"c{i}.tif") for i in range(3)]
+    for c in copies:
+        read_region(c, 0, 0, 0, 8, keep_open=True)
+    assert [k[2] for k in wsi_backends._OPEN] == [str(c.resolve()) for c in copies[1:]]  # LRU: 2 kept
+    other = []  # another thread never gets this thread's handle
+    t = threading.Thread(target=lambda: other.append(wsi_backends.kept_open(copies[2])))
+    t.start()
+    t.join()
+    assert other[0] is not wsi_backends.kept_open(copies[2])
+    # a slide rewritten in place (new size and time) is opened again: the new pixels, not the old handle's
+    import tifffile
+
+    new = np.zeros((128, 128, 3), np.uint8)
+    new[:, :, 1] = 200
+    tifffile.imwrite(copies[2], new, tile=(64, 64), photometric="rgb")
+    np.testing.assert_array_equal(read_region(copies[2], 0, 0, 0, 8, keep_open=True).array[1], 200.0)
