@@ -27,6 +27,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "smoke": Benchmark("bench_smoke.py", "--smoke of every shipped pipeline under torchrun (CPU)"),
     "loops": Benchmark("bench_loops.py", "medcl's training loops against the plain reference loops (images/s)"),
     "augment": Benchmark("bench_augment.py", "What SimCLR learns with per-sample and with batched augmentation (OCT)"),
+    "wsi": Benchmark("bench_wsi.py", "Whole-slide tiles: medcl's loader vs a naive OpenSlide loop and MONAI's "
+                     "PatchWSIDataset"),
     "quality": Benchmark("bench_quality.py", "Learning quality on the demo data (resumable)"),
     "package": Benchmark("bench_package.py", "What the Docker image's stages install; the wheel's size"),
 }

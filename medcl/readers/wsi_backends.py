@@ -281,7 +281,7 @@ def open_slide(path: str | Path, backend: str = "auto") -> Iterator[_TiffSlide |
 #: open slides of this process and thread: ``(pid, thread, path, backend, mtime_ns, size)`` -> (context, slide)
 _OPEN: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()
 #: how many slides :func:`kept_open` keeps open per process and thread
-KEEP_OPEN = 16
+KEEP_OPEN = 128
 
 
 def kept_open(path: str | Path, backend: str = "auto") -> _TiffSlide | _OpenSlide:

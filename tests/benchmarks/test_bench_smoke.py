@@ -237,3 +237,17 @@ def test_the_smoke_benchmark_covers_every_shipped_pipeline():
     shipped = {p.stem for p in (Path(__file__).resolve().parents[2] / "pipelines").glob("*.yaml")}
     assert set(bench_smoke.PIPELINES) == shipped  # a new pipeline is measured, or this fails
     assert set(bench_smoke.PIPELINES.values()) <= set(SYNTHESISERS) | set(EXTRA_SETS)
+
+
+def test_quick_wsi_reads_the_same_tiles_in_every_arm(tmp_path):
+    rc = run_benchmarks(only=["wsi"], quick=True, out_dir=tmp_path)
+    assert rc == 0, (tmp_path / "logs" / "wsi.log").read_text()[-2000:]
+    res = json.loads((tmp_path / "results" / "wsi.json").read_text())
+    arms = {"medcl", "naive openslide", "monai PatchWSIDataset"}
+    assert {(r["arm"], r["measure"]) for r in res["rows"]} == {(a, m) for a in arms for m in ("load", "wait")}
+    assert all("error" not in r for r in res["rows"])
+    assert all(r["tiles_read"] == r["tiles"] for r in res["rows"] if r["measure"] == "load")
+    # the same tiles, un-augmented, from OpenSlide and from MONAI's reader: the pixels medcl reads
+    assert res["meta"]["max_pixel_difference"] == {"naive openslide": 0.0, "monai PatchWSIDataset": 0.0}
+    text = (tmp_path / "README.md").read_text()
+    assert "## 4e. Whole-slide tiles" in text and "| medcl |" in text

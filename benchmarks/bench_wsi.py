@@ -1,0 +1,214 @@
+"""Whole-slide tiles, slide to augmented tensor: tiles/s of medcl's loader against a naive OpenSlide loop and MONAI's
+``PatchWSIDataset``, on the same slides and tile plan; and the share of a training step spent waiting for tiles.
+
+Slides: ``medcl data synth --modalities histo`` (one pyramidal TIFF per patient, 768 px at ~0.5 µm/pixel), tiled
+by ``data.wsi`` (10x, 64-pixel tiles: 128 pixels of level 0 area-resized, min tissue 0.5). Every arm reads the
+same tiles in the same shuffled order, in ``--workers`` DataLoader processes, and applies the same augmentation (the
+histo preset's training chain, two views); they differ only in how a tile gets from the slide to an array:
+
+* ``medcl``: the plan's tile items through :class:`~medcl.transforms.io.LoadSampled` (a region read from the
+  matching level of a slide kept open in the worker);
+* ``naive openslide``: ``openslide.OpenSlide(path).read_region(...)`` in ``__getitem__`` (the slide opened for
+  every tile, as a first loop is written), RGBA to RGB, the same area resize;
+* ``monai PatchWSIDataset``: MONAI's dataset with its OpenSlide reader (``reader="OpenSlide"``), the same resize.
+
+``wait`` rows: a ResNet-18 step (forward and backward on the two views of a batch) fed by each loader; the share of
+the wall time spent in ``next(batch)``.
+
+Usage::
+
+    python benchmarks/bench_wsi.py --out benchmarks/results/wsi.json [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import _common  # noqa: F401
+import numpy as np
+import torch
+from _common import base_meta, write_results
+
+
+def _resize(arr: np.ndarray, out: int) -> np.ndarray:
+    """``(C, s, s)`` → ``(C, out, out)`` by area averaging (what medcl's region read does between levels)."""
+    if arr.shape[-1] == out:
+        return arr
+    t = torch.as_tensor(arr, dtype=torch.float32)[None]
+    return torch.nn.functional.interpolate(t, size=(out, out), mode="area")[0].numpy()
+
+
+class NaiveOpenSlide(torch.utils.data.Dataset):
+    """Open the slide, read the region, close it: one tile per ``__getitem__``."""
+
+    def __init__(self, items, augment):
+        self.items, self.augment = items, augment
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        import openslide
+
+        it = self.items[i]
+        x, y, level, size, out = it["region"]
+        slide = openslide.OpenSlide(it["image"])
+        try:
+            rgba = np.asarray(slide.read_region((x, y), level, (size, size)))
+        finally:
+            slide.close()
+        img = _resize(np.moveaxis(rgba[..., :3], -1, 0).astype(np.float32), out)
+        return self.augment({"image": torch.as_tensor(img), "label": it["label"]})
+
+
+class MonaiPatches(torch.utils.data.Dataset):
+    """MONAI's ``PatchWSIDataset`` (OpenSlide reader) for the read, then the shared resize and augmentation."""
+
+    def __init__(self, items, augment):
+        from monai.data import PatchWSIDataset
+
+        # MONAI's keys (WSIPatchKeys): location (row, column) of the top-left corner at level 0, size, level
+        data = [{"image": it["image"], "location": [it["region"][1], it["region"][0]], "size": it["region"][3],
+                 "level": it["region"][2], "label": it["label"]} for it in items]
+        self.ds = PatchWSIDataset(data, center_location=False, reader="OpenSlide")
+        self.out = [it["region"][4] for it in items]
+        self.augment = augment
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        d = self.ds[i]
+        img = _resize(np.asarray(d["image"], dtype=np.float32)[:3], self.out[i])
+        return self.augment({"image": torch.as_tensor(img), "label": d["label"]})
+
+
+def _loader(ds, batch, workers, seed):
+    from medcl.data.datasets import collate_samples
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, generator=g,
+                                       collate_fn=collate_samples, drop_last=False, persistent_workers=False)
+
+
+def _views(batch):
+    return batch["views"].flatten(0, 1)  # (B, V, C, H, W) -> (B * V, C, H, W)
+
+
+def time_loading(loader) -> tuple[int, float]:
+    """``(tiles, seconds)`` to iterate the loader once (workers started inside the timing)."""
+    t0, n = time.perf_counter(), 0
+    for b in loader:
+        n += int(b["views"].shape[0])
+    return n, time.perf_counter() - t0
+
+
+def time_training(loader, steps: int) -> dict:
+    """A ResNet-18 SimCLR-sized step per batch; the share of time spent waiting for the next batch."""
+    import timm
+
+    net = timm.create_model("resnet18", num_classes=0, in_chans=3)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    wait = total = 0.0
+    done = 0
+    t0 = time.perf_counter()
+    it = iter(loader)
+    while done < steps:
+        tw = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            continue
+        wait += time.perf_counter() - tw
+        loss = net(_views(batch)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        done += 1
+    total = time.perf_counter() - t0
+    return {"steps": done, "seconds": round(total, 2), "wait_share": round(wait / total, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--quick", action="store_true", help="12 slides, 256 tiles, 3 training steps")
+    ap.add_argument("--tiles", type=int, default=2048)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=12, help="training steps of the wait rows")
+    ap.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / ".work" / "wsi")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.tiles, args.steps, args.batch = 256, 3, 32
+    t0 = time.time()
+    meta = {**base_meta(args.quick), "workers": args.workers, "batch": args.batch,
+            "tiling": "10x, 64-pixel tiles (128 px of level 0, area-resized), min tissue 0.5",
+            "augment": "histo preset training chain, 2 views"}
+    from medcl.data.prepare import prepare_data
+    from medcl.data.synth import synthesize
+    from medcl.pipeline import load_pipeline
+    from medcl.stages.common import make_transforms
+    from medcl.transforms import build_transforms
+
+    work = args.work / ("quick" if args.quick else "full")
+    slides = work / "data" / "histo" / "slides.csv"
+    if not slides.is_file():
+        synthesize(work / "data", modalities=["histo"], patients=12 if args.quick else None, seed=0)
+    cfg = load_pipeline(Path(__file__).resolve().parents[1] / "pipelines" / "demo" / "histo.yaml", [
+        f"data.manifest={slides}", f"runtime.output_dir={work / 'runs'}", "runtime.progress=false",
+        "stages=[pretrain]", "data.wsi.magnification=10", "data.wsi.tile_size=64", "data.cache=none",
+        "data.val_fraction=0.0", "data.test_fraction=0.0"])
+    data = prepare_data(cfg)
+    items = data.items()
+    rng = np.random.default_rng(0)
+    items = [items[i] for i in sorted(rng.choice(len(items), size=min(args.tiles, len(items)), replace=False))]
+    medcl_tf = make_transforms(cfg, train=True, views=2)
+    rest = build_transforms("histo", train=True, views=2, spatial_size=[64, 64])
+    augment = type(rest)(rest.transforms[1:])  # the same chain without the file loading
+
+    from monai.data import Dataset
+
+    from medcl.data.datasets import SeededDataset
+
+    arms = {
+        "medcl": lambda: SeededDataset(Dataset(items, medcl_tf), seed=0),
+        "naive openslide": lambda: NaiveOpenSlide(items, augment),
+        "monai PatchWSIDataset": lambda: MonaiPatches(items, augment),
+    }
+    def ident(d):
+        return d
+
+    from medcl.transforms.io import LoadSampled
+
+    ours = [LoadSampled(keys=("image",))(dict(it))["image"].numpy() for it in items[:16]]
+    meta["max_pixel_difference"] = {  # the same tiles, un-augmented: the three readers must agree
+        name: float(max(np.abs(np.asarray(ds[i]["image"], dtype=np.float32) - ours[i]).max() for i in range(len(ours))))
+        for name, ds in (("naive openslide", NaiveOpenSlide(items[:16], ident)),
+                         ("monai PatchWSIDataset", MonaiPatches(items[:16], ident)))}
+    rows = []
+    for measure in ("load", "wait"):
+        for name, make in arms.items():
+            row = {"arm": name, "measure": measure, "tiles": len(items),
+                   "slides": len({it["image"] for it in items})}
+            try:
+                loader = _loader(make(), args.batch, args.workers, 0)
+                if measure == "load":
+                    n, s = time_loading(loader)
+                    row.update(tiles_read=n, seconds=round(s, 2), tiles_per_s=round(n / s, 1))
+                else:
+                    row.update(time_training(loader, args.steps))
+            except Exception as e:  # noqa: BLE001 - a failed arm is a row with its error
+                row["error"] = f"{type(e).__name__}: {e}"[:500]
+            print(row, flush=True)
+            rows.append(row)
+            write_results(args.out, meta, rows, t0)
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
