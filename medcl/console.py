@@ -40,6 +40,8 @@ def print_plan(cfg: PipelineConfig, data: Any, key: str, run_dir: Path) -> None:
         "segment": f"{cfg.segment.network}, {_budget_text(cfg.segment)}, {cfg.segment.num_classes} classes",
         "detect": f"one-class detection of what is not {cfg.detect.normal_class!r}: {', '.join(cfg.detect.scorers)} "
         f"scorers, sensitivity at {cfg.detect.specificity:.0%} specificity",
+        "slides": f"slide-level classification from tile features: {', '.join(cfg.slides.poolings)} pooling, "
+        f"{cfg.slides.epochs} epochs, baselines {', '.join(cfg.slides.baselines) or 'none'}",
         "calibrate": f"{cfg.calibrate.method} scaling, ECE with {cfg.calibrate.n_bins} bins",
         "report": "HTML report from the MLflow run",
     }

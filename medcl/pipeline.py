@@ -176,8 +176,12 @@ def _preflight(cfg: PipelineConfig, data: Any) -> None:
         raise ConfigError(
             f"{len(data.tiles)} manifest rows are whole-slide images with slide-level labels, and stage(s) "
             f"{', '.join(tile_level)} would train on their tiles as if each tile had its slide's label",
-            where="stages", fix="pretrain on the slides (stages: [pretrain]) and classify tiles cut beforehand; "
-            "slide-level classification (attention MIL over a slide's tiles) is not available yet")
+            where="stages", fix="classify slides with the slides stage (attention MIL over each slide's tiles: "
+            "stages: [pretrain, slides]); classify tiles cut beforehand with the classify stage")
+    if "slides" in cfg.stages and not data.tiles:
+        raise ConfigError("the slides stage needs whole-slide images in the manifest (rows pointing at a slide)",
+                          where="stages", fix="give slide rows with slide-level labels, or use the classify stage "
+                          "for images and tiles")
     if "pretrain" in cfg.stages:
         allowed = method_options(cfg.pretrain.method)  # an unknown method: did-you-mean
         unknown = [k for k in cfg.pretrain.method_options if k not in allowed]

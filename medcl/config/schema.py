@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from medcl.modalities import Modality
 
 Task = Literal["binary", "multiclass", "multilabel", "ordinal"]
-StageName = Literal["pretrain", "classify", "segment", "detect", "calibrate", "report"]
+StageName = Literal["pretrain", "classify", "segment", "detect", "slides", "calibrate", "report"]
 #: the order stages always run in, whatever order the YAML lists them
-STAGE_ORDER: tuple[str, ...] = ("pretrain", "classify", "segment", "detect", "calibrate", "report")
+STAGE_ORDER: tuple[str, ...] = ("pretrain", "classify", "segment", "detect", "slides", "calibrate", "report")
 
 
 def _check_fractions(v: list[float]) -> list[float]:
@@ -268,6 +268,23 @@ class DetectConfig(Section):
     n_boot: int = Field(1000, ge=10, description="patient-bootstrap resamples of the CIs")
 
 
+class SlidesConfig(Section):
+    """Slide-level classification from tile features (the ``slides`` stage): attention MIL and mean pooling."""
+
+    poolings: list[Literal["attention", "mean"]] = Field(
+        default_factory=lambda: ["attention", "mean"], description="attention: gated attention MIL (Ilse et al. "
+        "2018); mean: the mean of the tile embeddings (baseline)")
+    baselines: list[Literal["random"]] = Field(
+        default_factory=lambda: ["random"], description="random: the same poolings on a random-init encoder's tiles")
+    hidden: int = Field(128, ge=1, description="size of the tile embedding")
+    attention_dim: int = Field(64, ge=1, description="hidden size of the gated attention")
+    dropout: float = Field(0.25, ge=0.0, lt=1.0)
+    epochs: int = Field(30, ge=1, description="passes over the training slides (one slide per optimiser step)")
+    lr: float = Field(5e-4, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    n_boot: int = Field(1000, ge=10, description="patient-bootstrap resamples of the CIs")
+
+
 class CalibrateConfig(Section):
     """Post-hoc calibration of the classifier's probabilities (the ``calibrate`` stage)."""
 
@@ -327,6 +344,7 @@ class PipelineConfig(Section):
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     detect: DetectConfig = Field(default_factory=DetectConfig)
+    slides: SlidesConfig = Field(default_factory=SlidesConfig)
     calibrate: CalibrateConfig = Field(default_factory=CalibrateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

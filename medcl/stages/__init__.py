@@ -63,6 +63,12 @@ def _detect(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     return run(ctx, tracker)
 
 
+def _slides(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
+    from medcl.stages.slides import run  # lazy: torch, scipy.stats (see above)
+
+    return run(ctx, tracker)
+
+
 def _calibrate(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     from medcl.stages.calibrate import run  # lazy: torch, scipy.stats (see above)
 
@@ -75,6 +81,7 @@ STAGES: dict[str, Stage] = {
     "classify": Stage(_classify, main_only=False, splits=(("train", True), ("test", True))),
     "segment": Stage(_segment, main_only=False, splits=(("train", False), ("test", False))),  # evaluation sharded
     "detect": Stage(_detect, main_only=True, splits=(("train", True), ("test", True))),  # features + small heads
+    "slides": Stage(_slides, main_only=True, splits=(("train", True), ("test", True))),  # tile features + MIL heads
     "calibrate": Stage(_calibrate, main_only=True, splits=(("val", True), ("test", True))),  # a few thousand logits
     "report": Stage(report.run, main_only=True),        # a notebook reading MLflow
 }

@@ -214,3 +214,40 @@ def test_pretraining_reads_slides_tile_by_tile_and_logs_the_plans(slides, tmp_pa
     table = client.download_artifacts(ctx.parent_run_id, "wsi_tiles.csv", str(tmp_path / "dl"))
     assert Path(table).read_text() == plans_table(ctx.data.tiles)
     assert ctx.outputs["pretrain"]["steps_run"] == 2
+
+
+def test_the_slides_stage_classifies_slides_from_their_tiles(slides, tmp_path, tracking_uri):
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    from medcl.pipeline import load_pipeline, run_pipeline
+
+    manifest, _ = slides
+    cfg = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "demo" / "histo.yaml", [
+        f"data.manifest={manifest}", f"runtime.output_dir={tmp_path / 'runs'}", "runtime.progress=false",
+        "stages=[slides]", "data.classes=[tumour, normal]", "data.wsi.magnification=10", "data.wsi.tile_size=32",
+        "data.wsi.max_tiles=4", "transforms.spatial_size=[32, 32]", "slides.epochs=2", "slides.n_boot=20",
+        "data.cache=none", "data.task=binary", "data.val_fraction=0.25", "data.test_fraction=0.25"])
+    ctx = run_pipeline(cfg)
+    out = ctx.outputs["slides"]
+    results = {(r["model"], r["pooling"]): r for r in __import__("json").loads(Path(out["results"]).read_text())}
+    assert set(results) == {("random", "attention"), ("random", "mean")}  # no pretrain stage: baselines only
+    test_rows = sorted(r.row for r in ctx.data.records if ctx.data.assignment[r.patient] == "test")
+    r = results[("random", "attention")]
+    assert r["n_test_slides"] == len(test_rows) == 2 and r["n_train_slides"] == 4
+    lines = Path(out["predictions"]).read_text().splitlines()
+    assert lines[0].startswith("row,label,random_attention_p0") and [int(x.split(",")[0]) for x in lines[1:]] == \
+        test_rows
+    assert all(0 <= int(x.split(",")[-1]) < 4 for x in lines[1:])  # the most-attended of the slide's 4 tiles
+    client = MlflowClient(tracking_uri)
+    exp = client.get_run(ctx.parent_run_id).info.experiment_id
+    child = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}'")[0]
+    assert child.data.tags["medcl.stage"] == "slides" and child.info.status == "FINISHED"
+    metrics = child.data.metrics
+    assert {"test/slides/random/attention/slide/auroc", "test/slides/random/mean/patient/accuracy_ci_low"} <= set(
+        metrics)
+    feats = __import__("numpy").load(Path(out["results"]).parent / "features_random.npz")
+    assert sorted(feats.files) == sorted(f"row{r.row}" for r in ctx.data.records
+                                         if ctx.data.assignment[r.patient] in ("train", "test"))
+    assert all(feats[k].shape == (4, 512) for k in feats.files)  # 4 tiles x ResNet-18's 512 features

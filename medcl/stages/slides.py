@@ -1,0 +1,161 @@
+"""The ``slides`` stage: slide-level classification from the frozen encoder's tile features (multiple-instance).
+
+Every slide row of the manifest is a bag of its tiles (the tiling plan of ``data.wsi``). The frozen encoder — the
+pretrained one, and a random-init one as the baseline — embeds every tile once; the features are saved per slide
+(``slides/features_<model>.npz``: one array per manifest row). Each pooling of :mod:`medcl.tasks.mil` (gated
+attention MIL, Ilse et al. 2018; mean pooling) is trained on the training slides, one slide per step, and predicts
+the test slides. Reported per encoder and pooling, with a patient-bootstrap 95 % CI: the slide-level AUROC (macro
+one-vs-rest for more than two classes) and accuracy, and the same per patient when probabilities are averaged over a
+patient's slides. Artifacts: ``slides/results.json`` and ``slides/predictions_test.csv`` (manifest rows, each
+slide's probabilities and its most-attended tile; never patient ids or paths). Runs on rank 0.
+
+Not yet: label fractions, calibration of the slide model and the report's attention heat maps.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from medcl.engine.inference import extract_features
+from medcl.errors import ConfigError, DataError
+from medcl.metric_keys import CI_BOUNDS, metric_key, slides_tag
+from medcl.metrics.bootstrap import bootstrap_ci
+from medcl.metrics.classification import binary_auroc
+from medcl.stages.common import make_encoder, make_loader, make_transforms, seed_everything
+from medcl.tasks.mil import POOLINGS, fit_bags, predict_bags
+
+if TYPE_CHECKING:
+    from medcl.stages.context import RunContext
+    from medcl.tracking.protocol import Tracker
+
+log = logging.getLogger(__name__)
+METRICS = ("auroc", "accuracy")
+
+
+def auroc(y: np.ndarray, p: np.ndarray) -> float:
+    """Binary AUROC of class 1, or the macro one-vs-rest AUROC over the classes present, of ``p`` ``(N, K)``."""
+    if p.shape[1] == 2:
+        return binary_auroc(y == 1, p[:, 1])
+    per = [binary_auroc(y == c, p[:, c]) for c in range(p.shape[1]) if 0 < (y == c).sum() < len(y)]
+    return float(np.mean(per)) if per else float("nan")
+
+
+def _metric(name: str, y: np.ndarray, p: np.ndarray) -> float:
+    return auroc(y, p) if name == "auroc" else float(np.mean(p.argmax(1) == y))
+
+
+def _bags(ctx: RunContext, weights: str | None) -> dict[str, tuple[list[int], list[np.ndarray]]]:
+    """``{split: (record positions of its slides, [tile features (K_i, D)])}`` by one frozen encoder."""
+    cfg = ctx.cfg
+    base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})
+    encoder = make_encoder(base, weights=weights).to(ctx.device)
+    tf = make_transforms(cfg, train=False)
+    out = {}
+    for split in ("train", "test"):
+        items = ctx.data.items(split, labelled=True)
+        loader = make_loader(ctx, items, tf, batch_size=cfg.data.batch_size, shuffle=False, train=False,
+                             distributed=False)
+        feats, _, _, idx = extract_features(encoder, loader, device=ctx.device)
+        rows = list(dict.fromkeys(int(i) for i in idx))  # slides in manifest order; tiles keep their plan order
+        out[split] = (rows, [feats[idx == r] for r in rows])
+    return out
+
+
+def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
+    """Embed every tile, train each pooling on the training slides and evaluate it on the test slides.
+
+    Returns:
+        The stage's outputs: ``results`` (path of ``results.json``), ``predictions`` and the summary rows.
+
+    Raises:
+        ConfigError: the manifest has no slide rows, or the labels are multi-label.
+        DataError: a split without slides, or training slides of one class only.
+    """
+    cfg, s = ctx.cfg, ctx.cfg.slides
+    data = ctx.data
+    if not data.tiles:
+        raise ConfigError("the slides stage needs whole-slide images in the manifest (rows pointing at a slide)",
+                          where="stages", fix="give slide rows with slide-level labels, or use the classify stage "
+                          "for images and tiles")
+    if data.y.ndim != 1:
+        raise ConfigError("slide-level classification needs one label per slide", where="data.task",
+                          fix="use a binary or multiclass task")
+    seed_everything(cfg.seed, cfg.runtime.deterministic)
+    pretrained = (ctx.outputs.get("pretrain") or {}).get("encoder") or cfg.model.pretrained_path
+    encoders: dict[str, str | None] = {"ssl": str(pretrained)} if pretrained else {}
+    if not pretrained:
+        log.warning("slides: no pretrained encoder (no pretrain stage and no model.pretrained_path): baselines only")
+    if "random" in s.baselines:
+        encoders["random"] = None
+    n_classes = len(data.classes)
+    out_dir = ctx.stage_dir("slides")
+    results, predictions = [], {}
+    test_rows: list[int] = []
+    for name, weights in encoders.items():
+        bags = _bags(ctx, weights)
+        (train_rows, train_feats), (test_rows, test_feats) = bags["train"], bags["test"]
+        if not train_rows or not test_rows:
+            raise DataError(f"{len(train_rows)} training and {len(test_rows)} test slides", where="slides",
+                            fix="the train and test splits both need labelled slides")
+        y_train, y_test = data.y[train_rows], data.y[test_rows]
+        if len(set(y_train.tolist())) < 2:
+            raise DataError("the training slides are all of one class", where="slides",
+                            fix="label slides of at least two classes in the training split")
+        np.savez_compressed(out_dir / f"features_{name}.npz",
+                            **{f"row{data.records[r].row}": f for r, f in zip(train_rows + test_rows,
+                                                                               train_feats + test_feats)})
+        patients = data.patients_of(np.asarray(test_rows))
+        for pooling in s.poolings:
+            torch.manual_seed(cfg.seed)
+            model = POOLINGS[pooling](train_feats[0].shape[1], n_classes, hidden=s.hidden,
+                                      attention_dim=s.attention_dim, dropout=s.dropout)
+            history = fit_bags(model, [torch.as_tensor(f) for f in train_feats], y_train.tolist(), epochs=s.epochs,
+                               lr=s.lr, weight_decay=s.weight_decay, seed=cfg.seed)
+            probs_t, attention = predict_bags(model, [torch.as_tensor(f) for f in test_feats])
+            probs = probs_t.numpy()
+            predictions[f"{name}_{pooling}"] = (probs, [int(a.argmax()) for a in attention])
+            row: dict[str, Any] = {"model": name, "pooling": pooling, "n_train_slides": len(train_rows),
+                                   "n_test_slides": len(test_rows), "final_train_loss": history[-1]}
+            per_patient = sorted(set(patients.tolist()))
+            p_probs = np.stack([probs[patients == q].mean(0) for q in per_patient])
+            p_y = np.asarray([y_test[patients == q][0] for q in per_patient])
+            logged = {}
+            for level, (yy, pp, groups) in {"slide": (y_test, probs, patients),
+                                            "patient": (p_y, p_probs, np.asarray(per_patient))}.items():
+                tag = slides_tag(name, pooling, level)
+                for m in METRICS:
+                    ci = bootstrap_ci(lambda a, b, m=m: _metric(m, a, b), yy, pp, groups, n_boot=s.n_boot,
+                                      seed=cfg.seed)
+                    value = _metric(m, yy, pp)
+                    row[f"{level}_{m}"] = {"value": value, "ci_low": ci[1], "ci_high": ci[2]}
+                    logged[metric_key(tag, m)] = value
+                    logged.update({metric_key(tag, m, b): v for b, v in zip(CI_BOUNDS, ci[1:])})
+            tracker.log_metrics({k: float(v) for k, v in logged.items() if np.isfinite(v)})
+            results.append(row)
+            log.info("slides %s/%s: slide AUROC %.3f, patient AUROC %.3f (%d test slides)", name, pooling,
+                     row["slide_auroc"]["value"], row["patient_auroc"]["value"], len(test_rows))
+    res_path = out_dir / "results.json"
+    res_path.write_text(json.dumps(results, indent=2))
+    tracker.log_artifact(res_path)
+    pred_path = out_dir / "predictions_test.csv"
+    with pred_path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["row", "label", *[f"{k}_p{c}" for k in predictions for c in range(n_classes)],
+                    *[f"{k}_top_tile" for k in predictions]])
+        for i, r in enumerate(test_rows):
+            w.writerow([data.records[r].row, int(data.y[r]),
+                        *[f"{p[i, c]:.6g}" for p, _ in predictions.values() for c in range(n_classes)],
+                        *[top[i] for _, top in predictions.values()]])
+    tracker.log_artifact(pred_path)
+    tracker.log_params({"slides.poolings": ",".join(s.poolings), "slides.epochs": s.epochs})
+    summary = [{"model": f"{r['model']} {r['pooling']}", "metric": f"{level} AUROC",
+                "value": f"{r[level + '_auroc']['value']:.3f} [{r[level + '_auroc']['ci_low']:.3f}, "
+                         f"{r[level + '_auroc']['ci_high']:.3f}]"}
+               for r in results for level in ("slide", "patient")]
+    return {"results": str(res_path), "predictions": str(pred_path), "summary": summary}
