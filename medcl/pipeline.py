@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -49,10 +50,12 @@ log = logging.getLogger(__name__)
 
 #: what --smoke changes in every pipeline: every stage for a few steps (sizes: :func:`smoke_overrides`)
 SMOKE_OVERRIDES = [
-    "pretrain.epochs=1", "pretrain.max_steps=2", "pretrain.warmup_epochs=0",
+    "pretrain.epochs=1", "pretrain.max_steps=2", "pretrain.warmup_epochs=0", "pretrain.warmup_steps=0",
     "classify.finetune.epochs=1", "classify.finetune.max_steps=2", "classify.n_boot=20",
-    "segment.epochs=1", "segment.max_steps=2", "segment.n_boot=20",
+    "segment.epochs=1", "segment.max_steps=2", "segment.n_boot=20", "slides.epochs=2", "slides.n_boot=20",
 ]
+#: --smoke cap on the tiles read per whole-slide image
+SMOKE_TILES_PER_SLIDE = 16
 #: --smoke caps: batches (pretrain 2D/1D, pretrain 3D, feature extraction, fine-tune, segmentation) and 3D crops
 SMOKE_BATCH = {"pretrain": 8, "pretrain3d": 4, "data": 16, "finetune": 8, "segment": 2}
 SMOKE_CROP_3D = 32  # voxels per axis; divisible by 32, as every 3D encoder here needs
@@ -72,7 +75,8 @@ def smoke_overrides(cfg: PipelineConfig) -> list[str]:
            f"data.batch_size={min(cfg.data.batch_size, b['data'])}",
            f"classify.finetune.batch_size={min(cfg.classify.finetune.batch_size, b['finetune'])}",
            f"segment.batch_size={min(cfg.segment.batch_size, b['segment'])}",
-           f"segment.sw_batch_size={min(cfg.segment.sw_batch_size, b['segment'])}"]
+           f"segment.sw_batch_size={min(cfg.segment.sw_batch_size, b['segment'])}",
+           f"data.wsi.max_tiles={min(cfg.data.wsi.max_tiles or SMOKE_TILES_PER_SLIDE, SMOKE_TILES_PER_SLIDE)}"]
     if dims == 3:
         params = {**preset_info(cfg.transforms.preset)["defaults"], **(cfg.transforms.model_extra or {})}
         crop = [min(int(v), SMOKE_CROP_3D) for v in params["spatial_size"]]
@@ -162,6 +166,10 @@ def _sigterm_fails_the_run() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+#: the characters MLflow accepts in a metric name (mlflow.utils.validation)
+_METRIC_NAME_OK = re.compile(r"[\w\-. :/]+")
+
+
 def _preflight(cfg: PipelineConfig, data: Any) -> None:
     """Settings a stage would refuse, checked before anything trains (and in a dry run).
 
@@ -178,6 +186,14 @@ def _preflight(cfg: PipelineConfig, data: Any) -> None:
             f"{', '.join(tile_level)} would train on their tiles as if each tile had its slide's label",
             where="stages", fix="classify slides with the slides stage (attention MIL over each slide's tiles: "
             "stages: [pretrain, slides]); classify tiles cut beforehand with the classify stage")
+    named = [s for s in cfg.stages if s in ("classify", "detect", "slides", "calibrate")]
+    odd = [c for c in data.classes if not _METRIC_NAME_OK.fullmatch(str(c))]
+    if named and odd:  # per-class metric names carry the class: MLflow would refuse them after all the training
+        raise ConfigError(f"class name(s) {odd} hold characters MLflow refuses in metric names (stages "
+                          f"{', '.join(named)} log per-class metrics)", where="data.classes",
+                          fix="rename the classes with letters, digits, spaces and _ - . : / only (the manifest's "
+                          "labels and data.classes); labels listing several findings with data.label_sep need "
+                          "data.task: multilabel")
     if "slides" in cfg.stages and not data.tiles:
         raise ConfigError("the slides stage needs whole-slide images in the manifest (rows pointing at a slide)",
                           where="stages", fix="give slide rows with slide-level labels, or use the classify stage "

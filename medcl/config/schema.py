@@ -7,6 +7,7 @@ preset, checked by :func:`medcl.transforms.build_transforms` against the preset.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -155,7 +156,8 @@ class PretrainConfig(Section):
     clip_grad: float | None = Field(None, gt=0.0)
     channels_last: bool = False
     compile: bool = False
-    sync_bn: bool = False
+    sync_bn: bool = Field(False, description="synchronise BatchNorm statistics across the processes of a torchrun "
+                          "job (SyncBatchNorm; no effect in a single process)")
     checkpoint_every_steps: int | None = Field(None, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     probe: bool = Field(True, description="online kNN probe on the labelled validation patients, and effective "
@@ -199,10 +201,21 @@ class ClassifyConfig(Section):
     probe: Literal["sklearn", "torch"] = "sklearn"
     knn_k: int = Field(20, ge=1)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    operating_point: str = Field("youden", description="youden, or sens>=0.9 / spec>=0.9 (binary)")
+    operating_point: str = Field("youden", description="binary tasks: the threshold chosen on the validation "
+                                 "patients — youden, sensitivity>=0.9 or specificity>=0.95 (any target in (0, 1])")
     n_boot: int = Field(1000, ge=1)
 
     _fractions = field_validator("label_fractions")(classmethod(lambda cls, v: _check_fractions(v)))
+
+    @field_validator("operating_point")
+    @classmethod
+    def _rule(cls, v: str) -> str:
+        rule = str(v).replace(" ", "").lower()
+        m = re.fullmatch(r"(sensitivity|specificity)>=(0?\.\d+|1(\.0*)?)", rule)
+        if rule != "youden" and m is None:
+            raise ValueError(f"unknown operating point {v!r}: use youden, sensitivity>=0.9 or specificity>=0.95 "
+                             "(a target in (0, 1])")
+        return rule
 
 
 class SegmentConfig(Section):

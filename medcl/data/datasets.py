@@ -421,7 +421,7 @@ def build_loader(
     if int(batch_size) < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}", where="batch_size", fix="use e.g. 32")
     if int(num_workers) < 0:
-        raise ConfigError(f"num_workers must be >= 0, got {num_workers}", where="runtime.num_workers",
+        raise ConfigError(f"num_workers must be >= 0, got {num_workers}", where="data.num_workers",
                           fix="use 0 (main process) or the number of CPU cores per GPU")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"rank {rank} is not in a world of size {world_size}", where="runtime",

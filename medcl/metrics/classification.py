@@ -257,7 +257,7 @@ def choose_threshold(y, p, rule: str = "youden") -> float:
         raise ConfigError(
             f"unknown threshold rule {rule!r}",
             where="threshold",
-            fix=f"{hint}use a number, 'youden', 'sensitivity>=0.9' or 'specificity>=0.95'",
+            fix=f"{hint}use 'youden', 'sensitivity>=0.9' or 'specificity>=0.95'",
         )
     target = float(m.group(2))
     if m.group(1) == "sensitivity":

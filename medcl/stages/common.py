@@ -36,9 +36,11 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first starts
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    # both ways: a run with deterministic off after one with it on (one process: tests, notebooks) is not left on
+    torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
+    torch.backends.cudnn.deterministic = bool(deterministic)
+    if deterministic:
         torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
 
 
 def transform_params(cfg: Any) -> dict[str, Any]:

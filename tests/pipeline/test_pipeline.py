@@ -332,3 +332,33 @@ def test_batch_augmentation_feeds_pretraining_and_fine_tuning(monkeypatch, oct_d
     assert all(s[1:3] == (2, 1) for k, s in seen if k == "views")  # (B, V=2, C=1, H, W)
     rows = json.loads(Path(ctx.outputs["classify"]["results"]).read_text())
     assert any(r["protocol"] == "finetune" and r["steps"] == 2 for r in rows)
+
+
+def test_class_names_mlflow_cannot_log_are_refused_before_training():
+    from types import SimpleNamespace
+
+    from medcl.config.schema import PipelineConfig
+    from medcl.errors import ConfigError
+    from medcl.pipeline import _preflight
+
+    cfg = PipelineConfig(name="t", stages=["classify"])
+    with pytest.raises(ConfigError, match=r"\['drusen;atrophy'\] hold characters MLflow refuses"):
+        _preflight(cfg, SimpleNamespace(classes=["normal", "drusen;atrophy"], tiles={}))
+    _preflight(cfg, SimpleNamespace(classes=["no DR", "grade-1/2", "AF:paroxysmal"], tiles={}))  # all loggable
+    import mlflow.utils.validation as v  # the reference: MLflow's own check accepts what we accept
+
+    for name in ("no DR", "grade-1/2", "AF:paroxysmal"):
+        v._validate_metric_name(f"test/ssl/linear/f100/auroc_{name}")
+    with pytest.raises(Exception):
+        v._validate_metric_name("test/ssl/linear/f100/auroc_drusen;atrophy")
+
+
+def test_runtime_deterministic_is_switched_off_again():
+    import torch
+
+    from medcl.stages.common import seed_everything
+
+    seed_everything(0, deterministic=True)
+    assert torch.are_deterministic_algorithms_enabled()
+    seed_everything(0, deterministic=False)
+    assert not torch.are_deterministic_algorithms_enabled()
