@@ -80,7 +80,9 @@ def _add_pipeline_commands(sub: Any) -> None:
     p = sub.add_parser("demo", help="synthesise demo data and run a complete pipeline on CPU",
                        description="Synthesise the embedded demo data (if absent) and run pretrain → classify → "
                        "calibrate (→ report) on it, then print a summary table and the MLflow UI command.")
-    p.add_argument("--modality", default="oct", help=f"one of {', '.join(MODALITIES)}, or 'all' (default: oct)")
+    p.add_argument("--modality", default="oct", help=f"one of {', '.join(MODALITIES)}, 'all' (those six), or an "
+                   "extra demo: cytology (one-class detection of rare malignant tiles), histo-wsi (whole slides -> "
+                   "tiles -> SimCLR -> attention MIL) (default: oct)")
     p.add_argument("--data", default="medcl-demo-data", help="where the demo data lives / is written")
     p.add_argument("--seed", type=int, default=0, help="seed for data and training")
     _add_run_options(p)
@@ -105,8 +107,9 @@ def _add_data_command(sub: Any) -> None:
     p = dsub.add_parser("synth", help="write the demo data set in real formats, with manifests")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--modalities", nargs="+", default=None, metavar="NAME",
-                   help=f"subset of {', '.join(MODALITIES)} (default: all six), or the extra demo set cytology "
-                   "(rare malignant tiles, for one-class detection)")
+                   help=f"subset of {', '.join(MODALITIES)} (default: all six), or the extra demo sets cytology "
+                   "(rare malignant tiles, for one-class detection) and histo-wsi (whole slides labelled by a minority "
+                   "of their tissue, for slide-level MIL)")
     p.add_argument("--patients", type=int, default=None, help="patients per modality (default: per-modality)")
     p.add_argument("--seed", type=int, default=0)
     p = dsub.add_parser("validate", help="check every row of a manifest; one line per problem; exit 1 if any",

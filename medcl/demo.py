@@ -17,7 +17,9 @@ from medcl.pipeline import load_pipeline, run_pipeline
 from medcl.shipped import shipped
 
 log = logging.getLogger(__name__)
-DEMO_MODALITIES = MODALITIES  # every modality has a demo pipeline (pipelines/demo/<modality>.yaml)
+DEMO_MODALITIES = MODALITIES  # every modality has a demo pipeline (pipelines/demo/<modality>.yaml); "all" runs them
+#: further demos, run by name: the extra synthetic sets (medcl.data.synth.EXTRA_SETS) with pipelines/demo/<name>.yaml
+EXTRA_DEMOS = ("cytology", "histo-wsi")
 
 
 def pipelines_dir() -> Path:
@@ -31,7 +33,8 @@ def run_demo(modality: str = "oct", data_dir: str | Path = "medcl-demo-data", se
     """``medcl demo``: synthesise the demo data of ``modality`` (if absent) and run its demo pipeline.
 
     Args:
-        modality: one of :data:`DEMO_MODALITIES`, or ``"all"`` (one pipeline after the other).
+        modality: one of :data:`DEMO_MODALITIES` or :data:`EXTRA_DEMOS`, or ``"all"`` (the six modalities, one
+            pipeline after the other).
         data_dir: where the demo data lives / is written (``<data_dir>/<modality>/manifest.csv``).
         seed: seed for the data and the training (``--set seed=…``).
         overrides: further ``--set`` overrides, applied after the demo's own.
@@ -48,12 +51,12 @@ def run_demo(modality: str = "oct", data_dir: str | Path = "medcl-demo-data", se
     """
     if modality == "all":
         mods = list(DEMO_MODALITIES)
-    elif modality in DEMO_MODALITIES:
+    elif modality in (*DEMO_MODALITIES, *EXTRA_DEMOS):
         mods = [modality]
     else:
         raise ConfigError(f"unknown demo modality {modality!r}", where="--modality",
-                          fix=f"{did_you_mean(modality, DEMO_MODALITIES)}"
-                          f"use one of {', '.join(DEMO_MODALITIES)} or all")
+                          fix=f"{did_you_mean(modality, (*DEMO_MODALITIES, *EXTRA_DEMOS))}"
+                          f"use one of {', '.join((*DEMO_MODALITIES, *EXTRA_DEMOS))} or all")
     data_dir = Path(data_dir).resolve()
     for mod in mods:
         manifest = data_dir / mod / "manifest.csv"

@@ -96,6 +96,10 @@ def tissue_mask(path: str | Path, level: int | None = None, *, backend: str = "a
     return tissue_from_pixels(pixels)
 
 
+#: how much finer than the scan a requested magnification may be (the ratio), as scanners round their nominal power
+MAGNIFICATION_TOLERANCE = 1.03
+
+
 def _level_for_magnification(path: Path, info: SlideInfo, magnification: float) -> tuple[int, float]:
     """The pyramid level to read for ``magnification`` and the downsample (vs level 0) it means.
 
@@ -111,13 +115,14 @@ def _level_for_magnification(path: Path, info: SlideInfo, magnification: float) 
             "cannot be mapped to a level",
             where=str(path), fix="pass level= instead of magnification=",
         )
-    if magnification <= 0 or magnification > power * 1.001:
+    # 3 % tolerance: "20x" on a slide whose power comes from its µm per pixel (0.5021 µm -> 19.92x) is 20x
+    if magnification <= 0 or magnification > power * MAGNIFICATION_TOLERANCE:
         raise ReaderError(
             f"magnification {magnification:g}x is not available: the slide was scanned at {power:g}x",
             where=str(path), fix=f"ask for {power:g}x or lower",
         )
     wanted = power / magnification
-    candidates = [i for i, d in enumerate(info.downsamples) if d <= wanted * 1.001]
+    candidates = [i for i, d in enumerate(info.downsamples) if d <= max(wanted, 1.0) * 1.001]
     level = max(candidates, key=lambda i: info.downsamples[i])
     return level, wanted
 

@@ -268,3 +268,18 @@ def test_regions_read_through_a_kept_open_slide_equal_fresh_reads(pyramid_tiff, 
     new[:, :, 1] = 200
     tifffile.imwrite(copies[2], new, tile=(64, 64), photometric="rgb")
     np.testing.assert_array_equal(read_region(copies[2], 0, 0, 0, 8, keep_open=True).array[1], 200.0)
+
+
+def test_a_nominal_magnification_within_three_percent_of_the_scan_is_served_from_level_0(tmp_path):
+    import tifffile
+
+    img = np.full((256, 256, 3), 200, np.uint8)
+    img[64:192, 64:192] = (150, 60, 140)
+    path = tmp_path / "s.tif"
+    mpp = 0.5021  # 10 / 0.5021 = 19.92x: "20x" as scanners round it
+    tifffile.imwrite(path, img, tile=(64, 64), photometric="rgb", resolution=(1e4 / mpp, 1e4 / mpp),
+                     resolutionunit="CENTIMETER")
+    tiles = tile_slide(path, tile_size=64, magnification=20)
+    assert tiles and {(t["level"], t["size"]) for t in tiles} == {(0, 64)}
+    with pytest.raises(ReaderError, match="21x is not available"):
+        tile_slide(path, tile_size=64, magnification=21)  # 5 % finer than the scan

@@ -70,7 +70,7 @@ runtime: {device: cpu, progress: false}
 #: each shipped pipeline and the demo modality it runs on, as it is (the synthesised `label` holds its class names)
 SHIPPED = {"ecg_rhythm": "ecg", "oct_severity": "oct", "fundus_grading": "fundus", "histo_tissue": "histo",
            "ct_lesion": "ct", "mri_lesion_seg": "mri", "histo_tissue_egcl": "histo", "ct_lesion_dense": "ct",
-           "mri_lesion_seg_dense": "mri", "cytology_rare": "cytology"}
+           "mri_lesion_seg_dense": "mri", "cytology_rare": "cytology", "histo_wsi": "histo-wsi"}
 
 
 def _launch(cmd_tail: list[str], workdir: Path, *, nproc: int = 2, timeout: int = 600, **env: str):

@@ -349,7 +349,9 @@ def test_class_names_mlflow_cannot_log_are_refused_before_training():
 
     for name in ("no DR", "grade-1/2", "AF:paroxysmal"):
         v._validate_metric_name(f"test/ssl/linear/f100/auroc_{name}")
-    with pytest.raises(Exception):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException):
         v._validate_metric_name("test/ssl/linear/f100/auroc_drusen;atrophy")
 
 

@@ -33,6 +33,7 @@ from medcl.data.synth import cytology as _cytology
 from medcl.data.synth import ecg as _ecg
 from medcl.data.synth import fundus as _fundus
 from medcl.data.synth import histo as _histo
+from medcl.data.synth import histo_wsi as _histo_wsi
 from medcl.data.synth import mri as _mri
 from medcl.data.synth import oct as _oct
 from medcl.data.synth.common import write_csv
@@ -57,6 +58,7 @@ SYNTHESISERS: dict[str, ModuleType] = {
 #: reads them (cytology tiles are ``histo``)
 EXTRA_SETS: dict[str, ModuleType] = {
     "cytology": _cytology,
+    "histo-wsi": _histo_wsi,
 }
 
 _MARKER = ".medcl-synth"
@@ -194,6 +196,7 @@ def _readme(summary, seed: int) -> str:
         "mri": "NIfTI T2-like volumes + NIfTI lesion masks",
         "ecg": "12-lead WFDB records (.hea + .dat), mV",
         "cytology": "RGB PNG tiles of cytology-like smears, label per tile, malignant tiles rare (≤ 2 %)",
+        "histo-wsi": "pyramidal TIFF slides, label per slide, tumour in 10–25 % of a tumour slide's tissue",
     }
     for name, mod, n_pat, rows in summary:
         lines.append(
