@@ -364,3 +364,26 @@ def test_runtime_deterministic_is_switched_off_again():
     assert torch.are_deterministic_algorithms_enabled()
     seed_everything(0, deterministic=False)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_an_encoder_of_other_dimensions_than_the_preset_is_refused_before_training():
+    from types import SimpleNamespace
+
+    from medcl.config.schema import PipelineConfig
+    from medcl.errors import ConfigError
+    from medcl.pipeline import _preflight
+
+    cfg = PipelineConfig(name="t", stages=["classify"], transforms={"preset": "oct"}, model={"spatial_dims": 3})
+    with pytest.raises(ConfigError, match="model.spatial_dims is 3 but the 'oct' preset makes 2D inputs"):
+        _preflight(cfg, SimpleNamespace(classes=["a", "b"], tiles={}))
+
+
+def test_a_file_named_like_a_problem_code_does_not_stop_the_excluded_rows_list():
+    from medcl import phi
+    from medcl.pipeline import excluded_rows
+
+    phi.register_path_parts("images/missing.png")  # a (non-identifying) file name, registered as every path part
+    assert phi.REGISTRY.find("missing-file") is not None  # as it was: the guard would refuse the list
+    rows = excluded_rows([{"row": 3, "patient": "p-0123456789abcdef", "codes": ["missing-file"], "path": "x"}])
+    assert rows == [{"row": 3, "patient": "p-0123456789abcdef", "codes": ["missing-file"]}]
+    assert phi.REGISTRY.find('[{"row": 3, "codes": ["missing-file"]}]') is None
