@@ -8,8 +8,8 @@ run's seed and the slide). Training then reads each tile as a region of that lev
 (:class:`medcl.transforms.io.LoadSampled`'s ``region``): a level is never decoded whole.
 
 Plans are cached as JSON in ``<runtime.output_dir>/wsi_plans/``, keyed on the slide's content (size and the
-SHA-256 of its first and last MiB: a re-copied or re-scanned slide gets a new plan, a renamed one does not) and on
-the tiling settings; a plan is computed once per slide and settings, with a progress bar.
+SHA-256 of its first and last MiB: a re-copied or re-scanned slide gets a new plan, a renamed one does not), on
+the tiling settings and on :data:`PLAN_VERSION`; a plan is computed once per slide and settings, with a progress bar.
 
 A slide the settings cannot serve is a row problem naming the slide (``data.on_error: skip`` excludes and lists
 it): a magnification finer than the scan, no tissue found, a pyramid that cannot be decoded.
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: bytes hashed at each end of a slide for its cache key
 _HASHED = 1 << 20
+#: the tiling algorithm's version, part of every cache key: a change to how tiles are planned plans again
+PLAN_VERSION = 2
 #: what a plan's tile holds
 TILE_KEYS = ("x", "y", "level", "size", "tile_size", "tissue")
 
@@ -100,6 +102,7 @@ def _cache_file(cache_dir: Path, path: Path, wsi: Any, seed: int) -> Path:
     settings = settings_of(wsi)
     if settings["max_tiles"] is not None and settings["sampling"] == "random":
         settings["seed"] = int(seed)  # only a random draw depends on the seed
+    settings["plan_version"] = PLAN_VERSION
     key = hashlib.sha256((content_key(path) + json.dumps(settings, sort_keys=True)).encode()).hexdigest()[:32]
     return cache_dir / f"{key}.json"
 

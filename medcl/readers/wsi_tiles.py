@@ -185,9 +185,9 @@ def tile_slide(path: str | Path, tile_size: int = 224, level: int | None = None,
     n_y = int(math.floor((h0 - extent) / step0)) + 1 if h0 >= extent else 0
     n_x = int(math.floor((w0 - extent) / step0)) + 1 if w0 >= extent else 0
     for iy in range(n_y):
-        y = int(round(iy * step0))
+        y = int(round(round(iy * step0 / ds) * ds))  # on the level's pixel grid: no half-pixel reads
         for ix in range(n_x):
-            x = int(round(ix * step0))
+            x = int(round(round(ix * step0 / ds) * ds))
             if int(round(x / ds)) + size > lw or int(round(y / ds)) + size > lh:
                 continue
             mx0, my0 = int(x / sx), int(y / sy)

@@ -283,3 +283,26 @@ def test_a_nominal_magnification_within_three_percent_of_the_scan_is_served_from
     assert tiles and {(t["level"], t["size"]) for t in tiles} == {(0, 64)}
     with pytest.raises(ReaderError, match="21x is not available"):
         tile_slide(path, tile_size=64, magnification=21)  # 5 % finer than the scan
+
+
+def test_tiles_of_a_finer_level_start_on_its_pixel_grid_and_read_as_openslide_reads_them(tmp_path):
+    import openslide
+    import tifffile
+
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 255, size=(512, 512, 3), dtype=np.uint8)
+    img[:, :, 1] //= 3  # saturated everywhere: all tissue
+    path = tmp_path / "s.tif"
+    mpp = 0.4986  # 20.06x: a 10x tile steps 128.4 level-0 pixels, level 1 (downsample 2) serves it
+    lv = [img, img[::2, ::2].copy()]
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(lv[0], tile=(64, 64), photometric="rgb", resolution=(1e4 / mpp, 1e4 / mpp),
+                  resolutionunit="CENTIMETER")
+        tif.write(lv[1], tile=(64, 64), photometric="rgb", subfiletype=1)
+    tiles = tile_slide(path, tile_size=64, magnification=10, min_tissue=0.0)
+    assert {t["level"] for t in tiles} == {1} and all(t["x"] % 2 == 0 and t["y"] % 2 == 0 for t in tiles)
+    slide = openslide.OpenSlide(str(path))
+    for t in tiles[:6]:
+        ours = read_region(path, t["x"], t["y"], t["level"], t["size"]).array
+        ref = np.asarray(slide.read_region((t["x"], t["y"]), t["level"], (t["size"],) * 2))[..., :3]
+        np.testing.assert_array_equal(ours, np.moveaxis(ref, -1, 0))

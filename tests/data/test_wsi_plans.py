@@ -251,3 +251,15 @@ def test_the_slides_stage_classifies_slides_from_their_tiles(slides, tmp_path, t
     assert sorted(feats.files) == sorted(f"row{r.row}" for r in ctx.data.records
                                          if ctx.data.assignment[r.patient] in ("train", "test"))
     assert all(feats[k].shape == (4, 512) for k in feats.files)  # 4 tiles x ResNet-18's 512 features
+
+
+def test_a_new_tiling_algorithm_does_not_reuse_old_plans(slides, tmp_path, monkeypatch):
+    manifest, _ = slides
+    cfg = _cfg(manifest, tmp_path, level=0, tile_size=64, max_tiles=4)
+    prepare_data(cfg)
+    monkeypatch.setattr(wsi_plans, "PLAN_VERSION", wsi_plans.PLAN_VERSION + 1)
+    calls = []
+    real = wsi_plans.plan_slide
+    monkeypatch.setattr(wsi_plans, "plan_slide", lambda *a, **k: calls.append(1) or real(*a, **k))
+    prepare_data(cfg)
+    assert calls  # planned again, not read from the old version's cache
