@@ -263,3 +263,18 @@ def test_a_new_tiling_algorithm_does_not_reuse_old_plans(slides, tmp_path, monke
     monkeypatch.setattr(wsi_plans, "plan_slide", lambda *a, **k: calls.append(1) or real(*a, **k))
     prepare_data(cfg)
     assert calls  # planned again, not read from the old version's cache
+
+
+def test_a_tile_row_in_a_slide_level_pipeline_is_refused(slides, tmp_path):
+    from PIL import Image
+
+    from medcl.pipeline import _preflight
+
+    manifest, _ = slides
+    Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(manifest.parent / "tile.png")
+    with manifest.open("a") as f:
+        f.write("P9,tile.png,histo,tumour\n")
+    cfg = _cfg(manifest, tmp_path, level=0, tile_size=64, max_tiles=2)
+    cfg.stages = ["slides"]
+    with pytest.raises(ConfigError, match=r"manifest rows 9 are images \(tiles\), not whole-slide images"):
+        _preflight(cfg, prepare_data(cfg))
