@@ -50,7 +50,7 @@ from medcl.reporting.performance import (
     roc_pr_curves,
     subgroups,
 )
-from medcl.reporting.segmentation import rare_findings, segmentation
+from medcl.reporting.segmentation import rare_findings, segmentation, slides
 from medcl.reporting.wording import HEADLINE_METRICS, METRIC_NAMES, plain_sentence
 from medcl.tracking.reader import ArtifactUnreadable
 
@@ -58,7 +58,7 @@ __all__ = [
     "CHANCE_MARGIN_AUROC", "HEADLINE_METRICS", "METRIC_NAMES", "SECTIONS", "STYLE", "Missing", "ci_text",
     "cohort", "confusion_matrix", "embedding_map", "esc", "external_validation", "fmt", "headline_metrics",
     "img", "label_efficiency", "limitations", "metric_cell", "note", "para", "plain_sentence", "pretraining",
-    "reliability", "render", "roc_pr_curves", "saliency", "segmentation", "subgroups", "table", "verdict",
+    "reliability", "render", "roc_pr_curves", "saliency", "segmentation", "slides", "subgroups", "table", "verdict",
     "what_was_trained",
 ]
 
@@ -77,6 +77,7 @@ SECTIONS: dict[str, tuple[str, Callable[[ReportData], list[str]]]] = {
     "saliency": ("Saliency: where the model looks", saliency),
     "segmentation": ("Segmentation", segmentation),
     "rare_findings": ("Rare findings (one-class detection)", rare_findings),
+    "slides": ("Slides (slide-level classification)", slides),
     "label_efficiency": ("Label efficiency", label_efficiency),
     "external": ("External validation", external_validation),
     "limitations": ("Limitations", limitations),

@@ -93,3 +93,43 @@ def rare_findings(d: ReportData) -> list[str]:
                  "<i>random</i> a random-init one."),
             table(["encoder", "scorer", "AUROC", "95 % CI", "AUPRC", "95 % CI", "sensitivity", "95 % CI",
                    "specificity", "95 % CI"], rows)]
+
+
+def slides(d: ReportData) -> list[str]:
+    """Section "Slides": the ``slides`` stage's results per encoder and pooling, and test slides' attention maps.
+
+    Raises:
+        Missing: the run has no slides stage, it did not finish, or it logged no metrics.
+    """
+    if "slides" not in d.stages:
+        raise Missing("this run has no slide-level classification (slides) stage.")
+    if d.stage_status("slides") != "FINISHED":
+        raise Missing(f"the slides stage has status {d.stage_status('slides')}: no slide-level results.")
+    m = d.stages["slides"].metrics
+    tags = sorted({k.rsplit("/", 2)[0] for k in m if k.startswith("test/slides/") and k.endswith("/auroc")})
+    if not tags:
+        raise Missing("the slides stage logged no metrics.")
+    rows = []
+    for tag in tags:  # test/slides/<model>/<pooling>
+        _, _, model, pooling = tag.split("/")
+        cells = []
+        for level in ("slide", "patient"):
+            for metric in ("auroc", "accuracy"):
+                key = f"{tag}/{level}/{metric}"
+                cells += [metric_cell(key, m.get(key, float("nan"))),
+                          ci_text(m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high"))]
+        rows.append([esc(model), esc(pooling), *cells])
+    out = [para("Each slide is classified from all its tiles: the frozen encoder embeds every tile, and "
+                "<i>attention</i> MIL (Ilse et al. 2018) learns which tiles decide, <i>mean</i> pooling weighs them "
+                "alike. Per slide and per patient (slide probabilities averaged), with patient-level bootstrap 95 % "
+                "CIs; <i>ssl</i> is the pretrained encoder, <i>random</i> a random-init one."),
+           table(["encoder", "pooling", "slide AUROC", "95 % CI", "slide accuracy", "95 % CI", "patient AUROC",
+                  "95 % CI", "patient accuracy", "95 % CI"], rows)]
+    r = d.reader
+    pngs = [p for p in r.list_artifacts(stage="slides") if p.startswith("attention/") and p.endswith(".png")][:8]
+    if pngs:
+        figs = "".join(f"<figure>{img(b, esc(p), '')}<figcaption>{esc(p.rsplit('/', 1)[-1])}</figcaption></figure>"
+                       for p in pngs if (b := r.artifact_bytes(p, stage="slides")))
+        out += [para("Attention of test slides (bright = the tiles that decided; manifest row numbers, never "
+                     "patient ids):"), f'<div class="medcl-grid">{figs}</div>']
+    return out

@@ -9,7 +9,9 @@ one-vs-rest for more than two classes) and accuracy, and the same per patient wh
 patient's slides. Artifacts: ``slides/results.json`` and ``slides/predictions_test.csv`` (manifest rows, each
 slide's probabilities and its most-attended tile; never patient ids or paths). Runs on rank 0.
 
-Not yet: label fractions, calibration of the slide model and the report's attention heat maps.
+``slides/attention/row<N>.png``: for up to :data:`MAPS` test slides, the slide's thumbnail (its smallest pyramid
+level) with each tile shaded by the attention the pretrained encoder's attention MIL gave it — the report's
+"Slides" section shows them. Not yet: label fractions and calibration of the slide model.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from medcl.errors import ConfigError, DataError
 from medcl.metric_keys import CI_BOUNDS, metric_key, slides_tag
 from medcl.metrics.bootstrap import bootstrap_ci
 from medcl.metrics.classification import binary_auroc
+from medcl.readers import read
+from medcl.readers.wsi import slide_info
 from medcl.stages.common import make_encoder, make_loader, make_transforms, seed_everything
 from medcl.tasks.mil import POOLINGS, fit_bags, predict_bags
 
@@ -36,6 +40,35 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 METRICS = ("auroc", "accuracy")
+#: test slides whose attention map is drawn
+MAPS = 8
+
+
+def attention_map(path: str, tiles: list[dict[str, Any]], attention: np.ndarray, out: Any, title: str) -> None:
+    """Save the slide's thumbnail with each tile shaded by its attention (``tiles`` from the tiling plan)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    info = slide_info(path)
+    thumb = np.moveaxis(read(path).array, 0, -1).astype(np.uint8)  # the smallest level
+    scale = thumb.shape[1] / info.dimensions[0][0]
+    a = np.asarray(attention, dtype=np.float64)
+    a = a / a.max() if a.max() > 0 else a
+    fig, ax = plt.subplots(figsize=(4, 4 * thumb.shape[0] / thumb.shape[1]))
+    ax.imshow(thumb)
+    cmap = plt.get_cmap("inferno")
+    for t, w in zip(tiles, a):
+        side = t["size"] * info.downsamples[t["level"]] * scale
+        ax.add_patch(Rectangle((t["x"] * scale, t["y"] * scale), side, side, color=cmap(w), alpha=0.55 * w + 0.1,
+                               linewidth=0))
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
 
 
 def auroc(y: np.ndarray, p: np.ndarray) -> float:
@@ -120,6 +153,16 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
             probs_t, attention = predict_bags(model, [torch.as_tensor(f) for f in test_feats])
             probs = probs_t.numpy()
             predictions[f"{name}_{pooling}"] = (probs, [int(a.argmax()) for a in attention])
+            if pooling == "attention" and name == next(iter(encoders)):
+                maps = out_dir / "attention"
+                maps.mkdir(exist_ok=True)
+                for i, r in enumerate(test_rows[:MAPS]):
+                    row = data.records[r].row
+                    png = maps / f"row{row}.png"
+                    attention_map(str(data.records[r].path), data.tiles[row], attention[i].numpy(), png,
+                                  f"row {row}: {data.classes[int(y_test[i])]}, p({data.classes[-1]}) = "
+                                  f"{probs[i, -1]:.2f}")
+                    tracker.log_artifact(png, "attention")
             row: dict[str, Any] = {"model": name, "pooling": pooling, "n_train_slides": len(train_rows),
                                    "n_test_slides": len(test_rows), "final_train_loss": history[-1]}
             per_patient = sorted(set(patients.tolist()))

@@ -251,6 +251,15 @@ def test_the_slides_stage_classifies_slides_from_their_tiles(slides, tmp_path, t
     assert sorted(feats.files) == sorted(f"row{r.row}" for r in ctx.data.records
                                          if ctx.data.assignment[r.patient] in ("train", "test"))
     assert all(feats[k].shape == (4, 512) for k in feats.files)  # 4 tiles x ResNet-18's 512 features
+    # the report's Slides section: the metrics table and each test slide's attention map
+    from medcl.reporting.data import ReportData
+    from medcl.reporting.sections import render
+
+    arts = {a.path for a in client.list_artifacts(child.info.run_id, "attention")}
+    assert arts == {f"attention/row{r}.png" for r in test_rows}
+    html = "\n".join(render(ReportData.load(ctx.parent_run_id, tracking_uri), "slides"))
+    assert "slide AUROC" in html and html.count("<figure>") == 2 and "row" in html
+    assert ".tif" not in html  # manifest rows, never the slide files' names
 
 
 def test_a_new_tiling_algorithm_does_not_reuse_old_plans(slides, tmp_path, monkeypatch):
