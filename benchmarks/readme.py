@@ -465,8 +465,8 @@ def section_wsi(res: dict[str, Any], targets: list[list[str]]) -> str:
     diff = meta.get("max_pixel_difference") or {}
     return text + (f"\n\n{meta.get('tiling', '')}; {meta.get('augment', '')}; {meta.get('workers')} workers, batch "
                    f"{meta.get('batch')}. The three readers give the same pixels for the same tiles (largest difference "
-                   f"over 16 tiles: {', '.join(f'{k} {v:g}' for k, v in diff.items()) or 'not measured'}). Per-slide "
-                   "feature extraction is not measured yet (slide-level MIL is not built).")
+                   f"over 16 tiles: {', '.join(f'{k} {v:g}' for k, v in diff.items()) or 'not measured'}). The slides "
+                   "stage's per-slide feature extraction is not timed yet; no GPU run yet.")
 
 
 def section_package(res: dict[str, Any]) -> str:
