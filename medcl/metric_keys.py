@@ -5,8 +5,8 @@
   ``linear``, ``knn`` or ``finetune``;
 * segmentation: ``test/<model>/f<percent>/<metric>``, e.g. ``test/ssl/f100/dice_mean``;
 * one-class detection: ``test/detect/<model>/<scorer>/<metric>``, e.g. ``test/detect/ssl/dsvdd/auroc``;
-* slide-level classification: ``test/slides/<model>/<pooling>/<level>/<metric>``, e.g.
-  ``test/slides/ssl/attention/slide/auroc`` (``<level>``: ``slide`` or ``patient``);
+* slide-level classification: ``test/slides/<model>/<pooling>/f<percent>/<level>/<metric>``, e.g.
+  ``test/slides/ssl/attention/f100/slide/auroc`` (``<level>``: ``slide`` or ``patient``);
 * calibration: ``test/<metric>_before`` / ``test/<metric>_after``, e.g. ``test/ece_after``.
 """
 
@@ -37,9 +37,9 @@ def detect_tag(model: str, scorer: str) -> str:
     return f"detect/{model}/{scorer}"
 
 
-def slides_tag(model: str, pooling: str, level: str) -> str:
-    """``slides/ssl/attention/slide``: slide-level classification by which encoder, pooling and unit."""
-    return f"slides/{model}/{pooling}/{level}"
+def slides_tag(model: str, pooling: str, fraction: float, level: str) -> str:
+    """``slides/ssl/attention/f100/slide``: slide-level classification (encoder, pooling, share of labels, unit)."""
+    return f"slides/{model}/{pooling}/{fraction_tag(fraction)}/{level}"
 
 
 def segment_tag(model: str, fraction: float) -> str:

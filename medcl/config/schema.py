@@ -295,7 +295,12 @@ class SlidesConfig(Section):
     epochs: int = Field(30, ge=1, description="passes over the training slides (one slide per optimiser step)")
     lr: float = Field(5e-4, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
+    label_fractions: list[float] = Field(default_factory=lambda: [1.0], description="shares of the training "
+                                         "patients whose slides train the poolings (nested, stratified; every "
+                                         "class kept)")
     n_boot: int = Field(1000, ge=10, description="patient-bootstrap resamples of the CIs")
+
+    _fractions = field_validator("label_fractions")(classmethod(lambda cls, v: _check_fractions(v)))
 
 
 class CalibrateConfig(Section):

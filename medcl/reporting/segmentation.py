@@ -106,24 +106,24 @@ def slides(d: ReportData) -> list[str]:
     if d.stage_status("slides") != "FINISHED":
         raise Missing(f"the slides stage has status {d.stage_status('slides')}: no slide-level results.")
     m = d.stages["slides"].metrics
-    tags = sorted({k.rsplit("/", 2)[0] for k in m if k.startswith("test/slides/") and k.endswith("/auroc")})
+    tags = sorted({k.rsplit("/", 2)[0] for k in m if k.startswith("test/slides/") and k.endswith("/slide/auroc")})
     if not tags:
         raise Missing("the slides stage logged no metrics.")
     rows = []
-    for tag in tags:  # test/slides/<model>/<pooling>
-        _, _, model, pooling = tag.split("/")
+    for tag in tags:  # test/slides/<model>/<pooling>/f<percent>
+        _, _, model, pooling, fraction = tag.split("/")
         cells = []
         for level in ("slide", "patient"):
             for metric in ("auroc", "accuracy"):
                 key = f"{tag}/{level}/{metric}"
                 cells += [metric_cell(key, m.get(key, float("nan"))),
                           ci_text(m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high"))]
-        rows.append([esc(model), esc(pooling), *cells])
+        rows.append([esc(model), esc(pooling), esc(fraction[1:] + " %"), *cells])
     out = [para("Each slide is classified from all its tiles: the frozen encoder embeds every tile, and "
                 "<i>attention</i> MIL (Ilse et al. 2018) learns which tiles decide, <i>mean</i> pooling weighs them "
                 "alike. Per slide and per patient (slide probabilities averaged), with patient-level bootstrap 95 % "
                 "CIs; <i>ssl</i> is the pretrained encoder, <i>random</i> a random-init one."),
-           table(["encoder", "pooling", "slide AUROC", "95 % CI", "slide accuracy", "95 % CI", "patient AUROC",
+           table(["encoder", "pooling", "training patients", "slide AUROC", "95 % CI", "slide accuracy", "95 % CI", "patient AUROC",
                   "95 % CI", "patient accuracy", "95 % CI"], rows)]
     r = d.reader
     pngs = [p for p in r.list_artifacts(stage="slides") if p.startswith("attention/") and p.endswith(".png")][:8]

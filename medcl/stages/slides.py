@@ -4,7 +4,8 @@ Every slide row of the manifest is a bag of its tiles (the tiling plan of ``data
 pretrained one, and a random-init one as the baseline — embeds every tile once; the features are saved per slide
 (``slides/features_<model>.npz``: one array per manifest row). Each pooling of :mod:`medcl.tasks.mil` (gated
 attention MIL, Ilse et al. 2018; mean pooling) is trained on the training slides, one slide per step, and predicts
-the test slides. Reported per encoder and pooling, with a patient-bootstrap 95 % CI: the slide-level AUROC (macro
+the test slides. Reported per encoder, pooling and label fraction (``slides.label_fractions``: nested, stratified shares of the
+training patients), with a patient-bootstrap 95 % CI: the slide-level AUROC (macro
 one-vs-rest for more than two classes) and accuracy, and the same per patient when probabilities are averaged over a
 patient's slides. Artifacts: ``slides/results.json`` and ``slides/predictions_test.csv`` (manifest rows, each
 slide's probabilities and its most-attended tile; never patient ids or paths). Runs on rank 0.
@@ -32,6 +33,7 @@ from medcl.metrics.classification import binary_auroc
 from medcl.readers import read
 from medcl.readers.wsi import slide_info
 from medcl.stages.common import make_encoder, make_loader, make_transforms, seed_everything
+from medcl.tasks.fractions import label_fraction_patients
 from medcl.tasks.mil import POOLINGS, fit_bags, predict_bags
 
 if TYPE_CHECKING:
@@ -81,6 +83,41 @@ def auroc(y: np.ndarray, p: np.ndarray) -> float:
 
 def _metric(name: str, y: np.ndarray, p: np.ndarray) -> float:
     return auroc(y, p) if name == "auroc" else float(np.mean(p.argmax(1) == y))
+
+
+def _evaluate(tracker: Tracker, name: str, pooling: str, fraction: float, y: np.ndarray, probs: np.ndarray,
+              patients: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+    """Slide- and patient-level (probabilities averaged over a patient's slides) metrics with CIs, logged."""
+    row: dict[str, Any] = {"model": name, "pooling": pooling, "fraction": fraction}
+    per_patient = sorted(set(patients.tolist()))
+    p_probs = np.stack([probs[patients == q].mean(0) for q in per_patient])
+    p_y = np.asarray([y[patients == q][0] for q in per_patient])
+    logged = {}
+    for level, (yy, pp, groups) in {"slide": (y, probs, patients),
+                                    "patient": (p_y, p_probs, np.asarray(per_patient))}.items():
+        tag = slides_tag(name, pooling, fraction, level)
+        for m in METRICS:
+            ci = bootstrap_ci(lambda a, b, m=m: _metric(m, a, b), yy, pp, groups, n_boot=n_boot, seed=seed)
+            value = _metric(m, yy, pp)
+            row[f"{level}_{m}"] = {"value": value, "ci_low": ci[1], "ci_high": ci[2]}
+            logged[metric_key(tag, m)] = value
+            logged.update({metric_key(tag, m, b): v for b, v in zip(CI_BOUNDS, ci[1:])})
+    tracker.log_metrics({k: float(v) for k, v in logged.items() if np.isfinite(v)})
+    return row
+
+
+def _maps(ctx: RunContext, tracker: Tracker, out_dir: Any, test_rows: list[int], y_test: np.ndarray,
+          probs: np.ndarray, attention: list[torch.Tensor]) -> None:
+    """The attention maps of up to :data:`MAPS` test slides, logged under ``attention/``."""
+    data = ctx.data
+    maps = out_dir / "attention"
+    maps.mkdir(exist_ok=True)
+    for i, r in enumerate(test_rows[:MAPS]):
+        row = data.records[r].row
+        png = maps / f"row{row}.png"
+        attention_map(str(data.records[r].path), data.tiles[row], attention[i].numpy(), png,
+                      f"row {row}: {data.classes[int(y_test[i])]}, p({data.classes[-1]}) = {probs[i, -1]:.2f}")
+        tracker.log_artifact(png, "attention")
 
 
 def _bags(ctx: RunContext, weights: str | None) -> dict[str, tuple[list[int], list[np.ndarray]]]:
@@ -144,45 +181,31 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
                             **{f"row{data.records[r].row}": f for r, f in zip(train_rows + test_rows,
                                                                                train_feats + test_feats)})
         patients = data.patients_of(np.asarray(test_rows))
-        for pooling in s.poolings:
-            torch.manual_seed(cfg.seed)
-            model = POOLINGS[pooling](train_feats[0].shape[1], n_classes, hidden=s.hidden,
-                                      attention_dim=s.attention_dim, dropout=s.dropout)
-            history = fit_bags(model, [torch.as_tensor(f) for f in train_feats], y_train.tolist(), epochs=s.epochs,
-                               lr=s.lr, weight_decay=s.weight_decay, seed=cfg.seed)
-            probs_t, attention = predict_bags(model, [torch.as_tensor(f) for f in test_feats])
-            probs = probs_t.numpy()
-            predictions[f"{name}_{pooling}"] = (probs, [int(a.argmax()) for a in attention])
-            if pooling == "attention" and name == next(iter(encoders)):
-                maps = out_dir / "attention"
-                maps.mkdir(exist_ok=True)
-                for i, r in enumerate(test_rows[:MAPS]):
-                    row = data.records[r].row
-                    png = maps / f"row{row}.png"
-                    attention_map(str(data.records[r].path), data.tiles[row], attention[i].numpy(), png,
-                                  f"row {row}: {data.classes[int(y_test[i])]}, p({data.classes[-1]}) = "
-                                  f"{probs[i, -1]:.2f}")
-                    tracker.log_artifact(png, "attention")
-            row: dict[str, Any] = {"model": name, "pooling": pooling, "n_train_slides": len(train_rows),
-                                   "n_test_slides": len(test_rows), "final_train_loss": history[-1]}
-            per_patient = sorted(set(patients.tolist()))
-            p_probs = np.stack([probs[patients == q].mean(0) for q in per_patient])
-            p_y = np.asarray([y_test[patients == q][0] for q in per_patient])
-            logged = {}
-            for level, (yy, pp, groups) in {"slide": (y_test, probs, patients),
-                                            "patient": (p_y, p_probs, np.asarray(per_patient))}.items():
-                tag = slides_tag(name, pooling, level)
-                for m in METRICS:
-                    ci = bootstrap_ci(lambda a, b, m=m: _metric(m, a, b), yy, pp, groups, n_boot=s.n_boot,
-                                      seed=cfg.seed)
-                    value = _metric(m, yy, pp)
-                    row[f"{level}_{m}"] = {"value": value, "ci_low": ci[1], "ci_high": ci[2]}
-                    logged[metric_key(tag, m)] = value
-                    logged.update({metric_key(tag, m, b): v for b, v in zip(CI_BOUNDS, ci[1:])})
-            tracker.log_metrics({k: float(v) for k, v in logged.items() if np.isfinite(v)})
-            results.append(row)
-            log.info("slides %s/%s: slide AUROC %.3f, patient AUROC %.3f (%d test slides)", name, pooling,
-                     row["slide_auroc"]["value"], row["patient_auroc"]["value"], len(test_rows))
+        train_patients = data.patients_of(np.asarray(train_rows))
+        subsets = label_fraction_patients(train_patients, y_train, sorted(s.label_fractions), cfg.seed,
+                                          ensure_all_classes=True)
+        for fraction in sorted(s.label_fractions):
+            keep = np.flatnonzero(subsets[fraction])
+            for pooling in s.poolings:
+                torch.manual_seed(cfg.seed)
+                model = POOLINGS[pooling](train_feats[0].shape[1], n_classes, hidden=s.hidden,
+                                          attention_dim=s.attention_dim, dropout=s.dropout)
+                history = fit_bags(model, [torch.as_tensor(train_feats[i]) for i in keep], y_train[keep].tolist(),
+                                   epochs=s.epochs, lr=s.lr, weight_decay=s.weight_decay, seed=cfg.seed)
+                probs_t, attention = predict_bags(model, [torch.as_tensor(f) for f in test_feats])
+                probs = probs_t.numpy()
+                row = _evaluate(tracker, name, pooling, fraction, y_test, probs, patients, s.n_boot, cfg.seed)
+                row.update(n_train_slides=int(len(keep)), n_train_patients=int(len(set(train_patients[keep]))),
+                           n_test_slides=len(test_rows), final_train_loss=history[-1])
+                results.append(row)
+                log.info("slides %s/%s at %s of the training patients: slide AUROC %.3f, patient AUROC %.3f "
+                         "(%d test slides)", name, pooling, f"{fraction:.0%}", row["slide_auroc"]["value"],
+                         row["patient_auroc"]["value"], len(test_rows))
+                if fraction != max(s.label_fractions):
+                    continue
+                predictions[f"{name}_{pooling}"] = (probs, [int(a.argmax()) for a in attention])
+                if pooling == "attention" and name == next(iter(encoders)):
+                    _maps(ctx, tracker, out_dir, test_rows, y_test, probs, attention)
     res_path = out_dir / "results.json"
     res_path.write_text(json.dumps(results, indent=2))
     tracker.log_artifact(res_path)
@@ -197,8 +220,9 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
                         *[top[i] for _, top in predictions.values()]])
     tracker.log_artifact(pred_path)
     tracker.log_params({"slides.poolings": ",".join(s.poolings), "slides.epochs": s.epochs})
-    summary = [{"model": f"{r['model']} {r['pooling']}", "metric": f"{level} AUROC",
+    top = max(s.label_fractions)
+    summary = [{"model": f"{r['model']} {r['pooling']}", "metric": f"{level} AUROC ({top:.0%} of labels)",
                 "value": f"{r[level + '_auroc']['value']:.3f} [{r[level + '_auroc']['ci_low']:.3f}, "
                          f"{r[level + '_auroc']['ci_high']:.3f}]"}
-               for r in results for level in ("slide", "patient")]
+               for r in results if r["fraction"] == top for level in ("slide", "patient")]
     return {"results": str(res_path), "predictions": str(pred_path), "summary": summary}

@@ -189,6 +189,7 @@ PERTURB: dict[str, Perturb] = {
     "slides.lr": Perturb("slides", "0.01"),
     "slides.weight_decay": Perturb("slides", "0.1"),
     "slides.n_boot": Perturb("slides", "20"),
+    "slides.label_fractions": Perturb("slides", "[0.5, 1.0]"),
     # -- calibrate
     "calibrate.method": Perturb("oct", "vector"),
     "calibrate.n_bins": Perturb("oct", "5"),

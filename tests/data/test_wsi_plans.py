@@ -227,14 +227,17 @@ def test_the_slides_stage_classifies_slides_from_their_tiles(slides, tmp_path, t
     cfg = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "demo" / "histo.yaml", [
         f"data.manifest={manifest}", f"runtime.output_dir={tmp_path / 'runs'}", "runtime.progress=false",
         "stages=[slides]", "data.classes=[tumour, normal]", "data.wsi.magnification=10", "data.wsi.tile_size=32",
-        "data.wsi.max_tiles=4", "transforms.spatial_size=[32, 32]", "slides.epochs=2", "slides.n_boot=20",
+        "data.wsi.max_tiles=4", "transforms.spatial_size=[32, 32]", "slides.epochs=2", "slides.n_boot=20", "slides.label_fractions=[0.5, 1.0]",
         "data.cache=none", "data.task=binary", "data.val_fraction=0.25", "data.test_fraction=0.25"])
     ctx = run_pipeline(cfg)
     out = ctx.outputs["slides"]
-    results = {(r["model"], r["pooling"]): r for r in __import__("json").loads(Path(out["results"]).read_text())}
-    assert set(results) == {("random", "attention"), ("random", "mean")}  # no pretrain stage: baselines only
+    results = {(r["model"], r["pooling"], r["fraction"]): r
+               for r in __import__("json").loads(Path(out["results"]).read_text())}
+    # no pretrain stage: baselines only; half of the 4 training patients, then all of them
+    assert set(results) == {("random", p, f) for p in ("attention", "mean") for f in (0.5, 1.0)}
+    assert results[("random", "mean", 0.5)]["n_train_patients"] == 2
     test_rows = sorted(r.row for r in ctx.data.records if ctx.data.assignment[r.patient] == "test")
-    r = results[("random", "attention")]
+    r = results[("random", "attention", 1.0)]
     assert r["n_test_slides"] == len(test_rows) == 2 and r["n_train_slides"] == 4
     lines = Path(out["predictions"]).read_text().splitlines()
     assert lines[0].startswith("row,label,random_attention_p0") and [int(x.split(",")[0]) for x in lines[1:]] == \
@@ -245,8 +248,8 @@ def test_the_slides_stage_classifies_slides_from_their_tiles(slides, tmp_path, t
     child = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}'")[0]
     assert child.data.tags["medcl.stage"] == "slides" and child.info.status == "FINISHED"
     metrics = child.data.metrics
-    assert {"test/slides/random/attention/slide/auroc", "test/slides/random/mean/patient/accuracy_ci_low"} <= set(
-        metrics)
+    assert {"test/slides/random/attention/f100/slide/auroc", "test/slides/random/mean/f100/patient/accuracy_ci_low",
+            "test/slides/random/attention/f50/slide/auroc"} <= set(metrics)
     feats = __import__("numpy").load(Path(out["results"]).parent / "features_random.npz")
     assert sorted(feats.files) == sorted(f"row{r.row}" for r in ctx.data.records
                                          if ctx.data.assignment[r.patient] in ("train", "test"))
