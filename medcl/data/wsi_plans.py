@@ -9,7 +9,8 @@ run's seed and the slide). Training then reads each tile as a region of that lev
 
 Plans are cached as JSON in ``<runtime.output_dir>/wsi_plans/``, keyed on the slide's content (size and the
 SHA-256 of its first and last MiB: a re-copied or re-scanned slide gets a new plan, a renamed one does not), on
-the tiling settings and on :data:`PLAN_VERSION`; a plan is computed once per slide and settings, with a progress bar.
+the tiling settings and on :data:`PLAN_VERSION`; under ``torchrun`` only rank 0 writes the cache (every rank plans
+the same tiles); a plan is computed once per slide and settings, with a progress bar.
 
 A slide the settings cannot serve is a row problem naming the slide (``data.on_error: skip`` excludes and lists
 it): a magnification finer than the scan, no tissue found, a pyramid that cannot be decoded.
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from medcl import distributed
 from medcl.data.records import Problem, Record
 from medcl.data.validate import progress_bar
 from medcl.errors import MedclError
@@ -127,7 +129,7 @@ def plan_slides(records: list[Record], wsi: Any, seed: int, cache_dir: Path | No
     problems: list[Problem] = []
     if not slides:
         return plans, problems
-    if cache_dir is not None:
+    if cache_dir is not None and distributed.rank() == 0:
         cache_dir.mkdir(parents=True, exist_ok=True)
     computed = 0
     with progress_bar(progress, "tiling slides") as bar:
@@ -141,7 +143,7 @@ def plan_slides(records: list[Record], wsi: Any, seed: int, cache_dir: Path | No
                 else:
                     tiles = plan_slide(path, wsi, seed)
                     computed += 1
-                    if cached is not None:
+                    if cached is not None and distributed.rank() == 0:  # other ranks plan alike, write nothing
                         tmp = cached.with_suffix(f".{os.getpid()}.tmp")
                         tmp.write_text(json.dumps({"settings": settings_of(wsi), "tiles": tiles}), encoding="utf-8")
                         os.replace(tmp, cached)  # atomic: ranks planning the same slide never read half a file
