@@ -1,6 +1,8 @@
-"""Report sections on segmentation (mean Dice, per-case Dice, overlays) and on one-class detection of rare findings."""
+"""Report sections: segmentation (Dice, overlays), rare findings (one-class detection), slides (MIL)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from medcl.reporting.blocks import Missing, ci_text, esc, fmt, img, metric_cell, note, para, table
 from medcl.reporting.data import ReportData
@@ -60,17 +62,26 @@ def segmentation(d: ReportData) -> list[str]:
     return out
 
 
+def _finished(d: ReportData, stage: str, what: str, results: str) -> Any:
+    """The run's ``stage`` when it finished.
+
+    Raises:
+        Missing: the run has no such stage ("this run has no <what> (<stage>) stage"), or it did not finish.
+    """
+    if stage not in d.stages:
+        raise Missing(f"this run has no {what} ({stage}) stage.")
+    if d.stage_status(stage) != "FINISHED":
+        raise Missing(f"the {stage} stage has status {d.stage_status(stage)}: no {results} results.")
+    return d.stages[stage]
+
+
 def rare_findings(d: ReportData) -> list[str]:
     """Section "Rare findings": the ``detect`` stage's anomaly AUROC / AUPRC and sensitivity at its specificity.
 
     Raises:
         Missing: the run has no detect stage, it did not finish, or it logged no scores.
     """
-    if "detect" not in d.stages:
-        raise Missing("this run has no one-class detection (detect) stage.")
-    if d.stage_status("detect") != "FINISHED":
-        raise Missing(f"the detect stage has status {d.stage_status('detect')}: no detection results.")
-    stage = d.stages["detect"]
+    stage = _finished(d, "detect", "one-class detection", "detection")
     m, params = stage.metrics, stage.params
     tags = sorted({k.rsplit("/", 1)[0] for k in m if k.startswith("test/detect/") and k.endswith("/auroc")})
     if not tags:
@@ -101,11 +112,7 @@ def slides(d: ReportData) -> list[str]:
     Raises:
         Missing: the run has no slides stage, it did not finish, or it logged no metrics.
     """
-    if "slides" not in d.stages:
-        raise Missing("this run has no slide-level classification (slides) stage.")
-    if d.stage_status("slides") != "FINISHED":
-        raise Missing(f"the slides stage has status {d.stage_status('slides')}: no slide-level results.")
-    m = d.stages["slides"].metrics
+    m = _finished(d, "slides", "slide-level classification", "slide-level").metrics
     tags = sorted({k.rsplit("/", 2)[0] for k in m if k.startswith("test/slides/") and k.endswith("/slide/auroc")})
     if not tags:
         raise Missing("the slides stage logged no metrics.")
