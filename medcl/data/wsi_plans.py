@@ -84,7 +84,7 @@ def _thin(tiles: list[dict[str, Any]], max_tiles: int | None, sampling: str, see
     return [tiles[int(i)] for i in keep]
 
 
-def plan_slide(path: Path, wsi: Any, seed: int) -> list[dict[str, Any]]:
+def plan_slide(path: Path, wsi: Any, seed: int, content: str | None = None) -> list[dict[str, Any]]:
     """The tiles of one slide under ``data.wsi`` (uncached; see :func:`plan_slides`).
 
     Returns:
@@ -97,15 +97,17 @@ def plan_slide(path: Path, wsi: Any, seed: int) -> list[dict[str, Any]]:
     magnification = wsi.magnification if wsi.mpp is None else 10.0 / wsi.mpp
     tiles = tile_slide(path, tile_size=wsi.tile_size, level=wsi.level, magnification=magnification,
                        min_tissue=wsi.min_tissue, stride=wsi.stride)
-    return _thin(tiles, wsi.max_tiles, wsi.sampling, seed, content_key(path))
+    random_draw = wsi.max_tiles is not None and wsi.sampling == "random" and len(tiles) > wsi.max_tiles
+    key = (content or content_key(path)) if random_draw else ""  # the slide's content seeds its random draw
+    return _thin(tiles, wsi.max_tiles, wsi.sampling, seed, key)
 
 
-def _cache_file(cache_dir: Path, path: Path, wsi: Any, seed: int) -> Path:
+def _cache_file(cache_dir: Path, content: str, wsi: Any, seed: int) -> Path:
     settings = settings_of(wsi)
     if settings["max_tiles"] is not None and settings["sampling"] == "random":
         settings["seed"] = int(seed)  # only a random draw depends on the seed
     settings["plan_version"] = PLAN_VERSION
-    key = hashlib.sha256((content_key(path) + json.dumps(settings, sort_keys=True)).encode()).hexdigest()[:32]
+    key = hashlib.sha256((content + json.dumps(settings, sort_keys=True)).encode()).hexdigest()[:32]
     return cache_dir / f"{key}.json"
 
 
@@ -136,12 +138,13 @@ def plan_slides(records: list[Record], wsi: Any, seed: int, cache_dir: Path | No
         task = bar.add_task("tiling slides", total=len(slides))
         for r in slides:
             path = Path(r.path)
-            cached = _cache_file(cache_dir, path, wsi, seed) if cache_dir is not None else None
+            content = content_key(path) if cache_dir is not None else None  # read once: cache key and draw seed
+            cached = _cache_file(cache_dir, content, wsi, seed) if content is not None else None
             try:
                 if cached is not None and cached.is_file():
                     tiles = json.loads(cached.read_text(encoding="utf-8"))["tiles"]
                 else:
-                    tiles = plan_slide(path, wsi, seed)
+                    tiles = plan_slide(path, wsi, seed, content)
                     computed += 1
                     if cached is not None and distributed.rank() == 0:  # other ranks plan alike, write nothing
                         tmp = cached.with_suffix(f".{os.getpid()}.tmp")

@@ -188,8 +188,9 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
             keep = np.flatnonzero(subsets[fraction])
             for pooling in s.poolings:
                 torch.manual_seed(cfg.seed)
-                model = POOLINGS[pooling](train_feats[0].shape[1], n_classes, hidden=s.hidden,
-                                          attention_dim=s.attention_dim, dropout=s.dropout)
+                extra = {"attention_dim": s.attention_dim} if pooling == "attention" else {}
+                model = POOLINGS[pooling](train_feats[0].shape[1], n_classes, hidden=s.hidden, dropout=s.dropout,
+                                          **extra)
                 history = fit_bags(model, [torch.as_tensor(train_feats[i]) for i in keep], y_train[keep].tolist(),
                                    epochs=s.epochs, lr=s.lr, weight_decay=s.weight_decay, seed=cfg.seed)
                 probs_t, attention = predict_bags(model, [torch.as_tensor(f) for f in test_feats])

@@ -53,8 +53,8 @@ class GatedAttentionMIL(nn.Module):
 class MeanPoolMIL(nn.Module):
     """The mean-pooling baseline: the same instance embedding, averaged over the bag, then a linear classifier."""
 
-    def __init__(self, in_dim: int, n_classes: int, hidden: int = 128, dropout: float = 0.25, **_: object) -> None:
-        """Build the embedding and the classifier (extra keyword arguments of the attention model are ignored)."""
+    def __init__(self, in_dim: int, n_classes: int, hidden: int = 128, dropout: float = 0.25) -> None:
+        """Build the embedding and the classifier."""
         super().__init__()
         self.embed = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
         self.classifier = nn.Linear(hidden, n_classes)
