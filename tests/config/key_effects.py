@@ -51,7 +51,7 @@ SCENARIOS: dict[str, tuple[str, list[str]]] = {
     "mri": ("pipelines/demo/mri.yaml", [
         "data.manifest={data}/mri/manifest.csv", "data.test_fraction=0.5", "data.batch_size=4",
         "transforms.spatial_size=[16, 16, 16]", "pretrain.batch_size=4", "stages=[pretrain, segment]",
-        "segment.network_options={decoder_channels: [8], input_channels: 4}", "segment.epochs=1",
+        "segment.network_options={decoder_channels: [8], input_channels: 4}", "segment.steps=null", "segment.epochs=1",
         "segment.max_steps=null", "segment.batch_size=4", "segment.sw_batch_size=2", "segment.roi_size=[8, 8, 8]",
         "segment.eval_spatial_size=null", "segment.class_names=null", "segment.label_fractions=[1.0]",
         "segment.n_boot=10", "segment.overlays=1"]),
