@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="24 patients, a few steps")
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), metavar="ARM",
+                        help=f"the arms to run (default all: {', '.join(ARMS)})")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work" / "augment")
     args = parser.parse_args(argv)
     quiet_logs()
@@ -109,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     from medcl.data.synth import synthesize
 
     manifest = Path(synthesize(work / "data", modalities=["oct"], patients=24 if args.quick else None, seed=0))
-    meta = {**base_meta(args.quick), "seeds": args.seeds, "arms": list(ARMS)}
+    meta = {**base_meta(args.quick), "seeds": args.seeds, "arms": list(args.arms)}
     rows: list[dict[str, Any]] = []
     for seed in range(args.seeds):
-        for arm in ARMS:
+        for arm in args.arms:
             print(f"# augment: {arm}, seed {seed}, {(time.time() - t0) / 60:.1f} min elapsed", file=sys.stderr,
                   flush=True)
             t1 = time.time()
