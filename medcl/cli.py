@@ -136,6 +136,8 @@ def _add_data_command(sub: Any) -> None:
                    "default 224 when --magnification or --mpp is given)")
     p.add_argument("--min-tissue", type=float, default=0.5, help="slides: minimum tissue fraction of a tile "
                    "(data.wsi.min_tissue)")
+    p.add_argument("--slides", action="store_true", help="every row must be a whole-slide image (the manifest of a "
+                   "pipeline with the slides stage): a flat TIFF or an image is a problem")
     p = dsub.add_parser("inspect", help="what medcl's reader gives for a file or series folder",
                         description="Before any modality preset: CT in HU, signals in physical units.")
     p.add_argument("path")
@@ -291,6 +293,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
             bad = {p.row for p in problems}
             _, slide_problems = plan_slides([r for r in manifest.records if r.row not in bad], wsi, 0, None)
             problems = sorted([*problems, *slide_problems], key=lambda p: p.row)
+        if not args.no_read and args.slides:
+            from medcl.data.wsi_plans import not_slides  # lazy: numpy
+
+            bad = {p.row for p in problems}
+            problems = sorted([*problems, *not_slides([r for r in manifest.records if r.row not in bad])],
+                              key=lambda p: p.row)
         if args.json:
             print(problems_to_json(problems))
         else:

@@ -200,13 +200,6 @@ def _preflight(cfg: PipelineConfig, data: Any) -> None:
                           fix="rename the classes with letters, digits, spaces and _ - . : / only (the manifest's "
                           "labels and data.classes); labels listing several findings with data.label_sep need "
                           "data.task: multilabel")
-    flat = [r.row for r in getattr(data, "records", []) if r.row not in data.tiles] if data.tiles else []
-    if "slides" in cfg.stages and flat:  # an image row would be classified as a "slide" of one tile
-        shown = ", ".join(map(str, flat[:10])) + (f" and {len(flat) - 10} more" if len(flat) > 10 else "")
-        raise ConfigError(f"manifest rows {shown} are images (tiles), not whole-slide images, in a pipeline whose "
-                          "slides stage classifies slides by their label", where="data.manifest",
-                          fix="give the slides stage a manifest of slides only (tiles with their own labels go to "
-                          "the classify stage in a pipeline of their own)")
     if "slides" in cfg.stages and not data.tiles:
         raise ConfigError("the slides stage needs whole-slide images in the manifest (rows pointing at a slide)",
                           where="stages", fix="give slide rows with slide-level labels, or use the classify stage "

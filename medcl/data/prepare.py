@@ -17,7 +17,7 @@ import numpy as np
 from medcl.data.manifest import label_problems, load_manifest
 from medcl.data.splits import check_leakage, make_splits, split_summary
 from medcl.data.validate import filter_records, row_reader_options, validate_manifest
-from medcl.data.wsi_plans import plan_slides
+from medcl.data.wsi_plans import not_slides, plan_slides
 from medcl.errors import ConfigError, DataError, SplitError
 from medcl.lookup import did_you_mean
 
@@ -181,7 +181,11 @@ def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
         plans, slide_problems = plan_slides([r for r in manifest.records if r.row not in bad], d.wsi, cfg.seed,
                                             Path(cfg.runtime.output_dir) / "wsi_plans",
                                             progress=None if cfg.runtime.progress else False)
-        problems = sorted([*problems, *slide_problems], key=lambda p: p.row)
+        problems = [*problems, *slide_problems]
+        if "slides" in getattr(cfg, "stages", []):  # a slide-level pipeline: every row must be a slide
+            bad = {p.row for p in problems}
+            problems += not_slides([r for r in manifest.records if r.row not in bad])
+        problems = sorted(problems, key=lambda p: p.row)
     else:
         plans = {}
     excluded: list[Any] = []

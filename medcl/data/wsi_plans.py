@@ -53,6 +53,37 @@ def is_slide(path: Path) -> bool:
         return False
 
 
+def not_slides(records: list[Any]) -> list[Problem]:
+    """One row problem for every record that is not a whole-slide image (a slide-level pipeline's rows).
+
+    A TIFF of a single resolution level is named as such (a flat scan export, not a slide: it has no pyramid to
+    read tiles from at a magnification); any other image as an image. Rows whose file cannot be read are left to
+    the file checks, which name them already.
+    """
+    out: list[Problem] = []
+    for r in records:
+        path = Path(r.path)
+        if not path.exists() or is_slide(path):
+            continue
+        try:
+            kind = detect_format(path)
+        except MedclError:
+            continue  # unreadable: the file checks report it
+        if path.suffix.lower() in (".tif", ".tiff") and kind == "image":
+            what = ("a TIFF with a single resolution level (no pyramid), not a whole-slide image: tiles cannot be "
+                    "read from it at a magnification")
+            fix = ("save it as a tiled pyramidal TIFF (e.g. `vips tiffsave IN OUT.tif --tile --pyramid "
+                   "--tile-width 256 --tile-height 256`), or classify it as an image with the classify stage in a "
+                   "pipeline of its own")
+        else:
+            what = (f"not a whole-slide image (its format reads as {kind!r}): the slides stage classifies slides by "
+                    "their label")
+            fix = ("give the slides stage a manifest of slides only (SVS, NDPI, MRXS, VMS, pyramidal TIFF); tiles "
+                   "with their own labels go to the classify stage in a pipeline of their own")
+        out.append(Problem(r.row, r.relpath, what, fix, "not-a-slide"))
+    return out
+
+
 def settings_of(wsi: Any) -> dict[str, Any]:
     """The tiling settings of ``data.wsi`` as a plain dict (what a plan depends on)."""
     return {k: getattr(wsi, k) for k in ("magnification", "mpp", "level", "tile_size", "stride", "min_tissue",

@@ -280,13 +280,33 @@ def test_a_new_tiling_algorithm_does_not_reuse_old_plans(slides, tmp_path, monke
 def test_a_tile_row_in_a_slide_level_pipeline_is_refused(slides, tmp_path):
     from PIL import Image
 
-    from medcl.pipeline import _preflight
-
     manifest, _ = slides
     Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(manifest.parent / "tile.png")
     with manifest.open("a") as f:
         f.write("P9,tile.png,histo,tumour\n")
     cfg = _cfg(manifest, tmp_path, level=0, tile_size=64, max_tiles=2)
     cfg.stages = ["slides"]
-    with pytest.raises(ConfigError, match=r"manifest rows 9 are images \(tiles\), not whole-slide images"):
-        _preflight(cfg, prepare_data(cfg))
+    with pytest.raises(DataError, match=r"row 9 \(tile.png\): not a whole-slide image \(its format reads as 'image'\)"):
+        prepare_data(cfg)
+    cfg.stages = ["pretrain"]  # a tile-level pipeline takes the same row
+    assert 9 in {r.row for r in prepare_data(cfg).records}
+
+
+def test_a_flat_tiff_in_a_slide_level_pipeline_is_named_and_skipped(slides, tmp_path):
+    """A single-level TIFF is not a slide (no pyramid to read a magnification from): one line naming it, and
+    with on_error: skip it is excluded and listed while the slides train."""
+    import tifffile
+
+    manifest, _ = slides
+    tifffile.imwrite(manifest.parent / "flat.tif", np.full((256, 256, 3), 150, np.uint8), photometric="rgb")
+    with manifest.open("a") as f:
+        f.write("P9,flat.tif,histo,tumour\n")
+    cfg = _cfg(manifest, tmp_path, level=0, tile_size=64, max_tiles=2)
+    cfg.stages = ["pretrain", "slides"]
+    with pytest.raises(DataError, match=r"row 9 \(flat.tif\): a TIFF with a single resolution level \(no pyramid\)"):
+        prepare_data(cfg)
+    cfg.data.on_error = "skip"
+    bundle = prepare_data(cfg)
+    assert [e["row"] for e in bundle.excluded] == [9]
+    assert "single resolution level" in bundle.excluded[0]["problems"][0]
+    assert 9 not in bundle.tiles and len(bundle.tiles) == len(bundle.records)

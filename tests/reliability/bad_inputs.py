@@ -332,6 +332,13 @@ def _h_slide_no_tissue(d, demo):
     return [*one_row(d, "blank.tif", "histo"), "--tile-size", "64"]
 
 
+def _h_flat_tiff(d, demo):
+    import tifffile
+
+    tifffile.imwrite(str(d / "flat.tif"), np.full((512, 512, 3), 150, np.uint8), photometric="rgb")
+    return [*one_row(d, "flat.tif", "histo"), "--slides"]
+
+
 def _h_mrxs_member(d, demo):
     folder = d / "slide"
     folder.mkdir()
@@ -653,6 +660,7 @@ CASES: list[Case] = [
     Case("histo-slide-magnification", "histo", "slide scanned at 20x, tiles asked at 40x (`--magnification 40`)",
          _h_slide_magnification),
     Case("histo-slide-no-tissue", "histo", "slide of blank glass (no tissue to tile)", _h_slide_no_tissue),
+    Case("histo-flat-tiff", "histo", "a single-level TIFF in a slides manifest (`--slides`)", _h_flat_tiff),
     Case("histo-mrxs-member", "histo", "MIRAX slide whose folder lacks one data file its Slidedat.ini names",
          _h_mrxs_member),
     Case("histo-mrxs-no-folder", "histo", "MIRAX `.mrxs` copied without its folder", _h_mrxs_no_folder),
@@ -751,6 +759,7 @@ EXPECT: dict[str, tuple[str, ...]] = {
     "histo-corrupt-tiff": ("row 1", "slide.tif", "corrupt", "slide", "re-export"),
     "histo-slide-magnification": ("row 1", "slide.tif", "40x is not available", "scanned at 20", "or lower"),
     "histo-slide-no-tissue": ("row 1", "blank.tif", "no tissue found", "min_tissue"),
+    "histo-flat-tiff": ("row 1", "flat.tif", "single resolution level", "no pyramid", "pyramidal tiff"),
     "histo-mrxs-member": ("row 1", "slide/data0001.dat", "missing", "file_1", "copy the whole slide"),
     "histo-mrxs-no-folder": ("row 1", "slide.mrxs", "without its folder", "copy the whole slide"),
     "histo-volume": ("row 1", "tile.nii.gz", "2d image", "single 2d image"),
