@@ -287,8 +287,10 @@ class SlidesConfig(Section):
     poolings: list[Literal["attention", "mean"]] = Field(
         default_factory=lambda: ["attention", "mean"], description="attention: gated attention MIL (Ilse et al. "
         "2018); mean: the mean of the tile embeddings (baseline)")
-    baselines: list[Literal["random"]] = Field(
-        default_factory=lambda: ["random"], description="random: the same poolings on a random-init encoder's tiles")
+    baselines: list[Literal["random", "scratch"]] = Field(
+        default_factory=lambda: ["random", "scratch"], description="random: the same poolings on a random-init "
+        "encoder's tiles; scratch: a random-init encoder trained end to end with each pooling on the slide labels "
+        "(no pretraining, no ImageNet)")
     hidden: int = Field(128, ge=1, description="size of the tile embedding")
     attention_dim: int = Field(64, ge=1, description="hidden size of the gated attention")
     dropout: float = Field(0.25, ge=0.0, lt=1.0)
@@ -299,6 +301,18 @@ class SlidesConfig(Section):
                                          "patients whose slides train the poolings (nested, stratified; every "
                                          "class kept)")
     n_boot: int = Field(1000, ge=10, description="patient-bootstrap resamples of the CIs")
+    scratch_steps: int = Field(300, ge=1, description="optimiser steps of the end-to-end scratch baseline (one "
+                               "training slide per step)")
+    scratch_tiles: int = Field(16, ge=1, description="tiles drawn (and augmented) from the step's slide by the "
+                               "scratch baseline")
+    scratch_lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate of the scratch baseline (encoder and "
+                              "pooling)")
+    calibration: Literal["temperature", "none"] = Field(
+        "temperature", description="post-hoc calibration of each slide model (full labels): temperature scaling "
+        "fitted on the validation slides and out-of-fold logits over the training slides, applied only when it "
+        "lowers the NLL (and does not raise the ECE) on held-out folds")
+    calibration_folds: int = Field(5, ge=2, description="patient-grouped folds of the out-of-fold logits and of the "
+                                   "check that calibration helps")
 
     _fractions = field_validator("label_fractions")(classmethod(lambda cls, v: _check_fractions(v)))
 

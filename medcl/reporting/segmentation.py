@@ -129,10 +129,12 @@ def slides(d: ReportData) -> list[str]:
     out = [para("Each slide is classified from all its tiles: the frozen encoder embeds every tile, and "
                 "<i>attention</i> MIL (Ilse et al. 2018) learns which tiles decide, <i>mean</i> pooling weighs them "
                 "alike. Per slide and per patient (slide probabilities averaged), with patient-level bootstrap 95 % "
-                "CIs; <i>ssl</i> is the pretrained encoder, <i>random</i> a random-init one."),
+                "CIs; <i>ssl</i> is the pretrained encoder, <i>random</i> a random-init one (frozen), <i>scratch</i> a "
+                "random-init encoder trained end to end with the pooling on the slide labels (no pretraining)."),
            table(["encoder", "pooling", "training patients", "slide AUROC", "95 % CI", "slide accuracy", "95 % CI", "patient AUROC",
                   "95 % CI", "patient accuracy", "95 % CI"], rows)]
     r = d.reader
+    out += _slides_calibration(d, m)
     pngs = [p for p in r.list_artifacts(stage="slides") if p.startswith("attention/") and p.endswith(".png")][:8]
     if pngs:
         figs = "".join(f"<figure>{img(b, esc(p), '')}<figcaption>{esc(p.rsplit('/', 1)[-1])}</figcaption></figure>"
@@ -140,3 +142,29 @@ def slides(d: ReportData) -> list[str]:
         out += [para("Attention of test slides (bright = the tiles that decided; manifest row numbers, never "
                      "patient ids):"), f'<div class="medcl-grid">{figs}</div>']
     return out
+
+
+def _slides_calibration(d: ReportData, m: dict[str, float]) -> list[str]:
+    """The slide models' calibration: test ECE and NLL before and after, and whether (and why) it was applied."""
+    import json
+
+    raw = d.reader.artifact_bytes("results.json", stage="slides")
+    decided = {}
+    for row in json.loads(raw) if raw else []:
+        if "calibration" in row:
+            decided[(row["model"], row["pooling"])] = row["calibration"]
+    rows = []
+    for (model, pooling), cal in decided.items():
+        tag = next((k.rsplit("/", 1)[0] for k in m if k.startswith(f"test/slides/{model}/{pooling}/")
+                    and k.endswith("/slide/ece_before")), None)
+        cells = [f"{m[f'{tag}/{k}']:.3f}" if tag and f"{tag}/{k}" in m else "–"
+                 for k in ("ece_before", "ece_after", "nll_before", "nll_after")]
+        rows.append([esc(model), esc(pooling), *cells, "applied" if cal.get("applied") else "not applied",
+                     esc(str(cal.get("reason", "")))])
+    if not rows:
+        return []
+    return [para("Calibration of each slide model (all training labels): temperature scaling fitted on the "
+                 "validation slides and out-of-fold logits over the training slides, applied only when it lowers "
+                 "the NLL and does not raise the ECE on held-out folds. Test slides, before and after (as applied):"),
+            table(["encoder", "pooling", "ECE before", "ECE after", "NLL before", "NLL after", "calibration",
+                   "why"], rows)]

@@ -393,6 +393,7 @@ def cross_validated_calibration(logits, y, groups, method: str = "temperature", 
         return {**out, "calibrator": fitted, "applied": False, "reason": "calibrate.method is none", "cv": {}}
     k = min(int(folds), n_pat)
     splits = patient_cv_splits(yy.astype(np.int64) if yy.ndim == 1 else None, g, k, seed=seed) if k >= 2 else []
+    splits = [(tr, te) for tr, te in splits if len(tr) >= 2]  # a calibrator needs 2 samples to be fitted on
     if not splits:
         return {**out, "calibrator": get_calibrator("none", task=task).fit(z, yy), "applied": False, "cv": {},
                 "reason": f"only {n_pat} patient(s) to calibrate on: too few to check that calibration helps"}

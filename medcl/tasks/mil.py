@@ -10,9 +10,12 @@ unknown (a tumour may cover a few percent of the tissue). Two poolings of the in
 * :class:`MeanPoolMIL` — the baseline: the same embedding, averaged over the bag (uniform weights).
 
 :func:`fit_bags` trains either one bag per step (as Ilse et al.; bags differ in size) with AdamW and cross-entropy;
-:func:`predict_bags` returns class probabilities and the attention of each bag. What differs from the paper: the
-instance features come from a frozen (self-supervised) encoder instead of a CNN trained end to end, and AdamW
-replaces Adam (the same with weight decay decoupled).
+:func:`predict_bags` returns class probabilities and the attention of each bag, :func:`bag_logits` the logits (for
+calibration). What differs from the paper: the instance features come from a frozen (self-supervised) encoder
+instead of a CNN trained end to end, and AdamW replaces Adam (the same with weight decay decoupled). The paper's end
+to end training is the baseline :class:`EndToEndMIL` / :func:`fit_end_to_end`: a random-init encoder and a pooling
+trained together on the slide labels, a random subset of each slide's tiles per step (whole slides do not fit in
+memory; Ilse et al.'s bags were small).
 """
 
 from __future__ import annotations
@@ -104,3 +107,75 @@ def predict_bags(model: nn.Module, bags: list[torch.Tensor]) -> tuple[torch.Tens
         probs.append(torch.softmax(logits, dim=-1))
         attention.append(a)
     return torch.stack(probs) if probs else torch.zeros(0, 0), attention
+
+
+@torch.no_grad()
+def bag_logits(model: nn.Module, bags: list[torch.Tensor]) -> torch.Tensor:
+    """The logits ``(N, n_classes)`` of each bag, in eval mode."""
+    model.eval()
+    return torch.stack([model(bag)[0] for bag in bags]) if bags else torch.zeros(0, 0)
+
+
+class EndToEndMIL(nn.Module):
+    """An encoder and a pooling trained together: tiles ``(K, C, H, W)`` → the pooling's ``(logits, weights (K,))``.
+
+    Args:
+        encoder: ``(K, C, H, W) -> (K, D)`` (a :class:`medcl.networks.base.Encoder`).
+        pooling: one of :data:`POOLINGS`, built for ``D`` features.
+    """
+
+    def __init__(self, encoder: nn.Module, pooling: nn.Module) -> None:
+        """Keep both."""
+        super().__init__()
+        self.encoder, self.pooling = encoder, pooling
+
+    def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embed the tiles, pool them."""
+        return self.pooling(self.encoder(tiles))
+
+
+def fit_end_to_end(model: EndToEndMIL, draw_bag, labels: list[int], *, steps: int, lr: float, weight_decay: float,
+                   seed: int, log=None) -> list[float]:
+    """Train ``model`` end to end, one slide per optimiser step, the slides in a new random order every pass.
+
+    AdamW with 10 % linear warmup and a cosine decay (a from-scratch recipe: no layer-wise decay).
+
+    Args:
+        model: encoder + pooling.
+        draw_bag: ``draw_bag(i, generator) -> (K, C, H, W)`` tiles of slide ``i`` (a random, augmented subset).
+        labels: each slide's class.
+        steps: optimiser steps.
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay.
+        seed: the slide order and the tile draws.
+        log: ``log(step, mean loss of the last steps)`` every tenth of the budget (progress lines).
+
+    Returns:
+        The loss of every step.
+    """
+    import math
+
+    g = torch.Generator().manual_seed(int(seed))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: (t + 1) / warm if t < warm else
+                                              0.5 * (1 + math.cos(math.pi * (t - warm) / max(1, steps - warm))))
+    y = torch.as_tensor(labels, dtype=torch.long)
+    order: list[int] = []
+    history: list[float] = []
+    model.train()
+    for step in range(int(steps)):
+        if not order:
+            order = torch.randperm(len(labels), generator=g).tolist()
+        i = order.pop()
+        logits, _ = model(draw_bag(i, g))
+        loss = nn.functional.cross_entropy(logits[None], y[i:i + 1])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        history.append(float(loss.detach()))
+        every = max(1, steps // 10)
+        if log is not None and ((step + 1) % every == 0 or step + 1 == steps):
+            log(step + 1, sum(history[-every:]) / len(history[-every:]))
+    return history

@@ -65,7 +65,8 @@ SCENARIOS: dict[str, tuple[str, list[str]]] = {
     "slides": ("pipelines/demo/histo.yaml", [
         "data.manifest={data}/histo/slides.csv", "stages=[pretrain, slides]", "transforms.spatial_size=[32, 32]",
         "data.test_fraction=0.34", "data.batch_size=16", "pretrain.max_steps=2", "data.wsi.tile_size=64",
-        "data.wsi.max_tiles=6", "slides.hidden=16", "slides.attention_dim=8", "slides.epochs=2", "slides.n_boot=10"]),
+        "data.wsi.max_tiles=6", "slides.hidden=16", "slides.attention_dim=8", "slides.epochs=2", "slides.n_boot=10",
+        "slides.scratch_steps=2", "slides.scratch_tiles=2", "slides.calibration_folds=2"]),
     # MRI volumes through a pipeline without modality defaults: pretraining only
     "bare-mri": (BARE_MRI, ["data.manifest={data}/mri/manifest.csv", "data.batch_size=4", "pretrain.batch_size=4"]),
 }

@@ -190,6 +190,11 @@ PERTURB: dict[str, Perturb] = {
     "slides.weight_decay": Perturb("slides", "0.1"),
     "slides.n_boot": Perturb("slides", "20"),
     "slides.label_fractions": Perturb("slides", "[0.5, 1.0]"),
+    "slides.scratch_steps": Perturb("slides", "4"),
+    "slides.scratch_tiles": Perturb("slides", "4"),
+    "slides.scratch_lr": Perturb("slides", "0.01"),
+    "slides.calibration": Perturb("slides", "none"),
+    "slides.calibration_folds": Perturb("slides", "3"),
     # -- calibrate
     "calibrate.method": Perturb("oct", "vector"),
     "calibrate.n_bins": Perturb("oct", "5"),

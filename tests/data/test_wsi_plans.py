@@ -228,13 +228,16 @@ def test_the_slides_stage_classifies_slides_from_their_tiles(slides, tmp_path, t
         f"data.manifest={manifest}", f"runtime.output_dir={tmp_path / 'runs'}", "runtime.progress=false",
         "stages=[slides]", "data.classes=[tumour, normal]", "data.wsi.magnification=10", "data.wsi.tile_size=32",
         "data.wsi.max_tiles=4", "transforms.spatial_size=[32, 32]", "slides.epochs=2", "slides.n_boot=20", "slides.label_fractions=[0.5, 1.0]",
+        "slides.scratch_steps=3", "slides.scratch_tiles=2", "slides.calibration_folds=2",
         "data.cache=none", "data.task=binary", "data.val_fraction=0.25", "data.test_fraction=0.25"])
     ctx = run_pipeline(cfg)
     out = ctx.outputs["slides"]
     results = {(r["model"], r["pooling"], r["fraction"]): r
                for r in __import__("json").loads(Path(out["results"]).read_text())}
-    # no pretrain stage: baselines only; half of the 4 training patients, then all of them
-    assert set(results) == {("random", p, f) for p in ("attention", "mean") for f in (0.5, 1.0)}
+    # no pretrain stage: baselines only (frozen random-init features; an encoder trained end to end from scratch);
+    # half of the 4 training patients, then all of them
+    assert set(results) == {(m, p, f) for m in ("random", "scratch") for p in ("attention", "mean")
+                            for f in (0.5, 1.0)}
     assert results[("random", "mean", 0.5)]["n_train_patients"] == 2
     test_rows = sorted(r.row for r in ctx.data.records if ctx.data.assignment[r.patient] == "test")
     r = results[("random", "attention", 1.0)]
@@ -243,6 +246,14 @@ def test_the_slides_stage_classifies_slides_from_their_tiles(slides, tmp_path, t
     assert lines[0].startswith("row,label,random_attention_p0") and [int(x.split(",")[0]) for x in lines[1:]] == \
         test_rows
     assert all(0 <= int(x.split(",")[-1]) < 4 for x in lines[1:])  # the most-attended of the slide's 4 tiles
+    # calibration at the full fraction: decided for every model from 2 validation + 4 out-of-fold training slides
+    # (the scratch encoder has seen its training slides: validation slides only)
+    for (model, _pooling, fraction), r in results.items():
+        assert ("calibration" in r) == (fraction == 1.0)
+        if fraction == 1.0:
+            cal = r["calibration"]
+            assert isinstance(cal["applied"], bool) and cal["reason"]
+            assert cal.get("n_calibration_slides") in (None, 2 if model == "scratch" else 6)
     client = MlflowClient(tracking_uri)
     exp = client.get_run(ctx.parent_run_id).info.experiment_id
     child = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}'")[0]
@@ -251,8 +262,7 @@ def test_the_slides_stage_classifies_slides_from_their_tiles(slides, tmp_path, t
     assert {"test/slides/random/attention/f100/slide/auroc", "test/slides/random/mean/f100/patient/accuracy_ci_low",
             "test/slides/random/attention/f50/slide/auroc"} <= set(metrics)
     feats = __import__("numpy").load(Path(out["results"]).parent / "features_random.npz")
-    assert sorted(feats.files) == sorted(f"row{r.row}" for r in ctx.data.records
-                                         if ctx.data.assignment[r.patient] in ("train", "test"))
+    assert sorted(feats.files) == sorted(f"row{r.row}" for r in ctx.data.records)  # train, validation, test
     assert all(feats[k].shape == (4, 512) for k in feats.files)  # 4 tiles x ResNet-18's 512 features
     # the report's Slides section: the metrics table and each test slide's attention map
     from medcl.reporting.data import ReportData
@@ -262,6 +272,7 @@ def test_the_slides_stage_classifies_slides_from_their_tiles(slides, tmp_path, t
     assert arts == {f"attention/row{r}.png" for r in test_rows}
     html = "\n".join(render(ReportData.load(ctx.parent_run_id, tracking_uri), "slides"))
     assert "slide AUROC" in html and html.count("<figure>") == 2 and "row" in html
+    assert "ECE before" in html and html.count("applied</td>") == 4  # random, scratch × 2 poolings at 100 %
     assert ".tif" not in html  # manifest rows, never the slide files' names
 
 

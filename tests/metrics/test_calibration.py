@@ -330,3 +330,13 @@ def test_a_refused_calibrator_is_still_returned_for_the_what_if():
     direct = TemperatureScaler("binary").fit(z, y)
     assert isinstance(d["fitted"], TemperatureScaler)
     assert d["fitted"].temperature == pytest.approx(direct.temperature)
+
+
+def test_cross_validated_calibration_with_one_sample_per_fold_says_too_few():
+    """Two patients of one slide each: a held-out fold leaves one sample to fit on — not enough for a calibrator
+    (it raised); the check now reports too few, keeps the model's probabilities."""
+    from medcl.tasks.calibration import cross_validated_calibration
+
+    out = cross_validated_calibration(np.array([[2.0, -1.0], [-1.0, 2.0]]), np.array([0, 1]), np.array([7, 9]),
+                                      "temperature", task="multiclass", folds=5)
+    assert out["applied"] is False and "too few" in out["reason"]
