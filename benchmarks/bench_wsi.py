@@ -13,11 +13,14 @@ histo preset's training chain, two views); they differ only in how a tile gets f
 * ``monai PatchWSIDataset``: MONAI's dataset with its OpenSlide reader (``reader="OpenSlide"``), the same resize.
 
 ``wait`` rows: a ResNet-18 step (forward and backward on the two views of a batch) fed by each loader; the share of
-the wall time spent in ``next(batch)``.
+the wall time spent in ``next(batch)``. ``read`` rows: the same loaders without the augmentation (slide to tensor),
+where the read is all the work. ``extract`` rows: the slides stage's per-slide feature extraction — the frozen
+ResNet-18 embeds every planned tile of each slide (medcl's evaluation chain and loader, as the stage runs it): seconds
+per slide and tiles/s, and the share of that time spent waiting for tiles.
 
 Usage::
 
-    python benchmarks/bench_wsi.py --out benchmarks/results/wsi.json [--quick]
+    python benchmarks/bench_wsi.py --out benchmarks/results/wsi.json [--quick] [--device cuda]
 """
 
 from __future__ import annotations
@@ -102,15 +105,20 @@ def time_loading(loader) -> tuple[int, float]:
     """``(tiles, seconds)`` to iterate the loader once (workers started inside the timing)."""
     t0, n = time.perf_counter(), 0
     for b in loader:
-        n += int(b["views"].shape[0])
+        n += int((b["views"] if "views" in b else b["image"]).shape[0])
     return n, time.perf_counter() - t0
 
 
-def time_training(loader, steps: int) -> dict:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_training(loader, steps: int, device: str = "cpu") -> dict:
     """A ResNet-18 SimCLR-sized step per batch; the share of time spent waiting for the next batch."""
     import timm
 
-    net = timm.create_model("resnet18", num_classes=0, in_chans=3)
+    net = timm.create_model("resnet18", num_classes=0, in_chans=3).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     wait = total = 0.0
     done = 0
@@ -124,13 +132,42 @@ def time_training(loader, steps: int) -> dict:
             it = iter(loader)
             continue
         wait += time.perf_counter() - tw
-        loss = net(_views(batch)).pow(2).mean()
+        loss = net(_views(batch).to(device, non_blocking=True)).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
+        _sync(device)
         done += 1
     total = time.perf_counter() - t0
     return {"steps": done, "seconds": round(total, 2), "wait_share": round(wait / total, 3)}
+
+
+def time_extraction(ctx, cfg, items: list[dict], device: str) -> dict:
+    """The slides stage's feature extraction: a frozen ResNet-18 over every planned tile, one loader for the split
+    (as :func:`medcl.stages.slides._bags`); seconds per slide are the total over the slides."""
+    from medcl.stages.common import make_encoder, make_loader, make_transforms
+
+    encoder = make_encoder(cfg).to(device).eval()
+    loader = make_loader(ctx, items, make_transforms(cfg, train=False), batch_size=cfg.data.batch_size,
+                         shuffle=False, train=False, distributed=False)
+    wait, tiles = 0.0, 0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        it = iter(loader)
+        while True:
+            tw = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            wait += time.perf_counter() - tw
+            encoder(batch["image"].to(device, non_blocking=True))
+            tiles += int(batch["image"].shape[0])
+        _sync(device)
+    total = time.perf_counter() - t0
+    n_slides = len({it["image"] for it in items})
+    return {"tiles_read": tiles, "seconds": round(total, 2), "seconds_per_slide": round(total / n_slides, 3),
+            "tiles_per_s": round(tiles / total, 1), "wait_share": round(wait / total, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,12 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=12, help="training steps of the wait rows")
+    ap.add_argument("--device", default="cpu", help="where the training and extraction steps run (cpu, cuda)")
     ap.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / ".work" / "wsi")
     args = ap.parse_args(argv)
     if args.quick:
         args.tiles, args.steps, args.batch = 256, 3, 32
     t0 = time.time()
-    meta = {**base_meta(args.quick), "workers": args.workers, "batch": args.batch,
+    meta = {**base_meta(args.quick), "workers": args.workers, "batch": args.batch, "device": args.device,
             "tiling": "10x, 64-pixel tiles (128 px of level 0, area-resized), min tissue 0.5",
             "augment": "histo preset training chain, 2 views"}
     from medcl.data.prepare import prepare_data
@@ -190,23 +228,50 @@ def main(argv: list[str] | None = None) -> int:
         name: float(max(np.abs(np.asarray(ds[i]["image"], dtype=np.float32) - ours[i]).max() for i in range(len(ours))))
         for name, ds in (("naive openslide", NaiveOpenSlide(items[:16], ident)),
                          ("monai PatchWSIDataset", MonaiPatches(items[:16], ident)))}
+    medcl_read = make_transforms(cfg, train=False)  # slide to un-augmented tensor (load, scale)
+
+    def to_tensor(d):
+        return {**d, "image": torch.as_tensor(d["image"])}
+
+    readers = {
+        "medcl": lambda: SeededDataset(Dataset(items, medcl_read), seed=0),
+        "naive openslide": lambda: NaiveOpenSlide(items, to_tensor),
+        "monai PatchWSIDataset": lambda: MonaiPatches(items, to_tensor),
+    }
     rows = []
-    for measure in ("load", "wait"):
-        for name, make in arms.items():
-            row = {"arm": name, "measure": measure, "tiles": len(items),
-                   "slides": len({it["image"] for it in items})}
-            try:
-                loader = _loader(make(), args.batch, args.workers, 0)
-                if measure == "load":
-                    n, s = time_loading(loader)
-                    row.update(tiles_read=n, seconds=round(s, 2), tiles_per_s=round(n / s, 1))
-                else:
-                    row.update(time_training(loader, args.steps))
-            except Exception as e:  # noqa: BLE001 - a failed arm is a row with its error
-                row["error"] = f"{type(e).__name__}: {e}"[:500]
-            print(row, flush=True)
-            rows.append(row)
-            write_results(args.out, meta, rows, t0)
+
+    def record(row: dict, measure) -> None:
+        try:
+            row.update(measure())
+        except Exception as e:  # noqa: BLE001 - a failed arm is a row with its error
+            row["error"] = f"{type(e).__name__}: {e}"[:500]
+        print(row, flush=True)
+        rows.append(row)
+        write_results(args.out, meta, rows, t0)
+
+    def loading(make):
+        n, sec = time_loading(_loader(make(), args.batch, args.workers, 0))
+        return {"tiles_read": n, "seconds": round(sec, 2), "tiles_per_s": round(n / sec, 1)}
+
+    n_slides = len({it["image"] for it in items})
+    for measure, table in (("load", arms), ("wait", arms), ("read", readers)):
+        for name, make in table.items():
+            row = {"arm": name, "measure": measure, "tiles": len(items), "slides": n_slides}
+            if measure == "wait":
+                record(row, lambda make=make: time_training(_loader(make(), args.batch, args.workers, 0), args.steps,
+                                                            args.device))
+            else:
+                record(row, lambda make=make: loading(make))
+    # the slides stage's extraction: every planned tile of every slide, slide by slide
+    from medcl.stages.context import RunContext
+
+    every = data.items()
+    ecfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"num_workers": args.workers,
+                                                                      "batch_size": args.batch})})
+    ctx = RunContext(cfg=ecfg, key="bench", run_dir=work / "runs" / "extract", data=data,
+                     device=torch.device(args.device))
+    record({"arm": "medcl", "measure": "extract", "tiles": len(every), "slides": len({it["image"] for it in every})},
+           lambda: time_extraction(ctx, ecfg, every, args.device))
     return 0 if all("error" not in r for r in rows) else 1
 
 

@@ -446,13 +446,18 @@ def section_smoke(res: dict[str, Any]) -> str:
 
 def section_wsi(res: dict[str, Any], targets: list[list[str]]) -> str:
     rows, meta = res.get("rows", []), res.get("meta", {})
-    load = {r["arm"]: r for r in rows if r.get("measure") == "load"}
-    wait = {r["arm"]: r for r in rows if r.get("measure") == "wait"}
-    table = [[arm, _f(r.get("tiles_per_s"), 0) if "error" not in r else "failed: " + r["error"][:120],
-              _pct((wait.get(arm) or {}).get("wait_share")), _f(r.get("tiles"), 0), _f(r.get("slides"), 0)]
-             for arm, r in load.items()]
-    text = _table(["arm", "tiles/s, slide to augmented tensor", "training step waiting for tiles", "tiles",
-                   "slides"], table)
+    by = {m: {r["arm"]: r for r in rows if r.get("measure") == m} for m in ("load", "wait", "read", "extract")}
+    load, wait, read = by["load"], by["wait"], by["read"]
+
+    def rate(r: dict[str, Any] | None) -> str:
+        if not r:
+            return "not measured"
+        return "failed: " + r["error"][:120] if "error" in r else _f(r.get("tiles_per_s"), 0)
+
+    table = [[arm, rate(r), rate(read.get(arm)), _pct((wait.get(arm) or {}).get("wait_share")), _f(r.get("tiles"), 0),
+              _f(r.get("slides"), 0)] for arm, r in load.items()]
+    text = _table(["arm", "tiles/s, slide to augmented tensor", "tiles/s, slide to tensor (no augmentation)",
+                   "training step waiting for tiles", "tiles", "slides"], table)
     ours = (load.get("medcl") or {}).get("tiles_per_s")
     others = [(load.get(a) or {}).get("tiles_per_s") for a in ("naive openslide", "monai PatchWSIDataset")]
     best = max((o for o in others if o), default=None)
@@ -463,10 +468,22 @@ def section_wsi(res: dict[str, Any], targets: list[list[str]]) -> str:
                                               "(two views, MONAI transforms), which costs more than the read on 2 "
                                               "cores; the read itself is where the arms differ")])
     diff = meta.get("max_pixel_difference") or {}
-    return text + (f"\n\n{meta.get('tiling', '')}; {meta.get('augment', '')}; {meta.get('workers')} workers, batch "
-                   f"{meta.get('batch')}. The three readers give the same pixels for the same tiles (largest difference "
-                   f"over 16 tiles: {', '.join(f'{k} {v:g}' for k, v in diff.items()) or 'not measured'}). The slides "
-                   "stage's per-slide feature extraction is not timed yet; no GPU run yet.")
+    text += (f"\n\n{meta.get('tiling', '')}; {meta.get('augment', '')}; {meta.get('workers')} workers, batch "
+             f"{meta.get('batch')}; training and extraction on {meta.get('device', 'cpu')}. The three readers give "
+             "the same pixels for the same tiles (largest difference over 16 tiles: "
+             f"{', '.join(f'{k} {v:g}' for k, v in diff.items()) or 'not measured'}). Without augmentation medcl's "
+             "row includes its evaluation chain's intensity scaling; the others convert to a tensor.")
+    ex = by["extract"].get("medcl")
+    if ex and "error" not in ex:
+        text += (f"\n\n**Per-slide feature extraction** (the slides stage: a frozen ResNet-18 embeds every planned "
+                 f"tile, one loader over the split): {ex['slides']} slides, {ex['tiles_read']} tiles in "
+                 f"{ex['seconds']:.1f} s — {ex['seconds_per_slide']:.3f} s per slide, {ex['tiles_per_s']:.0f} "
+                 f"tiles/s, {_pct(ex.get('wait_share'))} of it waiting for tiles.")
+    elif ex:
+        text += f"\n\nPer-slide feature extraction failed: {ex['error'][:200]}"
+    else:
+        text += "\n\nPer-slide feature extraction: not measured in this result file (re-run `medcl bench --only wsi`)."
+    return text
 
 
 def section_package(res: dict[str, Any]) -> str:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Wheels that the GPU machines lack, for running benchmarks/bench_precision.py there (see benchmarks/gpu/README.md).
+# Wheels that the GPU machines lack, for running benchmarks/bench_precision.py and bench_wsi.py there (see
+# benchmarks/gpu/README.md).
 #
 # The GPU image has Python 3.12, torch, torchvision, timm, numpy, scipy, pandas, scikit-image, pillow,
 # pyyaml, matplotlib and tifffile, but not MONAI, pydantic or the medical readers; no registry can be
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/../.."
 PYV="${1:-3.12}"
 PIP=".venv/bin/python -m pip"
 NAMES=(monai pydantic pydantic-core annotated-types typing-inspection typing-extensions pytorch-ignite
-       nibabel pydicom pynrrd wfdb soundfile imagecodecs)
+       nibabel pydicom pynrrd wfdb soundfile imagecodecs openslide-python openslide-bin)
 SPECS=()
 for n in "${NAMES[@]}"; do
   v=$($PIP show "$n" 2>/dev/null | sed -n 's/^Version: //p')
