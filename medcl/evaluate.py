@@ -38,7 +38,7 @@ from medcl.metrics import calibration_metrics, metrics_with_ci, subgroup_metrics
 from medcl.metrics.shift import shift_test
 from medcl.predict import InputRow, _batches, _Prepared, load_model
 from medcl.reporting.html import build_report
-from medcl.stages.classify import MAX_SUBGROUP_LEVELS
+from medcl.stages.classify_eval import is_subgroup
 from medcl.stages.common import jsonable
 from medcl.tracking.mlflow_tracker import MLflowTracker
 from medcl.tracking.reader import RunReader
@@ -114,8 +114,7 @@ def _subgroup_columns(records: list[Any], keep: np.ndarray) -> dict[str, np.ndar
     for name in names:
         col = np.asarray([("" if (v := (r.site if name == "site" else r.extra.get(name))) is None else str(v))
                           for r in records], dtype=object)[keep]
-        levels = {v for v in col if v != ""}
-        if 2 <= len(levels) <= MAX_SUBGROUP_LEVELS:
+        if is_subgroup(name, {v for v in col if v != ""}):
             out[name] = col
     return out
 

@@ -72,6 +72,9 @@ class DataConfig(Section):
     task: Task = "multiclass"
     label_column: str = Field("label", description="manifest column holding the label (e.g. class_name)")
     label_sep: str = Field(";", description="separator of multi-label labels")
+    report_column: str = Field("report", description="manifest column of free-text reports (optional): the text is "
+                               "de-identified as the manifest is read (names, dates, record and phone numbers, the "
+                               "patient ids) and only the scrubbed text is kept; never a subgroup")
     on_error: Literal["stop", "skip"] = Field(
         "stop", description="stop before training on bad rows, or skip them (listed and logged)"
     )

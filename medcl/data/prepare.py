@@ -8,6 +8,7 @@ rows, parse labels, and split by patient with a leakage check.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,17 @@ class DataBundle:
     manifest_path: Path | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     tiles: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # manifest row of a slide -> its tiles
+    report_column: str | None = None  # the column holding de-identified report text (None: no reports)
+    no_report: list[int] = field(default_factory=list)  # manifest rows whose report cell is empty
+
+    def text_columns(self) -> tuple[str, ...]:
+        """Free-text columns: never subgroups, never logged."""
+        return (self.report_column,) if self.report_column else ()
+
+    def reports(self, idx: np.ndarray) -> list[str]:
+        """The de-identified report of each position in ``idx`` ('' where a row has none)."""
+        col = self.report_column
+        return [str(self.records[i].extra.get(col) or "") if col else "" for i in idx]
 
     def indices(self, split: str | None = None, labelled: bool = False) -> np.ndarray:
         """Positions in ``records`` of one split (all when ``None``), optionally labelled only."""
@@ -153,6 +165,39 @@ def _numeric(values: list[str]) -> bool:
     return True
 
 
+def _deidentify_reports(manifest: Any, column: str) -> tuple[str | None, list[int]]:
+    """Replace every report cell by its de-identified text (:func:`medcl.text.deid.scrub`), in place.
+
+    The manifest's patient ids are in the PHI registry by now (registered as the manifest was read), so they are
+    scrubbed with the names, dates and numbers. The clear text is not kept anywhere.
+
+    Returns:
+        ``(column, rows without a report)``, or ``(None, [])`` when no row has the column.
+    """
+    from medcl.text.deid import scrub  # lazy: only manifests with reports
+
+    if not any(column in r.extra for r in manifest.records):
+        return None, []
+    missing, tags = [], Counter()
+    for r in manifest.records:
+        text = str(r.extra.get(column) or "").strip()
+        if not text:
+            missing.append(r.row)
+            r.extra[column] = ""
+            continue
+        out = scrub(text)
+        r.extra[column] = out.text
+        tags.update(out.counts)
+    log.info("reports (column %r): %d de-identified (%s), %d row(s) without a report%s", column,
+             len(manifest.records) - len(missing), ", ".join(f"{k} ×{v}" for k, v in sorted(tags.items())) or
+             "nothing to replace", len(missing), f": rows {_rows_text(missing)}" if missing else "")
+    return column, missing
+
+
+def _rows_text(rows: list[int], limit: int = 20) -> str:
+    return ", ".join(map(str, rows[:limit])) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
 def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
     """Load, validate, label and split the data of a pipeline config (see module docstring)."""
     d = cfg.data
@@ -171,6 +216,7 @@ def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
     if not manifest.records:
         raise DataError(f"no {d.modality or ''} rows in the manifest", where=str(d.manifest),
                         fix="check data.modality and the manifest's modality column")
+    report_col, no_report = _deidentify_reports(manifest, d.report_column)
     problems = validate_manifest(
         manifest, classes=d.classes, task=d.task,
         check_files=d.validate_files if check_files is None else check_files, modality=d.modality,
@@ -226,7 +272,8 @@ def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
     patient_index = {p: i for i, p in enumerate(sorted({r.patient for r in records}))}
     bundle = DataBundle(records=list(records), excluded=list(excluded), y=y, classes=list(classes), task=d.task,
                         assignment=assignment, patient_index=patient_index, manifest_path=Path(d.manifest),
-                        tiles={r.row: plans[r.row] for r in records if r.row in plans})
+                        tiles={r.row: plans[r.row] for r in records if r.row in plans}, report_column=report_col,
+                        no_report=[r for r in no_report if r in {x.row for x in records}])
     bundle.summary = split_summary(records, assignment, labels)
     return bundle
 

@@ -34,6 +34,20 @@ from medcl.tasks.classification import knn_predict, linear_probe, patient_cv_spl
 
 log = logging.getLogger("medcl.stages.classify")  # the stage's log lines keep the stage's name
 MAX_SUBGROUP_LEVELS = 8
+#: columns that hold free text (reports): never subgroups, whatever their number of values
+FREE_TEXT_COLUMNS = ("report",)
+#: a subgroup level longer than this is free text, not a category (the column is left out)
+MAX_LEVEL_CHARS = 40
+
+
+def is_subgroup(name: str, levels: set[str], text_columns: tuple[str, ...] = ()) -> bool:
+    """Whether a manifest column with these (non-empty) ``levels`` on the test rows is a subgroup to report.
+
+    2 to :data:`MAX_SUBGROUP_LEVELS` short values, and not a free-text column: a report's text must never become
+    a subgroup's name in a table, MLflow or the report.
+    """
+    return (name not in (*FREE_TEXT_COLUMNS, *text_columns) and 2 <= len(levels) <= MAX_SUBGROUP_LEVELS
+            and all(len(v) <= MAX_LEVEL_CHARS and "\n" not in v for v in levels))
 
 
 # -- features ----------------------------------------------------------------------------------------------------
@@ -73,8 +87,7 @@ def _subgroups(ctx: RunContext, test_idx: np.ndarray) -> dict[str, np.ndarray]:
     names = ["site"] + sorted({k for r in ctx.data.records for k in r.extra})
     for name in names:
         col = ctx.data.column(name, test_idx)
-        levels = {v for v in col if v != ""}
-        if 2 <= len(levels) <= MAX_SUBGROUP_LEVELS:
+        if is_subgroup(name, {v for v in col if v != ""}, ctx.data.text_columns()):
             out[name] = col
     return out
 

@@ -206,6 +206,9 @@ PERTURB: dict[str, Perturb] = {
 
 #: key -> (why its effect is on how a run executes rather than on what it computes, the test that shows it)
 OPERATIONAL: dict[str, tuple[str, str]] = {
+    "data.report_column": ("the manifest column whose free text is de-identified and kept as the rows' reports "
+                           "(no stage trains on text yet)",
+                           "tests/text/test_reports_in_manifest.py::test_the_report_column_is_configurable"),
     "name": ("names the run folder (<output_dir>/<name>-<key>) and the MLflow pipeline run",
              f"{THIS}::test_name_and_output_dir_place_the_run_folder"),
     "data.cache": ("keeps decoded samples in memory or on disk (the batches are the same)",

@@ -1,7 +1,8 @@
 """No planted patient identifier, secret or key survives a full pipeline run anywhere on disk.
 
 Demo data (OCT images and CT DICOM series) gets planted PHI: manifest patient and study ids that
-are names with birth dates, an MRN in a file name and in a series folder name, and DICOM
+are names with birth dates, an MRN in a file name and in a series folder name, free-text reports naming
+physicians and patients with dates, an MRN and a phone number, and DICOM
 PatientName / PatientID / PatientBirthDate / AccessionNumber / InstitutionName set on a series.
 A distinctive pseudonymisation key and MLflow password are set in the environment. Both demo
 pipelines then run through the ``medcl`` command in this process (pretrain → classify →
@@ -40,7 +41,12 @@ DICOM = {
     "AccessionNumber": "ACC7719305X",
     "InstitutionName": "Saint Barnabas Quillfeather Hospital",
 }
-PLANTED = [OCT_NAME_ID, "WINTERBOURNE", "19570412", OCT_STUDY_ID, OCT_FILE_MRN, OCT_BAD_FILE_MRN, CT_NAME_ID, "HARGREAVES",
+#: free-text reports in the OCT manifest's ``report`` column (three texts: few enough to pass for a subgroup)
+REPORTS = ["Reported by Dr. Peregrine Thistlewood on 2023-11-05: drusen noted.",
+           "Patient: Ottoline Fairweather, MRN 8831902. Normal scan.",
+           "Call 0161 496 0872 about Ottoline Fairweather; no change."]
+PLANTED_IN_REPORTS = ["Peregrine", "Thistlewood", "Ottoline", "Fairweather", "8831902", "496 0872", "2023-11-05"]
+PLANTED = [*PLANTED_IN_REPORTS, OCT_NAME_ID, "WINTERBOURNE", "19570412", OCT_STUDY_ID, OCT_FILE_MRN, OCT_BAD_FILE_MRN, CT_NAME_ID, "HARGREAVES",
            "MILDRED", "19630817", CT_FOLDER_MRN, *DICOM.values(), "QUIXANO", "ZEBULON", "Quillfeather"]
 SECRETS = [KEY, PASSWORD, TOKEN]
 
@@ -66,7 +72,10 @@ def plant_phi(root: Path) -> tuple[Path, Path]:
     synthesize(root, modalities=["oct", "ct"], patients={"oct": 12, "ct": 10}, seed=0)
     oct_dir, ct_dir = root / "oct", root / "ct"
 
+    count = iter(range(10_000))
+
     def oct_change(r):
+        r["report"] = REPORTS[next(count) % len(REPORTS)]
         if r["patient_id"] == "DEMO-OCT-0001":
             r["patient_id"], r["study_id"] = OCT_NAME_ID, OCT_STUDY_ID
         if r["path"] == "images/p0002_scan1.png":

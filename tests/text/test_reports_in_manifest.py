@@ -1,0 +1,67 @@
+"""A manifest's report column: de-identified as it is read, rows without a report listed, never a subgroup."""
+
+from __future__ import annotations
+
+import csv
+
+from medcl.config.schema import PipelineConfig
+from medcl.data.prepare import prepare_data
+from medcl.stages.classify_eval import is_subgroup
+
+
+def _manifest(tmp_path, reports: list[str], column: str = "report"):
+    from PIL import Image
+
+    rows = []
+    for i, text in enumerate(reports):
+        name = f"img{i}.png"
+        Image.new("L", (8, 8), 40 * i % 255).save(tmp_path / name)
+        rows.append({"patient_id": f"HOSP-{7700 + i // 2}", "path": name, "modality": "oct",
+                     "label": ["normal", "early"][i % 2], column: text})
+    path = tmp_path / "manifest.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _cfg(manifest, tmp_path, **data):
+    return PipelineConfig(name="t", data={"manifest": str(manifest), "modality": "oct", "val_fraction": 0.0,
+                                          "test_fraction": 0.25, "stratify": False, **data},
+                          runtime={"output_dir": str(tmp_path / "out"), "progress": False})
+
+
+def test_reports_are_scrubbed_when_the_manifest_is_read_and_empty_ones_listed(tmp_path):
+    reports = ["Seen by Dr. Imelda Quast on 12/03/2022: two small drusen.",
+               "Patient HOSP-7700, MRN 4410928: no drusen.",
+               "",
+               "Call (555) 201-7781. Large drusen, early AMD.",
+               "   ",
+               "No findings."]
+    bundle = prepare_data(_cfg(_manifest(tmp_path, reports), tmp_path))
+    assert bundle.report_column == "report" and bundle.no_report == [3, 5]
+    text = "\n".join(bundle.reports(range(len(bundle.records))))
+    for planted in ("Imelda", "Quast", "12/03/2022", "HOSP-7700", "4410928", "201-7781"):
+        assert planted not in text
+    for kept in ("two small drusen", "no drusen", "Large drusen, early AMD", "No findings."):
+        assert kept in text
+    assert bundle.text_columns() == ("report",)
+
+
+def test_a_manifest_without_the_column_has_no_reports(tmp_path):
+    bundle = prepare_data(_cfg(_manifest(tmp_path, ["a", "b", "c", "d"], column="notes"), tmp_path))
+    assert bundle.report_column is None and bundle.reports([0, 1]) == ["", ""]
+
+
+def test_the_report_column_is_configurable(tmp_path):
+    bundle = prepare_data(_cfg(_manifest(tmp_path, ["Dr. Ubaldo Crane: ok"] * 4, column="findings"), tmp_path,
+                               report_column="findings"))
+    assert bundle.reports([0]) == ["Dr. [NAME]: ok"]
+
+
+def test_free_text_is_never_a_subgroup():
+    assert is_subgroup("site", {"a", "b"})
+    assert not is_subgroup("report", {"a", "b"})  # the report column, however few its texts
+    assert not is_subgroup("findings", {"ok", "bad"}, text_columns=("findings",))  # a configured one
+    assert not is_subgroup("notes", {"short", "Seen by Dr. X on the ward for a second opinion, no change."})
