@@ -31,6 +31,7 @@ from torch import nn
 from medcl.errors import ConfigError
 from medcl.lookup import did_you_mean, look_up
 from medcl.losses.balanced import BalancedSupConLoss
+from medcl.losses.clip import CLIPLoss
 from medcl.losses.dense import DenseContrastLoss
 from medcl.losses.graph import GraphSupConLoss, ontology_similarity
 from medcl.losses.hard_negative import HardNegativeSupConLoss
@@ -43,7 +44,7 @@ from medcl.losses.supcon import SupConLoss
 __all__ = [
     "LOSSES", "build_loss", "NTXentLoss", "SupConLoss", "MoCoV3Loss", "KeyQueue", "PatientContrastLoss",
     "CLOCSLoss", "HardNegativeSupConLoss", "GraphSupConLoss", "BalancedSupConLoss", "PrototypeLoss",
-    "DenseContrastLoss", "ntxent", "momentum_update", "cosine_momentum", "ontology_similarity", "simplex_etf",
+    "DenseContrastLoss", "CLIPLoss", "ntxent", "momentum_update", "cosine_momentum", "ontology_similarity", "simplex_etf",
 ]
 
 #: Explicit registry: config name → loss class.
@@ -59,6 +60,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "balanced_supcon": BalancedSupConLoss,
     "prototype": PrototypeLoss,
     "dense": DenseContrastLoss,
+    "clip": CLIPLoss,
 }
 
 

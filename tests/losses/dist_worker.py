@@ -20,6 +20,7 @@ from medcl import distributed as dist
 from medcl.losses import (
     LOSSES,
     BalancedSupConLoss,
+    CLIPLoss,
     CLOCSLoss,
     DenseContrastLoss,
     GraphSupConLoss,
@@ -111,6 +112,16 @@ def main(out_path: str) -> None:
         return DenseContrastLoss(0.1, num_samples=4, local_negatives=lb, gather_distributed=gather)(
             f[:, 0], f[:, 1], generator=g)
 
+    torch.manual_seed(4)
+    clip_hard = CLIPLoss(0.1).double()
+    clip_soft = CLIPLoss(0.1, similarity=[[1.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 1.0]]).double()
+
+    def clip(xb, lb, gather):  # image = view 0, text = view 1 (the logit scale learns too)
+        loss = clip_soft if isinstance(lb, torch.Tensor) else clip_hard
+        loss.gather_distributed = gather
+        z = proj(xb)
+        return loss(z[:, 0], z[:, 1], lb if isinstance(lb, torch.Tensor) else None)
+
     report: dict[str, object] = {"world_size": w, "losses": sorted(LOSSES)}
     cases = [("ntxent", ntx, labels, x), ("supcon", sup, labels, x), ("supcon_simclr_one", simclr_v, labels, x),
              ("moco_v3", moco, labels, x), ("dice_ce", dice_ce, seg_labels, x),
@@ -118,9 +129,11 @@ def main(out_path: str) -> None:
              ("clocs_record", clocs_record, patients, x), ("hard_negative_supcon", hardneg, sparse, x),
              ("graph_supcon", graph, multi, x), ("balanced_supcon", balanced, sparse, x),
              ("balanced_supcon_both", balanced_both, sparse, x), ("prototype", prototype, sparse, x),
-             ("dense", dense, "image", xd), ("dense_batch", dense, "batch", xd)]
+             ("dense", dense, "image", xd), ("dense_batch", dense, "batch", xd),
+             ("clip", clip, "hard", x), ("clip_soft", clip, sparse, x)]
     for name, fn, labels, inputs in cases:
-        params = list(proj.parameters()) + list(bcl.parameters())
+        params = (list(proj.parameters()) + list(bcl.parameters()) + list(clip_hard.parameters())
+                  + list(clip_soft.parameters()))
         for prm in params:
             prm.grad = None
         lab = labels  # a tensor per sample, or dense's local_negatives mode (a str)

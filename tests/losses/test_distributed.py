@@ -67,9 +67,10 @@ def test_torchrun_two_ranks_match_full_batch(tmp_path):
     assert res["world_size"] == 2
     cases = ("ntxent", "supcon", "supcon_simclr_one", "moco_v3", "dice_ce", "patient", "clocs", "clocs_record",
              "hard_negative_supcon", "graph_supcon", "balanced_supcon", "balanced_supcon_both", "prototype", "dense",
-             "dense_batch")
+             "dense_batch", "clip", "clip_soft")
     # every registered loss is covered (infonce is ntxent under another name)
-    assert {c.removesuffix("_record").removesuffix("_both").removesuffix("_batch") for c in cases} | {"infonce"} >= set(
+    assert {c.removesuffix("_record").removesuffix("_both").removesuffix("_batch").removesuffix("_soft")
+            for c in cases} | {"infonce"} >= set(
         res["losses"]), sorted(set(res["losses"]) - set(cases))
     failed = {}
     for name in cases:
