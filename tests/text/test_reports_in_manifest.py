@@ -65,3 +65,31 @@ def test_free_text_is_never_a_subgroup():
     assert not is_subgroup("report", {"a", "b"})  # the report column, however few its texts
     assert not is_subgroup("findings", {"ok", "bad"}, text_columns=("findings",))  # a configured one
     assert not is_subgroup("notes", {"short", "Seen by Dr. X on the ward for a second opinion, no change."})
+
+
+def test_the_demo_reports_describe_the_findings_and_lose_their_phi_when_read(tmp_path):
+    """`medcl data synth` writes a report per OCT, fundus and ECG sample; reading the manifest removes the
+    physicians, dates and record numbers the reports plant, and keeps the findings."""
+    import re
+
+    from medcl.data.synth import synthesize
+    from medcl.data.synth.reports import _PHYSICIANS
+
+    synthesize(tmp_path, modalities=["oct", "fundus", "ecg"], patients=12, seed=5)
+    surnames = [p.split()[-1] for p in _PHYSICIANS]
+    for modality, finding in (("oct", r"drusen"), ("fundus", r"retinopathy|NPDR|fundus|haemorrhage"),
+                              ("ecg", r"rhythm|fibrillation|bundle branch|tachycardia")):
+        with (tmp_path / modality / "manifest.csv").open() as fh:
+            raw = [r["report"] for r in csv.DictReader(fh)]
+        assert all(re.search(finding, r, re.IGNORECASE) for r in raw)
+        assert any(re.search(r"MRN \d{7}", r) for r in raw)  # some reports carry a record number
+        cfg = PipelineConfig(name="t", data={"manifest": str(tmp_path / modality / "manifest.csv"),
+                                              "modality": modality, "validate_files": False},
+                             runtime={"output_dir": str(tmp_path / "out"), "progress": False})
+        if modality == "ecg":
+            cfg.data.task = "multilabel"
+        bundle = prepare_data(cfg, check_files=False)
+        text = "\n".join(bundle.reports(range(len(bundle.records))))
+        assert not any(s in text for s in surnames)
+        assert not re.search(r"\d{7}|\d{4}-\d{2}-\d{2}|\d{1,2} [A-Z][a-z]+ \d{4}", text)
+        assert all(re.search(finding, r, re.IGNORECASE) for r in bundle.reports(range(len(bundle.records))))

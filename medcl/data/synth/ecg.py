@@ -18,11 +18,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from medcl.data.synth.common import Patient, Sample, draw_classes, draw_count, write_patients
+from medcl.data.synth.reports import ecg_report, report_rng
 
 MODALITY = "ecg"
 CLASSES: tuple[str, ...] = ("NORM", "AF", "BBB", "TACHY")
@@ -164,11 +166,11 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
     """
     combos = [COMBOS[i] for i in draw_classes(MODALITY, patients, seed, len(COMBOS))]
     labels = [tuple(CLASSES.index(c) for c in k) for k in combos]
-    return write_patients(MODALITY, CLASSES, out_dir, labels, seed, _patient)
+    return write_patients(MODALITY, CLASSES, out_dir, labels, seed, partial(_patient, seed=seed))
 
 
-def _patient(p: Patient, out_dir: Path) -> Iterator[Sample]:
-    """One heart: its dipole waves, then 2-3 records (one study each)."""
+def _patient(p: Patient, out_dir: Path, seed: int = 0) -> Iterator[Sample]:
+    """One heart: its dipole waves, then 2-3 records (one study each), each with its report."""
     import wfdb
 
     rng = p.rng
@@ -186,6 +188,7 @@ def _patient(p: Patient, out_dir: Path) -> Iterator[Sample]:
             comments=[f"Dx: {','.join(labels)}", f"Sex: {p.sex}", f"AgeGroup: {p.age_group}"],
             write_dir=str(folder),
         )
+        report = ecg_report(labels, hr, heart["bbb"] or "", report_rng(seed, MODALITY, p.index, k))
         yield Sample(f"records/{name}.hea", study=k, extras={
-            "heart_rate": f"{hr:.0f}", "bbb_type": heart["bbb"] or "", "sampling_rate": str(FS),
+            "heart_rate": f"{hr:.0f}", "bbb_type": heart["bbb"] or "", "sampling_rate": str(FS), "report": report,
         })

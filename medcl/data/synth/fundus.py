@@ -31,6 +31,7 @@ from medcl.data.synth.common import (
     smooth_noise,
     write_patients,
 )
+from medcl.data.synth.reports import fundus_report, report_rng
 
 MODALITY = "fundus"
 CLASSES: tuple[str, ...] = ("no_dr", "mild", "moderate", "severe")
@@ -209,11 +210,11 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
     """
     size = int(size or DEFAULT_SIZE)
     grades = draw_classes(MODALITY, patients, seed, len(CLASSES))
-    return write_patients(MODALITY, CLASSES, out_dir, grades, seed, partial(_patient, size=size))
+    return write_patients(MODALITY, CLASSES, out_dir, grades, seed, partial(_patient, size=size, seed=seed))
 
 
-def _patient(p: Patient, out_dir: Path, size: int) -> Iterator[Sample]:
-    """One eye: its anatomy, then 2-3 photographs (one study each)."""
+def _patient(p: Patient, out_dir: Path, size: int, seed: int = 0) -> Iterator[Sample]:
+    """One eye: its anatomy, then 2-3 photographs (one study each), each with its report."""
     rng = p.rng
     grade = int(p.label)
     anat = anatomy(rng)
@@ -222,4 +223,5 @@ def _patient(p: Patient, out_dir: Path, size: int) -> Iterator[Sample]:
         img = render(grade, rng, p.site, size, anat=anat)
         rel = f"images/{p.stem}_img{k + 1}.png"
         save_png(img, out_dir / rel)
-        yield Sample(rel, study=k, extras={"grade": str(grade), "eye": eye})
+        report = fundus_report(grade, eye, report_rng(seed, MODALITY, p.index, k))
+        yield Sample(rel, study=k, extras={"grade": str(grade), "eye": eye, "report": report})

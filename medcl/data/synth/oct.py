@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from medcl.data.synth.common import Patient, Sample, Site, draw_classes, draw_count, save_png, write_patients
+from medcl.data.synth.reports import oct_report, report_rng
 
 MODALITY = "oct"
 CLASSES: tuple[str, ...] = ("normal", "early", "intermediate")
@@ -151,11 +152,11 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
     """
     size = int(size or DEFAULT_SIZE)
     grades = draw_classes(MODALITY, patients, seed, len(CLASSES))
-    return write_patients(MODALITY, CLASSES, out_dir, grades, seed, partial(_patient, size=size))
+    return write_patients(MODALITY, CLASSES, out_dir, grades, seed, partial(_patient, size=size, seed=seed))
 
 
-def _patient(p: Patient, out_dir: Path, size: int) -> Iterator[Sample]:
-    """One eye: its thickness, then 2-4 B-scans (two per study)."""
+def _patient(p: Patient, out_dir: Path, size: int, seed: int = 0) -> Iterator[Sample]:
+    """One eye: its thickness, then 2-4 B-scans (two per study), each with its report."""
     rng = p.rng
     grade = int(p.label)
     thickness = rng.uniform(9.5, 13.0)
@@ -163,4 +164,5 @@ def _patient(p: Patient, out_dir: Path, size: int) -> Iterator[Sample]:
         img = render(grade, rng, p.site, size, thickness=thickness)
         rel = f"images/{p.stem}_scan{k + 1}.png"
         save_png(img, out_dir / rel)
-        yield Sample(rel, study=k // 2, extras={"grade": str(grade)})
+        report = oct_report(grade, report_rng(seed, MODALITY, p.index, k))
+        yield Sample(rel, study=k // 2, extras={"grade": str(grade), "report": report})
