@@ -18,6 +18,7 @@ signature so a typo in the YAML fails before training with the list of accepted 
 | oct-severity | Kokilepersaud et al. 2022 | views, index; label + setup(loader) |
 | dense | Chaitanya et al. 2020 (GLCL), DeCon decoder | aligned views |
 | droc | Sohn et al. 2021 (one-class) | views (square) |
+| clip | Radford et al. 2021 (image/ECG–report CLIP) | views, report (label for soft targets) |
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from medcl.errors import ConfigError
 from medcl.lookup import look_up, nearest
 from medcl.losses import LOSSES
 from medcl.methods.base import ContrastiveMethod, Method
+from medcl.methods.clip import CLIPPretrain
 from medcl.methods.dense import DenseContrast
 from medcl.methods.droc import DROC
 from medcl.methods.moco import MoCoV3
@@ -57,6 +59,7 @@ METHODS: dict[str, type[Method]] = {
     "oct-severity": OCTSeverity,
     "dense": DenseContrast,
     "droc": DROC,
+    "clip": CLIPPretrain,
 }
 
 

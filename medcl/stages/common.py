@@ -188,7 +188,8 @@ def check_step_memory(ctx: RunContext, stage: str, module: Any, loader: Any, bat
     import torch
 
     batch = next(iter(loader))
-    probe = {k: (v[:2].to(ctx.device) if isinstance(v, torch.Tensor) and v.ndim else v) for k, v in batch.items()}
+    probe = {k: (v[:2].to(ctx.device) if isinstance(v, torch.Tensor) and v.ndim else v[:2] if isinstance(v, list)
+                 else v) for k, v in batch.items()}  # per-sample lists (reports) follow the tensors
     image = next((v for k, v in probe.items() if k in ("views", "image") and isinstance(v, torch.Tensor)), None)
     was_training = module.training
     module.eval()

@@ -6,6 +6,7 @@ Only the train split's patients are used, so validation and test patients stay u
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -63,7 +64,8 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     seed_everything(cfg.seed, cfg.runtime.deterministic)
 
     # -- data: the train split, several augmented views per sample -------------------------------
-    items = ctx.data.items("train")
+    items = _with_reports(ctx, ctx.data.items("train"), tracker) if "report" in getattr(
+        METHODS.get(p.method), "needs", ()) else ctx.data.items("train")
     per_patient = _per_patient(p)
     per_rank_batch = _per_rank_batch(ctx, len(items), per_patient or 1)
     transform = make_transforms(cfg, train=True, views=p.views)
@@ -205,6 +207,34 @@ def _per_rank_batch(ctx: RunContext, n_items: int, multiple: int = 1) -> int:
     return per_rank_batch
 
 
+def _with_reports(ctx: RunContext, items: list[dict], tracker: Any) -> list[dict]:
+    """The training items with their de-identified ``report``; rows without one are left out, listed and logged.
+
+    Raises:
+        ConfigError: the manifest has no report column, or no training row has a report.
+    """
+    data = ctx.data
+    if not data.report_column:
+        raise ConfigError(f"method {ctx.cfg.pretrain.method} learns from the reports next to the images, and the "
+                          f"manifest has no {ctx.cfg.data.report_column!r} column", where="data.report_column",
+                          fix="add a report column with each sample's free-text report (or name yours with "
+                          "data.report_column)")
+    texts = data.reports([it["index"] for it in items])
+    kept = [{**it, "report": t} for it, t in zip(items, texts) if t.strip()]
+    left = sorted({data.records[it["index"]].row for it, t in zip(items, texts) if not t.strip()})
+    if not kept:
+        raise ConfigError("no training sample has a report", where="data.report_column",
+                          fix="fill the report column for the training patients' rows")
+    if left:
+        log.warning("pretrain: %d training row(s) without a report are left out: rows %s", len(left),
+                    ", ".join(map(str, left[:30])) + (f" and {len(left) - 30} more" if len(left) > 30 else ""))
+        path = ctx.stage_dir("pretrain") / "rows_without_report.json"
+        path.write_text(json.dumps({"rows": left}))
+        tracker.log_artifact(path)
+    tracker.log_params({"pretrain.n_reports": len(kept), "pretrain.n_without_report": len(left)})
+    return kept
+
+
 def _build_method(ctx: RunContext, encoder: Any) -> Any:
     """The configured pretraining method around ``encoder`` (heads and loss), on ``ctx.device``.
 
@@ -223,6 +253,8 @@ def _build_method(ctx: RunContext, encoder: Any) -> Any:
             kwargs[k] = v
     if "classes" in allowed:
         kwargs["classes"] = ctx.data.classes
+    if "reports" in allowed:  # the training split's de-identified reports (the text tokenizer is trained on them)
+        kwargs["reports"] = [t for t in ctx.data.reports(ctx.data.indices("train")) if t.strip()]
     if "class_counts" in allowed and ctx.data.y.ndim == 1:
         import numpy as np
 

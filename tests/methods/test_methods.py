@@ -17,6 +17,7 @@ from medcl.methods import (
     assign_severity,
     build_method,
     fit_severity_model,
+    method_options,
     severity_bin_edges,
     severity_scores,
 )
@@ -54,6 +55,8 @@ OPTIONS = {
     "supcon-balanced": {"num_classes": 3},
     "prototypes": {"num_classes": 3},
     "oct-severity": {"num_bins": 3, "ae_epochs": 2, "ae_widths": (4, 8)},
+    "clip": {"reports": ["small drusen", "no drusen seen", "large drusen, early AMD"] * 3, "text_dim": 16,
+             "text_depth": 1, "text_heads": 2, "vocab_size": 60, "soft_targets": True, "num_classes": 3},
 }
 #: Modality each method is exercised on: (spatial_dims, channels, spatial shape).
 MODALITY = {"clocs": (1, 12, (500,))}
@@ -68,13 +71,15 @@ def make_batch(spatial_dims: int, channels: int, spatial: tuple[int, ...], views
         "label": torch.tensor([0, 1, 2, 0, 1, -1]),
         "patient": torch.tensor([0, 0, 1, 1, 2, -1]),
         "index": torch.arange(B),
+        "report": ["small drusen", "no drusen", "large drusen", "small drusen", "no drusen seen", "drusen"],
     }
 
 
 def build(name: str, spatial_dims: int, channels: int, encoder: str = "tiny_cnn", **extra):
     torch.manual_seed(0)
     enc = build_encoder(encoder, in_channels=channels, spatial_dims=spatial_dims)
-    opts = {**HEAD, **OPTIONS.get(name, {}), **extra}
+    allowed = method_options(name)
+    opts = {**{k: v for k, v in HEAD.items() if k in allowed}, **OPTIONS.get(name, {}), **extra}
     return build_method(name, enc, **opts)
 
 
