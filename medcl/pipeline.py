@@ -200,6 +200,10 @@ def _preflight(cfg: PipelineConfig, data: Any) -> None:
                           fix="rename the classes with letters, digits, spaces and _ - . : / only (the manifest's "
                           "labels and data.classes); labels listing several findings with data.label_sep need "
                           "data.task: multilabel")
+    unknown = [k for k in cfg.classify.prompts if k not in data.classes]
+    if "classify" in cfg.stages and unknown:  # zero-shot prompts are read after pretraining: check them now
+        raise ConfigError(f"classify.prompts names {unknown}, not classes of the data ({list(data.classes)})",
+                          where="classify.prompts", fix="one entry per class of data.classes")
     if "slides" in cfg.stages and not data.tiles:
         raise ConfigError("the slides stage needs whole-slide images in the manifest (rows pointing at a slide)",
                           where="stages", fix="give slide rows with slide-level labels, or use the classify stage "

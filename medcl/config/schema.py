@@ -202,6 +202,9 @@ class ClassifyConfig(Section):
         description="random: probe on a random-init encoder; raw: probe on pixels; scratch: fine-tune from scratch",
     )
     probe: Literal["sklearn", "torch"] = "sklearn"
+    prompts: dict[str, list[str]] = Field(
+        default_factory=dict, description="zero-shot classification after clip pretraining: class -> prompt texts "
+        "(averaged); a class left out gets '<class>.' and 'findings of <class>.'")
     knn_k: int = Field(20, ge=1)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     operating_point: str = Field("youden", description="binary tasks: the threshold chosen on the validation "

@@ -219,8 +219,17 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
         oof = _cross_fit_finetune(ctx, all_items["train"], fractions[largest], split_idx["train"], y["train"],
                                   patients["train"], weights=pretrained or None, name=name)
 
-    return ctx.on_main("classify: probes, evaluation and report material", lambda: _evaluate_on_main(
+    out = ctx.on_main("classify: probes, evaluation and report material", lambda: _evaluate_on_main(
         ctx, tracker, split_idx, all_items, y, patients, fractions, pretrained, finetuned, largest, oof))
+    text_model = (ctx.outputs.get("pretrain") or {}).get("text_model")
+    if text_model:  # clip pretraining: zero-shot from class prompts and image<->report retrieval, beside the probes
+        from medcl.stages import zero_shot
+
+        zs = ctx.on_main("classify: zero-shot and retrieval", lambda: zero_shot.run(
+            ctx, tracker, text_model, split_idx["test"], all_items["test"], y["test"], patients["test"]))
+        out = {**out, "zero_shot": {k: v for k, v in zs.items() if k != "summary"},
+               "summary": [*out.get("summary", []), *zs["summary"]]}
+    return out
 
 
 def _cross_fit_finetune(ctx: RunContext, items: list[dict], sel: np.ndarray, idx: np.ndarray, y: np.ndarray,

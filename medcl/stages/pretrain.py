@@ -115,12 +115,19 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     steps_run = int(history[-1]["global_step"]) - int((resume_state or {}).get("global_step", 0)) if history else 0
 
     hand_on, encoder_uri = _hand_on(ctx, tracker, model, probe)
+    text_model = None
+    if hasattr(core, "text"):  # clip: the text side and both projections, for zero-shot classification
+        from medcl.stages.zero_shot import save_text_model
+
+        text_model = str(ctx.on_main("pretrain: saving the text model", lambda: save_text_model(
+            ctx.stage_dir("pretrain") / "text_model.pt", core, cfg.model.encoder)))
     last = history[-1] if history else {}
     loss = float(last.get("loss", float("nan")))
     summary = _summary(p.method, loss, hand_on, last)
     del torch
     images = steps_run * p.grad_accum * per_rank_batch * ctx.world_size * p.views
     return {"encoder": hand_on["encoder"], "encoder_uri": encoder_uri, "final_loss": loss, "epochs_run": len(history), "summary": summary,
+            **({"text_model": text_model} if text_model else {}),
             "train_seconds": round(train_s, 2), "steps_run": steps_run,
             "images_per_s": round(images / train_s, 1) if train_s > 0 and steps_run else None,
             **{k: v for k, v in hand_on.items() if k != "encoder"}}

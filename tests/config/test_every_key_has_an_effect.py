@@ -206,6 +206,9 @@ PERTURB: dict[str, Perturb] = {
 
 #: key -> (why its effect is on how a run executes rather than on what it computes, the test that shows it)
 OPERATIONAL: dict[str, tuple[str, str]] = {
+    "classify.prompts": ("the class prompts of zero-shot classification, which runs only after clip pretraining "
+                         "(none of the scenarios pretrains with clip)",
+                         "tests/text/test_clip_pretraining.py::test_zero_shot_and_retrieval_follow_clip_pretraining"),
     "data.report_column": ("the manifest column whose free text is de-identified and kept as the rows' reports "
                            "(no stage trains on text yet)",
                            "tests/text/test_reports_in_manifest.py::test_the_report_column_is_configurable"),
