@@ -82,7 +82,8 @@ def _add_pipeline_commands(sub: Any) -> None:
                        "calibrate (→ report) on it, then print a summary table and the MLflow UI command.")
     p.add_argument("--modality", default="oct", help=f"one of {', '.join(MODALITIES)}, 'all' (those six), or an "
                    "extra demo: cytology (one-class detection of rare malignant tiles), histo-wsi (whole slides -> "
-                   "tiles -> SimCLR -> attention MIL) (default: oct)")
+                   "tiles -> SimCLR -> attention MIL), ecg-report-clip (ECGs and their reports -> CLIP -> zero-shot "
+                   "statements and retrieval) (default: oct)")
     p.add_argument("--data", default="medcl-demo-data", help="where the demo data lives / is written")
     p.add_argument("--seed", type=int, default=0, help="seed for data and training")
     _add_run_options(p)

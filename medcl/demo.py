@@ -19,7 +19,9 @@ from medcl.shipped import shipped
 log = logging.getLogger(__name__)
 DEMO_MODALITIES = MODALITIES  # every modality has a demo pipeline (pipelines/demo/<modality>.yaml); "all" runs them
 #: further demos, run by name: the extra synthetic sets (medcl.data.synth.EXTRA_SETS) with pipelines/demo/<name>.yaml
-EXTRA_DEMOS = ("cytology", "histo-wsi")
+EXTRA_DEMOS = ("cytology", "histo-wsi", "ecg-report-clip")
+#: demos that run on another demo's data: demo -> the synthetic data set it reads
+DEMO_DATA = {"ecg-report-clip": "ecg"}
 
 
 def pipelines_dir() -> Path:
@@ -59,15 +61,16 @@ def run_demo(modality: str = "oct", data_dir: str | Path = "medcl-demo-data", se
                           f"use one of {', '.join((*DEMO_MODALITIES, *EXTRA_DEMOS))} or all")
     data_dir = Path(data_dir).resolve()
     for mod in mods:
-        manifest = data_dir / mod / "manifest.csv"
+        data_mod = DEMO_DATA.get(mod, mod)
+        manifest = data_dir / data_mod / "manifest.csv"
         path = pipelines_dir() / "demo" / f"{mod}.yaml"
         sets = [f"data.manifest={manifest}", f"seed={seed}", *(overrides or [])]
         cfg = load_pipeline(path, sets, smoke=smoke)
         if not manifest.is_file():
             log.info("synthesising the %s demo data into %s", mod, data_dir)
-            synthesize(data_dir, modalities=[mod], seed=seed, patients=cfg.data.synth_patients)
+            synthesize(data_dir, modalities=[data_mod], seed=seed, patients=cfg.data.synth_patients)
         elif cfg.data.synth_patients:
             log.warning("data.synth_patients=%d not used: the %s demo data already exist in %s (delete the folder to "
-                        "synthesise them again)", cfg.data.synth_patients, mod, data_dir / mod)
+                        "synthesise them again)", cfg.data.synth_patients, mod, data_dir / data_mod)
         run_pipeline(cfg, force=force, resume=resume, dry_run=dry_run, smoke=smoke)
     return 0

@@ -51,6 +51,7 @@ from medcl.reporting.performance import (
     subgroups,
 )
 from medcl.reporting.segmentation import rare_findings, segmentation, slides
+from medcl.reporting.text import zero_shot
 from medcl.reporting.wording import HEADLINE_METRICS, METRIC_NAMES, plain_sentence
 from medcl.tracking.reader import ArtifactUnreadable
 
@@ -59,7 +60,7 @@ __all__ = [
     "cohort", "confusion_matrix", "embedding_map", "esc", "external_validation", "fmt", "headline_metrics",
     "img", "label_efficiency", "limitations", "metric_cell", "note", "para", "plain_sentence", "pretraining",
     "reliability", "render", "roc_pr_curves", "saliency", "segmentation", "slides", "subgroups", "table", "verdict",
-    "what_was_trained",
+    "what_was_trained", "zero_shot",
 ]
 
 
@@ -78,6 +79,7 @@ SECTIONS: dict[str, tuple[str, Callable[[ReportData], list[str]]]] = {
     "segmentation": ("Segmentation", segmentation),
     "rare_findings": ("Rare findings (one-class detection)", rare_findings),
     "slides": ("Slides (slide-level classification)", slides),
+    "zero_shot": ("Zero-shot classification and retrieval (reports)", zero_shot),
     "label_efficiency": ("Label efficiency", label_efficiency),
     "external": ("External validation", external_validation),
     "limitations": ("Limitations", limitations),

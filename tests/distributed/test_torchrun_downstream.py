@@ -70,7 +70,8 @@ runtime: {device: cpu, progress: false}
 #: each shipped pipeline and the demo modality it runs on, as it is (the synthesised `label` holds its class names)
 SHIPPED = {"ecg_rhythm": "ecg", "oct_severity": "oct", "fundus_grading": "fundus", "histo_tissue": "histo",
            "ct_lesion": "ct", "mri_lesion_seg": "mri", "histo_tissue_egcl": "histo", "ct_lesion_dense": "ct",
-           "mri_lesion_seg_dense": "mri", "cytology_rare": "cytology", "histo_wsi": "histo-wsi"}
+           "mri_lesion_seg_dense": "mri", "cytology_rare": "cytology", "histo_wsi": "histo-wsi",
+           "ecg_report_clip": "ecg"}
 
 
 def _launch(cmd_tail: list[str], workdir: Path, *, nproc: int = 2, timeout: int = 600, **env: str):
@@ -205,9 +206,10 @@ def test_shipped_pipeline_smoke_completes_under_torchrun(name, demo_sets, tmp_pa
                    tmp_path, timeout=900, MLFLOW_TRACKING_URI=uri)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
-    import yaml
+    from medcl.pipeline import load_pipeline
 
-    listed = yaml.safe_load((ROOT / "pipelines" / f"{name}.yaml").read_text())["stages"]
+    cfg = load_pipeline(ROOT / "pipelines" / f"{name}.yaml", ["data.manifest=x.csv"])  # includes resolved
+    listed = cfg.stages
     pipelines, stages = _stage_statuses(uri)
     assert len(pipelines) == 1 and pipelines[0].info.status == "FINISHED"
     assert stages == {s: "FINISHED" for s in listed}  # one nested run per stage, all finished
@@ -216,8 +218,7 @@ def test_shipped_pipeline_smoke_completes_under_torchrun(name, demo_sets, tmp_pa
     assert _writes(tmp_path, 1) == [], "rank 1 wrote files in the run folder"
     written = [Path(p) for p in _writes(tmp_path, 0)]
     assert any(p.name.startswith("ckpt-") and "pretrain" in p.parts for p in written)
-    if "classify" in listed and "finetune" in yaml.safe_load((ROOT / "pipelines" / f"{name}.yaml").read_text()).get(
-            "classify", {}).get("protocols", []):
+    if "classify" in listed and "finetune" in cfg.classify.protocols:
         assert any(p.name.startswith("ckpt-") and p.parent.name.startswith("finetune-") for p in written)
     assert "[rank 1] " not in proc.stderr  # rank 1 printed no error
 

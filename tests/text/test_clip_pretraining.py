@@ -63,6 +63,20 @@ def test_clip_pretrains_on_scans_and_their_reports(oct_with_reports):
     assert {"train/temperature", "train/pair_cos"} <= set(child.data.metrics)
 
 
+def test_the_zero_shot_section_says_why_it_is_empty_after_other_pretraining(oct_with_reports, tmp_path):
+    from medcl.pipeline import run_pipeline
+    from medcl.reporting.data import ReportData
+    from medcl.reporting.sections import render
+
+    root, manifest = oct_with_reports
+    uri = f"sqlite:///{tmp_path / 's.db'}"
+    ctx = run_pipeline(_cfg(root, manifest, "stages=[pretrain, classify]", "pretrain.method=simclr",
+                            "pretrain.method_options={}", f"runtime.output_dir={tmp_path}", f"tracking.uri={uri}",
+                            "classify.n_boot=10", "classify.label_fractions=[1.0]"))
+    html = "\n".join(render(ReportData.load(ctx.parent_run_id, uri), "zero_shot"))
+    assert "not pretrained with the clip method" in html and "zero_shot" not in ctx.outputs["classify"]
+
+
 def test_clip_without_a_report_column_says_so(oct_with_reports, tmp_path):
     from medcl.errors import StageError
     from medcl.pipeline import run_pipeline
@@ -98,6 +112,13 @@ def test_zero_shot_and_retrieval_follow_clip_pretraining(oct_with_reports, tmp_p
     assert {"test/retrieval/image_to_text_recall_at_1", "test/retrieval/text_to_image_recall_at_10"} <= set(
         child.data.metrics)
     assert any(k.startswith("test/zero_shot/") and "auroc" in k for k in child.data.metrics)
+    # the report's section: the zero-shot table and the retrieval recalls
+    from medcl.reporting.data import ReportData
+    from medcl.reporting.sections import render
+
+    html = "\n".join(render(ReportData.load(ctx.parent_run_id, uri), "zero_shot"))
+    assert "no labels" in html and "recall@1" in html and "image → report" in html and "report → image" in html
+    assert html.count("<tr>") >= 4  # header + zero-shot metrics, header + two retrieval directions
 
 
 def test_prompts_for_a_class_the_data_do_not_have_are_refused_before_training(oct_with_reports, tmp_path):
