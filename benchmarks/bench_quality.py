@@ -118,6 +118,13 @@ def plan(seeds: int, modalities: list[str], with_methods: bool, quick: bool) -> 
     return runs
 
 
+def _so_far(todo: list[dict[str, Any]], rows: dict[str, dict], done: dict[str, dict]) -> list[dict[str, Any]]:
+    """Every planned run as it stands, in plan order: run by this invocation, kept from the result file (also those
+    the loop has not reached yet — a run stopped now must not lose them), or pending."""
+    return [rows.get(run_key(x)) or done.get(run_key(x)) or {**x, "key": run_key(x), "skipped": "pending"}
+            for x in todo]
+
+
 def run_key(r: dict[str, Any]) -> str:
     extra = r.get("loop") or r.get("method") or ""
     return "/".join(str(p) for p in (r["kind"], r["modality"], extra, f"seed{r['seed']}") if p != "")
@@ -324,8 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - one failed run is reported, the others still run
             traceback.print_exc()
             rows[key] = {**r, "key": key, "commit": commit, "error": f"{type(exc).__name__}: {str(exc)[:800]}"}
-        pending = [{**x, "key": run_key(x), "skipped": "pending"} for x in todo if run_key(x) not in rows]
-        write_results(args.out, meta, [*rows.values(), *pending], t0)
+        write_results(args.out, meta, _so_far(todo, rows, done), t0)
     write_results(args.out, meta, [rows[run_key(r)] for r in todo], t0)
     return 0
 
