@@ -21,6 +21,7 @@ from medcl.data.validate import filter_records, row_reader_options, validate_man
 from medcl.data.wsi_plans import not_slides, plan_slides
 from medcl.errors import ConfigError, DataError, SplitError
 from medcl.lookup import did_you_mean
+from medcl.text.deid import scrub
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -174,8 +175,6 @@ def _deidentify_reports(manifest: Any, column: str) -> tuple[str | None, list[in
     Returns:
         ``(column, rows without a report)``, or ``(None, [])`` when no row has the column.
     """
-    from medcl.text.deid import scrub  # lazy: only manifests with reports
-
     if not any(column in r.extra for r in manifest.records):
         return None, []
     missing, tags = [], Counter()

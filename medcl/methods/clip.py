@@ -29,6 +29,7 @@ from medcl.errors import ConfigError, DataError
 from medcl.losses.clip import CLIPLoss
 from medcl.methods.base import Method
 from medcl.networks.base import Encoder
+from medcl.text.encoders import HFTextEncoder, ProjectTextEncoder, train_tokenizer
 
 
 class CLIPPretrain(Method):
@@ -62,8 +63,6 @@ class CLIPPretrain(Method):
                  gather_distributed: bool = False) -> None:
         """Build the text encoder, the two projections and the loss."""
         super().__init__(encoder)
-        from medcl.text.encoders import HFTextEncoder, ProjectTextEncoder, train_tokenizer  # lazy: tokenizers
-
         if text_encoder == "project":
             texts = [t for t in reports if str(t).strip()]
             if not texts:

@@ -45,6 +45,7 @@ from medcl.engine.checkpoint import Checkpointer
 from medcl.engine.loop import LoopSettings, Optimisation, fit
 from medcl.engine.wrap import wrap_ddp
 from medcl.errors import DataError, SplitError
+from medcl.stages import zero_shot
 from medcl.stages.common import (
     check_step_memory,
     make_encoder,
@@ -223,8 +224,6 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
         ctx, tracker, split_idx, all_items, y, patients, fractions, pretrained, finetuned, largest, oof))
     text_model = (ctx.outputs.get("pretrain") or {}).get("text_model")
     if text_model:  # clip pretraining: zero-shot from class prompts and image<->report retrieval, beside the probes
-        from medcl.stages import zero_shot
-
         zs = ctx.on_main("classify: zero-shot and retrieval", lambda: zero_shot.run(
             ctx, tracker, text_model, split_idx["test"], all_items["test"], y["test"], patients["test"]))
         out = {**out, "zero_shot": {k: v for k, v in zs.items() if k != "summary"},

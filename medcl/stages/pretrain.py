@@ -38,6 +38,7 @@ from medcl.stages.common import (
     model_requirements,
     seed_everything,
 )
+from medcl.stages.zero_shot import save_text_model
 from medcl.tasks.export import FeatureExtractor
 from medcl.tasks.monitor import OnlineProbe, best_record
 
@@ -117,8 +118,6 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     hand_on, encoder_uri = _hand_on(ctx, tracker, model, probe)
     text_model = None
     if hasattr(core, "text"):  # clip: the text side and both projections, for zero-shot classification
-        from medcl.stages.zero_shot import save_text_model
-
         text_model = str(ctx.on_main("pretrain: saving the text model", lambda: save_text_model(
             ctx.stage_dir("pretrain") / "text_model.pt", core, cfg.model.encoder)))
     last = history[-1] if history else {}

@@ -45,8 +45,10 @@ from medcl.metrics.classification import binary_auroc
 from medcl.readers import read
 from medcl.readers.wsi import slide_info
 from medcl.stages.common import jsonable, make_encoder, make_loader, make_transforms, seed_everything
+from medcl.tasks.calibration import calibration_report, cross_validated_calibration
 from medcl.tasks.fractions import label_fraction_patients
 from medcl.tasks.mil import POOLINGS, EndToEndMIL, bag_logits, fit_bags, fit_end_to_end, predict_bags
+from medcl.tasks.probes import patient_cv_splits
 
 if TYPE_CHECKING:
     from medcl.stages.context import RunContext
@@ -207,8 +209,6 @@ def _calibrate(ctx: RunContext, tracker: Tracker, tag: str, cal: tuple[np.ndarra
     Logs ``<tag>/ece_before``, ``ece_after``, ``nll_before``, ``nll_after`` (test slides, after = as applied) and
     returns what was decided, with the test calibration before and after.
     """
-    from medcl.tasks.calibration import calibration_report, cross_validated_calibration
-
     s = ctx.cfg.slides
     if s.calibration == "none":
         return {"applied": False, "reason": "slides.calibration is none"}
@@ -238,8 +238,6 @@ def _calibrate(ctx: RunContext, tracker: Tracker, tag: str, cal: tuple[np.ndarra
 def _out_of_fold(ctx: RunContext, pooling: str, feats: list[np.ndarray], y: np.ndarray, groups: np.ndarray
                  ) -> np.ndarray | None:
     """Logits of each training slide from a pooling fitted without its patient's slides (patient-grouped folds)."""
-    from medcl.tasks.probes import patient_cv_splits
-
     s = ctx.cfg.slides
     splits = patient_cv_splits(y, groups, s.calibration_folds, seed=ctx.cfg.seed)
     if not splits:

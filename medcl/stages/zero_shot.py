@@ -23,8 +23,11 @@ import numpy as np
 import torch
 
 from medcl.checkpoint_file import load_checkpoint, save_checkpoint
+from medcl.engine.inference import extract_features
 from medcl.errors import ConfigError
 from medcl.metrics.bootstrap import metrics_with_ci
+from medcl.stages.common import make_encoder, make_loader, make_transforms
+from medcl.text.encoders import HFTextEncoder, ProjectTextEncoder
 
 if TYPE_CHECKING:
     from medcl.stages.context import RunContext
@@ -48,9 +51,6 @@ def save_text_model(path: Path, method: Any, encoder_name: str) -> Path:
 
 def load_text_model(ctx: RunContext, path: str) -> dict[str, Any]:
     """``{"encoder", "image_proj", "text", "text_proj", "scale"}`` rebuilt from :func:`save_text_model`'s file."""
-    from medcl.stages.common import make_encoder
-    from medcl.text.encoders import HFTextEncoder, ProjectTextEncoder
-
     ck = load_checkpoint(path)
     cfg = ctx.cfg
     base = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": None})})
@@ -114,9 +114,6 @@ def _normalise(x: torch.Tensor) -> np.ndarray:
 def run(ctx: RunContext, tracker: Tracker, path: str, test_idx: np.ndarray, test_items: list[dict], y: np.ndarray,
         patients: np.ndarray) -> dict[str, Any]:
     """Zero-shot metrics and retrieval recall on the test samples; logged, returned with summary rows."""
-    from medcl.engine.inference import extract_features
-    from medcl.stages.common import make_loader, make_transforms
-
     cfg, data = ctx.cfg, ctx.data
     m = load_text_model(ctx, path)
     loader = make_loader(ctx, test_items, make_transforms(cfg, train=False), batch_size=cfg.data.batch_size,

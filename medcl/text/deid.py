@@ -28,6 +28,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from medcl.phi import REGISTRY, _pattern_for
+
 #: replacement tags, one per category
 TAGS = ("[NAME]", "[DATE]", "[ID]", "[PHONE]", "[EMAIL]")
 
@@ -100,8 +102,6 @@ def scrub(text: str, identifiers: Iterable[str] = (), *, registry: bool = True) 
     Returns:
         The scrubbed text and the number of replacements per tag.
     """
-    from medcl.phi import REGISTRY, _pattern_for
-
     counts: Counter = Counter()
     out = str(text)
     ids = sorted({str(i).strip() for i in identifiers if len(str(i).strip()) >= 3}, key=len, reverse=True)

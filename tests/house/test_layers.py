@@ -15,7 +15,7 @@ PACKAGE = ROOT / "medcl"
 FLOORS: dict[int, tuple[str, ...]] = {
     0: ("medcl.errors", "medcl.lookup", "medcl.modalities", "medcl.metric_keys", "medcl.phi", "medcl.shipped",
         "medcl.checkpoint_file", "medcl.logs"),
-    1: ("medcl.readers", "medcl.distributed", "medcl.config"),
+    1: ("medcl.readers", "medcl.distributed", "medcl.config", "medcl.text"),
     2: ("medcl.data", "medcl.transforms", "medcl.networks", "medcl.losses", "medcl.metrics"),
     3: ("medcl.methods", "medcl.engine"),
     4: ("medcl.tasks",),
