@@ -244,10 +244,13 @@ def test_quick_wsi_reads_the_same_tiles_in_every_arm(tmp_path):
     assert rc == 0, (tmp_path / "logs" / "wsi.log").read_text()[-2000:]
     res = json.loads((tmp_path / "results" / "wsi.json").read_text())
     arms = {"medcl", "naive openslide", "monai PatchWSIDataset"}
-    assert {(r["arm"], r["measure"]) for r in res["rows"]} == {(a, m) for a in arms for m in ("load", "wait")}
+    assert {(r["arm"], r["measure"]) for r in res["rows"]} == {(a, m) for a in arms for m in ("load", "wait", "read")} | {
+        ("medcl", "extract")}
     assert all("error" not in r for r in res["rows"])
-    assert all(r["tiles_read"] == r["tiles"] for r in res["rows"] if r["measure"] == "load")
+    assert all(r["tiles_read"] == r["tiles"] for r in res["rows"] if r["measure"] in ("load", "read", "extract"))
+    ex = next(r for r in res["rows"] if r["measure"] == "extract")  # every planned tile of every slide, once
+    assert ex["seconds_per_slide"] == pytest.approx(ex["seconds"] / ex["slides"], rel=0.01, abs=1e-3)
     # the same tiles, un-augmented, from OpenSlide and from MONAI's reader: the pixels medcl reads
     assert res["meta"]["max_pixel_difference"] == {"naive openslide": 0.0, "monai PatchWSIDataset": 0.0}
     text = (tmp_path / "README.md").read_text()
-    assert "## 4e. Whole-slide tiles" in text and "| medcl |" in text
+    assert "## 4e. Whole-slide tiles" in text and "| medcl |" in text and "Per-slide feature extraction" in text

@@ -485,6 +485,8 @@ def _views(n=6, v=2, d=8):
 
 EXAMPLES = {
     "ntxent": ({}, lambda: (_views()[:, 0], _views()[:, 1])),
+    "clip": ({"similarity": [[1.0, 0.3, 0.0], [0.3, 1.0, 0.0], [0.0, 0.0, 1.0]]},
+             lambda: (_views()[:, 0], _views()[:, 1], torch.tensor([0, 1, 0, 1, 2, 2]))),
     "infonce": ({"temperature": 0.2}, lambda: (_views()[:, 0], _views()[:, 1])),
     "supcon": ({}, lambda: (_views(), torch.tensor([0, 1, 0, 1, 2, 2]))),
     "moco_v3": ({}, lambda: (_views()[:, 0], _views()[:, 1].detach(), torch.randn(4, 8))),
