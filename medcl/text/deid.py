@@ -40,6 +40,9 @@ _UP, _LOW = "A-ZÀ-ÖØ-Þ", "a-zß-öø-ÿ"
 _NAME_WORD = rf"(?:[{_UP}][{_LOW}'’]+(?:-[{_UP}][{_LOW}'’]+)?|[{_UP}]\.|[{_UP}](?=\s))"
 _TITLE = r"(?:Dr|Mr|Mrs|Ms|Miss|Mx|Prof|Professor|Doctor)\.?"
 _NAME = rf"(?!{_TITLE}\s){_NAME_WORD}(?:\s+{_NAME_WORD}){{0,2}}"
+#: what labels a record number (the label is kept, the number replaced)
+_ID_LABEL = (r"MRN|medical\s+record(?:\s+(?:number|no\.?))?|NHS(?:\s+(?:number|no\.?))?|accession(?:\s+(?:number|no\.?))?|"
+             r"hospital\s+(?:number|no\.?)|patient\s+ID|ID")
 _LABEL = (r"(?:patient(?:\s+name)?|name|pt|signed\s+by|reported\s+by|referred\s+by|seen\s+by|dictated\s+by|"
           r"attending|physician|consultant|cc)\s*[:\-]?")
 
@@ -55,13 +58,12 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
     ("[PHONE]", re.compile(r"(?<!\w)\(\d{3,5}\)\s?\d{3,4}[\s.\-]?\d{3,4}\b")),
     ("[PHONE]", re.compile(r"(?<![\w.])\d{3}[.\-]\d{3}[.\-]\d{4}(?!\w|\.\d)")),
     ("[PHONE]", re.compile(r"(?<![\w.])0\d{3,4}\s\d{3}\s?\d{3,4}(?!\w|\.\d)")),
-    ("[ID]", re.compile(r"\b(?:MRN|medical\s+record(?:\s+(?:number|no\.?))?|NHS(?:\s+(?:number|no\.?))?|accession"
-                        r"(?:\s+(?:number|no\.?))?|hospital\s+(?:number|no\.?)|patient\s+ID|ID)\s*(?:#|:|no\.?)?\s*"
-                        r"[A-Z]{0,3}\d[\d\s\-]{2,}\d\b", re.IGNORECASE)),
+    ("[ID]", re.compile(rf"(?P<keep>\b(?:{_ID_LABEL})\s*(?:#|:|no\.?)?\s*)[A-Z]{{0,3}}\d[\d\s\-]{{2,}}\d\b",
+                        re.IGNORECASE)),
     ("[ID]", re.compile(r"(?<![\d.,])\d{6,}(?![\d]|[.,]\d)")),
     ("[ID]", re.compile(r"(?<![\d.,])\d{3}[\s\-]\d{3}[\s\-]\d{4}(?![\d]|[.,]\d)")),  # NHS number layout
-    ("[NAME]", re.compile(rf"\b{_TITLE}\s+{_NAME}")),
-    ("[NAME]", re.compile(rf"(?i:\b{_LABEL})\s*{_NAME}")),
+    ("[NAME]", re.compile(rf"(?P<keep>\b{_TITLE}\s+){_NAME}")),
+    ("[NAME]", re.compile(rf"(?P<keep>(?i:\b{_LABEL})\s*){_NAME}")),
 ]
 
 
@@ -73,21 +75,9 @@ class Scrubbed:
     counts: Counter = field(default_factory=Counter)
 
 
-def _label_kept(match: re.Match[str], tag: str) -> str:
-    """For a labelled span (``MRN: 123``, ``Patient: John``) keep the label, replace what follows it."""
-    span = match.group(0)
-    m = re.match(rf"(?i:{_LABEL})\s*", span) if tag == "[NAME]" else None
-    if m and m.end() < len(span):
-        return span[: m.end()] + tag
-    m = re.match(r"(?i:MRN|medical\s+record(?:\s+(?:number|no\.?))?|NHS(?:\s+(?:number|no\.?))?|accession"
-                 r"(?:\s+(?:number|no\.?))?|hospital\s+(?:number|no\.?)|patient\s+ID|ID)\s*(?:#|:|no\.?)?\s*",
-                 span) if tag == "[ID]" else None
-    if m and m.end() < len(span):
-        return span[: m.end()] + tag
-    t = re.match(rf"{_TITLE}\s+", span) if tag == "[NAME]" else None
-    if t:
-        return span[: t.end()] + tag
-    return tag
+def _replace(match: re.Match[str], tag: str) -> str:
+    """The span's tag; a labelled span (``MRN: 123``, ``Dr. Smith``, ``Patient: John``) keeps its label."""
+    return (match.group("keep") if "keep" in match.re.groupindex else "") + tag
 
 
 def scrub(text: str, identifiers: Iterable[str] = (), *, registry: bool = True) -> Scrubbed:
@@ -116,6 +106,6 @@ def scrub(text: str, identifiers: Iterable[str] = (), *, registry: bool = True) 
             out, n = re.subn(_pattern_for(hit), "[NAME]" if hit.isalpha() else "[ID]", out, flags=re.IGNORECASE)
             counts["[NAME]" if hit.isalpha() else "[ID]"] += n
     for tag, pattern in _RULES:
-        out, n = pattern.subn(lambda m, tag=tag: _label_kept(m, tag), out)
+        out, n = pattern.subn(lambda m, tag=tag: _replace(m, tag), out)
         counts[tag] += n
     return Scrubbed(out, +counts)

@@ -148,7 +148,7 @@ def check_model_dir(path: str | Path) -> Path:
         ConfigError: the folder is missing, or has no ``config.json``, no weights, or no tokenizer files.
     """
     p = Path(path).expanduser()
-    where = "pretrain.method_options.text_model"
+    where = "pretrain.method_options.text_encoder"
     if not p.is_dir():
         raise ConfigError(f"text model folder {p} does not exist", where=where,
                           fix="point at a folder saved with save_pretrained (config.json, weights, tokenizer files); "
