@@ -33,7 +33,7 @@ from _common import ROOT, base_meta, write_results
 PIPELINES = {"ecg_rhythm": "ecg", "oct_severity": "oct", "fundus_grading": "fundus", "histo_tissue": "histo",
              "histo_tissue_egcl": "histo", "cytology_rare": "cytology", "ct_lesion": "ct", "ct_lesion_dense": "ct",
              "mri_lesion_seg": "mri", "mri_lesion_seg_dense": "mri", "histo_wsi": "histo-wsi",
-             "ecg_report_clip": "ecg"}
+             "ecg_report_clip": "ecg", "eye_multimodal": "eye"}
 
 
 #: runs the launch and writes the peak resident memory of its largest process (its children's ru_maxrss, KiB)

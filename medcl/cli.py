@@ -83,7 +83,8 @@ def _add_pipeline_commands(sub: Any) -> None:
     p.add_argument("--modality", default="oct", help=f"one of {', '.join(MODALITIES)}, 'all' (those six), or an "
                    "extra demo: cytology (one-class detection of rare malignant tiles), histo-wsi (whole slides -> "
                    "tiles -> SimCLR -> attention MIL), ecg-report-clip (ECGs and their reports -> CLIP -> zero-shot "
-                   "statements and retrieval) (default: oct)")
+                   "statements and retrieval), eye-multimodal (fundus + OCT of the same patients -> an encoder each -> "
+                   "gated fusion, with an examination missing or mislinked) (default: oct)")
     p.add_argument("--data", default="medcl-demo-data", help="where the demo data lives / is written")
     p.add_argument("--seed", type=int, default=0, help="seed for data and training")
     _add_run_options(p)
@@ -109,8 +110,8 @@ def _add_data_command(sub: Any) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--modalities", nargs="+", default=None, metavar="NAME",
                    help=f"subset of {', '.join(MODALITIES)} (default: all six), or the extra demo sets cytology "
-                   "(rare malignant tiles, for one-class detection) and histo-wsi (whole slides labelled by a minority "
-                   "of their tissue, for slide-level MIL)")
+                   "(rare malignant tiles, for one-class detection), histo-wsi (whole slides labelled by a minority "
+                   "of their tissue, for slide-level MIL) and eye (fundus + OCT of the same patients, for fusion)")
     p.add_argument("--patients", type=int, default=None, help="patients per modality (default: per-modality)")
     p.add_argument("--seed", type=int, default=0)
     p = dsub.add_parser("validate", help="check every row of a manifest; one line per problem; exit 1 if any",

@@ -19,9 +19,9 @@ from medcl.shipped import shipped
 log = logging.getLogger(__name__)
 DEMO_MODALITIES = MODALITIES  # every modality has a demo pipeline (pipelines/demo/<modality>.yaml); "all" runs them
 #: further demos, run by name: the extra synthetic sets (medcl.data.synth.EXTRA_SETS) with pipelines/demo/<name>.yaml
-EXTRA_DEMOS = ("cytology", "histo-wsi", "ecg-report-clip")
+EXTRA_DEMOS = ("cytology", "histo-wsi", "ecg-report-clip", "eye-multimodal")
 #: demos that run on another demo's data: demo -> the synthetic data set it reads
-DEMO_DATA = {"ecg-report-clip": "ecg"}
+DEMO_DATA = {"ecg-report-clip": "ecg", "eye-multimodal": "eye"}
 
 
 def pipelines_dir() -> Path:

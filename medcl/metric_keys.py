@@ -7,6 +7,8 @@
 * one-class detection: ``test/detect/<model>/<scorer>/<metric>``, e.g. ``test/detect/ssl/dsvdd/auroc``;
 * slide-level classification: ``test/slides/<model>/<pooling>/f<percent>/<level>/<metric>``, e.g.
   ``test/slides/ssl/attention/f100/slide/auroc`` (``<level>``: ``slide`` or ``patient``);
+* multimodal fusion: ``test/fusion/<model>/<condition>/<metric>``, e.g. ``test/fusion/gated/without_oct/auroc``
+  (``<model>``: ``gated``, ``ungated``, ``single_<modality>``);
 * calibration: ``test/<metric>_before`` / ``test/<metric>_after``, e.g. ``test/ece_after``.
 """
 
@@ -40,6 +42,11 @@ def detect_tag(model: str, scorer: str) -> str:
 def slides_tag(model: str, pooling: str, fraction: float, level: str) -> str:
     """``slides/ssl/attention/f100/slide``: slide-level classification (encoder, pooling, share of labels, unit)."""
     return f"slides/{model}/{pooling}/{fraction_tag(fraction)}/{level}"
+
+
+def fusion_tag(model: str, condition: str) -> str:
+    """``fusion/gated/without_oct``: a fusion model (or one modality's head) under a test condition."""
+    return f"fusion/{model}/{condition}"
 
 
 def segment_tag(model: str, fraction: float) -> str:

@@ -39,6 +39,7 @@ from medcl.data.splits import save_split
 from medcl.data.wsi_plans import plans_table
 from medcl.errors import ConfigError, DistributedError, MedclError, StageError, TrackingError
 from medcl.lookup import did_you_mean
+from medcl.shipped import shipped
 from medcl.stages import STAGES
 from medcl.stages.context import RunContext
 from medcl.tracking import MLflowTracker, NullTracker, default_tracking_uri, runs
@@ -53,6 +54,7 @@ SMOKE_OVERRIDES = [
     "pretrain.epochs=1", "pretrain.max_steps=2", "pretrain.warmup_epochs=0", "pretrain.warmup_steps=0",
     "classify.finetune.epochs=1", "classify.finetune.max_steps=2", "classify.n_boot=20",
     "segment.epochs=1", "segment.max_steps=2", "segment.n_boot=20", "slides.epochs=2", "slides.n_boot=20",
+    "fuse.steps=20", "fuse.n_boot=20",
 ]
 #: --smoke cap on the tiles read per whole-slide image
 SMOKE_TILES_PER_SLIDE = 16
@@ -208,6 +210,8 @@ def _preflight(cfg: PipelineConfig, data: Any) -> None:
         raise ConfigError("the slides stage needs whole-slide images in the manifest (rows pointing at a slide)",
                           where="stages", fix="give slide rows with slide-level labels, or use the classify stage "
                           "for images and tiles")
+    if "fuse" in cfg.stages:
+        _check_fuse(cfg, data)
     if "pretrain" in cfg.stages:
         allowed = method_options(cfg.pretrain.method)  # an unknown method: did-you-mean
         unknown = [k for k in cfg.pretrain.method_options if k not in allowed]
@@ -225,6 +229,32 @@ def _preflight(cfg: PipelineConfig, data: Any) -> None:
                               where="detect.normal_class",
                               fix=f"{did_you_mean(d.normal_class or '', list(data.classes))}set it to one of "
                               f"{', '.join(data.classes)}")
+
+
+def _check_fuse(cfg: PipelineConfig, data: Any) -> None:
+    """The fuse stage's modalities: two or more, each in the manifest, each pipeline loadable.
+
+    Raises:
+        ConfigError: naming the setting.
+    """
+    if cfg.data.modality:
+        raise ConfigError(f"data.modality is {cfg.data.modality!r}: the fuse stage needs the rows of every modality",
+                          where="data.modality", fix="unset data.modality in the fusion pipeline")
+    names = list(cfg.fuse.modalities)
+    if len(names) < 2:
+        raise ConfigError(f"the fuse stage needs two or more modalities, fuse.modalities has {len(names)}",
+                          where="fuse.modalities", fix="name each modality with its pipeline, e.g. {oct: {pipeline: "
+                          "oct_severity.yaml}, fundus: {pipeline: fundus_grading.yaml}}")
+    found = sorted({str(r.modality) for r in data.records})
+    for m in names:
+        if m not in found:
+            raise ConfigError(f"fuse.modalities names {m!r} but the manifest has no {m} rows (modalities: "
+                              f"{', '.join(found)})", where=f"fuse.modalities.{m}",
+                              fix=f"{did_you_mean(m, found)}use the manifest's modality column values")
+        _pipeline_file(cfg.fuse.modalities[m].pipeline, m)
+    from medcl.stages.fuse import check_data  # lazy: torch (the plan printing does not need it)
+
+    check_data(cfg, data)
 
 
 def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bool, smoke: bool) -> RunContext:
@@ -263,6 +293,8 @@ def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bo
                     log.info("stage %s already completed in run %s: skipping (use --force to re-run)", stage,
                              prev.run_id)
                 continue
+            if stage == "fuse":  # each modality's encoder first: its own pipeline's pretraining, on every rank
+                ctx.modalities = _modality_encoders(ctx)
             _run_stage(ctx, parent, stage, prev)
     except BaseException:
         status = "FAILED"
@@ -272,6 +304,75 @@ def _run_pipeline(cfg: PipelineConfig, *, force: bool, resume: bool, dry_run: bo
         if ctx.is_main and status == "FINISHED":
             print_summary(ctx)
     return ctx
+
+
+def modality_pipeline(cfg: PipelineConfig, data: Any, modality: str, split_file: Path,
+                      smoke: bool = False) -> PipelineConfig:
+    """The config of ``modality``'s own pipeline in the fusion pipeline ``cfg`` (``fuse.modalities.<modality>``).
+
+    Its pretrain stage alone, on this pipeline's manifest rows of the modality, with this pipeline's labels (for the
+    online probe), seed, split (``data.split_file``: no test patient of the fusion is pretrained on), output folder
+    and tracking; the modality's ``set`` overrides last.
+
+    Raises:
+        ConfigError: the pipeline file is not found, or its config is invalid.
+    """
+    spec = cfg.fuse.modalities[modality]
+    d = cfg.data
+    sets = [f"data.manifest={Path(d.manifest or '').resolve()}", f"data.modality={modality}",
+            f"data.split_file={split_file}", "stages=[pretrain]", f"name={cfg.name}-{modality}", f"seed={cfg.seed}",
+            f"data.task={data.task}", f"data.classes={json.dumps(list(data.classes))}",
+            f"data.label_column={d.label_column}", f"data.label_sep={json.dumps(d.label_sep)}",
+            f"data.on_error={d.on_error}", f"runtime.output_dir={Path(cfg.runtime.output_dir).resolve()}",
+            f"runtime.device={cfg.runtime.device}", f"runtime.progress={str(cfg.runtime.progress).lower()}",
+            f"runtime.deterministic={str(cfg.runtime.deterministic).lower()}",
+            f"tracking.experiment={cfg.tracking.experiment}"]
+    sets += [f"data.root={Path(d.root).resolve()}"] if d.root else []
+    sets += [f"tracking.uri={cfg.tracking.uri}"] if cfg.tracking.uri else []
+    return load_pipeline(_pipeline_file(spec.pipeline, modality), [*sets, *spec.set], smoke=smoke)
+
+
+def _pipeline_file(name: str, modality: str) -> Path:
+    """A modality's pipeline YAML: as given (absolute, or from the working folder), else in medcl's pipelines/.
+
+    Raises:
+        ConfigError: it is in neither place.
+    """
+    given = Path(name).expanduser()
+    if given.is_file():
+        return given
+    folder = shipped("pipelines")
+    if (folder / name).is_file():
+        return folder / name
+    near = did_you_mean(name, sorted(str(p.relative_to(folder)) for p in folder.rglob("*.yaml")))
+    raise ConfigError(f"pipeline file {name!r} of modality {modality!r} not found (looked in {Path.cwd()} and "
+                      f"{folder})", where=f"fuse.modalities.{modality}.pipeline",
+                      fix=f"{near}give the path of the modality's pipeline YAML")
+
+
+def _modality_encoders(ctx: RunContext) -> dict[str, dict[str, Any]]:
+    """Each modality's encoder for the fuse stage (:attr:`RunContext.modalities`), pretraining where none is given.
+
+    A modality without ``encoder`` runs its pipeline's pretrain stage (:func:`modality_pipeline`, a pipeline run of
+    its own, skipped when an identical one completed) on every rank.
+    """
+    cfg = ctx.cfg
+    split_file = ctx.run_dir / "fuse_split.csv"
+    if ctx.is_main:
+        save_split(split_file, ctx.data.records, ctx.data.assignment)
+    distributed.barrier()
+    out: dict[str, dict[str, Any]] = {}
+    for modality, spec in cfg.fuse.modalities.items():
+        sub = modality_pipeline(cfg, ctx.data, modality, split_file, smoke=ctx.smoke)
+        if spec.encoder:
+            out[modality] = {"config": sub, "encoder": spec.encoder, "run_id": None}
+            continue
+        if ctx.is_main:
+            log.info("fuse: pretraining the %s encoder (%s, its own pipeline run %s)", modality, spec.pipeline,
+                     sub.name)
+        done = run_pipeline(sub, resume=ctx.resume, smoke=ctx.smoke).outputs["pretrain"]
+        out[modality] = {"config": sub, "encoder": done["encoder"], "run_id": done.get("run_id")}
+    return out
 
 
 def _open_pipeline_run(ctx: RunContext, force: bool) -> tuple[Tracker, dict[str, RunRef]]:

@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from medcl.modalities import Modality
 
 Task = Literal["binary", "multiclass", "multilabel", "ordinal"]
-StageName = Literal["pretrain", "classify", "segment", "detect", "slides", "calibrate", "report"]
+StageName = Literal["pretrain", "classify", "segment", "detect", "slides", "fuse", "calibrate", "report"]
 #: the order stages always run in, whatever order the YAML lists them
-STAGE_ORDER: tuple[str, ...] = ("pretrain", "classify", "segment", "detect", "slides", "calibrate", "report")
+STAGE_ORDER: tuple[str, ...] = ("pretrain", "classify", "segment", "detect", "slides", "fuse", "calibrate", "report")
 
 
 def _check_fractions(v: list[float]) -> list[float]:
@@ -82,6 +82,10 @@ class DataConfig(Section):
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     stratify: bool = True
+    split_file: str | None = Field(None, description="a split.csv medcl wrote (row, patient, split): every patient "
+                                   "keeps the split it has there (a fixed split across runs; the fuse stage hands its "
+                                   "split to each modality's pretraining this way); a patient missing from it is an "
+                                   "error")
     cache: Literal["none", "memory", "disk"] = "none"
     cache_dir: str | None = None
     batch_size: int = Field(64, ge=1)
@@ -323,6 +327,45 @@ class SlidesConfig(Section):
     _fractions = field_validator("label_fractions")(classmethod(lambda cls, v: _check_fractions(v)))
 
 
+class FuseModality(Section):
+    """One modality of a fusion pipeline (``fuse.modalities.<modality>``): its pipeline and its encoder."""
+
+    pipeline: str = Field(description="the modality's pipeline YAML (its transforms, model and pretraining); a "
+                          "relative path is looked up from the working folder, then in medcl's pipelines/ folder")
+    encoder: str | None = Field(None, description="a trained encoder of that pipeline (encoder.pt, or a runs:/ or "
+                                "models:/ URI); none: the pipeline's pretrain stage runs first, on this pipeline's "
+                                "manifest rows of the modality and its training patients")
+    set: list[str] = Field(default_factory=list, description="--set overrides of that pipeline (e.g. "
+                           "[pretrain.steps=200])")
+
+
+class FuseConfig(Section):
+    """Multimodal fusion (the ``fuse`` stage): a patient classified from all of its modalities, with learned gates."""
+
+    modalities: dict[str, FuseModality] = Field(default_factory=dict, description="modality (the manifest's "
+                                                "modality column) -> its pipeline and encoder; two or more")
+    hidden: int = Field(64, ge=1, description="size each modality's embedding is projected to")
+    gate_dim: int = Field(32, ge=1, description="query/key size of the attention gates")
+    gated: bool = Field(True, description="learned gates (attention with a NULL option, Gated Symile); false: every "
+                        "present modality counts fully (plain late fusion)")
+    modality_dropout: float = Field(0.3, ge=0.0, lt=1.0, description="training: each modality of a patient is "
+                                    "dropped with this probability (never all)")
+    corrupt_prob: float = Field(0.1, ge=0.0, lt=1.0, description="training: each modality of a patient is replaced "
+                                "with another patient's with this probability (mislinked), so the gates learn to "
+                                "down-weight an input that does not fit the others")
+    steps: int = Field(400, ge=1, description="optimiser steps of the fusion head (and of each baseline)")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    baselines: list[Literal["single", "ungated"]] = Field(
+        default_factory=lambda: ["single", "ungated"], description="single: one head per modality on that modality "
+        "alone; ungated: the same fusion without gates, trained alike")
+    require_all: bool = Field(False, description="stop when a patient lacks a modality (default: such patients are "
+                              "listed and classified from the modalities they have)")
+    n_boot: int = Field(1000, ge=10, description="patient-bootstrap resamples of the CIs")
+
+
 class CalibrateConfig(Section):
     """Post-hoc calibration of the classifier's probabilities (the ``calibrate`` stage)."""
 
@@ -383,6 +426,7 @@ class PipelineConfig(Section):
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     detect: DetectConfig = Field(default_factory=DetectConfig)
     slides: SlidesConfig = Field(default_factory=SlidesConfig)
+    fuse: FuseConfig = Field(default_factory=FuseConfig)
     calibrate: CalibrateConfig = Field(default_factory=CalibrateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from medcl.data.manifest import label_problems, load_manifest
-from medcl.data.splits import check_leakage, make_splits, split_summary
+from medcl.data.splits import check_leakage, load_split, make_splits, split_summary
 from medcl.data.validate import filter_records, row_reader_options, validate_manifest
 from medcl.data.wsi_plans import not_slides, plan_slides
 from medcl.errors import ConfigError, DataError, SplitError
@@ -265,8 +265,11 @@ def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
     labels = None
     if y.ndim == 1 and (y >= 0).any():
         labels = y
-    assignment = make_splits(records, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                             seed=cfg.seed, stratify=d.stratify, labels=labels, class_names=classes)
+    if d.split_file:
+        assignment = _split_from_file(d.split_file, records)
+    else:
+        assignment = make_splits(records, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
+                                 seed=cfg.seed, stratify=d.stratify, labels=labels, class_names=classes)
     check_leakage(records, assignment)
     patient_index = {p: i for i, p in enumerate(sorted({r.patient for r in records}))}
     bundle = DataBundle(records=list(records), excluded=list(excluded), y=y, classes=list(classes), task=d.task,
@@ -275,6 +278,22 @@ def prepare_data(cfg: Any, *, check_files: bool | None = None) -> DataBundle:
                         no_report=[r for r in no_report if r in {x.row for x in records}])
     bundle.summary = split_summary(records, assignment, labels)
     return bundle
+
+
+def _split_from_file(path: str, records: list[Any]) -> dict[str, str]:
+    """``data.split_file``: each patient's split from a ``split.csv`` medcl wrote.
+
+    Raises:
+        SplitError: the file cannot be read, or patients of the manifest are not in it.
+    """
+    saved = load_split(path)
+    absent = sorted({r.row for r in records if r.patient not in saved})
+    if absent:
+        raise SplitError(f"{len(absent)} manifest row(s) belong to patients the split file does not list (rows "
+                         f"{_rows_text(absent)})", where=f"data.split_file={path}",
+                         fix="give the split.csv of a run on the same patients, or unset data.split_file to split "
+                         "by patient afresh")
+    return {p: saved[p] for p in sorted({r.patient for r in records})}
 
 
 def check_splits(bundle: DataBundle, needs: dict[str, tuple[tuple[str, bool], ...]]) -> None:

@@ -32,6 +32,7 @@ from medcl.reporting.blocks import (
     table,
 )
 from medcl.reporting.data import ReportData
+from medcl.reporting.fusion import fusion
 from medcl.reporting.inspection import embedding_map, saliency
 from medcl.reporting.overview import (
     CHANCE_MARGIN_AUROC,
@@ -57,7 +58,7 @@ from medcl.tracking.reader import ArtifactUnreadable
 
 __all__ = [
     "CHANCE_MARGIN_AUROC", "HEADLINE_METRICS", "METRIC_NAMES", "SECTIONS", "STYLE", "Missing", "ci_text",
-    "cohort", "confusion_matrix", "embedding_map", "esc", "external_validation", "fmt", "headline_metrics",
+    "cohort", "confusion_matrix", "embedding_map", "esc", "external_validation", "fmt", "fusion", "headline_metrics",
     "img", "label_efficiency", "limitations", "metric_cell", "note", "para", "plain_sentence", "pretraining",
     "reliability", "render", "roc_pr_curves", "saliency", "segmentation", "slides", "subgroups", "table", "verdict",
     "what_was_trained", "zero_shot",
@@ -80,6 +81,7 @@ SECTIONS: dict[str, tuple[str, Callable[[ReportData], list[str]]]] = {
     "rare_findings": ("Rare findings (one-class detection)", rare_findings),
     "slides": ("Slides (slide-level classification)", slides),
     "zero_shot": ("Zero-shot classification and retrieval (reports)", zero_shot),
+    "fusion": ("Multimodal fusion", fusion),
     "label_efficiency": ("Label efficiency", label_efficiency),
     "external": ("External validation", external_validation),
     "limitations": ("Limitations", limitations),

@@ -69,6 +69,12 @@ def _slides(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     return run(ctx, tracker)
 
 
+def _fuse(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
+    from medcl.stages.fuse import run  # lazy: torch, scipy.stats (see above)
+
+    return run(ctx, tracker)
+
+
 def _calibrate(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     from medcl.stages.calibrate import run  # lazy: torch, scipy.stats (see above)
 
@@ -82,6 +88,8 @@ STAGES: dict[str, Stage] = {
     "segment": Stage(_segment, main_only=False, splits=(("train", False), ("test", False))),  # evaluation sharded
     "detect": Stage(_detect, main_only=True, splits=(("train", True), ("test", True))),  # features + small heads
     "slides": Stage(_slides, main_only=True, splits=(("train", True), ("test", True))),  # tile features + MIL heads
+    # embeddings + small heads; each modality's pretraining (DDP) is run by the pipeline just before it
+    "fuse": Stage(_fuse, main_only=True, splits=(("train", True), ("test", True))),
     "calibrate": Stage(_calibrate, main_only=True, splits=(("val", True), ("test", True))),  # a few thousand logits
     "report": Stage(report.run, main_only=True),        # a notebook reading MLflow
 }

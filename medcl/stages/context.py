@@ -33,6 +33,8 @@ class RunContext:
         outputs: ``{stage: outputs}`` of the stages run (or skipped as done) so far.
         parent_run_id: the pipeline's MLflow run.
         tracking_uri: the MLflow store.
+        modalities: a fusion pipeline's modalities, set by the pipeline before the fuse stage: modality ->
+            ``{"config": its pipeline's config, "encoder": weights path or URI, "run_id": its pretraining run}``.
     """
 
     cfg: PipelineConfig
@@ -47,6 +49,7 @@ class RunContext:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     parent_run_id: str | None = None
     tracking_uri: str | None = None
+    modalities: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:

@@ -27,6 +27,11 @@ COMMON = ["runtime.progress=false", "runtime.deterministic=true", "runtime.devic
           "pretrain.warmup_epochs=0", "pretrain.warmup_steps=null", "pretrain.batch_size=8", "data.cache=none",
           "data.num_workers=0"]
 
+#: each modality's pipeline in the fusion scenario: the scenarios' tiny encoder, 2 pretraining steps, no probe
+FUSE_TINY = ("model.encoder=tiny_cnn, 'model.options={widths: [8, 16]}', 'transforms.spatial_size=[32, 32]', "
+             "pretrain.steps=2, pretrain.warmup_steps=0, pretrain.batch_size=8, pretrain.probe=false, "
+             "model.proj_hidden_dim=16, model.proj_dim=8")
+
 #: a pipeline YAML with no modality defaults (``transforms.preset`` can change without leaving parameters behind
 #: that the other preset refuses)
 BARE_MRI = """\
@@ -67,6 +72,13 @@ SCENARIOS: dict[str, tuple[str, list[str]]] = {
         "data.test_fraction=0.34", "data.batch_size=16", "pretrain.max_steps=2", "data.wsi.tile_size=64",
         "data.wsi.max_tiles=6", "slides.hidden=16", "slides.attention_dim=8", "slides.epochs=2", "slides.n_boot=10",
         "slides.scratch_steps=2", "slides.scratch_tiles=2", "slides.calibration_folds=2"]),
+    # linked OCT + fundus patients (2 of 16 lack one): each modality's tiny encoder pretrained 2 steps by its own demo
+    # pipeline -> gated fusion, its baselines and test conditions
+    "fuse": ("pipelines/demo/eye-multimodal.yaml", [
+        "data.manifest={data}/eye/manifest.csv", "stages=[fuse]", "data.test_fraction=0.25", "data.batch_size=16",
+        f"fuse.modalities={{oct: {{pipeline: demo/oct.yaml, set: [{FUSE_TINY}]}}, "
+        f"fundus: {{pipeline: demo/fundus.yaml, set: [{FUSE_TINY}]}}}}",
+        "fuse.steps=5", "fuse.n_boot=10", "fuse.hidden=8", "fuse.gate_dim=4"]),
     # MRI volumes through a pipeline without modality defaults: pretraining only
     "bare-mri": (BARE_MRI, ["data.manifest={data}/mri/manifest.csv", "data.batch_size=4", "pretrain.batch_size=4"]),
 }
@@ -76,10 +88,11 @@ def synth_data(root: Path) -> Path:
     """Synthesise every scenario's data under ``root`` (once per module); returns ``root``."""
     from medcl.data.synth import synthesize
 
-    synthesize(root, modalities=["oct", "mri", "cytology", "histo"],
-               patients={"oct": 16, "mri": 12, "cytology": 16, "histo": 12}, seed=0,
-               size={"oct": 32, "mri": 16, "cytology": 32, "histo": 32})
+    synthesize(root, modalities=["oct", "mri", "cytology", "histo", "eye"],
+               patients={"oct": 16, "mri": 12, "cytology": 16, "histo": 12, "eye": 16}, seed=0,
+               size={"oct": 32, "mri": 16, "cytology": 32, "histo": 32, "eye": 32})
     _oct_extra(root)
+    _fixed_split(root / "oct" / "manifest-extra.csv", root / "oct" / "split-fixed.csv")
     pretrained = root / "pretrained" / "tiny_cnn-2d.pt"
     pretrained.parent.mkdir()
     _random_encoder(pretrained)
@@ -136,6 +149,17 @@ def _oct_extra(root: Path) -> None:
             w = csv.DictWriter(fh, cols)
             w.writeheader()
             w.writerows(body)
+
+
+def _fixed_split(manifest: Path, out: Path) -> None:
+    """A ``split.csv`` (for ``data.split_file``) of the manifest's patients: the first four test, two val, the rest
+    train — another split than the seeded one."""
+    from medcl.data.manifest import load_manifest
+    from medcl.data.splits import save_split
+
+    records = load_manifest(manifest).records
+    patients = sorted({r.patient for r in records})
+    save_split(out, records, {p: "test" if i < 4 else "val" if i < 6 else "train" for i, p in enumerate(patients)})
 
 
 def _random_encoder(path: Path) -> None:

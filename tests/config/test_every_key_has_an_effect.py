@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import pytest
 from key_effects import (
+    FUSE_TINY,
     REPO,
     SCENARIOS,
     differences,
@@ -78,6 +79,7 @@ PERTURB: dict[str, Perturb] = {
     "data.on_error": Perturb("oct", "stop", error=True),  # the 3 x 3 scan (bad-shape) now stops the run
     "data.validate_files": Perturb("oct", "false"),  # the 3 x 3 scan is no longer excluded
     "data.val_fraction": Perturb("oct", "0.3"),
+    "data.split_file": Perturb("oct", "{data}/oct/split-fixed.csv"),  # another split than the seeded one
     "data.test_fraction": Perturb("oct", "0.3"),
     "data.stratify": Perturb("oct", "false"),
     # the image reader takes no options: every file is refused (a DICOM series chosen by it:
@@ -195,6 +197,24 @@ PERTURB: dict[str, Perturb] = {
     "slides.scratch_lr": Perturb("slides", "0.01"),
     "slides.calibration": Perturb("slides", "none"),
     "slides.calibration_folds": Perturb("slides", "3"),
+    # -- fuse
+    # the OCT encoder given (a random-init tiny CNN) instead of pretrained by the OCT pipeline
+    "fuse.modalities": Perturb("fuse", "{oct: {pipeline: demo/oct.yaml, encoder: {data}/pretrained/tiny_cnn-2d.pt, "
+                               "set: [" + FUSE_TINY + "]}, fundus: {pipeline: demo/fundus.yaml, set: [" + FUSE_TINY
+                               + "]}}"),
+    "fuse.hidden": Perturb("fuse", "4"),
+    "fuse.gate_dim": Perturb("fuse", "2"),
+    "fuse.gated": Perturb("fuse", "false"),
+    "fuse.modality_dropout": Perturb("fuse", "0.0"),
+    "fuse.corrupt_prob": Perturb("fuse", "0.5"),
+    "fuse.steps": Perturb("fuse", "3"),
+    "fuse.batch_size": Perturb("fuse", "4"),
+    "fuse.lr": Perturb("fuse", "0.01"),
+    "fuse.weight_decay": Perturb("fuse", "0.1"),
+    "fuse.dropout": Perturb("fuse", "0.5"),
+    "fuse.baselines": Perturb("fuse", "[single]"),
+    "fuse.require_all": Perturb("fuse", "true", error=True),  # two of the patients lack an examination
+    "fuse.n_boot": Perturb("fuse", "20"),
     # -- calibrate
     "calibrate.method": Perturb("oct", "vector"),
     "calibrate.n_bins": Perturb("oct", "5"),
@@ -274,7 +294,7 @@ NO_EFFECT_FOUND: dict[str, str] = {}
 
 #: perturbations run by ``make test`` (the others are the slow sweep), a few per scenario
 FAST = ("data.val_fraction", "transforms.augment_on", "pretrain.temperature", "classify.knn_k", "segment.overlap",
-        "detect.k")
+        "detect.k", "fuse.gated")
 
 
 def _leaves(model: type[BaseModel] = PipelineConfig, prefix: str = ""):

@@ -235,3 +235,48 @@ def test_load_split_rejects_leaky_or_malformed_files(tmp_path):
     p.write_text("row,patient,split\n1,p-0123456789abcdef,trian\n")
     with pytest.raises(SplitError, match="did you mean 'train'"):
         load_split(p)
+
+
+def _image_manifest(tmp_path, n_patients: int):
+    import csv as _csv
+
+    from PIL import Image
+
+    rows = []
+    for p in range(n_patients):
+        for k in range(2):
+            name = f"p{p}_{k}.png"
+            Image.new("L", (8, 8), (20 * p + k) % 255).save(tmp_path / name)
+            rows.append({"patient_id": f"WARD-{p:03d}", "path": name, "modality": "oct",
+                         "label": ["normal", "early"][p % 2]})
+    path = tmp_path / "manifest.csv"
+    with path.open("w", newline="") as fh:
+        w = _csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_a_split_file_fixes_every_patients_split_and_must_cover_them_all(tmp_path):
+    from medcl.config.schema import PipelineConfig
+    from medcl.data.manifest import load_manifest
+    from medcl.data.prepare import prepare_data
+
+    manifest = _image_manifest(tmp_path, 8)
+    records = load_manifest(manifest).records
+    patients = sorted({r.patient for r in records})
+    wanted = {p: ("test" if i < 3 else "val" if i == 3 else "train") for i, p in enumerate(patients)}
+    save_split(tmp_path / "fixed.csv", records, wanted)
+
+    def cfg(path):
+        return PipelineConfig(name="t", data={"manifest": str(manifest), "split_file": str(path)},
+                              runtime={"output_dir": str(tmp_path / "out"), "progress": False})
+
+    bundle = prepare_data(cfg(tmp_path / "fixed.csv"))
+    assert bundle.assignment == wanted  # not the seeded 15 % / 15 % split: three test patients
+    # a split file written for fewer patients: the rows of the others are named
+    save_split(tmp_path / "fewer.csv", [r for r in records if r.patient != patients[5]], wanted)
+    with pytest.raises(SplitError, match=r"2 manifest row\(s\) .*split file does not list") as err:
+        prepare_data(cfg(tmp_path / "fewer.csv"))
+    rows = sorted(r.row for r in records if r.patient == patients[5])
+    assert f"rows {rows[0]}, {rows[1]}" in str(err.value)

@@ -71,7 +71,7 @@ runtime: {device: cpu, progress: false}
 SHIPPED = {"ecg_rhythm": "ecg", "oct_severity": "oct", "fundus_grading": "fundus", "histo_tissue": "histo",
            "ct_lesion": "ct", "mri_lesion_seg": "mri", "histo_tissue_egcl": "histo", "ct_lesion_dense": "ct",
            "mri_lesion_seg_dense": "mri", "cytology_rare": "cytology", "histo_wsi": "histo-wsi",
-           "ecg_report_clip": "ecg"}
+           "ecg_report_clip": "ecg", "eye_multimodal": "eye"}
 
 
 def _launch(cmd_tail: list[str], workdir: Path, *, nproc: int = 2, timeout: int = 600, **env: str):
@@ -211,9 +211,11 @@ def test_shipped_pipeline_smoke_completes_under_torchrun(name, demo_sets, tmp_pa
     cfg = load_pipeline(ROOT / "pipelines" / f"{name}.yaml", ["data.manifest=x.csv"])  # includes resolved
     listed = cfg.stages
     pipelines, stages = _stage_statuses(uri)
-    assert len(pipelines) == 1 and pipelines[0].info.status == "FINISHED"
-    assert stages == {s: "FINISHED" for s in listed}  # one nested run per stage, all finished
-    assert all(r.data.tags["mlflow.parentRunId"] == pipelines[0].info.run_id for r in runs_by_kind(uri)["stage"])
+    # a fusion pipeline also runs each modality's pipeline (its pretrain stage), a pipeline run each
+    assert len(pipelines) == 1 + len(cfg.fuse.modalities) and all(p.info.status == "FINISHED" for p in pipelines)
+    assert stages == {s: "FINISHED" for s in [*listed, *(["pretrain"] if cfg.fuse.modalities else [])]}
+    parents = {p.info.run_id for p in pipelines}
+    assert all(r.data.tags["mlflow.parentRunId"] in parents for r in runs_by_kind(uri)["stage"])
 
     assert _writes(tmp_path, 1) == [], "rank 1 wrote files in the run folder"
     written = [Path(p) for p in _writes(tmp_path, 0)]

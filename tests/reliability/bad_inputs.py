@@ -617,6 +617,35 @@ def _r_detect_no_normal_class(d, demo):
     return dry_run(d, manifest(d, rows), "stages=[pretrain, detect]")
 
 
+EYE_PIPELINE = REPO / "pipelines" / "demo" / "eye-multimodal.yaml"
+
+
+def eye_rows(n_patients: int, d: Path, demo: Path, without_fundus: int) -> list[str]:
+    """An OCT B-scan and a fundus photograph (the demo's, reused) per patient; ``without_fundus`` has no photograph."""
+    octs = sorted((demo / "oct" / "images").glob("*.png"))
+    photos = sorted((demo / "fundus" / "images").glob("*.png"))
+    rows = []
+    for p in range(n_patients):
+        label = "healthy" if p % 2 else "amd"
+        copy(demo, str(octs[p % len(octs)].relative_to(demo)), d, f"oct/p{p:03d}.png")
+        rows.append(f"P{p:03d},oct/p{p:03d}.png,oct,{label}")
+        if p != without_fundus:
+            copy(demo, str(photos[p % len(photos)].relative_to(demo)), d, f"fundus/p{p:03d}.png")
+            rows.append(f"P{p:03d},fundus/p{p:03d}.png,fundus,{label}")
+    return rows
+
+
+def _f_missing_modality(d, demo):
+    return ["run", str(EYE_PIPELINE), "--dry-run", "--set", f"data.manifest={manifest(d, eye_rows(8, d, demo, 5))}",
+            "--set", f"runtime.output_dir={d / 'runs'}", "--set", "fuse.require_all=true"]
+
+
+def _f_unknown_modality(d, demo):
+    return ["run", str(EYE_PIPELINE), "--dry-run", "--set", f"data.manifest={manifest(d, eye_rows(8, d, demo, -1))}",
+            "--set", f"runtime.output_dir={d / 'runs'}", "--set",
+            "fuse.modalities={octt: {pipeline: demo/oct.yaml}, fundus: {pipeline: demo/fundus.yaml}}"]
+
+
 CASES: list[Case] = [
     Case("manifest-missing", "manifest", "the manifest file does not exist", _m_missing),
     Case("manifest-not-utf8", "manifest", "manifest saved as Latin-1 (a name with É)", _m_not_utf8),
@@ -712,6 +741,9 @@ CASES: list[Case] = [
     Case("config-hardneg-no-pairs", "config", "`supcon-hardneg` without confusable pairs", _c_hardneg_no_pairs),
     Case("config-detect-no-normal-class", "config", "the detect stage without `detect.normal_class`",
          _r_detect_no_normal_class),
+    Case("fusion-modality-missing", "manifest", "a patient without its fundus photograph, with `fuse.require_all`",
+         _f_missing_modality),
+    Case("fusion-unknown-modality", "config", "`fuse.modalities` naming `octt`", _f_unknown_modality),
 ]
 
 
@@ -798,6 +830,8 @@ EXPECT: dict[str, tuple[str, ...]] = {
     "histo-rgba-tile": ("row 1", "tile.png", "transparency", "flatten"),
     "ct-dicom-no-pixels": ("row 1", "slice.dcm", "no pixel data", "image object"),
     "manifest-mask-missing": ("row 1", "nothere_mask.png", "does not exist", "mask path"),
+    "fusion-modality-missing": ("row(s) 11", "1 patient(s) lack a modality", "no fundus row", "require_all: false"),
+    "fusion-unknown-modality": ("fuse.modalities.octt", "no octt rows", "did you mean 'oct'"),
     "manifest-semicolon": ("manifest.csv", "separated by semicolons", "comma-separated"),
     "manifest-tabs-in-csv": ("manifest.csv", "separated by tabs", ".tsv"),
     "config-include-cycle": ("a.yaml", "include cycle", "b.yaml", "remove one of the includes"),

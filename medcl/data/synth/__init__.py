@@ -31,6 +31,7 @@ from types import ModuleType
 from medcl.data.synth import ct as _ct
 from medcl.data.synth import cytology as _cytology
 from medcl.data.synth import ecg as _ecg
+from medcl.data.synth import eye as _eye
 from medcl.data.synth import fundus as _fundus
 from medcl.data.synth import histo as _histo
 from medcl.data.synth import histo_wsi as _histo_wsi
@@ -59,6 +60,7 @@ SYNTHESISERS: dict[str, ModuleType] = {
 EXTRA_SETS: dict[str, ModuleType] = {
     "cytology": _cytology,
     "histo-wsi": _histo_wsi,
+    "eye": _eye,
 }
 
 _MARKER = ".medcl-synth"
@@ -197,6 +199,7 @@ def _readme(summary, seed: int) -> str:
         "ecg": "12-lead WFDB records (.hea + .dat), mV",
         "cytology": "RGB PNG tiles of cytology-like smears, label per tile, malignant tiles rare (≤ 2 %)",
         "histo-wsi": "pyramidal TIFF slides, label per slide, tumour in 10–25 % of a tumour slide's tissue",
+        "eye": "OCT B-scans and fundus photographs (PNG) of the same patients, one label per patient from both",
     }
     for name, mod, n_pat, rows in summary:
         lines.append(

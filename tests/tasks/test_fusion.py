@@ -1,0 +1,141 @@
+"""Gated fusion (medcl.tasks.fusion): the gate as defined (hand computation), missing modalities, training."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medcl.tasks.fusion import (
+    FusionData,
+    GatedFusion,
+    drop_modalities,
+    predict_fusion,
+    standardise,
+    train_fusion,
+)
+
+
+def _model(gated: bool = True, seed: int = 0) -> GatedFusion:
+    torch.manual_seed(seed)
+    return GatedFusion({"a": 5, "b": 3, "c": 4}, 2, hidden=6, gate_dim=4, dropout=0.0, gated=gated).eval()
+
+
+def _inputs(n: int = 7, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    feats = {"a": torch.randn(n, 5, generator=g), "b": torch.randn(n, 3, generator=g), "c": torch.randn(n, 4, generator=g)}
+    present = torch.ones(n, 3, dtype=torch.bool)
+    present[1, 1] = present[2, 0] = present[2, 2] = present[4, 2] = False
+    return feats, present
+
+
+def test_gate_is_one_minus_the_attention_on_null_computed_by_hand():
+    model = _model()
+    feats, present = _inputs()
+    with torch.no_grad():
+        _, gates = model(feats, present)
+        h = np.stack([model.proj[m](feats[m]).numpy() for m in "abc"], 1)  # (B, M, H)
+        q = np.stack([h[:, i] @ model.query[m].weight.numpy().T + model.query[m].bias.numpy()
+                      for i, m in enumerate("abc")], 1)
+        k = np.stack([h[:, i] @ model.key[m].weight.numpy().T + model.key[m].bias.numpy() for i, m in enumerate("abc")], 1)
+        null = model.null_key.numpy()
+    want = np.zeros((len(h), 3))
+    for b in range(len(h)):
+        for i in range(3):
+            if not present[b, i]:
+                continue  # a missing modality: gate 0
+            scores = [q[b, i] @ k[b, j] / math.sqrt(4) for j in range(3) if present[b, j]] + [q[b, i] @ null / math.sqrt(4)]
+            e = np.exp(np.asarray(scores) - max(scores))
+            want[b, i] = 1.0 - e[-1] / e.sum()
+    np.testing.assert_allclose(gates.numpy(), want, rtol=1e-5, atol=1e-6)
+    assert ((gates > 0) & (gates < 1)).numpy()[present.numpy()].all()
+
+
+def test_a_missing_modality_does_not_reach_the_output():
+    model = _model()
+    feats, present = _inputs()
+    logits, gates = model(feats, present)
+    changed = {m: f.clone() for m, f in feats.items()}
+    changed["b"][1] += 100.0  # patient 1 has no b
+    changed["a"][2] -= 50.0  # patient 2 has no a
+    logits2, _ = model(changed, present)
+    torch.testing.assert_close(logits2, logits)
+    assert gates[1, 1] == 0 and gates[2, 0] == 0
+    # ... while a present modality does
+    changed["a"][0, 0] += 1.0  # (one feature: the layer norm ignores a shift of them all)
+    assert not torch.allclose(model(changed, present)[0][0], logits[0])
+
+
+def test_the_ungated_baseline_gates_by_presence_only():
+    feats, present = _inputs()
+    _, gates = _model(gated=False)(feats, present)
+    torch.testing.assert_close(gates, present.float())
+
+
+def test_modality_dropout_never_drops_every_modality_of_a_patient():
+    gen = np.random.default_rng(0)
+    present = gen.random((2000, 3)) < 0.7
+    out = drop_modalities(present, 0.9, gen)
+    assert not (out & ~present).any()  # never adds one
+    assert (out.sum(1) >= 1)[present.any(1)].all()
+    assert 0.05 < out.sum() / present.sum() < 0.5  # most are dropped at p = 0.9
+
+
+def test_mislinked_gives_everyone_another_patients_features():
+    f = np.arange(12, dtype=np.float32).reshape(6, 2)
+    present = np.array([[1, 1], [1, 0], [1, 1], [1, 1], [0, 1], [1, 1]], bool)
+    d = FusionData({"a": f.copy(), "b": f.copy() + 100}, present, ("a", "b")).mislinked("a", seed=3)
+    has = np.flatnonzero(present[:, 0])
+    assert not (d.feats["a"][has] == f[has]).all(1).any()  # nobody keeps their own
+    assert sorted(map(tuple, d.feats["a"][has])) == sorted(map(tuple, f[has]))  # the same features, moved
+    np.testing.assert_array_equal(d.feats["a"][4], f[4])  # a patient without the modality is untouched
+    np.testing.assert_array_equal(d.feats["b"], f + 100)
+
+
+def test_standardise_uses_training_patients_who_have_the_modality():
+    f = np.array([[1.0], [3.0], [100.0], [5.0]], np.float32)
+    present = np.array([[1], [1], [0], [1]], bool)
+    d = standardise(FusionData({"a": f}, present, ("a",)), train=np.array([0, 1, 2]))
+    np.testing.assert_allclose(d.feats["a"][:, 0], [(1 - 2) / 1, (3 - 2) / 1, 0.0, (5 - 2) / 1], atol=1e-4)
+
+
+def _toy(n: int, seed: int) -> tuple[FusionData, np.ndarray]:
+    """Four classes; modality a tells the first bit, modality b the second (each sees half of the label)."""
+    gen = np.random.default_rng(seed)
+    y = gen.integers(0, 4, n)
+    a = gen.normal(size=(n, 8)).astype(np.float32)
+    b = gen.normal(size=(n, 8)).astype(np.float32)
+    a[:, 0] += 4.0 * (y // 2)  # Bayes accuracy per bit: Phi(2) = 0.977
+    b[:, 0] += 4.0 * (y % 2)
+    return FusionData({"a": a, "b": b}, np.ones((n, 2), bool), ("a", "b")), y
+
+
+@pytest.fixture(scope="module")
+def trained():
+    train, y = _toy(400, 0)
+    test, yt = _toy(300, 1)
+    model = GatedFusion({"a": 8, "b": 8}, 4, hidden=16, gate_dim=8, dropout=0.0)
+    train_fusion(model, train, y, multilabel=False, steps=300, batch_size=64, lr=3e-3, weight_decay=1e-4,
+                 modality_dropout=0.3, corrupt_prob=0.2, seed=0)
+    return model, test, yt
+
+
+def test_fusion_needs_both_modalities_where_each_sees_half_the_label(trained):
+    model, test, yt = trained
+    acc = {}
+    for name, data in (("both", test), ("without_a", test.dropped("a")), ("without_b", test.dropped("b"))):
+        probs, _ = predict_fusion(model, data, multilabel=False)
+        acc[name] = float((probs.argmax(1) == yt).mean())
+    # each modality alone can tell two of the four classes apart at best (half of the label): at most ~0.5 + noise
+    assert acc["both"] > 0.8 > 0.6 > max(acc["without_a"], acc["without_b"])
+
+
+def test_trained_gates_fall_for_a_mislinked_modality(trained):
+    model, test, _ = trained
+    _, clean = predict_fusion(model, test, multilabel=False)
+    _, wrong = predict_fusion(model, test.mislinked("a", seed=0), multilabel=False)
+    _, dropped = predict_fusion(model, test.dropped("a"), multilabel=False)
+    assert (dropped[:, 0] == 0).all()
+    assert wrong[:, 0].mean() < clean[:, 0].mean()
