@@ -21,7 +21,7 @@ from medcl.data.validate import filter_records, row_reader_options, validate_man
 from medcl.data.wsi_plans import not_slides, plan_slides
 from medcl.errors import ConfigError, DataError, SplitError
 from medcl.lookup import did_you_mean
-from medcl.text.deid import scrub
+from medcl.text.deid import register_found_names, scrub
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -178,6 +178,7 @@ def _deidentify_reports(manifest: Any, column: str) -> tuple[str | None, list[in
     if not any(column in r.extra for r in manifest.records):
         return None, []
     missing, tags = [], Counter()
+    register_found_names(str(r.extra.get(column) or "") for r in manifest.records)  # a name found once: everywhere
     for r in manifest.records:
         text = str(r.extra.get(column) or "").strip()
         if not text:

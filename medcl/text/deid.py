@@ -15,9 +15,10 @@ numbers. :func:`scrub` replaces each with a category tag before the text is used
   ``0161 496 0000``) numbers.
 * ``[EMAIL]`` — e-mail addresses.
 
-Clinical numbers survive (``QT 420 ms``, ``HR 72``, ``1.5 mm``, ``grade 2``, lead names, ``V1``-``V6``). What a rule
-cannot see is not caught: a bare name without a title, label or registry entry ("Smith reported pain"), free-text
-addresses, ages. Register the names you know (:func:`medcl.phi.register_dicom_phi` does it for DICOM) and keep the
+Clinical numbers survive (``QT 420 ms``, ``HR 72``, ``1.5 mm``, ``grade 2``, lead names, ``V1``-``V6``). A name a rule
+found in one report is replaced wherever it stands in the others (:func:`register_found_names`, run over a whole
+manifest first). What no rule sees is not caught: a bare name found after no title or label in any report and not
+registered ("Smith reported pain"), free-text addresses, ages. Register the names you know (:func:`medcl.phi.register_dicom_phi` does it for DICOM) and keep the
 scrubbed text the only text that leaves the manifest.
 """
 
@@ -78,6 +79,28 @@ class Scrubbed:
 def _replace(match: re.Match[str], tag: str) -> str:
     """The span's tag; a labelled span (``MRN: 123``, ``Dr. Smith``, ``Patient: John``) keeps its label."""
     return (match.group("keep") if "keep" in match.re.groupindex else "") + tag
+
+
+def register_found_names(texts: Iterable[str]) -> int:
+    """Register every name word a ``[NAME]`` rule finds in ``texts`` with the PHI registry (as a name component).
+
+    :func:`scrub` then also replaces that name where it stands bare, in every text (``"Patient: Ottoline
+    Fairweather"`` in one report, ``"about Ottoline Fairweather"`` in another), and log lines are redacted of it.
+    Initials and words shorter than the registry's minimum are left out.
+
+    Returns:
+        How many distinct words were found.
+    """
+    words: set[str] = set()
+    rules = [p for tag, p in _RULES if tag == "[NAME]"]
+    for text in texts:
+        for pattern in rules:
+            for m in pattern.finditer(str(text)):
+                span = m.group(0)[len(m.group("keep")):] if "keep" in pattern.groupindex else m.group(0)
+                words.update(w for w in re.split(r"\s+", span) if len(w) >= REGISTRY.MIN_LEN and not w.endswith("."))
+    for w in words:
+        REGISTRY.add_soft(w)
+    return len(words)
 
 
 def scrub(text: str, identifiers: Iterable[str] = (), *, registry: bool = True) -> Scrubbed:

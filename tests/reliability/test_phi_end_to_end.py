@@ -144,6 +144,11 @@ def phi_run(tmp_path_factory):
         for name, pipeline, manifest, extra in (
             ("oct", "oct.yaml", oct_manifest, ["classify.protocols=[linear, finetune]", "classify.baselines=[random]",
                                                   "data.on_error=skip"]),
+            # the reports train a tokenizer and a text encoder (text_model.pt is searched too), zero-shot prompts
+            ("oct-clip", "oct.yaml", oct_manifest, ["pretrain.method=clip", "classify.protocols=[linear]",
+                                                    "pretrain.method_options={text_dim: 16, text_depth: 1, "
+                                                    "text_heads: 2, vocab_size: 200}", "classify.baselines=[]",
+                                                    "data.on_error=skip"]),
             ("ct", "ct.yaml", ct_manifest, ["classify.protocols=[linear]", "classify.baselines=[]",
                                             "transforms.spatial_size=[16, 16, 8]", "data.val_fraction=0.3",
                                             "data.test_fraction=0.3"]),
@@ -164,9 +169,10 @@ def phi_run(tmp_path_factory):
 
 
 def test_pipelines_ran(phi_run):
-    assert phi_run["codes"] == {"oct": 0, "ct": 0}, phi_run["console"]
+    assert phi_run["codes"] == {"oct": 0, "oct-clip": 0, "ct": 0}, phi_run["console"]
     reports = sorted(phi_run["runs"].rglob("report.html"))
-    assert len(reports) == 2
+    assert len(reports) == 3
+    assert list(phi_run["runs"].rglob("text_model.pt")), "the clip run's text model was written (and is searched)"
     assert list(phi_run["runs"].rglob("ckpt-*.pt")), "checkpoints were written (and are searched)"
     assert list(phi_run["logs"].glob("*.log"))
     assert (phi_run["store"] / "mlflow.db").stat().st_size > 0

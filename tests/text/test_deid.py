@@ -59,3 +59,19 @@ def test_text_without_phi_is_unchanged():
             "Intermediate AMD: 4 large drusen, no geographic atrophy. Grade 2/4.")
     out = scrub(text, registry=False)
     assert out.text == text and not out.counts
+
+
+def test_a_name_found_in_one_report_is_replaced_where_it_stands_bare_in_another():
+    from medcl.text.deid import register_found_names
+
+    reports = ["Patient: Ottoline Fairweather, MRN 8831902. Normal scan.",
+               "Call 0161 496 0872 about Ottoline Fairweather; no change. Drusen, as Smith noted."]
+    REGISTRY.clear()
+    try:
+        assert scrub(reports[1]).text.count("Ottoline") == 1  # alone, the bare name is not seen
+        assert register_found_names(reports) == 2  # Ottoline, Fairweather (no initials)
+        out = scrub(reports[1])
+        assert "Ottoline" not in out.text and "Fairweather" not in out.text
+        assert "no change. Drusen" in out.text and "Smith" in out.text  # clinical words kept; no rule saw Smith
+    finally:
+        REGISTRY.clear()
