@@ -61,6 +61,9 @@ def run_ecg(kind: str, seed: int, manifest: Path, work: Path, quick: bool) -> di
         for f in FRACTIONS:
             key = metric_key(model_tag(model, "linear", f), "auroc")
             row[f"{model}_linear_f{round(f * 100)}"] = m.get(key)
+    results = json.loads(Path(ctx.outputs["classify"]["results"]).read_text())
+    row["train_patients"] = {f"f{round(x['fraction'] * 100)}": x.get("n_train_patients") for x in results
+                             if x["model"] == "ssl" and x["protocol"] == "linear"}
     row["zero_shot_auroc"] = m.get("test/zero_shot/auroc")
     row["zero_shot_ci"] = [m.get("test/zero_shot/auroc_ci_low"), m.get("test/zero_shot/auroc_ci_high")]
     row["retrieval"] = {k.removeprefix("test/retrieval/"): v for k, v in m.items() if k.startswith("test/retrieval/")}

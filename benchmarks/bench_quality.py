@@ -241,6 +241,26 @@ def run_pipeline_kind(r: dict[str, Any], work: Path, manifest: Path, quick: bool
     return collect(ctx)
 
 
+def _split_file(r: dict[str, Any], pipeline_row: dict[str, Any], manifest: Path, work: Path,
+                quick: bool) -> tuple[str, bool]:
+    """``(the pipeline run's split.csv, False)``, or, when its run folder is gone, ``(the same split rebuilt, True)``.
+
+    The split depends only on the manifest, the seed and the data settings: it is made again with the pipeline run's
+    config (``prepare_data``; rows and splits, the only columns the plain loops read).
+    """
+    path = Path(pipeline_row["split"])
+    if path.is_file():
+        return str(path), False
+    from medcl.data.prepare import prepare_data
+    from medcl.data.splits import save_split
+
+    data = prepare_data(pipeline_config({"kind": "pipeline", "modality": r["modality"], "seed": r["seed"]}, work,
+                                        manifest, quick))
+    out = work / "splits" / f"{r['modality']}-seed{r['seed']}.csv"
+    save_split(out, data.records, data.assignment)
+    return str(out), True
+
+
 def run_reference(r: dict[str, Any], pipeline_row: dict[str, Any] | None, manifest: Path, work: Path,
                   quick: bool) -> dict[str, Any]:
     """A plain loop on the pipeline run's split, with that run's budget, batch and architecture."""
@@ -260,8 +280,9 @@ def run_reference(r: dict[str, Any], pipeline_row: dict[str, Any] | None, manife
     size = (cfg.transforms.model_extra or {}).get("spatial_size", [64])[0]
     out = work / "reference" / f"{run_key(r).replace('/', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    split, rebuilt = _split_file(r, pipeline_row, manifest, work, quick)
     cmd = [sys.executable, str(ROOT / "benchmarks" / "reference" / f"{r['loop']}.py"), "--manifest", str(manifest),
-           "--split", pipeline_row["split"], "--modality", r["modality"], "--label-column", column,
+           "--split", split, "--modality", r["modality"], "--label-column", column,
            "--classes", ",".join(cfg.data.classes or []), "--steps", str(steps), "--batch", str(batch),
            "--seed", str(r["seed"]), "--size", str(size), "--out", str(out),
            "--output-stride", str((cfg.model.options or {}).get("output_stride", 32))]
@@ -269,7 +290,7 @@ def run_reference(r: dict[str, Any], pipeline_row: dict[str, Any] | None, manife
                           cwd=ROOT / "benchmarks" / "reference")
     if proc.returncode != 0:
         raise RuntimeError(f"exit {proc.returncode}: {proc.stderr[-1500:]}")
-    return {"result": json.loads(out.read_text())}
+    return {"result": json.loads(out.read_text()), **({"split_rebuilt": True} if rebuilt else {})}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -907,7 +907,9 @@ def section_multimodal(res: dict[str, Any], targets: list[list[str]]) -> str:
     if ecg:
         parts.append("\n**ECGs and their reports** (`pipelines/demo/ecg-report-clip.yaml`): test macro AUROC, mean ± sd "
                      "over seeds, of a linear probe on the pretrained encoder at each share of the labelled training "
-                     "patients, and of zero-shot classification from the class prompts (no labels).\n")
+                     "patients, and of zero-shot classification from the class prompts (no labels). A probe whose "
+                     "training patients carry one value of a label predicts a constant for it (AUROC 0.5; the "
+                     "classify stage notes it), which is what a share of 1 % can come to on the demo set.\n")
         parts.append(_table(["pretraining", "seeds", *[f"linear probe {f} %" for f in fr], "zero-shot"], ecg))
         by = {(r["kind"], r["seed"]): r for r in ok}
         both = [s for s in seeds if ("clip", s) in by and ("simclr", s) in by]

@@ -127,8 +127,8 @@ class TransformsConfig(BaseModel):
     augment_on: Literal["sample", "batch"] = Field(
         "sample", description="where training augmentations run: 'sample' = MONAI transforms per sample in the "
         "DataLoader (every preset); 'batch' = whole batches on the training device with vectorised torch ops "
-        "(oct, fundus, histo: faster on few CPU cores; not yet recommended: on the OCT demo it pretrained a worse "
-        "encoder than 'sample', see docs/architecture.md)")
+        "(oct, fundus, histo: faster on few CPU cores; on the OCT demo it learns as well as 'sample' on the seeds "
+        "measured, fundus and histo are not measured yet: benchmarks/README.md, section 4d)")
 
 
 class PretrainConfig(Section):

@@ -89,6 +89,7 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     for label, gated, mods in models:
         sub = data.only(mods)
         fit_on = train[sub.present[train].any(1)]
+        seed_everything(cfg.seed, cfg.runtime.deterministic)  # every model starts from the run's seed
         model = GatedFusion({m: data.feats[m].shape[1] for m in mods}, y.shape[1] if multilabel else len(
             ctx.data.classes), hidden=f.hidden, gate_dim=f.gate_dim, dropout=f.dropout, gated=gated)
         losses = train_fusion(model, sub.take(fit_on), y[fit_on], multilabel=multilabel, steps=f.steps,
