@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "wsi": Benchmark("bench_wsi.py", "Whole-slide tiles: medcl's loader vs a naive OpenSlide loop and MONAI's "
                      "PatchWSIDataset"),
     "quality": Benchmark("bench_quality.py", "Learning quality on the demo data (resumable)"),
-    "multimodal": Benchmark("bench_multimodal.py", "Learning from reports and from several modalities (resumable)"),
+    "multimodal": Benchmark("bench_multimodal.py", "Learning from reports and from several modalities (resumable)",
+                            [], ["--quick", "--seeds", "1"]),
     "package": Benchmark("bench_package.py", "What the Docker image's stages install; the wheel's size"),
 }
