@@ -194,6 +194,7 @@ def test_smoke_section_lists_every_run_and_its_failure(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # every benchmark's quick run, one after the other (the default is 900 s per test)
 def test_quick_run_of_every_benchmark(tmp_path):
     rc = run_benchmarks(quick=True, out_dir=tmp_path)
     logs = {p.name: p.read_text()[-1500:] for p in (tmp_path / "logs").iterdir()}
@@ -203,7 +204,8 @@ def test_quick_run_of_every_benchmark(tmp_path):
     text = (tmp_path / "README.md").read_text()
     for heading in ("## 1. Contrastive losses", "## 2. Input pipeline", "## 3. Pretraining throughput", "## 3b. bf16",
                     "## 4. Scaling under torchrun", "## 4b. `--smoke` of every shipped pipeline",
-                    "## 4c. medcl's training loops against the plain reference loops", "## 5. Learning quality"):
+                    "## 4c. medcl's training loops against the plain reference loops", "## 5. Learning quality",
+                    "## 5b. Learning from reports and from several modalities"):
         assert heading in text
     assert "not run yet" not in text
     assert "data waiting < 10 % of step time" in text
