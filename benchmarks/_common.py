@@ -78,6 +78,17 @@ def base_meta(quick: bool) -> dict[str, Any]:
     }
 
 
+def finished_rows(path: Path, quick: bool, fresh: bool = False) -> dict[str, dict[str, Any]]:
+    """The runs a resumable benchmark finished before, by key: the rows of ``path`` without an error and not skipped
+    (none when ``fresh``, when the file is absent, or when it holds runs of the other size, quick or full)."""
+    if fresh or not Path(path).is_file():
+        return {}
+    old = json.loads(Path(path).read_text())
+    if bool(old.get("meta", {}).get("quick")) != quick:
+        return {}
+    return {x["key"]: x for x in old.get("rows", []) if "error" not in x and "skipped" not in x}
+
+
 def write_results(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]], t0: float, **extra: Any) -> None:
     """Finish ``meta`` (load after, wall time) and write the JSON results atomically."""
     meta = {**meta, "load_after": load_average(), "wall_s": round(time.time() - t0, 1)}

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import _common  # noqa: F401
-from _common import ROOT, base_meta, git_commit, quiet_logs, write_results
+from _common import ROOT, base_meta, finished_rows, git_commit, quiet_logs, write_results
 
 KINDS = ("clip", "simclr", "fusion")
 FRACTIONS = (0.01, 0.1, 1.0)
@@ -108,11 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (data / name / "manifest.csv").is_file():
             synthesize(data, modalities=[name], patients=24 if args.quick else None, seed=0)
     plan = [{"kind": k, "seed": s} for s in range(args.seeds) for k in args.kinds]
-    done: dict[str, dict] = {}
-    if args.out.is_file() and not args.fresh:
-        old = json.loads(args.out.read_text())
-        if bool(old.get("meta", {}).get("quick")) == args.quick:
-            done = {x["key"]: x for x in old.get("rows", []) if "error" not in x and "skipped" not in x}
+    done = finished_rows(args.out, args.quick, args.fresh)
     commit = git_commit()
     meta = {**base_meta(args.quick), "seeds": args.seeds, "fractions": list(FRACTIONS)}
     rows: dict[str, dict] = {}
@@ -130,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - a failed run is recorded, the others still run
             traceback.print_exc()
             rows[key] = {**r, "key": key, "commit": commit, "error": f"{type(exc).__name__}: {str(exc)[:800]}"}
-        pending = [{**x, "key": f"{x['kind']}/seed{x['seed']}", "skipped": "pending"} for x in plan
-                   if f"{x['kind']}/seed{x['seed']}" not in rows]
-        write_results(args.out, meta, [*rows.values(), *pending], t0)
+        # every planned run as it stands, in plan order: a run stopped now keeps what it had not reached yet
+        write_results(args.out, meta, [rows.get(k) or done.get(k) or {**x, "key": k, "skipped": "pending"}
+                                       for x in plan for k in [f"{x['kind']}/seed{x['seed']}"]], t0)
     write_results(args.out, meta, [rows[f"{x['kind']}/seed{x['seed']}"] for x in plan], t0)
     return 0
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import _common  # noqa: F401
-from _common import ROOT, base_meta, git_commit, quiet_logs, write_results
+from _common import ROOT, base_meta, finished_rows, git_commit, quiet_logs, write_results
 
 #: per modality: the manifest column with the class names, classification label fractions, whether the plain
 #: reference loops apply (2D images and ECG), and settings the benchmark adds to the demo pipeline
@@ -315,12 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
     todo = plan(args.seeds, args.modalities, not args.no_methods, args.quick)
-    done: dict[str, dict] = {}
-    if args.out.is_file() and not args.fresh:
-        old = json.loads(args.out.read_text())
-        if bool(old.get("meta", {}).get("quick")) == args.quick:
-            done = {x["key"]: x for x in old.get("rows", []) if "error" not in x and "skipped" not in x
-                    and (x.get("modality") not in args.redo or x.get("kind") == "reference")}
+    done = {k: x for k, x in finished_rows(args.out, args.quick, args.fresh).items()
+            if x.get("modality") not in args.redo or x.get("kind") == "reference"}
     commit = git_commit()  # the code every run of this invocation uses (a later commit does not change it)
     meta = {**base_meta(args.quick), "seeds": args.seeds, "budget_min": args.budget_min,
             "plan": [run_key(r) for r in todo]}
