@@ -68,6 +68,10 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
 ]
 
 
+#: several ``[NAME]`` tags in a row (a name replaced component by component)
+_NAME_RUN = re.compile(r"\[NAME\](?:[ \t]+\[NAME\])+")
+
+
 @dataclass
 class Scrubbed:
     """De-identified text and how many spans of each category were replaced."""
@@ -131,4 +135,8 @@ def scrub(text: str, identifiers: Iterable[str] = (), *, registry: bool = True) 
     for tag, pattern in _RULES:
         out, n = pattern.subn(lambda m, tag=tag: _replace(m, tag), out)
         counts[tag] += n
+    # a name replaced word by word (registered components) is one name: "[NAME] [NAME]" -> "[NAME]"
+    merged = [m.count("[NAME]") - 1 for m in _NAME_RUN.findall(out)]
+    out = _NAME_RUN.sub("[NAME]", out)
+    counts["[NAME]"] -= sum(merged)
     return Scrubbed(out, +counts)

@@ -274,10 +274,12 @@ def test_shipped_pipelines_run_on_synthesised_manifests_as_they_are(tmp_path):
     synthesize(tmp_path, modalities=["oct", "fundus", "histo", "ecg", "ct", "mri", "cytology"], patients=6, seed=3,
                size=16)
     synthesize(tmp_path, modalities=["histo-wsi"], patients=6, seed=3)  # slides large enough for 224-px tiles
+    synthesize(tmp_path, modalities=["eye"], patients=8, seed=3, size=16)  # fundus + OCT of the same patients
     for path in sorted((root / "pipelines").glob("*.yaml")):
         modality = load_pipeline(path, ["data.manifest=x.csv"]).data.modality
-        # the extra sets hold histo tiles (cytology) or slides (histo-wsi)
-        folder = next((x for x in ("cytology", "histo-wsi") if path.stem.replace("_", "-").startswith(x)), modality)
+        # the extra sets hold histo tiles (cytology), slides (histo-wsi) or several modalities (eye)
+        folder = next((x for x in ("cytology", "histo-wsi", "eye") if path.stem.replace("_", "-").startswith(x)),
+                      modality)
         cfg = load_pipeline(path, [f"data.manifest={tmp_path / folder / 'manifest.csv'}", "data.val_fraction=0.2",
                                    "data.test_fraction=0.2"])
         bundle = prepare_data(cfg, check_files=False)

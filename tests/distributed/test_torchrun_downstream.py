@@ -306,7 +306,7 @@ def test_engine_reduces_over_the_comm_it_is_given_not_global_state():
 def test_pipeline_declares_which_stages_run_on_rank0_alone():
     from medcl.stages import STAGES
 
-    assert {n for n, s in STAGES.items() if s.main_only} == {"detect", "slides", "calibrate", "report"}
+    assert {n for n, s in STAGES.items() if s.main_only} == {"detect", "slides", "fuse", "calibrate", "report"}
     src = "".join((ROOT / "medcl" / "stages" / f"{n}.py").read_text() for n in STAGES)
     assert "distributed.barrier()" not in src  # the pipeline waits once; no stage keeps its own barrier
 
