@@ -70,15 +70,19 @@ def run_ecg(kind: str, seed: int, manifest: Path, work: Path, quick: bool) -> di
     return row
 
 
-def run_fusion(seed: int, manifest: Path, work: Path, quick: bool) -> dict[str, Any]:
-    """The eye demo: the fuse stage's results table (AUROC, accuracy, gates per model and condition)."""
+def run_fusion(seed: int, manifest: Path, work: Path, quick: bool, force: bool = False) -> dict[str, Any]:
+    """The eye demo: the fuse stage's results table (AUROC, accuracy, gates per model and condition).
+
+    ``force`` re-runs the fuse stage of a finished run (after its code changed); each modality's pretraining, a
+    pipeline run of its own, is reused when its config is unchanged.
+    """
     from medcl.pipeline import load_pipeline, run_pipeline
 
     out = work / f"fusion-seed{seed}"
     sets = [f"data.manifest={manifest}", f"seed={seed}", f"runtime.output_dir={out}",
             f"tracking.uri=sqlite:///{out}.db", "runtime.progress=false", "stages=[fuse]"]
     ctx = run_pipeline(load_pipeline(ROOT / "pipelines" / "demo" / "eye-multimodal.yaml", sets, smoke=quick),
-                       smoke=quick)
+                       smoke=quick, force=force)
     with open(ctx.outputs["fuse"]["results"], newline="", encoding="utf-8") as fh:
         table = list(csv.DictReader(fh))
     keep = ("auroc", "auroc_ci_low", "auroc_ci_high", "accuracy", "n_patients")
@@ -95,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--fresh", action="store_true", help="ignore runs already in --out")
+    parser.add_argument("--redo", nargs="+", default=[], choices=list(KINDS), metavar="KIND",
+                        help="re-run the finished runs of these kinds (fusion: its fuse stage, on the pretrained "
+                             "encoders of the earlier run)")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work" / "multimodal")
     args = parser.parse_args(argv)
     quiet_logs()
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (data / name / "manifest.csv").is_file():
             synthesize(data, modalities=[name], patients=24 if args.quick else None, seed=0)
     plan = [{"kind": k, "seed": s} for s in range(args.seeds) for k in args.kinds]
-    done = finished_rows(args.out, args.quick, args.fresh)
+    done = {k: x for k, x in finished_rows(args.out, args.quick, args.fresh).items() if x["kind"] not in args.redo}
     commit = git_commit()
     meta = {**base_meta(args.quick), "seeds": args.seeds, "fractions": list(FRACTIONS)}
     rows: dict[str, dict] = {}
@@ -120,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# multimodal: {key}, {(time.time() - t0) / 60:.1f} min elapsed", file=sys.stderr, flush=True)
         t1 = time.time()
         try:
-            res = (run_fusion(r["seed"], data / "eye" / "manifest.csv", work, args.quick) if r["kind"] == "fusion"
+            res = (run_fusion(r["seed"], data / "eye" / "manifest.csv", work, args.quick, "fusion" in args.redo)
+                   if r["kind"] == "fusion"
                    else run_ecg(r["kind"], r["seed"], data / "ecg" / "manifest.csv", work, args.quick))
             rows[key] = {**r, "key": key, "commit": commit, "wall_s": round(time.time() - t1, 1), **res}
         except Exception as exc:  # noqa: BLE001 - a failed run is recorded, the others still run

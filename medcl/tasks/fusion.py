@@ -7,9 +7,9 @@ NULL and the modality is replaced by its neutral embedding; a missing modality i
 
 What differs from the paper: the paper gates the embeddings inside a contrastive objective (Symile's multilinear
 inner product, per retrieval candidate); here the gated embeddings feed a supervised classification head, the
-attention of modality *i* runs over the keys of every present modality (itself included, so a lone modality can pass)
-plus NULL, and robustness is trained with modality dropout and mislinked inputs (another patient's embedding) rather
-than arising from the contrastive candidates.
+attention of modality *i* runs over the keys of the patient's other present modalities plus NULL (a patient's only
+modality is not gated), and robustness is trained with modality dropout and mislinked inputs (another patient's
+embedding) rather than arising from the contrastive candidates.
 
 Shapes: ``B`` patients, ``M`` modalities (in the model's order), ``D_m`` the feature size of modality *m*, ``H`` the
 hidden size, ``K`` the classes.
@@ -56,8 +56,9 @@ class GatedFusion(nn.Module):
     def gates(self, h: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """``(B, M)`` gates in [0, 1] from the projected embeddings ``h`` ``(B, M, H)`` and ``present`` ``(B, M)``.
 
-        ``g_i = 1 - a_i,NULL`` with ``a_i = softmax_j([q_i·k_j for present j] ++ [q_i·k_NULL]) / sqrt(dim)``; zero
-        where modality *i* is missing.
+        ``g_i = 1 - a_i,NULL`` with ``a_i = softmax([q_i·k_j for the other present j] ++ [q_i·k_NULL]) / sqrt(dim)``:
+        a modality counts as far as the others vouch for it. Zero where modality *i* is missing, one where it is the
+        patient's only modality (nothing to check it against).
         """
         pres = present.to(h.dtype)
         if not self.gated:
@@ -66,10 +67,12 @@ class GatedFusion(nn.Module):
         k = torch.stack([self.key[m](h[:, i]) for i, m in enumerate(self.names)], 1)  # (B, M, A)
         scale = 1.0 / math.sqrt(q.shape[-1])
         s = (q @ k.transpose(1, 2)) * scale  # (B, M, M): query of i against the key of j
-        s = s.masked_fill(~present.bool()[:, None, :], float("-inf"))
+        others = present.bool()[:, None, :] & ~torch.eye(len(self.names), dtype=torch.bool, device=h.device)
+        s = s.masked_fill(~others, float("-inf"))  # the other present modalities only
         s_null = (q @ self.null_key) * scale  # (B, M)
         a = torch.softmax(torch.cat([s, s_null[..., None]], -1), -1)  # (B, M, M + 1), NULL last
-        return (1.0 - a[..., -1]) * pres
+        alone = others.sum(-1) == 0  # (B, M): nothing to check a modality against: it counts fully
+        return torch.where(alone, torch.ones_like(pres), 1.0 - a[..., -1]) * pres
 
     def forward(self, feats: Mapping[str, torch.Tensor], present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(B, K)`` and gates ``(B, M)``.
@@ -143,6 +146,11 @@ def drop_modalities(present: np.ndarray, p: float, gen: np.random.Generator) -> 
     return present & ~drop
 
 
+def _loss(logits: torch.Tensor, target: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    return (nn.functional.binary_cross_entropy_with_logits(logits, target) if multilabel
+            else nn.functional.cross_entropy(logits, target))
+
+
 def train_fusion(model: GatedFusion, data: FusionData, y: np.ndarray, *, multilabel: bool, steps: int,
                  batch_size: int, lr: float, weight_decay: float, modality_dropout: float, corrupt_prob: float,
                  seed: int, device: torch.device | str = "cpu", progress: bool = False) -> list[float]:
@@ -150,7 +158,10 @@ def train_fusion(model: GatedFusion, data: FusionData, y: np.ndarray, *, multila
 
     Each step draws ``batch_size`` patients; each present modality of each is dropped with probability
     ``modality_dropout`` (one present modality is always kept) and, independently, replaced by another training
-    patient's embedding of that modality with probability ``corrupt_prob``. AdamW, 10 % linear warmup then cosine.
+    patient's embedding of that modality with probability ``corrupt_prob``. With several modalities the step's loss
+    is the mean of that batch's loss and, for each modality, the loss of the patients who have it with that modality
+    alone (the others marked missing): the head is trained for every examination a patient may come with, not only
+    for the combinations the dropout happens to draw. AdamW, 10 % linear warmup then cosine.
 
     Args:
         model: the fusion model (trained in place, left in eval mode).
@@ -191,10 +202,20 @@ def train_fusion(model: GatedFusion, data: FusionData, y: np.ndarray, *, multila
             if len(swap) and len(has[m]) > 1:
                 f[swap] = data.feats[m][gen.choice(has[m], size=len(swap))]
             feats[m] = torch.as_tensor(f, dtype=torch.float32, device=device)
-        logits, _ = model(feats, torch.as_tensor(present, device=device))
         t = target[torch.as_tensor(idx, device=device)]
-        loss = (nn.functional.binary_cross_entropy_with_logits(logits, t) if multilabel
-                else nn.functional.cross_entropy(logits, t))
+        logits, _ = model(feats, torch.as_tensor(present, device=device))
+        terms = [_loss(logits, t, multilabel)]
+        if len(names) > 1:  # and each modality alone: the head must serve every examination a patient comes with
+            clean = {m: torch.as_tensor(data.feats[m][idx], dtype=torch.float32, device=device) for m in names}
+            for j in range(len(names)):
+                rows = np.flatnonzero(data.present[idx, j])
+                if len(rows):
+                    alone = np.zeros_like(data.present[idx])
+                    alone[:, j] = True
+                    z, _ = model(clean, torch.as_tensor(alone, device=device))
+                    keep = torch.as_tensor(rows, device=device)
+                    terms.append(_loss(z[keep], t[keep], multilabel))
+        loss = torch.stack(terms).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -46,11 +46,16 @@ def test_gate_is_one_minus_the_attention_on_null_computed_by_hand():
         for i in range(3):
             if not present[b, i]:
                 continue  # a missing modality: gate 0
-            scores = [q[b, i] @ k[b, j] / math.sqrt(4) for j in range(3) if present[b, j]] + [q[b, i] @ null / math.sqrt(4)]
+            others = [j for j in range(3) if present[b, j] and j != i]
+            if not others:  # the patient's only modality: nothing to check it against
+                want[b, i] = 1.0
+                continue
+            scores = [q[b, i] @ k[b, j] / math.sqrt(4) for j in others] + [q[b, i] @ null / math.sqrt(4)]
             e = np.exp(np.asarray(scores) - max(scores))
             want[b, i] = 1.0 - e[-1] / e.sum()
     np.testing.assert_allclose(gates.numpy(), want, rtol=1e-5, atol=1e-6)
-    assert ((gates > 0) & (gates < 1)).numpy()[present.numpy()].all()
+    several = present.numpy() & (present.numpy().sum(1, keepdims=True) > 1)
+    assert ((gates > 0) & (gates < 1)).numpy()[several].all()
 
 
 def test_a_missing_modality_does_not_reach_the_output():
@@ -132,10 +137,30 @@ def test_fusion_needs_both_modalities_where_each_sees_half_the_label(trained):
     assert acc["both"] > 0.8 > 0.6 > max(acc["without_a"], acc["without_b"])
 
 
-def test_trained_gates_fall_for_a_mislinked_modality(trained):
-    model, test, _ = trained
+def _linked(n: int, seed: int) -> tuple[FusionData, np.ndarray]:
+    """As :func:`_toy`, plus what the two examinations of one patient share (its anatomy, say): a sign both show.
+
+    Another patient's examination then disagrees with the patient's own on that sign half of the time — what a gate
+    can see. (Where the modalities share nothing, a mislinked one looks like any other: no gate can tell.)
+    """
+    data, y = _toy(n, seed)
+    shared = np.random.default_rng(seed + 100).choice([-1.0, 1.0], n).astype(np.float32)
+    data.feats["a"][:, 1] += 4.0 * shared
+    data.feats["b"][:, 1] += 4.0 * shared
+    return data, y
+
+
+def test_trained_gates_fall_for_a_mislinked_modality():
+    train, y = _linked(600, 0)
+    test, _ = _linked(300, 1)
+    model = GatedFusion({"a": 8, "b": 8}, 4, hidden=16, gate_dim=8, dropout=0.0)
+    train_fusion(model, train, y, multilabel=False, steps=400, batch_size=64, lr=3e-3, weight_decay=1e-4,
+                 modality_dropout=0.3, corrupt_prob=0.3, seed=0)
     _, clean = predict_fusion(model, test, multilabel=False)
     _, wrong = predict_fusion(model, test.mislinked("a", seed=0), multilabel=False)
     _, dropped = predict_fusion(model, test.dropped("a"), multilabel=False)
     assert (dropped[:, 0] == 0).all()
-    assert wrong[:, 0].mean() < clean[:, 0].mean()
+    # the mislinked examinations that contradict the patient's other one get a lower gate than their own would
+    disagree = np.sign(test.mislinked("a", seed=0).feats["a"][:, 1]) != np.sign(test.feats["b"][:, 1])
+    assert disagree.mean() > 0.3
+    assert wrong[disagree, 0].mean() < clean[disagree, 0].mean() - 0.1
