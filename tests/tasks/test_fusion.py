@@ -117,14 +117,17 @@ def _toy(n: int, seed: int) -> tuple[FusionData, np.ndarray]:
     return FusionData({"a": a, "b": b}, np.ones((n, 2), bool), ("a", "b")), y
 
 
+def _trained(train: FusionData, y: np.ndarray, steps: int, corrupt_prob: float) -> GatedFusion:
+    model = GatedFusion({"a": 8, "b": 8}, 4, hidden=16, gate_dim=8, dropout=0.0)
+    train_fusion(model, train, y, multilabel=False, steps=steps, batch_size=64, lr=3e-3, weight_decay=1e-4,
+                 modality_dropout=0.3, corrupt_prob=corrupt_prob, seed=0)
+    return model
+
+
 @pytest.fixture(scope="module")
 def trained():
-    train, y = _toy(400, 0)
     test, yt = _toy(300, 1)
-    model = GatedFusion({"a": 8, "b": 8}, 4, hidden=16, gate_dim=8, dropout=0.0)
-    train_fusion(model, train, y, multilabel=False, steps=300, batch_size=64, lr=3e-3, weight_decay=1e-4,
-                 modality_dropout=0.3, corrupt_prob=0.2, seed=0)
-    return model, test, yt
+    return _trained(*_toy(400, 0), steps=300, corrupt_prob=0.2), test, yt
 
 
 def test_fusion_needs_both_modalities_where_each_sees_half_the_label(trained):
@@ -151,11 +154,8 @@ def _linked(n: int, seed: int) -> tuple[FusionData, np.ndarray]:
 
 
 def test_trained_gates_fall_for_a_mislinked_modality():
-    train, y = _linked(600, 0)
     test, _ = _linked(300, 1)
-    model = GatedFusion({"a": 8, "b": 8}, 4, hidden=16, gate_dim=8, dropout=0.0)
-    train_fusion(model, train, y, multilabel=False, steps=400, batch_size=64, lr=3e-3, weight_decay=1e-4,
-                 modality_dropout=0.3, corrupt_prob=0.3, seed=0)
+    model = _trained(*_linked(600, 0), steps=400, corrupt_prob=0.3)
     _, clean = predict_fusion(model, test, multilabel=False)
     _, wrong = predict_fusion(model, test.mislinked("a", seed=0), multilabel=False)
     _, dropped = predict_fusion(model, test.dropped("a"), multilabel=False)
