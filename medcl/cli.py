@@ -478,18 +478,6 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     return 1 if res.n_ok == 0 else 0
 
 
-def _end_process_group() -> None:
-    """Destroy a torchrun job's process group before the process exits.
-
-    Left alive, gloo's worker threads can abort the interpreter's exit ("terminate called without an active
-    exception", seen on rank 1 after a finished run), which torchrun reports as a failed job.
-    """
-    if "torch.distributed" in sys.modules:  # only a run that used it
-        from medcl.distributed import cleanup  # lazy: torch, already loaded by the run
-
-        cleanup()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the ``medcl`` command line ``argv`` (default: ``sys.argv[1:]``) and return the exit code.
 
@@ -520,9 +508,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log_path = setup_logging(args.log_dir or Path("medcl-runs") / "logs", verbose=args.verbose)
     try:
-        code = _dispatch(args)
-        _end_process_group()
-        return code
+        return _dispatch(args)
     except MedclError as exc:
         print(f"{_rank_prefix()}error: {phi.redact(exc.line())}", file=sys.stderr)
         if log_path:

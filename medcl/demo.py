@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from medcl import distributed
 from medcl.data.synth import synthesize
 from medcl.errors import ConfigError
 from medcl.lookup import did_you_mean
@@ -73,4 +74,5 @@ def run_demo(modality: str = "oct", data_dir: str | Path = "medcl-demo-data", se
             log.warning("data.synth_patients=%d not used: the %s demo data already exist in %s (delete the folder to "
                         "synthesise them again)", cfg.data.synth_patients, mod, data_dir / data_mod)
         run_pipeline(cfg, force=force, resume=resume, dry_run=dry_run, smoke=smoke)
+    distributed.cleanup()  # a live gloo group can abort the process's exit, which torchrun reports as a failure
     return 0

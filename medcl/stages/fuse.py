@@ -190,7 +190,10 @@ def _missing(ctx: RunContext, tracker: Tracker, data: FusionData) -> None:
         return
     counts = {m: sum(m in v for v in lacking.values()) for m in data.names}
     text = ", ".join(f"{m}: {n}" for m, n in counts.items() if n)
-    rows = {p: [r.row for r in ctx.data.records if r.patient == p] for p in lacking}
+    rows: dict[str, list[int]] = {}
+    for r in ctx.data.records:
+        if r.patient in lacking:
+            rows.setdefault(r.patient, []).append(r.row)
     path = ctx.stage_dir("fuse") / "missing_modalities.json"
     path.write_text(json.dumps([{"patient": p, "rows": rows[p], "missing": v} for p, v in lacking.items()], indent=1))
     tracker.log_artifact(path)
