@@ -354,8 +354,11 @@ class FuseConfig(Section):
                                 "with another patient's with this probability (mislinked), so the gates learn to "
                                 "down-weight an input that does not fit the others")
     steps: int = Field(400, ge=1, description="optimiser steps of the fusion head (and of each baseline)")
+    select_on: Literal["validation", "last"] = Field(
+        "validation", description="which weights each head keeps: those of the step with the lowest loss on the "
+        "validation patients (checked every steps/40 steps), or the last step's")
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0.0)
+    lr: float = Field(3e-4, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     baselines: list[Literal["single", "ungated"]] = Field(

@@ -9,8 +9,9 @@ encoder). Here, on rank 0:
 2. patients lacking a modality are listed (``missing_modalities.json``, pseudonymised) and classified from the
    others — or, with ``fuse.require_all``, stop the run;
 3. the gated fusion head (:mod:`medcl.tasks.fusion`) is trained on the training patients with modality dropout and
-   mislinked inputs; the baselines are a head per modality alone (``single``) and the same fusion without gates
-   (``ungated``);
+   mislinked inputs, keeping the weights of the step with the lowest validation loss (``fuse.select_on``); the
+   baselines are a head per modality alone (``single``) and the same fusion without gates (``ungated``), trained
+   and selected alike;
 4. every model is evaluated on the test patients who have every modality, as they are and with each modality
    removed or replaced by another patient's (mislinked, the unreliable input a gate should down-weight), with
    patient-bootstrap CIs; the fusion models also on every test patient.
@@ -73,6 +74,7 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     _missing(ctx, tracker, data)
 
     train = np.flatnonzero((split == "train") & _labelled(y))
+    val = np.flatnonzero((split == "val") & _labelled(y))
     test = np.flatnonzero((split == "test") & _labelled(y))
     if len(train) < 2 or not len(test):
         raise DataError(f"{len(train)} labelled training and {len(test)} labelled test patients", where="fuse",
@@ -92,12 +94,14 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
         seed_everything(cfg.seed, cfg.runtime.deterministic)  # every model starts from the run's seed
         model = GatedFusion({m: data.feats[m].shape[1] for m in mods}, y.shape[1] if multilabel else len(
             ctx.data.classes), hidden=f.hidden, gate_dim=f.gate_dim, dropout=f.dropout, gated=gated)
-        losses = train_fusion(model, sub.take(fit_on), y[fit_on], multilabel=multilabel, steps=f.steps,
-                              batch_size=f.batch_size, lr=f.lr, weight_decay=f.weight_decay,
-                              modality_dropout=f.modality_dropout if len(mods) > 1 else 0.0,
-                              corrupt_prob=f.corrupt_prob if len(mods) > 1 else 0.0, seed=cfg.seed,
-                              device=ctx.device or "cpu", progress=cfg.runtime.progress)
-        tracker.log_metrics({f"fuse/{label}/final_loss": losses[-1]})
+        check = val[sub.present[val].any(1)] if f.select_on == "validation" else val[:0]
+        fit = train_fusion(model, sub.take(fit_on), y[fit_on], multilabel=multilabel, steps=f.steps,
+                           batch_size=f.batch_size, lr=f.lr, weight_decay=f.weight_decay,
+                           modality_dropout=f.modality_dropout if len(mods) > 1 else 0.0,
+                           corrupt_prob=f.corrupt_prob if len(mods) > 1 else 0.0, seed=cfg.seed,
+                           device=ctx.device or "cpu", progress=cfg.runtime.progress,
+                           val=(sub.take(check), y[check]) if len(check) else None)
+        _log_fit(tracker, label, fit, len(check), f.select_on)
         save_checkpoint(out_dir / f"{label}.pt", {"state_dict": model.state_dict(), "modalities": list(mods),
                                                   "classes": list(ctx.data.classes)})
         for cond, view, who in _conditions(sub, complete, test, len(mods) > 1, cfg.seed):
@@ -110,6 +114,19 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
         log.info("fuse: %s — %s", label, ", ".join(f"{r['condition']} {r['auroc']:.3f}" for r in rows
                                                     if r["model"] == label))
     return _outputs(ctx, tracker, rows, out_dir, names)
+
+
+def _log_fit(tracker: Tracker, label: str, fit: Any, n_val: int, select_on: str) -> None:
+    """The training and validation losses, the kept step, and one log line saying which step was kept and why."""
+    for step, loss in zip(fit.val_steps, fit.val_losses, strict=True):
+        tracker.log_metrics({f"fuse/{label}/val_loss": loss}, step=step)
+    tracker.log_metrics({f"fuse/{label}/final_loss": fit.losses[-1], f"fuse/{label}/best_step": float(fit.best_step)})
+    if fit.val_losses:
+        log.info("fuse: %s — lowest validation loss %.4f at step %d of %d (%d validation patients): its weights are "
+                 "kept", label, min(fit.val_losses), fit.best_step, len(fit.losses), n_val)
+    elif select_on == "validation":
+        log.warning("fuse: %s — no labelled validation patient: the last step's weights are kept (%d steps)", label,
+                    len(fit.losses))
 
 
 def _labelled(y: np.ndarray) -> np.ndarray:

@@ -208,6 +208,7 @@ PERTURB: dict[str, Perturb] = {
     "fuse.modality_dropout": Perturb("fuse", "0.0"),
     "fuse.corrupt_prob": Perturb("fuse", "0.5"),
     "fuse.steps": Perturb("fuse", "3"),
+    "fuse.select_on": Perturb("fuse", "last"),
     "fuse.batch_size": Perturb("fuse", "4"),
     "fuse.lr": Perturb("fuse", "0.01"),
     "fuse.weight_decay": Perturb("fuse", "0.1"),

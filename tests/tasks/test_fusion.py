@@ -164,3 +164,30 @@ def test_trained_gates_fall_for_a_mislinked_modality():
     disagree = np.sign(test.mislinked("a", seed=0).feats["a"][:, 1]) != np.sign(test.feats["b"][:, 1])
     assert disagree.mean() > 0.3
     assert wrong[disagree, 0].mean() < clean[disagree, 0].mean() - 0.1
+
+
+def test_validation_selection_keeps_the_weights_of_the_lowest_validation_loss():
+    train, y = _toy(40, 0)  # few patients, many steps at a high LR: the head overfits, the validation loss turns up
+    val, yv = _toy(200, 2)
+    model = GatedFusion({"a": 8, "b": 8}, 4, hidden=32, gate_dim=8, dropout=0.0)
+    fit = train_fusion(model, train, y, multilabel=False, steps=300, batch_size=40, lr=1e-2, weight_decay=0.0,
+                       modality_dropout=0.3, corrupt_prob=0.0, seed=0, val=(val, yv), val_every=10)
+    assert fit.val_steps == list(range(10, 301, 10))
+    assert fit.best_step == fit.val_steps[int(np.argmin(fit.val_losses))]
+    assert fit.best_step < 300 and min(fit.val_losses) < fit.val_losses[-1]  # it did overfit: there was a choice
+    # the kept model's validation loss, recomputed here from its predictions (full + each modality alone), is the min
+    terms = []
+    for view in (val, _alone(val, "a"), _alone(val, "b")):
+        probs, _ = predict_fusion(model, view, multilabel=False)
+        terms.append(-np.log(probs[np.arange(len(yv)), yv]).mean())
+    assert np.mean(terms) == pytest.approx(min(fit.val_losses), rel=1e-4)
+    # without validation patients the last step is kept
+    last = GatedFusion({"a": 8, "b": 8}, 4, hidden=32, gate_dim=8, dropout=0.0)
+    assert train_fusion(last, train, y, multilabel=False, steps=30, batch_size=40, lr=1e-2, weight_decay=0.0,
+                        modality_dropout=0.3, corrupt_prob=0.0, seed=0).best_step == 30
+
+
+def _alone(data: FusionData, modality: str) -> FusionData:
+    """Every patient with only ``modality`` present (the other one marked missing)."""
+    other = next(m for m in data.names if m != modality)
+    return data.dropped(other)

@@ -5,8 +5,11 @@
   carry the modality that reads them (``oct``, ``fundus``) and one patient-level label.
 * Label = what the two examinations find together, ``CLASSES``: ``healthy``, ``amd`` (intermediate drusen, seen on
   the OCT, grade 2), ``dr`` (moderate or severe retinopathy, seen on the fundus photograph, grade 2 or 3) or
-  ``amd_dr`` (both). Each modality sees half of the label: OCT alone cannot tell ``healthy`` from ``dr``, fundus
-  alone cannot tell ``healthy`` from ``amd`` — a classifier needs both, which is what fusion is for.
+  ``amd_dr`` (both). OCT alone cannot tell ``healthy`` from ``dr``; the fundus photograph shows the retinopathy
+  and, faintly, the drusen of AMD (``FUNDUS_DRUSEN`` pale deposits around the macula, as on real colour
+  photographs): it gives weak evidence of AMD where the OCT gives strong evidence. A classifier needs both, which
+  is what fusion is for; and the drusen the two examinations share are what lets a gate notice that an OCT does
+  not belong with a photograph (another patient's scan: drusen on one, none on the other).
 * About ``MISSING_SHARE`` of the patients lack one examination (half of them the OCT, half the fundus photograph),
   as in a real clinic: a fusion model has to classify them from what there is.
 * Every image is the modality's own demo image (same nuisances, same reports), so the per-modality pipelines'
@@ -32,6 +35,8 @@ DEFAULT_PATIENTS = 160
 DEFAULT_SIZE = 64
 #: share of the patients with one examination missing
 MISSING_SHARE = 0.1
+#: soft drusen per fundus photograph of an AMD patient (min, max)
+FUNDUS_DRUSEN = (3, 6)
 
 
 def grades(label: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -68,7 +73,8 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
             if lacks.get(p.index) == name:
                 continue
             one = replace(p, label=grade, rng=rng_for(seed, NAME, 10 + (name == "fundus"), p.index))
-            for s in mod._patient(one, out_dir / name, size, seed):
+            more = {"drusen": FUNDUS_DRUSEN} if name == "fundus" and oct_grade else {}
+            for s in mod._patient(one, out_dir / name, size, seed, **more):
                 row = sample_row(p, name, label, replace(s, path=f"{name}/{s.path}"))
                 row.pop("grade", None)
                 rows.append({**row, **extras, **{k: v for k, v in s.extras.items() if k != "grade"}})

@@ -91,6 +91,7 @@ def render(
     anat: dict | None = None,
     nuisance: float = 1.0,
     signal: float = 1.0,
+    drusen: int = 0,
 ) -> np.ndarray:
     """One fundus photograph in [0, 1].
 
@@ -102,6 +103,8 @@ def render(
         anat: the patient's anatomy from :func:`anatomy` (drawn from ``rng`` when None).
         nuisance: multiplies nuisance amplitudes.
         signal: multiplies lesion contrast.
+        drusen: soft drusen around the macula (age-related macular degeneration, seen as pale yellow deposits
+            larger and fainter than exudates); ``0`` draws nothing from ``rng`` (the retinopathy set is unchanged).
 
     Returns:
         ``(S, S, 3)`` float64 RGB image; pixels outside the field of view are 0.
@@ -154,6 +157,11 @@ def render(
     ex_sig = rng.uniform(0.8, 1.2, n_ex) * s / 64.0
     ex = np.clip(gaussian_blobs((s, s), to_pix(ex_uv), ex_sig, np.full(n_ex, 0.85 * signal)), 0, 1)[..., None]
     img = img * (1 - ex) + ex * np.array([0.98, 0.90, 0.45])
+    if drusen:
+        dr_uv = anat["macula"] + rng.normal(0.0, 0.12, (int(drusen), 2))
+        dr_sig = rng.uniform(1.4, 2.0, int(drusen)) * s / 64.0
+        dru = np.clip(gaussian_blobs((s, s), to_pix(dr_uv), dr_sig, np.full(int(drusen), 0.55 * signal)), 0, 1)
+        img = img * (1 - dru[..., None]) + dru[..., None] * np.array([0.95, 0.85, 0.55])
     return _acquire(img, rng, site, nuisance, x, y, fov)
 
 
@@ -213,14 +221,18 @@ def synthesize(out_dir: Path, *, patients: int = DEFAULT_PATIENTS, seed: int = 0
     return write_patients(MODALITY, CLASSES, out_dir, grades, seed, partial(_patient, size=size, seed=seed))
 
 
-def _patient(p: Patient, out_dir: Path, size: int, seed: int = 0) -> Iterator[Sample]:
-    """One eye: its anatomy, then 2-3 photographs (one study each), each with its report."""
+def _patient(p: Patient, out_dir: Path, size: int, seed: int = 0, drusen: tuple[int, int] = (0, 0)) -> Iterator[Sample]:
+    """One eye: its anatomy, then 2-3 photographs (one study each), each with its report.
+
+    ``drusen``: ``(min, max)`` soft drusen per photograph (the eye set's AMD patients; see :func:`render`).
+    """
     rng = p.rng
     grade = int(p.label)
     anat = anatomy(rng)
     eye = "OD" if anat["side"] > 0 else "OS"
     for k in range(draw_count(rng, IMAGES_PER_PATIENT)):
-        img = render(grade, rng, p.site, size, anat=anat)
+        n_drusen = int(rng.integers(drusen[0], drusen[1] + 1)) if drusen[1] else 0
+        img = render(grade, rng, p.site, size, anat=anat, drusen=n_drusen)
         rel = f"images/{p.stem}_img{k + 1}.png"
         save_png(img, out_dir / rel)
         report = fundus_report(grade, eye, report_rng(seed, MODALITY, p.index, k))
