@@ -167,10 +167,12 @@ def _add_apply_commands(sub: Any) -> None:
     p.add_argument("--clear-ids", action="store_true",
                    help="write the manifest's patient ids in clear in YOUR output (default: pseudonymised with "
                    "MEDCL_PSEUDONYM_KEY, as in the run)")
-    p.add_argument("--task", choices=["auto", "classify", "segment"], default="auto",
-                   help="classify (the calibrated classifier) or segment (the segment stage's model: one mask per "
+    p.add_argument("--task", choices=["auto", "classify", "segment", "fuse"], default="auto",
+                   help="classify (the calibrated classifier), segment (the segment stage's model: one mask per "
                    "input, NIfTI for volumes / PNG for images on the input's own grid, in OUT's stem + _masks/, "
-                   "and a DICOM SEG for DICOM series); auto: the classifier when the run has one, else segment")
+                   "and a DICOM SEG for DICOM series) or fuse (the fuse stage's model: INPUT is a manifest with "
+                   "patient_id, modality and path; one row per patient from all its examinations, with the gate "
+                   "of each modality); auto: the classifier when the run has one, else fuse, else segment")
     p.add_argument("--no-dicom-seg", action="store_true", help="segment: no DICOM SEG next to the NIfTI masks")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -460,7 +462,16 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     """``medcl predict`` (classes, or masks for a segmentation model) and ``medcl embed``; 1 when no input was read."""
     from medcl import predict as pr  # lazy: keeps `medcl --help` instant (numpy)
 
-    if args.command == "predict" and pr.model_kind(args.source, args.tracking_uri, args.task) == "segment":
+    kind = pr.model_kind(args.source, args.tracking_uri, args.task) if args.command == "predict" else "classify"
+    if kind == "fuse":
+        res = pr.predict_patients(args.source, args.input, args.out, tracking_uri=args.tracking_uri,
+                                  batch_size=args.batch_size, device=args.device, clear_ids=args.clear_ids,
+                                  progress=not args.no_progress)
+        print(f"classified the patients of {res.n_ok} examination(s) with {res.model_uri}"
+              + (f"; {res.n_failed} could not be read (status column)" if res.n_failed else ""))
+        print(f"per examination: {res.samples}\nper patient: {res.patients}")
+        return 1 if res.n_ok == 0 else 0
+    if kind == "segment":
         res = pr.predict_masks(args.source, args.input, args.out, tracking_uri=args.tracking_uri,
                                device=args.device, clear_ids=args.clear_ids, progress=not args.no_progress,
                                dicom_seg=not args.no_dicom_seg)

@@ -15,7 +15,8 @@ model's encoder instead.
 
 This module is the entry point and keeps every name of the command importable from here; the work is split by
 concern: :mod:`medcl.predict_model` (which model, loading it), :mod:`medcl.predict_io` (the inputs and the output
-tables) and :mod:`medcl.predict_masks` (segmentation masks and DICOM SEG).
+tables), :mod:`medcl.predict_masks` (segmentation masks and DICOM SEG) and :mod:`medcl.predict_fusion` (a fusion
+run: one row per patient from all its examinations).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from medcl import phi
 from medcl.errors import ConfigError, DataError, TrackingError
 
 # re-exported (redundant aliases): `medcl.predict.X` stays the name of every part of the command
+from medcl.predict_fusion import predict_patients as predict_patients
 from medcl.predict_io import _IMAGE_2D as _IMAGE_2D
 from medcl.predict_io import _MANIFEST as _MANIFEST
 from medcl.predict_io import _SIGNAL as _SIGNAL

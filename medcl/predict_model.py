@@ -103,17 +103,18 @@ def load_model(source: str, tracking_uri: str | None = None, device: str = "cpu"
 
 
 def model_kind(source: str, tracking_uri: str | None = None, task: str = "auto") -> str:
-    """``classify`` or ``segment``: what ``medcl predict`` applies for ``source``.
+    """``classify``, ``segment`` or ``fuse``: what ``medcl predict`` applies for ``source``.
 
-    ``task="auto"``: a run with a calibrated classifier predicts classes, a run with only a segmentation model
-    segments; a model URI or folder by its metadata. ``task="segment"`` / ``"classify"`` asks for one.
+    ``task="auto"``: a run with a calibrated classifier predicts classes, else a run with a fuse stage classifies
+    patients from all their modalities, else a run with a segmentation model segments; a model URI or folder by its
+    metadata. ``task="segment"`` / ``"classify"`` / ``"fuse"`` asks for one.
 
     Raises:
         ConfigError: an unknown ``task``.
         TrackingError: the run has no model of that kind.
     """
-    if task not in ("auto", "classify", "segment"):
-        raise ConfigError(f"unknown task {task!r}", where="--task", fix="use auto, classify or segment")
+    if task not in ("auto", "classify", "segment", "fuse"):
+        raise ConfigError(f"unknown task {task!r}", where="--task", fix="use auto, classify, segment or fuse")
     if not _RUN_ID.fullmatch(source):
         if task != "auto":
             return task
@@ -123,15 +124,32 @@ def model_kind(source: str, tracking_uri: str | None = None, task: str = "auto")
             kind = model_metadata(resolve_model_uri(source, tracking_uri)[0], tracking_uri).get("kind")
         except MedclError:  # an unreadable URI is reported by the loader, with its cause
             kind = None
-        return "segment" if kind == "segmenter" else "classify"
+        return {"segmenter": "segment", "fusion": "fuse"}.get(str(kind), "classify")
     stages = RunReader(source, tracking_uri).stages
-    has = {"classify": "calibrate" in stages, "segment": "segment" in stages}
+    has = {"classify": "calibrate" in stages, "segment": "segment" in stages, "fuse": "fuse" in stages}
     if task == "auto":
-        task = "classify" if has["classify"] else ("segment" if has["segment"] else "classify")
-    if not has[task] and task == "segment":
-        raise TrackingError(f"run {source} has no segmentation model", where=f"run {source}",
-                            fix="segmentation needs a run with the segment stage; pass another run or --task classify")
+        task = next((t for t in ("classify", "fuse", "segment") if has[t]), "classify")
+    if not has[task] and task in ("segment", "fuse"):
+        what = {"segment": "segmentation model", "fuse": "fusion model"}[task]
+        raise TrackingError(f"run {source} has no {what}", where=f"run {source}",
+                            fix=f"a {what} comes from a run with the {task} stage; pass another run or --task classify")
     return task
+
+
+def fusion_uri(source: str, tracking_uri: str | None) -> tuple[str, str | None]:
+    """``(model URI, pipeline run id or None)`` of a fusion model: a run's fuse stage model, or ``source``.
+
+    Raises:
+        TrackingError: the run has no finished fuse stage.
+    """
+    if not _RUN_ID.fullmatch(source):
+        return resolve_model_uri(source, tracking_uri)
+    reader = RunReader(source, tracking_uri)
+    stage = reader.stages.get("fuse")
+    if stage is None:
+        raise TrackingError(f"run {reader.run_id} has no fusion model", where=f"run {reader.run_id}",
+                            fix="a fusion model comes from a run with the fuse stage (pipelines/eye_multimodal.yaml)")
+    return f"runs:/{stage.run_id}/fusion", reader.run_id
 
 
 def _segmenter_uri(source: str, tracking_uri: str | None) -> tuple[str, str | None]:

@@ -353,6 +353,10 @@ class FuseConfig(Section):
     corrupt_prob: float = Field(0.1, ge=0.0, lt=1.0, description="training: each modality of a patient is replaced "
                                 "with another patient's with this probability (mislinked), so the gates learn to "
                                 "down-weight an input that does not fit the others")
+    degraded: bool = Field(True, description="also embed every image degraded (blurred 4x and noisy: an ungradable "
+                           "examination), train with it (degrade_prob) and test with each modality degraded")
+    degrade_prob: float = Field(0.1, ge=0.0, lt=1.0, description="training: each modality of a patient is replaced "
+                                "by its degraded examination with this probability (with degraded: true)")
     steps: int = Field(400, ge=1, description="optimiser steps of the fusion head (and of each baseline)")
     select_on: Literal["validation", "last"] = Field(
         "validation", description="which weights each head keeps: those of the step with the lowest loss on the "

@@ -17,7 +17,8 @@ def _condition(c: str) -> str:
     if c in _CONDITION:
         return _CONDITION[c]
     kind, _, modality = c.partition("_")
-    return f"{modality} removed" if kind == "without" else f"{modality} from another patient (mislinked)"
+    return {"without": f"{modality} removed", "degraded": f"{modality} degraded (blurred, noisy)"}.get(
+        kind, f"{modality} from another patient (mislinked)")
 
 
 def fusion(d: ReportData) -> list[str]:
@@ -57,13 +58,14 @@ def fusion(d: ReportData) -> list[str]:
                 "(Gated Symile) decide per patient how much each modality counts and replace an unreliable or missing "
                 "one by a learned neutral input; <i>ungated</i>: the same head without gates; <i>single</i>: one "
                 "modality alone. Rows are test conditions: the test patients with every modality as they are, with one "
-                "modality removed, or with one modality taken from another patient (a mislinked examination). "
+                "modality removed, with one modality taken from another patient (a mislinked examination), or with one "
+                "modality's images degraded (blurred and noisy: an ungradable examination). "
                 "Macro AUROC and accuracy with patient-level bootstrap 95 % CIs."),
            table(["model", "test condition", "AUROC", "95 % CI", "accuracy", "95 % CI"], rows)]
     if gates:
         names = sorted({k.rsplit("/gate_", 1)[1] for k in m if "/gate_" in k})
         out += [para("Mean gate of each modality in the gated model (1 = used fully, 0 = replaced by its neutral "
-                     "input): a gate should fall where its modality is removed or mislinked."),
+                     "input): a gate should fall where its modality is removed, mislinked or degraded."),
                 table(["test condition", *[esc(n) for n in names]], gates)]
     if missing:
         out.append(para("Patients lacking a modality (classified from the others; listed in "

@@ -13,11 +13,12 @@ encoder). Here, on rank 0:
    baselines are a head per modality alone (``single``) and the same fusion without gates (``ungated``), trained
    and selected alike;
 4. every model is evaluated on the test patients who have every modality, as they are and with each modality
-   removed or replaced by another patient's (mislinked, the unreliable input a gate should down-weight), with
-   patient-bootstrap CIs; the fusion models also on every test patient.
+   removed, replaced by another patient's (mislinked) or degraded (``fuse.degraded``: blurred and noisy, an
+   ungradable examination) — the unreliable inputs a gate should down-weight — with patient-bootstrap CIs; the
+   fusion models also on every test patient.
 
 Metrics: ``test/fusion/<model>/<condition>/<metric>`` (``<model>`` ``gated``, ``ungated`` or ``single_<m>``;
-``<condition>`` ``all``, ``complete``, ``without_<m>``, ``mislinked_<m>``) and the mean gate of each modality,
+``<condition>`` ``all``, ``complete``, ``without_<m>``, ``mislinked_<m>``, ``degraded_<m>``) and the mean gate of each modality,
 ``.../gate_<m>``.
 """
 
@@ -35,9 +36,25 @@ from medcl.engine.inference import extract_features
 from medcl.errors import ConfigError, DataError
 from medcl.metric_keys import fusion_tag, metric_key
 from medcl.metrics.bootstrap import metrics_with_ci
-from medcl.stages.common import jsonable, make_encoder, make_loader, make_transforms, seed_everything
+from medcl.stages.common import (
+    jsonable,
+    make_encoder,
+    make_loader,
+    make_transforms,
+    model_requirements,
+    seed_everything,
+)
 from medcl.stages.context import RunContext
-from medcl.tasks.fusion import FusionData, GatedFusion, predict_fusion, standardise, train_fusion
+from medcl.tasks.export import FusionModel, ModelInputs
+from medcl.tasks.fusion import (
+    Degraded,
+    FusionData,
+    GatedFusion,
+    feature_stats,
+    predict_fusion,
+    standardise,
+    train_fusion,
+)
 
 if TYPE_CHECKING:
     from medcl.tracking.protocol import Tracker
@@ -69,8 +86,9 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     seed_everything(cfg.seed, cfg.runtime.deterministic)
     out_dir = ctx.stage_dir("fuse")
     patients, y, split = _patient_labels(ctx.data)
-    feats = {m: _embed(ctx, m, patients) for m in names}
-    data = FusionData({m: v[0] for m, v in feats.items()}, np.stack([feats[m][1] for m in names], 1), names)
+    feats = {m: _embed(ctx, m, patients, degraded=f.degraded) for m in names}
+    data = FusionData({m: v[0] for m, v in feats.items()}, np.stack([feats[m][1] for m in names], 1), names,
+                      {m: v[2] for m, v in feats.items()} if f.degraded else None)
     _missing(ctx, tracker, data)
 
     train = np.flatnonzero((split == "train") & _labelled(y))
@@ -79,6 +97,7 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     if len(train) < 2 or not len(test):
         raise DataError(f"{len(train)} labelled training and {len(test)} labelled test patients", where="fuse",
                         fix="the train and test splits both need labelled patients")
+    raw, stats = data, feature_stats(data, train)
     data = standardise(data, train)
     multilabel = y.ndim == 2
     complete = test[data.present[test].all(1)]
@@ -88,6 +107,7 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     if "single" in f.baselines:
         models += [(f"single_{m}", False, (m,)) for m in names]
     rows: list[dict[str, Any]] = []
+    outputs_model: str | None = None
     for label, gated, mods in models:
         sub = data.only(mods)
         fit_on = train[sub.present[train].any(1)]
@@ -98,7 +118,8 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
         fit = train_fusion(model, sub.take(fit_on), y[fit_on], multilabel=multilabel, steps=f.steps,
                            batch_size=f.batch_size, lr=f.lr, weight_decay=f.weight_decay,
                            modality_dropout=f.modality_dropout if len(mods) > 1 else 0.0,
-                           corrupt_prob=f.corrupt_prob if len(mods) > 1 else 0.0, seed=cfg.seed,
+                           corrupt_prob=f.corrupt_prob if len(mods) > 1 else 0.0,
+                           degrade_prob=f.degrade_prob if len(mods) > 1 and f.degraded else 0.0, seed=cfg.seed,
                            device=ctx.device or "cpu", progress=cfg.runtime.progress,
                            val=(sub.take(check), y[check]) if len(check) else None)
         _log_fit(tracker, label, fit, len(check), f.select_on)
@@ -113,7 +134,58 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
             rows.append({"model": label, "condition": cond, "n_train_patients": int(len(fit_on)), **row})
         log.info("fuse: %s — %s", label, ", ".join(f"{r['condition']} {r['auroc']:.3f}" for r in rows
                                                     if r["model"] == label))
-    return _outputs(ctx, tracker, rows, out_dir, names)
+        if label == models[0][0]:  # the run's fusion model: its predictions and the deployable model
+            _predictions(ctx, tracker, model, data, patients, split, label, out_dir)
+            outputs_model = _log_model(ctx, tracker, model, raw, stats, label, out_dir)
+    return {**_outputs(ctx, tracker, rows, out_dir, names), "model_uri": outputs_model}
+
+
+def _predictions(ctx: RunContext, tracker: Tracker, model: GatedFusion, data: FusionData, patients: list[str],
+                 split: np.ndarray, label: str, out_dir: Any) -> None:
+    """``predictions.csv`` (logged): every patient's probabilities and gates from the examinations it has."""
+    probs, gates = predict_fusion(model, data, multilabel=ctx.data.y.ndim == 2, device=ctx.device or "cpu")
+    if ctx.data.task == "binary":
+        probs, cols = probs[:, 1:], [f"p_{ctx.data.classes[1]}"]
+    else:
+        cols = [f"p_{c}" for c in ctx.data.classes]
+    path = out_dir / "predictions.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["patient", "split", "model", *[f"gate_{m}" for m in data.names], *cols])
+        for i, p in enumerate(patients):
+            w.writerow([p, split[i], label, *[f"{g:.6f}" for g in gates[i]], *[f"{v:.6f}" for v in probs[i]]])
+    tracker.log_artifact(path)
+
+
+def _log_model(ctx: RunContext, tracker: Tracker, head: GatedFusion, raw: FusionData,
+               stats: dict[str, tuple[np.ndarray, np.ndarray]], label: str, out_dir: Any) -> str | None:
+    """Log the fusion model (every modality's encoder and preprocessing, the statistics, the head); its URI.
+
+    ``medcl predict RUN manifest.csv`` applies it to new patients; ``None`` without a tracking store.
+    """
+    if not tracker.active:
+        return None
+    from medcl.tracking.pyfunc import log_fusion  # lazy: mlflow
+
+    cfg, encoders, mods = ctx.cfg, {}, {}
+    for m in raw.names:
+        sub_cfg, path = ctx.modalities[m]["config"], ctx.modalities[m]["encoder"]
+        encoders[m] = make_encoder(sub_cfg, path).cpu().eval()
+        pre = {"preset": sub_cfg.transforms.preset, **(sub_cfg.transforms.model_extra or {})}
+        item = next(it for it in ctx.data.items() if ctx.data.records[it["index"]].modality == m)
+        shape = list(ModelInputs({"preprocessing": pre}).prepare(item["image"], f"a {m} training sample").shape)
+        mods[m] = {"preprocessing": pre, "input_shape": shape, "feature_dim": int(raw.feats[m].shape[1]),
+                   "encoder": sub_cfg.model.encoder, "encoder_run": ctx.modalities[m].get("run_id")}
+    model = FusionModel(encoders, stats, head.cpu())
+    meta = json.loads(json.dumps({"kind": "fusion", "classes": list(ctx.data.classes), "task": ctx.data.task,
+                                  "model": label, "gated": bool(head.gated), "modalities": mods,
+                                  "output": "per patient: p_<class>, gate_<modality>, n_<modality>"},
+                                 default=jsonable))
+    name = f"{cfg.tracking.register_model}-fusion" if cfg.tracking.register_model else None
+    uri = log_fusion(tracker, model, meta, out_dir / "model", registered_model_name=name,
+                     pip_requirements=model_requirements())
+    log.info("fuse: the %s model is logged as %s (medcl predict <run> <manifest> applies it)", label, uri)
+    return uri
 
 
 def _log_fit(tracker: Tracker, label: str, fit: Any, n_val: int, select_on: str) -> None:
@@ -154,8 +226,13 @@ def _patient_labels(data: Any) -> tuple[list[str], np.ndarray, np.ndarray]:
     return patients, y, split
 
 
-def _embed(ctx: RunContext, modality: str, patients: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``(features (P, D), has (P,) bool)``: the mean embedding of each patient's ``modality`` images."""
+def _embed(ctx: RunContext, modality: str, patients: list[str], *,
+           degraded: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(features (P, D), has (P,) bool, degraded (P, D) or None)``: each patient's mean embedding of ``modality``.
+
+    With ``degraded``, also the mean embedding of the same images degraded (:func:`medcl.tasks.fusion.degrade`:
+    blurred and noisy, seeded by the run's seed), the ungradable examinations of the training and test conditions.
+    """
     sub_cfg, encoder_path = ctx.modalities[modality]["config"], ctx.modalities[modality]["encoder"]
     data = ctx.data
     items = [it for it in data.items() if data.records[it["index"]].modality == modality]
@@ -165,14 +242,21 @@ def _embed(ctx: RunContext, modality: str, patients: list[str]) -> tuple[np.ndar
     encoder = make_encoder(sub_cfg, encoder_path).to(ctx.device or "cpu")
     feats, _, _, index = extract_features(encoder, loader, device=ctx.device or "cpu")
     row_patient = np.asarray([data.patient_index[data.records[i].patient] for i in index], dtype=np.int64)
+    bad = None
+    if degraded:
+        bad, _, _, bad_index = extract_features(Degraded(encoder, ctx.cfg.seed), loader, device=ctx.device or "cpu")
+        assert np.array_equal(bad_index, index)  # the same loader, unshuffled
     out = np.zeros((len(patients), feats.shape[1] if len(feats) else 1), np.float32)
+    out_bad = np.zeros_like(out) if degraded else None
     has = np.zeros(len(patients), bool)
     for p in np.unique(row_patient):
         out[p] = feats[row_patient == p].mean(0)
+        if out_bad is not None:
+            out_bad[p] = bad[row_patient == p].mean(0)
         has[p] = True
-    log.info("fuse: %s — %d images of %d patients embedded (%d features)", modality, len(items), int(has.sum()),
-             out.shape[1])
-    return out, has
+    log.info("fuse: %s — %d images of %d patients embedded (%d features)%s", modality, len(items), int(has.sum()),
+             out.shape[1], ", and degraded" if degraded else "")
+    return out, has, out_bad
 
 
 def lacking_modalities(data: Any, names: tuple[str, ...]) -> dict[str, list[str]]:
@@ -220,12 +304,14 @@ def _missing(ctx: RunContext, tracker: Tracker, data: FusionData) -> None:
 
 
 def _conditions(data: FusionData, complete: np.ndarray, test: np.ndarray, several: bool, seed: int):
-    """``(condition, data, test patients)`` to evaluate: as they are, and each modality removed or mislinked."""
+    """``(condition, data, test patients)`` to evaluate: as they are, and each modality removed, mislinked or degraded."""
     out = [("complete", data, complete)]
     if several:
         out.append(("all", data, test))
         for m in data.names:
             out += [(f"without_{m}", data.dropped(m), complete), (f"mislinked_{m}", data.mislinked(m, seed), complete)]
+            if data.degraded is not None:
+                out.append((f"degraded_{m}", data.with_degraded(m), complete))
     return out
 
 

@@ -5,10 +5,13 @@ the run's modality preset) to calibrated probabilities: ``(N, K)`` softmax for m
 ``(N, 1)`` sigmoid of the positive class for binary, ``(N, K)`` sigmoids for multi-label.
 :class:`Predictor` adds the preprocessing (paths or raw arrays in) and the operating point; it is what the
 logged MLflow pyfunc (:mod:`medcl.tracking.pyfunc`) and ``medcl predict`` both run.
+:class:`FusionModel` / :class:`FusionPredictor` are the same for a patient classified from several modalities
+(the ``fuse`` stage): one encoder and preprocessing per modality, the gated fusion head.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -315,6 +318,162 @@ def reference_features(predictor: Predictor, items: list[dict[str, Any]], *, max
     d = feats[0].shape[1] if feats else 0
     return {"features": np.concatenate(feats) if feats else np.zeros((0, d), np.float32),
             "patient": np.asarray(pats, dtype=np.int64)}
+
+
+# ----------------------------------------------------------------------------------------------- fusion
+class FusionModel(nn.Module):
+    """The deployable fusion model: one encoder per modality, its training patients' feature statistics, the head.
+
+    A patient's images of one modality are embedded (pooled encoder features), averaged, standardised with the
+    mean and standard deviation of the training patients who had that modality (as the ``fuse`` stage did), and
+    the gated head (:class:`medcl.tasks.fusion.GatedFusion`) classifies the patient from all of them.
+
+    Args:
+        encoders: modality -> encoder ``(N, C, *S) -> (N, D_m)`` or a feature map ``(N, D_m, *S')``.
+        stats: modality -> ``(mean (D_m,), std (D_m,))`` of the training patients' mean features.
+        head: the trained fusion head over the same modalities (in its order).
+    """
+
+    def __init__(self, encoders: dict[str, nn.Module], stats: dict[str, tuple[np.ndarray, np.ndarray]],
+                 head: nn.Module) -> None:
+        """Keep the encoders (eval mode), the statistics as frozen parameters and the head."""
+        super().__init__()
+        self.names = list(head.names)
+        self.encoders = nn.ModuleDict({m: encoders[m].eval() for m in self.names})
+        self.mean = nn.ParameterDict({m: nn.Parameter(torch.as_tensor(stats[m][0], dtype=torch.float32),
+                                                      requires_grad=False) for m in self.names})
+        self.std = nn.ParameterDict({m: nn.Parameter(torch.as_tensor(stats[m][1], dtype=torch.float32),
+                                                     requires_grad=False) for m in self.names})
+        self.head = head.eval()
+
+    def embed(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """``(N, D_m)`` pooled features of a preprocessed batch ``(N, C, *S)`` of ``modality``."""
+        f = self.encoders[modality](x)
+        return f.flatten(2).mean(-1) if f.ndim > 2 else f
+
+    def forward(self, feats: dict[str, torch.Tensor], present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits (P, K), gates (P, M))`` from each patient's mean raw features ``(P, D_m)`` and ``present``."""
+        z = {m: torch.where(present[:, j:j + 1], (feats[m] - self.mean[m]) / self.std[m], torch.zeros_like(feats[m]))
+             for j, m in enumerate(self.names)}
+        return self.head(z, present)
+
+
+class FusionPredictor:
+    """A logged fusion model with each modality's preprocessing: examinations of patients in, one row per patient out.
+
+    Args:
+        model: :class:`FusionModel`.
+        meta: ``classes``, ``task``, ``modalities`` (modality -> ``preprocessing``, ``input_shape``, ``feature_dim``),
+            ``gated``.
+    """
+
+    def __init__(self, model: FusionModel, meta: dict[str, Any]) -> None:
+        """Put the model in eval mode; build each modality's evaluation transforms."""
+        self.model = model.eval()
+        self.meta = dict(meta)
+        self.classes = [str(c) for c in meta["classes"]]
+        self.task = str(meta["task"])
+        self.names = list(model.names)
+        self.inputs = {m: ModelInputs(meta["modalities"][m]) for m in self.names}
+
+    @property
+    def columns(self) -> list[str]:
+        """Probability columns: ``p_<positive class>`` (binary) or ``p_<class>`` per class."""
+        return [f"p_{self.classes[1]}"] if self.task == "binary" else [f"p_{c}" for c in self.classes]
+
+    def prepare(self, modality: str, item: Any, where: str = "input") -> torch.Tensor:
+        """One examination of ``modality`` through that modality's evaluation transforms: ``(C, *S)``.
+
+        Raises:
+            DataError: ``modality`` is not one of the model's, or the result has the wrong shape.
+            ReaderError: the file cannot be read.
+        """
+        if modality not in self.inputs:
+            raise DataError(f"modality {modality!r} is not one of the model's ({', '.join(self.names)})", where=where,
+                            fix="give each examination the modality it was trained as (the manifest's modality column)")
+        return self.inputs[modality].prepare(item, where)
+
+    def embed(self, modality: str, x: torch.Tensor) -> np.ndarray:
+        """``(N, D_m)`` features of a preprocessed batch of ``modality``."""
+        dev = next(self.model.parameters()).device
+        with torch.no_grad():
+            return self.model.embed(modality, torch.as_tensor(x, dtype=torch.float32).to(dev)).float().cpu().numpy()
+
+    def fuse(self, feats: dict[str, np.ndarray], present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(probabilities (P, K_out), gates (P, M))`` from the patients' mean features and ``present`` ``(P, M)``."""
+        dev = next(self.model.parameters()).device
+        with torch.no_grad():
+            f = {m: torch.as_tensor(feats[m], dtype=torch.float32, device=dev) for m in self.names}
+            logits, g = self.model(f, torch.as_tensor(present, dtype=torch.bool, device=dev))
+            probs = torch.sigmoid(logits) if self.task == "multilabel" else torch.softmax(logits, -1)
+            if self.task == "binary":
+                probs = probs[:, 1:]
+        return probs.float().cpu().numpy(), g.float().cpu().numpy()
+
+    def call(self, probs: np.ndarray) -> str:
+        """The class name(s) for one patient's probabilities ``(K_out,)`` (argmax; 0.5 for binary and multi-label)."""
+        if self.task == "binary":
+            return self.classes[1] if probs[-1] >= 0.5 else self.classes[0]
+        if self.task == "multilabel":
+            return ";".join(c for c, p in zip(self.classes, probs) if p >= 0.5)
+        return self.classes[int(np.argmax(probs))]
+
+    def predict(self, patients: list[str], modalities: list[str], inputs: list[Any], *, batch_size: int = 16,
+                failures: dict[int, str] | None = None, on_batch: Any = None) -> dict[str, Any]:
+        """Every patient of ``patients`` classified from its examinations (row *i* is ``inputs[i]`` of ``modalities[i]``).
+
+        A patient's examinations of one modality are embedded and averaged; a modality it has none of counts as
+        missing (gate 0).
+
+        Args:
+            patients: each examination's patient.
+            modalities: each examination's modality.
+            inputs: each examination: a file path or a raw channel-first array.
+            batch_size: examinations per forward pass.
+            failures: ``None``: any unusable input raises. A dict: each unusable input's index -> its error
+                (PHI-redacted) is put there, and its patient is classified from its other examinations.
+            on_batch: called after each batch (a progress bar).
+
+        Returns:
+            ``patients`` (in first-seen order), ``probabilities`` ``(P, K_out)``, ``gates`` ``(P, M)`` and
+            ``counts`` ``(P, M)`` (examinations used per modality; a patient with none has meaningless outputs).
+
+        Raises:
+            DataError: with ``failures=None``, naming every input that could not be read or is of a modality the
+                model does not take.
+        """
+        order = list(dict.fromkeys(patients))
+        pidx = {p: i for i, p in enumerate(order)}
+        feats = {m: np.zeros((len(order), int(self.meta["modalities"][m]["feature_dim"]))) for m in self.names}
+        counts = np.zeros((len(order), len(self.names)), np.int64)
+        bad: dict[int, str] = {i: f"modality {mm!r} is not one of the model's ({', '.join(self.names)})"
+                               for i, mm in enumerate(modalities) if mm not in self.names}
+        for j, m in enumerate(self.names):
+            rows = [i for i, mm in enumerate(modalities) if mm == m]
+            for start in range(0, len(rows), max(1, int(batch_size))):
+                xs, who = [], []
+                for i in rows[start:start + batch_size]:
+                    where = str(inputs[i]) if isinstance(inputs[i], (str, Path)) else f"input {i}"
+                    try:
+                        xs.append(self.prepare(m, inputs[i], where))
+                        who.append(pidx[patients[i]])
+                    except Exception as exc:  # noqa: BLE001 - every failure is collected and reported together
+                        bad[i] = phi.redact(f"{where}: {str(exc).splitlines()[0][:200] if str(exc) else exc!r}")
+                if xs:
+                    np.add.at(feats[m], np.asarray(who), self.embed(m, torch.stack(xs)))
+                    np.add.at(counts[:, j], np.asarray(who), 1)
+                if on_batch is not None:
+                    on_batch()
+        if bad and failures is None:
+            raise DataError(f"{len(bad)} of {len(inputs)} input(s) could not be used: "
+                            + "; ".join(list(bad.values())[:5]) + (" …" if len(bad) > 5 else ""), where="model input",
+                            fix="pass files medcl reads with their patient and modality; `medcl predict` writes one "
+                            "row per input with its status instead")
+        if failures is not None:
+            failures.update(bad)
+        mean = {m: (feats[m] / np.maximum(counts[:, [j]], 1)).astype(np.float32) for j, m in enumerate(self.names)}
+        probs, gates = self.fuse(mean, counts > 0)
+        return {"patients": order, "probabilities": probs, "gates": gates, "counts": counts}
 
 
 # ----------------------------------------------------------------------------------------------- segmentation

@@ -95,26 +95,36 @@ class FusionData:
         feats: modality -> ``(N, D_m)`` float32 features (zeros where the patient lacks the modality).
         present: ``(N, M)`` bool, in the order of ``names``.
         names: the modalities.
+        degraded: modality -> ``(N, D_m)`` features of the same examinations degraded (:func:`degrade`), or ``None``.
     """
 
     feats: dict[str, np.ndarray]
     present: np.ndarray
     names: tuple[str, ...]
+    degraded: dict[str, np.ndarray] | None = None
 
     def take(self, idx: np.ndarray) -> FusionData:
         """The patients at ``idx``."""
-        return FusionData({m: f[idx] for m, f in self.feats.items()}, self.present[idx], self.names)
+        return FusionData({m: f[idx] for m, f in self.feats.items()}, self.present[idx], self.names,
+                          None if self.degraded is None else {m: f[idx] for m, f in self.degraded.items()})
 
     def only(self, names: tuple[str, ...]) -> FusionData:
         """The same patients with only the modalities ``names``."""
         keep = [self.names.index(m) for m in names]
-        return FusionData({m: self.feats[m] for m in names}, self.present[:, keep], names)
+        return FusionData({m: self.feats[m] for m in names}, self.present[:, keep], names,
+                          None if self.degraded is None else {m: self.degraded[m] for m in names})
 
     def dropped(self, modality: str) -> FusionData:
         """Every patient without ``modality`` (as if that examination were missing)."""
         present = self.present.copy()
         present[:, self.names.index(modality)] = False
-        return FusionData(self.feats, present, self.names)
+        return FusionData(self.feats, present, self.names, self.degraded)
+
+    def with_degraded(self, modality: str) -> FusionData:
+        """Every patient's ``modality`` replaced by its degraded examination (see :func:`degrade`)."""
+        if self.degraded is None:
+            raise ValueError("these data carry no degraded examinations")
+        return FusionData({**self.feats, modality: self.degraded[modality]}, self.present, self.names, self.degraded)
 
     def mislinked(self, modality: str, seed: int) -> FusionData:
         """``modality`` of every patient who has it replaced by another such patient's (a seeded derangement)."""
@@ -126,7 +136,41 @@ class FusionData:
             out = feats[modality].copy()
             out[order] = feats[modality][np.roll(order, -1)]
             feats[modality] = out
-        return FusionData(feats, self.present, self.names)
+        return FusionData(feats, self.present, self.names, self.degraded)
+
+
+def degrade(x: torch.Tensor, gen: torch.Generator, *, factor: int = 4, noise: float = 1.0) -> torch.Tensor:
+    """An ungradable acquisition of a preprocessed batch ``x`` ``(B, C, *S)`` (1–3 spatial axes): out of focus and noisy.
+
+    Each image is reduced ``factor``-fold along every spatial axis (area average) and brought back (linear
+    interpolation), then Gaussian noise of ``noise`` times the image's own standard deviation is added — what a
+    blurred, under-exposed fundus photograph or a low-signal OCT scan looks like to the encoder: the examination is
+    there, its findings are not. ``gen`` seeds the noise.
+    """
+    import torch.nn.functional as F  # noqa: N812 - the usual name
+
+    spatial = x.shape[2:]
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
+    small = F.adaptive_avg_pool3d(x, [max(1, d // factor) for d in spatial]) if len(spatial) == 3 else (
+        F.adaptive_avg_pool2d(x, [max(1, d // factor) for d in spatial]) if len(spatial) == 2
+        else F.adaptive_avg_pool1d(x, max(1, spatial[0] // factor)))
+    blurred = F.interpolate(small, size=list(spatial), mode=mode, align_corners=False)
+    sd = x.flatten(1).std(1).clamp_min(1e-6).view(-1, *([1] * (x.ndim - 1)))
+    return blurred + noise * sd * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+
+
+class Degraded(nn.Module):
+    """``encoder`` applied to :func:`degrade` of its input (seeded once): the features of ungradable examinations."""
+
+    def __init__(self, encoder: nn.Module, seed: int) -> None:
+        """Wrap ``encoder``; the noise is drawn from a generator seeded with ``seed``."""
+        super().__init__()
+        self.encoder = encoder
+        self.gen = torch.Generator().manual_seed(int(seed))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``encoder(degrade(x))``."""
+        return self.encoder(degrade(x, self.gen))
 
 
 def _tensors(data: FusionData, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -189,12 +233,15 @@ def _subset_loss(model: GatedFusion, feats: dict[str, torch.Tensor], present: np
 def train_fusion(model: GatedFusion, data: FusionData, y: np.ndarray, *, multilabel: bool, steps: int,
                  batch_size: int, lr: float, weight_decay: float, modality_dropout: float, corrupt_prob: float,
                  seed: int, device: torch.device | str = "cpu", progress: bool = False,
-                 val: tuple[FusionData, np.ndarray] | None = None, val_every: int = 0) -> FusionFit:
+                 val: tuple[FusionData, np.ndarray] | None = None, val_every: int = 0,
+                 degrade_prob: float = 0.0) -> FusionFit:
     """Train ``model`` on the training patients, keeping the weights of the step with the lowest validation loss.
 
     Each step draws ``batch_size`` patients; each present modality of each is dropped with probability
     ``modality_dropout`` (one present modality is always kept) and, independently, replaced by another training
-    patient's embedding of that modality with probability ``corrupt_prob``. With several modalities the step's loss
+    patient's embedding of that modality with probability ``corrupt_prob``, or by the embedding of its own degraded
+    (ungradable) examination with probability ``degrade_prob`` (when ``data.degraded`` is given). With several
+    modalities the step's loss
     is the mean of that batch's loss and, for each modality, the loss of the patients who have it with that modality
     alone (the others marked missing): the head is trained for every examination a patient may come with, not only
     for the combinations the dropout happens to draw. AdamW, 10 % linear warmup then cosine.
@@ -215,6 +262,7 @@ def train_fusion(model: GatedFusion, data: FusionData, y: np.ndarray, *, multila
         weight_decay: AdamW weight decay.
         modality_dropout: probability of dropping each present modality of a patient.
         corrupt_prob: probability of replacing each present modality by another training patient's.
+        degrade_prob: probability of replacing each present modality by its degraded examination.
         seed: seeds the batches, the dropout, the mislinking and the initialisation's torch generator.
         device: where to train.
         progress: show a progress bar.
@@ -264,6 +312,9 @@ def train_fusion(model: GatedFusion, data: FusionData, y: np.ndarray, *, multila
             swap = np.flatnonzero((gen.random(len(idx)) < corrupt_prob) & present[:, j])
             if len(swap) and len(has[m]) > 1:
                 f[swap] = data.feats[m][gen.choice(has[m], size=len(swap))]
+            if degrade_prob and data.degraded is not None:
+                bad = np.flatnonzero((gen.random(len(idx)) < degrade_prob) & present[:, j])
+                f[bad] = data.degraded[m][idx[bad]]
             feats[m] = torch.as_tensor(f, dtype=torch.float32, device=device)
         t = target[torch.as_tensor(idx, device=device)]
         logits, _ = model(feats, torch.as_tensor(present, device=device))
@@ -293,12 +344,27 @@ def predict_fusion(model: GatedFusion, data: FusionData, *, multilabel: bool,
     return probs.cpu().numpy().astype(np.float64), g.cpu().numpy()
 
 
-def standardise(data: FusionData, train: np.ndarray) -> FusionData:
-    """Every modality's features centred and scaled by its training patients who have it (absent rows stay 0)."""
+def feature_stats(data: FusionData, train: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Modality -> ``(mean (D_m,), std + 1e-6 (D_m,))`` over the training patients ``train`` who have it."""
     out = {}
     for j, m in enumerate(data.names):
         ref = data.feats[m][train][data.present[train, j]]
-        mu = ref.mean(0) if len(ref) else 0.0
-        sd = ref.std(0) + 1e-6 if len(ref) else 1.0
-        out[m] = np.where(data.present[:, j:j + 1], (data.feats[m] - mu) / sd, 0.0).astype(np.float32)
-    return FusionData(out, data.present, data.names)
+        d = data.feats[m].shape[1]
+        out[m] = ((ref.mean(0), ref.std(0) + 1e-6) if len(ref) else (np.zeros(d), np.ones(d)))
+        out[m] = (out[m][0].astype(np.float32), out[m][1].astype(np.float32))
+    return out
+
+
+def standardise(data: FusionData, train: np.ndarray) -> FusionData:
+    """Every modality's features centred and scaled by its training patients who have it (absent rows stay 0).
+
+    The degraded examinations' features (when given) are scaled with the same statistics.
+    """
+    stats = feature_stats(data, train)
+
+    def scaled(feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {m: np.where(data.present[:, j:j + 1], (feats[m] - stats[m][0]) / stats[m][1], 0.0).astype(np.float32)
+                for j, m in enumerate(data.names)}
+
+    return FusionData(scaled(data.feats), data.present, data.names,
+                      None if data.degraded is None else scaled(data.degraded))

@@ -26,7 +26,7 @@ import mlflow.pyfunc
 import numpy as np
 
 from medcl.errors import DataError, TrackingError
-from medcl.tasks.export import FeatureExtractor, Predictor, Segmenter
+from medcl.tasks.export import FeatureExtractor, FusionPredictor, Predictor, Segmenter
 from medcl.tracking.mlflow_tracker import default_tracking_uri
 
 
@@ -96,6 +96,42 @@ class MedclSegmenter(mlflow.pyfunc.PythonModel):
                          **{f"voxels_{c}": int((lab == k).sum()) for k, c in enumerate(self.segmenter.class_names)
                             if k > 0}})
         return pd.DataFrame(rows)
+
+
+class MedclFusion(mlflow.pyfunc.PythonModel):
+    """pyfunc of a fusion model (the ``fuse`` stage): examinations of patients → one row per patient.
+
+    ``model_input``: a DataFrame with ``patient_id``, ``modality`` and ``path`` columns (one row per examination;
+    a patient may lack a modality). Output: ``patient_id``, ``n_<modality>`` (examinations used),
+    ``gate_<modality>`` and the probability columns ``p_<class>``. ``params``: ``batch_size`` (default 16).
+    """
+
+    def load_context(self, context: Any) -> None:
+        """Load the pickled fusion model and its metadata from the model's artifacts as a :class:`FusionPredictor`."""
+        self.predictor = _load(context, "fusion", FusionPredictor)
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a signature from them
+        """One row per patient of ``model_input`` (see the class docstring)."""
+        import pandas as pd
+
+        if not isinstance(model_input, pd.DataFrame):
+            raise DataError(f"a fusion model takes a DataFrame, not a {type(model_input).__name__}", where="model input",
+                            fix="send rows with patient_id, modality and path columns, one per examination")
+        cols = {str(c).strip().lower(): c for c in model_input.columns}
+        missing = [c for c in ("patient_id", "modality", "path") if c not in cols]
+        if missing:
+            raise DataError(f"the input has no {', '.join(missing)} column (columns: {list(model_input.columns)[:6]})",
+                            where="model input", fix="send rows with patient_id, modality and path columns")
+        fp = self.predictor
+        out = fp.predict([str(v) for v in model_input[cols["patient_id"]]],
+                         [str(v) for v in model_input[cols["modality"]]], [str(v) for v in model_input[cols["path"]]],
+                         batch_size=int(dict(params or {}).get("batch_size", 16)))
+        df = pd.DataFrame({"patient_id": out["patients"]})
+        for j, m in enumerate(fp.names):
+            df[f"n_{m}"], df[f"gate_{m}"] = out["counts"][:, j], out["gates"][:, j]
+        for k, c in enumerate(fp.columns):
+            df[c] = out["probabilities"][:, k]
+        return df
 
 
 def as_inputs(data: Any) -> list[Any]:
@@ -193,6 +229,30 @@ def log_encoder(tracker: Any, encoder: Any, meta: dict[str, Any], work_dir: Path
     return _log_module(tracker, encoder, meta, work_dir, name="encoder", artifact="encoder",
                        pyfunc_model=MedclEncoder(), registered_model_name=registered_model_name,
                        pip_requirements=pip_requirements)
+
+
+def log_fusion(tracker: Any, model: Any, meta: dict[str, Any], work_dir: Path, *,
+               registered_model_name: str | None = None, pip_requirements: list[str] | None = None) -> str:
+    """Log a :class:`~medcl.tasks.export.FusionModel` as the :class:`MedclFusion` pyfunc under ``fusion``; its URI."""
+    return _log_module(tracker, model, meta, work_dir, name="fusion", artifact="fusion", pyfunc_model=MedclFusion(),
+                       registered_model_name=registered_model_name, pip_requirements=pip_requirements)
+
+
+def load_fusion(model_uri: str, tracking_uri: str, device: str = "cpu") -> Any:
+    """The :class:`~medcl.tasks.export.FusionPredictor` of a fusion model medcl logged, on ``device``.
+
+    Raises:
+        TrackingError: the URI names another kind of model.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    wrapped = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    if not isinstance(wrapped, MedclFusion):
+        raise TrackingError(f"the model {model_uri} is not a fusion model ({type(wrapped).__name__})", where=model_uri,
+                            fix="pass the run of a fuse stage, or runs:/<fuse stage run id>/fusion")
+    wrapped.predictor.model.to(device)
+    return wrapped.predictor
 
 
 #: weights files inside a medcl MLflow model, in the order they are looked for

@@ -209,6 +209,8 @@ PERTURB: dict[str, Perturb] = {
     "fuse.corrupt_prob": Perturb("fuse", "0.5"),
     "fuse.steps": Perturb("fuse", "3"),
     "fuse.select_on": Perturb("fuse", "last"),
+    "fuse.degraded": Perturb("fuse", "false"),
+    "fuse.degrade_prob": Perturb("fuse", "0.5"),
     "fuse.batch_size": Perturb("fuse", "4"),
     "fuse.lr": Perturb("fuse", "0.01"),
     "fuse.weight_decay": Perturb("fuse", "0.1"),

@@ -22,7 +22,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
     5: ("medcl.tracking",),
     6: ("medcl.stages", "medcl.reporting"),
     7: ("medcl.pipeline", "medcl.console", "medcl.predict", "medcl.predict_io", "medcl.predict_model",
-        "medcl.predict_masks", "medcl.evaluate", "medcl.demo", "medcl.cli", "medcl.__main__"),
+        "medcl.predict_masks", "medcl.predict_fusion", "medcl.evaluate", "medcl.demo", "medcl.cli", "medcl.__main__"),
 }
 #: importer prefix -> prefixes it must never import, although they are on its floor or below
 NEVER: dict[str, tuple[str, ...]] = {

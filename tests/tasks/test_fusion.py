@@ -191,3 +191,41 @@ def _alone(data: FusionData, modality: str) -> FusionData:
     """Every patient with only ``modality`` present (the other one marked missing)."""
     other = next(m for m in data.names if m != modality)
     return data.dropped(other)
+
+
+def test_degrade_blurs_away_fine_detail_and_adds_noise_of_the_images_own_scale():
+    import torch
+
+    from medcl.tasks.fusion import degrade
+
+    x = torch.zeros(2, 1, 16, 16)
+    x[0, 0] = (torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2  # a 1-pixel checkerboard: mean 0.5, sd 0.5
+    x[1, 0, :, 8:] = 1.0  # a left/right step: survives a 4x reduction
+    gen = torch.Generator().manual_seed(0)
+    clean = degrade(x, gen, noise=0.0)
+    assert torch.allclose(clean[0], torch.full_like(clean[0], 0.5), atol=1e-6)  # every 4x4 block averages to 0.5
+    assert clean[1, 0, :, :6].max() < 0.5 < clean[1, 0, :, 10:].min()
+    noisy = degrade(x, torch.Generator().manual_seed(0), noise=1.0)
+    for i in range(2):
+        assert float((noisy[i] - clean[i]).std()) == pytest.approx(float(x[i].std()), rel=0.15)
+    for shape in ((3, 2, 40), (2, 1, 8, 8, 8)):  # signals and volumes
+        assert degrade(torch.randn(shape), gen).shape == shape
+
+
+def test_trained_gates_fall_for_a_degraded_modality():
+    """Degraded examinations (here: the class signal gone, the features' scale kept) get a lower gate."""
+    train, y = _toy(600, 0)
+    gen = np.random.default_rng(5)
+    train = FusionData(train.feats, train.present, train.names,
+                       {m: gen.normal(size=f.shape).astype(np.float32) for m, f in train.feats.items()})
+    test, yt = _toy(300, 1)
+    test = FusionData(test.feats, test.present, test.names,
+                      {m: gen.normal(size=f.shape).astype(np.float32) for m, f in test.feats.items()})
+    model = GatedFusion({"a": 8, "b": 8}, 4, hidden=16, gate_dim=8, dropout=0.0)
+    train_fusion(model, train, y, multilabel=False, steps=400, batch_size=64, lr=3e-3, weight_decay=1e-4,
+                 modality_dropout=0.3, corrupt_prob=0.0, degrade_prob=0.3, seed=0)
+    _, clean = predict_fusion(model, test, multilabel=False)
+    probs, bad = predict_fusion(model, test.with_degraded("a"), multilabel=False)
+    assert bad[:, 0].mean() < clean[:, 0].mean() - 0.1
+    # with a degraded, b's half of the label is still known: accuracy on b's bit stays near its Bayes rate
+    assert float(((probs.argmax(1) % 2) == (yt % 2)).mean()) > 0.9
