@@ -308,9 +308,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="run these modalities' finished medcl runs again (their recipe changed; the plain "
                              "reference loops do not depend on it and are kept); the others' finished runs are kept, "
                              "each row with the commit it ran at")
-    parser.add_argument("--first", nargs="+", default=[], choices=["pipeline", "reference", "ablation", "method"],
-                        metavar="KIND", help="run the pending runs of these kinds before the others (the plan and "
-                        "the result file's order stay the same)")
+    parser.add_argument("--first", nargs="+", default=[], metavar="PREFIX",
+                        help="run the pending runs whose key starts with one of these before the others, in the "
+                        "order given (a kind: method; or a key's start: method/oct/micle); the plan and the result "
+                        "file's order stay the same")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work" / "quality")
     args = parser.parse_args(argv)
     quiet_logs()
@@ -326,7 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     from medcl.data.synth import synthesize
 
     rows: dict[str, dict] = {}
-    for i in sorted(range(len(todo)), key=lambda i: (todo[i]["kind"] not in args.first, i)):
+    def priority(i: int) -> tuple[int, int]:
+        key = run_key(todo[i])
+        return next((k for k, p in enumerate(args.first) if key.startswith(p)), len(args.first)), i
+
+    for i in sorted(range(len(todo)), key=priority):
         r = todo[i]
         key = run_key(r)
         if key in done:
