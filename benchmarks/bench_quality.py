@@ -53,6 +53,10 @@ MODALITIES: dict[str, dict[str, Any]] = {
     "ct": {"fractions": "[0.1,1.0]", "reference": False},
     # the MRI demo segments only: a validation split and a classify stage (lesion present?) are added
     "mri": {"fractions": "[0.1,1.0]", "reference": False, "extra": ["data.val_fraction=0.15"]},
+    # issue 18: the class-balanced presets where they should help — fundus grades long-tailed (``medcl data synth
+    # --modalities fundus-lt``), the fundus demo pipeline, only these methods (no pipeline row: SimCLR is one of them)
+    "fundus-lt": {"fractions": "[1.0]", "reference": False, "pipeline": "fundus",
+                  "methods": ["simclr", "supcon", "supcon-balanced", "prototypes"]},
 }
 #: method presets and, per modality, what a preset needs (None: does not apply)
 GENERIC = ["simclr", "moco", "micle", "supcon", "supcon-balanced", "prototypes"]
@@ -86,8 +90,15 @@ ABLATIONS: dict[str, tuple[tuple[str, ...], list[str], str]] = {
 }
 
 
+def _demo_yaml(mod: str) -> Path:
+    """The demo pipeline a benchmark modality runs (``fundus-lt``: the fundus demo on the long-tailed set)."""
+    return ROOT / "pipelines" / "demo" / f"{MODALITIES[mod].get('pipeline', mod)}.yaml"
+
+
 def methods_for(modality: str) -> list[str]:
     """The presets run on ``modality`` (its pipeline's own method is the ``pipeline`` run)."""
+    if "methods" in MODALITIES[modality]:
+        return list(MODALITIES[modality]["methods"])
     own = _demo_method(modality)
     out = [m for m in GENERIC if m != own]
     out += [m for m, per in SPECIFIC.items() if modality in per and m != own]
@@ -105,6 +116,8 @@ def plan(seeds: int, modalities: list[str], with_methods: bool, quick: bool) -> 
     runs: list[dict[str, Any]] = []
     for s in range(seeds):  # seed by seed, each modality's pipeline next to its references, so that a run
         for m in modalities:  # cut short by --budget-min has whole comparisons
+            if "methods" in MODALITIES[m]:  # a set for the method presets only
+                continue
             runs.append({"kind": "pipeline", "modality": m, "seed": s})
             if MODALITIES[m]["reference"]:
                 runs += [{"kind": "reference", "modality": m, "seed": s, "loop": loop}
@@ -133,13 +146,13 @@ def run_key(r: dict[str, Any]) -> str:
 def _demo_raw(mod: str) -> dict[str, Any]:
     from medcl.config import load_raw
 
-    return load_raw(ROOT / "pipelines" / "demo" / f"{mod}.yaml")
+    return load_raw(_demo_yaml(mod))
 
 
 def _demo_method(mod: str) -> str:
     from medcl.pipeline import load_pipeline
 
-    return load_pipeline(ROOT / "pipelines" / "demo" / f"{mod}.yaml", ["data.manifest=x.csv"]).pretrain.method
+    return load_pipeline(_demo_yaml(mod), ["data.manifest=x.csv"]).pretrain.method
 
 
 def _base_sets(r: dict[str, Any], work: Path, manifest: Path, quick: bool) -> list[str]:
@@ -161,7 +174,7 @@ def pipeline_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool) 
             f"classify.label_fractions={MODALITIES[mod]['fractions']}", "segment.label_fractions=[0.1,1.0]"]
     if quick:
         sets = [*sets, "classify.label_fractions=[0.5,1.0]", "segment.label_fractions=[0.5,1.0]"]
-    return load_pipeline(ROOT / "pipelines" / "demo" / f"{mod}.yaml", sets, smoke=quick)
+    return load_pipeline(_demo_yaml(mod), sets, smoke=quick)
 
 
 def method_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool) -> Any:
@@ -175,11 +188,11 @@ def method_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool) ->
         stages = (["stages=[classify]", "classify.protocols=[finetune]", "classify.baselines=[scratch]"]
                   if measure == "scratch" else
                   ["stages=[pretrain,classify]", "classify.protocols=[linear]", "classify.baselines=[random]"])
-        return load_pipeline(ROOT / "pipelines" / "demo" / f"{mod}.yaml", [
+        return load_pipeline(_demo_yaml(mod), [
             *_base_sets(r, work, manifest, quick), *stages, "classify.label_fractions=[1.0]", *undo], smoke=quick)
     p = _demo_raw(mod)["pretrain"]
     yaml_path = work / f"{mod}-{method}.yaml"
-    yaml_path.write_text(f"include: [{ROOT / 'pipelines' / 'demo' / (mod + '.yaml')}, "
+    yaml_path.write_text(f"include: [{_demo_yaml(mod)}, "
                          f"{ROOT / 'configs' / 'method' / (method + '.yaml')}]\nname: demo-{mod}-{method}\n")
     keep = [f"pretrain.{k}={p[k]}" for k in ("optimizer", "lr", "weight_decay", "steps", "epochs", "batch_size",
                                              "temperature") if k in p]
@@ -189,10 +202,14 @@ def method_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool) ->
     return load_pipeline(yaml_path, sets, smoke=quick)
 
 
-def _auroc(row: dict[str, Any]) -> float | None:
-    m = row.get("metrics", {}).get("auroc")
+def _value(row: dict[str, Any], metric: str) -> float | None:
+    m = row.get("metrics", {}).get(metric)
     v = m.get("value") if isinstance(m, dict) else None
     return None if v is None else float(v)
+
+
+def _auroc(row: dict[str, Any]) -> float | None:
+    return _value(row, "auroc")
 
 
 def collect(ctx: Any) -> dict[str, Any]:
@@ -211,6 +228,9 @@ def collect(ctx: Any) -> dict[str, Any]:
         rows = json.loads(Path(cls["results"]).read_text())
         out["classify"] = [{"model": x["model"], "protocol": x["protocol"], "fraction": x["fraction"],
                             "auroc": _auroc(x), "n_train_patients": x.get("n_train_patients"),
+                            "balanced_accuracy": _value(x, "balanced_accuracy"),
+                            "auroc_per_class": {k.split("/", 1)[1]: _value(x, k) for k in x.get("metrics", {})
+                                                if k.startswith("auroc/")},
                             **{k: x[k] for k in ("steps", "train_seconds", "images_per_s") if k in x}} for x in rows]
     cal = ctx.outputs.get("calibrate") or {}
     if cal.get("calibration"):
@@ -268,7 +288,7 @@ def run_reference(r: dict[str, Any], pipeline_row: dict[str, Any] | None, manife
 
     if not pipeline_row or "split" not in pipeline_row:
         raise RuntimeError(f"the pipeline run of {r['modality']} seed {r['seed']} did not finish: no split to use")
-    cfg = load_pipeline(ROOT / "pipelines" / "demo" / f"{r['modality']}.yaml", [f"data.manifest={manifest}"])
+    cfg = load_pipeline(_demo_yaml(r["modality"]), [f"data.manifest={manifest}"])
     if r["loop"] == "supervised":
         steps, batch = pipeline_row["finetune"]["steps"], cfg.classify.finetune.batch_size
     else:

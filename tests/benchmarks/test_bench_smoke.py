@@ -163,8 +163,12 @@ def test_quality_plan_covers_every_modality_seed_reference_and_applicable_method
     runs = bq.plan(3, list(bq.MODALITIES), True, quick=False)
     keys = [bq.run_key(r) for r in runs]
     assert len(keys) == len(set(keys))
-    assert {r["modality"] for r in runs if r["kind"] == "pipeline"} == set(bq.MODALITIES)
+    assert {r["modality"] for r in runs if r["kind"] == "pipeline"} == set(bq.MODALITIES) - {"fundus-lt"}
     assert sum(r["kind"] == "pipeline" for r in runs) == 6 * 3
+    # the long-tailed fundus set: only the methods it is there for, SimCLR among them, every seed
+    assert sorted(bq.run_key(r) for r in runs if r["modality"] == "fundus-lt") == sorted(
+        f"method/fundus-lt/{m}/seed{s}" for m in ("simclr", "supcon", "supcon-balanced", "prototypes")
+        for s in range(3))
     assert {r["modality"] for r in runs if r["kind"] == "reference"} == {"oct", "fundus", "histo", "ecg"}
     # seed by seed, each pipeline next to its references; then the ablations seed by seed; methods last
     assert keys.index("pipeline/oct/seed0") < keys.index("reference/oct/supervised/seed0") \
@@ -175,6 +179,32 @@ def test_quality_plan_covers_every_modality_seed_reference_and_applicable_method
     assert "method/ecg/simclr/seed0" in keys and "method/ecg/clocs/seed0" not in keys  # ECG's own method is CLOCS
     assert "method/oct/oct-severity/seed1" in keys and "method/fundus/oct-severity/seed1" not in keys
     assert "method/ct/dense/seed0" in keys and "method/histo/supcon-graph/seed0" not in keys
+
+
+def test_long_tail_targets_compare_the_balanced_presets_with_supcon_and_simclr(tmp_path):
+    def row(method, seed, severe, bal):
+        return {"kind": "method", "modality": "fundus-lt", "seed": seed, "method": method,
+                "key": f"method/fundus-lt/{method}/seed{seed}",
+                "classify": [{"model": "ssl", "protocol": "linear", "fraction": 1.0, "auroc": 0.9,
+                              "balanced_accuracy": bal, "auroc_per_class": {"severe": severe, "no_dr": 0.9}}]}
+
+    rows = [row("simclr", 0, 0.70, 0.50), row("supcon", 0, 0.80, 0.55), row("supcon-balanced", 0, 0.85, 0.54),
+            row("simclr", 1, 0.75, 0.52), row("supcon", 1, 0.60, 0.40), row("supcon-balanced", 1, 0.76, 0.53),
+            {"kind": "method", "modality": "fundus-lt", "seed": 0, "method": "prototypes",
+             "key": "method/fundus-lt/prototypes/seed0", "skipped": "pending"}]
+    results = tmp_path / "results"
+    results.mkdir()
+    meta = {"quick": False, "cpu_count": 2, "load_before": [1.0] * 3, "load_after": [1.0] * 3, "seeds": 2}
+    (results / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    text = write_readme(tmp_path).read_text()
+    # rare grade: seed 0 0.85 vs max(0.80, 0.70) = 0.80, seed 1 0.76 vs max(0.60, 0.75) = 0.75: met
+    assert ("supcon-balanced ≥ the better of SupCon and SimCLR on the AUROC of the rare grade (severe) "
+            "(long-tailed fundus, 2 seed(s), every seed) | 0.850 vs 0.800, 0.760 vs 0.750 | **met**") in text
+    # balanced accuracy: seed 0 0.54 vs 0.55: not met
+    assert "balanced accuracy (long-tailed fundus, 2 seed(s), every seed) | 0.540 vs 0.550, 0.530 vs 0.520 | " \
+           "**not met**" in text
+    assert "| prototypes | — | — | — | pending |" in text
+    assert "| supcon-balanced | 0.900 ± 0.000 (min 0.900, n=2) | 0.805 ± 0.064 (min 0.760, n=2) |" in text
 
 
 def test_smoke_section_lists_every_run_and_its_failure(tmp_path):

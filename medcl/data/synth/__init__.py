@@ -33,6 +33,7 @@ from medcl.data.synth import cytology as _cytology
 from medcl.data.synth import ecg as _ecg
 from medcl.data.synth import eye as _eye
 from medcl.data.synth import fundus as _fundus
+from medcl.data.synth import fundus_lt as _fundus_lt
 from medcl.data.synth import histo as _histo
 from medcl.data.synth import histo_wsi as _histo_wsi
 from medcl.data.synth import mri as _mri
@@ -61,6 +62,7 @@ EXTRA_SETS: dict[str, ModuleType] = {
     "cytology": _cytology,
     "histo-wsi": _histo_wsi,
     "eye": _eye,
+    "fundus-lt": _fundus_lt,
 }
 
 _MARKER = ".medcl-synth"
@@ -200,6 +202,7 @@ def _readme(summary, seed: int) -> str:
         "cytology": "RGB PNG tiles of cytology-like smears, label per tile, malignant tiles rare (≤ 2 %)",
         "histo-wsi": "pyramidal TIFF slides, label per slide, tumour in 10–25 % of a tumour slide's tissue",
         "eye": "OCT B-scans and fundus photographs (PNG) of the same patients, one label per patient from both",
+        "fundus-lt": "8-bit RGB PNG fundus photographs, grades long-tailed (66 / 20 / 9 / 5 % of the patients)",
     }
     for name, mod, n_pat, rows in summary:
         lines.append(

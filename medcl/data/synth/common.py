@@ -23,7 +23,7 @@ import numpy as np
 
 #: Stable small integer per modality, mixed into every seed (never reorder).
 MODALITY_CODES: dict[str, int] = {"oct": 1, "fundus": 2, "histo": 3, "ct": 4, "mri": 5, "ecg": 6, "cytology": 7,
-                               "histo-wsi": 8, "eye": 9}
+                               "histo-wsi": 8, "eye": 9, "fundus-lt": 10}
 
 #: Manifest columns every synthesiser writes, in this order; extra columns follow.
 BASE_COLUMNS: tuple[str, ...] = (
