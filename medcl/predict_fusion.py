@@ -20,9 +20,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from medcl.errors import ConfigError, DataError, MedclError, TrackingError
+from medcl.errors import ConfigError, DataError
 from medcl.predict_io import PredictResult, _clear_patients, _looks_like_manifest, _write, collect_inputs
-from medcl.predict_model import fusion_uri
+from medcl.predict_model import fusion_uri, load_logged
 from medcl.tracking.mlflow_tracker import default_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -34,14 +34,7 @@ def _load(source: str, tracking_uri: str | None, device: str) -> tuple[Any, str,
 
     uri = tracking_uri or default_tracking_uri()
     model_uri, run_id = fusion_uri(source, uri)
-    try:
-        return load_fusion(model_uri, uri, device), model_uri, run_id
-    except MedclError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; the user needs the URI and the cause
-        raise TrackingError(f"cannot load the fusion model {model_uri}: {type(exc).__name__}: {str(exc)[:300]}",
-                            where=f"tracking store {uri}",
-                            fix="check the run id / URI and --tracking-uri (MLFLOW_TRACKING_URI)") from None
+    return load_logged(load_fusion, model_uri, uri, device), model_uri, run_id
 
 
 def predict_patients(source: str, inp: str | Path, out: str | Path, *, tracking_uri: str | None = None,

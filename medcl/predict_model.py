@@ -8,6 +8,7 @@ name defined here.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,15 +92,24 @@ def load_model(source: str, tracking_uri: str | None = None, device: str = "cpu"
 
     uri = tracking_uri or default_tracking_uri()
     model_uri, run_id = resolve_model_uri(source, uri)
+    predictor, _ = load_logged(load_predictor, model_uri, uri, device)
+    return LoadedModel(predictor, model_uri, run_id)
+
+
+def load_logged(load: Callable[[str, str, str], Any], model_uri: str, tracking_uri: str, device: str) -> Any:
+    """``load(model_uri, tracking_uri, device)``; any failure but medcl's own becomes a TrackingError naming the URI.
+
+    Raises:
+        TrackingError: the model cannot be loaded (the URI and the cause are named).
+    """
     try:
-        predictor, _ = load_predictor(model_uri, uri, device)
+        return load(model_uri, tracking_uri, device)
     except MedclError:
         raise
     except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; the user needs the URI and the cause
         raise TrackingError(f"cannot load the model {model_uri}: {type(exc).__name__}: {str(exc)[:300]}",
-                            where=f"tracking store {uri}",
+                            where=f"tracking store {tracking_uri}",
                             fix="check the run id / URI and --tracking-uri (MLFLOW_TRACKING_URI)") from None
-    return LoadedModel(predictor, model_uri, run_id)
 
 
 def model_kind(source: str, tracking_uri: str | None = None, task: str = "auto") -> str:
