@@ -276,8 +276,10 @@ def test_quick_wsi_reads_the_same_tiles_in_every_arm(tmp_path):
     assert rc == 0, (tmp_path / "logs" / "wsi.log").read_text()[-2000:]
     res = json.loads((tmp_path / "results" / "wsi.json").read_text())
     arms = {"medcl", "naive openslide", "monai PatchWSIDataset"}
+    batched = "medcl, augment_on: batch"  # its workers read, the training process augments whole batches
     assert {(r["arm"], r["measure"]) for r in res["rows"]} == {(a, m) for a in arms for m in ("load", "wait", "read")} | {
-        ("medcl", "extract")}
+        ("medcl", "extract"), (batched, "load"), (batched, "wait")}
+    assert res["meta"]["shipped_augment_on"] in ("sample", "batch")
     assert all("error" not in r for r in res["rows"])
     assert all(r["tiles_read"] == r["tiles"] for r in res["rows"] if r["measure"] in ("load", "read", "extract"))
     ex = next(r for r in res["rows"] if r["measure"] == "extract")  # every planned tile of every slide, once
@@ -286,3 +288,4 @@ def test_quick_wsi_reads_the_same_tiles_in_every_arm(tmp_path):
     assert res["meta"]["max_pixel_difference"] == {"naive openslide": 0.0, "monai PatchWSIDataset": 0.0}
     text = (tmp_path / "README.md").read_text()
     assert "## 4e. Whole-slide tiles" in text and "| medcl |" in text and "Per-slide feature extraction" in text
+    assert f"| {batched} |" in text

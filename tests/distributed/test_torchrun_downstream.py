@@ -159,9 +159,10 @@ def test_finetuning_and_segmentation_train_on_every_rank_like_one_process(downst
     seg = load_checkpoint(ddp / "segment" / "segmenter-scratch.pt")["model"]
     seg_ref = load_checkpoint(single / "segment" / "segmenter-scratch.pt")["model"]
     diff = max_abs_diff(seg, seg_ref)
-    # the batch Dice is summed over both ranks: ~6e-8 here; with each rank's own batch Dice it is ~3e-6
-    # (seed 2 puts lesions in both ranks' batches; with seed 5 the two differ by less than the rounding)
-    assert diff < 5e-7, diff
+    # float rounding: ~6e-8 on the machine this was written on, ~1.1e-6 on an AVX2-only EPYC (other kernels, other
+    # summation order). That the batch Dice is summed over both ranks (not each rank's own) is tested exactly at the
+    # loss level, under torchrun, in tests/losses/test_distributed.py; here the whole stage must agree up to rounding
+    assert diff < 3e-6, diff
     from medcl.stages.common import seed_everything
     from medcl.stages.segment import _build
 
