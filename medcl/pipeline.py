@@ -54,6 +54,7 @@ SMOKE_OVERRIDES = [
     "pretrain.epochs=1", "pretrain.max_steps=2", "pretrain.warmup_epochs=0", "pretrain.warmup_steps=0",
     "classify.finetune.epochs=1", "classify.finetune.max_steps=2", "classify.n_boot=20",
     "segment.epochs=1", "segment.max_steps=2", "segment.n_boot=20", "slides.epochs=2", "slides.n_boot=20",
+    "slides.scratch_steps=2",
     "fuse.steps=20", "fuse.n_boot=20",
 ]
 #: --smoke cap on the tiles read per whole-slide image

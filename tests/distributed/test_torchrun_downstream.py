@@ -320,6 +320,9 @@ def test_smoke_shrinks_batches_and_3d_crops_of_every_shipped_pipeline():
         full, smoke = load_pipeline(path, ["data.manifest=m.csv"]), load_pipeline(path, ["data.manifest=m.csv"],
                                                                                    smoke=True)
         assert smoke.pretrain.max_steps == 2 and smoke.classify.finetune.max_steps == 2
+        # every other training loop too: the slide stage's end-to-end scratch baseline (300 steps of 16 tiles of
+        # 224 px by default: histo_wsi's smoke ran past 15 minutes), segmentation, fusion heads
+        assert smoke.slides.scratch_steps == 2 and smoke.segment.max_steps == 2 and smoke.fuse.steps <= 20
         assert smoke.pretrain.batch_size <= min(full.pretrain.batch_size, SMOKE_BATCH["pretrain"])
         assert smoke.data.batch_size == min(full.data.batch_size, SMOKE_BATCH["data"])
         if full.model.spatial_dims == 3:
