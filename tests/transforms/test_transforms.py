@@ -366,6 +366,30 @@ def test_oct_tilt_keeps_masks_binary():
     assert changed > 0  # the mask was rotated
 
 
+def _on_metatensors(transforms: list) -> list:
+    """``transforms`` with every :class:`PlainCompose` replaced by a MONAI ``Compose`` of the same transforms."""
+    from medcl.transforms.compose import MedclCompose, PlainCompose
+
+    return [MedclCompose(t.transforms) if isinstance(t, PlainCompose) else t for t in transforms]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_evaluation_chain_on_plain_tensors_equals_metatensors(name):
+    """1D/2D presets scale and resize on plain tensors (MONAI's track_meta off, for speed): the same tensors as
+    MONAI's MetaTensor path; 3D presets keep the metadata (spacing and orientation need the affine)."""
+    from medcl.transforms.compose import PlainCompose
+
+    _, kw = TINY[name]
+    fast = build_transforms(name, train=False, **kw)
+    ref = build_transforms(name, train=False, **kw)
+    assert any(isinstance(t, PlainCompose) for t in fast.transforms) == (PRESETS[name].spatial_dims < 3)
+    ref.transforms = _on_metatensors(ref.transforms)
+    for seed in (3, 4):
+        sample = _tiny_sample(name, seed)
+        a, b = fast(_item(sample))["image"], ref(_item(sample))["image"]
+        assert type(a) is torch.Tensor and a.shape == b.shape and torch.allclose(a, torch.as_tensor(b), atol=1e-6)
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_views_on_plain_tensors_equal_views_on_metatensors(name):
     """The training views' augmentations run with MONAI's track_meta off (speed): the views are the same."""
@@ -378,6 +402,7 @@ def test_views_on_plain_tensors_equal_views_on_metatensors(name):
     mv = next(t for t in ref.transforms if isinstance(t, MultiViewd))
     assert isinstance(mv.aug, PlainCompose)
     mv.aug = MedclCompose(mv.aug.transforms)  # the same transforms on MetaTensors
+    ref.transforms = _on_metatensors(ref.transforms)  # and the deterministic part (plain for 1D/2D presets)
     for seed in (3, 4):
         set_transform_seed(fast, seed)
         set_transform_seed(ref, seed)
@@ -390,7 +415,7 @@ def test_views_on_plain_tensors_equal_views_on_metatensors(name):
 def test_one_view_on_plain_tensors_equals_metatensors_with_masks(name):
     """Fine-tuning and segmentation (one view, masks carried along) augment plain tensors too: same image, same
     mask as MONAI's MetaTensor path."""
-    from medcl.transforms.compose import MedclCompose, PlainCompose
+    from medcl.transforms.compose import PlainCompose
 
     _, kw = TINY[name]
     kw = {**kw, **ALL_ON.get(name, {})}
@@ -399,8 +424,8 @@ def test_one_view_on_plain_tensors_equals_metatensors_with_masks(name):
     fast = build_transforms(name, train=True, views=1, **kw, **extra)
     ref = build_transforms(name, train=True, views=1, **kw, **extra)
     plain = [t for t in ref.transforms if isinstance(t, PlainCompose)]
-    assert len(plain) == 1
-    ref.transforms = [*ref.transforms[:-1], MedclCompose(plain[0].transforms)]
+    assert len(plain) == (2 if PRESETS[name].spatial_dims < 3 else 1)  # the augmentation; 1D/2D: the det. part
+    ref.transforms = _on_metatensors(ref.transforms)
     for seed in (3, 4):
         set_transform_seed(fast, seed)
         set_transform_seed(ref, seed)
