@@ -93,3 +93,19 @@ def test_the_demo_reports_describe_the_findings_and_lose_their_phi_when_read(tmp
         assert not any(s in text for s in surnames)
         assert not re.search(r"\d{7}|\d{4}-\d{2}-\d{2}|\d{1,2} [A-Z][a-z]+ \d{4}", text)
         assert all(re.search(finding, r, re.IGNORECASE) for r in bundle.reports(range(len(bundle.records))))
+
+
+def test_a_report_that_is_not_utf8_is_one_line_naming_the_row(tmp_path):
+    """A report saved from a Latin-1 system (``é`` as byte 0xE9) stops the run at reading, naming the line of the
+    manifest and how to re-save it — the text is never decoded by guessing."""
+    import pytest
+
+    from medcl.errors import ManifestError
+
+    path = _manifest(tmp_path, ["no drusen", "small drusen", "DRUSEN_PLACEHOLDER", "no findings"])
+    raw = path.read_bytes().replace(b"DRUSEN_PLACEHOLDER", "drusen, examined by the résident".encode("latin-1"))
+    path.write_bytes(raw)
+    with pytest.raises(ManifestError) as e:
+        prepare_data(_cfg(path, tmp_path))
+    msg = str(e.value)
+    assert "not valid UTF-8" in msg and "byte 0xe9" in msg.lower() and "line 4" in msg and "UTF-8" in e.value.fix
