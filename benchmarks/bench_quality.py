@@ -196,10 +196,29 @@ def method_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool) ->
                          f"{ROOT / 'configs' / 'method' / (method + '.yaml')}]\nname: demo-{mod}-{method}\n")
     keep = [f"pretrain.{k}={p[k]}" for k in ("optimizer", "lr", "weight_decay", "steps", "epochs", "batch_size",
                                              "temperature") if k in p]
-    sets = [*_base_sets(r, work, manifest, quick), *keep, "stages=[pretrain,classify]",
+    sets = [*_base_sets(r, work, manifest, quick), *keep, *_own_method_settings(mod, method), "stages=[pretrain,classify]",
             "classify.protocols=[linear]", "classify.baselines=[random]", "classify.label_fractions=[1.0]",
             *SPECIFIC.get(method, {}).get(mod, [])]
     return load_pipeline(yaml_path, sets, smoke=quick)
+
+
+def _own_method_settings(mod: str, method: str) -> list[str]:
+    """Overrides that give ``method`` its preset's own options, not the demo method's: the includes merge, so the
+    ECG demo's CLOCS options (``positives``, ``cross_view_only``; ``transforms.view_mode: cmsc``) would otherwise
+    reach SimCLR, MoCo, … (refused as unknown options, or silently giving them CLOCS's views)."""
+    import json
+
+    from medcl.config import load_raw
+
+    if method == _demo_method(mod):
+        return []
+    own = load_raw(ROOT / "configs" / "method" / f"{method}.yaml")
+    out = [f"pretrain.method_options={json.dumps(own.get('pretrain', {}).get('method_options') or {})}"]
+    demo_view = _demo_raw(mod).get("transforms", {}).get("view_mode")
+    own_view = own.get("transforms", {}).get("view_mode")
+    if demo_view is not None and own_view is None:
+        out.append("transforms.view_mode=random")  # the ECG preset's default: each view's window drawn on its own
+    return out
 
 
 def _value(row: dict[str, Any], metric: str) -> float | None:

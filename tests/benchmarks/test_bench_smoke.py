@@ -181,6 +181,32 @@ def test_quality_plan_covers_every_modality_seed_reference_and_applicable_method
     assert "method/ct/dense/seed0" in keys and "method/histo/supcon-graph/seed0" not in keys
 
 
+def test_a_method_row_runs_its_own_preset_options_not_the_demo_methods(tmp_path):
+    """The ECG demo pretrains with CLOCS (positives, cross_view_only, CMSC views); its SimCLR row must not inherit
+    them (the first such row was refused: "simclr got unknown option(s) ['positives', 'cross_view_only']")."""
+    import sys
+
+    from medcl.config import load_raw
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        import bench_quality as bq
+    finally:
+        sys.path.pop(0)
+    root = Path(__file__).resolve().parents[2]
+    for mod, method in (("ecg", "simclr"), ("ecg", "supcon-balanced"), ("oct", "supcon-hardneg")):
+        cfg = bq.method_config({"modality": mod, "method": method, "kind": "method", "seed": 0}, tmp_path,
+                               tmp_path / "m.csv", False)
+        preset = load_raw(root / "configs" / "method" / f"{method}.yaml")["pretrain"].get("method_options") or {}
+        preset = {k: v for k, v in preset.items() if k != "hard_pairs"}  # EGCL's pairs: the row states them
+        assert cfg.pretrain.method == method
+        assert {k: cfg.pretrain.method_options[k] for k in preset} == preset  # the preset's own options …
+        assert "positives" not in cfg.pretrain.method_options  # … and none of CLOCS's
+        if mod == "ecg":
+            assert cfg.transforms.model_extra["view_mode"] == "random"  # independent windows, not CLOCS's CMSC
+    assert cfg.pretrain.method_options["hard_pairs"] == [["early", "intermediate"]]  # the row's stated pair
+
+
 def test_long_tail_targets_compare_the_balanced_presets_with_supcon_and_simclr(tmp_path):
     def row(method, seed, severe, bal):
         return {"kind": "method", "modality": "fundus-lt", "seed": seed, "method": method,
