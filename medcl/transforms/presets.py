@@ -485,7 +485,7 @@ def build_transforms(preset: str, *, train: bool, views: int = 2, augment_on: st
     if spec.spatial_dims < 3 and det:
         # 1D/2D: no step needs the affine (no spacing, no orientation) and ``final`` drops the metadata anyway, so
         # the deterministic part runs on plain tensors too: MONAI's per-op metadata tracking cost more than the
-        # scaling and resizing themselves (histo tiles, slide to tensor: 360 -> 613 per s on one core)
+        # scaling and resizing themselves (profiled on histo tiles; benchmarks/README.md section 4e measures the loader)
         det = [PlainCompose(det)]
     if not train:
         return MedclCompose([load, *det, final])
