@@ -86,7 +86,8 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     seed_everything(cfg.seed, cfg.runtime.deterministic)
     out_dir = ctx.stage_dir("fuse")
     patients, y, split = _patient_labels(ctx.data)
-    feats = {m: _embed(ctx, m, patients, degraded=f.degraded) for m in names}
+    encoders = {m: make_encoder(ctx.modalities[m]["config"], ctx.modalities[m]["encoder"]) for m in names}
+    feats = {m: _embed(ctx, m, encoders[m], patients, degraded=f.degraded) for m in names}
     data = FusionData({m: v[0] for m, v in feats.items()}, np.stack([feats[m][1] for m in names], 1), names,
                       {m: v[2] for m, v in feats.items()} if f.degraded else None)
     _missing(ctx, tracker, data)
@@ -136,7 +137,7 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
                                                     if r["model"] == label))
         if label == models[0][0]:  # the run's fusion model: its predictions and the deployable model
             _predictions(ctx, tracker, model, data, patients, split, label, out_dir)
-            outputs_model = _log_model(ctx, tracker, model, raw, stats, label, out_dir)
+            outputs_model = _log_model(ctx, tracker, encoders, model, raw, stats, label, out_dir)
     return {**_outputs(ctx, tracker, rows, out_dir, names), "model_uri": outputs_model}
 
 
@@ -157,7 +158,7 @@ def _predictions(ctx: RunContext, tracker: Tracker, model: GatedFusion, data: Fu
     tracker.log_artifact(path)
 
 
-def _log_model(ctx: RunContext, tracker: Tracker, head: GatedFusion, raw: FusionData,
+def _log_model(ctx: RunContext, tracker: Tracker, encoders: dict[str, Any], head: GatedFusion, raw: FusionData,
                stats: dict[str, tuple[np.ndarray, np.ndarray]], label: str, out_dir: Any) -> str | None:
     """Log the fusion model (every modality's encoder and preprocessing, the statistics, the head); its URI.
 
@@ -167,16 +168,15 @@ def _log_model(ctx: RunContext, tracker: Tracker, head: GatedFusion, raw: Fusion
         return None
     from medcl.tracking.pyfunc import log_fusion  # lazy: mlflow
 
-    cfg, encoders, mods = ctx.cfg, {}, {}
+    cfg, mods = ctx.cfg, {}
     for m in raw.names:
-        sub_cfg, path = ctx.modalities[m]["config"], ctx.modalities[m]["encoder"]
-        encoders[m] = make_encoder(sub_cfg, path).cpu().eval()
+        sub_cfg = ctx.modalities[m]["config"]
         pre = {"preset": sub_cfg.transforms.preset, **(sub_cfg.transforms.model_extra or {})}
         item = next(it for it in ctx.data.items() if ctx.data.records[it["index"]].modality == m)
         shape = list(ModelInputs({"preprocessing": pre}).prepare(item["image"], f"a {m} training sample").shape)
         mods[m] = {"preprocessing": pre, "input_shape": shape, "feature_dim": int(raw.feats[m].shape[1]),
                    "encoder": sub_cfg.model.encoder, "encoder_run": ctx.modalities[m].get("run_id")}
-    model = FusionModel(encoders, stats, head.cpu())
+    model = FusionModel({m: e.cpu() for m, e in encoders.items()}, stats, head.cpu())
     meta = json.loads(json.dumps({"kind": "fusion", "classes": list(ctx.data.classes), "task": ctx.data.task,
                                   "model": label, "gated": bool(head.gated), "modalities": mods,
                                   "output": "per patient: p_<class>, gate_<modality>, n_<modality>"},
@@ -226,20 +226,22 @@ def _patient_labels(data: Any) -> tuple[list[str], np.ndarray, np.ndarray]:
     return patients, y, split
 
 
-def _embed(ctx: RunContext, modality: str, patients: list[str], *,
+def _embed(ctx: RunContext, modality: str, encoder: Any, patients: list[str], *,
            degraded: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """``(features (P, D), has (P,) bool, degraded (P, D) or None)``: each patient's mean embedding of ``modality``.
+
+    ``encoder``: the modality's pretrained encoder, loaded once by the stage and logged with the fusion model.
 
     With ``degraded``, also the mean embedding of the same images degraded (:func:`medcl.tasks.fusion.degrade`:
     blurred and noisy, seeded by the run's seed), the ungradable examinations of the training and test conditions.
     """
-    sub_cfg, encoder_path = ctx.modalities[modality]["config"], ctx.modalities[modality]["encoder"]
+    sub_cfg = ctx.modalities[modality]["config"]
     data = ctx.data
     items = [it for it in data.items() if data.records[it["index"]].modality == modality]
     sub = RunContext(sub_cfg, ctx.key, ctx.stage_dir("fuse") / modality, data, ctx.device)
     loader = make_loader(sub, items, make_transforms(sub_cfg, train=False), batch_size=sub_cfg.data.batch_size,
                          shuffle=False, train=False, distributed=False)
-    encoder = make_encoder(sub_cfg, encoder_path).to(ctx.device or "cpu")
+    encoder = encoder.to(ctx.device or "cpu").eval()
     feats, _, _, index = extract_features(encoder, loader, device=ctx.device or "cpu")
     row_patient = np.asarray([data.patient_index[data.records[i].patient] for i in index], dtype=np.int64)
     bad = None

@@ -442,6 +442,9 @@ class FusionPredictor:
             DataError: with ``failures=None``, naming every input that could not be read or is of a modality the
                 model does not take.
         """
+        if int(batch_size) < 1:
+            raise DataError(f"batch size {batch_size} must be >= 1", where="batch_size", fix="use e.g. 16")
+        bs = int(batch_size)
         order = list(dict.fromkeys(patients))
         pidx = {p: i for i, p in enumerate(order)}
         feats = {m: np.zeros((len(order), int(self.meta["modalities"][m]["feature_dim"]))) for m in self.names}
@@ -450,9 +453,9 @@ class FusionPredictor:
                                for i, mm in enumerate(modalities) if mm not in self.names}
         for j, m in enumerate(self.names):
             rows = [i for i, mm in enumerate(modalities) if mm == m]
-            for start in range(0, len(rows), max(1, int(batch_size))):
+            for start in range(0, len(rows), bs):
                 xs, who = [], []
-                for i in rows[start:start + batch_size]:
+                for i in rows[start:start + bs]:
                     where = str(inputs[i]) if isinstance(inputs[i], (str, Path)) else f"input {i}"
                     try:
                         xs.append(self.prepare(m, inputs[i], where))

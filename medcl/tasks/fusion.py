@@ -149,12 +149,10 @@ def degrade(x: torch.Tensor, gen: torch.Generator, *, factor: int = 4, noise: fl
     """
     import torch.nn.functional as F  # noqa: N812 - the usual name
 
-    spatial = x.shape[2:]
+    spatial = list(x.shape[2:])
+    small = F.interpolate(x, size=[max(1, d // factor) for d in spatial], mode="area")  # adaptive average pooling
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
-    small = F.adaptive_avg_pool3d(x, [max(1, d // factor) for d in spatial]) if len(spatial) == 3 else (
-        F.adaptive_avg_pool2d(x, [max(1, d // factor) for d in spatial]) if len(spatial) == 2
-        else F.adaptive_avg_pool1d(x, max(1, spatial[0] // factor)))
-    blurred = F.interpolate(small, size=list(spatial), mode=mode, align_corners=False)
+    blurred = F.interpolate(small, size=spatial, mode=mode, align_corners=False)
     sd = x.flatten(1).std(1).clamp_min(1e-6).view(-1, *([1] * (x.ndim - 1)))
     return blurred + noise * sd * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
 
@@ -350,8 +348,8 @@ def feature_stats(data: FusionData, train: np.ndarray) -> dict[str, tuple[np.nda
     for j, m in enumerate(data.names):
         ref = data.feats[m][train][data.present[train, j]]
         d = data.feats[m].shape[1]
-        out[m] = ((ref.mean(0), ref.std(0) + 1e-6) if len(ref) else (np.zeros(d), np.ones(d)))
-        out[m] = (out[m][0].astype(np.float32), out[m][1].astype(np.float32))
+        mu, sd = (ref.mean(0), ref.std(0) + 1e-6) if len(ref) else (np.zeros(d), np.ones(d))
+        out[m] = (mu.astype(np.float32), sd.astype(np.float32))
     return out
 
 

@@ -170,11 +170,17 @@ def _log_module(tracker: Any, module: Any, meta: dict[str, Any], work_dir: Path,
     ``name`` (and registered when ``registered_model_name`` is set). Returns the model URI.
     """
     import torch
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
 
     work_dir.mkdir(parents=True, exist_ok=True)
     torch.save(module, work_dir / f"{artifact}.pt")
     (work_dir / f"medcl_{name}.json").write_text(json.dumps(meta, indent=2))
-    return tracker.log_model(None, name, pyfunc_model=pyfunc_model,
+    # the params predict() reads: without a params schema MLflow drops them with only a warning
+    specs = [ParamSpec("batch_size", "long", 16)]
+    if not isinstance(pyfunc_model, MedclFusion):
+        specs.append(ParamSpec("preprocessed", "boolean", False))
+    return tracker.log_model(None, name, pyfunc_model=pyfunc_model, signature=ModelSignature(params=ParamSchema(specs)),
                              artifacts={artifact: str(work_dir / f"{artifact}.pt"),
                                         "meta": str(work_dir / f"medcl_{name}.json")},
                              registered_model_name=registered_model_name, pip_requirements=pip_requirements,

@@ -150,6 +150,10 @@ def test_the_logged_fusion_model_predicts_what_the_stage_predicted(fused, tmp_pa
     for _, r in served.iterrows():
         want = stage[clear[r["patient_id"]]]
         assert float(r["p_amd_dr"]) == pytest.approx(float(want["p_amd_dr"]), abs=2e-4)
+    from medcl.errors import DataError
+
+    with pytest.raises(DataError, match="batch size 0 must be >= 1"):  # not an empty prediction
+        mlflow.pyfunc.load_model(ctx.outputs["fuse"]["model_uri"]).predict(frame, params={"batch_size": 0})
 
 
 def test_prediction_from_what_a_patient_comes_with(fused, tmp_path):
