@@ -132,12 +132,28 @@ def param_groups_weight_decay(
     return [g for g in groups if g["params"]]
 
 
+def fused_available(params: Iterable[Any]) -> bool:
+    """Whether PyTorch's fused optimiser kernels take these parameters (or parameter-group dicts).
+
+    ``True`` when every parameter is a dense floating-point tensor on a device type with fused kernels
+    (``cpu``, ``cuda``, ...), all of one device type.
+    """
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices  # private, stable since 2.1
+
+    tensors = [t for g in params for t in (g["params"] if isinstance(g, dict) else [g])]
+    kinds = {t.device.type for t in tensors}
+    return (bool(tensors) and len(kinds) == 1 and kinds <= set(_get_fused_kernels_supported_devices())
+            and all(torch.is_floating_point(t) and not t.is_sparse for t in tensors))
+
+
 def _adamw(params, *, lr, weight_decay, momentum, betas, eps, trust_coefficient, nesterov):
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps,
+                             fused=fused_available(params) or None)
 
 
 def _sgd(params, *, lr, weight_decay, momentum, betas, eps, trust_coefficient, nesterov):
-    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov)
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                           fused=fused_available(params) or None)
 
 
 def _lars(params, *, lr, weight_decay, momentum, betas, eps, trust_coefficient, nesterov):
@@ -189,7 +205,8 @@ def build_optimizer(
     if isinstance(params_or_groups, nn.Module):
         params: list[Any] = param_groups_weight_decay(params_or_groups, weight_decay, no_decay_names)
     else:
-        params = list(params_or_groups)
+        params = [{**g, "params": [g["params"]] if isinstance(g["params"], torch.Tensor) else list(g["params"])}
+                  if isinstance(g, dict) else g for g in params_or_groups]
     if not params:
         raise ConfigError("the optimizer was given no trainable parameters", where="optimizer",
                           fix="check that the model has parameters with requires_grad=True")
