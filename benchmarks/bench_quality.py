@@ -45,10 +45,12 @@ from _common import ROOT, base_meta, finished_rows, git_commit, quiet_logs, writ
 
 #: per modality: the manifest column with the class names, classification label fractions, whether the plain
 #: reference loops apply (2D images and ECG), and settings the benchmark adds to the demo pipeline
+#: (``classify.pairs``: the confusable pair of each 2D demo — the pair supcon-hardneg names — gets its own AUROC in
+#: every run, so that supcon-hardneg is compared with the other methods on it)
 MODALITIES: dict[str, dict[str, Any]] = {
-    "oct": {"fractions": "[0.01,0.1,1.0]", "reference": True},
-    "fundus": {"fractions": "[0.01,0.1,1.0]", "reference": True},
-    "histo": {"fractions": "[0.01,0.1,1.0]", "reference": True},
+    "oct": {"fractions": "[0.01,0.1,1.0]", "reference": True, "extra": ["classify.pairs=[[early,intermediate]]"]},
+    "fundus": {"fractions": "[0.01,0.1,1.0]", "reference": True, "extra": ["classify.pairs=[[moderate,severe]]"]},
+    "histo": {"fractions": "[0.01,0.1,1.0]", "reference": True, "extra": ["classify.pairs=[[stroma,normal]]"]},
     "ecg": {"fractions": "[0.01,0.1,1.0]", "reference": True},
     "ct": {"fractions": "[0.1,1.0]", "reference": False},
     # the MRI demo segments only: a validation split and a classify stage (lesion present?) are added
@@ -73,6 +75,8 @@ SPECIFIC: dict[str, dict[str, list[str]]] = {
     "oct-severity": {"oct": []},
     "dense": {"ct": [], "mri": []},
 }
+#: presets whose row also runs the demo's segment stage (10 % and 100 % of the labels): what they are for
+SEGMENTING = ("dense",)
 
 
 #: recipe fixes, undone one at a time: name -> (modalities, settings that undo it, what it is measured by:
@@ -196,9 +200,12 @@ def method_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool) ->
                          f"{ROOT / 'configs' / 'method' / (method + '.yaml')}]\nname: demo-{mod}-{method}\n")
     keep = [f"pretrain.{k}={p[k]}" for k in ("optimizer", "lr", "weight_decay", "steps", "epochs", "batch_size",
                                              "temperature") if k in p]
-    sets = [*_base_sets(r, work, manifest, quick), *keep, *_own_method_settings(mod, method), "stages=[pretrain,classify]",
-            "classify.protocols=[linear]", "classify.baselines=[random]", "classify.label_fractions=[1.0]",
-            *SPECIFIC.get(method, {}).get(mod, [])]
+    segment = method in SEGMENTING and "segment" in _demo_raw(mod).get("stages", [])
+    # the linear probe at the modality's label fractions (cheap; some presets are for few labels, e.g. oct-severity)
+    sets = [*_base_sets(r, work, manifest, quick), *keep, *_own_method_settings(mod, method),
+            f"stages=[pretrain,classify{',segment' if segment else ''}]", "classify.protocols=[linear]",
+            "classify.baselines=[random]", f"classify.label_fractions={MODALITIES[mod]['fractions']}",
+            "segment.label_fractions=[0.1,1.0]", *SPECIFIC.get(method, {}).get(mod, [])]
     return load_pipeline(yaml_path, sets, smoke=quick)
 
 
@@ -250,6 +257,8 @@ def collect(ctx: Any) -> dict[str, Any]:
                             "balanced_accuracy": _value(x, "balanced_accuracy"),
                             "auroc_per_class": {k.split("/", 1)[1]: _value(x, k) for k in x.get("metrics", {})
                                                 if k.startswith("auroc/")},
+                            "auroc_pair": {k.split("/", 1)[1]: _value(x, k) for k in x.get("metrics", {})
+                                           if k.startswith("auroc_pair/")},
                             **{k: x[k] for k in ("steps", "train_seconds", "images_per_s") if k in x}} for x in rows]
     cal = ctx.outputs.get("calibrate") or {}
     if cal.get("calibration"):
@@ -347,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run these modalities' finished medcl runs again (their recipe changed; the plain "
                              "reference loops do not depend on it and are kept); the others' finished runs are kept, "
                              "each row with the commit it ran at")
+    parser.add_argument("--rerun", nargs="+", default=[], metavar="PREFIX",
+                        help="run the finished runs whose key starts with one of these again (e.g. "
+                        "method/oct/oct-severity/seed0 after the method rows gained the few-label probes)")
     parser.add_argument("--first", nargs="+", default=[], metavar="PREFIX",
                         help="run the pending runs whose key starts with one of these before the others, in the "
                         "order given (a kind: method; or a key's start: method/oct/micle); the plan and the result "
@@ -359,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     todo = plan(args.seeds, args.modalities, not args.no_methods, args.quick)
     done = {k: x for k, x in finished_rows(args.out, args.quick, args.fresh).items()
-            if x.get("modality") not in args.redo or x.get("kind") == "reference"}
+            if (x.get("modality") not in args.redo or x.get("kind") == "reference")
+            and not any(k.startswith(p) for p in args.rerun)}
     commit = git_commit()  # the code every run of this invocation uses (a later commit does not change it)
     meta = {**base_meta(args.quick), "seeds": args.seeds, "budget_min": args.budget_min,
             "plan": [run_key(r) for r in todo]}

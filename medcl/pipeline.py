@@ -208,6 +208,10 @@ def _preflight(cfg: PipelineConfig, data: Any) -> None:
     if "classify" in cfg.stages and unknown:  # zero-shot prompts are read after pretraining: check them now
         raise ConfigError(f"classify.prompts names {unknown}, not classes of the data ({list(data.classes)})",
                           where="classify.prompts", fix="one entry per class of data.classes")
+    if "classify" in cfg.stages:  # the pairs are read when the test metrics are computed, after all the training
+        from medcl.stages.classify_eval import class_pairs  # lazy: the classify stage's imports
+
+        class_pairs(cfg, list(data.classes), data.task)
     if "slides" in cfg.stages and not data.tiles:
         raise ConfigError("the slides stage needs whole-slide images in the manifest (rows pointing at a slide)",
                           where="stages", fix="give slide rows with slide-level labels, or use the classify stage "

@@ -210,6 +210,10 @@ class ClassifyConfig(Section):
         default_factory=dict, description="zero-shot classification after clip pretraining: class -> prompt texts "
         "(averaged); a class left out gets '<class>.' and 'findings of <class>.'")
     knn_k: int = Field(20, ge=1)
+    pairs: list[list[str]] | None = Field(
+        None, description="multiclass/ordinal: class pairs whose own one-vs-one AUROC is reported next to the macro "
+        "AUROC (Hand & Till 2001; e.g. [[stroma, normal]] for two look-alike tissues); default: the hard pairs of a "
+        "supcon-hardneg pretraining, else none; [] for none")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     operating_point: str = Field("youden", description="binary tasks: the threshold chosen on the validation "
                                  "patients — youden, sensitivity>=0.9 or specificity>=0.95 (any target in (0, 1])")

@@ -186,6 +186,7 @@ def metrics_with_ci(
     *,
     threshold=None,
     class_names: Sequence[str] | None = None,
+    pairs: Sequence[Sequence[str]] = (),
     n_boot: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
@@ -201,11 +202,11 @@ def metrics_with_ci(
         ``{"notes", "threshold", "n_samples", "n_patients", "n_boot", "alpha"}``.
     """
     y, p = prepare_inputs(y_true, probs, task)
-    point = classification_metrics(y, p, task, threshold=threshold, class_names=class_names)
+    point = classification_metrics(y, p, task, threshold=threshold, class_names=class_names, pairs=pairs)
     fixed_threshold = point.get("threshold", threshold)
 
     def fn(yb, pb):
-        return classification_metrics(yb, pb, task, threshold=fixed_threshold, class_names=class_names)
+        return classification_metrics(yb, pb, task, threshold=fixed_threshold, class_names=class_names, pairs=pairs)
 
     values, skipped = _bootstrap_runs(fn, y, p, groups, n_boot, seed)
     out: dict[str, dict] = {}

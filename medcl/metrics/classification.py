@@ -10,7 +10,8 @@ One entry point, :func:`classification_metrics`, for the four task kinds medcl k
 
 The returned dict is flat so it can be logged as metrics directly: summary keys (``auroc``,
 ``auprc``, ``balanced_accuracy``, ``sensitivity``, ``specificity``, ``f1_macro``, ``accuracy``,
-``qwk`` for ordinal), per-class keys ``"<metric>/<class name>"``, the operating point
+``qwk`` for ordinal), per-class keys ``"<metric>/<class name>"``, for named class pairs
+``"auroc_pair/<a>_vs_<b>"`` (Hand & Till's one-vs-one AUROC, :func:`pair_auroc`), the operating point
 ``threshold`` (binary: a float; multilabel: a list per label) and ``notes`` — the only non-float value, a list of strings explaining
 every NaN (a class absent from ``y_true`` gives NaN and a note, never an exception).
 
@@ -344,7 +345,26 @@ def quadratic_weighted_kappa(y: np.ndarray, pred: np.ndarray, k: int) -> float:
     return float(1.0 - (w * o).sum() / denom)
 
 
-def _multiclass_metrics(y, p, names, task, notes) -> dict:
+def pair_auroc(y: np.ndarray, p: np.ndarray, a: int, b: int) -> float:
+    """How well the scores tell class ``a`` from class ``b``, on the samples of these two classes only.
+
+    Hand & Till (2001), "A simple generalisation of the area under the ROC curve for multiple class classification
+    problems": ``A(a, b) = (A(a|b) + A(b|a)) / 2``, where ``A(a|b)`` is the AUROC of ``p[:, a]`` for "is ``a``"
+    among the samples labelled ``a`` or ``b``. The mean of ``A`` over all pairs is scikit-learn's
+    ``roc_auc_score(..., multi_class="ovo")``. A confusable pair (two grades, two look-alike tissues) can sit at
+    chance while the one-vs-rest macro AUROC is high. NaN when either class is absent.
+
+    Args:
+        y: ``(N,)`` class indices.
+        p: ``(N, K)`` probabilities.
+        a: the first class's index.
+        b: the second class's index.
+    """
+    m = (y == a) | (y == b)
+    return float(np.mean([binary_auroc(y[m] == a, p[m, a]), binary_auroc(y[m] == b, p[m, b])]))
+
+
+def _multiclass_metrics(y, p, names, task, notes, pairs=()) -> dict:
     n, k = p.shape
     pred = p.argmax(1)
     counts = np.bincount(y, minlength=k)
@@ -379,7 +399,18 @@ def _multiclass_metrics(y, p, names, task, notes) -> dict:
         out[f"sensitivity/{names[c]}"] = per_sens[c]
         out[f"specificity/{names[c]}"] = per_spec[c]
         out[f"f1/{names[c]}"] = per_f1[c]
+    for a, b in pairs:
+        i, j = (_class_index(x, names) for x in (a, b))
+        out[f"auroc_pair/{names[i]}_vs_{names[j]}"] = (pair_auroc(y, p, i, j) if counts[i] and counts[j]
+                                                       else float("nan"))
     return out
+
+
+def _class_index(name: str, names: list[str]) -> int:
+    if name not in names:
+        raise ConfigError(f"class pair names {name!r}, which is not a class{did_you_mean(name, names, paren=True)}",
+                          where="classify.pairs", fix=f"name two of {', '.join(names)}")
+    return names.index(name)
 
 
 def _multilabel_metrics(y, p, names, threshold, notes) -> dict:
@@ -443,6 +474,7 @@ def classification_metrics(
     *,
     threshold: float | str | Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
+    pairs: Sequence[Sequence[str]] = (),
 ) -> dict:
     """All classification metrics for one set of predictions.
 
@@ -456,6 +488,8 @@ def classification_metrics(
             a rule applied per label (returned as the list ``threshold``).
             Multiclass/ordinal: ignored (argmax).
         class_names: ``K`` names for per-class keys (default ``"0"``, ``"1"``, ...). Binary: unused.
+        pairs: multiclass/ordinal: class-name pairs ``(a, b)`` whose one-vs-one AUROC is added as
+            ``"auroc_pair/<a>_vs_<b>"`` (:func:`pair_auroc`; NaN, with the absent-class note, when one is absent).
 
     Returns:
         Flat dict. Always: ``auroc`` (macro one-vs-rest for multiclass/ordinal, macro over
@@ -475,7 +509,10 @@ def classification_metrics(
     elif task == "multilabel":
         out = _multilabel_metrics(y, p, _class_names(p.shape[1], class_names), threshold, notes)
     else:
-        out = _multiclass_metrics(y, p, _class_names(p.shape[1], class_names), task, notes)
+        out = _multiclass_metrics(y, p, _class_names(p.shape[1], class_names), task, notes, pairs)
+    if pairs and task in ("binary", "multilabel"):
+        raise ConfigError(f"class pairs are for multiclass and ordinal tasks, not {task}", where="classify.pairs",
+                          fix="remove classify.pairs (a binary task's AUROC is already its pair's)")
     out["n_samples"] = int(p.shape[0])
     out["notes"] = notes
     return out

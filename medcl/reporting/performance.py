@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from medcl.metric_keys import calibration_key, model_tag
+from medcl.metric_keys import calibration_key, metric_key, model_tag
 from medcl.reporting import figures
 from medcl.reporting.blocks import Missing, ci_text, esc, fmt, img, metric_cell, note, para, table
 from medcl.reporting.data import MODEL_NAMES, PROTOCOL_NAMES, ReportData
@@ -173,6 +173,15 @@ def confusion_matrix(d: ReportData) -> list[str]:
             out.append(para("Rows: the true class; columns: the model's call; each cell gives the number of test "
                             "cases and the share of its row."))
     out.append(table_html)
+    pairs = {k.split("/", 1)[1]: v for k, v in ((d.primary_row() or {}).get("metrics") or {}).items()
+             if k.startswith("auroc_pair/") and isinstance(v, dict)}
+    if pairs:
+        out.append(para("<b>Confusable pairs</b> (<code>classify.pairs</code>): how well the model tells the two "
+                        "classes apart on their own test cases (one-vs-one AUROC, Hand &amp; Till 2001); 0.5 is "
+                        "chance. A pair can be near chance while the overall AUROC is high."))
+        out.append(table(["pair", "AUROC", "95 % CI"],
+                         [[esc(name.replace("_vs_", " vs ")), metric_cell(metric_key(d.primary_tag, f"auroc_pair/{name}"), m.get("value")),
+                           ci_text(m.get("ci_low"), m.get("ci_high"))] for name, m in pairs.items()]))
     return out
 
 

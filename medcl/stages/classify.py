@@ -34,6 +34,7 @@ from medcl.stages.classify_eval import _folds as _folds
 from medcl.stages.classify_eval import _raw_features as _raw_features
 from medcl.stages.classify_eval import _subgroups as _subgroups
 from medcl.stages.classify_eval import _summary as _summary
+from medcl.stages.classify_eval import class_pairs as class_pairs
 from medcl.stages.classify_eval import cross_fitting as cross_fitting
 from medcl.stages.classify_report import _log_report_material as _log_report_material
 
@@ -169,6 +170,7 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     if not classes:
 
         raise DataError("no labels in the data", where="classify", fix="add a label column, or drop the classify stage")
+    class_pairs(cfg, classes, task)  # a bad pair is refused before anything is trained
 
     # -- data: labelled samples of each split, eval transforms (no augmentation) -----------------------
     split_idx = {s: data.indices(s, labelled=True) for s in ("train", "val", "test")}

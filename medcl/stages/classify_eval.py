@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medcl.errors import PHIError
+from medcl.errors import ConfigError, PHIError
 from medcl.metric_keys import CI_BOUNDS, metric_key, model_tag
 from medcl.stages.classify_report import _log_report_material
 from medcl.stages.common import jsonable as _jsonable
@@ -151,6 +151,41 @@ def _cross_fit_linear(feats: np.ndarray, y: np.ndarray, groups: np.ndarray, *, k
     return {"logits": z, "y": y[order], "patients": groups[order], "folds": len(folds)}
 
 
+def class_pairs(cfg: Any, classes: list[str] | None, task: str) -> list[tuple[str, str]]:
+    """The class pairs whose one-vs-one AUROC is reported.
+
+    ``classify.pairs``; by default a supcon-hardneg pretraining's ``hard_pairs`` (when they name classes).
+
+    Raises:
+        ConfigError: a pair that is not two different classes of the data, or pairs set for a binary/multi-label task.
+    """
+    given = cfg.classify.pairs
+    where = "classify.pairs"
+    if given is None:
+        hard = (cfg.pretrain.method_options or {}).get("hard_pairs") or []
+        given = [list(p) for p in hard if all(isinstance(x, str) for x in p)]
+        where = "pretrain.method_options.hard_pairs"
+        if task not in ("multiclass", "ordinal"):
+            return []
+    if given and task not in ("multiclass", "ordinal"):
+        raise ConfigError(f"class pairs are for multiclass and ordinal tasks, this one is {task}", where=where,
+                          fix="remove classify.pairs (a binary task's AUROC is already its pair's)")
+    out = []
+    for i, pair in enumerate(given):
+        if len(pair) != 2 or pair[0] == pair[1]:
+            raise ConfigError(f"pair {i} is {list(pair)}: a pair names two different classes", where=f"{where}[{i}]",
+                              fix="e.g. [[stroma, normal]]")
+        for name in pair:
+            if name not in (classes or []):
+                from medcl.lookup import did_you_mean
+
+                raise ConfigError(f"pair {i} names {name!r}, which is not a class of the data"
+                                  f"{did_you_mean(name, classes or [], paren=True)}", where=f"{where}[{i}]",
+                                  fix=f"name two of {', '.join(classes or [])}")
+        out.append((str(pair[0]), str(pair[1])))
+    return out
+
+
 # -- evaluation on rank 0 ----------------------------------------------------------------------------------------
 @dataclass
 class _Evaluation:
@@ -187,7 +222,7 @@ class _Evaluation:
         if task == "binary" and val_probs is not None and len(y["val"]):
             thr = choose_threshold(y["val"], val_probs, c.operating_point)
         m = metrics_with_ci(y["test"], probs_test, task, patients["test"], threshold=thr, class_names=classes,
-                            n_boot=c.n_boot, seed=cfg.seed)
+                            pairs=class_pairs(cfg, classes, task), n_boot=c.n_boot, seed=cfg.seed)
         tag = model_tag(model_name, protocol, frac)
         flat = {}
         for k, v in m.items():

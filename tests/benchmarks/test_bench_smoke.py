@@ -315,3 +315,77 @@ def test_quick_wsi_reads_the_same_tiles_in_every_arm(tmp_path):
     text = (tmp_path / "README.md").read_text()
     assert "## 4e. Whole-slide tiles" in text and "| medcl |" in text and "Per-slide feature extraction" in text
     assert f"| {batched} |" in text
+
+
+def test_method_claims_compare_each_method_with_simclr_per_seed(tmp_path):
+    """Issue 18's claims, from hand-made rows: a method row or the pipeline row holding the method, per seed."""
+    def cls(frac, auroc, pair=None):
+        return {"model": "ssl", "protocol": "linear", "fraction": frac, "auroc": auroc,
+                "auroc_pair": {"stroma_vs_normal": pair} if pair is not None else {}}
+
+    rows = [
+        # OCT: the pipeline pretrains with SimCLR; MICLe is a method row; seed 1 has no MICLe run yet
+        {"kind": "pipeline", "modality": "oct", "seed": 0, "key": "pipeline/oct/seed0", "method_run": "simclr",
+         "classify": [cls(1.0, 0.90), cls(0.1, 0.70)]},
+        {"kind": "pipeline", "modality": "oct", "seed": 1, "key": "pipeline/oct/seed1", "method_run": "simclr",
+         "classify": [cls(1.0, 0.92), cls(0.1, 0.75)]},
+        {"kind": "method", "modality": "oct", "seed": 0, "method": "micle", "key": "method/oct/micle/seed0",
+         "classify": [cls(1.0, 0.95)]},
+        {"kind": "method", "modality": "oct", "seed": 0, "method": "oct-severity", "key": "m/o/s0",
+         "classify": [cls(1.0, 0.91), cls(0.1, 0.80)]},
+        {"kind": "method", "modality": "oct", "seed": 1, "method": "oct-severity", "key": "m/o/s1",
+         "classify": [cls(1.0, 0.91), cls(0.1, 0.74)]},
+        # histo: the pair's AUROC against the better of SupCon and SimCLR
+        {"kind": "pipeline", "modality": "histo", "seed": 0, "key": "pipeline/histo/seed0", "method_run": "simclr",
+         "classify": [cls(1.0, 0.9, pair=0.70)]},
+        {"kind": "method", "modality": "histo", "seed": 0, "method": "supcon", "key": "m/h/sc",
+         "classify": [cls(1.0, 0.9, pair=0.80)]},
+        {"kind": "method", "modality": "histo", "seed": 0, "method": "supcon-hardneg", "key": "m/h/hn",
+         "classify": [cls(1.0, 0.9, pair=0.85)]},
+        # CT: dense Dice at 10 % against the SimCLR pipeline's pretrained and scratch U-Nets
+        {"kind": "pipeline", "modality": "ct", "seed": 0, "key": "pipeline/ct/seed0", "method_run": "simclr",
+         "classify": [], "segment": [{"model": "pretrained", "fraction": 0.1, "dice": 0.60},
+                                     {"model": "scratch", "fraction": 0.1, "dice": 0.55}]},
+        {"kind": "method", "modality": "ct", "seed": 0, "method": "dense", "key": "m/c/d", "classify": [],
+         "segment": [{"model": "pretrained", "fraction": 0.1, "dice": 0.58}]},
+    ]
+    results = tmp_path / "results"
+    results.mkdir()
+    meta = {"quick": False, "cpu_count": 2, "load_before": [1.0] * 3, "load_after": [1.0] * 3, "seeds": 2}
+    (results / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    text = write_readme(tmp_path).read_text()
+    assert "| micle ≥ simclr at the same budget (oct: linear probe, 100 % labels (several scans per patient); every " \
+           "seed) | 0.950 vs 0.900 | **met on 1 of 2 seeds**" in text
+    # 10 %: 0.80 vs 0.70 but 0.74 vs 0.75
+    assert "| oct-severity ≥ simclr at the same budget (oct: linear probe, 10 % labels; every seed) | 0.800 vs 0.700, " \
+           "0.740 vs 0.750 | **not met**" in text
+    # 0.85 against max(0.80 SupCon, 0.70 SimCLR)
+    assert "stroma vs normal (linear probe, 100 %); every seed) | 0.850 vs 0.800 | **met on 1 of 2 seeds**" in text
+    assert "| supcon-hardneg (histo) | AUROC of the confusable pair stroma vs normal (linear probe, 100 %) | 0 | " \
+           "0.850 | supcon 0.800, simclr 0.700 |" in text
+    # 0.58 against max(0.60 SimCLR-pretrained, 0.55 scratch)
+    assert "(ct: segmentation Dice, 10 % labels; every seed) | 0.580 vs 0.600 | **not met**" in text
+    assert "clocs ≥ simclr" not in text  # no ECG rows at all: no claim row
+
+
+def test_method_rows_probe_few_labels_segment_for_dense_and_name_the_confusable_pair(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        import bench_quality as bq
+    finally:
+        sys.path.pop(0)
+    sev = bq.method_config({"modality": "oct", "method": "oct-severity", "kind": "method", "seed": 0}, tmp_path,
+                           tmp_path / "m.csv", False)
+    assert sev.classify.label_fractions == [0.01, 0.1, 1.0] and "segment" not in sev.stages
+    assert sev.classify.pairs == [["early", "intermediate"]]
+    dense = bq.method_config({"modality": "ct", "method": "dense", "kind": "method", "seed": 0}, tmp_path,
+                             tmp_path / "m.csv", False)
+    assert "segment" in dense.stages and dense.segment.label_fractions == [0.1, 1.0]
+    moco = bq.method_config({"modality": "ct", "method": "moco", "kind": "method", "seed": 0}, tmp_path,
+                            tmp_path / "m.csv", False)
+    assert "segment" not in moco.stages
+    histo = bq.pipeline_config({"modality": "histo", "kind": "pipeline", "seed": 0}, tmp_path, tmp_path / "m.csv",
+                               False)
+    assert histo.classify.pairs == [["stroma", "normal"]]

@@ -134,6 +134,7 @@ PERTURB: dict[str, Perturb] = {
     "classify.baselines": Perturb("oct", "[random, raw]"),
     "classify.probe": Perturb("oct", "torch"),
     "classify.knn_k": Perturb("oct", "5"),
+    "classify.pairs": Perturb("oct", "[[early, intermediate]]"),  # adds the pair's AUROC to the metrics
     "classify.finetune.optimizer": Perturb("oct", "sgd", FINETUNE),
     "classify.finetune.epochs": Perturb("oct", "2", FINETUNE),
     "classify.finetune.steps": Perturb("oct", "2", FINETUNE),

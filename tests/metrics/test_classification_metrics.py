@@ -197,3 +197,43 @@ def test_errors_are_medcl_errors_with_hints(multiclass_data):
         classification_metrics(y[:-1], p, "multiclass")
     with pytest.raises(DataError, match="labels must lie"):
         classification_metrics(np.full_like(y, 7), p, "multiclass")
+
+
+def test_pair_auroc_is_hand_and_till_and_averages_to_sklearns_ovo(multiclass_data):
+    """The one-vs-one AUROC of a pair, on its two classes' samples; the mean over all pairs is sklearn's "ovo"."""
+    from itertools import combinations
+
+    y, p = multiclass_data
+    k = p.shape[1]
+    names = [f"c{i}" for i in range(k)]
+    pairs = [(names[a], names[b]) for a, b in combinations(range(k), 2)]
+    out = classification_metrics(y, p, "multiclass", class_names=names, pairs=pairs)
+    for a, b in combinations(range(k), 2):
+        m = (y == a) | (y == b)
+        # Hand & Till (2001): A(a|b) from column a, A(b|a) from column b, each on the two classes' samples only
+        expect = (roc_auc_score(y[m] == a, p[m, a]) + roc_auc_score(y[m] == b, p[m, b])) / 2
+        assert out[f"auroc_pair/c{a}_vs_c{b}"] == pytest.approx(expect, abs=1e-12)
+    ovo = np.mean([out[f"auroc_pair/{a}_vs_{b}"] for a, b in pairs])
+    assert ovo == pytest.approx(roc_auc_score(y, p, multi_class="ovo", average="macro"), abs=1e-12)
+    assert not any(key.startswith("auroc_pair/") for key in classification_metrics(y, p, "multiclass"))
+
+
+def test_a_confusable_pair_at_chance_under_a_high_macro_auroc():
+    """Two classes the scores cannot tell apart: their pair sits at 0.5, the one-vs-rest macro AUROC stays high."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 200)
+    p = np.where(y[:, None] == 0, [0.8, 0.1, 0.1], [0.1, 0.45, 0.45]) + rng.uniform(0, 1e-3, (600, 3))
+    out = classification_metrics(y, p / p.sum(1, keepdims=True), "multiclass", class_names=["a", "b", "c"],
+                                 pairs=[("b", "c")])
+    assert out["auroc_pair/b_vs_c"] == pytest.approx(0.5, abs=0.06)
+    assert out["auroc"] > 0.75
+
+
+def test_pairs_name_classes_of_a_multiclass_task(multiclass_data, binary_data):
+    y, p = multiclass_data
+    names = [f"c{i}" for i in range(p.shape[1])]
+    with pytest.raises(ConfigError, match="'cc1'.*did you mean 'c1'"):
+        classification_metrics(y, p, "multiclass", class_names=names, pairs=[("c0", "cc1")])
+    yb, pb = binary_data
+    with pytest.raises(ConfigError, match="multiclass and ordinal"):
+        classification_metrics(yb, pb, "binary", pairs=[("0", "1")])

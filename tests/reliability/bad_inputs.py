@@ -612,6 +612,11 @@ def _c_hardneg_no_pairs(d, demo):
     return dry_run(d, manifest(d, rows), "pretrain.method=supcon-hardneg")
 
 
+def _c_pair_unknown_class(d, demo):
+    rows = oct_rows(8, 2, lambda p: ["normal", "early", "intermediate"][p % 3], d, demo)
+    return dry_run(d, manifest(d, rows), "classify.pairs=[[early, intermdiate]]")
+
+
 def _r_detect_no_normal_class(d, demo):
     rows = oct_rows(8, 2, lambda p: ["normal", "early", "intermediate"][p % 3], d, demo)
     return dry_run(d, manifest(d, rows), "stages=[pretrain, detect]")
@@ -739,6 +744,7 @@ CASES: list[Case] = [
     Case("config-fraction-too-large", "config", "`data.val_fraction=1.5`", _c_fraction_too_large),
     Case("config-unknown-method", "config", "`pretrain.method=simclrr`", _c_unknown_method),
     Case("config-hardneg-no-pairs", "config", "`supcon-hardneg` without confusable pairs", _c_hardneg_no_pairs),
+    Case("config-pair-unknown-class", "config", "`classify.pairs` naming a class with a typo", _c_pair_unknown_class),
     Case("config-detect-no-normal-class", "config", "the detect stage without `detect.normal_class`",
          _r_detect_no_normal_class),
     Case("fusion-modality-missing", "manifest", "a patient without its fundus photograph, with `fuse.require_all`",
@@ -838,6 +844,8 @@ EXPECT: dict[str, tuple[str, ...]] = {
     "config-fraction-too-large": ("data.val_fraction", "1.5", "less than 1"),
     "config-unknown-method": ("pretrain.method", "simclrr", "did you mean 'simclr'"),
     "config-hardneg-no-pairs": ("hard_pairs", "supcon-hardneg", "plain supcon", "suggest-hard-pairs"),
+    "config-pair-unknown-class": ("classify.pairs[0]", "intermdiate", "did you mean 'intermediate'",
+                                  "normal, early, intermediate"),
     "config-detect-no-normal-class": ("detect.normal_class", "normal class", "normal, early, intermediate"),
 }
 

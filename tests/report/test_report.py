@@ -84,7 +84,7 @@ def runs(tmp_path_factory):
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         full = load_pipeline(REPO / "pipelines" / "demo" / "oct.yaml", [
             *_settings(manifest, root / "runs"), "classify.protocols=[linear, knn]",
-            "classify.label_fractions=[0.5, 1.0]", "classify.baselines=[]",
+            "classify.label_fractions=[0.5, 1.0]", "classify.baselines=[]", "classify.pairs=[[early, intermediate]]",
             "stages=[pretrain, classify, calibrate, report]"], smoke=True)
         ctx = run_pipeline(full, smoke=True)
         partial = load_pipeline(REPO / "pipelines" / "demo" / "oct.yaml", [
@@ -206,6 +206,7 @@ def test_report_numbers_equal_mlflow(runs):
     assert len(cells) >= 10
     keys = {k for k, _ in cells}
     assert any(k.endswith("/f100/auroc") for k in keys) and "test/ece_before" in keys and "test/ece_after" in keys
+    assert any(k.endswith("/auroc_pair/early_vs_intermediate") for k in keys)  # classify.pairs: the pair's table
     compared = 0
     for key, shown in cells:
         value = metrics.get(key, float("nan"))
