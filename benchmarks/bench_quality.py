@@ -246,7 +246,8 @@ def collect(ctx: Any) -> dict[str, Any]:
                            "split": str(ctx.run_dir / "split.csv")}
     pre = ctx.outputs.get("pretrain") or {}
     out["pretrain"] = {k: pre.get(k) for k in ("final_loss", "selected", "selected_step", "best_probe_auroc",
-                                                "last_probe_auroc", "train_seconds", "steps_run", "images_per_s")}
+                                                "last_probe_auroc", "train_seconds", "steps_run", "images_per_s",
+                                                "severity_label_spearman")}
     out["pretrain"]["steps"] = ctx.cfg.pretrain.steps
     out["finetune"] = {"steps": ctx.cfg.classify.finetune.steps, "batch": ctx.cfg.classify.finetune.batch_size}
     cls = ctx.outputs.get("classify") or {}

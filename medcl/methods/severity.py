@@ -20,6 +20,7 @@ severity distribution in a notebook).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -239,6 +240,21 @@ def severity_scores(model: SeverityAutoencoder, images: torch.Tensor, *, wrt: st
     return torch.cat(out).to(images.device) if out else images.new_zeros(0)
 
 
+def severity_label_spearman(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Spearman's rank correlation of severity scores ``(N,)`` with class indices ``(N,)`` (``-1``: unlabelled).
+
+    A diagnostic of the pseudo-labels on ordinal grades (normal < early < intermediate): it needs the class indices
+    in grade order. ``None`` with fewer than 3 labelled images or a single class.
+    """
+    from scipy.stats import spearmanr  # lazy: scipy
+
+    keep = labels >= 0
+    if int(keep.sum()) < 3 or labels[keep].unique().numel() < 2:
+        return None
+    rho = spearmanr(scores[keep].double().numpy(), labels[keep].numpy()).statistic
+    return float(rho) if math.isfinite(float(rho)) else None
+
+
 def severity_bin_edges(scores: torch.Tensor, num_bins: int) -> torch.Tensor:
     """Inner quantile edges ``(num_bins - 1,)`` splitting ``scores`` ``(N,)`` into equal-count bins."""
     if num_bins < 2:
@@ -328,6 +344,9 @@ class OCTSeverity(ContrastiveMethod):
         self.register_buffer("bin_edges", torch.zeros(0))
         self.register_buffer("pseudo_labels", torch.zeros(0, dtype=torch.long))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        #: Spearman's rho of the training images' severity scores with their grades (:func:`severity_label_spearman`;
+        #: ``None`` before :meth:`setup`, without labels, or when restored from a checkpoint)
+        self.label_spearman: float | None = None
 
     def setup(self, loader: Iterable[Mapping[str, torch.Tensor]] | None = None) -> None:
         """Fit the anomaly model and bin every image's severity on rank 0, then share them with every rank.
@@ -351,6 +370,11 @@ class OCTSeverity(ContrastiveMethod):
         device = next(self.severity_model.parameters()).device
         self.severity_model.load_state_dict({k: v.to(device) for k, v in state["model"].items()})
         self.set_pseudo_labels(state["scores"], state["rows"])
+        self.label_spearman = state.get("label_spearman")
+        if self.label_spearman is not None:
+            log.info("oct-severity: the severity scores follow the training labels with Spearman rho %.3f (the "
+                     "pseudo-labels help where they track the grades; near 0 they are noise to SupCon)",
+                     self.label_spearman)
 
     def _fit_and_score(self, loader: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, object]:
         """``{"model": the fitted autoencoder's state (CPU), "scores" (N,), "rows" (N,)}`` from ``loader``."""
@@ -358,15 +382,18 @@ class OCTSeverity(ContrastiveMethod):
             p.requires_grad_(True)
         fit_severity_model(loader, model=self.severity_model, normal_label=self.normal_label,
                            epochs=self.ae_epochs, lr=self.ae_lr, batch_size=self.ae_batch_size, seed=self.seed)
-        scores, rows = [], []
-        for x, _y, idx in _batches(loader, None, self.ae_batch_size):
+        scores, rows, labels = [], [], []
+        for x, y, idx in _batches(loader, None, self.ae_batch_size):
             if idx is None:
                 raise DataError("batches carry no 'index'", where="method oct-severity",
                                 fix="let the pretraining loader return the dataset row index")
             scores.append(severity_scores(self.severity_model, x, wrt=self.gradient_wrt).cpu())
             rows.append(idx.long().cpu())
+            labels.append(y.long().cpu() if y is not None and y.ndim == 1 else torch.full_like(idx, -1).long())
+        scores_t = torch.cat(scores)
         return {"model": {k: v.detach().cpu() for k, v in self.severity_model.state_dict().items()},
-                "scores": torch.cat(scores), "rows": torch.cat(rows)}
+                "scores": scores_t, "rows": torch.cat(rows),
+                "label_spearman": severity_label_spearman(scores_t, torch.cat(labels))}
 
     def set_pseudo_labels(self, scores: torch.Tensor, rows: torch.Tensor) -> None:
         """Compute bin edges from ``scores`` ``(N,)`` and store each row's bin (``rows`` ``(N,)``)."""

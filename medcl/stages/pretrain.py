@@ -83,6 +83,10 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     method = _build_method(ctx, encoder)
     if type(method).setup is not Method.setup:  # a method that reads the training set first (oct-severity)
         method.setup(_setup_loader(ctx, items) if ctx.rank == 0 else None)
+    diagnostics = {"severity_label_spearman": getattr(method, "label_spearman", None)}  # oct-severity's pseudo-labels
+    diagnostics = {k: v for k, v in diagnostics.items() if v is not None}
+    if diagnostics:
+        tracker.log_metrics({f"pretrain/{k}": float(v) for k, v in diagnostics.items()})
     model = _wrap(ctx, method)
 
     # -- will one step fit? (before the first one: an OOM kill would end the run without a word) ---------
@@ -129,7 +133,7 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
             **({"text_model": text_model} if text_model else {}),
             "train_seconds": round(train_s, 2), "steps_run": steps_run,
             "images_per_s": round(images / train_s, 1) if train_s > 0 and steps_run else None,
-            **{k: v for k, v in hand_on.items() if k != "encoder"}}
+            **{k: v for k, v in hand_on.items() if k != "encoder"}, **diagnostics}
 
 
 def _wrap(ctx: RunContext, method: Any) -> Any:

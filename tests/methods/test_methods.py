@@ -339,6 +339,8 @@ def test_oct_severity_setup_gives_configured_bins_and_survives_checkpoint():
     assert torch.bincount(pl, minlength=4).tolist() == [4, 4, 4, 4]
     assert method.bin_edges.shape == (3,)
     assert pl[12:].float().mean() > pl[:12].float().mean()  # planted drusen land in the severe bins
+    # the diagnostic: the scores' rank correlation with the grades, positive when drusen score higher
+    assert method.label_spearman is not None and method.label_spearman > 0
     check_step(method, loader[1])
     # checkpoint round trip restores the labels and skips the fit
     fresh = build("oct-severity", 2, 1, num_bins=4, ae_epochs=10)
@@ -388,3 +390,13 @@ def test_supcon_graph_refuses_a_graph_whose_classes_differ_from_the_data():
     with pytest.raises(ConfigError, match="needs a class similarity graph"):
         build("supcon-graph", 2, 1, similarity=None).labels({"label": torch.tensor([0, 1])})
 
+
+
+def test_severity_label_spearman_by_hand():
+    from medcl.methods.severity import severity_label_spearman
+
+    # ranks of the scores 1..4 against the grades' mid-ranks 1.5, 1.5, 3.5, 3.5: rho = 4 / sqrt(5 * 4) = 0.894
+    rho = severity_label_spearman(torch.tensor([0.1, 0.2, 0.3, 0.4, 9.0]), torch.tensor([0, 0, 1, 1, -1]))
+    assert rho == pytest.approx(4 / 20 ** 0.5, abs=1e-9)  # the unlabelled image (-1) is left out
+    assert severity_label_spearman(torch.tensor([0.3, 0.1, 0.2]), torch.tensor([1, 1, 1])) is None  # one class
+    assert severity_label_spearman(torch.tensor([0.3, 0.1]), torch.tensor([0, 1])) is None  # too few
