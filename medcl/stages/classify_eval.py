@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medcl.errors import ConfigError, PHIError
+from medcl.lookup import did_you_mean
 from medcl.metric_keys import CI_BOUNDS, metric_key, model_tag
 from medcl.stages.classify_report import _log_report_material
 from medcl.stages.common import jsonable as _jsonable
@@ -177,8 +178,6 @@ def class_pairs(cfg: Any, classes: list[str] | None, task: str) -> list[tuple[st
                               fix="e.g. [[stroma, normal]]")
         for name in pair:
             if name not in (classes or []):
-                from medcl.lookup import did_you_mean
-
                 raise ConfigError(f"pair {i} names {name!r}, which is not a class of the data"
                                   f"{did_you_mean(name, classes or [], paren=True)}", where=f"{where}[{i}]",
                                   fix=f"name two of {', '.join(classes or [])}")

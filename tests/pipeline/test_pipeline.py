@@ -343,8 +343,8 @@ def test_class_names_mlflow_cannot_log_are_refused_before_training():
 
     cfg = PipelineConfig(name="t", stages=["classify"])
     with pytest.raises(ConfigError, match=r"\['drusen;atrophy'\] hold characters MLflow refuses"):
-        _preflight(cfg, SimpleNamespace(classes=["normal", "drusen;atrophy"], tiles={}))
-    _preflight(cfg, SimpleNamespace(classes=["no DR", "grade-1/2", "AF:paroxysmal"], tiles={}))  # all loggable
+        _preflight(cfg, SimpleNamespace(classes=["normal", "drusen;atrophy"], tiles={}, task="multiclass"))
+    _preflight(cfg, SimpleNamespace(classes=["no DR", "grade-1/2", "AF:paroxysmal"], tiles={}, task="multiclass"))  # all loggable
     import mlflow.utils.validation as v  # the reference: MLflow's own check accepts what we accept
 
     for name in ("no DR", "grade-1/2", "AF:paroxysmal"):
