@@ -881,8 +881,10 @@ def _method_claims(res: dict[str, Any], targets: list[list[str]]) -> str:
                 else:
                     base = _method_run(res, mod, b, seed)
                     others[b] = get(base) if base else None
+            rho = ((run or {}).get("pretrain") or {}).get("severity_label_spearman")
             table.append([f"{method} ({mod})", what, seed, _f(own),
-                          ", ".join(f"{b} {_f(v)}" for b, v in others.items())])
+                          ", ".join(f"{b} {_f(v)}" for b, v in others.items()),
+                          f"pseudo-labels vs grades: Spearman ρ {rho:.3f}" if rho is not None else ""])
             if own is not None and all(v is not None for v in others.values()):
                 per_seed.append((own, max(others.values())))
         if per_seed:
@@ -902,7 +904,9 @@ def _method_claims(res: dict[str, Any], targets: list[list[str]]) -> str:
         "\n**Each method where it should help** — the method's pretraining against SimCLR's (and, where the method "
         "builds on another, that one's) at the same budget, on data made for the method's claim; per seed "
         "(— : the run has not finished or does not record the measure):\n",
-        _table(["method", "measured by", "seed", "method", "compared with"], table)])
+        _table(["method", "measured by", "seed", "method", "compared with", "diagnostic"], table),
+        "\n*diagnostic*: oct-severity's severity scores (the anomaly model's gradient norm on each training scan) "
+        "against the scans' grades — its SupCon pseudo-labels carry the grade only as far as they correlate."])
 
 
 def _why_missing(res: dict[str, Any], **want: Any) -> str:

@@ -332,7 +332,7 @@ def test_method_claims_compare_each_method_with_simclr_per_seed(tmp_path):
         {"kind": "method", "modality": "oct", "seed": 0, "method": "micle", "key": "method/oct/micle/seed0",
          "classify": [cls(1.0, 0.95)]},
         {"kind": "method", "modality": "oct", "seed": 0, "method": "oct-severity", "key": "m/o/s0",
-         "classify": [cls(1.0, 0.91), cls(0.1, 0.80)]},
+         "classify": [cls(1.0, 0.91), cls(0.1, 0.80)], "pretrain": {"severity_label_spearman": 0.0312}},
         {"kind": "method", "modality": "oct", "seed": 1, "method": "oct-severity", "key": "m/o/s1",
          "classify": [cls(1.0, 0.91), cls(0.1, 0.74)]},
         # histo: the pair's AUROC against the better of SupCon and SimCLR
@@ -362,10 +362,12 @@ def test_method_claims_compare_each_method_with_simclr_per_seed(tmp_path):
     # 0.85 against max(0.80 SupCon, 0.70 SimCLR)
     assert "stroma vs normal (linear probe, 100 %); every seed) | 0.850 vs 0.800 | **met on 1 of 2 seeds**" in text
     assert "| supcon-hardneg (histo) | AUROC of the confusable pair stroma vs normal (linear probe, 100 %) | 0 | " \
-           "0.850 | supcon 0.800, simclr 0.700 |" in text
+           "0.850 | supcon 0.800, simclr 0.700 |  |" in text
     # 0.58 against max(0.60 SimCLR-pretrained, 0.55 scratch)
     assert "(ct: segmentation Dice, 10 % labels; every seed) | 0.580 vs 0.600 | **not met**" in text
     assert "clocs ≥ simclr" not in text  # no ECG rows at all: no claim row
+    assert "| oct-severity (oct) | linear probe, 10 % labels | 0 | 0.800 | simclr 0.700 | pseudo-labels vs grades: " \
+           "Spearman ρ 0.031 |" in text
 
 
 def test_method_rows_probe_few_labels_segment_for_dense_and_name_the_confusable_pair(tmp_path):
