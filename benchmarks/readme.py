@@ -875,9 +875,10 @@ def _method_claims(res: dict[str, Any], targets: list[list[str]]) -> str:
             own = get(run) if run else None
             others = {}
             for b in versus:
-                if b == "scratch":  # the same network without pretraining: the SimCLR pipeline row's scratch model
-                    base = _method_run(res, mod, "simclr", seed)
-                    others[b] = _seg(base, "scratch", 0.1) if base else None
+                if b == "scratch":  # the same network without pretraining, trained in the method's own run (same
+                    # commit and data order), else in the SimCLR pipeline run
+                    scratch = [_seg(x, "scratch", 0.1) for x in (run, _method_run(res, mod, "simclr", seed)) if x]
+                    others[b] = next((v for v in scratch if v is not None), None)
                 else:
                     base = _method_run(res, mod, b, seed)
                     others[b] = get(base) if base else None

@@ -348,6 +348,13 @@ def test_method_claims_compare_each_method_with_simclr_per_seed(tmp_path):
                                      {"model": "scratch", "fraction": 0.1, "dice": 0.55}]},
         {"kind": "method", "modality": "ct", "seed": 0, "method": "dense", "key": "m/c/d", "classify": [],
          "segment": [{"model": "pretrained", "fraction": 0.1, "dice": 0.58}]},
+        # MRI: the dense run's own scratch U-Net is the one compared (0.50, not the pipeline's 0.40)
+        {"kind": "pipeline", "modality": "mri", "seed": 0, "key": "pipeline/mri/seed0", "method_run": "simclr",
+         "classify": [], "segment": [{"model": "pretrained", "fraction": 0.1, "dice": 0.45},
+                                     {"model": "scratch", "fraction": 0.1, "dice": 0.40}]},
+        {"kind": "method", "modality": "mri", "seed": 0, "method": "dense", "key": "m/m/d", "classify": [],
+         "segment": [{"model": "pretrained", "fraction": 0.1, "dice": 0.48},
+                     {"model": "scratch", "fraction": 0.1, "dice": 0.50}]},
     ]
     results = tmp_path / "results"
     results.mkdir()
@@ -366,6 +373,7 @@ def test_method_claims_compare_each_method_with_simclr_per_seed(tmp_path):
     # 0.58 against max(0.60 SimCLR-pretrained, 0.55 scratch)
     assert "(ct: segmentation Dice, 10 % labels; every seed) | 0.580 vs 0.600 | **not met**" in text
     assert "clocs ≥ simclr" not in text  # no ECG rows at all: no claim row
+    assert "| dense (mri) | segmentation Dice, 10 % labels | 0 | 0.480 | simclr 0.450, scratch 0.500 |" in text
     assert "| oct-severity (oct) | linear probe, 10 % labels | 0 | 0.800 | simclr 0.700 | pseudo-labels vs grades: " \
            "Spearman ρ 0.031 |" in text
 
