@@ -502,6 +502,9 @@ def classification_metrics(
         Per-class values are under ``"<metric>/<name>"``. Undefined values are NaN with an
         explaining note.
     """
+    if pairs and task in ("binary", "multilabel"):
+        raise ConfigError(f"class pairs are for multiclass and ordinal tasks, not {task}", where="pairs",
+                          fix="drop the pairs (a binary task's AUROC is already its pair's)")
     y, p = prepare_inputs(y_true, probs, task)
     notes: list[str] = []
     if task == "binary":
@@ -510,9 +513,6 @@ def classification_metrics(
         out = _multilabel_metrics(y, p, _class_names(p.shape[1], class_names), threshold, notes)
     else:
         out = _multiclass_metrics(y, p, _class_names(p.shape[1], class_names), task, notes, pairs)
-    if pairs and task in ("binary", "multilabel"):
-        raise ConfigError(f"class pairs are for multiclass and ordinal tasks, not {task}", where="classify.pairs",
-                          fix="remove classify.pairs (a binary task's AUROC is already its pair's)")
     out["n_samples"] = int(p.shape[0])
     out["notes"] = notes
     return out
