@@ -47,10 +47,13 @@ from _common import ROOT, base_meta, finished_rows, git_commit, quiet_logs, writ
 #: reference loops apply (2D images and ECG), and settings the benchmark adds to the demo pipeline
 #: (``classify.pairs``: the confusable pair of each 2D demo — the pair supcon-hardneg names — gets its own AUROC in
 #: every run, so that supcon-hardneg is compared with the other methods on it)
+HARD_PAIRS: dict[str, str] = {"oct": "[[early,intermediate]]", "fundus": "[[moderate,severe]]",
+                              "histo": "[[stroma,normal]]"}
 MODALITIES: dict[str, dict[str, Any]] = {
-    "oct": {"fractions": "[0.01,0.1,1.0]", "reference": True, "extra": ["classify.pairs=[[early,intermediate]]"]},
-    "fundus": {"fractions": "[0.01,0.1,1.0]", "reference": True, "extra": ["classify.pairs=[[moderate,severe]]"]},
-    "histo": {"fractions": "[0.01,0.1,1.0]", "reference": True, "extra": ["classify.pairs=[[stroma,normal]]"]},
+    "oct": {"fractions": "[0.01,0.1,1.0]", "reference": True, "extra": [f"classify.pairs={HARD_PAIRS['oct']}"]},
+    "fundus": {"fractions": "[0.01,0.1,1.0]", "reference": True,
+               "extra": [f"classify.pairs={HARD_PAIRS['fundus']}"]},
+    "histo": {"fractions": "[0.01,0.1,1.0]", "reference": True, "extra": [f"classify.pairs={HARD_PAIRS['histo']}"]},
     "ecg": {"fractions": "[0.01,0.1,1.0]", "reference": True},
     "ct": {"fractions": "[0.1,1.0]", "reference": False},
     # the MRI demo segments only: a validation split and a classify stage (lesion present?) are added
@@ -63,9 +66,7 @@ MODALITIES: dict[str, dict[str, Any]] = {
 #: method presets and, per modality, what a preset needs (None: does not apply)
 GENERIC = ["simclr", "moco", "micle", "supcon", "supcon-balanced", "prototypes"]
 SPECIFIC: dict[str, dict[str, list[str]]] = {
-    "supcon-hardneg": {"oct": ["pretrain.method_options.hard_pairs=[[early, intermediate]]"],
-                       "fundus": ["pretrain.method_options.hard_pairs=[[moderate, severe]]"],
-                       "histo": ["pretrain.method_options.hard_pairs=[[stroma, normal]]"]},
+    "supcon-hardneg": {m: [f"pretrain.method_options.hard_pairs={p}"] for m, p in HARD_PAIRS.items()},
     "supcon-graph": {"oct": ["pretrain.method_options.similarity={classes: [normal, early, intermediate], "
                              "edges: [[normal, early, 0.5], [early, intermediate, 0.5]]}"],
                      "fundus": ["pretrain.method_options.similarity={classes: [no_dr, mild, moderate, severe], "
