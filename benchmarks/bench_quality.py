@@ -138,7 +138,8 @@ def plan(seeds: int, modalities: list[str], with_methods: bool, quick: bool) -> 
 
 def _so_far(todo: list[dict[str, Any]], rows: dict[str, dict], done: dict[str, dict]) -> list[dict[str, Any]]:
     """Every planned run as it stands, in plan order: run by this invocation, kept from the result file (also those
-    the loop has not reached yet — a run stopped now must not lose them), or pending."""
+    the loop has not reached yet, and those waiting to be run again — a run stopped now must not lose them), or
+    pending."""
     return [rows.get(run_key(x)) or done.get(run_key(x)) or {**x, "key": run_key(x), "skipped": "pending"}
             for x in todo]
 
@@ -372,9 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
     todo = plan(args.seeds, args.modalities, not args.no_methods, args.quick)
-    done = {k: x for k, x in finished_rows(args.out, args.quick, args.fresh).items()
-            if (x.get("modality") not in args.redo or x.get("kind") == "reference")
-            and not any(k.startswith(p) for p in args.rerun)}
+    done = finished_rows(args.out, args.quick, args.fresh)
+    again = {k for k, x in done.items()  # run again; their old rows stay until the new ones are written
+             if (x.get("modality") in args.redo and x.get("kind") != "reference")
+             or any(k.startswith(p) for p in args.rerun)}
     commit = git_commit()  # the code every run of this invocation uses (a later commit does not change it)
     meta = {**base_meta(args.quick), "seeds": args.seeds, "budget_min": args.budget_min,
             "plan": [run_key(r) for r in todo]}
@@ -388,10 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     for i in sorted(range(len(todo)), key=priority):
         r = todo[i]
         key = run_key(r)
-        if key in done:
-            rows[key] = done[key]
-            continue
         elapsed = (time.time() - t0) / 60
+        if key in done and (key not in again or elapsed > args.budget_min):  # a row to run again that the budget
+            rows[key] = done[key]  # does not reach keeps its old result (and its commit)
+            continue
         if elapsed > args.budget_min:
             rows[key] = {**r, "key": key, "skipped": f"not run: the {args.budget_min:g}-minute budget was spent"}
             continue

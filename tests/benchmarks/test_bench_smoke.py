@@ -399,3 +399,51 @@ def test_method_rows_probe_few_labels_segment_for_dense_and_name_the_confusable_
     histo = bq.pipeline_config({"modality": "histo", "kind": "pipeline", "seed": 0}, tmp_path, tmp_path / "m.csv",
                                False)
     assert histo.classify.pairs == [["stroma", "normal"]]
+
+
+def test_rerun_keeps_each_old_row_until_its_new_run_is_written(tmp_path, monkeypatch):
+    """``--rerun``: a row to be run again keeps its old result when the budget does not reach it or the invocation
+    is killed before it; only the rows named are run again."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        import bench_quality as bq
+    finally:
+        sys.path.pop(0)
+    ran: list[str] = []
+
+    def fake(version):
+        def run(r, *a, **k):
+            ran.append(bq.run_key(r))
+            if version == "killed" and r["kind"] == "method":
+                raise KeyboardInterrupt  # the invocation dies inside this run
+            return {"v": version}
+        return run
+
+    work, out = tmp_path / "work", tmp_path / "quality.json"
+    (work / "quick" / "data" / "oct").mkdir(parents=True)
+    (work / "quick" / "data" / "oct" / "manifest.csv").write_text("x\n")  # no data synthesised
+    monkeypatch.setattr(bq, "run_pipeline_kind", fake(1))
+    monkeypatch.setattr(bq, "run_reference", fake(1))
+    argv = ["--quick", "--out", str(out), "--work", str(work)]
+    assert bq.main(argv) == 0 and len(ran) == 4
+
+    def rows():
+        return {x["key"]: x for x in json.loads(out.read_text())["rows"]}
+
+    ran.clear()
+    monkeypatch.setattr(bq, "run_pipeline_kind", fake(2))
+    assert bq.main([*argv, "--rerun", "pipeline/oct", "--budget-min", "0"]) == 0
+    assert ran == [] and rows()["pipeline/oct/seed0"]["v"] == 1  # not reached: the old row stays, not "skipped"
+    assert bq.main([*argv, "--rerun", "pipeline/oct"]) == 0
+    assert ran == ["pipeline/oct/seed0"]
+    assert rows()["pipeline/oct/seed0"]["v"] == 2 and rows()["method/oct/moco/seed0"]["v"] == 1
+    ran.clear()
+    monkeypatch.setattr(bq, "run_pipeline_kind", fake("killed"))
+    with pytest.raises(KeyboardInterrupt):
+        bq.main([*argv, "--rerun", "pipeline/oct", "method/oct"])
+    assert ran == ["pipeline/oct/seed0", "method/oct/moco/seed0"]
+    after = rows()
+    assert after["pipeline/oct/seed0"]["v"] == "killed" and after["method/oct/moco/seed0"]["v"] == 1
+    assert all("skipped" not in x for x in after.values())
