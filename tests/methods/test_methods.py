@@ -352,6 +352,57 @@ def test_oct_severity_setup_gives_configured_bins_and_survives_checkpoint():
     assert fresh.severity_labels(batch).shape == (8,)
 
 
+def test_flatten_retina_straightens_the_rpe_keeps_drusen_and_ignores_gain_offset_illumination():
+    """A hand-made B-scan: a bright RPE line on a known tilted, curved course with one druse lifting it 4 rows."""
+    from medcl.methods.severity import flatten_retina
+
+    h = w = 64
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    course = 40 + 0.2 * (xx[0] - 32) + 0.004 * (xx[0] - 32) ** 2  # healthy RPE row of each column
+    lift = 4.0 * np.exp(-0.5 * ((xx[0] - 20) / 2.0) ** 2)  # a druse at column 20
+    img = 0.05 + np.exp(-0.5 * ((yy - (course - lift)[None, :]) / 1.5) ** 2)
+    x = torch.from_numpy(img[None, None]).float()
+    out = flatten_retina(x)
+    assert out.shape == (1, 1, 32, 64)
+    anchor = round(0.75 * 32)
+    peak = out[0, 0].argmax(0)  # the RPE's row in each output column
+    far = (np.abs(np.arange(w) - 20) > 8)
+    assert (peak[torch.from_numpy(far)] - anchor).abs().max() <= 1  # the healthy course is one straight row
+    assert peak[20] == anchor - 4  # the druse stays, 4 rows above it
+    rpe_row = out[0, 0, anchor, torch.from_numpy(far)]
+    assert (rpe_row / rpe_row.mean() - 1).abs().max() < 0.15  # one RPE brightness in every column
+    # gain, offset and a lateral illumination gradient: the same flattened scan
+    illum = torch.from_numpy(1.0 + 0.5 * xx / w).float()
+    shaded = 0.1 + 1.7 * x * illum
+    torch.testing.assert_close(flatten_retina(1.7 * x + 0.1), out, atol=1e-4, rtol=0)
+    assert (flatten_retina(shaded)[0, 0].argmax(0) == peak).all()
+    shaded_row = flatten_retina(shaded)[0, 0, anchor, torch.from_numpy(far)]
+    assert (shaded_row / rpe_row - 1).abs().max() < 0.1  # the lateral gradient is gone
+    with pytest.raises(ConfigError, match="2D B-scans"):
+        flatten_retina(torch.zeros(1, 1, 8, 8, 8))
+
+
+def test_severity_autoencoder_budget_in_optimiser_steps(monkeypatch):
+    calls = []
+    original = torch.optim.Adam.step
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counted)
+    images = _oct_like(20, seed=8)
+    fit_severity_model(images, torch.zeros(20, dtype=torch.long), steps=7, batch_size=16, widths=(4, 8))
+    assert len(calls) == 7  # 2 batches per pass: the data are passed over 4 times, stopping at the 7th step
+    calls.clear()
+    fit_severity_model(images, torch.zeros(20, dtype=torch.long), epochs=3, batch_size=16, widths=(4, 8))
+    assert len(calls) == 6
+    with pytest.raises(ConfigError, match="both ae_epochs and ae_steps"):
+        build("oct-severity", 2, 1, ae_epochs=2, ae_steps=5)
+    with pytest.raises(ConfigError, match="flatten"):
+        build("oct-severity", 3, 1)
+
+
 def test_oct_severity_without_normal_scans():
     method = build("oct-severity", 2, 1)
     batch = make_batch(2, 1, (32, 32))

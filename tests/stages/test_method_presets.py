@@ -63,7 +63,7 @@ def test_method_preset_runs_a_few_steps(preset, demo_data, tmp_path):
 
     overrides = []
     if preset.stem == "oct-severity":
-        overrides = ["pretrain.method_options.ae_epochs=1", "pretrain.method_options.num_bins=3"]
+        overrides = ["pretrain.method_options.ae_steps=4", "pretrain.method_options.num_bins=3"]
     if preset.stem == "supcon-hardneg":
         overrides = ["pretrain.method_options.hard_pairs=[[early, intermediate]]"]
     cfg = load_config(_pipeline(tmp_path, preset, demo_data), overrides)
@@ -123,7 +123,7 @@ def test_oct_severity_is_set_up_on_every_training_image_unaugmented(demo_data, t
 
     monkeypatch.setattr(OCTSeverity, "_fit_and_score", spy)
     cfg = load_config(_pipeline(tmp_path, REPO / "configs" / "method" / "oct-severity.yaml", demo_data),
-                      ["pretrain.method_options.ae_epochs=1", "pretrain.method_options.num_bins=3"])
+                      ["pretrain.method_options.ae_steps=4", "pretrain.method_options.num_bins=3"])
     _, data = _pretrain(cfg, tmp_path)
     assert "image" in seen["keys"] and "views" not in seen["keys"]
     assert seen["rows"] == sorted(it["index"] for it in data.items("train"))
