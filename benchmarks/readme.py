@@ -906,8 +906,9 @@ def _method_claims(res: dict[str, Any], targets: list[list[str]]) -> str:
         "builds on another, that one's) at the same budget, on data made for the method's claim; per seed "
         "(— : the run has not finished or does not record the measure):\n",
         _table(["method", "measured by", "seed", "method", "compared with", "diagnostic"], table),
-        "\n*diagnostic*: oct-severity's severity scores (the anomaly model's gradient norm on each training scan) "
-        "against the scans' grades — its SupCon pseudo-labels carry the grade only as far as they correlate."])
+        "\n*diagnostic*: oct-severity's severity scores (the anomaly model's gradient norm on each training scan; "
+        "since commit 198a8c8 on scans flattened to the RPE first) against the scans' grades — its SupCon "
+        "pseudo-labels carry the grade only as far as they correlate."])
 
 
 def _why_missing(res: dict[str, Any], **want: Any) -> str:
