@@ -90,8 +90,9 @@ ABLATIONS: dict[str, tuple[tuple[str, ...], list[str], str]] = {
     # HED jitter's beta used to act on skimage's rgb2hed scale (optical density / ln(1e6)): 0.02 there is
     # 0.28 optical density, 14x Tellez's HED-light (|beta| <= 0.05 OD)
     "hed_beta_0.28": (("histo",), ["transforms.hed_beta=0.276"], "scratch"),
-    # the OCT demo's pretraining warmed up for one epoch (~5 steps of 240); now 24 steps (10 %, the plain loop's)
-    "pretrain_warmup_1_epoch": (("oct",), ["pretrain.warmup_steps=null"], "probe"),
+    # the OCT and histo demos' pretraining warmed up for one epoch (~4-5 steps of 240); now 24 steps (10 %, the plain
+    # loop's). warmup_epochs=1 too: the demos' base pipelines set 5 epochs
+    "pretrain_warmup_1_epoch": (("oct", "histo"), ["pretrain.warmup_steps=null", "pretrain.warmup_epochs=1"], "probe"),
 }
 
 
