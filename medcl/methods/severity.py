@@ -150,15 +150,30 @@ def flatten_retina(images: torch.Tensor, *, degree: int = 2, height: int | None 
 
 
 class _Flattened:
-    """A re-iterable view of a loader whose batches carry their flattened B-scan as ``"image"``."""
+    """A re-iterable view of a loader whose batches carry their flattened B-scan as ``"image"``.
 
-    def __init__(self, loader: Iterable[Mapping[str, torch.Tensor]]) -> None:
-        self.loader = loader
+    The loader :meth:`OCTSeverity.setup` gets is un-augmented and unshuffled, so every pass gives the same scans: the
+    first complete pass is kept (up to ``max_bytes``) and replayed, instead of flattening every scan again on each of
+    the autoencoder's passes.
+    """
+
+    def __init__(self, loader: Iterable[Mapping[str, torch.Tensor]], max_bytes: int = 1 << 30) -> None:
+        self.loader, self.max_bytes = loader, max_bytes
+        self._kept: list[dict[str, torch.Tensor]] | None = None
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self._kept is not None:
+            yield from self._kept
+            return
+        kept: list[dict[str, torch.Tensor]] | None = []
+        size = 0
         for batch in self.loader:
             x = batch["image"] if "image" in batch else batch["views"][:, 0]
-            yield {**{k: v for k, v in batch.items() if k not in ("image", "views")}, "image": flatten_retina(x)}
+            out = {**{k: v for k, v in batch.items() if k not in ("image", "views")}, "image": flatten_retina(x)}
+            size += sum(v.numel() * v.element_size() for v in out.values() if isinstance(v, torch.Tensor))
+            kept = kept + [out] if kept is not None and size <= self.max_bytes else None
+            yield out
+        self._kept = kept  # only a pass that ran to the end is replayed
 
 
 def _reconstruction_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -403,6 +403,28 @@ def test_severity_autoencoder_budget_in_optimiser_steps(monkeypatch):
         build("oct-severity", 3, 1)
 
 
+def test_flattened_loader_flattens_each_scan_once_over_many_passes(monkeypatch):
+    """The un-augmented setup loader gives the same scans every pass: the first pass is replayed, not recomputed."""
+    import medcl.methods.severity as sev
+
+    reads = []
+
+    class Source:
+        def __iter__(self):
+            reads.append(1)
+            images = _oct_like(8, seed=9)
+            yield from ({"image": images[i:i + 4], "label": torch.zeros(4, dtype=torch.long)} for i in (0, 4))
+
+    view = sev._Flattened(Source())
+    first = [b["image"] for b in view]
+    fit_severity_model(view, steps=7, widths=(4, 8))  # 2 batches a pass: 4 passes
+    assert len(reads) == 1
+    torch.testing.assert_close(torch.cat(first), sev.flatten_retina(_oct_like(8, seed=9)))
+    big = sev._Flattened(Source(), max_bytes=1)  # too big to keep: read again each pass
+    list(big), list(big)
+    assert len(reads) == 3
+
+
 def test_oct_severity_without_normal_scans():
     method = build("oct-severity", 2, 1)
     batch = make_batch(2, 1, (32, 32))
