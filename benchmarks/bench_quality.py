@@ -290,7 +290,12 @@ def run_pipeline_kind(r: dict[str, Any], work: Path, manifest: Path, quick: bool
     cfg = pipeline_config(r, work, manifest, quick) if r["kind"] == "pipeline" else method_config(r, work, manifest,
                                                                                                   quick)
     ctx = run_pipeline(cfg, smoke=quick)
-    return collect(ctx)
+    out = collect(ctx)
+    if r["modality"] == "fundus-lt":  # the set's design: which grade is the rare one the claims are about
+        from medcl.data.synth import fundus_lt
+
+        out["long_tail"] = {"rare": fundus_lt.RARE, "shares": dict(zip(fundus_lt.CLASSES, fundus_lt.SHARES))}
+    return out
 
 
 def _split_file(r: dict[str, Any], pipeline_row: dict[str, Any], manifest: Path, work: Path,

@@ -793,24 +793,25 @@ def _cls_row(run: dict, model: str = "ssl", protocol: str = "linear") -> dict[st
 
 def _long_tail(res: dict[str, Any]) -> str:
     """The class-balanced presets on the long-tailed fundus set: macro and rare-class AUROC, balanced accuracy (the
-    claims, per seed, are in :data:`METHOD_CLAIMS`)."""
+    claims, per seed, are in :data:`METHOD_CLAIMS`). The set's shares and rare grade are those its rows record."""
     rows = _by(res, kind="method", modality="fundus-lt")
     if not rows:
         return ""
-    rare = "severe"
+    design = next((r["long_tail"] for r in rows if _ok(r) and r.get("long_tail")), None)
+    rare = design["rare"] if design else "—"
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    ok = {x: {r["seed"]: _cls_row(r) for r in rows if r["method"] == x and _ok(r)} for x in methods}
+    ok = {x: {r["seed"]: r for r in rows if r["method"] == x and _ok(r)} for x in methods}
     table = []
     for x in methods:
-        cs = list(ok[x].values())
+        runs = list(ok[x].values())
         missing = [r for r in rows if r["method"] == x and not _ok(r)]
         note = "; ".join(sorted({(r.get("error") or r.get("skipped") or "")[:100] for r in missing}))
-        table.append([x, _ms([c.get("auroc") for c in cs]), _ms([(c.get("auroc_per_class") or {}).get(rare)
-                                                                 for c in cs]),
-                      _ms([c.get("balanced_accuracy") for c in cs]), note])
-    text = ["\n**Long-tailed labels** (`medcl data synth --modalities fundus-lt`: fundus grades in 66 / 20 / 9 / 5 % "
-            f"of the patients; the fundus demo's budget; linear probe at 100 % of the labels): test macro AUROC, the "
-            f"rarest grade's ({rare}) one-vs-rest AUROC and balanced accuracy, mean ± std over seeds:\n",
+        table.append([x, _ms([_cls_row(r).get("auroc") for r in runs]), _ms([_rare_auroc(r) for r in runs]),
+                      _ms([_cls_row(r).get("balanced_accuracy") for r in runs]), note])
+    shares = " / ".join(f"{100 * v:.0f}" for v in design["shares"].values()) if design else "?"
+    text = ["\n**Long-tailed labels** (`medcl data synth --modalities fundus-lt`: fundus grades in "
+            f"{shares} % of the patients; the fundus demo's budget; linear probe at 100 % of the labels): test macro "
+            f"AUROC, the rare grade's ({rare}) one-vs-rest AUROC and balanced accuracy, mean ± std over seeds:\n",
             _table(["method", "macro AUROC", f"AUROC {rare}", "balanced accuracy", "runs missing"], table)]
     return "\n".join(text)
 
@@ -826,11 +827,10 @@ def _pair(run: dict, pair: str, fraction: float = 1.0) -> float | None:
     return (c.get("auroc_pair") or {}).get(pair)
 
 
-RARE = "severe"  # the long-tailed fundus set's rarest grade
-
-
 def _rare_auroc(run: dict) -> float | None:
-    return (_cls_row(run).get("auroc_per_class") or {}).get(RARE)
+    """The test AUROC of the long-tailed set's rare grade (the one the run's ``long_tail`` record names)."""
+    rare = (run.get("long_tail") or {}).get("rare")
+    return (_cls_row(run).get("auroc_per_class") or {}).get(rare) if rare else None
 
 
 def _handed_on(run: dict) -> str:
@@ -843,7 +843,9 @@ def _handed_on(run: dict) -> str:
 
 def _grades(run: dict) -> str:
     per = _cls_row(run).get("auroc_per_class") or {}
-    return "AUROC per grade: " + ", ".join(f"{k} {v:.3f}" for k, v in per.items() if v is not None) if per else ""
+    rare = (run.get("long_tail") or {}).get("rare")
+    return ((f"rare grade: {rare}; " if rare else "") + "AUROC per grade: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in per.items() if v is not None)) if per else ""
 
 
 def _rho(run: dict) -> str:
@@ -869,7 +871,7 @@ METHOD_CLAIMS: tuple[tuple[str, str, str, Any, tuple[str, ...], Any], ...] = (
      _handed_on),
     *((x, "fundus-lt", what, get, ("supcon", "simclr"), _grades)
       for x in ("supcon-balanced", "prototypes")
-      for what, get in ((f"AUROC of the rarest grade ({RARE}; linear probe, 100 %)", _rare_auroc),
+      for what, get in (("AUROC of the rare grade (linear probe, 100 %)", _rare_auroc),
                         ("balanced accuracy (linear probe, 100 %)", lambda r: _cls_row(r).get("balanced_accuracy")))),
 )
 
@@ -981,9 +983,8 @@ def _miss_causes(res: dict[str, Any], misses: dict[tuple[str, str, str], list]) 
             rare = [_rare_auroc(_method_run(res, mod, x, s) or {}) for x in ("simclr", "supcon", method)
                     for _, _, s, _ in per_seed]
             if rare and all(v is not None and v >= 0.999 for v in rare):
-                why.append(f"the rarest grade ({RARE}) is separated perfectly by SimCLR, SupCon and {method} on every "
-                           "seed: on this demo it is the most distinct grade, so a class-balanced loss has nothing to "
-                           "fix for it")
+                why.append(f"the rare grade is separated perfectly by SimCLR, SupCon and {method} on every seed: a "
+                           "class-balanced loss has nothing to fix for it on this set")
             if what.startswith("balanced"):
                 gaps = []
                 for _, _, s, o in lower:

@@ -359,17 +359,19 @@ def test_long_tailed_fundus_set_has_the_stated_grade_shares(tmp_path: Path):
 
     from medcl.data.synth.fundus_lt import long_tailed_labels
 
-    # the counts by hand: round(0.20 * 400) = 80, round(0.09 * 400) = 36, round(0.05 * 400) = 20, the rest 264
-    labels = long_tailed_labels(400, (0.66, 0.20, 0.09, 0.05), np.random.default_rng(0))
-    assert np.bincount(labels).tolist() == [264, 80, 36, 20]
-    assert np.bincount(long_tailed_labels(20, (0.66, 0.20, 0.09, 0.05), np.random.default_rng(0))).tolist() == [
-        10, 4, 3, 3]  # 20 - 4 - 3 - 3: every grade keeps MIN_PER_CLASS (3) patients
+    # the counts by hand (EyePACS's shares): round(0.07 * 400) = 28, round(0.15 * 400) = 60, round(0.05 * 400) = 20,
+    # the rest 292
+    labels = long_tailed_labels(400, (0.73, 0.07, 0.15, 0.05), np.random.default_rng(0))
+    assert np.bincount(labels).tolist() == [292, 28, 60, 20]
+    assert np.bincount(long_tailed_labels(20, (0.73, 0.07, 0.15, 0.05), np.random.default_rng(0))).tolist() == [
+        11, 3, 3, 3]  # 20 - 3 - 3 - 3: every grade keeps MIN_PER_CLASS (3) patients (round(1.4), round(1.0) lifted)
     with pytest.raises(ValueError):
-        long_tailed_labels(11, (0.66, 0.20, 0.09, 0.05), np.random.default_rng(0))
+        long_tailed_labels(11, (0.73, 0.07, 0.15, 0.05), np.random.default_rng(0))
     synthesize(tmp_path, modalities=["fundus-lt"], patients=60, seed=0, size=32)
     rows = _rows(tmp_path / "fundus-lt" / "manifest.csv")
     per = {r["patient_id"]: r["label"] for r in rows}
-    assert sorted(Counter(per.values()).items()) == [("mild", 12), ("moderate", 5), ("no_dr", 40),
+    # the shipped shares on 60 patients: round(4.2) = 4 mild, 9 moderate, 3 severe, 44 no_dr
+    assert sorted(Counter(per.values()).items()) == [("mild", 4), ("moderate", 9), ("no_dr", 44),
                                                                  ("severe", 3)]
     assert {r["modality"] for r in rows} == {"fundus"}  # read and augmented as fundus photographs
     assert all(int(r["grade"]) == ("no_dr", "mild", "moderate", "severe").index(r["label"]) for r in rows)

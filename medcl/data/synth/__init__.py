@@ -202,7 +202,8 @@ def _readme(summary, seed: int) -> str:
         "cytology": "RGB PNG tiles of cytology-like smears, label per tile, malignant tiles rare (≤ 2 %)",
         "histo-wsi": "pyramidal TIFF slides, label per slide, tumour in 10–25 % of a tumour slide's tissue",
         "eye": "OCT B-scans and fundus photographs (PNG) of the same patients, one label per patient from both",
-        "fundus-lt": "8-bit RGB PNG fundus photographs, grades long-tailed (66 / 20 / 9 / 5 % of the patients)",
+        "fundus-lt": "8-bit RGB PNG fundus photographs, grades long-tailed as in EyePACS (73 / 7 / 15 / 5 % of the "
+                     "patients)",
     }
     for name, mod, n_pat, rows in summary:
         lines.append(
