@@ -953,7 +953,8 @@ def _miss_causes(res: dict[str, Any], misses: dict[tuple[str, str, str], list]) 
         if all(b >= 0.99 for _, b, _, _ in lower):
             why.append("on every seed where it is lower, the method it is compared with is already at the ceiling ("
                        + ", ".join(f"seed {s}: {max(o, key=o.get)} {b:.3f}" for _, b, s, o in lower)
-                       + "): the demo leaves it nothing to add")
+                       + "): the demo leaves no room for a gain (why it falls below is not established by these "
+                       "rows)")
         spread = statistics.pstdev([b for _, b, *_ in per_seed]) if len(per_seed) > 1 else None
         if (spread is not None and min(diffs) < 0 < max(diffs)
                 and abs(statistics.fmean(diffs)) <= spread):

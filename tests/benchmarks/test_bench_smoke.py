@@ -411,8 +411,8 @@ def test_method_claims_flag_ties_and_misses_at_the_ceiling(tmp_path):
     (results / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}))
     text = write_readme(tmp_path).read_text()
     assert "0.950 vs 0.995, 1.000 vs 1.000 | **not met**" in text
-    assert ("the method it is compared with is already at the ceiling (seed 0: supcon 0.995): the demo leaves it "
-            "nothing to add") in text
+    assert ("the method it is compared with is already at the ceiling (seed 0: supcon 0.995): the demo leaves no "
+            "room for a gain") in text
     (results / "quality.json").write_text(json.dumps({"meta": {**meta, "seeds": 1},
                                                       "rows": [{**r, "seed": 0} for r in rows[3:]]}))
     text = write_readme(tmp_path).read_text()
