@@ -961,9 +961,10 @@ def _miss_causes(res: dict[str, Any], misses: dict[tuple[str, str, str], list]) 
             why.append(f"the per-seed differences ({', '.join(f'{d:+.3f}' for d in diffs)}) change sign and their "
                        f"mean is within the compared method's spread over seeds (std {spread:.3f})")
         if method == "clocs":
-            why.append("the demo's ECG records keep one rhythm and one beat shape for their whole 10 s "
-                       "(medcl/data/synth/ecg.py), so CLOCS's adjacent segments of a record show the same state as "
-                       "SimCLR's two windows of it: this demo cannot reward CLOCS's positives")
+            why.append("the demo's ECG records keep one rhythm and one beat shape for their whole 10 s, and a "
+                       "patient's records share them (medcl/data/synth/ecg.py): CLOCS's positives (adjacent segments, "
+                       "the patient's other records) show the same state as SimCLR's two windows of one record, only "
+                       "with other noise — a likely reason it does no better, not isolated by an ablation")
         if method == "oct-severity":
             rhos = {s: ((_method_run(res, mod, method, s) or {}).get("pretrain") or {}).get("severity_label_spearman")
                     for _, _, s, _ in per_seed}
