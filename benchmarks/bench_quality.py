@@ -278,10 +278,32 @@ def collect(ctx: Any) -> dict[str, Any]:
     seg = ctx.outputs.get("segment") or {}
     if seg.get("results"):
         rows = json.loads(Path(seg["results"]).read_text())
+        fg = _foreground_ratio(Path(seg["results"]).with_name("per_case.csv"))
         out["segment"] = [{"model": x["model"], "fraction": x["fraction"],
                            "dice": (x.get("dice_mean") or {}).get("value"),
+                           "dice_ci": [(x.get("dice_mean") or {}).get(k) for k in ("ci_low", "ci_high")],
+                           "n_test_cases": (x.get("dice_mean") or {}).get("n_cases"),
+                           "n_test_patients": (x.get("dice_mean") or {}).get("n_patients"),
+                           "fg_ratio": fg.get((x["model"], float(x["fraction"]))),
                            "n_train_patients": x.get("n_train_patients")} for x in rows]
     return out
+
+
+def _foreground_ratio(per_case: Path) -> dict[tuple[str, float], float]:
+    """Predicted over true foreground voxels, summed over the test cases, per (model, fraction): below 1 the network
+    under-segments (a start that predicts background where the lesions are scores a low Dice for that reason)."""
+    import csv
+
+    if not per_case.is_file():
+        return {}
+    sums: dict[tuple[str, float], list[float]] = {}
+    with per_case.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("fg_voxels_true") and row.get("fg_voxels_pred"):
+                acc = sums.setdefault((row["model"], float(row["fraction"])), [0.0, 0.0])
+                acc[0] += float(row["fg_voxels_pred"])
+                acc[1] += float(row["fg_voxels_true"])
+    return {k: p / t for k, (p, t) in sums.items() if t > 0}
 
 
 def run_pipeline_kind(r: dict[str, Any], work: Path, manifest: Path, quick: bool) -> dict[str, Any]:

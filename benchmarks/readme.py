@@ -834,11 +834,22 @@ def _rare_auroc(run: dict) -> float | None:
 
 
 def _handed_on(run: dict) -> str:
-    """Which pretraining step's encoder (and decoder) reached the segment stage."""
+    """Which pretraining step's encoder (and decoder) reached the segment stage; the 10 % Dice's CI and test cases,
+    and how much foreground the pretrained network predicts against the truth."""
     p = run.get("pretrain") or {}
+    out = []
     if p.get("selected") == "best_probe" and p.get("selected_step") is not None:
-        return f"handed on: step {p['selected_step']} of {p.get('steps_run', '?')} (best online probe)"
-    return f"handed on: the last (step {p['steps_run']})" if p.get("steps_run") else ""
+        out.append(f"handed on: step {p['selected_step']} of {p.get('steps_run', '?')} (best online probe)")
+    elif p.get("steps_run"):
+        out.append(f"handed on: the last (step {p['steps_run']})")
+    seg = next((x for x in run.get("segment") or [] if x["model"] == "pretrained"
+                and abs(x["fraction"] - 0.1) < 1e-9), {})
+    if None not in (seg.get("dice_ci") or [None]):
+        out.append(f"Dice 95 % CI {seg['dice_ci'][0]:.3f}–{seg['dice_ci'][1]:.3f} on {seg.get('n_test_cases')} test "
+                   f"cases of {seg.get('n_test_patients')} patients")
+    if seg.get("fg_ratio") is not None:
+        out.append(f"predicted / true lesion voxels {seg['fg_ratio']:.2f}")
+    return "; ".join(out)
 
 
 def _grades(run: dict) -> str:

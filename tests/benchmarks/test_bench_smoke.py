@@ -488,3 +488,20 @@ def test_rerun_keeps_each_old_row_until_its_new_run_is_written(tmp_path, monkeyp
     after = rows()
     assert after["pipeline/oct/seed0"]["v"] == "killed" and after["method/oct/moco/seed0"]["v"] == 1
     assert all("skipped" not in x for x in after.values())
+
+
+def test_foreground_ratio_sums_predicted_and_true_lesion_voxels_per_model_and_fraction(tmp_path):
+    import bench_quality as bq
+
+    per_case = tmp_path / "per_case.csv"
+    per_case.write_text("model,fraction,index,patient,dice_mean,fg_voxels_true,fg_voxels_pred,dice_lesion,hd95_lesion\n"
+                        "pretrained,0.1,5,10,0.018,102,9,0.018,58.2\n"
+                        "pretrained,0.1,6,10,0,159,0,0,\n"
+                        "pretrained,0.1,19,20,,0,19,,\n"  # a case without lesion: counted (19 false voxels)
+                        "scratch,0.1,5,10,0.3,102,120,0.3,20.0\n"
+                        "scratch,1.0,5,10,0.5,100,,0.5,\n")  # no prediction count: left out
+    fg = bq._foreground_ratio(per_case)
+    assert fg[("pretrained", 0.1)] == pytest.approx((9 + 0 + 19) / (102 + 159 + 0))
+    assert fg[("scratch", 0.1)] == pytest.approx(120 / 102)
+    assert ("scratch", 1.0) not in fg
+    assert bq._foreground_ratio(tmp_path / "missing.csv") == {}
