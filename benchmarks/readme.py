@@ -778,12 +778,22 @@ def section_quality(res: dict[str, Any], plots: _Plots, targets: list[list[str]]
         text.append(claims)
     # -- every run ------------------------------------------------------------------------------------------
     run_rows = [[r["key"], "ok" if _ok(r) else ("failed: " + r["error"][:160]) if "error" in r else r["skipped"],
-                 _f(r.get("wall_s"), 0), (r.get("commit") or "")[:12]] for r in rows]
+                 _wall(r), (r.get("commit") or "")[:12]] for r in rows]
     text.append("\n<details><summary>every run of the plan (" + f"{sum(_ok(r) for r in rows)} finished, "
                 f"{sum('error' in r for r in rows)} failed, {sum('skipped' in r for r in rows)} not run)</summary>\n")
     text.append(_table(["run", "status", "wall (s)", "commit"], run_rows))
     text.append("\n</details>")
     return "\n".join(text)
+
+
+def _wall(r: dict) -> str:
+    """A run's wall time; a run whose stages had all finished in an earlier invocation of the same configuration (the
+    pipeline resumes them, so the row is only collected) shows its stages' own seconds as well."""
+    stages = sum(v for v in (r.get("seconds") or {}).values() if isinstance(v, (int, float)))
+    wall = r.get("wall_s")
+    if wall is not None and stages > 10 * max(wall, 1.0):
+        return f"{_f(wall, 0)} (resumed: its stages took {stages:.0f} s in an earlier invocation)"
+    return _f(wall, 0)
 
 
 def _cls_row(run: dict, model: str = "ssl", protocol: str = "linear") -> dict[str, Any]:
@@ -992,6 +1002,21 @@ def _miss_causes(res: dict[str, Any], misses: dict[tuple[str, str, str], list]) 
                            "sees neither the decoder nor location-level features ("
                            + ", ".join(f"seed {s}: step {p.get('selected_step')} of {p.get('steps_run')}"
                                        for s, p in early) + ")")
+        if method == "dense":
+            segs = []
+            for _, _, s, _ in lower:
+                run = _method_run(res, mod, method, s) or {}
+                own = {x["model"]: x for x in run.get("segment") or [] if abs(x["fraction"] - 0.1) < 1e-9}
+                segs.append((s, own.get("pretrained") or {}, own.get("scratch") or {}))
+            fg = [(s, a.get("fg_ratio"), b.get("fg_ratio")) for s, a, b in segs]
+            if fg and all(a is not None and b is not None and a < b for _, a, b in fg):
+                why.append("on every seed where it is lower, the pretrained network finds less of the lesions than "
+                           "the one from scratch (predicted / true lesion voxels on the test cases: "
+                           + ", ".join(f"seed {s}: {a:.2f} vs {b:.2f}" for s, a, b in fg) + ")")
+            cases = [a.get("n_test_cases") for _, a, _ in segs if a.get("n_test_cases")]
+            if cases:
+                n = f"{min(cases)}–{max(cases)}" if min(cases) != max(cases) else f"{min(cases)}"
+                why.append(f"each of these Dice values rests on {n} test cases (the CIs are in the table)")
         if mod == "fundus-lt":
             rare = [_rare_auroc(_method_run(res, mod, x, s) or {}) for x in ("simclr", "supcon", method)
                     for _, _, s, _ in per_seed]
