@@ -1002,7 +1002,6 @@ def _miss_causes(res: dict[str, Any], misses: dict[tuple[str, str, str], list]) 
                            "sees neither the decoder nor location-level features ("
                            + ", ".join(f"seed {s}: step {p.get('selected_step')} of {p.get('steps_run')}"
                                        for s, p in early) + ")")
-        if method == "dense":
             segs = []
             for _, _, s, _ in lower:
                 run = _method_run(res, mod, method, s) or {}

@@ -171,7 +171,10 @@ class _Flattened:
             x = batch["image"] if "image" in batch else batch["views"][:, 0]
             out = {**{k: v for k, v in batch.items() if k not in ("image", "views")}, "image": flatten_retina(x)}
             size += sum(v.numel() * v.element_size() for v in out.values() if isinstance(v, torch.Tensor))
-            kept = kept + [out] if kept is not None and size <= self.max_bytes else None
+            if kept is not None and size > self.max_bytes:
+                kept = None  # too large to keep: later passes flatten again
+            if kept is not None:
+                kept.append(out)
             yield out
         self._kept = kept  # only a pass that ran to the end is replayed
 
