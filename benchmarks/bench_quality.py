@@ -93,6 +93,9 @@ ABLATIONS: dict[str, tuple[tuple[str, ...], list[str], str]] = {
     # the OCT and histo demos' pretraining warmed up for one epoch (~4-5 steps of 240); now 24 steps (10 %, the plain
     # loop's). warmup_epochs=1 too: the demos' base pipelines set 5 epochs
     "pretrain_warmup_1_epoch": (("oct", "histo"), ["pretrain.warmup_steps=null", "pretrain.warmup_epochs=1"], "probe"),
+    # ``segment``: the dense row's own checkpoint segmented again (10 % and 100 %) with the decoder pretrained with
+    # the encoder left out, so the encoder alone is pretrained — which of the two holds the dense start back
+    "dense_decoder_not_handed_on": (("ct", "mri"), ["segment.pretrained_decoder=false"], "segment"),
 }
 
 
@@ -130,10 +133,14 @@ def plan(seeds: int, modalities: list[str], with_methods: bool, quick: bool) -> 
                          for loop in ("supervised", "simclr")]
     runs += [{"kind": "ablation", "modality": m, "seed": s, "method": name, "measure": measure}
              for s in range(seeds) for name, (mods, _, measure) in ABLATIONS.items() for m in modalities
-             if m in mods]
+             if m in mods and measure != "segment"]
     if with_methods:
         runs += [{"kind": "method", "modality": m, "seed": s, "method": x} for s in range(seeds) for m in modalities
                  for x in methods_for(m)]
+        # after the method rows whose checkpoints they segment again
+        runs += [{"kind": "ablation", "modality": m, "seed": s, "method": name, "measure": measure}
+                 for s in range(seeds) for name, (mods, _, measure) in ABLATIONS.items() for m in modalities
+                 if m in mods and measure == "segment"]
     return runs
 
 
@@ -190,6 +197,8 @@ def method_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool) ->
     from medcl.pipeline import load_pipeline
 
     mod, method = r["modality"], r["method"]
+    if r["kind"] == "ablation" and ABLATIONS[method][2] == "segment":
+        return _segment_again(r, work, manifest, quick)
     if r["kind"] == "ablation":
         _, undo, measure = ABLATIONS[method]
         stages = (["stages=[classify]", "classify.protocols=[finetune]", "classify.baselines=[scratch]"]
@@ -197,6 +206,34 @@ def method_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool) ->
                   ["stages=[pretrain,classify]", "classify.protocols=[linear]", "classify.baselines=[random]"])
         return load_pipeline(_demo_yaml(mod), [
             *_base_sets(r, work, manifest, quick), *stages, "classify.label_fractions=[1.0]", *undo], smoke=quick)
+    yaml_path, sets = _method_sets(r, work, manifest, quick)
+    return load_pipeline(yaml_path, sets, smoke=quick)
+
+
+def _segment_again(r: dict[str, Any], work: Path, manifest: Path, quick: bool) -> Any:
+    """A ``segment`` ablation: the ``dense`` method row's run (same modality and seed) segmented again from the
+    encoder.pt it handed on, with the ablation's setting, without the from-scratch baseline (the method row has it).
+
+    Raises:
+        FileNotFoundError: that run's checkpoint is not there (its row has not run).
+    """
+    from medcl.config.loader import pipeline_key
+    from medcl.pipeline import load_pipeline
+
+    dense = {**r, "kind": "method", "method": "dense"}
+    yaml_path, sets = _method_sets(dense, work, manifest, quick)
+    cfg = load_pipeline(yaml_path, sets, smoke=quick)
+    weights = Path(cfg.runtime.output_dir).resolve() / f"{cfg.name}-{pipeline_key(cfg)}" / "pretrain" / "encoder.pt"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing: run {run_key(dense)} first (this ablation segments its "
+                                "checkpoint again)")
+    return load_pipeline(yaml_path, [*sets, "stages=[segment]", f"model.pretrained_path={weights}",
+                                     "segment.baseline=false", *ABLATIONS[r["method"]][1]], smoke=quick)
+
+
+def _method_sets(r: dict[str, Any], work: Path, manifest: Path, quick: bool) -> tuple[Path, list[str]]:
+    """The YAML (the demo pipeline with the method preset included) and the settings of a method row."""
+    mod, method = r["modality"], r["method"]
     p = _demo_raw(mod)["pretrain"]
     yaml_path = work / f"{mod}-{method}.yaml"
     yaml_path.write_text(f"include: [{_demo_yaml(mod)}, "
@@ -209,7 +246,7 @@ def method_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool) ->
             f"stages=[pretrain,classify{',segment' if segment else ''}]", "classify.protocols=[linear]",
             "classify.baselines=[random]", f"classify.label_fractions={MODALITIES[mod]['fractions']}",
             "segment.label_fractions=[0.1,1.0]", *SPECIFIC.get(method, {}).get(mod, [])]
-    return load_pipeline(yaml_path, sets, smoke=quick)
+    return yaml_path, sets
 
 
 def _own_method_settings(mod: str, method: str) -> list[str]:

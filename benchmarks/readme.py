@@ -751,7 +751,8 @@ def section_quality(res: dict[str, Any], plots: _Plots, targets: list[list[str]]
                               note])
     abl_rows = []
     for m in mods:
-        for name in dict.fromkeys(r["method"] for r in _by(res, kind="ablation", modality=m)):
+        for name in dict.fromkeys(r["method"] for r in _by(res, kind="ablation", modality=m)
+                                  if r.get("measure") != "segment"):  # those are read by the method claims
             rs = [r for r in _by(res, kind="ablation", modality=m, method=name) if _ok(r)]
             seeds = {r["seed"] for r in rs}
             with_fix = [r for r in pipes if r["modality"] == m and r["seed"] in seeds]
@@ -860,6 +861,15 @@ def _handed_on(run: dict) -> str:
     if seg.get("fg_ratio") is not None:
         out.append(f"predicted / true lesion voxels {seg['fg_ratio']:.2f}")
     return "; ".join(out)
+
+
+def _dice(runs: list[dict], fraction: float) -> float | None:
+    """The pretrained network's test Dice at ``fraction`` of the labels in the first finished run of ``runs``."""
+    for run in runs:
+        for x in run.get("segment") or []:
+            if x["model"] == "pretrained" and abs(x["fraction"] - fraction) < 1e-9 and x.get("dice") is not None:
+                return float(x["dice"])
+    return None
 
 
 def _grades(run: dict) -> str:
@@ -1012,6 +1022,16 @@ def _miss_causes(res: dict[str, Any], misses: dict[tuple[str, str, str], list]) 
                 why.append("on every seed where it is lower, the pretrained network finds less of the lesions than "
                            "the one from scratch (predicted / true lesion voxels on the test cases: "
                            + ", ".join(f"seed {s}: {a:.2f} vs {b:.2f}" for s, a, b in fg) + ")")
+            alone = [(s, a.get("dice"), _dice(_by(res, kind="ablation", modality=mod, seed=s,
+                                                  method="dense_decoder_not_handed_on"), 0.1)) for s, a, _ in segs]
+            alone = [(s, a, b) for s, a, b in alone if a is not None and b is not None]
+            if alone:
+                up = sum(b > a for _, a, b in alone)
+                why.append("the same checkpoints with only the encoder handed on (the decoder starting random) reach "
+                           + ", ".join(f"seed {s}: {b:.3f} against {a:.3f} with its pretrained decoder"
+                                       for s, a, b in alone)
+                           + (": the pretrained decoder is what holds the start back" if up == len(alone) else
+                              f": better without the decoder on {up} of {len(alone)} seeds"))
             cases = [a.get("n_test_cases") for _, a, _ in segs if a.get("n_test_cases")]
             if cases:
                 n = f"{min(cases)}–{max(cases)}" if min(cases) != max(cases) else f"{min(cases)}"

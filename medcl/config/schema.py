@@ -260,6 +260,10 @@ class SegmentConfig(Section):
     sw_batch_size: int = Field(4, ge=1)
     label_fractions: list[float] = Field(default_factory=lambda: [1.0])
     baseline: bool = Field(True, description="also train from scratch for comparison")
+    pretrained_decoder: bool = Field(
+        True, description="encoder_unet starts from the decoder pretrained with the encoder when the checkpoint has "
+        "one (pretrain.method dense with decoder: true); false: only the encoder is pretrained, the decoder starts "
+        "random")
     n_boot: int = Field(1000, ge=0, description="patient-level bootstrap resamples for the mean-Dice CI")
     overlays: int = Field(4, ge=0, description="overlay PNGs of test cases to save")
 

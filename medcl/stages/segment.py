@@ -109,7 +109,8 @@ def _build(ctx: RunContext, weights: str | None, dims: int) -> tuple[Any, int]:
                                      num_classes=s.num_classes, encoder=encoder, **s.network_options)
     if get_network(s.network).uses_encoder:
         n = len(encoder.state_dict()) if weights else 0
-        n += _load_pretrained_decoder(net, weights) if weights and str(weights).endswith(".pt") else 0
+        if weights and str(weights).endswith(".pt") and s.pretrained_decoder:
+            n += _load_pretrained_decoder(net, weights)
     else:
         n = transfer_encoder_weights(net, encoder) if weights else 0
     return net, n

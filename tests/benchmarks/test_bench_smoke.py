@@ -179,6 +179,9 @@ def test_quality_plan_covers_every_modality_seed_reference_and_applicable_method
     assert "method/ecg/simclr/seed0" in keys and "method/ecg/clocs/seed0" not in keys  # ECG's own method is CLOCS
     assert "method/oct/oct-severity/seed1" in keys and "method/fundus/oct-severity/seed1" not in keys
     assert "method/ct/dense/seed0" in keys and "method/histo/supcon-graph/seed0" not in keys
+    # the dense checkpoints segmented again without their decoder: after the method rows that make them
+    assert keys.index("method/ct/dense/seed2") < keys.index("ablation/ct/dense_decoder_not_handed_on/seed0")
+    assert "ablation/oct/dense_decoder_not_handed_on/seed0" not in keys
 
 
 def test_a_method_row_runs_its_own_preset_options_not_the_demo_methods(tmp_path):
@@ -363,6 +366,10 @@ def test_method_claims_compare_each_method_with_simclr_per_seed(tmp_path):
                       "n_test_patients": 3, "dice_ci": [0.2, 0.7]},
                      {"model": "scratch", "fraction": 0.1, "dice": 0.62, "fg_ratio": 0.9, "n_test_cases": 4}],
          "pretrain": {"selected": "best_probe", "selected_step": 15, "steps_run": 150}},
+        # the same checkpoint with the encoder alone handed on (decoder random): not an ablation-table row
+        {"kind": "ablation", "modality": "ct", "seed": 0, "method": "dense_decoder_not_handed_on", "key": "a/c/d",
+         "measure": "segment", "classify": [], "segment": [{"model": "pretrained", "fraction": 0.1, "dice": 0.66},
+                                                          {"model": "pretrained", "fraction": 1.0, "dice": 0.7}]},
         # MRI: the dense run's own scratch U-Net is the one compared (0.50, not the pipeline's 0.40)
         {"kind": "pipeline", "modality": "mri", "seed": 0, "key": "pipeline/mri/seed0", "method_run": "simclr",
          "classify": [], "segment": [{"model": "pretrained", "fraction": 0.1, "dice": 0.45},
@@ -397,7 +404,11 @@ def test_method_claims_compare_each_method_with_simclr_per_seed(tmp_path):
            "15 of 150 (best online probe); Dice 95 % CI 0.200–0.700 on 4 test cases of 3 patients; predicted / true " \
            "lesion voxels 0.40 |" in text
     assert "finds less of the lesions than the one from scratch (predicted / true lesion voxels on the test cases: " \
-           "seed 0: 0.40 vs 0.90); each of these Dice values rests on 4 test cases" in text
+           "seed 0: 0.40 vs 0.90); the same checkpoints" in text
+    assert "holds the start back; each of these Dice values rests on 4 test cases" in text
+    assert "the same checkpoints with only the encoder handed on (the decoder starting random) reach seed 0: 0.660 " \
+           "against 0.580 with its pretrained decoder: the pretrained decoder is what holds the start back" in text
+    assert "dense_decoder_not_handed_on |" not in text  # no row in the recipe-fix table
     assert "- dense (ct, segmentation Dice, 10 % labels): the segment stage started from an early checkpoint picked " \
            "by the online kNN probe" in text and "(seed 0: step 15 of 150)" in text
 
@@ -440,6 +451,20 @@ def test_method_rows_probe_few_labels_segment_for_dense_and_name_the_confusable_
     dense = bq.method_config({"modality": "ct", "method": "dense", "kind": "method", "seed": 0}, tmp_path,
                              tmp_path / "m.csv", False)
     assert "segment" in dense.stages and dense.segment.label_fractions == [0.1, 1.0]
+    # the ablation segments that run's own checkpoint again, decoder left out, with no second scratch U-Net
+    again = {"modality": "ct", "method": "dense_decoder_not_handed_on", "kind": "ablation", "seed": 0,
+             "measure": "segment"}
+    with pytest.raises(FileNotFoundError, match="run method/ct/dense/seed0 first"):
+        bq.method_config(again, tmp_path, tmp_path / "m.csv", False)
+    from medcl.config.loader import pipeline_key
+
+    weights = Path(dense.runtime.output_dir).resolve() / f"{dense.name}-{pipeline_key(dense)}" / "pretrain" / "encoder.pt"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")
+    seg = bq.method_config(again, tmp_path, tmp_path / "m.csv", False)
+    assert seg.stages == ["segment"] and seg.model.pretrained_path == str(weights)
+    assert seg.segment.pretrained_decoder is False and seg.segment.baseline is False
+    assert seg.segment.label_fractions == [0.1, 1.0] and seg.seed == 0 and seg.pretrain.method == "dense"
     moco = bq.method_config({"modality": "ct", "method": "moco", "kind": "method", "seed": 0}, tmp_path,
                             tmp_path / "m.csv", False)
     assert "segment" not in moco.stages

@@ -169,6 +169,8 @@ PERTURB: dict[str, Perturb] = {
     "segment.overlap": Perturb("mri", "0.5"),
     "segment.label_fractions": Perturb("mri", "[0.5, 1.0]"),
     "segment.baseline": Perturb("mri", "false"),
+    "segment.pretrained_decoder": Perturb("mri", "false", ("pretrain.method=dense", "transforms.aligned_views=true",
+                                                           "pretrain.method_options={decoder: true}")),
     "segment.n_boot": Perturb("mri", "20"),
     "segment.overlays": Perturb("mri", "0"),
     # -- detect

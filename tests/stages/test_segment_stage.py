@@ -193,6 +193,14 @@ def test_dense_pretraining_hands_its_decoder_to_segmentation(tmp_path, demo_mani
     scratch = next(net for w, net, _ in built if not w)
     assert not all(torch.equal(nets[id(scratch)][k], v) for k, v in decoder.items())
 
+    # segment.pretrained_decoder: false — the same checkpoint gives the encoder alone; the decoder starts random
+    ctx.cfg = ctx.cfg.model_copy(update={"segment": ctx.cfg.segment.model_copy(update={"pretrained_decoder": False})})
+    net, n = build(ctx, ctx.outputs["pretrain"]["encoder"], 3)
+    assert n == n_encoder
+    own = net.state_dict()
+    assert not any(torch.equal(own[k], v) for k, v in decoder.items() if v.dim() > 1)  # conv weights: random
+    assert all(torch.equal(own[f"encoder.{k}"], v) for k, v in ckpt["encoder"].items())
+
 
 def test_dense_without_aligned_views_is_refused(tmp_path, demo_manifest):
     from medcl.stages import STAGES
