@@ -191,14 +191,15 @@ def pipeline_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool) 
     return load_pipeline(_demo_yaml(mod), sets, smoke=quick)
 
 
-def method_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool) -> Any:
+def method_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool, source: dict[str, Any] | None = None
+                  ) -> Any:
     """The method's preset with the demo's optimiser, learning rate, budget and batch (an ablation: the demo
-    pipeline with one recipe fix undone)."""
+    pipeline with one recipe fix undone; a ``segment`` ablation: ``source``, the dense row, segmented again)."""
     from medcl.pipeline import load_pipeline
 
     mod, method = r["modality"], r["method"]
     if r["kind"] == "ablation" and ABLATIONS[method][2] == "segment":
-        return _segment_again(r, work, manifest, quick)
+        return _segment_again(r, source, work, manifest, quick)
     if r["kind"] == "ablation":
         _, undo, measure = ABLATIONS[method]
         stages = (["stages=[classify]", "classify.protocols=[finetune]", "classify.baselines=[scratch]"]
@@ -210,23 +211,27 @@ def method_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool) ->
     return load_pipeline(yaml_path, sets, smoke=quick)
 
 
-def _segment_again(r: dict[str, Any], work: Path, manifest: Path, quick: bool) -> Any:
-    """A ``segment`` ablation: the ``dense`` method row's run (same modality and seed) segmented again from the
-    encoder.pt it handed on, with the ablation's setting, without the from-scratch baseline (the method row has it).
+def segment_source(r: dict[str, Any]) -> str:
+    """The key of the ``dense`` method row a ``segment`` ablation segments again (same modality and seed)."""
+    return run_key({**r, "kind": "method", "method": "dense"})
+
+
+def _segment_again(r: dict[str, Any], source: dict[str, Any] | None, work: Path, manifest: Path, quick: bool) -> Any:
+    """A ``segment`` ablation: the run of ``source`` (the finished ``dense`` row of the same modality and seed)
+    segmented again from the encoder.pt it handed on — its run folder is the one of the split it recorded — with the
+    ablation's setting and without the from-scratch baseline (the dense row has it).
 
     Raises:
-        FileNotFoundError: that run's checkpoint is not there (its row has not run).
+        FileNotFoundError: no finished dense row, or its run's checkpoint is gone.
     """
-    from medcl.config.loader import pipeline_key
     from medcl.pipeline import load_pipeline
 
     dense = {**r, "kind": "method", "method": "dense"}
+    weights = Path(source["split"]).parent / "pretrain" / "encoder.pt" if source and source.get("split") else None
+    if weights is None or not weights.is_file():
+        raise FileNotFoundError(f"{weights or 'no checkpoint'}: run {run_key(dense)} first (this ablation segments "
+                                "its checkpoint again)")
     yaml_path, sets = _method_sets(dense, work, manifest, quick)
-    cfg = load_pipeline(yaml_path, sets, smoke=quick)
-    weights = Path(cfg.runtime.output_dir).resolve() / f"{cfg.name}-{pipeline_key(cfg)}" / "pretrain" / "encoder.pt"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} is missing: run {run_key(dense)} first (this ablation segments its "
-                                "checkpoint again)")
     return load_pipeline(yaml_path, [*sets, "stages=[segment]", f"model.pretrained_path={weights}",
                                      "segment.baseline=false", *ABLATIONS[r["method"]][1]], smoke=quick)
 
@@ -343,11 +348,12 @@ def _foreground_ratio(per_case: Path) -> dict[tuple[str, float], float]:
     return {k: p / t for k, (p, t) in sums.items() if t > 0}
 
 
-def run_pipeline_kind(r: dict[str, Any], work: Path, manifest: Path, quick: bool) -> dict[str, Any]:
+def run_pipeline_kind(r: dict[str, Any], work: Path, manifest: Path, quick: bool,
+                      source: dict[str, Any] | None = None) -> dict[str, Any]:
     from medcl.pipeline import run_pipeline
 
-    cfg = pipeline_config(r, work, manifest, quick) if r["kind"] == "pipeline" else method_config(r, work, manifest,
-                                                                                                  quick)
+    cfg = (pipeline_config(r, work, manifest, quick) if r["kind"] == "pipeline" else
+           method_config(r, work, manifest, quick, source))
     ctx = run_pipeline(cfg, smoke=quick)
     out = collect(ctx)
     if r["modality"] == "fundus-lt":  # the set's design: which grade is the rare one the claims are about
@@ -473,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
                 pipe = rows.get(run_key({"kind": "pipeline", "modality": r["modality"], "seed": r["seed"]}))
                 res = run_reference(r, pipe, manifest, work, args.quick)
             else:
-                res = run_pipeline_kind(r, work, manifest, args.quick)
+                src = segment_source(r) if r.get("measure") == "segment" else None
+                res = run_pipeline_kind(r, work, manifest, args.quick, rows.get(src) or done.get(src) if src else None)
             rows[key] = {**r, "key": key, "commit": commit, "wall_s": round(time.time() - t1, 1), **res}
         except Exception as exc:  # noqa: BLE001 - one failed run is reported, the others still run
             traceback.print_exc()

@@ -454,14 +454,15 @@ def test_method_rows_probe_few_labels_segment_for_dense_and_name_the_confusable_
     # the ablation segments that run's own checkpoint again, decoder left out, with no second scratch U-Net
     again = {"modality": "ct", "method": "dense_decoder_not_handed_on", "kind": "ablation", "seed": 0,
              "measure": "segment"}
-    with pytest.raises(FileNotFoundError, match="run method/ct/dense/seed0 first"):
-        bq.method_config(again, tmp_path, tmp_path / "m.csv", False)
-    from medcl.config.loader import pipeline_key
-
-    weights = Path(dense.runtime.output_dir).resolve() / f"{dense.name}-{pipeline_key(dense)}" / "pretrain" / "encoder.pt"
+    assert bq.segment_source(again) == "method/ct/dense/seed0"
+    row = {"key": "method/ct/dense/seed0", "split": str(tmp_path / "runs" / "demo-ct-dense-abc" / "split.csv")}
+    for source in (None, row):  # no dense row; a dense row whose checkpoint is gone
+        with pytest.raises(FileNotFoundError, match="run method/ct/dense/seed0 first"):
+            bq.method_config(again, tmp_path, tmp_path / "m.csv", False, source)
+    weights = tmp_path / "runs" / "demo-ct-dense-abc" / "pretrain" / "encoder.pt"
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"")
-    seg = bq.method_config(again, tmp_path, tmp_path / "m.csv", False)
+    seg = bq.method_config(again, tmp_path, tmp_path / "m.csv", False, row)
     assert seg.stages == ["segment"] and seg.model.pretrained_path == str(weights)
     assert seg.segment.pretrained_decoder is False and seg.segment.baseline is False
     assert seg.segment.label_fractions == [0.1, 1.0] and seg.seed == 0 and seg.pretrain.method == "dense"
