@@ -1032,6 +1032,11 @@ def _miss_causes(res: dict[str, Any], misses: dict[tuple[str, str, str], list]) 
                                        for s, a, b in alone)
                            + (": the pretrained decoder is what holds the start back" if up == len(alone) else
                               f": better without the decoder on {up} of {len(alone)} seeds"))
+                best = {s: (max(o, key=o.get), o[max(o, key=o.get)]) for _, _, s, o in lower}
+                if all(b < best[s][1] for s, _, b in alone):
+                    why.append("without its decoder it is still below on every seed ("
+                               + ", ".join(f"seed {s}: {b:.3f} vs {best[s][0]} {best[s][1]:.3f}" for s, _, b in alone)
+                               + "): the dense-pretrained encoder itself is a weaker start here")
             cases = [a.get("n_test_cases") for _, a, _ in segs if a.get("n_test_cases")]
             if cases:
                 n = f"{min(cases)}–{max(cases)}" if min(cases) != max(cases) else f"{min(cases)}"
