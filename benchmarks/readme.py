@@ -969,7 +969,8 @@ def _method_claims(res: dict[str, Any], targets: list[list[str]]) -> str:
         "since commit 198a8c8 on scans flattened to the RPE first) against the scans' grades — its SupCon "
         "pseudo-labels carry the grade only as far as they correlate. dense: which pretraining step's encoder and "
         "decoder the segment stage started from (`pretrain.select`; the dense preset hands on the last since commit "
-        "df98cb9). Long-tailed fundus: the method's test AUROC for each grade.",
+        "df98cb9); the ablation `dense_decoder_not_handed_on` segments the same checkpoints again with the encoder "
+        "alone (`segment.pretrained_decoder: false`). Long-tailed fundus: the method's test AUROC for each grade.",
         *(["\n**Why the misses** (read from the rows above):\n", *(f"- {c}" for c in causes)] if causes else [])])
 
 
