@@ -131,16 +131,14 @@ def plan(seeds: int, modalities: list[str], with_methods: bool, quick: bool) -> 
             if MODALITIES[m]["reference"]:
                 runs += [{"kind": "reference", "modality": m, "seed": s, "loop": loop}
                          for loop in ("supervised", "simclr")]
-    runs += [{"kind": "ablation", "modality": m, "seed": s, "method": name, "measure": measure}
-             for s in range(seeds) for name, (mods, _, measure) in ABLATIONS.items() for m in modalities
-             if m in mods and measure != "segment"]
+    ablations = [{"kind": "ablation", "modality": m, "seed": s, "method": name, "measure": measure}
+                 for s in range(seeds) for name, (mods, _, measure) in ABLATIONS.items() for m in modalities
+                 if m in mods]
+    runs += [a for a in ablations if a["measure"] != "segment"]
     if with_methods:
         runs += [{"kind": "method", "modality": m, "seed": s, "method": x} for s in range(seeds) for m in modalities
                  for x in methods_for(m)]
-        # after the method rows whose checkpoints they segment again
-        runs += [{"kind": "ablation", "modality": m, "seed": s, "method": name, "measure": measure}
-                 for s in range(seeds) for name, (mods, _, measure) in ABLATIONS.items() for m in modalities
-                 if m in mods and measure == "segment"]
+        runs += [a for a in ablations if a["measure"] == "segment"]  # after the dense rows whose checkpoints they use
     return runs
 
 
@@ -229,7 +227,7 @@ def _segment_again(r: dict[str, Any], source: dict[str, Any] | None, work: Path,
     dense = {**r, "kind": "method", "method": "dense"}
     weights = Path(source["split"]).parent / "pretrain" / "encoder.pt" if source and source.get("split") else None
     if weights is None or not weights.is_file():
-        raise FileNotFoundError(f"{weights or 'no checkpoint'}: run {run_key(dense)} first (this ablation segments "
+        raise FileNotFoundError(f"{weights or 'no checkpoint'}: run {segment_source(r)} first (this ablation segments "
                                 "its checkpoint again)")
     yaml_path, sets = _method_sets(dense, work, manifest, quick)
     return load_pipeline(yaml_path, [*sets, "stages=[segment]", f"model.pretrained_path={weights}",

@@ -111,6 +111,9 @@ def _build(ctx: RunContext, weights: str | None, dims: int) -> tuple[Any, int]:
         n = len(encoder.state_dict()) if weights else 0
         if weights and str(weights).endswith(".pt") and s.pretrained_decoder:
             n += _load_pretrained_decoder(net, weights)
+        elif weights and not s.pretrained_decoder:
+            log.info("segment: segment.pretrained_decoder is false: only the encoder is pretrained, the decoder "
+                     "starts random")
     else:
         n = transfer_encoder_weights(net, encoder) if weights else 0
     return net, n
