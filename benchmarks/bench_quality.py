@@ -96,7 +96,14 @@ ABLATIONS: dict[str, tuple[tuple[str, ...], list[str], str]] = {
     # ``segment``: the dense row's own checkpoint segmented again (10 % and 100 %) with the decoder pretrained with
     # the encoder left out, so the encoder alone is pretrained — which of the two holds the dense start back
     "dense_decoder_not_handed_on": (("ct", "mri"), ["segment.pretrained_decoder=false"], "segment"),
+    # ``pretrained``: the pipeline row's own encoder fine-tuned again at 10 % of the labels, with the recipe as it is
+    # now (and the from-scratch baseline beside it) and with the fix undone: the pretrained fine-tune's head started
+    # from a linear probe on the frozen features (LP-FT, Kumar et al. 2022) rather than at random
+    "finetune_head_random": (("oct", "fundus", "histo", "ecg", "ct", "mri"), ["classify.finetune.head_init=random"],
+                             "pretrained"),
 }
+#: what an ablation's row reads from another row: ``segment``, the dense method row; ``pretrained``, the pipeline row
+SOURCE_KIND = {"segment": ("method", "dense"), "pretrained": ("pipeline", "")}
 
 
 def _demo_yaml(mod: str) -> Path:
@@ -198,6 +205,8 @@ def method_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool, so
     mod, method = r["modality"], r["method"]
     if r["kind"] == "ablation" and ABLATIONS[method][2] == "segment":
         return _segment_again(r, source, work, manifest, quick)
+    if r["kind"] == "ablation" and ABLATIONS[method][2] == "pretrained":
+        return _finetune_again(r, source, work, manifest, quick, undo=True)
     if r["kind"] == "ablation":
         _, undo, measure = ABLATIONS[method]
         stages = (["stages=[classify]", "classify.protocols=[finetune]", "classify.baselines=[scratch]"]
@@ -214,6 +223,39 @@ def segment_source(r: dict[str, Any]) -> str:
     return run_key({**r, "kind": "method", "method": "dense"})
 
 
+def source_key(r: dict[str, Any]) -> str | None:
+    """The key of the row whose checkpoint an ablation uses (:data:`SOURCE_KIND`), or ``None``."""
+    kind = SOURCE_KIND.get(r.get("measure", ""))
+    return run_key({**r, "kind": kind[0], "method": kind[1]}) if kind else None
+
+
+def _encoder_of(r: dict[str, Any], source: dict[str, Any] | None, what: str) -> Path:
+    """The encoder.pt that ``source``'s run handed on (its run folder is the one of the split it recorded).
+
+    Raises:
+        FileNotFoundError: no finished source row, or its run's checkpoint is gone.
+    """
+    weights = Path(source["split"]).parent / "pretrain" / "encoder.pt" if source and source.get("split") else None
+    if weights is None or not weights.is_file():
+        raise FileNotFoundError(f"{weights or 'no checkpoint'}: run {source_key(r)} first (this ablation {what} "
+                                "its checkpoint again)")
+    return weights
+
+
+def _finetune_again(r: dict[str, Any], source: dict[str, Any] | None, work: Path, manifest: Path, quick: bool,
+                    undo: bool) -> Any:
+    """A ``pretrained`` ablation's config: ``source``'s (the pipeline row's) encoder fine-tuned again at 10 % of the
+    labels with the demo's recipe — with the from-scratch baseline beside it — or, with ``undo``, with the
+    ablation's fix undone (no baseline: it does not depend on the fix)."""
+    from medcl.pipeline import load_pipeline
+
+    weights = _encoder_of(r, source, "fine-tunes")
+    return load_pipeline(_demo_yaml(r["modality"]), [
+        *_base_sets(r, work, manifest, quick), "stages=[classify]", "classify.protocols=[finetune]",
+        f"classify.baselines=[{'' if undo else 'scratch'}]", "classify.label_fractions=[0.1]",
+        f"model.pretrained_path={weights}", *(ABLATIONS[r["method"]][1] if undo else [])], smoke=quick)
+
+
 def _segment_again(r: dict[str, Any], source: dict[str, Any] | None, work: Path, manifest: Path, quick: bool) -> Any:
     """A ``segment`` ablation: the run of ``source`` (the finished ``dense`` row of the same modality and seed)
     segmented again from the encoder.pt it handed on — its run folder is the one of the split it recorded — with the
@@ -225,10 +267,7 @@ def _segment_again(r: dict[str, Any], source: dict[str, Any] | None, work: Path,
     from medcl.pipeline import load_pipeline
 
     dense = {**r, "kind": "method", "method": "dense"}
-    weights = Path(source["split"]).parent / "pretrain" / "encoder.pt" if source and source.get("split") else None
-    if weights is None or not weights.is_file():
-        raise FileNotFoundError(f"{weights or 'no checkpoint'}: run {segment_source(r)} first (this ablation segments "
-                                "its checkpoint again)")
+    weights = _encoder_of(r, source, "segments")
     yaml_path, sets = _method_sets(dense, work, manifest, quick)
     return load_pipeline(yaml_path, [*sets, "stages=[segment]", f"model.pretrained_path={weights}",
                                      "segment.baseline=false", *ABLATIONS[r["method"]][1]], smoke=quick)
@@ -354,6 +393,9 @@ def run_pipeline_kind(r: dict[str, Any], work: Path, manifest: Path, quick: bool
            method_config(r, work, manifest, quick, source))
     ctx = run_pipeline(cfg, smoke=quick)
     out = collect(ctx)
+    if r.get("measure") == "pretrained":  # and the recipe as it is, from the same encoder
+        out["with_fix"] = collect(run_pipeline(_finetune_again(r, source, work, manifest, quick, undo=False),
+                                               smoke=quick))
     if r["modality"] == "fundus-lt":  # the set's design: which grade is the rare one the claims are about
         from medcl.data.synth import fundus_lt
 
@@ -477,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                 pipe = rows.get(run_key({"kind": "pipeline", "modality": r["modality"], "seed": r["seed"]}))
                 res = run_reference(r, pipe, manifest, work, args.quick)
             else:
-                src = segment_source(r) if r.get("measure") == "segment" else None
+                src = source_key(r)
                 res = run_pipeline_kind(r, work, manifest, args.quick, rows.get(src) or done.get(src) if src else None)
             rows[key] = {**r, "key": key, "commit": commit, "wall_s": round(time.time() - t1, 1), **res}
         except Exception as exc:  # noqa: BLE001 - one failed run is reported, the others still run

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from medcl.tracking.protocol import Tracker
 from medcl import distributed
 from medcl.engine.checkpoint import Checkpointer
+from medcl.engine.inference import extract_features
 from medcl.engine.loop import LoopSettings, Optimisation, fit
 from medcl.engine.wrap import wrap_ddp
 from medcl.errors import DataError, SplitError
@@ -61,6 +62,7 @@ from medcl.tasks.classification import (
     SupervisedWrapper,
     label_fraction_patients,
     layerwise_lr_groups,
+    linear_probe,
     num_outputs_for_task,
 )
 
@@ -113,8 +115,9 @@ def _finetune(ctx: RunContext, encoder: Any, train_items: list[dict], seed_offse
               ckpt_dir: Any = None, pretrained: bool = True, label: str = "fine-tune") -> Any:
     """Fine-tune encoder + linear head; returns the (unwrapped) ClassifierModel.
 
-    A pretrained encoder gets layer-wise LR decay (``classify.finetune.layer_decay``, BEiT); a network
-    trained from scratch gets none — its stem must learn at the full rate.
+    A pretrained encoder gets layer-wise LR decay (``classify.finetune.layer_decay``, BEiT) and, with
+    ``classify.finetune.head_init: probe``, a head started from a linear probe on its frozen features (LP-FT,
+    :func:`_probe_head`); a network trained from scratch gets neither — its stem must learn at the full rate.
 
     Under torchrun every rank trains (DDP over ``comm``, the configured batch split across ranks), so
     the result equals one process's at the same global batch up to float rounding (BatchNorm aside).
@@ -124,6 +127,8 @@ def _finetune(ctx: RunContext, encoder: Any, train_items: list[dict], seed_offse
     """
     cfg, ft, data = ctx.cfg, ctx.cfg.classify.finetune, ctx.data
     model = ClassifierModel(encoder, num_outputs_for_task(data.task, len(data.classes)), data.task).to(ctx.device)
+    if pretrained and ft.head_init == "probe":
+        _probe_head(ctx, model, train_items, label)
     wrapper = SupervisedWrapper(model).to(ctx.device)
     groups = layerwise_lr_groups(model, ft.lr, decay=ft.layer_decay if pretrained else 1.0,
                                  weight_decay=ft.weight_decay)
@@ -151,6 +156,25 @@ def _finetune(ctx: RunContext, encoder: Any, train_items: list[dict], seed_offse
                          "train_seconds": round(seconds, 2),
                          "images_per_s": round(run_steps * per_rank * comm.size / seconds, 1) if seconds > 0 else None}
     return model
+
+
+def _probe_head(ctx: RunContext, model: Any, train_items: list[dict], label: str) -> None:
+    """LP-FT's first step (``classify.finetune.head_init: probe``): the head from a probe on the frozen features.
+
+    A linear probe is fitted on the frozen encoder's features of ``train_items`` and ``model``'s head starts from it
+    (:meth:`ClassifierModel.head_from_probe`). The features come from the evaluation transforms, the encoder in eval mode, as for the ``linear`` protocol, and
+    the probe is the same (``classify.probe``, its regularisation chosen by patient-grouped cross-validation). Every
+    rank fits the same probe on the same items; under DDP rank 0's weights are the ones broadcast.
+    """
+    cfg, data = ctx.cfg, ctx.data
+    loader = make_loader(ctx, train_items, make_transforms(cfg, train=False), batch_size=cfg.data.batch_size,
+                         shuffle=False, train=False, distributed=False)
+    feats, _, _, idx = extract_features(model.encoder, loader, device=ctx.device)
+    probe = linear_probe(feats, data.y[idx], task=data.task, groups_train=data.patients_of(idx),
+                         backend=cfg.classify.probe, num_classes=len(data.classes), seed=cfg.seed).model
+    model.head_from_probe(probe)
+    log.info("%s: head started from a linear probe on the frozen features of %d samples (C=%s; LP-FT)", label,
+             len(idx), probe.C)
 
 
 def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -134,6 +135,32 @@ class ClassifierModel(nn.Module):
         self.head = nn.Linear(self.feature_dim, int(num_outputs))
         nn.init.normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
+
+    def head_from_probe(self, probe: Any) -> None:
+        """Start the head from a linear probe fitted on this encoder's frozen features (LP-FT).
+
+        Kumar et al. 2022 ("Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution",
+        ICLR): fine-tuning a pretrained encoder under a random head lets the head's early, large gradients distort
+        the features; starting the head from the linear probe avoids that. The probe
+        (:class:`~medcl.tasks.linear_model.LinearModel`) acts on standardised features, ``((f - mean) / std)
+        @ coef.T + intercept``; folding the standardisation in gives the head ``W = coef / std`` ``(K_out, D)``
+        and ``b = intercept - (mean / std) @ coef.T`` ``(K_out,)``, so ``head(f)`` equals the probe's logits.
+
+        Raises:
+            ConfigError: the probe's task, output count or feature width differ from this model's.
+        """
+        coef, mean, std = (np.asarray(a, dtype=np.float64) for a in (probe.coef, probe.mean, probe.std))
+        intercept = np.asarray(probe.intercept, dtype=np.float64).reshape(-1)
+        want = (self.head.out_features, self.feature_dim)
+        if coef.shape != want or mean.shape != (self.feature_dim,) or probe.task != self.task:
+            raise ConfigError(f"a {probe.task} probe with coefficients {coef.shape} does not fit this {self.task} "
+                              f"head {want}", where="ClassifierModel.head_from_probe",
+                              fix="fit the probe on this encoder's features for the same task")
+        w = coef / std
+        b = intercept - w @ mean
+        with torch.no_grad():
+            self.head.weight.copy_(torch.as_tensor(w, dtype=self.head.weight.dtype))
+            self.head.bias.copy_(torch.as_tensor(b, dtype=self.head.bias.dtype))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, D)`` encoder features."""

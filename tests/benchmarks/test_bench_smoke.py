@@ -553,3 +553,54 @@ def test_a_row_collected_from_resumed_stages_says_so_in_the_run_table():
         "0 (resumed: its stages took 778 s in an earlier invocation)"
     assert _wall({"wall_s": 800.0, "seconds": {"pretrain": 489.5, "classify": 286.3}}) == "800"  # ran here
     assert _wall({"wall_s": 12.0, "seconds": {"pretrain": None}}) == "12"
+
+
+def test_a_pretrained_fine_tune_fix_is_measured_from_the_pipelines_own_encoder(tmp_path):
+    """``finetune_head_random``: the pipeline row's encoder fine-tuned again at 10 % — with the recipe as it is (and
+    the scratch baseline) and with the head started at random; the 10 % target then reads the row's own pair."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        import bench_quality as bq
+    finally:
+        sys.path.pop(0)
+    keys = [bq.run_key(r) for r in bq.plan(3, list(bq.MODALITIES), True, quick=False)]
+    assert {f"ablation/{m}/finetune_head_random/seed{s}" for m in ("oct", "fundus", "histo", "ecg", "ct", "mri")
+            for s in range(3)} <= set(keys)
+    assert keys.index("pipeline/mri/seed2") < keys.index("ablation/histo/finetune_head_random/seed0")
+    again = {"modality": "histo", "method": "finetune_head_random", "kind": "ablation", "seed": 1,
+             "measure": "pretrained"}
+    assert bq.source_key(again) == "pipeline/histo/seed1"
+    row = {"key": "pipeline/histo/seed1", "split": str(tmp_path / "runs" / "demo-histo-abc" / "split.csv")}
+    for source in (None, row):  # no pipeline row; a pipeline row whose encoder is gone
+        with pytest.raises(FileNotFoundError, match="run pipeline/histo/seed1 first"):
+            bq.method_config(again, tmp_path, tmp_path / "m.csv", False, source)
+    weights = tmp_path / "runs" / "demo-histo-abc" / "pretrain" / "encoder.pt"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")
+    undone = bq.method_config(again, tmp_path, tmp_path / "m.csv", False, row)
+    current = bq._finetune_again(again, row, tmp_path, tmp_path / "m.csv", False, undo=False)
+    for cfg in (undone, current):
+        assert cfg.stages == ["classify"] and cfg.model.pretrained_path == str(weights) and cfg.seed == 1
+        assert cfg.classify.protocols == ["finetune"] and cfg.classify.label_fractions == [0.1]
+    assert undone.classify.finetune.head_init == "random" and undone.classify.baselines == []
+    assert current.classify.finetune.head_init == "probe" and current.classify.baselines == ["scratch"]
+
+    def cls(ft10, scratch10):
+        return [{"model": "ssl", "protocol": "finetune", "fraction": 0.1, "auroc": ft10},
+                {"model": "scratch", "protocol": "finetune", "fraction": 0.1, "auroc": scratch10}]
+
+    rows = [r for r in _quality_rows() if r["kind"] != "method"]
+    # seed 1's pipeline pair is 0.85 vs 0.88; fine-tuned again: 0.89 vs 0.88 with the fix, 0.84 without
+    rows.append({"kind": "ablation", "modality": "oct", "seed": 1, "method": "finetune_head_random",
+                 "measure": "pretrained", "key": "ablation/oct/finetune_head_random/seed1",
+                 "classify": cls(0.84, None)[:1], "with_fix": {"classify": cls(0.89, 0.88)}})
+    results = tmp_path / "results"
+    results.mkdir()
+    meta = {"quick": False, "cpu_count": 2, "load_before": [1.0] * 3, "load_after": [1.0] * 3, "seeds": 2}
+    (results / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    text = write_readme(tmp_path).read_text()
+    assert "pretrained fine-tuning ≥ scratch at 10 % labels (oct) | 0.900 vs 0.800, 0.890 vs 0.880*; * the pipeline " \
+           "run's encoder fine-tuned again" in text and "| **met** |" in text.split("(oct) | 0.900 vs 0.800, 0.890")[1]
+    assert "| oct | finetune_head_random | pretrained fine-tune, 10 % of the labels | 0.890 | 0.840 | — |" in text

@@ -387,3 +387,45 @@ def test_a_file_named_like_a_problem_code_does_not_stop_the_excluded_rows_list()
     rows = excluded_rows([{"row": 3, "patient": "p-0123456789abcdef", "codes": ["missing-file"], "path": "x"}])
     assert rows == [{"row": 3, "patient": "p-0123456789abcdef", "codes": ["missing-file"]}]
     assert phi.REGISTRY.find('[{"row": 3, "codes": ["missing-file"]}]') is None
+
+
+@pytest.mark.parametrize("head_init", ["probe", "random"])
+def test_pretrained_fine_tuning_starts_its_head_from_the_linear_probe(monkeypatch, oct_demo, tmp_path, tracking_uri,
+                                                                      tiny_overrides, head_init):
+    """LP-FT (Kumar et al. 2022): with head_init: probe the pretrained encoder's fine-tune starts from a linear probe
+    on its frozen features of the same labelled patients — an independent probe fitted here gives the same logits;
+    the from-scratch baseline (and head_init: random) starts from the N(0, 0.01²) head."""
+    from medcl.engine.inference import extract_features
+    from medcl.stages import classify
+    from medcl.stages.common import make_encoder, make_loader, make_transforms
+    from medcl.tasks.classification import linear_probe
+
+    starts = {}
+    real_fit = classify.fit
+
+    def fit_spy(trained, factory, optim, settings, **kwargs):  # the head as the loop receives it
+        head = trained.model.head
+        starts[settings.label.split()[1]] = (head.weight.detach().clone(), head.bias.detach().clone())
+        return real_fit(trained, factory, optim, settings, **kwargs)
+
+    monkeypatch.setattr(classify, "fit", fit_spy)
+    cfg = load_pipeline(DEMO, [*tiny_overrides(oct_demo, tmp_path), "classify.protocols=[finetune]",
+                               "classify.baselines=[scratch]", "classify.finetune.max_steps=1",
+                               f"classify.finetune.head_init={head_init}", "stages=[pretrain, classify]"])
+    ctx = run_pipeline(cfg)
+    assert set(starts) == {"ssl", "scratch"}
+    w_scratch, b_scratch = starts["scratch"]
+    assert float(w_scratch.std()) == pytest.approx(0.01, rel=0.3) and not b_scratch.any()
+    w, b = starts["ssl"]
+    if head_init == "random":
+        assert float(w.std()) == pytest.approx(0.01, rel=0.3) and not b.any()
+        return
+    data = ctx.data
+    items = data.items("train", labelled=True)  # the only label fraction is 1.0: every labelled training sample
+    loader = make_loader(ctx, items, make_transforms(cfg, train=False), batch_size=8, shuffle=False, train=False,
+                         distributed=False)
+    feats, _, _, idx = extract_features(make_encoder(cfg, weights=ctx.outputs["pretrain"]["encoder"]), loader,
+                                        device="cpu")
+    probe = linear_probe(feats, data.y[idx], task=data.task, groups_train=data.patients_of(idx), seed=cfg.seed).model
+    head = torch.as_tensor(feats, dtype=torch.float64) @ w.double().T + b.double()
+    np.testing.assert_allclose(head.numpy(), probe.predict_logits(feats), rtol=1e-4, atol=1e-4)

@@ -319,3 +319,44 @@ def test_binary_and_multilabel_losses_mask_unlabelled():
         ClassifierModel(nn.Linear(2, 2), 2)
     with pytest.raises(ConfigError, match="1 output"):
         ClassifierModel(_TinyEncoder(), 2, "binary")
+
+
+class _Features(nn.Module):
+    """An "encoder" that hands its input features on unchanged: ``(B, D)`` → ``(B, D)``."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.feature_dim = d
+
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
+def test_head_from_probe_gives_the_probes_logits(task):
+    """LP-FT's head: ``head(f)`` equals the probe's ``((f - mean) / std) @ coef.T + intercept`` (its definition,
+    computed here by hand) on features far from the training ones too."""
+    x, y, groups = _blobs(n_patients=30, k=3, d=6, seed=1)
+    x = x * np.array([1, 10, 0.1, 3, 1, 5]) + np.array([0, 5, -2, 1, 0, 3])  # unequal scales and offsets
+    if task == "binary":
+        y = (y == 0).astype(int)
+    elif task == "multilabel":
+        y = np.stack([y == 0, y != 1], 1).astype(float)
+    probe = linear_probe(x, y, task=task, groups_train=groups, num_classes=3).model
+    model = ClassifierModel(_Features(6), num_outputs_for_task(task, y.shape[1] if y.ndim == 2 else 3), task)
+    model.head_from_probe(probe)
+    f = np.random.default_rng(2).normal(0, 4, (11, 6))
+    want = ((f - probe.mean) / probe.std) @ np.asarray(probe.coef).T + np.asarray(probe.intercept)
+    got = model(torch.as_tensor(f, dtype=torch.float32)).detach().double().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_head_from_a_probe_of_another_shape_or_task_is_refused():
+    x, y, groups = _blobs(n_patients=20, k=3, d=6)
+    probe = linear_probe(x, y, task="multiclass", groups_train=groups).model
+    with pytest.raises(ConfigError, match="does not fit"):
+        ClassifierModel(_Features(6), 2, "multiclass").head_from_probe(probe)  # 2 outputs, the probe has 3
+    with pytest.raises(ConfigError, match="does not fit"):
+        ClassifierModel(_Features(7), 3, "multiclass").head_from_probe(probe)  # 7 features, the probe has 6
+    with pytest.raises(ConfigError, match="does not fit"):
+        ClassifierModel(_Features(6), 3, "multilabel").head_from_probe(probe)
