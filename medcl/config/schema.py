@@ -188,10 +188,11 @@ class FinetuneConfig(Section):
     layer_decay: float = Field(0.75, gt=0.0, le=1.0, description="layer-wise LR decay of the pretrained encoder "
                                "(BEiT); never applied to the from-scratch baseline")
     batch_size: int = Field(32, ge=1)
-    head_init: Literal["probe", "random"] = Field(
-        "probe", description="the head of a pretrained encoder's fine-tune: probe — a linear probe fitted on the "
-        "frozen encoder's features of the same labelled patients (LP-FT, Kumar et al. 2022); random — N(0, 0.01²). "
-        "The from-scratch baseline's head is always random")
+    head_init: Literal["random", "probe"] = Field(
+        "random", description="the head of a pretrained encoder's fine-tune: random — N(0, 0.01²); probe — a linear "
+        "probe fitted on the frozen encoder's features of the same labelled patients (LP-FT, Kumar et al. 2022; "
+        "measured against random on the demos in benchmarks/README.md). The from-scratch baseline's head is always "
+        "random")
     max_steps: int | None = Field(None, ge=1)
     warmup_steps: int | None = Field(None, ge=0, description="linear LR warmup in optimiser steps (default: half an "
                                      "epoch, which with few labels can be no warmup at all)")

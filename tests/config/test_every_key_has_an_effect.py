@@ -142,7 +142,7 @@ PERTURB: dict[str, Perturb] = {
     "classify.finetune.weight_decay": Perturb("oct", "0.5", FINETUNE),
     "classify.finetune.layer_decay": Perturb("oct", "0.5", FINETUNE),
     "classify.finetune.batch_size": Perturb("oct", "4", FINETUNE),
-    "classify.finetune.head_init": Perturb("oct", "random", FINETUNE),
+    "classify.finetune.head_init": Perturb("oct", "probe", FINETUNE),
     "classify.finetune.max_steps": Perturb("oct", "1", FINETUNE),
     "classify.finetune.warmup_steps": Perturb("oct", "0", FINETUNE),
     # binary tasks only: the cytology tiles (normal / malignant); with one malignant validation tile, youden and
