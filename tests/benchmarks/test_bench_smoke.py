@@ -122,6 +122,15 @@ def _quality_rows():
              "error": "StageError: boom"}]
 
 
+def _quality_readme(tmp_path, rows, seeds=2):
+    """The README made from quality rows written by hand (a plan of ``seeds`` seeds on a quiet 2-core machine)."""
+    results = tmp_path / "results"
+    results.mkdir(exist_ok=True)
+    meta = {"quick": False, "cpu_count": 2, "load_before": [1.0] * 3, "load_after": [1.0] * 3, "seeds": seeds}
+    (results / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    return write_readme(tmp_path).read_text()
+
+
 def test_quality_targets_need_the_mean_and_every_seed(tmp_path):
     """Gap closed, fine-tuning at 10 %, calibration and the reference comparisons, computed from the rows by hand."""
     results = tmp_path / "results"
@@ -222,11 +231,7 @@ def test_long_tail_targets_compare_the_balanced_presets_with_supcon_and_simclr(t
             row("simclr", 1, 0.75, 0.52), row("supcon", 1, 0.60, 0.40), row("supcon-balanced", 1, 0.76, 0.53),
             {"kind": "method", "modality": "fundus-lt", "seed": 0, "method": "prototypes",
              "key": "method/fundus-lt/prototypes/seed0", "skipped": "pending"}]
-    results = tmp_path / "results"
-    results.mkdir()
-    meta = {"quick": False, "cpu_count": 2, "load_before": [1.0] * 3, "load_after": [1.0] * 3, "seeds": 2}
-    (results / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}))
-    text = write_readme(tmp_path).read_text()
+    text = _quality_readme(tmp_path, rows)
     # rare grade: seed 0 0.85 vs max(0.80, 0.70) = 0.80, seed 1 0.76 vs max(0.60, 0.75) = 0.75: met
     assert ("| supcon-balanced ≥ supcon and simclr at the same budget (fundus-lt: AUROC of the rare grade (linear "
             "probe, 100 %); every seed) | 0.850 vs 0.800, 0.760 vs 0.750 | **met** |") in text
@@ -378,11 +383,7 @@ def test_method_claims_compare_each_method_with_simclr_per_seed(tmp_path):
          "segment": [{"model": "pretrained", "fraction": 0.1, "dice": 0.48},
                      {"model": "scratch", "fraction": 0.1, "dice": 0.50}]},
     ]
-    results = tmp_path / "results"
-    results.mkdir()
-    meta = {"quick": False, "cpu_count": 2, "load_before": [1.0] * 3, "load_after": [1.0] * 3, "seeds": 2}
-    (results / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}))
-    text = write_readme(tmp_path).read_text()
+    text = _quality_readme(tmp_path, rows)
     assert "| micle ≥ simclr at the same budget (oct: linear probe, 100 % labels (several scans per patient); every " \
            "seed) | 0.950 vs 0.900 | **met on 1 of 2 seeds**" in text
     # 10 %: 0.80 vs 0.70 but 0.74 vs 0.75
@@ -411,8 +412,7 @@ def test_method_claims_compare_each_method_with_simclr_per_seed(tmp_path):
     assert "dense_decoder_not_handed_on |" not in text  # no row in the recipe-fix table
     assert "without its decoder it is still below" not in text  # 0.66 beats scratch's 0.62
     next(r for r in rows if r["key"] == "a/c/d")["segment"][0]["dice"] = 0.61
-    (results / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}))
-    text = write_readme(tmp_path).read_text()
+    text = _quality_readme(tmp_path, rows)
     assert "without its decoder it is still below on every seed (seed 0: 0.610 vs scratch 0.620): the " \
            "dense-pretrained encoder itself is a weaker start here" in text
     assert "- dense (ct, segmentation Dice, 10 % labels): the segment stage started from an early checkpoint picked " \
@@ -428,18 +428,25 @@ def test_method_claims_flag_ties_and_misses_at_the_ceiling(tmp_path):
 
     rows = [row("supcon-hardneg", 0, 0.95), row("supcon", 0, 0.995), row("simclr", 0, 0.9),
             row("supcon-hardneg", 1, 1.0), row("supcon", 1, 1.0), row("simclr", 1, 0.8)]
-    results = tmp_path / "results"
-    results.mkdir()
-    meta = {"quick": False, "cpu_count": 2, "load_before": [1.0] * 3, "load_after": [1.0] * 3, "seeds": 2}
-    (results / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}))
-    text = write_readme(tmp_path).read_text()
+    text = _quality_readme(tmp_path, rows)
     assert "0.950 vs 0.995, 1.000 vs 1.000 | **not met**" in text
     assert ("the method it is compared with is already at the ceiling (seed 0: supcon 0.995): the demo leaves no "
             "room for a gain") in text
-    (results / "quality.json").write_text(json.dumps({"meta": {**meta, "seeds": 1},
-                                                      "rows": [{**r, "seed": 0} for r in rows[3:]]}))
-    text = write_readme(tmp_path).read_text()
+    text = _quality_readme(tmp_path, [{**r, "seed": 0} for r in rows[3:]], seeds=1)
     assert "| 1.000 vs 1.000 | **met only as a tie at the ceiling** — the compared methods score 1.000 too" in text
+
+
+def _source_checkpoint(bq, ablation, tmp_path, key, folder):
+    """An ablation that reuses another row's checkpoint fails clearly without that row and when its checkpoint is
+    gone; returns ``(the source row, its checkpoint)`` once a (placeholder) checkpoint is in the run folder."""
+    row = {"key": key, "split": str(tmp_path / "runs" / folder / "split.csv")}
+    for source in (None, row):
+        with pytest.raises(FileNotFoundError, match=f"run {key} first"):
+            bq.method_config(ablation, tmp_path, tmp_path / "m.csv", False, source)
+    weights = tmp_path / "runs" / folder / "pretrain" / "encoder.pt"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")
+    return row, weights
 
 
 def test_method_rows_probe_few_labels_segment_for_dense_and_name_the_confusable_pair(tmp_path):
@@ -461,13 +468,7 @@ def test_method_rows_probe_few_labels_segment_for_dense_and_name_the_confusable_
     again = {"modality": "ct", "method": "dense_decoder_not_handed_on", "kind": "ablation", "seed": 0,
              "measure": "segment"}
     assert bq.segment_source(again) == "method/ct/dense/seed0"
-    row = {"key": "method/ct/dense/seed0", "split": str(tmp_path / "runs" / "demo-ct-dense-abc" / "split.csv")}
-    for source in (None, row):  # no dense row; a dense row whose checkpoint is gone
-        with pytest.raises(FileNotFoundError, match="run method/ct/dense/seed0 first"):
-            bq.method_config(again, tmp_path, tmp_path / "m.csv", False, source)
-    weights = tmp_path / "runs" / "demo-ct-dense-abc" / "pretrain" / "encoder.pt"
-    weights.parent.mkdir(parents=True)
-    weights.write_bytes(b"")
+    row, weights = _source_checkpoint(bq, again, tmp_path, "method/ct/dense/seed0", "demo-ct-dense-abc")
     seg = bq.method_config(again, tmp_path, tmp_path / "m.csv", False, row)
     assert seg.stages == ["segment"] and seg.model.pretrained_path == str(weights)
     assert seg.segment.pretrained_decoder is False and seg.segment.baseline is False
@@ -572,13 +573,7 @@ def test_a_change_tried_on_the_pretrained_fine_tune_is_measured_from_the_pipelin
     again = {"modality": "histo", "method": "finetune_head_random", "kind": "ablation", "seed": 1,
              "measure": "pretrained"}
     assert bq.source_key(again) == "pipeline/histo/seed1"
-    row = {"key": "pipeline/histo/seed1", "split": str(tmp_path / "runs" / "demo-histo-abc" / "split.csv")}
-    for source in (None, row):  # no pipeline row; a pipeline row whose encoder is gone
-        with pytest.raises(FileNotFoundError, match="run pipeline/histo/seed1 first"):
-            bq.method_config(again, tmp_path, tmp_path / "m.csv", False, source)
-    weights = tmp_path / "runs" / "demo-histo-abc" / "pretrain" / "encoder.pt"
-    weights.parent.mkdir(parents=True)
-    weights.write_bytes(b"")
+    row, weights = _source_checkpoint(bq, again, tmp_path, "pipeline/histo/seed1", "demo-histo-abc")
     shipped = bq.method_config(again, tmp_path, tmp_path / "m.csv", False, row)
     tried = bq._finetune_again(again, row, tmp_path, tmp_path / "m.csv", False, undo=False)
     for cfg in (shipped, tried):
@@ -596,11 +591,7 @@ def test_a_change_tried_on_the_pretrained_fine_tune_is_measured_from_the_pipelin
                  "measure": "pretrained", "key": "ablation/oct/finetune_head_random/seed1",
                  "classify": cls(0.1, 0.84)[:1] + cls(1.0, 0.93)[:1],
                  "with_fix": {"classify": cls(0.1, 0.89, 0.88) + cls(1.0, 0.91, 0.94)}})
-    results = tmp_path / "results"
-    results.mkdir()
-    meta = {"quick": False, "cpu_count": 2, "load_before": [1.0] * 3, "load_after": [1.0] * 3, "seeds": 2}
-    (results / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}))
-    text = write_readme(tmp_path).read_text()
+    text = _quality_readme(tmp_path, rows)
     assert "| oct | finetune_head_random | 1 | 10 % | 0.840 | 0.890 | 0.880 |" in text
     assert "| oct | finetune_head_random | 1 | 100 % | 0.930 | 0.910 | 0.940 |" in text
     # the target stays the pipeline rows' (as shipped): 0.90 vs 0.80 and 0.85 vs 0.88
