@@ -753,9 +753,10 @@ def section_quality(res: dict[str, Any], plots: _Plots, targets: list[list[str]]
     for m in mods:
         for name in dict.fromkeys(r["method"] for r in _by(res, kind="ablation", modality=m)
                                   if r.get("measure") != "segment"):  # those are read by the method claims
-            rs = [r for r in _by(res, kind="ablation", modality=m, method=name) if _ok(r)]
+            planned = _by(res, kind="ablation", modality=m, method=name)
+            rs = [r for r in planned if _ok(r)]
             seeds = {r["seed"] for r in rs}
-            measure = rs[0].get("measure", "probe") if rs else "probe"
+            measure = planned[0].get("measure", "probe")  # pending rows carry it too
             if measure == "pretrained":  # a change tried, not shipped: its own table
                 continue
             with_fix = [r for r in pipes if r["modality"] == m and r["seed"] in seeds]
