@@ -221,11 +221,6 @@ def method_config(r: dict[str, Any], work: Path, manifest: Path, quick: bool, so
     return load_pipeline(yaml_path, sets, smoke=quick)
 
 
-def segment_source(r: dict[str, Any]) -> str:
-    """The key of the ``dense`` method row a ``segment`` ablation segments again (same modality and seed)."""
-    return run_key({**r, "kind": "method", "method": "dense"})
-
-
 def source_key(r: dict[str, Any]) -> str | None:
     """The key of the row whose checkpoint an ablation uses (:data:`SOURCE_KIND`), or ``None``."""
     kind = SOURCE_KIND.get(r.get("measure", ""))

@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from medcl.tracking.protocol import Tracker
 from medcl import distributed
 from medcl.engine.checkpoint import Checkpointer
-from medcl.engine.inference import extract_features
 from medcl.engine.loop import LoopSettings, Optimisation, fit
 from medcl.engine.wrap import wrap_ddp
 from medcl.errors import DataError, SplitError
@@ -162,14 +161,15 @@ def _probe_head(ctx: RunContext, model: Any, train_items: list[dict], label: str
     """LP-FT's first step (``classify.finetune.head_init: probe``): the head from a probe on the frozen features.
 
     A linear probe is fitted on the frozen encoder's features of ``train_items`` and ``model``'s head starts from it
-    (:meth:`ClassifierModel.head_from_probe`). The features come from the evaluation transforms, the encoder in eval mode, as for the ``linear`` protocol, and
-    the probe is the same (``classify.probe``, its regularisation chosen by patient-grouped cross-validation). Every
-    rank fits the same probe on the same items; under DDP rank 0's weights are the ones broadcast.
+    (:meth:`ClassifierModel.head_from_probe`). The features are the ``linear`` protocol's (evaluation transforms,
+    encoder in eval mode, :func:`_extract`) and so is the probe (``classify.probe``, its regularisation chosen by
+    patient-grouped cross-validation). Every rank fits the same probe on the same items; under DDP rank 0's weights
+    are the ones broadcast.
     """
     cfg, data = ctx.cfg, ctx.data
     loader = make_loader(ctx, train_items, make_transforms(cfg, train=False), batch_size=cfg.data.batch_size,
                          shuffle=False, train=False, distributed=False)
-    feats, _, _, idx = extract_features(model.encoder, loader, device=ctx.device)
+    feats, idx = _extract(ctx, model.encoder, loader)
     probe = linear_probe(feats, data.y[idx], task=data.task, groups_train=data.patients_of(idx),
                          backend=cfg.classify.probe, num_classes=len(data.classes), seed=cfg.seed).model
     model.head_from_probe(probe)

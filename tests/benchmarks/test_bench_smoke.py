@@ -467,7 +467,7 @@ def test_method_rows_probe_few_labels_segment_for_dense_and_name_the_confusable_
     # the ablation segments that run's own checkpoint again, decoder left out, with no second scratch U-Net
     again = {"modality": "ct", "method": "dense_decoder_not_handed_on", "kind": "ablation", "seed": 0,
              "measure": "segment"}
-    assert bq.segment_source(again) == "method/ct/dense/seed0"
+    assert bq.source_key(again) == "method/ct/dense/seed0"
     row, weights = _source_checkpoint(bq, again, tmp_path, "method/ct/dense/seed0", "demo-ct-dense-abc")
     seg = bq.method_config(again, tmp_path, tmp_path / "m.csv", False, row)
     assert seg.stages == ["segment"] and seg.model.pretrained_path == str(weights)
