@@ -112,7 +112,7 @@ def build_dataset(
             :func:`medcl.transforms.build_transforms`).
         cache: ``"none"`` (``Dataset``), ``"memory"`` (``CacheDataset``: filled now, in threads) or
             ``"disk"`` (``PersistentDataset``: one ``.pt`` file per item in ``cache_dir``, filled on
-            first access, reused by later runs — delete the folder when the transforms change).
+            first access, reused by later runs with the same deterministic transforms and settings).
         cache_dir: folder of the disk cache (required for ``"disk"``).
         cache_rate: fraction of items held in the memory cache (the rest are computed on access).
         num_workers: threads filling the memory cache.
@@ -130,6 +130,7 @@ def build_dataset(
         ConfigError: unknown cache mode (did-you-mean), missing ``cache_dir``, bad rank/world size.
     """
     from monai.data import CacheDataset, Dataset, PersistentDataset, partition_dataset
+    from monai.data.utils import pickle_hashing
 
     if cache not in CACHE_MODES:
         hint = did_you_mean(cache, CACHE_MODES, cutoff=0.5, paren=True)
@@ -158,7 +159,10 @@ def build_dataset(
         # track_meta: keep MetaTensors (affine) in the cached files; weights_only=False: the files hold
         # dicts and MetaTensors, which torch.load(weights_only=True) rejects — MONAI then deletes and
         # silently recomputes every item on every access. The cache folder is written by medcl itself.
-        ds = PersistentDataset(data, transform, cache_dir=Path(cache_dir), track_meta=True, weights_only=False)
+        # hash_transform: the cached part's transforms and their settings go into each file's key, so a folder
+        # filled with other settings (another spatial_size, say) is not read back as if it were this one's
+        ds = PersistentDataset(data, transform, cache_dir=Path(cache_dir), track_meta=True, weights_only=False,
+                               hash_transform=pickle_hashing)
     ds.medcl_rank = rank if part_world > 1 else 0
     ds.medcl_world_size = part_world
     return ds

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from monai.transforms import Compose
+from monai.transforms import Compose, Transform
 
 from medcl.errors import MedclError
 
@@ -90,3 +90,37 @@ class PlainCompose(MedclCompose):
             return super().__call__(input_, *args, **kwargs)
         finally:
             set_track_meta(before)
+
+
+class PlainChain(Transform):
+    """Deterministic transforms run as one *deterministic* step on plain tensors (a :class:`PlainCompose` inside).
+
+    MONAI's ``Compose`` is ``Randomizable``, and its caching datasets (``CacheDataset``,
+    ``PersistentDataset``) cache only up to the first randomizable transform: a ``PlainCompose`` holding the
+    deterministic part (FOV crop, resize, scaling) made them cache the loaded file alone and redo that part on
+    every access, every epoch. This wrapper is a plain ``Transform``, so the cache holds its output.
+
+    Args:
+        transforms: deterministic MONAI transforms (none of them randomizable).
+
+    Raises:
+        TypeError: a randomizable transform among ``transforms`` (it would be cached, i.e. drawn once).
+    """
+
+    def __init__(self, transforms: list) -> None:
+        """Wrap ``transforms``; see the class docstring."""
+        from monai.transforms import RandomizableTrait
+
+        random = [type(t).__name__ for t in transforms if isinstance(t, RandomizableTrait)]
+        if random:
+            raise TypeError(f"PlainChain holds deterministic transforms only, got {random}")
+        self.chain = PlainCompose(transforms)
+
+    @property
+    def transforms(self) -> tuple:
+        """The wrapped transforms, in order."""
+        return tuple(self.chain.transforms)
+
+    def __call__(self, data: Any) -> Any:
+        """Apply the transforms on plain tensors (``track_meta`` off); ``data`` itself is not changed."""
+        return self.chain(data)

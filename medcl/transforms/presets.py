@@ -459,7 +459,7 @@ def build_transforms(preset: str, *, train: bool, views: int = 2, augment_on: st
     import torch
     from monai import transforms as mt
 
-    from medcl.transforms.compose import MedclCompose, PlainCompose  # lazy: monai
+    from medcl.transforms.compose import MedclCompose, PlainChain, PlainCompose  # lazy: monai
     from medcl.transforms.io import LoadSampled  # lazy: monai
     from medcl.transforms.views import AlignedViewsd, MultiViewd, is_spatial  # lazy: monai
 
@@ -485,8 +485,9 @@ def build_transforms(preset: str, *, train: bool, views: int = 2, augment_on: st
     if spec.spatial_dims < 3 and det:
         # 1D/2D: no step needs the affine (no spacing, no orientation) and ``final`` drops the metadata anyway, so
         # the deterministic part runs on plain tensors too: MONAI's per-op metadata tracking cost more than the
-        # scaling and resizing themselves (profiled on histo tiles; benchmarks/README.md section 4e measures the loader)
-        det = [PlainCompose(det)]
+        # scaling and resizing themselves (profiled on histo tiles; benchmarks/README.md section 4e measures the loader).
+        # PlainChain, not PlainCompose: a Compose is randomizable to MONAI, whose caches would stop in front of it
+        det = [PlainChain(det)]
     if not train:
         return MedclCompose([load, *det, final])
     if int(views) >= 2:

@@ -140,6 +140,47 @@ def test_disk_cache_hits_on_second_epoch_and_next_run(tmp_path):
 
 
 @pytest.mark.parametrize("cache", ["memory", "disk"])
+@pytest.mark.parametrize("preset", ["oct", "fundus", "histo"])
+def test_caches_hold_the_deterministic_part_not_just_the_file(tmp_path, monkeypatch, preset, cache):
+    """2D chains run their deterministic part (scaling, FOV crop, resize) once per item, not once per access:
+    over two epochs of training, the fixed-range scaling at the head of that part runs once per item."""
+    from monai.transforms import ScaleIntensityRanged
+    from PIL import Image
+
+    calls = []
+    original = ScaleIntensityRanged.__call__
+    monkeypatch.setattr(ScaleIntensityRanged, "__call__",
+                        lambda self, d, *a, **k: calls.append(1) or original(self, d, *a, **k))
+    items = _png_items(tmp_path, 4)
+    if preset != "oct":  # fundus photographs and H&E tiles are RGB
+        for it in items:
+            Image.open(it["image"]).convert("RGB").save(it["image"])
+    ds = build_dataset(items, build_transforms(preset, train=True, views=1, spatial_size=[16, 16]), cache=cache,
+                       cache_dir=tmp_path / "c")
+    loader = build_loader(ds, batch_size=2, shuffle=True, num_workers=0, seed=0)
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        assert [tuple(b["image"].shape) for b in _batches(loader)] == [(2, 1 if preset == "oct" else 3, 16, 16)] * 2
+    assert len(calls) == len(items)
+
+
+def test_a_disk_cache_filled_with_other_settings_is_not_read_back(tmp_path):
+    """The fundus evaluation chain resizes to spatial_size in its (cached) deterministic part: a second run with
+    another size over the same cache folder gets its own size, not the first run's cached tensors."""
+    from PIL import Image
+
+    items = _png_items(tmp_path, 2)
+    for it in items:
+        Image.open(it["image"]).convert("RGB").save(it["image"])
+    for size in (16, 12):
+        ev = build_transforms("fundus", train=False, spatial_size=[size, size])
+        batch = next(iter(build_loader(build_dataset(items, ev, cache="disk", cache_dir=tmp_path / "c"),
+                                       batch_size=2, shuffle=False, num_workers=0, seed=0)))
+        assert tuple(batch["image"].shape) == (2, 3, size, size)
+    assert len(list((tmp_path / "c").glob("*.pt"))) == 4
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
 def test_cached_training_batches_equal_uncached_ones(tmp_path, cache):
     """Caching the deterministic part changes nothing in what training sees: same views, every epoch."""
     items = _png_items(tmp_path, 5)

@@ -367,22 +367,33 @@ def test_oct_tilt_keeps_masks_binary():
 
 
 def _on_metatensors(transforms: list) -> list:
-    """``transforms`` with every :class:`PlainCompose` replaced by a MONAI ``Compose`` of the same transforms."""
-    from medcl.transforms.compose import MedclCompose, PlainCompose
+    """``transforms`` with every :class:`PlainCompose` replaced by a MONAI ``Compose`` of the same transforms, and
+    every :class:`PlainChain` by a deterministic step that runs a MONAI ``Compose`` (on MetaTensors)."""
+    from monai.transforms import Transform
 
-    return [MedclCompose(t.transforms) if isinstance(t, PlainCompose) else t for t in transforms]
+    from medcl.transforms.compose import MedclCompose, PlainChain, PlainCompose
+
+    class OnMetaTensors(Transform):
+        def __init__(self, ts):
+            self.compose = MedclCompose(list(ts))
+
+        def __call__(self, data):
+            return self.compose(data)
+
+    return [MedclCompose(t.transforms) if isinstance(t, PlainCompose) else
+            OnMetaTensors(t.transforms) if isinstance(t, PlainChain) else t for t in transforms]
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_evaluation_chain_on_plain_tensors_equals_metatensors(name):
     """1D/2D presets scale and resize on plain tensors (MONAI's track_meta off, for speed): the same tensors as
     MONAI's MetaTensor path; 3D presets keep the metadata (spacing and orientation need the affine)."""
-    from medcl.transforms.compose import PlainCompose
+    from medcl.transforms.compose import PlainChain
 
     _, kw = TINY[name]
     fast = build_transforms(name, train=False, **kw)
     ref = build_transforms(name, train=False, **kw)
-    assert any(isinstance(t, PlainCompose) for t in fast.transforms) == (PRESETS[name].spatial_dims < 3)
+    assert any(isinstance(t, PlainChain) for t in fast.transforms) == (PRESETS[name].spatial_dims < 3)
     ref.transforms = _on_metatensors(ref.transforms)
     for seed in (3, 4):
         sample = _tiny_sample(name, seed)
@@ -415,7 +426,7 @@ def test_views_on_plain_tensors_equal_views_on_metatensors(name):
 def test_one_view_on_plain_tensors_equals_metatensors_with_masks(name):
     """Fine-tuning and segmentation (one view, masks carried along) augment plain tensors too: same image, same
     mask as MONAI's MetaTensor path."""
-    from medcl.transforms.compose import PlainCompose
+    from medcl.transforms.compose import PlainChain, PlainCompose
 
     _, kw = TINY[name]
     kw = {**kw, **ALL_ON.get(name, {})}
@@ -423,8 +434,9 @@ def test_one_view_on_plain_tensors_equals_metatensors_with_masks(name):
     extra = {"mask_keys": ["mask"]} if masks else {}
     fast = build_transforms(name, train=True, views=1, **kw, **extra)
     ref = build_transforms(name, train=True, views=1, **kw, **extra)
-    plain = [t for t in ref.transforms if isinstance(t, PlainCompose)]
-    assert len(plain) == (2 if PRESETS[name].spatial_dims < 3 else 1)  # the augmentation; 1D/2D: the det. part
+    assert len([t for t in ref.transforms if isinstance(t, PlainCompose)]) == 1  # the augmentation
+    # 1D/2D: the deterministic part too
+    assert len([t for t in ref.transforms if isinstance(t, PlainChain)]) == (PRESETS[name].spatial_dims < 3)
     ref.transforms = _on_metatensors(ref.transforms)
     for seed in (3, 4):
         set_transform_seed(fast, seed)
