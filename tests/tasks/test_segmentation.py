@@ -275,3 +275,20 @@ def test_overlay_shows_the_slice_with_the_most_foreground(tmp_path):
     assert len(fig.axes) == 2 and "Dice 1.00" in fig.axes[0].get_title()
     fig.savefig(tmp_path / "o.png")
     assert (tmp_path / "o.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_whole_image_segmentation_keeps_the_affine_of_a_2d_image(tmp_path):
+    """A 2D preset's deterministic part runs on plain tensors in training; for whole-image segmentation it must
+    keep the affine, so masks map back to the input's pixels: resizing 40×24 to 20×12 makes each output pixel
+    two input pixels along both axes."""
+    import numpy as np
+    from monai.data import MetaTensor
+    from PIL import Image
+
+    from medcl.tasks.export import whole_image_transform
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 24), dtype=np.uint8)).save(tmp_path / "s.png")
+    out = whole_image_transform({"preset": "oct", "resize": [20, 12], "spatial_size": [16, 16]})(
+        {"image": str(tmp_path / "s.png")})["image"]
+    assert isinstance(out, MetaTensor) and tuple(out.shape) == (1, 20, 12)
+    np.testing.assert_allclose(np.diag(np.asarray(out.affine))[:2], [2.0, 2.0])
