@@ -115,6 +115,9 @@ class PlainChain(Transform):
         if random:
             raise TypeError(f"PlainChain holds deterministic transforms only, got {random}")
         self.chain = PlainCompose(transforms)
+        # a Compose draws its own random state; this one is never used (nothing inside is random) and a fixed one
+        # keeps the chain's pickle, which keys the disk cache (monai's hash_transform), the same in every process
+        self.chain.set_random_state(seed=0)
 
     @property
     def transforms(self) -> tuple:

@@ -180,6 +180,34 @@ def test_a_disk_cache_filled_with_other_settings_is_not_read_back(tmp_path):
     assert len(list((tmp_path / "c").glob("*.pt"))) == 4
 
 
+def test_another_process_reuses_the_disk_cache(tmp_path):
+    """The disk cache's file names include a hash of the cached transforms (so other settings miss it); that hash
+    must not change from one process to the next, or a later run would fill the folder again."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    items = _png_items(tmp_path, 3)
+    for it in items:
+        Image.open(it["image"]).convert("RGB").save(it["image"])
+    code = ("import json, sys; from medcl.data.datasets import build_dataset, build_loader; "
+            "from medcl.transforms import build_transforms; "
+            "ds = build_dataset(json.loads(sys.argv[1]), build_transforms('fundus', train=True, views=2, "
+            "spatial_size=[16, 16]), cache='disk', cache_dir=sys.argv[2]); "
+            "[b for b in build_loader(ds, batch_size=3, shuffle=False, num_workers=0, seed=0)]")
+    import json
+
+    ds = build_dataset(items, build_transforms("fundus", train=True, views=2, spatial_size=[16, 16]), cache="disk",
+                       cache_dir=tmp_path / "c")
+    _batches(build_loader(ds, batch_size=3, shuffle=False, num_workers=0, seed=0))
+    assert len(list((tmp_path / "c").glob("*.pt"))) == len(items)
+    # a second process (its own hash seed and random states) over the same folder adds no file
+    subprocess.run([sys.executable, "-c", code, json.dumps(items), str(tmp_path / "c")], check=True,
+                   capture_output=True, timeout=300)
+    assert len(list((tmp_path / "c").glob("*.pt"))) == len(items)
+
+
 @pytest.mark.parametrize("cache", ["memory", "disk"])
 def test_cached_training_batches_equal_uncached_ones(tmp_path, cache):
     """Caching the deterministic part changes nothing in what training sees: same views, every epoch."""
