@@ -581,8 +581,9 @@ def section_loops(res: dict[str, Any], targets: list[list[str]]) -> str:
         if r.get("ratio") is not None and r.get("shipped", True):
             ok = r["ratio"] >= 0.9
             what = "pretraining (SimCLR)" if r["loop"] == "simclr" else "fine-tuning from scratch"
-            why = ("medcl augments each sample in the DataLoader (MONAI transforms, seeded per sample); the plain "
-                   "loop augments whole batches in memory — on 2 cores the per-sample work is what is left"
+            why = ("medcl augments each sample in the DataLoader (MONAI transforms, one call per transform, view and "
+                   "sample, seeded per sample); the plain loop augments whole batches in memory. The batch row is "
+                   "the same loop with the augmentation on whole batches (`transforms.augment_on: batch`)"
                    if r.get("augment_on", "sample") == "sample" else
                    "the per-sample augmentation is gone (see the sample row); what remains is not yet attributed "
                    "(not profiled)")
