@@ -489,11 +489,11 @@ def whole_image_transform(preprocessing: dict[str, Any]) -> Any:
     """
     from monai import transforms as mt
 
-    from medcl.transforms.compose import MedclCompose, PlainChain, PlainCompose  # lazy: monai
+    from medcl.transforms.compose import MedclCompose, PlainChain  # lazy: monai
 
     chain = eval_transform(preprocessing)
     # a 1D/2D preset's deterministic part runs on plain tensors (a PlainChain): here it must keep the affine
-    steps = [u for t in chain.transforms for u in (t.transforms if isinstance(t, PlainChain | PlainCompose) else [t])]
+    steps = [u for t in chain.transforms for u in (t.transforms if isinstance(t, PlainChain) else [t])]
     return MedclCompose([t for t in steps if not isinstance(t, (mt.ResizeWithPadOrCropd, mt.EnsureTyped))])
 
 

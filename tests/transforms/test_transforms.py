@@ -468,6 +468,45 @@ def test_plain_compose_restores_metadata_tracking_even_on_error():
     assert get_track_meta() is True
 
 
+def test_overlapping_plain_composes_in_threads_restore_metadata_tracking():
+    """Threads filling a memory cache run PlainComposes at once: A enters, B enters, A leaves, B leaves. B must still
+    run without metadata after A has left, and MONAI's process-wide switch must be on again at the end (restoring
+    each call's own "before" would leave it off)."""
+    import threading
+
+    from monai.data import get_track_meta
+    from monai.transforms import Lambdad
+
+    from medcl.transforms.compose import PlainCompose
+
+    a_inside, b_inside, a_done = threading.Event(), threading.Event(), threading.Event()
+    seen_by_b = []
+
+    def in_a(x):
+        a_inside.set()
+        assert b_inside.wait(10)
+        return x
+
+    def in_b(x):
+        b_inside.set()
+        assert a_done.wait(10)
+        seen_by_b.append(get_track_meta())
+        return x
+
+    def run_a():
+        PlainCompose([Lambdad("image", in_a)])({"image": torch.ones(1)})
+        a_done.set()
+
+    a = threading.Thread(target=run_a)
+    a.start()
+    assert a_inside.wait(10)
+    b = threading.Thread(target=lambda: PlainCompose([Lambdad("image", in_b)])({"image": torch.ones(1)}))
+    b.start()
+    a.join(10)
+    b.join(10)
+    assert seen_by_b == [False] and get_track_meta() is True
+
+
 @pytest.mark.parametrize("angle,padding", [(0.3, "zeros"), (-0.5, "border"), (math.pi / 2, "zeros")])
 def test_rotate_2d_equals_monais_rotate(angle, padding):
     """medcl's one-call rotation against MONAI's Rotate (the reference), on a non-square image."""
