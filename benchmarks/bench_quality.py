@@ -93,8 +93,8 @@ ABLATIONS: dict[str, tuple[tuple[str, ...], list[str], str]] = {
     # the OCT and histo demos' pretraining warmed up for one epoch (~4-5 steps of 240); now 24 steps (10 %, the plain
     # loop's). warmup_epochs=1 too: the demos' base pipelines set 5 epochs
     "pretrain_warmup_1_epoch": (("oct", "histo"), ["pretrain.warmup_steps=null", "pretrain.warmup_epochs=1"], "probe"),
-    # issue 14 item 3: the encoder handed on is the best by the online probe; undone, the last one. On histo seed 1
-    # the probe peaked at step 24 of 240 and that encoder was handed on: is the selection what holds histo back?
+    # issue 14 item 3: the encoder handed on is chosen by the online probe; undone, the last one. On histo seed 1
+    # the kNN probe's arg-max handed on step 24 of 240 (rows before the linear probe and the one-SE rule)
     "pretrain_select_last": (("histo",), ["pretrain.select=last"], "probe"),
     # ``segment``: the dense row's own checkpoint segmented again (10 % and 100 %) with the decoder pretrained with
     # the encoder left out, so the encoder alone is pretrained — which of the two holds the dense start back
@@ -330,8 +330,9 @@ def collect(ctx: Any) -> dict[str, Any]:
                            "split": str(ctx.run_dir / "split.csv")}
     pre = ctx.outputs.get("pretrain") or {}
     out["pretrain"] = {k: pre.get(k) for k in ("final_loss", "selected", "selected_step", "best_probe_auroc",
-                                                "last_probe_auroc", "train_seconds", "steps_run", "images_per_s",
-                                                "severity_label_spearman")}
+                                                "best_probe_se", "best_probe_step", "kept_probe_auroc",
+                                                "last_probe_auroc", "probe_protocol", "train_seconds", "steps_run",
+                                                "images_per_s", "severity_label_spearman")}
     out["pretrain"]["steps"] = ctx.cfg.pretrain.steps
     out["finetune"] = {"steps": ctx.cfg.classify.finetune.steps, "batch": ctx.cfg.classify.finetune.batch_size}
     cls = ctx.outputs.get("classify") or {}

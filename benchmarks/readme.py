@@ -857,7 +857,9 @@ def _handed_on(run: dict) -> str:
     p = run.get("pretrain") or {}
     out = []
     if p.get("selected") == "best_probe" and p.get("selected_step") is not None:
-        out.append(f"handed on: step {p['selected_step']} of {p.get('steps_run', '?')} (best online probe)")
+        rule = (f"online {p['probe_protocol']} probe, the latest within one SE of its best" if p.get("probe_protocol")
+                else "best online probe")  # rows before the one-SE rule
+        out.append(f"handed on: step {p['selected_step']} of {p.get('steps_run', '?')} ({rule})")
     elif p.get("steps_run"):
         out.append(f"handed on: the last (step {p['steps_run']})")
     seg = next((x for x in run.get("segment") or [] if x["model"] == "pretrained"

@@ -167,13 +167,19 @@ class PretrainConfig(Section):
                           "job (SyncBatchNorm; no effect in a single process)")
     checkpoint_every_steps: int | None = Field(None, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
-    probe: bool = Field(True, description="online kNN probe on the labelled validation patients, and effective "
+    probe: bool = Field(True, description="online probe on the labelled validation patients, and effective "
                         "rank (collapse), while pretraining")
+    probe_protocol: Literal["linear", "knn"] = Field(
+        "linear", description="the online probe whose validation AUROC selects the encoder handed on: linear — the "
+        "classify stage's linear probe (logistic regression, C by patient-grouped CV), so it tracks the reported "
+        "figure; knn — a weighted cosine kNN, cheaper (always logged too, as probe/knn_auroc)")
     probe_every_steps: int | None = Field(None, ge=1, description="probe every N optimiser steps (default: 10 "
                                           "probes per run)")
     select: Literal["best_probe", "last"] = Field(
-        "best_probe", description="which encoder to hand on: the best by the online probe's validation AUROC, or "
-        "the last (always the last when there are no labelled validation patients)")
+        "best_probe", description="which encoder to hand on: best_probe — by the online probe's validation AUROC, "
+        "the latest encoder within one bootstrap standard error of the best (the one-SE rule: an earlier peak wins "
+        "only by more than the probe's noise); last — the last (always the last when there are no labelled "
+        "validation patients)")
 
 
 class FinetuneConfig(Section):

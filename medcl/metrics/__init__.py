@@ -7,11 +7,11 @@ results go straight to the tracker and the report.
 * :mod:`.calibration` — :func:`expected_calibration_error`, :func:`brier_score`,
   :func:`negative_log_likelihood`, :func:`reliability_diagram_data`, :func:`calibration_metrics`,
   :func:`ece_noise_floor`
-* :mod:`.bootstrap` — :func:`bootstrap_ci`, :func:`metrics_with_ci`, :func:`subgroup_metrics`
+* :mod:`.bootstrap` — :func:`bootstrap_ci`, :func:`bootstrap_se`, :func:`metrics_with_ci`, :func:`subgroup_metrics`
 * :mod:`.segmentation` — :func:`segmentation_metrics` (MONAI Dice and HD95, per class)
 """
 
-from medcl.metrics.bootstrap import BootstrapCI, bootstrap_ci, metrics_with_ci, subgroup_metrics
+from medcl.metrics.bootstrap import BootstrapCI, bootstrap_ci, bootstrap_se, metrics_with_ci, subgroup_metrics
 from medcl.metrics.calibration import (
     brier_score,
     calibration_bins,
@@ -38,6 +38,7 @@ __all__ = [
     "average_precision",
     "binary_auroc",
     "bootstrap_ci",
+    "bootstrap_se",
     "brier_score",
     "calibration_bins",
     "calibration_metrics",

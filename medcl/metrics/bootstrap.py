@@ -178,6 +178,34 @@ def bootstrap_ci(
     return BootstrapCI(point, lo, hi, n_valid, n_skip)
 
 
+def bootstrap_se(
+    metric_fn: Callable[[np.ndarray, np.ndarray], float],
+    y_true,
+    probs,
+    groups=None,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> float:
+    """Patient-level bootstrap standard error of one scalar metric (Efron & Tibshirani 1993, §6.2).
+
+    The standard deviation (``ddof=1``) of the metric over ``n_boot`` resamples of the patients; resamples with a
+    single class or a NaN metric are left out. ``nan`` when fewer than two are valid.
+
+    Args:
+        metric_fn: ``metric_fn(y, p) -> float`` on numpy arrays.
+        y_true: ``(N,)`` or ``(N, K)`` labels.
+        probs: ``(N,)`` or ``(N, K)`` predictions.
+        groups: ``(N,)`` patient id per sample; ``None`` = sample-level bootstrap.
+        n_boot: number of resamples.
+        seed: RNG seed.
+    """
+    y, p = np.asarray(y_true), np.asarray(probs)
+    values, _ = _bootstrap_runs(metric_fn, y, p, groups, n_boot, seed)
+    vals = np.asarray(values, dtype=np.float64)
+    vals = vals[np.isfinite(vals)]
+    return float(vals.std(ddof=1)) if vals.size >= 2 else float("nan")
+
+
 def metrics_with_ci(
     y_true,
     probs,

@@ -172,15 +172,16 @@ def label_efficiency_figure(curves: Mapping[str, Sequence[tuple[float, float, fl
 
 
 def probe_figure(auroc: Sequence[tuple[int, float]], rank: Sequence[tuple[int, float]],
-                 selected_step: int | None) -> bytes:
-    """Online kNN probe AUROC and effective rank of the features against the optimiser step."""
+                 selected_step: int | None, se: Sequence[float] | None = None,
+                 label: str = "kNN macro AUROC (validation)") -> bytes:
+    """Online probe AUROC (± its standard error, when given) and effective rank of the features against the step."""
     fig = _new(8.0, 3.0)
     a, b = fig.subplots(1, 2)
     if auroc:
-        a.plot([s for s, _ in auroc], [v for _, v in auroc], marker="o", color="#1f77b4")
+        a.errorbar([s for s, _ in auroc], [v for _, v in auroc], yerr=se, marker="o", color="#1f77b4", capsize=2)
     a.axhline(0.5, color="grey", lw=0.8, ls=":")
     a.set_xlabel("optimiser step")
-    a.set_ylabel("kNN macro AUROC (validation)")
+    a.set_ylabel(label)
     a.set_ylim(0.4, 1.0)
     if rank:
         b.plot([s for s, _ in rank], [v for _, v in rank], marker="o", color="#d62728")

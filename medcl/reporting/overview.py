@@ -177,27 +177,39 @@ def pretraining(d: ReportData) -> list[str]:
     if d.stage_status("pretrain") == "not run":
         raise Missing("this run has no pretraining stage (the encoder came from model.pretrained_path or "
                       "was trained from scratch).")
-    auroc = d.reader.metric_history("probe/knn_auroc", stage="pretrain")
+    auroc = (d.reader.metric_history("probe/auroc", stage="pretrain")
+             or d.reader.metric_history("probe/knn_auroc", stage="pretrain"))  # runs before pretrain.probe_protocol
     if not auroc:
         raise Missing("no online probe was logged during pretraining (no labelled validation patients, or "
                       "pretrain.probe was off): there is no record of how the encoder improved.")
     rank = d.reader.metric_history("probe/effective_rank", stage="pretrain")
+    se = dict(d.reader.metric_history("probe/auroc_se", stage="pretrain"))
     params = d.stages["pretrain"].params
+    protocol = params.get("pretrain.probe_protocol", "knn")
+    name = {"linear": "linear probe", "knn": "k-nearest-neighbour probe"}.get(protocol, f"{protocol} probe")
     selected = params.get("pretrain.selected", "last")
     step_hist = d.reader.metric_history("probe/selected_step", stage="pretrain")
     sel_step = int(step_hist[-1][1]) if step_hist else None
-    out = [para("While the encoder was pretrained (no labels used), a <b>k-nearest-neighbour probe</b> on the "
-                "labelled <b>validation</b> patients measured every few steps how well its features separate the "
-                "classes, and the <b>effective rank</b> of the features (RankMe, Garrido et al. 2023) tracked "
+    out = [para(f"While the encoder was pretrained (no labels used), a <b>{name}</b> fitted on the labelled training "
+                "patients' features measured every few steps how well they separate the classes of the labelled "
+                "<b>validation</b> patients (macro AUROC, with a patient-level bootstrap standard error as error "
+                "bars), and the <b>effective rank</b> of the features (RankMe, Garrido et al. 2023) tracked "
                 "collapse: a rank near 1 means every image maps to nearly the same point.")]
-    out.append(img(figures.probe_figure(auroc, rank, sel_step if selected == "best_probe" else None),
+    out.append(img(figures.probe_figure(auroc, rank, sel_step if selected == "best_probe" else None,
+                                        se=[se.get(s, float("nan")) for s, _ in auroc] if se else None,
+                                        label=f"{protocol} macro AUROC (validation)"),
                    "online probe AUROC and effective rank during pretraining"))
     best = max(auroc, key=lambda t: t[1])
+    kept = dict(auroc).get(sel_step) if sel_step is not None else None
     if selected == "best_probe" and sel_step is not None:
-        out.append(para(f"The encoder handed on is the one from step <b>{sel_step}</b>, the best by the validation "
-                        f"probe (kNN AUROC {fmt(best[1])}); the last step ({auroc[-1][0]}) reached {fmt(auroc[-1][1])}."))
+        within = (f", within one standard error ({fmt(se[best[0]])}) of the best ({fmt(best[1])} at step {best[0]}): "
+                  "an earlier encoder is preferred only when it is better by more than the probe's noise"
+                  if best[0] in se and sel_step != best[0] else ", the best")
+        out.append(para(f"The encoder handed on is the one from step <b>{sel_step}</b>: the latest by the validation "
+                        f"probe (AUROC {fmt(kept)}){within}. The last step ({auroc[-1][0]}) reached "
+                        f"{fmt(auroc[-1][1])}."))
     else:
-        out.append(para(f"The encoder handed on is the last one (step {auroc[-1][0]}, kNN AUROC {fmt(auroc[-1][1])}; "
+        out.append(para(f"The encoder handed on is the last one (step {auroc[-1][0]}, AUROC {fmt(auroc[-1][1])}; "
                         f"best {fmt(best[1])} at step {best[0]})."))
     per_class = {k.split("/")[-1]: v for k, v in d.stages["pretrain"].metrics.items()
                  if k.startswith("probe/effective_rank/")}

@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     """Pretrain the configured encoder with ``pretrain.method`` on the train split (every rank, DDP under torchrun).
 
-    Checkpoints go to ``<run folder>/pretrain/checkpoints`` (``--resume`` continues from the latest); an online kNN
-    probe on the validation patients watches training when there are labels.
+    Checkpoints go to ``<run folder>/pretrain/checkpoints`` (``--resume`` continues from the latest); an online
+    probe on the validation patients (linear or kNN, ``pretrain.probe_protocol``) watches training when there are
+    labels.
 
     Returns:
         The stage's outputs: ``encoder`` (the path of ``encoder.pt``, for the later stages), ``encoder_uri``,
@@ -102,10 +103,10 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
         "pretrain.world_size": ctx.world_size, "pretrain.per_rank_batch": per_rank_batch,
         "model.feature_dim": encoder.feature_dim})
 
-    # -- watch it: online kNN probe on the validation patients, collapse measures -----------------------
+    # -- watch it: online probe on the validation patients, collapse measures ---------------------------
     probe = _online_probe(ctx, core.encoder, total, _handoff(core)) if p.probe else None
     if probe is not None:
-        tracker.log_params({"pretrain.probe_every_steps": probe.every})
+        tracker.log_params({"pretrain.probe_every_steps": probe.every, "pretrain.probe_protocol": p.probe_protocol})
 
     t_train = time.perf_counter()
     settings = LoopSettings(epochs=epochs, max_steps=total, total_steps=total, device=ctx.device, amp=p.amp,
@@ -338,16 +339,19 @@ def _summary(method: str, loss: float, hand_on: dict[str, Any], last: dict[str, 
     """The stage's rows of the results table: final loss, the online probe's AUROC, the data wait fraction."""
     summary = [{"model": method, "metric": "final loss", "value": f"{loss:.4f}"}]
     if hand_on.get("best_probe_auroc") is not None:
-        summary.append({"model": method, "metric": "online kNN AUROC (validation)",
-                        "value": f"{hand_on['best_probe_auroc']:.3f} at step {hand_on['selected_step']}"
-                        if hand_on["selected"] == "best_probe" else f"{hand_on['last_probe_auroc']:.3f} (last)"})
+        best = (f"best {hand_on['best_probe_auroc']:.3f} ± {hand_on['best_probe_se']:.3f} at step "
+                f"{hand_on['best_probe_step']}")
+        summary.append({"model": method, "metric": f"online {hand_on['probe_protocol']} probe AUROC (validation)",
+                        "value": f"{hand_on['kept_probe_auroc']:.3f} at step {hand_on['selected_step']} handed on "
+                        f"({best})" if hand_on["selected"] == "best_probe" else
+                        f"{hand_on['last_probe_auroc']:.3f} (last; {best})"})
     if "data_wait_fraction" in last:
         summary.append({"model": method, "metric": "data wait fraction", "value": f"{last['data_wait_fraction']:.2f}"})
     return summary
 
 
 # -- the online probe and the encoder handed on ------------------------------------------------------------
-#: at most this many labelled training samples form the online kNN probe's memory
+#: at most this many labelled training samples form the online probe's memory
 PROBE_MEMORY = 4096
 PROBE_PROBES = 10  # probes per run when pretrain.probe_every_steps is not set
 
@@ -382,22 +386,24 @@ def _online_probe(ctx: RunContext, encoder: Any, total_steps: int, handoff: Any 
     tf = make_transforms(cfg, train=False)
     loaders = [make_loader(ctx, its, tf, batch_size=cfg.data.batch_size, shuffle=False, train=False,
                            distributed=False) for its in (memory, queries)]
-    labels = {int(i): data.y[int(i)] for i in np.concatenate([data.indices("train", True), data.indices("val", True)])}
+    known = np.concatenate([data.indices("train", True), data.indices("val", True)])
+    labels = {int(i): data.y[int(i)] for i in known}
+    patients = dict(zip((int(i) for i in known), data.patients_of(known).tolist()))
     best_path = ctx.stage_dir("pretrain") / "encoder-best.pt"
 
     def extract(loader: Any) -> tuple[np.ndarray, np.ndarray]:
         feats, _, _, idx = extract_features(encoder, loader, device=ctx.device)
         return feats, idx
 
-    def save_best(step: int, auroc: float) -> None:
+    def save_best(step: int, record: dict[str, Any]) -> None:
         save_checkpoint(best_path, {"encoder": encoder.state_dict(), "encoder_name": cfg.model.encoder,
-                                    "feature_dim": encoder.feature_dim, "method": p.method, "step": step,
-                                    "probe_auroc": auroc, **handoff()})
+                                    "feature_dim": encoder.feature_dim, "method": p.method, **record, "step": step,
+                                    **handoff()})
 
-    best, _ = best_record(best_path) if ctx.resume else (float("-inf"), None)
     every = p.probe_every_steps or max(1, total_steps // PROBE_PROBES)
     probe = OnlineProbe(extract, loaders[0], loaders[1], labels, data.task, list(data.classes), every, save_best,
-                        best=best)
+                        protocol=p.probe_protocol, patients=patients, seed=cfg.seed,
+                        resume=best_record(best_path) if ctx.resume else None)
     run = probe.__call__
 
     class OnRankZero:  # every rank calls it at the same step; rank 0 probes, the others wait once
@@ -416,8 +422,8 @@ def _online_probe(ctx: RunContext, encoder: Any, total_steps: int, handoff: Any 
 def _save_encoders(ctx: RunContext, encoder: Any, probe: Any, handoff: Any = dict) -> dict[str, Any]:
     """Write ``encoder-last.pt`` and ``encoder.pt``, the one handed on.
 
-    ``encoder.pt`` is the best by the online probe when ``pretrain.select`` is ``best_probe`` and a probe ran,
-    else the last.
+    ``encoder.pt`` is the one the online probe kept (the latest within one standard error of the best,
+    :mod:`medcl.tasks.monitor`) when ``pretrain.select`` is ``best_probe`` and a probe ran, else the last.
 
     Returns:
         What was chosen: ``selected``, ``selected_step``, the probe's AUROCs and ``encoder`` (its path).
@@ -427,14 +433,16 @@ def _save_encoders(ctx: RunContext, encoder: Any, probe: Any, handoff: Any = dic
     save_checkpoint(out / "encoder-last.pt", {"encoder": encoder.state_dict(), "encoder_name": cfg.model.encoder,
                                               "feature_dim": encoder.feature_dim, "method": p.method, **handoff()})
     info: dict[str, Any] = {"selected": "last", "selected_step": None, "best_probe_auroc": None}
-    best, step = best_record(out / "encoder-best.pt")
+    kept = best_record(out / "encoder-best.pt")
     history = probe.probe.history if probe is not None else []
     if history:
-        info["last_probe_auroc"] = history[-1]["probe/knn_auroc"]
-    if probe is not None and best > float("-inf"):
-        info["best_probe_auroc"] = best
+        info["last_probe_auroc"] = history[-1]["probe/auroc"]
+    if probe is not None and kept is not None:
+        info.update(best_probe_auroc=kept["probe_best_auroc"], best_probe_se=kept["probe_best_se"],
+                    best_probe_step=kept["probe_best_step"], kept_probe_auroc=kept["probe_auroc"],
+                    probe_protocol=kept["probe_protocol"])
         if p.select == "best_probe":
-            info.update(selected="best_probe", selected_step=step)
+            info.update(selected="best_probe", selected_step=kept["step"])
     chosen = out / ("encoder-best.pt" if info["selected"] == "best_probe" else "encoder-last.pt")
     atomic_write_bytes(out / "encoder.pt", chosen.read_bytes())
     info["encoder"] = str(out / "encoder.pt")

@@ -127,6 +127,7 @@ PERTURB: dict[str, Perturb] = {
     "pretrain.clip_grad": Perturb("oct", "0.01"),
     "pretrain.probe": Perturb("oct", "false"),
     "pretrain.probe_every_steps": Perturb("oct", "3"),  # probes at the last step only: another best encoder
+    "pretrain.probe_protocol": Perturb("oct", "knn"),  # the kNN probe selects: another AUROC, another encoder
     "pretrain.select": Perturb("oct", "last"),
     # -- classify
     "classify.protocols": Perturb("oct", "[linear]"),

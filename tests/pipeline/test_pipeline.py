@@ -207,27 +207,38 @@ def test_on_error_skip_excludes_lists_and_logs_bad_rows(oct_demo, tmp_path, capl
 
 
 def test_online_probe_is_logged_and_the_best_encoder_handed_on(run_once):
-    """The kNN probe on the validation patients ran during pretraining; the encoder handed on is the best one."""
+    """The linear probe on the validation patients ran during pretraining; the encoder handed on is the latest
+    within one bootstrap SE of the best, read back from the logged histories (the one-SE rule)."""
     from medcl.checkpoint_file import load_checkpoint
 
     cfg, ctx, client = run_once
     out = ctx.outputs["pretrain"]
     kids = {r.data.tags["medcl.stage"]: r for r in _children(client, ctx.parent_run_id)}
     pre = kids["pretrain"]
-    history = client.get_metric_history(pre.info.run_id, "probe/knn_auroc")
+    history = client.get_metric_history(pre.info.run_id, "probe/auroc")
     every = int(pre.data.params["pretrain.probe_every_steps"])
     total = int(pre.data.params["pretrain.total_steps"])
+    assert pre.data.params["pretrain.probe_protocol"] == "linear"
     assert sorted(m.step for m in history) == sorted({*range(every, total + 1, every), total})
     assert all(0.0 <= m.value <= 1.0 for m in history)
+    linear = {m.step: m.value for m in client.get_metric_history(pre.info.run_id, "probe/linear_auroc")}
+    assert {m.step: m.value for m in history} == linear
+    assert client.get_metric_history(pre.info.run_id, "probe/knn_auroc")
     assert client.get_metric_history(pre.info.run_id, "probe/effective_rank")
     run_dir = ctx.run_dir / "pretrain"
     assert (run_dir / "encoder-last.pt").is_file()
     if out["selected"] == "best_probe":
-        best = load_checkpoint(run_dir / "encoder-best.pt")
-        assert best["probe_auroc"] == pytest.approx(max(m.value for m in history))
-        assert best["step"] == out["selected_step"]
+        se = {m.step: m.value for m in client.get_metric_history(pre.info.run_id, "probe/auroc_se")}
+        ordered = sorted((m.step, m.value) for m in history)
+        best_step, best = max(ordered, key=lambda t: (t[1], -t[0]))
+        tol = 0.0 if np.isnan(se[best_step]) else se[best_step]
+        kept_step = max(s for s, v in ordered if v >= best - tol)
+        saved = load_checkpoint(run_dir / "encoder-best.pt")
+        assert saved["step"] == out["selected_step"] == kept_step
+        assert saved["probe_auroc"] == pytest.approx(dict(ordered)[kept_step])
+        assert saved["probe_best_auroc"] == pytest.approx(best)
         handed = load_checkpoint(run_dir / "encoder.pt")
-        assert all(torch.equal(handed["encoder"][k], best["encoder"][k]) for k in best["encoder"])
+        assert all(torch.equal(handed["encoder"][k], saved["encoder"][k]) for k in saved["encoder"])
         assert pre.data.params["pretrain.selected"] == "best_probe"
 
 

@@ -136,10 +136,12 @@ def test_report_opens_with_a_verdict_and_shows_pretraining_and_the_calibration_d
     assert html.index("Verdict: not fit for use.") < html.index("What was trained")
     assert "smoke-test run" in html
     # the online probe ran during pretraining and its curve is shown; the encoder handed on is named
-    assert "k-nearest-neighbour probe" in html and "effective rank" in html
-    assert re.search(r"The encoder handed on is (the one from step <b>\d+</b>|the last one)", html)
+    assert "a <b>linear probe</b> fitted on the labelled training" in html and "effective rank" in html
+    assert re.search(r"The encoder handed on is (the one from step <b>\d+</b>: the latest by the validation probe"
+                     r"|the last one)", html)
     metrics = _child_metrics(runs["uri"], run_id)
-    assert "probe/knn_auroc" in metrics and "probe/effective_rank" in metrics
+    assert {"probe/auroc", "probe/auroc_se", "probe/linear_auroc", "probe/knn_auroc", "probe/effective_rank"} <= set(
+        metrics)
     # the calibration section says whether the calibrator was applied, and on what it was fitted
     assert ("Calibration applied" in html) != ("Calibration not applied" in html)
     assert "calibration_cv/nll_before" in metrics
