@@ -3,7 +3,8 @@
 One invocation runs the whole plan, seed by seed (1–2 for seed 0, then for seed 1, …; then 3 seed by seed; 4 last; each modality's
 pipeline followed by its references), so that a run cut short by ``--budget-min`` has whole comparisons (resumable: a re-run skips the runs already finished in
 ``--out`` and retries failed ones, ``--redo MODALITY`` also re-runs a modality's finished ones after its recipe
-changed; every run is written as soon as it ends, failures included, with the commit it ran at):
+changed; every run is written as soon as it ends, failures included, with the commit it ran at; SIGTERM stops
+the benchmark — the run under way is not recorded and stays pending for the next invocation):
 
 1. ``pipeline`` — per modality and seed, the demo pipeline (``pipelines/demo/<modality>.yaml``, its own
    method and budgets) with stages pretrain → classify (linear probe of the pretrained encoder, of the
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -458,6 +460,28 @@ def run_reference(r: dict[str, Any], pipeline_row: dict[str, Any] | None, manife
     return {"result": json.loads(out.read_text()), **({"split_rebuilt": True} if rebuilt else {})}
 
 
+class Stopped(Exception):
+    """SIGTERM reached the benchmark outside a pipeline (inside one, the pipeline raises its own error)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Stopped("the benchmark was terminated (SIGTERM)")
+
+
+def terminated(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it came from) is the benchmark being stopped by SIGTERM — not a failed run.
+
+    A pipeline turns SIGTERM into a ``DistributedError`` ("... terminated (SIGTERM)"), which a stage may wrap.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, Stopped) or (type(exc).__name__ == "DistributedError" and "(SIGTERM)" in str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -496,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
             "plan": [run_key(r) for r in todo]}
     from medcl.data.synth import synthesize
 
+    signal.signal(signal.SIGTERM, _on_sigterm)  # a pipeline installs its own while it runs, and restores this one
     rows: dict[str, dict] = {}
     def priority(i: int) -> tuple[int, int]:
         key = run_key(todo[i])
@@ -526,6 +551,10 @@ def main(argv: list[str] | None = None) -> int:
                 res = run_pipeline_kind(r, work, manifest, args.quick, rows.get(src) or done.get(src) if src else None)
             rows[key] = {**r, "key": key, "commit": commit, "wall_s": round(time.time() - t1, 1), **res}
         except Exception as exc:  # noqa: BLE001 - one failed run is reported, the others still run
+            if terminated(exc):  # asked to stop: not a result; the run stays pending (or keeps its old row)
+                print(f"# quality: stopped by SIGTERM during {key}; it is not recorded", file=sys.stderr, flush=True)
+                write_results(args.out, meta, _so_far(todo, rows, done), t0)
+                return 128 + signal.SIGTERM
             traceback.print_exc()
             rows[key] = {**r, "key": key, "commit": commit, "error": f"{type(exc).__name__}: {str(exc)[:800]}"}
         write_results(args.out, meta, _so_far(todo, rows, done), t0)
