@@ -78,7 +78,8 @@ def run_arm(arm: str, seed: int, manifest: Path, work: Path, quick: bool) -> dic
     uri = f"sqlite:///{work / f'{tag}-seed{seed}.db'}"
     sets = [f"data.manifest={manifest}", "stages=[pretrain]", f"seed={seed}",
             f"transforms.augment_on={'sample' if arm == 'sample' else 'batch'}",
-            f"runtime.output_dir={work / f'{tag}-seed{seed}'}", f"tracking.uri={uri}", "runtime.progress=false"]
+            f"runtime.output_dir={work / f'{tag}-seed{seed}'}", f"tracking.uri={uri}", "runtime.progress=false",
+            "pretrain.probe_protocol=knn"]  # the arms compare by the best kNN probe, as the recorded rows did
     original = stages_common.build_batch_augment
     if arm == "batch, per-sample ops":
         stages_common.build_batch_augment = per_sample_ops
