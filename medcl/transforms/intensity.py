@@ -72,12 +72,16 @@ def hed_jitter(rgb: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> to
     Returns:
         ``(3, H, W)`` RGB in ``[0, 1]``.
     """
-    to_hed = torch.as_tensor(HED_FROM_RGB, dtype=rgb.dtype, device=rgb.device)
-    to_od = torch.as_tensor(RGB_FROM_HED, dtype=rgb.dtype, device=rgb.device)
-    hed = torch.einsum("chw,cd->dhw", -torch.log(rgb.clamp_min(1e-6)), to_hed)
-    a = torch.as_tensor(alpha, dtype=rgb.dtype, device=rgb.device).reshape(3, 1, 1)
-    b = torch.as_tensor(beta, dtype=rgb.dtype, device=rgb.device).reshape(3, 1, 1)
-    return torch.exp(-torch.einsum("chw,cd->dhw", hed * a + b, to_od)).clamp(0.0, 1.0)
+    # od' = R^T (a * (H^T od) + b), od = -ln rgb  ->  ln rgb' = (R^T diag(a) H^T) ln rgb - R^T b: one 3x3 product
+    to_hed = torch.as_tensor(HED_FROM_RGB, dtype=torch.float64)
+    to_od = torch.as_tensor(RGB_FROM_HED, dtype=torch.float64)
+    a = torch.as_tensor(alpha, dtype=torch.float64).reshape(3).cpu()
+    b = torch.as_tensor(beta, dtype=torch.float64).reshape(3).cpu()
+    m = (to_od.T * a) @ to_hed.T
+    c = to_od.T @ b
+    log_rgb = torch.log(rgb.clamp_min(1e-6)).reshape(3, -1)
+    out = torch.addmm(-c.to(rgb)[:, None], m.to(rgb), log_rgb)
+    return torch.exp(out).reshape(rgb.shape).clamp(0.0, 1.0)
 
 
 def _check_rgb(img: torch.Tensor, name: str) -> None:
@@ -163,14 +167,15 @@ def color_jitter(img: torch.Tensor, brightness: float = 1.0, contrast: float = 1
     Returns:
         ``(C, H, W)`` in ``[0, 1]`` (clipped after each step, as torchvision does).
     """
-    out = (img * brightness).clamp(0.0, 1.0)
+    out = (img * brightness).clamp_(0.0, 1.0)
     rgb = out.shape[0] == 3
-    if contrast != 1.0:
-        grey = (sum(w * out[i] for i, w in enumerate(_LUMA)) if rgb else out.mean(0)).mean()
-        out = ((out - grey) * contrast + grey).clamp(0.0, 1.0)
+    luma = torch.tensor(_LUMA, dtype=out.dtype, device=out.device) if rgb else None
+    if contrast != 1.0:  # the mean grey level: the luma weights applied to the channel means
+        grey = (out.mean((-2, -1)) @ luma) if rgb else out.mean()
+        out = out.sub_(grey).mul_(contrast).add_(grey).clamp_(0.0, 1.0)
     if saturation != 1.0 and rgb:
-        grey = sum(w * out[i] for i, w in enumerate(_LUMA))[None]
-        out = ((out - grey) * saturation + grey).clamp(0.0, 1.0)
+        grey = torch.tensordot(luma, out, dims=1)[None]  # (1, H, W) per-pixel grey
+        out = out.sub_(grey).mul_(saturation).add_(grey).clamp_(0.0, 1.0)
     return out
 
 

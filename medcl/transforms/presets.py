@@ -166,9 +166,8 @@ def _nothing(p: dict) -> list:
 
 
 def _histo(p: dict, train: bool) -> tuple[list, list]:
-    from monai import transforms as mt
-
     from medcl.transforms.intensity import MacenkoNormalized, RandColorJitterd, RandHEDJitterd  # lazy: monai
+    from medcl.transforms.spatial import FastRandFlipd, FastRandRotate90d  # lazy: monai
 
     if p["stain_normalize"] not in ("none", "macenko"):
         raise ConfigError(f"unknown stain normalisation {p['stain_normalize']!r}", where="transforms.stain_normalize",
@@ -181,9 +180,9 @@ def _histo(p: dict, train: bool) -> tuple[list, list]:
     rand = [
         *size_rand,
         RandHEDJitterd(p["keys"], alpha=p["hed_alpha"], beta=p["hed_beta"], prob=p["hed_prob"]),
-        mt.RandFlipd(_all(p), spatial_axis=0, prob=p["flip_prob"]),
-        mt.RandFlipd(_all(p), spatial_axis=1, prob=p["flip_prob"]),
-        mt.RandRotate90d(_all(p), prob=p["rotate90_prob"], max_k=3),
+        FastRandFlipd(_all(p), spatial_axis=0, prob=p["flip_prob"]),
+        FastRandFlipd(_all(p), spatial_axis=1, prob=p["flip_prob"]),
+        FastRandRotate90d(_all(p), prob=p["rotate90_prob"], max_k=3),
         RandColorJitterd(p["keys"], brightness=p["brightness"], contrast=p["contrast"],
                          saturation=p["saturation"], prob=p["color_prob"]),
     ]
@@ -207,7 +206,7 @@ def _oct(p: dict, train: bool) -> tuple[list, list]:
     from monai import transforms as mt
 
     from medcl.transforms.intensity import RandSpeckleNoised  # lazy: monai
-    from medcl.transforms.spatial import RandAxisShiftd, RandRotate2Dd  # lazy: monai
+    from medcl.transforms.spatial import FastRandFlipd, RandAxisShiftd, RandRotate2Dd  # lazy: monai
 
     size_det, size_rand = _size_2d(p, train)
     det = _scale_2d(p) + size_det
@@ -222,7 +221,7 @@ def _oct(p: dict, train: bool) -> tuple[list, list]:
         *([RandRotate2Dd(_all(p), range_x=math.radians(p["tilt_deg"]), prob=p["tilt_prob"],
                          mode=list(_interp(p, "bilinear", "nearest")), padding_mode="border")]
           if p["tilt_deg"] > 0 else []),
-        mt.RandFlipd(_all(p), spatial_axis=1, prob=p["flip_prob"]),
+        FastRandFlipd(_all(p), spatial_axis=1, prob=p["flip_prob"]),
         mt.RandScaleIntensityd(p["keys"], factors=p["gain"], prob=p["gain_prob"]),
         # additive offset and an illumination gradient (exp of a bilinear Legendre field): scanners and
         # acquisitions differ in both, and a contrastive method would otherwise tell scans apart by them
@@ -238,7 +237,7 @@ def _fundus(p: dict, train: bool) -> tuple[list, list]:
     from monai import transforms as mt
 
     from medcl.transforms.intensity import FOVMaskd, RandColorJitterd  # lazy: monai
-    from medcl.transforms.spatial import RandRotate2Dd  # lazy: monai
+    from medcl.transforms.spatial import FastRandFlipd, RandRotate2Dd  # lazy: monai
 
     lo, hi = _pair(p["intensity_range"])
     det = [
@@ -253,8 +252,8 @@ def _fundus(p: dict, train: bool) -> tuple[list, list]:
         # the FOV is centred and circular after the crop: any rotation keeps it inside the image
         RandRotate2Dd(_all(p), range_x=math.pi * p["rotate_range"], prob=p["rotate_prob"],
                       mode=list(_interp(p, "bilinear", "nearest")), padding_mode="zeros"),
-        mt.RandFlipd(_all(p), spatial_axis=0, prob=p["flip_prob"]),
-        mt.RandFlipd(_all(p), spatial_axis=1, prob=p["flip_prob"]),
+        FastRandFlipd(_all(p), spatial_axis=0, prob=p["flip_prob"]),
+        FastRandFlipd(_all(p), spatial_axis=1, prob=p["flip_prob"]),
         RandColorJitterd(p["keys"], brightness=p["brightness"], contrast=p["contrast"],
                          saturation=p["saturation"], prob=p["color_prob"]),
         mt.RandAdjustContrastd(p["keys"], gamma=_pair(p["gamma"]), prob=p["gamma_prob"]),

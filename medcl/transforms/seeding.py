@@ -79,13 +79,18 @@ _SAME_SEED_INNER: dict[str, tuple[str, ...]] = {
 
 
 def _inner_pattern(t: object) -> tuple[str, ...] | None:
+    """The inner transforms that ``t``'s seed also seeds, or ``None`` when ``t`` is none of those classes.
+
+    ``t`` may be one of the MONAI classes of :data:`_SAME_SEED_INNER`, or a subclass that keeps their
+    ``set_random_state`` (e.g. :class:`~medcl.transforms.spatial.FastRandFlipd`).
+    """
     import monai.transforms as mt
 
     cls = type(t)
-    name = cls.__name__
-    if name in _SAME_SEED_INNER and getattr(mt, name, None) is cls and cls.set_random_state is getattr(
-            mt, name).set_random_state:
-        return _SAME_SEED_INNER[name]
+    for base in cls.__mro__:
+        name = base.__name__
+        if name in _SAME_SEED_INNER and getattr(mt, name, None) is base:
+            return _SAME_SEED_INNER[name] if cls.set_random_state is base.set_random_state else None
     return None
 
 

@@ -170,7 +170,7 @@ def test_each_view_of_each_sample_gets_its_own_draw_and_masks_follow_the_image()
 # -- the chains mirror the per-sample presets ---------------------------------------------------------------
 
 #: per-sample transform class → the batch op that mirrors it
-MIRRORS = {"RandAxisShiftd": "AxisShift", "RandRotate2Dd": "Rotate", "RandFlipd": "Flip", "RandRotate90d": "Rot90",
+MIRRORS = {"RandAxisShiftd": "AxisShift", "RandRotate2Dd": "Rotate", "FastRandFlipd": "Flip", "FastRandRotate90d": "Rot90",
            "RandScaleIntensityd": "ScaleIntensity", "RandShiftIntensityd": "ShiftIntensity",
            "RandBiasFieldd": "BiasField", "RandAdjustContrastd": "Gamma", "RandSpeckleNoised": "Speckle",
            "RandHEDJitterd": "HEDJitter", "RandColorJitterd": "ColorJitter", "FOVMaskd": "InscribedFOV"}
