@@ -9,6 +9,7 @@ channels stay consistent.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -332,10 +333,20 @@ def find_fov(img: torch.Tensor, mode: str = "fit", threshold: float = 0.04,
     return cy, cx, max(r - margin, 1.0)
 
 
+@functools.lru_cache(maxsize=64)
+def _fov_weights(h: int, w: int, cy: float, cx: float, r: float, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`circle_mask` as 0/1 weights of ``dtype`` (CPU); read only.
+
+    Kept between calls: after the crop and resize, every view of a fundus set has the same inscribed circle.
+    """
+    return circle_mask(h, w, cy, cx, r).to(dtype)
+
+
 def apply_fov(img: torch.Tensor, circle: tuple[float, float, float], crop: bool = False) -> torch.Tensor:
     """Zero ``img`` ``(C, H, W)`` outside ``circle``; optionally :func:`crop_to_circle`."""
     h, w = img.shape[-2:]
-    out = img * circle_mask(h, w, *circle).to(dtype=img.dtype, device=img.device)
+    weights = _fov_weights(int(h), int(w), *(float(v) for v in circle), img.dtype).to(img.device)
+    out = img * weights
     return crop_to_circle(out, *circle) if crop else out
 
 
