@@ -473,10 +473,12 @@ def terminated(exc: BaseException) -> bool:
 
     A pipeline turns SIGTERM into a ``DistributedError`` ("... terminated (SIGTERM)"), which a stage may wrap.
     """
+    from medcl.errors import DistributedError
+
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, Stopped) or (type(exc).__name__ == "DistributedError" and "(SIGTERM)" in str(exc)):
+        if isinstance(exc, Stopped) or (isinstance(exc, DistributedError) and "(SIGTERM)" in str(exc)):
             return True
         exc = exc.__cause__ or exc.__context__
     return False

@@ -184,5 +184,8 @@ def best_record(path: Path) -> dict[str, Any] | None:
     if not Path(path).is_file():
         return None
     state = load_checkpoint(path)
-    keys = ("probe_auroc", "step", "probe_best_auroc", "probe_best_se", "probe_best_step", "probe_protocol")
-    return {k: state[k] for k in keys if k in state}
+    auroc, step = float(state.get("probe_auroc", -math.inf)), state.get("step")
+    # a file written before the one-SE rule holds the arg-max of a kNN probe: it is its own best, with no SE
+    return {"probe_auroc": auroc, "step": step, "probe_best_auroc": float(state.get("probe_best_auroc", auroc)),
+            "probe_best_se": float(state.get("probe_best_se", 0.0)), "probe_best_step": state.get("probe_best_step", step),
+            "probe_protocol": state.get("probe_protocol", "knn")}

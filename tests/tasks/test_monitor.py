@@ -122,3 +122,15 @@ def test_bootstrap_se_of_a_patient_mean_matches_the_formula():
     expected = math.sqrt(np.var(np.repeat(per_patient, 1)) / 40)
     assert bootstrap_se(mean, y, p, groups, n_boot=4000) == pytest.approx(expected, rel=0.06)
     assert bootstrap_se(mean, y, p, None, n_boot=4000) < 0.6 * expected
+
+
+def test_a_kept_encoder_written_before_the_one_se_rule_still_resumes(tmp_path):
+    """An ``encoder-best.pt`` of an older run (only its kNN AUROC and step) reads back as its own best, SE 0."""
+    from medcl.checkpoint_file import save_checkpoint
+    from medcl.tasks.monitor import best_record
+
+    path = tmp_path / "encoder-best.pt"
+    save_checkpoint(path, {"encoder": {}, "step": 24, "probe_auroc": 0.875})
+    assert best_record(path) == {"probe_auroc": 0.875, "step": 24, "probe_best_auroc": 0.875, "probe_best_se": 0.0,
+                                 "probe_best_step": 24, "probe_protocol": "knn"}
+    assert best_record(tmp_path / "none.pt") is None
