@@ -403,6 +403,9 @@ class CalibrateConfig(Section):
         "`folds` subsets); auto cross-fits when there are fewer than min_val_patients validation patients")
     min_val_patients: int = Field(50, ge=1, description="auto: fewer validation patients than this → cross-fit")
     folds: int = Field(5, ge=2, description="folds of the cross-fitting and of the check that calibration helps")
+    min_gain_se: float = Field(1.0, ge=0.0, description="the held-out NLL must fall by more than this many "
+                               "patient-level standard errors of the fall for the calibrator to be applied (one-SE "
+                               "rule; 0 = any fall): a gain within noise is not taken")
 
 
 class ReportConfig(Section):

@@ -356,16 +356,58 @@ def calibrator_from_dict(state: dict[str, Any]) -> Calibrator:
     return CALIBRATORS[method].from_dict(state)
 
 
+def per_sample_nll(y, probs, task: str, eps: float = 1e-15) -> np.ndarray:
+    """The log loss of each sample, ``(N,)``: its mean is :func:`negative_log_likelihood`'s value.
+
+    Multiclass and ordinal: ``-log p[y]``; binary: the Bernoulli log loss; multilabel: the mean binary log loss
+    over the sample's labelled entries (whose mean over samples weights labels by how often they are labelled,
+    unlike the per-label mean of :func:`negative_log_likelihood`; a sample with no labelled entry is ``nan``).
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    yy = np.asarray(y)
+    if task in ("binary", "multilabel"):
+        pc = np.clip(p, eps, 1 - eps)
+        yf = yy.astype(np.float64)
+        ll = -np.where(yf > 0.5, np.log(pc), np.log1p(-pc))
+        if task == "binary":
+            return ll.reshape(-1)
+        ok = np.isfinite(yf)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(ok, ll, 0.0).sum(1) / ok.sum(1)
+    return -np.log(np.clip(p[np.arange(len(p)), yy.astype(np.int64)], eps, 1.0))
+
+
+def clustered_mean_se(values, groups) -> float:
+    """Standard error of the mean of ``values`` ``(N,)`` when the samples of one patient (``groups``) are not
+    independent: the cluster-robust (sandwich) estimate of a ratio mean, with the ``G / (G - 1)`` small-sample
+    factor (Cameron & Miller 2015, eq. 11; with one sample per patient it is the usual ``s / sqrt(N)`` with
+    ``ddof=1``). ``nan`` entries are left out; ``nan`` below two patients."""
+    v = np.asarray(values, dtype=np.float64)
+    g = np.asarray(groups)
+    ok = np.isfinite(v)
+    v, g = v[ok], g[ok]
+    _, idx = np.unique(g, return_inverse=True)
+    n_g = len(np.unique(idx))
+    if n_g < 2:
+        return float("nan")
+    resid = np.bincount(idx, weights=v - v.mean(), minlength=n_g)
+    return float(np.sqrt(n_g / (n_g - 1) * np.sum(resid ** 2)) / len(v))
+
+
 def cross_validated_calibration(logits, y, groups, method: str = "temperature", *, task: str = "multiclass",
-                                n_bins: int = 15, folds: int = 5, seed: int = 0, **kwargs) -> dict[str, Any]:
+                                n_bins: int = 15, folds: int = 5, seed: int = 0, min_gain_se: float = 1.0,
+                                **kwargs) -> dict[str, Any]:
     """Fit ``method`` on the calibration set and decide, out of sample, whether it helps.
 
     The calibration set (validation logits, and out-of-fold training logits when cross-fitted) is split into
     ``folds`` patient-grouped folds; the calibrator is fitted on the other folds and applied to each held-out
     fold. Its cross-validated NLL and ECE are compared with the uncalibrated ones: a calibrator that does not
-    lower the NLL, or that raises the ECE, on data it was not fitted on is **not applied**
-    (:class:`IdentityCalibrator` instead), and the reason says so. (On the data it is fitted on, temperature scaling can never raise the NLL — that check
-    would always pass.)
+    lower the NLL by more than ``min_gain_se`` patient-level standard errors of the fall (the one-SE rule of
+    Breiman et al. 1984, as in the choice of the pretrained encoder), or that raises the ECE, on data it was not
+    fitted on is **not applied** (:class:`IdentityCalibrator` instead), and the reason says so. (On the data it is
+    fitted on, temperature scaling can never raise the NLL — that check would always pass.) The SE is
+    :func:`clustered_mean_se` of the per-sample falls: on the OCT demo a temperature fitted on 23 validation
+    patients lowered their held-out NLL 0.140 → 0.123, within noise, and raised the test NLL 0.247 → 0.306.
 
     Args:
         logits: ``(N, K)`` or ``(N,)`` calibration logits.
@@ -376,12 +418,13 @@ def cross_validated_calibration(logits, y, groups, method: str = "temperature", 
         n_bins: bins of the ECE compared before and after.
         folds: patient-grouped folds (fewer when there are fewer patients; no CV below 2).
         seed: seed of the fold split.
+        min_gain_se: how many standard errors the held-out NLL must fall by (0: any fall).
         **kwargs: options of the calibrator (e.g. ``reg_lambda`` for ``dirichlet``).
 
     Returns:
         ``{"calibrator" (fitted on all of it, or the identity), "fitted" (``method`` fitted on all of it, applied
-        or not), "applied", "reason", "n", "n_patients", "cv": {"nll_before", "nll_after", "ece_before",
-        "ece_after", "folds"}}``.
+        or not), "applied", "reason", "n", "n_patients", "cv": {"nll_before", "nll_after", "nll_gain_se",
+        "ece_before", "ece_after", "folds"}}``.
     """
     z = np.asarray(logits, dtype=np.float64)
     yy = np.asarray(y)
@@ -403,13 +446,21 @@ def cross_validated_calibration(logits, y, groups, method: str = "temperature", 
     before = calibration_metrics(yy, logits_to_probs(z, task), task, n_bins=n_bins)
     after = calibration_metrics(yy, oof, task, n_bins=n_bins)
     ece = next((e for e in ("ece_equal_width", "ece") if e in before), None)
-    cv = {"nll_before": before["nll"], "nll_after": after["nll"], "folds": len(splits),
+    fall = per_sample_nll(yy, logits_to_probs(z, task), task) - per_sample_nll(yy, oof, task)
+    se = clustered_mean_se(fall, g)
+    cv = {"nll_before": before["nll"], "nll_after": after["nll"], "nll_gain_se": se, "folds": len(splits),
           "ece_before": before.get(ece) if ece else None, "ece_after": after.get(ece) if ece else None}
     if not after["nll"] < before["nll"]:
         return {**out, "calibrator": get_calibrator("none", task=task).fit(z, yy), "applied": False, "cv": cv,
                 "reason": f"{method} scaling did not lower the NLL on held-out calibration folds "
                           f"({before['nll']:.3f} → {after['nll']:.3f}): not applied, the model's own "
                           "probabilities are kept"}
+    if min_gain_se > 0 and not before["nll"] - after["nll"] > min_gain_se * (se if np.isfinite(se) else np.inf):
+        return {**out, "calibrator": get_calibrator("none", task=task).fit(z, yy), "applied": False, "cv": cv,
+                "reason": f"{method} scaling lowered the NLL on held-out calibration folds by "
+                          f"{before['nll'] - after['nll']:.3f} ({before['nll']:.3f} → {after['nll']:.3f}), within "
+                          f"{min_gain_se:g} standard error ({se:.3f}) of no change: a gain within noise, not "
+                          "applied, the model's own probabilities are kept"}
     if ece and after[ece] > before[ece]:
         # seen on the CT/MRI demos: a near-chance model whose NLL a temperature lowers a little while its
         # probabilities move away from the observed frequencies (test ECE 0.002 -> 0.351)
@@ -420,7 +471,7 @@ def cross_validated_calibration(logits, y, groups, method: str = "temperature", 
                           "are kept"}
     return {**out, "calibrator": fitted, "applied": True, "cv": cv,
             "reason": f"{method} scaling lowered the NLL on held-out calibration folds "
-                      f"({before['nll']:.3f} → {after['nll']:.3f})"
+                      f"({before['nll']:.3f} → {after['nll']:.3f}, SE of the fall {se:.3f})"
                       + (f" and their ECE ({before[ece]:.3f} → {after[ece]:.3f})" if ece else "")}
 
 

@@ -230,6 +230,8 @@ PERTURB: dict[str, Perturb] = {
     "calibrate.min_val_patients": Perturb("oct", "1", ("calibrate.fit_on=auto",)),
     # cross-fitting on the training patients (the 2 validation patients allow 2 folds at most)
     "calibrate.folds": Perturb("oct", "3", ("calibrate.fit_on=cross_fit",)),
+    # any fall of the held-out NLL (0) against none that small (100 SEs): the calibrator applied or refused
+    "calibrate.min_gain_se": Perturb("oct", "100", ("calibrate.min_gain_se=0",)),
 }
 
 #: key -> (why its effect is on how a run executes rather than on what it computes, the test that shows it)

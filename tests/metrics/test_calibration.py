@@ -301,13 +301,69 @@ def test_cross_validated_calibration_refuses_a_calibrator_that_raises_the_held_o
     r = np.random.default_rng(152)  # a draw where the two rules disagree (found by search)
     y = r.integers(0, 2, 60)
     z = r.normal(0, 0.8, 60) + 0.3 * (y - 0.5)
-    d = cross_validated_calibration(z, y, np.repeat(np.arange(20), 3), "temperature", task="binary", folds=5, seed=0)
+    # min_gain_se=0: the fall is within noise here, which alone refuses it (the next test); this one is about the ECE
+    d = cross_validated_calibration(z, y, np.repeat(np.arange(20), 3), "temperature", task="binary", folds=5, seed=0,
+                                    min_gain_se=0.0)
     cv = d["cv"]
     assert cv["nll_after"] < cv["nll_before"] and cv["ece_after"] > cv["ece_before"]
     assert cv["ece_before"] == pytest.approx(calibration_metrics(y, logits_to_probs(z, "binary"), "binary",
                                                                  n_bins=15)["ece"])
     assert not d["applied"] and isinstance(d["calibrator"], IdentityCalibrator)
     assert "raised their ECE" in d["reason"]
+
+
+def test_cross_validated_calibration_refuses_a_gain_within_noise():
+    """A calibrated model on 23 patients of 3 samples (the OCT demo's validation size): a temperature lowers the
+    held-out NLL a little, by less than one patient-level SE of the fall — not applied; with ``min_gain_se=0``
+    (any fall) the same figures apply it. The fall and its SE are recomputed here from their definitions."""
+    from medcl.metrics.calibration import negative_log_likelihood
+    from medcl.tasks.calibration import IdentityCalibrator, cross_validated_calibration
+
+    z, y = _calibrated_logits(69, 3, seed=13)  # a draw whose held-out NLL falls (found by search)
+    groups = np.arange(69) // 3
+    d = cross_validated_calibration(z, y, groups, "temperature", task="multiclass", folds=5, seed=0)
+    cv = d["cv"]
+    assert 0 < cv["nll_before"] - cv["nll_after"] < cv["nll_gain_se"]
+    assert cv["nll_before"] == pytest.approx(negative_log_likelihood(y, _softmax(z), "multiclass"))
+    assert not d["applied"] and isinstance(d["calibrator"], IdentityCalibrator)
+    assert "within 1 standard error" in d["reason"]
+    anything = cross_validated_calibration(z, y, groups, "temperature", task="multiclass", folds=5, seed=0,
+                                           min_gain_se=0.0)
+    assert anything["applied"] and anything["cv"]["nll_after"] == pytest.approx(cv["nll_after"])
+
+
+def test_clustered_mean_se_is_the_plain_se_per_patient_and_ignores_copies_within_a_patient():
+    """One sample per patient: ``s / sqrt(N)`` (``ddof=1``). Each sample copied 3 times within its patient adds
+    no information: the same SE — where an SE that ignored patients would shrink by ``sqrt(3)``."""
+    from medcl.tasks.calibration import clustered_mean_se
+
+    v = np.random.default_rng(4).normal(0.1, 0.3, 40)
+    plain = v.std(ddof=1) / np.sqrt(40)
+    assert clustered_mean_se(v, np.arange(40)) == pytest.approx(plain)
+    assert clustered_mean_se(np.repeat(v, 3), np.repeat(np.arange(40), 3)) == pytest.approx(plain)
+    assert np.isnan(clustered_mean_se(v, np.zeros(40)))
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
+def test_per_sample_nll_averages_to_the_log_loss(task):
+    """The per-sample losses average to scikit-learn's log loss (multilabel: per label, all entries labelled)."""
+    from sklearn.metrics import log_loss
+
+    from medcl.tasks.calibration import per_sample_nll
+
+    rng = np.random.default_rng(5)
+    if task == "multiclass":
+        p = _softmax(rng.normal(0, 1, (50, 4)))
+        y = rng.integers(0, 4, 50)
+        ref = log_loss(y, p, labels=range(4))
+    elif task == "binary":
+        p, y = rng.uniform(0.05, 0.95, 50), rng.integers(0, 2, 50)
+        ref = log_loss(y, p)
+    else:
+        p, y = rng.uniform(0.05, 0.95, (50, 3)), rng.integers(0, 2, (50, 3))
+        ref = np.mean([log_loss(y[:, j], p[:, j]) for j in range(3)])
+    assert per_sample_nll(y, p, task).shape == (50,)
+    assert per_sample_nll(y, p, task).mean() == pytest.approx(ref)
 
 
 def test_cross_validated_calibration_needs_two_patients():
