@@ -378,10 +378,12 @@ def per_sample_nll(y, probs, task: str, eps: float = 1e-15) -> np.ndarray:
 
 
 def clustered_mean_se(values, groups) -> float:
-    """Standard error of the mean of ``values`` ``(N,)`` when the samples of one patient (``groups``) are not
-    independent: the cluster-robust (sandwich) estimate of a ratio mean, with the ``G / (G - 1)`` small-sample
-    factor (Cameron & Miller 2015, eq. 11; with one sample per patient it is the usual ``s / sqrt(N)`` with
-    ``ddof=1``). ``nan`` entries are left out; ``nan`` below two patients."""
+    """Standard error of the mean of ``values`` ``(N,)`` when the samples of one patient are not independent.
+
+    The cluster-robust (sandwich) estimate of a ratio mean over the patients ``groups``, with the ``G / (G - 1)``
+    small-sample factor (Cameron & Miller 2015, eq. 11); with one sample per patient it is the usual
+    ``s / sqrt(N)`` with ``ddof=1``. ``nan`` entries are left out; ``nan`` below two patients.
+    """
     v = np.asarray(values, dtype=np.float64)
     g = np.asarray(groups)
     ok = np.isfinite(v)
