@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "augment": Benchmark("bench_augment.py", "What SimCLR learns with per-sample and with batched augmentation (OCT)"),
     "wsi": Benchmark("bench_wsi.py", "Whole-slide tiles: medcl's loader vs a naive OpenSlide loop and MONAI's "
                      "PatchWSIDataset"),
+    "demo": Benchmark("bench_demo.py", "make demo after installation: wall time against the 8-minute target"),
     "quality": Benchmark("bench_quality.py", "Learning quality on the demo data (resumable)"),
     "multimodal": Benchmark("bench_multimodal.py", "Learning from reports and from several modalities (resumable)",
                             [], ["--quick", "--seeds", "1"]),

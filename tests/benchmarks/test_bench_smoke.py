@@ -601,3 +601,20 @@ def test_a_change_tried_on_the_pretrained_fine_tune_is_measured_from_the_pipelin
     assert "| oct | finetune_head_random | SSL" not in text  # not in the recipe-fix table: it is not a fix
     # a pending fix row says what it will be measured by
     assert "| oct | finetune_lr1e-3_wd1e-4 | from-scratch fine-tune | — | — | — |" in text
+
+
+def test_demo_section_holds_the_wall_time_to_eight_minutes(tmp_path):
+    """One row per `medcl demo`: the target line compares its wall time with 480 s and names the longest stages."""
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = [{"command": "medcl demo", "modality": "oct", "rc": 0, "wall_s": 530.4, "target_s": 480,
+             "load_before": [0.1, 0.2, 0.3], "stages_s": {"pretrain": 290.2, "classify": 180.6, "report": 20.0}}]
+    meta = {"quick": False, "cpu_count": 2, "load_before": [0.1, 0.2, 0.3], "load_after": [1.0, 1.0, 1.0]}
+    (results / "demo.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    text = write_readme(tmp_path).read_text()
+    assert "| `medcl demo` | ok | 530 | pretrain 290, classify 181, report 20 | 0.1/0.2/0.3 |" in text
+    assert ("| `make demo` ≤ 8 min after installation (2 CPU cores) | 530 s | **not met** — the longest stages: "
+            "pretrain 290 s, classify 181 s |") in text
+    rows[0]["wall_s"] = 470.0
+    (results / "demo.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    assert "| `make demo` ≤ 8 min after installation (2 CPU cores) | 470 s | **met** |" in write_readme(tmp_path).read_text()
