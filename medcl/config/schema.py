@@ -405,7 +405,8 @@ class CalibrateConfig(Section):
     folds: int = Field(5, ge=2, description="folds of the cross-fitting and of the check that calibration helps")
     min_gain_se: float = Field(1.0, ge=0.0, description="the held-out NLL must fall by more than this many "
                                "patient-level standard errors of the fall for the calibrator to be applied (one-SE "
-                               "rule; 0 = any fall): a gain within noise is not taken")
+                               "rule; 0 = any fall): a gain within noise is not taken (the slides stage's "
+                               "calibration too)")
 
 
 class ReportConfig(Section):

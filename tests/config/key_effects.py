@@ -46,8 +46,10 @@ model: {spatial_dims: 3, in_channels: 1}
 SCENARIOS: dict[str, tuple[str, list[str]]] = {
     # OCT severity (ordinal, 3 classes): pretrain (3 steps) -> linear probe + kNN -> temperature scaling; the
     # manifest has extra rows that data settings decide about (see _oct_extra)
+    # (SimCLR, the OCT preset's method, not the demo's MICLe: pretrain.batches and samples_per_patient are perturbed
+    # from shuffled batches)
     "oct": ("pipelines/demo/oct.yaml", [
-        "data.manifest={data}/oct/manifest-extra.csv", "data.root={data}", "data.on_error=skip",
+        "pretrain.method=simclr", "data.manifest={data}/oct/manifest-extra.csv", "data.root={data}", "data.on_error=skip",
         "data.test_fraction=0.25", "data.batch_size=16", "transforms.spatial_size=[32, 32]",
         "stages=[pretrain, classify, calibrate]", "classify.protocols=[linear, knn]",
         "classify.label_fractions=[0.5, 1.0]", "classify.baselines=[random]", "classify.n_boot=10",
