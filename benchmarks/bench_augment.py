@@ -79,7 +79,8 @@ def run_arm(arm: str, seed: int, manifest: Path, work: Path, quick: bool) -> dic
     sets = [f"data.manifest={manifest}", "stages=[pretrain]", f"seed={seed}",
             f"transforms.augment_on={'sample' if arm == 'sample' else 'batch'}",
             f"runtime.output_dir={work / f'{tag}-seed{seed}'}", f"tracking.uri={uri}", "runtime.progress=false",
-            "pretrain.probe_protocol=knn"]  # the arms compare by the best kNN probe, as the recorded rows did
+            "pretrain.probe_protocol=knn",  # the arms compare by the best kNN probe, as the recorded rows did
+            "pretrain.method=simclr"]  # as the recorded rows (the OCT demo pretrains with MICLe since fb3594d)
     original = stages_common.build_batch_augment
     if arm == "batch, per-sample ops":
         stages_common.build_batch_augment = per_sample_ops

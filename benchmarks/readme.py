@@ -585,8 +585,8 @@ def section_augment(res: dict[str, Any], targets: list[list[str]]) -> str:
                              "rows (where run) tell the loader path from the ops")])
     return (_table(["arm", "seed", "best kNN probe AUROC", "at step", "last", "images/s",
                     "probe history (step: AUROC)"], table)
-            + "\n\nThe OCT demo's pretraining stage (its steps, batch and data), run three times on the same split: "
-              "augmentations per sample in the DataLoader, as batch ops, and through the batch path with each op "
+            + "\n\nSimCLR with the OCT demo's pretraining stage (its steps, batch and data), run three times on the "
+              "same split: augmentations per sample in the DataLoader, as batch ops, and through the batch path with each op "
               "replaced by its per-sample MONAI transform. The probe is the online kNN probe on the validation "
               "patients.")
 
