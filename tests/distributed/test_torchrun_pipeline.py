@@ -52,6 +52,7 @@ data:
   cache: none
   num_workers: 0
 pretrain:
+  method: simclr           # the NT-Xent of the docstring (the OCT demo's MICLe needs >= 2 patients per rank's batch)
   epochs: 1
   max_steps: 3
   warmup_epochs: 0

@@ -32,7 +32,7 @@ def test_end_to_end_runs_nested_metrics_and_model(run_once):
     cfg, ctx, client = run_once
     parent = client.get_run(ctx.parent_run_id)
     assert parent.info.status == "FINISHED"
-    assert parent.data.params["pretrain.method"] == "simclr"
+    assert parent.data.params["pretrain.method"] == "micle"  # the OCT demo's method
     arts = {a.path for a in client.list_artifacts(ctx.parent_run_id)}
     assert {"config.yaml", "split.csv", "data_summary.json"} <= arts
     kids = {r.data.tags["medcl.stage"]: r for r in _children(client, ctx.parent_run_id)}
