@@ -189,3 +189,13 @@ def quiet_logs() -> None:
     logging.getLogger("medcl").setLevel(logging.INFO)
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def stage_seconds(root: Path) -> dict[str, float | None]:
+    """``{stage: seconds}`` from the ``<stage>/outputs.json`` files of the pipeline runs under ``root``."""
+    import json
+
+    from medcl.config.schema import STAGE_ORDER
+
+    return {out.parent.name: json.loads(out.read_text()).get("seconds")
+            for out in sorted(Path(root).rglob("outputs.json")) if out.parent.name in STAGE_ORDER}

@@ -14,7 +14,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 import _common  # noqa: F401
-from _common import ROOT, base_meta, load_average, write_results
+from _common import ROOT, base_meta, load_average, stage_seconds, write_results
 
 #: the target of issue 14: ``make demo`` on 2 CPU cores, at most 8 minutes after installation
 TARGET_S = 8 * 60
@@ -46,13 +45,7 @@ def run_demo(work: Path, quick: bool) -> dict:
     if proc.returncode != 0:
         row["error"] = (proc.stdout[-800:] + proc.stderr[-1500:]).strip()
         return row
-    from medcl.config.schema import STAGE_ORDER
-
-    stages = {}
-    for out in sorted(work.rglob("outputs.json")):
-        if out.parent.name in STAGE_ORDER:
-            stages[out.parent.name] = json.loads(out.read_text()).get("seconds")
-    row["stages_s"] = stages
+    stages = row["stages_s"] = stage_seconds(work)
     print(f"medcl demo: {wall:.0f} s, stages {stages}", flush=True)
     return row
 

@@ -18,7 +18,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 import _common  # noqa: F401
-from _common import ROOT, base_meta, write_results
+from _common import ROOT, base_meta, stage_seconds, write_results
 
 #: pipeline -> the demo modality it runs on (as it is: the synthesised `label` holds the pipeline's class names)
 PIPELINES = {"ecg_rhythm": "ecg", "oct_severity": "oct", "fundus_grading": "fundus", "histo_tissue": "histo",
@@ -70,14 +69,7 @@ def run_one(name: str, data: Path, work: Path, nproc: int) -> dict:
     if proc.returncode != 0:
         row["error"] = (proc.stdout[-800:] + proc.stderr[-1500:]).strip()
         return row
-    from medcl.config.schema import STAGE_ORDER
-
-    stages = {}
-    for d in (out / "runs").glob("*-*"):
-        for stage in STAGE_ORDER:
-            if (d / stage / "outputs.json").is_file():
-                stages[stage] = json.loads((d / stage / "outputs.json").read_text()).get("seconds")
-    row["stages_s"] = stages
+    stages = row["stages_s"] = stage_seconds(out / "runs")
     print(f"{name}: {wall:.0f} s, stages {stages}", flush=True)
     return row
 
