@@ -1146,6 +1146,7 @@ def _quality_targets(res: dict[str, Any], mods: list[str], pipes: list[dict[str,
 
 def _quality_targets_per_modality(res: dict[str, Any], mods: list[str], pipes: list[dict[str, Any]],
                                   targets: list[list[str]]) -> None:
+    planned = int((res.get("meta") or {}).get("seeds") or 3)
     for m in mods:
         ps = [r for r in pipes if r["modality"] == m]
         if not ps:
@@ -1162,7 +1163,6 @@ def _quality_targets_per_modality(res: dict[str, Any], mods: list[str], pipes: l
                  for r in rs]
             mean, worst, n = _stats(g)
             ok = mean is not None and worst >= 0.5
-            planned = int((res.get("meta") or {}).get("seeds") or 3)
             status = _met(ok, "" if ok else _gap_cause(rs)) if mean is not None else "**not measured**"
             if ok and n < planned:  # a method's rows can lag its pipeline's seeds
                 status = f"**met on {n} of {planned} seeds** — not yet measured on the others (resumable run)"

@@ -206,6 +206,25 @@ def bootstrap_se(
     return float(vals.std(ddof=1)) if vals.size >= 2 else float("nan")
 
 
+def clustered_mean_se(values, groups) -> float:
+    """Standard error of the mean of ``values`` ``(N,)`` when the samples of one patient are not independent.
+
+    The cluster-robust (sandwich) estimate of a ratio mean over the patients ``groups``, with the ``G / (G - 1)``
+    small-sample factor (Cameron & Miller 2015, eq. 11); with one sample per patient it is the usual
+    ``s / sqrt(N)`` with ``ddof=1``. ``nan`` entries are left out; ``nan`` below two patients.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    g = np.asarray(groups)
+    ok = np.isfinite(v)
+    v, g = v[ok], g[ok]
+    patients, idx = np.unique(g, return_inverse=True)
+    n_g = len(patients)
+    if n_g < 2:
+        return float("nan")
+    resid = np.bincount(idx, weights=v - v.mean(), minlength=n_g)
+    return float(np.sqrt(n_g / (n_g - 1) * np.sum(resid ** 2)) / len(v))
+
+
 def metrics_with_ci(
     y_true,
     probs,

@@ -250,22 +250,42 @@ def brier_score(y_true, probs, task: str = "multiclass") -> float:
     return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
 
 
+def _log_losses(y: np.ndarray, p: np.ndarray, task: str, eps: float) -> np.ndarray:
+    """Per-entry log losses of prepared inputs: ``(N,)``, or ``(N, K)`` for multilabel (NaN where unlabelled)."""
+    if task in ("binary", "multilabel"):
+        pc = np.clip(p, eps, 1 - eps)
+        with np.errstate(invalid="ignore"):
+            ll = -np.where(y > 0.5, np.log(pc), np.log1p(-pc))
+        return ll if task == "binary" else np.where(np.isfinite(y), ll, np.nan)
+    return -np.log(np.clip(p[np.arange(p.shape[0]), y], eps, 1.0))
+
+
 def negative_log_likelihood(y_true, probs, task: str = "multiclass", eps: float = 1e-15) -> float:
     """Mean negative log-likelihood (log loss); probabilities are clipped to ``[eps, 1 - eps]``.
 
     Multilabel: mean over labels of the binary NLL (unlabelled entries skipped).
     """
     y, p = prepare_inputs(y_true, probs, task)
-    if task in ("binary", "multilabel"):
-        pc = np.clip(p, eps, 1 - eps)
-        ll = np.where(y > 0.5, np.log(pc), np.log1p(-pc))
-        if task == "binary":
-            return float(-np.mean(ll))
-        ok = np.isfinite(y)
-        per = [-np.mean(ll[ok[:, j], j]) for j in range(p.shape[1]) if ok[:, j].any()]
-        return float(np.mean(per)) if per else float("nan")
-    py = np.clip(p[np.arange(p.shape[0]), y], eps, 1.0)
-    return float(-np.mean(np.log(py)))
+    ll = _log_losses(y, p, task, eps)
+    if task != "multilabel":
+        return float(np.mean(ll))
+    per = [np.nanmean(ll[:, j]) for j in range(ll.shape[1]) if np.isfinite(ll[:, j]).any()]
+    return float(np.mean(per)) if per else float("nan")
+
+
+def per_sample_nll(y_true, probs, task: str = "multiclass", eps: float = 1e-15) -> np.ndarray:
+    """The log loss of each sample, ``(N,)``.
+
+    Binary, multiclass, ordinal: its mean is :func:`negative_log_likelihood`. Multilabel: the mean over the
+    sample's labelled entries (``nan`` with none), whose mean over samples weights labels by how often they are
+    labelled, unlike the per-label mean of the NLL.
+    """
+    y, p = prepare_inputs(y_true, probs, task)
+    ll = _log_losses(y, p, task, eps)
+    if task != "multilabel":
+        return ll
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nansum(ll, 1) / np.isfinite(ll).sum(1)
 
 
 def reliability_diagram_data(

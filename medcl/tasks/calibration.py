@@ -28,7 +28,13 @@ import torch.nn.functional as F
 
 from medcl.errors import ConfigError, DataError
 from medcl.lookup import look_up
-from medcl.metrics.calibration import calibration_metrics, ece_noise_floor, reliability_diagram_data
+from medcl.metrics.bootstrap import clustered_mean_se
+from medcl.metrics.calibration import (
+    calibration_metrics,
+    ece_noise_floor,
+    per_sample_nll,
+    reliability_diagram_data,
+)
 from medcl.metrics.classification import check_task
 from medcl.tasks.classification import patient_cv_splits
 
@@ -354,46 +360,6 @@ def calibrator_from_dict(state: dict[str, Any]) -> Calibrator:
     if method not in CALIBRATORS:
         get_calibrator(method)  # raises the did-you-mean error
     return CALIBRATORS[method].from_dict(state)
-
-
-def per_sample_nll(y, probs, task: str, eps: float = 1e-15) -> np.ndarray:
-    """The log loss of each sample, ``(N,)``: its mean is :func:`negative_log_likelihood`'s value.
-
-    Multiclass and ordinal: ``-log p[y]``; binary: the Bernoulli log loss; multilabel: the mean binary log loss
-    over the sample's labelled entries (whose mean over samples weights labels by how often they are labelled,
-    unlike the per-label mean of :func:`negative_log_likelihood`; a sample with no labelled entry is ``nan``).
-    """
-    p = np.asarray(probs, dtype=np.float64)
-    yy = np.asarray(y)
-    if task in ("binary", "multilabel"):
-        pc = np.clip(p, eps, 1 - eps)
-        yf = yy.astype(np.float64)
-        ll = -np.where(yf > 0.5, np.log(pc), np.log1p(-pc))
-        if task == "binary":
-            return ll.reshape(-1)
-        ok = np.isfinite(yf)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(ok, ll, 0.0).sum(1) / ok.sum(1)
-    return -np.log(np.clip(p[np.arange(len(p)), yy.astype(np.int64)], eps, 1.0))
-
-
-def clustered_mean_se(values, groups) -> float:
-    """Standard error of the mean of ``values`` ``(N,)`` when the samples of one patient are not independent.
-
-    The cluster-robust (sandwich) estimate of a ratio mean over the patients ``groups``, with the ``G / (G - 1)``
-    small-sample factor (Cameron & Miller 2015, eq. 11); with one sample per patient it is the usual
-    ``s / sqrt(N)`` with ``ddof=1``. ``nan`` entries are left out; ``nan`` below two patients.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    g = np.asarray(groups)
-    ok = np.isfinite(v)
-    v, g = v[ok], g[ok]
-    _, idx = np.unique(g, return_inverse=True)
-    n_g = len(np.unique(idx))
-    if n_g < 2:
-        return float("nan")
-    resid = np.bincount(idx, weights=v - v.mean(), minlength=n_g)
-    return float(np.sqrt(n_g / (n_g - 1) * np.sum(resid ** 2)) / len(v))
 
 
 def cross_validated_calibration(logits, y, groups, method: str = "temperature", *, task: str = "multiclass",

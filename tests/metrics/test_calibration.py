@@ -335,7 +335,7 @@ def test_cross_validated_calibration_refuses_a_gain_within_noise():
 def test_clustered_mean_se_is_the_plain_se_per_patient_and_ignores_copies_within_a_patient():
     """One sample per patient: ``s / sqrt(N)`` (``ddof=1``). Each sample copied 3 times within its patient adds
     no information: the same SE — where an SE that ignored patients would shrink by ``sqrt(3)``."""
-    from medcl.tasks.calibration import clustered_mean_se
+    from medcl.metrics.bootstrap import clustered_mean_se
 
     v = np.random.default_rng(4).normal(0.1, 0.3, 40)
     plain = v.std(ddof=1) / np.sqrt(40)
@@ -349,7 +349,7 @@ def test_per_sample_nll_averages_to_the_log_loss(task):
     """The per-sample losses average to scikit-learn's log loss (multilabel: per label, all entries labelled)."""
     from sklearn.metrics import log_loss
 
-    from medcl.tasks.calibration import per_sample_nll
+    from medcl.metrics.calibration import per_sample_nll
 
     rng = np.random.default_rng(5)
     if task == "multiclass":
