@@ -101,7 +101,7 @@ class BatchAugment:
 
 def _oct(p: Mapping[str, Any]) -> list[Op]:
     return [
-        AxisShift(p["shift_prob"], max_shift=p["vertical_shift"], axis=0),
+        AxisShift(p["shift_prob"], max_shift=p["vertical_shift"], axis=0, padding_mode="border"),
         *([Rotate(p["tilt_prob"], range_x=math.radians(p["tilt_deg"]), padding_mode="border")]
           if p["tilt_deg"] > 0 else []),
         Flip(p["flip_prob"], axis=1),

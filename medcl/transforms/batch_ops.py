@@ -162,8 +162,10 @@ def as_column(v: torch.Tensor) -> torch.Tensor:
 # spatial
 
 
-def shift_rows(x: torch.Tensor, shift: torch.Tensor, dim: int) -> torch.Tensor:
-    """Shift each sample by its own integer ``shift`` ``(N,)`` along ``dim`` (2 = rows), zero fill, no wrap.
+def shift_rows(x: torch.Tensor, shift: torch.Tensor, dim: int, padding_mode: str = "zeros") -> torch.Tensor:
+    """Shift each sample by its own integer ``shift`` ``(N,)`` along ``dim`` (2 = rows), no wrap.
+
+    The vacated rows are zeros or (``padding_mode="border"``) the nearest row that stayed.
 
     Per sample what :func:`medcl.transforms.spatial.shift_along_axis` does.
     """
@@ -173,15 +175,21 @@ def shift_rows(x: torch.Tensor, shift: torch.Tensor, dim: int) -> torch.Tensor:
     view = [x.shape[0]] + [1] * (x.ndim - 1)
     view[dim] = n
     idx = src.clamp(0, n - 1).reshape(view).expand_as(x)
+    if padding_mode == "border":
+        return x.gather(dim, idx)
     return x.gather(dim, idx) * valid.reshape(view).to(x.dtype)
 
 
 @dataclass(frozen=True)
 class AxisShift(Op):
-    """``RandAxisShiftd``: integer shift ``~ U{-m, ..., m}`` along ``axis`` (0 = rows); ``m`` a fraction if < 1."""
+    """``RandAxisShiftd``: integer shift ``~ U{-m, ..., m}`` along ``axis`` (0 = rows); ``m`` a fraction if < 1.
+
+    ``padding_mode`` ``"zeros"`` or ``"border"`` fills the vacated rows.
+    """
 
     max_shift: float = 0.1
     axis: int = 0
+    padding_mode: str = "zeros"
 
     def params(self, x: torch.Tensor, draw: Draw) -> Params:
         """The shift in pixels per sample."""
@@ -190,12 +198,12 @@ class AxisShift(Op):
         return {"shift": draw.integers(-m, m + 1, len(x)) if m > 0 else torch.zeros(len(x), dtype=torch.long)}
 
     def image(self, x: torch.Tensor, q: Params) -> torch.Tensor:
-        """Shift with zero fill."""
-        return shift_rows(x, q["shift"], 2 + self.axis)
+        """Shift, the vacated rows filled per ``padding_mode``."""
+        return shift_rows(x, q["shift"], 2 + self.axis, self.padding_mode)
 
     def mask(self, m: torch.Tensor, q: Params) -> torch.Tensor:
         """The same shift."""
-        return shift_rows(m, q["shift"], 2 + self.axis)
+        return shift_rows(m, q["shift"], 2 + self.axis, self.padding_mode)
 
 
 def rotate(x: torch.Tensor, angle: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:

@@ -215,7 +215,10 @@ def _oct(p: dict, train: bool) -> tuple[list, list]:
     # no vertical flip (drusen lie *below* the band: up/down is signal), no blur (drusen are small)
     rand = [
         *size_rand,
-        RandAxisShiftd(_all(p), max_shift=p["vertical_shift"], spatial_axis=0, prob=p["shift_prob"]),
+        # the rows a shift vacates repeat the edge row (as the tilt's border padding): zero rows would put a black
+        # strip, never seen in a real scan, at the top or bottom of the view
+        RandAxisShiftd(_all(p), max_shift=p["vertical_shift"], spatial_axis=0, prob=p["shift_prob"],
+                       padding_mode="border"),
         # tilt: the retina's slope in the scan is a per-scan nuisance; without this the views of one
         # scan share it and contrastive learning can tell scans apart by tilt alone
         *([RandRotate2Dd(_all(p), range_x=math.radians(p["tilt_deg"]), prob=p["tilt_prob"],

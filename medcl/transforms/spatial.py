@@ -23,8 +23,8 @@ from medcl.errors import ConfigError
 from medcl.transforms.intensity import _RandDictTransform
 
 
-def shift_along_axis(img: torch.Tensor, shift: int, axis: int) -> torch.Tensor:
-    """Shift ``img`` by ``shift`` pixels along ``axis``, filling the vacated part with zeros.
+def shift_along_axis(img: torch.Tensor, shift: int, axis: int, padding_mode: str = "zeros") -> torch.Tensor:
+    """Shift ``img`` by ``shift`` pixels along ``axis``, filling the vacated part per ``padding_mode``.
 
     Unlike ``torch.roll`` nothing wraps around: content pushed out of the image is lost.
 
@@ -32,14 +32,20 @@ def shift_along_axis(img: torch.Tensor, shift: int, axis: int) -> torch.Tensor:
         img: any tensor; ``axis`` indexes its dimensions (``1`` is rows of a ``(C, H, W)`` image).
         shift: signed pixel count (positive: towards higher indices).
         axis: dimension to shift along.
+        padding_mode: ``"zeros"`` or ``"border"`` (the vacated rows repeat the nearest row that stayed, as
+            ``numpy.pad(mode="edge")`` and ``grid_sample(padding_mode="border")`` do).
 
     Returns:
         Tensor of the same shape and dtype.
     """
+    check_shift_padding(padding_mode)
     n = img.shape[axis]
-    out = torch.zeros_like(img)
     if shift == 0:
         return img.clone()
+    if padding_mode == "border":
+        src = (torch.arange(n, device=img.device) - shift).clamp(0, n - 1)
+        return img.index_select(axis, src)
+    out = torch.zeros_like(img)
     if abs(shift) >= n:
         return out
     if shift > 0:
@@ -47,6 +53,17 @@ def shift_along_axis(img: torch.Tensor, shift: int, axis: int) -> torch.Tensor:
     else:
         out.narrow(axis, 0, n + shift).copy_(img.narrow(axis, -shift, n + shift))
     return out
+
+
+#: fills of the vacated part of a shifted image (:func:`shift_along_axis`)
+SHIFT_PADDING = ("zeros", "border")
+
+
+def check_shift_padding(padding_mode: str) -> None:
+    """Raise :class:`ConfigError` unless ``padding_mode`` is one of :data:`SHIFT_PADDING`."""
+    if padding_mode not in SHIFT_PADDING:
+        raise ConfigError(f"unknown padding_mode {padding_mode!r} for a shift", where="RandAxisShiftd.padding_mode",
+                          fix=f"use one of {', '.join(SHIFT_PADDING)}")
 
 
 class RandAxisShiftd(_RandDictTransform):
@@ -57,18 +74,20 @@ class RandAxisShiftd(_RandDictTransform):
         max_shift: largest shift in pixels, or a fraction of the axis length when ``< 1``.
         spatial_axis: spatial axis (``0`` = rows/vertical for 2D images).
         prob: probability of applying.
+        padding_mode: what fills the vacated rows: ``"zeros"`` or ``"border"`` (the edge row repeated).
     """
 
     spatial = True  # moves pixels: shared by aligned views (medcl.transforms.views.is_spatial)
 
     def __init__(self, keys: KeysCollection, max_shift: float = 0.1, spatial_axis: int = 0, prob: float = 1.0,
-                 allow_missing_keys: bool = False) -> None:
+                 allow_missing_keys: bool = False, padding_mode: str = "zeros") -> None:
         """Check and store the shift range; see the class docstring."""
         super().__init__(keys, prob, allow_missing_keys)
         if max_shift < 0:
             raise ConfigError(f"max_shift must be >= 0, got {max_shift}", where="RandAxisShiftd.max_shift",
                               fix="give a pixel count, or a fraction of the image size below 1")
-        self.max_shift, self.spatial_axis = float(max_shift), int(spatial_axis)
+        check_shift_padding(padding_mode)
+        self.max_shift, self.spatial_axis, self.padding_mode = float(max_shift), int(spatial_axis), str(padding_mode)
         self._shift = 0
 
     def draw(self, first: torch.Tensor) -> None:
@@ -78,8 +97,8 @@ class RandAxisShiftd(_RandDictTransform):
         self._shift = int(self.R.randint(-m, m + 1)) if m > 0 else 0
 
     def apply(self, img: torch.Tensor) -> torch.Tensor:
-        """Shift ``img`` ``(C, *spatial)`` by the drawn amount (:func:`shift_along_axis`, zero fill)."""
-        return shift_along_axis(img, self._shift, 1 + self.spatial_axis)
+        """Shift ``img`` ``(C, *spatial)`` by the drawn amount (:func:`shift_along_axis`)."""
+        return shift_along_axis(img, self._shift, 1 + self.spatial_axis, self.padding_mode)
 
 
 def rotate_2d(img: torch.Tensor, angle: float, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:

@@ -36,15 +36,32 @@ def _per_sample(x: torch.Tensor, f) -> torch.Tensor:
 # -- each op equals its per-sample transform for the same parameters ----------------------------------------
 
 
-def test_axis_shift_is_shift_along_axis_per_sample():
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_axis_shift_is_shift_along_axis_per_sample(padding):
     x = _images()
     shift = torch.tensor([-5, -1, 0, 2, 7, 20])
-    got = O.AxisShift(max_shift=0.5, axis=0).image(x, {"shift": shift})
-    want = _per_sample(x, lambda i, s: shift_along_axis(s, int(shift[i]), 1))
+    got = O.AxisShift(max_shift=0.5, axis=0, padding_mode=padding).image(x, {"shift": shift})
+    want = _per_sample(x, lambda i, s: shift_along_axis(s, int(shift[i]), 1, padding))
     assert torch.equal(got, want)
     m = (x > 0.5).float()[:, :1]
-    assert torch.equal(O.AxisShift(axis=1).mask(m, {"shift": shift}), _per_sample(m, lambda i, s: shift_along_axis(
-        s, int(shift[i]), 2)))
+    assert torch.equal(O.AxisShift(axis=1, padding_mode=padding).mask(m, {"shift": shift}),
+                       _per_sample(m, lambda i, s: shift_along_axis(s, int(shift[i]), 2, padding)))
+
+
+def test_oct_shift_fills_with_the_border_row_in_both_chains():
+    """The OCT preset's vertical shift repeats the edge row (as its tilt's border padding), per sample and batched."""
+    from medcl.transforms.presets import get_preset, resolve_params
+    from medcl.transforms.spatial import RandAxisShiftd
+
+    _, rand = get_preset("oct").build(resolve_params(get_preset("oct"), {}), True)
+    (per_sample,) = [t for t in rand if isinstance(t, RandAxisShiftd)]
+    (batched,) = [o for o in B.build_batch_augment("oct").ops if isinstance(o, O.AxisShift)]
+    assert per_sample.padding_mode == batched.padding_mode == "border"
+    img = torch.linspace(0.1, 1.0, 10)[None, :, None].expand(1, 10, 4)  # rows 0.1 .. 1.0
+    per_sample.set_random_state(seed=0)
+    for _ in range(20):
+        out = per_sample({"image": img.clone()})["image"]
+        assert float(out.min()) >= 0.1 - 1e-6  # no zero row
 
 
 @pytest.mark.parametrize("padding", ["zeros", "border"])

@@ -77,6 +77,22 @@ def test_shift_along_axis_matches_numpy_reference():
         np.testing.assert_array_equal(shift_along_axis(x, shift, 1).numpy(), ref)
 
 
+def test_shift_along_axis_border_matches_numpy_edge_padding():
+    from medcl.errors import ConfigError
+    from medcl.transforms.spatial import RandAxisShiftd, shift_along_axis
+
+    x = torch.arange(2 * 5 * 4, dtype=torch.float32).reshape(2, 5, 4)
+    for shift in (-6, -2, 0, 3, 5):
+        s = min(abs(shift), 5)
+        padded = np.pad(x.numpy(), ((0, 0), (s, s), (0, 0)), mode="edge")  # numpy's edge padding, both sides
+        ref = padded[:, s - shift: s - shift + 5] if abs(shift) < 5 else padded[:, :5] if shift > 0 else padded[:, -5:]
+        np.testing.assert_array_equal(shift_along_axis(x, shift, 1, "border").numpy(), ref)
+    with pytest.raises(ConfigError, match="padding_mode"):
+        shift_along_axis(x, 1, 1, "reflect")
+    with pytest.raises(ConfigError, match="padding_mode"):
+        RandAxisShiftd(["image"], padding_mode="wrap")
+
+
 # ------------------------------------------------------------------------------------------------
 # histopathology: HED jitter against scikit-image, colour jitter against torchvision
 
