@@ -18,7 +18,8 @@ the benchmark — the run under way is not recorded and stays pending for the ne
    the fix is for: ``output_stride_32`` (the encoder's default final 2×2 map on 64×64 images instead of output
    stride 16; pretraining → linear probe), ``finetune_lr1e-3_wd1e-4`` (the demos' former fine-tune optimiser)
    and ``hed_beta_0.28`` (the former strength of the histo HED stain jitter; both: the from-scratch fine-tune
-   at 100 % of the labels).
+   at 100 % of the labels), ``oct_shift_zero_fill`` (the OCT shift's former zero fill; the linear probe), and the
+   others listed in :data:`ABLATIONS`.
 4. ``method`` — every method preset that applies to the modality (its confusable pairs or class graph
    where the preset needs one), pretraining at the demo's budget → linear probe at 100 % of the labels.
 
@@ -98,6 +99,8 @@ ABLATIONS: dict[str, tuple[tuple[str, ...], list[str], str]] = {
     # issue 14 item 3: the encoder handed on is chosen by the online probe; undone, the last one. On histo seed 1
     # the kNN probe's arg-max handed on step 24 of 240 (rows before the linear probe and the one-SE rule)
     "pretrain_select_last": (("histo",), ["pretrain.select=last"], "probe"),
+    # the OCT preset's vertical shift filled the rows it vacates with zeros (a black strip); now the edge row
+    "oct_shift_zero_fill": (("oct",), ["transforms.shift_padding=zeros"], "probe"),
     # ``segment``: the dense row's own checkpoint segmented again (10 % and 100 %) with the decoder pretrained with
     # the encoder left out, so the encoder alone is pretrained — which of the two holds the dense start back
     "dense_decoder_not_handed_on": (("ct", "mri"), ["segment.pretrained_decoder=false"], "segment"),

@@ -27,12 +27,12 @@ import torch
 from medcl.errors import ConfigError
 from medcl.transforms.batch_ops import (
     AxisShift,
-    BiasField,
     ColorJitter,
     Draw,
     Flip,
     Gamma,
     HEDJitter,
+    IlluminationGradient,
     InscribedFOV,
     Op,
     Rot90,
@@ -101,13 +101,13 @@ class BatchAugment:
 
 def _oct(p: Mapping[str, Any]) -> list[Op]:
     return [
-        AxisShift(p["shift_prob"], max_shift=p["vertical_shift"], axis=0, padding_mode="border"),
+        AxisShift(p["shift_prob"], max_shift=p["vertical_shift"], axis=0, padding_mode=p["shift_padding"]),
         *([Rotate(p["tilt_prob"], range_x=math.radians(p["tilt_deg"]), padding_mode="border")]
           if p["tilt_deg"] > 0 else []),
         Flip(p["flip_prob"], axis=1),
         ScaleIntensity(p["gain_prob"], factor=p["gain"]),
         *([ShiftIntensity(p["offset_prob"], offset=p["offset"])] if p["offset"] > 0 else []),
-        *([BiasField(p["illumination_prob"], amount=p["illumination"])] if p["illumination"] > 0 else []),
+        *([IlluminationGradient(p["illumination_prob"], amount=p["illumination"])] if p["illumination"] > 0 else []),
         Gamma(p["gamma_prob"], *map(float, p["gamma"])),
         Speckle(p["speckle_prob"], std=p["speckle_std"]),
     ]
@@ -120,7 +120,7 @@ def _fundus(p: Mapping[str, Any]) -> list[Op]:
         Flip(p["flip_prob"], axis=1),
         ColorJitter(p["color_prob"], brightness=p["brightness"], contrast=p["contrast"], saturation=p["saturation"]),
         Gamma(p["gamma_prob"], *map(float, p["gamma"])),
-        *([BiasField(p["illumination_prob"], amount=p["illumination"])] if p["illumination"] > 0 else []),
+        *([IlluminationGradient(p["illumination_prob"], amount=p["illumination"])] if p["illumination"] > 0 else []),
         InscribedFOV(),
     ]
 

@@ -191,6 +191,12 @@ class AxisShift(Op):
     axis: int = 0
     padding_mode: str = "zeros"
 
+    def __post_init__(self) -> None:
+        """Refuse a fill other than zeros or border."""
+        if self.padding_mode not in ("zeros", "border"):
+            raise ConfigError(f"unknown padding_mode {self.padding_mode!r} for a shift",
+                              where="transforms.shift_padding", fix="use zeros or border")
+
     def params(self, x: torch.Tensor, draw: Draw) -> Params:
         """The shift in pixels per sample."""
         n = x.shape[2 + self.axis]
@@ -345,31 +351,23 @@ class ShiftIntensity(Op):
         return x + as_column(q["u"])
 
 
-def bias_field(h: int, w: int, coeff: torch.Tensor) -> torch.Tensor:
-    """MONAI ``RandBiasField(degree=1)``'s 2D field per sample: ``(N, 1, H, W)`` from ``coeff`` ``(N, 3)``.
-
-    MONAI fills the lower triangle of the Legendre coefficient matrix (``c[0,0], c[1,0], c[1,1]``) and evaluates
-    ``leggrid2d(rows, cols, c)`` on ``linspace(-1, 1)`` grids: ``c0 + c1 * P1(row) + c2 * P1(row) * P1(col)``.
-    """
-    r = torch.linspace(-1.0, 1.0, h, device=coeff.device)[:, None]
-    c = torch.linspace(-1.0, 1.0, w, device=coeff.device)[None, :]
-    k = coeff[:, :, None, None]
-    return (k[:, 0] + k[:, 1] * r + k[:, 2] * r * c)[:, None]
-
-
 @dataclass(frozen=True)
-class BiasField(Op):
-    """MONAI ``RandBiasFieldd(degree=1, coeff_range=(-a, a))``: ``x * exp(field)``, an illumination gradient."""
+class IlluminationGradient(Op):
+    """``RandIlluminationGradientd(amount=a)``: ``x * exp(a_row * r + a_col * c)``, slopes ``~ U(-a, a)``."""
 
-    amount: float = 0.1
+    amount: float = 0.3
 
     def params(self, x: torch.Tensor, draw: Draw) -> Params:
-        """Three Legendre coefficients per sample."""
-        return {"coeff": draw.uniform(-self.amount, self.amount, len(x), 3)}
+        """Two slopes per sample."""
+        return {"a": draw.uniform(-self.amount, self.amount, len(x), 2)}
 
     def image(self, x: torch.Tensor, q: Params) -> torch.Tensor:
-        """Multiplied by the field's exponential (every channel alike)."""
-        return x * torch.exp(bias_field(*x.shape[-2:], q["coeff"])).to(x.dtype)
+        """Multiplied by the gradient's exponential (every channel alike)."""
+        h, w = x.shape[-2:]
+        r = torch.linspace(-1.0, 1.0, h, device=x.device)[:, None]
+        c = torch.linspace(-1.0, 1.0, w, device=x.device)[None, :]
+        a = q["a"].to(x.device)[:, :, None, None]
+        return x * torch.exp(a[:, 0] * r + a[:, 1] * c)[:, None].to(x.dtype)
 
 
 @dataclass(frozen=True)

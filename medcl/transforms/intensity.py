@@ -1,4 +1,4 @@
-"""Intensity transforms MONAI lacks: HED stain jitter, colour jitter, speckle, circular FOV mask.
+"""Intensity transforms MONAI lacks: HED stain jitter, colour jitter, speckle, illumination gradient, circular FOV mask.
 
 Array math lives once in a pure function (``torch`` in, ``torch`` out, channel-first
 ``(C, H, W)``); the dict transforms only draw the random parameters and call it, MONAI style
@@ -250,6 +250,63 @@ class RandSpeckleNoised(_RandDictTransform):
     def apply(self, img: torch.Tensor) -> torch.Tensor:
         """Multiply by the drawn noise field (:func:`speckle`); every key gets the same field."""
         return speckle(img, torch.as_tensor(self._noise, device=img.device).to(img.dtype))
+
+
+# ------------------------------------------------------------------------------------------------
+# illumination gradient
+
+
+def illumination_gradient(img: torch.Tensor, a_row: float, a_col: float) -> torch.Tensor:
+    """``img * exp(a_row * r + a_col * c)``: a log-linear illumination gradient across the field.
+
+    ``r`` and ``c`` run over ``linspace(-1, 1)`` along the rows and columns, so the factor is 1 at the centre and
+    the mean log-intensity of the image is unchanged. MONAI's ``RandBiasField(degree=1)`` is not this in 2D: it
+    fills the Legendre coefficients ``c[0,0], c[1,0], c[1,1]``, i.e. ``exp(c0 + c1 r + c2 r c)``: a brightness
+    term, a gradient along the rows only and a saddle, and no gradient along the columns.
+
+    Args:
+        img: ``(C, H, W)``; every channel gets the same factor.
+        a_row: log-intensity slope from the top (``-a_row``) to the bottom row (``+a_row``).
+        a_col: the same along the columns.
+
+    Returns:
+        ``(C, H, W)``, the dtype of ``img``.
+    """
+    h, w = img.shape[-2:]
+    r = torch.linspace(-1.0, 1.0, h, device=img.device)[:, None]
+    c = torch.linspace(-1.0, 1.0, w, device=img.device)[None, :]
+    return img * torch.exp(a_row * r + a_col * c).to(img.dtype)
+
+
+class RandIlluminationGradientd(_RandDictTransform):
+    """Random illumination gradient (:func:`illumination_gradient`), slopes ``a_row, a_col ~ U(-amount, amount)``.
+
+    Uneven illumination across a scan or photograph (a tilted light source, vignetting off-centre): a nuisance
+    a contrastive method would otherwise use to tell images apart.
+
+    Args:
+        keys: image keys ``(C, H, W)``.
+        amount: largest log-intensity slope from the centre to an edge (``0.3``: up to ×1.35 at the edge).
+        prob: probability of applying.
+    """
+
+    def __init__(self, keys: KeysCollection, amount: float = 0.3, prob: float = 1.0,
+                 allow_missing_keys: bool = False) -> None:
+        """Check and store ``amount``; see the class docstring."""
+        super().__init__(keys, prob, allow_missing_keys)
+        if amount < 0:
+            raise ConfigError(f"illumination amount must be >= 0, got {amount}", where="transforms.illumination",
+                              fix="use a small positive value such as 0.3, or 0 to switch it off")
+        self.amount = float(amount)
+        self._a = (0.0, 0.0)
+
+    def draw(self, first: torch.Tensor) -> None:
+        """Draw the two slopes."""
+        self._a = tuple(float(v) for v in self.R.uniform(-self.amount, self.amount, 2))
+
+    def apply(self, img: torch.Tensor) -> torch.Tensor:
+        """Multiply by the drawn gradient; every key gets the same one."""
+        return illumination_gradient(img, *self._a)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -190,16 +190,17 @@ def _histo(p: dict, train: bool) -> tuple[list, list]:
 
 
 def _illumination(p: dict) -> list:
-    """``[RandBiasFieldd]`` when ``p["illumination"] > 0``, else ``[]``: an uneven illumination gradient.
+    """``[RandIlluminationGradientd]`` when ``p["illumination"] > 0``, else ``[]``: an uneven illumination.
 
-    Intensity × exp(bilinear Legendre field), the coefficients in U(-illumination, illumination).
+    Intensity × exp(a·row + b·col), the slopes in U(-illumination, illumination) (not MONAI's 2D
+    ``RandBiasFieldd(degree=1)``, which has no gradient along the columns; see
+    :func:`medcl.transforms.intensity.illumination_gradient`).
     """
-    from monai import transforms as mt
+    from medcl.transforms.intensity import RandIlluminationGradientd  # lazy: monai
 
     if p["illumination"] <= 0:
         return []
-    return [mt.RandBiasFieldd(p["keys"], degree=1, coeff_range=(-p["illumination"], p["illumination"]),
-                              prob=p["illumination_prob"])]
+    return [RandIlluminationGradientd(p["keys"], amount=p["illumination"], prob=p["illumination_prob"])]
 
 
 def _oct(p: dict, train: bool) -> tuple[list, list]:
@@ -215,10 +216,10 @@ def _oct(p: dict, train: bool) -> tuple[list, list]:
     # no vertical flip (drusen lie *below* the band: up/down is signal), no blur (drusen are small)
     rand = [
         *size_rand,
-        # the rows a shift vacates repeat the edge row (as the tilt's border padding): zero rows would put a black
-        # strip, never seen in a real scan, at the top or bottom of the view
+        # the rows a shift vacates repeat the edge row by default (shift_padding: border, as the tilt's padding): zero
+        # rows would put a black strip, never seen in a real scan, at the top or bottom of the view
         RandAxisShiftd(_all(p), max_shift=p["vertical_shift"], spatial_axis=0, prob=p["shift_prob"],
-                       padding_mode="border"),
+                       padding_mode=p["shift_padding"]),
         # tilt: the retina's slope in the scan is a per-scan nuisance; without this the views of one
         # scan share it and contrastive learning can tell scans apart by tilt alone
         *([RandRotate2Dd(_all(p), range_x=math.radians(p["tilt_deg"]), prob=p["tilt_prob"],
@@ -226,7 +227,7 @@ def _oct(p: dict, train: bool) -> tuple[list, list]:
           if p["tilt_deg"] > 0 else []),
         FastRandFlipd(_all(p), spatial_axis=1, prob=p["flip_prob"]),
         mt.RandScaleIntensityd(p["keys"], factors=p["gain"], prob=p["gain_prob"]),
-        # additive offset and an illumination gradient (exp of a bilinear Legendre field): scanners and
+        # additive offset and an illumination gradient (exp(a·row + b·col)): scanners and
         # acquisitions differ in both, and a contrastive method would otherwise tell scans apart by them
         *([mt.RandShiftIntensityd(p["keys"], offsets=p["offset"], prob=p["offset_prob"])] if p["offset"] > 0 else []),
         *_illumination(p),
@@ -347,7 +348,8 @@ PRESETS: dict[str, Preset] = {
     "oct": Preset(
         "oct", 2, 1,
         {"spatial_size": (64, 64), "intensity_range": (0.0, 255.0), "resize": None,
-         "vertical_shift": 0.15, "shift_prob": 0.8, "tilt_deg": 0.0, "tilt_prob": 0.8, "flip_prob": 0.5,
+         "vertical_shift": 0.15, "shift_prob": 0.8, "shift_padding": "border", "tilt_deg": 0.0, "tilt_prob": 0.8,
+         "flip_prob": 0.5,
          "gain": 0.15, "gain_prob": 0.5, "offset": 0.0, "offset_prob": 0.5, "illumination": 0.0,
          "illumination_prob": 0.5, "gamma": (0.8, 1.25), "gamma_prob": 0.3, "speckle_std": 0.1,
          "speckle_prob": 0.5},

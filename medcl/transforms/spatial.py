@@ -62,7 +62,7 @@ SHIFT_PADDING = ("zeros", "border")
 def check_shift_padding(padding_mode: str) -> None:
     """Raise :class:`ConfigError` unless ``padding_mode`` is one of :data:`SHIFT_PADDING`."""
     if padding_mode not in SHIFT_PADDING:
-        raise ConfigError(f"unknown padding_mode {padding_mode!r} for a shift", where="RandAxisShiftd.padding_mode",
+        raise ConfigError(f"unknown padding_mode {padding_mode!r} for a shift", where="transforms.shift_padding",
                           fix=f"use one of {', '.join(SHIFT_PADDING)}")
 
 

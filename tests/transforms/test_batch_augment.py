@@ -62,6 +62,15 @@ def test_oct_shift_fills_with_the_border_row_in_both_chains():
     for _ in range(20):
         out = per_sample({"image": img.clone()})["image"]
         assert float(out.min()) >= 0.1 - 1e-6  # no zero row
+    # transforms.shift_padding: zeros switches both chains back to zero rows; anything else is refused by name
+    _, rand = get_preset("oct").build(resolve_params(get_preset("oct"), {"shift_padding": "zeros"}), True)
+    assert [t.padding_mode for t in rand if isinstance(t, RandAxisShiftd)] == ["zeros"]
+    assert [o.padding_mode for o in B.build_batch_augment("oct", shift_padding="zeros").ops
+            if isinstance(o, O.AxisShift)] == ["zeros"]
+    for build in (lambda: get_preset("oct").build(resolve_params(get_preset("oct"), {"shift_padding": "edge"}), True),
+                  lambda: B.build_batch_augment("oct", shift_padding="edge")):
+        with pytest.raises(ConfigError, match="transforms.shift_padding"):
+            build()
 
 
 @pytest.mark.parametrize("padding", ["zeros", "border"])
@@ -102,15 +111,17 @@ def test_intensity_scale_and_shift_are_monai_s():
                           _per_sample(x, lambda i, s: mt.ShiftIntensity(offset=float(u[i]))(s)))
 
 
-def test_bias_field_is_monai_rand_bias_field_for_its_drawn_coefficients():
+def test_illumination_gradient_op_is_the_per_sample_transform_for_its_drawn_slopes():
+    from medcl.transforms.intensity import RandIlluminationGradientd
+
     x = _images(c=2, h=10, w=14)
-    coeffs, want = [], []
+    slopes, want = [], []
     for i in range(len(x)):
-        t = mt.RandBiasField(degree=1, coeff_range=(-0.4, 0.4), prob=1.0)
+        t = RandIlluminationGradientd(["image"], amount=0.4, prob=1.0)
         t.set_random_state(seed=i)
-        want.append(torch.as_tensor(t(x[i])))
-        coeffs.append(t._coeff)
-    got = O.BiasField(amount=0.4).image(x, {"coeff": torch.tensor(coeffs, dtype=torch.float32)})
+        want.append(t({"image": x[i]})["image"])
+        slopes.append(t._a)
+    got = O.IlluminationGradient(amount=0.4).image(x, {"a": torch.tensor(slopes, dtype=torch.float32)})
     assert torch.allclose(got, torch.stack(want).float(), atol=1e-5)
 
 
@@ -189,7 +200,7 @@ def test_each_view_of_each_sample_gets_its_own_draw_and_masks_follow_the_image()
 #: per-sample transform class → the batch op that mirrors it
 MIRRORS = {"RandAxisShiftd": "AxisShift", "RandRotate2Dd": "Rotate", "FastRandFlipd": "Flip", "FastRandRotate90d": "Rot90",
            "RandScaleIntensityd": "ScaleIntensity", "RandShiftIntensityd": "ShiftIntensity",
-           "RandBiasFieldd": "BiasField", "RandAdjustContrastd": "Gamma", "RandSpeckleNoised": "Speckle",
+           "RandIlluminationGradientd": "IlluminationGradient", "RandAdjustContrastd": "Gamma", "RandSpeckleNoised": "Speckle",
            "RandHEDJitterd": "HEDJitter", "RandColorJitterd": "ColorJitter", "FOVMaskd": "InscribedFOV"}
 
 

@@ -7,6 +7,8 @@ windows, lead groups).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -75,6 +77,20 @@ def test_shift_along_axis_matches_numpy_reference():
         if abs(shift) >= 5:
             ref[:] = 0
         np.testing.assert_array_equal(shift_along_axis(x, shift, 1).numpy(), ref)
+
+
+def test_illumination_gradient_by_hand():
+    from medcl.transforms.intensity import RandIlluminationGradientd, illumination_gradient
+
+    img = torch.full((2, 3, 5), 2.0)
+    out = illumination_gradient(img, 0.2, -0.5)
+    # rows at -1, 0, 1 and columns at -1, -0.5, 0, 0.5, 1 (linspace): corners and centre by hand
+    assert torch.allclose(out[:, 0, 0], torch.full((2,), 2.0 * math.exp(-0.2 + 0.5)))
+    assert torch.allclose(out[:, 2, 4], torch.full((2,), 2.0 * math.exp(0.2 - 0.5)))
+    assert torch.allclose(out[:, 1, 2], torch.full((2,), 2.0))
+    assert torch.allclose(out[:, 2, 1], torch.full((2,), 2.0 * math.exp(0.2 + 0.25)))
+    with pytest.raises(ConfigError, match="transforms.illumination"):
+        RandIlluminationGradientd(["image"], amount=-0.1)
 
 
 def test_shift_along_axis_border_matches_numpy_edge_padding():
@@ -219,11 +235,14 @@ def test_illumination_gradient_is_a_smooth_multiplicative_field_shared_by_channe
     v = oct_tf({"image": flat[:1]})["views"][0, 0].numpy()
     ratio = v / (100.0 / 255.0)
     assert ratio.std() > 0.01  # not flat any more ...
-    # ... and log(field) is bilinear: exp(c0 + c1 x + c2 y + c3 xy) (MONAI's degree-1 Legendre bias field)
+    # ... log(field) is a plane a·row + b·col through 0 at the centre (no brightness term, no saddle), with a slope
+    # along each axis within the range (log-slope 0.4 from the centre to an edge: 0.8 over the 31 px between edges)
     yy, xx = np.mgrid[:32, :32]
-    design = np.stack([np.ones(32 * 32), xx.ravel(), yy.ravel(), (xx * yy).ravel()], 1)
+    design = np.stack([np.ones(32 * 32), yy.ravel(), xx.ravel()], 1)
     coef, res, *_ = np.linalg.lstsq(design, np.log(ratio).ravel(), rcond=None)
     assert np.abs(design @ coef - np.log(ratio).ravel()).max() < 1e-4
+    assert abs(np.log(ratio).mean()) < 1e-4
+    assert all(0.0 < abs(k) <= 0.8 / 31 + 1e-6 for k in coef[1:])
     f_tf = build_transforms("fundus", train=True, views=2, spatial_size=[32, 32], illumination=0.4,
                             illumination_prob=1.0, rotate_prob=0.0, flip_prob=0.0, color_prob=0.0, gamma_prob=0.0)
     set_transform_seed(f_tf, 1)
