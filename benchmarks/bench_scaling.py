@@ -40,6 +40,8 @@ data:
   cache: none
   num_workers: 0
 pretrain:
+  method: simclr             # the OCT demo's MICLe needs >= 8 samples per process (4 per patient); the quick
+                             # run's global batch of 8 gives 4 per process under 2 processes
   epochs: {epochs}
   max_steps: {steps}
   warmup_epochs: 0
