@@ -68,6 +68,7 @@ class PlainCompose(MedclCompose):
     are those filling a memory cache (the deterministic part, a :class:`PlainChain` for 1D/2D presets),
     which finish before training starts.
 
+    A dict input goes through the transforms in a plain loop (:meth:`_direct`), not MONAI's per-transform dispatch.
     A dict input is never changed: its tensors are cloned (as plain tensors) before the first transform, so
     a memory cache in front of it needs no deep copy per access (``copy_inputs=False`` when the caller has
     already copied, as :class:`~medcl.transforms.views.MultiViewd` does).
@@ -97,12 +98,33 @@ class PlainCompose(MedclCompose):
                 set_track_meta(False)
             _inside += 1
         try:
-            return super().__call__(input_, *args, **kwargs)
+            if args or kwargs or self.lazy or not isinstance(input_, dict):
+                return super().__call__(input_, *args, **kwargs)
+            return self._direct(input_)
         finally:
             with _lock:
                 _inside -= 1
                 if _inside == 0:
                     set_track_meta(_restore)
+
+
+    def _direct(self, data: dict) -> Any:
+        """Call the transforms in turn on a dict, as MONAI's ``Compose`` would with metadata off and nothing lazy.
+
+        MONAI's per-transform dispatch (``apply_transform``: item mapping, lazy-resampling checks, pending-operation
+        queries) cost ~10 µs per transform call, about a fifth of a 64×64 OCT view's augmentation. A transform that
+        returns several samples (a list) hands the rest of the chain back to MONAI, which maps over them.
+        """
+        for i, t in enumerate(self.transforms):
+            try:
+                data = t(data)
+            except MedclError:
+                raise
+            except Exception as e:  # noqa: BLE001 - re-raised as MONAI does, naming the transform
+                raise RuntimeError(f"applying transform {t}") from e
+            if not isinstance(data, dict):
+                return super().__call__(data, start=i + 1)
+        return data
 
 
 class PlainChain(Transform):

@@ -97,8 +97,10 @@ def _size_3d(p: dict, train: bool) -> tuple[list, list]:
 
     if not train:
         return [mt.ResizeWithPadOrCropd(_all(p), spatial_size=p["spatial_size"])], []
+    from medcl.transforms.spatial import FastRandSpatialCropd  # lazy: monai
+
     return ([mt.SpatialPadd(_all(p), spatial_size=p["spatial_size"])],
-            [mt.RandSpatialCropd(_all(p), roi_size=p["spatial_size"], random_size=False)])
+            [FastRandSpatialCropd(_all(p), roi_size=p["spatial_size"], random_size=False)])
 
 
 def _ct(p: dict, train: bool) -> tuple[list, list]:

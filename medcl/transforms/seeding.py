@@ -11,6 +11,8 @@ draws from the global RNGs.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 #: Seeds handed to ``RandomState`` must lie in ``[0, 2**32)``.
@@ -84,39 +86,58 @@ def _inner_pattern(t: object) -> tuple[str, ...] | None:
     ``t`` may be one of the MONAI classes of :data:`_SAME_SEED_INNER`, or a subclass that keeps their
     ``set_random_state`` (e.g. :class:`~medcl.transforms.spatial.FastRandFlipd`).
     """
+    return _plan(type(t))[1] if _plan(type(t))[0] == "inner" else None
+
+
+@functools.cache
+def _plan(cls: type) -> tuple[str, tuple[str, ...]]:
+    """How :func:`_reseed` seeds an instance of ``cls``: ``(kind, inner attributes)``, worked out once per class.
+
+    ``kind``: ``"inner"`` (a class of :data:`_SAME_SEED_INNER`: its own state and those attributes, one seed),
+    ``"compose"`` / ``"views"`` (its own state, then a drawn seed per random child / for its augmentation),
+    ``"own"`` (only its own state) or ``"call"`` (its own ``set_random_state`` does more: call it).
+    """
     import monai.transforms as mt
-
-    cls = type(t)
-    for base in cls.__mro__:
-        name = base.__name__
-        if name in _SAME_SEED_INNER and getattr(mt, name, None) is base:
-            return _SAME_SEED_INNER[name] if cls.set_random_state is base.set_random_state else None
-    return None
-
-
-def _reseed(t: object, seed: int) -> None:
     from monai.transforms import Compose, Randomizable
 
     from medcl.transforms.views import MultiViewd  # lazy: monai, like the line above
 
-    own = type(t).set_random_state  # type: ignore[attr-defined]
-    inner = _inner_pattern(t)
-    if inner is not None:
+    own = cls.set_random_state  # type: ignore[attr-defined]
+    for base in cls.__mro__:
+        name = base.__name__
+        if name in _SAME_SEED_INNER and getattr(mt, name, None) is base:
+            if own is base.set_random_state:
+                return "inner", _SAME_SEED_INNER[name]
+            break
+    if issubclass(cls, Compose) and own is Compose.set_random_state:
+        return "compose", ()
+    if issubclass(cls, MultiViewd) and own is MultiViewd.set_random_state:
+        return "views", ()
+    if own is Randomizable.set_random_state:
+        return "own", ()
+    return "call", ()
+
+
+def _reseed(t: object, seed: int) -> None:
+    from monai.transforms import Randomizable
+
+    kind, inner = _plan(type(t))
+    if kind == "inner":
         _own_state(t, seed)
         for attr in inner:
             sub = getattr(t, attr, None)
             if isinstance(sub, Randomizable):
                 _reseed(sub, seed)
-    elif isinstance(t, Compose) and own is Compose.set_random_state:
+    elif kind == "compose":
         r = _own_state(t, seed)
-        for child in t.transforms:
+        for child in t.transforms:  # type: ignore[attr-defined]
             if isinstance(child, Randomizable):
                 _reseed(child, int(r.randint(MAX_SEED, dtype="uint32")))
-    elif isinstance(t, MultiViewd) and own is MultiViewd.set_random_state:
+    elif kind == "views":
         r = _own_state(t, seed)
-        if getattr(t.aug, "set_random_state", None) is not None:
-            _reseed(t.aug, int(r.randint(MAX_SEED, dtype="uint32")))
-    elif own is Randomizable.set_random_state:
+        if getattr(t.aug, "set_random_state", None) is not None:  # type: ignore[attr-defined]
+            _reseed(t.aug, int(r.randint(MAX_SEED, dtype="uint32")))  # type: ignore[attr-defined]
+    elif kind == "own":
         _own_state(t, seed)
     else:
         t.set_random_state(seed=seed)  # type: ignore[attr-defined]

@@ -1,4 +1,5 @@
-"""FastRandFlipd / FastRandRotate90d are MONAI's RandFlipd / RandRotate90d: same draws, same outputs."""
+"""FastRandFlipd / FastRandRotate90d / FastRandSpatialCropd are MONAI's RandFlipd / RandRotate90d / RandSpatialCropd:
+same draws, same outputs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from monai import transforms as mt
 from monai.data import MetaTensor, get_track_meta, set_track_meta
 
 from medcl.transforms.seeding import set_transform_seed
-from medcl.transforms.spatial import FastRandFlipd, FastRandRotate90d
+from medcl.transforms.spatial import FastRandFlipd, FastRandRotate90d, FastRandSpatialCropd
 
 
 @pytest.fixture
@@ -27,6 +28,9 @@ def _pairs():
     yield mt.RandFlipd, FastRandFlipd, {"spatial_axis": [0, -1]}, (2, 5, 6, 4)
     yield mt.RandRotate90d, FastRandRotate90d, {"max_k": 3}, (3, 7, 7)
     yield mt.RandRotate90d, FastRandRotate90d, {"max_k": 3, "spatial_axes": (0, 2)}, (1, 5, 6, 4)
+    yield mt.RandSpatialCropd, FastRandSpatialCropd, {"roi_size": (5, 4), "random_size": False}, (3, 8, 6)
+    yield mt.RandSpatialCropd, FastRandSpatialCropd, {"roi_size": (8, 6), "random_size": False}, (1, 8, 6)  # whole
+    yield mt.RandSpatialCropd, FastRandSpatialCropd, {"roi_size": (3, 4, 2), "random_size": True}, (2, 5, 6, 4)
 
 
 @pytest.mark.parametrize("monai_cls,fast_cls,kw,shape", list(_pairs()))
@@ -34,7 +38,8 @@ def test_plain_tensors_get_monai_s_result_draw_for_draw(no_meta, monai_cls, fast
     """An image and its mask, 40 calls from one seed: every output equals MONAI's (including the no-op draws)."""
     g = torch.Generator().manual_seed(0)
     x = {"image": torch.rand(*shape, generator=g), "mask": (torch.rand(*shape, generator=g) > 0.5).long()}
-    ref, fast = monai_cls(["image", "mask"], prob=0.6, **kw), fast_cls(["image", "mask"], prob=0.6, **kw)
+    prob = {} if monai_cls is mt.RandSpatialCropd else {"prob": 0.6}  # a crop always applies
+    ref, fast = monai_cls(["image", "mask"], **prob, **kw), fast_cls(["image", "mask"], **prob, **kw)
     ref.set_random_state(7)
     fast.set_random_state(7)
     changed = 0
@@ -43,7 +48,11 @@ def test_plain_tensors_get_monai_s_result_draw_for_draw(no_meta, monai_cls, fast
         for k in x:
             assert type(got[k]) is torch.Tensor and torch.equal(got[k], want[k])
         changed += not torch.equal(got["image"], x["image"])
-    assert 5 < changed < 40  # both branches ran
+    if monai_cls is mt.RandSpatialCropd:
+        # a crop to the image's own size keeps it; a smaller one (or a random size, now and then the whole) does not
+        assert changed == 0 if kw["roi_size"] == shape[1:] else changed > 30
+    else:
+        assert 5 < changed < 40  # both branches ran
 
 
 @pytest.mark.parametrize("monai_cls,fast_cls,kw,shape", list(_pairs())[:1] + list(_pairs())[4:5])

@@ -538,3 +538,23 @@ def test_rand_rotate_2d_turns_image_and_mask_alike_and_keeps_mask_labels():
     assert chord > 3 and abs(float(torch.linalg.norm(moved - torch.tensor([6.5, 15.5]))) - chord) < 1.5
     overlap = ((out["image"][0] > 0.5) & (out["mask"][0] > 0)).sum() / (out["mask"][0] > 0).sum()
     assert overlap > 0.8  # image and mask turned together
+
+
+@pytest.mark.parametrize("preset,shape,params", [
+    ("histo", (3, 40, 40), {"spatial_size": [32, 32], "hed_prob": 0.0, "color_prob": 0.0}),
+    ("oct", (1, 40, 40), {"spatial_size": [32, 32], "tilt_deg": 10.0, "gain_prob": 0.0, "offset_prob": 0.0,
+                          "gamma_prob": 0.0, "speckle_prob": 0.0}),
+    ("ct", (1, 20, 20, 20), {"spatial_size": [16, 16, 16], "intensity_prob": 0.0, "affine_prob": 0.0}),
+])
+def test_aligned_views_share_every_geometric_draw(preset, shape, params):
+    """With the intensity augmentations off, aligned views are the same image (crop, flips, quarter turns, shift
+    and tilt drawn once); without aligning, the same chain gives views that differ (so the check can fail)."""
+    x = {"image": torch.rand(*shape, generator=torch.Generator().manual_seed(0))}
+    for aligned in (True, False):
+        views = build_transforms(preset, train=True, views=2, aligned_views=aligned, **params).transforms[-1]
+        same = []
+        for seed in range(12):
+            set_transform_seed(views, seed)
+            v = views(dict(x))["views"]
+            same.append(torch.equal(v[0], v[1]))
+        assert all(same) if aligned else not all(same), (preset, aligned, same)

@@ -109,6 +109,43 @@ def test_shift_along_axis_border_matches_numpy_edge_padding():
         RandAxisShiftd(["image"], padding_mode="wrap")
 
 
+def test_rotate_2d_is_affine_grid_then_grid_sample():
+    """The cached base grid gives torch's own ``affine_grid`` (the rotation's reference), bit for bit."""
+    import torch.nn.functional as F
+
+    from medcl.transforms.spatial import rotate_2d
+
+    for h, w in ((64, 64), (48, 80), (7, 5)):
+        x = torch.rand(3, h, w, generator=torch.Generator().manual_seed(h))
+        for a in (0.0, 0.3, -1.2):
+            theta = torch.tensor([[[math.cos(a), math.sin(a) * h / w, 0.0], [-math.sin(a) * w / h, math.cos(a), 0.0]]])
+            grid = F.affine_grid(theta, [1, 3, h, w], align_corners=False)
+            want = F.grid_sample(x[None], grid, padding_mode="border", align_corners=False)[0]
+            assert torch.equal(rotate_2d(x, a, "bilinear", "border"), want)
+    # a quarter turn of a square image: the top row becomes the right column (clockwise as displayed)
+    x = torch.arange(16.0).reshape(1, 4, 4)
+    want = torch.tensor([[[12.0, 8, 4, 0], [13, 9, 5, 1], [14, 10, 6, 2], [15, 11, 7, 3]]])
+    assert torch.allclose(rotate_2d(x, math.pi / 2), want, atol=1e-4)
+
+
+def test_speckle_noise_is_gamma_with_mean_one_fixed_by_the_seed():
+    from scipy import stats
+
+    from medcl.transforms.intensity import RandSpeckleNoised
+
+    ones = {"image": torch.ones(1, 100, 100)}
+    for std in (0.2, 1.5):
+        t = RandSpeckleNoised(["image"], std=std, prob=1.0)
+        t.set_random_state(seed=4)
+        first = t(ones)["image"]
+        k = 1.0 / std**2
+        assert stats.kstest(first.flatten().numpy(), stats.gamma(a=k, scale=1 / k).cdf).pvalue > 1e-3
+        assert (first > 0).all() and first.dtype == torch.float32
+        assert not torch.equal(t(ones)["image"], first)  # a new field per call
+        t.set_random_state(seed=4)
+        assert torch.equal(t(ones)["image"], first)  # the seed fixes the field
+
+
 # ------------------------------------------------------------------------------------------------
 # histopathology: HED jitter against scikit-image, colour jitter against torchvision
 
