@@ -162,6 +162,17 @@ def as_column(v: torch.Tensor) -> torch.Tensor:
 # spatial
 
 
+#: fills of the vacated part of a shifted image (:func:`shift_rows`, :func:`medcl.transforms.spatial.shift_along_axis`)
+SHIFT_PADDING = ("zeros", "border")
+
+
+def check_shift_padding(padding_mode: str) -> None:
+    """Raise :class:`ConfigError` unless ``padding_mode`` is one of :data:`SHIFT_PADDING`."""
+    if padding_mode not in SHIFT_PADDING:
+        raise ConfigError(f"unknown padding_mode {padding_mode!r} for a shift", where="transforms.shift_padding",
+                          fix=f"use one of {', '.join(SHIFT_PADDING)}")
+
+
 def shift_rows(x: torch.Tensor, shift: torch.Tensor, dim: int, padding_mode: str = "zeros") -> torch.Tensor:
     """Shift each sample by its own integer ``shift`` ``(N,)`` along ``dim`` (2 = rows), no wrap.
 
@@ -193,9 +204,7 @@ class AxisShift(Op):
 
     def __post_init__(self) -> None:
         """Refuse a fill other than zeros or border."""
-        if self.padding_mode not in ("zeros", "border"):
-            raise ConfigError(f"unknown padding_mode {self.padding_mode!r} for a shift",
-                              where="transforms.shift_padding", fix="use zeros or border")
+        check_shift_padding(self.padding_mode)
 
     def params(self, x: torch.Tensor, draw: Draw) -> Params:
         """The shift in pixels per sample."""

@@ -22,6 +22,7 @@ from monai import transforms as mt
 from monai.config import KeysCollection
 
 from medcl.errors import ConfigError
+from medcl.transforms.batch_ops import check_shift_padding
 from medcl.transforms.intensity import _RandDictTransform
 
 
@@ -55,17 +56,6 @@ def shift_along_axis(img: torch.Tensor, shift: int, axis: int, padding_mode: str
     else:
         out.narrow(axis, 0, n + shift).copy_(img.narrow(axis, -shift, n + shift))
     return out
-
-
-#: fills of the vacated part of a shifted image (:func:`shift_along_axis`)
-SHIFT_PADDING = ("zeros", "border")
-
-
-def check_shift_padding(padding_mode: str) -> None:
-    """Raise :class:`ConfigError` unless ``padding_mode`` is one of :data:`SHIFT_PADDING`."""
-    if padding_mode not in SHIFT_PADDING:
-        raise ConfigError(f"unknown padding_mode {padding_mode!r} for a shift", where="transforms.shift_padding",
-                          fix=f"use one of {', '.join(SHIFT_PADDING)}")
 
 
 class RandAxisShiftd(_RandDictTransform):
