@@ -606,8 +606,10 @@ def section_loops(res: dict[str, Any], targets: list[list[str]]) -> str:
         if r.get("ratio") is not None and r.get("shipped", True):
             ok = r["ratio"] >= 0.9
             what = "pretraining (SimCLR)" if r["loop"] == "simclr" else "fine-tuning from scratch"
-            why = ("medcl augments each sample in the DataLoader (MONAI transforms, one call per transform, view and "
-                   "sample, seeded per sample); the plain loop augments whole batches in memory. The batch row is "
+            why = ("the demo loads with `data.num_workers: 0`, so each batch's per-sample augmentation (two views of "
+                   "every sample, each seeded per sample) runs in the training process between the steps, while the "
+                   "plain loop augments whole batches in memory at a fraction of that cost; loader workers would "
+                   "overlap it with the step, but on 2 cores they compete with the step's threads. The batch row is "
                    "the same loop with the augmentation on whole batches (`transforms.augment_on: batch`)"
                    if r.get("augment_on", "sample") == "sample" else
                    "the per-sample augmentation is gone (see the sample row); what remains is not yet attributed "
