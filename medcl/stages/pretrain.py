@@ -165,6 +165,8 @@ def _hand_on(ctx: RunContext, tracker: Tracker, model: Any, probe: Any) -> tuple
                                                                                                  hand_on["encoder"]))
     if hand_on.get("selected_step") is not None:
         tracker.log_metrics({"probe/selected_step": float(hand_on["selected_step"])})
+    if probe is not None and ctx.rank == 0:  # how many probes the selection chose among (pretrain.probe_every_steps)
+        tracker.log_metrics({"probe/probes_run": float(len(probe.probe.history))})
     return hand_on, encoder_uri
 
 

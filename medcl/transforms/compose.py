@@ -107,7 +107,6 @@ class PlainCompose(MedclCompose):
                 if _inside == 0:
                     set_track_meta(_restore)
 
-
     def _direct(self, data: dict) -> Any:
         """Call the transforms in turn on a dict, as MONAI's ``Compose`` would with metadata off and nothing lazy.
 

@@ -80,20 +80,12 @@ _SAME_SEED_INNER: dict[str, tuple[str, ...]] = {
 }
 
 
-def _inner_pattern(t: object) -> tuple[str, ...] | None:
-    """The inner transforms that ``t``'s seed also seeds, or ``None`` when ``t`` is none of those classes.
-
-    ``t`` may be one of the MONAI classes of :data:`_SAME_SEED_INNER`, or a subclass that keeps their
-    ``set_random_state`` (e.g. :class:`~medcl.transforms.spatial.FastRandFlipd`).
-    """
-    return _plan(type(t))[1] if _plan(type(t))[0] == "inner" else None
-
-
 @functools.cache
 def _plan(cls: type) -> tuple[str, tuple[str, ...]]:
     """How :func:`_reseed` seeds an instance of ``cls``: ``(kind, inner attributes)``, worked out once per class.
 
-    ``kind``: ``"inner"`` (a class of :data:`_SAME_SEED_INNER`: its own state and those attributes, one seed),
+    ``kind``: ``"inner"`` (a class of :data:`_SAME_SEED_INNER`, or a subclass that keeps its ``set_random_state``
+    such as :class:`~medcl.transforms.spatial.FastRandFlipd`: its own state and those attributes, one seed),
     ``"compose"`` / ``"views"`` (its own state, then a drawn seed per random child / for its augmentation),
     ``"own"`` (only its own state) or ``"call"`` (its own ``set_random_state`` does more: call it).
     """

@@ -188,8 +188,6 @@ class FastRandFlipd(mt.RandFlipd):
     ``MetaTensor`` or the transform is lazy.
     """
 
-    spatial = True  # moves pixels: shared by aligned views (medcl.transforms.views.is_spatial)
-
     def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict[Hashable, Any]:
         """Flip every key along ``spatial_axis`` with probability ``prob`` (one draw for all keys)."""
         from monai.transforms.utils import map_spatial_axes
@@ -214,8 +212,6 @@ class FastRandSpatialCropd(mt.RandSpatialCropd):
     or the crop is centred (``random_center=False``).
     """
 
-    spatial = True  # moves pixels: shared by aligned views (medcl.transforms.views.is_spatial)
-
     def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict[Hashable, Any]:
         """Crop every key at one drawn position (a view of the input, as MONAI's crop)."""
         d = dict(data)
@@ -236,8 +232,6 @@ class FastRandRotate90d(mt.RandRotate90d):
     As :class:`FastRandFlipd`: MONAI's own path runs whenever metadata is on, an input is a ``MetaTensor`` or
     the transform is lazy.
     """
-
-    spatial = True  # moves pixels: shared by aligned views (medcl.transforms.views.is_spatial)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict[Hashable, Any]:
         """Turn every key by ``k ~ U{1..max_k}`` quarter turns in ``spatial_axes`` with probability ``prob``."""

@@ -179,12 +179,13 @@ class ClocsViewsd(MultiViewd):
 def is_spatial(transform: Any) -> bool:
     """Whether a random transform moves pixels (crop, pad, flip, rotation, affine, zoom …), not their values.
 
-    MONAI's ``spatial`` and ``croppad`` transforms are, and any transform with ``spatial = True``.
+    MONAI's ``spatial`` and ``croppad`` transforms are, and so are their subclasses (medcl's fast flips and crop),
+    and any transform with ``spatial = True``.
     """
     if getattr(transform, "spatial", None) is not None:
         return bool(transform.spatial)
-    module = type(transform).__module__
-    return module.startswith(("monai.transforms.spatial", "monai.transforms.croppad"))
+    return any(c.__module__.startswith(("monai.transforms.spatial", "monai.transforms.croppad"))
+               for c in type(transform).__mro__)
 
 
 class AlignedViewsd(MultiViewd):

@@ -126,7 +126,7 @@ PERTURB: dict[str, Perturb] = {
     "pretrain.grad_accum": Perturb("oct", "2"),
     "pretrain.clip_grad": Perturb("oct", "0.01"),
     "pretrain.probe": Perturb("oct", "false"),
-    "pretrain.probe_every_steps": Perturb("oct", "3"),  # probes at the last step only: another best encoder
+    "pretrain.probe_every_steps": Perturb("oct", "3"),  # probes at the last step only: probe/probes_run 1, not 3
     "pretrain.probe_protocol": Perturb("oct", "knn"),  # the kNN probe selects: another AUROC, another encoder
     "pretrain.select": Perturb("oct", "last"),
     # -- classify
