@@ -294,8 +294,53 @@ def collate_samples(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class _OneThreadFetch:
+    """Iterator over a main-process loader's batches that fetches each one with torch's intra-op threads set to 1.
+
+    With ``num_workers: 0`` the samples are read and augmented in the training process, op by op on small tensors
+    (a 64×64 view: a ``grid_sample``, a few elementwise ops). Spread over the training step's threads, each such op
+    waits for the other threads to wake; while another process kept a core busy (profiled with ``cProfile``
+    beside ``make test``), that made the OCT demo's per-view augmentation several times slower than on one thread.
+    On an idle machine the two were alike and the loop's rate did not change. Loader workers already run on one
+    thread each (PyTorch sets that in every worker), so the fetch now runs the same way in either place; the step
+    gets its threads back for the model.
+    """
+
+    def __init__(self, it: Any) -> None:
+        """Wrap the DataLoader iterator ``it``."""
+        self.it = it
+
+    def __iter__(self) -> _OneThreadFetch:
+        """This iterator."""
+        return self
+
+    def __len__(self) -> int:
+        """Batches left, as the wrapped iterator counts them."""
+        return len(self.it)
+
+    def __next__(self) -> Any:
+        """The next batch, fetched on one thread; the caller's thread count is restored afterwards."""
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return next(self.it)
+        torch.set_num_threads(1)
+        try:
+            return next(self.it)
+        finally:
+            torch.set_num_threads(threads)
+
+
 class MedclLoader(DataLoader):
-    """``DataLoader`` with :meth:`set_epoch` (sampler order and augmentation seeds both follow it)."""
+    """``DataLoader`` with :meth:`set_epoch` (sampler order and augmentation seeds both follow it).
+
+    Without workers the batches are fetched (read, augmented, collated) on one intra-op thread, as a worker
+    process fetches them (:class:`_OneThreadFetch`).
+    """
+
+    def __iter__(self) -> Any:
+        """The batches; fetched on one thread when there are no worker processes."""
+        it = super().__iter__()
+        return it if self.num_workers > 0 else _OneThreadFetch(it)
 
     def set_epoch(self, epoch: int) -> None:
         """Call before iterating epoch ``epoch`` (also works with persistent workers)."""

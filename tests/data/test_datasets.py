@@ -306,6 +306,44 @@ def test_zero_and_two_workers_give_the_same_batches():
         assert torch.equal(x["views"], y["views"])
 
 
+class _ThreadsSeen(torch.utils.data.Dataset):
+    """Records torch's intra-op thread count at each item; item ``fail`` raises."""
+
+    def __init__(self, n, fail=None):
+        self.n, self.fail, self.seen = n, fail, []
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        self.seen.append(torch.get_num_threads())
+        if i == self.fail:
+            raise ValueError("bad item")
+        return {"image": torch.full((1, 2, 2), float(i))}
+
+
+def test_a_main_process_loader_fetches_on_one_thread_and_gives_the_step_its_threads_back():
+    """Without workers the fetch runs on one intra-op thread, as in a worker; the loop body keeps its own count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ds = _ThreadsSeen(6)
+        loader = build_loader(ds, batch_size=2, shuffle=False, num_workers=0, seed=0)
+        assert len(iter(loader)) == 3
+        got = []
+        for batch in loader:
+            assert torch.get_num_threads() == 2  # the step runs with the caller's threads
+            got.append(batch["image"][:, 0, 0, 0].tolist())
+        assert ds.seen == [1] * 6
+        assert got == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+        bad = build_loader(_ThreadsSeen(4, fail=1), batch_size=2, shuffle=False, num_workers=0, seed=0)
+        with pytest.raises(ValueError, match="bad item"):
+            next(iter(bad))
+        assert torch.get_num_threads() == 2  # restored after a failed fetch too
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_persistent_workers_follow_set_epoch_like_fresh_loaders():
     """One loader whose 2 workers live across epochs gives each epoch's batches of a fresh 0-worker loader."""
     tr = build_transforms("oct", train=True, views=2, spatial_size=[16, 16])
