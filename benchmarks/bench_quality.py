@@ -123,13 +123,31 @@ def _demo_yaml(mod: str) -> Path:
 
 
 def methods_for(modality: str) -> list[str]:
-    """The presets run on ``modality`` (its pipeline's own method is the ``pipeline`` run)."""
+    """The presets run on ``modality`` (its pipeline's own method is the ``pipeline`` run; presets that do not apply
+    to its demo's task, :func:`not_applicable`, are left out)."""
     if "methods" in MODALITIES[modality]:
         return list(MODALITIES[modality]["methods"])
     own = _demo_method(modality)
     out = [m for m in GENERIC if m != own]
     out += [m for m, per in SPECIFIC.items() if modality in per and m != own]
-    return out
+    skip = not_applicable(modality)
+    return [m for m in out if m not in skip]
+
+
+def not_applicable(modality: str) -> dict[str, str]:
+    """The generic presets that do not apply to ``modality``'s demo, each with the reason: the methods that read one
+    class per sample (``Method.single_label``) on a multilabel demo (ECG); the pretraining stage refuses them."""
+    from medcl.methods import METHODS
+    from medcl.pipeline import load_pipeline
+
+    if "methods" in MODALITIES[modality]:
+        return {}
+    task = load_pipeline(_demo_yaml(modality), ["data.manifest=x.csv"]).data.task
+    if task != "multilabel":
+        return {}
+    multi = [k for k, v in METHODS.items() if "label" in v.needs and not v.single_label]
+    return {m: f"needs one class per sample; the {modality} demo is multilabel ({', '.join(multi)} is the "
+               "multilabel form)" for m in GENERIC if METHODS[m].single_label}
 
 
 def plan(seeds: int, modalities: list[str], with_methods: bool, quick: bool) -> list[dict[str, Any]]:
@@ -522,7 +540,9 @@ def main(argv: list[str] | None = None) -> int:
              or any(k.startswith(p) for p in args.rerun)}
     commit = git_commit()  # the code every run of this invocation uses (a later commit does not change it)
     meta = {**base_meta(args.quick), "seeds": args.seeds, "budget_min": args.budget_min,
-            "plan": [run_key(r) for r in todo]}
+            "plan": [run_key(r) for r in todo],
+            "not_applicable": {f"{m}/{x}": why for m in args.modalities if not args.quick
+                               for x, why in not_applicable(m).items()}}
     from medcl.data.synth import synthesize
 
     signal.signal(signal.SIGTERM, _on_sigterm)  # a pipeline installs its own while it runs, and restores this one

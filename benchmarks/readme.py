@@ -806,6 +806,9 @@ def section_quality(res: dict[str, Any], plots: _Plots, targets: list[list[str]]
         text.append("\n**Method presets** — linear probe at 100 % after pretraining with each preset at the demo's "
                     "budget (the pipeline's own method is in the first table):\n")
         text.append(_table(["modality", "method", "SSL linear probe", "gap closed", "runs missing"], meth_rows))
+        if skipped := (res.get("meta") or {}).get("not_applicable"):
+            text.append("\nNot run, the preset does not apply: " + "; ".join(
+                f"{key.replace('/', ' ')} ({why})" for key, why in sorted(skipped.items())) + ".")
     _quality_targets(res, mods, pipes, targets)
     if long_tail := _long_tail(res):
         text.append(long_tail)

@@ -211,7 +211,10 @@ class ClassifyConfig(Section):
     """Downstream classification on the pretrained encoder."""
 
     protocols: list[Literal["linear", "knn", "finetune"]] = Field(default_factory=lambda: ["linear"])
-    label_fractions: list[float] = Field(default_factory=lambda: [1.0])
+    label_fractions: list[float] = Field(
+        default_factory=lambda: [1.0], description="shares of the training patients with labels (nested: 1 % ⊂ 10 % "
+        "⊂ 100 %, stratified by class); a small share is raised to the patients needed for every class, or for "
+        "multilabel every label present and absent")
     baselines: list[Literal["random", "raw", "scratch"]] = Field(
         default_factory=lambda: ["random"],
         description="random: probe on a random-init encoder; raw: probe on pixels; scratch: fine-tune from scratch",

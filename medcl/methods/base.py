@@ -39,6 +39,9 @@ class Method(nn.Module):
     batches: str = "shuffle"
     #: Whether the views must share their geometry (``transforms.aligned_views``): methods that contrast locations.
     needs_aligned_views: bool = False
+    #: Whether the method reads one class index per sample (``(B,)`` labels): a multilabel task is refused before
+    #: training (the pretraining stage checks ``data.task``).
+    single_label: bool = False
 
     def __init__(self, encoder: Encoder) -> None:
         """Keep ``encoder`` as ``self.encoder`` (subclasses add heads and the criterion)."""

@@ -57,6 +57,7 @@ class SupCon(CriterionMethod):
 
     needs = ("label",)
     loss = "supcon"
+    single_label = True  # (B,) class indices: SupConGraph is the multilabel form
 
     def labels(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The batch's class labels as the criterion wants them (``(B,)`` int64, ``-1`` = unlabelled)."""
@@ -140,6 +141,7 @@ class SupConGraph(SupCon):
         samples' weight is the graph similarity of their classes (e.g. neighbouring grades).
     """
 
+    single_label = False  # multi-hot (B, K) labels, or class indices turned into one-hot rows
     loss = "graph_supcon"
 
     def __init__(self, encoder: Encoder, *, classes: list[str] | None = None, **supcon: object) -> None:

@@ -207,7 +207,7 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     y = {s: data.y[split_idx[s]] for s in split_idx}
     patients = {s: data.patients_of(split_idx[s]) for s in split_idx}
     fractions = label_fraction_patients(patients["train"], y["train"], c.label_fractions, seed=cfg.seed,
-                                        ensure_all_classes=task != "multilabel")
+                                        ensure_all_classes=True)
     pretrained = (ctx.outputs.get("pretrain") or {}).get("encoder") or cfg.model.pretrained_path
     largest = max(c.label_fractions)
     ft_dir = ctx.stage_dir("classify")

@@ -274,6 +274,11 @@ def _build_method(ctx: RunContext, encoder: Any) -> Any:
         train_y = ctx.data.y[ctx.data.indices("train")]
         kwargs["class_counts"] = np.bincount(train_y[train_y >= 0], minlength=len(ctx.data.classes)).tolist()
     kwargs.update(p.method_options)
+    if getattr(METHODS.get(p.method), "single_label", False) and cfg.data.task == "multilabel":
+        multi = ", ".join(k for k, v in METHODS.items() if "label" in getattr(v, "needs", ()) and not v.single_label)
+        raise ConfigError(f"method {p.method} needs one class per sample, and data.task is multilabel",
+                          where="pretrain.method",
+                          fix=f"use a label-free method (e.g. simclr), or {multi} for multilabel data")
     if getattr(METHODS.get(p.method), "needs_aligned_views", False) and not (cfg.transforms.model_extra or {}).get(
             "aligned_views"):
         raise ConfigError(f"method {p.method} contrasts locations of two views, which must be spatially aligned",

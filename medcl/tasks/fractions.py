@@ -50,6 +50,31 @@ def _patient_strata(pat_str: np.ndarray, uniq: list[str], y_arr: list | None) ->
     return strata
 
 
+def _multilabel_cover(pat_str: np.ndarray, ranking: list[str], y_arr: list) -> list[str]:
+    """Patients that between them have every label of a multilabel ``y`` both present and absent (greedy).
+
+    Each pick is the patient adding the most of the still missing (label, value) states, the earliest in ``ranking``
+    among equals; a state no patient has is not sought. Unlabelled samples (negative values or NaN) count for
+    nothing. Not multilabel (``y`` not ``(N, K)`` numbers): no patients.
+    """
+    try:
+        y2 = np.asarray(y_arr, dtype=float)
+    except (TypeError, ValueError):
+        return []
+    if y2.ndim != 2 or y2.shape[0] != len(pat_str):
+        return []
+    states: dict[str, set[tuple[int, int]]] = {p: set() for p in ranking}
+    for p, row in zip(pat_str.tolist(), y2):
+        states[p].update((k, int(v > 0.5)) for k, v in enumerate(row) if not (math.isnan(v) or v < 0))
+    missing = set().union(*states.values()) if states else set()
+    cover: list[str] = []
+    while missing:
+        best = max(ranking, key=lambda p: len(states[p] & missing))  # max keeps the first of equals
+        cover.append(best)
+        missing -= states[best]
+    return cover
+
+
 def label_fraction_patients(
     records_or_patients,
     y=None,
@@ -66,6 +91,12 @@ def label_fraction_patients(
     inside the 10 % patients, which are inside 100 %. A patient's class is the most common label
     among its samples; multilabel or unlabelled data are sampled without stratification.
 
+    Multilabel ``y`` ``(N, K)`` with ``ensure_all_classes``: the ranking starts with a few patients that between
+    them have every label both present and absent (where the training patients have it both ways; a patient has a
+    label present when one of its samples does), chosen greedily, each adding the most label states still missing.
+    Without them a small fraction of multilabel data can hold one patient, on which no label has two values and
+    every probe is constant (chance AUROC by construction).
+
     Args:
         records_or_patients: manifest ``Record`` objects (``.patient``, ``.label``) or an
             ``(N,)`` array of patient ids.
@@ -73,7 +104,8 @@ def label_fraction_patients(
         fractions: fractions in (0, 1].
         seed: ranking seed.
         ensure_all_classes: raise the patient count of small fractions to the number of
-            classes so every class has a patient (the subset is then larger than ``f``).
+            classes so every class has a patient (multilabel: to the patients that give every label both
+            values, above); the subset is then larger than ``f``.
 
     Returns:
         ``{fraction: (N,) bool mask}`` selecting every sample of the chosen patients.
@@ -113,6 +145,10 @@ def label_fraction_patients(
         keys[firsts[i]] = -1.0 + rank * 1e-6  # one patient per class before everyone else
     ranking = sorted(uniq, key=lambda p: keys[p])
     n_classes = len(firsts)
+    if ensure_all_classes and y_arr is not None and n_classes == 0:
+        cover = _multilabel_cover(pat_str, ranking, y_arr)
+        ranking = cover + [p for p in ranking if p not in set(cover)]
+        n_classes = len(cover)
     out: dict[float, np.ndarray] = {}
     for f in fractions:
         m = max(1, int(round(float(f) * len(uniq))))

@@ -10,6 +10,7 @@ import torch
 
 from medcl.config import load_config
 from medcl.data.prepare import prepare_data
+from medcl.errors import ConfigError
 from medcl.stages.context import RunContext
 from medcl.tracking import NullTracker
 
@@ -172,3 +173,24 @@ def test_clocs_positives_by_record_work_from_a_pipeline(demo_data, tmp_path, mon
     assert np.isfinite(out["final_loss"])
     assert batches and all(b["record"].shape == b["patient"].shape for b in batches)
     assert set(torch.cat([b["record"] for b in batches]).tolist()) <= set(ids.tolist())
+
+
+@pytest.mark.parametrize("method", ["supcon", "supcon-balanced", "prototypes", "supcon-hardneg"])
+def test_single_label_methods_refuse_multilabel_data_before_training(method, demo_data, tmp_path, monkeypatch):
+    """A method that reads one class per sample, on the multilabel ECG demo: a ConfigError naming pretrain.method and
+    the multilabel form, before any step (the loop is never entered)."""
+    import medcl.stages.pretrain as pretrain
+
+    def never(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(pretrain, "fit", never)
+    preset = REPO / "configs" / "method" / "supcon-graph.yaml"  # ECG pipeline, then the method swapped
+    over = [f"pretrain.method={method}", "pretrain.method_options={}"]
+    if method == "supcon-hardneg":
+        over = [f"pretrain.method={method}", "pretrain.method_options.hard_pairs=[[AF, BBB]]"]
+    cfg = load_config(_pipeline(tmp_path, preset, demo_data), over)
+    assert cfg.data.task == "multilabel"
+    with pytest.raises(ConfigError, match="multilabel") as info:
+        _pretrain(cfg, tmp_path)
+    assert info.value.where == "pretrain.method" and "supcon-graph" in info.value.fix

@@ -201,6 +201,36 @@ def test_label_fractions_nested_patient_level_and_stratified():
     assert not np.array_equal(other[0.1], masks[0.1])
 
 
+def test_multilabel_fractions_give_every_label_both_values():
+    """1 % of 100 multilabel patients is one patient, on which no label varies; the guarantee adds the few that make
+    every label both present and absent (checked from y by hand), and the fractions stay nested and whole-patient."""
+    rng = np.random.default_rng(1)
+    n_pat, k = 100, 4
+    pat_y = (rng.random((n_pat, k)) < [0.5, 0.2, 0.1, 0.05]).astype(float)
+    pat_y[:, 3] = 0.0
+    pat_y[7, 3] = 1.0  # label 3: one positive patient in the whole set
+    per = rng.integers(1, 4, n_pat)
+    patients = np.repeat([f"p{i:03d}" for i in range(n_pat)], per)
+    y = np.repeat(pat_y, per, axis=0)
+    y[0, 0] = -1.0  # an unlabelled entry counts for nothing
+    plain = label_fraction_patients(patients, y, fractions=[0.01], seed=0)
+    assert np.unique(patients[plain[0.01]]).size == 1
+    masks = label_fraction_patients(patients, y, fractions=[0.01, 0.1, 1.0], seed=0, ensure_all_classes=True)
+    chosen = y[masks[0.01]]
+    for j in range(k):  # every label both ways among the chosen samples
+        assert (chosen[:, j] == 1).any() and (chosen[:, j] == 0).any(), j
+    assert "p007" in set(patients[masks[0.01]])  # the only patient with label 3
+    assert np.unique(patients[masks[0.01]]).size <= 2 * k
+    assert (masks[0.01] <= masks[0.1]).all() and (masks[0.1] <= masks[1.0]).all() and masks[1.0].all()
+    assert np.unique(patients[masks[0.1]]).size == 10
+    for p in np.unique(patients):
+        sel = masks[0.01][patients == p]
+        assert sel.all() or not sel.any()
+    always = np.ones((len(patients), 2))  # a label no patient lacks is not sought: one patient is enough
+    one = label_fraction_patients(patients, always, fractions=[0.01], seed=0, ensure_all_classes=True)
+    assert np.unique(patients[one[0.01]]).size == 1
+
+
 def test_label_fractions_from_records_and_class_guarantee():
     recs = [_Rec(f"p{i}", "AMD" if i % 10 == 0 else "normal") for i in range(50)]
     recs += [_Rec("p0", None)]  # an unlabelled extra sample of p0 comes along with p0
