@@ -137,7 +137,7 @@ def methods_for(modality: str) -> list[str]:
 def not_applicable(modality: str) -> dict[str, str]:
     """The generic presets that do not apply to ``modality``'s demo, each with the reason: the methods that read one
     class per sample (``Method.single_label``) on a multilabel demo (ECG); the pretraining stage refuses them."""
-    from medcl.methods import METHODS
+    from medcl.methods import METHODS, multilabel_label_methods
     from medcl.pipeline import load_pipeline
 
     if "methods" in MODALITIES[modality]:
@@ -145,9 +145,9 @@ def not_applicable(modality: str) -> dict[str, str]:
     task = load_pipeline(_demo_yaml(modality), ["data.manifest=x.csv"]).data.task
     if task != "multilabel":
         return {}
-    multi = [k for k, v in METHODS.items() if "label" in v.needs and not v.single_label]
-    return {m: f"needs one class per sample; the {modality} demo is multilabel ({', '.join(multi)} is the "
-               "multilabel form)" for m in GENERIC if METHODS[m].single_label}
+    multi = ", ".join(multilabel_label_methods())
+    return {m: f"needs one class per sample; the {modality} demo is multilabel ({multi} is the multilabel form)"
+            for m in GENERIC if METHODS[m].single_label}
 
 
 def plan(seeds: int, modalities: list[str], with_methods: bool, quick: bool) -> list[dict[str, Any]]:

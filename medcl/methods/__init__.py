@@ -63,6 +63,14 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
+def multilabel_label_methods() -> list[str]:
+    """The methods that learn from labels and take multilabel ones.
+
+    Those that need one class per sample (``Method.single_label``) refuse a multilabel task.
+    """
+    return [k for k, v in METHODS.items() if "label" in v.needs and not v.single_label]
+
+
 def method_options(name: str) -> dict[str, Any]:
     """Keyword options of method ``name`` with their defaults (``inspect.Parameter.empty`` if required).
 
@@ -124,6 +132,7 @@ def build_method(name: str, encoder: Encoder, **kwargs: Any) -> Method:
 
 __all__ = [
     "METHODS",
+    "multilabel_label_methods",
     "CLOCS",
     "DROC",
     "ContrastiveMethod",

@@ -26,7 +26,7 @@ from medcl.engine.optim import build_optimizer
 from medcl.engine.resume import Launch, load_resume_state, saved_launch
 from medcl.engine.schedule import build_scheduler
 from medcl.engine.wrap import maybe_compile, unwrap_model, wrap_ddp
-from medcl.methods import METHODS, Method, build_method, method_options
+from medcl.methods import METHODS, Method, build_method, method_options, multilabel_label_methods
 from medcl.stages.common import (
     budget,
     check_step_memory,
@@ -275,10 +275,9 @@ def _build_method(ctx: RunContext, encoder: Any) -> Any:
         kwargs["class_counts"] = np.bincount(train_y[train_y >= 0], minlength=len(ctx.data.classes)).tolist()
     kwargs.update(p.method_options)
     if getattr(METHODS.get(p.method), "single_label", False) and cfg.data.task == "multilabel":
-        multi = ", ".join(k for k, v in METHODS.items() if "label" in getattr(v, "needs", ()) and not v.single_label)
         raise ConfigError(f"method {p.method} needs one class per sample, and data.task is multilabel",
-                          where="pretrain.method",
-                          fix=f"use a label-free method (e.g. simclr), or {multi} for multilabel data")
+                          where="pretrain.method", fix="use a label-free method (e.g. simclr), or "
+                          f"{', '.join(multilabel_label_methods())} for multilabel data")
     if getattr(METHODS.get(p.method), "needs_aligned_views", False) and not (cfg.transforms.model_extra or {}).get(
             "aligned_views"):
         raise ConfigError(f"method {p.method} contrasts locations of two views, which must be spatially aligned",

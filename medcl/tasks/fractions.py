@@ -147,7 +147,8 @@ def label_fraction_patients(
     n_classes = len(firsts)
     if ensure_all_classes and y_arr is not None and n_classes == 0:
         cover = _multilabel_cover(pat_str, ranking, y_arr)
-        ranking = cover + [p for p in ranking if p not in set(cover)]
+        first = set(cover)
+        ranking = cover + [p for p in ranking if p not in first]
         n_classes = len(cover)
     out: dict[float, np.ndarray] = {}
     for f in fractions:
