@@ -272,7 +272,10 @@ class SegmentConfig(Section):
         "than roi_size to cover whole volumes with sliding windows")
     overlap: float = Field(0.25, ge=0.0, lt=1.0, description="sliding-window overlap")
     sw_batch_size: int = Field(4, ge=1)
-    label_fractions: list[float] = Field(default_factory=lambda: [1.0])
+    label_fractions: list[float] = Field(
+        default_factory=lambda: [1.0], description="shares of the training patients whose masks train the "
+        "networks (nested, whole patients); a share below 1 starts with patients whose masks between them have "
+        "every foreground class both present and absent, so it can be larger than asked")
     baseline: bool = Field(True, description="also train from scratch for comparison")
     pretrained_decoder: bool = Field(
         True, description="encoder_unet starts from the decoder pretrained with the encoder when the checkpoint has "

@@ -33,6 +33,7 @@ from medcl.checkpoint_file import load_checkpoint, save_checkpoint
 from medcl.engine.loop import LoopSettings, Optimisation, fit
 from medcl.engine.wrap import wrap_ddp
 from medcl.metrics.segmentation import dice_per_class, hd95_per_class
+from medcl.readers import read
 from medcl.stages.common import (
     check_step_memory,
     data_modality,
@@ -98,6 +99,22 @@ def _seg_items(ctx: RunContext, split: str) -> list[dict]:
     # The "task" entry changes the items' hash: a disk cache (PersistentDataset keys files by item,
     # not by transform) must not hand back another stage's cached sample, loaded without its mask.
     return [{**it, "task": "segment"} for it in ctx.data.items(split) if it.get("mask")]
+
+
+def _mask_classes(items: list[dict], num_classes: int) -> np.ndarray:
+    """Which foreground classes each training mask holds: ``(N, num_classes - 1)`` of 0/1, read from the masks.
+
+    The label shares of the segment stage are drawn with it (as multilabel labels with every class kept), so a
+    small share holds patients with every class both present and absent: a share whose masks are all background
+    (the MRI demo's 10 % share was 2 patients, on one seed both without a lesion) trains a network that segments
+    nothing. Values outside ``1 .. num_classes - 1`` count for nothing here (training reports them).
+    """
+    out = np.zeros((len(items), max(1, num_classes - 1)), np.float32)
+    for i, it in enumerate(items):
+        values = np.unique(np.rint(read(it["mask"]).array)).astype(np.int64)
+        for v in values[(values >= 1) & (values < num_classes)]:
+            out[i, v - 1] = 1.0
+    return out
 
 
 def _build(ctx: RunContext, weights: str | None, dims: int) -> tuple[Any, int]:
@@ -224,7 +241,9 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
     train_tf = _transforms(cfg, train=True)
     eval_tf = _transforms(cfg, train=False, spatial_size=s.eval_spatial_size)
     train_idx = np.asarray([it["index"] for it in train_items], np.int64)
-    fractions = label_fraction_patients(data.patients_of(train_idx), None, s.label_fractions, seed=cfg.seed)
+    present = _mask_classes(train_items, s.num_classes) if min(s.label_fractions) < 1.0 else None
+    fractions = label_fraction_patients(data.patients_of(train_idx), present, s.label_fractions, seed=cfg.seed,
+                                        ensure_all_classes=present is not None)
 
     # -- starting points: the pretrained encoder vs from scratch ------------------------------------------
     pretrained = (ctx.outputs.get("pretrain") or {}).get("encoder") or cfg.model.pretrained_path

@@ -244,3 +244,53 @@ def test_segment_stops_before_training_when_a_step_cannot_fit(tmp_path, demo_man
     with pytest.raises(ConfigError, match="stage segment: one optimiser step needs about") as info:
         STAGES["segment"](ctx, NullTracker("segment"))
     assert "segment.batch_size" in info.value.line()
+
+
+def test_small_segmentation_shares_hold_masks_with_and_without_foreground(tmp_path, monkeypatch):
+    """Half the MRI demo's patients have no lesion: a 1-patient share was all background on some seeds."""
+    import nibabel as nib
+
+    from medcl.data.synth import synthesize
+    from medcl.stages import segment
+    from medcl.tracking import NullTracker
+
+    synthesize(tmp_path / "synth", modalities=["mri"], patients=16, seed=3, size=16)
+    manifest = tmp_path / "synth" / "mri" / "manifest.csv"
+
+    class Stop(Exception):
+        pass
+
+    for seed in range(4):
+        shares: list[list[dict]] = []
+
+        def record(ctx, net, items, *a, _shares=shares, **k):
+            _shares.append(list(items))
+            raise Stop
+
+        monkeypatch.setattr(segment, "_train", record)
+        (tmp_path / f"s{seed}").mkdir()
+        ctx = _context(tmp_path / f"s{seed}", manifest, [f"seed={seed}", "segment.label_fractions=[0.05, 1.0]"])
+        with pytest.raises(Stop):
+            segment.run(ctx, NullTracker())
+        (items,) = shares
+        lesion = {it["index"]: bool((np.asarray(nib.load(it["mask"]).dataobj) > 0).any()) for it in items}
+        assert set(lesion.values()) == {True, False}, seed  # 5 % of 12 training patients asks for one patient
+        patients = set(ctx.data.patients_of(np.asarray(list(lesion))))
+        train = [it for it in ctx.data.items("train") if it.get("mask")]
+        whole = [it["index"] for it in train if ctx.data.patients_of(np.asarray([it["index"]]))[0] in patients]
+        assert sorted(whole) == sorted(lesion)  # every study of a chosen patient
+
+
+def test_mask_classes_read_every_foreground_label(tmp_path):
+    import nibabel as nib
+
+    from medcl.stages.segment import _mask_classes
+
+    masks = {"a": [0, 2], "b": [0], "c": [1, 2, 7]}  # 7 is outside num_classes=3: not a class
+    items = []
+    for name, values in masks.items():
+        arr = np.zeros((4, 4, 3), np.uint8)
+        arr.flat[: len(values)] = values
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), tmp_path / f"{name}.nii.gz")
+        items.append({"mask": str(tmp_path / f"{name}.nii.gz")})
+    assert _mask_classes(items, 3).tolist() == [[0, 1], [0, 0], [1, 1]]
