@@ -5,8 +5,9 @@ online probe off) against ``benchmarks/reference/simclr.py``, and medcl's from-s
 ``benchmarks/reference/supervised.py``, each for ``--steps`` optimiser steps. medcl's figure is the loop's wall
 time with its data loading, checkpoints and MLflow logging, for the 2D modalities once with the augmentation per
 sample in the DataLoader (``transforms.augment_on: sample``) and once on whole batches (``batch``); the plain
-loops hold the data in memory and augment whole batches. The pairs run alternately (medcl, plain, medcl,
-plain) so that a change of machine load hits both; each side's best of ``--rounds`` is reported.
+loops hold the data in memory and augment whole batches. The pairs run alternately, in alternating order (medcl,
+plain; plain, medcl; medcl, plain) so that a change of machine load or speed hits both; each side's best of
+``--rounds`` is reported.
 
 Usage::
 
@@ -83,12 +84,23 @@ def plain_loop(mod: str, loop: str, steps: int, manifest: Path, split: str, cfg:
     return {"images_per_s": r["images_per_s"], "seconds": r["seconds"], "steps": r["steps"], "batch": r["batch"]}
 
 
+def _order(i: int) -> tuple[str, str]:
+    """Which side runs first in round ``i``: medcl in even rounds, the plain loop in odd ones.
+
+    The machine's speed changes between rounds, for both sides alike (``results/loops.json`` at 73c2d20: OCT SimCLR
+    per sample 90 then 105 images/s, the plain loop 108 then 120), so a fixed order hands one side the same place in
+    every round. Alternating it gives each side the early and the late place.
+    The plain loop needs medcl's split, so round 0 starts with medcl.
+    """
+    return ("medcl", "plain") if i % 2 == 0 else ("plain", "medcl")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quick", action="store_true", help="OCT only, 4 steps, one round")
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=list(MODALITIES))
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work" / "loops")
     args = ap.parse_args(argv)
@@ -115,14 +127,18 @@ def main(argv: list[str] | None = None) -> int:
             pair = [{"modality": mod, "loop": loop, "augment_on": m, "shipped": m == shipped, "medcl": [], "plain": []}
                     for m in modes]
             try:
+                split = cfg = None
                 for i in range(rounds):
-                    for row in pair:
-                        m = medcl_loop(mod, loop, steps, manifest, work, 0, row["augment_on"], run=i)
-                        cfg = m.pop("cfg")
-                        row["medcl"].append(m)
-                    plain = plain_loop(mod, loop, steps, manifest, m["split"], cfg, work, 0)
-                    for row in pair:
-                        row["plain"].append(plain)
+                    for side in _order(i):
+                        if side == "plain":
+                            plain = plain_loop(mod, loop, steps, manifest, split, cfg, work, 0)
+                            for row in pair:
+                                row["plain"].append(plain)
+                            continue
+                        for row in pair:
+                            m = medcl_loop(mod, loop, steps, manifest, work, 0, row["augment_on"], run=i)
+                            cfg, split = m.pop("cfg"), m["split"]
+                            row["medcl"].append(m)
                 for row in pair:
                     best_m = max(x["images_per_s"] or 0 for x in row["medcl"])
                     best_p = max(x["images_per_s"] or 0 for x in row["plain"])
