@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     mods = ["oct"] if args.quick else args.modalities
     steps, rounds = (4, 1) if args.quick else (args.steps, args.rounds)
-    meta = {**base_meta(args.quick), "steps": steps, "rounds": rounds}
+    meta = {**base_meta(args.quick), "steps": steps, "rounds": rounds, "order": "alternating"}
     from medcl.data.synth import synthesize
     from medcl.pipeline import load_pipeline
 

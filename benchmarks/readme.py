@@ -599,10 +599,13 @@ def section_loops(res: dict[str, Any], targets: list[list[str]]) -> str:
         r = {**r, "shipped": r.get("augment_on", "sample") == _demo_augment_on(r["modality"])}
         mode = r.get("augment_on", "sample") + (" (the demo's)" if r.get("shipped", True) else "")
         if "error" in r:
-            table.append([r["modality"], r["loop"], mode, "failed: " + r["error"][:200], "", "", ""])
+            table.append([r["modality"], r["loop"], mode, "failed: " + r["error"][:200], "", "", "", ""])
             continue
+        rounds = " / ".join(f"{_f(m.get('images_per_s'), 0)} vs {_f(p.get('images_per_s'), 0)}"
+                            for m, p in zip(r.get("medcl", []), r.get("plain", [])))
         table.append([r["modality"], r["loop"], mode, _f(r.get("medcl_images_per_s"), 0),
-                      _f(r.get("plain_images_per_s"), 0), f"{r['ratio']:.2f}×" if r.get("ratio") else "—", r.get("batch")])
+                      _f(r.get("plain_images_per_s"), 0), f"{r['ratio']:.2f}×" if r.get("ratio") else "—", r.get("batch"),
+                      rounds])
         if r.get("ratio") is not None and r.get("shipped", True):
             ok = r["ratio"] >= 0.9
             what = "pretraining (SimCLR)" if r["loop"] == "simclr" else "fine-tuning from scratch"
@@ -616,10 +619,13 @@ def section_loops(res: dict[str, Any], targets: list[list[str]]) -> str:
                    "(not profiled)")
             targets.append([f"medcl {what} ≥ 0.9 × the plain loop's images/s ({r['modality']})",
                             f"{r['ratio']:.2f}×", _met(ok, "" if ok else why)])
-    return (_table(["modality", "loop", "augment_on", "medcl images/s", "plain loop images/s", "ratio", "batch"],
-                   table)
-            + f"\n\n{meta.get('steps')} optimiser steps per run, best of {meta.get('rounds')} alternating rounds; "
-              "medcl's time covers its loop with data loading, checkpoints and logging (`train_seconds` of the stage "
+    return (_table(["modality", "loop", "augment_on", "medcl images/s", "plain loop images/s", "ratio", "batch",
+                    "each round (medcl vs plain)"], table)
+            + f"\n\n{meta.get('steps')} optimiser steps per run, best of {meta.get('rounds')} rounds; within a round "
+              "medcl and the plain loop run back to back, "
+            + ("medcl first in odd-numbered rounds and the plain loop first in even-numbered ones; "
+               if meta.get("order") == "alternating" else "medcl first in every round; ")
+            + "medcl's time covers its loop with data loading, checkpoints and logging (`train_seconds` of the stage "
               "outputs), the plain loops' their training loop on data held in memory. *augment_on*: where medcl's "
               "random augmentations ran — per sample in the DataLoader, or on whole batches in the training "
               "process (`transforms.augment_on: batch`); the target is about the demo's own setting.")
