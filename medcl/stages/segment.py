@@ -107,13 +107,21 @@ def _mask_classes(items: list[dict], num_classes: int) -> np.ndarray:
     The label shares of the segment stage are drawn with it (as multilabel labels with every class kept), so a
     small share holds patients with every class both present and absent: a share whose masks are all background
     (the MRI demo's 10 % share was 2 patients, on one seed both without a lesion) trains a network that segments
-    nothing. Values outside ``1 .. num_classes - 1`` count for nothing here (training reports them).
+    nothing.
+
+    Raises:
+        DataError: a mask holds a label outside ``0 .. num_classes - 1`` (named, with the file), found here before
+            any training rather than only when a batch holding it is drawn.
     """
     out = np.zeros((len(items), max(1, num_classes - 1)), np.float32)
     for i, it in enumerate(items):
         values = np.unique(np.rint(read(it["mask"]).array)).astype(np.int64)
-        for v in values[(values >= 1) & (values < num_classes)]:
-            out[i, v - 1] = 1.0
+        bad = values[(values < 0) | (values >= num_classes)]
+        if bad.size:
+            raise DataError(f"mask {it['mask']} holds label(s) {bad.tolist()} but segment.num_classes={num_classes}",
+                            where="segment", fix="set segment.num_classes to the number of mask labels incl. "
+                            "background 0, or correct the mask")
+        out[i, values[values >= 1] - 1] = 1.0
     return out
 
 

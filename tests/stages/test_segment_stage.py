@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from medcl.errors import ConfigError
+from medcl.errors import ConfigError, DataError
 
 CONFIG = {
     "name": "seg-test",
@@ -286,11 +286,13 @@ def test_mask_classes_read_every_foreground_label(tmp_path):
 
     from medcl.stages.segment import _mask_classes
 
-    masks = {"a": [0, 2], "b": [0], "c": [1, 2, 7]}  # 7 is outside num_classes=3: not a class
+    masks = {"a": [0, 2], "b": [0], "c": [1, 2, 1], "d": [0, 7]}
     items = []
     for name, values in masks.items():
         arr = np.zeros((4, 4, 3), np.uint8)
         arr.flat[: len(values)] = values
         nib.save(nib.Nifti1Image(arr, np.eye(4)), tmp_path / f"{name}.nii.gz")
         items.append({"mask": str(tmp_path / f"{name}.nii.gz")})
-    assert _mask_classes(items, 3).tolist() == [[0, 1], [0, 0], [1, 1]]
+    assert _mask_classes(items[:3], 3).tolist() == [[0, 1], [0, 0], [1, 1]]
+    with pytest.raises(DataError, match=r"d\.nii\.gz holds label\(s\) \[7\] but segment\.num_classes=3"):
+        _mask_classes(items, 3)  # 7 is no class of 3: named with its file before any training
