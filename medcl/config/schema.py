@@ -128,7 +128,7 @@ class TransformsConfig(BaseModel):
         "sample", description="where training augmentations run: 'sample' = MONAI transforms per sample in the "
         "DataLoader (every preset); 'batch' = whole batches on the training device with vectorised torch ops "
         "(oct, fundus, histo: faster on few CPU cores; on the OCT demo it learns as well as 'sample' on the seeds "
-        "measured, fundus and histo are not measured yet: benchmarks/README.md, section 4d)")
+        "measured, so the OCT demo ships it; fundus and histo are not measured yet: benchmarks/README.md, section 4d)")
 
 
 class PretrainConfig(Section):

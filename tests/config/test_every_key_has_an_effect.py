@@ -105,7 +105,7 @@ PERTURB: dict[str, Perturb] = {
     "model.proj_dim": Perturb("oct", "4"),
     # -- transforms
     "transforms.preset": Perturb("bare-mri", "ct"),
-    "transforms.augment_on": Perturb("oct", "batch"),
+    "transforms.augment_on": Perturb("oct", "sample"),  # the OCT demo ships batch
     # -- pretrain
     "pretrain.method": Perturb("oct", "supcon"),
     "pretrain.method_options": Perturb("oct", "{num_layers: 3}"),
