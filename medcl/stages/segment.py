@@ -110,18 +110,17 @@ def _mask_classes(items: list[dict], num_classes: int) -> np.ndarray:
     nothing.
 
     Raises:
-        DataError: a mask holds a label outside ``0 .. num_classes - 1`` (named, with the file), found here before
-            any training rather than only when a batch holding it is drawn.
+        DataError: a mask with non-integer values or a label outside ``0 .. num_classes - 1`` (the training
+            check, :func:`~medcl.tasks.segmentation.mask_to_labels`, naming the file), found here before any
+            training rather than only when a batch holding it is drawn.
     """
+    import torch
+
     out = np.zeros((len(items), max(1, num_classes - 1)), np.float32)
     for i, it in enumerate(items):
-        values = np.unique(np.rint(read(it["mask"]).array)).astype(np.int64)
-        bad = values[(values < 0) | (values >= num_classes)]
-        if bad.size:
-            raise DataError(f"mask {it['mask']} holds label(s) {bad.tolist()} but segment.num_classes={num_classes}",
-                            where="segment", fix="set segment.num_classes to the number of mask labels incl. "
-                            "background 0, or correct the mask")
-        out[i, values[values >= 1] - 1] = 1.0
+        labels = mask_to_labels(torch.as_tensor(read(it["mask"]).array), num_classes, where=f"mask {it['mask']}")
+        fg = torch.unique(labels)
+        out[i, (fg[fg >= 1] - 1).numpy()] = 1.0
     return out
 
 

@@ -294,5 +294,10 @@ def test_mask_classes_read_every_foreground_label(tmp_path):
         nib.save(nib.Nifti1Image(arr, np.eye(4)), tmp_path / f"{name}.nii.gz")
         items.append({"mask": str(tmp_path / f"{name}.nii.gz")})
     assert _mask_classes(items[:3], 3).tolist() == [[0, 1], [0, 0], [1, 1]]
-    with pytest.raises(DataError, match=r"d\.nii\.gz holds label\(s\) \[7\] but segment\.num_classes=3"):
+    with pytest.raises(DataError, match=r"d\.nii\.gz: mask labels span \[0, 7\] but num_classes=3"):
         _mask_classes(items, 3)  # 7 is no class of 3: named with its file before any training
+    arr = np.zeros((4, 4, 3), np.float32)
+    arr[0, 0, 0] = 0.5  # a mask resampled with linear interpolation
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), tmp_path / "e.nii.gz")
+    with pytest.raises(DataError, match=r"e\.nii\.gz: the mask holds non-integer values"):
+        _mask_classes([{"mask": str(tmp_path / "e.nii.gz")}], 3)
