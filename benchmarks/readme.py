@@ -1179,13 +1179,12 @@ def _quality_targets_per_modality(res: dict[str, Any], mods: list[str], pipes: l
                             f"{100 * mean:.0f} % (worst {100 * worst:.0f} %, {n} seeds)" if mean is not None else "—",
                             status])
         # pretrained fine-tuning >= scratch at 10 %
-        pairs = [(_cls(r, "ssl", "finetune", 0.1), _cls(r, "scratch", "finetune", 0.1)) for r in ps]
-        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        pairs = _finetune10(ps)
         if pairs:
-            ok = all(a >= b for a, b in pairs)
+            ok = all(a >= b for _, a, b, _ in pairs)
             targets.append([f"pretrained fine-tuning ≥ scratch at 10 % labels ({m})",
-                            ", ".join(f"{a:.3f} vs {b:.3f}" for a, b in pairs),
-                            _met(ok, "" if ok else _finetune10_cause(ps))])
+                            ", ".join(f"{a:.3f} vs {b:.3f}" for _, a, b, _ in pairs),
+                            _met(ok, "" if ok else _finetune10_cause(pairs))])
         # calibration lowers test ECE
         cals = [r["calibration"] for r in ps if r.get("calibration")]
         if cals:
@@ -1253,18 +1252,24 @@ def _sign_change(diffs: list[float], compared: list[float]) -> str:
             f"within the compared method's spread over seeds (std {spread:.3f})")
 
 
-def _finetune10_cause(ps: list[dict[str, Any]]) -> str:
-    """The measured facts behind a missed "pretrained ≥ scratch at 10 %": the means, the seeds where it is lower and
-    on how many labelled training patients, and whether the differences are inside the seeds' spread."""
-    rows = []
+def _finetune10(ps: list[dict[str, Any]]) -> list[tuple[int, float, float, int | None]]:
+    """``(seed, pretrained, scratch, labelled patients)`` of the fine-tunes at 10 % of the labels, per pipeline run."""
+    out = []
     for r in ps:
         own = {c["model"]: c for c in r.get("classify", []) if c["protocol"] == "finetune"
                and abs(c["fraction"] - 0.1) < 1e-9 and c.get("auroc") is not None}
         if "ssl" in own and "scratch" in own:
-            rows.append((r["seed"], own["ssl"]["auroc"], own["scratch"]["auroc"], own["ssl"].get("n_train_patients")))
+            out.append((r["seed"], own["ssl"]["auroc"], own["scratch"]["auroc"], own["ssl"].get("n_train_patients")))
+    return out
+
+
+def _finetune10_cause(rows: list[tuple[int, float, float, int | None]]) -> str:
+    """The measured facts behind a missed "pretrained ≥ scratch at 10 %" (rows of :func:`_finetune10`): the seeds
+    where it is lower and on how many labelled training patients, the means, and whether the differences are inside
+    the seeds' spread."""
     a, b = statistics.fmean(x[1] for x in rows), statistics.fmean(x[2] for x in rows)
-    lower = [x for x in rows if x[1] < x[2]]
-    seeds = [f"seed {s} ({x:.3f} vs {y:.3f}" + (f", {n} labelled patients)" if n else ")") for s, x, y, n in lower]
+    seeds = [f"seed {s} ({x:.3f} vs {y:.3f}" + (f", {n} labelled patients)" if n else ")")
+             for s, x, y, n in rows if x < y]
     text = f"lower on {', '.join(seeds)}; mean {a:.3f} vs {b:.3f} ({'higher' if a > b else 'not higher'})"
     noise = _sign_change([x[1] - x[2] for x in rows], [x[2] for x in rows])
     return text + (f"; {noise}" if noise else "")
