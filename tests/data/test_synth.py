@@ -180,8 +180,9 @@ def test_fundus_pngs_and_lesion_signal(demo: Path):
         yy, xx = np.mgrid[:64, :64]
         fov = (yy - 32) ** 2 + (xx - 32) ** 2 < 27**2
         rel = g / (gaussian_filter(g, 3.0) + 0.02)  # local contrast: independent of gain and gradient
-        dog = gaussian_filter(rel, 0.7) - gaussian_filter(rel, 2.5)  # small-spot detector
-        feats.append((np.abs(dog) > 0.12)[fov].sum())
+        # small-spot detector, smoothed past the demo set's sensor noise (std 0.036 on a ~0.3 green level)
+        dog = gaussian_filter(rel, 1.2) - gaussian_filter(rel, 3.0)
+        feats.append((np.abs(dog) > 0.1)[fov].sum())
         grades.append(int(r["grade"]))
     assert spearmanr(feats, grades).statistic > 0.3
 
