@@ -378,3 +378,28 @@ def test_long_tailed_fundus_set_has_the_stated_grade_shares(tmp_path: Path):
     assert all(int(r["grade"]) == ("no_dr", "mild", "moderate", "severe").index(r["label"]) for r in rows)
     im = Image.open(tmp_path / "fundus-lt" / rows[0]["path"])
     assert im.mode == "RGB" and im.size == (32, 32)
+
+
+def test_fundus_demo_set_has_larger_nuisances_than_the_long_tailed_set(tmp_path: Path):
+    """The demo set's sensor noise is DEMO_NOISE (3x the long-tailed set's NOISE) and its gain varies more."""
+    from PIL import Image
+    from scipy.ndimage import median_filter
+
+    from medcl.data.synth.fundus import DEMO_NOISE, NOISE
+
+    synthesize(tmp_path, modalities=["fundus", "fundus-lt"], patients=12, seed=SEED)
+    yy, xx = np.mgrid[:64, :64]
+    fov = (yy - 32) ** 2 + (xx - 32) ** 2 < 25**2
+
+    def measure(name: str) -> tuple[float, float]:
+        noise, log_level = [], []
+        for r in _rows(tmp_path / name / "manifest.csv"):
+            img = np.asarray(Image.open(tmp_path / name / r["path"]), dtype=float) / 255.0
+            res = (img[..., 1] - median_filter(img[..., 1], 3))[fov]  # the scene is smooth at 3 px, the noise is not
+            noise.append(1.4826 * np.median(np.abs(res - np.median(res))))  # robust std (MAD)
+            log_level.append(np.log(img[..., 0][fov].mean()))
+        return float(np.median(noise)), float(np.std(log_level))
+
+    (demo_noise, demo_gain), (lt_noise, lt_gain) = measure("fundus"), measure("fundus-lt")
+    assert demo_noise == pytest.approx(DEMO_NOISE, rel=0.2) and lt_noise == pytest.approx(NOISE, rel=0.2)
+    assert demo_gain > 1.2 * lt_gain  # gain drawn with 1.6x the log-std (clipping at 1 shrinks it)
