@@ -78,3 +78,32 @@ def test_a_real_failure_is_still_recorded(bq):
             raise RuntimeError("stage pretrain failed") from inner
     except RuntimeError as wrapped:
         assert bq.terminated(wrapped)
+
+
+def test_rows_measured_before_their_demo_data_changed_are_run_again(bq, tmp_path):
+    """A real git history: a row measured at the commit before the data change is stale, one at or after it is not,
+    another modality's never; a commit git does not know is kept (git cannot tell)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True,
+                              env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                                   "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}).stdout.strip()
+
+    git("init", "-q")
+    shas = []
+    for k in range(3):
+        (tmp_path / "f.txt").write_text(str(k))
+        git("add", "f.txt")
+        git("commit", "-q", "-m", f"c{k}")
+        shas.append(git("rev-parse", "HEAD"))
+    changed = {"fundus": (shas[1][:7], "nuisances enlarged")}
+
+    def why(modality: str, commit: str) -> str | None:
+        return bq.stale_reason({"modality": modality, "commit": commit}, changed, tmp_path)
+
+    before = why("fundus", shas[0])
+    assert before is not None and shas[0][:12] in before and shas[1][:7] in before and "nuisances enlarged" in before
+    assert why("fundus", shas[1]) is None and why("fundus", shas[2] + "+dirty") is None
+    assert why("oct", shas[0]) is None
+    assert why("fundus", "0" * 40) is None
