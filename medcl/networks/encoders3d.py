@@ -201,11 +201,23 @@ class SwinUNETREncoder(Encoder):
 class BasicUNetEncoder(Encoder):
     """Contracting path of MONAI's ``BasicUNet`` (Falk et al. 2019 U-Net layout).
 
+    Differs from ``BasicUNet`` in one default: **batch norm, not instance norm**. The pooled
+    features (:meth:`forward`, what SimCLR projects and the classifiers read) are the global average of
+    ``down_4``'s output, which ends in ``norm → LeakyReLU``. Instance norm scales every channel of
+    every sample to zero mean and unit variance over its own voxels, so that average no longer says
+    *how much* of a channel's pattern a volume holds, only how its values are spread; it is also
+    exactly invariant to a gain ``a·x`` (``a > 0``) of the input. On the CT demo (a liver lesion
+    present or not, 2×2×1 voxels left at stride 16) this left the pooled features nearly constant
+    (effective rank ~1) and a from-scratch fine-tune at chance, below a linear model on raw voxels.
+    Batch norm normalises with statistics over the batch (running ones in eval), so each volume's
+    level survives. Pass ``norm="instance"`` for BasicUNet's own behaviour (segmentation only).
+
     Args:
         in_channels: input channels ``C``.
         spatial_dims: 2 or 3.
         features: five widths for ``conv_0, down_1 .. down_4`` (BasicUNet's first five).
-        act, norm, bias, dropout: as in ``BasicUNet``.
+        act, bias, dropout: as in ``BasicUNet``.
+        norm: as in ``BasicUNet`` (default ``"batch"``, see above).
 
     Shapes:
         ``forward_pyramid``: five maps at strides 1, 2, 4, 8, 16 with ``features`` channels;
@@ -219,7 +231,7 @@ class BasicUNetEncoder(Encoder):
         spatial_dims: int = 3,
         features: Sequence[int] = (32, 32, 64, 128, 256),
         act: str | tuple = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
-        norm: str | tuple = ("instance", {"affine": True}),
+        norm: str | tuple = "batch",
         bias: bool = True,
         dropout: float = 0.0,
     ) -> None:
@@ -239,6 +251,7 @@ class BasicUNetEncoder(Encoder):
         self.down_4 = Down(spatial_dims, f[3], f[4], act, norm, bias, dropout)
         self.in_channels = in_channels
         self.spatial_dims = spatial_dims
+        self.norm = norm  # a BasicUNet that takes these weights (segment.network basic_unet) uses the same norm
         self.pyramid_channels = f
         self.feature_dim = self.dense_dim = f[4]
 

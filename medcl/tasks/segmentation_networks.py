@@ -66,6 +66,8 @@ def _basic_unet(dims: int, cin: int, k: int, encoder: Any, o: dict[str, Any]) ->
         # same widths as a pretrained BasicUNetEncoder so its weights fit the contracting path
         o["features"] = (*chans, chans[0]) if len(chans) == 5 and type(encoder).__name__ == "BasicUNetEncoder" else (
             32, 32, 64, 128, 256, 32)
+    if "norm" not in o and getattr(encoder, "norm", None) is not None and type(encoder).__name__ == "BasicUNetEncoder":
+        o["norm"] = encoder.norm  # the encoder's norm layers (and their running statistics) go in unchanged
     return BasicUNet(spatial_dims=dims, in_channels=cin, out_channels=k, **o)
 
 

@@ -144,10 +144,37 @@ def test_unet_encoder_weights_fit_monai_basicunet():
     from monai.networks.nets import BasicUNet
 
     enc = build_encoder("unet_encoder3d", in_channels=1, spatial_dims=3, features=(8, 8, 16, 16, 32))
-    net = BasicUNet(spatial_dims=3, in_channels=1, out_channels=2, features=(8, 8, 16, 16, 32, 8))
+    net = BasicUNet(spatial_dims=3, in_channels=1, out_channels=2, features=(8, 8, 16, 16, 32, 8), norm=enc.norm)
     res = net.load_state_dict(enc.state_dict(), strict=False)
     assert res.unexpected_keys == []
     assert {k.split(".")[0] for k in res.missing_keys} == {"upcat_4", "upcat_3", "upcat_2", "upcat_1", "final_conv"}
+
+
+def test_basic_unet_segmenter_takes_the_encoders_norm():
+    from medcl.tasks.segmentation_networks import _basic_unet
+
+    enc = build_encoder("unet_encoder3d", in_channels=1, spatial_dims=3, features=(8, 8, 16, 16, 32))
+    net = _basic_unet(3, 1, 2, enc, {})
+    assert isinstance(net.conv_0.conv_0.adn.N, torch.nn.BatchNorm3d)
+    assert net.load_state_dict(enc.state_dict(), strict=False).unexpected_keys == []
+
+
+def test_unet_encoder_pooled_features_keep_each_volumes_level():
+    """Instance norm makes every channel zero-mean, unit-variance per sample, so after a convolution with
+    bias, a gain ``a·x`` (``a > 0``; zero padding scales with it) gives the same normalised maps and the same
+    pooled features: the encoder could not tell a brighter volume from a darker one. The default (batch norm,
+    statistics over the batch) keeps the difference."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 32, 32, 16)
+    batch = torch.cat([x, 2.5 * x])  # the same volume, once 2.5 times brighter, in one training batch
+    inst = build_encoder("unet_encoder3d", in_channels=1, spatial_dims=3, features=(4, 4, 8, 8, 16),
+                         norm=("instance", {"affine": True}))
+    default = build_encoder("unet_encoder3d", in_channels=1, spatial_dims=3, features=(4, 4, 8, 8, 16))
+    with torch.no_grad():
+        f_inst, f_default = inst(batch), default(batch)
+    assert isinstance(default.conv_0.conv_0.adn.N, torch.nn.BatchNorm3d)
+    assert torch.allclose(f_inst[0], f_inst[1], atol=1e-4)
+    assert (f_default[0] - f_default[1]).abs().max() > 0.05 * f_default.abs().max()
 
 
 # ---------------------------------------------------------------- registry errors
