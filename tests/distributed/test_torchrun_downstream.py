@@ -2,7 +2,8 @@
 
 * Fine-tuning (``classify``) and segmentation training run data-parallel on both ranks and give what one
   process gives at the same global batch, up to float rounding. The networks have no batch-dependent layer
-  (MONAI's BasicUNet encoder and medcl's U-Net decoder use instance norm) and train with SGD, for the reasons
+  (the BasicUNet encoder is set to instance norm, its default being batch norm, and medcl's U-Net decoder uses
+  instance norm) and train with SGD, for the reasons
   given in ``test_torchrun_pipeline.py``.
 * A shipped pipeline with fine-tuning (``pipelines/ecg_rhythm.yaml --smoke``, the command that used to hang
   forever) completes: one MLflow pipeline run, one nested run per stage, all FINISHED, checkpoints written by
@@ -41,7 +42,7 @@ model:
   encoder: unet_encoder3d
   spatial_dims: 3
   in_channels: 1
-  options: {features: [4, 4, 8, 8, 16]}
+  options: {features: [4, 4, 8, 8, 16], norm: instance}  # batch norm (the default) would see per-rank batches
 transforms: {preset: mri, spatial_size: [32, 32, 32], spacing: [6.0, 6.0, 10.5]}
 classify:
   protocols: [finetune]
