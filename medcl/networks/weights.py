@@ -217,7 +217,8 @@ def load_pretrained(
         raise CheckpointError(
             f"weights do not fit encoder '{label}': " + "; ".join(parts),
             where=where,
-            fix="use weights of the same architecture and size as model.encoder (same depth/width), "
+            fix=(None if mismatched else _norm_hint(module, missing, unexpected))
+            or "use weights of the same architecture and size as model.encoder (same depth/width), "
             "or set model.options.pretrained_strict=false to load only the matching tensors",
         )
     if missing or unexpected or mismatched:
@@ -229,6 +230,30 @@ def load_pretrained(
     if adapted:
         log.info("%s: adapted %s to the encoder", where, ", ".join(adapted))
     return {"missing": missing, "unexpected": unexpected, "adapted": adapted}
+
+
+_RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _norm_hint(module: nn.Module, missing: list[str], unexpected: list[str]) -> str | None:
+    """The fix when the only difference is the normalisation layers (same network, another ``norm``), else None.
+
+    Missing keys that all belong to the model's batch/group/layer-norm modules mean the file was trained with a
+    normalisation that keeps no parameters (instance norm without affine, as MONAI's ``BasicUNet`` default and
+    medcl's ``unet_encoder3d`` before batch norm became its default); unexpected keys that are all running
+    statistics mean the reverse (a batch-norm file for an instance-norm model).
+    """
+    norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+    norms = {name for name, m in module.named_modules() if isinstance(m, norm_types)}
+    if missing and not unexpected and all(k.rsplit(".", 1)[0] in norms for k in missing):
+        return ("the weights were trained with a normalisation that keeps no parameters or running statistics "
+                "(instance norm; medcl's unet_encoder3d used it before batch norm became its default): set "
+                "model.options.norm=instance (medcl run/predict ... --set model.options.norm=instance)")
+    if unexpected and not missing and all(k.rsplit(".", 1)[-1] in _RUNNING_STATS or
+                                          f"{k.rsplit('.', 1)[0]}.running_mean" in unexpected for k in unexpected):
+        return ("the weights were trained with batch norm (running statistics) and model.options.norm asks for "
+                "another normalisation: set model.options.norm=batch")
+    return None
 
 
 def _best_match(

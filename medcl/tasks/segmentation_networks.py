@@ -61,13 +61,15 @@ def _basic_unet(dims: int, cin: int, k: int, encoder: Any, o: dict[str, Any]) ->
     from monai.networks.nets import BasicUNet
 
     o = dict(o)
+    is_unet_encoder = type(encoder).__name__ == "BasicUNetEncoder"
     if "features" not in o:
         chans = list(getattr(encoder, "pyramid_channels", []))
         # same widths as a pretrained BasicUNetEncoder so its weights fit the contracting path
-        o["features"] = (*chans, chans[0]) if len(chans) == 5 and type(encoder).__name__ == "BasicUNetEncoder" else (
-            32, 32, 64, 128, 256, 32)
-    if "norm" not in o and getattr(encoder, "norm", None) is not None and type(encoder).__name__ == "BasicUNetEncoder":
-        o["norm"] = encoder.norm  # the encoder's norm layers (and their running statistics) go in unchanged
+        o["features"] = (*chans, chans[0]) if len(chans) == 5 and is_unet_encoder else (32, 32, 64, 128, 256, 32)
+    # the encoder's norm layers (and their running statistics) go in unchanged; an encoder pickled before it
+    # recorded its norm had BasicUNet's own default (instance), which BasicUNet then keeps
+    if "norm" not in o and is_unet_encoder and getattr(encoder, "norm", None) is not None:
+        o["norm"] = encoder.norm
     return BasicUNet(spatial_dims=dims, in_channels=cin, out_channels=k, **o)
 
 

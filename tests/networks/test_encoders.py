@@ -296,6 +296,33 @@ def test_wrong_architecture_gives_clear_error(tmp_path):
     assert torch.equal(b.model.conv1.weight, a.model.conv1.weight)
 
 
+@pytest.mark.parametrize(("saved", "wanted", "fix"), [("instance", "batch", "model.options.norm=instance"),
+                                                       ("batch", "instance", "model.options.norm=batch")])
+def test_other_normalisation_names_the_norm_option(tmp_path, saved, wanted, fix):
+    """A unet_encoder3d trained with instance norm (MONAI's parameter-free default, medcl's before batch norm) has no
+    norm tensors; loaded into a batch-norm encoder the only missing keys are the norm layers', and the error says
+    which option to set (and the reverse for running statistics in the file)."""
+    feats = (4, 4, 8, 8, 16)
+    a = build_encoder("unet_encoder3d", in_channels=1, spatial_dims=3, features=feats, norm=saved)
+    path = tmp_path / "old.pth"
+    torch.save(a.state_dict(), path)
+    with pytest.raises(CheckpointError) as info:
+        build_encoder("unet_encoder3d", in_channels=1, spatial_dims=3, features=feats, norm=wanted, pretrained_path=path)
+    assert fix in info.value.fix and "running_" in str(info.value)
+    b = build_encoder("unet_encoder3d", in_channels=1, spatial_dims=3, features=feats, norm=saved, pretrained_path=path)
+    x = torch.rand(2, 1, 32, 32, 16)
+    assert torch.equal(_outputs(a, x), _outputs(b, x))
+
+
+def test_architecture_mismatch_gets_no_norm_hint(tmp_path):
+    a = build_encoder("resnet18", in_channels=1, spatial_dims=2)
+    path = tmp_path / "r18.pth"
+    torch.save(a.state_dict(), path)
+    with pytest.raises(CheckpointError) as info:
+        build_encoder("resnet34", in_channels=1, spatial_dims=2, pretrained_path=path)
+    assert "norm" not in info.value.fix
+
+
 def test_width_mismatch_lists_shapes(tmp_path):
     a = build_encoder("tiny_cnn", in_channels=1, spatial_dims=2, widths=(8, 16))
     path = tmp_path / "t.pth"
