@@ -64,6 +64,11 @@ class Preset:
     multi_view: Callable[[dict[str, Any], list, Any, int], Any] | None = None
 
 
+def _triple(v: Any) -> tuple[float, float, float]:
+    """A per-axis range for three axes, from one number or three (the preset check asks for three)."""
+    return (float(v),) * 3 if isinstance(v, (int, float)) else tuple(float(x) for x in v)
+
+
 def _pair(v: Any) -> tuple[float, float]:
     """``x`` → ``(-x, x)`` or ``(1-x, 1+x)`` style ranges are done by MONAI; here just a 2-tuple."""
     return (float(v[0]), float(v[1])) if isinstance(v, Sequence) else (float(v), float(v))
@@ -114,10 +119,13 @@ def _ct(p: dict, train: bool) -> tuple[list, list]:
         return det + size_det, []
     rand = [
         *size_rand,
+        # table position, patient size and rotation on the table: per-acquisition nuisances the views must not share
         mt.RandAffined(_all(p), prob=p["affine_prob"], rotate_range=(p["rotate_range"],) * 3,
-                       scale_range=(p["scale_range"],) * 3, mode=_interp(p, "bilinear", "nearest"),
-                       padding_mode="zeros"),
+                       scale_range=(p["scale_range"],) * 3, translate_range=_triple(p["translate_range"]),
+                       mode=_interp(p, "bilinear", "nearest"), padding_mode="zeros"),
         mt.RandShiftIntensityd(p["keys"], offsets=p["intensity_shift"], prob=p["intensity_prob"]),
+        # scanner noise differs between acquisitions; the views of one series must not share its noise level
+        *([mt.RandGaussianNoised(p["keys"], std=p["noise_std"], prob=p["noise_prob"])] if p["noise_std"] > 0 else []),
     ]
     return det + size_det, rand
 
@@ -330,9 +338,10 @@ PRESETS: dict[str, Preset] = {
         "ct", 3, 1,
         {"spatial_size": (96, 96, 96), "spacing": (1.5, 1.5, 2.0), "axcodes": "RAS",
          "window_level": 40.0, "window_width": 400.0,
-         "affine_prob": 0.3, "rotate_range": 0.1, "scale_range": 0.1,
-         "intensity_shift": 0.1, "intensity_prob": 0.5},
-        _ct, "RAS, resample, HU window → [0, 1], crop/pad; aug: random crop, small affine, intensity shift"),
+         "affine_prob": 0.3, "rotate_range": 0.1, "scale_range": 0.1, "translate_range": (0.0, 0.0, 0.0),
+         "intensity_shift": 0.1, "intensity_prob": 0.5, "noise_std": 0.0, "noise_prob": 0.5},
+        _ct, "RAS, resample, HU window → [0, 1], crop/pad; aug: random crop, affine (rotation, scale, optional "
+        "translation), intensity shift, optional Gaussian noise"),
     "mri": Preset(
         "mri", 3, 1,
         {"spatial_size": (96, 96, 96), "spacing": (1.0, 1.0, 1.0), "axcodes": "RAS",

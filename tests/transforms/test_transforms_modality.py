@@ -412,3 +412,58 @@ def test_the_histo_preset_normalises_stains_only_when_asked():
     assert not has_macenko() and has_macenko(stain_normalize="macenko")
     with pytest.raises(ConfigError, match="unknown stain normalisation 'reinhard'"):
         build_transforms("histo", train=False, spatial_size=[32, 32], stain_normalize="reinhard")
+
+
+# ------------------------------------------------------------------------------------------------
+# CT: table position (translation) and scanner noise as augmentations
+
+
+class _Read:
+    """What a medcl reader returns: ``.array`` and ``.meta``."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.meta = array, {"affine": np.eye(4).tolist()}
+
+
+def _ct_views(params: dict, seeds: range) -> list[torch.Tensor]:
+    """The first view of each seed's two, ``(16, 16, 8)``."""
+    vol = np.full((1, 16, 16, 8), -160.0, np.float32)  # the window's floor (0 after windowing) ...
+    vol[0, 6:10, 6:10, 3:5] = 240.0  # ... and one bright block at its ceiling (1)
+    chain = build_transforms("ct", train=True, spatial_size=[16, 16, 8], spacing=[1.0, 1.0, 1.0], rotate_range=0.0,
+                             scale_range=0.0, intensity_prob=0.0, **params)
+    out = []
+    for seed in seeds:
+        set_transform_seed(chain, seed)
+        out.append(chain({"image": _Read(vol)})["views"][0, 0])
+    return out
+
+
+def _centre_of_mass(x: torch.Tensor) -> np.ndarray:
+    w = x.clamp(min=0).double()
+    grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in x.shape], indexing="ij")
+    return np.array([float((g * w).sum() / w.sum()) for g in grids])
+
+
+def test_ct_translate_range_moves_the_volume_within_the_range_along_the_named_axes():
+    """RandAffine's translation is uniform in ``[-r, r]`` voxels per axis: the block's centre of mass moves by at
+    most ``r`` along the first axis and not at all along the others; the default (0) never moves it."""
+    still = _ct_views({"affine_prob": 1.0}, range(4))
+    assert all(np.allclose(_centre_of_mass(v), [7.5, 7.5, 3.5], atol=1e-6) for v in still)
+    moved = np.array([_centre_of_mass(v) - [7.5, 7.5, 3.5]
+                      for v in _ct_views({"affine_prob": 1.0, "translate_range": [3, 0, 0]}, range(12))])
+    assert np.abs(moved[:, 0]).max() <= 3.0 + 1e-6 and np.abs(moved[:, 1:]).max() < 1e-6
+    assert moved[:, 0].std() > 0.5  # it does move, by a different amount per draw
+
+
+def test_ct_noise_std_adds_zero_mean_gaussian_noise_up_to_that_std():
+    """MONAI's RandGaussianNoise draws the noise's std uniformly in ``[0, noise_std]`` per sample."""
+    clean = _ct_views({"affine_prob": 0.0}, range(1))[0]
+    residuals = [v - clean for v in _ct_views({"affine_prob": 0.0, "noise_std": 0.05, "noise_prob": 1.0}, range(8))]
+    stds = np.array([float(r.std()) for r in residuals])
+    assert stds.max() <= 0.05 * 1.1 and stds.min() > 0 and stds.std() > 0.002
+    assert all(abs(float(r.mean())) < 4 * float(r.std()) / math.sqrt(r.numel()) + 1e-6 for r in residuals)
+
+
+def test_ct_translate_range_needs_one_or_three_numbers():
+    with pytest.raises(ConfigError, match="translate_range"):
+        build_transforms("ct", train=True, translate_range=[1, 2])
