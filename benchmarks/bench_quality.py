@@ -191,18 +191,27 @@ DATA_CHANGED: dict[str, tuple[str, str]] = {
 
 def stale_reason(row: dict[str, Any], changed: dict[str, tuple[str, str]] = DATA_CHANGED,
                  repo: Path = ROOT) -> str | None:
-    """Why a finished row no longer counts: it was measured before its modality's demo data changed (``None``: it
-    counts, also when git cannot tell)."""
+    """Why a finished row no longer counts: it was measured before its modality's demo data changed, or at a commit
+    this repository does not hold (rebased away: it cannot be told from one before the change). ``None``: it counts,
+    also when git cannot tell (no git, or the change's own commit unknown)."""
     change = changed.get(row.get("modality", ""))
     commit = (row.get("commit") or "").removesuffix("+dirty")
     if change is None or not commit:
         return None
-    try:
-        out = subprocess.run(["git", "merge-base", "--is-ancestor", change[0], commit], cwd=repo,
-                             capture_output=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
+
+    def git(*args: str) -> int | None:
+        try:
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, timeout=10).returncode
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    if git("cat-file", "-e", f"{change[0]}^{{commit}}") != 0:  # no git, or the change unknown: cannot tell
         return None
-    if out.returncode != 1:  # 0: measured on the changed data; anything else: git cannot tell
+    if git("cat-file", "-e", f"{commit}^{{commit}}") != 0:
+        return (f"not run on the current demo data: measured at {commit[:12]}, a commit this repository does not "
+                f"hold, so it cannot be told from one before the {row['modality']} demo data changed at {change[0]} "
+                f"({change[1]})")
+    if git("merge-base", "--is-ancestor", change[0], commit) != 1:  # 0: measured on the changed data
         return None
     return (f"not run on the current demo data: measured at {commit[:12]}, before the {row['modality']} demo "
             f"data changed at {change[0]} ({change[1]})")

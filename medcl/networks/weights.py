@@ -248,7 +248,7 @@ def _norm_hint(module: nn.Module, missing: list[str], unexpected: list[str]) -> 
     if missing and not unexpected and all(k.rsplit(".", 1)[0] in norms for k in missing):
         return ("the weights were trained with a normalisation that keeps no parameters or running statistics "
                 "(instance norm; medcl's unet_encoder3d used it before batch norm became its default): set "
-                "model.options.norm=instance (medcl run/predict ... --set model.options.norm=instance)")
+                "model.options.norm=instance (medcl run PIPELINE --set model.options.norm=instance)")
     if unexpected and not missing and all(k.rsplit(".", 1)[-1] in _RUNNING_STATS or
                                           f"{k.rsplit('.', 1)[0]}.running_mean" in unexpected for k in unexpected):
         return ("the weights were trained with batch norm (running statistics) and model.options.norm asks for "

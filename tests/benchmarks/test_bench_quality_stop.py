@@ -82,7 +82,8 @@ def test_a_real_failure_is_still_recorded(bq):
 
 def test_rows_measured_before_their_demo_data_changed_are_run_again(bq, tmp_path):
     """A real git history: a row measured at the commit before the data change is stale, one at or after it is not,
-    another modality's never; a commit git does not know is kept (git cannot tell)."""
+    another modality's never; a commit the history does not hold (rebased away) is stale too, unless the change's own
+    commit is unknown as well (git cannot tell)."""
     import subprocess
 
     def git(*args: str) -> str:
@@ -106,4 +107,6 @@ def test_rows_measured_before_their_demo_data_changed_are_run_again(bq, tmp_path
     assert before is not None and shas[0][:12] in before and shas[1][:7] in before and "nuisances enlarged" in before
     assert why("fundus", shas[1]) is None and why("fundus", shas[2] + "+dirty") is None
     assert why("oct", shas[0]) is None
-    assert why("fundus", "0" * 40) is None
+    unknown = why("fundus", "0" * 40)
+    assert unknown is not None and "does not hold" in unknown and shas[1][:7] in unknown
+    assert bq.stale_reason({"modality": "fundus", "commit": shas[0]}, {"fundus": ("f" * 7, "x")}, tmp_path) is None
