@@ -232,9 +232,6 @@ def load_pretrained(
     return {"missing": missing, "unexpected": unexpected, "adapted": adapted}
 
 
-_RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
-
-
 def _norm_hint(module: nn.Module, missing: list[str], unexpected: list[str]) -> str | None:
     """The fix when the only difference is the normalisation layers (same network, another ``norm``), else None.
 
@@ -249,8 +246,8 @@ def _norm_hint(module: nn.Module, missing: list[str], unexpected: list[str]) -> 
         return ("the weights were trained with a normalisation that keeps no parameters or running statistics "
                 "(instance norm; medcl's unet_encoder3d used it before batch norm became its default): set "
                 "model.options.norm=instance (medcl run PIPELINE --set model.options.norm=instance)")
-    if unexpected and not missing and all(k.rsplit(".", 1)[-1] in _RUNNING_STATS or
-                                          f"{k.rsplit('.', 1)[0]}.running_mean" in unexpected for k in unexpected):
+    # every unexpected key belongs to a layer whose running statistics are unexpected too: batch-norm layers
+    if unexpected and not missing and all(f"{k.rsplit('.', 1)[0]}.running_mean" in unexpected for k in unexpected):
         return ("the weights were trained with batch norm (running statistics) and model.options.norm asks for "
                 "another normalisation: set model.options.norm=batch")
     return None

@@ -65,7 +65,7 @@ class Preset:
 
 
 def _triple(v: Any) -> tuple[float, float, float]:
-    """A per-axis range for three axes, from one number or three (the preset check asks for three)."""
+    """A per-axis range for three axes: three numbers, or one for every axis (MONAI would move the first axis only)."""
     return (float(v),) * 3 if isinstance(v, (int, float)) else tuple(float(x) for x in v)
 
 

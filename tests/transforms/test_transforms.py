@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from transforms_testdata import fundus_array
+from transforms_testdata import ReaderSample, fundus_array
 
 from medcl.errors import ConfigError, DataError
 from medcl.transforms import PRESETS, build_transforms, preset_info, set_transform_seed
@@ -30,14 +30,7 @@ TINY = {  # preset -> (input shape, overrides keeping the chain tiny)
 }
 
 
-class _Sample:
-    """What a medcl reader returns: ``.array`` and ``.meta``."""
-
-    def __init__(self, array: np.ndarray, meta: dict) -> None:
-        self.array, self.meta = array, meta
-
-
-def _tiny_sample(name: str, seed: int = 0) -> _Sample:
+def _tiny_sample(name: str, seed: int = 0) -> ReaderSample:
     shape, _ = TINY[name]
     rng = np.random.default_rng(seed)
     if name == "ct":
@@ -55,7 +48,7 @@ def _tiny_sample(name: str, seed: int = 0) -> _Sample:
     meta = {"affine": np.eye(4).tolist()} if PRESETS[name].spatial_dims == 3 else {}
     if name == "ecg":
         meta["sampling_rate"] = 500.0
-    return _Sample(arr.astype(np.float32), meta)
+    return ReaderSample(arr.astype(np.float32), meta)
 
 
 def _item(sample, **extra):

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from transforms_testdata import fundus_array
+from transforms_testdata import ReaderSample, fundus_array
 
 from medcl.errors import ConfigError
 from medcl.transforms import build_transforms, set_transform_seed
@@ -418,13 +418,6 @@ def test_the_histo_preset_normalises_stains_only_when_asked():
 # CT: table position (translation) and scanner noise as augmentations
 
 
-class _Read:
-    """What a medcl reader returns: ``.array`` and ``.meta``."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array, self.meta = array, {"affine": np.eye(4).tolist()}
-
-
 def _ct_views(params: dict, seeds: range) -> list[torch.Tensor]:
     """The first view of each seed's two, ``(16, 16, 8)``."""
     vol = np.full((1, 16, 16, 8), -160.0, np.float32)  # the window's floor (0 after windowing) ...
@@ -434,7 +427,7 @@ def _ct_views(params: dict, seeds: range) -> list[torch.Tensor]:
     out = []
     for seed in seeds:
         set_transform_seed(chain, seed)
-        out.append(chain({"image": _Read(vol)})["views"][0, 0])
+        out.append(chain({"image": ReaderSample(vol, {"affine": np.eye(4).tolist()})})["views"][0, 0])
     return out
 
 

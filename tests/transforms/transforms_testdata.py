@@ -5,6 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 
+class ReaderSample:
+    """What a medcl reader returns: ``.array`` and ``.meta``."""
+
+    def __init__(self, array: np.ndarray, meta: dict) -> None:
+        self.array, self.meta = array, meta
+
+
 def fundus_array(h, w, cy, cx, r, rng):
     """Bright textured disc on a dark (below threshold) surround, 0..255."""
     yy, xx = np.mgrid[:h, :w]
