@@ -18,7 +18,8 @@ importable) and ``medcl_model.json`` (classes, task, preprocessing, operating po
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,28 @@ def _load(context: Any, artifact: str, wrapper: Callable[[Any, dict[str, Any]], 
     meta = json.loads(Path(context.artifacts["meta"]).read_text())
     module = torch.load(context.artifacts[artifact], map_location="cpu", weights_only=False)
     return wrapper(module, meta)
+
+
+@contextmanager
+def local_model(model_uri: str) -> Iterator[str]:
+    """A local copy of the MLflow model ``model_uri`` for the ``with`` block; removed when the block ends.
+
+    ``mlflow.pyfunc.load_model`` and ``mlflow.models.get_model_info`` copy a ``runs:/`` or ``models:/`` model into
+    a new temporary folder that they never remove (each load of a classifier left tens of MB behind). Loading from
+    this copy instead leaves nothing: medcl's models read every artifact into memory in ``load_context``.
+    """
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="medcl-model-") as tmp:
+        yield mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+
+
+def load_unwrapped(model_uri: str) -> Any:
+    """The unwrapped medcl PythonModel of ``model_uri``, in memory (no copy left behind: :func:`local_model`)."""
+    with local_model(model_uri) as local:
+        return mlflow.pyfunc.load_model(local).unwrap_python_model()
 
 
 def _table(wrapped: Any, model_input: Any, params: dict[str, Any] | None) -> Any:
@@ -205,21 +228,22 @@ def load_predictor(model_uri: str, tracking_uri: str, device: str = "cpu") -> tu
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    info = mlflow.models.get_model_info(model_uri)
-    missing = [k for k in ("classes", "task", "preprocessing") if k not in (info.metadata or {})]
-    if missing:
-        raise TrackingError(f"the model {model_uri} carries no {', '.join(missing)} in its metadata",
-                            where=model_uri, fix="predict needs a model logged by medcl's calibrate stage")
-    if "pytorch" in (info.flavors or {}):
-        meta = dict(info.metadata or {})
-        try:
-            spec = info.signature.inputs.inputs[0]
-            meta.setdefault("input_shape", [int(d) for d in spec.shape[1:]] if all(int(d) > 0 for d in spec.shape[1:])
-                            else None)
-        except (AttributeError, IndexError, TypeError):
-            pass
-        return Predictor(mlflow.pytorch.load_model(model_uri, map_location=device), meta), info
-    predictor = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().predictor
+    with local_model(model_uri) as local:
+        info = mlflow.models.get_model_info(local)
+        missing = [k for k in ("classes", "task", "preprocessing") if k not in (info.metadata or {})]
+        if missing:
+            raise TrackingError(f"the model {model_uri} carries no {', '.join(missing)} in its metadata",
+                                where=model_uri, fix="predict needs a model logged by medcl's calibrate stage")
+        if "pytorch" in (info.flavors or {}):
+            meta = dict(info.metadata or {})
+            try:
+                spec = info.signature.inputs.inputs[0]
+                meta.setdefault("input_shape", [int(d) for d in spec.shape[1:]]
+                                if all(int(d) > 0 for d in spec.shape[1:]) else None)
+            except (AttributeError, IndexError, TypeError):
+                pass
+            return Predictor(mlflow.pytorch.load_model(local, map_location=device), meta), info
+        predictor = mlflow.pyfunc.load_model(local).unwrap_python_model().predictor
     predictor.model.to(device)
     return predictor, info
 
@@ -253,7 +277,7 @@ def load_fusion(model_uri: str, tracking_uri: str, device: str = "cpu") -> Any:
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    wrapped = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    wrapped = load_unwrapped(model_uri)
     if not isinstance(wrapped, MedclFusion):
         raise TrackingError(f"the model {model_uri} is not a fusion model ({type(wrapped).__name__})", where=model_uri,
                             fix="pass the run of a fuse stage, or runs:/<fuse stage run id>/fusion")
@@ -330,7 +354,7 @@ def load_segmenter(model_uri: str, tracking_uri: str, device: str = "cpu") -> An
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    seg = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().segmenter
+    seg = load_unwrapped(model_uri).segmenter
     seg.model.to(device)
     return seg
 
@@ -345,7 +369,8 @@ def model_metadata(model_uri: str, tracking_uri: str | None = None) -> dict[str,
 
     try:
         mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
-        return dict(mlflow.models.get_model_info(model_uri).metadata or {})
+        with local_model(model_uri) as local:
+            return dict(mlflow.models.get_model_info(local).metadata or {})
     except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; the user needs the URI and the cause
         raise TrackingError(f"cannot read the model {model_uri}: {type(exc).__name__}: {str(exc)[:300]}",
                             where=model_uri, fix="check the URI and --tracking-uri (MLFLOW_TRACKING_URI)") from None

@@ -14,9 +14,11 @@ Each server is stopped by its PID (process group) in a ``finally``.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -113,7 +115,19 @@ def test_pipeline_against_real_server(tmp_path, monkeypatch):
         model_uri = ctx.outputs["calibrate"]["model_uri"]
         assert model_uri
         mlflow.set_tracking_uri(uri)
+        scratch = tmp_path / "tmp"
+        scratch.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(scratch))
         model = mlflow.pyfunc.load_model(model_uri)
+        # MLflow leaves its download of a served model in a new temporary folder (so this check can fail) ...
+        assert list(scratch.rglob("model.pt"))
+        shutil.rmtree(scratch)
+        scratch.mkdir()
+        # ... medcl's loading (predict, evaluate, embed, segment) removes its copy once the model is in memory
+        from medcl.tracking.pyfunc import load_predictor
+
+        predictor, _ = load_predictor(model_uri, uri)
+        assert list(scratch.iterdir()) == [] and predictor.model is not None
         x = np.random.default_rng(0).random((2, 1, 64, 64), dtype=np.float32)
         probs = np.asarray(model.predict(x[:1], params={"preprocessed": True}))
         assert probs.shape == (1, 3)

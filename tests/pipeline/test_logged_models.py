@@ -31,8 +31,9 @@ def test_the_encoder_model_gives_the_features_medcl_embed_gives(trained_oct, tmp
     assert info.metadata["encoder"] == "resnet18" and info.metadata["modality"] == "oct"
     assert info.metadata["model_config"]["encoder"] == "resnet18" and info.metadata["preprocessing"]["preset"] == "oct"
     images = sorted((trained_oct["manifest"].parent / "images").glob("*.png"))[:5]
-    feats = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"path": [str(p) for p in images]}),
-                                                  params={"batch_size": 2})
+    (tmp_path / "model").mkdir()  # MLflow would leave its copy of the model in a temporary folder
+    model = mlflow.pyfunc.load_model(uri, dst_path=str(tmp_path / "model"))
+    feats = model.predict(pd.DataFrame({"path": [str(p) for p in images]}), params={"batch_size": 2})
     assert list(feats.columns) == [f"f{j}" for j in range(info.metadata["feature_dim"])] and len(feats) == 5
     emb = pd.read_csv(embed(trained_oct["ctx"].parent_run_id, images[0].parent, tmp_path / "e.csv",
                             tracking_uri=trained_oct["uri"], progress=False).samples)
@@ -40,7 +41,7 @@ def test_the_encoder_model_gives_the_features_medcl_embed_gives(trained_oct, tmp
     np.testing.assert_allclose(feats.to_numpy(), emb[list(feats.columns)].to_numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_pretrained_path_takes_runs_and_models_uris(trained_oct):
+def test_pretrained_path_takes_runs_and_models_uris(trained_oct, tmp_path):
     """The weights an encoder starts from, given as a URI, are exactly those of the logged model."""
     import mlflow
 
@@ -49,12 +50,14 @@ def test_pretrained_path_takes_runs_and_models_uris(trained_oct):
 
     uri = _pretrain_run(trained_oct)
     mlflow.set_tracking_uri(trained_oct["uri"])
-    local = Path(mlflow.artifacts.download_artifacts(uri))
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path)))
     want = torch.load(next(local.rglob("encoder.pt")), weights_only=False).state_dict()
     version = mlflow.register_model(uri, "oct-demo-encoder").version
     demo = Path(__file__).resolve().parents[2] / "pipelines" / "demo" / "oct.yaml"
     classifier = trained_oct["ctx"].outputs["calibrate"]["model_uri"]
-    clf = torch.load(next(Path(mlflow.artifacts.download_artifacts(classifier)).rglob("model.pt")),
+    (tmp_path / "clf").mkdir()
+    clf = torch.load(next(Path(mlflow.artifacts.download_artifacts(classifier, dst_path=str(tmp_path / "clf")))
+                          .rglob("model.pt")),
                      weights_only=False).encoder.state_dict()
     for source, expected in ((uri, want), (f"models:/oct-demo-encoder/{version}", want), (classifier, clf)):
         cfg = load_pipeline(demo, [f"model.pretrained_path={source}", "model.encoder=resnet18",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,6 @@ def test_predictions_equal_the_runs_own_test_evaluation(trained, tmp_path):
         w = csv.DictWriter(fh, fieldnames=list(src[0]))
         w.writeheader()
         w.writerows([r for r in src if r["path"] in keep])
-    import shutil
 
     shutil.copytree(trained["manifest"].parent / "images", tmp_path / "images")
     res = predict(ctx.parent_run_id, sub, tmp_path / "pred.csv", tracking_uri=trained["uri"], batch_size=5,
@@ -262,7 +262,6 @@ def _some_images(trained, n: int) -> list[Path]:
 
 def _cli_probs(trained, files: list[Path], tmp_path: Path) -> np.ndarray:
     """``medcl predict`` on a folder holding ``files``: the reference the pyfunc must agree with."""
-    import shutil
 
     from medcl.predict import predict
 
@@ -286,7 +285,8 @@ def test_the_logged_model_is_a_pyfunc_that_reads_files_and_raw_arrays(trained, t
 
     ctx = trained["ctx"]
     mlflow.set_tracking_uri(trained["uri"])
-    model = mlflow.pyfunc.load_model(ctx.outputs["calibrate"]["model_uri"])
+    (tmp_path / "model").mkdir()
+    model = mlflow.pyfunc.load_model(ctx.outputs["calibrate"]["model_uri"], dst_path=str(tmp_path / "model"))
     files = _some_images(trained, 7)
     want = _cli_probs(trained, files, tmp_path)
     cols = [f"p_{c}" for c in ctx.data.classes]

@@ -9,6 +9,7 @@ the NIfTI, highdicom for reading the SEG back.
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +136,8 @@ def test_the_segmenter_pyfunc_and_bad_inputs(seg_run, tmp_path):
     seg_uri = seg_run["ctx"].outputs["segment"]["segmenter_uri"]
     mlflow.set_tracking_uri(uri)
     series = sorted(p for p in seg_run["manifest"].parent.rglob("*") if p.is_dir() and list(p.glob("*.dcm")))[0]
-    df = mlflow.pyfunc.load_model(seg_uri).predict([str(series)])
+    (tmp_path / "model").mkdir()  # MLflow would leave its copy of the model in a temporary folder
+    df = mlflow.pyfunc.load_model(seg_uri, dst_path=str(tmp_path / "model")).predict([str(series)])
     seg = load_segmenter(seg_uri, uri)
     x, affine = seg.prepare_whole(str(series))
     np.testing.assert_array_equal(np.asarray(df["labels"][0]), seg.labels(x))
@@ -151,6 +153,29 @@ def test_the_segmenter_pyfunc_and_bad_inputs(seg_run, tmp_path):
     res = predict_masks(seg_uri, tmp_path, tmp_path / "out" / "m.csv", tracking_uri=uri, progress=False,
                         dicom_seg=False)
     assert (res.n_ok, res.n_failed) == (1, 1)
+
+
+def test_loading_the_segmenter_leaves_no_copy_behind(seg_run, tmp_path, monkeypatch):
+    """MLflow copies a ``runs:/`` model into a new temporary folder and never removes it (shown first, so the
+    check can fail: tens of MB per load on a hospital server); medcl loads from a copy it removes."""
+    import tempfile
+
+    import mlflow
+
+    from medcl.tracking.pyfunc import load_segmenter, model_metadata
+
+    seg_uri = seg_run["ctx"].outputs["segment"]["segmenter_uri"]
+    mlflow.set_tracking_uri(seg_run["uri"])
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    mlflow.pyfunc.load_model(seg_uri)
+    assert list(scratch.rglob("segmenter.pt"))
+    for p in scratch.iterdir():
+        shutil.rmtree(p)
+    seg = load_segmenter(seg_uri, seg_run["uri"])
+    assert model_metadata(seg_uri, seg_run["uri"])["class_names"] == list(seg.class_names)
+    assert list(scratch.iterdir()) == []
 
 
 def test_a_run_without_a_segment_stage_says_so(trained_oct):
