@@ -292,13 +292,38 @@ def source_key(r: dict[str, Any]) -> str | None:
     return run_key({**r, "kind": kind[0], "method": kind[1]}) if kind else None
 
 
+def _checkpoint_of(source: dict[str, Any] | None) -> Path | None:
+    """The encoder.pt that ``source``'s run handed on (its run folder is the one of the split it recorded)."""
+    return Path(source["split"]).parent / "pretrain" / "encoder.pt" if source and source.get("split") else None
+
+
+def sources_to_run_again(todo: list[dict[str, Any]], done: dict[str, dict[str, Any]],
+                         again: set[str]) -> dict[str, str]:
+    """``{source row key: ablation key}`` for each ablation this invocation runs whose source row is done but whose
+    checkpoint is gone (the work folder was cleaned since): that source runs again, just before the ablation.
+
+    Adds those sources to ``again``, and to ``again`` as well every finished ablation whose source runs again (its
+    numbers belong to the old checkpoint).
+    """
+    needed: dict[str, str] = {}
+    for r in todo:
+        key, src = run_key(r), source_key(r)
+        if src and src in done and (key not in done or key in again) and src not in again:
+            weights = _checkpoint_of(done[src])
+            if weights is None or not weights.is_file():
+                needed[src] = key
+    again.update(needed)
+    again.update(run_key(r) for r in todo if source_key(r) in again and run_key(r) in done)
+    return needed
+
+
 def _encoder_of(r: dict[str, Any], source: dict[str, Any] | None, what: str) -> Path:
-    """The encoder.pt that ``source``'s run handed on (its run folder is the one of the split it recorded).
+    """The encoder.pt that ``source``'s run handed on (:func:`_checkpoint_of`).
 
     Raises:
         FileNotFoundError: no finished source row, or its run's checkpoint is gone.
     """
-    weights = Path(source["split"]).parent / "pretrain" / "encoder.pt" if source and source.get("split") else None
+    weights = _checkpoint_of(source)
     if weights is None or not weights.is_file():
         raise FileNotFoundError(f"{weights or 'no checkpoint'}: run {source_key(r)} first (this ablation {what} "
                                 "its checkpoint again)")
@@ -579,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     again = {k for k, x in done.items()  # run again; their old rows stay until the new ones are written
              if (x.get("modality") in args.redo and x.get("kind") != "reference")
              or any(k.startswith(p) for p in args.rerun)}
+    first_for = sources_to_run_again(todo, done, again)  # a source row is ordered as its ablation is
     commit = git_commit()  # the code every run of this invocation uses (a later commit does not change it)
     meta = {**base_meta(args.quick), "seeds": args.seeds, "budget_min": args.budget_min,
             "plan": [run_key(r) for r in todo],
@@ -589,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)  # a pipeline installs its own while it runs, and restores this one
     rows: dict[str, dict] = {}
     def priority(i: int) -> tuple[int, int]:
-        key = run_key(todo[i])
+        key = first_for.get(run_key(todo[i]), run_key(todo[i]))
         return next((k for k, p in enumerate(args.first) if key.startswith(p)), len(args.first)), i
 
     for i in sorted(range(len(todo)), key=priority):

@@ -110,3 +110,30 @@ def test_rows_measured_before_their_demo_data_changed_are_run_again(bq, tmp_path
     unknown = why("fundus", "0" * 40)
     assert unknown is not None and "does not hold" in unknown and shas[1][:7] in unknown
     assert bq.stale_reason({"modality": "fundus", "commit": shas[0]}, {"fundus": ("f" * 7, "x")}, tmp_path) is None
+
+
+def test_an_ablation_whose_source_checkpoint_is_gone_runs_its_source_again_first(bq, tmp_path):
+    """An ablation re-uses its source row's checkpoint: when the work folder was cleaned since, the source row runs
+    again (ordered as the ablation is); a source whose checkpoint is kept does not; a finished ablation whose source
+    runs again runs again too (its numbers belong to the old checkpoint)."""
+    abl = {"kind": "ablation", "modality": "ct", "method": "dense_decoder_not_handed_on", "measure": "segment"}
+    src = {"kind": "method", "modality": "ct", "method": "dense"}
+    todo = [{**src, "seed": 0}, {**src, "seed": 1}, {**abl, "seed": 0}, {**abl, "seed": 1}]
+    kept = tmp_path / "run1" / "pretrain"
+    kept.mkdir(parents=True)
+    (kept / "encoder.pt").write_bytes(b"weights")
+    done = {"method/ct/dense/seed0": {"split": str(tmp_path / "run0" / "split.csv")},  # its checkpoint is gone
+            "method/ct/dense/seed1": {"split": str(tmp_path / "run1" / "split.csv")}}
+    again: set[str] = set()
+    assert bq.sources_to_run_again(todo, done, again) == {
+        "method/ct/dense/seed0": "ablation/ct/dense_decoder_not_handed_on/seed0"}
+    assert again == {"method/ct/dense/seed0"}
+
+    done["ablation/ct/dense_decoder_not_handed_on/seed0"] = {"wall_s": 1.0}  # finished, checkpoint gone since
+    done["ablation/ct/dense_decoder_not_handed_on/seed1"] = {"wall_s": 1.0}  # finished, its source kept
+    again = set()
+    assert bq.sources_to_run_again(todo, done, again) == {}  # a finished ablation needs no checkpoint
+    assert again == set()
+    again = {"method/ct/dense/seed1"}  # --rerun method/ct/dense/seed1
+    bq.sources_to_run_again(todo, done, again)
+    assert again == {"method/ct/dense/seed1", "ablation/ct/dense_decoder_not_handed_on/seed1"}
