@@ -12,9 +12,10 @@ the benchmark — the run under way is not recorded and stays pending for the ne
    same encoder at random init and of raw pixels; fine-tuning from the pretrained encoder and from scratch
    at 1 %, 10 % and 100 % of the training patients) → segment (CT, MRI: Dice at 10 % and 100 %) →
    calibrate (test ECE before/after, and whether the calibrator was applied).
-2. ``reference`` — per 2D modality and ECG and seed, the plain loops of ``benchmarks/reference/`` on the
+2. ``reference`` — per modality (2D, ECG, CT, MRI) and seed, the plain loops of ``benchmarks/reference/`` on the
    split that run wrote (``split.csv``), with medcl's budgets: supervised from scratch with the fine-tune's
-   steps and batch, SimCLR with the pretraining's steps and batch, same architecture.
+   steps and batch, SimCLR with the pretraining's steps and batch, same architecture (CT/MRI: a plain 3D CNN of the
+   demo encoder's widths).
 3. ``ablation`` — what each recipe fix is worth: the 2D demo pipelines with one fix undone, measured by what
    the fix is for: ``output_stride_32`` (the encoder's default final 2×2 map on 64×64 images instead of output
    stride 16; pretraining → linear probe), ``finetune_lr1e-3_wd1e-4`` (the demos' former fine-tune optimiser)
@@ -48,7 +49,7 @@ import _common  # noqa: F401
 from _common import ROOT, base_meta, finished_rows, git_commit, quiet_logs, write_results
 
 #: per modality: the manifest column with the class names, classification label fractions, whether the plain
-#: reference loops apply (2D images and ECG), and settings the benchmark adds to the demo pipeline
+#: reference loops apply (2D images, ECG, CT/MRI volumes), and settings the benchmark adds to the demo pipeline
 #: (``classify.pairs``: the confusable pair of each 2D demo — the pair supcon-hardneg names — gets its own AUROC in
 #: every run, so that supcon-hardneg is compared with the other methods on it)
 HARD_PAIRS: dict[str, str] = {"oct": "[[early,intermediate]]", "fundus": "[[moderate,severe]]",
@@ -59,9 +60,9 @@ MODALITIES: dict[str, dict[str, Any]] = {
                "extra": [f"classify.pairs={HARD_PAIRS['fundus']}"]},
     "histo": {"fractions": "[0.01,0.1,1.0]", "reference": True, "extra": [f"classify.pairs={HARD_PAIRS['histo']}"]},
     "ecg": {"fractions": "[0.01,0.1,1.0]", "reference": True},
-    "ct": {"fractions": "[0.1,1.0]", "reference": False},
+    "ct": {"fractions": "[0.1,1.0]", "reference": True},
     # the MRI demo segments only: a validation split and a classify stage (lesion present?) are added
-    "mri": {"fractions": "[0.1,1.0]", "reference": False, "extra": ["data.val_fraction=0.15"]},
+    "mri": {"fractions": "[0.1,1.0]", "reference": True, "extra": ["data.val_fraction=0.15"]},
     # issue 18: the class-balanced presets where they should help — fundus grades long-tailed (``medcl data synth
     # --modalities fundus-lt``), the fundus demo pipeline, only these methods (no pipeline row: SimCLR is one of them)
     "fundus-lt": {"fractions": "[1.0]", "reference": False, "pipeline": "fundus",
@@ -529,14 +530,15 @@ def run_reference(r: dict[str, Any], pipeline_row: dict[str, Any] | None, manife
         raise RuntimeError(f"the {r['modality']} demo gives no step budget (pretrain.steps / classify.finetune.steps)")
     steps = 3 if quick else steps
     column = cfg.data.label_column
-    size = (cfg.transforms.model_extra or {}).get("spatial_size", [64])[0]
+    grid = (cfg.transforms.model_extra or {}).get("spatial_size", [64])  # 2D [H, W]; 3D [x, y, z]
+    size, depth = grid[0], (grid[2] if len(grid) == 3 else 16)
     out = work / "reference" / f"{run_key(r).replace('/', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     split, rebuilt = _split_file(r, pipeline_row, manifest, work, quick)
     cmd = [sys.executable, str(ROOT / "benchmarks" / "reference" / f"{r['loop']}.py"), "--manifest", str(manifest),
            "--split", split, "--modality", r["modality"], "--label-column", column,
            "--classes", ",".join(cfg.data.classes or []), "--steps", str(steps), "--batch", str(batch),
-           "--seed", str(r["seed"]), "--size", str(size), "--out", str(out),
+           "--seed", str(r["seed"]), "--size", str(size), "--depth", str(depth), "--out", str(out),
            "--output-stride", str((cfg.model.options or {}).get("output_stride", 32))]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=7200,
                           cwd=ROOT / "benchmarks" / "reference")

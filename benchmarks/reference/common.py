@@ -1,7 +1,8 @@
 """What both reference loops share: reading a medcl manifest with medcl's patient split, augmenting, scoring.
 
-Plain code on purpose — torch, timm, MONAI's 1D ResNet for ECG, PIL, wfdb, scikit-learn; no medcl import —
-so that it is an independent yardstick for medcl's recipes. 2D images (PNG/JPEG/TIFF) and WFDB ECGs only.
+Plain code on purpose — torch, timm, MONAI's 1D ResNet for ECG, PIL, wfdb, pydicom, nibabel, scikit-learn; no
+medcl import — so that it is an independent yardstick for medcl's recipes. 2D images (PNG/JPEG/TIFF), WFDB ECGs,
+and CT/MRI volumes (a DICOM series folder or a NIfTI file), each resized to one grid without regard to spacing.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODALITIES = ("oct", "fundus", "histo", "ecg")
+MODALITIES = ("oct", "fundus", "histo", "ecg", "ct", "mri")
+VOLUMES = ("ct", "mri")
 
 
 def load_split(manifest: Path, split_csv: Path, label_column: str, classes: list[str],
-               size: int) -> dict[str, tuple[torch.Tensor, np.ndarray, np.ndarray]]:
-    """``{split: (x, y, patient)}`` — all samples in memory: 2D ``(N, C, size, size)`` in [0, 1],
-    ECG ``(N, leads, T)`` standardised per lead; ``y`` ``(N,)`` class index or ``(N, K)`` multi-hot."""
+               size: int, depth: int = 16) -> dict[str, tuple[torch.Tensor, np.ndarray, np.ndarray]]:
+    """``{split: (x, y, patient)}`` — all samples in memory: 2D ``(N, C, size, size)`` in [0, 1], CT/MRI
+    ``(N, 1, depth, size, size)``, ECG ``(N, leads, T)`` standardised per lead; ``y`` ``(N,)`` class index or
+    ``(N, K)`` multi-hot."""
     with open(manifest, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     with open(split_csv, newline="", encoding="utf-8") as f:
@@ -31,7 +34,7 @@ def load_split(manifest: Path, split_csv: Path, label_column: str, classes: list
         labels = [v for v in r[label_column].split(";") if v]
         if i not in split or not labels:
             continue
-        x = read(manifest.parent / r["path"], r["modality"], size)
+        x = read(manifest.parent / r["path"], r["modality"], size, depth)
         y = np.isin(classes, labels).astype(np.float32) if r["modality"] == "ecg" else classes.index(labels[0])
         out[split[i][0]].append((x, y, split[i][1]))
     n = min(t[0].shape[-1] for v in out.values() for t in v)  # ECG records of different lengths: the shortest
@@ -39,7 +42,9 @@ def load_split(manifest: Path, split_csv: Path, label_column: str, classes: list
                 np.array([t[2] for t in v])) for s, v in out.items() if v}
 
 
-def read(path: Path, modality: str, size: int) -> np.ndarray:
+def read(path: Path, modality: str, size: int, depth: int = 16) -> np.ndarray:
+    if modality in VOLUMES:
+        return read_volume(path, modality, size, depth)
     if modality == "ecg":
         import wfdb
 
@@ -53,9 +58,47 @@ def read(path: Path, modality: str, size: int) -> np.ndarray:
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
+def read_volume(path: Path, modality: str, size: int, depth: int) -> np.ndarray:
+    """``(1, depth, size, size)``: CT in a soft-tissue window (level 40 HU, width 400) to [0, 1], MRI divided by
+    its 99.5th percentile; resized (trilinear) without regard to the voxel spacing."""
+    if path.is_dir():  # a DICOM series: slices ordered along the slice normal, stored values to HU
+        import pydicom
+
+        ds = [pydicom.dcmread(f) for f in sorted(path.iterdir()) if f.is_file()]
+        normal = np.cross(*np.reshape(np.asarray(ds[0].ImageOrientationPatient, float), (2, 3)))
+        ds.sort(key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))))
+        v = np.stack([d.pixel_array * float(getattr(d, "RescaleSlope", 1.0)) + float(getattr(d, "RescaleIntercept", 0.0))
+                      for d in ds]).astype(np.float32)  # (slices, rows, columns)
+    else:  # NIfTI (i, j, k) -> (k, j, i)
+        import nibabel
+
+        v = np.asarray(nibabel.load(str(path)).get_fdata(), dtype=np.float32).transpose(2, 1, 0)
+    v = np.clip((v + 160.0) / 400.0, 0, 1) if modality == "ct" else v / (np.percentile(v, 99.5) + 1e-6)
+    t = F.interpolate(torch.as_tensor(np.ascontiguousarray(v))[None, None], size=(depth, size, size),
+                      mode="trilinear", align_corners=False)
+    return t[0].numpy()
+
+
+class CNN3d(nn.Sequential):
+    """Five stages of two 3×3×3 conv-BN-ReLU (widths 8 … 128, the stages after the first halving the grid), global
+    average pooling: the size of medcl's 3D demo encoder, written plainly."""
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...] = (8, 16, 32, 64, 128)) -> None:
+        layers, c = [], in_channels
+        for k, w in enumerate(widths):
+            for j in range(2):
+                layers += [nn.Conv3d(c, w, 3, stride=2 if k and not j else 1, padding=1, bias=False),
+                           nn.BatchNorm3d(w), nn.ReLU(inplace=True)]
+                c = w
+        super().__init__(*layers, nn.AdaptiveAvgPool3d(1), nn.Flatten())
+        self.dim = c
+
+
 def encoder(modality: str, in_channels: int, arch: str, output_stride: int = 32) -> nn.Module:
     """Features ``(B, D)``; ``.dim`` = D. timm for images (no pretrained weights; ``output_stride`` 16 dilates
-    the last stage, as medcl does for small images), MONAI's 1D ResNet for ECG."""
+    the last stage, as medcl does for small images), MONAI's 1D ResNet for ECG, :class:`CNN3d` for CT/MRI."""
+    if modality in VOLUMES:
+        return CNN3d(in_channels)
     if modality == "ecg":
         from monai.networks.nets import resnet18
 
@@ -86,6 +129,16 @@ def augment(x: torch.Tensor, modality: str, g: torch.Generator, ecg_window: int 
     def u(lo: float, hi: float, *shape: int) -> torch.Tensor:
         return torch.rand(b, *shape, generator=g) * (hi - lo) + lo
 
+    if modality in VOLUMES:  # small in-plane rotation and scale, shift, intensity shift and gain, noise
+        rot, scale = u(-0.1, 0.1), u(0.9, 1.1)
+        cos, sin, zero, one = torch.cos(rot) / scale, torch.sin(rot) / scale, torch.zeros(b), torch.ones(b)
+        shift = u(-2, 2, 3) * 2 / torch.tensor(x.shape[2:][::-1], dtype=torch.float32)  # ±2 voxels (x, y, z)
+        theta = torch.stack([torch.stack([cos, -sin, zero, shift[:, 0]], 1), torch.stack([sin, cos, zero, shift[:, 1]], 1),
+                             torch.stack([zero, zero, one, shift[:, 2]], 1)], 1)
+        v = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False,
+                          padding_mode="border")
+        v = v * u(0.9, 1.1, 1, 1, 1, 1) + u(-0.1, 0.1, 1, 1, 1, 1)
+        return v + 0.02 * torch.randn(v.shape, generator=g)
     if modality == "ecg":
         start = torch.randint(0, x.shape[-1] - ecg_window + 1, (b,), generator=g)
         v = torch.stack([x[i, :, s:s + ecg_window] for i, s in enumerate(start.tolist())])

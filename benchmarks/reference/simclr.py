@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import augment, centre, encoder, linear_probe, load_split
+from common import VOLUMES, augment, centre, encoder, linear_probe, load_split
 from torch import nn
 
 ap = argparse.ArgumentParser()
 for a, kw in [("--manifest", {}), ("--split", {}), ("--modality", {}), ("--label-column", {"default": "label"}),
               ("--classes", {}), ("--arch", {"default": "resnet18"}), ("--size", {"type": int, "default": 64}),
+              ("--depth", {"type": int, "default": 16}),
               ("--output-stride", {"type": int, "default": 32}),
               ("--steps", {"type": int, "default": 400}), ("--batch", {"type": int, "default": 64}),
               ("--lr", {"type": float, "default": 2e-3}), ("--wd", {"type": float, "default": 1e-4}),
@@ -28,7 +29,8 @@ for a, kw in [("--manifest", {}), ("--split", {}), ("--modality", {}), ("--label
               ("--out", {"default": None})]:
     ap.add_argument(a, **kw)
 args = ap.parse_args()
-data = load_split(Path(args.manifest), Path(args.split), args.label_column, args.classes.split(","), args.size)
+data = load_split(Path(args.manifest), Path(args.split), args.label_column, args.classes.split(","), args.size,
+                  args.depth)
 x = data["train"][0]
 torch.manual_seed(args.seed)
 g = torch.Generator().manual_seed(args.seed)
@@ -58,7 +60,8 @@ with torch.no_grad():
     feats = {s: torch.cat([net(centre(v[0][i:i + 256], args.modality)) for i in range(0, len(v[0]), 256)]).numpy()
              for s, v in data.items()}
 (_, y_train, groups), (_, y_test, _) = data["train"], data["test"]
-result = {"reference": "simclr", "modality": args.modality, "arch": args.arch, "seed": args.seed,
+result = {"reference": "simclr", "modality": args.modality, "seed": args.seed,
+          "arch": "cnn3d" if args.modality in VOLUMES else args.arch,
           "output_stride": args.output_stride,
           "steps": args.steps, "batch": args.batch, "temperature": args.temperature,
           "probe_auroc": linear_probe(feats["train"], y_train, groups, feats["test"], y_test),

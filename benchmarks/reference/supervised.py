@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 
 import torch
-from common import augment, centre, encoder, load_split, macro_auroc
+from common import VOLUMES, augment, centre, encoder, load_split, macro_auroc
 from torch import nn
 
 ap = argparse.ArgumentParser()
 for a, kw in [("--manifest", {}), ("--split", {}), ("--modality", {}), ("--label-column", {"default": "label"}),
               ("--classes", {}), ("--arch", {"default": "resnet18"}), ("--size", {"type": int, "default": 64}),
+              ("--depth", {"type": int, "default": 16}),
               ("--output-stride", {"type": int, "default": 32}),
               ("--steps", {"type": int, "default": 400}), ("--batch", {"type": int, "default": 64}),
               ("--lr", {"type": float, "default": 2e-3}), ("--wd", {"type": float, "default": 0.05}),
@@ -26,7 +27,7 @@ for a, kw in [("--manifest", {}), ("--split", {}), ("--modality", {}), ("--label
     ap.add_argument(a, **kw)
 args = ap.parse_args()
 classes = args.classes.split(",")
-data = load_split(Path(args.manifest), Path(args.split), args.label_column, classes, args.size)
+data = load_split(Path(args.manifest), Path(args.split), args.label_column, classes, args.size, args.depth)
 x, y, _ = data["train"]
 multilabel = y.ndim == 2
 torch.manual_seed(args.seed)
@@ -53,7 +54,8 @@ xt, ytest, _ = data["test"]
 with torch.no_grad():
     z = torch.cat([model(centre(xt[i:i + 256], args.modality)) for i in range(0, len(xt), 256)])
 scores = (z.sigmoid() if multilabel else z.softmax(1)).numpy()
-result = {"reference": "supervised", "modality": args.modality, "arch": args.arch, "seed": args.seed,
+result = {"reference": "supervised", "modality": args.modality, "seed": args.seed,
+          "arch": "cnn3d" if args.modality in VOLUMES else args.arch,
           "output_stride": args.output_stride,
           "steps": args.steps, "batch": args.batch, "test_auroc": macro_auroc(ytest, scores),
           "seconds": round(seconds, 1), "images_per_s": round(args.steps * args.batch / max(seconds, 1e-9), 1),
