@@ -1191,7 +1191,7 @@ def _quality_targets_per_modality(res: dict[str, Any], mods: list[str], pipes: l
                  for r in rs]
             mean, worst, n = _stats(g)
             ok = mean is not None and worst >= 0.5
-            status = _met(ok, "" if ok else _gap_cause(rs)) if mean is not None else "**not measured**"
+            status = _met(ok, "" if ok else _gap_cause(rs, res, method)) if mean is not None else "**not measured**"
             if ok and n < planned:  # a method's rows can lag its pipeline's seeds
                 status = f"**met on {n} of {planned} seeds** — not yet measured on the others (resumable run)"
             targets.append([f"{method} closes ≥ 50 % of the random → supervised gap ({m})",
@@ -1294,12 +1294,20 @@ def _finetune10_cause(rows: list[tuple[int, float, float, int | None]]) -> str:
     return text + (f"; {noise}" if noise else "")
 
 
-def _gap_cause(rs: list[dict[str, Any]]) -> str:
-    """The measured facts behind a missed gap target."""
+def _gap_cause(rs: list[dict[str, Any]], res: dict[str, Any] | None = None, method: str = "") -> str:
+    """The measured facts behind a missed gap target; for SimCLR, the plain SimCLR loop on the same split and its
+    own untrained network (whether plain code closes the gap there either)."""
     parts = []
     for r in rs:
-        parts.append(f"seed {r['seed']}: SSL {_f(_cls(r, 'ssl', 'linear'))}, random {_f(_cls(r, 'random', 'linear'))}, "
-                     f"online probe best {_f((r.get('pretrain') or {}).get('best_probe_auroc'))}")
+        text = (f"seed {r['seed']}: SSL {_f(_cls(r, 'ssl', 'linear'))}, random {_f(_cls(r, 'random', 'linear'))}, "
+                f"online probe best {_f((r.get('pretrain') or {}).get('best_probe_auroc'))}")
+        refs = _by(res, kind="reference", modality=r["modality"], seed=r["seed"], loop="simclr") if res else []
+        ref = next(((x.get("result") or {}) for x in refs if _ok(x)), {}) if method == "simclr" else {}
+        if ref.get("probe_auroc") is not None:
+            text += f"; plain SimCLR loop {_f(ref['probe_auroc'])}"
+            if ref.get("random_probe_auroc") is not None:
+                text += f" against {_f(ref['random_probe_auroc'])} for its network untrained"
+        parts.append(text)
     return "; ".join(parts)
 
 

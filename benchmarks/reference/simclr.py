@@ -5,10 +5,12 @@
 
 Two augmented views per training sample, a 2-layer projector, NT-Xent over the 2B views (temperature T),
 AdamW with a one-cycle schedule; then the frozen encoder's features of the train and test splits go to a
-patient-grouped, cross-validated logistic regression. ``--steps 0`` is the random-init probe.
+patient-grouped, cross-validated logistic regression; the same network untrained gets the same probe
+(``random_probe_auroc``).
 """
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -35,6 +37,7 @@ x = data["train"][0]
 torch.manual_seed(args.seed)
 g = torch.Generator().manual_seed(args.seed)
 net = encoder(args.modality, x.shape[1], args.arch, args.output_stride)
+init = copy.deepcopy(net)  # the same network untrained: the random-init probe beside the SimCLR one
 proj = nn.Sequential(nn.Linear(net.dim, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, 128))
 params = list(net.parameters()) + list(proj.parameters())
 opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.wd)
@@ -55,16 +58,23 @@ for _ in range(args.steps):
     opt.step()
     sched.step()
 seconds = time.perf_counter() - t0
-net.eval()
-with torch.no_grad():
-    feats = {s: torch.cat([net(centre(v[0][i:i + 256], args.modality)) for i in range(0, len(v[0]), 256)]).numpy()
-             for s, v in data.items()}
+
+
+def features(model: nn.Module) -> dict:
+    model.eval()
+    with torch.no_grad():
+        return {s: torch.cat([model(centre(v[0][i:i + 256], args.modality)) for i in range(0, len(v[0]), 256)]).numpy()
+                for s, v in data.items()}
+
+
+feats, feats0 = features(net), features(init)
 (_, y_train, groups), (_, y_test, _) = data["train"], data["test"]
 result = {"reference": "simclr", "modality": args.modality, "seed": args.seed,
           "arch": "cnn3d" if args.modality in VOLUMES else args.arch,
           "output_stride": args.output_stride,
           "steps": args.steps, "batch": args.batch, "temperature": args.temperature,
           "probe_auroc": linear_probe(feats["train"], y_train, groups, feats["test"], y_test),
+          "random_probe_auroc": linear_probe(feats0["train"], y_train, groups, feats0["test"], y_test),
           "seconds": round(seconds, 1),
           "images_per_s": round(2 * args.steps * args.batch / max(seconds, 1e-9), 1) if args.steps else None,
           "final_loss": float(loss.detach()), "n_train": len(x), "n_test": len(y_test)}

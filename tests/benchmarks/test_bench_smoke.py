@@ -176,6 +176,19 @@ def test_quality_targets_need_the_mean_and_every_seed(tmp_path):
             "seeds** — not yet measured on the others") in text
 
 
+def test_a_missed_simclr_gap_cites_the_plain_simclr_loop_on_the_same_split(tmp_path):
+    """Why SimCLR missed: next to medcl's own numbers, the plain loop's probe and its untrained network's probe (so
+    a reader sees whether plain code closes the gap there either)."""
+    rows = _quality_rows()
+    for c in rows[0]["classify"]:
+        if (c["model"], c["protocol"]) == ("ssl", "linear"):
+            c["auroc"] = 0.62  # seed 0: (0.62 - 0.60) / (1.00 - 0.60) = 5 % of the gap
+    rows[4]["result"] = {"probe_auroc": 0.55, "random_probe_auroc": 0.70, "steps": 200}
+    text = _quality_readme(tmp_path, rows)
+    assert ("seed 0: SSL 0.620, random 0.600, online probe best 0.900; plain SimCLR loop 0.550 against 0.700 for its "
+            "network untrained; seed 1: SSL 0.800, random 0.600, online probe best 0.900 |") in text
+
+
 def test_demo_threshold_over_random_init_above_one_is_called_unreachable(tmp_path):
     """A random-init probe of 0.80 puts "random + 0.25" at 1.05, above any AUROC: the miss says so, with the value."""
     rows = _quality_rows()
