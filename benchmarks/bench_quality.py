@@ -639,7 +639,8 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.time()
         try:
             if r["kind"] == "reference":
-                pipe = rows.get(run_key({"kind": "pipeline", "modality": r["modality"], "seed": r["seed"]}))
+                pk = run_key({"kind": "pipeline", "modality": r["modality"], "seed": r["seed"]})
+                pipe = rows.get(pk) or done.get(pk)  # --first may put a reference before its finished pipeline
                 res = run_reference(r, pipe, manifest, work, args.quick)
             else:
                 src = source_key(r)

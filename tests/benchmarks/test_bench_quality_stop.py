@@ -137,3 +137,41 @@ def test_an_ablation_whose_source_checkpoint_is_gone_runs_its_source_again_first
     again = {"method/ct/dense/seed1"}  # --rerun method/ct/dense/seed1
     bq.sources_to_run_again(todo, done, again)
     assert again == {"method/ct/dense/seed1", "ablation/ct/dense_decoder_not_handed_on/seed1"}
+
+
+def test_a_reference_ordered_first_uses_its_finished_pipeline_run(bq, tmp_path, monkeypatch):
+    """``--first reference/oct`` runs the references before the loop reaches their (finished) pipeline run: they
+    take its split and budgets from the results file, and the pipeline does not run again."""
+    import medcl.data.synth
+
+    seen, ran = {}, []
+
+    def fake_reference(r, pipe, *args, **kwargs):
+        seen[bq.run_key(r)] = pipe
+        return {"result": {}}
+
+    def fake_pipeline(r, *args, **kwargs):
+        ran.append(bq.run_key(r))
+        return {"classify": []}
+
+    def fake_synth(out, modalities, **kwargs):
+        for m in modalities:
+            (Path(out) / m).mkdir(parents=True, exist_ok=True)
+            (Path(out) / m / "manifest.csv").write_text("patient_id,path\n")
+
+    monkeypatch.setattr(bq, "run_pipeline_kind", fake_pipeline)
+    monkeypatch.setattr(bq, "run_reference", fake_reference)
+    monkeypatch.setattr(medcl.data.synth, "synthesize", fake_synth)
+    out = tmp_path / "quality.json"
+    (tmp_path / "run" / "pretrain").mkdir(parents=True)
+    (tmp_path / "run" / "pretrain" / "encoder.pt").write_bytes(b"weights")  # kept: no ablation needs it run again
+    pipe = {"key": "pipeline/oct/seed0", "kind": "pipeline", "modality": "oct", "seed": 0, "commit": bq.git_commit(),
+            "split": str(tmp_path / "run" / "split.csv"), "classify": []}
+    out.write_text(json.dumps({"meta": {"quick": False}, "rows": [pipe]}))
+    assert bq.main(["--out", str(out), "--seeds", "1", "--modalities", "oct", "--no-methods", "--first",
+                    "reference/oct", "--work", str(tmp_path / "work")]) == 0
+    assert set(seen) == {"reference/oct/supervised/seed0", "reference/oct/simclr/seed0"}
+    assert all(p is not None and p["split"] == pipe["split"] for p in seen.values())
+    assert "pipeline/oct/seed0" not in ran
+    rows = {r["key"]: r for r in json.loads(out.read_text())["rows"]}
+    assert "error" not in rows["reference/oct/supervised/seed0"]
