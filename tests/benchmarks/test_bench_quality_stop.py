@@ -25,12 +25,25 @@ def bq():
     signal.signal(signal.SIGTERM, before)
 
 
+def _fake_runs(bq, monkeypatch, pipeline, reference) -> None:
+    """The benchmark's runs replaced by ``pipeline`` and ``reference``; the demo data by empty manifests."""
+    import medcl.data.synth
+
+    def fake_synth(out, modalities, **kwargs):
+        for m in modalities:
+            (Path(out) / m).mkdir(parents=True, exist_ok=True)
+            (Path(out) / m / "manifest.csv").write_text("patient_id,path\n")
+
+    monkeypatch.setattr(bq, "run_pipeline_kind", pipeline)
+    monkeypatch.setattr(bq, "run_reference", reference)
+    monkeypatch.setattr(medcl.data.synth, "synthesize", fake_synth)
+
+
 @pytest.mark.parametrize("where", ["inside a pipeline", "outside a pipeline"])
 def test_sigterm_stops_the_benchmark_and_leaves_the_run_pending(bq, tmp_path, monkeypatch, where):
     """The first run finishes and is recorded; SIGTERM arrives during the second (inside a pipeline, which turns it
     into its own DistributedError, or during a plain reference loop): the benchmark returns 143 at once, the second
     run is pending, not failed, and nothing after it ran."""
-    import medcl.data.synth
     from medcl.pipeline import _sigterm_fails_the_run
 
     calls = []
@@ -46,14 +59,7 @@ def test_sigterm_stops_the_benchmark_and_leaves_the_run_pending(bq, tmp_path, mo
             raise AssertionError("SIGTERM did not interrupt the run")
         return {"classify": []}
 
-    def fake_synth(out, modalities, **kwargs):
-        for m in modalities:
-            (Path(out) / m).mkdir(parents=True, exist_ok=True)
-            (Path(out) / m / "manifest.csv").write_text("patient_id,path\n")
-
-    monkeypatch.setattr(bq, "run_pipeline_kind", fake_run)
-    monkeypatch.setattr(bq, "run_reference", fake_run)
-    monkeypatch.setattr(medcl.data.synth, "synthesize", fake_synth)
+    _fake_runs(bq, monkeypatch, fake_run, fake_run)
     out = tmp_path / "quality.json"
     rc = bq.main(["--out", str(out), "--seeds", "1", "--modalities", "oct", "--no-methods",
                   "--work", str(tmp_path / "work")])
@@ -142,7 +148,6 @@ def test_an_ablation_whose_source_checkpoint_is_gone_runs_its_source_again_first
 def test_a_reference_ordered_first_uses_its_finished_pipeline_run(bq, tmp_path, monkeypatch):
     """``--first reference/oct`` runs the references before the loop reaches their (finished) pipeline run: they
     take its split and budgets from the results file, and the pipeline does not run again."""
-    import medcl.data.synth
 
     seen, ran = {}, []
 
@@ -154,14 +159,7 @@ def test_a_reference_ordered_first_uses_its_finished_pipeline_run(bq, tmp_path, 
         ran.append(bq.run_key(r))
         return {"classify": []}
 
-    def fake_synth(out, modalities, **kwargs):
-        for m in modalities:
-            (Path(out) / m).mkdir(parents=True, exist_ok=True)
-            (Path(out) / m / "manifest.csv").write_text("patient_id,path\n")
-
-    monkeypatch.setattr(bq, "run_pipeline_kind", fake_pipeline)
-    monkeypatch.setattr(bq, "run_reference", fake_reference)
-    monkeypatch.setattr(medcl.data.synth, "synthesize", fake_synth)
+    _fake_runs(bq, monkeypatch, fake_pipeline, fake_reference)
     out = tmp_path / "quality.json"
     (tmp_path / "run" / "pretrain").mkdir(parents=True)
     (tmp_path / "run" / "pretrain" / "encoder.pt").write_bytes(b"weights")  # kept: no ablation needs it run again
