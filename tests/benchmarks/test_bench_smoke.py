@@ -219,7 +219,7 @@ def test_quality_plan_covers_every_modality_seed_reference_and_applicable_method
     assert sorted(bq.run_key(r) for r in runs if r["modality"] == "fundus-lt") == sorted(
         f"method/fundus-lt/{m}/seed{s}" for m in ("simclr", "supcon", "supcon-balanced", "prototypes")
         for s in range(3))
-    assert {r["modality"] for r in runs if r["kind"] == "reference"} == {"oct", "fundus", "histo", "ecg"}
+    assert {r["modality"] for r in runs if r["kind"] == "reference"} == {"oct", "fundus", "histo", "ecg", "ct", "mri"}
     # seed by seed, each pipeline next to its references; then the ablations seed by seed; methods last
     assert keys.index("pipeline/oct/seed0") < keys.index("reference/oct/supervised/seed0") \
         < keys.index("pipeline/fundus/seed0")
