@@ -362,15 +362,24 @@ def load_segmenter(model_uri: str, tracking_uri: str, device: str = "cpu") -> An
 def model_metadata(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """The metadata medcl stored with a logged model (``kind``, classes, preprocessing …); ``{}`` when it has none.
 
+    Only the model's ``MLmodel`` file is fetched (for ``runs:/…``, ``models:/<name>/<version>``, ``models:/m-<id>``,
+    a local folder or a remote server alike), into a folder removed on return.
+
     Raises:
         TrackingError: the URI does not resolve in the store.
     """
+    import tempfile
+
     import mlflow
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     try:
         mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
-        with local_model(model_uri) as local:
-            return dict(mlflow.models.get_model_info(local).metadata or {})
+        with tempfile.TemporaryDirectory(prefix="medcl-mlmodel-") as tmp:
+            # the MLmodel file alone (a few KB), not the weights: ``medcl predict`` reads this before it loads the
+            # model, so a full copy here would fetch the model twice from a remote server
+            path = get_artifact_repository(model_uri).download_artifacts("MLmodel", tmp)
+            return dict(mlflow.models.Model.load(path).metadata or {})
     except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; the user needs the URI and the cause
         raise TrackingError(f"cannot read the model {model_uri}: {type(exc).__name__}: {str(exc)[:300]}",
                             where=model_uri, fix="check the URI and --tracking-uri (MLFLOW_TRACKING_URI)") from None

@@ -128,6 +128,14 @@ def test_pipeline_against_real_server(tmp_path, monkeypatch):
 
         predictor, _ = load_predictor(model_uri, uri)
         assert list(scratch.iterdir()) == [] and predictor.model is not None
+        # ... and reading its metadata (what ``medcl predict`` does first) fetches the MLmodel file alone
+        from medcl.tracking.pyfunc import model_metadata
+
+        fetched, real_load = [], mlflow.models.Model.load
+        monkeypatch.setattr(mlflow.models.Model, "load", lambda p, *a, **k: (
+            fetched.append(sorted(f.name for f in scratch.rglob("*") if f.is_file())), real_load(p, *a, **k))[1])
+        assert model_metadata(model_uri, uri)["classes"] and fetched == [["MLmodel"]]
+        monkeypatch.setattr(mlflow.models.Model, "load", real_load)
         x = np.random.default_rng(0).random((2, 1, 64, 64), dtype=np.float32)
         probs = np.asarray(model.predict(x[:1], params={"preprocessed": True}))
         assert probs.shape == (1, 3)

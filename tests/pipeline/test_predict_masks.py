@@ -178,6 +178,33 @@ def test_loading_the_segmenter_leaves_no_copy_behind(seg_run, tmp_path, monkeypa
     assert list(scratch.iterdir()) == []
 
 
+def test_reading_a_models_metadata_fetches_the_mlmodel_file_alone(seg_run, tmp_path, monkeypatch):
+    """``medcl predict`` reads the model's metadata before it loads the model: a full copy there would fetch the
+    weights twice from a remote server. What lies in the temporary folder when the MLmodel file is parsed is all
+    that was fetched."""
+    import tempfile
+
+    import mlflow
+
+    from medcl.tracking.pyfunc import model_metadata
+
+    seg_uri = seg_run["ctx"].outputs["segment"]["segmenter_uri"]
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    fetched: list[list[str]] = []
+    real = mlflow.models.Model.load
+
+    def spy(path, *a, **k):
+        fetched.append(sorted(p.name for p in scratch.rglob("*") if p.is_file()))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(mlflow.models.Model, "load", spy)
+    meta = model_metadata(seg_uri, seg_run["uri"])
+    assert meta["kind"] == "segmenter" and fetched == [["MLmodel"]]
+    assert list(scratch.iterdir()) == []
+
+
 def test_a_run_without_a_segment_stage_says_so(trained_oct):
     from medcl.errors import TrackingError
     from medcl.predict import model_kind
