@@ -129,7 +129,7 @@ def augment(x: torch.Tensor, modality: str, g: torch.Generator, ecg_window: int 
     def u(lo: float, hi: float, *shape: int) -> torch.Tensor:
         return torch.rand(b, *shape, generator=g) * (hi - lo) + lo
 
-    if modality in VOLUMES:  # small in-plane rotation and scale, shift, intensity shift and gain, noise
+    if modality in VOLUMES:  # small in-plane rotation and scale, shift, intensity shift (and gain: MRI), noise
         rot, scale = u(-0.1, 0.1), u(0.9, 1.1)
         cos, sin, zero, one = torch.cos(rot) / scale, torch.sin(rot) / scale, torch.zeros(b), torch.ones(b)
         shift = u(-2, 2, 3) * 2 / torch.tensor(x.shape[2:][::-1], dtype=torch.float32)  # ±2 voxels (x, y, z)
@@ -137,7 +137,10 @@ def augment(x: torch.Tensor, modality: str, g: torch.Generator, ecg_window: int 
                              torch.stack([zero, zero, one, shift[:, 2]], 1)], 1)
         v = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False,
                           padding_mode="border")
-        v = v * u(0.9, 1.1, 1, 1, 1, 1) + u(-0.1, 0.1, 1, 1, 1, 1)
+        if modality == "ct":  # Hounsfield units are calibrated: only a site's few-HU offset (±5 HU of the window)
+            v = v + u(-0.0125, 0.0125, 1, 1, 1, 1)
+        else:  # MRI intensities are in arbitrary scanner units
+            v = v * u(0.9, 1.1, 1, 1, 1, 1) + u(-0.1, 0.1, 1, 1, 1, 1)
         return v + 0.02 * torch.randn(v.shape, generator=g)
     if modality == "ecg":
         start = torch.randint(0, x.shape[-1] - ecg_window + 1, (b,), generator=g)

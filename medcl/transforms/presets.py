@@ -339,7 +339,9 @@ PRESETS: dict[str, Preset] = {
         {"spatial_size": (96, 96, 96), "spacing": (1.5, 1.5, 2.0), "axcodes": "RAS",
          "window_level": 40.0, "window_width": 400.0,
          "affine_prob": 0.3, "rotate_range": 0.1, "scale_range": 0.1, "translate_range": (0.0, 0.0, 0.0),
-         "intensity_shift": 0.1, "intensity_prob": 0.5, "noise_std": 0.0, "noise_prob": 0.5},
+         # ±5 HU of the 400-HU window (a site's calibration offset): Hounsfield units are calibrated, and a ±40 HU
+         # shift (0.1) taught SimCLR to ignore a hypodense lesion's density on the CT demo
+         "intensity_shift": 0.0125, "intensity_prob": 0.5, "noise_std": 0.0, "noise_prob": 0.5},
         _ct, "RAS, resample, HU window → [0, 1], crop/pad; aug: random crop, affine (rotation, scale, optional "
         "translation), intensity shift, optional Gaussian noise"),
     "mri": Preset(
