@@ -551,3 +551,17 @@ def test_aligned_views_share_every_geometric_draw(preset, shape, params):
             v = views(dict(x))["views"]
             same.append(torch.equal(v[0], v[1]))
         assert all(same) if aligned else not all(same), (preset, aligned, same)
+
+
+def test_ct_views_keep_hounsfield_units_within_a_sites_offset(tmp_path):
+    """CT numbers are calibrated: a training view may move them by a site's few HU (±5 HU of the 400-HU window),
+    never by tens — a ±40 HU shift taught SimCLR to ignore a hypodense lesion 30-55 HU below the liver."""
+    nib = pytest.importorskip("nibabel")
+    path = tmp_path / "liver.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((8, 8, 8), 40.0, dtype=np.float32), np.eye(4)), str(path))  # window centre
+    tr = build_transforms("ct", train=True, spatial_size=[8, 8, 8], spacing=[1.0, 1.0, 1.0], affine_prob=0.0)
+    set_transform_seed(tr, 0)
+    values = torch.cat([torch.as_tensor(tr({"image": str(path)})["views"]).flatten() for _ in range(40)])
+    hu = values.double() * 400.0 - 160.0  # window [0, 1] back to HU
+    assert float((hu - 40.0).abs().max()) <= 5.0 + 1e-3
+    assert float((hu - 40.0).abs().max()) > 1.0  # the site offset is drawn at all
