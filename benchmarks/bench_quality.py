@@ -103,6 +103,12 @@ ABLATIONS: dict[str, tuple[tuple[str, ...], list[str], str]] = {
     "pretrain_select_last": (("histo",), ["pretrain.select=last"], "probe"),
     # the OCT preset's vertical shift filled the rows it vacates with zeros (a black strip); now the edge row
     "oct_shift_zero_fill": (("oct",), ["transforms.shift_padding=zeros"], "probe"),
+    # the CT views shifted intensities by up to ±0.1 of the 400-HU window, ±40 HU, while the demo's lesion is 30–55 HU
+    # below the liver; now ±0.0125 (±5 HU, a site's calibration offset). At the demo's new budget (below)
+    "ct_shift_40hu": (("ct",), ["transforms.intensity_shift=0.1"], "probe"),
+    # the CT demo pretrained 150 steps of 8 volumes (warm-up 15); now 300 of 32 (warm-up 30). With the ±5 HU views
+    "ct_pretrain_150_of_8": (("ct",), ["pretrain.steps=150", "pretrain.batch_size=8", "pretrain.warmup_steps=15"],
+                             "probe"),
     # ``segment``: the dense row's own checkpoint segmented again (10 % and 100 %) with the decoder pretrained with
     # the encoder left out, so the encoder alone is pretrained — which of the two holds the dense start back
     "dense_decoder_not_handed_on": (("ct", "mri"), ["segment.pretrained_decoder=false"], "segment"),

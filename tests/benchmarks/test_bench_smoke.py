@@ -260,6 +260,47 @@ def test_a_method_row_runs_its_own_preset_options_not_the_demo_methods(tmp_path)
     assert cfg.pretrain.method_options["hard_pairs"] == [["early", "intermediate"]]  # the row's stated pair
 
 
+def test_every_recipe_ablation_runs_the_demo_with_its_setting_undone(tmp_path):
+    """An ablation row ("the demo with one fix undone") must load with the undone value in force, and that value must
+    differ from the demo's own: otherwise its row would measure the fix against itself. Checked against the YAML
+    values the ablation states, read back from the loaded configuration."""
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        import bench_quality as bq
+    finally:
+        sys.path.pop(0)
+
+    def value(cfg, dotted: str):
+        node = cfg
+        for part in dotted.split("."):
+            node = getattr(node, part) if hasattr(node, part) else node.model_extra[part]
+        return node
+
+    checked = 0
+    for name, (mods, undo, measure) in bq.ABLATIONS.items():
+        if measure not in ("probe", "scratch"):  # the others re-use another row's checkpoint (tested below)
+            continue
+        for mod in mods:
+            row = {"kind": "ablation", "modality": mod, "seed": 0, "method": name, "measure": measure}
+            cfg = bq.method_config(row, tmp_path, tmp_path / "m.csv", False)
+            demo = bq.pipeline_config({"kind": "pipeline", "modality": mod, "seed": 0}, tmp_path, tmp_path / "m.csv",
+                                      False)
+            for setting in undo:
+                key, raw = setting.split("=", 1)
+                want = yaml.safe_load(raw)
+                if isinstance(want, str) and raw[:1].isdigit():  # YAML 1.1 reads 1e-3 as a string
+                    want = float(raw)
+                got = value(cfg, key)
+                assert (list(got) if isinstance(got, tuple) else got) == want, (name, mod, key)
+                assert value(demo, key) != want or want is None, (name, mod, key)
+                checked += 1
+    assert checked >= len(bq.ABLATIONS["ct_pretrain_150_of_8"][1]) + 1  # the CT ablations among them
+
+
 def test_long_tail_targets_compare_the_balanced_presets_with_supcon_and_simclr(tmp_path):
     def row(method, seed, severe, bal):
         return {"kind": "method", "modality": "fundus-lt", "seed": seed, "method": method,
