@@ -139,6 +139,10 @@ def _mri(p: dict, train: bool) -> tuple[list, list]:
         return det + size_det, []
     rand = [
         *size_rand,
+        # head position and rotation in the coil, head size: per-acquisition nuisances the views must not share
+        mt.RandAffined(_all(p), prob=p["affine_prob"], rotate_range=(p["rotate_range"],) * 3,
+                       scale_range=(p["scale_range"],) * 3, translate_range=_triple(p["translate_range"]),
+                       mode=_interp(p, "bilinear", "nearest"), padding_mode="zeros"),
         mt.RandBiasFieldd(p["keys"], coeff_range=_pair(p["bias_coeff"]), prob=p["bias_prob"]),
         mt.RandAdjustContrastd(p["keys"], gamma=_pair(p["gamma"]), prob=p["gamma_prob"]),
         mt.RandGaussianNoised(p["keys"], std=p["noise_std"], prob=p["noise_prob"]),
@@ -347,9 +351,13 @@ PRESETS: dict[str, Preset] = {
     "mri": Preset(
         "mri", 3, 1,
         {"spatial_size": (96, 96, 96), "spacing": (1.0, 1.0, 1.0), "axcodes": "RAS",
+         # without a geometric draw the two views of a volume share the head's position, size and tilt, and
+         # instance discrimination needs little else (the MRI demo's SimCLR probe stayed at its random-init one's)
+         "affine_prob": 0.3, "rotate_range": 0.1, "scale_range": 0.1, "translate_range": (0.0, 0.0, 0.0),
          "bias_coeff": (0.0, 0.1), "bias_prob": 0.3, "gamma": (0.7, 1.5), "gamma_prob": 0.3,
          "noise_std": 0.05, "noise_prob": 0.3},
-        _mri, "RAS, resample, nonzero z-score, crop/pad; aug: random crop, bias field, gamma, noise"),
+        _mri, "RAS, resample, nonzero z-score, crop/pad; aug: random crop, affine (rotation, scale, optional "
+        "translation), bias field, gamma, noise"),
     "histo": Preset(
         "histo", 2, 3,
         {"spatial_size": (224, 224), "intensity_range": (0.0, 255.0), "resize": None,

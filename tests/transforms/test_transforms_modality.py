@@ -415,15 +415,19 @@ def test_the_histo_preset_normalises_stains_only_when_asked():
 
 
 # ------------------------------------------------------------------------------------------------
-# CT: table position (translation) and scanner noise as augmentations
+# CT and MRI: table or head position (translation) and scanner noise as augmentations
+
+#: the intensity augmentations of each 3D preset, switched off so that only geometry changes a view
+_GEOMETRY_ONLY = {"ct": {"intensity_prob": 0.0}, "mri": {"bias_prob": 0.0, "gamma_prob": 0.0, "noise_prob": 0.0}}
 
 
-def _ct_views(params: dict, seeds: range) -> list[torch.Tensor]:
+def _ct_views(params: dict, seeds: range, preset: str = "ct") -> list[torch.Tensor]:
     """The first view of each seed's two, ``(16, 16, 8)``."""
-    vol = np.full((1, 16, 16, 8), -160.0, np.float32)  # the window's floor (0 after windowing) ...
-    vol[0, 6:10, 6:10, 3:5] = 240.0  # ... and one bright block at its ceiling (1)
-    chain = build_transforms("ct", train=True, spatial_size=[16, 16, 8], spacing=[1.0, 1.0, 1.0], rotate_range=0.0,
-                             scale_range=0.0, intensity_prob=0.0, **params)
+    vol = np.full((1, 16, 16, 8), -160.0, np.float32)  # the window's floor (0 after windowing; < 0 after a z-score) ...
+    vol[0, 6:10, 6:10, 3:5] = 240.0  # ... and one bright block at its ceiling (1; > 0 after a z-score)
+    params = {**_GEOMETRY_ONLY[preset], **params}
+    chain = build_transforms(preset, train=True, spatial_size=[16, 16, 8], spacing=[1.0, 1.0, 1.0], rotate_range=0.0,
+                             scale_range=0.0, **params)
     out = []
     for seed in seeds:
         set_transform_seed(chain, seed)
@@ -437,15 +441,20 @@ def _centre_of_mass(x: torch.Tensor) -> np.ndarray:
     return np.array([float((g * w).sum() / w.sum()) for g in grids])
 
 
-def test_ct_translate_range_moves_the_volume_within_the_range_along_the_named_axes():
+@pytest.mark.parametrize("preset", ["ct", "mri"])
+def test_translate_range_moves_the_volume_within_the_range_along_the_named_axes(preset):
     """RandAffine's translation is uniform in ``[-r, r]`` voxels per axis: the block's centre of mass moves by at
-    most ``r`` along the first axis and not at all along the others; the default (0) never moves it."""
-    still = _ct_views({"affine_prob": 1.0}, range(4))
+    most ``r`` along the first axis and not at all along the others; the default (0) never moves it. MRI's views
+    move the head as CT's move the patient on the table (without it, the two views of a volume share its position)."""
+    still = _ct_views({"affine_prob": 1.0}, range(4), preset)
     assert all(np.allclose(_centre_of_mass(v), [7.5, 7.5, 3.5], atol=1e-6) for v in still)
     moved = np.array([_centre_of_mass(v) - [7.5, 7.5, 3.5]
-                      for v in _ct_views({"affine_prob": 1.0, "translate_range": [3, 0, 0]}, range(12))])
+                      for v in _ct_views({"affine_prob": 1.0, "translate_range": [3, 0, 0]}, range(12), preset)])
     assert np.abs(moved[:, 0]).max() <= 3.0 + 1e-6 and np.abs(moved[:, 1:]).max() < 1e-6
     assert moved[:, 0].std() > 0.5  # it does move, by a different amount per draw
+    unmoved = [_centre_of_mass(v) for v in _ct_views({"affine_prob": 0.0, "translate_range": [3, 0, 0]}, range(4),
+                                                     preset)]
+    assert np.allclose(unmoved, [7.5, 7.5, 3.5], atol=1e-6)  # affine_prob 0: the translation is never drawn
 
 
 def test_ct_noise_std_adds_zero_mean_gaussian_noise_up_to_that_std():
@@ -457,6 +466,7 @@ def test_ct_noise_std_adds_zero_mean_gaussian_noise_up_to_that_std():
     assert all(abs(float(r.mean())) < 4 * float(r.std()) / math.sqrt(r.numel()) + 1e-6 for r in residuals)
 
 
-def test_ct_translate_range_needs_one_or_three_numbers():
+@pytest.mark.parametrize("preset", ["ct", "mri"])
+def test_translate_range_needs_one_or_three_numbers(preset):
     with pytest.raises(ConfigError, match="translate_range"):
-        build_transforms("ct", train=True, translate_range=[1, 2])
+        build_transforms(preset, train=True, translate_range=[1, 2])
