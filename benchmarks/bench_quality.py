@@ -3,7 +3,7 @@
 One invocation runs the whole plan, seed by seed (1–2 for seed 0, then for seed 1, …; then 3 seed by seed; 4 last; each modality's
 pipeline followed by its references), so that a run cut short by ``--budget-min`` has whole comparisons (resumable: a re-run skips the runs already finished in
 ``--out`` and retries failed ones, ``--redo MODALITY`` also re-runs a modality's finished ones after its recipe
-changed, and a modality's runs measured before its demo data changed (``DATA_CHANGED``) are run again; every run is
+changed, and a modality's runs measured before its demo data or recipe changed (``DATA_CHANGED``) are run again; every run is
 written as soon as it ends, failures included, with the commit it ran at; SIGTERM stops
 the benchmark — the run under way is not recorded and stays pending for the next invocation):
 
@@ -109,6 +109,14 @@ ABLATIONS: dict[str, tuple[tuple[str, ...], list[str], str]] = {
     # the CT demo pretrained 150 steps of 8 volumes (warm-up 15); now 300 of 32 (warm-up 30). With the ±5 HU views
     "ct_pretrain_150_of_8": (("ct",), ["pretrain.steps=150", "pretrain.batch_size=8", "pretrain.warmup_steps=15"],
                              "probe"),
+    # the MRI views had no geometric draw and the demo's random crop is the whole volume, so the two views of a volume
+    # shared the head's position, size and tilt; now RandAffined (p 0.5, ±0.2 rad, ±15 %, ±2 voxels). At the new budget
+    "mri_no_affine": (("mri",), ["transforms.affine_prob=0.0"], "probe"),
+    # the MRI demo's NT-Xent temperature was SimCLR's preset 0.1; now 0.2, the 2D demos' and the plain loop's
+    "mri_temperature_0.1": (("mri",), ["pretrain.temperature=0.1"], "probe"),
+    # the MRI demo pretrained 150 steps of 8 volumes (warm-up 15); now 300 of 32 (warm-up 30), as CT
+    "mri_pretrain_150_of_8": (("mri",), ["pretrain.steps=150", "pretrain.batch_size=8", "pretrain.warmup_steps=15"],
+                              "probe"),
     # ``segment``: the dense row's own checkpoint segmented again (10 % and 100 %) with the decoder pretrained with
     # the encoder left out, so the encoder alone is pretrained — which of the two holds the dense start back
     "dense_decoder_not_handed_on": (("ct", "mri"), ["segment.pretrained_decoder=false"], "segment"),
@@ -186,25 +194,29 @@ def plan(seeds: int, modalities: list[str], with_methods: bool, quick: bool) -> 
     return runs
 
 
-#: modality -> (commit, what changed): that modality's demo data changed at the commit, so its rows measured at an
-#: earlier commit ran on other data; they are run again and, until then, listed as not run with the reason
-DATA_CHANGED: dict[str, tuple[str, str]] = {
+#: modality -> (commit, what changed[, "data" or "recipe"]): that modality's demo data (or the demo's recipe: its
+#: views, budget or loss) changed at the commit, so its rows measured at an earlier commit ran on other data or with
+#: another recipe; they are run again and, until then, listed as not run with the reason
+DATA_CHANGED: dict[str, tuple[str, ...]] = {
     "fundus": ("cb872ef", "acquisition nuisances 1.6 times and sensor noise 3 times as large"),
-    # the 3D encoder's norm changed at 067c625 (instance -> batch), the data at c8b0247: both before these rows
-    "ct": ("c8b0247", "160 patients instead of 40, and the 3D encoder with batch norm instead of instance norm"),
-    "mri": ("c8b0247", "160 patients instead of 40, and the 3D encoder with batch norm instead of instance norm"),
+    # the data changed at c8b0247 (160 patients instead of 40, the 3D encoder with batch norm), the recipe after it
+    "ct": ("b3946d4", "views shifting ±5 HU instead of ±40 HU, and 300 pretraining steps of 32 volumes instead of 150 "
+                      "of 8", "recipe"),
+    "mri": ("a916bdb", "views with a random affine draw, and 300 pretraining steps of 32 volumes at T = 0.2 instead of "
+                       "150 of 8 at T = 0.1", "recipe"),
 }
 
 
-def stale_reason(row: dict[str, Any], changed: dict[str, tuple[str, str]] = DATA_CHANGED,
+def stale_reason(row: dict[str, Any], changed: dict[str, tuple[str, ...]] = DATA_CHANGED,
                  repo: Path = ROOT) -> str | None:
-    """Why a finished row no longer counts: it was measured before its modality's demo data changed, or at a commit
-    this repository does not hold (rebased away: it cannot be told from one before the change). ``None``: it counts,
-    also when git cannot tell (no git, or the change's own commit unknown)."""
+    """Why a finished row no longer counts: it was measured before its modality's demo data (or recipe) changed, or at
+    a commit this repository does not hold (rebased away: it cannot be told from one before the change). ``None``: it
+    counts, also when git cannot tell (no git, or the change's own commit unknown)."""
     change = changed.get(row.get("modality", ""))
     commit = (row.get("commit") or "").removesuffix("+dirty")
     if change is None or not commit:
         return None
+    part = change[2] if len(change) > 2 else "data"
 
     def git(*args: str) -> int | None:
         try:
@@ -215,13 +227,13 @@ def stale_reason(row: dict[str, Any], changed: dict[str, tuple[str, str]] = DATA
     if git("cat-file", "-e", f"{change[0]}^{{commit}}") != 0:  # no git, or the change unknown: cannot tell
         return None
     if git("cat-file", "-e", f"{commit}^{{commit}}") != 0:
-        return (f"not run on the current demo data: measured at {commit[:12]}, a commit this repository does not "
-                f"hold, so it cannot be told from one before the {row['modality']} demo data changed at {change[0]} "
+        return (f"not run on the current demo {part}: measured at {commit[:12]}, a commit this repository does not "
+                f"hold, so it cannot be told from one before the {row['modality']} demo {part} changed at {change[0]} "
                 f"({change[1]})")
     if git("merge-base", "--is-ancestor", change[0], commit) != 1:  # 0: measured on the changed data
         return None
-    return (f"not run on the current demo data: measured at {commit[:12]}, before the {row['modality']} demo "
-            f"data changed at {change[0]} ({change[1]})")
+    return (f"not run on the current demo {part}: measured at {commit[:12]}, before the {row['modality']} demo "
+            f"{part} changed at {change[0]} ({change[1]})")
 
 
 def _so_far(todo: list[dict[str, Any]], rows: dict[str, dict], done: dict[str, dict]) -> list[dict[str, Any]]:

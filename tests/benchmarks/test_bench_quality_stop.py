@@ -116,6 +116,9 @@ def test_rows_measured_before_their_demo_data_changed_are_run_again(bq, tmp_path
     unknown = why("fundus", "0" * 40)
     assert unknown is not None and "does not hold" in unknown and shas[1][:7] in unknown
     assert bq.stale_reason({"modality": "fundus", "commit": shas[0]}, {"fundus": ("f" * 7, "x")}, tmp_path) is None
+    recipe = bq.stale_reason({"modality": "ct", "commit": shas[0]}, {"ct": (shas[2][:7], "views", "recipe")},
+                             tmp_path)
+    assert recipe is not None and "demo recipe changed" in recipe and "demo data" not in recipe
 
 
 def test_an_ablation_whose_source_checkpoint_is_gone_runs_its_source_again_first(bq, tmp_path):
