@@ -108,6 +108,15 @@ def _size_3d(p: dict, train: bool) -> tuple[list, list]:
             [FastRandSpatialCropd(_all(p), roi_size=p["spatial_size"], random_size=False)])
 
 
+def _affine_3d(p: dict) -> Any:
+    """The random rotation, scale and translation (voxels) of a 3D view: image bilinear, masks nearest."""
+    from monai import transforms as mt
+
+    return mt.RandAffined(_all(p), prob=p["affine_prob"], rotate_range=(p["rotate_range"],) * 3,
+                          scale_range=(p["scale_range"],) * 3, translate_range=_triple(p["translate_range"]),
+                          mode=_interp(p, "bilinear", "nearest"), padding_mode="zeros")
+
+
 def _ct(p: dict, train: bool) -> tuple[list, list]:
     from monai import transforms as mt
 
@@ -120,9 +129,7 @@ def _ct(p: dict, train: bool) -> tuple[list, list]:
     rand = [
         *size_rand,
         # table position, patient size and rotation on the table: per-acquisition nuisances the views must not share
-        mt.RandAffined(_all(p), prob=p["affine_prob"], rotate_range=(p["rotate_range"],) * 3,
-                       scale_range=(p["scale_range"],) * 3, translate_range=_triple(p["translate_range"]),
-                       mode=_interp(p, "bilinear", "nearest"), padding_mode="zeros"),
+        _affine_3d(p),
         mt.RandShiftIntensityd(p["keys"], offsets=p["intensity_shift"], prob=p["intensity_prob"]),
         # scanner noise differs between acquisitions; the views of one series must not share its noise level
         *([mt.RandGaussianNoised(p["keys"], std=p["noise_std"], prob=p["noise_prob"])] if p["noise_std"] > 0 else []),
@@ -140,9 +147,7 @@ def _mri(p: dict, train: bool) -> tuple[list, list]:
     rand = [
         *size_rand,
         # head position and rotation in the coil, head size: per-acquisition nuisances the views must not share
-        mt.RandAffined(_all(p), prob=p["affine_prob"], rotate_range=(p["rotate_range"],) * 3,
-                       scale_range=(p["scale_range"],) * 3, translate_range=_triple(p["translate_range"]),
-                       mode=_interp(p, "bilinear", "nearest"), padding_mode="zeros"),
+        _affine_3d(p),
         mt.RandBiasFieldd(p["keys"], coeff_range=_pair(p["bias_coeff"]), prob=p["bias_prob"]),
         mt.RandAdjustContrastd(p["keys"], gamma=_pair(p["gamma"]), prob=p["gamma_prob"]),
         mt.RandGaussianNoised(p["keys"], std=p["noise_std"], prob=p["noise_prob"]),
