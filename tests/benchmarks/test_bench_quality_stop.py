@@ -119,6 +119,18 @@ def test_rows_measured_before_their_demo_data_changed_are_run_again(bq, tmp_path
     recipe = bq.stale_reason({"modality": "ct", "commit": shas[0]}, {"ct": (shas[2][:7], "views", "recipe")},
                              tmp_path)
     assert recipe is not None and "demo recipe changed" in recipe and "demo data" not in recipe
+    # several changes of one modality, the later one touching the pipeline rows only (a fine-tune setting): a
+    # reference row measured between the two still counts, a pipeline row measured there does not
+    two = {"mri": [(shas[1][:7], "views", "recipe"), (shas[2][:7], "fine-tune", "recipe", ("pipeline",))]}
+
+    def why_kind(kind: str, commit: str) -> str | None:
+        return bq.stale_reason({"modality": "mri", "kind": kind, "commit": commit}, two, tmp_path)
+
+    assert why_kind("reference", shas[1]) is None and why_kind("reference", shas[2]) is None
+    assert "views" in (why_kind("reference", shas[0]) or "") and "views" in (why_kind("pipeline", shas[0]) or "")
+    pipe = why_kind("pipeline", shas[1])
+    assert pipe is not None and "fine-tune" in pipe and shas[2][:7] in pipe
+    assert why_kind("pipeline", shas[2]) is None
 
 
 def test_an_ablation_whose_source_checkpoint_is_gone_runs_its_source_again_first(bq, tmp_path):

@@ -685,6 +685,52 @@ def test_a_change_tried_on_the_pretrained_fine_tune_is_measured_from_the_pipelin
     assert "| oct | finetune_lr1e-3_wd1e-4 | from-scratch fine-tune | — | — | — |" in text
 
 
+def test_layer_decay_is_compared_both_ways_from_the_pipelines_own_encoder(tmp_path):
+    """``finetune_layer_decay_0.75``: MRI and histo; the pipeline row's encoder fine-tuned again with medcl's default
+    layer decay 0.75 and with none (1.0, the MRI demo's), both set explicitly (so neither arm depends on what a demo
+    ships); its own table under its own arm names."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        import bench_quality as bq
+    finally:
+        sys.path.pop(0)
+    keys = [bq.run_key(r) for r in bq.plan(3, list(bq.MODALITIES), True, quick=False)]
+    assert {f"ablation/{m}/finetune_layer_decay_0.75/seed{s}" for m in ("histo", "mri") for s in range(3)} <= set(keys)
+    assert not any(k.startswith(("ablation/oct/finetune_layer_decay", "ablation/ct/finetune_layer_decay"))
+                   for k in keys)
+    r = {"modality": "mri", "method": "finetune_layer_decay_0.75", "kind": "ablation", "seed": 2,
+         "measure": "pretrained"}
+    assert bq.source_key(r) == "pipeline/mri/seed2"
+    row, weights = _source_checkpoint(bq, r, tmp_path, "pipeline/mri/seed2", "demo-mri-abc")
+    default = bq.method_config(r, tmp_path, tmp_path / "m.csv", False, row)
+    none = bq._finetune_again(r, row, tmp_path, tmp_path / "m.csv", False, undo=False)
+    assert default.classify.finetune.layer_decay == 0.75 and default.classify.baselines == []
+    assert none.classify.finetune.layer_decay == 1.0 and none.classify.baselines == ["scratch"]
+    for cfg in (default, none):
+        assert cfg.model.pretrained_path == str(weights) and cfg.classify.label_fractions == [0.1, 1.0]
+        assert cfg.classify.finetune.head_init == "random"  # the rest of the fine-tune as the demo ships it
+    # the MRI demo ships no layer decay: its pipeline rows fine-tune as the ``none`` arm does
+    assert bq.pipeline_config({"kind": "pipeline", "modality": "mri", "seed": 0}, tmp_path, tmp_path / "m.csv",
+                              False).classify.finetune.layer_decay == 1.0
+
+    def cls(f, ft, scratch=None):
+        return [{"model": "ssl", "protocol": "finetune", "fraction": f, "auroc": ft},
+                {"model": "scratch", "protocol": "finetune", "fraction": f, "auroc": scratch}]
+
+    rows = [r for r in _quality_rows() if r["kind"] != "method"]
+    rows.append({"kind": "ablation", "modality": "oct", "seed": 0, "method": "finetune_layer_decay_0.75",
+                 "measure": "pretrained", "key": "ablation/oct/finetune_layer_decay_0.75/seed0",
+                 "classify": cls(0.1, 0.72)[:1] + cls(1.0, 0.99)[:1],
+                 "with_fix": {"classify": cls(0.1, 0.78, 0.83) + cls(1.0, 1.0, 0.99)}})
+    text = _quality_readme(tmp_path, rows)
+    head = "| modality | row | seed | labels | layer decay 0.75 (the default) | no layer decay (1.0) | from scratch |"
+    assert head in text and "(`finetune_layer_decay_0.75`)" in text
+    assert "| oct | finetune_layer_decay_0.75 | 0 | 10 % | 0.720 | 0.780 | 0.830 |" in text
+    assert "LP-FT (head from the probe)" not in text  # no head_init rows: no table of theirs
+
+
 def test_demo_section_holds_the_wall_time_to_eight_minutes(tmp_path):
     """One row per `medcl demo`: the target line compares its wall time with 480 s and names the longest stages."""
     results = tmp_path / "results"
