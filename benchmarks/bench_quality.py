@@ -340,20 +340,26 @@ def _checkpoint_of(source: dict[str, Any] | None) -> Path | None:
 
 def sources_to_run_again(todo: list[dict[str, Any]], done: dict[str, dict[str, Any]],
                          again: set[str]) -> dict[str, str]:
-    """``{source row key: ablation key}`` for each ablation this invocation runs whose source row is done but whose
-    checkpoint is gone (the work folder was cleaned since): that source runs again, just before the ablation.
+    """``{source row key: ablation key}`` for each ablation this invocation runs whose source row must run first:
+    done but its checkpoint is gone (the work folder was cleaned since), or not done (pending, failed, or stale: its
+    demo recipe changed). Such a source runs as early as the earliest ablation reading it, just before it (``--first``
+    an ablation runs its source first instead of failing for want of a checkpoint).
 
-    Adds those sources to ``again``, and to ``again`` as well every finished ablation whose source runs again (its
+    Adds the done ones to ``again``, and to ``again`` as well every finished ablation whose source runs again (its
     numbers belong to the old checkpoint).
     """
     needed: dict[str, str] = {}
     for r in todo:
         key, src = run_key(r), source_key(r)
-        if src and src in done and (key not in done or key in again) and src not in again:
+        if not src or (key in done and key not in again) or src in needed:
+            continue
+        if src not in done:  # it runs in this invocation anyway (budget allowing): first, then
+            needed[src] = key
+        elif src not in again:
             weights = _checkpoint_of(done[src])
             if weights is None or not weights.is_file():
                 needed[src] = key
-    again.update(needed)
+    again.update(k for k in needed if k in done)
     again.update(run_key(r) for r in todo if source_key(r) in again and run_key(r) in done)
     return needed
 
@@ -656,9 +662,14 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_sigterm)  # a pipeline installs its own while it runs, and restores this one
     rows: dict[str, dict] = {}
+    def rank(key: str) -> int:
+        return next((k for k, p in enumerate(args.first) if key.startswith(p)), len(args.first))
+
     def priority(i: int) -> tuple[int, int]:
-        key = first_for.get(run_key(todo[i]), run_key(todo[i]))
-        return next((k for k, p in enumerate(args.first) if key.startswith(p)), len(args.first)), i
+        key = run_key(todo[i])
+        if key in first_for:  # a source that must run first: as early as the earliest of the ablations reading it
+            return min(rank(key), *(rank(run_key(r)) for r in todo if source_key(r) == key)), i
+        return rank(key), i
 
     for i in sorted(range(len(todo)), key=priority):
         r = todo[i]

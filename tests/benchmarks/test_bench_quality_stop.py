@@ -160,6 +160,42 @@ def test_an_ablation_whose_source_checkpoint_is_gone_runs_its_source_again_first
     assert again == {"method/ct/dense/seed1", "ablation/ct/dense_decoder_not_handed_on/seed1"}
 
 
+def test_an_ablation_ordered_first_runs_its_pending_or_stale_source_just_before_it(bq, tmp_path, monkeypatch):
+    """``--first ablation/mri/finetune_layer_decay_0.75``: its source, the MRI pipeline row, is stale (measured before
+    a recipe change that touches pipeline rows): the pipeline runs first, in the ablation's place, and the ablation
+    then fine-tunes the checkpoint that run handed on instead of failing for want of one."""
+    order, sources = [], {}
+
+    def fake_pipeline(r, work, manifest, quick, source=None):
+        key = bq.run_key(r)
+        order.append(key)
+        if r["kind"] == "ablation":
+            sources[key] = source
+        return {"classify": [], "split": str(tmp_path / key.replace("/", "_") / "split.csv")}
+
+    _fake_runs(bq, monkeypatch, fake_pipeline, lambda *a, **k: {"result": {}})
+    monkeypatch.setattr(bq, "stale_reason", lambda row, *a, **k: "recipe changed" if row.get("kind") == "pipeline"
+                        else None)
+    out = tmp_path / "quality.json"
+    old = {"key": "pipeline/mri/seed0", "kind": "pipeline", "modality": "mri", "seed": 0, "commit": "0" * 40,
+           "split": str(tmp_path / "gone" / "split.csv"), "classify": []}
+    out.write_text(json.dumps({"meta": {"quick": False}, "rows": [old]}))
+    assert bq.main(["--out", str(out), "--seeds", "1", "--modalities", "mri", "--no-methods", "--first",
+                    "ablation/mri/finetune_layer_decay_0.75", "--budget-min", "5", "--work",
+                    str(tmp_path / "work")]) == 0
+    assert order[:2] == ["pipeline/mri/seed0", "ablation/mri/finetune_layer_decay_0.75/seed0"]
+    assert sources["ablation/mri/finetune_layer_decay_0.75/seed0"]["split"].endswith(
+        "pipeline_mri_seed0/split.csv")  # the new run's, not the stale row's
+    # unit: a pending source (not done) is ordered with its ablation, and is not "run again" (it runs anyway)
+    todo = [{"kind": "pipeline", "modality": "mri", "seed": 1},
+            {"kind": "ablation", "modality": "mri", "seed": 1, "method": "finetune_layer_decay_0.75",
+             "measure": "pretrained"}]
+    again: set[str] = set()
+    assert bq.sources_to_run_again(todo, {}, again) == {
+        "pipeline/mri/seed1": "ablation/mri/finetune_layer_decay_0.75/seed1"}
+    assert again == set()
+
+
 def test_a_reference_ordered_first_uses_its_finished_pipeline_run(bq, tmp_path, monkeypatch):
     """``--first reference/oct`` runs the references before the loop reaches their (finished) pipeline run: they
     take its split and budgets from the results file, and the pipeline does not run again."""
