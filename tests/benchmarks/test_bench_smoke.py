@@ -638,6 +638,21 @@ def test_a_row_collected_from_resumed_stages_says_so_in_the_run_table():
     assert _wall({"wall_s": 12.0, "seconds": {"pretrain": None}}) == "12"
 
 
+def _both_arms(bq, ablation, tmp_path, key, folder):
+    """A ``pretrained`` ablation reads the pipeline row ``key``'s checkpoint: ``(that checkpoint, the config of the
+    ablation's own arm, the config of its other arm)``."""
+    assert bq.source_key(ablation) == key
+    row, weights = _source_checkpoint(bq, ablation, tmp_path, key, folder)
+    return (weights, bq.method_config(ablation, tmp_path, tmp_path / "m.csv", False, row),
+            bq._finetune_again(ablation, row, tmp_path, tmp_path / "m.csv", False, undo=False))
+
+
+def _finetune_rows(f, ft, scratch=None):
+    """Classify result rows of a pretrained (``ssl``) and a from-scratch fine-tune at label fraction ``f``."""
+    return [{"model": "ssl", "protocol": "finetune", "fraction": f, "auroc": ft},
+            {"model": "scratch", "protocol": "finetune", "fraction": f, "auroc": scratch}]
+
+
 def test_a_change_tried_on_the_pretrained_fine_tune_is_measured_from_the_pipelines_own_encoder(tmp_path):
     """``finetune_head_random``: the pipeline row's encoder fine-tuned again at 10 % and 100 % — as shipped (random
     head) and with LP-FT beside the scratch baseline; its own table, every figure from the row."""
@@ -654,25 +669,18 @@ def test_a_change_tried_on_the_pretrained_fine_tune_is_measured_from_the_pipelin
     assert keys.index("pipeline/mri/seed2") < keys.index("ablation/histo/finetune_head_random/seed0")
     again = {"modality": "histo", "method": "finetune_head_random", "kind": "ablation", "seed": 1,
              "measure": "pretrained"}
-    assert bq.source_key(again) == "pipeline/histo/seed1"
-    row, weights = _source_checkpoint(bq, again, tmp_path, "pipeline/histo/seed1", "demo-histo-abc")
-    shipped = bq.method_config(again, tmp_path, tmp_path / "m.csv", False, row)
-    tried = bq._finetune_again(again, row, tmp_path, tmp_path / "m.csv", False, undo=False)
+    weights, shipped, tried = _both_arms(bq, again, tmp_path, "pipeline/histo/seed1", "demo-histo-abc")
     for cfg in (shipped, tried):
         assert cfg.stages == ["classify"] and cfg.model.pretrained_path == str(weights) and cfg.seed == 1
         assert cfg.classify.protocols == ["finetune"] and cfg.classify.label_fractions == [0.1, 1.0]
     assert shipped.classify.finetune.head_init == "random" and shipped.classify.baselines == []
     assert tried.classify.finetune.head_init == "probe" and tried.classify.baselines == ["scratch"]
 
-    def cls(f, ft, scratch=None):
-        return [{"model": "ssl", "protocol": "finetune", "fraction": f, "auroc": ft},
-                {"model": "scratch", "protocol": "finetune", "fraction": f, "auroc": scratch}]
-
     rows = [r for r in _quality_rows() if r["kind"] != "method"]
     rows.append({"kind": "ablation", "modality": "oct", "seed": 1, "method": "finetune_head_random",
                  "measure": "pretrained", "key": "ablation/oct/finetune_head_random/seed1",
-                 "classify": cls(0.1, 0.84)[:1] + cls(1.0, 0.93)[:1],
-                 "with_fix": {"classify": cls(0.1, 0.89, 0.88) + cls(1.0, 0.91, 0.94)}})
+                 "classify": _finetune_rows(0.1, 0.84)[:1] + _finetune_rows(1.0, 0.93)[:1],
+                 "with_fix": {"classify": _finetune_rows(0.1, 0.89, 0.88) + _finetune_rows(1.0, 0.91, 0.94)}})
     rows.append({"kind": "ablation", "modality": "oct", "seed": 0, "method": "finetune_lr1e-3_wd1e-4",
                  "measure": "scratch", "key": "ablation/oct/finetune_lr1e-3_wd1e-4/seed0", "skipped": "pending"})
     text = _quality_readme(tmp_path, rows)
@@ -702,10 +710,7 @@ def test_layer_decay_is_compared_both_ways_from_the_pipelines_own_encoder(tmp_pa
                    for k in keys)
     r = {"modality": "mri", "method": "finetune_layer_decay_0.75", "kind": "ablation", "seed": 2,
          "measure": "pretrained"}
-    assert bq.source_key(r) == "pipeline/mri/seed2"
-    row, weights = _source_checkpoint(bq, r, tmp_path, "pipeline/mri/seed2", "demo-mri-abc")
-    default = bq.method_config(r, tmp_path, tmp_path / "m.csv", False, row)
-    none = bq._finetune_again(r, row, tmp_path, tmp_path / "m.csv", False, undo=False)
+    weights, default, none = _both_arms(bq, r, tmp_path, "pipeline/mri/seed2", "demo-mri-abc")
     assert default.classify.finetune.layer_decay == 0.75 and default.classify.baselines == []
     assert none.classify.finetune.layer_decay == 1.0 and none.classify.baselines == ["scratch"]
     for cfg in (default, none):
@@ -715,15 +720,11 @@ def test_layer_decay_is_compared_both_ways_from_the_pipelines_own_encoder(tmp_pa
     assert bq.pipeline_config({"kind": "pipeline", "modality": "mri", "seed": 0}, tmp_path, tmp_path / "m.csv",
                               False).classify.finetune.layer_decay == 1.0
 
-    def cls(f, ft, scratch=None):
-        return [{"model": "ssl", "protocol": "finetune", "fraction": f, "auroc": ft},
-                {"model": "scratch", "protocol": "finetune", "fraction": f, "auroc": scratch}]
-
     rows = [r for r in _quality_rows() if r["kind"] != "method"]
     rows.append({"kind": "ablation", "modality": "oct", "seed": 0, "method": "finetune_layer_decay_0.75",
                  "measure": "pretrained", "key": "ablation/oct/finetune_layer_decay_0.75/seed0",
-                 "classify": cls(0.1, 0.72)[:1] + cls(1.0, 0.99)[:1],
-                 "with_fix": {"classify": cls(0.1, 0.78, 0.83) + cls(1.0, 1.0, 0.99)}})
+                 "classify": _finetune_rows(0.1, 0.72)[:1] + _finetune_rows(1.0, 0.99)[:1],
+                 "with_fix": {"classify": _finetune_rows(0.1, 0.78, 0.83) + _finetune_rows(1.0, 1.0, 0.99)}})
     text = _quality_readme(tmp_path, rows)
     head = "| modality | row | seed | labels | layer decay 0.75 (the default) | no layer decay (1.0) | from scratch |"
     assert head in text and "(`finetune_layer_decay_0.75`)" in text
