@@ -1155,7 +1155,10 @@ def _tried_changes(res: dict[str, Any], mods: list[str]) -> str:
     """One table per ``pretrained`` ablation (two settings of the pretrained fine-tune): per seed, the pipeline's own
     encoder fine-tuned again with each setting, and the from-scratch baseline."""
     out = []
-    for name, (arm, other, what) in _FINETUNE_ARMS.items():
+    names = [*_FINETUNE_ARMS, *sorted({r["method"] for r in _by(res, kind="ablation", measure="pretrained")}
+                                      - set(_FINETUNE_ARMS))]
+    for name in names:  # one without arm names of its own is still shown, under plain ones
+        arm, other, what = _FINETUNE_ARMS.get(name, ("this row's settings", "the other arm", "with two settings"))
         rows = []
         for m in mods:
             for r in sorted((r for r in _by(res, kind="ablation", modality=m, method=name, measure="pretrained")

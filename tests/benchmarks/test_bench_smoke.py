@@ -730,6 +730,10 @@ def test_layer_decay_is_compared_both_ways_from_the_pipelines_own_encoder(tmp_pa
     assert head in text and "(`finetune_layer_decay_0.75`)" in text
     assert "| oct | finetune_layer_decay_0.75 | 0 | 10 % | 0.720 | 0.780 | 0.830 |" in text
     assert "LP-FT (head from the probe)" not in text  # no head_init rows: no table of theirs
+    # a pretrained ablation without arm names of its own is still shown, under plain ones
+    rows[-1] = {**rows[-1], "method": "finetune_new_idea", "key": "ablation/oct/finetune_new_idea/seed0"}
+    text = _quality_readme(tmp_path, rows)
+    assert "| oct | finetune_new_idea | 0 | 10 % | 0.720 | 0.780 | 0.830 |" in text and "the other arm" in text
 
 
 def test_demo_section_holds_the_wall_time_to_eight_minutes(tmp_path):
