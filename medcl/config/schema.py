@@ -413,6 +413,11 @@ class CalibrateConfig(Section):
                                "patient-level standard errors of the fall for the calibrator to be applied (one-SE "
                                "rule; 0 = any fall): a gain within noise is not taken (the slides stage's "
                                "calibration too)")
+    target_smoothing: Literal["none", "platt"] = Field(
+        "none", description="the calibrator's fit targets: none = the labels (Guo et al. 2017); platt = Platt's "
+        "(1999) out-of-sample targets, (n + 1) / (n + 2) for a class seen n times, which keep the temperature finite "
+        "on a calibration set without a single error (on the labels it sharpens the logits without bound) but cap "
+        "the confidence near that value (the slides stage's calibration too)")
 
 
 class ReportConfig(Section):

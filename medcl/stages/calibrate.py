@@ -116,7 +116,8 @@ def run(ctx: RunContext, tracker: Tracker) -> dict[str, Any]:
                          "was done", where="stage calibrate",
                          fix="set data.val_fraction > 0 (e.g. 0.15), or calibrate.fit_on=cross_fit")
     decision = cross_validated_calibration(z, y, groups, c.method, task=task, n_bins=c.n_bins, folds=c.folds,
-                                           seed=cfg.seed, min_gain_se=c.min_gain_se)
+                                           seed=cfg.seed, min_gain_se=c.min_gain_se,
+                                           target_smoothing=c.target_smoothing)
     log.info("calibration on %s (%d samples, %d patients): %s", fit_on, decision["n"], decision["n_patients"],
              decision["reason"])
     rep = calibration_report(z, y, npz["test_logits"], npz["test_y"], c.method, c.n_bins, task=task,

@@ -220,7 +220,8 @@ def _calibrate(ctx: RunContext, tracker: Tracker, tag: str, cal: tuple[np.ndarra
         return {"applied": False, "reason": f"only {len(z)} calibration slide(s) of {len(np.unique(g))} patient(s): "
                 "too few to fit a calibrator and check that it helps"}
     cv = cross_validated_calibration(z, y, g, s.calibration, task="multiclass", folds=s.calibration_folds,
-                                     seed=ctx.cfg.seed, min_gain_se=ctx.cfg.calibrate.min_gain_se)
+                                     seed=ctx.cfg.seed, min_gain_se=ctx.cfg.calibrate.min_gain_se,
+                                     target_smoothing=ctx.cfg.calibrate.target_smoothing)
     rep = calibration_report(None, None, z_test, y_test, calibrator=cv["calibrator"], task="multiclass")
     ece = "ece_equal_width" if "ece_equal_width" in rep["before"] else "ece"
     out = {"applied": bool(cv["applied"]), "reason": cv["reason"], "n_calibration_slides": int(len(z)),

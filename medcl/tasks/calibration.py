@@ -13,7 +13,11 @@ Shapes (numpy or torch): ``"multiclass"`` / ``"ordinal"`` logits ``(N, K)``, lab
 for unlabelled (skipped). Binary and multi-label use sigmoids with one set of parameters per label.
 
 Fitting minimises the mean negative log-likelihood on a held-out (validation) set with full-batch
-L-BFGS in float64; it never touches the network. Calibration must be fitted on data the model was
+L-BFGS in float64; it never touches the network. On a calibration set the model separates without an
+error, the NLL of the hard labels falls without bound as the logits are sharpened and the fitted temperature
+tends to zero; ``target_smoothing="platt"`` fits Platt's (1999) out-of-sample targets instead
+(:func:`platt_targets`), which keep it finite but cap the confidence near ``(n + 1) / (n + 2)`` for a class
+seen ``n`` times — too low for an accurate model on a small set, so the hard labels are the default. Calibration must be fitted on data the model was
 not trained on, and evaluated on yet other data (:func:`calibration_report`).
 """
 
@@ -114,6 +118,40 @@ def _nll(z: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     return (per.sum(0) / mask.sum(0).clamp_min(1)).sum()
 
 
+def platt_targets(y: torch.Tensor, task: str, n_out: int) -> torch.Tensor:
+    """Platt's (1999) out-of-sample targets: the labels moved towards uncertainty by Laplace's rule of succession.
+
+    Platt, "Probabilistic outputs for support vector machines", 1999, section 2.2 (also scikit-learn's sigmoid
+    calibration): a label seen on ``N+`` positive and ``N-`` negative calibration samples is fitted with the target
+    ``(N+ + 1) / (N+ + 2)`` for a positive and ``1 / (N- + 2)`` for a negative, so that a perfectly separated set
+    still gives a finite fit (its NLL against the hard labels falls without bound as the logits are sharpened).
+
+    Multiclass / ordinal, the same rule per class: a sample of class ``c``, one of ``N_c`` calibration samples of
+    that class, has target ``(N_c + 1) / (N_c + 2)`` on ``c`` and the rest, ``1 / (N_c + 2)``, shared equally by the
+    other ``K - 1`` classes — for ``K = 2`` exactly Platt's rule.
+
+    Args:
+        y: ``(N,)`` class indices (multiclass, ordinal), or ``(N, L)`` 0/1 labels with NaN for unlabelled.
+        task: the task kind.
+        n_out: ``K``, the number of logit columns.
+
+    Returns:
+        ``(N, K)`` target distributions (multiclass, ordinal; rows sum to one), or ``(N, L)`` target probabilities
+        with the NaNs kept.
+    """
+    if task in ("multiclass", "ordinal"):
+        counts = torch.bincount(y, minlength=n_out).to(torch.float64)
+        hit = (counts[y] + 1) / (counts[y] + 2)  # (N,)
+        out = ((1 - hit) / max(n_out - 1, 1)).unsqueeze(1).expand(-1, n_out).clone()
+        out[torch.arange(len(y)), y] = hit
+        return out
+    mask = torch.isfinite(y)
+    n_pos = torch.nan_to_num(y).sum(0)  # (L,)
+    n_neg = mask.sum(0) - n_pos
+    t = torch.where(torch.nan_to_num(y) > 0.5, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+    return torch.where(mask, t, y)
+
+
 def _lbfgs(params: list[torch.Tensor], loss_fn, max_iter: int = 200) -> float:
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
                             tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
@@ -136,10 +174,19 @@ class Calibrator:
     """Base class: subclasses define ``_init_params``, ``_apply`` and optionally ``_penalty``."""
 
     name: ClassVar[str] = ""
+    #: ``target_smoothing`` values: ``none`` (the hard labels) or ``platt`` (:func:`platt_targets`)
+    SMOOTHING: ClassVar[tuple[str, ...]] = ("none", "platt")
 
-    def __init__(self, task: str = "multiclass") -> None:
-        """Check the task; the calibrator starts unfitted, with no parameters."""
+    def __init__(self, task: str = "multiclass", target_smoothing: str = "none") -> None:
+        """Check the task and the fit's targets; the calibrator starts unfitted, with no parameters.
+
+        ``target_smoothing``: ``none`` (the labels) or ``platt`` (:func:`platt_targets`).
+        """
         self.task = check_task(task)
+        if target_smoothing not in self.SMOOTHING:
+            raise ConfigError(f"unknown target smoothing {target_smoothing!r}", where="calibrate.target_smoothing",
+                              fix="choose one of: " + ", ".join(self.SMOOTHING))
+        self.target_smoothing = target_smoothing
         self.params: dict[str, torch.Tensor] = {}
         self.fitted = False
         self.fit_nll: dict[str, float] = {}
@@ -155,12 +202,16 @@ class Calibrator:
         return torch.zeros((), dtype=torch.float64)
 
     def config(self) -> dict[str, Any]:
-        """The calibrator's own settings (saved by ``to_dict``); none for the base class."""
-        return {}
+        """The calibrator's own settings (saved by ``to_dict``): the fit's ``target_smoothing``."""
+        return {"target_smoothing": self.target_smoothing}
 
     # -- public API
     def fit(self, logits, y) -> Calibrator:
-        """Fit on held-out logits ``(N, K)`` and labels by minimising the NLL (plus any penalty)."""
+        """Fit on held-out logits ``(N, K)`` and labels by minimising the NLL (plus any penalty).
+
+        The NLL of the labels, or of Platt's targets (``target_smoothing: platt``, :func:`platt_targets`);
+        ``fit_nll`` is the NLL of the labels before and after.
+        """
         z = _prepare_logits(logits, self.task)
         yt = _prepare_labels(y, self.task, z)
         if z.shape[0] < 2:
@@ -169,9 +220,10 @@ class Calibrator:
         params = {k: v.clone().requires_grad_(True) for k, v in self._init_params(z.shape[1]).items()}
         with torch.no_grad():
             before = float(_nll(z, yt, self.task))
+        target = platt_targets(yt, self.task, z.shape[1]) if self.target_smoothing == "platt" else yt
 
         def loss_fn():
-            return _nll(self._apply(z, params), yt, self.task) + self._penalty(params)
+            return _nll(self._apply(z, params), target, self.task) + self._penalty(params)
 
         _lbfgs(list(params.values()), loss_fn)
         self.params = {k: v.detach() for k, v in params.items()}
@@ -303,15 +355,16 @@ class DirichletCalibrator(Calibrator):
 
     name = "dirichlet"
 
-    def __init__(self, task: str = "multiclass", reg_lambda: float = 1e-3, reg_mu: float = 1e-3) -> None:
-        """Check the task and keep the two ODIR penalty strengths."""
-        super().__init__(task)
+    def __init__(self, task: str = "multiclass", reg_lambda: float = 1e-3, reg_mu: float = 1e-3,
+                 target_smoothing: str = "none") -> None:
+        """Check the task and keep the two ODIR penalty strengths and the fit's targets."""
+        super().__init__(task, target_smoothing)
         self.reg_lambda = float(reg_lambda)
         self.reg_mu = float(reg_mu)
 
     def config(self) -> dict[str, Any]:
-        """The penalty strengths ``reg_lambda`` and ``reg_mu`` (saved by ``to_dict``)."""
-        return {"reg_lambda": self.reg_lambda, "reg_mu": self.reg_mu}
+        """The fit's targets and the penalty strengths ``reg_lambda`` and ``reg_mu`` (saved by ``to_dict``)."""
+        return {**super().config(), "reg_lambda": self.reg_lambda, "reg_mu": self.reg_mu}
 
     def _init_params(self, n_out: int) -> dict[str, torch.Tensor]:
         if self._multiclass():

@@ -232,6 +232,8 @@ PERTURB: dict[str, Perturb] = {
     "calibrate.folds": Perturb("oct", "3", ("calibrate.fit_on=cross_fit",)),
     # any fall of the held-out NLL (0) against none that small (100 SEs): the calibrator applied or refused
     "calibrate.min_gain_se": Perturb("oct", "100", ("calibrate.min_gain_se=0",)),
+    # the calibrator's fit against Platt's targets: another temperature (applied: min_gain_se 0)
+    "calibrate.target_smoothing": Perturb("oct", "platt", ("calibrate.min_gain_se=0",)),
 }
 
 #: key -> (why its effect is on how a run executes rather than on what it computes, the test that shows it)

@@ -166,6 +166,58 @@ def test_per_label_temperature_for_multilabel_and_binary():
     assert calb.transform(scaled[:, 0]).shape == (n,)
 
 
+def test_platt_targets_by_hand():
+    """Platt 1999, section 2.2: a positive's target (N+ + 1) / (N+ + 2), a negative's 1 / (N- + 2); multiclass the
+    same rule per class, the rest shared by the other classes; unlabelled entries stay NaN."""
+    from medcl.tasks.calibration import platt_targets
+
+    # 3 positives, 2 negatives: 4/5 and 1/4
+    b = platt_targets(torch.tensor([[1.0], [1.0], [0.0], [1.0], [0.0]], dtype=torch.float64), "binary", 1)
+    assert b[:, 0].tolist() == pytest.approx([0.8, 0.8, 0.25, 0.8, 0.25])
+    # multilabel, label 1 has one unlabelled entry: 1 positive, 1 negative -> 2/3 and 1/3
+    m = platt_targets(torch.tensor([[1.0, float("nan")], [0.0, 1.0], [0.0, 0.0]], dtype=torch.float64),
+                      "multilabel", 2)
+    assert m[:, 0].tolist() == pytest.approx([2 / 3, 0.25, 0.25])
+    assert m[1:, 1].tolist() == pytest.approx([2 / 3, 1 / 3]) and torch.isnan(m[0, 1])
+    # three classes with 2, 1, 0 samples: class 0 -> 3/4 on it, 1/8 on each other class; class 1 -> 2/3, 1/6
+    c = platt_targets(torch.tensor([0, 0, 1]), "multiclass", 3)
+    assert c.tolist() == [pytest.approx([0.75, 0.125, 0.125])] * 2 + [pytest.approx([1 / 6, 2 / 3, 1 / 6])]
+    # two classes: exactly the binary rule (class 1 = positive)
+    two = platt_targets(torch.tensor([1, 1, 0, 1, 0]), "multiclass", 2)
+    assert two[:, 1].tolist() == pytest.approx(b[:, 0].tolist())
+
+
+def test_platt_targets_keep_the_temperature_finite_on_a_set_without_errors():
+    """A calibration set the model separates without an error: against the labels (the default) the NLL falls as
+    T -> 0, so the fit sharpens the logits as far as the optimiser goes; against Platt's targets it stops at the
+    minimum of their cross-entropy, found here independently by scipy on the objective written out in numpy."""
+    from scipy.optimize import minimize_scalar
+
+    r = np.random.default_rng(0)
+    y = r.integers(0, 2, 60)
+    margin = np.where(y == 1, 1, -1) * r.uniform(1.0, 6.0, 60)  # every sample on its right side
+    z = np.stack([-margin / 2, margin / 2], axis=1)
+    hard = TemperatureScaler("multiclass").fit(z, y)
+    assert hard.target_smoothing == "none" and hard.temperature < 0.1  # sharpened towards certainty
+    n1, n0 = int(y.sum()), int((1 - y).sum())
+    t1 = np.where(y == 1, (n1 + 1) / (n1 + 2), 1 / (n0 + 2))  # target probability of class 1
+
+    def ce(log_t):
+        p1 = 1 / (1 + np.exp(-margin / np.exp(log_t)))
+        return -np.mean(t1 * np.log(p1) + (1 - t1) * np.log(1 - p1))
+
+    best = np.exp(minimize_scalar(ce, bounds=(-6, 6), method="bounded", options={"xatol": 1e-10}).x)
+    platt = TemperatureScaler("multiclass", target_smoothing="platt").fit(z, y)
+    assert platt.temperature == pytest.approx(best, rel=1e-4)
+    assert 0.3 < platt.temperature < 3  # finite: a model right on every sample is not called certain
+    assert TemperatureScaler("binary", target_smoothing="platt").fit(margin, y).temperature == pytest.approx(
+        best, rel=1e-4)
+    # the setting is kept with the state, and an unknown value is refused
+    assert calibrator_from_dict(json.loads(json.dumps(platt.to_dict()))).target_smoothing == "platt"
+    with pytest.raises(ConfigError, match="target smoothing"):
+        TemperatureScaler("multiclass", target_smoothing="laplace")
+
+
 @pytest.mark.parametrize("method", ["temperature", "vector", "dirichlet"])
 def test_every_calibrator_lowers_nll_on_overconfident_model(method):
     z_val, y_val = _calibrated_logits(1500, 3, seed=2, scale=4.0)
