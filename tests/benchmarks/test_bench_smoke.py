@@ -218,6 +218,25 @@ def test_a_missed_gap_names_the_class_a_preset_trails_simclr_on_most(tmp_path):
     assert "trails the SimCLR preset" not in _quality_readme(tmp_path, rows)
 
 
+def test_a_demo_threshold_above_the_supervised_ceiling_says_so(tmp_path):
+    """Seed 0 with a supervised ceiling of max(0.85, 0.86) = 0.86: "fine-tuned ≥ 0.90" and "≥ random + 0.25" (0.65 +
+    0.25 = 0.90) ask for more than that and say so with the ceiling; "SSL ≥ 0.85" (met) and seed 1's misses, whose
+    thresholds are below its ceiling 0.94, do not."""
+    rows = _quality_rows()
+    values = {("ssl", "linear"): 0.89, ("random", "linear"): 0.65, ("ssl", "finetune"): 0.88,
+              ("scratch", "finetune"): 0.85}
+    for c in rows[0]["classify"]:
+        if c["fraction"] == 1.0 and (c["model"], c["protocol"]) in values:
+            c["auroc"] = values[c["model"], c["protocol"]]
+    rows[2]["result"]["test_auroc"] = 0.86
+    lines = _quality_readme(tmp_path, rows).splitlines()
+    seed0 = next(line for line in lines if line.startswith("| demo thresholds (oct, seed 0)"))
+    assert ("misses ≥ random + 0.25, fine-tuned ≥ 0.90 (≥ random + 0.25 asks for 0.900, fine-tuned ≥ 0.90 asks for "
+            "0.900: above this seed's supervised ceiling, 0.860,") in seed0
+    seed1 = next(line for line in lines if line.startswith("| demo thresholds (oct, seed 1)"))
+    assert "misses SSL ≥ 0.85" in seed1 and "ceiling" not in seed1
+
+
 def test_demo_threshold_over_random_init_above_one_is_called_unreachable(tmp_path):
     """A random-init probe of 0.80 puts "random + 0.25" at 1.05, above any AUROC: the miss says so, with the value."""
     rows = _quality_rows()
