@@ -30,8 +30,9 @@ class MoCoV3(Method):
     Args:
         encoder: the backbone.
         temperature: 1.0 for ResNets, 0.2 for ViTs in the paper.
-        hidden_dim, out_dim: projector (3 layers, 4096 → 256, BN on the output) and predictor
-            (2 layers, 4096) widths.
+        hidden_dim, out_dim: projector (4096 → 256, BN on the output) and predictor (2 layers, 4096) widths.
+        projector_layers: linear layers of the projector; ``None``, the paper's code: 3 for a ViT encoder
+            (``MoCo_ViT``), 2 for the others (``MoCo_ResNet``: every CNN of medcl).
         pred_hidden_dim: predictor hidden width (defaults to ``hidden_dim``).
         base_momentum, final_momentum: EMA schedule (0.99 → 1.0).
         queue_size: 0 (no queue, as MoCo v3) or the number of past keys kept.
@@ -48,6 +49,7 @@ class MoCoV3(Method):
         temperature: float = 1.0,
         hidden_dim: int = 4096,
         out_dim: int = 256,
+        projector_layers: int | None = None,
         pred_hidden_dim: int | None = None,
         base_momentum: float = 0.99,
         final_momentum: float = 1.0,
@@ -56,7 +58,10 @@ class MoCoV3(Method):
     ) -> None:
         """Build projector and predictor, the frozen target copies of encoder + projector, and the key queue."""
         super().__init__(encoder)
-        self.projector = ProjectionHead(encoder.feature_dim, hidden_dim, out_dim, num_layers=3, last_bn=True)
+        if projector_layers is None:
+            projector_layers = 3 if encoder.name.startswith("vit") else 2
+        self.projector = ProjectionHead(encoder.feature_dim, hidden_dim, out_dim, num_layers=projector_layers,
+                                        last_bn=True)
         self.predictor = PredictorHead(out_dim, pred_hidden_dim or hidden_dim, out_dim)
         self.target_encoder = copy.deepcopy(encoder)
         self.target_projector = copy.deepcopy(self.projector)

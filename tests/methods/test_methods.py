@@ -201,6 +201,25 @@ def test_moco_target_gets_no_gradient_and_moves_by_ema():
     assert method.momentum == pytest.approx(1.0)
 
 
+def test_moco_projector_depth_follows_the_papers_code_for_the_encoder():
+    """MoCo v3's code (facebookresearch/moco-v3, builder.py): ``MoCo_ResNet`` builds a 2-layer projector, ``MoCo_ViT``
+    a 3-layer one, each ending in BN without affine parameters; the predictor has 2 layers and no BN at the end."""
+    def linears(m):
+        return [x for x in m.modules() if isinstance(x, torch.nn.Linear)]
+
+    cnn = build("moco", 2, 1)
+    assert len(linears(cnn.projector)) == 2 and len(linears(cnn.target_projector)) == 2
+    last = list(cnn.projector.modules())[-1]
+    assert isinstance(last, torch.nn.BatchNorm1d) and not last.affine
+    assert len(linears(cnn.predictor)) == 2
+    assert not isinstance(list(cnn.predictor.modules())[-1], torch.nn.BatchNorm1d)
+    torch.manual_seed(0)
+    vit = build_method("moco", build_encoder("vit_tiny", in_channels=1, spatial_dims=2, img_size=32),
+                       hidden_dim=32, out_dim=16)
+    assert len(linears(vit.projector)) == 3
+    assert len(linears(build("moco", 2, 1, projector_layers=3).projector)) == 3  # the setting overrides it
+
+
 def test_moco_queue_fills_in_training_only():
     method = build("moco", 2, 1)
     batch = make_batch(2, 1, (32, 32))
