@@ -13,12 +13,14 @@ Shapes (numpy or torch): ``"multiclass"`` / ``"ordinal"`` logits ``(N, K)``, lab
 for unlabelled (skipped). Binary and multi-label use sigmoids with one set of parameters per label.
 
 Fitting minimises the mean negative log-likelihood on a held-out (validation) set with full-batch
-L-BFGS in float64; it never touches the network. On a calibration set the model separates without an
-error, the NLL of the hard labels falls without bound as the logits are sharpened and the fitted temperature
-tends to zero; ``target_smoothing="platt"`` fits Platt's (1999) out-of-sample targets instead
-(:func:`platt_targets`), which keep it finite but cap the confidence near ``(n + 1) / (n + 2)`` for a class
-seen ``n`` times — too low for an accurate model on a small set, so the hard labels are the default. Calibration must be fitted on data the model was
+L-BFGS in float64; it never touches the network. Calibration must be fitted on data the model was
 not trained on, and evaluated on yet other data (:func:`calibration_report`).
+
+On a calibration set the model separates without an error, the NLL of the labels falls without bound as
+the logits are sharpened, and the fitted temperature tends to zero; ``target_smoothing="platt"`` fits
+Platt's (1999) out-of-sample targets instead (:func:`platt_targets`), which keep it finite but cap the
+confidence near ``(n + 1) / (n + 2)`` for a class seen ``n`` times — too low for an accurate model on a
+small set, so the labels themselves are the default.
 """
 
 from __future__ import annotations
