@@ -37,11 +37,13 @@ from _common import base_meta, write_results
 
 
 def _resize(arr: np.ndarray, out: int) -> np.ndarray:
-    """``(C, s, s)`` → ``(C, out, out)`` by area averaging (what medcl's region read does between levels)."""
+    """``(C, s, s)`` → ``(C, out, out)``: area averaging when shrinking, bilinear when enlarging (what medcl's
+    region read does between levels)."""
     if arr.shape[-1] == out:
         return arr
     t = torch.as_tensor(arr, dtype=torch.float32)[None]
-    return torch.nn.functional.interpolate(t, size=(out, out), mode="area")[0].numpy()
+    mode = {"mode": "area"} if out < arr.shape[-1] else {"mode": "bilinear", "align_corners": False}
+    return torch.nn.functional.interpolate(t, size=(out, out), **mode)[0].numpy()
 
 
 class NaiveOpenSlide(torch.utils.data.Dataset):

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 #: bytes hashed at each end of a slide for its cache key
 _HASHED = 1 << 20
 #: the tiling algorithm's version, part of every cache key: a change to how tiles are planned plans again
-PLAN_VERSION = 2
+PLAN_VERSION = 3
 #: what a plan's tile holds
 TILE_KEYS = ("x", "y", "level", "size", "tile_size", "tissue")
 

@@ -96,7 +96,9 @@ def tissue_mask(path: str | Path, level: int | None = None, *, backend: str = "a
     return tissue_from_pixels(pixels)
 
 
-#: how much finer than the scan a requested magnification may be (the ratio), as scanners round their nominal power
+#: how far a nominal magnification may lie from what a level gives (the ratio), as scanners round their nominal
+#: power: a request up to this much finer than the scan is served, and a level up to this much coarser than the
+#: request serves it
 MAGNIFICATION_TOLERANCE = 1.03
 
 
@@ -104,7 +106,10 @@ def _level_for_magnification(path: Path, info: SlideInfo, magnification: float) 
     """The pyramid level to read for ``magnification`` and the downsample (vs level 0) it means.
 
     Objective power comes from the file (AppMag, OpenSlide objective-power), else from mpp with the
-    usual convention 10 µm / mpp (0.25 µm/pixel ≈ 40×).
+    usual convention 10 µm / mpp (0.25 µm/pixel ≈ 40×). The level is the coarsest one whose downsample is at most
+    :data:`MAGNIFICATION_TOLERANCE` times the wanted one: on a slide of 0.2527 µm/pixel (39.57×, no AppMag) "10×"
+    wants downsample 3.96 and level 1 (4.0) serves it, a tile reading 1 % fewer pixels there (then resized to the
+    tile size), not 4× as many of level 0. The tile keeps its physical field of view either way.
     """
     power = info.objective_power
     if power is None and info.mpp is not None:
@@ -122,7 +127,7 @@ def _level_for_magnification(path: Path, info: SlideInfo, magnification: float) 
             where=str(path), fix=f"ask for {power:g}x or lower",
         )
     wanted = power / magnification
-    candidates = [i for i, d in enumerate(info.downsamples) if d <= max(wanted, 1.0) * 1.001]
+    candidates = [i for i, d in enumerate(info.downsamples) if d <= max(wanted, 1.0) * MAGNIFICATION_TOLERANCE]
     level = max(candidates, key=lambda i: info.downsamples[i])
     return level, wanted
 
@@ -132,9 +137,9 @@ def tile_slide(path: str | Path, tile_size: int = 224, level: int | None = None,
                *, backend: str = "auto") -> list[dict[str, Any]]:
     """Plan tiles on the tissue of a slide.
 
-    With ``magnification`` the level is the coarsest one at least that fine, and a tile reads
-    ``size`` pixels of that level that are resized to ``tile_size`` (``size == tile_size`` when a
-    level matches exactly). Without it, tiles are ``tile_size`` pixels of ``level`` (default 0).
+    With ``magnification`` the level is the coarsest one at least that fine (within
+    :data:`MAGNIFICATION_TOLERANCE`), and a tile reads ``size`` pixels of that level that are resized to
+    ``tile_size`` (``size == tile_size`` when a level matches, up to rounding). Without it, tiles are ``tile_size`` pixels of ``level`` (default 0).
 
     Args:
         path: the slide.

@@ -38,16 +38,19 @@ def _default_read(path: str, **kwargs: Any) -> Any:
 def _default_read_region(path: str, region: Sequence[Any], **kwargs: Any) -> Any:
     """Read one WSI region: ``(x, y, level, size)``, or ``(x, y, level, size, out)`` resized to ``out``.
 
-    ``size`` pixels of ``level`` are read, then area-resized to ``out`` pixels (a tiling plan's tile at a
-    magnification between two pyramid levels).
+    ``size`` pixels of ``level`` are read, then resized to ``out`` pixels (a tiling plan's tile at a magnification
+    between two pyramid levels, or a level up to 3 % coarser than asked): area-averaged when shrinking, bilinear
+    when enlarging.
     """
     x, y, level, size, *out = region
     size = int(size) if np.isscalar(size) else tuple(int(s) for s in size)
     sample = read_region(path, int(x), int(y), int(level), size, keep_open=True, **kwargs)
     if out and np.isscalar(size) and int(out[0]) != size:
         t = torch.as_tensor(np.asarray(sample.array, dtype=np.float32))[None]
-        resized = torch.nn.functional.interpolate(t, size=(int(out[0]),) * 2, mode="area")[0]
-        sample = type(sample)(resized.numpy(), {**sample.meta, "tile_size": int(out[0])})
+        n = int(out[0])
+        mode = {"mode": "area"} if n < size else {"mode": "bilinear", "align_corners": False}
+        resized = torch.nn.functional.interpolate(t, size=(n, n), **mode)[0]
+        sample = type(sample)(resized.numpy(), {**sample.meta, "tile_size": n})
     return sample
 
 

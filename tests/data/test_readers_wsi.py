@@ -285,6 +285,49 @@ def test_a_nominal_magnification_within_three_percent_of_the_scan_is_served_from
         tile_slide(path, tile_size=64, magnification=21)  # 5 % finer than the scan
 
 
+def test_a_level_within_three_percent_of_the_wanted_magnification_serves_it(tmp_path):
+    import tifffile
+
+    img = np.full((512, 512, 3), 200, np.uint8)
+    img[128:384, 128:384] = (150, 60, 140)
+    path = tmp_path / "s.tif"
+    mpp = 0.5021  # 19.92x: "10x" wants downsample 19.92 / 10 = 1.992, level 1 (2.0) is 0.4 % coarser
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(img, tile=(64, 64), photometric="rgb", resolution=(1e4 / mpp, 1e4 / mpp),
+                  resolutionunit="CENTIMETER")
+        tif.write(img[::2, ::2].copy(), tile=(64, 64), photometric="rgb", subfiletype=1)
+    tiles = tile_slide(path, tile_size=64, magnification=10)
+    # level 1 at round(64 * 1.992 / 2) = 64 pixels, not level 0 at round(64 * 1.992) = 127 pixels resized
+    assert tiles and {(t["level"], t["size"]) for t in tiles} == {(1, 64)}
+    # 4 % coarser is too far: 10.4x wants downsample 1.915, level 1 is 4.4 % coarser, level 0 serves it
+    assert {t["level"] for t in tile_slide(path, tile_size=64, magnification=10.4)} == {0}
+
+
+def test_a_tile_from_a_slightly_coarser_level_is_enlarged_bilinearly_to_the_tile_size(tmp_path):
+    import tifffile
+
+    from medcl.transforms.io import LoadSampled
+
+    # 0.2527 µm/pixel without an AppMag: 39.57x; "10x" wants downsample 3.957, level 1 (4.0) serves it with
+    # round(256 * 3.957 / 4) = 253 pixels per tile, enlarged to 256
+    ramp = np.tile(np.arange(256, dtype=np.uint8)[None, :, None], (256, 1, 3))  # level 1: value = column
+    lvl0 = np.repeat(np.repeat(ramp, 4, axis=0), 4, axis=1)
+    path = tmp_path / "s.tif"
+    mpp = 0.2527
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(lvl0, tile=(256, 256), photometric="rgb", resolution=(1e4 / mpp, 1e4 / mpp),
+                  resolutionunit="CENTIMETER")
+        tif.write(ramp, tile=(128, 128), photometric="rgb", subfiletype=1)
+    tiles = tile_slide(path, tile_size=256, magnification=10, min_tissue=0.0)
+    assert tiles == [{"x": 0, "y": 0, "level": 1, "size": 253, "tile_size": 256, "tissue": 0.0}]
+    out = LoadSampled(keys=("image",))({"image": str(path), "region": [0, 0, 1, 253, 256]})["image"]
+    assert tuple(out.shape) == (3, 256, 256)
+    # bilinear with half-pixel centres on a linear ramp, by hand: output column j samples the source at
+    # u = (j + 0.5) * 253 / 256 - 0.5, clamped to the 253 columns read; the ramp's value there is u
+    u = np.clip((np.arange(256) + 0.5) * 253 / 256 - 0.5, 0, 252)
+    np.testing.assert_allclose(np.asarray(out)[:, 7, :], np.tile(u, (3, 1)), atol=1e-3)
+
+
 def test_tiles_of_a_finer_level_start_on_its_pixel_grid_and_read_as_openslide_reads_them(tmp_path):
     import openslide
     import tifffile
