@@ -4,12 +4,18 @@ Backends: tifffile for anything that is a TIFF (SVS, NDPI, pyramidal/tiled TIFF 
 SubIFDs or successive IFDs — OpenSlide sees SubIFD pyramids as one level); OpenSlide for the
 rest (MRXS, VMS, SCN...). Both expose ``info`` (a :class:`SlideInfo`), ``read_level(level)`` and
 ``read_region(level, x, y, w, h)`` in *level* pixels, returning ``(H, W, C)`` arrays.
+
+Decoded tiles of the tifffile backend are kept in a per-process cache (:class:`TileCache`, least recently used
+first out, :data:`TILE_CACHE_BYTES`), as OpenSlide keeps its own: neighbouring tiles of a plan that share a
+stored (e.g. JPEG) tile, and tiles read again in a later epoch, decode it once.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,13 +53,65 @@ class SlideInfo:
         return len(self.dimensions)
 
 
+#: bytes of decoded tiles each process keeps (OpenSlide's default cache is 32 MiB)
+TILE_CACHE_BYTES = 64 << 20
+
+
+class TileCache:
+    """Decoded stored tiles, least recently used first out, at most ``max_bytes`` in all (thread-safe).
+
+    Keys are ``(slide token, level, tile index)``: the token is unique to one opened slide in this process
+    (:class:`_TiffSlide` draws it), so a slide rewritten and opened again never gets the old pixels. A tile larger
+    than an eighth of the budget is not kept.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        """An empty cache of ``max_bytes``."""
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self._tiles: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int, int]) -> np.ndarray | None:
+        """The tile under ``key`` (now the most recently used), or None."""
+        with self._lock:
+            tile = self._tiles.get(key)
+            if tile is not None:
+                self._tiles.move_to_end(key)
+            return tile
+
+    def put(self, key: tuple[int, int, int], tile: np.ndarray) -> None:
+        """Keep ``tile`` (read-only from now on), dropping the least recently used tiles beyond the budget."""
+        if tile.nbytes * 8 > self.max_bytes:
+            return
+        tile.flags.writeable = False
+        with self._lock:
+            old = self._tiles.pop(key, None)
+            self.bytes += tile.nbytes - (old.nbytes if old is not None else 0)
+            self._tiles[key] = tile
+            while self.bytes > self.max_bytes:
+                _, dropped = self._tiles.popitem(last=False)
+                self.bytes -= dropped.nbytes
+
+    def __len__(self) -> int:
+        """Tiles kept."""
+        return len(self._tiles)
+
+
+#: this process's decoded tiles (a forked worker starts with a copy of its parent's and adds its own)
+TILE_CACHE = TileCache(TILE_CACHE_BYTES)
+_TOKENS = itertools.count()
+
+
 class _TiffSlide:
-    """tifffile backend: levels are ``series[0].levels``; regions decode only the touched tiles."""
+    """tifffile backend: levels are ``series[0].levels``; regions decode only the touched tiles (kept in
+    :data:`TILE_CACHE`)."""
 
     def __init__(self, path: Path, tif) -> None:
         """Index the levels of ``tif`` (an open ``tifffile.TiffFile``) and read the resolution tags."""
         self.path = path
         self.tif = tif
+        self.token = next(_TOKENS)
         series = tif.series[0]
         self.pages = [lvl.keyframe for lvl in series.levels]
         self.axes = series.axes
@@ -134,17 +192,24 @@ class _TiffSlide:
             kwargs["jpegtables"] = page.jpegtables
             kwargs["jpegheader"] = page.jpegheader
         for idx in indices:
-            offset, count = page.dataoffsets[idx], page.databytecounts[idx]
-            if not count:
-                continue
-            with fh.lock:
-                fh.seek(offset)
-                data = fh.read(count)
-            seg, pos, _shape = decode(data, idx, **kwargs)
-            if seg is None:
-                continue
-            seg = np.asarray(seg).reshape(seg.shape[-3], seg.shape[-2], -1)  # (rows, cols, samples)
-            sy, sx = int(pos[2]), int(pos[3])
+            key = (self.token, level, idx)
+            seg = TILE_CACHE.get(key) if page.is_tiled else None
+            if seg is not None:
+                sy, sx = (idx // ntx) * tl, (idx % ntx) * tw  # where tifffile puts tile idx of a chunky 2D page
+            else:
+                offset, count = page.dataoffsets[idx], page.databytecounts[idx]
+                if not count:
+                    continue
+                with fh.lock:
+                    fh.seek(offset)
+                    data = fh.read(count)
+                seg, pos, _shape = decode(data, idx, **kwargs)
+                if seg is None:
+                    continue
+                seg = np.asarray(seg).reshape(seg.shape[-3], seg.shape[-2], -1)  # (rows, cols, samples)
+                sy, sx = int(pos[2]), int(pos[3])
+                if page.is_tiled:
+                    TILE_CACHE.put(key, seg)
             # overlap of this segment with the wanted window, in level pixels
             y0, y1 = max(y, sy), min(y + h, sy + seg.shape[0], length)
             x0, x1 = max(x, sx), min(x + w, sx + seg.shape[1], width)

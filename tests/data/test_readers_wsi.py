@@ -285,6 +285,48 @@ def test_a_nominal_magnification_within_three_percent_of_the_scan_is_served_from
         tile_slide(path, tile_size=64, magnification=21)  # 5 % finer than the scan
 
 
+def test_tile_cache_keeps_the_most_recently_used_tiles_within_its_budget():
+    from medcl.readers.wsi_backends import TileCache
+
+    cache = TileCache(max_bytes=8 * 1000)
+    tiles = {i: np.full(1000, i, np.uint8) for i in range(10)}  # 1000 bytes each
+    for i in range(8):
+        cache.put((0, 0, i), tiles[i])
+    assert len(cache) == 8 and cache.bytes == 8000
+    assert cache.get((0, 0, 0)) is tiles[0]  # 0 is now the most recently used: 1 goes first
+    cache.put((0, 0, 8), tiles[8])
+    assert cache.get((0, 0, 1)) is None and cache.get((0, 0, 0)) is tiles[0] and cache.bytes == 8000
+    cache.put((0, 0, 9), np.zeros(1001, np.uint8))  # larger than an eighth of the budget: not kept
+    assert cache.get((0, 0, 9)) is None and len(cache) == 8
+    assert not tiles[0].flags.writeable  # a kept tile cannot be changed under the cache
+
+
+def test_a_region_read_again_decodes_no_stored_tile_and_a_rewritten_slide_is_read_anew(tmp_path):
+    import tifffile
+
+    from medcl.readers.wsi_backends import kept_open
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 255, size=(256, 256, 3), dtype=np.uint8)
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, img, tile=(64, 64), photometric="rgb", compression="jpeg")
+    ref = tifffile.imread(path)  # tifffile's own decode of every tile
+    slide = kept_open(path)
+    page = slide.pages[0]
+    decoded = []
+    decode = page.decode
+    page.__dict__["decode"] = lambda data, index, **kw: (decoded.append(index), decode(data, index, **kw))[1]
+    first = slide.read_region(0, 50, 40, 100, 30)  # columns 50-149, rows 40-69: tiles (0, 0..2), (1, 0..2)
+    assert sorted(decoded) == [0, 1, 2, 4, 5, 6]
+    np.testing.assert_array_equal(first, ref[40:70, 50:150])
+    again = slide.read_region(0, 60, 60, 90, 20)  # inside the same six tiles
+    assert sorted(decoded) == [0, 1, 2, 4, 5, 6]  # nothing decoded again
+    np.testing.assert_array_equal(again, ref[60:80, 60:150])
+    tifffile.imwrite(path, 255 - img, tile=(64, 64), photometric="rgb", compression="jpeg")
+    np.testing.assert_array_equal(read_region(path, 50, 40, 0, (100, 30), keep_open=True).array,
+                                  np.moveaxis(tifffile.imread(path)[40:70, 50:150], -1, 0))
+
+
 def test_a_level_within_three_percent_of_the_wanted_magnification_serves_it(tmp_path):
     import tifffile
 
