@@ -2,7 +2,7 @@
 ``PatchWSIDataset``, on the same slides and tile plan; and the share of a training step spent waiting for tiles.
 
 Slides: ``medcl data synth --modalities histo`` (one pyramidal TIFF per patient, 768 px at ~0.5 µm/pixel), tiled
-by ``data.wsi`` (10x, 64-pixel tiles: 128 pixels of level 0 area-resized, min tissue 0.5). Every arm reads the
+by ``data.wsi`` (10x, 64-pixel tiles read from level 1, min tissue 0.5). Every arm reads the
 same tiles in the same shuffled order, in ``--workers`` DataLoader processes, and applies the same augmentation (the
 histo preset's training chain, two views); they differ only in how a tile gets from the slide to an array:
 
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         args.tiles, args.steps, args.batch = 256, 3, 32
     t0 = time.time()
     meta = {**base_meta(args.quick), "workers": args.workers, "batch": args.batch, "device": args.device,
-            "tiling": "10x, 64-pixel tiles (128 px of level 0, area-resized), min tissue 0.5",
+            "tiling": "10x, 64-pixel tiles (read from level 1, 2x below the ~20x scan), min tissue 0.5",
             "augment": "histo preset training chain, 2 views"}
     from medcl.data.prepare import prepare_data
     from medcl.data.synth import synthesize
