@@ -104,8 +104,10 @@ _TOKENS = itertools.count()
 
 
 class _TiffSlide:
-    """tifffile backend: levels are ``series[0].levels``; regions decode only the touched tiles (kept in
-    :data:`TILE_CACHE`)."""
+    """tifffile backend: levels are ``series[0].levels``; regions decode only the touched tiles.
+
+    Decoded tiles are kept in :data:`TILE_CACHE` under this slide's ``token``.
+    """
 
     def __init__(self, path: Path, tif) -> None:
         """Index the levels of ``tif`` (an open ``tifffile.TiffFile``) and read the resolution tags."""

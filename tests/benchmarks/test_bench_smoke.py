@@ -467,6 +467,17 @@ def test_quick_wsi_reads_the_same_tiles_in_every_arm(tmp_path):
     assert f"| {batched} |" in text
 
 
+def test_the_slide_target_states_what_the_augmentation_costs_per_tile():
+    from readme import _augment_share
+
+    # 400 tiles/s augmented, 800 without: 2.5 ms per tile, 1.25 of them augmenting; the faster other arm at 500
+    # tiles/s spends 2.0 ms per tile, and 1.25 > 2.0 / 2: a free read would still leave medcl under 2x
+    text = _augment_share(400.0, 800.0, 500.0)
+    assert "takes 1.25 of the 2.50 ms per tile" in text and "more than half of the 2.00 ms" in text
+    assert "could not double" not in _augment_share(400.0, 800.0, 300.0)  # 1.25 < 3.33 / 2
+    assert _augment_share(None, 800.0, 500.0) == _augment_share(400.0, 390.0, 500.0) == ""
+
+
 def test_method_claims_compare_each_method_with_simclr_per_seed(tmp_path):
     """Issue 18's claims, from hand-made rows: a method row or the pipeline row holding the method, per seed."""
     def cls(frac, auroc, pair=None):
