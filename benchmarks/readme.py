@@ -839,17 +839,20 @@ def section_quality(res: dict[str, Any], plots: _Plots, targets: list[list[str]]
             measure = planned[0].get("measure", "probe")  # pending rows carry it too
             if measure == "pretrained":  # a change tried, not shipped: its own table
                 continue
-            with_fix = [r for r in pipes if r["modality"] == m and r["seed"] in seeds]
+            of = planned[0].get("of_method")  # an ablation of a method preset's row: compared with that row
+            with_fix = ([r for r in _by(res, kind="method", modality=m, method=of) if _ok(r) and r["seed"] in seeds]
+                        if of else [r for r in pipes if r["modality"] == m and r["seed"] in seeds])
             scratch = measure == "scratch"
             model, protocol = ("scratch", "finetune") if scratch else ("ssl", "linear")
-            abl_rows.append([m, name, "from-scratch fine-tune" if scratch else "SSL linear probe",
+            abl_rows.append([m, name, "from-scratch fine-tune" if scratch else
+                             f"SSL linear probe{f' of the {of} preset' if of else ''}",
                              _ms([_cls(r, model, protocol) for r in with_fix]),
                              _ms([_cls(r, model, protocol) for r in rs]),
                              "—" if scratch else _ms([(r.get("pretrain") or {}).get("best_probe_auroc") for r in rs])])
     if abl_rows:
         text.append("\n**What each recipe fix is worth** — test macro AUROC at 100 % of the labels of the demo "
-                    "pipeline, and of the same pipeline with one fix undone (same seeds), measured by what the fix "
-                    "is for:\n")
+                    "pipeline (or, where named, of a method preset's row), and of the same with one fix undone or "
+                    "one part taken out (same seeds), measured by what the fix is for:\n")
         text.append(_table(["modality", "fix undone", "measured by", "with the fix", "without it",
                             "online probe without it"], abl_rows))
     if tried := _tried_changes(res, mods):
@@ -1374,7 +1377,31 @@ def _gap_cause(rs: list[dict[str, Any]], res: dict[str, Any] | None = None, meth
                 text += f" against {_f(ref['random_probe_auroc'])} for its network untrained"
         parts.append(text)
     weakest = _weakest_class(rs, res, method) if res else ""
-    return "; ".join(parts) + (f"; {weakest}" if weakest else "")
+    ablated = _method_ablations(rs, res, method) if res else ""
+    return "; ".join(parts) + (f"; {weakest}" if weakest else "") + (f"; {ablated}" if ablated else "")
+
+
+def _method_ablations(rs: list[dict[str, Any]], res: dict[str, Any], method: str) -> str:
+    """The finished ablations of this preset's rows (``of_method``): each one's linear probe (100 %) against the
+    preset's on the seeds both ran, and per class where the probe changed most — what the changed part costs."""
+    out = []
+    mod = rs[0]["modality"] if rs else None
+    for name in dict.fromkeys(r["method"] for r in _by(res, kind="ablation", modality=mod) if r.get("of_method") == method):
+        pairs = [(a, r) for a in _by(res, kind="ablation", modality=mod, method=name) if _ok(a)
+                 for r in rs if r["seed"] == a["seed"]]
+        if not pairs:
+            continue
+        seeds = ", ".join(str(a["seed"]) for a, _ in pairs)
+        text = (f"ablation `{name}` (seed{'s' if len(pairs) > 1 else ''} {seeds}): probe "
+                f"{_ms([_cls(a, 'ssl', 'linear') for a, _ in pairs])} against {_ms([_cls(r, 'ssl', 'linear') for _, r in pairs])}")
+        per = [(_cls_row(a).get("auroc_per_class") or {}, _cls_row(r).get("auroc_per_class") or {}) for a, r in pairs]
+        shared = set.intersection(*(set(x) & set(y) for x, y in per))
+        if shared:
+            k = max(shared, key=lambda c: abs(statistics.fmean(x[c] - y[c] for x, y in per)))
+            text += (f", {k} {statistics.fmean(x[k] for x, _ in per):.3f} against "
+                     f"{statistics.fmean(y[k] for _, y in per):.3f}")
+        out.append(text)
+    return "; ".join(out)
 
 
 def _weakest_class(rs: list[dict[str, Any]], res: dict[str, Any], method: str) -> str:

@@ -10,6 +10,7 @@ import copy
 from collections.abc import Mapping
 
 import torch
+from torch import nn
 
 from medcl.losses import KeyQueue, MoCoV3Loss, cosine_momentum, momentum_update
 from medcl.methods.base import Method, view_stats
@@ -34,6 +35,9 @@ class MoCoV3(Method):
         projector_layers: linear layers of the projector; ``None``, the paper's code: 3 for a ViT encoder
             (``MoCo_ViT``), 2 for the others (``MoCo_ResNet``: every CNN of medcl).
         pred_hidden_dim: predictor hidden width (defaults to ``hidden_dim``).
+        predictor: ``False`` drops the predictor (``q = projector(encoder(x))``): **not MoCo v3**, whose online
+            branch ends in one as BYOL's does; for the benchmark's ablation of what the predictor costs at a short
+            budget (``benchmarks/bench_quality.py``, ``moco_no_predictor``).
         base_momentum, final_momentum: EMA schedule (0.99 → 1.0).
         queue_size: 0 (no queue, as MoCo v3) or the number of past keys kept.
         gather_distributed: keys (and queue entries) from all GPUs.
@@ -51,6 +55,7 @@ class MoCoV3(Method):
         out_dim: int = 256,
         projector_layers: int | None = None,
         pred_hidden_dim: int | None = None,
+        predictor: bool = True,
         base_momentum: float = 0.99,
         final_momentum: float = 1.0,
         queue_size: int = 0,
@@ -62,7 +67,7 @@ class MoCoV3(Method):
             projector_layers = 3 if encoder.name.startswith("vit") else 2
         self.projector = ProjectionHead(encoder.feature_dim, hidden_dim, out_dim, num_layers=projector_layers,
                                         last_bn=True)
-        self.predictor = PredictorHead(out_dim, pred_hidden_dim or hidden_dim, out_dim)
+        self.predictor = PredictorHead(out_dim, pred_hidden_dim or hidden_dim, out_dim) if predictor else nn.Identity()
         self.target_encoder = copy.deepcopy(encoder)
         self.target_projector = copy.deepcopy(self.projector)
         for p in (*self.target_encoder.parameters(), *self.target_projector.parameters()):

@@ -218,6 +218,33 @@ def test_a_missed_gap_names_the_class_a_preset_trails_simclr_on_most(tmp_path):
     assert "trails the SimCLR preset" not in _quality_readme(tmp_path, rows)
 
 
+
+def test_a_missed_gap_reports_the_ablations_of_that_preset(tmp_path):
+    """An ablation of a method preset's row (``of_method``) is reported with that preset's miss: its probe against the
+    preset's on the seeds both ran, and the class whose AUROC moved most (mean over those seeds), by hand."""
+    def row(kind, method, seed, ssl, per_class, **extra):
+        return {"kind": kind, "modality": "oct", "seed": seed, "method": method, "commit": "abc",
+                "key": f"{kind}/oct/{method}/seed{seed}", **extra,
+                "classify": [{"model": "ssl", "protocol": "linear", "fraction": 1.0, "auroc": ssl,
+                              "auroc_per_class": per_class},
+                             {"model": "random", "protocol": "linear", "fraction": 1.0, "auroc": 0.60}]}
+
+    rows = [*_quality_rows()[:-1],
+            row("method", "moco", 0, 0.70, {"normal": 0.93, "early": 0.60}),
+            row("method", "moco", 1, 0.72, {"normal": 0.92, "early": 0.66}),
+            # early: +0.20 and +0.10 (mean 0.78 vs 0.63); normal: -0.01 and 0
+            row("ablation", "moco_no_predictor", 0, 0.80, {"normal": 0.92, "early": 0.80}, measure="probe",
+                of_method="moco"),
+            row("ablation", "moco_no_predictor", 1, 0.78, {"normal": 0.92, "early": 0.76}, measure="probe",
+                of_method="moco")]
+    text = _quality_readme(tmp_path, rows)
+    moco = next(line for line in text.splitlines() if line.startswith("| moco closes"))
+    assert "ablation `moco_no_predictor` (seeds 0, 1): probe 0.790" in moco and "against 0.710" in moco
+    assert "early 0.780 against 0.630" in moco
+    fixes = next(line for line in text.splitlines() if line.startswith("| oct | moco_no_predictor |"))
+    assert "SSL linear probe of the moco preset" in fixes and "| 0.710" in fixes and "| 0.790" in fixes
+
+
 def test_a_demo_threshold_above_the_supervised_ceiling_says_so(tmp_path):
     """Seed 0 with a supervised ceiling of max(0.85, 0.86) = 0.86: "fine-tuned ≥ 0.90" and "≥ random + 0.25" (0.65 +
     0.25 = 0.90) ask for more than that and say so with the ceiling; "SSL ≥ 0.85" (met) and seed 1's misses, whose
@@ -325,7 +352,10 @@ def test_every_recipe_ablation_runs_the_demo_with_its_setting_undone(tmp_path):
     def value(cfg, dotted: str):
         node = cfg
         for part in dotted.split("."):
-            node = getattr(node, part) if hasattr(node, part) else node.model_extra[part]
+            if isinstance(node, dict):
+                node = node.get(part)
+            else:
+                node = getattr(node, part) if hasattr(node, part) else node.model_extra[part]
         return node
 
     checked = 0
@@ -335,8 +365,13 @@ def test_every_recipe_ablation_runs_the_demo_with_its_setting_undone(tmp_path):
         for mod in mods:
             row = {"kind": "ablation", "modality": mod, "seed": 0, "method": name, "measure": measure}
             cfg = bq.method_config(row, tmp_path, tmp_path / "m.csv", False)
-            demo = bq.pipeline_config({"kind": "pipeline", "modality": mod, "seed": 0}, tmp_path, tmp_path / "m.csv",
-                                      False)
+            of = bq.ABLATION_OF_METHOD.get(name)  # an ablation of a method preset's row: that row is the baseline
+            demo = (bq.method_config({"kind": "method", "modality": mod, "seed": 0, "method": of}, tmp_path,
+                                     tmp_path / "m.csv", False) if of else
+                    bq.pipeline_config({"kind": "pipeline", "modality": mod, "seed": 0}, tmp_path, tmp_path / "m.csv",
+                                       False))
+            if of:
+                assert cfg.pretrain.method == demo.pretrain.method == of and cfg.pretrain.steps == demo.pretrain.steps
             for setting in undo:
                 key, raw = setting.split("=", 1)
                 want = yaml.safe_load(raw)

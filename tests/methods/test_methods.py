@@ -218,6 +218,11 @@ def test_moco_projector_depth_follows_the_papers_code_for_the_encoder():
                        hidden_dim=32, out_dim=16)
     assert len(linears(vit.projector)) == 3
     assert len(linears(build("moco", 2, 1, projector_layers=3).projector)) == 3  # the setting overrides it
+    bare = build("moco", 2, 1, predictor=False)  # the ablation's MoCo: queries straight from the projector
+    assert linears(bare.predictor) == [] and isinstance(bare.predictor, torch.nn.Identity)
+    bare.train()
+    out = bare(make_batch(2, 1, (32, 32)))
+    assert torch.isfinite(out["loss"])
 
 
 def test_moco_queue_fills_in_training_only():
