@@ -108,8 +108,8 @@ def _level_for_magnification(path: Path, info: SlideInfo, magnification: float) 
     Objective power comes from the file (AppMag, OpenSlide objective-power), else from mpp with the
     usual convention 10 µm / mpp (0.25 µm/pixel ≈ 40×). The level is the coarsest one whose downsample is at most
     :data:`MAGNIFICATION_TOLERANCE` times the wanted one: on a slide of 0.2527 µm/pixel (39.57×, no AppMag) "10×"
-    wants downsample 3.96 and level 1 (4.0) serves it, a tile reading 1 % fewer pixels there (then resized to the
-    tile size), not 4× as many of level 0. The tile keeps its physical field of view either way.
+    wants downsample 3.96 and level 1 (4.0) serves it, a tile reading 1 % fewer pixels a side there (then resized to
+    the tile size), not 16× as many pixels of level 0. The tile keeps its physical field of view either way.
     """
     power = info.objective_power
     if power is None and info.mpp is not None:
@@ -139,7 +139,8 @@ def tile_slide(path: str | Path, tile_size: int = 224, level: int | None = None,
 
     With ``magnification`` the level is the coarsest one at least that fine (within
     :data:`MAGNIFICATION_TOLERANCE`), and a tile reads ``size`` pixels of that level that are resized to
-    ``tile_size`` (``size == tile_size`` when a level matches, up to rounding). Without it, tiles are ``tile_size`` pixels of ``level`` (default 0).
+    ``tile_size`` (``size == tile_size`` when a level matches, up to rounding). Without it, tiles are
+    ``tile_size`` pixels of ``level`` (default 0).
 
     Args:
         path: the slide.
