@@ -234,8 +234,8 @@ DATA_CHANGED: dict[str, Change | list[Change]] = {
 SELECTION_RULE: Change = ("cacbcce", "the encoder handed on chosen by the linear online probe with the one-SE rule, "
                           "not by the kNN probe's best", "recipe", ("method",))
 for _m in MODALITIES:
-    _had = DATA_CHANGED.get(_m)
-    DATA_CHANGED[_m] = [*([] if _had is None else [_had] if isinstance(_had, tuple) else _had), SELECTION_RULE]
+    _had = DATA_CHANGED.get(_m, [])
+    DATA_CHANGED[_m] = [*([_had] if isinstance(_had, tuple) else _had), SELECTION_RULE]
 
 
 def stale_reason(row: dict[str, Any], changed: dict[str, Change | list[Change]] = DATA_CHANGED,
